@@ -1,0 +1,46 @@
+"""Packaging for highnoon.
+
+TensorFlow is chosen through an extra so each kind of host installs the right build:
+
+    pip install -e '.[cpu]'   # laptop / CI: tensorflow-cpu
+    pip install -e '.[gpu]'   # CUDA host: tensorflow with its CUDA wheels
+    pip install -e '.[tpu]'   # TPU VM: tensorflow-tpu and cloud-tpu-client
+    pip install -e '.[cpu,test]'  # plus the test tools
+"""
+
+from setuptools import find_packages, setup
+
+TF_VERSION = "2.21.0"
+
+setup(
+    name="highnoon",
+    version="0.1.0",
+    description="Curriculum training of language models on TensorFlow, from a laptop to TPU pods.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["highnoon", "highnoon.*", "launch"]),
+    package_data={"highnoon": ["py.typed"]},
+    include_package_data=True,
+    install_requires=[
+        "numpy>=1.26",
+        "absl-py>=2.1",
+        "gin-config>=0.5",
+        "tensorflow-datasets>=4.9",
+        "sentencepiece>=0.2",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "tpu": [f"tensorflow-tpu=={TF_VERSION}", "cloud-tpu-client>=0.10"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "highnoon-train=launch.train:run",
+            "highnoon-prepare-data=launch.prepare_data:run",
+            "highnoon-generate=launch.generate:run",
+        ]
+    },
+)
