@@ -8,6 +8,8 @@ TensorFlow is chosen through an extra so each kind of host installs the right bu
     pip install -e '.[cpu,test]'  # plus the test tools
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 TF_VERSION = "2.21.0"
@@ -16,7 +18,7 @@ setup(
     name="highnoon",
     version="0.1.0",
     description="Curriculum training of language models on TensorFlow, from a laptop to TPU pods.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["highnoon", "highnoon.*", "launch"]),
@@ -29,6 +31,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "sentencepiece>=0.2",
         "tqdm>=4.66",
+        "tensorboard>=2.15",
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],

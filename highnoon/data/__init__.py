@@ -1,0 +1,82 @@
+"""Data: dataset registry and sources, embedded datasets, tokenizers, the token store and the
+per-host ``tf.data`` pipeline.
+
+Importing this package does not import TensorFlow (the pipeline, TFRecord and TFDS readers import
+it when used). The embedded datasets (``stdlib_code``, ``stdlib_docs``, ``stdlib_instructions``,
+``arithmetic``, ``brackets``) are registered here and built lazily when iterated.
+"""
+
+from __future__ import annotations
+
+from highnoon.data.embedded import EmbeddedSource
+from highnoon.data.pipeline import (
+    HostBatcher,
+    make_host_dataset,
+    packing_plan,
+    per_replica_rows,
+)
+from highnoon.data.prepare import prepare_datasets
+from highnoon.data.registry import (
+    register_dataset,
+    register_datasets,
+    register_embedded_datasets,
+    registered_datasets,
+    resolve_dataset,
+    resolve_datasets,
+    unregister_dataset,
+    validate_dataset_entry,
+)
+from highnoon.data.sources import DataSource, FileSource, TfdsSource
+from highnoon.data.stage_data import prepare_stage_store
+from highnoon.data.store import (
+    StoreError,
+    StoreExistsError,
+    TokenBatch,
+    TokenStore,
+    build_token_store,
+    check_enough_samples,
+)
+from highnoon.data.tokenizers import (
+    ByteTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    check_vocab_fits,
+    load_tokenizer,
+    tokenizer_from_config,
+    train_sentencepiece,
+)
+
+register_embedded_datasets()
+
+__all__ = [
+    "ByteTokenizer",
+    "DataSource",
+    "EmbeddedSource",
+    "FileSource",
+    "HostBatcher",
+    "SentencePieceTokenizer",
+    "StoreError",
+    "StoreExistsError",
+    "TfdsSource",
+    "TokenBatch",
+    "TokenStore",
+    "Tokenizer",
+    "build_token_store",
+    "check_enough_samples",
+    "check_vocab_fits",
+    "load_tokenizer",
+    "make_host_dataset",
+    "packing_plan",
+    "per_replica_rows",
+    "prepare_datasets",
+    "prepare_stage_store",
+    "register_dataset",
+    "register_datasets",
+    "registered_datasets",
+    "resolve_dataset",
+    "resolve_datasets",
+    "tokenizer_from_config",
+    "train_sentencepiece",
+    "unregister_dataset",
+    "validate_dataset_entry",
+]

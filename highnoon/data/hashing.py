@@ -1,0 +1,38 @@
+"""Stateless keyed hashing for deterministic choices (no RNG state anywhere).
+
+``mix64`` is the SplitMix64 finaliser on uint64 arrays: the same (key, index) gives the same
+value on every machine and run, which is what per-sample choices (overflow windows, mixing
+subsamples) need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser applied elementwise (uint64 in, uint64 out; wraps modulo 2**64)."""
+    z = np.array(values, dtype=np.uint64, ndmin=1)
+    with np.errstate(over="ignore"):  # wrap-around is the point
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_hash(indices: np.ndarray, *keys: int) -> np.ndarray:
+    """A uint64 hash of every index under the integer ``keys`` (e.g. seed, epoch)."""
+    state = np.zeros(1, dtype=np.uint64)
+    for key in keys:
+        state = mix64(state ^ np.uint64(int(key) & 0xFFFFFFFFFFFFFFFF))
+    return mix64(np.asarray(indices, dtype=np.int64).astype(np.uint64) ^ state[0])
+
+
+def keyed_permutation(n: int, *keys: int) -> np.ndarray:
+    """A permutation of ``range(n)`` determined by ``keys``: indices sorted by their keyed hash
+    (stable, index tie-break)."""
+    return np.argsort(keyed_hash(np.arange(n), *keys), kind="stable")

@@ -1,0 +1,89 @@
+"""Offline data preparation: tokenise dataset entries into token stores ahead of training.
+
+``prepare_datasets`` (gin-configurable, used by ``launch/prepare_data.py``) optionally trains a
+SentencePiece model on the datasets' texts, then builds one store per entry with
+``prepare_stage_store(cache_dir=output_dir)``: a training run given the same ``cache_dir`` and
+tokenizer reuses these stores instead of tokenising again. ``output_dir/datasets.json`` lists
+what was built.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+from highnoon.data.registry import resolve_datasets, validate_dataset_entry
+from highnoon.data.stage_data import prepare_stage_store
+from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
+
+INDEX_FILE = "datasets.json"
+
+
+@gin.configurable
+def prepare_datasets(
+    datasets: Sequence[Any],
+    output_dir: str,
+    tokenizer: str | dict | Tokenizer = "byte",
+    *,
+    train_sentencepiece_vocab: int | None = None,
+    sentencepiece_model_type: str = "bpe",
+    sentencepiece_max_texts: int = 100_000,
+    max_samples: int | None = None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the stores of ``datasets`` under ``output_dir``; returns the index written to
+    ``output_dir/datasets.json``.
+
+    With ``train_sentencepiece_vocab``, a SentencePiece model of that size is first trained on the
+    first ``sentencepiece_max_texts`` texts of the datasets (in order) and saved as
+    ``output_dir/tokenizer.model``; it then replaces ``tokenizer``.
+    """
+    if not datasets:
+        raise ValueError("datasets must list at least one dataset entry")
+    if not output_dir:
+        raise ValueError(f"output_dir={output_dir!r} must be a directory path")
+    for entry in datasets:
+        validate_dataset_entry(entry)
+    os.makedirs(output_dir, exist_ok=True)
+    if train_sentencepiece_vocab:
+        sources = resolve_datasets(list(datasets), data_dir=data_dir)
+        texts = itertools.islice(
+            itertools.chain.from_iterable(s.iter_texts() for s in sources),
+            int(sentencepiece_max_texts),
+        )
+        tok = train_sentencepiece(
+            texts,
+            os.path.join(output_dir, "tokenizer"),
+            int(train_sentencepiece_vocab),
+            model_type=sentencepiece_model_type,
+            seed=seed,
+        )
+    else:
+        tok = load_tokenizer(tokenizer)
+    index: dict[str, Any] = {"tokenizer": tok.to_config(), "datasets": []}
+    for entry in datasets:
+        store = prepare_stage_store(
+            [entry], tok, output_dir, max_samples=max_samples, seed=seed, data_dir=data_dir,
+            progress=progress,
+        )  # fmt: skip
+        index["datasets"].append(
+            {
+                "entry": entry if isinstance(entry, str) else list(entry),
+                "path": store.path,
+                "num_samples": store.num_samples,
+                "num_tokens": store.num_tokens,
+                "fingerprint": store.fingerprint,
+                "skipped": store.manifest.get("skipped", {}),
+            }
+        )
+    tmp = os.path.join(output_dir, f".{INDEX_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(output_dir, INDEX_FILE))
+    return index

@@ -1,0 +1,326 @@
+"""Data sources: where samples come from, before tokenisation.
+
+A ``DataSource`` has a ``name``, ``iter_samples()`` (yields ``str`` texts or 1-D int token arrays),
+``iter_texts()`` (texts only), ``describe()`` (a JSON-able dict that goes into store manifests and
+cache fingerprints) and ``stats`` (counts of what the last iteration skipped or repaired).
+
+File sources (paths are sorted, so the order is deterministic):
+
+* ``.txt``: ``split="file"`` (default) makes each file one sample; ``split="blank_line"`` makes
+  each block of text between blank lines one sample.
+* ``.jsonl``: one JSON object per line, text in ``text_field`` (default ``"text"``). A line that
+  is not JSON, not an object, or lacks a string field is a ValueError naming file and line.
+  Blank lines are ignored.
+* ``.tfrecord``/``.tfrecords``: ``tf.train.Example`` records with a ``text`` bytes feature or a
+  ``tokens`` int64 feature (ids of the store's tokenizer).
+* ``tfds:NAME[/CONFIG][:SPLIT]`` (split defaults to ``train``): read from a TFDS ``data_dir``
+  where it was prepared offline; never downloads.
+
+Invalid UTF-8: ``errors="replace"`` (default) substitutes U+FFFD and counts the sample in
+``stats["invalid_utf8_replaced"]``; ``errors="strict"`` raises a ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+TEXT_SUFFIXES = (".txt",)
+JSONL_SUFFIXES = (".jsonl",)
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
+ERRORS = ("replace", "strict")
+SPLITS = ("file", "blank_line")
+
+
+class DataSource:
+    """Base class: subclasses implement ``iter_samples`` and ``describe``."""
+
+    name: str = "source"
+    mixing_weight: float = 1.0
+
+    def __init__(self) -> None:
+        self.stats: dict[str, int] = {}
+
+    def iter_samples(self) -> Iterator[str | np.ndarray]:
+        raise NotImplementedError
+
+    def iter_texts(self) -> Iterator[str]:
+        """Only the text samples (token samples are skipped)."""
+        for sample in self.iter_samples():
+            if isinstance(sample, str):
+                yield sample
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def with_weight(self, weight: float) -> DataSource:
+        """This source with another mixing weight (a shallow copy)."""
+        import copy
+
+        clone = copy.copy(self)
+        clone.stats = {}
+        clone.mixing_weight = float(weight)
+        return clone
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _count(stats: dict[str, int], key: str, n: int = 1) -> None:
+    stats[key] = stats.get(key, 0) + n
+
+
+def _check_option(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; use one of {tuple(allowed)}")
+
+
+def _file_signature(path: str) -> dict[str, Any]:
+    """Path, size and mtime: enough to notice a changed file in cache keys."""
+    if "://" in path:
+        return {"path": path}
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _open_bytes(path: str) -> bytes:
+    if "://" in path:
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _decode(data: bytes, errors: str, where: str, stats: dict[str, int]) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if errors == "strict":
+            raise ValueError(
+                f"{where} is not valid UTF-8 ({err}); fix the file or use errors='replace'"
+            ) from err
+        _count(stats, "invalid_utf8_replaced")
+        return data.decode("utf-8", errors="replace")
+
+
+class FileSource(DataSource):
+    """Samples from a sorted list of files; the format is chosen by the file suffix."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        *,
+        name: str | None = None,
+        pattern: str | None = None,
+        split: str = "file",
+        text_field: str = "text",
+        tokens_field: str = "tokens",
+        errors: str = "replace",
+    ) -> None:
+        super().__init__()
+        if not paths:
+            raise ValueError(f"no files for source {name or pattern!r}")
+        _check_option("split", split, SPLITS)
+        _check_option("errors", errors, ERRORS)
+        self.paths = sorted(str(p) for p in paths)
+        self.name = name or pattern or self.paths[0]
+        self.pattern = pattern
+        self.split = split
+        self.text_field = text_field
+        self.tokens_field = tokens_field
+        self.errors = errors
+        for path in self.paths:
+            if not path.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES + TFRECORD_SUFFIXES):
+                raise ValueError(
+                    f"file {path!r} has an unsupported suffix; supported: "
+                    f"{TEXT_SUFFIXES + JSONL_SUFFIXES + TFRECORD_SUFFIXES}"
+                )
+
+    def iter_samples(self) -> Iterator[str | np.ndarray]:
+        self.stats.clear()
+        for path in self.paths:
+            if path.endswith(TEXT_SUFFIXES):
+                yield from self._iter_txt(path)
+            elif path.endswith(JSONL_SUFFIXES):
+                yield from self._iter_jsonl(path)
+            else:
+                yield from self._iter_tfrecord(path)
+
+    def _iter_txt(self, path: str) -> Iterator[str]:
+        text = _decode(_open_bytes(path), self.errors, f"file {path!r}", self.stats)
+        if self.split == "file":
+            yield text
+            return
+        block: list[str] = []
+        for line in text.splitlines():
+            if line.strip():
+                block.append(line)
+            elif block:
+                yield "\n".join(block)
+                block = []
+        if block:
+            yield "\n".join(block)
+
+    def _iter_jsonl(self, path: str) -> Iterator[str]:
+        data = _open_bytes(path)
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            where = f"file {path!r} line {number}"
+            line = _decode(raw, self.errors, where, self.stats)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where} is not valid JSON: {err.msg}") from err
+            if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
+                raise ValueError(
+                    f"{where} has no string field text_field={self.text_field!r} "
+                    f"(keys: {sorted(record) if isinstance(record, dict) else type(record).__name__})"
+                )
+            yield record[self.text_field]
+
+    def _iter_tfrecord(self, path: str) -> Iterator[str | np.ndarray]:
+        import tensorflow as tf
+
+        dataset = tf.data.TFRecordDataset(path)
+        try:
+            for number, raw in enumerate(dataset.as_numpy_iterator()):
+                example = tf.train.Example.FromString(raw)
+                feature = example.features.feature
+                where = f"file {path!r} record {number}"
+                if self.text_field in feature and feature[self.text_field].bytes_list.value:
+                    values = feature[self.text_field].bytes_list.value
+                    yield _decode(b"".join(values), self.errors, where, self.stats)
+                elif self.tokens_field in feature:
+                    yield np.asarray(feature[self.tokens_field].int64_list.value, dtype=np.int64)
+                else:
+                    raise ValueError(
+                        f"{where} has neither a bytes feature {self.text_field!r} nor an int64 "
+                        f"feature {self.tokens_field!r} (features: {sorted(feature)})"
+                    )
+        except tf.errors.DataLossError as err:
+            raise ValueError(f"file {path!r} is not a valid TFRecord file: {err.message}") from err
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": "files",
+            "name": self.name,
+            "files": [_file_signature(p) for p in self.paths],
+            "split": self.split,
+            "text_field": self.text_field,
+            "tokens_field": self.tokens_field,
+            "errors": self.errors,
+        }
+
+
+def parse_tfds_spec(spec: str) -> tuple[str, str | None, str]:
+    """``tfds:NAME[/CONFIG][:SPLIT]`` -> (name, config or None, split; default ``train``)."""
+    if not spec.startswith("tfds:"):
+        raise ValueError(f"tfds spec {spec!r} must start with 'tfds:'")
+    body = spec[len("tfds:") :]
+    dataset, _, split = body.partition(":")
+    name, _, config = dataset.partition("/")
+    valid = name and all(c.isalnum() or c in "_." for c in name)
+    if not valid or "/" in config or (body.count(":") > 1):
+        raise ValueError(
+            f"tfds spec {spec!r} is malformed; expected 'tfds:NAME[/CONFIG][:SPLIT]', "
+            "e.g. 'tfds:wikipedia/20230601.en:train'"
+        )
+    return name, (config or None), (split or "train")
+
+
+class TfdsSource(DataSource):
+    """A TFDS dataset prepared offline in ``data_dir``; never downloads."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        data_dir: str | None = None,
+        text_field: str = "text",
+        errors: str = "replace",
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        _check_option("errors", errors, ERRORS)
+        self.tfds_name, self.config, self.split = parse_tfds_spec(spec)
+        self.spec = spec
+        self.name = name or spec
+        self.data_dir = data_dir
+        self.text_field = text_field
+        self.errors = errors
+
+    def _builder(self) -> Any:
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(self.tfds_name, config=self.config, data_dir=self.data_dir)
+        except Exception as err:  # tfds raises several types for unknown/unprepared datasets
+            raise ValueError(
+                f"TFDS dataset {self.spec!r} could not be loaded from data_dir="
+                f"{self.data_dir!r} ({type(err).__name__}: {err}); it must be prepared offline "
+                "(tfds build / download_and_prepare on a machine with network), highnoon never "
+                "downloads"
+            ) from err
+        if not builder.is_prepared():
+            raise ValueError(
+                f"TFDS dataset {self.spec!r} is not prepared in data_dir={self.data_dir!r}; it "
+                "must be prepared offline, highnoon never calls download_and_prepare"
+            )
+        return builder
+
+    def iter_samples(self) -> Iterator[str]:
+        self.stats.clear()
+        builder = self._builder()
+        dataset = builder.as_dataset(split=self.split, shuffle_files=False)
+        for number, example in enumerate(dataset.as_numpy_iterator()):
+            if self.text_field not in example:
+                raise ValueError(
+                    f"TFDS {self.spec!r} example {number} has no field "
+                    f"text_field={self.text_field!r} (fields: {sorted(example)})"
+                )
+            value = example[self.text_field]
+            if isinstance(value, bytes):
+                value = _decode(
+                    value, self.errors, f"TFDS {self.spec!r} example {number}", self.stats
+                )
+            yield str(value)
+
+    def describe(self) -> dict[str, Any]:
+        version = None
+        with contextlib.suppress(ValueError):
+            version = str(self._builder().info.version)
+        return {
+            "type": "tfds",
+            "name": self.tfds_name,
+            "config": self.config,
+            "split": self.split,
+            "version": version,
+            "text_field": self.text_field,
+        }
+
+
+class CallableSource(DataSource):
+    """Samples from a zero-argument callable returning an iterable (texts or token arrays)."""
+
+    def __init__(
+        self, name: str, factory: Callable[[], Iterable[Any]], description: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.factory = factory
+        self.description = description
+
+    def iter_samples(self) -> Iterator[str | np.ndarray]:
+        self.stats.clear()
+        yield from self.factory()
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.description)

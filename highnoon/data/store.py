@@ -1,0 +1,512 @@
+"""The indexed token store: tokenised samples on disk, read through a memory map.
+
+A store is a directory:
+
+* ``tokens.bin``   every sample's ids back to back (``uint16`` when the vocabulary has at most
+  65535 ids, else ``uint32``; little endian), read with ``np.memmap``.
+* ``offsets.npy``  int64 ``[num_samples + 1]``: sample ``i`` is ``tokens[offsets[i]:offsets[i+1]]``.
+* ``features.npz`` ``lengths`` and ``surprisal_sum`` (int64, ``scoring.features_from_flat`` with
+  unigram counts over the whole store), so hosts score samples without rescanning the corpus.
+* ``tokenizer.model`` (SentencePiece stores only) a copy of the model, so the store is
+  self-contained.
+* ``manifest.json`` written last: format version, tokenizer config, counts, dtype, file sizes,
+  the sha256 content fingerprint of tokens + offsets, source descriptions and skip counts.
+
+**Sample format.** A text sample is stored as ``encode(text) + [eos_id]``; token samples are
+stored as given plus ``eos_id``. No BOS: the pipeline prepends ``bos_id`` to every row. Samples
+whose encoding is empty are skipped and counted in ``manifest["skipped"]["empty"]``.
+
+**Atomicity.** ``build_token_store`` writes into ``<path>.tmp-<random>``, fsyncs every file and
+the directory, then renames it to ``path``. A killed build leaves at most a ``.tmp-`` directory,
+never ``path``; a directory without a complete manifest is rejected by ``TokenStore.open``.
+
+**Remote stores.** A path with a scheme (``gs://...``) is copied with ``tf.io.gfile`` to a local
+cache directory (``cache_dir``, default ``$HIGHNOON_CACHE_DIR`` or ``~/.cache/highnoon/stores``)
+keyed by the path, then memory-mapped; a cached copy whose manifest matches is reused. Building
+to a remote path builds locally first and copies the files, manifest last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from highnoon.data.tokenizers import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_from_config,
+)
+from highnoon.training.scoring import SampleFeatures, features_from_flat
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENS = "tokens.bin"
+OFFSETS = "offsets.npy"
+FEATURES = "features.npz"
+SP_MODEL = "tokenizer.model"
+SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
+_BATCH_CHARS = 1 << 22  # texts encoded together per batch (about 4 MB)
+
+
+class StoreError(ValueError):
+    """A store directory is missing, incomplete, or does not match its manifest."""
+
+
+class StoreExistsError(ValueError):
+    """``build_token_store`` was asked to write where a store already is."""
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """``uint16`` when every id fits (vocab <= 65535), else ``uint32``."""
+    return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fingerprint(tokens: np.ndarray, offsets: np.ndarray) -> str:
+    """sha256 over the token bytes then the little-endian int64 offsets."""
+    digest = hashlib.sha256()
+    step = 1 << 24
+    for start in range(0, tokens.size, step):
+        digest.update(np.ascontiguousarray(tokens[start : start + step]).tobytes())
+    digest.update(np.asarray(offsets, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def _is_text(sample: Any) -> bool:
+    return isinstance(sample, str)
+
+
+class TokenBatch(NamedTuple):
+    """Many token samples at once (flat ids + lengths, no EOS): a fast path for
+    ``build_token_store`` when the samples are already token ids (e.g. mixing stores)."""
+
+    flat: np.ndarray
+    lengths: np.ndarray
+
+
+class _Writer:
+    """Appends encoded samples (plus EOS) to ``tokens.bin`` and tracks offsets and the hash."""
+
+    def __init__(self, directory: str, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.dtype = token_dtype(tokenizer.vocab_size)
+        self.file = open(os.path.join(directory, TOKENS), "wb")  # noqa: SIM115 (closed in close())
+        self.digest = hashlib.sha256()
+        self.lengths: list[np.ndarray] = []
+        self.num_tokens = 0
+        self.skipped_empty = 0
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """Append samples given as flat ids + lengths (without EOS); empty ones are skipped."""
+        keep = lengths > 0
+        self.skipped_empty += int((~keep).sum())
+        if not keep.all():
+            lengths = lengths[keep]  # empty samples own no tokens, so ``flat`` is unchanged
+        if lengths.size == 0:
+            return
+        if flat.size and (flat.min() < 0 or flat.max() >= self.tokenizer.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.tokenizer.vocab_size}) for {self.tokenizer!r}, "
+                f"got values in [{flat.min()}, {flat.max()}]"
+            )
+        out_lengths = lengths + 1
+        out = np.empty(int(out_lengths.sum()), dtype=self.dtype)
+        eos_pos = np.cumsum(out_lengths) - 1
+        is_token = np.ones(out.size, dtype=bool)
+        is_token[eos_pos] = False
+        out[is_token] = flat
+        out[eos_pos] = self.tokenizer.eos_id
+        data = out.tobytes()
+        self.file.write(data)
+        self.digest.update(data)
+        self.lengths.append(out_lengths)
+        self.num_tokens += out.size
+
+    def close(self) -> np.ndarray:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return offsets
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _encode_chunks(
+    samples: Iterable[Any], tokenizer: Tokenizer, progress: Any
+) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """Group samples into batches of about 4 MB of text and encode each batch at once."""
+    texts: list[str] = []
+    chars = 0
+    for sample in samples:
+        if _is_text(sample):
+            texts.append(sample)
+            chars += len(sample)
+            if chars >= _BATCH_CHARS:
+                yield tokenizer.encode_batch(texts)
+                progress.update(len(texts))
+                texts, chars = [], 0
+            continue
+        if texts:
+            yield tokenizer.encode_batch(texts)
+            progress.update(len(texts))
+            texts, chars = [], 0
+        if isinstance(sample, TokenBatch):
+            yield np.asarray(sample.flat, np.int64), np.asarray(sample.lengths, np.int64)
+            progress.update(len(sample.lengths))
+            continue
+        ids = np.asarray(sample)
+        if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(
+                "a sample must be a str or a 1-D integer token array, got "
+                f"{type(sample).__name__} with shape {ids.shape}"
+            )
+        yield ids.astype(np.int64), np.array([ids.size], dtype=np.int64)
+        progress.update(1)
+    if texts:
+        yield tokenizer.encode_batch(texts)
+        progress.update(len(texts))
+
+
+def build_token_store(
+    samples: Iterable[Any],
+    tokenizer: Tokenizer | str | dict,
+    path: str,
+    *,
+    sources: Sequence[dict[str, Any]] | None = None,
+    skipped: dict[str, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> TokenStore:
+    """Tokenise ``samples`` (str texts or 1-D int token arrays) into a store at ``path``.
+
+    ``sources`` (JSON-able source descriptions) and ``skipped`` (counts of samples a source
+    dropped) go into the manifest. An existing store at ``path`` is an error unless
+    ``overwrite=True``. An empty result (no non-empty sample) is a ValueError. Shows a tqdm
+    progress bar on stderr when ``progress`` is true. Returns the opened store.
+    """
+    tokenizer = load_tokenizer(tokenizer)
+    if _is_remote(path):
+        import tempfile
+
+        import tensorflow as tf
+
+        local = tempfile.mkdtemp(prefix="highnoon-store-")
+        store_dir = os.path.join(local, "store")
+        build_token_store(
+            samples, tokenizer, store_dir, sources=sources, skipped=skipped,
+            progress=progress, extra=extra,
+        )  # fmt: skip
+        if tf.io.gfile.exists(os.path.join(path, MANIFEST)):
+            if not overwrite:
+                raise ValueError(f"path={path!r} already holds a token store; pass overwrite=True")
+            tf.io.gfile.remove(os.path.join(path, MANIFEST))
+        tf.io.gfile.makedirs(path)
+        names = [*sorted(n for n in os.listdir(store_dir) if n != MANIFEST), MANIFEST]
+        for name in names:
+            tf.io.gfile.copy(os.path.join(store_dir, name), f"{path}/{name}", overwrite=True)
+        shutil.rmtree(local)
+        return TokenStore.open(path)
+
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise StoreExistsError(f"path={path!r} already exists; pass overwrite=True to replace it")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    os.makedirs(tmp)
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            desc=f"building {os.path.basename(path)}",
+            unit=" samples",
+            disable=not progress,
+            file=sys.stderr,
+            mininterval=0.5,
+        )
+        started = time.perf_counter()
+        writer = _Writer(tmp, tokenizer)
+        try:
+            for flat, lengths in _encode_chunks(samples, tokenizer, bar):
+                writer.add(flat, lengths)
+        finally:
+            bar.close()
+            offsets = writer.close()
+        if offsets.size <= 1:
+            raise ValueError(
+                f"the dataset for path={path!r} is empty: no sample had any token "
+                f"({writer.skipped_empty} empty samples skipped); sources={list(sources or [])}"
+            )
+        np.save(os.path.join(tmp, OFFSETS), offsets)
+        tokens = np.memmap(os.path.join(tmp, TOKENS), dtype=writer.dtype, mode="r")
+        features = features_from_flat(tokens, offsets)
+        del tokens
+        np.savez(
+            os.path.join(tmp, FEATURES),
+            lengths=features.lengths,
+            surprisal_sum=features.surprisal_sum,
+        )
+        digest = writer.digest
+        digest.update(offsets.astype("<i8").tobytes())
+        tokenizer_config = tokenizer.to_config()
+        if isinstance(tokenizer, SentencePieceTokenizer):
+            shutil.copyfile(tokenizer.model_path, os.path.join(tmp, SP_MODEL))
+            tokenizer_config = {**tokenizer.fingerprint_config(), "model_file": SP_MODEL}
+        for name in os.listdir(tmp):
+            _fsync_file(os.path.join(tmp, name))
+        skips = {"empty": writer.skipped_empty, **(skipped or {})}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": tokenizer_config,
+            "num_samples": int(offsets.size - 1),
+            "num_tokens": int(offsets[-1]),
+            "dtype": writer.dtype.str,
+            "fingerprint": digest.hexdigest(),
+            "files": {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))},
+            "sample_format": SAMPLE_FORMAT,
+            "sources": list(sources or []),
+            "skipped": skips,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            **(extra or {}),
+        }
+        _write_json(os.path.join(tmp, MANIFEST), manifest)
+        _fsync_dir(tmp)
+        old = None
+        if os.path.exists(path):
+            old = f"{path}.old-{secrets.token_hex(4)}"
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError as err:  # another process finished the same path first
+            raise StoreExistsError(
+                f"path={path!r} already exists (created concurrently); pass overwrite=True "
+                "to replace it"
+            ) from err
+        _fsync_dir(parent)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TokenStore.open(path)
+
+
+def default_cache_dir() -> str:
+    """``$HIGHNOON_CACHE_DIR`` or ``~/.cache/highnoon``."""
+    return os.environ.get("HIGHNOON_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "highnoon"
+    )
+
+
+def _local_copy(path: str, cache_dir: str | None) -> str:
+    """Copy a remote store to the local cache (reused when its manifest matches)."""
+    import tensorflow as tf
+
+    manifest_path = f"{path.rstrip('/')}/{MANIFEST}"
+    if not tf.io.gfile.exists(manifest_path):
+        raise StoreError(f"path={path!r} has no {MANIFEST}: not a complete token store")
+    with tf.io.gfile.GFile(manifest_path, "rb") as f:
+        remote_manifest = f.read()
+    key = hashlib.sha256(path.encode()).hexdigest()[:16]
+    local = os.path.join(cache_dir or os.path.join(default_cache_dir(), "stores"), key)
+    local_manifest = os.path.join(local, MANIFEST)
+    if os.path.exists(local_manifest):
+        with open(local_manifest, "rb") as f:
+            if f.read() == remote_manifest:
+                return local
+    tmp = f"{local}.tmp-{secrets.token_hex(4)}"
+    os.makedirs(tmp)
+    for name in json.loads(remote_manifest)["files"]:
+        tf.io.gfile.copy(f"{path.rstrip('/')}/{name}", os.path.join(tmp, name), overwrite=True)
+    with open(os.path.join(tmp, MANIFEST), "wb") as f:
+        f.write(remote_manifest)
+    if os.path.exists(local):
+        shutil.rmtree(local)
+    os.rename(tmp, local)
+    return local
+
+
+class TokenStore:
+    """Read side of a store: memory-mapped tokens, offsets, features and the manifest."""
+
+    def __init__(self, path: str, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.dtype = np.dtype(manifest["dtype"])
+        self.tokens = np.memmap(os.path.join(path, TOKENS), dtype=self.dtype, mode="r")
+        self.offsets = np.load(os.path.join(path, OFFSETS), allow_pickle=False)
+        with np.load(os.path.join(path, FEATURES), allow_pickle=False) as data:
+            self._features = SampleFeatures(
+                lengths=data["lengths"].astype(np.int64),
+                surprisal_sum=data["surprisal_sum"].astype(np.int64),
+            )
+        self._tokenizer: Tokenizer | None = None
+
+    @classmethod
+    def open(cls, path: str, verify: bool = False, cache_dir: str | None = None) -> TokenStore:
+        """Open the store at ``path`` (local, or remote via a local cache copy).
+
+        Always checks the manifest is complete and every file has the recorded size and shape;
+        ``verify=True`` also recomputes the sha256 fingerprint. Any mismatch is a StoreError.
+        """
+        path = str(path)
+        local = _local_copy(path, cache_dir) if _is_remote(path) else os.path.abspath(path)
+        manifest_path = os.path.join(local, MANIFEST)
+        if not os.path.isdir(local):
+            raise StoreError(f"path={path!r} does not exist or is not a directory")
+        if not os.path.isfile(manifest_path):
+            raise StoreError(
+                f"path={path!r} has no {MANIFEST}: an incomplete (interrupted) build or not a "
+                "token store; rebuild it"
+            )
+        try:
+            with open(manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise StoreError(f"{manifest_path!r} is not valid JSON: {err}") from err
+        required = ("format_version", "num_samples", "num_tokens", "dtype", "fingerprint", "files")
+        missing = [k for k in required if k not in manifest]
+        if missing:
+            raise StoreError(f"{manifest_path!r} is incomplete: missing keys {missing}")
+        if manifest["format_version"] != FORMAT_VERSION:
+            raise StoreError(
+                f"store {path!r} has format_version={manifest['format_version']}, this code reads "
+                f"format_version={FORMAT_VERSION}; rebuild the store"
+            )
+        for name, size in manifest["files"].items():
+            file_path = os.path.join(local, name)
+            actual = os.path.getsize(file_path) if os.path.isfile(file_path) else None
+            if actual != size:
+                raise StoreError(
+                    f"store {path!r}: file {name} has size {actual}, manifest records {size}; "
+                    "the store is corrupt or was modified, rebuild it"
+                )
+        store = cls(local, manifest)
+        n, t = manifest["num_samples"], manifest["num_tokens"]
+        off = store.offsets
+        if (
+            off.shape != (n + 1,)
+            or store.tokens.size != t
+            or off[0] != 0
+            or off[-1] != t
+            or np.any(np.diff(off) < 0)
+            or store._features.lengths.shape != (n,)
+        ):
+            raise StoreError(
+                f"store {path!r}: tokens/offsets/features do not match the manifest "
+                f"(num_samples={n}, num_tokens={t}); rebuild it"
+            )
+        if verify:
+            actual_fp = _fingerprint(store.tokens, store.offsets)
+            if actual_fp != manifest["fingerprint"]:
+                raise StoreError(
+                    f"store {path!r}: content fingerprint {actual_fp} does not match the manifest "
+                    f"fingerprint {manifest['fingerprint']}; the store is corrupt, rebuild it"
+                )
+        return store
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.manifest["num_samples"])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.manifest["num_tokens"])
+
+    @property
+    def features(self) -> SampleFeatures:
+        return self._features
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            config = dict(self.manifest["tokenizer"])
+            if "model_file" in config:
+                config["model_path"] = os.path.join(self.path, config.pop("model_file"))
+            self._tokenizer = tokenizer_from_config(config)
+        return self._tokenizer
+
+    def _check_index(self, indices: np.ndarray) -> None:
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_samples):
+            raise IndexError(
+                f"sample indices must be in [0, {self.num_samples}), got values in "
+                f"[{indices.min()}, {indices.max()}]"
+            )
+
+    def sample(self, i: int) -> np.ndarray:
+        """Token ids of sample ``i`` (int64, ending with EOS)."""
+        self._check_index(np.asarray([i]))
+        return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64)
+
+    def samples(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """Token ids of several samples, gathered with one vectorised read."""
+        flat, offsets = self.gather(indices)
+        return np.split(flat, offsets[1:-1])
+
+    def gather(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flat int64 ids, offsets) of the samples ``indices``, in that order."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        self._check_index(idx)
+        starts = self.offsets[idx]
+        lengths = self.offsets[idx + 1] - starts
+        out_offsets = np.zeros(idx.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out_offsets[1:])
+        positions = np.repeat(starts - out_offsets[:-1], lengths) + np.arange(out_offsets[-1])
+        return np.asarray(self.tokens[positions], dtype=np.int64), out_offsets
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenStore({self.path!r}, num_samples={self.num_samples}, "
+            f"num_tokens={self.num_tokens}, fingerprint={self.fingerprint[:12]})"
+        )
+
+
+def check_enough_samples(store: TokenStore, global_batch_size: int) -> None:
+    """Raise ValueError when the store cannot fill one global batch."""
+    if store.num_samples < int(global_batch_size):
+        raise ValueError(
+            f"the dataset at {store.path!r} has {store.num_samples} samples, fewer than one "
+            f"global batch (global_batch_size={global_batch_size}); add data or lower the batch size"
+        )

@@ -1,0 +1,326 @@
+"""Tokenizers: the byte-level default and SentencePiece.
+
+Every tokenizer maps text to integer ids without adding special tokens (``encode``) and back
+(``decode``, which skips the special ids pad/bos/eos). Special ids are fixed and documented so
+stores, models and generation agree on them:
+
+* ``ByteTokenizer``: ``pad_id=0``, ``bos_id=1``, ``eos_id=2``, UTF-8 byte ``b`` -> ``b + 3``,
+  ``vocab_size=259``. No training, no files, any text round-trips exactly.
+* ``SentencePieceTokenizer``: ids come from the model; models trained with
+  ``train_sentencepiece`` use ``pad_id=0``, ``bos_id=1``, ``eos_id=2``, ``unk_id=3`` (the same
+  pad/bos/eos as the byte tokenizer), identity normalisation (whitespace and newlines are kept,
+  so code round-trips) and byte fallback (no character is ever unknown).
+
+``to_config()`` returns a JSON-able dict recorded in store manifests; ``tokenizer_from_config``
+rebuilds the tokenizer from it. ``load_tokenizer`` accepts ``"byte"``, a ``.model`` path, a
+config dict or a tokenizer.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+BYTE_OFFSET = 3  # ids 0..2 are pad/bos/eos; byte b is id b + 3
+BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+
+
+class Tokenizer(abc.ABC):
+    """Text <-> token ids. Subclasses define the special ids and the vocabulary size."""
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no BOS/EOS added)."""
+
+    @abc.abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; the special ids (pad, bos, eos) are skipped."""
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids; every id is in ``[0, vocab_size)``."""
+
+    @property
+    @abc.abstractmethod
+    def pad_id(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def bos_id(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def eos_id(self) -> int: ...
+
+    @abc.abstractmethod
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able description that ``tokenizer_from_config`` turns back into this tokenizer."""
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        """Config without machine-specific parts (paths); used in cache keys and fingerprints."""
+        return self.to_config()
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Encode many texts at once: (flat int64 ids, int64 lengths). Subclasses vectorise."""
+        encoded = [self.encode(t) for t in texts]
+        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(
+            (i for e in encoded for i in e), dtype=np.int64, count=int(lengths.sum())
+        )
+        return flat, lengths
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as tokens: pad 0, bos 1, eos 2, byte ``b`` -> ``b + 3`` (vocab 259)."""
+
+    def encode(self, text: str) -> list[int]:
+        return (
+            np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64) + BYTE_OFFSET
+        ).tolist()
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        raw = [t.encode("utf-8") for t in texts]
+        lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+        flat = np.frombuffer(b"".join(raw), np.uint8).astype(np.int64) + BYTE_OFFSET
+        return flat, lengths
+
+    def decode(self, ids: Iterable[int]) -> str:
+        array = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+        if array.size and (array.min() < 0 or array.max() >= BYTE_VOCAB_SIZE):
+            raise ValueError(
+                f"ids must be in [0, {BYTE_VOCAB_SIZE}) for ByteTokenizer, got values in "
+                f"[{array.min()}, {array.max()}]"
+            )
+        data = (array[array >= BYTE_OFFSET] - BYTE_OFFSET).astype(np.uint8).tobytes()
+        return data.decode("utf-8", errors="replace")
+
+    @property
+    def vocab_size(self) -> int:
+        return BYTE_VOCAB_SIZE
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def bos_id(self) -> int:
+        return 1
+
+    @property
+    def eos_id(self) -> int:
+        return 2
+
+    def to_config(self) -> dict[str, Any]:
+        return {"type": "byte"}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByteTokenizer)
+
+    def __hash__(self) -> int:
+        return hash("ByteTokenizer")
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A trained SentencePiece model (``.model`` file); ids and special ids come from it."""
+
+    def __init__(self, model_path: str) -> None:
+        import sentencepiece as spm
+
+        if not os.path.isfile(model_path):
+            raise ValueError(
+                f"model_path={model_path!r} is not a file; pass a SentencePiece .model file "
+                "(train one with highnoon.data.train_sentencepiece)"
+            )
+        self.model_path = os.path.abspath(model_path)
+        self.model_sha256 = _sha256_file(self.model_path)
+        self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
+        self._special = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i >= 0}
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._sp.encode(text, out_type=int))
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = self._sp.encode(list(texts), out_type=int)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(
+            (i for e in encoded for i in e), dtype=np.int64, count=int(lengths.sum())
+        )
+        return flat, lengths
+
+    def decode(self, ids: Iterable[int]) -> str:
+        kept = [int(i) for i in ids if int(i) not in self._special]
+        bad = [i for i in kept if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this model")
+        return self._sp.decode(kept)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+    @property
+    def pad_id(self) -> int:
+        return int(self._sp.pad_id())
+
+    @property
+    def bos_id(self) -> int:
+        return int(self._sp.bos_id())
+
+    @property
+    def eos_id(self) -> int:
+        return int(self._sp.eos_id())
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "type": "sentencepiece",
+            "model_path": self.model_path,
+            "model_sha256": self.model_sha256,
+            "vocab_size": self.vocab_size,
+        }
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        config = self.to_config()
+        del config["model_path"]
+        return config
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    model_prefix: str,
+    vocab_size: int,
+    *,
+    model_type: str = "bpe",
+    seed: int = 0,
+    character_coverage: float = 1.0,
+    max_sentence_length: int = 16384,
+    num_threads: int = 1,
+) -> SentencePieceTokenizer:
+    """Train a SentencePiece model offline on ``texts``; writes ``<model_prefix>.model``/``.vocab``.
+
+    Each text is split into lines (empty lines dropped) and fed through ``sentence_iterator`` in
+    order: nothing is sampled or shuffled, one thread by default, and the generator is seeded, so
+    the same texts give the same model. Special ids: pad 0, bos 1, eos 2, unk 3. Normalisation is
+    the identity and whitespace is kept, so code round-trips; byte fallback covers every
+    character. The files are written under a temporary prefix and renamed into place.
+    """
+    import sentencepiece as spm
+
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"model_type={model_type!r} is not supported; use 'bpe' or 'unigram'")
+    if int(vocab_size) < 4 + 256:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: byte fallback needs 256 byte pieces plus 4 "
+            "special ids, so use at least 260"
+        )
+
+    def lines() -> Iterable[str]:
+        for text in texts:
+            for line in text.split("\n"):
+                if line.strip():
+                    yield line
+
+    directory = os.path.dirname(os.path.abspath(model_prefix))
+    os.makedirs(directory, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".spm-tmp-", dir=directory)
+    tmp_prefix = os.path.join(tmp_dir, "model")
+    spm.set_random_generator_seed(int(seed))
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines()),
+            model_prefix=tmp_prefix,
+            vocab_size=int(vocab_size),
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=0,
+            bos_id=1,
+            eos_id=2,
+            unk_id=3,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            hard_vocab_limit=False,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            max_sentence_length=int(max_sentence_length),
+            num_threads=int(num_threads),
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise ValueError(
+            f"SentencePiece training failed for vocab_size={vocab_size}, model_type="
+            f"{model_type!r}: {err}"
+        ) from err
+    for ext in (".model", ".vocab"):
+        os.replace(tmp_prefix + ext, model_prefix + ext)
+    os.rmdir(tmp_dir)
+    return SentencePieceTokenizer(model_prefix + ".model")
+
+
+def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from ``Tokenizer.to_config()``; a SentencePiece model whose file no
+    longer matches the recorded sha256 is an error."""
+    kind = config.get("type") if isinstance(config, dict) else None
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "sentencepiece":
+        tokenizer = SentencePieceTokenizer(config["model_path"])
+        expected = config.get("model_sha256")
+        if expected and expected != tokenizer.model_sha256:
+            raise ValueError(
+                f"tokenizer model {config['model_path']!r} has sha256 {tokenizer.model_sha256}, "
+                f"but the config records {expected}: the model file changed"
+            )
+        return tokenizer
+    raise ValueError(
+        f"tokenizer config {config!r} has unknown type; allowed types are 'byte' and 'sentencepiece'"
+    )
+
+
+def load_tokenizer(spec: str | dict[str, Any] | Tokenizer) -> Tokenizer:
+    """A tokenizer from ``"byte"``, a path to a SentencePiece ``.model``, a config dict, or a
+    tokenizer (returned as is)."""
+    if isinstance(spec, Tokenizer):
+        return spec
+    if isinstance(spec, dict):
+        return tokenizer_from_config(spec)
+    if isinstance(spec, str):
+        if spec == "byte":
+            return ByteTokenizer()
+        if spec.endswith(".model") or os.path.isfile(spec):
+            return SentencePieceTokenizer(spec)
+    raise ValueError(
+        f"tokenizer={spec!r} is not understood; use 'byte', a path to a SentencePiece .model "
+        "file, a tokenizer config dict or a Tokenizer"
+    )
+
+
+def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+    """Raise ValueError if the tokenizer produces ids the model's embedding cannot hold."""
+    if tokenizer.vocab_size > int(model_vocab_size):
+        raise ValueError(
+            f"model_vocab_size={model_vocab_size} is smaller than the tokenizer's vocab_size="
+            f"{tokenizer.vocab_size} ({tokenizer!r}); the model needs vocab_size >= "
+            f"{tokenizer.vocab_size}"
+        )

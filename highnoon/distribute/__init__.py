@@ -1,0 +1,52 @@
+"""Distribution: strategy creation, cluster facts, bounded waits, cross-host consistency.
+
+Names are imported lazily (PEP 562) so the pure parts (`tf_config_from_worker_hosts`, the
+strategy decision) do not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "create_strategy": "highnoon.distribute.strategy",
+    "verify_consistent": "highnoon.distribute.consistency",
+    "fingerprint": "highnoon.distribute.consistency",
+    "ConfigMismatchError": "highnoon.distribute.errors",
+    "PeerFailureError": "highnoon.distribute.errors",
+    "MissingPeersError": "highnoon.distribute.errors",
+    "TPUUnreachableError": "highnoon.distribute.errors",
+    "DistributeError": "highnoon.distribute.errors",
+    "EXIT_MISSING_PEERS": "highnoon.distribute.errors",
+    "EXIT_PEER_FAILURE": "highnoon.distribute.errors",
+    "peer_failure_guard": "highnoon.distribute.bounded",
+    "JoinWatchdog": "highnoon.distribute.bounded",
+    "input_host_info": "highnoon.distribute.hosts",
+    "is_chief": "highnoon.distribute.hosts",
+    "task_info": "highnoon.distribute.hosts",
+    "TaskInfo": "highnoon.distribute.hosts",
+    "write_dir": "highnoon.distribute.hosts",
+    "cleanup_write_dir": "highnoon.distribute.hosts",
+    "tf_config_from_worker_hosts": "highnoon.distribute.cluster",
+    "set_tf_config": "highnoon.distribute.cluster",
+    "decide_strategy_kind": "highnoon.distribute.cluster",
+    "tpu_resolver_kwargs": "highnoon.distribute.cluster",
+    "tpu_vm_present": "highnoon.distribute.cluster",
+    "STRATEGY_KINDS": "highnoon.distribute.cluster",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'highnoon.distribute' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,29 @@
+"""Errors and process exit codes of highnoon.distribute."""
+
+from __future__ import annotations
+
+# Exit codes a worker uses when it ends itself with os._exit (TF may hang on a normal exit
+# once a peer is gone, so these paths never run Python's shutdown).
+EXIT_MISSING_PEERS = 137  # peers never joined: the join watchdog SIGKILLs the worker (128 + 9)
+EXIT_PEER_FAILURE = 76  # a peer died or hung mid-run
+EXIT_NO_TPU = 77  # reserved for launchers: no TPU was reachable
+
+
+class DistributeError(RuntimeError):
+    """Base class of the cluster errors below."""
+
+
+class MissingPeersError(DistributeError):
+    """Peers did not join the cluster within the deadline."""
+
+
+class PeerFailureError(DistributeError):
+    """A peer died, hung or became unreachable while collectives were running."""
+
+
+class TPUUnreachableError(DistributeError):
+    """No TPU could be reached at the requested address/name."""
+
+
+class ConfigMismatchError(ValueError):
+    """Hosts disagree on a part (config, data, curriculum, ...) that must be identical."""

@@ -1,0 +1,123 @@
+"""`create_model`: a `HighNoonLM` from a preset name or a `ModelConfig`, plus overrides.
+
+Vocabulary size: an explicit `vocab_size` override wins, else the tokenizer's `vocab_size`, else
+259 (the byte tokenizer). A vocabulary smaller than the tokenizer's is a ValueError (the model
+could not embed every id). The model is returned unbuilt: no weight is allocated until
+`model.build()` or the first call, so a 20B config can be inspected on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gin
+from highnoon.models.config import ModelConfig, load_model_config
+from highnoon.models.presets import get_preset
+
+
+def resolve_config(
+    name_or_config: str | ModelConfig | dict[str, Any],
+    *,
+    tokenizer: Any = None,
+    **overrides: Any,
+) -> ModelConfig:
+    """The `ModelConfig` `create_model` would build (no TensorFlow needed)."""
+    explicit_vocab = "vocab_size" in overrides
+    if isinstance(name_or_config, str):
+        config = get_preset(name_or_config)
+    elif isinstance(name_or_config, ModelConfig):
+        config, explicit_vocab = name_or_config, True  # a full config's vocab is deliberate
+    elif isinstance(name_or_config, dict):
+        explicit_vocab = explicit_vocab or "vocab_size" in name_or_config
+        config = ModelConfig.from_dict(name_or_config)
+    else:
+        raise ValueError(
+            f"create_model: name_or_config={name_or_config!r} must be a preset name, a "
+            "ModelConfig or a dict of ModelConfig fields"
+        )
+    if tokenizer is not None:
+        tokenizer_vocab = int(tokenizer.vocab_size)
+        if not explicit_vocab:
+            overrides["vocab_size"] = tokenizer_vocab
+        vocab = overrides.get("vocab_size", config.vocab_size)
+        if isinstance(vocab, int) and vocab < tokenizer_vocab:
+            raise ValueError(
+                f"create_model: vocab_size={vocab} is smaller than the tokenizer's vocab_size="
+                f"{tokenizer_vocab}; it must be >= {tokenizer_vocab}"
+            )
+    return config.replace(**overrides) if overrides else config
+
+
+@gin.configurable(module="highnoon.models")
+def create_model(
+    name_or_config: str | ModelConfig | dict[str, Any] = "highnoon-tiny",
+    *,
+    tokenizer: Any = None,
+    **overrides: Any,
+):
+    """Create an (unbuilt) `HighNoonLM`.
+
+    Args:
+      name_or_config: a preset name (see `highnoon.models.PRESETS`), a `ModelConfig` or a dict.
+      tokenizer: optional tokenizer (duck-typed: `vocab_size`, `encode`, `decode`, ...); sets the
+        vocabulary size and is attached as `model.tokenizer` for string prompts in `generate`.
+      **overrides: `ModelConfig` fields to change, e.g. `num_layers=2, dropout=0.1`.
+
+    Gin: `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`.
+    """
+    from highnoon.models.transformer import HighNoonLM
+
+    config = resolve_config(name_or_config, tokenizer=tokenizer, **overrides)
+    model = HighNoonLM(config)
+    if tokenizer is not None:
+        model.tokenizer = tokenizer
+    return model
+
+
+def load_model(path: str, *, compile: bool = False):
+    """Load a model saved as `.keras` or as a `tf.train.Checkpoint` with `model_config.json`.
+
+    `path` may be a `.keras` file, a checkpoint directory (latest checkpoint; the config is in
+    the directory) or a checkpoint prefix like `dir/ckpt-3` (config next to it). The checkpoint
+    must hold the model under the key `model` (`tf.train.Checkpoint(model=model, ...)`); other
+    entries (optimizer, step, data position) are ignored.
+    """
+    import keras
+    import tensorflow as tf
+
+    from highnoon.models.transformer import HighNoonLM
+
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise ValueError(f"load_model: path={path!r} does not exist")
+        return keras.models.load_model(
+            path, custom_objects={"HighNoonLM": HighNoonLM}, compile=compile
+        )
+    if os.path.isdir(path):
+        directory, prefix = path, tf.train.latest_checkpoint(path)
+        if prefix is None:
+            raise ValueError(f"load_model: no checkpoint in directory path={path!r}")
+    else:
+        directory, prefix = os.path.dirname(path) or ".", path
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise ValueError(
+                f"load_model: path={path!r} is neither a .keras file, a checkpoint directory "
+                "nor a checkpoint prefix (no .index file)"
+            )
+    model = HighNoonLM(load_model_config(directory))
+    model.build()
+    stored = [
+        name
+        for name, _ in tf.train.list_variables(prefix)
+        if name.startswith("model/") and name.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+    ]
+    if len(stored) != len(model.weights):
+        raise ValueError(
+            f"load_model: checkpoint {prefix!r} holds {len(stored)} model variables under the "
+            f"key 'model', but {directory}/model_config.json describes a model with "
+            f"{len(model.weights)}; save with tf.train.Checkpoint(model=model, ...)"
+        )
+    status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    status.assert_existing_objects_matched()
+    return model

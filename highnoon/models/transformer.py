@@ -1,0 +1,193 @@
+"""`HighNoonLM`: the decoder-only transformer (a Keras 3 `keras.Model`).
+
+token embedding -> num_layers x pre-norm block (RMSNorm, RoPE causal GQA attention, RMSNorm,
+SwiGLU) -> final RMSNorm -> output head (tied to the embedding by default) -> float32 logits.
+
+Weights are created only when the model is built (`model.build()` or the first call), so
+`create_model("highnoon-20b")` is cheap until then. The model serialises through
+`get_config`/`from_config` (`model.save("x.keras")` + `keras.models.load_model`) and through
+`tf.train.Checkpoint(model=model)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from highnoon.models.config import ModelConfig
+from highnoon.models.layers import Block, RMSNorm, normal_init, rotary_cos_sin, weight_seed
+
+
+@keras.saving.register_keras_serializable(package="highnoon")
+class HighNoonLM(keras.Model):
+    """Decoder-only language model.
+
+    `model(input_ids, training=False, positions=None, segment_ids=None)`:
+      input_ids: int [B, T] token ids.
+      positions: optional int32 [B, T] rotary positions (default 0..T-1 per row; packed batches
+        pass positions that restart at 0 for each packed sample).
+      segment_ids: optional int32 [B, T]; a token attends only to earlier tokens of the same
+        segment (packed samples never see each other).
+    Returns float32 logits [B, T, vocab_size], whatever the dtype policy.
+    """
+
+    def __init__(self, config: ModelConfig | dict[str, Any], **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        if not isinstance(config, ModelConfig):
+            raise ValueError(
+                f"HighNoonLM: config must be a ModelConfig or dict, got {type(config).__name__}"
+            )
+        self._config = config
+        c = config
+        self._embed_seed = weight_seed(c.init_seed, 0)
+        # one attribute per block: tf.train.Checkpoint does not track Keras-wrapped lists
+        for i in range(c.num_layers):
+            setattr(self, f"block_{i}", Block(c, i, 1 + 9 * i, name=f"block_{i}"))
+        self.final_norm = RMSNorm(c.d_model, c.norm_eps, name="final_norm")
+        self.tokenizer = None  # optional: attach one for string prompts in `generate`
+
+    # -- construction -------------------------------------------------------------------------
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [getattr(self, f"block_{i}") for i in range(self._config.num_layers)]
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    def build(self, input_shape=None):
+        """Create every weight (shapes come from the config; `input_shape` is ignored)."""
+        c = self._config
+        self.embedding = self.add_weight(
+            name="embedding",
+            shape=(c.vocab_size, c.d_model),
+            initializer=normal_init(c.initializer_range, self._embed_seed),
+        )
+        for block in self.blocks:
+            block.build()
+        self.final_norm.build()
+        if not c.tie_embeddings:
+            self.lm_head = self.add_weight(
+                name="lm_head",
+                shape=(c.d_model, c.vocab_size),
+                initializer=normal_init(
+                    c.initializer_range, weight_seed(c.init_seed, 1 + 9 * c.num_layers + 1)
+                ),
+            )
+        self.built = True
+
+    def get_config(self) -> dict[str, Any]:
+        base = super().get_config()
+        base = {k: v for k, v in base.items() if k in ("name", "trainable", "dtype")}
+        return {**base, "config": self._config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> HighNoonLM:
+        config = dict(config)
+        model_config = config.pop("config")
+        return cls(model_config, **config)
+
+    def get_build_config(self) -> dict[str, Any]:
+        return {"input_shape": None}
+
+    def build_from_config(self, config: dict[str, Any]) -> None:
+        self.build(None)
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def _embed(self, input_ids):
+        x = ops.take(self.embedding, ops.cast(input_ids, "int32"), axis=0)
+        return ops.cast(x, self.compute_dtype)
+
+    def _logits(self, x):
+        x = self.final_norm(x)
+        if self._config.tie_embeddings:
+            logits = ops.matmul(x, ops.transpose(ops.cast(self.embedding, x.dtype)))
+        else:
+            logits = ops.matmul(x, ops.cast(self.lm_head, x.dtype))
+        return ops.cast(logits, "float32")
+
+    def forward(self, input_ids, training=False, positions=None, segment_ids=None):
+        """Logits [B,T,V] float32 and the per-layer (k, v) [B,T,KV,hd] (the prefill cache)."""
+        if not self.built:
+            self.build()
+        t = input_ids.shape[1]
+        if t is None:
+            raise ValueError("HighNoonLM needs a static sequence length (input_ids.shape[1])")
+        if positions is None:
+            positions = ops.broadcast_to(
+                ops.arange(t, dtype="int32")[None, :], ops.shape(input_ids)
+            )
+        cos, sin = rotary_cos_sin(positions, self._config.head_dim, self._config.rope_theta)
+        mask = ops.tril(ops.ones((t, t), dtype="bool"))[None]  # [1, T, T] causal
+        if segment_ids is not None:
+            segment_ids = ops.cast(segment_ids, "int32")
+            mask = ops.logical_and(
+                mask, ops.equal(segment_ids[:, :, None], segment_ids[:, None, :])
+            )
+        x = self._embed(input_ids)
+        cache = []
+        for block in self.blocks:
+            x, k, v = block(x, cos, sin, mask, training=training)
+            cache.append((k, v))
+        return self._logits(x), cache
+
+    def call(self, input_ids, training=False, positions=None, segment_ids=None):
+        logits, _ = self.forward(
+            input_ids, training=training, positions=positions, segment_ids=segment_ids
+        )
+        return logits
+
+    def decode_step(self, token_ids, index, cache):
+        """Logits [B,V] of one new token per row at position `index` (int32 scalar tensor),
+        attending to the key/value `cache` (list of (k, v) [B, L, KV, hd]) for positions
+        0..index; returns (logits, updated cache). Static shapes: compiles once for any index."""
+        b = ops.shape(token_ids)[0]
+        length = cache[0][0].shape[1]
+        positions = ops.broadcast_to(ops.reshape(ops.cast(index, "int32"), (1, 1)), (b, 1))
+        cos, sin = rotary_cos_sin(positions, self._config.head_dim, self._config.rope_theta)
+        mask = ops.reshape(ops.arange(length, dtype="int32") <= index, (1, 1, length))
+        x = self._embed(ops.reshape(token_ids, (b, 1)))
+        new_cache = []
+        for block, (k_cache, v_cache) in zip(self.blocks, cache):
+            x, k_cache, v_cache = block.decode(x, cos, sin, k_cache, v_cache, index, mask)
+            new_cache.append((k_cache, v_cache))
+        return self._logits(x)[:, 0, :], new_cache
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt,
+        max_length: int = 256,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        tokenizer=None,
+        *,
+        use_cache: bool = True,
+        eos_id: int | None = None,
+        jit_compile: bool = True,
+    ):
+        """Continue `prompt`; see `highnoon.models.generation.generate` for the details."""
+        from highnoon.models.generation import generate
+
+        return generate(
+            self,
+            prompt,
+            max_length=max_length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            tokenizer=tokenizer,
+            use_cache=use_cache,
+            eos_id=eos_id,
+            jit_compile=jit_compile,
+        )

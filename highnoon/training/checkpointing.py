@@ -1,0 +1,214 @@
+"""Checkpoints of model, optimizer and data position (DESIGN.md sections 2.5 and 5).
+
+* The data position is a few integers plus the curriculum's recorded decisions, stored inside the
+  TensorFlow checkpoint as JSON (``tf.train.experimental.PythonState``), so one atomic checkpoint
+  holds everything a resume needs. A tf.distribute iterator cannot be checkpointed; the position
+  lets the input pipeline be rebuilt at the right step instead.
+* ``tf.train.CheckpointManager`` keeps the newest ``max_to_keep`` checkpoints; its state file is
+  only updated after a checkpoint's files are complete.
+* Multi-worker: every worker must call save (reading synced variables all-reduces); the chief
+  writes to the checkpoint directory, the others to a temporary directory that is then removed.
+* A corrupt or truncated latest checkpoint is reported and skipped in favour of the previous one;
+  no checkpoint is ever deleted by a restore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+from highnoon.distribute.hosts import cleanup_write_dir, is_chief, write_dir
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+@dataclass
+class DataPosition:
+    """Where training stands: enough to rebuild the exact input stream (DESIGN.md 2.5)."""
+
+    stage: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    tokens_seen: int = 0
+    # Per stage: the curriculum scheduler's JSON state (adaptive decisions, fingerprint).
+    curriculum_states: dict[str, Any] = field(default_factory=dict)
+    # Running sums of the current epoch, so a resumed epoch reports the same epoch loss.
+    epoch_loss_sum: float = 0.0
+    epoch_token_sum: float = 0.0
+    last_epoch_loss: float | None = None
+    completed_stages: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DataPosition:
+        return cls(**json.loads(text))
+
+
+class _PositionState(tf.train.experimental.PythonState):
+    """Checkpoint adapter: serialises the live ``DataPosition`` as JSON."""
+
+    def __init__(self, holder: dict[str, DataPosition]) -> None:
+        self._holder = holder
+
+    def serialize(self) -> str:
+        return self._holder["position"].to_json()
+
+    def deserialize(self, string_value: bytes | str) -> None:
+        text = string_value.decode("utf-8") if isinstance(string_value, bytes) else string_value
+        self._holder["position"] = DataPosition.from_json(text)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (missing, or written by a different model)."""
+
+
+class Checkpointer:
+    """Saves and restores (model, optimizer, data position) in one directory."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        model: tf.Module,
+        optimizer: tf.Module,
+        strategy: tf.distribute.Strategy,
+        max_to_keep: int = 3,
+    ) -> None:
+        self.directory = directory
+        self.strategy = strategy
+        self.is_chief = is_chief(strategy)
+        self._holder: dict[str, DataPosition] = {"position": DataPosition()}
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, position=_PositionState(self._holder)
+        )
+        self._write_dir = write_dir(directory, strategy)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self._write_dir, max_to_keep=max_to_keep
+        )
+
+    @property
+    def position(self) -> DataPosition:
+        return self._holder["position"]
+
+    @position.setter
+    def position(self, value: DataPosition) -> None:
+        self._holder["position"] = value
+
+    def save(self, step: int) -> str:
+        """Writes a checkpoint on every worker; returns the chief's path."""
+        tf.io.gfile.makedirs(self._write_dir)
+        path = self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            cleanup_write_dir(self._write_dir, self.directory)
+            return os.path.join(self.directory, os.path.basename(path))
+        return path
+
+    def write_model_config(self, config: dict[str, Any]) -> None:
+        """Chief only: the model's config beside the checkpoints (read by generate and resume)."""
+        if not self.is_chief:
+            return
+        tf.io.gfile.makedirs(self.directory)
+        _atomic_write_text(
+            os.path.join(self.directory, MODEL_CONFIG_FILE), json.dumps(config, indent=2)
+        )
+
+    def restore(self, path_or_dir: str, model_config: dict[str, Any] | None = None) -> str:
+        """Restores from a checkpoint path, or the newest readable checkpoint of a directory.
+
+        Returns the path restored. A corrupt newest checkpoint is skipped with a warning;
+        a checkpoint from a differently shaped model is a ``CheckpointError``.
+        """
+        candidates = checkpoint_candidates(path_or_dir)
+        if not candidates:
+            raise CheckpointError(
+                f"resume_from={path_or_dir!r} holds no checkpoint; pass a checkpoint directory "
+                "written by Trainer.train (or a path like DIR/ckpt-1000), or resume_from=None"
+            )
+        _check_model_config(os.path.dirname(candidates[0]), model_config)
+        errors = []
+        for candidate in candidates:
+            try:
+                self.checkpoint.restore(candidate).assert_existing_objects_matched()
+            except Exception as error:  # TF reports truncation as OpError, IndexError, ...
+                if _is_shape_error(error):
+                    raise CheckpointError(
+                        f"checkpoint {candidate} was written by a model of a different shape "
+                        f"({_first_line(error)}); resume with the model it was trained with or "
+                        "start from a fresh checkpoint_dir"
+                    ) from error
+                logging.warning(
+                    "checkpoint %s is unreadable (%s); falling back to the previous one",
+                    candidate,
+                    _first_line(error),
+                )
+                errors.append(f"{candidate}: {_first_line(error)}")
+                continue
+            return candidate
+        raise CheckpointError("no readable checkpoint in " + path_or_dir + ": " + "; ".join(errors))
+
+
+def checkpoint_candidates(path_or_dir: str) -> list[str]:
+    """Checkpoint prefixes to try, newest first: a prefix itself, or all of a directory's."""
+    if tf.io.gfile.exists(path_or_dir + ".index"):
+        return [path_or_dir]
+    if not tf.io.gfile.isdir(path_or_dir):
+        return []
+    state = tf.train.get_checkpoint_state(path_or_dir)
+    listed = list(state.all_model_checkpoint_paths) if state else []
+    if not listed:  # state file lost: fall back to the files themselves
+        listed = [
+            p[: -len(".index")] for p in tf.io.gfile.glob(os.path.join(path_or_dir, "*.index"))
+        ]
+    listed = [p if os.path.isabs(p) else os.path.join(path_or_dir, p) for p in listed]
+    return sorted(set(listed), key=_checkpoint_number, reverse=True)
+
+
+def _checkpoint_number(prefix: str) -> int:
+    tail = prefix.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _check_model_config(directory: str, model_config: dict[str, Any] | None) -> None:
+    path = os.path.join(directory, MODEL_CONFIG_FILE)
+    if model_config is None or not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as handle:
+        saved = json.load(handle)
+    differing = sorted(
+        key for key in set(saved) | set(model_config) if saved.get(key) != model_config.get(key)
+    )
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} vs {model_config.get(k)!r}" for k in differing)
+        raise CheckpointError(
+            f"the checkpoints in {directory} were written by a different model ({details}, "
+            "checkpoint vs this model); build the model with the same configuration, or use a "
+            "fresh checkpoint_dir"
+        )
+
+
+def _is_shape_error(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "shape" in text and (
+        "mismatch" in text or "incompatible" in text or "compatible" in text
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    """Writes ``text`` to a temporary name beside ``path`` and renames it into place."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as handle:
+        handle.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)

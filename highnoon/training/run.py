@@ -1,0 +1,85 @@
+"""The main job as one gin-configurable function: model, trainer, stages, train, sample.
+
+``launch/train.py`` parses flags and gin files, creates the strategy and calls ``run_training``;
+everything it does is bound in gin (see ``gin/runs/quickstart.gin``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+import gin
+from highnoon import data as hn_data
+from highnoon.distribute.hosts import is_chief
+from highnoon.models import create_model
+from highnoon.training.trainer import Trainer
+
+STAGE_KEYS = ("name", "datasets", "epochs", "weight")
+
+
+def add_stages(trainer: Trainer, stages: Sequence[dict[str, Any]]) -> None:
+    """Adds stages given as dicts: ``name``, ``datasets``, optional ``epochs`` and ``weight``;
+    every other key is a per-stage config override."""
+    if not stages:
+        raise ValueError("run_training.stages is empty; bind at least one stage in gin")
+    for spec in stages:
+        if not isinstance(spec, dict) or "name" not in spec or "datasets" not in spec:
+            raise ValueError(
+                f"stage spec {spec!r} must be a dict with at least 'name' and 'datasets'"
+            )
+        spec = dict(spec)
+        core = {key: spec.pop(key) for key in STAGE_KEYS if key in spec}
+        trainer.add_curriculum_stage(**core, **spec)
+
+
+@gin.configurable(denylist=["model_dir", "strategy", "config_writer"])
+def run_training(
+    model_dir: str,
+    strategy: tf.distribute.Strategy | None = None,
+    *,
+    model: str | None = None,
+    tokenizer: str = "byte",
+    stages: Sequence[dict[str, Any]] = gin.REQUIRED,
+    epochs_per_stage: int = 10,
+    checkpoint_interval: int = 1000,
+    log_interval: int = 100,
+    eval_interval: int = 500,
+    sample_prompt: str | None = None,
+    sample_length: int = 64,
+    config_writer: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Trains ``model`` through ``stages`` into ``model_dir``; returns the Trainer's summary.
+
+    ``model`` is a preset name; by default ``create_model``'s own gin binding decides
+    (``gin/models/*.gin``). ``config_writer`` is called once the model and Trainer exist, so the
+    operative gin config it writes is complete. With ``sample_prompt`` set, the chief greedily continues it with the trained model and adds
+    the text to the summary as ``sample``.
+    """
+    tokenizer_obj = hn_data.load_tokenizer(tokenizer)
+    lm = (
+        create_model(tokenizer=tokenizer_obj)
+        if model is None
+        else create_model(model, tokenizer=tokenizer_obj)
+    )
+    trainer = Trainer(lm, strategy=strategy, tokenizer=tokenizer_obj)
+    add_stages(trainer, stages)
+    if config_writer is not None:
+        config_writer()
+    summary = trainer.train(
+        epochs_per_stage=epochs_per_stage,
+        checkpoint_dir=model_dir,
+        checkpoint_interval=checkpoint_interval,
+        log_interval=log_interval,
+        eval_interval=eval_interval,
+    )
+    if sample_prompt is not None and is_chief(trainer.strategy):
+        sample = lm.generate(
+            sample_prompt, max_length=sample_length, temperature=0.0, tokenizer=tokenizer_obj
+        )
+        summary["sample"] = {"prompt": sample_prompt, "text": sample}
+        logging.info("sample from the trained model:\n%s", sample)
+    return summary

@@ -1,0 +1,209 @@
+"""One curriculum stage made concrete: its settings, data, held-out split and scheduler.
+
+A ``StagePlan`` answers, from (data, seed, config) alone, every question the run loop asks:
+how many steps an epoch has, which samples this host feeds at each step, and which samples are
+held out for evaluation. Nothing here depends on how many hosts run the job except the slice a
+host takes (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from highnoon.training import scoring
+from highnoon.training.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler
+
+# Trainer settings a stage may override (DESIGN.md section 3). Anything else is a ValueError
+# when the stage is added.
+STAGE_OVERRIDABLE = (
+    "learning_rate",
+    "batch_size",
+    "max_seq_length",
+    "gradient_accumulation_steps",
+    "clip_norm",
+    "curriculum_strategy",
+    "pacing",
+    "pacing_options",
+    "initial_fraction",
+    "shuffle",
+    "pack",
+    "overflow",
+    "adaptive",
+    "loss_threshold_for_progression",
+    "min_epochs_per_stage",
+    "max_epochs_per_stage",
+    "max_samples",
+    "eval_fraction",
+)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Every setting that shapes one stage's training (Trainer defaults + stage overrides)."""
+
+    learning_rate: float
+    batch_size: int
+    max_seq_length: int
+    gradient_accumulation_steps: int
+    clip_norm: float | None
+    curriculum_strategy: str | None  # None: curriculum off (all data, index order)
+    pacing: str
+    pacing_options: dict[str, Any]
+    initial_fraction: float
+    shuffle: bool
+    pack: bool
+    overflow: str
+    adaptive: bool
+    loss_threshold_for_progression: float
+    min_epochs_per_stage: int
+    max_epochs_per_stage: int
+    max_samples: int | None
+    eval_fraction: float
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step, over all replicas and micro-batches."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def with_overrides(self, overrides: dict[str, Any]) -> StageSettings:
+        return dataclasses.replace(self, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def derive_seed(seed: int, *keys: Any) -> int:
+    """A 63-bit seed from ``seed`` and any JSON-able keys (stage index, purpose, ...)."""
+    text = json.dumps([int(seed), *keys], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def split_eval(num_samples: int, eval_fraction: float, global_batch: int, seed: int):
+    """Held-out split: ``(train_indices, eval_indices)``, both sorted.
+
+    The eval set is a keyed random choice of ``floor(n * eval_fraction)`` samples, rounded down to
+    whole global batches; it is empty when that leaves fewer than one global batch to train on.
+    """
+    n_eval = int(num_samples * eval_fraction) // global_batch * global_batch
+    if n_eval == 0 or num_samples - n_eval < global_batch:
+        return np.arange(num_samples, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    generator = np.random.Generator(np.random.Philox(key=seed))
+    chosen = np.zeros(num_samples, dtype=bool)
+    chosen[generator.choice(num_samples, size=n_eval, replace=False)] = True
+    return np.flatnonzero(~chosen).astype(np.int64), np.flatnonzero(chosen).astype(np.int64)
+
+
+class StagePlan:
+    """The data side of one stage: store, split, scheduler and per-host rows."""
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        settings: StageSettings,
+        epochs: int,
+        store: Any,
+        seed: int,
+        verbose: bool = False,
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.settings = settings
+        self.epochs = epochs
+        self.store = store
+        self.seed = derive_seed(seed, "stage", index)
+        self.train_indices, self.eval_indices = split_eval(
+            store.num_samples,
+            settings.eval_fraction,
+            settings.global_batch_size,
+            derive_seed(seed, "eval", index),
+        )
+        self.scheduler = self._make_scheduler(verbose)
+
+    def _make_scheduler(self, verbose: bool) -> CurriculumScheduler:
+        s = self.settings
+        if s.curriculum_strategy is None:  # curriculum off: every sample, index order
+            scores = np.zeros(self.train_indices.size, dtype=np.float64)
+            kwargs: dict[str, Any] = {"pacing": "constant", "initial_fraction": 1.0}
+        else:
+            features = self.store.features
+            subset = scoring.SampleFeatures(
+                lengths=features.lengths[self.train_indices],
+                surprisal_sum=features.surprisal_sum[self.train_indices],
+            )
+            scores = scoring.scores_from_features(subset, s.curriculum_strategy)
+            kwargs = {
+                "pacing": s.pacing,
+                "initial_fraction": s.initial_fraction,
+                "pacing_options": dict(s.pacing_options),
+            }
+            if self.epochs == 1 and s.pacing != "reference":  # the last epoch is the first
+                kwargs.update(pacing="constant", initial_fraction=1.0, pacing_options={})
+        common = {
+            "strategy": s.curriculum_strategy or "size_based",
+            # The pool reaches the whole stage data at the stage's last epoch (DESIGN.md 3).
+            "total_epochs": max(self.epochs - 1, 1),
+            "seed": self.seed,
+            "shuffle": s.shuffle,
+            "global_batch_size": s.global_batch_size,
+            "verbose": verbose,
+            **kwargs,
+        }
+        if s.adaptive:
+            scheduler: CurriculumScheduler = AdaptiveCurriculumScheduler(
+                loss_threshold_for_progression=s.loss_threshold_for_progression,
+                min_epochs_per_stage=s.min_epochs_per_stage,
+                max_epochs_per_stage=s.max_epochs_per_stage,
+                **common,
+            )
+        else:
+            scheduler = CurriculumScheduler(**common)
+        scheduler.prepare_curriculum_from_scores(scores)
+        return scheduler
+
+    # -- what the run loop asks ----------------------------------------------------------
+    def steps_per_epoch(self, epoch: int) -> int:
+        return self.scheduler.steps_per_epoch(epoch)
+
+    def fraction(self, epoch: int) -> float:
+        return float(self.scheduler.get_stage_info(epoch)["fraction"])
+
+    def host_rows(self, epoch: int, host_id: int, num_hosts: int) -> np.ndarray:
+        """Store indices this host feeds in ``epoch``: [steps, global_batch // num_hosts]."""
+        positions = self.scheduler.host_epoch_indices(epoch, host_id, num_hosts)
+        return self.train_indices[positions]
+
+    def eval_rows(self, host_id: int, num_hosts: int, max_batches: int) -> np.ndarray:
+        """Store indices of this host's eval batches: [batches, global_batch // num_hosts]."""
+        g = self.settings.global_batch_size
+        batches = min(self.eval_indices.size // g, max_batches)
+        per_host = g // num_hosts
+        table = self.eval_indices[: batches * g].reshape(batches, g)
+        return table[:, host_id * per_host : (host_id + 1) * per_host]
+
+    def planned_steps(self) -> int:
+        """Optimizer steps of the whole stage under the planned (non-adaptive) pacing."""
+        return sum(self.steps_per_epoch(epoch) for epoch in range(self.epochs))
+
+    def fingerprint_parts(self) -> dict[str, str]:
+        """What hosts must agree on for this stage (compared at start-up)."""
+        return {
+            "data": str(self.store.fingerprint),
+            "curriculum": json.dumps(
+                {
+                    "scores": self.scheduler.fingerprint,
+                    "settings": self.settings.to_json(),
+                    "epochs": self.epochs,
+                    "seed": self.seed,
+                    "train": int(self.train_indices.size),
+                    "eval": int(self.eval_indices.size),
+                },
+                sort_keys=True,
+            ),
+        }

@@ -1,0 +1,185 @@
+"""The compiled training and evaluation steps (DESIGN.md section 4).
+
+One step consumes one *effective* global batch: ``gradient_accumulation_steps`` micro-batches per
+replica, accumulated inside the compiled function. The loss is the masked token cross-entropy
+summed over every replica and micro-batch and divided by the global number of target tokens, so
+loss and gradients equal a single-device run on the same global batch, whatever the replica count
+or accumulation.
+
+Gradients are summed across replicas here, not inside the optimizer, so that global-norm clipping
+sees the global gradient (Keras clips before its own all-reduce, i.e. per replica). The optimizer
+is therefore told not to all-reduce again (``disable_optimizer_allreduce``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+Batch = dict[str, tf.Tensor]
+
+
+def disable_optimizer_allreduce(optimizer: keras.optimizers.Optimizer) -> None:
+    """Make a Keras optimizer apply gradients that the step has already summed across replicas.
+
+    Keras 3's TensorFlow optimizer sums gradients across replicas in ``_all_reduce_sum_gradients``
+    (replica context). The step does that itself, before clipping, so the optimizer's copy must
+    be the identity. Applies to the inner optimizer of a ``LossScaleOptimizer`` too.
+    """
+    targets = [optimizer]
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        targets.append(inner)
+    for target in targets:
+        target._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
+
+
+def masked_token_loss_sum(targets: tf.Tensor, logits: tf.Tensor, loss_mask: tf.Tensor) -> tf.Tensor:
+    """Sum over unmasked positions of the token cross-entropy (float32)."""
+    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(targets, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
+    return tf.reduce_sum(per_token * tf.cast(loss_mask, tf.float32))
+
+
+def _model_inputs(batch: Batch) -> dict[str, Any]:
+    extra = {}
+    if "positions" in batch:
+        extra["positions"] = batch["positions"]
+    if "segment_ids" in batch:
+        extra["segment_ids"] = batch["segment_ids"]
+    return extra
+
+
+def _split_micro_batches(batch: Batch, accumulation_steps: int) -> Batch:
+    """[A * m, T] -> [A, m, T] for every tensor of a per-replica batch."""
+    return {
+        key: tf.reshape(value, [accumulation_steps, -1, *value.shape[1:]])
+        for key, value in batch.items()
+    }
+
+
+@dataclass
+class StepConfig:
+    """What shapes and changes the compiled step; one compiled function per distinct config."""
+
+    accumulation_steps: int = 1
+    clip_norm: float | None = 1.0
+    jit_compile: bool = False
+
+
+class TrainStep:
+    """Builds and caches the distributed train/eval functions for one model and optimizer."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        strategy: tf.distribute.Strategy,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        disable_optimizer_allreduce(optimizer)
+        self._train_fns: dict[tuple, Callable] = {}
+        self._eval_fn: Callable | None = None
+
+    # -- replica functions -------------------------------------------------------------
+    def _micro_gradients(
+        self, batch: Batch, denominator: tf.Tensor, accumulation_steps: int
+    ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Summed gradients and loss of this replica's micro-batches: the pure, XLA-compilable
+        part of a step (no collectives, no variable updates)."""
+        variables = self.model.trainable_variables
+        micro = _split_micro_batches(batch, accumulation_steps)
+        scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        accumulated = [tf.zeros_like(v) for v in variables]
+        local_loss = tf.constant(0.0, tf.float32)
+        for index in range(accumulation_steps):
+            part = {key: value[index] for key, value in micro.items()}
+            with tf.GradientTape() as tape:
+                logits = self.model(part["inputs"], training=True, **_model_inputs(part))
+                loss = (
+                    masked_token_loss_sum(part["targets"], logits, part["loss_mask"]) / denominator
+                )
+                objective = self.optimizer.scale_loss(loss) if scaled else loss
+            grads = tape.gradient(objective, variables)
+            accumulated = [a + tf.cast(g, a.dtype) for a, g in zip(accumulated, grads)]
+            local_loss += loss
+        return accumulated, local_loss
+
+    def _gradient_fn(self, config: StepConfig) -> Callable:
+        if not config.jit_compile:
+            return self._micro_gradients
+        key = ("grad", config.accumulation_steps)
+        if key not in self._train_fns:
+            self._train_fns[key] = tf.function(self._micro_gradients, jit_compile=True)
+        return self._train_fns[key]
+
+    def _replica_train_step(self, batch: Batch, config: StepConfig) -> tuple[tf.Tensor, tf.Tensor]:
+        ctx = tf.distribute.get_replica_context()
+        local_tokens = tf.reduce_sum(tf.cast(batch["loss_mask"], tf.float32))
+        global_tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens)
+        denominator = tf.maximum(global_tokens, 1.0)
+        grads, local_loss = self._gradient_fn(config)(batch, denominator, config.accumulation_steps)
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if config.clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, config.clip_norm)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return local_loss, local_tokens
+
+    def _replica_eval_step(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = self.model(batch["inputs"], training=False, **_model_inputs(batch))
+        loss_sum = masked_token_loss_sum(batch["targets"], logits, batch["loss_mask"])
+        return loss_sum, tf.reduce_sum(tf.cast(batch["loss_mask"], tf.float32))
+
+    # -- distributed functions ---------------------------------------------------------
+    def train_fn(self, config: StepConfig, num_steps: int) -> Callable:
+        """``fn(iterator) -> (losses [num_steps], tokens [num_steps])``: ``num_steps`` optimizer
+        steps in one host call (several per call keep TPUs busy)."""
+        key = (config.accumulation_steps, config.clip_norm, config.jit_compile, num_steps)
+        if key not in self._train_fns:
+            self._train_fns[key] = self._build_train_fn(config, num_steps)
+        return self._train_fns[key]
+
+    def _build_train_fn(self, config: StepConfig, num_steps: int) -> Callable:
+        strategy = self.strategy
+
+        def one_step(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, tokens = strategy.run(self._replica_train_step, args=(batch, config))
+            return (
+                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, tokens, axis=None),
+            )
+
+        @tf.function
+        def fn(iterator):
+            losses = tf.TensorArray(tf.float32, size=num_steps)
+            tokens = tf.TensorArray(tf.float32, size=num_steps)
+            for i in tf.range(num_steps):
+                loss, count = one_step(next(iterator))
+                losses = losses.write(i, loss)
+                tokens = tokens.write(i, count)
+            return losses.stack(), tokens.stack()
+
+        return fn
+
+    def eval_fn(self) -> Callable:
+        """``fn(batch) -> (loss_sum, token_count)`` summed over all replicas."""
+        if self._eval_fn is None:
+            strategy = self.strategy
+
+            @tf.function
+            def fn(batch):
+                loss_sum, tokens = strategy.run(self._replica_eval_step, args=(batch,))
+                return (
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, tokens, axis=None),
+                )
+
+            self._eval_fn = fn
+        return self._eval_fn

@@ -1,0 +1,198 @@
+"""Shared absl flags and gin parsing for the launch programs.
+
+    from launch import flags as hn_flags
+
+    def main(argv):
+        hn_flags.parse_gin_from_flags()
+        strategy = hn_flags.strategy_from_flags()
+        ...
+
+    if __name__ == "__main__":
+        hn_flags.run(main)   # app.run with the --gin.NAME=VALUE shorthand expanded
+
+`--gin.NAME=VALUE` is shorthand for `--gin_bindings=NAME=VALUE`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags
+
+import gin
+
+REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_multi_string(
+    "gin_file", [], "Gin config file (repeatable; later files override earlier ones)."
+)
+flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin binding like 'Trainer.learning_rate = 3e-4' (repeatable, after files)."
+)
+flags.DEFINE_multi_string(
+    "gin_search_paths",
+    [],
+    "Extra directories to look up --gin_file in (the repo's gin/ is always searched).",
+)
+flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and config.gin go.")
+flags.DEFINE_string(
+    "strategy", "auto", "auto | tpu | multi_worker | mirrored | one_device (see create_strategy)."
+)
+flags.DEFINE_string("tpu", None, "TPU: 'local' on a TPU VM, grpc://host:port, or a TPU name.")
+flags.DEFINE_string("tpu_zone", None, "Zone of a named TPU (default: this VM's zone).")
+flags.DEFINE_string("gcp_project", None, "Project of a named TPU (default: this VM's project).")
+flags.DEFINE_string(
+    "worker_hosts", None, "Comma-separated host:port of every worker; writes TF_CONFIG."
+)
+flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.")
+
+_SHORTHAND = re.compile(r"^--gin\.([^=]+)=(.*)$", re.DOTALL)
+
+
+def expand_gin_shorthand(argv: Sequence[str]) -> list[str]:
+    """Turn every `--gin.a.b=v` into `--gin_bindings=a.b=v` (arguments after `--` untouched)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        match = _SHORTHAND.match(arg)
+        if match:
+            out.append(f"--gin_bindings={match.group(1)}={match.group(2)}")
+        elif arg.startswith("--gin.") and "=" not in arg:
+            raise app.UsageError(f"{arg!r} needs a value: write --gin.NAME=VALUE")
+        else:
+            out.append(arg)
+    return out
+
+
+def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
+    """`absl.app.run(main)` with the `--gin.NAME=VALUE` shorthand expanded first."""
+    app.run(main, argv=expand_gin_shorthand(sys.argv if argv is None else argv))
+
+
+# --- gin -------------------------------------------------------------------------------------
+
+
+def _configurable_names() -> list[str]:
+    """Every registered configurable, by short and full (module-qualified) name."""
+    names: set[str] = set()
+    for selector, _ in gin.config._REGISTRY.items():  # no public API lists the registry
+        if selector.startswith("gin."):
+            continue
+        names.add(selector)
+        names.add(selector.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def _parameter_names(configurable: str) -> list[str]:
+    try:
+        info = gin.config._REGISTRY.get_match(configurable)
+    except Exception:
+        return []
+    if info is None:
+        return []
+    import inspect
+
+    try:
+        return list(inspect.signature(info.wrapped).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _suggestion(message: str) -> str:
+    """A 'did you mean' hint for gin's unknown-configurable and unknown-parameter errors."""
+    match = re.search(r"No configurable matching '([^']+)'", message)
+    if match:
+        wanted = match.group(1)
+        close = difflib.get_close_matches(wanted, _configurable_names(), n=3, cutoff=0.5)
+        if close:
+            return f"unknown gin configurable {wanted!r}; did you mean {close[0]!r}?" + (
+                f" (other close names: {', '.join(map(repr, close[1:]))})" if close[1:] else ""
+            )
+        return f"unknown gin configurable {wanted!r} (is the module that defines it imported?)"
+    match = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
+    if match:
+        configurable, param = match.groups()
+        close = difflib.get_close_matches(param, _parameter_names(configurable), n=1, cutoff=0.5)
+        if close:
+            return f"{configurable!r} has no parameter {param!r}; did you mean {close[0]!r}?"
+    return ""
+
+
+def parse_gin(
+    files: Sequence[str] = (),
+    bindings: Sequence[str] = (),
+    search_paths: Sequence[str] = (),
+    *,
+    finalize: bool = True,
+) -> None:
+    """Parse gin files then bindings (later ones win), searching `search_paths` and `gin/`.
+
+    Raises ValueError with a "did you mean" suggestion for unknown configurables/parameters,
+    and FileNotFoundError naming the searched directories for a missing file.
+    """
+    paths = [*search_paths, REPO_GIN_DIR]
+    for path in paths:
+        gin.add_config_file_search_path(path)
+    for file in files:
+        candidates = [file] + [os.path.join(p, file) for p in paths]
+        if not any(os.path.exists(c) for c in candidates):
+            raise FileNotFoundError(
+                f"gin_file {file!r} not found as given or under any of: {', '.join(paths)}"
+            )
+    try:
+        gin.parse_config_files_and_bindings(
+            list(files), list(bindings), finalize_config=finalize, skip_unknown=False
+        )
+    except (ValueError, KeyError) as err:
+        hint = _suggestion(str(err))
+        if not hint:
+            raise
+        raise ValueError(f"{hint}\n(gin: {str(err).strip()})") from err
+
+
+def parse_gin_from_flags(finalize: bool = True) -> None:
+    """`parse_gin` with --gin_file, --gin_bindings and --gin_search_paths."""
+    parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, finalize=finalize)
+
+
+def strategy_from_flags(**overrides: Any) -> Any:
+    """`create_strategy` from --strategy, --tpu, --tpu_zone, --gcp_project, --worker_hosts and
+    --task_index (other arguments come from gin or `overrides`)."""
+    from highnoon.distribute import create_strategy
+
+    kwargs: dict[str, Any] = {}
+    if FLAGS.worker_hosts is not None or FLAGS.task_index is not None:
+        kwargs.update(worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index)
+    kwargs.update(overrides)
+    return create_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project, **kwargs)
+
+
+def write_operative_config(model_dir: str, is_chief: bool) -> str | None:
+    """Write gin's operative config (or the full config if nothing ran yet) to
+    `model_dir/config.gin`, atomically, on the chief only. Returns the path written or None."""
+    if not is_chief:
+        return None
+    if not model_dir:
+        raise ValueError(f"model_dir must be a non-empty path, got {model_dir!r}")
+    os.makedirs(model_dir, exist_ok=True)
+    text = gin.operative_config_str() or gin.config_str()
+    path = os.path.join(model_dir, "config.gin")
+    fd, tmp = tempfile.mkstemp(prefix=".config.gin.", dir=model_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

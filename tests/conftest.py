@@ -1,0 +1,30 @@
+"""Test-session setup shared by every test module.
+
+Two logical CPU devices are configured before TensorFlow initialises, so a 2-replica
+``MirroredStrategy`` can run in-process (DESIGN.md section 7). Tests that do not ask for it
+still run on ``/cpu:0`` exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+
+def _configure_logical_cpus() -> None:
+    try:
+        import tensorflow as tf
+    except ImportError:  # numpy-only test runs
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    # RuntimeError: already initialised (e.g. a plugin touched TF first); keep one device.
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+
+
+_configure_logical_cpus()

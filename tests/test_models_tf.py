@@ -1,0 +1,207 @@
+"""HighNoonLM forward pass: shapes, causality, packing, init, save/load, training, XLA, precision."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from highnoon.models import create_model, get_preset, load_model, save_model_config
+from highnoon.models.testing import lm_loss, make_train_step, token_batch
+
+
+def _ids(batch: int, seq: int, seed: int = 0, vocab: int = 259) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, vocab, size=(batch, seq)).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def nano():
+    model = create_model("highnoon-nano")
+    model.build()
+    return model
+
+
+def test_logits_shape_dtype_and_parameter_count(nano):
+    logits = nano(_ids(2, 16))
+    assert logits.shape == (2, 16, 259)
+    assert logits.dtype == tf.float32
+    assert nano.count_params() == nano.config.num_parameters() == 115_200
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [("highnoon-tiny", {}), ("highnoon-nano", {"tie_embeddings": False, "num_kv_heads": 1})],
+)
+def test_count_params_matches_formula_after_building(name, overrides):
+    model = create_model(name, **overrides)
+    model.build()
+    assert model.count_params() == model.config.num_parameters()
+    shapes = sorted(tuple(w.shape) for w in model.weights)
+    assert shapes == sorted(s for _, s in model.config.weight_shapes())
+
+
+def test_changing_a_future_token_never_changes_an_earlier_logit(nano):
+    ids = _ids(1, 12)
+    changed = ids.copy()
+    changed[0, 7] = (changed[0, 7] + 1 - 3) % 256 + 3
+    before, after = nano(ids).numpy(), nano(changed).numpy()
+    np.testing.assert_allclose(before[:, :7], after[:, :7], atol=1e-6)
+    assert np.abs(before[:, 7:] - after[:, 7:]).max() > 1e-4
+
+
+def test_packed_row_equals_its_samples_run_separately(nano):
+    a, b = _ids(1, 5, seed=1), _ids(1, 7, seed=2)
+    packed = np.concatenate([a, b], axis=1)
+    segment_ids = np.array([[0] * 5 + [1] * 7], np.int32)
+    positions = np.array([list(range(5)) + list(range(7))], np.int32)
+    logits = nano(packed, positions=positions, segment_ids=segment_ids).numpy()
+    np.testing.assert_allclose(logits[:, :5], nano(a).numpy(), atol=1e-5)
+    np.testing.assert_allclose(logits[:, 5:], nano(b).numpy(), atol=1e-5)
+    # without segment ids the second sample sees the first one
+    leaky = nano(packed, positions=positions).numpy()
+    assert np.abs(leaky[:, 5:] - nano(b).numpy()).max() > 1e-4
+
+
+def test_segment_ids_block_cross_segment_attention(nano):
+    ids = _ids(1, 10)
+    segment_ids = np.array([[0] * 4 + [1] * 6], np.int32)
+    changed = ids.copy()
+    changed[0, :4] = _ids(1, 4, seed=9)
+    before = nano(ids, segment_ids=segment_ids).numpy()
+    after = nano(changed, segment_ids=segment_ids).numpy()
+    np.testing.assert_allclose(before[:, 4:], after[:, 4:], atol=1e-6)
+    assert np.abs(before[:, :4] - after[:, :4]).max() > 1e-4
+
+
+def test_rotary_positions_are_relative(nano):
+    ids = _ids(1, 8)
+    shifted = np.arange(8, dtype=np.int32)[None] + 11
+    np.testing.assert_allclose(nano(ids, positions=shifted).numpy(), nano(ids).numpy(), atol=1e-4)
+    reversed_positions = np.arange(8, dtype=np.int32)[None, ::-1].copy()
+    assert np.abs(nano(ids, positions=reversed_positions).numpy() - nano(ids).numpy()).max() > 1e-3
+
+
+def test_initial_weights_depend_on_config_only():
+    first, second = create_model("highnoon-nano"), create_model("highnoon-nano")
+    other = create_model("highnoon-nano", init_seed=1)
+    for m in (first, second, other):
+        m.build()
+    for w1, w2 in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(w1.numpy(), w2.numpy())
+    assert not np.array_equal(first.weights[0].numpy(), other.weights[0].numpy())
+    q0 = first.block_0.attn.q.kernel.numpy()
+    q1 = first.block_1.attn.q.kernel.numpy()
+    assert not np.array_equal(q0, q1)  # every weight has its own seed
+    assert abs(float(q0.std()) - 0.02) < 0.002
+
+
+def test_dropout_only_in_training():
+    model = create_model("highnoon-nano", dropout=0.5)
+    ids = _ids(2, 8)
+    np.testing.assert_array_equal(model(ids).numpy(), model(ids, training=False).numpy())
+    assert np.abs(model(ids, training=True).numpy() - model(ids).numpy()).max() > 1e-3
+
+
+def test_keras_save_and_load_round_trip(nano, tmp_path):
+    path = str(tmp_path / "nano.keras")
+    nano.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.config == nano.config
+    ids = _ids(2, 9)
+    np.testing.assert_array_equal(loaded(ids).numpy(), nano(ids).numpy())
+    assert load_model(path).config == nano.config
+
+
+def test_tf_checkpoint_round_trip(tmp_path):
+    model = create_model("highnoon-nano", init_seed=5)
+    model.build()
+    step = tf.Variable(3, dtype=tf.int64)
+    prefix = tf.train.Checkpoint(model=model, step=step).save(str(tmp_path / "ckpt"))
+    save_model_config(model.config, str(tmp_path))
+    ids = _ids(2, 9)
+    for path in (str(tmp_path), prefix):
+        restored = load_model(path)
+        assert restored.config == model.config
+        np.testing.assert_array_equal(restored(ids).numpy(), model(ids).numpy())
+    # a fresh model with another seed really differs, so the equality above is the restore
+    assert np.abs(create_model("highnoon-nano")(ids).numpy() - model(ids).numpy()).max() > 1e-3
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint in directory"):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(str(tmp_path / "missing.keras"))
+    model = create_model("highnoon-nano")
+    model.build()
+    prefix = tf.train.Checkpoint(weights=model.block_0).save(str(tmp_path / "ckpt"))
+    save_model_config(model.config, str(tmp_path))
+    with pytest.raises(ValueError, match="holds 0 model variables under the key 'model'"):
+        load_model(prefix)
+
+
+@pytest.mark.slow
+def test_training_steps_lower_the_loss_under_xla():
+    model = create_model("highnoon-nano")
+    model.build()
+    batch = token_batch(4, 32, 259, seed=0)
+    args = (batch["inputs"], batch["targets"], batch["loss_mask"])
+    initial = float(lm_loss(model(batch["inputs"]), batch["targets"], batch["loss_mask"]))
+    assert abs(initial - np.log(259)) < 0.3  # small init: near-uniform predictions
+    step = make_train_step(model, keras.optimizers.AdamW(1e-2), jit_compile=True)
+    losses = [float(step(*args)) for _ in range(15)]
+    assert abs(losses[0] - initial) < 1e-3  # the compiled step computes the same loss
+    assert losses[-1] < 0.5 * initial
+
+
+def test_xla_forward_matches_eager(nano):
+    ids = _ids(2, 16)
+    compiled = tf.function(lambda x: nano(x), jit_compile=True)
+    np.testing.assert_allclose(compiled(ids).numpy(), nano(ids).numpy(), atol=1e-4)
+    hlo = compiled.experimental_get_compiler_ir(tf.constant(ids))(stage="hlo")
+    assert "HloModule" in hlo
+
+
+@pytest.fixture
+def policy():
+    def set_policy(name):
+        keras.mixed_precision.set_global_policy(name)
+
+    yield set_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize(
+    "name, dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")]
+)
+def test_mixed_precision_gives_float32_logits(policy, name, dtype):
+    reference = create_model("highnoon-nano")
+    ids = _ids(2, 12)
+    expected = reference(ids).numpy()
+    policy(name)
+    model = create_model("highnoon-nano")
+    logits, cache = model.forward(tf.constant(ids))
+    assert logits.dtype == tf.float32
+    assert cache[0][0].dtype == dtype  # the blocks really compute in the low precision
+    assert all(w.dtype == "float32" for w in model.weights)  # variables stay float32
+    np.testing.assert_allclose(logits.numpy(), expected, atol=0.05)
+    with tf.GradientTape() as tape:
+        loss = lm_loss(model(ids, training=True), ids, np.ones(ids.shape, np.float32))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and g.dtype == tf.float32 for g in grads)
+
+
+def test_model_needs_static_sequence_length(nano):
+    fn = tf.function(lambda x: nano(x), input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    with pytest.raises(ValueError, match="static sequence length"):
+        fn(_ids(1, 4))
+
+
+def test_model_config_property_and_get_config(nano):
+    config = nano.get_config()
+    assert config["config"] == get_preset("highnoon-nano").to_dict()
+    assert type(nano).from_config(config).config == nano.config
+    assert os.path.basename(nano.name) == nano.name

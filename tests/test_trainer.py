@@ -1,0 +1,289 @@
+"""The Trainer: API contract, events, checkpoints and exact resume, bad input."""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import highnoon as hn
+from highnoon.training.checkpointing import CheckpointError
+from highnoon.training.trainer import CurriculumStage, NonFiniteLossError, Trainer
+from tests.trainer_helpers import corpus, make_trainer, nano_model, write_jsonl
+
+
+@pytest.fixture()
+def data(tmp_path):
+    """Two small JSONL datasets of varied sample length."""
+    return {
+        "a": write_jsonl(str(tmp_path / "a.jsonl"), corpus(0, 48)),
+        "b": write_jsonl(str(tmp_path / "b.jsonl"), corpus(1, 32)),
+    }
+
+
+def weights_of(model) -> list[np.ndarray]:
+    return [w.numpy() for w in model.weights]
+
+
+# -- the reference contract -----------------------------------------------------------------
+def test_signatures_and_defaults_match_the_reference():
+    init = inspect.signature(Trainer.__init__).parameters
+    assert [(n, init[n].default) for n in list(init)[2:6]] == [
+        ("learning_rate", 1e-4),
+        ("batch_size", 8),
+        ("max_seq_length", 2048),
+        ("gradient_accumulation_steps", 1),
+    ]
+    train = inspect.signature(Trainer.train).parameters
+    assert {n: p.default for n, p in train.items() if n != "self"} == {
+        "epochs_per_stage": 10,
+        "save_checkpoints": True,
+        "checkpoint_dir": None,
+        "checkpoint_interval": 1000,
+        "log_interval": 100,
+        "eval_interval": 500,
+        "resume_from": None,
+    }
+    stage = inspect.signature(Trainer.add_curriculum_stage).parameters
+    assert stage["epochs"].default is None and stage["weight"].default == 1.0
+    assert hn.Trainer is Trainer
+    from highnoon.training import Trainer as FromTraining
+
+    assert FromTraining is Trainer
+    stage = CurriculumStage("foundation", ["d1", "d2"], 10, 1.0, {"learning_rate": 5e-5})
+    assert stage.config_overrides == {"learning_rate": 5e-5}
+
+
+def test_train_runs_stages_emits_events_and_returns_summary(tmp_path, data):
+    trainer = make_trainer(tmp_path, eval_fraction=0.25)
+    assert trainer.add_curriculum_stage("first", [data["a"]], epochs=2) is trainer
+    trainer.add_curriculum_stage("second", data["b"], epochs=1, weight=2.0, learning_rate=1e-3)
+    events = []
+    trainer.add_callback(events.append)
+    summary = trainer.train(
+        checkpoint_dir=str(tmp_path / "run"), checkpoint_interval=5, log_interval=2, eval_interval=4
+    )
+    names = [e["event"] for e in events]
+    assert names[0] == "train_begin" and names[-1] == "train_end"
+    assert names.count("stage_begin") == 2 and names.count("stage_complete") == 2
+    epoch_ends = [(e["stage"], e["epoch"]) for e in events if e["event"] == "epoch_end"]
+    assert epoch_ends == [("first", 0), ("first", 1), ("second", 0)]
+    for event in events:
+        if event["event"] == "epoch_end":
+            assert np.isfinite(event["loss"])
+        if event["event"] == "log":
+            assert event["step"] % 2 == 0
+            assert {"loss", "learning_rate", "tokens_per_second", "curriculum_fraction"} <= set(
+                event
+            )
+            assert 0 < event["curriculum_fraction"] <= 1
+        if event["event"] == "eval":
+            assert event["perplexity"] == pytest.approx(np.exp(event["eval_loss"]))
+    saved = [e for e in events if e["event"] == "checkpoint_saved"]
+    assert saved and os.path.exists(saved[-1]["path"] + ".index")
+    kept = glob.glob(str(tmp_path / "run" / "ckpt-*.index"))
+    assert len(kept) == min(3, len(saved))  # max_checkpoints_to_keep
+    assert summary["total_steps"] == events[0]["total_steps"] > 0
+    assert [s["name"] for s in summary["stages_completed"]] == ["first", "second"]
+    assert [s["epochs"] for s in summary["stages_completed"]] == [2, 1]
+    assert all(np.isfinite(s["final_loss"]) for s in summary["stages_completed"])
+    assert summary["tokens_seen"] > 0 and summary["eval"]
+    with open(tmp_path / "run" / "summary.json") as handle:
+        assert json.load(handle)["total_steps"] == summary["total_steps"]
+    assert glob.glob(str(tmp_path / "run" / "summaries" / "events.out.tfevents.*"))
+
+
+def test_the_second_stage_uses_its_weighted_learning_rate(tmp_path, data):
+    trainer = make_trainer(tmp_path, lr_schedule="constant", warmup_steps=0)
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
+    trainer.add_curriculum_stage("second", [data["b"]], epochs=1, weight=2.0, learning_rate=1e-3)
+    logs = []
+    trainer.add_callback(lambda e: logs.append(e) if e["event"] == "log" else None)
+    trainer.train(save_checkpoints=False, log_interval=1)
+    rates = {e["stage"]: e["learning_rate"] for e in logs}
+    assert rates["first"] == pytest.approx(3e-3)
+    assert rates["second"] == pytest.approx(2e-3)  # 1e-3 override x weight 2
+
+
+# -- exact resume ---------------------------------------------------------------------------
+class _StopAt(Exception):
+    pass
+
+
+def _two_stage_trainer(tmp_path, data, model):
+    trainer = make_trainer(tmp_path, model=model)
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=2)
+    trainer.add_curriculum_stage("second", [data["b"]], epochs=2, weight=1.5)
+    return trainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_step", [5, 14])  # inside stage one; inside stage two
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, data, stop_step):
+    reference = _two_stage_trainer(tmp_path, data, nano_model())
+    expected_summary = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
+    expected = weights_of(reference.model)
+    assert expected_summary["total_steps"] > stop_step
+
+    def stop(event):
+        if event["event"] == "log" and event["step"] == stop_step:
+            raise _StopAt()
+
+    interrupted = _two_stage_trainer(tmp_path, data, nano_model())
+    interrupted.add_callback(stop)
+    with pytest.raises(_StopAt):
+        interrupted.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    assert os.path.exists(tmp_path / "cut" / f"ckpt-{stop_step}.index")  # final checkpoint
+
+    resumed = _two_stage_trainer(tmp_path, data, nano_model())
+    summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    assert summary["total_steps"] == expected_summary["total_steps"]
+    assert summary["stages_completed"] == expected_summary["stages_completed"]
+    for got, want in zip(weights_of(resumed.model), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_save_and_load_continue_where_training_stopped(tmp_path, data):
+    reference = _two_stage_trainer(tmp_path, data, nano_model())
+    reference.train(save_checkpoints=False)
+    expected = weights_of(reference.model)
+
+    def stop(event):
+        if event["event"] == "stage_complete":
+            raise _StopAt()
+
+    first = _two_stage_trainer(tmp_path, data, nano_model())
+    first.add_callback(stop)
+    with pytest.raises(_StopAt):
+        first.train(save_checkpoints=False)
+    first.save(str(tmp_path / "saved"))
+    with open(tmp_path / "saved" / "trainer.json") as handle:
+        state = json.load(handle)
+    assert [s["name"] for s in state["stages"]] == ["first", "second"]
+    assert state["stages"][1]["weight"] == 1.5
+
+    loaded = Trainer.load(str(tmp_path / "saved"), nano_model())
+    summary = loaded.train(save_checkpoints=False)
+    assert [s["name"] for s in summary["stages_completed"]] == ["first", "second"]
+    for got, want in zip(weights_of(loaded.model), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, data, caplog):
+    run_dir = str(tmp_path / "run")
+    trainer = make_trainer(tmp_path)
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
+    trainer.train(checkpoint_dir=run_dir, checkpoint_interval=4)
+    prefixes = sorted(
+        (p[: -len(".index")] for p in glob.glob(os.path.join(run_dir, "ckpt-*.index"))),
+        key=lambda p: int(p.rsplit("-", 1)[1]),
+    )
+    assert len(prefixes) >= 2
+    newest = prefixes[-1]
+    for shard in glob.glob(newest + ".data-*"):
+        with open(shard, "r+b") as handle:
+            handle.truncate(8)
+    again = make_trainer(tmp_path)
+    again.add_curriculum_stage("first", [data["a"]], epochs=1)
+    from highnoon.training.checkpointing import Checkpointer
+
+    again._build(None)
+    checkpointer = Checkpointer(
+        run_dir, model=again.model, optimizer=again._optimizer, strategy=again.strategy
+    )
+    restored = checkpointer.restore(run_dir)
+    assert restored == prefixes[-2]
+    assert all(os.path.exists(p + ".index") for p in prefixes)  # nothing deleted
+
+
+# -- bad input ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"learning_rate": 0.0}, "learning_rate=0.0"),
+        ({"batch_size": -2}, "batch_size=-2"),
+        ({"max_seq_length": 0}, "max_seq_length=0"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps=0"),
+        ({"mixed_precision": "fp8"}, "mixed_precision='fp8'"),
+    ],
+)
+def test_invalid_settings_are_rejected_with_the_fix(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        make_trainer(tmp_path, **kwargs)
+
+
+def test_stage_validation_happens_when_the_stage_is_added(tmp_path, data):
+    trainer = make_trainer(tmp_path)
+    trainer.add_curriculum_stage("first", [data["a"]])
+    with pytest.raises(ValueError, match="already exists"):
+        trainer.add_curriculum_stage("first", [data["b"]])
+    with pytest.raises(ValueError, match="unknown config override.*'learning_rat'"):
+        trainer.add_curriculum_stage("x", [data["b"]], learning_rat=1e-3)
+    with pytest.raises(ValueError, match="no_such_dataset"):
+        trainer.add_curriculum_stage("y", ["no_such_dataset"])
+    with pytest.raises(ValueError, match="batch_size=0"):
+        trainer.add_curriculum_stage("z", [data["b"]], batch_size=0)
+    with pytest.raises(ValueError, match="datasets is empty"):
+        trainer.add_curriculum_stage("w", [])
+    assert [s.name for s in trainer.stages] == ["first"]
+
+
+def test_train_without_stages_or_with_a_missing_resume_path(tmp_path, data):
+    trainer = make_trainer(tmp_path)
+    with pytest.raises(ValueError, match="no curriculum stages"):
+        trainer.train()
+    trainer.add_curriculum_stage("first", [data["a"]])
+    with pytest.raises(ValueError, match="resume_from=.*holds no checkpoint"):
+        trainer.train(resume_from=str(tmp_path / "nothing"))
+
+
+def test_batch_that_does_not_divide_across_replicas(tmp_path, data):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    trainer = make_trainer(tmp_path, batch_size=3, strategy=strategy)
+    trainer.add_curriculum_stage("first", [data["a"]])
+    with pytest.raises(ValueError, match="batch_size=3 does not divide across 2 replicas"):
+        trainer.train(save_checkpoints=False)
+
+
+def test_resuming_with_a_different_model_shape_is_a_clear_error(tmp_path, data):
+    run_dir = str(tmp_path / "run")
+    trainer = make_trainer(tmp_path)
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
+    trainer.train(checkpoint_dir=run_dir)
+    other = make_trainer(tmp_path, model=hn.create_model("highnoon-nano", d_model=96))
+    other.add_curriculum_stage("first", [data["a"]], epochs=2)
+    with pytest.raises(CheckpointError, match="different model.*d_model"):
+        other.train(checkpoint_dir=run_dir)
+
+
+def test_refusing_to_resume_an_existing_run(tmp_path, data):
+    run_dir = str(tmp_path / "run")
+    trainer = make_trainer(tmp_path)
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
+    trainer.train(checkpoint_dir=run_dir)
+    again = make_trainer(tmp_path, resume_existing=False)
+    again.add_curriculum_stage("first", [data["a"]], epochs=1)
+    with pytest.raises(ValueError, match="already holds a run"):
+        again.train(checkpoint_dir=run_dir)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    run_dir = str(tmp_path / "run")
+    trainer = make_trainer(tmp_path)
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=2)
+
+    def poison(event):
+        if event["event"] == "checkpoint_saved" and event["step"] == 4:
+            trainer.model.weights[0].assign(tf.fill(trainer.model.weights[0].shape, np.nan))
+
+    trainer.add_callback(poison)
+    with pytest.raises(NonFiniteLossError, match="at step 5.*last good checkpoint"):
+        trainer.train(checkpoint_dir=run_dir, checkpoint_interval=4)
+    latest = tf.train.latest_checkpoint(run_dir)
+    assert latest.endswith("ckpt-4")

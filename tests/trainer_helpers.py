@@ -1,0 +1,45 @@
+"""Small real data and models for Trainer tests (built on the fly, no downloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+import highnoon as hn
+from highnoon.training.trainer import Trainer
+
+
+def write_jsonl(path: str, texts: list[str]) -> str:
+    with open(path, "w", encoding="utf-8") as handle:
+        for text in texts:
+            handle.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def corpus(seed: int, count: int, min_len: int = 4, max_len: int = 40) -> list[str]:
+    """Deterministic texts of varied length (so the size-based curriculum has an order)."""
+    rng = np.random.default_rng(seed)
+    words = ["alpha", "beta", "gamma", "delta", "x = 1", "def f():", "return y", "{[()]}", "42"]
+    return [
+        " ".join(rng.choice(words, size=int(rng.integers(min_len, max_len)))) for _ in range(count)
+    ]
+
+
+def nano_model(seq: int = 32):
+    return hn.create_model("highnoon-nano", max_seq_length=seq)
+
+
+def make_trainer(tmp_path, model=None, **kwargs) -> Trainer:
+    options = {
+        "learning_rate": 3e-3,
+        "batch_size": 4,
+        "max_seq_length": 32,
+        "data_cache_dir": os.path.join(str(tmp_path), "cache"),
+        "verbose": False,
+        "eval_fraction": 0.0,
+        "deterministic_ops": True,
+    }
+    options.update(kwargs)
+    return Trainer(model if model is not None else nano_model(), **options)
