@@ -25,10 +25,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required (where checkpoints and summaries go)")
+    # Import every module that registers gin configurables before gin locks its config.
+    from highnoon import data as hn_data
     from highnoon.distribute import is_chief, peer_failure_guard
-    from highnoon.training import run as run_lib  # registers the gin configurables
+    from highnoon.distribute import strategy as _strategy  # noqa: F401
+    from highnoon.training import run as run_lib
 
     hn_flags.parse_gin_from_flags()
+    hn_data.register_datasets()  # datasets named in gin (register_datasets.mapping)
     strategy = hn_flags.strategy_from_flags()
     chief = is_chief(strategy)
     with peer_failure_guard():

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import highnoon as hn
 from highnoon.training.checkpointing import CheckpointError
+from highnoon.training.step import StepConfig
 from highnoon.training.trainer import CurriculumStage, NonFiniteLossError, Trainer
 from tests.trainer_helpers import corpus, make_trainer, nano_model, write_jsonl
 
@@ -287,3 +288,42 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
         trainer.train(checkpoint_dir=run_dir, checkpoint_interval=4)
     latest = tf.train.latest_checkpoint(run_dir)
     assert latest.endswith("ckpt-4")
+
+
+# -- XLA and mixed precision ----------------------------------------------------------------
+def test_xla_compiled_step_trains_and_matches_the_plain_step(tmp_path, data):
+    """The gradient computation a TPU would run compiles with XLA on this CPU (static shapes)."""
+    results = {}
+    for jit in (False, True):
+        trainer = make_trainer(tmp_path, jit_compile=jit, clip_norm=None)
+        trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
+        summary = trainer.train(save_checkpoints=False)
+        results[jit] = (summary, weights_of(trainer.model))
+    step = trainer._step
+    config = StepConfig(accumulation_steps=1, clip_norm=None, jit_compile=True)
+    batch = {key: tf.zeros([4, 32], tf.int32) for key in ("inputs", "targets", "loss_mask")}
+    hlo = step._gradient_fn(config).experimental_get_compiler_ir(batch, tf.constant(1.0), 1)(
+        stage="hlo"
+    )
+    assert "HloModule" in hlo
+    assert results[True][0]["total_steps"] == results[False][0]["total_steps"]
+    for got, want in zip(results[True][1], results[False][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_training_keeps_float32_weights_and_finite_loss(tmp_path, data):
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = nano_model()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    trainer = make_trainer(tmp_path, model=model, mixed_precision="mixed_bfloat16")
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
+    summary = trainer.train(save_checkpoints=False)
+    assert np.isfinite(summary["stages_completed"][0]["final_loss"])
+    assert all(w.dtype == "float32" for w in trainer.model.trainable_weights)
+    with pytest.raises(ValueError, match="mixed_precision='mixed_bfloat16'.*set_global_policy"):
+        make_trainer(tmp_path, mixed_precision="mixed_bfloat16")
