@@ -6,8 +6,7 @@ does not pay for importing TensorFlow; `hn.Trainer` and `hn.create_model` do.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from highnoon.utils.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -26,13 +25,7 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'highnoon' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
-    return value
+__getattr__ = lazy_getattr("highnoon", _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

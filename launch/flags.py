@@ -19,13 +19,13 @@ import difflib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags
 
 import gin
+from highnoon.utils.files import atomic_write_text
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -183,16 +183,7 @@ def write_operative_config(model_dir: str, is_chief: bool) -> str | None:
         return None
     if not model_dir:
         raise ValueError(f"model_dir must be a non-empty path, got {model_dir!r}")
-    os.makedirs(model_dir, exist_ok=True)
     text = gin.operative_config_str() or gin.config_str()
     path = os.path.join(model_dir, "config.gin")
-    fd, tmp = tempfile.mkstemp(prefix=".config.gin.", dir=model_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
     return path

@@ -6,8 +6,7 @@ strategy decision) do not import TensorFlow.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from highnoon.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "create_strategy": "highnoon.distribute.strategy",
@@ -39,13 +38,7 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'highnoon.distribute' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("highnoon.distribute", _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -6,9 +6,6 @@ result and `load_model` need TensorFlow/Keras (imported when first used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from highnoon.models.config import (
     MODEL_CONFIG_FILENAME,
     ModelConfig,
@@ -25,6 +22,7 @@ from highnoon.models.presets import (
     preset_table,
     preset_table_markdown,
 )
+from highnoon.utils.lazy import lazy_getattr
 
 _LAZY = {
     "HighNoonLM": "highnoon.models.transformer",
@@ -54,10 +52,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'highnoon.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("highnoon.models", _LAZY, globals())

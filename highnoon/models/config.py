@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any
+
+from highnoon.utils.files import atomic_write_text
 
 BYTE_VOCAB_SIZE = 259  # ByteTokenizer: pad 0, bos 1, eos 2, byte b -> b + 3
 
@@ -183,18 +184,7 @@ def save_model_config(config: ModelConfig, path: str) -> str:
     `<dir>/model_config.json`, the name the Trainer and `launch/generate.py` agree on)."""
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_CONFIG_FILENAME)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model_config.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(config.to_json() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, config.to_json() + "\n")
 
 
 def load_model_config(path: str) -> ModelConfig:

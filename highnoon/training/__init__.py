@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from highnoon.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "CurriculumScheduler": "highnoon.training.curriculum",
@@ -16,10 +15,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'highnoon.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("highnoon.training", _EXPORTS, globals())

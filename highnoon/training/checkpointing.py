@@ -23,8 +23,8 @@ import tensorflow as tf
 from absl import logging
 
 from highnoon.distribute.hosts import cleanup_write_dir, is_chief, write_dir
-
-MODEL_CONFIG_FILE = "model_config.json"
+from highnoon.models.config import MODEL_CONFIG_FILENAME as MODEL_CONFIG_FILE
+from highnoon.utils.files import atomic_write_text
 
 
 @dataclass
@@ -117,7 +117,7 @@ class Checkpointer:
         if not self.is_chief:
             return
         tf.io.gfile.makedirs(self.directory)
-        _atomic_write_text(
+        atomic_write_text(
             os.path.join(self.directory, MODEL_CONFIG_FILE), json.dumps(config, indent=2)
         )
 
@@ -204,11 +204,3 @@ def _is_shape_error(error: BaseException) -> bool:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    """Writes ``text`` to a temporary name beside ``path`` and renames it into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as handle:
-        handle.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -31,13 +31,13 @@ from highnoon.distribute.hosts import is_chief
 from highnoon.training.checkpointing import (
     Checkpointer,
     DataPosition,
-    _atomic_write_text,
     checkpoint_candidates,
 )
 from highnoon.training.events import Callback, EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
 from highnoon.training.stage_plan import STAGE_OVERRIDABLE, StagePlan, StageSettings
 from highnoon.training.step import StepConfig, TrainStep
+from highnoon.utils.files import atomic_write_text
 
 TRAINER_STATE_FILE = "trainer.json"
 SUMMARY_FILE = "summary.json"
@@ -337,7 +337,7 @@ class Trainer:
         checkpointer.write_model_config(_model_config(self.model))
         saved = checkpointer.save(checkpointer.position.global_step)
         if checkpointer.is_chief:
-            _atomic_write_text(os.path.join(path, TRAINER_STATE_FILE), json.dumps(state, indent=2))
+            atomic_write_text(os.path.join(path, TRAINER_STATE_FILE), json.dumps(state, indent=2))
         return saved
 
     @classmethod
@@ -577,7 +577,7 @@ class _Run:
         summary = self._summary(time.time() - started)
         self.events.emit("train_end", summary=summary)
         if self.checkpoint_dir and self.is_chief:
-            _atomic_write_text(
+            atomic_write_text(
                 os.path.join(self.checkpoint_dir, SUMMARY_FILE), json.dumps(summary, indent=2)
             )
         return summary
