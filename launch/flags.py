@@ -22,9 +22,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gin
 from absl import app, flags
 
-import gin
 from highnoon.utils.files import atomic_write_text
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")

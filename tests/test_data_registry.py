@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+import gin
 import numpy as np
 import pytest
 
-import gin
 from highnoon.data import (
     ByteTokenizer,
     EmbeddedSource,

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gin
 import pytest
 
-import gin
 from launch import flags as hn_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

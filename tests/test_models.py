@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
+import gin
 import pytest
 
-import gin
 from highnoon.models import (
     NOMINAL_PARAMETERS,
     PRESETS,

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import highnoon as hn
-from highnoon.training.checkpointing import CheckpointError
+from highnoon.training.checkpointing import CheckpointError, DataPosition
 from highnoon.training.step import StepConfig
 from highnoon.training.trainer import CurriculumStage, NonFiniteLossError, Trainer
 from tests.trainer_helpers import corpus, make_trainer, nano_model, write_jsonl
@@ -327,3 +327,34 @@ def test_mixed_bfloat16_training_keeps_float32_weights_and_finite_loss(tmp_path,
     assert all(w.dtype == "float32" for w in trainer.model.trainable_weights)
     with pytest.raises(ValueError, match="mixed_precision='mixed_bfloat16'.*set_global_policy"):
         make_trainer(tmp_path, mixed_precision="mixed_bfloat16")
+
+
+def test_adaptive_curriculum_advances_on_the_reduced_loss_and_grows_the_pool(tmp_path, data):
+    # Threshold 1.0: any epoch that does not halve the loss counts as a plateau, so the pool
+    # must grow after each min_epochs_per_stage epoch; the decisions are checkpointed.
+    trainer = make_trainer(
+        tmp_path,
+        adaptive=True,
+        loss_threshold_for_progression=1.0,
+        min_epochs_per_stage=1,
+        max_epochs_per_stage=2,
+        initial_fraction=0.25,
+        pacing="reference",
+    )
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=4)
+    epochs, fractions = [], {}
+    trainer.add_callback(lambda e: epochs.append(e) if e["event"] == "epoch_end" else None)
+    trainer.add_callback(
+        lambda e: fractions.setdefault(e["epoch"], e["curriculum_fraction"])
+        if e["event"] == "log"
+        else None
+    )
+    trainer.train(checkpoint_dir=str(tmp_path / "run"), log_interval=1)
+    assert any(e["curriculum_advanced"] for e in epochs)
+    assert fractions[0] < fractions[max(fractions)]
+    restored = DataPosition.from_json(
+        tf.train.load_checkpoint(str(tmp_path / "run")).get_tensor(
+            "position/.ATTRIBUTES/py_state"
+        ).decode()
+    )
+    assert restored.curriculum_states["0"]["decisions"]

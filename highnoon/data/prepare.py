@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
+
 from highnoon.data.registry import resolve_datasets, validate_dataset_entry
 from highnoon.data.stage_data import prepare_stage_store
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece

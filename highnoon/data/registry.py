@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import gin
+
 from highnoon.data.embedded import EMBEDDED_DEFAULTS, EmbeddedSource
 from highnoon.data.sources import (
     JSONL_SUFFIXES,

@@ -31,9 +31,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import gin
 import numpy as np
 
-import gin
 from highnoon.data.hashing import keyed_permutation
 from highnoon.data.registry import resolve_datasets
 from highnoon.data.sources import DataSource

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
+
 from highnoon.distribute import cluster
 from highnoon.distribute.bounded import JoinWatchdog
 from highnoon.distribute.errors import TPUUnreachableError

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import gin
+
 from highnoon.models.config import ModelConfig, load_model_config
 from highnoon.models.presets import get_preset
 
@@ -24,6 +25,11 @@ def resolve_config(
 ) -> ModelConfig:
     """The `ModelConfig` `create_model` would build (no TensorFlow needed)."""
     explicit_vocab = "vocab_size" in overrides
+    if name_or_config is gin.REQUIRED:  # a run file's `%gin.REQUIRED` left unbound
+        raise ValueError(
+            "highnoon.models.create_model.name_or_config is required but unbound: include one of "
+            "gin/models/*.gin or bind it to a preset name"
+        )
     if isinstance(name_or_config, str):
         config = get_preset(name_or_config)
     elif isinstance(name_or_config, ModelConfig):

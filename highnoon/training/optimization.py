@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 
+import gin
 import keras
 import tensorflow as tf
-
-import gin
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gin
+import keras
 import tensorflow as tf
 from absl import logging
 
-import gin
 from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief
 from highnoon.models import create_model
@@ -21,9 +22,13 @@ from highnoon.training.trainer import Trainer
 STAGE_KEYS = ("name", "datasets", "epochs", "weight")
 
 
-def add_stages(trainer: Trainer, stages: Sequence[dict[str, Any]]) -> None:
-    """Adds stages given as dicts: ``name``, ``datasets``, optional ``epochs`` and ``weight``;
-    every other key is a per-stage config override."""
+def check_stage_specs(stages: Any) -> None:
+    """Stage specs are a non-empty list of dicts with at least ``name`` and ``datasets``."""
+    if stages is gin.REQUIRED:  # a run file's `%gin.REQUIRED` left unbound
+        raise ValueError(
+            "run_training.stages is required but unbound: include one of gin/curricula/*.gin or "
+            "bind a list of stage dicts"
+        )
     if not stages:
         raise ValueError("run_training.stages is empty; bind at least one stage in gin")
     for spec in stages:
@@ -31,6 +36,13 @@ def add_stages(trainer: Trainer, stages: Sequence[dict[str, Any]]) -> None:
             raise ValueError(
                 f"stage spec {spec!r} must be a dict with at least 'name' and 'datasets'"
             )
+
+
+def add_stages(trainer: Trainer, stages: Sequence[dict[str, Any]]) -> None:
+    """Adds stages given as dicts: ``name``, ``datasets``, optional ``epochs`` and ``weight``;
+    every other key is a per-stage config override."""
+    check_stage_specs(stages)
+    for spec in stages:
         spec = dict(spec)
         core = {key: spec.pop(key) for key in STAGE_KEYS if key in spec}
         trainer.add_curriculum_stage(**core, **spec)
@@ -50,22 +62,29 @@ def run_training(
     eval_interval: int = 500,
     sample_prompt: str | None = None,
     sample_length: int = 64,
+    mixed_precision: str | None = None,
     config_writer: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Trains ``model`` through ``stages`` into ``model_dir``; returns the Trainer's summary.
 
     ``model`` is a preset name; by default ``create_model``'s own gin binding decides
     (``gin/models/*.gin``). ``config_writer`` is called once the model and Trainer exist, so the
-    operative gin config it writes is complete. With ``sample_prompt`` set, the chief greedily continues it with the trained model and adds
+    operative gin config it writes is complete. ``mixed_precision`` (e.g. ``mixed_bfloat16``)
+    sets Keras' global policy before the model is created and tells the Trainer. With ``sample_prompt`` set, the chief greedily continues it with the trained model and adds
     the text to the summary as ``sample``.
     """
+    check_stage_specs(stages)  # before anything is built
     tokenizer_obj = hn_data.load_tokenizer(tokenizer)
+    if mixed_precision is not None:  # layers take the policy when they are created
+        keras.mixed_precision.set_global_policy(mixed_precision)
     lm = (
         create_model(tokenizer=tokenizer_obj)
         if model is None
         else create_model(model, tokenizer=tokenizer_obj)
     )
-    trainer = Trainer(lm, strategy=strategy, tokenizer=tokenizer_obj)
+    trainer = Trainer(
+        lm, strategy=strategy, tokenizer=tokenizer_obj, mixed_precision=mixed_precision
+    )
     add_stages(trainer, stages)
     if config_writer is not None:
         config_writer()

@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import gin
 from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief
 from highnoon.training.checkpointing import (

@@ -1,0 +1,56 @@
+"""Every gin file in gin/ parses against the real configurables, and the run files bind what
+their headers promise."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import gin
+import pytest
+
+from highnoon import data as _data  # noqa: F401  (registers configurables)
+from highnoon.distribute import strategy as _strategy  # noqa: F401
+from highnoon.training import run as _run
+from launch.flags import REPO_GIN_DIR, parse_gin
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "model_file", sorted(os.path.basename(p) for p in glob.glob(f"{REPO_GIN_DIR}/models/*.gin"))
+)
+def test_each_model_file_names_its_preset(model_file):
+    parse_gin([f"models/{model_file}"], finalize=False)
+    preset = gin.query_parameter("highnoon.models.create_model.name_or_config")
+    assert preset == model_file[: -len(".gin")]
+
+
+def test_quickstart_binds_three_stages_on_embedded_data():
+    parse_gin(["runs/quickstart.gin"], finalize=False)
+    stages = gin.query_parameter("run_training.stages")
+    assert [s["name"] for s in stages] == ["foundation", "code", "instruction"]
+    assert gin.query_parameter("highnoon.models.create_model.name_or_config") == "highnoon-tiny"
+
+
+def test_pretrain_requires_a_model_and_a_curriculum():
+    parse_gin(["runs/pretrain.gin"], finalize=False)
+    with pytest.raises(ValueError, match="run_training.stages is required but unbound"):
+        _run.run_training("/tmp/unused")
+    gin.clear_config()
+    parse_gin(["runs/pretrain.gin", "curricula/quickstart.gin"], finalize=False)
+    with pytest.raises(ValueError, match="create_model.name_or_config is required but unbound"):
+        _run.run_training("/tmp/unused")
+    gin.clear_config()
+    parse_gin(
+        ["runs/pretrain.gin", "models/highnoon-3b.gin", "curricula/quickstart.gin"],
+        finalize=False,
+    )
+    assert gin.query_parameter("highnoon.models.create_model.name_or_config") == "highnoon-3b"
+    assert gin.query_parameter("Trainer.jit_compile") is True
+    assert len(gin.query_parameter("run_training.stages")) == 3

@@ -1,0 +1,146 @@
+"""Worker for the Trainer multi-process tests: the real ``Trainer`` under a real cluster.
+
+Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec file:
+
+  stages            [[name, [jsonl paths], epochs, {overrides}], ...]
+  trainer           Trainer keyword arguments (no model/strategy)
+  checkpoint_dir    one directory shared by every worker (the chief writes it)
+  out_dir           where each worker writes ``worker<task>.npz`` and ``worker<task>.json``
+  checkpoint_interval, epochs_per_stage
+  seq               the nano model's max_seq_length
+  stop_at_step      optional: a callback raises ``StopAtStep`` at this step (a clean stop with
+                    a final checkpoint); the worker then exits 0
+  kill_at_step      optional [task, step]: that task SIGKILLs itself at that step
+
+Environment: ``HN_COLLECTIVE_TIMEOUT`` (s) bounds every collective.
+
+The ``.npz`` holds the final weights (``w000``...) and, for every input pipeline the Trainer
+built, the store rows it fed (``rows_s<stage>_e<epoch>_from<start_step>``, [steps, rows per
+host]). The rows are recorded where the Trainer hands them to ``make_host_dataset``, so they are
+what this host really fed, not a recomputation. The ``.json`` holds the events and the cluster
+facts. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from highnoon.distribute import create_strategy, peer_failure_guard, task_info
+
+
+class StopAtStep(Exception):
+    """Raised by the stop callback; the Trainer saves a final checkpoint and re-raises it."""
+
+
+def _atomic_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _atomic_npz(path: str, arrays: dict[str, Any]) -> None:
+    import numpy as np
+
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _record_fed_rows(fed: dict[str, Any], task: int) -> None:
+    """Wrap ``make_host_dataset`` (as the Trainer calls it) to record each pipeline's rows."""
+    from highnoon import data as hn_data
+    from highnoon.training import trainer as trainer_lib
+
+    original = hn_data.make_host_dataset
+    current_stage = {"index": 0}
+    fed["_stage"] = current_stage
+
+    def recording(store, rows, seq_len, *, start_step=0, epoch=0, **kwargs):
+        key = f"rows_s{current_stage['index']}_e{epoch}_from{start_step}"
+        fed[key] = rows[start_step:].copy()
+        return original(store, rows, seq_len, start_step=start_step, epoch=epoch, **kwargs)
+
+    assert trainer_lib.hn_data is hn_data
+    hn_data.make_host_dataset = recording
+
+
+def main() -> None:
+    with open(sys.argv[1], encoding="utf-8") as handle:
+        spec = json.load(handle)
+    collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
+    strategy = create_strategy(
+        "multi_worker",
+        peer_timeout_seconds=60,
+        collective_timeout_seconds=float(collective) if collective else None,
+    )
+    task = task_info(strategy).task_id
+    print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
+
+    import numpy as np
+
+    import highnoon as hn
+    from highnoon.training.trainer import Trainer
+
+    fed: dict[str, Any] = {}
+    _record_fed_rows(fed, task)
+    options = dict(spec["trainer"])
+    model = hn.create_model("highnoon-nano", max_seq_length=spec["seq"])
+    trainer = Trainer(model, strategy=strategy, **options)
+    for name, paths, epochs, overrides in spec["stages"]:
+        trainer.add_curriculum_stage(name, paths, epochs=epochs, **overrides)
+
+    events: list[dict[str, Any]] = []
+    stop_at = spec.get("stop_at_step")
+    kill_task, kill_step = spec.get("kill_at_step") or (None, None)
+
+    def callback(event: dict[str, Any]) -> None:
+        name = event["event"]
+        if name == "stage_begin":
+            fed["_stage"]["index"] = event["index"]
+        kept = {k: v for k, v in event.items() if k != "summary"}
+        events.append(kept)
+        print("EVENT " + json.dumps(kept, default=str), flush=True)
+        if name != "log":
+            return
+        if kill_task == task and event["step"] == kill_step:
+            print("DYING", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if stop_at is not None and event["step"] == stop_at:
+            raise StopAtStep(f"stopping at step {stop_at}")
+
+    trainer.add_callback(callback)
+    stopped = False
+    try:
+        with peer_failure_guard():
+            trainer.train(
+                epochs_per_stage=spec.get("epochs_per_stage", 1),
+                checkpoint_dir=spec["checkpoint_dir"],
+                checkpoint_interval=spec["checkpoint_interval"],
+                log_interval=1,
+                eval_interval=10_000,
+            )
+    except StopAtStep:
+        stopped = True
+
+    base = os.path.join(spec["out_dir"], f"worker{task}")
+    arrays = {f"w{i:03d}": w.numpy() for i, w in enumerate(model.weights)}
+    arrays.update({k: v for k, v in fed.items() if k.startswith("rows_")})
+    _atomic_npz(base + ".npz", arrays)
+    facts = {
+        "task": task,
+        "replicas": strategy.num_replicas_in_sync,
+        "stopped": stopped,
+        "events": events,
+        "weights_checksum": float(sum(np.abs(a).sum() for k, a in arrays.items() if k[0] == "w")),
+    }
+    _atomic_json(base + ".json", facts)
+    print("DONE", flush=True)
+
+
+if __name__ == "__main__":
+    main()
