@@ -345,16 +345,18 @@ def test_adaptive_curriculum_advances_on_the_reduced_loss_and_grows_the_pool(tmp
     epochs, fractions = [], {}
     trainer.add_callback(lambda e: epochs.append(e) if e["event"] == "epoch_end" else None)
     trainer.add_callback(
-        lambda e: fractions.setdefault(e["epoch"], e["curriculum_fraction"])
-        if e["event"] == "log"
-        else None
+        lambda e: (
+            fractions.setdefault(e["epoch"], e["curriculum_fraction"])
+            if e["event"] == "log"
+            else None
+        )
     )
     trainer.train(checkpoint_dir=str(tmp_path / "run"), log_interval=1)
     assert any(e["curriculum_advanced"] for e in epochs)
     assert fractions[0] < fractions[max(fractions)]
     restored = DataPosition.from_json(
-        tf.train.load_checkpoint(str(tmp_path / "run")).get_tensor(
-            "position/.ATTRIBUTES/py_state"
-        ).decode()
+        tf.train.load_checkpoint(str(tmp_path / "run"))
+        .get_tensor("position/.ATTRIBUTES/py_state")
+        .decode()
     )
     assert restored.curriculum_states["0"]["decisions"]
