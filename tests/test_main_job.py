@@ -69,6 +69,24 @@ def test_launch_train_runs_the_quickstart_config_end_to_end(tmp_path):
     assert (model_dir / "model_config.json").exists()
     assert list((model_dir / "summaries").glob("events.out.tfevents.*"))
 
+    # The trained checkpoint generates through launch/generate.py (greedy: deterministic).
+    generate = [
+        sys.executable,
+        "-m",
+        "launch.generate",
+        f"--checkpoint={model_dir}",
+        "--prompt=def ",
+        "--max_length=12",
+        "--temperature=0",
+    ]
+    outputs = [
+        subprocess.run(generate, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        for _ in range(2)
+    ]
+    assert all(o.returncode == 0 for o in outputs), outputs[0].stderr[-2000:]
+    assert outputs[0].stdout == outputs[1].stdout
+    assert outputs[0].stdout.startswith("def ")
+
 
 def test_launch_train_names_the_closest_gin_name_for_a_typo(tmp_path):
     command = [

@@ -113,17 +113,15 @@ def load_model(path: str, *, compile: bool = False):
             )
     model = HighNoonLM(load_model_config(directory))
     model.build()
-    stored = [
-        name
-        for name, _ in tf.train.list_variables(prefix)
-        if name.startswith("model/") and name.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
-    ]
-    if len(stored) != len(model.weights):
-        raise ValueError(
-            f"load_model: checkpoint {prefix!r} holds {len(stored)} model variables under the "
-            f"key 'model', but {directory}/model_config.json describes a model with "
-            f"{len(model.weights)}; save with tf.train.Checkpoint(model=model, ...)"
-        )
+    # Match through the object graph: a Trainer checkpoint also holds the optimizer, which may
+    # name the same variables under its own path, so counting keys under 'model/' is not enough.
     status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
-    status.assert_existing_objects_matched()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ValueError(
+            f"load_model: checkpoint {prefix!r} does not hold the weights of the model that "
+            f"{directory}/model_config.json describes ({str(error).splitlines()[0][:200]}); "
+            "save with tf.train.Checkpoint(model=model, ...)"
+        ) from error
     return model

@@ -75,13 +75,16 @@ def run_training(
     """
     check_stage_specs(stages)  # before anything is built
     tokenizer_obj = hn_data.load_tokenizer(tokenizer)
-    if mixed_precision is not None:  # layers take the policy when they are created
+    # Layers take the dtype policy in force when they are created; restore it afterwards so
+    # this call leaves no global state behind.
+    previous_policy = keras.mixed_precision.global_policy()
+    if mixed_precision is not None:
         keras.mixed_precision.set_global_policy(mixed_precision)
-    lm = (
-        create_model(tokenizer=tokenizer_obj)
-        if model is None
-        else create_model(model, tokenizer=tokenizer_obj)
-    )
+    try:
+        names = () if model is None else (model,)  # None: create_model's gin binding decides
+        lm = create_model(*names, tokenizer=tokenizer_obj)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     trainer = Trainer(
         lm, strategy=strategy, tokenizer=tokenizer_obj, mixed_precision=mixed_precision
     )

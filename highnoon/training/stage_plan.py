@@ -179,12 +179,17 @@ class StagePlan:
         positions = self.scheduler.host_epoch_indices(epoch, host_id, num_hosts)
         return self.train_indices[positions]
 
+    def eval_batches(self, max_batches: int) -> int:
+        """Eval batches per evaluation: whole micro-batches (``batch_size`` rows, the size one
+        replica step already fits in memory) of the held-out set, at most ``max_batches``."""
+        return min(self.eval_indices.size // self.settings.batch_size, max_batches)
+
     def eval_rows(self, host_id: int, num_hosts: int, max_batches: int) -> np.ndarray:
-        """Store indices of this host's eval batches: [batches, global_batch // num_hosts]."""
-        g = self.settings.global_batch_size
-        batches = min(self.eval_indices.size // g, max_batches)
-        per_host = g // num_hosts
-        table = self.eval_indices[: batches * g].reshape(batches, g)
+        """Store indices of this host's eval batches: [batches, batch_size // num_hosts]."""
+        size = self.settings.batch_size
+        batches = self.eval_batches(max_batches)
+        per_host = size // num_hosts
+        table = self.eval_indices[: batches * size].reshape(batches, size)
         return table[:, host_id * per_host : (host_id + 1) * per_host]
 
     def planned_steps(self) -> int:

@@ -13,6 +13,7 @@ is therefore told not to all-reduce again (``disable_optimizer_allreduce``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,10 +128,26 @@ class TrainStep:
         denominator = tf.maximum(global_tokens, 1.0)
         grads, local_loss = self._gradient_fn(config)(batch, denominator, config.accumulation_steps)
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        if config.clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, config.clip_norm)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self._apply_fn(config)(grads)
         return local_loss, local_tokens
+
+    def _clip_and_apply(self, grads: list[tf.Tensor], clip_norm: float | None) -> None:
+        if clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+
+    def _apply_fn(self, config: StepConfig) -> Callable:
+        """Clipping and the optimizer update. With ``jit_compile`` on a single replica they are
+        XLA-compiled too, which fuses AdamW's element-wise updates (11% faster per step on a
+        20M-parameter model, BENCHMARKS.md). With several replicas the optimizer's cross-replica
+        update cannot live inside an XLA cluster, so it stays a plain graph there."""
+        apply = functools.partial(self._clip_and_apply, clip_norm=config.clip_norm)
+        if not config.jit_compile or self.strategy.num_replicas_in_sync > 1:
+            return apply
+        key = ("apply", config.clip_norm)
+        if key not in self._train_fns:
+            self._train_fns[key] = tf.function(apply, jit_compile=True)
+        return self._train_fns[key]
 
     def _replica_eval_step(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
         logits = self.model(batch["inputs"], training=False, **_model_inputs(batch))

@@ -723,14 +723,13 @@ class _Run:
 
     def _evaluate(self, plan: StagePlan) -> dict[str, float]:
         limit = self.trainer.run_options["eval_batches"]
-        batches = min(plan.eval_indices.size // plan.settings.global_batch_size, limit)
+        batches = plan.eval_batches(limit)
         dataset = self._dataset(
             lambda host_id, num_hosts: plan.eval_rows(host_id, num_hosts, limit), 0, plan, 0
         )
         eval_fn = self.trainer._step.eval_fn()
         total, count = 0.0, 0.0
         iterator = iter(dataset)
-        # Eval batches are [G/H] per host like training; evaluate each micro-sized slice.
         for _ in range(batches):
             loss_sum, tokens = eval_fn(next(iterator))
             total += float(loss_sum)
