@@ -223,6 +223,29 @@ def test_two_workers_match_one_worker(workdir, reference):
     assert glob.glob(os.path.join(tempfile.gettempdir(), f"highnoon-worker-1-{key}-*")) == []
 
 
+def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
+    """3 hosts need a global batch divisible by 3: both runs use 6, everything else as above."""
+    specs = []
+    for name in ("three_reference", "three"):
+        spec = _spec(workdir, name)
+        with open(spec, encoding="utf-8") as handle:
+            data = json.load(handle)
+        data["trainer"]["batch_size"] = 6
+        with open(spec, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        specs.append(spec)
+    single = _run_ok(specs[0], 1)
+    outcomes = _run_ok(specs[1], 3)
+    steps = single[0].logged_steps()
+    assert [o.logged_steps() for o in outcomes] == [steps] * 3
+    per_host = [o.rows() for o in outcomes]
+    for key, want in single[0].rows().items():
+        assert [p[key].shape for p in per_host] == [(want.shape[0], 2)] * 3
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in per_host], axis=1), want)
+    _assert_bitwise_equal(outcomes)
+    _assert_weights_close(outcomes[0].weights, single[0].weights)
+
+
 def test_elastic_resume_one_worker_then_two_then_one(workdir, reference):
     """1 worker to step 5, 2 workers on from its checkpoint to step 14, 1 worker to the end:
     the same global batches at every step and the weights of the uninterrupted run."""
