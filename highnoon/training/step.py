@@ -98,7 +98,7 @@ class TrainStep:
         variables = self.model.trainable_variables
         micro = _split_micro_batches(batch, accumulation_steps)
         scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        accumulated = [tf.zeros_like(v) for v in variables]
+        accumulated: list[tf.Tensor] | None = None
         local_loss = tf.constant(0.0, tf.float32)
         for index in range(accumulation_steps):
             part = {key: value[index] for key, value in micro.items()}
@@ -108,8 +108,13 @@ class TrainStep:
                     masked_token_loss_sum(part["targets"], logits, part["loss_mask"]) / denominator
                 )
                 objective = self.optimizer.scale_loss(loss) if scaled else loss
-            grads = tape.gradient(objective, variables)
-            accumulated = [a + tf.cast(g, a.dtype) for a, g in zip(accumulated, grads)]
+            grads = [
+                tf.cast(g, v.dtype) for g, v in zip(tape.gradient(objective, variables), variables)
+            ]
+            # The first micro-batch's gradients start the sum: no zeros to allocate and add.
+            accumulated = (
+                grads if accumulated is None else [a + g for a, g in zip(accumulated, grads)]
+            )
             local_loss += loss
         return accumulated, local_loss
 
