@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from highnoon.utils.hashing import splitmix64_finalise_
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 
 def mix64(values: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser applied elementwise (uint64 in, uint64 out; wraps modulo 2**64)."""
+    """SplitMix64 (golden-ratio increment, then the shared finaliser) on a copy of ``values``."""
     z = np.array(values, dtype=np.uint64, ndmin=1)
     with np.errstate(over="ignore"):  # wrap-around is the point
-        z = z + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+        z += _GOLDEN
+    return splitmix64_finalise_(z)
 
 
 def keyed_hash(indices: np.ndarray, *keys: int) -> np.ndarray:

@@ -34,6 +34,7 @@ import numpy as np
 
 from highnoon.training import pacing as pacing_lib
 from highnoon.training import scoring
+from highnoon.utils.hashing import splitmix64_finalise_
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,6 @@ def _round_keys(tag: str, seed: int, epoch: int) -> np.ndarray:
     return np.frombuffer(digest[: 8 * FEISTEL_ROUNDS], dtype="<u8").astype(np.uint64)
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, in place on a uint64 array (wrapping multiplication)."""
-    z ^= z >> _U(30)
-    z *= _U(0xBF58476D1CE4E5B9)
-    z ^= z >> _U(27)
-    z *= _U(0x94D049BB133111EB)
-    z ^= z >> _U(31)
-    return z
-
-
 class KeyedPermutation:
     """A bijection of ``[0, n)`` keyed by (tag, seed, epoch), evaluable at any positions."""
 
@@ -86,7 +77,7 @@ class KeyedPermutation:
         wrapped = np.empty_like(x)
         for key in self.keys:
             np.bitwise_xor(right, key, out=f)
-            _mix64(f)
+            splitmix64_finalise_(f)
             f >>= _U(32)  # Lemire reduction of the top 32 bits into [0, size_left)
             f *= size_left
             f >>= _U(32)

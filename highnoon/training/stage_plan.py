@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.data.hashing import keyed_permutation
 from highnoon.training import scoring
 from highnoon.training.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler
 
@@ -93,9 +94,8 @@ def split_eval(num_samples: int, eval_fraction: float, global_batch: int, seed: 
     n_eval = int(num_samples * eval_fraction) // global_batch * global_batch
     if n_eval == 0 or num_samples - n_eval < global_batch:
         return np.arange(num_samples, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    generator = np.random.Generator(np.random.Philox(key=seed))
     chosen = np.zeros(num_samples, dtype=bool)
-    chosen[generator.choice(num_samples, size=n_eval, replace=False)] = True
+    chosen[keyed_permutation(num_samples, seed)[:n_eval]] = True
     return np.flatnonzero(~chosen).astype(np.int64), np.flatnonzero(chosen).astype(np.int64)
 
 
