@@ -52,8 +52,7 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
             cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
             factor = self.min_ratio + (1.0 - self.min_ratio) * cosine
         if self.warmup_steps > 0:
-            warm = tf.minimum((step + 1.0) / float(self.warmup_steps), 1.0)
-            factor = tf.minimum(factor, warm) if self.kind == "constant" else factor * warm
+            factor = factor * tf.minimum((step + 1.0) / float(self.warmup_steps), 1.0)
         return factor
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:
