@@ -1,5 +1,6 @@
 # The two quickstart commands (`make train`, `make test`) each install what they need first.
-# The install is idempotent: a stamp file skips pip until setup.py changes.
+# The install is idempotent: pip is skipped while the package is installed in this Python and a
+# stamp file is newer than setup.py (the stamp alone would survive a reset Python environment).
 PYTHON ?= python3
 EXTRAS ?= cpu,test
 MODEL_DIR ?= /tmp/highnoon_quickstart
@@ -8,11 +9,11 @@ STAMP := .install-$(subst $(comma),-,$(EXTRAS)).stamp
 
 .PHONY: install train test test-fast lint bench
 
-install: $(STAMP)
-
-$(STAMP): setup.py
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
-	@touch $@
+install:
+	@$(PYTHON) -I -c "import importlib.metadata as m; m.version('highnoon')" 2>/dev/null \
+		&& [ $(STAMP) -nt setup.py ] \
+		|| { $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]' \
+			&& touch $(STAMP); }
 
 train: install
 	$(PYTHON) -m launch.train --gin_file=runs/quickstart.gin --model_dir=$(MODEL_DIR)

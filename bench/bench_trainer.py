@@ -1,4 +1,4 @@
-"""Trainer throughput against Keras ``model.fit(jit_compile=True)`` on the same model and data.
+"""Trainer throughput against Keras ``model.fit(jit_compile=True)``, interleaved in one run.
 
     python bench/bench_trainer.py            # highnoon-tiny and a ~20M-parameter model
     python bench/bench_trainer.py --quick    # highnoon-tiny only, few steps (smoke run)
@@ -8,24 +8,28 @@ For each model, in this one process:
 1. The Trainer runs one stage on the embedded ``stdlib_code`` dataset (a slice of ``max_samples``
    files), curriculum on (the default ``size_based`` order, linear pacing, so epoch 0 sees a
    fraction of the data and the last epoch all of it), ``jit_compile=True``, AdamW, global-norm
-   clipping, no eval and no checkpoints. A callback stamps the time of every ``log`` event
-   (``log_interval`` steps apart; each is emitted after the step's results reached the host).
+   clipping, no eval and no checkpoints.
 2. Keras ``model.fit(jit_compile=True)`` (SparseCategoricalCrossentropy(from_logits=True), AdamW
-   with the same ``global_clipnorm``) on a second instance of the same model, fed the exact global
-   batches the Trainer fed, in the same order (rebuilt from the same ``StagePlan`` and pipeline),
-   as numpy arrays with the loss mask as per-token sample weights. A callback stamps the end of
-   every batch.
+   with the same ``global_clipnorm``) trains a second instance of the same model on the exact
+   global batches the Trainer feeds, in the same order (built beforehand from the same
+   ``StagePlan`` and pipeline), as numpy arrays with the loss mask as per-token sample weights.
 
-Throughput is measured over the same step window for both, [first log step, last log step]: the
-first window holds tracing and XLA compilation and is discarded. The Trainer's window includes
-its epoch change (a new curriculum pool, a new ``tf.data`` pipeline); fit sees one flat epoch.
-Tokens are the processed ``batch x seq`` positions (padding included: it costs the same compute).
+The two are interleaved window by window: every ``log_interval`` steps the Trainer's ``log``
+callback (emitted after the step's results reached the host) calls ``fit`` on the batches of the
+window the Trainer just trained. So both see the same machine at nearly the same moment, and a
+noisy neighbour slows both alike (these machines are shared: two runs of the *same* code a minute
+apart differ by several percent). Each fit window is timed from its first batch's start to its
+last batch's end, so fit's per-call set-up is not counted against it; the Trainer's window is
+the time between two ``log`` events minus the fit call made in between, so its per-step Python
+loop, epoch changes (a new curriculum pool and ``tf.data`` pipeline) and host syncs all count.
+The first window of each holds tracing and XLA compilation and is discarded.
 
-ratio = Trainer tokens/s / fit tokens/s (the issue asks for at least 1.0). MFU is model FLOPs/s
+ratio = Trainer tokens/s / fit tokens/s over all timed windows (the issue asks for at least 1.0),
+with a 95% interval from resampling the windows (seeded bootstrap): single steps on this machine
+vary by +-20% for both, so only the interval says whether a gap is real. Tokens are the processed
+``batch x seq`` positions (padding included: it costs the same compute). MFU is model FLOPs/s
 against a float32 XLA matmul peak measured in the same run (``bench_model.matmul_peak``), with
-model FLOPs per token = 6 N + 12 L d s (``bench_model``'s convention). The runs alternate
-(Trainer, fit, Trainer, fit, ...) for ``--repeats`` rounds and the best of each is reported, so
-load from other processes on the machine hurts both alike.
+model FLOPs per token = 6 N + 12 L d s (``bench_model``'s convention).
 """
 
 from __future__ import annotations
@@ -74,8 +78,8 @@ def cases(quick: bool) -> list[Case]:
     if quick:
         return [Case("highnoon-tiny", {}, 8, 256, 120, 2, 3)]
     return [
-        Case("highnoon-tiny", {}, 8, 256, 240, 2, 6),
-        Case("~20M", MODEL_20M, 4, 128, 64, 2, 3),
+        Case("highnoon-tiny", {}, 8, 256, 480, 2, 3),
+        Case("~20M", MODEL_20M, 4, 128, 320, 2, 3),
     ]
 
 
@@ -90,25 +94,13 @@ def flops_per_token(config: Any, seq: int) -> float:
     return 6.0 * n + 12.0 * config.num_layers * config.d_model * seq
 
 
-def _clock() -> tuple[float, float]:
-    """(wall seconds, this process's CPU seconds): CPU time is what the step costs, wall time
+def _clock() -> np.ndarray:
+    """[wall seconds, this process's CPU seconds]: CPU time is what the work costs, wall time
     also holds whatever other processes on the machine took from us."""
-    return time.perf_counter(), time.process_time()
+    return np.array([time.perf_counter(), time.process_time()])
 
 
-def window_rates(
-    stamps: dict[int, tuple[float, float]], rows: int, seq: int, first: int, last: int
-) -> tuple[float, float]:
-    """(tokens per wall second, tokens per CPU second) from step ``first`` to step ``last``."""
-    if last <= first or first not in stamps or last not in stamps:
-        raise ValueError(f"steps first={first}, last={last} must be stamped and first < last")
-    tokens = (last - first) * rows * seq
-    (wall0, cpu0), (wall1, cpu1) = stamps[first], stamps[last]
-    return tokens / (wall1 - wall0), tokens / (cpu1 - cpu0)
-
-
-def run_trainer(case: Case, cache_dir: str, steps_per_call: int) -> tuple[dict, Trainer]:
-    """Trains one stage; returns {step: clock at its log event} and the trainer."""
+def make_trainer(case: Case, cache_dir: str, steps_per_call: int) -> Trainer:
     trainer = Trainer(
         make_model(case),
         learning_rate=LEARNING_RATE,
@@ -124,22 +116,11 @@ def run_trainer(case: Case, cache_dir: str, steps_per_call: int) -> tuple[dict, 
         verbose=False,
         seed=0,
     )
-    trainer.add_curriculum_stage("bench", [DATASET], epochs=case.epochs)
-    stamps: dict[Any, Any] = {}  # step -> clock; "epoch_ends" -> steps
-
-    def stamp(event: dict[str, Any]) -> None:
-        if event["event"] == "log":
-            stamps[int(event["step"])] = _clock()
-        elif event["event"] == "epoch_end":
-            stamps.setdefault("epoch_ends", []).append(int(event["step"]))
-
-    trainer.add_callback(stamp)
-    trainer.train(save_checkpoints=False, checkpoint_dir=None, log_interval=case.log_interval)
-    return stamps, trainer
+    return trainer.add_curriculum_stage("bench", [DATASET], epochs=case.epochs)
 
 
-def trainer_batches(case: Case, trainer: Trainer, cache_dir: str) -> dict[str, np.ndarray]:
-    """The global batches the Trainer fed, in order, concatenated over its epochs."""
+def planned_batches(case: Case, trainer: Trainer, cache_dir: str) -> dict[str, np.ndarray]:
+    """The global batches the Trainer will feed, in order, concatenated over its epochs."""
     store = hn_data.prepare_stage_store(
         [DATASET], trainer.tokenizer, cache_dir, max_samples=case.max_samples, progress=False
     )
@@ -153,34 +134,85 @@ def trainer_batches(case: Case, trainer: Trainer, cache_dir: str) -> dict[str, n
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-class _BatchClock(keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stamps: dict[int, tuple[float, float]] = {}
+class FitWindows:
+    """Keras ``fit(jit_compile=True)`` on a fresh copy of the model, one window at a time."""
 
-    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.stamps[batch + 1] = _clock()  # keyed by steps done, like the Trainer
+    class _Span(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if batch == 0:
+                self.begin = _clock()
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.end = _clock()
+
+    def __init__(self, case: Case, batches: dict[str, np.ndarray]) -> None:
+        self.case, self.batches = case, batches
+        self.model = make_model(case)
+        self.model.compile(
+            optimizer=keras.optimizers.AdamW(LEARNING_RATE, global_clipnorm=CLIP_NORM),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=True,
+        )
+        self._span = self._Span()
+
+    def run(self, first_step: int, last_step: int) -> np.ndarray:
+        """Trains on global batches [first_step, last_step); returns [wall, CPU] seconds."""
+        rows = slice(first_step * self.case.batch, last_step * self.case.batch)
+        self.model.fit(
+            self.batches["inputs"][rows],
+            self.batches["targets"][rows],
+            sample_weight=self.batches["loss_mask"][rows].astype(np.float32),
+            batch_size=self.case.batch,
+            shuffle=False,
+            epochs=1,
+            verbose=0,
+            callbacks=[self._span],
+        )
+        return self._span.end - self._span.begin
 
 
-def run_fit(case: Case, batches: dict[str, np.ndarray]) -> dict[int, tuple[float, float]]:
-    model = make_model(case)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(LEARNING_RATE, global_clipnorm=CLIP_NORM),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
-    )
-    clock = _BatchClock()
-    model.fit(
-        batches["inputs"],
-        batches["targets"],
-        sample_weight=batches["loss_mask"].astype(np.float32),
-        batch_size=case.batch,
-        shuffle=False,
-        epochs=1,
-        verbose=0,
-        callbacks=[clock],
-    )
-    return clock.stamps
+@dataclass
+class Window:
+    """One timed window of ``steps`` steps: [wall, CPU] seconds for the Trainer and for fit."""
+
+    steps: int
+    trainer: np.ndarray
+    fit: np.ndarray
+
+
+def interleaved_windows(trainer: Trainer, fit: FitWindows, log_interval: int) -> list[Window]:
+    """Trains with the Trainer; after each of its ``log`` events, fit trains the same window."""
+    windows: list[Window] = []
+    state: dict[str, Any] = {"step": 0, "resumed": None}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] != "log":
+            return
+        arrived = _clock()
+        step = int(event["step"])
+        trainer_seconds = arrived - state["resumed"] if state["resumed"] is not None else None
+        fit_seconds = fit.run(state["step"], step)
+        if trainer_seconds is not None:  # the first window holds compilation: not timed
+            windows.append(Window(step - state["step"], trainer_seconds, fit_seconds))
+        state["step"] = step
+        state["resumed"] = _clock()
+
+    trainer.add_callback(on_event)
+    trainer.train(save_checkpoints=False, checkpoint_dir=None, log_interval=log_interval)
+    return windows
+
+
+def bootstrap_interval(
+    windows: list[Window], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of the wall-time ratio (fit seconds / Trainer seconds, i.e. Trainer speed
+    over fit speed) when the windows are resampled with replacement."""
+    trainer = np.array([w.trainer[0] for w in windows])
+    fit = np.array([w.fit[0] for w in windows])
+    picks = np.random.default_rng(seed).integers(0, len(windows), (resamples, len(windows)))
+    ratios = fit[picks].sum(axis=1) / trainer[picks].sum(axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def trace_count(trainer: Trainer) -> int:
@@ -189,91 +221,75 @@ def trace_count(trainer: Trainer) -> int:
     return sum(f.experimental_get_tracing_count() for f in fns)
 
 
-def bench_case(case: Case, cache_dir: str, steps_per_call: int, repeats: int) -> dict[str, Any]:
-    trainer_rates, fit_rates, trainer_steady, fit_steady = [], [], [], []
-    batches, config = None, None
-    for _ in range(repeats):
-        stamps, trainer = run_trainer(case, cache_dir, steps_per_call)
-        total = trainer._position.global_step
-        boundary = stamps.pop("epoch_ends")[-2]  # the last epoch change
-        first, last = case.log_interval, max(stamps)
-        steady = min(s for s in stamps if s > boundary)  # first stamp inside the last epoch
-        trainer_rates.append(window_rates(stamps, case.batch, case.seq, first, last))
-        trainer_steady.append(window_rates(stamps, case.batch, case.seq, steady, last))
-        traces = trace_count(trainer)
-        if batches is None:
-            batches = trainer_batches(case, trainer, cache_dir)
-            config = trainer.model.config
-            if len(batches["inputs"]) != total * case.batch:
-                raise RuntimeError(
-                    f"rebuilt {len(batches['inputs'])} rows, the Trainer fed {total * case.batch}"
-                )
-        fit_stamps = run_fit(case, batches)
-        fit_rates.append(window_rates(fit_stamps, case.batch, case.seq, first, last))
-        fit_steady.append(window_rates(fit_stamps, case.batch, case.seq, steady, last))
-        del trainer
-        keras.backend.clear_session()
-    return {
+def bench_case(case: Case, cache_dir: str, steps_per_call: int) -> dict[str, Any]:
+    trainer = make_trainer(case, cache_dir, steps_per_call)
+    batches = planned_batches(case, trainer, cache_dir)
+    fit = FitWindows(case, batches)
+    windows = interleaved_windows(trainer, fit, case.log_interval)
+    total = trainer._position.global_step
+    if len(batches["inputs"]) != total * case.batch:
+        raise RuntimeError(f"planned {len(batches['inputs'])} rows, the Trainer fed {total}")
+    if not windows:
+        raise RuntimeError(f"{total} steps give no timed window of {case.log_interval} steps")
+    tokens = sum(w.steps for w in windows) * case.batch * case.seq
+    trainer_seconds = sum(w.trainer for w in windows)
+    fit_seconds = sum(w.fit for w in windows)
+    low, high = bootstrap_interval(windows)
+    result = {
         "case": case,
-        "params": config.num_parameters(),
+        "params": trainer.model.config.num_parameters(),
+        "flops_per_token": flops_per_token(trainer.model.config, case.seq),
         "steps": total,
-        "timed_steps": last - first,
-        "traces": traces,
-        "steady_steps": last - steady,
-        "steady_ratio": max(r[0] for r in trainer_steady) / max(r[0] for r in fit_steady),
-        "trainer": max(r[0] for r in trainer_rates),
-        "fit": max(r[0] for r in fit_rates),
-        "trainer_cpu": max(r[1] for r in trainer_rates),
-        "fit_cpu": max(r[1] for r in fit_rates),
-        "all_trainer": [r[0] for r in trainer_rates],
-        "all_fit": [r[0] for r in fit_rates],
-        "flops_per_token": flops_per_token(config, case.seq),
+        "timed_steps": sum(w.steps for w in windows),
+        "windows": len(windows),
+        "traces": trace_count(trainer),
+        "trainer": tokens / trainer_seconds[0],
+        "fit": tokens / fit_seconds[0],
+        "ratio": fit_seconds[0] / trainer_seconds[0],
+        "ratio_cpu": fit_seconds[1] / trainer_seconds[1],
+        "interval": (low, high),
     }
+    del trainer, fit
+    keras.backend.clear_session()
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="highnoon-tiny only, few steps")
     parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
-    parser.add_argument("--repeats", type=int, default=None, help="alternating rounds (best-of)")
     args = parser.parse_args(argv)
     if args.steps_per_call < 1:
         raise ValueError(f"--steps-per-call={args.steps_per_call} must be a positive int")
-    repeats = args.repeats or (1 if args.quick else 2)
-    if repeats < 1:
-        raise ValueError(f"--repeats={repeats} must be a positive int")
     started = time.perf_counter()
     peak = matmul_peak()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases(args.quick):
-            result = bench_case(case, os.path.join(tmp, "cache"), args.steps_per_call, repeats)
+            result = bench_case(case, os.path.join(tmp, "cache"), args.steps_per_call)
             results.append(result)
             print(
-                f"{case.label}: {result['steps']} steps; trainer "
-                f"{[round(r) for r in result['all_trainer']]} tokens/s, fit "
-                f"{[round(r) for r in result['all_fit']]} tokens/s; trainer traces "
-                f"{result['traces']}",
+                f"{case.label}: {result['steps']} steps, {result['windows']} timed windows; "
+                f"Trainer traces {result['traces']}",
                 flush=True,
             )
     print(f"\nmatmul peak (best of 1024^2, 2048^2, 3072^2 float32, XLA): {peak / 1e9:.1f} GFLOP/s")
     print(f"Trainer(jit_compile=True, steps_per_call={args.steps_per_call}), curriculum size_based")
     print()
     print(
-        "| model | params | batch x seq | timed steps | Trainer tokens/s | fit tokens/s "
-        "| ratio | ratio per CPU-second | ratio in last epoch (steps) | Trainer MFU | fit MFU |"
+        "| model | params | batch x seq | timed steps | Trainer tokens/s | fit tokens/s | ratio "
+        "| 95% interval | ratio per CPU-second | Trainer MFU | fit MFU |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         c = r["case"]
-        mfu_t = r["trainer"] * r["flops_per_token"] / peak
-        mfu_f = r["fit"] * r["flops_per_token"] / peak
+        low, high = r["interval"]
         print(
             f"| {c.label} | {r['params'] / 1e6:.1f}M | {c.batch} x {c.seq} | {r['timed_steps']} "
-            f"| {r['trainer']:,.0f} | {r['fit']:,.0f} | {r['trainer'] / r['fit']:.2f} "
-            f"| {r['trainer_cpu'] / r['fit_cpu']:.2f} "
-            f"| {r['steady_ratio']:.2f} ({r['steady_steps']}) "
-            f"| {100 * mfu_t:.1f}% | {100 * mfu_f:.1f}% |"
+            f"| {r['trainer']:,.0f} | {r['fit']:,.0f} | {r['ratio']:.3f} "
+            f"| [{low:.3f}, {high:.3f}] | {r['ratio_cpu']:.3f} "
+            f"| {100 * r['trainer'] * r['flops_per_token'] / peak:.1f}% "
+            f"| {100 * r['fit'] * r['flops_per_token'] / peak:.1f}% |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

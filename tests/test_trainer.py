@@ -300,12 +300,17 @@ def test_xla_compiled_step_trains_and_matches_the_plain_step(tmp_path, data):
         summary = trainer.train(save_checkpoints=False)
         results[jit] = (summary, weights_of(trainer.model))
     step = trainer._step
-    config = StepConfig(accumulation_steps=1, clip_norm=None, jit_compile=True)
+    config = StepConfig(accumulation_steps=1, clip_norm=1.0, jit_compile=True)
     batch = {key: tf.zeros([4, 32], tf.int32) for key in ("inputs", "targets", "loss_mask")}
+    # One replica: gradients, clipping and the AdamW update are one XLA computation.
+    update = step._compiled("update", step._update_one_replica, config)
+    hlo = update.experimental_get_compiler_ir(batch, tf.constant(1.0), 1, 1.0)(stage="hlo")
+    assert "HloModule" in hlo and " dot(" in hlo and " sqrt(" in hlo  # matmuls and Adam's sqrt
+    # Several replicas: the gradients alone (the update runs after the all-reduce).
     hlo = step._gradient_fn(config).experimental_get_compiler_ir(batch, tf.constant(1.0), 1)(
         stage="hlo"
     )
-    assert "HloModule" in hlo
+    assert "HloModule" in hlo and " sqrt(" not in hlo
     assert results[True][0]["total_steps"] == results[False][0]["total_steps"]
     for got, want in zip(results[True][1], results[False][1]):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)

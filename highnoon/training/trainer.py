@@ -657,6 +657,14 @@ class _Run:
                 }
             ).unbatch()
 
+        if self.strategy.num_replicas_in_sync == 1 and not isinstance(
+            self.strategy, tf.distribute.TPUStrategy
+        ):
+            # One replica: the host pipeline feeds the step directly. tf.distribute would wrap
+            # it in a MultiDeviceIterator, whose inner datasets run tf.data's autotuning thread;
+            # deleting such an iterator at an epoch's end can block for as long as that thread's
+            # sleep (seconds to a minute, growing with the epoch's length; BENCHMARKS.md).
+            return dataset_fn(tf.distribute.InputContext(1, 0, 1))
         options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
         return self.strategy.distribute_datasets_from_function(dataset_fn, options)
 
