@@ -149,6 +149,28 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, data, stop_ste
         np.testing.assert_array_equal(got, want)
 
 
+def test_several_steps_per_call_train_the_same_and_trace_once(tmp_path, data):
+    """steps_per_call=3 runs three optimizer steps per host call; an epoch whose length does not
+    divide by 3 ends with a shorter call, which reuses the same compiled function."""
+    results = {}
+    for per_call in (1, 3):
+        trainer = make_trainer(tmp_path, steps_per_call=per_call)
+        trainer.add_curriculum_stage("first", [data["a"]], epochs=2)
+        epoch_ends = []
+        trainer.add_callback(
+            lambda e, ends=epoch_ends: ends.append(e["step"]) if e["event"] == "epoch_end" else None
+        )
+        summary = trainer.train(save_checkpoints=False, log_interval=100)
+        results[per_call] = (summary["total_steps"], weights_of(trainer.model))
+    lengths = np.diff([0, *epoch_ends])
+    assert np.any(lengths % 3 != 0), f"epoch lengths {lengths} give no shorter call"
+    assert results[3][0] == results[1][0]
+    for got, want in zip(results[3][1], results[1][1]):
+        np.testing.assert_array_equal(got, want)
+    (train_fn,) = [f for key, f in trainer._step._train_fns.items() if key[0] == "train"]
+    assert train_fn.experimental_get_tracing_count() == 1
+
+
 @pytest.mark.slow
 def test_save_and_load_continue_where_training_stopped(tmp_path, data):
     reference = _two_stage_trainer(tmp_path, data, nano_model())

@@ -167,15 +167,17 @@ class TrainStep:
         return loss_sum, tf.reduce_sum(tf.cast(batch["loss_mask"], tf.float32))
 
     # -- distributed functions ---------------------------------------------------------
-    def train_fn(self, config: StepConfig, num_steps: int) -> Callable:
-        """``fn(iterator) -> (losses [num_steps], tokens [num_steps])``: ``num_steps`` optimizer
-        steps in one host call (several per call keep TPUs busy)."""
-        key = (config.accumulation_steps, config.clip_norm, config.jit_compile, num_steps)
+    def train_fn(self, config: StepConfig) -> Callable:
+        """``fn(iterator, num_steps) -> (losses [num_steps], tokens [num_steps])``: ``num_steps``
+        optimizer steps in one host call (several per call keep TPUs busy). ``num_steps`` enters
+        the compiled function as a tensor, so a shorter call (an epoch's last) does not retrace."""
+        key = ("train", config.accumulation_steps, config.clip_norm, config.jit_compile)
         if key not in self._train_fns:
-            self._train_fns[key] = self._build_train_fn(config, num_steps)
-        return self._train_fns[key]
+            self._train_fns[key] = self._build_train_fn(config)
+        compiled = self._train_fns[key]
+        return lambda iterator, num_steps: compiled(iterator, tf.constant(num_steps, tf.int32))
 
-    def _build_train_fn(self, config: StepConfig, num_steps: int) -> Callable:
+    def _build_train_fn(self, config: StepConfig) -> Callable:
         strategy = self.strategy
 
         def one_step(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
@@ -186,7 +188,7 @@ class TrainStep:
             )
 
         @tf.function
-        def fn(iterator):
+        def fn(iterator, num_steps: tf.Tensor):
             losses = tf.TensorArray(tf.float32, size=num_steps)
             tokens = tf.TensorArray(tf.float32, size=num_steps)
             for i in tf.range(num_steps):

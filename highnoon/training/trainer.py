@@ -693,7 +693,7 @@ class _Run:
             n = min(per_call, steps - pos.step_in_epoch)
             for interval in (checkpoint_interval, log_interval, eval_interval):
                 n = min(n, interval - pos.global_step % interval)
-            losses, tokens = self.trainer._step.train_fn(config, n)(iterator)
+            losses, tokens = self.trainer._step.train_fn(config)(iterator, n)
             losses, tokens = losses.numpy().astype(np.float64), tokens.numpy().astype(np.float64)
             if not np.all(np.isfinite(losses)):
                 raise NonFiniteLossError(
