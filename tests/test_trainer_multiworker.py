@@ -62,7 +62,13 @@ def workdir(tmp_path_factory) -> dict[str, str]:
     }
 
 
-def _spec(workdir: dict[str, str], name: str, checkpoint_dir: str | None = None, **extra) -> str:
+def _spec(
+    workdir: dict[str, str],
+    name: str,
+    checkpoint_dir: str | None = None,
+    batch_size: int = 4,
+    **extra,
+) -> str:
     """Writes one run's worker spec; returns its path. The run's outputs go to ``<name>/out``."""
     run_dir = os.path.join(workdir["root"], name)
     os.makedirs(os.path.join(run_dir, "out"))
@@ -73,7 +79,7 @@ def _spec(workdir: dict[str, str], name: str, checkpoint_dir: str | None = None,
         ],
         "trainer": {
             "learning_rate": 3e-3,
-            "batch_size": 4,
+            "batch_size": batch_size,
             "max_seq_length": 32,
             "seed": 7,
             "data_cache_dir": workdir["cache"],
@@ -153,6 +159,15 @@ def _assert_bitwise_equal(outcomes: list[Outcome]) -> None:
         assert all(np.array_equal(a, b) for a, b in zip(first, other.weights))
 
 
+def _assert_hosts_split_the_global_batch(outcomes: list[Outcome], single: Outcome) -> None:
+    """Every step: worker 0's rows, then worker 1's, ... are exactly the one-worker global batch
+    (each host feeds 2 rows a step)."""
+    per_host = [o.rows() for o in outcomes]
+    for key, want in single.rows().items():
+        assert [p[key].shape for p in per_host] == [(want.shape[0], 2)] * len(outcomes)
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in per_host], axis=1), want)
+
+
 def _fed_steps(rows: np.ndarray, key: str, logged: list[int]) -> np.ndarray:
     """The part of a recorded pipeline ``rows`` table that was really stepped through."""
     stage, epoch = (int(x) for x in re.match(r"rows_s(\d+)_e(\d+)_from", key).groups())
@@ -205,11 +220,7 @@ def test_two_workers_match_one_worker(workdir, reference):
     spec = _spec(workdir, "two")
     outcomes = _run_ok(spec, 2)
     assert [o.logged_steps() for o in outcomes] == [list(range(1, TOTAL_STEPS + 1))] * 2
-    # Every step: worker 0's rows then worker 1's are exactly the one-worker global batch.
-    per_host = [o.rows() for o in outcomes]
-    for key, want in reference[0].rows().items():
-        assert [p[key].shape for p in per_host] == [(want.shape[0], 2)] * 2
-        np.testing.assert_array_equal(np.concatenate([p[key] for p in per_host], axis=1), want)
+    _assert_hosts_split_the_global_batch(outcomes, reference[0])
     _assert_bitwise_equal(outcomes)
     _assert_weights_close(outcomes[0].weights, reference[0].weights)
     # The step losses are the global ones on every worker, equal to the one-worker run's.
@@ -225,23 +236,11 @@ def test_two_workers_match_one_worker(workdir, reference):
 
 def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
     """3 hosts need a global batch divisible by 3: both runs use 6, everything else as above."""
-    specs = []
-    for name in ("three_reference", "three"):
-        spec = _spec(workdir, name)
-        with open(spec, encoding="utf-8") as handle:
-            data = json.load(handle)
-        data["trainer"]["batch_size"] = 6
-        with open(spec, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-        specs.append(spec)
-    single = _run_ok(specs[0], 1)
-    outcomes = _run_ok(specs[1], 3)
+    single = _run_ok(_spec(workdir, "three_reference", batch_size=6), 1)
+    outcomes = _run_ok(_spec(workdir, "three", batch_size=6), 3)
     steps = single[0].logged_steps()
     assert [o.logged_steps() for o in outcomes] == [steps] * 3
-    per_host = [o.rows() for o in outcomes]
-    for key, want in single[0].rows().items():
-        assert [p[key].shape for p in per_host] == [(want.shape[0], 2)] * 3
-        np.testing.assert_array_equal(np.concatenate([p[key] for p in per_host], axis=1), want)
+    _assert_hosts_split_the_global_batch(outcomes, single[0])
     _assert_bitwise_equal(outcomes)
     _assert_weights_close(outcomes[0].weights, single[0].weights)
 

@@ -70,8 +70,9 @@ def run_training(
     ``model`` is a preset name; by default ``create_model``'s own gin binding decides
     (``gin/models/*.gin``). ``config_writer`` is called once the model and Trainer exist, so the
     operative gin config it writes is complete. ``mixed_precision`` (e.g. ``mixed_bfloat16``)
-    sets Keras' global policy before the model is created and tells the Trainer. With ``sample_prompt`` set, the chief greedily continues it with the trained model and adds
-    the text to the summary as ``sample``.
+    sets Keras' global policy while the model is created and tells the Trainer. With
+    ``sample_prompt`` set, the chief greedily continues it with the trained model and adds the
+    text to the summary as ``sample``.
     """
     check_stage_specs(stages)  # before anything is built
     tokenizer_obj = hn_data.load_tokenizer(tokenizer)
