@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from highnoon.training.curriculum import CurriculumScheduler, order_from_scores
+from highnoon.curriculum import CurriculumScheduler, order_from_scores
 
 GIB = float(1 << 30)
 

@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "CurriculumScheduler": "highnoon.training.curriculum",
-    "AdaptiveCurriculumScheduler": "highnoon.training.curriculum",
-    "create_curriculum_batches": "highnoon.training.curriculum",
+    "CurriculumScheduler": "highnoon.curriculum",
+    "AdaptiveCurriculumScheduler": "highnoon.curriculum",
+    "create_curriculum_batches": "highnoon.curriculum",
     "Trainer": "highnoon.training.trainer",
     "CurriculumStage": "highnoon.training.trainer",
     "create_model": "highnoon.models",

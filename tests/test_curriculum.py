@@ -10,15 +10,16 @@ import math
 import numpy as np
 import pytest
 
-from highnoon.training import scoring
-from highnoon.training.curriculum import (
+from highnoon.curriculum import (
     AdaptiveCurriculumScheduler,
     CurriculumScheduler,
-    KeyedPermutation,
     create_curriculum_batches,
     order_from_scores,
     scores_fingerprint,
 )
+from highnoon.curriculum.scoring import scores_from_features
+from highnoon.data.features import features_from_samples
+from highnoon.utils.hashing import KeyedPermutation
 
 
 def _prepared(n: int = 100, **kwargs) -> CurriculumScheduler:
@@ -62,7 +63,7 @@ def test_difficulty_matches_hand_computation() -> None:
 def test_scores_bit_identical_to_scoring_features(strategy: str) -> None:
     rng = np.random.default_rng(3)
     samples = [rng.integers(0, 50, rng.integers(1, 30)).tolist() for _ in range(40)]
-    expected = scoring.scores_from_features(scoring.features_from_samples(samples), strategy)
+    expected = scores_from_features(features_from_samples(samples), strategy)
     got = CurriculumScheduler(strategy=strategy, verbose=False).compute_complexity_scores(samples)
     assert got.tobytes() == expected.tobytes()
 
@@ -76,7 +77,7 @@ def test_custom_scorers() -> None:
     assert by_kwarg.compute_complexity_scores(samples).tolist() == [0.0, 0.0, 2.0]
     plain = CurriculumScheduler(verbose=False)
     assert plain.compute_complexity_scores(samples, strategy=len).tolist() == [1.0, 3.0, 2.0]
-    mixed = scoring.scores_from_features(scoring.features_from_samples(samples), "mixed")
+    mixed = scores_from_features(features_from_samples(samples), "mixed")
     assert plain.compute_complexity_scores(samples, strategy="mixed").tolist() == mixed.tolist()
 
 
@@ -165,7 +166,7 @@ def test_pool_whole_global_batches() -> None:
 
 def test_keyed_permutation_is_bijection() -> None:
     for n in (1, 2, 3, 17, 1000, 4099):
-        perm = KeyedPermutation(n, seed=1, epoch=2)
+        perm = KeyedPermutation(n, 1, 2)
         values = perm(np.arange(n))
         assert np.array_equal(np.sort(values), np.arange(n))
         assert np.array_equal(perm(np.arange(n)[::-1]), values[::-1])  # position-wise
@@ -325,7 +326,7 @@ def test_create_curriculum_batches_shuffle_deterministic() -> None:
 def test_verbose_logs_stage_changes_only(caplog: pytest.LogCaptureFixture) -> None:
     scheduler = CurriculumScheduler(verbose=True)
     scheduler.prepare_curriculum_from_scores(np.arange(100, dtype=np.float64))
-    with caplog.at_level(logging.INFO, logger="highnoon.training.curriculum"):
+    with caplog.at_level(logging.INFO, logger="highnoon.curriculum"):
         for epoch in (0, 1, 10, 11):
             scheduler.get_current_subset_indices(epoch)
     messages = [r.getMessage() for r in caplog.records]
@@ -335,7 +336,7 @@ def test_verbose_logs_stage_changes_only(caplog: pytest.LogCaptureFixture) -> No
     ]
     caplog.clear()
     quiet = _prepared(100)
-    with caplog.at_level(logging.INFO, logger="highnoon.training.curriculum"):
+    with caplog.at_level(logging.INFO, logger="highnoon.curriculum"):
         quiet.get_current_subset_indices(10)
     assert caplog.records == []
 
@@ -349,7 +350,7 @@ def test_verbose_logs_stage_changes_only(caplog: pytest.LogCaptureFixture) -> No
         ({"strategy": "by_magic"}, "strategy='by_magic'"),
         ({"strategy": "custom"}, "strategy='custom'"),
         ({"initial_fraction": 0.0}, "initial_fraction=0.0"),
-        ({"initial_fraction": 1.2}, r"initial_fraction=1.2 must be a number in \(0, 1\]"),
+        ({"initial_fraction": 1.2}, r"initial_fraction=1.2 must be a finite number in \(0, 1\]"),
         ({"num_stages": 0}, "num_stages=0"),
         ({"warmup_epochs": -2}, "warmup_epochs=-2"),
         ({"pacing": "sigmoid"}, "pacing='sigmoid'"),
@@ -434,10 +435,18 @@ def test_bad_adaptive_updates() -> None:
         scheduler.update_with_loss(-1, 1.0)
 
 
+def test_a_batch_larger_than_the_selection_is_one_short_batch() -> None:
+    data = np.arange(5)
+    (only,) = create_curriculum_batches(molecules=data, labels=data * 10, batch_size=6)
+    assert sorted(only[0].tolist()) == [0, 1, 2, 3, 4]
+    assert (only[1] == only[0] * 10).all()
+    assert create_curriculum_batches(molecules=data, batch_size=6, drop_remainder=True) == []
+
+
 def test_bad_batches_arguments() -> None:
     data = np.arange(5)
-    with pytest.raises(ValueError, match=r"batch_size=6 must be an integer in \[1, 5\]"):
-        create_curriculum_batches(molecules=data, batch_size=6)
+    with pytest.raises(ValueError, match="batch_size=4.0 must be an integer >= 1"):
+        create_curriculum_batches(molecules=data, batch_size=4.0)
     with pytest.raises(ValueError, match="batch_size=0"):
         create_curriculum_batches(molecules=data, batch_size=0)
     with pytest.raises(ValueError, match="molecules=None"):

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from highnoon.training.curriculum import (
+from highnoon.curriculum import (
     AdaptiveCurriculumScheduler,
     CurriculumScheduler,
     order_from_scores,
@@ -156,7 +156,7 @@ def test_adaptive_advance_changes_the_pool(losses: list[float]) -> None:
 _CHILD = """
 import json, sys
 import numpy as np
-from highnoon.training.curriculum import CurriculumScheduler
+from highnoon.curriculum import CurriculumScheduler
 s = CurriculumScheduler(verbose=False, global_batch_size=4, seed=11, strategy="difficulty_based")
 s.prepare_curriculum([[i % 7, i % 3, i % 5][: 1 + i % 3] for i in range(40)])
 out = {"order": s.order.tolist(), "epoch": s.host_epoch_indices(30, 1, 2).tolist(),

@@ -11,8 +11,8 @@ from highnoon.data import (
     packing_plan,
     per_replica_rows,
 )
-from highnoon.data.hashing import keyed_hash
 from highnoon.data.pipeline import HostBatcher
+from highnoon.utils.hashing import keyed_hash
 
 tf = pytest.importorskip("tensorflow")
 

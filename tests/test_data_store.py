@@ -22,7 +22,7 @@ from highnoon.data import (
     check_enough_samples,
     train_sentencepiece,
 )
-from highnoon.training.scoring import features_from_flat
+from highnoon.data.features import features_from_flat
 
 
 def random_texts(n: int, seed: int) -> list[str]:

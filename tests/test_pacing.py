@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from highnoon.training.pacing import Pacing, pool_size
+from highnoon.curriculum.pacing import Pacing, pool_size
 
 
 def test_reference_defaults_staircase() -> None:

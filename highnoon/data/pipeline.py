@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from highnoon.data.hashing import keyed_hash
 from highnoon.data.store import TokenStore
+from highnoon.utils.hashing import keyed_hash
 
 OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")

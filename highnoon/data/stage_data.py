@@ -34,7 +34,6 @@ from typing import Any
 import gin
 import numpy as np
 
-from highnoon.data.hashing import keyed_permutation
 from highnoon.data.registry import resolve_datasets
 from highnoon.data.sources import DataSource
 from highnoon.data.store import (
@@ -46,6 +45,7 @@ from highnoon.data.store import (
     build_token_store,
 )
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
+from highnoon.utils.hashing import keyed_permutation
 
 _MIX_BATCH = 4096  # samples copied per TokenBatch when writing a mixed store
 
@@ -125,7 +125,7 @@ def mixing_selection(sizes: Sequence[int], weights: Sequence[float], seed: int) 
         chosen = np.concatenate(
             [
                 np.tile(np.arange(n, dtype=np.int64), full),
-                np.sort(keyed_permutation(n, seed, i)[:rest]),
+                np.sort(keyed_permutation(n, "mixture", seed, i)[:rest]),
             ]
         )
         parts.append(np.stack([np.full(count, i, np.int64), chosen], axis=1))

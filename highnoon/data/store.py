@@ -40,13 +40,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from highnoon.data.features import SampleFeatures, features_from_flat
 from highnoon.data.tokenizers import (
     SentencePieceTokenizer,
     Tokenizer,
     load_tokenizer,
     tokenizer_from_config,
 )
-from highnoon.training.scoring import SampleFeatures, features_from_flat
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

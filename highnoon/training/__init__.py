@@ -5,9 +5,9 @@ from __future__ import annotations
 from highnoon.utils.lazy import lazy_getattr
 
 _EXPORTS = {
-    "CurriculumScheduler": "highnoon.training.curriculum",
-    "AdaptiveCurriculumScheduler": "highnoon.training.curriculum",
-    "create_curriculum_batches": "highnoon.training.curriculum",
+    "CurriculumScheduler": "highnoon.curriculum",
+    "AdaptiveCurriculumScheduler": "highnoon.curriculum",
+    "create_curriculum_batches": "highnoon.curriculum",
     "Trainer": "highnoon.training.trainer",
     "CurriculumStage": "highnoon.training.trainer",
 }

@@ -9,16 +9,15 @@ host takes (DESIGN.md section 2).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from highnoon.data.hashing import keyed_permutation
-from highnoon.training import scoring
-from highnoon.training.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler
+from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler, scoring
+from highnoon.data.features import SampleFeatures
+from highnoon.utils.hashing import derive_seed, keyed_permutation
 
 # Trainer settings a stage may override (DESIGN.md section 3). Anything else is a ValueError
 # when the stage is added.
@@ -79,12 +78,6 @@ class StageSettings:
         return dataclasses.asdict(self)
 
 
-def derive_seed(seed: int, *keys: Any) -> int:
-    """A 63-bit seed from ``seed`` and any JSON-able keys (stage index, purpose, ...)."""
-    text = json.dumps([int(seed), *keys], sort_keys=True)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
 def split_eval(num_samples: int, eval_fraction: float, global_batch: int, seed: int):
     """Held-out split: ``(train_indices, eval_indices)``, both sorted.
 
@@ -95,7 +88,7 @@ def split_eval(num_samples: int, eval_fraction: float, global_batch: int, seed: 
     if n_eval == 0 or num_samples - n_eval < global_batch:
         return np.arange(num_samples, dtype=np.int64), np.zeros(0, dtype=np.int64)
     chosen = np.zeros(num_samples, dtype=bool)
-    chosen[keyed_permutation(num_samples, seed)[:n_eval]] = True
+    chosen[keyed_permutation(num_samples, "eval", seed)[:n_eval]] = True
     return np.flatnonzero(~chosen).astype(np.int64), np.flatnonzero(chosen).astype(np.int64)
 
 
@@ -133,7 +126,7 @@ class StagePlan:
             kwargs: dict[str, Any] = {"pacing": "constant", "initial_fraction": 1.0}
         else:
             features = self.store.features
-            subset = scoring.SampleFeatures(
+            subset = SampleFeatures(
                 lengths=features.lengths[self.train_indices],
                 surprisal_sum=features.surprisal_sum[self.train_indices],
             )

@@ -1,18 +1,37 @@
-"""The one 64-bit mixing function behind every stateless keyed choice (numpy only).
+"""Keyed hashing: every stateless, seeded choice in highnoon comes from here (numpy only).
 
-SplitMix64's finaliser: the same input gives the same uint64 on every machine and run, so
-curriculum shuffles, overflow windows, mixture subsamples and eval splits need no RNG state.
+Three pieces, each with one job:
+
+* ``derive_key(*parts)``: a 64-bit key from any JSON-able parts (a seed, a stage index, a
+  purpose such as ``"eval"``), via SHA-256 of their canonical JSON. This is the one seed
+  derivation: stage seeds, permutation keys and per-sample hash keys all come from it.
+* ``keyed_hash(indices, *parts)``: a uint64 per index under a key, the SplitMix64 mix of
+  ``index ^ key`` (overflow windows, mixture subsamples).
+* ``KeyedPermutation(n, *parts)``: a bijection of ``[0, n)`` evaluable at any positions without
+  materialising the whole permutation (curriculum epoch orders of 10^8 samples), and
+  ``keyed_permutation(n, *parts)``, the whole of it as an array (eval splits, mixtures).
+
+The same parts give the same values on every machine and run, so hosts agree without talking
+and nothing needs RNG state in a checkpoint (docs/design.md, "Determinism").
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from typing import Any
+
 import numpy as np
 
 _U = np.uint64
+_GOLDEN = _U(0x9E3779B97F4A7C15)
+FEISTEL_ROUNDS = 4  # Luby-Rackoff: 4 rounds of a good mixer give a strong keyed permutation
+_CHUNK = 1 << 16  # positions permuted at a time (keeps temporaries in cache)
 
 
 def splitmix64_finalise_(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser applied in place to a uint64 array (wrapping arithmetic); returns it.
+    """SplitMix64's finaliser applied in place to a uint64 array (wrapping); returns it.
 
     In place because the curriculum applies it to arrays of up to 10^8 elements.
     """
@@ -23,3 +42,94 @@ def splitmix64_finalise_(z: np.ndarray) -> np.ndarray:
         z *= _U(0x94D049BB133111EB)
         z ^= z >> _U(31)
     return z
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64 (golden-ratio increment, then the finaliser) on a copy of ``values``."""
+    z = np.array(values, dtype=np.uint64, ndmin=1)
+    with np.errstate(over="ignore"):
+        z += _GOLDEN
+    return splitmix64_finalise_(z)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):  # numpy scalars hash as the Python number they hold
+        return value.item()
+    raise TypeError(f"cannot derive a key from {value!r} ({type(value).__name__})")
+
+
+def derive_key(*parts: Any) -> int:
+    """A 64-bit key from JSON-able ``parts`` (SHA-256 of their canonical JSON)."""
+    text = json.dumps(list(parts), sort_keys=True, separators=(",", ":"), default=_plain)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A non-negative 63-bit seed from ``seed`` and ``parts`` (fits every framework's seed)."""
+    return derive_key(int(seed), *parts) >> 1
+
+
+def keyed_hash(indices: np.ndarray, *parts: Any) -> np.ndarray:
+    """A uint64 hash of every index under the key ``derive_key(*parts)``."""
+    key = _U(derive_key(*parts))
+    return mix64(np.asarray(indices, dtype=np.int64).astype(np.uint64) ^ key)
+
+
+class KeyedPermutation:
+    """A bijection of ``[0, n)`` keyed by ``parts``, evaluable at any positions.
+
+    A Feistel network over ``Z_a x Z_b`` (``a = ceil(sqrt(n))``, ``b = ceil(n / a)``; rounds
+    alternate the two moduli; the round function is SplitMix64 of the half xor a round key),
+    with cycle-walking back into ``[0, n)``. Vectorised uint64 numpy: one host's share of an
+    epoch costs only its own positions.
+    """
+
+    def __init__(self, n: int, *parts: Any) -> None:
+        if n < 1:
+            raise ValueError(f"n={n!r} must be >= 1")
+        self.n = int(n)
+        self.a = math.isqrt(self.n - 1) + 1
+        self.b = -(-self.n // self.a)
+        self.keys = mix64(np.arange(FEISTEL_ROUNDS, dtype=np.uint64) ^ _U(derive_key(*parts)))
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        """One pass of the network over Z_a x Z_b (a bijection of [0, a*b))."""
+        size_left, size_right = _U(self.a), _U(self.b)
+        left = x // size_right  # in Z_a
+        right = x - left * size_right  # in Z_b
+        f = np.empty_like(x)
+        wrapped = np.empty_like(x)
+        for key in self.keys:
+            np.bitwise_xor(right, key, out=f)
+            splitmix64_finalise_(f)
+            f >>= _U(32)  # Lemire reduction of the top 32 bits into [0, size_left)
+            f *= size_left
+            f >>= _U(32)
+            f += left  # < 2 * size_left
+            np.subtract(f, size_left, out=wrapped)  # wraps to a huge value when f < size_left
+            np.minimum(f, wrapped, out=f)  # (left + F(right)) mod size_left
+            left, right, f = right, f, left
+            size_left, size_right = size_right, size_left
+        return left * _U(self.b) + right  # an even number of rounds ends back in Z_a x Z_b
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """``pi(positions)`` as int64 (positions must lie in ``[0, n)``)."""
+        flat = np.asarray(positions).reshape(-1)
+        out = np.empty(flat.size, dtype=np.int64)
+        n = _U(self.n)
+        for start in range(0, flat.size, _CHUNK):
+            y = self._feistel(flat[start : start + _CHUNK].astype(np.uint64))
+            outside = np.flatnonzero(y >= n)
+            while outside.size:  # cycle-walk back into [0, n); a*b - n < a, so rarely needed
+                walked = self._feistel(y[outside])
+                y[outside] = walked
+                outside = outside[walked >= n]
+            out[start : start + y.size] = y.view(np.int64)
+        return out.reshape(np.shape(positions))
+
+
+def keyed_permutation(n: int, *parts: Any) -> np.ndarray:
+    """The whole keyed permutation of ``range(n)`` as an int64 array (empty for ``n == 0``)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    return KeyedPermutation(n, *parts)(np.arange(n, dtype=np.int64))

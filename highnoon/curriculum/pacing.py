@@ -43,17 +43,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from highnoon.utils.validation import check_fraction, check_int, check_positive_float
+
 PACINGS = ("reference", "linear", "root_p", "discrete", "exponential", "constant")
 _OPTIONS = {"root_p": {"p"}}  # pacing -> accepted pacing_options keys
 DEFAULT_P = 2.0
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return int(value)
+    return check_int(name, value, minimum=minimum)
 
 
 @dataclass(frozen=True)
@@ -72,14 +70,7 @@ class Pacing:
     def __post_init__(self) -> None:
         if self.name not in PACINGS:
             raise ValueError(f"pacing={self.name!r} is not a known pacing; use one of {PACINGS}")
-        c0 = self.initial_fraction
-        if (
-            isinstance(c0, bool)
-            or not isinstance(c0, int | float)
-            or not math.isfinite(c0)
-            or not 0.0 < c0 <= 1.0
-        ):
-            raise ValueError(f"initial_fraction={c0!r} must be a number in (0, 1]")
+        check_fraction("initial_fraction", self.initial_fraction, allow_zero=False)
         _check_int("num_stages", self.num_stages, 1)
         _check_int("warmup_epochs", self.warmup_epochs, 0)
         _check_int("stage_increment_epochs", self.stage_increment_epochs, 1)
@@ -98,13 +89,7 @@ class Pacing:
                     f"give total_epochs={self.total_epochs!r} or total_steps={self.total_steps!r}, "
                     "not both"
                 )
-        if (
-            isinstance(self.p, bool)
-            or not isinstance(self.p, int | float)
-            or not math.isfinite(self.p)
-            or self.p <= 0
-        ):
-            raise ValueError(f"p={self.p!r} must be a finite number > 0")
+        check_positive_float("p", self.p)
 
     @classmethod
     def create(

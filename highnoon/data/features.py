@@ -1,24 +1,18 @@
-"""Per-sample difficulty features and the curriculum scores built from them.
+"""Per-sample difficulty features: what the token store measures once per sample.
 
-Both the in-memory curriculum (`CurriculumScheduler.compute_complexity_scores`) and the indexed
-token store (which records these features once, so hosts never rescan a corpus) use this module,
-so a score means the same thing wherever it was computed.
+The indexed token store records these for every sample, so no host ever rescans a corpus; the
+curriculum (``highnoon.curriculum.scoring``) turns them into scores. In-memory samples get the
+same features through ``features_from_samples``, so a score means the same thing wherever it was
+computed.
 
 Features of a sample (a sequence of token ids):
   * ``length``: number of tokens.
   * ``surprisal_sum``: sum over its tokens of -log p(token), p being the token's unigram frequency
     in the whole corpus the sample belongs to (rare tokens are hard for a language model).
 
-Scores (higher = harder):
-  * ``size_based``:       ``length``.
-  * ``difficulty_based``: ``0.7 * rarity / max(rarity) + 0.3 * sqrt(length / max(length))`` where
-    ``rarity`` is the mean surprisal per token. Rarity dominates; length breaks near-ties.
-  * ``mixed``:            ``0.5 * length / max(length) + 0.5 * difficulty_based``.
-
 Bit-identical on every run and machine: the per-vocabulary surprisal table is computed with
 Python's ``math.log`` and quantised to fixed point (``SURPRISAL_SCALE`` units per nat) so that no
-last-bit difference between vectorised ``log`` implementations can leak through; sums are integer;
-the final combination uses only IEEE-exact operations (+, -, *, /, sqrt).
+last-bit difference between vectorised ``log`` implementations can leak through; sums are integer.
 """
 
 from __future__ import annotations
@@ -31,9 +25,6 @@ from typing import Any
 import numpy as np
 
 SURPRISAL_SCALE = 1 << 24  # fixed-point units per nat
-STRATEGIES = ("size_based", "difficulty_based", "mixed")
-DIFFICULTY_RARITY_WEIGHT = 0.7
-MIXED_SIZE_WEIGHT = 0.5
 _CHUNK = 1 << 24  # tokens processed at a time, bounds temporary memory
 
 
@@ -145,24 +136,3 @@ def features_from_samples(samples: Sequence[Any] | Iterable[Any]) -> SampleFeatu
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
     return features_from_flat(flat, offsets)
-
-
-def scores_from_features(features: SampleFeatures, strategy: str) -> np.ndarray:
-    """Curriculum scores (float64, higher = harder) from stored features; see module docstring."""
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"strategy={strategy!r} is not a known scoring strategy; use one of {STRATEGIES} or a callable"
-        )
-    lengths = features.lengths.astype(np.float64)
-    if strategy == "size_based":
-        return lengths
-    max_length = max(float(lengths.max(initial=0.0)), 1.0)
-    rarity = features.mean_surprisal
-    max_rarity = float(rarity.max(initial=0.0))
-    rarity_norm = rarity / max_rarity if max_rarity > 0 else np.zeros_like(rarity)
-    difficulty = DIFFICULTY_RARITY_WEIGHT * rarity_norm + (
-        1.0 - DIFFICULTY_RARITY_WEIGHT
-    ) * np.sqrt(lengths / max_length)
-    if strategy == "difficulty_based":
-        return difficulty
-    return MIXED_SIZE_WEIGHT * (lengths / max_length) + (1.0 - MIXED_SIZE_WEIGHT) * difficulty

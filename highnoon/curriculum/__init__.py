@@ -1,0 +1,28 @@
+"""The curriculum engine: scores, pacing, easy-to-hard order, keyed epoch permutations, pools and
+per-host rows. numpy only: importing it never imports TensorFlow.
+
+Layers: ``highnoon.data`` measures each sample (``data.features``); this package turns those
+measurements into an order and a stream of global batches; ``highnoon.training`` trains on it.
+"""
+
+from __future__ import annotations
+
+from highnoon.curriculum.adaptive import AdaptiveCurriculumScheduler
+from highnoon.curriculum.batches import create_curriculum_batches
+from highnoon.curriculum.order import order_from_scores, scores_fingerprint
+from highnoon.curriculum.pacing import PACINGS, Pacing, pool_size
+from highnoon.curriculum.scheduler import STRATEGIES, CurriculumScheduler
+from highnoon.curriculum.scoring import scores_from_features
+
+__all__ = [
+    "PACINGS",
+    "STRATEGIES",
+    "AdaptiveCurriculumScheduler",
+    "CurriculumScheduler",
+    "Pacing",
+    "create_curriculum_batches",
+    "order_from_scores",
+    "pool_size",
+    "scores_fingerprint",
+    "scores_from_features",
+]
