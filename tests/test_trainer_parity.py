@@ -65,7 +65,7 @@ def _global_batches(trainer, setup):
     store = hn_data.prepare_stage_store(
         [setup["path"]], trainer.tokenizer, os.path.join(str(setup["tmp"]), "cache")
     )
-    plan = StagePlan(0, "only", trainer.settings, 1, store, trainer.run_options["seed"])
+    plan = StagePlan(0, "only", trainer.settings, 1, store, trainer.options.seed)
     rows = plan.host_rows(0, 0, 1)
     batches = list(hn_data.make_host_dataset(store, rows, SEQ).as_numpy_iterator())
     assert all(b["loss_mask"].all() for b in batches)  # the premise of the comparison

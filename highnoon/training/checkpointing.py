@@ -1,4 +1,4 @@
-"""Checkpoints of model, optimizer and data position (DESIGN.md sections 2.5 and 5).
+"""Checkpoints of model, optimizer and data position (docs/design.md, "State on disk").
 
 * The data position is a few integers plus the curriculum's recorded decisions, stored inside the
   TensorFlow checkpoint as JSON (``tf.train.experimental.PythonState``), so one atomic checkpoint
@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -29,13 +30,15 @@ from highnoon.utils.files import atomic_write_text
 
 @dataclass
 class DataPosition:
-    """Where training stands: enough to rebuild the exact input stream (DESIGN.md 2.5)."""
+    """Where training stands: enough to rebuild the exact input stream (docs/design.md,
+    "Determinism"), plus the running sums a resumed epoch needs to report the same loss."""
 
     stage: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
     tokens_seen: int = 0
+    stage_start_step: int = 0
     # Per stage: the curriculum scheduler's JSON state (adaptive decisions, fingerprint).
     curriculum_states: dict[str, Any] = field(default_factory=dict)
     # Running sums of the current epoch, so a resumed epoch reports the same epoch loss.
@@ -43,14 +46,46 @@ class DataPosition:
     epoch_token_sum: float = 0.0
     last_epoch_loss: float | None = None
     completed_stages: list[dict[str, Any]] = field(default_factory=list)
-    fingerprint: str = ""
+    # Per stage index: what its stream was made from (``StagePlan.stream_fingerprint``),
+    # compared on resume so a run never continues on changed data unnoticed.
+    stage_fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Resumes that restarted a stage on changed data (``allow_data_change``).
+    data_changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def enter_stage(self, index: int) -> None:
+        self.stage, self.epoch, self.step_in_epoch = index, 0, 0
+        self.stage_start_step = self.global_step
+        self.epoch_loss_sum = self.epoch_token_sum = 0.0
+
+    def record_steps(self, count: int, losses: np.ndarray, tokens: np.ndarray) -> None:
+        """``count`` optimizer steps done, with their per-step losses and target tokens."""
+        self.global_step += count
+        self.step_in_epoch += count
+        self.tokens_seen += int(tokens.sum())
+        self.epoch_loss_sum += float((losses * tokens).sum())
+        self.epoch_token_sum += float(tokens.sum())
+
+    def next_epoch(self, epoch_loss: float) -> None:
+        self.last_epoch_loss = epoch_loss
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_loss_sum = self.epoch_token_sum = 0.0
+
+    def complete_stage(self, name: str, epochs: int, steps: int) -> None:
+        self.completed_stages.append(
+            {"name": name, "epochs": epochs, "final_loss": self.last_epoch_loss, "steps": steps}
+        )
+        self.stage += 1
+        self.epoch = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> DataPosition:
-        return cls(**json.loads(text))
+        values = json.loads(text)
+        values.pop("fingerprint", None)  # written by 0.1 checkpoints, never set
+        return cls(**values)
 
 
 class _PositionState(tf.train.experimental.PythonState):
@@ -112,6 +147,10 @@ class Checkpointer:
             return os.path.join(self.directory, os.path.basename(path))
         return path
 
+    def kept_paths(self) -> list[str]:
+        """The checkpoints on disk that this manager keeps, oldest first (chief's paths)."""
+        return [os.path.join(self.directory, os.path.basename(p)) for p in self.manager.checkpoints]
+
     def write_model_config(self, config: dict[str, Any]) -> None:
         """Chief only: the model's config beside the checkpoints (read by generate and resume)."""
         if not self.is_chief:
@@ -168,7 +207,7 @@ def checkpoint_candidates(path_or_dir: str) -> list[str]:
         listed = [
             p[: -len(".index")] for p in tf.io.gfile.glob(os.path.join(path_or_dir, "*.index"))
         ]
-    listed = [p if os.path.isabs(p) else os.path.join(path_or_dir, p) for p in listed]
+    # get_checkpoint_state already joins relative entries to the directory: no second join.
     return sorted(set(listed), key=_checkpoint_number, reverse=True)
 
 

@@ -8,11 +8,11 @@ callbacks see exactly what the built-in outputs see.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 import tensorflow as tf
-from absl import logging
 
 Event = dict[str, Any]
 Callback = Callable[[Event], Any]
@@ -35,54 +35,124 @@ class EventHub:
 
 
 class ProgressDisplay:
-    """A tqdm bar on an interactive terminal, absl-style log lines otherwise."""
+    """What a person watching the run sees (chief only; the ``verbose`` setting).
 
-    def __init__(self, total_steps: int, interactive: bool | None = None) -> None:
+    On a terminal: one tqdm bar per stage with steps, loss, tokens/s and ETA, advanced after every
+    host call. Elsewhere (logs, CI, notebooks' captured output): one line per log interval and
+    per epoch, evaluation and stage, printed to ``stream``.
+    """
+
+    def __init__(self, interactive: bool | None = None, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
-        self.total_steps = total_steps
-        self._bar = None
+        self._bar: Any = None
+        self._total_steps = 0
+        self._stage_first = 0  # global step at which the current stage began
+        self._clock: tuple[float, int] = (time.time(), 0)  # (time, step) when timing started
 
+    # -- driven by the controller after every host call -----------------------------------
+    def advance(self, step: int, loss: float, tokens: float) -> None:
+        del tokens  # the bar's own rate is steps/s; tokens/s comes with log events
+        if self._bar is not None:
+            self._bar.update(step - self._stage_first - self._bar.n)
+            self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    # -- events ------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
-        name = event["event"]
-        if name == "train_begin" and self.interactive:
+        handler = getattr(self, f"_on_{event['event']}", None)
+        if handler is not None:
+            handler(event)
+
+    def _print(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _on_train_begin(self, event: Event) -> None:
+        self._total_steps = event["total_steps"]
+        self._clock = (time.time(), event["start_step"])
+        self._print(
+            f"training {len(event['stages'])} stage(s), {event['total_steps']} steps planned, "
+            f"{event['num_replicas']} replica(s)"
+            + (f"; resuming at step {event['start_step']}" if event["start_step"] else "")
+        )
+
+    def _on_stage_begin(self, event: Event) -> None:
+        first, steps = event["first_step"], event["steps"]
+        self._stage_first = first
+        if self.interactive:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total_steps, initial=event["start_step"], unit="step")
-        elif name == "log":
-            if self._bar is not None:
-                self._bar.n = event["step"]
-                self._bar.set_postfix(
-                    loss=f"{event['loss']:.4f}", lr=f"{event['learning_rate']:.2e}", refresh=False
-                )
-                self._bar.refresh()
-            else:
-                logging.info(
-                    "step %d/%d stage=%s epoch=%d loss=%.4f lr=%.3e tokens/s=%.0f fraction=%.3f",
-                    event["step"],
-                    self.total_steps,
-                    event["stage"],
-                    event["epoch"],
-                    event["loss"],
-                    event["learning_rate"],
-                    event["tokens_per_second"],
-                    event["curriculum_fraction"],
-                )
-        elif name == "eval":
-            logging.info(
-                "eval at step %d: loss=%.4f perplexity=%.2f",
-                event["step"],
-                event["eval_loss"],
-                event["perplexity"],
+            self._bar = tqdm(
+                total=steps,
+                initial=max(event["step"] - first, 0),
+                desc=event["stage"],
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
             )
-        elif name == "stage_begin":
-            logging.info("stage %r begins (%d epochs)", event["stage"], event["epochs"])
-        elif name == "epoch_end":
-            logging.info(
-                "stage %r epoch %d done: loss=%.4f", event["stage"], event["epoch"], event["loss"]
+        else:
+            self._print(f"stage {event['stage']!r}: {event['epochs']} epoch(s), {steps} steps")
+
+    def _on_log(self, event: Event) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(
+                loss=f"{event['loss']:.4f}", tok_s=f"{event['tokens_per_second']:,.0f}"
             )
-        elif name == "train_end" and self._bar is not None:
+            return
+        self._print(
+            f"{event['stage']} step {event['step']}/{self._total_steps} "
+            f"loss {event['loss']:.4f} lr {event['learning_rate']:.2e} "
+            f"{event['tokens_per_second']:,.0f} tok/s pool {event['curriculum_fraction']:.0%} "
+            f"ETA {_duration(self._eta(event['step']))}"
+        )
+
+    def _on_epoch_end(self, event: Event) -> None:
+        if self._bar is None:
+            self._print(f"{event['stage']} epoch {event['epoch']} done: loss {event['loss']:.4f}")
+
+    def _on_eval(self, event: Event) -> None:
+        self._print(
+            f"{event['stage']} eval at step {event['step']}: loss {event['eval_loss']:.4f} "
+            f"perplexity {event['perplexity']:.2f}"
+        )
+
+    def _on_stage_complete(self, event: Event) -> None:
+        if self._bar is not None:
             self._bar.close()
             self._bar = None
+        loss = event["metrics"].get("final_loss")
+        self._print(
+            f"stage {event['stage']!r} complete: {event['metrics'].get('steps', 0)} steps"
+            + (f", final loss {loss:.4f}" if loss is not None else "")
+        )
+
+    def _on_train_end(self, event: Event) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        summary = event["summary"]
+        self._print(
+            f"done: {summary['total_steps']} steps, {summary['tokens_seen']:,} tokens in "
+            f"{_duration(summary['wall_time_seconds'])}"
+        )
+
+    def _eta(self, step: int) -> float:
+        started, first = self._clock
+        done = step - first
+        if done <= 0:
+            return float("nan")
+        return (time.time() - started) / done * max(self._total_steps - step, 0)
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: not known yet
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 class SummaryListener:

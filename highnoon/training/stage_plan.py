@@ -3,79 +3,20 @@
 A ``StagePlan`` answers, from (data, seed, config) alone, every question the run loop asks:
 how many steps an epoch has, which samples this host feeds at each step, and which samples are
 held out for evaluation. Nothing here depends on how many hosts run the job except the slice a
-host takes (DESIGN.md section 2).
+host takes (docs/design.md, "Determinism").
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler, scoring
 from highnoon.data.features import SampleFeatures
+from highnoon.training.settings import StageSettings
 from highnoon.utils.hashing import derive_seed, keyed_permutation
-
-# Trainer settings a stage may override (DESIGN.md section 3). Anything else is a ValueError
-# when the stage is added.
-STAGE_OVERRIDABLE = (
-    "learning_rate",
-    "batch_size",
-    "max_seq_length",
-    "gradient_accumulation_steps",
-    "clip_norm",
-    "curriculum_strategy",
-    "pacing",
-    "pacing_options",
-    "initial_fraction",
-    "shuffle",
-    "pack",
-    "overflow",
-    "adaptive",
-    "loss_threshold_for_progression",
-    "min_epochs_per_stage",
-    "max_epochs_per_stage",
-    "max_samples",
-    "eval_fraction",
-)
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """Every setting that shapes one stage's training (Trainer defaults + stage overrides)."""
-
-    learning_rate: float
-    batch_size: int
-    max_seq_length: int
-    gradient_accumulation_steps: int
-    clip_norm: float | None
-    curriculum_strategy: str | None  # None: curriculum off (all data, index order)
-    pacing: str
-    pacing_options: dict[str, Any]
-    initial_fraction: float
-    shuffle: bool
-    pack: bool
-    overflow: str
-    adaptive: bool
-    loss_threshold_for_progression: float
-    min_epochs_per_stage: int
-    max_epochs_per_stage: int
-    max_samples: int | None
-    eval_fraction: float
-
-    @property
-    def global_batch_size(self) -> int:
-        """Samples per optimizer step, over all replicas and micro-batches."""
-        return self.batch_size * self.gradient_accumulation_steps
-
-    def with_overrides(self, overrides: dict[str, Any]) -> StageSettings:
-        return dataclasses.replace(self, **overrides)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def split_eval(num_samples: int, eval_fraction: float, global_batch: int, seed: int):
@@ -104,12 +45,16 @@ class StagePlan:
         store: Any,
         seed: int,
         verbose: bool = False,
+        *,
+        learning_rate_multiplier: float = 1.0,
     ) -> None:
         self.index = index
         self.name = name
         self.settings = settings
         self.epochs = epochs
         self.store = store
+        # Scales the run's schedule for this stage: stage LR / base LR * stage weight.
+        self.learning_rate_multiplier = learning_rate_multiplier
         self.seed = derive_seed(seed, "stage", index)
         self.train_indices, self.eval_indices = split_eval(
             store.num_samples,
@@ -140,7 +85,7 @@ class StagePlan:
                 kwargs.update(pacing="constant", initial_fraction=1.0, pacing_options={})
         common = {
             "strategy": s.curriculum_strategy or "size_based",
-            # The pool reaches the whole stage data at the stage's last epoch (DESIGN.md 3).
+            # The pool reaches the whole stage data at the stage's last epoch.
             "total_epochs": max(self.epochs - 1, 1),
             "seed": self.seed,
             "shuffle": s.shuffle,
@@ -189,16 +134,26 @@ class StagePlan:
         """Optimizer steps of the whole stage under the planned (non-adaptive) pacing."""
         return sum(self.steps_per_epoch(epoch) for epoch in range(self.epochs))
 
-    def fingerprint_parts(self) -> dict[str, str]:
-        """What hosts must agree on for this stage (compared at start-up)."""
+    def stream_fingerprint(self) -> dict[str, str]:
+        """What this stage's stream of global batches is made from: the stage's name, its data
+        (the store's content hash), the tokenizer, and the settings that shape the stream
+        (everything but the learning rate and clipping). Hosts compare it at start-up; a resume
+        compares it with the one the checkpoint recorded."""
+        shaping = {
+            k: v
+            for k, v in self.settings.to_json().items()
+            if k not in ("learning_rate", "clip_norm")
+        }
         return {
+            "name": self.name,
             "data": str(self.store.fingerprint),
-            "curriculum": json.dumps(
+            "tokenizer": json.dumps(self.store.tokenizer.to_config(), sort_keys=True),
+            "stream": json.dumps(
                 {
-                    "scores": self.scheduler.fingerprint,
-                    "settings": self.settings.to_json(),
+                    "settings": shaping,
                     "epochs": self.epochs,
                     "seed": self.seed,
+                    "scores": self.scheduler.fingerprint,
                     "train": int(self.train_indices.size),
                     "eval": int(self.eval_indices.size),
                 },

@@ -1,0 +1,283 @@
+"""The training loop: *when* things happen (Orbit's ``Controller``).
+
+The controller walks stages, epochs and host calls, and decides after each call whether to log,
+evaluate or save. *How* a step runs belongs to ``TrainStep``, what a stage feeds to
+``StagePlan``, state on disk to ``Checkpointer``, outputs to the ``EventHub`` listeners; each is
+handed in explicitly. The loop's only state is the ``DataPosition`` it advances (the same object
+the checkpointer saves), so a checkpoint taken at any boundary resumes exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import tensorflow as tf
+
+from highnoon.training.checkpointing import Checkpointer, DataPosition
+from highnoon.training.evaluation import Evaluator
+from highnoon.training.events import EventHub
+from highnoon.training.inputs import stage_dataset
+from highnoon.training.optimization import WarmupCosineSchedule
+from highnoon.training.stage_plan import StagePlan
+from highnoon.training.step import StepConfig, TrainStep
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; nothing is saved after it."""
+
+
+class Progress(Protocol):
+    """What the controller tells a progress display after every host call."""
+
+    def advance(self, step: int, loss: float, tokens: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Steps between checkpoints, log events and evaluations."""
+
+    checkpoint: int
+    log: int
+    eval: int
+
+    def steps_to_next(self, step: int) -> int:
+        """Steps from ``step`` to the next log/eval/checkpoint boundary (>= 1)."""
+        return min(every - step % every for every in (self.checkpoint, self.log, self.eval))
+
+
+class LossWindow:
+    """Token-weighted mean loss and throughput since the window was (re)opened."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.tokens, self.opened = 0.0, 0.0, time.time()
+
+    def add(self, losses: np.ndarray, tokens: np.ndarray) -> None:
+        self.loss_sum += float((losses * tokens).sum())
+        self.tokens += float(tokens.sum())
+
+    @property
+    def mean(self) -> float:
+        return self.loss_sum / max(self.tokens, 1.0)
+
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(time.time() - self.opened, 1e-9)
+
+
+class Controller:
+    """Runs the stages of ``plans`` from ``position`` to the end; returns the run summary."""
+
+    def __init__(
+        self,
+        *,
+        strategy: tf.distribute.Strategy,
+        step: TrainStep,
+        schedule: WarmupCosineSchedule,
+        checkpointer: Checkpointer | None,  # None: no saves
+        events: EventHub,
+        evaluator: Evaluator,
+        intervals: Intervals,
+        steps_per_call: int,
+        jit_compile: bool,
+        progress: Progress | None = None,
+        checkpoint_dir: str | None = None,  # reported in the summary
+    ) -> None:
+        self.strategy = strategy
+        self.step = step
+        self.schedule = schedule
+        self.checkpointer = checkpointer
+        self.events = events
+        self.evaluator = evaluator
+        self.intervals = intervals
+        self.steps_per_call = steps_per_call
+        self.jit_compile = jit_compile
+        self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
+        self.eval_history: list[dict[str, Any]] = []
+        self.position = DataPosition()
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self, plans: list[StagePlan], position: DataPosition) -> dict[str, Any]:
+        self.position = position
+        if self.checkpointer is not None:
+            self.checkpointer.position = position
+        started = time.time()
+        self.events.emit(
+            "train_begin",
+            total_steps=sum(plan.planned_steps() for plan in plans),
+            start_step=position.global_step,
+            stages=[plan.name for plan in plans],
+            num_replicas=self.strategy.num_replicas_in_sync,
+        )
+        try:
+            for plan in plans[position.stage :]:
+                self._run_stage(plan)
+        except (NonFiniteLossError, tf.errors.OpError):
+            raise  # no save: keep the last good checkpoint; a lost peer cannot take part
+        except BaseException:
+            self.save()  # a failing callback (or Ctrl-C) stops after a save
+            raise
+        self.save()
+        summary = self._summary(time.time() - started)
+        self.events.emit("train_end", summary=summary)
+        return summary
+
+    def _run_stage(self, plan: StagePlan) -> None:
+        pos = self.position
+        if pos.stage != plan.index:  # entering a new stage
+            pos.enter_stage(plan.index)
+        saved_state = pos.curriculum_states.get(str(plan.index))
+        if saved_state is not None and hasattr(plan.scheduler, "load_state"):
+            plan.scheduler.load_state(saved_state)
+        self.schedule.multiplier.assign(plan.learning_rate_multiplier)
+        self.events.emit(
+            "stage_begin",
+            stage=plan.name,
+            index=plan.index,
+            epochs=plan.epochs,
+            steps=plan.planned_steps(),
+            first_step=pos.stage_start_step,
+            step=pos.global_step,
+        )
+        while pos.epoch < plan.epochs:
+            self._run_epoch(plan)
+            self._end_epoch(plan)
+        metrics = {
+            "final_loss": pos.last_epoch_loss,
+            "epochs": plan.epochs,
+            "steps": pos.global_step - pos.stage_start_step,
+        }
+        if plan.eval_indices.size:
+            result = self.evaluate(plan)
+            metrics.update(eval_loss=result["eval_loss"], perplexity=result["perplexity"])
+        pos.complete_stage(plan.name, plan.epochs, metrics["steps"])
+        self.save()
+        self.events.emit("stage_complete", stage=plan.name, metrics=metrics)
+
+    def _end_epoch(self, plan: StagePlan) -> None:
+        pos = self.position
+        epoch_loss = pos.epoch_loss_sum / max(pos.epoch_token_sum, 1.0)
+        advanced = False
+        if plan.settings.adaptive:
+            advanced = bool(plan.scheduler.update_with_loss(pos.epoch, epoch_loss))
+            pos.curriculum_states[str(plan.index)] = plan.scheduler.get_state()
+        finished = pos.epoch
+        pos.next_epoch(epoch_loss)
+        self.events.emit(
+            "epoch_end",
+            stage=plan.name,
+            epoch=finished,
+            loss=epoch_loss,
+            step=pos.global_step,
+            curriculum_advanced=advanced,
+        )
+
+    def _run_epoch(self, plan: StagePlan) -> None:
+        pos = self.position
+        epoch = pos.epoch
+        steps = plan.steps_per_epoch(epoch)
+        dataset = stage_dataset(
+            self.strategy,
+            plan,
+            lambda host_id, num_hosts: plan.host_rows(epoch, host_id, num_hosts),
+            epoch=epoch,
+            start_step=pos.step_in_epoch,
+        )
+        iterator = iter(dataset)
+        train_fn = self.step.train_fn(
+            StepConfig(
+                accumulation_steps=plan.settings.gradient_accumulation_steps,
+                clip_norm=plan.settings.clip_norm,
+                jit_compile=self.jit_compile,
+            )
+        )
+        window = LossWindow()
+        while pos.step_in_epoch < steps:
+            count = min(
+                self.steps_per_call,
+                steps - pos.step_in_epoch,
+                self.intervals.steps_to_next(pos.global_step),
+            )
+            losses, tokens = train_fn(iterator, count)
+            losses, tokens = losses.numpy().astype(np.float64), tokens.numpy().astype(np.float64)
+            self._check_finite(losses, plan)
+            pos.record_steps(count, losses, tokens)
+            window.add(losses, tokens)
+            if self.progress is not None:
+                self.progress.advance(pos.global_step, float(losses[-1]), float(tokens.sum()))
+            self._after_call(plan, window, float(losses[-1]))
+
+    def _after_call(self, plan: StagePlan, window: LossWindow, step_loss: float) -> None:
+        """The boundaries of the step just reached: log, evaluate, save."""
+        step = self.position.global_step
+        if step % self.intervals.log == 0:
+            self.events.emit(
+                "log",
+                step=step,
+                stage=plan.name,
+                epoch=self.position.epoch,
+                loss=window.mean,
+                step_loss=step_loss,
+                learning_rate=float(self.schedule(step - 1)),
+                tokens_per_second=window.tokens_per_second(),
+                curriculum_fraction=plan.fraction(self.position.epoch),
+            )
+            window.reset()
+        if step % self.intervals.eval == 0 and plan.eval_indices.size:
+            self.evaluate(plan)
+        if step % self.intervals.checkpoint == 0:
+            self.save()
+
+    def _check_finite(self, losses: np.ndarray, plan: StagePlan) -> None:
+        if np.all(np.isfinite(losses)):
+            return
+        bad = int(np.argmin(np.isfinite(losses)))
+        kept = self.checkpointer.kept_paths() if self.checkpointer is not None else []
+        outcome = (
+            f"The last good checkpoint, {kept[-1]}, was kept."
+            if kept
+            else "No checkpoint had been written yet."
+        )
+        raise NonFiniteLossError(
+            f"the training loss became {losses[bad]} at step {self.position.global_step + bad + 1}"
+            f" (stage {plan.name!r}, epoch {self.position.epoch}); lower the learning rate or "
+            f"enable clip_norm. {outcome}"
+        )
+
+    # -- evaluation and checkpoints ------------------------------------------------------
+    def evaluate(self, plan: StagePlan) -> dict[str, Any]:
+        result = self.evaluator.evaluate(plan, self.position.global_step)
+        self.eval_history.append(result)
+        self.events.emit("eval", **result)
+        return result
+
+    def save(self) -> None:
+        """Saves at the current step unless saving is off or that step is already saved."""
+        if self.checkpointer is None:
+            return
+        step = self.position.global_step
+        kept = self.checkpointer.kept_paths()
+        if kept and kept[-1].endswith(f"-{step}"):
+            return
+        path = self.checkpointer.save(step)
+        self.events.emit("checkpoint_saved", path=path, step=step)
+
+    def _summary(self, wall_time: float) -> dict[str, Any]:
+        pos = self.position
+        checkpointer = self.checkpointer
+        return {
+            "total_steps": pos.global_step,
+            "stages_completed": list(pos.completed_stages),
+            "tokens_seen": pos.tokens_seen,
+            "wall_time_seconds": wall_time,
+            "eval": list(self.eval_history),
+            "checkpoints": checkpointer.kept_paths() if checkpointer is not None else [],
+            "checkpoint_dir": self.checkpoint_dir,
+            "num_replicas": self.strategy.num_replicas_in_sync,
+            "data_changes": list(pos.data_changes),
+        }

@@ -1,0 +1,318 @@
+"""Every Trainer setting, declared once.
+
+Two frozen dataclasses hold them: ``StageSettings`` (what shapes one stage's training; a stage may
+override any of them in ``add_curriculum_stage``) and ``RunOptions`` (what applies to the whole
+run). Each field carries its default, a one-line description and its validator, and everything
+else derives from these declarations:
+
+* the ``Trainer`` signature (``trainer_signature``) and therefore gin's ``Trainer.NAME`` bindings,
+* the set of stage overrides (``STAGE_OVERRIDABLE``),
+* validation (``__post_init__``: every value is checked when the dataclass is made, so a bad
+  value fails at ``Trainer(...)`` or ``add_curriculum_stage(...)``, not an hour into training),
+* the README's settings table (``python -m highnoon.training.settings``).
+
+Adding a setting is one field here (and, for a new behaviour, the code that reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from highnoon.curriculum import PACINGS
+from highnoon.curriculum import STRATEGIES as CURRICULUM_STRATEGIES
+from highnoon.utils import validation as v
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+OVERFLOWS = ("truncate", "window")
+MIXED_PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "mixed_float16")
+# The reference's positional parameters, in order, after ``model``.
+POSITIONAL = ("learning_rate", "batch_size", "max_seq_length", "gradient_accumulation_steps")
+
+Check = Callable[[str, Any], Any]
+
+
+def setting(default: Any, doc: str, check: Check, *, factory: bool = False) -> Any:
+    """A dataclass field with its description and validator (``check(name, value)``)."""
+    metadata = {"doc": doc, "check": check}
+    if factory:
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _choice(*choices: Any) -> Check:
+    return lambda name, value: v.check_choice(name, value, choices)
+
+
+def _optional(check: Check) -> Check:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _non_negative_float(name: str, value: Any) -> float:
+    return v.check_float(name, value, minimum=0.0)
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    return v.check_int(name, value, minimum=0)
+
+
+def _fraction_below_one(name: str, value: Any) -> float:
+    return v.check_fraction(name, value, allow_one=False)
+
+
+def _initial_fraction(name: str, value: Any) -> float:
+    return v.check_fraction(name, value, allow_zero=False)
+
+
+def _curriculum_strategy(name: str, value: Any) -> str | None:
+    builtin = tuple(s for s in CURRICULUM_STRATEGIES if s != "custom")
+    return None if value is None else v.check_choice(name, value, builtin)
+
+
+def _validate(instance: Any) -> None:
+    """Runs every field's validator; normalises ints/floats in place (frozen-safe)."""
+    for item in dataclasses.fields(instance):
+        value = item.metadata["check"](item.name, getattr(instance, item.name))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            object.__setattr__(instance, item.name, value)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Every setting that shapes one stage's training (Trainer defaults + stage overrides)."""
+
+    learning_rate: float = setting(
+        1e-4, "peak learning rate (after warm-up)", v.check_positive_float
+    )
+    batch_size: int = setting(
+        8,
+        "global batch of one micro-step over all replicas; one optimizer step takes "
+        "`batch_size * gradient_accumulation_steps` samples",
+        v.check_positive_int,
+    )
+    max_seq_length: int = setting(
+        2048, "tokens per training row (capped at the model's)", v.check_positive_int
+    )
+    gradient_accumulation_steps: int = setting(
+        1, "micro-batches accumulated inside one compiled step", v.check_positive_int
+    )
+    clip_norm: float | None = setting(
+        1.0,
+        "global-norm clipping of the all-replica gradient (`None`: off)",
+        _optional(v.check_positive_float),
+    )
+    curriculum_strategy: str | None = setting(
+        "size_based",
+        "`size_based`, `difficulty_based`, `mixed`, or `None` (all data, index order)",
+        _curriculum_strategy,
+    )
+    pacing: str = setting(
+        "linear",
+        f"how a stage's pool grows: {', '.join(f'`{p}`' for p in PACINGS)}",
+        _choice(*PACINGS),
+    )
+    pacing_options: dict[str, Any] = setting(
+        dict, "options of the pacing (`{'p': 2}` for `root_p`)", v.check_mapping, factory=True
+    )
+    initial_fraction: float = setting(
+        0.2, "share of the easiest data in the first epoch's pool, in (0, 1]", _initial_fraction
+    )
+    shuffle: bool = setting(
+        True, "keyed per-epoch shuffle of the pool (`False`: easy-to-hard order)", v.check_bool
+    )
+    pack: bool = setting(False, "pack short samples into shared rows", v.check_bool)
+    overflow: str = setting(
+        "truncate",
+        "samples longer than a row: cut (`truncate`) or take a keyed window (`window`)",
+        _choice(*OVERFLOWS),
+    )
+    adaptive: bool = setting(
+        False, "loss-driven pacing (`AdaptiveCurriculumScheduler`)", v.check_bool
+    )
+    loss_threshold_for_progression: float = setting(
+        0.1, "adaptive: relative loss improvement below which the pool grows", _non_negative_float
+    )
+    min_epochs_per_stage: int = setting(
+        1, "adaptive: epochs before the pool may grow", v.check_positive_int
+    )
+    max_epochs_per_stage: int = setting(
+        50, "adaptive: epochs after which the pool grows anyway", v.check_positive_int
+    )
+    max_samples: int | None = setting(
+        None, "cap on samples read per dataset entry", _optional(v.check_positive_int)
+    )
+    eval_fraction: float = setting(
+        0.02, "held-out share of each stage's data, in [0, 1)", _fraction_below_one
+    )
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.max_epochs_per_stage < self.min_epochs_per_stage:
+            raise v.InvalidArgumentError(
+                f"max_epochs_per_stage={self.max_epochs_per_stage!r} must be >= "
+                f"min_epochs_per_stage={self.min_epochs_per_stage!r}"
+            )
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step, over all replicas and micro-batches."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def with_overrides(self, overrides: dict[str, Any]) -> StageSettings:
+        """These settings with a stage's overrides applied (validated)."""
+        unknown = sorted(set(overrides) - set(STAGE_OVERRIDABLE))
+        if unknown:
+            raise v.InvalidArgumentError(
+                f"unknown config override(s) {unknown}; a stage may override "
+                f"{list(STAGE_OVERRIDABLE)}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings of the whole run (no stage may override them)."""
+
+    optimizer: str = setting(
+        "adamw",
+        "`adamw`, `adam` or `sgd` (`make_optimizer.*` in gin for betas, decay, momentum)",
+        _choice(*OPTIMIZERS),
+    )
+    warmup_steps: int | None = setting(
+        None,
+        "linear warm-up length in steps (`None`: `warmup_fraction`)",
+        _optional(_non_negative_int),
+    )
+    warmup_fraction: float = setting(
+        0.05, "warm-up as a share of the planned steps", _fraction_below_one
+    )
+    lr_schedule: str = setting(
+        "cosine", "`cosine` decay to `min_learning_rate_ratio` of the peak, or `constant`",
+        _choice(*LR_SCHEDULES),
+    )  # fmt: skip
+    min_learning_rate_ratio: float = setting(
+        0.1, "cosine floor as a share of the peak", lambda n, x: v.check_fraction(n, x)
+    )
+    seed: int = setting(
+        0, "seeds curriculum shuffles, eval split and weight initialisation", _non_negative_int
+    )
+    steps_per_call: int = setting(
+        1, "optimizer steps per host call (keeps TPUs busy)", v.check_positive_int
+    )
+    mixed_precision: str | None = setting(
+        None,
+        "`mixed_bfloat16` / `mixed_float16` (set the Keras policy before `create_model`)",
+        _choice(*MIXED_PRECISION_POLICIES),
+    )
+    jit_compile: bool = setting(
+        False,
+        "XLA-compile the step (on one replica gradients, clipping and update are one XLA "
+        "computation, as in Keras `fit(jit_compile=True)`)",
+        v.check_bool,
+    )
+    deterministic_ops: bool = setting(
+        False, "`tf.config.experimental.enable_op_determinism()` (bit-exact resume)", v.check_bool
+    )
+    eval_batches: int = setting(8, "eval batches per evaluation", v.check_positive_int)
+    max_checkpoints_to_keep: int = setting(3, "checkpoints kept on disk", v.check_positive_int)
+    resume_existing: bool = setting(
+        True,
+        "`train()` on a directory that holds a run resumes it; `False` refuses instead",
+        v.check_bool,
+    )
+    allow_data_change: bool = setting(
+        False,
+        "resume even though a stage's data or stream settings changed: the current stage's "
+        "stream restarts from its first epoch on the new data (recorded in the summary)",
+        v.check_bool,
+    )
+    data_cache_dir: str | None = setting(
+        None, "where token stores are cached (`None`: `~/.cache/highnoon`)", _optional(v.check_str)
+    )
+    data_dir: str | None = setting(None, "TFDS `data_dir`", _optional(v.check_str))
+    write_summaries: bool = setting(
+        True, "TensorBoard summaries under `checkpoint_dir/summaries`", v.check_bool
+    )
+    verbose: bool = setting(
+        True, "progress bar (or a line per log interval) on the chief", v.check_bool
+    )
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+STAGE_OVERRIDABLE = tuple(f.name for f in dataclasses.fields(StageSettings))
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
+# Keyword-only Trainer arguments that are objects, not settings (never saved as JSON).
+OBJECT_ARGUMENTS = {
+    "tokenizer": "a `highnoon.data.Tokenizer` (default byte-level); the model's vocabulary must hold it",
+    "strategy": "any `tf.distribute.Strategy` (default: the one in scope, else the model's, else "
+    "one device)",
+}
+
+
+def split_settings(values: dict[str, Any]) -> tuple[StageSettings, RunOptions]:
+    """Validated ``(StageSettings, RunOptions)`` from keyword values; unknown names are an error
+    that lists the known ones."""
+    unknown = sorted(set(values) - set(STAGE_OVERRIDABLE) - set(RUN_OPTIONS))
+    if unknown:
+        raise v.InvalidArgumentTypeError(
+            f"unknown Trainer setting(s) {unknown}; known settings: "
+            f"{sorted(STAGE_OVERRIDABLE + RUN_OPTIONS)}"
+        )
+    stage = StageSettings(**{k: values[k] for k in STAGE_OVERRIDABLE if k in values})
+    run = RunOptions(**{k: values[k] for k in RUN_OPTIONS if k in values})
+    return stage, run
+
+
+def _default(item: dataclasses.Field) -> Any:
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return item.default
+
+
+def trainer_signature() -> inspect.Signature:
+    """``Trainer.__init__``'s signature: ``self, model``, the reference's four positional
+    settings, then every other setting and the object arguments as keyword-only."""
+    kind = inspect.Parameter
+    params = [kind("self", kind.POSITIONAL_OR_KEYWORD), kind("model", kind.POSITIONAL_OR_KEYWORD)]
+    fields = {f.name: f for f in dataclasses.fields(StageSettings) + dataclasses.fields(RunOptions)}
+    for name in POSITIONAL:
+        params.append(kind(name, kind.POSITIONAL_OR_KEYWORD, default=_default(fields[name])))
+    for name in OBJECT_ARGUMENTS:
+        params.append(kind(name, kind.KEYWORD_ONLY, default=None))
+    for name, item in fields.items():
+        if name not in POSITIONAL:
+            params.append(kind(name, kind.KEYWORD_ONLY, default=_default(item)))
+    return inspect.Signature(params)
+
+
+def settings_table() -> str:
+    """The README's table of Trainer settings (markdown), generated from the declarations."""
+    rows = ["| setting | default | stage override | meaning |", "|---|---|---|---|"]
+    for cls, overridable in ((StageSettings, "yes"), (RunOptions, "")):
+        for item in dataclasses.fields(cls):
+            default = _default(item)
+            shown = "`{}`" if default != {} else "`{{}}`"
+            rows.append(
+                f"| `{item.name}` | {shown.format(repr(default))} | {overridable} | "
+                f"{item.metadata['doc']} |"
+            )
+    for name, doc in OBJECT_ARGUMENTS.items():
+        rows.append(f"| `{name}` | `None` |  | {doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")
