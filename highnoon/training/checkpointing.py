@@ -75,8 +75,7 @@ class DataPosition:
         self.completed_stages.append(
             {"name": name, "epochs": epochs, "final_loss": self.last_epoch_loss, "steps": steps}
         )
-        self.stage += 1
-        self.epoch = 0
+        self.enter_stage(self.stage + 1)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -149,14 +149,7 @@ class StagePlan:
             "data": str(self.store.fingerprint),
             "tokenizer": json.dumps(self.store.tokenizer.to_config(), sort_keys=True),
             "stream": json.dumps(
-                {
-                    "settings": shaping,
-                    "epochs": self.epochs,
-                    "seed": self.seed,
-                    "scores": self.scheduler.fingerprint,
-                    "train": int(self.train_indices.size),
-                    "eval": int(self.eval_indices.size),
-                },
+                {"settings": shaping, "epochs": self.epochs, "seed": self.seed},
                 sort_keys=True,
             ),
         }
