@@ -69,6 +69,18 @@ def is_chief(strategy: Any) -> bool:
     return info.task_type == "worker" and info.task_id == 0
 
 
+def num_hosts(strategy: Any) -> int:
+    """Processes that run this job's training loop (chief + workers); 1 without a cluster."""
+    resolver = _resolver(strategy)
+    if resolver is None:
+        return 1
+    try:
+        spec = resolver.cluster_spec().as_dict()
+    except Exception:  # a resolver without a spec: single task
+        return 1
+    return max(sum(len(spec.get(job, ())) for job in ("chief", "worker")), 1)
+
+
 def write_dir(model_dir: str, strategy: Any) -> str:
     """Where this task writes checkpoints and summaries.
 

@@ -9,7 +9,9 @@ the checkpointer saves), so a checkpoint taken at any boundary resumes exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,8 +21,10 @@ import tensorflow as tf
 from highnoon.training.checkpointing import Checkpointer, DataPosition
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import EventHub
+from highnoon.training.goodput import Goodput
 from highnoon.training.inputs import stage_dataset
 from highnoon.training.optimization import WarmupCosineSchedule
+from highnoon.training.preemption import Agreement, Preempted, PreemptionWatcher
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import StepConfig, TrainStep
 
@@ -84,6 +88,11 @@ class Controller:
         intervals: Intervals,
         steps_per_call: int,
         jit_compile: bool,
+        goodput: Goodput,
+        agreement: Agreement,
+        watcher: PreemptionWatcher,
+        flops_per_token: Callable[[int], float | None] | None = None,  # seq length -> FLOPs
+        peak_flops: float | None = None,  # all devices together, FLOP/s
         progress: Progress | None = None,
         checkpoint_dir: str | None = None,  # reported in the summary
     ) -> None:
@@ -96,8 +105,14 @@ class Controller:
         self.intervals = intervals
         self.steps_per_call = steps_per_call
         self.jit_compile = jit_compile
+        self.goodput = goodput
+        self.agreement = agreement
+        self.watcher = watcher
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
         self.progress = progress
         self.checkpoint_dir = checkpoint_dir
+        self._compiled: set[tuple] = set()  # step configs whose first call has run
         self.eval_history: list[dict[str, Any]] = []
         self.position = DataPosition()
 
@@ -117,13 +132,14 @@ class Controller:
         try:
             for plan in plans[position.stage :]:
                 self._run_stage(plan)
-        except (NonFiniteLossError, tf.errors.OpError):
+        except (NonFiniteLossError, Preempted, tf.errors.OpError):
             raise  # no save: keep the last good checkpoint; a lost peer cannot take part
         except BaseException:
             self.save()  # a failing callback (or Ctrl-C) stops after a save
             raise
         self.save()
         summary = self._summary(time.time() - started)
+        self.goodput.write(finished=True)
         self.events.emit("train_end", summary=summary)
         return summary
 
@@ -189,13 +205,12 @@ class Controller:
             start_step=pos.step_in_epoch,
         )
         iterator = iter(dataset)
-        train_fn = self.step.train_fn(
-            StepConfig(
-                accumulation_steps=plan.settings.gradient_accumulation_steps,
-                clip_norm=plan.settings.clip_norm,
-                jit_compile=self.jit_compile,
-            )
+        config = StepConfig(
+            accumulation_steps=plan.settings.gradient_accumulation_steps,
+            clip_norm=plan.settings.clip_norm,
+            jit_compile=self.jit_compile,
         )
+        train_fn = self.step.train_fn(config)
         window = LossWindow()
         while pos.step_in_epoch < steps:
             count = min(
@@ -203,19 +218,45 @@ class Controller:
                 steps - pos.step_in_epoch,
                 self.intervals.steps_to_next(pos.global_step),
             )
+            started = time.time()
             losses, tokens = train_fn(iterator, count)
             losses, tokens = losses.numpy().astype(np.float64), tokens.numpy().astype(np.float64)
+            key = dataclasses.astuple(config)
+            bucket = "productive_step" if key in self._compiled else "compilation"
+            self._compiled.add(key)
+            self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
             self._check_finite(losses, plan)
             pos.record_steps(count, losses, tokens)
             window.add(losses, tokens)
             if self.progress is not None:
                 self.progress.advance(pos.global_step, float(losses[-1]), float(tokens.sum()))
+            if self.agreement.stop(self.watcher.requested):
+                self._stop_preempted(plan)
             self._after_call(plan, window, float(losses[-1]))
+
+    def _stop_preempted(self, plan: StagePlan) -> None:
+        """Every host agreed to stop after this call: save here, report, exit to relaunch."""
+        self.save()
+        kept = self.checkpointer.kept_paths() if self.checkpointer is not None else []
+        step = self.position.global_step
+        path = kept[-1] if kept and kept[-1].endswith(f"-{step}") else None
+        self.goodput.write()
+        self.events.emit(
+            "preempted",
+            step=step,
+            stage=plan.name,
+            signal=self.watcher.signal_name,
+            checkpoint=path,
+            exit_code=Preempted(step, path).code,
+        )
+        raise Preempted(step, path)
 
     def _after_call(self, plan: StagePlan, window: LossWindow, step_loss: float) -> None:
         """The boundaries of the step just reached: log, evaluate, save."""
         step = self.position.global_step
         if step % self.intervals.log == 0:
+            tokens_per_second = window.tokens_per_second()
+            self.goodput.write()
             self.events.emit(
                 "log",
                 step=step,
@@ -224,8 +265,9 @@ class Controller:
                 loss=window.mean,
                 step_loss=step_loss,
                 learning_rate=float(self.schedule(step - 1)),
-                tokens_per_second=window.tokens_per_second(),
+                tokens_per_second=tokens_per_second,
                 curriculum_fraction=plan.fraction(self.position.epoch),
+                mfu=self._mfu(tokens_per_second, plan.settings.max_seq_length),
             )
             window.reset()
         if step % self.intervals.eval == 0 and plan.eval_indices.size:
@@ -249,9 +291,17 @@ class Controller:
             f"enable clip_norm. {outcome}"
         )
 
+    def _mfu(self, tokens_per_second: float, seq_length: int) -> float | None:
+        """Model FLOPs utilisation of the last log window (docs: ``goodput.py``)."""
+        flops = self.flops_per_token(seq_length) if self.flops_per_token else None
+        if not flops or not self.peak_flops:
+            return None
+        return tokens_per_second * flops / self.peak_flops
+
     # -- evaluation and checkpoints ------------------------------------------------------
     def evaluate(self, plan: StagePlan) -> dict[str, Any]:
-        result = self.evaluator.evaluate(plan, self.position.global_step)
+        with self.goodput.measure("evaluation"):
+            result = self.evaluator.evaluate(plan, self.position.global_step)
         self.eval_history.append(result)
         self.events.emit("eval", **result)
         return result
@@ -264,7 +314,9 @@ class Controller:
         kept = self.checkpointer.kept_paths()
         if kept and kept[-1].endswith(f"-{step}"):
             return
-        path = self.checkpointer.save(step)
+        with self.goodput.measure("checkpoint"):
+            path = self.checkpointer.save(step)
+        self.goodput.write()
         self.events.emit("checkpoint_saved", path=path, step=step)
 
     def _summary(self, wall_time: float) -> dict[str, Any]:
@@ -280,4 +332,5 @@ class Controller:
             "checkpoint_dir": self.checkpoint_dir,
             "num_replicas": self.strategy.num_replicas_in_sync,
             "data_changes": list(pos.data_changes),
+            "goodput": self.goodput.report(),
         }

@@ -104,8 +104,9 @@ class ProgressDisplay:
         self._print(
             f"{event['stage']} step {event['step']}/{self._total_steps} "
             f"loss {event['loss']:.4f} lr {event['learning_rate']:.2e} "
-            f"{event['tokens_per_second']:,.0f} tok/s pool {event['curriculum_fraction']:.0%} "
-            f"ETA {_duration(self._eta(event['step']))}"
+            f"{event['tokens_per_second']:,.0f} tok/s "
+            + (f"MFU {event['mfu']:.1%} " if event.get("mfu") is not None else "")
+            + f"pool {event['curriculum_fraction']:.0%} ETA {_duration(self._eta(event['step']))}"
         )
 
     def _on_epoch_end(self, event: Event) -> None:
@@ -156,10 +157,11 @@ def _duration(seconds: float) -> str:
 
 
 class SummaryListener:
-    """Writes scalar summaries for TensorBoard (chief only) under ``directory``."""
+    """Writes scalar summaries for TensorBoard (chief only) under ``directory``: the log and eval
+    scalars as they come, and at the end where the wall time went (``goodput/*``)."""
 
     SCALARS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "log": ("loss", "learning_rate", "tokens_per_second", "curriculum_fraction"),
+        "log": ("loss", "learning_rate", "tokens_per_second", "curriculum_fraction", "mfu"),
         "eval": ("eval_loss", "perplexity"),
     }
 
@@ -167,13 +169,20 @@ class SummaryListener:
         self.writer = tf.summary.create_file_writer(directory)
 
     def __call__(self, event: Event) -> None:
-        names = self.SCALARS.get(event["event"])
+        kind = event["event"]
+        if kind == "train_end":
+            summary = event["summary"]
+            with self.writer.as_default(step=summary["total_steps"]):
+                for name, value in summary.get("goodput", {}).items():
+                    tf.summary.scalar(f"goodput/{name}", value)
+            self.writer.flush()
+            return
+        names = self.SCALARS.get(kind)
         if names is None:
-            if event["event"] == "train_end":
-                self.writer.flush()
             return
         with self.writer.as_default(step=event["step"]):
             for name in names:
-                tf.summary.scalar(f"{event['event']}/{name}", event[name])
-            if event["event"] == "log":
+                if event.get(name) is not None:
+                    tf.summary.scalar(f"{kind}/{name}", event[name])
+            if kind == "log":
                 tf.summary.text("stage", event["stage"])

@@ -25,6 +25,7 @@ from typing import Any
 
 from highnoon.curriculum import PACINGS
 from highnoon.curriculum import STRATEGIES as CURRICULUM_STRATEGIES
+from highnoon.training.goodput import PEAK_FLOPS
 from highnoon.utils import validation as v
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -72,6 +73,12 @@ def _initial_fraction(name: str, value: Any) -> float:
 def _curriculum_strategy(name: str, value: Any) -> str | None:
     builtin = tuple(s for s in CURRICULUM_STRATEGIES if s != "custom")
     return None if value is None else v.check_choice(name, value, builtin)
+
+
+def _peak_flops(name: str, value: Any) -> float | str | None:
+    if value is None or isinstance(value, str):
+        return v.check_choice(name, value, (None, "auto", *PEAK_FLOPS))
+    return v.check_positive_float(name, value)
 
 
 def _validate(instance: Any) -> None:
@@ -234,6 +241,18 @@ class RunOptions:
         "stream restarts from its first epoch on the new data (recorded in the summary)",
         v.check_bool,
     )
+    preemption_grace_seconds: float = setting(
+        30.0,
+        "after SIGTERM (or one Ctrl-C), the time to stop at an agreed step and save; past it the "
+        "process exits to be relaunched without the save",
+        v.check_positive_float,
+    )
+    peak_flops_per_device: float | str | None = setting(
+        "auto",
+        "device peak for MFU: FLOP/s, a chip (`tpu_v4`, `tpu_v5e`, `tpu_v5p`, `h100`), `auto` "
+        "(detected; a CPU is measured), or `None` (no MFU)",
+        _peak_flops,
+    )
     data_cache_dir: str | None = setting(
         None, "where token stores are cached (`None`: `~/.cache/highnoon`)", _optional(v.check_str)
     )
@@ -303,11 +322,8 @@ def settings_table() -> str:
     rows = ["| setting | default | stage override | meaning |", "|---|---|---|---|"]
     for cls, overridable in ((StageSettings, "yes"), (RunOptions, "")):
         for item in dataclasses.fields(cls):
-            default = _default(item)
-            shown = "`{}`" if default != {} else "`{{}}`"
             rows.append(
-                f"| `{item.name}` | {shown.format(repr(default))} | {overridable} | "
-                f"{item.metadata['doc']} |"
+                f"| `{item.name}` | `{_default(item)!r}` | {overridable} | {item.metadata['doc']} |"
             )
     for name, doc in OBJECT_ARGUMENTS.items():
         rows.append(f"| `{name}` | `None` |  | {doc} |")

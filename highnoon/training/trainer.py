@@ -13,6 +13,7 @@ curriculum, per-host rows), ``TrainStep`` the compiled step, ``Checkpointer`` th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -25,13 +26,15 @@ import tensorflow as tf
 from absl import logging
 
 from highnoon import data as hn_data
-from highnoon.distribute.hosts import is_chief
+from highnoon.distribute.hosts import is_chief, num_hosts
 from highnoon.training import resume, saved_state
 from highnoon.training.checkpointing import Checkpointer, DataPosition, checkpoint_candidates
 from highnoon.training.controller import Controller, Intervals, NonFiniteLossError
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import Callback, EventHub, ProgressDisplay, SummaryListener
+from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
+from highnoon.training.preemption import Agreement, PreemptionWatcher
 from highnoon.training.settings import (
     POSITIONAL,
     StageSettings,
@@ -224,21 +227,40 @@ class Trainer:
             v.check_writable_dir("checkpoint_dir", checkpoint_dir)  # before any expensive work
         if self.options.deterministic_ops:
             tf.config.experimental.enable_op_determinism()
+        with PreemptionWatcher(self.options.preemption_grace_seconds) as watcher:
+            return self._train(
+                epochs_per_stage, save_checkpoints, checkpoint_dir, resume_from, intervals, watcher
+            )
 
-        plans = self._plan_stages(epochs_per_stage)
+    def _train(
+        self,
+        epochs_per_stage: int | None,
+        save_checkpoints: bool,
+        checkpoint_dir: str | None,
+        resume_from: str | None,
+        intervals: Intervals,
+        watcher: PreemptionWatcher,
+    ) -> dict[str, Any]:
+        """``train()`` after its arguments are checked, with preemption signals watched."""
+        chief = is_chief(self.strategy)
+        goodput = Goodput(checkpoint_dir if save_checkpoints else None, writer=chief)
+        with goodput.measure("data"):
+            plans = self._plan_stages(epochs_per_stage)
         self._verify_hosts_agree(plans)
         self._build(plans)
         checkpointer = self._checkpointer(checkpoint_dir) if checkpoint_dir else None
-        position = self._restore(checkpointer, checkpoint_dir, resume_from)
+        with goodput.measure("checkpoint"):
+            position = self._restore(checkpointer, checkpoint_dir, resume_from)
+        goodput.resumed_at(position.global_step)
         resume.reconcile(position, plans, self.options.allow_data_change)
         if checkpointer is not None:  # after the restore checked the saved config
             checkpointer.write_model_config(model_config(self.model))
         controller = self._controller(
-            checkpointer if save_checkpoints else None, checkpoint_dir, intervals
+            checkpointer if save_checkpoints else None, checkpoint_dir, intervals, goodput, watcher
         )
         self._position = position
         summary = controller.run(plans, position)
-        if checkpoint_dir and is_chief(self.strategy):
+        if checkpoint_dir and chief:
             atomic_write_text(
                 os.path.join(checkpoint_dir, SUMMARY_FILE), json.dumps(summary, indent=2)
             )
@@ -434,7 +456,12 @@ class Trainer:
         return target.position
 
     def _controller(
-        self, checkpointer: Checkpointer | None, checkpoint_dir: str | None, intervals: Intervals
+        self,
+        checkpointer: Checkpointer | None,
+        checkpoint_dir: str | None,
+        intervals: Intervals,
+        goodput: Goodput,
+        watcher: PreemptionWatcher,
     ) -> Controller:
         chief = is_chief(self.strategy)
         progress = ProgressDisplay() if self.options.verbose and chief else None
@@ -452,6 +479,13 @@ class Trainer:
             checkpoint_dir=checkpoint_dir,
             steps_per_call=self.options.steps_per_call,
             jit_compile=self.options.jit_compile,
+            goodput=goodput,
+            agreement=Agreement(self.strategy, num_hosts(self.strategy)),
+            watcher=watcher,
+            flops_per_token=functools.partial(flops_per_token, model_config(self.model)),
+            peak_flops=peak_flops(
+                self.options.peak_flops_per_device, self.strategy.num_replicas_in_sync
+            ),
             progress=progress,
         )
 
