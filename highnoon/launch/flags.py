@@ -1,33 +1,39 @@
 """Shared absl flags and gin parsing for the launch programs.
 
-    from launch import flags as hn_flags
+    from highnoon.launch import flags as hn_flags
 
     def main(argv):
         hn_flags.parse_gin_from_flags()
         strategy = hn_flags.strategy_from_flags()
+        hn_flags.set_worker_verbosity(is_chief(strategy))
         ...
 
     if __name__ == "__main__":
-        hn_flags.run(main)   # app.run with the --gin.NAME=VALUE shorthand expanded
+        hn_flags.run(main)   # program.run with the --gin.NAME=VALUE shorthand expanded
 
-`--gin.NAME=VALUE` is shorthand for `--gin_bindings=NAME=VALUE`.
+`--gin.NAME=VALUE` is shorthand for `--gin_bindings=NAME=VALUE`. `--gin_file` names are looked up
+as given, then under `--gin_search_paths`, then in the gin files that ship with highnoon
+(`gin_dir()`: the package's `highnoon/gin/` in an installed wheel, the repository's `gin/` in a
+checkout), so `--gin_file=runs/quickstart.gin` works from any directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging as std_logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
-from absl import app, flags
+from absl import app, flags, logging
 
+from highnoon.distribute.cluster import canonical_kind, tf_config_from_worker_hosts
+from highnoon.launch import program
 from highnoon.utils.files import atomic_write_text
-
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +46,7 @@ flags.DEFINE_multi_string(
 flags.DEFINE_multi_string(
     "gin_search_paths",
     [],
-    "Extra directories to look up --gin_file in (the repo's gin/ is always searched).",
+    "Extra directories to look up --gin_file in (highnoon's own gin files are always searched).",
 )
 flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and config.gin go.")
 flags.DEFINE_string(
@@ -53,6 +59,44 @@ flags.DEFINE_string(
     "worker_hosts", None, "Comma-separated host:port of every worker; writes TF_CONFIG."
 )
 flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.")
+flags.DEFINE_bool(
+    "log_all_workers",
+    False,
+    "Log at --verbosity on every worker; by default only the chief does and the other workers "
+    "log warnings and errors only.",
+)
+
+GIN_FLAGS = ("gin_file", "gin_bindings", "gin_search_paths")
+CLUSTER_FLAGS = (
+    "model_dir", "strategy", "tpu", "tpu_zone", "gcp_project", "worker_hosts", "task_index",
+    "log_all_workers",
+)  # fmt: skip
+
+
+def _valid_strategy(value: str) -> bool:
+    try:
+        canonical_kind(value)
+    except ValueError as error:
+        raise flags.ValidationError(str(error)) from None
+    return True
+
+
+def _valid_worker_hosts(values: dict[str, Any]) -> bool:
+    """--worker_hosts and --task_index go together; entries are host:port with a valid port."""
+    hosts, index = values["worker_hosts"], values["task_index"]
+    if hosts is None and index is None:
+        return True
+    if hosts is None or index is None:
+        raise flags.ValidationError("--worker_hosts and --task_index go together; give both")
+    try:
+        tf_config_from_worker_hosts(hosts, index)
+    except ValueError as error:
+        raise flags.ValidationError(str(error)) from None
+    return True
+
+
+flags.register_validator("strategy", _valid_strategy)
+flags.register_multi_flags_validator(["worker_hosts", "task_index"], _valid_worker_hosts)
 
 _SHORTHAND = re.compile(r"^--gin\.([^=]+)=(.*)$", re.DOTALL)
 
@@ -73,9 +117,25 @@ def expand_gin_shorthand(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """`absl.app.run(main)` with the `--gin.NAME=VALUE` shorthand expanded first."""
-    app.run(main, argv=expand_gin_shorthand(sys.argv if argv is None else argv))
+def run(
+    main: Callable[[list[str]], Any],
+    argv: Sequence[str] | None = None,
+    *,
+    key_flags: Sequence[str] = GIN_FLAGS + CLUSTER_FLAGS,
+) -> None:
+    """`program.run(main)` with the `--gin.NAME=VALUE` shorthand expanded first; `--help` lists
+    `key_flags` (default: every flag defined here) and the flags `main`'s module defines."""
+    argv = expand_gin_shorthand(sys.argv if argv is None else argv)
+    program.run(main, key_flags=key_flags, argv=argv)
+
+
+def set_worker_verbosity(is_chief: bool) -> None:
+    """Non-chief workers log warnings and errors only, unless --log_all_workers: every worker
+    runs the same program, so their INFO lines would repeat the chief's. A --verbosity that is
+    already quieter stays."""
+    quiet = not is_chief and not FLAGS.log_all_workers
+    if quiet and logging.get_verbosity() > logging.WARNING:
+        logging.set_verbosity(logging.WARNING)
 
 
 # --- gin -------------------------------------------------------------------------------------
@@ -127,6 +187,58 @@ def _suggestion(message: str) -> str:
     return ""
 
 
+def gin_dir() -> str:
+    """The gin files that ship with highnoon: ``highnoon/gin/`` in an installed wheel (setup.py
+    maps the repository's ``gin/`` there), else the repository's ``gin/`` beside the package (a
+    checkout, or an editable install of one)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    installed = os.path.join(package, "gin")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(package), "gin")
+
+
+_searched: list[str] = []  # directories already given to gin (its list only grows)
+
+
+class _QuietSearchMisses(std_logging.Filter):
+    """Drops gin's ``system_path_file_exists:<file>`` / ``Path not found: <file>`` lines.
+
+    gin tries every search path for a file and an ``include``, and for each one also asks its
+    Python-package resource reader, which logs an INFO and an ERROR line per miss. A miss on the
+    way to the directory that has the file is expected, not an error; a file missing everywhere
+    still fails with gin's own error (and ``parse_gin``'s for files given on the command line).
+    """
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not (
+            record.funcName == "system_path_file_exists" and record.module == "resource_reader"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_search_misses() -> Iterator[None]:
+    root = std_logging.getLogger()  # gin's resource reader logs through the root logger
+    quiet = _QuietSearchMisses()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
+def resolve_gin_file(file: str, search_paths: Sequence[str] = ()) -> str:
+    """The path of gin file ``file``: as given, else under ``search_paths``, else under
+    ``gin_dir()``. Raises FileNotFoundError naming every directory searched."""
+    paths = [*search_paths, gin_dir()]
+    for candidate in [file] + [os.path.join(p, file) for p in paths]:
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"gin_file {file!r} not found as given or under any of: {', '.join(paths)}"
+    )
+
+
 def parse_gin(
     files: Sequence[str] = (),
     bindings: Sequence[str] = (),
@@ -134,24 +246,23 @@ def parse_gin(
     *,
     finalize: bool = True,
 ) -> None:
-    """Parse gin files then bindings (later ones win), searching `search_paths` and `gin/`.
+    """Parse gin files then bindings (later ones win); files and their ``include``s are looked
+    up as given, under ``search_paths``, then under ``gin_dir()``.
 
     Raises ValueError with a "did you mean" suggestion for unknown configurables/parameters,
-    and FileNotFoundError naming the searched directories for a missing file.
+    and FileNotFoundError naming the searched directories for a missing file (before gin
+    parses anything).
     """
-    paths = [*search_paths, REPO_GIN_DIR]
-    for path in paths:
-        gin.add_config_file_search_path(path)
-    for file in files:
-        candidates = [file] + [os.path.join(p, file) for p in paths]
-        if not any(os.path.exists(c) for c in candidates):
-            raise FileNotFoundError(
-                f"gin_file {file!r} not found as given or under any of: {', '.join(paths)}"
-            )
+    resolved = [resolve_gin_file(file, search_paths) for file in files]
+    for path in [*search_paths, gin_dir()]:
+        if path not in _searched:  # includes inside the files are searched here too
+            gin.add_config_file_search_path(path)
+            _searched.append(path)
     try:
-        gin.parse_config_files_and_bindings(
-            list(files), list(bindings), finalize_config=finalize, skip_unknown=False
-        )
+        with _quiet_search_misses():
+            gin.parse_config_files_and_bindings(
+                resolved, list(bindings), finalize_config=finalize, skip_unknown=False
+            )
     except (ValueError, KeyError) as err:
         hint = _suggestion(str(err))
         if not hint:

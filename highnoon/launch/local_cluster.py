@@ -1,7 +1,9 @@
 """Run the same command as N workers of a cluster on 127.0.0.1.
 
-    python -m launch.local_cluster --num_workers=2 --timeout=600 -- \\
-        python -m launch.train --gin_file=runs/quickstart.gin --model_dir=/tmp/hn
+    python -m highnoon.launch.local_cluster --num_workers=2 --timeout=600 -- \\
+        highnoon-train --gin_file=runs/quickstart.gin --model_dir=/tmp/hn
+
+(In a checkout, `python -m launch.local_cluster -- python -m launch.train ...` is the same.)
 
 Each worker gets a free port, its own TF_CONFIG and `CUDA_VISIBLE_DEVICES=-1`, and runs in its
 own process group. Output lines are prefixed with `[worker i]`. When one worker fails, all the
@@ -24,6 +26,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+
+from highnoon.utils import validation
 
 EXIT_TIMEOUT = 124
 
@@ -103,15 +107,12 @@ def run_local_cluster(
         (e.g. to print their own error) before they are killed.
     """
     if not command:
-        raise ValueError("command must be a non-empty argv list")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
-    if grace < 0:
-        raise ValueError(f"grace must be >= 0, got {grace!r}")
+        raise validation.InvalidArgumentError("command must be a non-empty argv list")
+    validation.check_positive_int("num_workers", num_workers)
+    validation.check_positive_float("timeout", timeout, allow_none=True)
+    validation.check_float("grace", grace, minimum=0.0)
     if extra_env_per_worker is not None and len(extra_env_per_worker) != num_workers:
-        raise ValueError(
+        raise validation.InvalidArgumentError(
             f"extra_env_per_worker has {len(extra_env_per_worker)} entries, "
             f"expected num_workers={num_workers}"
         )
@@ -197,21 +198,33 @@ def run_local_cluster(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print(
-            "usage: python -m launch.local_cluster [--num_workers=N] [--timeout=S] -- CMD ...",
-            file=sys.stderr,
-        )
-        return 2
-    split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="python -m launch.local_cluster")
-    parser.add_argument("--num_workers", type=int, default=2)
+PROG = "python -m highnoon.launch.local_cluster"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [--num_workers=N] [--timeout=S] [--grace=S] -- CMD ...",
+        description="Run CMD as N workers of a cluster on 127.0.0.1 (see the module docstring).",
+    )
+    parser.add_argument("--num_workers", type=int, default=2, help="workers to start (>= 1)")
     parser.add_argument("--timeout", type=float, default=None, help="hard kill after S seconds")
     parser.add_argument(
         "--grace", type=float, default=0.0, help="seconds others may finish after a failure"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if "--" not in argv:
+        if {"-h", "--help"} & set(argv):
+            parser.print_help()
+            return 0
+        print(f"usage: {parser.usage}\nlocal_cluster: no command after --", file=sys.stderr)
+        return 2
+    split = argv.index("--")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
     try:

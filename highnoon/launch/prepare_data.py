@@ -1,13 +1,14 @@
 """Tokenise datasets into token stores ahead of training.
 
-    python -m launch.prepare_data --datasets=stdlib_docs,stdlib_code --output_dir=/tmp/data
-    python -m launch.prepare_data --datasets='corpus/*.jsonl' --output_dir=gs://bucket/data \
+    highnoon-prepare-data --datasets=stdlib_docs,stdlib_code --output_dir=/tmp/data
+    highnoon-prepare-data --datasets='corpus/*.jsonl' --output_dir=gs://bucket/data \\
         --train_sentencepiece_vocab=32000
-    python -m launch.prepare_data --gin_file=my_data.gin --gin.prepare_datasets.max_samples=1000
+    highnoon-prepare-data --gin_file=my_data.gin --gin.prepare_datasets.max_samples=1000
 
-Flags given on the command line override the gin bindings of ``prepare_datasets``; gin files can
-also register datasets (``register_datasets.mapping = {...}``). A training run with
-``cache_dir=<output_dir>`` and the same tokenizer reuses the stores built here.
+(In a checkout, `python -m launch.prepare_data ...` is the same program.) Flags given on the
+command line override the gin bindings of ``prepare_datasets``; gin files can also register
+datasets (``register_datasets.mapping = {...}``). A training run with ``cache_dir=<output_dir>``
+and the same tokenizer reuses the stores built here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from launch import flags as hn_flags  # defines --gin_file and --gin_bindings
+from highnoon.launch import flags as hn_flags  # defines --gin_file and --gin_bindings
+from highnoon.launch import program
+from highnoon.utils import validation
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +32,10 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("max_samples", None, "Read at most this many samples per dataset.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding datasets prepared offline.")
+
+program.check_flag("output_dir", validation.check_str)
+program.check_flag("train_sentencepiece_vocab", validation.check_positive_int)
+program.check_flag("max_samples", validation.check_positive_int)
 
 
 def main(argv: list[str]) -> None:
@@ -54,7 +61,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    hn_flags.run(main)
+    """Console-script entry point (``highnoon-prepare-data``)."""
+    hn_flags.run(main, key_flags=hn_flags.GIN_FLAGS)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,44 @@
 """Train a language model through a gin-configured curriculum.
 
-    python -m launch.train --gin_file=runs/quickstart.gin --model_dir=/tmp/highnoon_quickstart
-    python -m launch.train --gin_file=runs/quickstart.gin --gin.Trainer.batch_size=32 ...
-    python -m launch.train --strategy=tpu --tpu=local --gin_file=runs/pretrain.gin ...
+    highnoon-train --gin_file=runs/quickstart.gin --model_dir=/tmp/highnoon_quickstart
+    highnoon-train --gin_file=runs/quickstart.gin --gin.Trainer.batch_size=32 --model_dir=...
+    highnoon-train --strategy=tpu --tpu=local --gin_file=models/highnoon-3b.gin \\
+        --gin_file=curricula/quickstart.gin --gin_file=runs/pretrain.gin --model_dir=gs://...
 
-The same command runs on a laptop, on every worker of a multi-host cluster (TF_CONFIG, Slurm or
---worker_hosts/--task_index) and on a TPU VM pod. It parses gin, creates the strategy before any
-other TensorFlow work, then calls the gin-configurable ``run_training``.
+(In a checkout, `python -m launch.train ...` is the same program.) The same command runs on a
+laptop, on every worker of a multi-host cluster (TF_CONFIG, Slurm or --worker_hosts/--task_index)
+and on a TPU VM pod. It parses gin, creates the strategy before any other TensorFlow work, then
+calls the gin-configurable `run_training`, which writes checkpoints, summaries/, config.gin,
+model_config.json and summary.json directly in --model_dir. The chief prints a summary (steps,
+stages, tokens, evaluations, wall time) and the sample, if one was asked for, to stdout.
+`--gin.NAME=VALUE` is shorthand for `--gin_bindings='NAME = VALUE'`.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from absl import app, logging
 
-from launch import flags as hn_flags
+from highnoon.launch import flags as hn_flags
 
 FLAGS = hn_flags.FLAGS
+
+SUMMARY_KEYS = ("total_steps", "stages_completed", "tokens_seen", "eval", "wall_time_seconds")
+
+
+def brief_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The part of the Trainer's summary printed to stdout (keys in `SUMMARY_KEYS` order)."""
+    return {key: summary[key] for key in SUMMARY_KEYS if key in summary}
+
+
+def report(summary: dict[str, Any]) -> str:
+    """What the chief prints when training is done: the brief summary as JSON, then the sample."""
+    text = json.dumps(brief_summary(summary), indent=2)
+    if "sample" in summary:
+        text += f"\n\nSample from the trained model:\n{summary['sample']['text']}"
+    return text
 
 
 def main(argv: list[str]) -> None:
@@ -35,6 +56,7 @@ def main(argv: list[str]) -> None:
     hn_data.register_datasets()  # datasets named in gin (register_datasets.mapping)
     strategy = hn_flags.strategy_from_flags()
     chief = is_chief(strategy)
+    hn_flags.set_worker_verbosity(chief)
     with peer_failure_guard():
         summary = run_lib.run_training(
             FLAGS.model_dir,
@@ -43,10 +65,7 @@ def main(argv: list[str]) -> None:
         )
     if chief:
         hn_flags.write_operative_config(FLAGS.model_dir, chief)
-        brief = {key: summary[key] for key in ("total_steps", "stages_completed", "tokens_seen")}
-        print(json.dumps(brief, indent=2))
-        if "sample" in summary:
-            print(f"\nSample from the trained model:\n{summary['sample']['text']}")
+        print(report(summary), flush=True)
     logging.info("training finished: %d steps", summary["total_steps"])
 
 
