@@ -21,7 +21,7 @@ from highnoon import data as _data  # noqa: F401  (registers gin configurables)
 from highnoon.launch import flags as hn_flags
 from highnoon.launch import train as train_lib
 from highnoon.launch.local_cluster import run_local_cluster
-from highnoon.training import run as _run  # noqa: F401
+from highnoon.training import run as _run_lib  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_TIMEOUT = 600
@@ -148,18 +148,33 @@ def test_help_lists_the_programs_own_flags(module, expected):
             "flag --strategy=tpuv4: unknown strategy kind 'tpuv4'; valid kinds: auto, tpu, "
             "multi_worker, mirrored, one_device, multi_worker_mirrored",
         ),
-        ("launch.generate", ["--top_p=0"], "flag --top_p=0.0: top_p=0.0 must be a finite number in (0, 1]"),
-        ("launch.generate", ["--max_length=1"], "flag --max_length=1: max_length=1 must be an integer >= 2"),
-        ("launch.generate", ["--temperature=-1"], "flag --temperature=-1.0: temperature=-1.0 must be a finite number >= 0.0"),
-        ("launch.prepare_data", ["--max_samples=0"], "flag --max_samples=0: max_samples=0 must be an integer >= 1"),
+        (
+            "launch.generate",
+            ["--top_p=0"],
+            "flag --top_p=0.0: top_p=0.0 must be a finite number in (0, 1]",
+        ),
+        (
+            "launch.generate",
+            ["--max_length=1"],
+            "flag --max_length=1: max_length=1 must be an integer >= 2",
+        ),
+        (
+            "launch.generate",
+            ["--temperature=-1"],
+            "flag --temperature=-1.0: temperature=-1.0 must be a finite number >= 0.0",
+        ),
+        (
+            "launch.prepare_data",
+            ["--max_samples=0"],
+            "flag --max_samples=0: max_samples=0 must be an integer >= 1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_flag_values_stop_at_parse_time(module, args, message):
     proc = _launch(module, *args)
     assert proc.returncode == 1
-    assert proc.stderr == (
-        f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
-    )
+    help_hint = "Pass --helpshort or --helpfull to see help on flags."
+    assert proc.stderr == f"FATAL Flags parsing error: {message}\n{help_hint}\n"
 
 
 # -- gin files: lookup, shipped files, the log lines of a lookup -------------------------------
@@ -349,7 +364,8 @@ def test_two_workers_the_chief_logs_and_the_other_only_warns(tmp_path):
     stages = [{"name": "a", "datasets": [str(data)], "epochs": 1}]
     command = [
         sys.executable, "-m", "launch.train", "--gin_file=runs/multiworker_test.gin",
-        f"--model_dir={tmp_path / 'run'}", f"--gin_bindings=run_training.stages = {json.dumps(stages)}",
+        f"--model_dir={tmp_path / 'run'}",
+        f"--gin_bindings=run_training.stages = {json.dumps(stages)}",
     ]  # fmt: skip
     result = run_local_cluster(
         command,
@@ -399,6 +415,12 @@ def test_worker_verbosity_quiets_only_non_chief_workers_unless_asked():
 # -- the wheel -------------------------------------------------------------------------------------
 
 
+def _run(argv: list[str], cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=HARD_TIMEOUT
+    )
+
+
 def _offline_venv(path) -> str:
     """A venv whose site-packages also sees this interpreter's (TensorFlow is not reinstalled)
     through a plain path entry: the directories are on sys.path but their .pth files are not
@@ -435,14 +457,12 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
         if not key.startswith("PYTHON") and key not in ("PIP_REQUIRE_VIRTUALENV",)
     }
     clean.update(PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INDEX="1")
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--ignore-installed", "--no-cache-dir", str(source)],
-        cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=HARD_TIMEOUT,
-    )  # fmt: skip
+    pip = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
+    install = _run([*pip, "--ignore-installed", "--no-cache-dir", str(source)], tmp_path, clean)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
 
-    (record,) = glob.glob(str(tmp_path / "venv" / "lib" / "python*" / "site-packages" / "highnoon-*.dist-info" / "RECORD"))  # fmt: skip
+    site_dir = tmp_path / "venv" / "lib" / "python*" / "site-packages"
+    (record,) = glob.glob(str(site_dir / "highnoon-*.dist-info" / "RECORD"))
     with open(record, encoding="utf-8") as handle:
         files = [line.split(",")[0] for line in handle]
     top_level = {f.split("/")[0] for f in files if not f.startswith("../")}
@@ -462,11 +482,11 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
         "CUDA_VISIBLE_DEVICES": "-1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    where = subprocess.run(
-        [python, "-c", "import highnoon.launch.flags as f; print(f.__file__); print(f.gin_dir())\n"
-         "try:\n import launch\nexcept ModuleNotFoundError:\n print('no launch')"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    code = (
+        "import highnoon.launch.flags as f; print(f.__file__); print(f.gin_dir())\n"
+        "try:\n import launch\nexcept ModuleNotFoundError:\n print('no launch')"
+    )
+    where = _run([python, "-c", code], elsewhere, env)
     assert where.returncode == 0, where.stderr
     module_file, gin_dir, no_launch = where.stdout.splitlines()
     site_packages = os.path.dirname(os.path.dirname(record))
@@ -474,10 +494,11 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     assert no_launch == "no launch"
 
     model_dir = tmp_path / "run"
-    train = subprocess.run(
+    train = _run(
         [str(bin_dir / "highnoon-train"), "--gin_file=runs/quickstart.gin",
          f"--model_dir={model_dir}", *FEW_STEPS],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=HARD_TIMEOUT,
+        elsewhere,
+        env,
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
     summary = json.loads((model_dir / "summary.json").read_text())
@@ -485,10 +506,11 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     assert "Path not found" not in train.stderr
     assert os.listdir(elsewhere) == []  # nothing written to the working directory
 
-    generate = subprocess.run(
+    generate = _run(
         [str(bin_dir / "highnoon-generate"), f"--checkpoint={model_dir}", "--prompt=def ",
          "--max_length=12", "--temperature=0"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=HARD_TIMEOUT,
+        elsewhere,
+        env,
     )  # fmt: skip
     assert generate.returncode == 0, generate.stderr[-3000:]
     assert generate.stdout.startswith("def ")
