@@ -6,6 +6,12 @@ TensorFlow is chosen through an extra so each kind of host installs the right bu
     pip install -e '.[gpu]'   # CUDA host: tensorflow with its CUDA wheels
     pip install -e '.[tpu]'   # TPU VM: tensorflow-tpu and cloud-tpu-client
     pip install -e '.[cpu,test]'  # plus the test tools
+
+Everything installs under the `highnoon` namespace: the launch programs are
+`highnoon.launch.*` (console scripts below) and the repository's `gin/` directory ships as the
+data package `highnoon.gin`, so `highnoon-train --gin_file=runs/quickstart.gin` finds it from an
+installed wheel. The repository's `launch/` (cluster scripts and `python -m launch.*` shims) is
+not installed.
 """
 
 from pathlib import Path
@@ -21,8 +27,9 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["highnoon", "highnoon.*", "launch"]),
-    package_data={"highnoon": ["py.typed"]},
+    packages=[*find_packages(include=["highnoon", "highnoon.*"]), "highnoon.gin"],
+    package_dir={"highnoon.gin": "gin"},
+    package_data={"highnoon": ["py.typed"], "highnoon.gin": ["*.gin", "*/*.gin"]},
     include_package_data=True,
     install_requires=[
         "numpy>=1.26",
@@ -41,9 +48,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "highnoon-train=launch.train:run",
-            "highnoon-prepare-data=launch.prepare_data:run",
-            "highnoon-generate=launch.generate:run",
+            "highnoon-train=highnoon.launch.train:run",
+            "highnoon-prepare-data=highnoon.launch.prepare_data:run",
+            "highnoon-generate=highnoon.launch.generate:run",
         ]
     },
 )

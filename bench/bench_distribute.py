@@ -88,7 +88,7 @@ def worker(steps: int, batch: int, hidden: int) -> None:
 
 
 def measure(num_workers: int, args: argparse.Namespace) -> dict[str, float]:
-    from launch.local_cluster import run_local_cluster
+    from highnoon.launch.local_cluster import run_local_cluster
 
     command = [
         sys.executable,

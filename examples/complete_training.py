@@ -7,9 +7,20 @@ has; register your own data under the reference's names to run it as written:
     highnoon.data.register_dataset("the_stack_v2", "/data/the_stack_v2/*.jsonl", text_field="content")
 
 Run: python examples/complete_training.py
+
+Run as a script, it works in its own directory, $HIGHNOON_EXAMPLE_DIR (default:
+<tmp>/highnoon_examples/complete_training), so the reference's relative
+checkpoint_dir="./checkpoints" lands there rather than in the checkout, and running it again
+resumes from those checkpoints. Calling main() uses the current working directory, as the
+reference does.
 """
 
+import os
+import tempfile
+
 import highnoon as hn
+
+WORKDIR_ENV = "HIGHNOON_EXAMPLE_DIR"
 
 
 def main() -> dict:
@@ -61,5 +72,15 @@ def main() -> dict:
     return summary
 
 
+def workdir() -> str:
+    """The example's own working directory (see the module docstring)."""
+    default = os.path.join(tempfile.gettempdir(), "highnoon_examples", "complete_training")
+    return os.environ.get(WORKDIR_ENV) or default
+
+
 if __name__ == "__main__":
+    directory = workdir()
+    os.makedirs(directory, exist_ok=True)
+    os.chdir(directory)
+    print(f"working directory: {directory} (checkpoints in ./checkpoints)")
     main()

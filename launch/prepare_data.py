@@ -1,61 +1,6 @@
-"""Tokenise datasets into token stores ahead of training.
+"""`python -m launch.prepare_data` in a checkout runs `highnoon.launch.prepare_data`."""
 
-    python -m launch.prepare_data --datasets=stdlib_docs,stdlib_code --output_dir=/tmp/data
-    python -m launch.prepare_data --datasets='corpus/*.jsonl' --output_dir=gs://bucket/data \
-        --train_sentencepiece_vocab=32000
-    python -m launch.prepare_data --gin_file=my_data.gin --gin.prepare_datasets.max_samples=1000
-
-Flags given on the command line override the gin bindings of ``prepare_datasets``; gin files can
-also register datasets (``register_datasets.mapping = {...}``). A training run with
-``cache_dir=<output_dir>`` and the same tokenizer reuses the stores built here.
-"""
-
-from __future__ import annotations
-
-import json
-from typing import Any
-
-from absl import app, flags, logging
-
-from launch import flags as hn_flags  # defines --gin_file and --gin_bindings
-
-FLAGS = flags.FLAGS
-
-flags.DEFINE_list("datasets", None, "Dataset entries: registered names, paths/globs, tfds:NAME.")
-flags.DEFINE_string("output_dir", None, "Directory for the stores and datasets.json.")
-flags.DEFINE_string("tokenizer", None, "'byte' (default) or a path to a SentencePiece .model.")
-flags.DEFINE_integer(
-    "train_sentencepiece_vocab", None, "Train a SentencePiece model of this size first."
-)
-flags.DEFINE_integer("max_samples", None, "Read at most this many samples per dataset.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir holding datasets prepared offline.")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import highnoon.data as hd
-
-    hn_flags.parse_gin_from_flags()
-    hd.register_datasets()  # datasets a gin file registered, if any
-    overrides: dict[str, Any] = {}
-    for name in ("datasets", "output_dir", "tokenizer", "train_sentencepiece_vocab",
-                 "max_samples", "data_dir"):  # fmt: skip
-        value = getattr(FLAGS, name)
-        if value is not None:
-            overrides[name] = value
-    index = hd.prepare_datasets(**overrides)
-    for item in index["datasets"]:
-        logging.info(
-            "%s: %d samples, %d tokens -> %s",
-            item["entry"], item["num_samples"], item["num_tokens"], item["path"],
-        )  # fmt: skip
-    print(json.dumps(index, indent=2))
-
-
-def run() -> None:
-    hn_flags.run(main)
-
+from highnoon.launch.prepare_data import run
 
 if __name__ == "__main__":
     run()

@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
 # Run the same command on every worker of a TPU VM pod (one Python client per TPU host).
-#
-#   launch/tpu_pod.sh --tpu NAME --zone ZONE --project PROJECT [--workdir DIR] [--dry-run] \
-#       -- python -m launch.train --strategy=tpu --tpu=local --gin_file=runs/pod.gin \
-#          --model_dir=gs://BUCKET/run1
-#
-# Each worker runs `cd DIR && COMMAND` through
-#   gcloud compute tpus tpu-vm ssh NAME --zone ZONE --project PROJECT --worker=all --command ...
-# --dry-run prints the gcloud command instead of running it. TPU_NAME, TPU_ZONE and
-# GCP_PROJECT in the environment are the defaults for --tpu, --zone and --project.
-# The code must already be on every worker at DIR (default: this checkout's path), and
-# model_dir must be shared storage (gs://...) that every host can write.
+# `launch/tpu_pod.sh --help` prints the usage below.
 set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: launch/tpu_pod.sh --tpu NAME --zone ZONE --project PROJECT [--workdir DIR]
+                         [--worker=all|N[,M...]] [--dry-run] -- COMMAND ...
+
+Runs `cd DIR && COMMAND` on the workers of TPU VM pod NAME through
+  gcloud compute tpus tpu-vm ssh NAME --zone ZONE --project PROJECT --worker=all --command ...
+
+  --tpu, --zone, --project  the pod (defaults: $TPU_NAME, $TPU_ZONE, $GCP_PROJECT)
+  --workdir DIR             where the code is on every worker (default: this checkout's path)
+  --worker                  which workers (default: all)
+  --dry-run                 print the gcloud command instead of running it
+
+The code must already be at DIR on every worker, and --model_dir must be shared storage
+(gs://...) that every host can write. Example (gin files from the repository's gin/):
+
+  launch/tpu_pod.sh --tpu=my-pod --zone=us-central2-b --project=my-project -- \
+    python -m launch.train --strategy=tpu --tpu=local --model_dir=gs://BUCKET/run1 \
+      --gin_file=models/highnoon-3b.gin --gin_file=curricula/quickstart.gin \
+      --gin_file=runs/pretrain.gin
+
+With highnoon installed on every worker (pip install), `highnoon-train ...` works in place of
+`python -m launch.train ...`; its gin files ship in the package.
+EOF
+}
 
 tpu="${TPU_NAME:-}"
 zone="${TPU_ZONE:-}"
@@ -20,31 +36,27 @@ workdir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 worker="all"
 dry_run=0
 
-usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --tpu) tpu="$2"; shift 2 ;;
+    --tpu) tpu="${2:?--tpu needs a value}"; shift 2 ;;
     --tpu=*) tpu="${1#*=}"; shift ;;
-    --zone) zone="$2"; shift 2 ;;
+    --zone) zone="${2:?--zone needs a value}"; shift 2 ;;
     --zone=*) zone="${1#*=}"; shift ;;
-    --project) project="$2"; shift 2 ;;
+    --project) project="${2:?--project needs a value}"; shift 2 ;;
     --project=*) project="${1#*=}"; shift ;;
-    --workdir) workdir="$2"; shift 2 ;;
+    --workdir) workdir="${2:?--workdir needs a value}"; shift 2 ;;
     --workdir=*) workdir="${1#*=}"; shift ;;
     --worker=*) worker="${1#*=}"; shift ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) usage ;;
+    -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) echo "tpu_pod.sh: unknown option '$1' (put the command after --)" >&2; exit 2 ;;
+    *) echo "tpu_pod.sh: unknown option '$1' (put the command after --; see --help)" >&2
+       exit 2 ;;
   esac
 done
 
 if [[ $# -eq 0 ]]; then
-  echo "tpu_pod.sh: no command given after --" >&2; exit 2
+  echo "tpu_pod.sh: no command given after -- (see --help)" >&2; exit 2
 fi
 for name in tpu zone project; do
   if [[ -z "${!name}" ]]; then

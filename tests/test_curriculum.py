@@ -235,6 +235,27 @@ def test_adaptive_waits_while_improving_and_forces_at_max() -> None:
     assert scheduler.get_stage_info(4)["current_stage"] == 1
 
 
+@pytest.mark.parametrize("prepared", [True, False])
+def test_adaptive_stage_info_reports_the_new_stage_after_an_advance(prepared: bool) -> None:
+    """The reference's loop calls update_with_loss, then get_stage_info(), with or without
+    prepare_curriculum: an advance at epoch e is the stage of epoch e + 1."""
+    kwargs = {"min_epochs_per_stage": 1, "max_epochs_per_stage": 2, "num_stages": 3}
+    scheduler = (
+        _adaptive(**kwargs) if prepared else AdaptiveCurriculumScheduler(verbose=False, **kwargs)
+    )
+    seen = []
+    for epoch, loss in enumerate([10.0, 9.9, 5.0, 4.99, 4.98, 4.97]):
+        advanced = scheduler.update_with_loss(epoch, loss)
+        info = scheduler.get_stage_info()
+        seen.append((advanced, info["current_stage"], info["epoch"]))
+    # epoch 1 plateaus (1% < 10%): stage 1 from epoch 2; a stage's first epoch has no loss to
+    # compare with; epochs 3 and 5 plateau (and reach max_epochs_per_stage): stages 2 and 3.
+    expected = [(False, 0, 0), (True, 1, 2), (False, 1, 2), (True, 2, 4), (False, 2, 4)]
+    assert seen == [*expected, (True, 3, 6)]
+    assert scheduler.get_stage_info()["fraction"] == scheduler.pacing.stage_fraction(3)
+    assert (scheduler.get_stage_info()["num_samples"] is None) is not prepared
+
+
 def test_adaptive_window_and_last_stage() -> None:
     scheduler = _adaptive(
         num_stages=1, min_epochs_per_stage=1, max_epochs_per_stage=3, plateau_window=2

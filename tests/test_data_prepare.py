@@ -1,4 +1,4 @@
-"""launch/prepare_data.py end to end, and prepare_datasets in-process."""
+"""highnoon.launch.prepare_data end to end (via the launch/ shim); prepare_datasets in-process."""
 
 from __future__ import annotations
 

@@ -26,7 +26,10 @@ def test_tf_config_from_worker_hosts():
     ("hosts", "index", "match"),
     [
         ("a:1,b:2", 2, r"task_index=2 is out of range for 2 worker_hosts \(allowed 0..1\)"),
-        ("a:1,b", 0, r"worker_hosts entry 'b' is not host:port"),
+        ("a:1,b", 0, r"worker_hosts\[1\]='b' must be 'host:port' with a port in \[1, 65535\]"),
+        ("a:1,b:65536", 0, r"worker_hosts\[1\]='b:65536' must be 'host:port' with a port in"),
+        (":1,b:2", 0, r"worker_hosts\[0\]=':1' must be 'host:port'"),
+        ("a:1,b:2", True, r"task_index=True must be an integer \(got bool\)"),
         ("a:1,a:1", 0, "duplicate"),
         ("", 0, "comma-separated list"),
     ],

@@ -1,4 +1,4 @@
-"""launch/flags.py (gin parsing, shorthand), tpu_pod.sh dry run, TPU fail-fast via flags."""
+"""highnoon.launch.flags (gin parsing, shorthand, --help, flag checks), tpu_pod.sh, TPU fails fast."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import gin
 import pytest
 
-from launch import flags as hn_flags
+from highnoon.launch import flags as hn_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from launch.local_cluster import free_ports, run_local_cluster, worker_tf_configs
+from highnoon.launch.local_cluster import free_ports, run_local_cluster, worker_tf_configs
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 

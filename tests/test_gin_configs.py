@@ -11,8 +11,8 @@ import pytest
 
 from highnoon import data as _data  # noqa: F401  (registers configurables)
 from highnoon.distribute import strategy as _strategy  # noqa: F401
+from highnoon.launch.flags import gin_dir, parse_gin
 from highnoon.training import run as _run
-from launch.flags import REPO_GIN_DIR, parse_gin
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def clean_gin():
 
 
 @pytest.mark.parametrize(
-    "model_file", sorted(os.path.basename(p) for p in glob.glob(f"{REPO_GIN_DIR}/models/*.gin"))
+    "model_file", sorted(os.path.basename(p) for p in glob.glob(f"{gin_dir()}/models/*.gin"))
 )
 def test_each_model_file_names_its_preset(model_file):
     parse_gin([f"models/{model_file}"], finalize=False)

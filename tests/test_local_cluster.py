@@ -1,4 +1,4 @@
-"""launch.local_cluster with tiny Python workers (no TensorFlow): prefixes, exit codes, kills."""
+"""highnoon.launch.local_cluster with tiny Python workers (no TensorFlow): prefixes, exit codes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import sys
 
 import pytest
 
-from launch.local_cluster import EXIT_TIMEOUT, free_ports, run_local_cluster, worker_tf_configs
+from highnoon.launch.local_cluster import (
+    EXIT_TIMEOUT,
+    free_ports,
+    run_local_cluster,
+    worker_tf_configs,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_TIMEOUT = 60
@@ -65,8 +70,12 @@ def test_timeout_kills_everything():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="num_workers must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^num_workers=0 must be an integer >= 1$"):
         run_local_cluster(["true"], 0)
+    with pytest.raises(ValueError, match=r"^timeout=0 must be a finite number > 0.0 or None$"):
+        run_local_cluster(["true"], 1, timeout=0)
+    with pytest.raises(ValueError, match=r"^grace=-1 must be a finite number >= 0.0$"):
+        run_local_cluster(["true"], 1, grace=-1)
     with pytest.raises(ValueError, match="extra_env_per_worker has 1 entries, expected"):
         run_local_cluster(["true"], 2, extra_env_per_worker=[{}])
 

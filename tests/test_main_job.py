@@ -38,6 +38,22 @@ def test_reference_complete_example_runs_unchanged(tmp_path, monkeypatch, small_
     assert os.path.exists(tmp_path / "checkpoints" / "summary.json")
 
 
+def test_complete_example_run_from_the_checkout_leaves_nothing_in_it(
+    tmp_path, monkeypatch, small_embedded_datasets
+):
+    """`python examples/complete_training.py` from the repository works in its own directory:
+    the reference's relative ./checkpoints lands there, not in the checkout."""
+    stray = os.path.join(REPO, "checkpoints")
+    assert not os.path.exists(stray), f"remove {stray} (left by an earlier run) first"
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HIGHNOON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HIGHNOON_EXAMPLE_DIR", str(tmp_path / "example"))
+    runpy.run_path(os.path.join(REPO, "examples", "complete_training.py"), run_name="__main__")
+    assert os.getcwd() == str(tmp_path / "example")
+    assert os.path.exists(tmp_path / "example" / "checkpoints" / "summary.json")
+    assert not os.path.exists(stray)
+
+
 def test_launch_train_runs_the_quickstart_config_end_to_end(tmp_path):
     """`python -m launch.train` with the quickstart gin file, shrunk by gin bindings."""
     model_dir = tmp_path / "run"
@@ -63,7 +79,14 @@ def test_launch_train_runs_the_quickstart_config_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((model_dir / "summary.json").read_text())
     assert [s["name"] for s in summary["stages_completed"]] == ["foundation", "code", "instruction"]
-    assert "Sample from the trained model" in result.stdout
+    # stdout: the brief summary (with eval and wall time), then the sample, once.
+    brief, sample = result.stdout.split("\n\nSample from the trained model:\n")
+    assert list(json.loads(brief)) == [
+        "total_steps", "stages_completed", "tokens_seen", "eval", "wall_time_seconds"
+    ]  # fmt: skip
+    assert json.loads(brief)["wall_time_seconds"] == summary["wall_time_seconds"]
+    assert sample.startswith("def ")  # the quickstart's prompt, continued
+    assert "Path not found" not in result.stderr  # gin's search-path misses stay quiet
     config = (model_dir / "config.gin").read_text()
     assert "Trainer.max_samples = 48" in config
     assert (model_dir / "model_config.json").exists()

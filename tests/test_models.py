@@ -75,6 +75,21 @@ def test_config_dict_and_json_round_trip(tmp_path):
     assert os.listdir(tmp_path) == ["model_config.json"]  # no temp file left behind
 
 
+def test_config_save_and_load_through_gfile(tmp_path):
+    """model_config.json in a non-local model_dir (ram://, as gs:// in production)."""
+    import tensorflow as tf
+
+    config = get_preset("highnoon-nano").replace(vocab_size=300)
+    run = f"ram://hn-config-{os.getpid()}-{tmp_path.name}/run"
+    tf.io.gfile.makedirs(run)
+    assert save_model_config(config, run) == f"{run}/model_config.json"
+    assert tf.io.gfile.exists(f"{run}/model_config.json")
+    assert load_model_config(run) == config
+    assert load_model_config(f"{run}/model_config.json") == config
+    with pytest.raises(ValueError, match=r"path='ram://.*/missing/model_config.json' does not"):
+        load_model_config(f"{run}/missing/model_config.json")
+
+
 def test_config_unknown_field_is_an_error():
     with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['d_modle'\]"):
         ModelConfig.from_dict({"d_modle": 64})
@@ -126,6 +141,37 @@ def test_unknown_preset_lists_valid_names():
     assert "name='highnoon-70b'" in message
     for name in PRESETS:
         assert name in message
+
+
+def test_short_preset_names_and_the_size_keyword_are_aliases():
+    for short in ("3b", "7b", "nano", "tiny", "7B", "Small"):
+        full = "highnoon-" + short.lower()
+        assert create_model(short).config == get_preset(full)
+        assert create_model(size=short).config == get_preset(full)
+    assert create_model(size="highnoon-13b").config == get_preset("highnoon-13b")
+    assert create_model().config == get_preset("highnoon-tiny")  # the default preset
+    assert resolve_config("nano") == get_preset("highnoon-nano")
+
+
+def test_preset_given_twice_or_unknown_short_name_is_an_error():
+    with pytest.raises(
+        ValueError,
+        match=r"^create_model: give the preset once, as name_or_config='7b' or size='3b', "
+        r"not both",
+    ):
+        create_model("7b", size="3b")
+    with pytest.raises(
+        ValueError, match=r"unknown model preset name='70b'; valid presets: "
+    ) as err:
+        create_model(size="70b")
+    assert "(or their short names ['nano', 'tiny', 'small', 'base', '3b'," in str(err.value)
+
+
+def test_model_exposes_vocab_size_and_num_blocks():
+    model = create_model("nano", tokenizer=FakeTokenizer(300), num_layers=3)
+    assert model.vocab_size == 300 == model.config.vocab_size
+    assert model.num_blocks == 3 == len(model.blocks)
+    assert not model.built  # read from the config: no weights needed
 
 
 def test_preset_table_rows_and_markdown():

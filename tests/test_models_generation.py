@@ -131,11 +131,15 @@ def test_generate_rejects_bad_arguments(model, kwargs, fragment):
         model.generate(**kwargs)
 
 
-def test_launcher_loads_a_checkpoint_and_generates(model, tmp_path):
-    from launch.generate import load_for_generation
+@pytest.mark.parametrize("filesystem", ["local", "ram"])
+def test_launcher_loads_a_checkpoint_and_generates(model, tmp_path, filesystem):
+    from highnoon.launch.generate import load_for_generation
 
-    prefix = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
-    save_model_config(model.config, str(tmp_path))
+    run = str(tmp_path) if filesystem == "local" else f"ram://hn-gen-{tmp_path.name}"
+    prefix = tf.train.Checkpoint(model=model).save(f"{run}/ckpt")
+    save_model_config(model.config, run)
+    loaded, tokenizer = load_for_generation(run, "highnoon-tiny")
+    assert loaded.config == model.config
     loaded, tokenizer = load_for_generation(prefix, "highnoon-tiny")
     assert loaded.config == model.config and loaded.tokenizer is tokenizer
     expected = model.generate("hi", temperature=0, **FAST)

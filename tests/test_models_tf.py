@@ -130,6 +130,21 @@ def test_tf_checkpoint_round_trip(tmp_path):
     assert np.abs(create_model("highnoon-nano")(ids).numpy() - model(ids).numpy()).max() > 1e-3
 
 
+def test_load_model_reads_a_non_local_model_dir(tmp_path):
+    """A checkpoint, model_config.json and a .keras file on ram:// (gs:// in production)."""
+    model = create_model("highnoon-nano", init_seed=6)
+    model.build()
+    run = f"ram://hn-load-{os.getpid()}-{tmp_path.name}"
+    prefix = tf.train.Checkpoint(model=model).save(f"{run}/ckpt")
+    save_model_config(model.config, run)
+    model.save(f"{run}/nano.keras")
+    ids = _ids(2, 9)
+    for path in (run, prefix, f"{run}/nano.keras"):
+        restored = load_model(path)
+        assert restored.config == model.config
+        np.testing.assert_array_equal(restored(ids).numpy(), model(ids).numpy())
+
+
 def test_load_model_errors(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint in directory"):
         load_model(str(tmp_path))
@@ -141,6 +156,14 @@ def test_load_model_errors(tmp_path):
     save_model_config(model.config, str(tmp_path))
     with pytest.raises(ValueError, match="does not hold the weights of the model"):
         load_model(prefix)
+    bare = tmp_path / "bare"
+    tf.train.Checkpoint(model=model).save(str(bare / "ckpt"))
+    with pytest.raises(
+        ValueError,
+        match=r"bare/model_config.json does not exist; a checkpoint is loaded with the model "
+        r"config saved beside it",
+    ):
+        load_model(str(bare))
 
 
 @pytest.mark.slow

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from highnoon.launch.local_cluster import ClusterResult, run_local_cluster
 from highnoon.training.checkpointing import checkpoint_candidates
-from launch.local_cluster import ClusterResult, run_local_cluster
 from tests.trainer_helpers import corpus, write_jsonl
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]

@@ -113,10 +113,12 @@ class AdaptiveCurriculumScheduler(CurriculumScheduler):
         if advance:
             self.advance_epochs.append(epoch)
             self._stage_losses = []
+        # get_stage_info() reports the stage the next epoch trains on, prepared or not.
+        current = epoch + 1 if advance else epoch
         if self.order is not None:
-            self._note_epoch(epoch + 1 if advance else epoch)
+            self._note_epoch(current)
         else:
-            self._epoch = epoch
+            self._epoch = current
         return advance
 
     def _params(self) -> dict[str, Any]:

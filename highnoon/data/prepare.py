@@ -1,7 +1,7 @@
 """Offline data preparation: tokenise dataset entries into token stores ahead of training.
 
-``prepare_datasets`` (gin-configurable, used by ``launch/prepare_data.py``) optionally trains a
-SentencePiece model on the datasets' texts, then builds one store per entry with
+``prepare_datasets`` (gin-configurable, used by ``highnoon.launch.prepare_data``) optionally
+trains a SentencePiece model on the datasets' texts, then builds one store per entry with
 ``prepare_stage_store(cache_dir=output_dir)``: a training run given the same ``cache_dir`` and
 tokenizer reuses these stores instead of tokenising again. ``output_dir/datasets.json`` lists
 what was built.

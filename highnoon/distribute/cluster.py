@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from highnoon.utils.validation import check_host_port, check_int
+
 STRATEGY_KINDS = ("auto", "tpu", "multi_worker", "mirrored", "one_device")
 # Accepted spellings -> canonical kind.
 _ALIASES = {"multi_worker_mirrored": "multi_worker"}
@@ -47,16 +49,11 @@ def tf_config_from_worker_hosts(worker_hosts: str, task_index: int) -> dict[str,
             f"worker_hosts must be a comma-separated list of host:port, got {worker_hosts!r}"
         )
     hosts = [h.strip() for h in worker_hosts.split(",")]
-    for host in hosts:
-        name, sep, port = host.rpartition(":")
-        if not sep or not name or not port.isdigit():
-            raise ValueError(
-                f"worker_hosts entry {host!r} is not host:port (worker_hosts={worker_hosts!r})"
-            )
+    for i, host in enumerate(hosts):
+        check_host_port(f"worker_hosts[{i}]", host)
     if len(set(hosts)) != len(hosts):
         raise ValueError(f"worker_hosts has duplicate entries: {worker_hosts!r}")
-    if isinstance(task_index, bool) or not isinstance(task_index, int):
-        raise ValueError(f"task_index must be an int, got {task_index!r}")
+    check_int("task_index", task_index)
     if not 0 <= task_index < len(hosts):
         raise ValueError(
             f"task_index={task_index} is out of range for {len(hosts)} worker_hosts "

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from highnoon.utils.files import atomic_write_text
+from highnoon.utils import files
 
 BYTE_VOCAB_SIZE = 259  # ByteTokenizer: pad 0, bos 1, eos 2, byte b -> b + 3
 
@@ -181,17 +181,18 @@ MODEL_CONFIG_FILENAME = "model_config.json"
 
 def save_model_config(config: ModelConfig, path: str) -> str:
     """Write `config` as JSON atomically. `path` is a file or a directory (then
-    `<dir>/model_config.json`, the name the Trainer and `launch/generate.py` agree on)."""
-    if os.path.isdir(path):
+    `<dir>/model_config.json`, the name the Trainer and `highnoon.launch.generate` agree on).
+    Any `tf.io.gfile` path works (`gs://...`)."""
+    if files.isdir(path):
         path = os.path.join(path, MODEL_CONFIG_FILENAME)
-    return atomic_write_text(path, config.to_json() + "\n")
+    return files.atomic_write_text(path, config.to_json() + "\n")
 
 
 def load_model_config(path: str) -> ModelConfig:
-    """Read a config written by `save_model_config` (file or directory holding one)."""
-    if os.path.isdir(path):
+    """Read a config written by `save_model_config` (a file, or a directory holding one; any
+    `tf.io.gfile` path)."""
+    if files.isdir(path):
         path = os.path.join(path, MODEL_CONFIG_FILENAME)
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise ValueError(f"load_model_config: path={path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        return ModelConfig.from_json(f.read())
+    return ModelConfig.from_json(files.read_text(path))

@@ -13,8 +13,11 @@ from typing import Any
 
 import gin
 
-from highnoon.models.config import ModelConfig, load_model_config
+from highnoon.models.config import MODEL_CONFIG_FILENAME, ModelConfig, load_model_config
 from highnoon.models.presets import get_preset
+from highnoon.utils.validation import InvalidArgumentError
+
+DEFAULT_PRESET = "highnoon-tiny"
 
 
 def resolve_config(
@@ -57,15 +60,18 @@ def resolve_config(
 
 @gin.configurable(module="highnoon.models")
 def create_model(
-    name_or_config: str | ModelConfig | dict[str, Any] = "highnoon-tiny",
+    name_or_config: str | ModelConfig | dict[str, Any] | None = None,
     *,
+    size: str | None = None,
     tokenizer: Any = None,
     **overrides: Any,
 ):
     """Create an (unbuilt) `HighNoonLM`.
 
     Args:
-      name_or_config: a preset name (see `highnoon.models.PRESETS`), a `ModelConfig` or a dict.
+      name_or_config: a preset name (see `highnoon.models.PRESETS`; the short names `"3b"`,
+        `"7b"`, `"tiny"` ... work too), a `ModelConfig` or a dict. Default: `highnoon-tiny`.
+      size: the preset by keyword, `create_model(size="3b")`; give it or `name_or_config`.
       tokenizer: optional tokenizer (duck-typed: `vocab_size`, `encode`, `decode`, ...); sets the
         vocabulary size and is attached as `model.tokenizer` for string prompts in `generate`.
       **overrides: `ModelConfig` fields to change, e.g. `num_layers=2, dropout=0.1`.
@@ -74,6 +80,15 @@ def create_model(
     """
     from highnoon.models.transformer import HighNoonLM
 
+    if size is not None:
+        if name_or_config is not None:
+            raise InvalidArgumentError(
+                f"create_model: give the preset once, as name_or_config={name_or_config!r} or "
+                f"size={size!r}, not both"
+            )
+        name_or_config = size
+    if name_or_config is None:
+        name_or_config = DEFAULT_PRESET
     config = resolve_config(name_or_config, tokenizer=tokenizer, **overrides)
     model = HighNoonLM(config)
     if tokenizer is not None:
@@ -85,32 +100,40 @@ def load_model(path: str, *, compile: bool = False):
     """Load a model saved as `.keras` or as a `tf.train.Checkpoint` with `model_config.json`.
 
     `path` may be a `.keras` file, a checkpoint directory (latest checkpoint; the config is in
-    the directory) or a checkpoint prefix like `dir/ckpt-3` (config next to it). The checkpoint
-    must hold the model under the key `model` (`tf.train.Checkpoint(model=model, ...)`); other
-    entries (optimizer, step, data position) are ignored.
+    the directory) or a checkpoint prefix like `dir/ckpt-3` (config next to it); local or any
+    `tf.io.gfile` path (`gs://...`). The checkpoint must hold the model under the key `model`
+    (`tf.train.Checkpoint(model=model, ...)`); other entries (optimizer, step, data position)
+    are ignored.
     """
     import keras
     import tensorflow as tf
 
     from highnoon.models.transformer import HighNoonLM
 
+    gfile = tf.io.gfile
     if path.endswith(".keras"):
-        if not os.path.isfile(path):
+        if not gfile.exists(path):
             raise ValueError(f"load_model: path={path!r} does not exist")
         return keras.models.load_model(
             path, custom_objects={"HighNoonLM": HighNoonLM}, compile=compile
         )
-    if os.path.isdir(path):
+    # A prefix first: some filesystems (ram://) call any path prefix a directory.
+    if gfile.exists(path + ".index"):
+        directory, prefix = os.path.dirname(path) or ".", path
+    elif gfile.isdir(path):
         directory, prefix = path, tf.train.latest_checkpoint(path)
         if prefix is None:
             raise ValueError(f"load_model: no checkpoint in directory path={path!r}")
     else:
-        directory, prefix = os.path.dirname(path) or ".", path
-        if not tf.io.gfile.exists(prefix + ".index"):
-            raise ValueError(
-                f"load_model: path={path!r} is neither a .keras file, a checkpoint directory "
-                "nor a checkpoint prefix (no .index file)"
-            )
+        raise ValueError(
+            f"load_model: path={path!r} is neither a .keras file, a checkpoint directory nor a "
+            "checkpoint prefix (no .index file)"
+        )
+    if not gfile.exists(os.path.join(directory, MODEL_CONFIG_FILENAME)):
+        raise ValueError(
+            f"load_model: {directory}/{MODEL_CONFIG_FILENAME} does not exist; a checkpoint is "
+            "loaded with the model config saved beside it (the Trainer writes it)"
+        )
     model = HighNoonLM(load_model_config(directory))
     model.build()
     # Match through the object graph: a Trainer checkpoint also holds the optimizer, which may

@@ -11,6 +11,7 @@ Print the README table (generated from these configs, never typed by hand):
 from __future__ import annotations
 
 from highnoon.models.config import ModelConfig
+from highnoon.utils.validation import InvalidArgumentError, check_str
 
 PRESETS: dict[str, ModelConfig] = {
     "highnoon-nano": ModelConfig(
@@ -50,15 +51,31 @@ NOMINAL_PARAMETERS: dict[str, float] = {
 }
 
 
+PRESET_PREFIX = "highnoon-"
+
+
 def preset_names() -> list[str]:
     return list(PRESETS)
 
 
+def preset_name(name: str) -> str:
+    """The full preset name for `name`: a preset name as is, or its short alias (`"3b"`, `"7b"`,
+    `"tiny"`, ... the name without `highnoon-`, in any case). An unknown name is a ValueError
+    listing the valid ones."""
+    check_str("name", name)
+    for candidate in (name, PRESET_PREFIX + name.strip().lower()):
+        if candidate in PRESETS:
+            return candidate
+    short = [n[len(PRESET_PREFIX) :] for n in PRESETS]
+    raise InvalidArgumentError(
+        f"unknown model preset name={name!r}; valid presets: {preset_names()} "
+        f"(or their short names {short})"
+    )
+
+
 def get_preset(name: str) -> ModelConfig:
-    """The config of preset `name`; an unknown name is a ValueError listing the valid ones."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset name={name!r}; valid presets: {preset_names()}")
-    return PRESETS[name]
+    """The config of preset `name` (full or short name, see `preset_name`)."""
+    return PRESETS[preset_name(name)]
 
 
 def _human(n: int) -> str:

@@ -60,6 +60,16 @@ class HighNoonLM(keras.Model):
     def config(self) -> ModelConfig:
         return self._config
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model embeds and predicts (``config.vocab_size``)."""
+        return self._config.vocab_size
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of transformer blocks (``config.num_layers``)."""
+        return self._config.num_layers
+
     def build(self, input_shape=None):
         """Create every weight (shapes come from the config; `input_shape` is ignored)."""
         c = self._config

@@ -1,4 +1,10 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a half-written one."""
+"""File access for run directories: atomic writes (a reader sees the old file or the new one,
+never a half-written one) and the reads that go with them.
+
+Local paths use the standard library; any other ``tf.io.gfile`` filesystem (``gs://``,
+``ram://`` ...) goes through TensorFlow, imported only for such paths, so pure-Python callers
+(``ModelConfig``) stay TensorFlow-free on local paths.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +38,36 @@ def atomic_write_text(path: str, text: str) -> str:
         handle.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def is_remote(path: str) -> bool:
+    """True for a ``tf.io.gfile`` URL (``gs://``, ``ram://`` ...), False for a local path."""
+    return "://" in os.fspath(path)
+
+
+def isdir(path: str) -> bool:
+    """Whether ``path`` is a directory (local or any ``tf.io.gfile`` filesystem)."""
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+    """Whether ``path`` exists and is not a directory (local or any ``tf.io.gfile`` filesystem)."""
+    if not is_remote(path):
+        return os.path.isfile(path)
+    gfile = _gfile()
+    return gfile.exists(path) and not gfile.isdir(path)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of ``path`` (local or any ``tf.io.gfile`` filesystem)."""
+    if not is_remote(path):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    with _gfile().GFile(path, "r") as handle:
+        return handle.read()

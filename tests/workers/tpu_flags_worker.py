@@ -1,10 +1,10 @@
-"""`--strategy=tpu --tpu=NAME` through launch.flags on a machine without a TPU: must fail fast."""
+"""`--strategy=tpu --tpu=NAME` through highnoon.launch.flags without a TPU: must fail fast."""
 
 from __future__ import annotations
 
 import sys
 
-from launch import flags as hn_flags
+from highnoon.launch import flags as hn_flags
 
 
 def main(argv: list[str]) -> None:
