@@ -18,6 +18,7 @@ _EXPORTS = {
     "Trainer": "highnoon.training.trainer",
     "CurriculumStage": "highnoon.training.trainer",
     "create_model": "highnoon.models",
+    "ModelConfig": "highnoon.models.config",
     "register_dataset": "highnoon.data",
     "create_strategy": "highnoon.distribute",
 }

@@ -87,6 +87,8 @@ def test_launch_train_runs_the_quickstart_config_end_to_end(tmp_path):
     assert json.loads(brief)["wall_time_seconds"] == summary["wall_time_seconds"]
     assert sample.startswith("def ")  # the quickstart's prompt, continued
     assert "Path not found" not in result.stderr  # gin's search-path misses stay quiet
+    assert "sample from the trained model" not in result.stderr  # the sample is shown once
+    assert "stage 'foundation': 2 epoch(s)" in result.stderr  # the chief's progress lines
     config = (model_dir / "config.gin").read_text()
     assert "Trainer.max_samples = 48" in config
     assert (model_dir / "model_config.json").exists()

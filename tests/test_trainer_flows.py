@@ -113,7 +113,7 @@ def test_a_run_prints_progress_lines_on_the_chief(tmp_path, data, capsys):
     trainer = make_trainer(tmp_path, verbose=True, eval_fraction=0.25)
     trainer.add_curriculum_stage("first", [data["a"]], epochs=2)
     summary = trainer.train(save_checkpoints=False, log_interval=2, eval_interval=4)
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     steps = [line for line in lines if line.startswith("first step ")]
     assert len(steps) == summary["total_steps"] // 2
     assert all(" tok/s " in line and " ETA " in line and " loss " in line for line in steps)
@@ -126,7 +126,7 @@ def test_verbose_false_prints_nothing(tmp_path, data, capsys):
     trainer = make_trainer(tmp_path, verbose=False)
     trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
     trainer.train(save_checkpoints=False, log_interval=1)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 def test_summary_lists_the_checkpoints_on_disk(tmp_path, data):

@@ -6,26 +6,37 @@
   program's flags as its key flags (as T5X and Model Garden binaries do with
   ``flags.adopt_module_key_flags``) and lends it the program's docstring.
 * TensorFlow's Python INFO lines (``Collective all_reduce tensors: ...`` once per traced
-  all-reduce, ``Sharding callback duration``) are off by default: absl's ``--logger_levels``
-  defaults to ``tensorflow:WARNING`` (``--logger_levels=tensorflow:INFO`` brings them back).
+  all-reduce) are off by default: absl's ``--logger_levels`` defaults to ``tensorflow:WARNING``
+  (``--logger_levels=tensorflow:INFO`` brings them back); TensorFlow's ``Sharding callback
+  duration`` line, which arrives through absl's own logger, is filtered out.
 * ``check_flag`` validates a flag at parse time with a ``highnoon.utils.validation`` check, so a
   bad value stops the program with absl's flag error before any work starts.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from highnoon.utils.validation import InvalidArgumentError
 
 FLAGS = flags.FLAGS
 
 DEFAULT_LOGGER_LEVELS = {"tensorflow": "WARNING"}
+
+
+class _QuietSaverInfo(logging.Filter):
+    """Drops TensorFlow's ``Sharding callback duration`` INFO line (one per checkpoint save),
+    which reaches absl's own logger, so ``--logger_levels`` cannot silence it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and record.filename == "functional_saver.py")
 
 
 def declare_key_flags(module: ModuleType, names: Sequence[str] = ()) -> list[str]:
@@ -77,4 +88,5 @@ def run(
     declare_key_flags(module, key_flags)
     _lend_docstring(module)
     FLAGS.set_default("logger_levels", dict(DEFAULT_LOGGER_LEVELS))
+    absl_logging.get_absl_logger().addFilter(_QuietSaverInfo())
     app.run(main, argv=None if argv is None else list(argv))

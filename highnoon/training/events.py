@@ -39,11 +39,12 @@ class ProgressDisplay:
 
     On a terminal: one tqdm bar per stage with steps, loss, tokens/s and ETA, advanced after every
     host call. Elsewhere (logs, CI, notebooks' captured output): one line per log interval and
-    per epoch, evaluation and stage, printed to ``stream``.
+    per epoch, evaluation and stage, printed to ``stream`` (standard error by default, like
+    tqdm and absl's logs, so standard output stays free for a program's results).
     """
 
     def __init__(self, interactive: bool | None = None, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
+        self.stream = stream if stream is not None else sys.stderr
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self._bar: Any = None
         self._total_steps = 0
@@ -65,7 +66,7 @@ class ProgressDisplay:
 
     def _print(self, text: str) -> None:
         if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
+            self._bar.write(text, file=self.stream)
         else:
             print(text, file=self.stream, flush=True)
 
@@ -89,7 +90,7 @@ class ProgressDisplay:
                 initial=max(event["step"] - first, 0),
                 desc=event["stage"],
                 unit="step",
-                file=sys.stderr,
+                file=self.stream,
                 dynamic_ncols=True,
             )
         else:

@@ -1,6 +1,6 @@
 """The main job as one gin-configurable function: model, trainer, stages, train, sample.
 
-``launch/train.py`` parses flags and gin files, creates the strategy and calls ``run_training``;
+``highnoon.launch.train`` parses flags and gin files, creates the strategy and calls ``run_training``;
 everything it does is bound in gin (see ``gin/runs/quickstart.gin``).
 """
 
@@ -12,7 +12,6 @@ from typing import Any
 import gin
 import keras
 import tensorflow as tf
-from absl import logging
 
 from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief
@@ -104,5 +103,4 @@ def run_training(
             sample_prompt, max_length=sample_length, temperature=0.0, tokenizer=tokenizer_obj
         )
         summary["sample"] = {"prompt": sample_prompt, "text": sample}
-        logging.info("sample from the trained model:\n%s", sample)
     return summary
