@@ -26,8 +26,10 @@ def stage_dataset(
     *,
     epoch: int,
     start_step: int = 0,
+    seq_length: int | None = None,
 ):
-    """The dataset (or distributed dataset) feeding ``plan``'s rows from ``start_step`` on.
+    """The dataset (or distributed dataset) feeding ``plan``'s rows from ``start_step`` on, as
+    rows of ``seq_length`` tokens (default: the stage's ``max_seq_length``).
 
     One replica: the host pipeline feeds the step directly. ``tf.distribute`` would wrap it in a
     MultiDeviceIterator whose inner datasets run tf.data's autotuning thread, and deleting such
@@ -35,6 +37,7 @@ def stage_dataset(
     growing with the epoch; BENCHMARKS.md).
     """
     settings = plan.settings
+    seq_length = settings.max_seq_length if seq_length is None else seq_length
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         host_id, num_hosts = context.input_pipeline_id, context.num_input_pipelines
@@ -42,7 +45,7 @@ def stage_dataset(
         dataset = hn_data.make_host_dataset(
             plan.store,
             rows_fn(host_id, num_hosts),
-            settings.max_seq_length,
+            seq_length,
             start_step=start_step,
             pack=settings.pack,
             overflow=settings.overflow,
