@@ -170,7 +170,11 @@ class Controller:
             "steps": pos.global_step - pos.stage_start_step,
         }
         if plan.eval_indices.size:
-            result = self.evaluate(plan)
+            last = self.eval_history[-1] if self.eval_history else None
+            if last is not None and (last["step"], last["stage"]) == (pos.global_step, plan.name):
+                result = last  # the eval interval already evaluated this very step
+            else:
+                result = self.evaluate(plan)
             metrics.update(eval_loss=result["eval_loss"], perplexity=result["perplexity"])
         pos.complete_stage(plan.name, plan.epochs, metrics["steps"])
         self.save()
