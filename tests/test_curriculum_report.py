@@ -3,6 +3,7 @@ arithmetic; a finished run's history; the program on a tiny config; every bad in
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -49,9 +50,9 @@ def test_the_planned_steps_and_tokens_are_what_training_counts(tmp_path, data, p
     assert sum(row["added"] for row in table) == table[-1]["pool"] == plan.train_indices.size
     assert [row["steps"] for row in table] == [plan.steps_per_epoch(e) for e in range(3)]
     # size_based, easy-to-hard: each epoch adds samples at least as long as the last one's
-    for before, after in zip(table, table[1:]):
+    for before, after in itertools.pairwise(table):
         assert after["added_difficulty"][0] >= before["added_difficulty"][4]
-    assert [row["seq_lengths"] for row in table][0][0] == 8
+    assert table[0]["seq_lengths"][0] == 8
     assert report["seq_length_warmup"] == {
         "steps": 10, "lengths": [8, 16, 32], "first_steps": [0, 4, 10],
     }  # fmt: skip
