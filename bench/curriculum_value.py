@@ -1,0 +1,674 @@
+"""Does the curriculum pay? Tokens to a target held-out loss, curriculum arms against plain
+shuffled training and against a random-order growing pool (issue 15).
+
+    python bench/curriculum_value.py --quick     # arithmetic, 7 arms x 3 seeds (~10 minutes)
+    python bench/curriculum_value.py             # arithmetic, brackets, stdlib_code (hours)
+    python bench/curriculum_value.py --analyze   # tables and plot from the results file only
+
+Arms (one stage, the same model, optimizer, constant learning rate after the same warm-up, batch
+and token budget; only the data order and row length differ):
+
+  a  none        no curriculum: the whole (shuffled) training set every epoch
+  b  random      the pool grows on the same pacing as c-e, in a keyed random order (Wu, Dyer,
+                 Neyshabur 2021): what the pool's growth alone does
+  c  size_based  easy-to-hard by length
+  d  difficulty  easy-to-hard by ``difficulty_based`` (rarity, then length)
+  e  mixed       easy-to-hard by ``mixed``
+  f  seq_warmup  no curriculum, rows grow from a short length to the full one over the first
+                 quarter of the budget (Li, Zhang, He 2022)
+  g  adaptive    size_based, the pool grows when the training loss plateaus
+
+Each run trains until it has seen the task's token budget ``B`` (target tokens, what the Trainer
+counts as ``tokens_seen``), evaluating the held-out set (a keyed 5% of the task, drawn from its
+whole difficulty range, the same rows for every arm of a seed) about 20 times; a curriculum arm's
+stage gets the fewest epochs whose planned tokens reach ``B`` (its pool reaches the whole data at
+its last epoch). Per arm and seed the script records the held-out loss, overall and per
+difficulty quartile (ranked by ``size_based`` scores, the same buckets for every arm), against
+tokens and training seconds (evaluation time excluded).
+
+Tokens here are *target* tokens (real tokens, no padding): what a token budget means. Rows are
+padded to the row length, so a step of short samples costs as much compute as one of long ones;
+the script therefore also reports steps and *row tokens* (rows x row length, padding included:
+the compute spent) to the target. Only arm f shortens rows, so only its compute per step drops.
+
+The target loss is arm a's mean held-out loss (over seeds, linearly interpolated in tokens) at
+``--target_fraction`` of ``B`` (default 0.5: half-way, where its curve still falls, so the
+crossing is not lost in the plateau's noise), unless ``--target_loss`` sets it. For each arm:
+tokens (and seconds) to reach the target, interpolated between evaluations, mean and standard
+deviation over the seeds that reach it; the speed-up over a and over b, as the ratio of mean
+tokens, given only when every seed of both arms reached the target; the held-out loss at ``B``
+(equal tokens), overall and per difficulty bucket. An arm *meets the goal* when it reaches the
+target with at least 1.3x fewer tokens than a and fewer than b.
+
+Results go to ``--output`` (default ``bench/results``): ``curriculum_value[_quick].jsonl`` (one
+line per finished run, appended as each run ends, so an interrupted study resumes where it
+stopped), ``.md`` (the tables) and ``.png`` (held-out loss against tokens, every arm, a panel per
+task; band = min..max over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "a": ("none", {"curriculum_strategy": None}),
+    "b": ("random", {"curriculum_strategy": "random"}),
+    "c": ("size_based", {"curriculum_strategy": "size_based"}),
+    "d": ("difficulty", {"curriculum_strategy": "difficulty_based"}),
+    "e": ("mixed", {"curriculum_strategy": "mixed"}),
+    "f": ("seq_warmup", {"curriculum_strategy": None, "seq_length_warmup_steps": "quarter"}),
+    "g": (
+        "adaptive",
+        {"curriculum_strategy": "size_based", "adaptive": True, "max_epochs_per_stage": 3},
+    ),
+}
+GOAL_SPEEDUP = 1.3
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the study: its data, row length and token budget (in full-data steps)."""
+
+    dataset: str
+    max_seq_length: int
+    warmup_start: int  # first row length of arm f
+    budget_steps: int  # B = this many steps' worth of the whole data's tokens per step
+    max_samples: int | None = None
+
+
+TASKS = {
+    "arithmetic": Task("arithmetic", 32, 8, 1200),
+    "brackets": Task("brackets", 64, 8, 1000),
+    "stdlib_code": Task("stdlib_code", 128, 16, 800, max_samples=6000),
+}
+QUICK_TASKS = {"arithmetic": Task("arithmetic", 32, 8, 400, max_samples=3000)}
+COMMON = {  # Trainer settings shared by every arm
+    "learning_rate": 3e-3,
+    "batch_size": 32,
+    "lr_schedule": "constant",
+    "warmup_steps": 30,
+    "eval_fraction": 0.05,
+    "eval_batches": 16,
+    "eval_difficulty_buckets": 4,
+    "eval_difficulty_strategy": "size_based",
+    "initial_fraction": 0.2,
+    "pacing": "linear",
+    "verbose": False,
+    "write_summaries": False,
+}
+EVALS_PER_RUN = 20
+
+
+# -- analysis (pure Python: tested on fake results, no TensorFlow) ---------------------------
+def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float | None:
+    """``y`` at ``x`` on the piecewise-linear curve through ``(xs, ys)`` (xs ascending); None
+    outside ``[xs[0], xs[-1]]``."""
+    if not xs or x < xs[0] or x > xs[-1]:
+        return None
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            x0, x1 = xs[i - 1], xs[i]
+            if x1 == x0:
+                return ys[i]
+            return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+def first_crossing(xs: Sequence[float], losses: Sequence[float], target: float) -> float | None:
+    """The ``x`` (tokens or seconds) at which the loss curve first reaches ``target`` or below,
+    interpolated linearly between the evaluation before and the one at or below it; the first
+    evaluation's ``x`` if it is already there; None if the curve never gets there."""
+    for i, loss in enumerate(losses):
+        if loss <= target:
+            if i == 0:
+                return xs[0]
+            before = losses[i - 1]
+            share = (before - target) / (before - loss) if before != loss else 1.0
+            return xs[i - 1] + share * (xs[i] - xs[i - 1])
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None, None for none)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, None when either is missing or the denominator is not > 0."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+@dataclass
+class ArmSummary:
+    arm: str
+    name: str
+    seeds: int
+    reached: int
+    tokens: tuple[float | None, float | None]  # to target: mean, std (seeds that reached)
+    steps: tuple[float | None, float | None]
+    row_tokens: tuple[float | None, float | None]  # compute: rows x row length, padding too
+    seconds: tuple[float | None, float | None]
+    loss_at_budget: tuple[float | None, float | None]
+    buckets_at_budget: list[float | None]
+    speedup_vs_a: float | None = None
+    speedup_vs_b: float | None = None
+    compute_vs_a: float | None = None  # a's mean row tokens to target / the arm's
+    meets_goal: bool = False
+
+
+@dataclass
+class TaskSummary:
+    task: str
+    budget: float
+    target: float | None
+    target_source: str
+    arms: list[ArmSummary] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Speed-up over a at the losses a reaches at these shares of the budget: {share: {arm: x}}
+    speedups: dict[float, dict[str, float | None]] = field(default_factory=dict)
+
+
+SPEEDUP_SHARES = (0.25, 0.5, 0.75, 1.0)
+
+
+def baseline_loss(runs: list[dict[str, Any]], tokens: float) -> float | None:
+    """Arm a's mean held-out loss at ``tokens`` (None without a run of a covering it)."""
+    values = [interpolate(*curve(run), tokens) for run in runs if run["arm"] == "a"]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+def tokens_ratio(runs: list[dict[str, Any]], arm: str, target: float) -> float | None:
+    """Mean tokens of a to ``target`` over mean tokens of ``arm``; None unless every seed of
+    both reaches it."""
+    means = []
+    for name in ("a", arm):
+        crossings = [first_crossing(*curve(r), target) for r in runs if r["arm"] == name]
+        if not crossings or any(c is None for c in crossings):
+            return None
+        means.append(sum(crossings) / len(crossings))
+    return ratio(means[0], means[1])
+
+
+def curve(run: dict[str, Any], key: str = "loss") -> tuple[list[float], list[float]]:
+    points = run["curve"]
+    return [p["tokens"] for p in points], [p[key] for p in points]
+
+
+def summarize_task(
+    task: str,
+    runs: list[dict[str, Any]],
+    target_fraction: float = 0.5,
+    target_loss: float | None = None,
+) -> TaskSummary:
+    """Per-arm figures for one task's runs (see the module docstring)."""
+    budget = min(run["budget_tokens"] for run in runs)
+    by_arm: dict[str, list[dict]] = {}
+    for run in runs:
+        by_arm.setdefault(run["arm"], []).append(run)
+    target, source = target_loss, "given (--target_loss)"
+    if target is None:
+        target = baseline_loss(runs, target_fraction * budget)
+        source = f"arm a's mean held-out loss at {target_fraction:g} of the budget"
+    summary = TaskSummary(task, budget, target, source)
+    for share in SPEEDUP_SHARES:
+        level = baseline_loss(runs, share * budget)
+        summary.speedups[share] = {
+            arm: None if level is None else tokens_ratio(runs, arm, level) for arm in sorted(by_arm)
+        }
+    if target is None:
+        summary.notes.append(
+            "no target: arm a has no run covering the target point; give --target_loss"
+        )
+    for arm in sorted(by_arm):
+        arm_runs = by_arm[arm]
+        reached: dict[str, list[float]] = {
+            "tokens": [],
+            "step": [],
+            "row_tokens": [],
+            "seconds": [],
+        }
+        for run in arm_runs:
+            if target is None:
+                continue
+            losses = [p["loss"] for p in run["curve"]]
+            if first_crossing([p["tokens"] for p in run["curve"]], losses, target) is None:
+                continue
+            for axis, values in reached.items():
+                values.append(first_crossing([p[axis] for p in run["curve"]], losses, target))
+        at_budget = [interpolate(*curve(run), budget) for run in arm_runs]
+        buckets = []
+        for b in range(max(len(run["curve"][0]["buckets"]) for run in arm_runs)):
+            values = [interpolate(*_bucket_curve(run, b), budget) for run in arm_runs]
+            buckets.append(mean_std([v for v in values if v is not None])[0])
+        summary.arms.append(
+            ArmSummary(
+                arm=arm,
+                name=ARMS[arm][0] if arm in ARMS else arm,
+                seeds=len(arm_runs),
+                reached=len(reached["tokens"]),
+                tokens=mean_std(reached["tokens"]),
+                steps=mean_std(reached["step"]),
+                row_tokens=mean_std(reached["row_tokens"]),
+                seconds=mean_std(reached["seconds"]),
+                loss_at_budget=mean_std([v for v in at_budget if v is not None]),
+                buckets_at_budget=buckets,
+            )
+        )
+    arms = {a.arm: a for a in summary.arms}
+    for item in summary.arms:
+        for reference, attribute in (("a", "speedup_vs_a"), ("b", "speedup_vs_b")):
+            other = arms.get(reference)
+            complete = (
+                other is not None and other.reached == other.seeds and item.reached == item.seeds
+            )
+            if complete:
+                setattr(item, attribute, ratio(other.tokens[0], item.tokens[0]))
+                if reference == "a":
+                    item.compute_vs_a = ratio(other.row_tokens[0], item.row_tokens[0])
+        item.meets_goal = (
+            item.arm not in ("a", "b")
+            and item.speedup_vs_a is not None
+            and item.speedup_vs_a >= GOAL_SPEEDUP
+            and item.speedup_vs_b is not None
+            and item.speedup_vs_b > 1.0
+        )
+    if target is not None and not any(a.reached for a in summary.arms):
+        summary.notes.append(f"no arm reached the target loss {target:.4f}")
+    return summary
+
+
+def _bucket_curve(run: dict[str, Any], bucket: int) -> tuple[list[float], list[float]]:
+    points = [p for p in run["curve"] if len(p["buckets"]) > bucket]
+    return [p["tokens"] for p in points], [p["buckets"][bucket] for p in points]
+
+
+def _fmt(pair: tuple[float | None, float | None], digits: int = 3, scale: float = 1.0) -> str:
+    mean, std = pair
+    if mean is None:
+        return "-"
+    return f"{mean / scale:.{digits}f} ± {std / scale:.{digits}f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def format_task(summary: TaskSummary) -> str:
+    """One task's results as markdown."""
+    lines = [
+        f"### {summary.task}",
+        "",
+        f"Budget {summary.budget:,.0f} target tokens; target held-out loss "
+        + ("none" if summary.target is None else f"{summary.target:.4f}")
+        + f" ({summary.target_source}).",
+        "",
+        "To the target: target tokens (k), its speed-up over a and b; steps; compute as row "
+        "tokens (k, padding included: what a step costs) and its speed-up over a; training "
+        "seconds. Mean ± standard deviation over the seeds that reach it.",
+        "",
+        "| arm | seeds | tokens (k) | vs a | vs b | steps | row tokens (k) | vs a | seconds "
+        "| held-out loss at B | at B per difficulty quartile, easiest first |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for arm in summary.arms:
+        buckets = " / ".join("-" if b is None else f"{b:.3f}" for b in arm.buckets_at_budget)
+        lines.append(
+            f"| {arm.arm} {arm.name}{' **(goal)**' if arm.meets_goal else ''} "
+            f"| {arm.reached}/{arm.seeds} | {_fmt(arm.tokens, 1, 1000)} "
+            f"| {_times(arm.speedup_vs_a)} | {_times(arm.speedup_vs_b)} | {_fmt(arm.steps, 0)} "
+            f"| {_fmt(arm.row_tokens, 0, 1000)} | {_times(arm.compute_vs_a)} "
+            f"| {_fmt(arm.seconds, 1)} | {_fmt(arm.loss_at_budget, 4)} | {buckets} |"
+        )
+    lines += [
+        "",
+        "Speed-up over a (a's mean tokens / the arm's) to the loss a reaches at a share of the "
+        "budget (- : not every seed got there):",
+        "",
+        "| arm | " + " | ".join(f"{share:.0%} of B" for share in summary.speedups) + " |",
+        "|---|" + "---:|" * len(summary.speedups),
+    ]
+    for arm in summary.arms:
+        cells = [_times(summary.speedups[share].get(arm.arm)) for share in summary.speedups]
+        lines.append(f"| {arm.arm} {arm.name} | " + " | ".join(cells) + " |")
+    winners = [a for a in summary.arms if a.meets_goal]
+    lines.append("")
+    if winners:
+        lines.append(
+            "Meets the goal (>= 1.3x fewer tokens than a, fewer than b): "
+            + ", ".join(f"{a.arm} {a.name} ({_times(a.speedup_vs_a)} vs a)" for a in winners)
+            + "."
+        )
+    else:
+        lines.append(
+            f"No arm reaches the target with {GOAL_SPEEDUP}x fewer tokens than a while also "
+            "beating b."
+        )
+    lines += [f"Note: {note}." for note in summary.notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs_by_task: dict[str, list[dict]], summaries: dict[str, TaskSummary], path: str) -> str:
+    """Held-out loss against tokens, a panel per task, every arm (mean over seeds on the union
+    of their evaluation points; band = min..max)."""
+    from highnoon.utils.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    tasks = list(runs_by_task)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    colors = dict(zip(ARMS, plt.cm.tab10.colors))
+    for axis, task in zip(axes[0], tasks):
+        by_arm: dict[str, list[dict]] = {}
+        for run in runs_by_task[task]:
+            by_arm.setdefault(run["arm"], []).append(run)
+        for arm, arm_runs in sorted(by_arm.items()):
+            grid = sorted({t for run in arm_runs for t in curve(run)[0]})
+            rows = [[interpolate(*curve(run), x) for run in arm_runs] for x in grid]
+            keep = [(x, r) for x, r in zip(grid, rows) if all(v is not None for v in r)]
+            if not keep:
+                continue
+            xs = [x / 1000 for x, _ in keep]
+            axis.plot(
+                xs, [sum(r) / len(r) for _, r in keep], color=colors.get(arm),
+                label=f"{arm} {ARMS.get(arm, (arm,))[0]}",
+            )  # fmt: skip
+            axis.fill_between(
+                xs, [min(r) for _, r in keep], [max(r) for _, r in keep],
+                color=colors.get(arm), alpha=0.15, linewidth=0,
+            )  # fmt: skip
+        target = summaries[task].target
+        if target is not None:
+            axis.axhline(target, color="k", linestyle=":", linewidth=1, label="target")
+        axis.set_title(task)
+        axis.set_xlabel("target tokens seen (thousands)")
+        axis.set_ylabel("held-out loss (nats/token)")
+        losses = [p["loss"] for run in runs_by_task[task] for p in run["curve"]]
+        early = [
+            interpolate(*curve(run), 0.1 * summaries[task].budget) or run["curve"][0]["loss"]
+            for run in runs_by_task[task]
+        ]
+        axis.set_ylim(min(losses) - 0.05, max(early) + 0.05)
+        axis.legend(fontsize=7)
+    figure.suptitle("Held-out loss against tokens (mean over seeds, band = min..max)")
+    return save_figure(figure, path)
+
+
+# -- running ---------------------------------------------------------------------------------
+def read_results(path: str) -> list[dict[str, Any]]:
+    """The finished runs recorded in ``path`` (none if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def append_result(path: str, record: dict[str, Any]) -> None:
+    """Appends one finished run as a JSON line, flushed and fsynced (a crash loses at most the
+    run in progress)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class _BudgetReached(Exception):
+    pass
+
+
+def arm_settings(arm: str, task: Task, budget_steps: int, options: argparse.Namespace) -> dict:
+    """The Trainer settings of ``arm`` on ``task`` (COMMON + the arm's own)."""
+    settings = {
+        **COMMON,
+        "max_seq_length": task.max_seq_length,
+        "max_samples": task.max_samples,
+        "initial_fraction": options.initial_fraction,
+        "pacing": options.pacing,
+    }
+    for key, value in ARMS[arm][1].items():
+        if key == "seq_length_warmup_steps" and value == "quarter":
+            value = max(budget_steps // 4, 1)
+            settings["seq_length_warmup_start"] = task.warmup_start
+        settings[key] = value
+    return settings
+
+
+def _trainer(task: Task, settings: dict, seed: int, cache_dir: str):
+    import highnoon as hn
+
+    model = hn.create_model("highnoon-nano", max_seq_length=task.max_seq_length)
+    return hn.Trainer(model, seed=seed, data_cache_dir=cache_dir, **settings)
+
+
+def epochs_for_budget(task: Task, settings: dict, seed: int, cache_dir: str, budget: int) -> int:
+    """The fewest epochs whose planned tokens reach ``budget`` (an adaptive stage: as if its
+    pool never grew, so it surely reaches it). Raises the Trainer's own error for settings the
+    stage cannot take (an unknown pacing, a warm-up longer than the stage, ...)."""
+    from highnoon.training.report import stage_report
+
+    epochs = 1
+    if settings.get("seq_length_warmup_steps"):  # start where the warm-up fits in the stage
+        plain = {**settings, "seq_length_warmup_steps": 0}
+        epochs = epochs_for_budget(task, plain, seed, cache_dir, budget)
+    trainer = _trainer(task, settings, seed, cache_dir)
+    while True:
+        trainer.stages = []
+        trainer.add_curriculum_stage(task.dataset, [task.dataset], epochs=epochs)
+        (plan,) = trainer.plan(epochs_per_stage=None)
+        tokens = stage_report(plan, samples=0)["total_tokens"]
+        if tokens >= budget:
+            return epochs
+        epochs = max(epochs + 1, math.ceil(epochs * budget / max(tokens, 1)))
+
+
+def full_data_tokens_per_step(task: Task, cache_dir: str) -> float:
+    """Target tokens of an average step over the whole training set (arm a's step)."""
+    from highnoon.training.report import stage_report
+
+    trainer = _trainer(task, arm_settings("a", task, 1, _defaults()), 0, cache_dir)
+    trainer.add_curriculum_stage(task.dataset, [task.dataset], epochs=1)
+    (plan,) = trainer.plan(epochs_per_stage=None)
+    report = stage_report(plan, samples=0)
+    return report["total_tokens"] / report["total_steps"]
+
+
+def _defaults() -> argparse.Namespace:
+    return argparse.Namespace(initial_fraction=COMMON["initial_fraction"], pacing=COMMON["pacing"])
+
+
+def _row_tokens_counter(warmup: Any, batch_size: int) -> Any:
+    """``steps -> batch_size x the row lengths of the first ``steps`` steps`` (the compute a
+    stage has spent, padding included)."""
+
+    def count(steps: int) -> int:
+        if not warmup.enabled:
+            return steps * batch_size * warmup.max_length
+        return batch_size * sum(warmup.length_at(t) for t in range(steps))
+
+    return count
+
+
+def run_one(
+    task_name: str, task: Task, arm: str, seed: int, options: argparse.Namespace, budget: int,
+    budget_steps: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Trains one (task, arm, seed) to the token budget; returns its record."""
+    import gc
+
+    import keras
+
+    from highnoon.curriculum import SequenceLengthWarmup
+
+    settings = arm_settings(arm, task, budget_steps, options)
+    epochs = epochs_for_budget(task, settings, seed, options.cache_dir, budget)
+    trainer = _trainer(task, settings, seed, options.cache_dir)
+    trainer.add_curriculum_stage(task.dataset, [task.dataset], epochs=epochs)
+    interval = max(budget_steps // EVALS_PER_RUN, 1)
+    points: list[dict[str, Any]] = []
+    clock = {"start": 0.0, "eval": 0.0, "log": 0.0}
+
+    def record(event: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        kind = event["event"]
+        if kind == "train_begin":
+            clock["start"] = now
+        elif kind == "log":
+            clock["log"] = now
+        elif kind == "eval":
+            if event["step"] % interval == 0:  # the log event came just before the evaluation
+                clock["eval"] += now - clock["log"]
+            points.append(
+                {
+                    "step": event["step"],
+                    "tokens": event["tokens_seen"],
+                    "loss": event["eval_loss"],
+                    "buckets": event.get("eval_loss_by_difficulty", []),
+                    "edges": event.get("difficulty_edges", []),
+                    "seconds": now - clock["start"] - clock["eval"],
+                    "row_tokens": row_tokens(event["step"]),
+                }
+            )
+            if event["tokens_seen"] >= budget:
+                raise _BudgetReached()
+
+    trainer.add_callback(record)
+    warmup = SequenceLengthWarmup(
+        task.max_seq_length,
+        settings.get("seq_length_warmup_steps", 0),
+        settings.get("seq_length_warmup_start", task.max_seq_length),
+    )
+    row_tokens = _row_tokens_counter(warmup, settings["batch_size"])
+    with contextlib.suppress(_BudgetReached):
+        trainer.train(save_checkpoints=False, log_interval=interval, eval_interval=interval)
+    del trainer
+    keras.backend.clear_session()
+    gc.collect()
+    return {
+        "task": task_name,
+        "arm": arm,
+        "seed": seed,
+        "settings": settings,
+        "epochs": epochs,
+        "budget_tokens": budget,
+        "eval_interval": interval,
+        "curve": points,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="arithmetic only, small budget")
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of the tasks")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm letters")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--pacing", default=COMMON["pacing"], help="pacing of arms b-e")
+    parser.add_argument("--initial_fraction", type=float, default=COMMON["initial_fraction"])
+    parser.add_argument("--target_fraction", type=float, default=0.5)
+    parser.add_argument("--target_loss", type=float, default=None)
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--name", default=None, help="results file stem (default by size)")
+    parser.add_argument("--cache_dir", default=None, help="token store cache (default: HOME's)")
+    parser.add_argument("--analyze", action="store_true", help="only analyse the results file")
+    options = parser.parse_args(argv)
+
+    tasks_table = QUICK_TASKS if options.quick else TASKS
+    names = options.tasks.split(",") if options.tasks else list(tasks_table)
+    unknown = [n for n in names if n not in tasks_table]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; known: {list(tasks_table)}")
+    arms = options.arms.split(",")
+    bad_arms = [a for a in arms if a not in ARMS]
+    if bad_arms:
+        parser.error(f"unknown arm(s) {bad_arms}; known: {list(ARMS)}")
+    if options.seeds < 1:
+        parser.error(f"--seeds={options.seeds} must be >= 1")
+    if not 0 < options.target_fraction <= 1:
+        parser.error(f"--target_fraction={options.target_fraction} must be in (0, 1]")
+    stem = options.name or ("curriculum_value_quick" if options.quick else "curriculum_value")
+    results_path = os.path.join(options.output, stem + ".jsonl")
+
+    if not options.analyze:
+        _check_settings(names, tasks_table, arms, options)
+        done = {(r["task"], r["arm"], r["seed"]) for r in read_results(results_path)}
+        for name in names:
+            task = tasks_table[name]
+            per_step = full_data_tokens_per_step(task, options.cache_dir)
+            budget = int(task.budget_steps * per_step)
+            for seed in range(options.seeds):
+                for arm in arms:
+                    if (name, arm, seed) in done:
+                        continue
+                    started = time.time()
+                    record = run_one(name, task, arm, seed, options, budget, task.budget_steps)
+                    record["wall_seconds"] = time.time() - started
+                    append_result(results_path, record)
+                    print(
+                        f"{name} {arm} seed {seed}: held-out {record['curve'][-1]['loss']:.4f} "
+                        f"at {record['curve'][-1]['tokens']:,} tokens "
+                        f"({record['wall_seconds']:.0f} s)",
+                        flush=True,
+                    )
+    analyze(results_path, names, options)
+
+
+def _check_settings(names, tasks_table, arms, options) -> None:
+    """Every arm's settings are valid for every task before anything trains (an unknown
+    pacing, a bad fraction, a warm-up the stage cannot hold fail here, with the Trainer's
+    message)."""
+    from highnoon.training.settings import StageSettings
+
+    for name in names:
+        task = tasks_table[name]
+        for arm in arms:
+            settings = arm_settings(arm, task, task.budget_steps, options)
+            stage = {k: v for k, v in settings.items() if k in StageSettings.__dataclass_fields__}
+            try:
+                StageSettings(**stage)
+            except ValueError as error:
+                raise SystemExit(f"arm {arm} on {name}: {error}") from None
+
+
+def analyze(results_path: str, names: Sequence[str], options: argparse.Namespace) -> None:
+    """Tables (stdout and .md) and the plot from the results file."""
+    runs = read_results(results_path)
+    if not runs:
+        raise SystemExit(f"no results in {results_path}; run the study first (without --analyze)")
+    by_task: dict[str, list[dict]] = {}
+    for run in runs:
+        if run["task"] in names:
+            by_task.setdefault(run["task"], []).append(run)
+    summaries = {
+        task: summarize_task(task, task_runs, options.target_fraction, options.target_loss)
+        for task, task_runs in by_task.items()
+    }
+    text = "\n".join(format_task(summary) for summary in summaries.values())
+    stem = os.path.splitext(results_path)[0]
+    from highnoon.utils.files import atomic_write_text
+
+    atomic_write_text(stem + ".md", text)
+    print(text)
+    try:
+        print("plot:", plot(by_task, summaries, stem + ".png"))
+    except ImportError as error:
+        print(f"no plot: {error}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
