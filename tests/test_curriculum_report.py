@@ -225,3 +225,24 @@ def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path):
     assert (again / "run.png").read_bytes()[:8] == PNG
     history = json.loads((again / "report.json").read_text())["run"]
     assert history["eval"]["stage"] and set(history["eval"]["stage"]) == {"sums"}
+
+
+def test_training_needs_no_matplotlib_and_plots_name_the_extra(monkeypatch):
+    # matplotlib made unimportable: the Trainer, the report module and the program still import
+    probe = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import highnoon.training.trainer, highnoon.training.report\n"
+        "import highnoon.launch.curriculum_report\n"
+        "print('imported')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "imported"
+    from highnoon.utils import plotting
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(plotting.PlottingUnavailableError, match=r"pip install 'highnoon\[plot\]'"):
+        plotting.pyplot()

@@ -96,6 +96,13 @@ def _listed_flags(help_text: str) -> list[str]:
                 "top_k", "top_p",
             ],
         ),
+        (
+            "launch.curriculum_report",
+            [
+                "gin_bindings", "gin_file", "gin_search_paths", "measure_steps", "model_dir",
+                "output", "samples",
+            ],
+        ),
     ],
 )  # fmt: skip
 def test_help_lists_the_programs_own_flags(module, expected):
@@ -471,7 +478,10 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     assert "highnoon/gin/runs/quickstart.gin" in files
     assert "highnoon/gin/models/highnoon-nano.gin" in files
     bin_dir = tmp_path / "venv" / "bin"
-    assert all((bin_dir / s).exists() for s in ("highnoon-train", "highnoon-generate"))
+    assert all(
+        (bin_dir / s).exists()
+        for s in ("highnoon-train", "highnoon-generate", "highnoon-curriculum-report")
+    )
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--output is required (where report.txt, report.json and plots go)")
     try:
         make_report(FLAGS.output, FLAGS.model_dir, FLAGS.measure_steps, FLAGS.samples)
-    except ReportError as error:
+    except (ReportError, ImportError, FileNotFoundError) as error:  # matplotlib, a gin file
         raise app.UsageError(str(error)) from None
 
 
