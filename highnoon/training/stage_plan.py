@@ -188,9 +188,8 @@ class StagePlan:
         all of them does not depend on that order."""
         size = self.settings.batch_size
         count = self.eval_batches(max_batches) * size
-        if self._eval_order is None:
-            chosen = keyed_permutation(self.eval_indices.size, "eval_rows", self.seed)
-            self._eval_order = chosen
+        if self._eval_order is None:  # a keyed order of the held-out samples, made once
+            self._eval_order = keyed_permutation(self.eval_indices.size, "eval_rows", self.seed)
         picked = self.eval_indices[np.sort(self._eval_order[:count])]
         ranked = picked[order_from_scores(self.difficulty_scores()[picked])]
         return ranked.reshape(-1, size)
