@@ -122,7 +122,9 @@ class Agreement:
         strategy = self.strategy
 
         def replica_fn(flag: tf.Tensor) -> tf.Tensor:
-            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, flag)
+            return tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.identity(flag)
+            )
 
         @tf.function
         def agree(flag: tf.Tensor) -> tf.Tensor:
