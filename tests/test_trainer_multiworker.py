@@ -245,6 +245,31 @@ def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
     _assert_weights_close(outcomes[0].weights, single[0].weights)
 
 
+def test_two_workers_match_one_worker_through_a_sequence_length_warmup(workdir):
+    """Stage "first" grows its rows 8 -> 16 -> 32 over 8 steps (changes at steps 3 and 8, one
+    inside each epoch): each length is its own pipeline, and two hosts still split every global
+    batch of the one-host run, train bitwise alike and match its weights."""
+
+    def spec(name):
+        warm = {"seq_length_warmup_steps": 8, "seq_length_warmup_start": 8}
+        stages = [["first", [workdir["a"]], 2, warm], ["second", [workdir["b"]], 1, {}]]
+        return _spec(workdir, name, stages=stages)
+
+    single = _run_ok(spec("warm-one"), 1)
+    outcomes = _run_ok(spec("warm-two"), 2)
+    assert sorted(single[0].rows()) == [
+        "rows_s0_e0_from0", "rows_s0_e1_from0", "rows_s0_e1_from1", "rows_s0_e1_from6",
+        "rows_s1_e0_from0",
+    ]  # fmt: skip
+    assert [e["seq_length"] for e in single[0].events("log")] == (
+        [8] * 2 + [8, 16, 16, 16, 16, 16] + [32] * 10
+    )
+    assert [o.logged_steps() for o in outcomes] == [list(range(1, TOTAL_STEPS + 1))] * 2
+    _assert_hosts_split_the_global_batch(outcomes, single[0])
+    _assert_bitwise_equal(outcomes)
+    _assert_weights_close(outcomes[0].weights, single[0].weights)
+
+
 def test_elastic_resume_one_worker_then_two_then_one(workdir, reference):
     """1 worker to step 5, 2 workers on from its checkpoint to step 14, 1 worker to the end:
     the same global batches at every step and the weights of the uninterrupted run."""
