@@ -36,6 +36,11 @@ def test_quickstart_binds_three_stages_on_embedded_data():
     stages = gin.query_parameter("run_training.stages")
     assert [s["name"] for s in stages] == ["foundation", "code", "instruction"]
     assert gin.query_parameter("highnoon.models.create_model.name_or_config") == "highnoon-tiny"
+    # The curriculum study's defaults: no easy-to-hard pool, a row-length warm-up in stage one.
+    assert gin.query_parameter("Trainer.curriculum_strategy") is None
+    assert stages[0]["seq_length_warmup_steps"] == 0.25
+    assert stages[0]["seq_length_warmup_start"] == 16
+    assert all("seq_length_warmup_steps" not in stage for stage in stages[1:])
 
 
 def test_pretrain_requires_a_model_and_a_curriculum():

@@ -25,7 +25,7 @@ from highnoon.training import run as _run_lib  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_TIMEOUT = 600
-# The quickstart shrunk to a few seconds of training (three stages, 21 steps).
+# The quickstart shrunk to a few seconds of training (three stages, 36 steps).
 FEW_STEPS = [
     "--gin.Trainer.max_samples=48",
     "--gin.Trainer.max_seq_length=32",

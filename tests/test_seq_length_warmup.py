@@ -146,6 +146,27 @@ def test_a_segment_resumed_mid_way_ends_at_the_same_change(store):
     assert plan.segment_at(change, steps, change)[0] == 16
 
 
+def test_a_share_of_the_stage_is_rounded_down_to_whole_steps(store):
+    total = _plan(store, curriculum_strategy=None).planned_steps()  # 48
+    plan = _plan(
+        store, curriculum_strategy=None, seq_length_warmup_steps=0.3, seq_length_warmup_start=8
+    )
+    assert plan.seq_warmup.steps == int(0.3 * total) == 14
+    assert plan.stream_fingerprint() != _plan(store, curriculum_strategy=None).stream_fingerprint()
+
+
+@pytest.mark.parametrize("value", [1.0, 1.5, -0.25, float("nan")])
+def test_a_share_outside_zero_one_is_refused(value):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"seq_length_warmup_steps=.* must be whole steps \(an int >= 0\) or a share of "
+        r"the stage's planned steps \(a float in \(0, 1\)\)",
+    ):
+        StageSettings(seq_length_warmup_steps=value)
+    with pytest.raises(TypeError, match="seq_length_warmup_steps='10'"):
+        StageSettings(seq_length_warmup_steps="10")
+
+
 def test_a_stage_refuses_a_warmup_longer_than_itself(store):
     total = _plan(store).planned_steps()
     with pytest.raises(InvalidArgumentError, match=f"longer than stage 's' \\({total} steps\\)"):

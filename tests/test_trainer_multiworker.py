@@ -87,6 +87,7 @@ def _spec(
             "eval_fraction": 0.0,
             "deterministic_ops": True,
             "write_summaries": False,
+            "curriculum_strategy": "size_based",
         },
         "seq": 32,
         "checkpoint_dir": checkpoint_dir or os.path.join(run_dir, "ckpt"),

@@ -40,6 +40,8 @@ def make_trainer(tmp_path, model=None, **kwargs) -> Trainer:
         "verbose": False,
         "eval_fraction": 0.0,
         "deterministic_ops": True,
+        # The Trainer trains without a curriculum by default; these tests exercise one.
+        "curriculum_strategy": "size_based",
     }
     options.update(kwargs)
     return Trainer(model if model is not None else nano_model(), **options)

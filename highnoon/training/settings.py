@@ -76,6 +76,18 @@ def _curriculum_strategy(name: str, value: Any) -> str | None:
     return None if value is None else v.check_choice(name, value, builtin)
 
 
+def _warmup_steps(name: str, value: Any) -> int | float:
+    """Whole steps (an int >= 0) or a share of the stage's planned steps (a float in (0, 1))."""
+    if isinstance(value, float):
+        if not 0.0 < value < 1.0:  # also NaN
+            raise v.InvalidArgumentError(
+                f"{name}={value!r} must be whole steps (an int >= 0) or a share of the stage's "
+                "planned steps (a float in (0, 1))"
+            )
+        return value
+    return v.check_int(name, value, minimum=0)
+
+
 def _difficulty_strategy(name: str, value: Any) -> str | None:
     measures = tuple(s for s in CURRICULUM_STRATEGIES if s not in ("custom", "random"))
     return None if value is None else v.check_choice(name, value, measures)
@@ -120,10 +132,11 @@ class StageSettings:
         _optional(v.check_positive_float),
     )
     curriculum_strategy: str | None = setting(
-        "size_based",
-        "`size_based`, `difficulty_based`, `mixed` (easy-to-hard), `random` (the pool grows on "
-        "the same pacing in a keyed random order: the control of Wu et al. 2021), or `None` (all "
-        "data every epoch)",
+        None,
+        "`None`: all the stage's data every epoch, shuffled (the default: easy-to-hard pools did "
+        "not pay in the curriculum study, BENCHMARKS.md); `size_based`, `difficulty_based`, "
+        "`mixed`: a pool growing easy-to-hard; `random`: a pool growing on the same pacing in a "
+        "keyed random order (the control of Wu et al. 2021)",
         _curriculum_strategy,
     )
     pacing: str = setting(
@@ -164,12 +177,13 @@ class StageSettings:
     eval_fraction: float = setting(
         0.02, "held-out share of each stage's data, in [0, 1)", _fraction_below_one
     )
-    seq_length_warmup_steps: int = setting(
+    seq_length_warmup_steps: int | float = setting(
         0,
-        "sequence-length warm-up (Li et al. 2022): over the stage's first N steps rows grow "
-        "from `seq_length_warmup_start` to `max_seq_length` on the lengths start * 2^k (one "
-        "compiled shape each; 0: off)",
-        _non_negative_int,
+        "sequence-length warm-up (Li et al. 2022): over the stage's first N steps (an int), or "
+        "that share of its planned steps (a float in (0, 1)), rows grow from "
+        "`seq_length_warmup_start` to `max_seq_length` on the lengths start * 2^k (one compiled "
+        "shape each; 0: off)",
+        _warmup_steps,
     )
     seq_length_warmup_start: int = setting(
         64, "first row length of the sequence-length warm-up", v.check_positive_int
@@ -194,13 +208,16 @@ class StageSettings:
                 f"max_epochs_per_stage={self.max_epochs_per_stage!r} must be >= "
                 f"min_epochs_per_stage={self.min_epochs_per_stage!r}"
             )
-        self.seq_length_warmup()  # a start length at or above max_seq_length fails here
+        if self.seq_length_warmup_steps:  # a start at or above max_seq_length fails here
+            self.seq_length_warmup(stage_steps=1)
 
-    def seq_length_warmup(self) -> SequenceLengthWarmup:
-        """The stage's row length at every step (``highnoon.curriculum.seq_length``)."""
-        return SequenceLengthWarmup(
-            self.max_seq_length, self.seq_length_warmup_steps, self.seq_length_warmup_start
-        )
+    def seq_length_warmup(self, stage_steps: int) -> SequenceLengthWarmup:
+        """The row length at every step of a stage of ``stage_steps`` planned steps
+        (``highnoon.curriculum.seq_length``); a share is rounded down, to at least one step."""
+        steps = self.seq_length_warmup_steps
+        if isinstance(steps, float):
+            steps = max(1, int(steps * stage_steps))
+        return SequenceLengthWarmup(self.max_seq_length, steps, self.seq_length_warmup_start)
 
     @property
     def global_batch_size(self) -> int:

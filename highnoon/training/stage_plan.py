@@ -73,7 +73,7 @@ class StagePlan:
             derive_seed(seed, "eval", index),
         )
         self.scheduler = self._make_scheduler(verbose)
-        self.seq_warmup = settings.seq_length_warmup()
+        self.seq_warmup = settings.seq_length_warmup(self.planned_steps())
         self.seq_warmup.check_stage(name, self.planned_steps())
         self._difficulty: np.ndarray | None = None
         self._eval_order: np.ndarray | None = None
