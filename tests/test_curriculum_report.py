@@ -39,7 +39,7 @@ def _clean_gin():
 @pytest.mark.parametrize("pack", [False, True])
 def test_the_planned_steps_and_tokens_are_what_training_counts(tmp_path, data, pack):
     trainer = make_trainer(
-        tmp_path, eval_fraction=0.25, seq_length_warmup_steps=10, seq_length_warmup_start=8,
+        tmp_path, eval_fraction=0.25, seq_length_warmup_steps=0.7, seq_length_warmup_start=8,
         pack=pack,
     )  # fmt: skip
     trainer.add_curriculum_stage("s", [data["a"]], epochs=3)

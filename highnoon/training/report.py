@@ -86,7 +86,7 @@ def stage_report(plan: StagePlan, samples: int = 3, max_chars: int = 160) -> dic
         "max_seq_length": s.max_seq_length,
         "seq_length_warmup": (
             {
-                "steps": s.seq_length_warmup_steps,
+                "steps": plan.seq_warmup.steps,  # a share of the stage, resolved
                 "lengths": list(plan.seq_warmup.lengths),
                 "first_steps": list(plan.seq_warmup.begins),
             }
