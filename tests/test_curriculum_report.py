@@ -13,7 +13,9 @@ import gin
 import pytest
 
 from highnoon.launch import curriculum_report as program
+from highnoon.training import history as history_lib
 from highnoon.training import report as report_lib
+from highnoon.training import report_plots
 from highnoon.training import run as _run_lib  # noqa: F401  (registers run_training)
 from tests.trainer_helpers import corpus, make_trainer, write_jsonl
 
@@ -102,7 +104,7 @@ def test_a_finished_runs_history_and_plot(tmp_path, data):
     trainer.add_curriculum_stage("second", [data["b"]], epochs=1)
     run_dir = str(tmp_path / "run")
     summary = trainer.train(checkpoint_dir=run_dir, log_interval=2, eval_interval=4)
-    history = report_lib.run_history(run_dir)
+    history = history_lib.run_history(run_dir)
     assert history["log"]["step"] == list(range(2, summary["total_steps"] + 1, 2))
     first_steps = summary["stages_completed"][0]["steps"]
     assert history["stages"] == [
@@ -119,20 +121,20 @@ def test_a_finished_runs_history_and_plot(tmp_path, data):
     ]
     # A run still training has no summary.json: the evaluations come from the summaries.
     os.remove(os.path.join(run_dir, "summary.json"))
-    live = report_lib.run_history(run_dir)
+    live = history_lib.run_history(run_dir)
     assert live["eval"]["step"] == history["eval"]["step"]
     assert live["eval"]["stage"] == history["eval"]["stage"]
     assert live["eval"]["eval_loss"] == pytest.approx(history["eval"]["eval_loss"], rel=1e-6)
     for got, want in zip(live["eval"]["by_difficulty"], history["eval"]["by_difficulty"]):
         assert got == pytest.approx(want, rel=1e-6)
-    path = report_lib.plot_run(history, str(tmp_path / "run.png"))
+    path = report_plots.plot_run(history, str(tmp_path / "run.png"))
     with open(path, "rb") as handle:
         assert handle.read(8) == PNG
 
 
 def test_a_directory_without_history_is_a_clear_error(tmp_path):
-    with pytest.raises(report_lib.RunHistoryError, match="holds no training history"):
-        report_lib.run_history(str(tmp_path))
+    with pytest.raises(history_lib.RunHistoryError, match="holds no training history"):
+        history_lib.run_history(str(tmp_path))
 
 
 def _bind(tmp_path, stages: str, *extra: str) -> None:
@@ -232,6 +234,7 @@ def test_training_needs_no_matplotlib_and_plots_name_the_extra(monkeypatch):
     probe = (
         "import sys; sys.modules['matplotlib'] = None\n"
         "import highnoon.training.trainer, highnoon.training.report\n"
+        "import highnoon.training.report_plots, highnoon.training.history\n"
         "import highnoon.launch.curriculum_report\n"
         "print('imported')"
     )

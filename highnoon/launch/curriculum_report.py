@@ -121,7 +121,9 @@ def make_report(output: str, model_dir: str | None, measure_steps: int, samples:
     # Import every module that registers gin configurables before gin parses (as train does).
     from highnoon import data as hn_data
     from highnoon.distribute import strategy as _strategy  # noqa: F401
+    from highnoon.training import history as history_lib
     from highnoon.training import report as report_lib
+    from highnoon.training import report_plots
     from highnoon.training import run as _run  # noqa: F401
     from highnoon.utils.files import atomic_write_text
     from highnoon.utils.plotting import pyplot
@@ -149,19 +151,19 @@ def make_report(output: str, model_dir: str | None, measure_steps: int, samples:
             {"stage": index, "seq_length": length, **timing}
             for (index, length), timing in sorted(timings.items())
         ],
-        "plots": [report_lib.plot_plan(reports, os.path.join(output, "plan.png"))],
+        "plots": [report_plots.plot_plan(reports, os.path.join(output, "plan.png"))],
     }
     for report in reports:
         path = os.path.join(output, f"stage_{report['index']}.png")
-        result["plots"].append(report_lib.plot_stage(report, path))
+        result["plots"].append(report_plots.plot_stage(report, path))
     if model_dir:
         try:
-            history = report_lib.run_history(model_dir)
-        except report_lib.RunHistoryError as error:
+            history = history_lib.run_history(model_dir)
+        except history_lib.RunHistoryError as error:
             raise ReportError(str(error)) from None
         result["run"] = history
         result["plots"].append(
-            report_lib.plot_run(history, os.path.join(output, "run.png"), title=model_dir)
+            report_plots.plot_run(history, os.path.join(output, "run.png"), title=model_dir)
         )
     atomic_write_text(os.path.join(output, "report.txt"), text)
     atomic_write_text(os.path.join(output, "report.json"), json.dumps(result, indent=2))

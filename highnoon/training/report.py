@@ -1,13 +1,13 @@
-"""What a curriculum will do, before compute is spent; what it did, after.
+"""What a curriculum will do, before compute is spent.
 
 ``stage_report(plan)`` describes one planned stage from its data and settings alone (no
 training): per epoch the pool size, how many samples join it and how hard they are (quantiles of
 the stage's difficulty scores, ``StagePlan.difficulty_strategy``), the steps, the row lengths and
 the target tokens (exactly what the Trainer will count in ``tokens_seen``), plus texts from the
 easiest and hardest ends. ``measure_step_seconds`` times a few real optimizer steps of each row
-shape, and ``time_estimate`` turns them into a run time. ``run_history(model_dir)`` reads a
-trained run's summaries back (loss, pool fraction and row length per logged step, evaluations),
-and ``plots`` draws both. ``highnoon-curriculum-report`` is the program around them.
+shape, and ``time_estimate`` turns them into a run time; ``format_report`` is the text. A
+trained run's history is read by ``history.py``; ``report_plots.py`` draws both.
+``highnoon-curriculum-report`` is the program around them.
 
 An adaptive stage's pool grows when the training loss plateaus, so its epochs cannot be listed in
 advance: its report lists the pool's levels instead, and its totals are a range, from never
@@ -17,7 +17,6 @@ growing (what ``StagePlan.planned_steps`` counts) to growing every ``min_epochs_
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -291,222 +290,3 @@ def format_report(reports: list[dict], estimate: dict[str, float] | None = None)
             f"steps + {_duration(estimate['compile_seconds'])} of compilation"
         )
     return "\n".join(lines) + "\n"
-
-
-# -- a finished run -------------------------------------------------------------------------
-class RunHistoryError(ValueError):
-    """A model directory holds nothing to plot."""
-
-
-def run_history(model_dir: str) -> dict[str, Any]:
-    """A trained (or training) run's history from ``model_dir``: ``log`` (per logged step:
-    ``step``, ``stage``, ``loss``, ``curriculum_fraction``, ``seq_length``) from the TensorBoard
-    summaries; ``eval`` (per evaluation: ``step``, ``stage``, ``eval_loss``, ``by_difficulty``)
-    from summary.json when the run finished, else from the summaries; ``stages`` (name and last
-    step of each completed stage) from summary.json."""
-    from highnoon.utils import files
-
-    summaries = os.path.join(model_dir, "summaries")
-    summary_path = os.path.join(model_dir, "summary.json")
-    scalars, texts = _read_summaries(summaries) if files.isdir(summaries) else ({}, {})
-    summary = json.loads(files.read_text(summary_path)) if files.isfile(summary_path) else None
-    if not scalars and summary is None:
-        raise RunHistoryError(
-            f"model_dir={model_dir!r} holds no training history (no summaries/ event files and "
-            "no summary.json); point --model_dir at a run trained with write_summaries=True"
-        )
-    log_steps = sorted(scalars.get("log/loss", {}))
-    stage_steps = sorted(texts.get("stage", {}).items())
-
-    def stage_at(step: int) -> str | None:  # the stage of the last log at or before ``step``
-        names = [name for logged, name in stage_steps if logged <= step]
-        return names[-1] if names else None
-
-    log = {"step": log_steps, "stage": [stage_at(step) for step in log_steps]}
-    for name in ("loss", "curriculum_fraction", "seq_length"):
-        values = scalars.get(f"log/{name}", {})
-        log[name] = [values.get(step) for step in log_steps]
-    if summary is not None and summary.get("eval"):
-        records = summary["eval"]
-        evals = {
-            "step": [e["step"] for e in records],
-            "stage": [e["stage"] for e in records],
-            "eval_loss": [e["eval_loss"] for e in records],
-            "by_difficulty": [e.get("eval_loss_by_difficulty") or [] for e in records],
-        }
-    else:
-        losses = scalars.get("eval/eval_loss", {})
-        steps = sorted(losses)
-        buckets = sorted(
-            int(tag.rsplit("_", 1)[1])
-            for tag in scalars
-            if tag.startswith("eval/eval_loss_difficulty_")
-        )
-        evals = {
-            "step": steps,
-            "stage": [stage_at(step) for step in steps],
-            "eval_loss": [losses[step] for step in steps],
-            "by_difficulty": [
-                [scalars[f"eval/eval_loss_difficulty_{b}"].get(step) for b in buckets]
-                for step in steps
-            ],
-        }
-    stages, step = [], 0
-    for stage in (summary or {}).get("stages_completed", []):
-        step += int(stage.get("steps", 0))
-        stages.append({"name": stage["name"], "end_step": step})
-    return {"log": log, "eval": evals, "stages": stages}
-
-
-def _read_summaries(directory: str) -> tuple[dict[str, dict[int, float]], dict[str, dict]]:
-    """The scalars and texts of the event files under ``directory``: tag -> {step: value} (a
-    step logged again after a resume keeps its latest value)."""
-    import tensorflow as tf
-
-    scalars: dict[str, dict[int, float]] = {}
-    texts: dict[str, dict[int, str]] = {}
-    for path in sorted(tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*"))):
-        for record in tf.compat.v1.train.summary_iterator(path):
-            for value in record.summary.value:
-                if value.metadata.plugin_data.plugin_name == "text":
-                    text = tf.make_ndarray(value.tensor).reshape(-1)[0]
-                    texts.setdefault(value.tag, {})[int(record.step)] = text.decode("utf-8")
-                    continue
-                number = (
-                    float(tf.make_ndarray(value.tensor))
-                    if value.HasField("tensor")
-                    else float(value.simple_value)
-                )
-                scalars.setdefault(value.tag, {})[int(record.step)] = number
-    return scalars, texts
-
-
-# -- plots (matplotlib, imported when drawn) ------------------------------------------------
-def plot_plan(reports: list[dict], path: str) -> str:
-    """Pool fraction and row length over the planned steps of the whole run, one band per
-    stage (an adaptive stage at its slowest growth)."""
-    from highnoon.utils.plotting import pyplot, save_figure
-
-    plt = pyplot()
-    figure, pool_axis = plt.subplots(figsize=(9, 4))
-    length_axis = pool_axis.twinx()
-    first = 0
-    for r in reports:
-        warm = r["seq_length_warmup"]
-        if "epochs_table" in r:
-            xs, fractions, lengths, step = [], [], [], first
-            for row in r["epochs_table"]:
-                xs += [step, step + row["steps"]]
-                fractions += [row["fraction"]] * 2
-                step += row["steps"]
-        else:
-            xs, fractions = [first, first + r["total_steps"]], [r["levels"][0]["fraction"]] * 2
-        pool_axis.plot(xs, fractions, color="tab:blue")
-        ends = [first, first + r["total_steps"]]
-        if warm:
-            points = [first + b for b in warm["first_steps"]] + [ends[1]]
-            lengths = [*list(warm["lengths"]), warm["lengths"][-1]]
-            length_axis.step(points, lengths, where="post", color="tab:orange")
-        else:
-            length_axis.plot(ends, [r["max_seq_length"]] * 2, color="tab:orange")
-        pool_axis.axvline(first, color="0.8", linewidth=0.8)
-        pool_axis.text(first, 1.02, r["stage"], fontsize=8, va="bottom")
-        first += r["total_steps"]
-    pool_axis.set_xlabel("planned optimizer step")
-    pool_axis.set_ylabel("pool (share of the stage's data)", color="tab:blue")
-    pool_axis.set_ylim(0, 1.08)
-    length_axis.set_ylabel("row length (tokens)", color="tab:orange")
-    length_axis.set_ylim(bottom=0)
-    pool_axis.set_title("Planned curriculum: pool growth and row length")
-    return save_figure(figure, path)
-
-
-def plot_stage(report: dict, path: str) -> str:
-    """One stage: pool size per epoch (bars) and the difficulty of the samples each epoch adds
-    (box: quartiles, whiskers: min and max)."""
-    from highnoon.utils.plotting import pyplot, save_figure
-
-    plt = pyplot()
-    rows = report.get("epochs_table") or report["levels"]
-    key = "epoch" if "epochs_table" in report else "level"
-    figure, (pool_axis, difficulty_axis) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    xs = [row[key] for row in rows]
-    pool_axis.bar(xs, [row["pool"] for row in rows], color="tab:blue", alpha=0.7)
-    pool_axis.set_ylabel("pool (samples)")
-    pool_axis.set_title(
-        f"stage {report['stage']!r}: {report['curriculum_strategy'] or 'no curriculum'}, "
-        f"pacing {report['pacing']}"
-    )
-    stats = [
-        {"med": q[2], "q1": q[1], "q3": q[3], "whislo": q[0], "whishi": q[4], "label": str(x)}
-        for x, q in ((row[key], row["added_difficulty"]) for row in rows)
-        if q is not None
-    ]
-    positions = [row[key] for row in rows if row["added_difficulty"] is not None]
-    if stats:
-        difficulty_axis.bxp(stats, positions=positions, showfliers=False)
-    difficulty_axis.set_ylabel(f"difficulty added\n({report['difficulty']})")
-    difficulty_axis.set_xlabel(key)
-    return save_figure(figure, path)
-
-
-def plot_run(history: dict, path: str, title: str = "") -> str:
-    """A trained run: training and held-out loss (and per difficulty bucket) against the step,
-    each stage on its own, with the pool fraction and row length it trained on below."""
-    from highnoon.utils.plotting import pyplot, save_figure
-
-    plt = pyplot()
-    figure, (loss_axis, pool_axis) = plt.subplots(
-        2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
-    )
-    log, evals = history["log"], history["eval"]
-    buckets = max((len(b) for b in evals["by_difficulty"]), default=0)
-    colors = plt.cm.viridis(np.linspace(0.1, 0.9, max(buckets, 1)))
-    labelled = set()
-
-    def once(label: str) -> str | None:  # one legend entry per series, not per stage
-        if label in labelled:
-            return None
-        labelled.add(label)
-        return label
-
-    for stage in dict.fromkeys(log["stage"] + evals["stage"]):
-        steps = [x for x, name in zip(log["step"], log["stage"]) if name == stage]
-        losses = [y for y, name in zip(log["loss"], log["stage"]) if name == stage]
-        loss_axis.plot(steps, losses, color="0.55", linewidth=1, label=once("training loss"))
-        chosen = [i for i, name in enumerate(evals["stage"]) if name == stage]
-        xs = [evals["step"][i] for i in chosen]
-        loss_axis.plot(
-            xs, [evals["eval_loss"][i] for i in chosen], "k-o", markersize=3,
-            label=once("held-out"),
-        )  # fmt: skip
-        for bucket in range(buckets):
-            ys = [
-                evals["by_difficulty"][i][bucket] if len(evals["by_difficulty"][i]) > bucket
-                else None
-                for i in chosen
-            ]  # fmt: skip
-            end = " (easiest)" if bucket == 0 else " (hardest)" if bucket == buckets - 1 else ""
-            loss_axis.plot(
-                xs, [np.nan if y is None else y for y in ys], "--", color=colors[bucket],
-                linewidth=1, label=once(f"held-out, difficulty bucket {bucket}{end}"),
-            )  # fmt: skip
-    loss_axis.set_ylabel("loss (nats/token)")
-    loss_axis.legend(fontsize=7)
-    loss_axis.set_title(title or "Training run: loss against pool growth")
-    fractions = [(x, y) for x, y in zip(log["step"], log["curriculum_fraction"]) if y is not None]
-    if fractions:
-        pool_axis.step(*zip(*fractions), where="post", color="tab:blue")
-    pool_axis.set_ylim(0, 1.08)
-    pool_axis.set_ylabel("pool fraction", color="tab:blue")
-    lengths = [(x, y) for x, y in zip(log["step"], log["seq_length"]) if y is not None]
-    if lengths:
-        length_axis = pool_axis.twinx()
-        length_axis.step(*zip(*lengths), where="post", color="tab:orange")
-        length_axis.set_ylabel("row length", color="tab:orange")
-        length_axis.set_ylim(bottom=0)
-    for stage in history["stages"]:
-        for axis in (loss_axis, pool_axis):
-            axis.axvline(stage["end_step"], color="0.8", linewidth=0.8)
-    pool_axis.set_xlabel("optimizer step")
-    return save_figure(figure, path)
