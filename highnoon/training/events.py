@@ -121,7 +121,7 @@ class ProgressDisplay:
             f"perplexity {event['perplexity']:.2f}"
             + (
                 " by difficulty (easy to hard) " + " / ".join(f"{x:.3f}" for x in buckets)
-                if buckets
+                if buckets and len(buckets) > 1
                 else ""
             )
         )

@@ -86,6 +86,7 @@ def plot_run(history: dict, path: str, title: str = "") -> str:
     )
     log, evals = history["log"], history["eval"]
     buckets = max((len(b) for b in evals["by_difficulty"]), default=0)
+    buckets = buckets if buckets > 1 else 0  # one bucket is the overall loss again
     colors = plt.cm.viridis(np.linspace(0.1, 0.9, max(buckets, 1)))
     labelled = set()
 
