@@ -68,7 +68,10 @@ def test_resume_refuses_changed_stream_settings(tmp_path, data):
     _interrupted_run(tmp_path, data, run_dir)
     again = make_trainer(tmp_path)
     again.add_curriculum_stage("first", [data["a"]], epochs=2, initial_fraction=0.5)
-    with pytest.raises(DataChangedError, match="the settings that shape the stream"):
+    with pytest.raises(
+        DataChangedError,
+        match=r"the settings that shape the stream .* \(initial_fraction: 0.2 -> 0.5\)",
+    ):
         again.train(checkpoint_dir=run_dir)
 
 

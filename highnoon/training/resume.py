@@ -12,6 +12,8 @@ data they have.
 
 from __future__ import annotations
 
+import json
+
 from absl import logging
 
 from highnoon.training.checkpointing import DataPosition
@@ -39,15 +41,39 @@ def reconcile(position: DataPosition, plans: list[StagePlan], allow_change: bool
         now = plans[index].stream_fingerprint()
         changed = [key for key in now if saved.get(key) != now[key]]
         if changed:
-            _on_change(position, plans[index], changed, allow_change)
+            _on_change(position, plans[index], changed, allow_change, saved)
     for plan in plans[position.stage :]:
         position.stage_fingerprints[str(plan.index)] = plan.stream_fingerprint()
 
 
+def stream_differences(saved: str, now: str) -> list[str]:
+    """``name: saved -> now`` for every stream setting (or epochs, seed) that differs between two
+    ``stream`` fingerprints (empty when either cannot be read)."""
+    try:
+        before, after = json.loads(saved), json.loads(now)
+        old = {**before.pop("settings"), **before}
+        new = {**after.pop("settings"), **after}
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return []
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
 def _on_change(
-    position: DataPosition, plan: StagePlan, changed: list[str], allow_change: bool
+    position: DataPosition,
+    plan: StagePlan,
+    changed: list[str],
+    allow_change: bool,
+    saved: dict[str, str] | None = None,
 ) -> None:
     what = "; ".join(_WHAT[key] for key in changed)
+    if "stream" in changed and saved is not None:
+        differences = stream_differences(saved.get("stream"), plan.stream_fingerprint()["stream"])
+        if differences:
+            what += f" ({', '.join(differences)})"
     where = (
         f"stage {plan.name!r} (index {plan.index}) was checkpointed at global step "
         f"{position.global_step}, epoch {position.epoch}, step {position.step_in_epoch} of its "
