@@ -73,6 +73,12 @@ def test_no_warmup_is_the_maximum_at_every_step():
             r"seq_length_warmup_steps=4 is too short for the warm-up lengths \[8, 16, 32, 64, 72\] "
             r"of stage 's': length\(s\) \[64\] would get no step. Use at least 8 warm-up steps",
         ),
+        (
+            (72, 4, 8),
+            6,
+            r"length\(s\) \[64\] would get no step. The stage \(6 steps\) is too small for "
+            r"them: raise seq_length_warmup_start, or give the stage more epochs or data",
+        ),
     ],
 )
 def test_bad_warmups_are_refused_with_the_fix(args, stage_steps, message):

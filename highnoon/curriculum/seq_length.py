@@ -118,8 +118,14 @@ class SequenceLengthWarmup:
                 .values()
             ):
                 needed += 1
+            fix = (
+                f"Use at least {needed} warm-up steps, or raise seq_length_warmup_start"
+                if needed <= stage_steps
+                else f"The stage ({stage_steps} steps) is too small for them: raise "
+                "seq_length_warmup_start, or give the stage more epochs or data"
+            )
             raise InvalidArgumentError(
                 f"seq_length_warmup_steps={self.steps} is too short for the warm-up lengths "
                 f"{list(self.lengths)} of stage {stage!r}: length(s) {skipped} would get no "
-                f"step. Use at least {needed} warm-up steps, or raise seq_length_warmup_start"
+                f"step. {fix}"
             )
