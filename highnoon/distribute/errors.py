@@ -6,6 +6,9 @@ from __future__ import annotations
 # once a peer is gone, so these paths never run Python's shutdown).
 EXIT_MISSING_PEERS = 137  # peers never joined: the join watchdog SIGKILLs the worker (128 + 9)
 EXIT_PEER_FAILURE = 76  # a peer died or hung mid-run
+# A preempted run that saved at a step every host agreed on (or was stopped before training
+# began): relaunch it. 42 is also what TensorFlow's PreemptionCheckpointHandler exits with.
+EXIT_RESTART = 42
 EXIT_NO_TPU = 77  # reserved for launchers: no TPU was reachable
 
 

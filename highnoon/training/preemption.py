@@ -28,7 +28,8 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-EXIT_RESTART = 42  # the exit code of a preempted run: relaunch it (as TensorFlow's handler uses)
+from highnoon.distribute.errors import EXIT_RESTART
+
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -122,7 +123,10 @@ class Agreement:
         strategy = self.strategy
 
         def replica_fn(flag: tf.Tensor) -> tf.Tensor:
-            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, flag)
+            # A value made on the replica's device: an argument passed through has no device,
+            # and collectives need one ("destinations can not be empty").
+            local = tf.identity(flag)
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
 
         @tf.function
         def agree(flag: tf.Tensor) -> tf.Tensor:
