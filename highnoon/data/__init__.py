@@ -9,9 +9,19 @@ it when used). The embedded datasets (``stdlib_code``, ``stdlib_docs``, ``stdlib
 from __future__ import annotations
 
 from highnoon.data.embedded import EmbeddedSource
+from highnoon.data.packing import (
+    PackedEpoch,
+    StepCounts,
+    batch_counts,
+    pack_epoch,
+    packed_row_count,
+    stored_lengths,
+)
 from highnoon.data.pipeline import (
     HostBatcher,
+    PackedBatcher,
     make_host_dataset,
+    make_packed_host_dataset,
     packing_plan,
     per_replica_rows,
 )
@@ -54,18 +64,25 @@ __all__ = [
     "EmbeddedSource",
     "FileSource",
     "HostBatcher",
+    "PackedBatcher",
+    "PackedEpoch",
     "SentencePieceTokenizer",
+    "StepCounts",
     "StoreError",
     "StoreExistsError",
     "TfdsSource",
     "TokenBatch",
     "TokenStore",
     "Tokenizer",
+    "batch_counts",
     "build_token_store",
     "check_enough_samples",
     "check_vocab_fits",
     "load_tokenizer",
     "make_host_dataset",
+    "make_packed_host_dataset",
+    "pack_epoch",
+    "packed_row_count",
     "packing_plan",
     "per_replica_rows",
     "prepare_datasets",
@@ -75,6 +92,7 @@ __all__ = [
     "registered_datasets",
     "resolve_dataset",
     "resolve_datasets",
+    "stored_lengths",
     "tokenizer_from_config",
     "train_sentencepiece",
     "unregister_dataset",
