@@ -9,7 +9,8 @@ or ``window``, ``highnoon.data.pipeline``) gives at most ``seq_len + 1`` tokens.
 spans two rows, and no sample is ever split or dropped.
 
 **Rows.** The stream (sample indices in visiting order) is cut into windows of ``window``
-consecutive samples; each window is packed by first-fit decreasing (FFD): samples by decreasing
+consecutive samples (default ``packing_window``: at least 512 samples and about 64 rows' worth
+of tokens); each window is packed by first-fit decreasing (FFD): samples by decreasing
 segment length, ties to the earlier stream position, each into the first row with room. FFD is
 within 11/9 of the optimal row count; windows keep the packing local to the stream (a sample is
 trained near where the curriculum put it) and let all windows of an epoch be packed in one
@@ -36,7 +37,12 @@ import numpy as np
 
 from highnoon.utils.validation import check_int, check_positive_int
 
-PACK_WINDOW = 512  # samples per FFD window (docs/design.md, "Packing": why this size)
+# FFD windows: at least MIN_WINDOW samples and about ROWS_PER_WINDOW rows' worth of tokens, so
+# that short samples at a long seq_len still see enough rows to fill; measured on stdlib_docs
+# lengths (bench/bench_packing.py --planning-only), more rows per window gain under 1% of fill
+# and cost time in proportion.
+MIN_WINDOW = 512
+ROWS_PER_WINDOW = 64
 
 
 def stored_lengths(store) -> np.ndarray:
@@ -69,8 +75,18 @@ def _check_stream(stream: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return stream.astype(np.int64, copy=False)
 
 
+def packing_window(segments: np.ndarray, seq_len: int) -> int:
+    """The default window for these segment lengths: ``max(MIN_WINDOW, ceil(ROWS_PER_WINDOW x
+    seq_len / mean segment length))`` samples, in integer arithmetic (the same on every host)."""
+    segments = np.asarray(segments, dtype=np.int64)
+    total = int(segments.sum())
+    if total == 0:
+        return MIN_WINDOW
+    return max(MIN_WINDOW, -(-ROWS_PER_WINDOW * int(seq_len) * segments.size // total))
+
+
 def first_fit_decreasing(
-    segments: np.ndarray, seq_len: int, window: int = PACK_WINDOW
+    segments: np.ndarray, seq_len: int, window: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """FFD of consecutive windows of ``segments`` (lengths in ``[1, seq_len]``, stream order).
 
@@ -90,6 +106,7 @@ def first_fit_decreasing(
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if segments.min() < 1 or segments.max() > seq_len:
         raise ValueError(f"segment lengths must lie in [1, seq_len={seq_len}]")
+    window = min(window, n)  # one window of everything either way
     windows = -(-n // window)
     padded = np.zeros(windows * window, dtype=np.int64)  # 0: no sample (the last window's tail)
     padded[:n] = segments
@@ -135,13 +152,15 @@ def first_fit_decreasing(
 
 
 def packed_row_count(
-    stream: np.ndarray, lengths: np.ndarray, seq_len: int, window: int = PACK_WINDOW
+    stream: np.ndarray, lengths: np.ndarray, seq_len: int, window: int | None = None
 ) -> int:
     """Rows the packing of ``stream`` needs (what ``pack_epoch`` would produce), e.g. to plan an
     epoch's steps ahead: ``ceil(rows / rows_per_step)``."""
     lengths = np.asarray(lengths, dtype=np.int64)
     stream = _check_stream(stream, lengths)
-    _, used = first_fit_decreasing(segment_lengths(lengths[stream], seq_len), seq_len, window)
+    seg = segment_lengths(lengths[stream], seq_len)
+    window = packing_window(seg, seq_len) if window is None else window
+    _, used = first_fit_decreasing(seg, seq_len, window)
     return int(used.sum())
 
 
@@ -269,7 +288,7 @@ def pack_epoch(
     seq_len: int,
     rows_per_step: int,
     *,
-    window: int = PACK_WINDOW,
+    window: int | None = None,
 ) -> PackedEpoch:
     """Pack the global ``stream`` (sample indices in visiting order; ``lengths[i]`` = stored
     tokens of sample ``i``, e.g. ``stored_lengths(store)``) into steps of ``rows_per_step`` rows
@@ -278,8 +297,9 @@ def pack_epoch(
     stream = _check_stream(stream, lengths)
     seq_len = check_positive_int("seq_len", seq_len)
     rows_per_step = check_positive_int("rows_per_step", rows_per_step)
-    window = check_positive_int("window", window)
     seg = segment_lengths(lengths[stream], seq_len)
+    window = packing_window(seg, seq_len) if window is None else window
+    window = check_positive_int("window", window)
     window_row, used = first_fit_decreasing(seg, seq_len, window)
     n = stream.size
     position = np.arange(n, dtype=np.int64)
