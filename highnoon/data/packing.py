@@ -26,7 +26,7 @@ Segments are separated by ``segment_ids`` (attention) and ``positions`` restart 
 the loss (token sum / global token count) does not depend on which row a sample sits in.
 
 **Cost.** One FFD pass over an epoch costs ``O(samples x rows per window)`` numpy element
-operations in ``window`` vectorised iterations; ``PackedEpoch`` keeps ~40 bytes per sample.
+operations in ``window`` vectorised iterations; ``PackedEpoch`` keeps 16 bytes per sample.
 """
 
 from __future__ import annotations
@@ -209,15 +209,13 @@ def batch_counts(table: np.ndarray, lengths: np.ndarray, seq_len: int) -> StepCo
 @dataclass(frozen=True)
 class PackedEpoch:
     """The packing of one epoch's stream (module docstring). Segments are held row by row, in
-    column order: segment ``i`` is stream sample ``sample[i]`` (stream position ``position[i]``)
-    at ``(row[i], column[i])`` with ``length[i]`` pairs; row ``r``'s segments are
-    ``[row_ptr[r], row_ptr[r + 1])``."""
+    column order: segment ``i`` is sample ``sample[i]`` (int64) at column ``column[i]`` with
+    ``length[i]`` pairs (int32); row ``r`` holds segments ``[row_ptr[r], row_ptr[r + 1])``.
+    16 bytes per sample and 8 per row."""
 
     seq_len: int
     rows_per_step: int
     sample: np.ndarray
-    position: np.ndarray
-    row: np.ndarray
     column: np.ndarray
     length: np.ndarray
     row_ptr: np.ndarray
@@ -244,23 +242,17 @@ class PackedEpoch:
             )
         return self.rows_per_step // num_hosts
 
-    def step_segments(self, step: int) -> np.ndarray:
-        """Indices of the segments of ``step`` (all hosts), in row order."""
+    def plan(self, step: int) -> list[tuple[int, int, int, int]]:
+        """``(sample index, row within the step, column, segment length)`` of every sample of
+        ``step`` (all hosts), in row order."""
         step = check_int("step", step, minimum=0, maximum=self.num_steps - 1)
         first = min(step * self.rows_per_step, self.num_rows)
         last = min(first + self.rows_per_step, self.num_rows)
-        return np.arange(self.row_ptr[first], self.row_ptr[last], dtype=np.int64)
-
-    def plan(self, step: int) -> list[tuple[int, int, int, int]]:
-        """``(sample index, row within the step, column, segment length)`` of every sample of
-        ``step``, in row order."""
-        seg = self.step_segments(step)
-        base = step * self.rows_per_step
+        lo, hi = int(self.row_ptr[first]), int(self.row_ptr[last])
+        rows = np.repeat(np.arange(last - first), np.diff(self.row_ptr[first : last + 1]))
         return [
-            (int(s), int(r) - base, int(c), int(n))
-            for s, r, c, n in zip(
-                self.sample[seg], self.row[seg], self.column[seg], self.length[seg]
-            )
+            (int(s), int(r), int(c), int(n))
+            for s, r, c, n in zip(self.sample[lo:hi], rows, self.column[lo:hi], self.length[lo:hi])
         ]
 
     def step_samples(self, first: int, last: int) -> np.ndarray:
@@ -274,7 +266,7 @@ class PackedEpoch:
         steps = self.num_steps
         bounds = np.minimum(np.arange(steps + 1) * self.rows_per_step, self.num_rows)
         seg_bounds = self.row_ptr[bounds]
-        cum_tokens = np.concatenate([[0], np.cumsum(self.length)])
+        cum_tokens = np.concatenate([[0], np.cumsum(self.length, dtype=np.int64)])
         return StepCounts(
             samples=np.diff(seg_bounds).astype(np.int64),
             tokens=np.diff(cum_tokens[seg_bounds]).astype(np.int64),
@@ -325,9 +317,7 @@ def pack_epoch(
         seq_len=seq_len,
         rows_per_step=rows_per_step,
         sample=stream[order],
-        position=position[order],
-        row=row,
-        column=column,
-        length=length,
+        column=column.astype(np.int32),
+        length=length.astype(np.int32),
         row_ptr=row_ptr,
     )

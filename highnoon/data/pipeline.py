@@ -245,7 +245,7 @@ class PackedBatcher(_Gather):
         out["inputs"][:] = self.pad_id
         out["targets"][:] = self.pad_id
         if seg.size:
-            idx, lengths = p.sample[seg], p.length[seg]
+            idx, lengths = p.sample[seg], p.length[seg].astype(np.int64)
             starts = self.offsets[idx]
             full_len = self.offsets[idx + 1] - starts + 1
             w = self._windows(idx, full_len)
