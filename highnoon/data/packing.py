@@ -6,14 +6,15 @@ the *global* stream, so what global step ``k`` trains on does not depend on the 
 **Segments.** A stored sample of ``L`` tokens (ending with EOS) becomes one segment of
 ``min(L, seq_len)`` input/target pairs: ``[BOS] + sample`` after the overflow rule (``truncate``
 or ``window``, ``highnoon.data.pipeline``) gives at most ``seq_len + 1`` tokens. A segment never
-spans two rows, and no sample is ever split or dropped.
+spans two rows and no sample is dropped; what the overflow rule cuts off a long sample is not
+trained, exactly as without packing.
 
 **Rows.** The stream (sample indices in visiting order) is cut into windows of ``window``
 consecutive samples (default ``packing_window``: at least 512 samples and about 64 rows' worth
-of tokens); each window is packed by first-fit decreasing (FFD): samples by decreasing
-segment length, ties to the earlier stream position, each into the first row with room. FFD is
-within 11/9 of the optimal row count; windows keep the packing local to the stream (a sample is
-trained near where the curriculum put it) and let all windows of an epoch be packed in one
+of tokens); each window is packed by first-fit decreasing (FFD): samples by decreasing segment
+length, ties to the earlier stream position, each into the first row with room (at most 11/9 of
+the optimal row count + 6/9, Dosa 2007). Windows keep the packing local to the stream (a sample
+is trained near where the curriculum put it) and let all windows of an epoch be packed in one
 vectorised pass. A window's rows are then ordered by their earliest sample's stream position
 and, inside a row, segments are laid out in stream order; the epoch's rows are the windows' rows
 back to back. With every sample exactly ``seq_len`` long, row ``r`` is stream sample ``r``:
@@ -179,7 +180,7 @@ class StepCounts:
         """Per step: the share of computed positions that are padding."""
         return 1.0 - self.tokens / np.maximum(self.slots, 1)
 
-    def total(self, first: int = 0, last: int | None = None) -> dict[str, float]:
+    def total(self, first: int = 0, last: int | None = None) -> dict[str, int | float]:
         """Sums over steps ``[first, last)``: samples, tokens, slots and the padding fraction."""
         samples = int(self.samples[first:last].sum())
         tokens = int(self.tokens[first:last].sum())
