@@ -1,5 +1,6 @@
-"""Data: dataset registry and sources, embedded datasets, tokenizers, the token store and the
-per-host ``tf.data`` pipeline.
+"""Data: dataset registry and sources, embedded datasets, tokenizers, the token store, packing
+(``pack_epoch``: an epoch's global stream into rows, nothing dropped) and the per-host
+``tf.data`` pipeline.
 
 Importing this package does not import TensorFlow (the pipeline, TFRecord and TFDS readers import
 it when used). The embedded datasets (``stdlib_code``, ``stdlib_docs``, ``stdlib_instructions``,
