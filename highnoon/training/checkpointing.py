@@ -51,11 +51,32 @@ class DataPosition:
     stage_fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
     # Resumes that restarted a stage on changed data (``allow_data_change``).
     data_changes: list[dict[str, Any]] = field(default_factory=list)
+    # What the current stage has fed so far: samples, real target tokens, computed token slots
+    # (padding included), and samples its epochs left out.
+    stage_counts: dict[str, int] = field(default_factory=dict)
 
     def enter_stage(self, index: int) -> None:
         self.stage, self.epoch, self.step_in_epoch = index, 0, 0
         self.stage_start_step = self.global_step
         self.epoch_loss_sum = self.epoch_token_sum = 0.0
+        self.stage_counts = {}
+
+    def count(self, **amounts: int) -> None:
+        """Adds to the current stage's counts (``samples``, ``tokens``, ``slots``, ``dropped``)."""
+        for key, amount in amounts.items():
+            self.stage_counts[key] = self.stage_counts.get(key, 0) + int(amount)
+
+    def stage_report(self) -> dict[str, Any]:
+        """The current stage's ``samples_seen``, ``samples_dropped``, ``tokens_seen`` and
+        ``padding_fraction`` (of the token positions it computed)."""
+        counts = self.stage_counts
+        slots = counts.get("slots", 0)
+        return {
+            "samples_seen": counts.get("samples", 0),
+            "samples_dropped": counts.get("dropped", 0),
+            "tokens_seen": counts.get("tokens", 0),
+            "padding_fraction": 1.0 - counts.get("tokens", 0) / slots if slots else 0.0,
+        }
 
     def record_steps(self, count: int, losses: np.ndarray, tokens: np.ndarray) -> None:
         """``count`` optimizer steps done, with their per-step losses and target tokens."""
@@ -73,7 +94,13 @@ class DataPosition:
 
     def complete_stage(self, name: str, epochs: int, steps: int) -> None:
         self.completed_stages.append(
-            {"name": name, "epochs": epochs, "final_loss": self.last_epoch_loss, "steps": steps}
+            {
+                "name": name,
+                "epochs": epochs,
+                "final_loss": self.last_epoch_loss,
+                "steps": steps,
+                **self.stage_report(),
+            }
         )
         self.enter_stage(self.stage + 1)
 

@@ -22,7 +22,7 @@ from highnoon.training.checkpointing import Checkpointer, DataPosition
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import EventHub
 from highnoon.training.goodput import Goodput
-from highnoon.training.inputs import stage_dataset
+from highnoon.training.inputs import training_dataset
 from highnoon.training.optimization import WarmupCosineSchedule
 from highnoon.training.preemption import Agreement, Preempted, PreemptionWatcher
 from highnoon.training.stage_plan import StagePlan
@@ -53,17 +53,22 @@ class Intervals:
 
 
 class LossWindow:
-    """Token-weighted mean loss and throughput since the window was (re)opened."""
+    """Token-weighted mean loss, throughput and padding since the window was (re)opened."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum, self.tokens, self.opened = 0.0, 0.0, time.time()
+        self.loss_sum, self.tokens, self.slots, self.opened = 0.0, 0.0, 0, time.time()
 
-    def add(self, losses: np.ndarray, tokens: np.ndarray) -> None:
+    def add(self, losses: np.ndarray, tokens: np.ndarray, slots: int) -> None:
         self.loss_sum += float((losses * tokens).sum())
         self.tokens += float(tokens.sum())
+        self.slots += slots
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.tokens / self.slots if self.slots else 0.0
 
     @property
     def mean(self) -> float:
@@ -167,6 +172,7 @@ class Controller:
             "final_loss": pos.last_epoch_loss,
             "epochs": plan.epochs,
             "steps": pos.global_step - pos.stage_start_step,
+            **pos.stage_report(),
         }
         if plan.eval_indices.size:
             result = self.evaluate(plan)
@@ -183,6 +189,7 @@ class Controller:
             advanced = bool(plan.scheduler.update_with_loss(pos.epoch, epoch_loss))
             pos.curriculum_states[str(plan.index)] = plan.scheduler.get_state()
         finished = pos.epoch
+        pos.count(dropped=plan.samples_dropped(finished))
         pos.next_epoch(epoch_loss)
         self.events.emit(
             "epoch_end",
@@ -197,13 +204,8 @@ class Controller:
         pos = self.position
         epoch = pos.epoch
         steps = plan.steps_per_epoch(epoch)
-        dataset = stage_dataset(
-            self.strategy,
-            plan,
-            lambda host_id, num_hosts: plan.host_rows(epoch, host_id, num_hosts),
-            epoch=epoch,
-            start_step=pos.step_in_epoch,
-        )
+        dataset = training_dataset(self.strategy, plan, epoch=epoch, start_step=pos.step_in_epoch)
+        counts = plan.step_counts(epoch)
         iterator = iter(dataset)
         config = StepConfig(
             accumulation_steps=plan.settings.gradient_accumulation_steps,
@@ -226,8 +228,10 @@ class Controller:
             self._compiled.add(key)
             self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
             self._check_finite(losses, plan)
+            fed = counts.total(pos.step_in_epoch, pos.step_in_epoch + count)
             pos.record_steps(count, losses, tokens)
-            window.add(losses, tokens)
+            pos.count(samples=fed["samples"], tokens=fed["tokens"], slots=fed["slots"])
+            window.add(losses, tokens, fed["slots"])
             if self.progress is not None:
                 self.progress.advance(pos.global_step, float(losses[-1]), float(tokens.sum()))
             if self.agreement.stop(self.watcher.requested):
@@ -267,6 +271,7 @@ class Controller:
                 learning_rate=float(self.schedule(step - 1)),
                 tokens_per_second=tokens_per_second,
                 curriculum_fraction=plan.fraction(self.position.epoch),
+                padding_fraction=window.padding_fraction,
                 mfu=self._mfu(tokens_per_second, plan.settings.max_seq_length),
             )
             window.reset()

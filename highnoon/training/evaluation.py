@@ -7,7 +7,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from highnoon.training.inputs import stage_dataset
+from highnoon.training.inputs import eval_dataset
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import TrainStep
 
@@ -24,12 +24,7 @@ class Evaluator:
     def evaluate(self, plan: StagePlan, global_step: int) -> dict[str, Any]:
         """``{"step", "stage", "eval_loss", "perplexity"}`` (the loss per target token)."""
         batches = plan.eval_batches(self.max_batches)
-        dataset = stage_dataset(
-            self.strategy,
-            plan,
-            lambda host_id, num_hosts: plan.eval_rows(host_id, num_hosts, self.max_batches),
-            epoch=0,
-        )
+        dataset = eval_dataset(self.strategy, plan, self.max_batches)
         eval_fn = self.step.eval_fn()
         total, count = 0.0, 0.0
         iterator = iter(dataset)

@@ -107,7 +107,8 @@ class ProgressDisplay:
             f"loss {event['loss']:.4f} lr {event['learning_rate']:.2e} "
             f"{event['tokens_per_second']:,.0f} tok/s "
             + (f"MFU {event['mfu']:.1%} " if event.get("mfu") is not None else "")
-            + f"pool {event['curriculum_fraction']:.0%} ETA {_duration(self._eta(event['step']))}"
+            + f"pool {event['curriculum_fraction']:.0%} padding {event['padding_fraction']:.0%} "
+            + f"ETA {_duration(self._eta(event['step']))}"
         )
 
     def _on_epoch_end(self, event: Event) -> None:
@@ -162,7 +163,14 @@ class SummaryListener:
     scalars as they come, and at the end where the wall time went (``goodput/*``)."""
 
     SCALARS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "log": ("loss", "learning_rate", "tokens_per_second", "curriculum_fraction", "mfu"),
+        "log": (
+            "loss",
+            "learning_rate",
+            "tokens_per_second",
+            "curriculum_fraction",
+            "padding_fraction",
+            "mfu",
+        ),
         "eval": ("eval_loss", "perplexity"),
     }
 
