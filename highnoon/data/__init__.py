@@ -33,8 +33,10 @@ from highnoon.data.store import (
     StoreExistsError,
     TokenBatch,
     TokenStore,
+    VocabularyMismatchError,
     build_token_store,
     check_enough_samples,
+    remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import (
     ByteTokenizer,
@@ -61,6 +63,7 @@ __all__ = [
     "TokenBatch",
     "TokenStore",
     "Tokenizer",
+    "VocabularyMismatchError",
     "build_token_store",
     "check_enough_samples",
     "check_vocab_fits",
@@ -73,6 +76,7 @@ __all__ = [
     "register_dataset",
     "register_datasets",
     "registered_datasets",
+    "remove_stale_build_dirs",
     "resolve_dataset",
     "resolve_datasets",
     "tokenizer_from_config",
