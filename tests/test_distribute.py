@@ -146,6 +146,18 @@ def test_create_strategy_validates_before_work():
         create_strategy("auto", worker_hosts="a:1,b:1")
 
 
+def test_create_strategy_refuses_a_bad_worker_port_before_writing_tf_config(monkeypatch):
+    from highnoon.distribute import create_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"worker_hosts\[0\]='localhost:99999' must be 'host:port' with a port in \[1, 65535\]",
+    ):
+        create_strategy("auto", worker_hosts="localhost:99999,localhost:2222", task_index=0)
+    assert "TF_CONFIG" not in os.environ
+
+
 # --- hosts ------------------------------------------------------------------------------------
 
 
