@@ -128,8 +128,8 @@ def test_group_sigterm_during_the_tensorflow_join_ends_the_worker_via_the_watchd
     assert joining, stderr
     assert code == -signal.SIGKILL, stderr
     assert (
-        "highnoon.distribute: ERROR: received SIGTERM while joining the cluster (TensorFlow "
-        f"ignores it there); ending this worker (pid {worker.proc.pid})"
+        "highnoon.distribute: ERROR: received SIGTERM while joining the cluster (the worker "
+        f"cannot act on it inside TensorFlow's join); ending it (pid {worker.proc.pid})"
     ) in stderr
     assert "READY" not in stderr
 

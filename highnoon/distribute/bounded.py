@@ -68,8 +68,9 @@ def stop(signum, frame):
         os._exit(0)
     name = signal.Signals(signum).name
     sys.stderr.write(
-        "highnoon.distribute: ERROR: received " + name + " while joining the cluster "
-        "(TensorFlow ignores it there); ending this worker (pid " + str(cfg["parent"]) + ")\n"
+        "highnoon.distribute: ERROR: received " + name + " while joining the cluster (the "
+        "worker cannot act on it inside TensorFlow's join); ending it (pid "
+        + str(cfg["parent"]) + ")\n"
     )
     sys.stderr.flush()
     os.kill(cfg["parent"], signal.SIGKILL)

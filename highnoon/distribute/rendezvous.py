@@ -147,11 +147,10 @@ class _Rendezvous:
         self.next_try[key] = now + self.poll_seconds
         host, port = split_address(task[2])
         try:
-            family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
-                0
-            ]
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
             return  # not resolvable yet (DNS of a starting job): retried
+        family, kind, proto, _, addr = infos[0]
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         code = sock.connect_ex(addr)
