@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -26,6 +27,7 @@ from highnoon.data import (
     TokenStore,
     VocabularyMismatchError,
     build_token_store,
+    file_hashes,
     prepare_stage_store,
     remove_stale_build_dirs,
 )
@@ -141,6 +143,53 @@ def test_source_edit_keeping_size_and_mtime_rebuilds(tmp_path):
         "path": str(source),
         "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
     }
+
+
+def _count_source_hashes(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = file_hashes.sha256_file
+    monkeypatch.setattr(file_hashes, "sha256_file", lambda p: calls.append(p) or real(p))
+    return calls
+
+
+def test_unchanged_source_is_hashed_once_across_runs(tmp_path, monkeypatch):
+    source = _write_jsonl(tmp_path / "data.jsonl", TEXTS)
+    cache = str(tmp_path / "cache")
+    monkeypatch.setattr(file_hashes, "RACY_SECONDS", 0.0)  # the file counts as settled at once
+    calls = _count_source_hashes(monkeypatch)
+    first = prepare_stage_store(source, "byte", cache, progress=False)
+    assert calls == [source]
+    assert len(os.listdir(os.path.join(cache, "file_hashes"))) == 1
+    again = prepare_stage_store(source, "byte", cache, progress=False)
+    assert calls == [source]  # remembered: not read again
+    assert again.path == first.path
+
+
+def test_remembered_hash_still_sees_an_edit_keeping_size_and_mtime(tmp_path, monkeypatch):
+    source = tmp_path / "data.jsonl"
+    _write_jsonl(source, ["first text", "second"])
+    cache = str(tmp_path / "cache")
+    monkeypatch.setattr(file_hashes, "RACY_SECONDS", 0.0)
+    calls = _count_source_hashes(monkeypatch)
+    prepare_stage_store(str(source), "byte", cache, progress=False)
+    st = os.stat(source)
+    time.sleep(0.05)  # a later file-time tick than the write above (ticks are a few ms)
+    _write_jsonl(source, ["FIRST TEXT", "second"])
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime; ctime moved
+    after = prepare_stage_store(str(source), "byte", cache, progress=False)
+    assert calls == [str(source), str(source)]
+    assert _decoded(after) == ["FIRST TEXT", "second"]
+
+
+def test_a_hash_taken_right_after_a_change_is_not_remembered(tmp_path, monkeypatch):
+    source = _write_jsonl(tmp_path / "data.jsonl", TEXTS)
+    cache = str(tmp_path / "cache")
+    monkeypatch.setattr(file_hashes, "RACY_SECONDS", 1e9)  # every file is "just changed"
+    calls = _count_source_hashes(monkeypatch)
+    prepare_stage_store(source, "byte", cache, progress=False)
+    prepare_stage_store(source, "byte", cache, progress=False)
+    assert calls == [source, source]
+    assert not os.path.exists(os.path.join(cache, "file_hashes"))
 
 
 def test_ids_beyond_the_model_vocabulary_are_an_error_at_open(tmp_path):

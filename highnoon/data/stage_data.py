@@ -21,7 +21,8 @@ over the mixed corpus.
 ``max_samples`` caps each source: only its first ``max_samples`` samples are read.
 
 **Integrity.** A local source file is keyed by the sha256 of its bytes (``sources.py``), so an
-edit that keeps size and mtime still rebuilds. With ``verify=True`` (the default; what training
+edit that keeps size and mtime still rebuilds (the hash of an unchanged file is remembered in
+``cache_dir/file_hashes/``, ``file_hashes.py``). With ``verify=True`` (the default; what training
 uses) every store is checked against its manifest's content hashes when opened (once per process,
 see ``store.py``); a corrupt store (bytes changed in place) is rebuilt with a warning, never
 returned. ``vocab_size`` (the model's) makes a token id the model cannot embed a
@@ -44,6 +45,7 @@ import gin
 import numpy as np
 from absl import logging
 
+from highnoon.data.file_hashes import remembered_in
 from highnoon.data.registry import resolve_datasets
 from highnoon.data.sources import DataSource
 from highnoon.data.store import (
@@ -116,7 +118,8 @@ def source_store(
     verify: bool = True,
 ) -> TokenStore:
     """The (cached) store of one source's first ``max_samples`` samples."""
-    description = source.describe()
+    with remembered_in(os.path.join(cache_dir, "file_hashes")):
+        description = source.describe()
     key = _key(
         {
             "format": FORMAT_VERSION,
