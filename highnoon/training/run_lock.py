@@ -240,6 +240,13 @@ class RunLock:
                 holder = self._read_fd(fd)
                 os.close(fd)
                 raise ModelDirLockedError(self._locked_message(holder)) from None
+            except OSError as err:  # ENOLCK/EOPNOTSUPP: a filesystem without locks
+                os.close(fd)
+                raise OSError(
+                    err.errno,
+                    f"cannot lock {self.path} ({err.strerror}): this filesystem does not support "
+                    "file locks; use RunLock(mode='lease') for it",
+                ) from err
             except BaseException:
                 os.close(fd)
                 raise
