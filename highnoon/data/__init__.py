@@ -44,8 +44,10 @@ from highnoon.data.store import (
     StoreExistsError,
     TokenBatch,
     TokenStore,
+    VocabularyMismatchError,
     build_token_store,
     check_enough_samples,
+    remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import (
     ByteTokenizer,
@@ -75,6 +77,7 @@ __all__ = [
     "TokenBatch",
     "TokenStore",
     "Tokenizer",
+    "VocabularyMismatchError",
     "batch_counts",
     "build_token_store",
     "check_enough_samples",
@@ -91,6 +94,7 @@ __all__ = [
     "register_dataset",
     "register_datasets",
     "registered_datasets",
+    "remove_stale_build_dirs",
     "resolve_dataset",
     "resolve_datasets",
     "stored_lengths",

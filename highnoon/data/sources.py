@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.data.file_hashes import content_sha256
+
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
@@ -81,11 +83,21 @@ def _check_option(name: str, value: Any, allowed: Sequence[Any]) -> None:
 
 
 def _file_signature(path: str) -> dict[str, Any]:
-    """Path, size and mtime: enough to notice a changed file in cache keys."""
+    """What identifies a file's content in cache keys.
+
+    A local file: its path and the sha256 of its bytes, so any edit (also one that keeps size
+    and mtime) gives another key; hashing runs at ~1 GB/s, far below the cost of tokenising,
+    and an unchanged file is not hashed again (``file_hashes.py``).
+    A remote file (``gs://``...): its path, size and modification time from ``tf.io.gfile.stat``,
+    since hashing would download it; object stores such as GCS never change an object in place,
+    every write makes a new object with a new modification time.
+    """
     if "://" in path:
-        return {"path": path}
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        import tensorflow as tf
+
+        st = tf.io.gfile.stat(path)
+        return {"path": path, "size": int(st.length), "mtime_nsec": int(st.mtime_nsec)}
+    return {"path": os.path.abspath(path), "sha256": content_sha256(path)}
 
 
 def _open_bytes(path: str) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -269,3 +270,43 @@ def _is_shape_error(error: BaseException) -> bool:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+# --- temporaries of killed saves -------------------------------------------------------------
+# TensorFlow writes a checkpoint's shards into "<prefix>_temp/" and then merges them into
+# "<prefix>.index/.data-*"; the CheckpointManager's state file is written as
+# "checkpoint.tmp<uuid hex>" and renamed. highnoon's own atomic writes (trainer.json,
+# summary.json, the model config) use "<name>.tmp-<pid>-<hex8>". A process killed in between
+# leaves these behind for good.
+_SAVE_TEMP_DIR = re.compile(r"^.+-\d+_temp$")
+_TEMP_FILES = (
+    re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$"),
+    re.compile(r"^.+\.tmp-\d+-[0-9a-f]{8}$"),
+)
+
+
+def remove_stale_checkpoint_temporaries(directory: str) -> list[str]:
+    """Remove what killed saves left in a checkpoint directory; returns the paths removed.
+
+    Removes ``ckpt-N_temp`` directories and the temporary files of interrupted atomic writes
+    (see above), with a warning per item. Call it on the chief at the start of a run, while it
+    holds the model_dir's run lock (``run_lock.RunLock``): then no other process is saving into
+    ``directory``, so every temporary found is dead. Works for any ``tf.io.gfile`` path.
+    """
+    if not tf.io.gfile.isdir(directory):
+        return []
+    removed = []
+    for entry in sorted(tf.io.gfile.listdir(directory)):
+        name = entry.rstrip("/")  # object stores list directories with a trailing slash
+        path = os.path.join(directory, name)
+        if _SAVE_TEMP_DIR.match(name) and tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+            what = "a checkpoint save"
+        elif any(p.match(name) for p in _TEMP_FILES) and not tf.io.gfile.isdir(path):
+            tf.io.gfile.remove(path)
+            what = "an atomic file write"
+        else:
+            continue
+        logging.warning("removed %s, left behind by %s that was killed", path, what)
+        removed.append(path)
+    return removed

@@ -1,5 +1,5 @@
 """File access for run directories: atomic writes (a reader sees the old file or the new one,
-never a half-written one) and the reads that go with them.
+never a half-written one), the reads that go with them, and streamed content hashes.
 
 Local paths use the standard library; any other ``tf.io.gfile`` filesystem (``gs://``,
 ``ram://`` ...) goes through TensorFlow, imported only for such paths, so pure-Python callers
@@ -8,8 +8,20 @@ Local paths use the standard library; any other ``tf.io.gfile`` filesystem (``gs
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
+
+_HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path: str) -> str:
+    """The hex sha256 of a local file's bytes, read in 1 MB blocks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str, text: str) -> str:
