@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -156,6 +157,8 @@ class Checkpointer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._write_dir, max_to_keep=max_to_keep
         )
+        # Called before every save (e.g. the run lock's check: never write after losing it).
+        self.before_save: Callable[[], None] | None = None
 
     @property
     def position(self) -> DataPosition:
@@ -167,6 +170,8 @@ class Checkpointer:
 
     def save(self, step: int) -> str:
         """Writes a checkpoint on every worker; returns the chief's path."""
+        if self.before_save is not None:
+            self.before_save()
         tf.io.gfile.makedirs(self._write_dir)
         path = self.manager.save(checkpoint_number=step)
         if not self.is_chief:

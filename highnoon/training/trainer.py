@@ -12,11 +12,12 @@ curriculum, per-host rows), ``TrainStep`` the compiled step, ``Checkpointer`` th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +29,19 @@ from absl import logging
 from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief, num_hosts
 from highnoon.training import resume, saved_state
-from highnoon.training.checkpointing import Checkpointer, DataPosition, checkpoint_candidates
+from highnoon.training.checkpointing import (
+    Checkpointer,
+    DataPosition,
+    checkpoint_candidates,
+    remove_stale_checkpoint_temporaries,
+)
 from highnoon.training.controller import Controller, Intervals, NonFiniteLossError
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import Callback, EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
 from highnoon.training.preemption import Agreement, PreemptionWatcher
+from highnoon.training.run_lock import ModelDirLockedError, RunLock
 from highnoon.training.settings import (
     POSITIONAL,
     StageSettings,
@@ -227,10 +234,54 @@ class Trainer:
             v.check_writable_dir("checkpoint_dir", checkpoint_dir)  # before any expensive work
         if self.options.deterministic_ops:
             tf.config.experimental.enable_op_determinism()
-        with PreemptionWatcher(self.options.preemption_grace_seconds) as watcher:
+        writes = checkpoint_dir if save_checkpoints else None
+        with (
+            PreemptionWatcher(self.options.preemption_grace_seconds) as watcher,
+            self._run_lock(writes) as lock,
+        ):
             return self._train(
-                epochs_per_stage, save_checkpoints, checkpoint_dir, resume_from, intervals, watcher
-            )
+                epochs_per_stage, save_checkpoints, checkpoint_dir, resume_from, intervals, watcher,
+                lock,
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _run_lock(self, directory: str | None) -> Iterator[RunLock | None]:
+        """One run per model_dir: the chief holds ``directory``'s lock for the run's life and
+        removes what killed saves left there. Every host learns whether the chief got it (one
+        small collective) before any store is built, so a refusal stops all of them at once."""
+        if directory is None:
+            yield None
+            return
+        chief = is_chief(self.strategy)
+        lock, refusal = None, None
+        if chief:
+            try:
+                lock = RunLock(directory).acquire()
+            except ModelDirLockedError as error:
+                refusal = error
+        if num_hosts(self.strategy) > 1:
+            from highnoon.distribute import verify_consistent
+            from highnoon.distribute.errors import ConfigMismatchError
+
+            try:  # workers say "free"; a chief that was refused says otherwise
+                verify_consistent(
+                    self.strategy, {"model_dir lock": "refused" if refusal else "free"}
+                )
+            except ConfigMismatchError as error:
+                if refusal is None:
+                    raise ModelDirLockedError(
+                        f"the chief could not lock model_dir {directory!r}: another run holds "
+                        "it (the chief's error names the holder)"
+                    ) from error
+        if refusal is not None:
+            raise refusal
+        try:
+            if lock is not None:
+                remove_stale_checkpoint_temporaries(directory)
+            yield lock
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _train(
         self,
@@ -240,8 +291,10 @@ class Trainer:
         resume_from: str | None,
         intervals: Intervals,
         watcher: PreemptionWatcher,
+        lock: RunLock | None,
     ) -> dict[str, Any]:
-        """``train()`` after its arguments are checked, with preemption signals watched."""
+        """``train()`` after its arguments are checked, with preemption signals watched and
+        the model_dir locked."""
         chief = is_chief(self.strategy)
         goodput = Goodput(checkpoint_dir if save_checkpoints else None, writer=chief)
         with goodput.measure("data"):
@@ -255,11 +308,15 @@ class Trainer:
         resume.reconcile(position, plans, self.options.allow_data_change)
         if checkpointer is not None:  # after the restore checked the saved config
             checkpointer.write_model_config(model_config(self.model))
+        if checkpointer is not None and lock is not None:
+            checkpointer.before_save = lock.check  # a lost lock stops the run before a write
         controller = self._controller(
             checkpointer if save_checkpoints else None, checkpoint_dir, intervals, goodput, watcher
         )
         self._position = position
         summary = controller.run(plans, position)
+        if lock is not None:
+            lock.check()
         if checkpoint_dir and chief:
             atomic_write_text(
                 os.path.join(checkpoint_dir, SUMMARY_FILE), json.dumps(summary, indent=2)
@@ -347,6 +404,8 @@ class Trainer:
                 max_samples=settings.max_samples,
                 seed=self.options.seed,
                 data_dir=self.options.data_dir,
+                progress=self.options.verbose and is_chief(self.strategy),
+                vocab_size=model_config(self.model).get("vocab_size"),
             )
             hn_data.check_enough_samples(store, settings.global_batch_size)
             plans.append(
