@@ -17,14 +17,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _counting_command(counter: str, exits: list[int]) -> list[str]:
-    """A worker that exits with exits[k] on its k-th start (counted per worker 0 only)."""
+    """A worker whose k-th start (counted per worker) exits with ``exits[k]``."""
     script = (
-        "import os, sys\n"
-        f"path = {counter!r}\n"
-        "task = os.environ['TF_CONFIG'].count('index\": 1')\n"
+        "import json, os, sys\n"
+        "task = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
+        f"path = {counter!r} + str(task)\n"
         "n = int(open(path).read()) if os.path.exists(path) else 0\n"
-        "if task == 0:\n"
-        "    open(path, 'w').write(str(n + 1))\n"
+        "open(path, 'w').write(str(n + 1))\n"
         f"codes = {exits!r}\n"
         "sys.exit(codes[min(n, len(codes) - 1)])\n"
     )

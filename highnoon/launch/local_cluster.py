@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
         attempts = run_with_restarts(
             command,
@@ -303,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"local_cluster: {err}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     result = attempts[-1]
     if stop.is_set():
         print("local_cluster: SIGTERM: passed on to the workers", file=sys.stderr)

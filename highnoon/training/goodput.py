@@ -25,9 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import tensorflow as tf
-
-from highnoon.utils.files import atomic_write_text
+from highnoon.utils.files import atomic_write_text, isfile, read_text
 
 GOODPUT_FILE = "goodput.json"
 BUCKETS = ("productive_step", "compilation", "data", "checkpoint", "evaluation")
@@ -120,12 +118,11 @@ class Goodput:
 
 
 def _read(path: str) -> dict[str, Any]:
-    if not tf.io.gfile.exists(path):
+    if not isfile(path):
         return {}
     try:
-        with tf.io.gfile.GFile(path) as handle:
-            record = json.load(handle)
-    except (ValueError, tf.errors.OpError):
+        record = json.loads(read_text(path))
+    except ValueError:
         return {}  # a damaged record only costs the history, never the run
     return record if isinstance(record, dict) else {}
 
@@ -158,6 +155,8 @@ def peak_flops(setting: float | str | None, num_devices: int) -> float | None:
             return PEAK_FLOPS[name] * num_devices
     if accelerator.startswith("v5p") or accelerator.startswith("v5-"):
         return PEAK_FLOPS["tpu_v5p"] * num_devices
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
@@ -171,6 +170,8 @@ def measured_cpu_peak(size: int = 512, repeats: int = 20) -> float:
     """This CPU's float32 matmul FLOP/s (XLA), the best of a few runs; measured once."""
     global _measured_cpu_peak
     if _measured_cpu_peak is None:
+        import tensorflow as tf
+
         a = tf.random.stateless_normal((size, size), seed=[1, 2])
         matmul = tf.function(lambda x: tf.matmul(x, x), jit_compile=True)
         matmul(a).numpy()
