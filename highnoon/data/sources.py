@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from highnoon.data.file_hashes import content_sha256
+from highnoon.utils.validation import check_choice
 
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)
@@ -75,11 +76,6 @@ class DataSource:
 
 def _count(stats: dict[str, int], key: str, n: int = 1) -> None:
     stats[key] = stats.get(key, 0) + n
-
-
-def _check_option(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; use one of {tuple(allowed)}")
 
 
 def _file_signature(path: str) -> dict[str, Any]:
@@ -139,8 +135,8 @@ class FileSource(DataSource):
         super().__init__()
         if not paths:
             raise ValueError(f"no files for source {name or pattern!r}")
-        _check_option("split", split, SPLITS)
-        _check_option("errors", errors, ERRORS)
+        check_choice("split", split, SPLITS)
+        check_choice("errors", errors, ERRORS)
         self.paths = sorted(str(p) for p in paths)
         self.name = name or pattern or self.paths[0]
         self.pattern = pattern
@@ -261,7 +257,7 @@ class TfdsSource(DataSource):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        _check_option("errors", errors, ERRORS)
+        check_choice("errors", errors, ERRORS)
         self.tfds_name, self.config, self.split = parse_tfds_spec(spec)
         self.spec = spec
         self.name = name or spec

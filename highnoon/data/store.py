@@ -64,7 +64,7 @@ from highnoon.data.tokenizers import (
     tokenizer_from_config,
 )
 from highnoon.utils import processes
-from highnoon.utils.files import sha256_file
+from highnoon.utils.files import publish_directory, sha256_file
 from highnoon.utils.validation import check_positive_int
 
 FORMAT_VERSION = 1
@@ -96,19 +96,6 @@ def _is_remote(path: str) -> bool:
 def token_dtype(vocab_size: int) -> np.dtype:
     """``uint16`` when every id fits (vocab <= 65535), else ``uint32``."""
     return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
-
-
-def _fsync_file(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _VERIFY_CHUNK = 1 << 23  # token ids hashed per step (16-32 MB of the memory map)
@@ -290,10 +277,9 @@ class _Writer:
 
 
 def _write_json(path: str, obj: Any) -> None:
+    """A file inside a store being built (published with its directory, so no rename here)."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _encode_chunks(
@@ -419,8 +405,6 @@ def build_token_store(
         if isinstance(tokenizer, SentencePieceTokenizer):
             shutil.copyfile(tokenizer.model_path, os.path.join(tmp, SP_MODEL))
             tokenizer_config = {**tokenizer.fingerprint_config(), "model_file": SP_MODEL}
-        for name in os.listdir(tmp):
-            _fsync_file(os.path.join(tmp, name))
         skips = {"empty": writer.skipped_empty, **(skipped or {})}
         checksums = {n: sha256_file(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
         del checksums[TOKENS]  # covered by the fingerprint
@@ -441,21 +425,13 @@ def build_token_store(
             **(extra or {}),
         }
         _write_json(os.path.join(tmp, MANIFEST), manifest)
-        _fsync_dir(tmp)
-        old = None
-        if os.path.exists(path):
-            old = _temp_name(path, "old")
-            os.rename(path, old)
         try:
-            os.rename(tmp, path)
-        except OSError as err:  # another process finished the same path first
+            publish_directory(tmp, path, _temp_name(path, "old"))
+        except FileExistsError as err:  # another process finished the same path first
             raise StoreExistsError(
                 f"path={path!r} already exists (created concurrently); pass overwrite=True "
                 "to replace it"
             ) from err
-        _fsync_dir(parent)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -493,9 +469,7 @@ def _local_copy(path: str, cache_dir: str | None, *, refresh: bool = False) -> s
         tf.io.gfile.copy(f"{path.rstrip('/')}/{name}", os.path.join(tmp, name), overwrite=True)
     with open(os.path.join(tmp, MANIFEST), "wb") as f:
         f.write(remote_manifest)
-    if os.path.exists(local):
-        shutil.rmtree(local)
-    os.rename(tmp, local)
+    publish_directory(tmp, local, _temp_name(local, "old"))
     return local
 
 
