@@ -11,7 +11,6 @@ EXIT_PEER_FAILURE = 76  # a peer died or hung mid-run
 # A preempted run that saved at a step every host agreed on (or was stopped before training
 # began): relaunch it. 42 is also what TensorFlow's PreemptionCheckpointHandler exits with.
 EXIT_RESTART = 42
-EXIT_NO_TPU = 77  # reserved for launchers: no TPU was reachable
 
 
 class DistributeError(RuntimeError):

@@ -6,7 +6,6 @@ configured before any other TF work ("Collective ops must be configured at progr
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -218,12 +217,3 @@ def _tpu_strategy(
             f"no TPU was reachable at {tpu!r}: {type(err).__name__}: {first}"
         ) from err
     return tf.distribute.TPUStrategy(outcome["resolver"])
-
-
-def visible_devices_note() -> str:
-    """One line describing the devices TF sees, for logs."""
-    import tensorflow as tf
-
-    kinds = ("CPU", "GPU", "TPU")
-    counts = {k: len(tf.config.list_logical_devices(k)) for k in kinds}
-    return ", ".join(f"{k}={v}" for k, v in counts.items()) + f" (pid {os.getpid()})"
