@@ -44,6 +44,7 @@ def write_spec(
     name: str,
     checkpoint_dir: str | None = None,
     batch_size: int = 4,
+    trainer_extra: dict[str, Any] | None = None,
     **extra,
 ) -> str:
     """Writes one run's worker spec; returns its path. The run's outputs go to ``<name>/out``."""
@@ -64,6 +65,7 @@ def write_spec(
             "eval_fraction": 0.0,
             "deterministic_ops": True,
             "write_summaries": False,
+            **(trainer_extra or {}),
         },
         "seq": 32,
         "checkpoint_dir": checkpoint_dir or os.path.join(run_dir, "ckpt"),

@@ -38,13 +38,9 @@ def workdir(tmp_path_factory) -> dict[str, str]:
 
 def _spec(workdir, name: str, trainer_extra: dict | None = None, **extra) -> str:
     """A worker spec with stage-end evaluations (the "eval" moment) and ``trainer_extra``."""
-    path = write_spec(workdir, name, **extra)
-    with open(path, encoding="utf-8") as handle:
-        spec = json.load(handle)
-    spec["trainer"].update(eval_fraction=0.25, **(trainer_extra or {}))
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(spec, handle)
-    return path
+    return write_spec(
+        workdir, name, trainer_extra={"eval_fraction": 0.25, **(trainer_extra or {})}, **extra
+    )
 
 
 def _run(spec: str, max_restarts: int, restart_grace: float = 60) -> list[ClusterResult]:

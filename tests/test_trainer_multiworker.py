@@ -93,6 +93,19 @@ def test_two_workers_match_one_worker(workdir, reference):
     assert glob.glob(os.path.join(tempfile.gettempdir(), f"highnoon-worker-1-{key}-*")) == []
 
 
+def test_two_packed_workers_match_one_packed_worker(workdir):
+    """With packing, each step's rows are cut from one global packing: the same samples and
+    (with segment masking) the same loss and weights for any host count."""
+    single = run_ok(write_spec(workdir, "packed-one", trainer_extra={"pack": True}), 1)
+    outcomes = run_ok(write_spec(workdir, "packed-two", trainer_extra={"pack": True}), 2)
+    steps = single[0].logged_steps()
+    assert steps and [o.logged_steps() for o in outcomes] == [steps] * 2
+    assert_bitwise_equal(outcomes)
+    assert_weights_close(outcomes[0].weights, single[0].weights)
+    losses = [[e["step_loss"] for e in o.events("log")] for o in [outcomes[0], single[0]]]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=2e-5, atol=2e-5)
+
+
 def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
     """3 hosts need a global batch divisible by 3: both runs use 6, everything else as above."""
     single = run_ok(write_spec(workdir, "three_reference", batch_size=6), 1)

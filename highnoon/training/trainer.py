@@ -140,6 +140,7 @@ class Trainer:
         self._step: TrainStep | None = None
         self._position = DataPosition()
         self._loaded_from: str | None = None  # Trainer.load: train() continues from here
+        self._plans: list[StagePlan] = []  # the last train()'s stages, made concrete
 
     __init__.__signature__ = trainer_signature()  # gin and help() see every setting
 
@@ -298,7 +299,7 @@ class Trainer:
         chief = is_chief(self.strategy)
         goodput = Goodput(checkpoint_dir if save_checkpoints else None, writer=chief)
         with goodput.measure("data"):
-            plans = self._plan_stages(epochs_per_stage)
+            plans = self._plans = self._plan_stages(epochs_per_stage)
         self._verify_hosts_agree(plans)
         self._build(plans)
         checkpointer = self._checkpointer(checkpoint_dir) if checkpoint_dir else None
