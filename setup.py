@@ -6,6 +6,7 @@ TensorFlow is chosen through an extra so each kind of host installs the right bu
     pip install -e '.[gpu]'   # CUDA host: tensorflow with its CUDA wheels
     pip install -e '.[tpu]'   # TPU VM: tensorflow-tpu and cloud-tpu-client
     pip install -e '.[cpu,test]'  # plus the test tools
+    pip install -e '.[cpu,plot]'  # plus matplotlib, for highnoon-curriculum-report's plots
 
 Everything installs under the `highnoon` namespace: the launch programs are
 `highnoon.launch.*` (console scripts below) and the repository's `gin/` directory ships as the
@@ -19,6 +20,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 TF_VERSION = "2.21.0"
+PLOT = ["matplotlib>=3.8"]
 
 setup(
     name="highnoon",
@@ -44,13 +46,16 @@ setup(
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "tpu": [f"tensorflow-tpu=={TF_VERSION}", "cloud-tpu-client>=0.10"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+        # Plots (highnoon-curriculum-report, bench/curriculum_value.py); training never needs it.
+        "plot": PLOT,
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", *PLOT],
     },
     entry_points={
         "console_scripts": [
             "highnoon-train=highnoon.launch.train:run",
             "highnoon-prepare-data=highnoon.launch.prepare_data:run",
             "highnoon-generate=highnoon.launch.generate:run",
+            "highnoon-curriculum-report=highnoon.launch.curriculum_report:run",
         ]
     },
 )

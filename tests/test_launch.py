@@ -528,6 +528,7 @@ def test_wheel_contents_declared_in_setup_py():
         "highnoon-train",
         "highnoon-prepare-data",
         "highnoon-generate",
+        "highnoon-curriculum-report",
     ]
     for _, module, function in scripts:
         assert module.startswith("highnoon.launch.")

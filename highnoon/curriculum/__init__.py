@@ -12,7 +12,8 @@ from highnoon.curriculum.batches import create_curriculum_batches
 from highnoon.curriculum.order import order_from_scores, scores_fingerprint
 from highnoon.curriculum.pacing import PACINGS, Pacing, pool_size
 from highnoon.curriculum.scheduler import STRATEGIES, CurriculumScheduler
-from highnoon.curriculum.scoring import scores_from_features
+from highnoon.curriculum.scoring import random_scores, scores_from_features
+from highnoon.curriculum.seq_length import SequenceLengthWarmup
 
 __all__ = [
     "PACINGS",
@@ -20,9 +21,11 @@ __all__ = [
     "AdaptiveCurriculumScheduler",
     "CurriculumScheduler",
     "Pacing",
+    "SequenceLengthWarmup",
     "create_curriculum_batches",
     "order_from_scores",
     "pool_size",
+    "random_scores",
     "scores_fingerprint",
     "scores_from_features",
 ]

@@ -52,9 +52,10 @@ class CurriculumScheduler:
     keyword-only:
 
     Args:
-      strategy: ``"size_based"`` (length), ``"difficulty_based"``, ``"mixed"`` (see
-        ``highnoon.curriculum.scoring``), ``"custom"`` (uses ``scorer``), or a callable taking one
-        sample and returning a float (shorthand for ``scorer=callable``).
+      strategy: ``"size_based"`` (length), ``"difficulty_based"``, ``"mixed"``, ``"random"``
+        (a keyed random order keyed by ``seed``: the growing-pool control; see
+        ``highnoon.curriculum.scoring``), ``"custom"`` (uses ``scorer``), or a callable taking
+        one sample and returning a float (shorthand for ``scorer=callable``).
       num_stages, warmup_epochs, stage_increment_epochs, initial_fraction: the pacing staircase
         (see ``highnoon.curriculum.pacing``).
       verbose: log a concise line (``logging``, logger ``highnoon.curriculum``) whenever
@@ -186,7 +187,7 @@ class CurriculumScheduler:
                 for i, s in enumerate(samples)
             ]
             scores = scoring.scores_from_features(
-                features_lib.features_from_samples(tokens), strategy
+                features_lib.features_from_samples(tokens), strategy, seed=self.seed
             )
             for i, value in explicit.items():
                 scores[i] = value

@@ -7,6 +7,10 @@ Scores (float64, higher = harder), from the features the token store records
   * ``difficulty_based``: ``0.7 * rarity / max(rarity) + 0.3 * sqrt(length / max(length))`` where
     ``rarity`` is the mean surprisal per token. Rarity dominates; length breaks near-ties.
   * ``mixed``:            ``0.5 * length / max(length) + 0.5 * difficulty_based``.
+  * ``random``:           a keyed random number per sample (``random_scores``): the pool grows
+    on the same pacing, but its members are a random order, not an easy-to-hard one. This is the
+    control of Wu, Dyer and Neyshabur (ICLR 2021), which separates what the pool's growth does
+    from what the order does.
 
 The combination uses only IEEE-exact operations (+, -, *, /, sqrt) on integer-valued features, so
 scores are bit-identical on every machine.
@@ -17,18 +21,41 @@ from __future__ import annotations
 import numpy as np
 
 from highnoon.data.features import SampleFeatures
+from highnoon.utils.hashing import keyed_hash
 
-STRATEGIES = ("size_based", "difficulty_based", "mixed")
+STRATEGIES = ("size_based", "difficulty_based", "mixed", "random")
 DIFFICULTY_RARITY_WEIGHT = 0.7
 MIXED_SIZE_WEIGHT = 0.5
 
 
-def scores_from_features(features: SampleFeatures, strategy: str) -> np.ndarray:
-    """Curriculum scores (float64, higher = harder) from stored features; see the module docstring."""
+def random_scores(indices: np.ndarray, seed: int) -> np.ndarray:
+    """``random`` scores: 53 bits of a keyed hash of each sample's index (exact in float64).
+
+    A function of (index, seed) alone, so every host, host count and run draws the same order;
+    ties (practically none) go to the lower index like every other score.
+    """
+    hashed = keyed_hash(np.asarray(indices, dtype=np.int64), "random_order", int(seed))
+    return (hashed >> np.uint64(11)).astype(np.float64)
+
+
+def scores_from_features(
+    features: SampleFeatures,
+    strategy: str,
+    *,
+    seed: int = 0,
+    indices: np.ndarray | None = None,
+) -> np.ndarray:
+    """Curriculum scores (float64, higher = harder) from stored features; see the module docstring.
+
+    ``seed`` and ``indices`` (the samples' indices in their store, default ``0..n-1``) only
+    matter for ``random``."""
     if strategy not in STRATEGIES:
         raise ValueError(
             f"strategy={strategy!r} is not a known scoring strategy; use one of {STRATEGIES} or a callable"
         )
+    if strategy == "random":
+        n = features.lengths.shape[0]
+        return random_scores(np.arange(n) if indices is None else indices, seed)
     lengths = features.lengths.astype(np.float64)
     if strategy == "size_based":
         return lengths

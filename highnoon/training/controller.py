@@ -117,7 +117,8 @@ class Controller:
         self.peak_flops = peak_flops
         self.progress = progress
         self.checkpoint_dir = checkpoint_dir
-        self._compiled: set[tuple] = set()  # step configs whose first call has run
+        self._compiled: set[tuple] = set()  # (step config, row length) whose first call ran
+        self.seq_length = 0  # row length of the segment being trained
         self.eval_history: list[dict[str, Any]] = []
         self.position = DataPosition()
 
@@ -175,7 +176,11 @@ class Controller:
             **pos.stage_report(),
         }
         if plan.eval_indices.size:
-            result = self.evaluate(plan)
+            last = self.eval_history[-1] if self.eval_history else None
+            if last is not None and (last["step"], last["stage"]) == (pos.global_step, plan.name):
+                result = last  # the eval interval already evaluated this very step
+            else:
+                result = self.evaluate(plan)
             metrics.update(eval_loss=result["eval_loss"], perplexity=result["perplexity"])
         pos.complete_stage(plan.name, plan.epochs, metrics["steps"])
         self.save()
@@ -201,11 +206,31 @@ class Controller:
         )
 
     def _run_epoch(self, plan: StagePlan) -> None:
+        """The epoch from the current position, one segment of equal row length at a time
+        (a single segment unless the stage's sequence-length warm-up changes the length)."""
+        pos = self.position
+        steps = plan.steps_per_epoch(pos.epoch)
+        window = LossWindow()
+        while pos.step_in_epoch < steps:
+            seq_length, end = plan.segment_at(
+                pos.step_in_epoch, steps, pos.global_step - pos.stage_start_step
+            )
+            self._run_segment(plan, end, seq_length, window)
+
+    def _run_segment(self, plan: StagePlan, end: int, seq_length: int, window: LossWindow) -> None:
+        """Epoch steps ``[step_in_epoch, end)`` on rows of ``seq_length`` tokens: one static
+        input shape, so a host call never straddles a length change."""
         pos = self.position
         epoch = pos.epoch
-        steps = plan.steps_per_epoch(epoch)
-        dataset = training_dataset(self.strategy, plan, epoch=epoch, start_step=pos.step_in_epoch)
-        counts = plan.step_counts(epoch)
+        dataset = training_dataset(
+            self.strategy,
+            plan,
+            epoch=epoch,
+            start_step=pos.step_in_epoch,
+            end=end,
+            seq_length=seq_length,
+        )
+        counts = plan.step_counts(epoch, seq_length)
         iterator = iter(dataset)
         config = StepConfig(
             accumulation_steps=plan.settings.gradient_accumulation_steps,
@@ -213,17 +238,17 @@ class Controller:
             jit_compile=self.jit_compile,
         )
         train_fn = self.step.train_fn(config)
-        window = LossWindow()
-        while pos.step_in_epoch < steps:
+        key = (*dataclasses.astuple(config), seq_length)  # one compilation per input shape
+        self.seq_length = seq_length
+        while pos.step_in_epoch < end:
             count = min(
                 self.steps_per_call,
-                steps - pos.step_in_epoch,
+                end - pos.step_in_epoch,
                 self.intervals.steps_to_next(pos.global_step),
             )
             started = time.time()
             losses, tokens = train_fn(iterator, count)
             losses, tokens = losses.numpy().astype(np.float64), tokens.numpy().astype(np.float64)
-            key = dataclasses.astuple(config)
             bucket = "productive_step" if key in self._compiled else "compilation"
             self._compiled.add(key)
             self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
@@ -272,7 +297,8 @@ class Controller:
                 tokens_per_second=tokens_per_second,
                 curriculum_fraction=plan.fraction(self.position.epoch),
                 padding_fraction=window.padding_fraction,
-                mfu=self._mfu(tokens_per_second, plan.settings.max_seq_length),
+                seq_length=self.seq_length,
+                mfu=self._mfu(tokens_per_second, self.seq_length),
             )
             window.reset()
         if step % self.intervals.eval == 0 and plan.eval_indices.size:
@@ -307,6 +333,7 @@ class Controller:
     def evaluate(self, plan: StagePlan) -> dict[str, Any]:
         with self.goodput.measure("evaluation"):
             result = self.evaluator.evaluate(plan, self.position.global_step)
+        result["tokens_seen"] = self.position.tokens_seen
         self.eval_history.append(result)
         self.events.emit("eval", **result)
         return result

@@ -1,4 +1,11 @@
-"""Held-out evaluation of one stage: loss and perplexity over whole eval batches."""
+"""Held-out evaluation of one stage: loss and perplexity over whole eval batches, overall and per
+difficulty bucket.
+
+The eval batches come easiest first (``StagePlan.eval_table``), so each difficulty bucket is a
+run of whole batches and its loss is the sum of its batches' losses over their target tokens:
+the compiled eval step stays the plain one (loss sum, token count per batch), and a curriculum
+that only learns the easy part of the data shows as a low first bucket and high last ones.
+"""
 
 from __future__ import annotations
 
@@ -22,20 +29,29 @@ class Evaluator:
         self.max_batches = max_batches
 
     def evaluate(self, plan: StagePlan, global_step: int) -> dict[str, Any]:
-        """``{"step", "stage", "eval_loss", "perplexity"}`` (the loss per target token)."""
+        """``{"step", "stage", "eval_loss", "perplexity"}`` (the loss per target token), plus,
+        with difficulty buckets on, ``eval_loss_by_difficulty`` (one loss per bucket, easiest
+        first) and ``difficulty_edges`` (the score at each bucket boundary)."""
         batches = plan.eval_batches(self.max_batches)
         dataset = eval_dataset(self.strategy, plan, self.max_batches)
         eval_fn = self.step.eval_fn()
-        total, count = 0.0, 0.0
+        sums, counts = [], []
         iterator = iter(dataset)
         for _ in range(batches):
             loss_sum, tokens = eval_fn(next(iterator))
-            total += float(loss_sum)
-            count += float(tokens)
-        loss = total / max(count, 1.0)
-        return {
+            sums.append(float(loss_sum))
+            counts.append(float(tokens))
+        loss = sum(sums) / max(sum(counts), 1.0)
+        result: dict[str, Any] = {
             "step": global_step,
             "stage": plan.name,
             "eval_loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
         }
+        buckets = plan.eval_buckets(self.max_batches)
+        if buckets:
+            result["eval_loss_by_difficulty"] = [
+                sum(sums[first:end]) / max(sum(counts[first:end]), 1.0) for first, end in buckets
+            ]
+            result["difficulty_edges"] = plan.eval_bucket_edges(self.max_batches)
+        return result

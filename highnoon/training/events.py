@@ -116,9 +116,15 @@ class ProgressDisplay:
             self._print(f"{event['stage']} epoch {event['epoch']} done: loss {event['loss']:.4f}")
 
     def _on_eval(self, event: Event) -> None:
+        buckets = event.get("eval_loss_by_difficulty")
         self._print(
             f"{event['stage']} eval at step {event['step']}: loss {event['eval_loss']:.4f} "
             f"perplexity {event['perplexity']:.2f}"
+            + (
+                " by difficulty (easy to hard) " + " / ".join(f"{x:.3f}" for x in buckets)
+                if buckets
+                else ""
+            )
         )
 
     def _on_stage_complete(self, event: Event) -> None:
@@ -160,7 +166,8 @@ def _duration(seconds: float) -> str:
 
 class SummaryListener:
     """Writes scalar summaries for TensorBoard (chief only) under ``directory``: the log and eval
-    scalars as they come, and at the end where the wall time went (``goodput/*``)."""
+    scalars as they come (the held-out loss of difficulty bucket ``b``, easiest ``0``, as
+    ``eval/eval_loss_difficulty_b``), and at the end where the wall time went (``goodput/*``)."""
 
     SCALARS: ClassVar[dict[str, tuple[str, ...]]] = {
         "log": (
@@ -169,6 +176,7 @@ class SummaryListener:
             "tokens_per_second",
             "curriculum_fraction",
             "padding_fraction",
+            "seq_length",
             "mfu",
         ),
         "eval": ("eval_loss", "perplexity"),
@@ -193,5 +201,7 @@ class SummaryListener:
             for name in names:
                 if event.get(name) is not None:
                     tf.summary.scalar(f"{kind}/{name}", event[name])
+            for bucket, value in enumerate(event.get("eval_loss_by_difficulty") or ()):
+                tf.summary.scalar(f"eval/eval_loss_difficulty_{bucket}", value)
             if kind == "log":
                 tf.summary.text("stage", event["stage"])

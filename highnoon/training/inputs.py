@@ -21,10 +21,20 @@ HostDatasetFn = Callable[[int, int], tf.data.Dataset]  # (host_id, num_hosts) ->
 
 
 def training_dataset(
-    strategy: tf.distribute.Strategy, plan: StagePlan, *, epoch: int, start_step: int = 0
+    strategy: tf.distribute.Strategy,
+    plan: StagePlan,
+    *,
+    epoch: int,
+    start_step: int = 0,
+    end: int | None = None,
+    seq_length: int | None = None,
 ):
-    """The stage's training batches of ``epoch`` from ``start_step`` on."""
+    """The stage's training batches of ``epoch``, steps ``[start_step, end)``, as rows of
+    ``seq_length`` tokens (default: the stage's ``max_seq_length``; the sequence-length warm-up
+    feeds shorter rows in segments of one length). Packed epochs always use full rows (the
+    settings refuse packing with a warm-up)."""
     s = plan.settings
+    seq_length = s.max_seq_length if seq_length is None else seq_length
 
     def host_dataset(host_id: int, num_hosts: int) -> tf.data.Dataset:
         if s.pack:
@@ -40,8 +50,8 @@ def training_dataset(
             )
         return hn_data.make_host_dataset(
             plan.store,
-            plan.host_rows(epoch, host_id, num_hosts),
-            s.max_seq_length,
+            plan.host_rows(epoch, host_id, num_hosts)[:end],
+            seq_length,
             start_step=start_step,
             overflow=s.overflow,
             seed=plan.seed,

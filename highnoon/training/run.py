@@ -6,6 +6,7 @@ everything it does is bound in gin (see ``gin/runs/quickstart.gin``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,47 @@ def add_stages(trainer: Trainer, stages: Sequence[dict[str, Any]]) -> None:
         trainer.add_curriculum_stage(**core, **spec)
 
 
+def build_trainer(
+    strategy: tf.distribute.Strategy | None = None,
+    *,
+    model: str | None = None,
+    tokenizer: str = "byte",
+    stages: Sequence[dict[str, Any]] = (),
+    mixed_precision: str | None = None,
+) -> Trainer:
+    """The model and the Trainer with its stages, as ``run_training`` makes them (before it
+    trains): what ``highnoon-curriculum-report`` plans without training."""
+    check_stage_specs(stages)  # before anything is built
+    tokenizer_obj = hn_data.load_tokenizer(tokenizer)
+    # Layers take the dtype policy in force when they are created; restore it afterwards so
+    # this call leaves no global state behind.
+    previous_policy = keras.mixed_precision.global_policy()
+    if mixed_precision is not None:
+        keras.mixed_precision.set_global_policy(mixed_precision)
+    try:
+        names = () if model is None else (model,)  # None: create_model's gin binding decides
+        lm = create_model(*names, tokenizer=tokenizer_obj)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    trainer = Trainer(
+        lm, strategy=strategy, tokenizer=tokenizer_obj, mixed_precision=mixed_precision
+    )
+    add_stages(trainer, stages)
+    return trainer
+
+
+def run_training_arguments() -> dict[str, Any]:
+    """``run_training``'s keyword arguments as the parsed gin config binds them (its defaults
+    for the unbound ones; ``gin.REQUIRED`` stays as such)."""
+    values = {
+        name: parameter.default
+        for name, parameter in inspect.signature(run_training).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    values.update(gin.get_bindings(run_training))
+    return values
+
+
 @gin.configurable(denylist=["model_dir", "strategy", "config_writer"])
 def run_training(
     model_dir: str,
@@ -73,22 +115,10 @@ def run_training(
     ``sample_prompt`` set, the chief greedily continues it with the trained model and adds the
     text to the summary as ``sample``.
     """
-    check_stage_specs(stages)  # before anything is built
-    tokenizer_obj = hn_data.load_tokenizer(tokenizer)
-    # Layers take the dtype policy in force when they are created; restore it afterwards so
-    # this call leaves no global state behind.
-    previous_policy = keras.mixed_precision.global_policy()
-    if mixed_precision is not None:
-        keras.mixed_precision.set_global_policy(mixed_precision)
-    try:
-        names = () if model is None else (model,)  # None: create_model's gin binding decides
-        lm = create_model(*names, tokenizer=tokenizer_obj)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-    trainer = Trainer(
-        lm, strategy=strategy, tokenizer=tokenizer_obj, mixed_precision=mixed_precision
+    trainer = build_trainer(
+        strategy, model=model, tokenizer=tokenizer, stages=stages, mixed_precision=mixed_precision
     )
-    add_stages(trainer, stages)
+    lm, tokenizer_obj = trainer.model, trainer.tokenizer
     if config_writer is not None:
         config_writer()
     summary = trainer.train(

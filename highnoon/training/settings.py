@@ -25,6 +25,7 @@ from typing import Any
 
 from highnoon.curriculum import PACINGS
 from highnoon.curriculum import STRATEGIES as CURRICULUM_STRATEGIES
+from highnoon.curriculum.seq_length import SequenceLengthWarmup
 from highnoon.training.goodput import PEAK_FLOPS
 from highnoon.utils import validation as v
 
@@ -75,6 +76,11 @@ def _curriculum_strategy(name: str, value: Any) -> str | None:
     return None if value is None else v.check_choice(name, value, builtin)
 
 
+def _difficulty_strategy(name: str, value: Any) -> str | None:
+    measures = tuple(s for s in CURRICULUM_STRATEGIES if s not in ("custom", "random"))
+    return None if value is None else v.check_choice(name, value, measures)
+
+
 def _peak_flops(name: str, value: Any) -> float | str | None:
     if value is None or isinstance(value, str):
         return v.check_choice(name, value, (None, "auto", *PEAK_FLOPS))
@@ -115,7 +121,9 @@ class StageSettings:
     )
     curriculum_strategy: str | None = setting(
         "size_based",
-        "`size_based`, `difficulty_based`, `mixed`, or `None` (all data, index order)",
+        "`size_based`, `difficulty_based`, `mixed` (easy-to-hard), `random` (the pool grows on "
+        "the same pacing in a keyed random order: the control of Wu et al. 2021), or `None` (all "
+        "data every epoch)",
         _curriculum_strategy,
     )
     pacing: str = setting(
@@ -156,6 +164,28 @@ class StageSettings:
     eval_fraction: float = setting(
         0.02, "held-out share of each stage's data, in [0, 1)", _fraction_below_one
     )
+    seq_length_warmup_steps: int = setting(
+        0,
+        "sequence-length warm-up (Li et al. 2022): over the stage's first N steps rows grow "
+        "from `seq_length_warmup_start` to `max_seq_length` on the lengths start * 2^k (one "
+        "compiled shape each; 0: off)",
+        _non_negative_int,
+    )
+    seq_length_warmup_start: int = setting(
+        64, "first row length of the sequence-length warm-up", v.check_positive_int
+    )
+    eval_difficulty_buckets: int = setting(
+        4,
+        "held-out loss is also reported per difficulty quantile: the eval rows ranked by "
+        "`eval_difficulty_strategy` into this many equal buckets (0: off)",
+        _non_negative_int,
+    )
+    eval_difficulty_strategy: str | None = setting(
+        None,
+        "scores that rank the eval rows into buckets (`None`: the stage's `curriculum_strategy`, "
+        "`size_based` when that is `None` or `random`)",
+        _difficulty_strategy,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -164,6 +194,19 @@ class StageSettings:
                 f"max_epochs_per_stage={self.max_epochs_per_stage!r} must be >= "
                 f"min_epochs_per_stage={self.min_epochs_per_stage!r}"
             )
+        self.seq_length_warmup()  # a start length at or above max_seq_length fails here
+        if self.pack and self.seq_length_warmup_steps:
+            raise v.InvalidArgumentError(
+                f"pack=True with seq_length_warmup_steps={self.seq_length_warmup_steps}: the "
+                "warm-up truncates rows, which would cut packed samples; use one or the other "
+                "in a stage"
+            )
+
+    def seq_length_warmup(self) -> SequenceLengthWarmup:
+        """The stage's row length at every step (``highnoon.curriculum.seq_length``)."""
+        return SequenceLengthWarmup(
+            self.max_seq_length, self.seq_length_warmup_steps, self.seq_length_warmup_start
+        )
 
     @property
     def global_batch_size(self) -> int:

@@ -1,9 +1,10 @@
 """One curriculum stage made concrete: its settings, data, held-out split and scheduler.
 
 A ``StagePlan`` answers, from (data, seed, config) alone, every question the run loop asks:
-how many steps an epoch has, which samples this host feeds at each step, and which samples are
-held out for evaluation. Nothing here depends on how many hosts run the job except the slice a
-host takes (docs/design.md, "Determinism").
+how many steps an epoch has, which samples this host feeds at each step, how long its rows are
+at each step (the sequence-length warm-up), and which samples are held out for evaluation and in
+which difficulty bucket each evaluated row falls. Nothing here depends on how many hosts run the
+job except the slice a host takes (docs/design.md, "Determinism").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler, scoring
+from highnoon.curriculum.order import order_from_scores
 from highnoon.data.features import SampleFeatures
 from highnoon.data.packing import (
     PackedEpoch,
@@ -25,6 +27,14 @@ from highnoon.data.packing import (
 )
 from highnoon.training.settings import StageSettings
 from highnoon.utils.hashing import derive_seed, keyed_permutation
+
+# Settings that never change the stream of global batches (a resume may change them), and new
+# stream settings that leave it unchanged while off (so runs checkpointed before they existed
+# keep their fingerprints).
+_NOT_STREAM = ("learning_rate", "clip_norm", "eval_difficulty_buckets", "eval_difficulty_strategy")
+_STREAM_WHEN_ON = {
+    "seq_length_warmup_steps": ("seq_length_warmup_steps", "seq_length_warmup_start")
+}
 
 
 def split_eval(num_samples: int, eval_fraction: float, global_batch: int, seed: int):
@@ -72,7 +82,11 @@ class StagePlan:
         )
         self.scheduler = self._make_scheduler(verbose)
         self._lengths: np.ndarray | None = None
-        self._epoch_cache: tuple[tuple[int, int], PackedEpoch | None, StepCounts] | None = None
+        self._epoch_cache: tuple[tuple[int, ...], PackedEpoch | None, StepCounts] | None = None
+        self.seq_warmup = settings.seq_length_warmup()
+        self.seq_warmup.check_stage(name, self.planned_steps())
+        self._difficulty: np.ndarray | None = None
+        self._eval_order: np.ndarray | None = None
 
     def _make_scheduler(self, verbose: bool) -> CurriculumScheduler:
         s = self.settings
@@ -85,7 +99,9 @@ class StagePlan:
                 lengths=features.lengths[self.train_indices],
                 surprisal_sum=features.surprisal_sum[self.train_indices],
             )
-            scores = scoring.scores_from_features(subset, s.curriculum_strategy)
+            scores = scoring.scores_from_features(
+                subset, s.curriculum_strategy, seed=self.seed, indices=self.train_indices
+            )
             kwargs = {
                 "pacing": s.pacing,
                 "initial_fraction": s.initial_fraction,
@@ -144,20 +160,24 @@ class StagePlan:
         """The packing of ``epoch`` (``pack=True``): the same on every host."""
         return self._epoch(epoch)[1]
 
-    def step_counts(self, epoch: int) -> StepCounts:
-        """Samples, real tokens and computed slots of every global step of ``epoch``."""
-        return self._epoch(epoch)[2]
+    def step_counts(self, epoch: int, seq_length: int | None = None) -> StepCounts:
+        """Samples, real tokens and computed slots of every global step of ``epoch``, on rows of
+        ``seq_length`` tokens (default ``max_seq_length``; shorter during a warm-up)."""
+        return self._epoch(epoch, seq_length)[2]
 
     def samples_dropped(self, epoch: int) -> int:
         """Samples the pacing exposes at ``epoch`` that the epoch leaves out (0 when packed)."""
         return self.scheduler.samples_dropped(epoch, self.settings.pack)
 
-    def _epoch(self, epoch: int) -> tuple[tuple[int, int], PackedEpoch | None, StepCounts]:
+    def _epoch(
+        self, epoch: int, seq_length: int | None = None
+    ) -> tuple[tuple[int, ...], PackedEpoch | None, StepCounts]:
         """The current epoch's packing and counts, cached (adaptive decisions change the pool,
         so the key holds the exposed size)."""
-        key = (epoch, self.scheduler.exposed_size(epoch))
+        s = self.settings
+        length = s.max_seq_length if seq_length is None else seq_length
+        key = (epoch, self.scheduler.exposed_size(epoch), length)
         if self._epoch_cache is None or self._epoch_cache[0] != key:
-            s = self.settings
             if s.pack:
                 packed = pack_epoch(
                     self.epoch_stream(epoch), self.lengths, s.max_seq_length, s.global_batch_size
@@ -165,22 +185,93 @@ class StagePlan:
                 counts = packed.counts()
             else:
                 packed = None
-                counts = batch_counts(self.host_rows(epoch, 0, 1), self.lengths, s.max_seq_length)
+                counts = batch_counts(self.host_rows(epoch, 0, 1), self.lengths, length)
             self._epoch_cache = (key, packed, counts)
         return self._epoch_cache
+
+    # -- row length (sequence-length warm-up) --------------------------------------------
+    def segment_at(self, step_in_epoch: int, epoch_steps: int, stage_step: int) -> tuple[int, int]:
+        """``(row length, end)``: the length of the step at ``step_in_epoch`` (stage step
+        ``stage_step``) and the epoch step at which that length ends (a change or the epoch's
+        end). The loop feeds ``[step_in_epoch, end)`` as one static-shape segment, so no host
+        call straddles a change and a resume at any step picks the same length."""
+        length = self.seq_warmup.length_at(stage_step)
+        change = self.seq_warmup.next_change(stage_step)
+        end = epoch_steps if change is None else step_in_epoch + change - stage_step
+        return length, min(end, epoch_steps)
+
+    def segments(self, epoch: int, first_stage_step: int) -> list[tuple[int, int, int]]:
+        """``(start, end, row length)`` segments covering ``epoch``, whose first step is stage
+        step ``first_stage_step`` (``epoch_first_step``)."""
+        steps = self.steps_per_epoch(epoch)
+        out, start = [], 0
+        while start < steps:
+            length, end = self.segment_at(start, steps, first_stage_step + start)
+            out.append((start, end, length))
+            start = end
+        return out
+
+    def epoch_first_step(self, epoch: int) -> int:
+        """Stage step at which ``epoch`` begins (for an adaptive stage: under the decisions made
+        so far)."""
+        return sum(self.steps_per_epoch(e) for e in range(epoch))
+
+    # -- held-out evaluation -------------------------------------------------------------
+    def difficulty_strategy(self) -> str:
+        """The scores that define the eval buckets (setting ``eval_difficulty_strategy``)."""
+        chosen = self.settings.eval_difficulty_strategy or self.settings.curriculum_strategy
+        return "size_based" if chosen in (None, "random") else chosen
+
+    def difficulty_scores(self) -> np.ndarray:
+        """``difficulty_strategy`` scores of every sample of the stage's store (float64)."""
+        if self._difficulty is None:
+            self._difficulty = scoring.scores_from_features(
+                self.store.features, self.difficulty_strategy()
+            )
+        return self._difficulty
 
     def eval_batches(self, max_batches: int) -> int:
         """Eval batches per evaluation: whole micro-batches (``batch_size`` rows, the size one
         replica step already fits in memory) of the held-out set, at most ``max_batches``."""
         return min(self.eval_indices.size // self.settings.batch_size, max_batches)
 
+    def eval_table(self, max_batches: int) -> np.ndarray:
+        """Store indices of every eval batch, ``[batches, batch_size]``, easiest rows first.
+
+        The evaluated rows are a keyed random choice among the held-out samples (all of them
+        when they fit), so they span the stage's whole difficulty range, ordered by (difficulty
+        score, index) so that each difficulty bucket is a run of whole batches. The loss over
+        all of them does not depend on that order."""
+        size = self.settings.batch_size
+        count = self.eval_batches(max_batches) * size
+        if self._eval_order is None:
+            chosen = keyed_permutation(self.eval_indices.size, "eval_rows", self.seed)
+            self._eval_order = chosen
+        picked = self.eval_indices[np.sort(self._eval_order[:count])]
+        ranked = picked[order_from_scores(self.difficulty_scores()[picked])]
+        return ranked.reshape(-1, size)
+
     def eval_rows(self, host_id: int, num_hosts: int, max_batches: int) -> np.ndarray:
         """Store indices of this host's eval batches: [batches, batch_size // num_hosts]."""
-        size = self.settings.batch_size
+        per_host = self.settings.batch_size // num_hosts
+        return self.eval_table(max_batches)[:, host_id * per_host : (host_id + 1) * per_host]
+
+    def eval_buckets(self, max_batches: int) -> list[tuple[int, int]]:
+        """Difficulty buckets of the eval batches, easiest first: ``(first, end)`` batch ranges,
+        ``eval_difficulty_buckets`` of them (fewer when there are fewer batches; none when off),
+        as equal as whole batches allow."""
         batches = self.eval_batches(max_batches)
-        per_host = size // num_hosts
-        table = self.eval_indices[: batches * size].reshape(batches, size)
-        return table[:, host_id * per_host : (host_id + 1) * per_host]
+        count = min(self.settings.eval_difficulty_buckets, batches)
+        return [(b * batches // count, (b + 1) * batches // count) for b in range(count)]
+
+    def eval_bucket_edges(self, max_batches: int) -> list[float]:
+        """Difficulty score at each bucket boundary: the first row's score of each bucket,
+        then the last row's (``len(buckets) + 1`` values, ascending)."""
+        buckets = self.eval_buckets(max_batches)
+        if not buckets:
+            return []
+        scores = self.difficulty_scores()[self.eval_table(max_batches)]
+        return [float(scores[first, 0]) for first, _ in buckets] + [float(scores[-1, -1])]
 
     def planned_steps(self) -> int:
         """Optimizer steps of the whole stage under the planned (non-adaptive) pacing."""
@@ -198,11 +289,11 @@ class StagePlan:
         (the store's content hash), the tokenizer, and the settings that shape the stream
         (everything but the learning rate and clipping). Hosts compare it at start-up; a resume
         compares it with the one the checkpoint recorded."""
-        shaping = {
-            k: v
-            for k, v in self.settings.to_json().items()
-            if k not in ("learning_rate", "clip_norm")
-        }
+        shaping = {k: v for k, v in self.settings.to_json().items() if k not in _NOT_STREAM}
+        for switch, names in _STREAM_WHEN_ON.items():
+            if not shaping[switch]:
+                for name in names:
+                    shaping.pop(name)
         return {
             "name": self.name,
             "data": str(self.store.fingerprint),

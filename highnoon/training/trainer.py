@@ -324,6 +324,20 @@ class Trainer:
             )
         return summary
 
+    def plan(self, epochs_per_stage: int | None = 10) -> list[StagePlan]:
+        """The stages as ``train(epochs_per_stage=...)`` would run them, without training: each
+        stage's token store built (or reused), its held-out split, curriculum and row lengths.
+        ``highnoon-curriculum-report`` shows them."""
+        epochs_per_stage = v.check_positive_int(
+            "epochs_per_stage", epochs_per_stage, allow_none=True
+        )
+        if not self.stages:
+            raise v.InvalidArgumentError(
+                "plan() has no curriculum stages; call add_curriculum_stage(name, datasets) first"
+            )
+        self._check_stage_epochs(epochs_per_stage)
+        return self._plan_stages(epochs_per_stage)
+
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str) -> str:
         """Writes ``path/trainer.json`` (settings, stages) and a checkpoint of weights,

@@ -33,12 +33,18 @@ def atomic_write_text(path: str, text: str) -> str:
     Works for local paths and any ``tf.io.gfile`` filesystem (``gs://`` ...); TensorFlow is only
     imported for non-local paths. Returns ``path``.
     """
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> str:
+    """``atomic_write_text`` for bytes (a PNG, an archive): a temporary name beside ``path``,
+    fsynced, then renamed into place. Returns ``path``."""
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if "://" not in path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -49,8 +55,8 @@ def atomic_write_text(path: str, text: str) -> str:
     import tensorflow as tf
 
     tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(tmp, "w") as handle:
-        handle.write(text)
+    with tf.io.gfile.GFile(tmp, "wb") as handle:
+        handle.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
 
