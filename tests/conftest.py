@@ -1,7 +1,7 @@
 """Test-session setup shared by every test module.
 
 Two logical CPU devices are configured before TensorFlow initialises, so a 2-replica
-``MirroredStrategy`` can run in-process (DESIGN.md section 7). Tests that do not ask for it
+``MirroredStrategy`` can run in-process (docs/design.md, "Distribution"). Tests that do not ask for it
 still run on ``/cpu:0`` exactly as before.
 """
 
