@@ -175,8 +175,9 @@ def test_sigkilled_worker_ends_the_job_and_a_relaunch_resumes(workdir, reference
 @pytest.mark.parametrize(
     ("num_workers", "odd_flag", "parts", "groups"),
     [
-        # A Trainer setting: part of the config and of every stage's curriculum settings.
-        (2, "--gin.Trainer.learning_rate=1e-3", "'config', 'curriculum'", ("[0]", "[1]")),
+        # A Trainer setting that shapes the stream: part of the config and of every stage's
+        # stream settings.
+        (2, "--gin.Trainer.initial_fraction=0.5", "'config', 'curriculum'", ("[0]", "[1]")),
         # A launch setting outside the Trainer: caught through gin's operative config.
         (3, "--gin.run_training.checkpoint_interval=2", "'config'", ("[0, 1]", "[2]")),
     ],
