@@ -15,10 +15,10 @@ sees 20% of the data, the second all of it). Every epoch's sample stream is the 
 
 **Arms**, each training its own copy of the same model (same initial weights), interleaved:
 
-* ``packed``: the packed steps, fed by ``make_packed_host_dataset`` into highnoon's compiled
-  ``TrainStep`` (``jit_compile=True``, AdamW, global-norm clipping): the Trainer's own step on
-  one device. After the Trainer integrates packing, ``Trainer(pack=True)`` replaces this arm
-  (a driver that calls ``on_window`` from its ``log`` event, as ``bench_trainer.py`` does).
+* ``packed``: ``Trainer(pack=True, jit_compile=True)`` itself, whole loop included (host calls,
+  events, epoch changes with a new packing and pipeline), through the case's stages; its ``log``
+  event every ``window`` steps hands the steps just trained to the fit arms (as
+  ``bench_trainer.py`` does). AdamW with global-norm clipping at a constant learning rate.
 * ``padded``: Keras ``fit(jit_compile=True)`` on the same samples, one per row, padded to
   ``seq`` (``SparseCategoricalCrossentropy(from_logits=True)``, AdamW with ``global_clipnorm``,
   the loss mask as per-token sample weights), ``batch`` rows per step.
@@ -28,12 +28,13 @@ sees 20% of the data, the second all of it). Every epoch's sample stream is the 
   length is its own compiled Keras model sharing the weights and the optimizer (compiled
   before timing, on one batch with zero sample weights).
 
-**Windows.** The packed arm trains ``window`` steps; then both fit arms train the samples those
+**Windows.** The Trainer trains ``window`` steps; then both fit arms train the samples those
 steps held (whole ``batch``-row batches: a fit arm carries the samples that do not fill a
 batch (a bucketed batch) over to the next window; what is left at a stage's end is not
 trained). A fit window is timed from its first batch's start to its last batch's end (fit's
-set-up is not counted against it); the packed window from the call to the losses on the host.
-The first window of every stage (tracing, XLA compilation) is not timed. So all three see the
+set-up is not counted against it); the Trainer's window from the end of its previous ``log``
+callback to the start of this one. A window holding a stage's first step (tracing, XLA
+compilation, a fit arm's first bucket) is not timed. So all three see the
 machine at nearly the same moment: these machines are shared, and two runs of the same code a
 minute apart differ by several percent.
 
@@ -69,8 +70,7 @@ from bench_model import matmul_peak
 import highnoon as hn
 from highnoon import data as hn_data
 from highnoon.curriculum import CurriculumScheduler
-from highnoon.training.stage_plan import StagePlan, StageSettings
-from highnoon.training.step import StepConfig, TrainStep
+from highnoon.training.trainer import Trainer
 
 LEARNING_RATE = 1e-3
 CLIP_NORM = 1.0
@@ -133,30 +133,6 @@ def _clock() -> np.ndarray:
 # -- the stages' data ---------------------------------------------------------------------------
 
 
-def stage_settings(case: Case) -> StageSettings:
-    """The Trainer's defaults for a packed stage of this case (no eval split)."""
-    return StageSettings(
-        learning_rate=LEARNING_RATE,
-        batch_size=case.batch,
-        max_seq_length=case.seq,
-        gradient_accumulation_steps=1,
-        clip_norm=CLIP_NORM,
-        curriculum_strategy="size_based",
-        pacing="linear",
-        pacing_options={},
-        initial_fraction=0.2,
-        shuffle=True,
-        pack=True,
-        overflow="truncate",
-        adaptive=False,
-        loss_threshold_for_progression=0.1,
-        min_epochs_per_stage=1,
-        max_epochs_per_stage=50,
-        max_samples=case.max_samples,
-        eval_fraction=0.0,
-    )
-
-
 @dataclass
 class Epoch:
     """One epoch of one stage, packed: what every arm trains on."""
@@ -168,51 +144,7 @@ class Epoch:
     packed: hn_data.PackedEpoch
 
 
-def packed_epochs(case: Case, cache_dir: str) -> list[Epoch]:
-    """Every epoch of every stage of the case, packed into steps of ``batch`` rows."""
-    settings = stage_settings(case)
-    epochs = []
-    for index, datasets in enumerate(case.stages):
-        store = hn_data.prepare_stage_store(
-            datasets, "byte", cache_dir, max_samples=case.max_samples, progress=False
-        )
-        plan = StagePlan(index, f"stage{index}", settings, case.epochs, store, seed=0)
-        lengths = hn_data.stored_lengths(store)
-        for epoch in range(case.epochs):
-            stream = plan.train_indices[plan.scheduler.epoch_stream(epoch)]
-            packed = hn_data.pack_epoch(stream, lengths, case.seq, case.batch)
-            epochs.append(Epoch(index, epoch, store, plan.seed, packed))
-    return epochs
-
-
 # -- the arms -----------------------------------------------------------------------------------
-
-
-class PackedSteps:
-    """highnoon's compiled step (the Trainer's ``TrainStep``) on the packed batches."""
-
-    def __init__(self, case: Case) -> None:
-        self.strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-        with self.strategy.scope():
-            self.model = make_model(case)
-            self.model(tf.zeros([1, 8], tf.int32))
-            optimizer = keras.optimizers.AdamW(LEARNING_RATE)
-            optimizer.build(self.model.trainable_variables)
-        self.step = TrainStep(self.model, optimizer, self.strategy)
-        self.train = self.step.train_fn(StepConfig(clip_norm=CLIP_NORM, jit_compile=True))
-        self.iterator: Any = None
-
-    def start(self, epoch: Epoch) -> None:
-        dataset = hn_data.make_packed_host_dataset(
-            epoch.store, epoch.packed, seed=epoch.seed, epoch=epoch.epoch
-        )
-        self.iterator = iter(dataset)
-
-    def run(self, steps: int) -> np.ndarray:
-        begin = _clock()
-        losses, _ = self.train(self.iterator, steps)
-        losses.numpy()
-        return _clock() - begin
 
 
 class _Span(keras.callbacks.Callback):
@@ -366,46 +298,90 @@ class Window:
     slots: dict[str, int]
 
 
-def packed_driver(case: Case, epochs: list[Epoch], on_window: Callable) -> None:
-    """Runs the packed arm window by window and calls ``on_window(epoch, first, last,
-    seconds, timed)`` after each, so the fit arms train the same samples right after."""
-    arm = PackedSteps(case)
-    stage = None
-    for epoch in epochs:
-        arm.start(epoch)
-        timed = epoch.stage == stage  # the first window of a stage holds the compilation
-        stage = epoch.stage
-        for first in range(0, epoch.packed.num_steps, case.window):
-            last = min(first + case.window, epoch.packed.num_steps)
-            seconds = arm.run(last - first)
-            on_window(epoch, first, last, seconds, timed)
-            timed = True
+def trainer_run(case: Case, cache_dir: str, on_window: Callable) -> list[Epoch]:
+    """Trains ``Trainer(pack=True)`` through the case's stages. Its ``log`` event (every
+    ``window`` steps) calls ``on_window(pieces, seconds, timed)``: ``pieces`` are the ``(epoch,
+    first, last)`` step ranges trained since the last event, ``seconds`` their [wall, CPU] time
+    (the callbacks' own time excluded). Returns every epoch's packing, as the Trainer planned it."""
+    trainer = Trainer(
+        make_model(case),
+        learning_rate=LEARNING_RATE,
+        batch_size=case.batch,
+        max_seq_length=case.seq,
+        pack=True,
+        clip_norm=CLIP_NORM,
+        jit_compile=True,
+        lr_schedule="constant",
+        warmup_steps=0,
+        max_samples=case.max_samples,
+        eval_fraction=0.0,
+        data_cache_dir=cache_dir,
+        verbose=False,
+        write_summaries=False,
+    )
+    for index, datasets in enumerate(case.stages):
+        trainer.add_curriculum_stage(f"stage{index}", datasets, epochs=case.epochs)
+    epochs, bounds, firsts, step = [], [], set(), 0
+    for plan in trainer.plan(epochs_per_stage=case.epochs):
+        firsts.add(step)
+        for epoch in range(plan.epochs):
+            packed = hn_data.pack_epoch(
+                plan.epoch_stream(epoch), plan.lengths, case.seq, case.batch
+            )
+            epochs.append(Epoch(plan.index, epoch, plan.store, plan.seed, packed))
+            bounds.append((step, step + packed.num_steps))
+            step += packed.num_steps
+    state = {"step": 0, "clock": _clock()}
+
+    def on_log(event: dict[str, Any]) -> None:
+        if event["event"] != "log":
+            return
+        seconds = _clock() - state["clock"]
+        first, last = state["step"], event["step"]
+        pieces = [
+            (epoch, max(first, lo) - lo, min(last, hi) - lo)
+            for epoch, (lo, hi) in zip(epochs, bounds)
+            if max(first, lo) < min(last, hi)
+        ]
+        on_window(pieces, seconds, not any(first <= f < last for f in firsts))
+        state["step"], state["clock"] = last, _clock()
+
+    trainer.add_callback(on_log)
+    trainer.train(
+        epochs_per_stage=case.epochs,
+        save_checkpoints=False,
+        log_interval=case.window,
+        eval_interval=10**9,
+        checkpoint_interval=10**9,
+    )
+    return epochs
 
 
-def interleaved_windows(case: Case, epochs: list[Epoch]) -> list[Window]:
+def interleaved_windows(case: Case, cache_dir: str) -> tuple[list[Window], list[Epoch]]:
     padded, bucketed = FitPadded(case), FitBucketed(case)
     windows: list[Window] = []
-    started: set[int] = set()
 
-    def on_window(epoch: Epoch, first: int, last: int, seconds: np.ndarray, timed: bool) -> None:
-        samples = epoch.packed.step_samples(first, last)
-        counts = epoch.packed.counts().total(first, last)
-        fit_a = padded.run(epoch, samples)
-        fit_b = bucketed.run(epoch, samples)
-        if epoch.stage not in started:  # fit's first window of a stage: compilation
-            started.add(epoch.stage)
-            return
+    def on_window(pieces: list[tuple], seconds: np.ndarray, timed: bool) -> None:
+        fit = {"padded": [np.zeros(2), 0, 0], "bucketed": [np.zeros(2), 0, 0]}
+        tokens = slots = 0
+        for epoch, first, last in pieces:
+            samples = epoch.packed.step_samples(first, last)
+            counts = epoch.packed.counts().total(first, last)
+            tokens, slots = tokens + counts["tokens"], slots + counts["slots"]
+            for name, arm in (("padded", padded), ("bucketed", bucketed)):
+                got = arm.run(epoch, samples)
+                fit[name] = [fit[name][i] + got[i] for i in range(3)]
         if timed:
             windows.append(
                 Window(
-                    seconds={"packed": seconds, "padded": fit_a[0], "bucketed": fit_b[0]},
-                    tokens={"packed": counts["tokens"], "padded": fit_a[1], "bucketed": fit_b[1]},
-                    slots={"packed": counts["slots"], "padded": fit_a[2], "bucketed": fit_b[2]},
+                    seconds={"packed": seconds, **{k: v[0] for k, v in fit.items()}},
+                    tokens={"packed": tokens, **{k: v[1] for k, v in fit.items()}},
+                    slots={"packed": slots, **{k: v[2] for k, v in fit.items()}},
                 )
             )
 
-    packed_driver(case, epochs, on_window)
-    return windows
+    epochs = trainer_run(case, cache_dir, on_window)
+    return windows, epochs
 
 
 def speed(windows: list[Window], arm: str) -> float:
@@ -429,8 +405,7 @@ def bootstrap_interval(
 
 
 def bench_case(case: Case, cache_dir: str, peak: float) -> dict[str, Any]:
-    epochs = packed_epochs(case, cache_dir)
-    windows = interleaved_windows(case, epochs)
+    windows, epochs = interleaved_windows(case, cache_dir)
     if not windows:
         raise RuntimeError(f"{case.label}: no timed window; use more data or a smaller window")
     model = make_model(case)
