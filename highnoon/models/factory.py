@@ -60,6 +60,7 @@ def create_model(
     name_or_config: str | ModelConfig | dict[str, Any] = "highnoon-tiny",
     *,
     tokenizer: Any = None,
+    remat: bool = False,
     **overrides: Any,
 ):
     """Create an (unbuilt) `HighNoonLM`.
@@ -68,14 +69,17 @@ def create_model(
       name_or_config: a preset name (see `highnoon.models.PRESETS`), a `ModelConfig` or a dict.
       tokenizer: optional tokenizer (duck-typed: `vocab_size`, `encode`, `decode`, ...); sets the
         vocabulary size and is attached as `model.tokenizer` for string prompts in `generate`.
+      remat: recompute each block in the backward pass instead of keeping its activations
+        (about a third more compute, activation memory of one block instead of all).
       **overrides: `ModelConfig` fields to change, e.g. `num_layers=2, dropout=0.1`.
 
-    Gin: `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`.
+    Gin: `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`,
+    `create_model.remat = True`.
     """
     from highnoon.models.transformer import HighNoonLM
 
     config = resolve_config(name_or_config, tokenizer=tokenizer, **overrides)
-    model = HighNoonLM(config)
+    model = HighNoonLM(config, remat=remat)
     if tokenizer is not None:
         model.tokenizer = tokenizer
     return model
