@@ -82,7 +82,10 @@ class Collectives:
         @tf.custom_gradient
         def gather(*parts):
             def grad(*upstream):
-                dense = [tf.convert_to_tensor(g) for g in upstream]
+                # Dense, with the static shape a compiled segment's gradient may have lost.
+                dense = [
+                    tf.reshape(tf.convert_to_tensor(g), s.shape) for g, s in zip(upstream, specs)
+                ]
                 return self.reduce_scatter(dense, specs)
 
             return self.all_gather(parts, specs), grad

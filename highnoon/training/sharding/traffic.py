@@ -81,9 +81,9 @@ def step_traffic(
     if level is None:
         return cost("all_reduce", weights)
     if level == "optimizer":
-        return cost(scatter, weights) + cost("all_gather", weights)
+        return cost(scatter, weights) + cost(gather, weights)
     if level == "gradients":
-        return a * cost(scatter, weights) + cost("all_gather", weights)
+        return a * cost(scatter, weights) + cost(gather, weights)
     # full: each micro-batch gathers every segment in the forward pass and again when it is
     # recomputed in the backward pass, and reduce-scatters its gradient; a tied embedding is
     # used (gathered, reduce-scattered) twice, by the embedding and by the head segment.
