@@ -386,7 +386,7 @@ def _xla_calls(graph_def) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("level", ["optimizer", "full"])
-def test_mixed_float16_loss_scaling_matches_keras(mirrored, level):
+def test_mixed_float16_loss_scaling_matches_keras(mirrored, level, tmp_path):
     """Dynamic loss scaling as Keras' LossScaleOptimizer: a too-large initial scale makes the
     first steps' gradients overflow, which skips them and halves the scale; after 3 finite
     steps the scale doubles. Same scale, same step count, the same weights to float tolerance
@@ -413,6 +413,18 @@ def test_mixed_float16_loss_scaling_matches_keras(mirrored, level):
     else:  # float16 activations, and the gathered segments' gradients summed in another order
         for got, expected in zip(runs[level].full_weights(), want):
             np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-3)
+    # The checkpoint has the LossScaleOptimizer's layout; Keras restores scale and counters.
+    paths = {n: _checkpointer(runs[n], str(tmp_path / str(n)), mirrored).save(10) for n in runs}
+    assert dict(tf.train.list_variables(paths[level])) == dict(tf.train.list_variables(paths[None]))
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        fresh, _ = H.build(mirrored, None, loss_scale=1.0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    _checkpointer(fresh, str(tmp_path / level), mirrored).restore(str(tmp_path / level))
+    assert float(fresh.optimizer.dynamic_scale.numpy()) == scale
+    assert int(fresh.optimizer.iterations.numpy()) == iterations
+    assert int(fresh.optimizer.step_counter.numpy()) == int(state.growth_counter.values[0].numpy())
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -480,8 +492,8 @@ def test_a_checkpoint_of_another_shape_is_refused(mirrored, tmp_path):
 @pytest.mark.slow
 def test_full_level_starts_from_the_unsharded_weights_and_evaluates_alike(mirrored):
     """The shares are cut from the seeded initialisers' values: gathered, they are the
-    unsharded model's initial weights, bit for bit, and evaluation through the gathered
-    segments gives the unsharded loss."""
+    unsharded model's initial weights, bit for bit, evaluation through the gathered segments
+    gives the unsharded loss, and the exported model the unsharded logits."""
     step, _ = H.build(mirrored, "full")
     reference, _ = H.build(mirrored, None)
     assert all(np.array_equal(a, b) for a, b in zip(step.full_weights(), reference.full_weights()))
@@ -489,3 +501,10 @@ def test_full_level_starts_from_the_unsharded_weights_and_evaluates_alike(mirror
     got = [float(x) for x in step.eval_fn()(batch)]
     want = [float(x) for x in reference.eval_fn()(batch)]
     assert got == want
+    # The model itself holds no weights: reading one is an error, not its initial value.
+    with pytest.raises(ShardingModelError, match="has no value of its own: with sharding='full'"):
+        step.model.weights[0].numpy()
+    # export_model gives a whole copy for inference.
+    exported = step.export_model()
+    ids = tf.constant(H.global_batch(1)["inputs"][:2])
+    np.testing.assert_array_equal(exported(ids), reference.model(ids))

@@ -158,6 +158,13 @@ class TrainStep:
             return {"model": self.model, "optimizer": self.optimizer}
         return self.sharded.checkpoint_objects()
 
+    def export_model(self) -> keras.Model:
+        """The trained model for inference: the model itself, or at sharding "full" (whose
+        model holds no weights) a whole copy gathered from the shares (every worker calls)."""
+        if self.sharded is None or self.sharding != "full":
+            return self.model
+        return self.sharded.export_model()
+
     def full_weights(self) -> list[Any]:
         """The model's whole trainable weights as numpy arrays (every worker must call it)."""
         if self.sharded is None:

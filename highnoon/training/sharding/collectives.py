@@ -62,7 +62,7 @@ class Collectives:
 
     def reduce_scatter(self, tensors: Sequence[tf.Tensor], specs: Sequence[ShardSpec]):
         """Each replica's share of the sum over replicas: all-reduce, then the own slice."""
-        summed = self.all_reduce(tensors)
+        summed = self.all_reduce(_static(tensors, specs))
         return [spec.shard(t, self.replica_id) for t, spec in zip(summed, specs)]
 
     def _gather_flat(self, shards: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -82,11 +82,7 @@ class Collectives:
         @tf.custom_gradient
         def gather(*parts):
             def grad(*upstream):
-                # Dense, with the static shape a compiled segment's gradient may have lost.
-                dense = [
-                    tf.reshape(tf.convert_to_tensor(g), s.shape) for g, s in zip(upstream, specs)
-                ]
-                return self.reduce_scatter(dense, specs)
+                return self.reduce_scatter(upstream, specs)
 
             return self.all_gather(parts, specs), grad
 
@@ -107,7 +103,7 @@ class XlaCollectives(Collectives):
         from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
         out = []
-        for t, spec in zip(tensors, specs):
+        for t, spec in zip(_static(tensors, specs), specs):
             self.log.add("reduce_scatter", _nbytes(t))
             out.append(
                 gen_xla_ops.xla_reduce_scatter(
@@ -142,6 +138,12 @@ def make_collectives(mode: str, num_replicas: int, log: TrafficLog, *, on_tpu: b
     if mode == "xla":
         return XlaCollectives(num_replicas, log)
     return Collectives(num_replicas, log, on_tpu=on_tpu)
+
+
+def _static(tensors: Sequence, specs: Sequence[ShardSpec]) -> list[tf.Tensor]:
+    """Dense tensors with their variables' static shapes (a gradient may have lost them, e.g.
+    through a batch dimension unknown when traced, or out of an XLA-compiled segment)."""
+    return [tf.reshape(tf.convert_to_tensor(t), spec.shape) for t, spec in zip(tensors, specs)]
 
 
 def _nbytes(t: tf.Tensor) -> int:

@@ -99,6 +99,7 @@ class ShardedEngine:
                 # An uninitialised Keras variable reads as its initialiser's value; the
                 # initialisers are seeded, so every host computes the same whole tensor.
                 self.state.assign_from_full(share, spec, var.value)
+            fsdp.refuse_reads(model)
         self.traffic: dict[tuple, dict] = {}
         self.carried_gradient_shapes: list[tuple[int, ...]] = []
         self._compiled: dict[tuple, Callable] = {}
@@ -127,6 +128,7 @@ class ShardedEngine:
             grads, loss = self._fn("grads", jit, self._local_gradients)(
                 batch, denominator, a, scale
             )
+            grads = [tf.reshape(g, spec.shape) for g, spec in zip(grads, self.specs)]
             self.carried_gradient_shapes = [tuple(g.shape) for g in grads]
             shares = comm.reduce_scatter(grads, self.specs)
         else:
@@ -281,6 +283,16 @@ class ShardedEngine:
             raise ValueError(f"the step of {config} has not been traced yet; run it once first")
         log = next(iter(self.traffic[key].values()))
         return log.bytes_sent(self.num_replicas)
+
+    def export_model(self) -> keras.Model:
+        """A new model of the same config holding the whole weights (built outside any strategy
+        scope, so on this host's default device); every worker must call it."""
+        weights = self.full_weights()
+        model = type(self.model).from_config(self.model.get_config())
+        model.build()
+        for variable, value in zip(model.trainable_variables, weights):
+            variable.assign(value)
+        return model
 
     def replica_bytes(self) -> dict[str, int]:
         """Bytes one replica holds, measured from the variables that exist: weights (the

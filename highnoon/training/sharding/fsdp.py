@@ -69,6 +69,26 @@ def build_without_storage(model: keras.Model, strategy: tf.distribute.Strategy) 
         )
 
 
+def refuse_reads(model: keras.Model) -> None:
+    """Makes reading a weight of ``model`` outside a gathered segment an error. A Keras variable
+    without storage otherwise reads as a fresh value of its initialiser, so a model trained at
+    level "full" would silently predict, save or export its initial weights."""
+    for variable in model.weights:
+        variable._initializer = _refusal(variable.path)
+
+
+def _refusal(path: str) -> Callable:
+    def initializer(shape, dtype=None):
+        raise ShardingModelError(
+            f"{path} has no value of its own: with sharding='full' the weights live in "
+            "per-replica shares; use TrainStep.full_weights() (numpy) or "
+            "TrainStep.export_model() (a whole copy), or checkpoint through "
+            "TrainStep.checkpoint_objects()"
+        )
+
+    return initializer
+
+
 class GatherRunner:
     """``runner(name, variables, segment_fn, *inputs)`` for ``HighNoonLM.call``: runs the
     segment on weights gathered from ``shares`` (a map from variable id to its share tensor)."""

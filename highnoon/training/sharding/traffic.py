@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from highnoon.models.config import ModelConfig
+from highnoon.models.memory import share_elements
 from highnoon.utils.validation import check_choice, check_int
 
 KINDS = ("all_reduce", "reduce_scatter", "all_gather", "masked_all_gather")
@@ -74,19 +75,26 @@ def step_traffic(
     level = check_level(sharding)
     a = check_int("accumulation_steps", accumulation_steps, minimum=1)
     n = check_int("num_replicas", num_replicas, minimum=1)
+    # All-reduces move the whole tensors; gathers and true reduce-scatters move the N equal
+    # shares, padding included (highnoon/training/sharding/layout.py).
     weights = config.num_parameters() * param_bytes
-    scatter = "reduce_scatter" if true_reduce_scatter else "all_reduce"
-    gather = "masked_all_gather" if tpu_masked_gather else "all_gather"
-    cost = lambda kind, nbytes: collective_bytes(kind, nbytes, n)  # noqa: E731
+    padded = share_elements(config, n) * n * param_bytes
+    scatter = ("reduce_scatter", padded) if true_reduce_scatter else ("all_reduce", weights)
+    gather = ("masked_all_gather" if tpu_masked_gather else "all_gather", padded)
+    cost = lambda kind_and_bytes: collective_bytes(*kind_and_bytes, n)  # noqa: E731
     if level is None:
-        return cost("all_reduce", weights)
-    if level == "optimizer":
-        return cost(scatter, weights) + cost(gather, weights)
-    if level == "gradients":
-        return a * cost(scatter, weights) + cost(gather, weights)
+        return cost(("all_reduce", weights))
+    if level in ("optimizer", "gradients"):
+        return (1 if level == "optimizer" else a) * cost(scatter) + cost(gather)
     # full: each micro-batch gathers every segment in the forward pass and again when it is
     # recomputed in the backward pass, and reduce-scatters its gradient; a tied embedding is
     # used (gathered, reduce-scattered) twice, by the embedding and by the head segment.
-    tied = config.vocab_size * config.d_model * param_bytes if config.tie_embeddings else 0
-    per_micro = 2 * cost(gather, weights + tied) + cost(scatter, weights + tied)
-    return a * per_micro
+    if config.tie_embeddings:
+        tied = config.vocab_size * config.d_model
+        tied_padded = -(-tied // n) * n * param_bytes
+        scatter = (
+            scatter[0],
+            scatter[1] + (tied_padded if true_reduce_scatter else tied * param_bytes),
+        )
+        gather = (gather[0], gather[1] + tied_padded)
+    return a * (2 * cost(gather) + cost(scatter))
