@@ -25,17 +25,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from highnoon.training.devices import PEAK_FLOPS, detect_accelerator
 from highnoon.utils.files import atomic_write_text, isfile, read_text
 
 GOODPUT_FILE = "goodput.json"
 BUCKETS = ("productive_step", "compilation", "data", "checkpoint", "evaluation")
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
-PEAK_FLOPS = {
-    "tpu_v4": 275e12,
-    "tpu_v5e": 197e12,
-    "tpu_v5p": 459e12,
-    "h100": 989e12,
-}
 _measured_cpu_peak: float | None = None
 
 
@@ -141,29 +135,17 @@ def flops_per_token(model_config: dict[str, Any], seq_length: int) -> float | No
 
 def peak_flops(setting: float | str | None, num_devices: int) -> float | None:
     """The devices' total peak FLOP/s: a number per device, a known chip name, ``"auto"``
-    (TPU generation from ``TPU_ACCELERATOR_TYPE``, an H100 by name, else a CPU measured once
-    per process), or None (no MFU)."""
+    (``devices.detect_accelerator``; a CPU is measured once per process), or None (no MFU)."""
     if setting is None:
         return None
     if isinstance(setting, int | float):
         return float(setting) * num_devices
     if setting != "auto":
         return PEAK_FLOPS[setting] * num_devices
-    accelerator = os.environ.get("TPU_ACCELERATOR_TYPE", "").lower()
-    for prefix, name in (("v4", "tpu_v4"), ("v5litepod", "tpu_v5e"), ("v5e", "tpu_v5e")):
-        if accelerator.startswith(prefix):
-            return PEAK_FLOPS[name] * num_devices
-    if accelerator.startswith("v5p") or accelerator.startswith("v5-"):
-        return PEAK_FLOPS["tpu_v5p"] * num_devices
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        if "H100" in str(details.get("device_name", "")):
-            return PEAK_FLOPS["h100"] * num_devices
-        return None  # an unknown GPU: give its peak as a number to get MFU
-    return measured_cpu_peak()
+    chip = detect_accelerator()
+    if chip == "cpu":
+        return measured_cpu_peak()
+    return PEAK_FLOPS[chip] * num_devices if chip else None  # unknown: give its peak as a number
 
 
 def measured_cpu_peak(size: int = 512, repeats: int = 20) -> float:

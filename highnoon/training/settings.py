@@ -26,7 +26,9 @@ from typing import Any
 from highnoon.curriculum import PACINGS
 from highnoon.curriculum import STRATEGIES as CURRICULUM_STRATEGIES
 from highnoon.curriculum.seq_length import SequenceLengthWarmup
-from highnoon.training.goodput import PEAK_FLOPS
+from highnoon.training.devices import PEAK_FLOPS
+from highnoon.training.sharding.levels import CHOICES as SHARDING_CHOICES
+from highnoon.training.sharding.levels import COLLECTIVES
 from highnoon.utils import validation as v
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -283,6 +285,25 @@ class RunOptions:
         "resume even though a stage's data or stream settings changed: the current stage's "
         "stream restarts from its first epoch on the new data (recorded in the summary)",
         v.check_bool,
+    )
+    sharding: str | None = setting(
+        None,
+        "ZeRO-style sharding across replicas: `optimizer` (AdamW moments and the update), "
+        "`gradients` (also accumulated gradients), `full` (also the weights, gathered block by "
+        "block; FSDP), or `None` (every replica holds everything)",
+        lambda n, x: v.check_choice(n, x, SHARDING_CHOICES),
+    )
+    collectives: str = setting(
+        "auto",
+        "sharded collectives: `portable` (all-reduce and slice; CPU/GPU), `xla` (true "
+        "reduce-scatter and all-to-all inside the compiled TPU step), `auto` (xla on TPU)",
+        lambda n, x: v.check_choice(n, x, COLLECTIVES),
+    )
+    device_memory_gib: float | None = setting(
+        None,
+        "memory of one device, for the memory plan checked before anything is built (`None`: "
+        "known accelerators are recognised, else no check)",
+        _optional(v.check_positive_float),
     )
     preemption_grace_seconds: float = setting(
         30.0,

@@ -1,4 +1,4 @@
-"""The compiled training and evaluation steps (DESIGN.md section 4).
+"""The compiled training and evaluation steps (docs/design.md, "The loop and the step").
 
 One step consumes one *effective* global batch: ``gradient_accumulation_steps`` micro-batches per
 replica, accumulated inside the compiled function. The loss is the masked token cross-entropy
@@ -224,7 +224,12 @@ class TrainStep:
 
     def _clip_and_apply(self, grads: list[tf.Tensor], clip_norm: float | None) -> None:
         if clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+            limit = clip_norm
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                # Loss-scaled gradients (mixed_float16), unscaled by the optimizer afterwards:
+                # clipping them at clip_norm * scale clips the true gradients at clip_norm.
+                limit = clip_norm * tf.cast(self.optimizer.dynamic_scale, tf.float32)
+            grads, _ = tf.clip_by_global_norm(grads, limit)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
 
     def _replica_eval_step(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:

@@ -28,6 +28,8 @@ from absl import logging
 
 from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief, num_hosts
+from highnoon.models.config import ModelConfig
+from highnoon.models.memory import check_sharding_fits
 from highnoon.training import resume, saved_state
 from highnoon.training.checkpointing import (
     Checkpointer,
@@ -36,6 +38,7 @@ from highnoon.training.checkpointing import (
     remove_stale_checkpoint_temporaries,
 )
 from highnoon.training.controller import Controller, Intervals, NonFiniteLossError
+from highnoon.training.devices import device_memory_bytes
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import Callback, EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
@@ -48,6 +51,7 @@ from highnoon.training.settings import (
     split_settings,
     trainer_signature,
 )
+from highnoon.training.sharding.levels import resolve_sharding
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import TrainStep
 from highnoon.utils import validation as v
@@ -131,6 +135,13 @@ class Trainer:
                 f"strategy={strategy!r} must be a tf.distribute.Strategy or None"
             )
         self.strategy = strategy or _strategy_for(model)
+        self._sharding = resolve_sharding(self.options.sharding, self.strategy.num_replicas_in_sync)
+        if self._sharding == "full" and model.built:
+            raise v.InvalidArgumentError(
+                "sharding='full' stores the weights only as per-replica shares, so the model "
+                "must reach the Trainer unbuilt (create it and pass it before calling, "
+                "generating or loading weights into it); or use sharding='optimizer'/'gradients'"
+            )
         _check_mixed_precision(model, self.options.mixed_precision)
         hn_data.check_vocab_fits(self.tokenizer, model_config(model).get("vocab_size"))
         self.stages: list[CurriculumStage] = []
@@ -297,6 +308,7 @@ class Trainer:
         """``train()`` after its arguments are checked, with preemption signals watched and
         the model_dir locked."""
         chief = is_chief(self.strategy)
+        self._check_memory()
         goodput = Goodput(checkpoint_dir if save_checkpoints else None, writer=chief)
         with goodput.measure("data"):
             plans = self._plans = self._plan_stages(epochs_per_stage)
@@ -476,8 +488,9 @@ class Trainer:
         with self.strategy.scope():
             if not self.model.built:
                 keras.utils.set_random_seed(self.options.seed)
-                length = min(self.settings.max_seq_length, 8)
-                self.model(tf.zeros([1, length], tf.int32))
+                if self._sharding != "full":  # "full": the step creates the weight shares
+                    length = min(self.settings.max_seq_length, 8)
+                    self.model(tf.zeros([1, length], tf.int32))
             multiplier = tf.Variable(1.0, trainable=False, name="lr_multiplier")
             self._schedule = WarmupCosineSchedule(
                 peak=self.settings.learning_rate,
@@ -492,17 +505,60 @@ class Trainer:
                 name=self.options.optimizer,
                 loss_scaling=self.options.mixed_precision == "mixed_float16",
             )
-            self._optimizer.build(self.model.trainable_variables)
-        self._step = TrainStep(self.model, self._optimizer, self.strategy)
+            if self._sharding is None:  # sharded: the step keeps per-replica moment shares
+                self._optimizer.build(self.model.trainable_variables)
+        self._step = TrainStep(
+            self.model,
+            self._optimizer,
+            self.strategy,
+            sharding=self._sharding,
+            collectives=self.options.collectives,
+        )
 
     def _checkpointer(self, directory: str) -> Checkpointer:
+        # Sharded runs save whole tensors under the unsharded names: any replica count, sharded
+        # or not, restores them (docs/design.md, "Sharding").
+        objects = self._step.checkpoint_objects()
         return Checkpointer(
             directory,
-            model=self.model,
-            optimizer=self._optimizer,
+            model=objects["model"],
+            optimizer=objects["optimizer"],
             strategy=self.strategy,
             max_to_keep=self.options.max_checkpoints_to_keep,
         )
+
+    def _check_memory(self) -> None:
+        """The memory plan, before anything is built: each stage's per-replica estimate at the
+        run's sharding level against one device's memory (``device_memory_gib``, or a
+        recognised chip's); a plan that does not fit names the smallest level that would."""
+        device = device_memory_bytes(self.options.device_memory_gib)
+        config = getattr(self.model, "config", None)
+        if device is None or not isinstance(config, ModelConfig):
+            return
+        policy = getattr(self.model, "dtype_policy", None)
+        for stage in self.stages:
+            s = self.settings.with_overrides(stage.config_overrides)
+            estimate = check_sharding_fits(
+                config,
+                device,
+                sharding=self._sharding,
+                batch_size=s.global_batch_size,
+                seq_length=s.max_seq_length,
+                num_replicas=self.strategy.num_replicas_in_sync,
+                gradient_accumulation_steps=s.gradient_accumulation_steps,
+                optimizer=self.options.optimizer,
+                compute_dtype=getattr(policy, "compute_dtype", "float32"),
+                remat=bool(getattr(self.model, "remat", False)),
+            )
+            logging.info("stage %r memory plan: %s", stage.name, estimate.describe())
+
+    def export_model(self) -> keras.Model:
+        """The trained model, for inference: the model itself, or, with ``sharding='full'``
+        (whose model holds only shares), a whole copy gathered from them. Under a multi-worker
+        strategy every worker must call it (the gather is a collective)."""
+        if self._step is None:
+            return self.model
+        return self._step.export_model()
 
     def _restore(
         self, checkpointer: Checkpointer | None, checkpoint_dir: str | None, resume_from: str | None

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from absl import logging
 
+from highnoon.models.memory import SHARDING_CHOICES as CHOICES
 from highnoon.utils.validation import check_choice, check_int
 
-LEVELS = ("optimizer", "gradients", "full")
-# Smallest to largest memory saving: the order in which the memory plan tries them.
-CHOICES = (None, *LEVELS)
+# None first, then from the smallest to the largest memory saving: the order in which the
+# memory plan tries them (the list lives with the memory plan, which models need too).
+LEVELS = tuple(level for level in CHOICES if level is not None)
 COLLECTIVES = ("auto", "portable", "xla")
 
 
