@@ -125,7 +125,7 @@ def worker(spec_path: str) -> None:
 
 
 def run_level(level: str | None, args: argparse.Namespace, out_dir: str) -> list[dict[str, Any]]:
-    from launch.local_cluster import run_local_cluster
+    from highnoon.launch.local_cluster import run_local_cluster
 
     os.makedirs(out_dir)
     spec = {

@@ -28,3 +28,22 @@ def _configure_logical_cpus() -> None:
 
 
 _configure_logical_cpus()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """One 2-replica MirroredStrategy over the two logical CPUs for the whole session.
+
+    Every strategy object numbers its collectives from the same start, and the process has one
+    collective executor: two strategies over the same devices would give different collectives
+    the same instance key ("Collective instance N expected type ... but got type ..."). So tests
+    share this one.
+    """
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs the two logical CPU devices configured above")
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -175,12 +175,12 @@ def test_bad_arguments(store):
         make_packed_host_dataset(store, pack_epoch(np.array([5]), np.ones(6, np.int64), 4, 1))
 
 
-def test_distribute_datasets_from_function(store):
+def test_distribute_datasets_from_function(store, mirrored):
     """Two logical CPUs (tests/conftest.py), MirroredStrategy: replica r gets rows
     [r*b, (r+1)*b) of every step."""
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs the two logical CPU devices configured by conftest")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored
     host_rows = np.array([[0, 1, 2, 0], [2, 2, 1, 1]])
 
     def dataset_fn(ctx):

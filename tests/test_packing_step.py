@@ -94,12 +94,11 @@ def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
 
 
-def test_weights_do_not_depend_on_replicas_hosts_or_accumulation(setup) -> None:
+def test_weights_do_not_depend_on_replicas_hosts_or_accumulation(setup, mirrored) -> None:
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs the two logical CPU devices configured by conftest")
     one = train(setup, tf.distribute.OneDeviceStrategy("/cpu:0"))
     assert any(not np.allclose(w, w0) for w, w0 in zip(one, setup["weights"]))  # it trained
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert_same(train(setup, mirrored), one)
     assert_same(train(setup, mirrored, hosts=2), one)
     assert_same(train(setup, tf.distribute.OneDeviceStrategy("/cpu:0"), accumulation=2), one)

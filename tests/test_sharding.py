@@ -44,13 +44,6 @@ from tests import sharding_helpers as H
 LEVELS = ("optimizer", "gradients", "full")
 
 
-@pytest.fixture(scope="module")
-def mirrored() -> tf.distribute.Strategy:
-    if len(tf.config.list_logical_devices("CPU")) < 2:
-        pytest.skip("needs the two logical CPU devices configured by tests/conftest.py")
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 @contextlib.contextmanager
 def grappler_arithmetic(enabled: bool):
     """Grappler's arithmetic optimizer on or off for functions first run inside the block."""

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from highnoon.launch.local_cluster import run_local_cluster
 from highnoon.models import get_preset
 from highnoon.models.memory import share_elements
 from highnoon.training.sharding import step_traffic
-from launch.local_cluster import run_local_cluster
 from tests import sharding_helpers as H
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]

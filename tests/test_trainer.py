@@ -266,8 +266,8 @@ def test_train_without_stages_or_with_a_missing_resume_path(tmp_path, data):
         trainer.train(resume_from=str(tmp_path / "nothing"))
 
 
-def test_batch_that_does_not_divide_across_replicas(tmp_path, data):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_batch_that_does_not_divide_across_replicas(tmp_path, data, mirrored):
+    strategy = mirrored
     trainer = make_trainer(tmp_path, batch_size=3, strategy=strategy)
     trainer.add_curriculum_stage("first", [data["a"]])
     with pytest.raises(ValueError, match="batch_size=3 does not divide across 2 replicas"):

@@ -106,6 +106,30 @@ def test_two_packed_workers_match_one_packed_worker(workdir):
     np.testing.assert_allclose(losses[0], losses[1], rtol=2e-5, atol=2e-5)
 
 
+def test_a_sharded_run_killed_mid_stage_resumes_on_three_workers(workdir):
+    """ZeRO-1 on 2 workers, one SIGKILLed inside stage one; the job relaunched on 3 workers
+    (sharded 3 ways) from the last checkpoint ends with the weights of an uninterrupted
+    one-worker run (global batch 6, which 1, 2 and 3 hosts divide)."""
+    single = run_ok(write_spec(workdir, "zero1-reference", batch_size=6), 1)
+    ckpt = os.path.join(workdir["root"], "zero1", "ckpt")
+    spec = write_spec(
+        workdir, "zero1", batch_size=6, kill_at_step=[1, 6], trainer_extra={"sharding": "optimizer"}
+    )
+    result = run_cluster(spec, 2, worker_env=[{"HN_COLLECTIVE_TIMEOUT": "60"}] * 2, grace=100)
+    assert result.exit_codes[1] == -9 and result.exit_codes[0] == 76, result.outputs
+    assert [os.path.basename(p) for p in checkpoint_candidates(ckpt)] == ["ckpt-4"]
+    relaunched = run_ok(
+        write_spec(workdir, "zero1-relaunch", checkpoint_dir=ckpt, batch_size=6,
+                   trainer_extra={"sharding": "optimizer"}),
+        3,
+    )  # fmt: skip
+    for outcome in relaunched:
+        (begin,) = outcome.events("train_begin")
+        assert begin["start_step"] == 4 and begin["num_replicas"] == 3
+    assert_bitwise_equal(relaunched)
+    assert_weights_close(relaunched[0].weights, single[0].weights)
+
+
 def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
     """3 hosts need a global batch divisible by 3: both runs use 6, everything else as above."""
     single = run_ok(write_spec(workdir, "three_reference", batch_size=6), 1)

@@ -210,7 +210,8 @@ def main() -> None:
         stopped = True
 
     base = os.path.join(spec["out_dir"], f"worker{task}")
-    arrays = {f"w{i:03d}": w.numpy() for i, w in enumerate(model.weights)}
+    trained = trainer.export_model()  # every worker: a "full"-sharded run gathers its shares
+    arrays = {f"w{i:03d}": w.numpy() for i, w in enumerate(trained.weights)}
     arrays.update({k: v for k, v in fed.items() if k.startswith("rows_")})
     _atomic_npz(base + ".npz", arrays)
     facts = {
