@@ -362,7 +362,7 @@ def test_sharded_step_compiles_with_xla(mirrored, unsharded, level):
     assert "all-reduce" not in hlo and "sqrt" in hlo and "power" in hlo
     if level == "full":
         # Each segment (embedding, 2 blocks, head) runs as an XLA computation.
-        graph = step._train_fns[("train", H.ACCUMULATION, H.STAGES[0]["clip_norm"], True)]
+        graph = step._train_fns[("train", H.ACCUMULATION, H.STAGES[0]["clip_norm"], True, False)]
         compiled = _xla_calls(graph.get_concrete_function(
             H.batches(mirrored, 1, 1), tf.constant(1, tf.int32)).graph.as_graph_def())  # fmt: skip
         assert compiled >= 4

@@ -24,7 +24,7 @@ from highnoon.training.events import EventHub
 from highnoon.training.goodput import Goodput
 from highnoon.training.inputs import training_dataset
 from highnoon.training.optimization import WarmupCosineSchedule
-from highnoon.training.preemption import Agreement, Preempted, PreemptionWatcher
+from highnoon.training.preemption import Preempted, PreemptionWatcher
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import StepConfig, TrainStep
 
@@ -94,7 +94,7 @@ class Controller:
         steps_per_call: int,
         jit_compile: bool,
         goodput: Goodput,
-        agreement: Agreement,
+        multi_host: bool,
         watcher: PreemptionWatcher,
         flops_per_token: Callable[[int], float | None] | None = None,  # seq length -> FLOPs
         peak_flops: float | None = None,  # all devices together, FLOP/s
@@ -111,7 +111,7 @@ class Controller:
         self.steps_per_call = steps_per_call
         self.jit_compile = jit_compile
         self.goodput = goodput
-        self.agreement = agreement
+        self.multi_host = multi_host  # hosts agree on preemption inside every host call
         self.watcher = watcher
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
@@ -237,7 +237,7 @@ class Controller:
             clip_norm=plan.settings.clip_norm,
             jit_compile=self.jit_compile,
         )
-        train_fn = self.step.train_fn(config)
+        train_fn = self.step.train_fn(config, agree=self.multi_host)
         key = (*dataclasses.astuple(config), seq_length)  # one compilation per input shape
         self.seq_length = seq_length
         while pos.step_in_epoch < end:
@@ -247,7 +247,12 @@ class Controller:
                 self.intervals.steps_to_next(pos.global_step),
             )
             started = time.time()
-            losses, tokens = train_fn(iterator, count)
+            if self.multi_host:  # every host learns whether any host got a preemption signal
+                losses, tokens, flags = train_fn(iterator, count, self.watcher.requested)
+                stop = float(flags) > 0.0
+            else:
+                losses, tokens = train_fn(iterator, count)
+                stop = self.watcher.requested
             losses, tokens = losses.numpy().astype(np.float64), tokens.numpy().astype(np.float64)
             bucket = "productive_step" if key in self._compiled else "compilation"
             self._compiled.add(key)
@@ -259,7 +264,7 @@ class Controller:
             window.add(losses, tokens, fed["slots"])
             if self.progress is not None:
                 self.progress.advance(pos.global_step, float(losses[-1]), float(tokens.sum()))
-            if self.agreement.stop(self.watcher.requested):
+            if stop:
                 self._stop_preempted(plan)
             self._after_call(plan, window, float(losses[-1]))
 

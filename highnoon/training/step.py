@@ -241,35 +241,57 @@ class TrainStep:
         return loss_sum, tf.reduce_sum(tf.cast(batch["loss_mask"], tf.float32))
 
     # -- distributed functions ---------------------------------------------------------
-    def train_fn(self, config: StepConfig) -> Callable:
+    def train_fn(self, config: StepConfig, agree: bool = False) -> Callable:
         """``fn(iterator, num_steps) -> (losses [num_steps], tokens [num_steps])``: ``num_steps``
         optimizer steps in one host call (several per call keep TPUs busy). ``num_steps`` enters
-        the compiled function as a tensor, so a shorter call (an epoch's last) does not retrace."""
-        key = ("train", config.accumulation_steps, config.clip_norm, config.jit_compile)
+        the compiled function as a tensor, so a shorter call (an epoch's last) does not retrace.
+
+        ``agree=True`` (multi-host runs): ``fn(iterator, num_steps, flag) -> (losses, tokens,
+        flags)``, where ``flags`` is the sum over every replica of its host's ``flag`` (1.0: a
+        preemption signal arrived). The flag rides in the reduction that already sums each
+        step's loss and token count, so every host learns whether any host must stop at no extra
+        collective and no extra host round trip."""
+        key = ("train", config.accumulation_steps, config.clip_norm, config.jit_compile, agree)
         if key not in self._train_fns:
-            self._train_fns[key] = self._build_train_fn(config)
+            self._train_fns[key] = self._build_train_fn(config, agree)
         compiled = self._train_fns[key]
+        if agree:
+            return lambda iterator, num_steps, flag: compiled(
+                iterator, tf.constant(num_steps, tf.int32), tf.constant(float(flag), tf.float32)
+            )
         return lambda iterator, num_steps: compiled(iterator, tf.constant(num_steps, tf.int32))
 
-    def _build_train_fn(self, config: StepConfig) -> Callable:
+    def _build_train_fn(self, config: StepConfig, agree: bool) -> Callable:
         strategy = self.strategy
 
-        def one_step(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
-            loss, tokens = strategy.run(self._replica_train_step, args=(batch, config))
-            return (
-                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, tokens, axis=None),
-            )
+        def replica_step(batch: Batch, flag: tf.Tensor) -> tf.Tensor:
+            loss, tokens = self._replica_train_step(batch, config)
+            # Loss, tokens and the preemption flag travel in one reduction (tf.identity gives
+            # the flag this replica's device; a bare argument has none).
+            return tf.stack([loss, tokens, tf.identity(flag)])
+
+        def one_step(batch: Batch, flag: tf.Tensor) -> tf.Tensor:
+            per_replica = strategy.run(replica_step, args=(batch, flag))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        def steps(iterator, num_steps: tf.Tensor, flag: tf.Tensor):
+            losses = tf.TensorArray(tf.float32, size=num_steps)
+            tokens = tf.TensorArray(tf.float32, size=num_steps)
+            flags = tf.constant(0.0)
+            for i in tf.range(num_steps):
+                totals = one_step(next(iterator), flag)
+                losses = losses.write(i, totals[0])
+                tokens = tokens.write(i, totals[1])
+                flags = totals[2]
+            return losses.stack(), tokens.stack(), flags
+
+        if agree:
+            return tf.function(steps)
 
         @tf.function
         def fn(iterator, num_steps: tf.Tensor):
-            losses = tf.TensorArray(tf.float32, size=num_steps)
-            tokens = tf.TensorArray(tf.float32, size=num_steps)
-            for i in tf.range(num_steps):
-                loss, count = one_step(next(iterator))
-                losses = losses.write(i, loss)
-                tokens = tokens.write(i, count)
-            return losses.stack(), tokens.stack()
+            losses, tokens, _ = steps(iterator, num_steps, tf.constant(0.0))
+            return losses, tokens
 
         return fn
 

@@ -43,7 +43,7 @@ from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import Callback, EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
-from highnoon.training.preemption import Agreement, PreemptionWatcher
+from highnoon.training.preemption import PreemptionWatcher
 from highnoon.training.run_lock import ModelDirLockedError, RunLock
 from highnoon.training.settings import (
     POSITIONAL,
@@ -610,7 +610,7 @@ class Trainer:
             steps_per_call=self.options.steps_per_call,
             jit_compile=self.options.jit_compile,
             goodput=goodput,
-            agreement=Agreement(self.strategy, num_hosts(self.strategy)),
+            multi_host=num_hosts(self.strategy) > 1,
             watcher=watcher,
             flops_per_token=functools.partial(flops_per_token, model_config(self.model)),
             peak_flops=peak_flops(
