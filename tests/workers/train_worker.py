@@ -124,14 +124,14 @@ def _preemption(spec: dict[str, Any], task: int, events: list[dict[str, Any]]) -
         original_train_fn = step.TrainStep.train_fn
         calls = {"n": 0}
 
-        def train_fn(self, config):
-            inner = original_train_fn(self, config)
+        def train_fn(self, config, **kwargs):
+            inner = original_train_fn(self, config, **kwargs)
 
-            def call(iterator, num_steps):
+            def call(*args):
                 calls["n"] += 1
                 if calls["n"] == plan.get("call", 3):  # lands while the compiled call runs
                     threading.Timer(0.001, fire).start()
-                return inner(iterator, num_steps)
+                return inner(*args)
 
             return call
 
