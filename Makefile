@@ -7,7 +7,7 @@ MODEL_DIR ?= /tmp/highnoon_quickstart
 comma := ,
 STAMP := .install-$(subst $(comma),-,$(EXTRAS)).stamp
 
-.PHONY: install train test test-fast lint bench
+.PHONY: install train test test-fast lint bench readme-table
 
 install:
 	@$(PYTHON) -I -c "import importlib.metadata as m; m.version('highnoon')" 2>/dev/null \
@@ -30,3 +30,6 @@ lint: install
 
 bench: install
 	for b in bench/bench_*.py; do $(PYTHON) $$b || exit 1; done
+
+readme-table:
+	$(PYTHON) -m highnoon.training.settings --write README.md

@@ -1,10 +1,19 @@
-"""Data-layer throughput: store build MB/s (byte tokenizer) and pipeline tokens/s.
+"""Data-layer throughput: store build MB/s (byte tokenizer), pipeline tokens/s, and the cost of
+verifying a store's content hash when it is opened for training.
 
 The pipeline figure is also printed as a ratio against a plain numpy gather of the same rows in
 the same process (no tf.data), so machine speed cancels out. Targets: build >= 5 MB/s of text,
 pipeline >= 2M tokens/s.
 
     python bench/bench_data.py [--quick]
+    python bench/bench_data.py --verify_mb 1024
+
+``--verify_mb N`` only measures verification: it builds a store of N MB of uint16 tokens
+(building holds ~16 bytes per token in memory for the features: ~8 GB for 1024 MB), then times
+``TokenStore.open(verify=True)`` (sha256 of tokens + offsets + small files, streamed through the
+memory map) against a plain sequential read of tokens.bin in the same process, both with the file
+in the page cache, the way training reads it right after. A second open in the same process is
+also timed (it should cost only a stat per file). A cold read from disk adds the disk's time.
 """
 
 from __future__ import annotations
@@ -13,12 +22,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from highnoon.data import build_token_store, make_host_dataset
+from highnoon.data import TokenBatch, TokenStore, build_token_store, make_host_dataset
+from highnoon.data import store as store_module
 
 
 def synthetic_texts(total_mb: float, seed: int = 0) -> list[str]:
@@ -72,7 +83,58 @@ def bench_pipeline(store, batch: int, seq_len: int, steps: int) -> tuple[float, 
     return pipeline, baseline
 
 
+def _token_batches(total_tokens: int, seed: int = 0) -> Iterator[TokenBatch]:
+    """Random byte-tokenizer ids in samples of 100..4000 tokens, 8M tokens per batch."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    left = total_tokens
+    while left > 0:
+        lengths = rng.integers(100, 4000, size=4096)
+        lengths = lengths[np.cumsum(lengths) <= min(left, 1 << 23)] if left > 4000 else [left]
+        lengths = np.asarray(lengths, dtype=np.int64)
+        flat = rng.integers(3, 259, size=int(lengths.sum()), dtype=np.int64)
+        left -= int(lengths.sum())
+        yield TokenBatch(flat, lengths)
+
+
+def _plain_read_seconds(path: str) -> float:
+    buffer = bytearray(1 << 23)
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        while handle.readinto(buffer):
+            pass
+    return time.perf_counter() - start
+
+
+def bench_verify(megabytes: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "store")
+        # uint16 ids; the builder appends one EOS per sample, so the size is slightly above
+        build_token_store(_token_batches(megabytes * 1_000_000 // 2), "byte", path, progress=False)
+        tokens = os.path.join(path, "tokens.bin")
+        size = os.path.getsize(tokens)
+        read = min(_plain_read_seconds(tokens) for _ in range(2))  # warm cache, best of two
+        store_module._VERIFIED.clear()
+        store_module._RACY_SECONDS = -1.0  # remember the result although the files are fresh
+        start = time.perf_counter()
+        TokenStore.open(path, verify=True)
+        verify = time.perf_counter() - start
+        start = time.perf_counter()
+        TokenStore.open(path, verify=True)
+        again = time.perf_counter() - start
+    print("| measurement | value |")
+    print("|---|---|")
+    print(
+        f"| open(verify=True), {size / 1e9:.2f} GB of tokens | {verify:.2f} s "
+        f"({size / verify / 1e9:.2f} GB/s; {verify / read:.1f}x a plain read of the file at "
+        f"{size / read / 1e9:.2f} GB/s) |"
+    )
+    print(f"| second open(verify=True) in the same process | {again * 1e3:.1f} ms |")
+
+
 def main() -> None:
+    if "--verify_mb" in sys.argv:
+        bench_verify(int(sys.argv[sys.argv.index("--verify_mb") + 1]))
+        return
     quick = "--quick" in sys.argv
     with tempfile.TemporaryDirectory() as directory:
         texts = synthetic_texts(8 if quick else 40)

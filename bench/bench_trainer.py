@@ -1,7 +1,8 @@
 """Trainer throughput against Keras ``model.fit(jit_compile=True)``, interleaved in one run.
 
-    python bench/bench_trainer.py            # highnoon-tiny and a ~20M-parameter model
-    python bench/bench_trainer.py --quick    # highnoon-tiny only, few steps (smoke run)
+    python bench/bench_trainer.py              # highnoon-tiny and a ~20M-parameter model
+    python bench/bench_trainer.py --quick      # highnoon-tiny only, few steps (smoke run)
+    python bench/bench_trainer.py --agreement  # the preemption agreement's cost, 2 workers
 
 For each model, in this one process:
 
@@ -33,6 +34,12 @@ vary by +-20% for both, so only the interval says whether a gap is real. Tokens 
 ``batch x seq`` positions (padding included: it costs the same compute). MFU is model FLOPs/s
 against a float32 XLA matmul peak measured in the same run (``bench_model.matmul_peak``), with
 model FLOPs per token = 6 N + 12 L d s (``bench_model``'s convention).
+
+``--agreement`` measures what preemption costs a multi-host run: in every host call the hosts
+agree whether any of them got SIGTERM (``TrainStep.train_fn(agree=True)``, one all-reduce of a
+scalar inside the compiled call). Two ``MultiWorkerMirroredStrategy`` workers on 127.0.0.1 run
+the Trainer's own step on highnoon-tiny and alternate windows of host calls without and with the
+agreement; ratio = time with / time without, with a 95% bootstrap interval over window pairs.
 """
 
 from __future__ import annotations
@@ -262,11 +269,94 @@ def bench_case(case: Case, cache_dir: str, steps_per_call: int) -> dict[str, Any
     return result
 
 
+def agreement_worker(windows: int, calls: int) -> None:
+    """One of two workers: windows of host calls without / with the agreement, alternating."""
+    import json
+
+    from bench_model import token_batch
+
+    from highnoon.distribute import create_strategy, is_chief
+    from highnoon.training.step import StepConfig, TrainStep
+
+    strategy = create_strategy("multi_worker", peer_timeout_seconds=120)
+    with strategy.scope():
+        model = hn.create_model("highnoon-tiny")
+        model.build()
+        optimizer = keras.optimizers.AdamW(LEARNING_RATE)
+        optimizer.build(model.trainable_variables)
+    step = TrainStep(model, optimizer, strategy)
+    config = StepConfig(clip_norm=CLIP_NORM)
+    train, train_agreeing = step.train_fn(config), step.train_fn(config, agree=True)
+    batch = token_batch(8, 128, model.config.vocab_size)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: tf.data.Dataset.from_tensors(
+            {k: v[: 8 // ctx.num_input_pipelines] for k, v in batch.items()}
+        ).repeat()
+    )
+    iterator = iter(dataset)
+    train(iterator, 1)[0].numpy()  # trace and compile both before timing
+    train_agreeing(iterator, 1, False)[0].numpy()
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(windows):
+        for mode in ("without", "with"):
+            begin = time.perf_counter()
+            for _ in range(calls):
+                if mode == "with":  # what a multi-host Trainer runs: the agreement in the call
+                    losses, _, flags = train_agreeing(iterator, 1, False)
+                    float(flags)
+                else:
+                    losses, _ = train(iterator, 1)
+                losses.numpy()
+            times[mode].append(time.perf_counter() - begin)
+    if is_chief(strategy):
+        print("AGREEMENT " + json.dumps(times), flush=True)
+
+
+def agreement_cost(windows: int, calls: int) -> None:
+    """Starts two agreement workers and prints the ratio with / without."""
+    import json
+
+    from highnoon.launch.local_cluster import run_local_cluster
+
+    command = [sys.executable, os.path.abspath(__file__), "--agreement-worker",
+               f"--windows={windows}", f"--calls={calls}"]  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = run_local_cluster(
+        command, 2, timeout=3600, env=dict(os.environ, PYTHONPATH=root), echo=lambda line: None
+    )
+    if result.exit_code:
+        raise RuntimeError(f"agreement workers failed: {result.outputs}")
+    line = next(x for x in result.outputs[0].splitlines() if x.startswith("AGREEMENT "))
+    times = {k: np.array(v) for k, v in json.loads(line[len("AGREEMENT ") :]).items()}
+    picks = np.random.default_rng(0).integers(0, windows, (2000, windows))
+    ratios = times["with"][picks].sum(axis=1) / times["without"][picks].sum(axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    per_call = (times["with"].sum() - times["without"].sum()) / (windows * calls)
+    print("| workers | host calls timed | ms per call without | ratio with/without | 95% interval "
+          "| agreement ms per call |")  # fmt: skip
+    print("|---:|---:|---:|---:|---|---:|")
+    print(
+        f"| 2 | {2 * windows * calls} | {1e3 * times['without'].sum() / (windows * calls):.1f} "
+        f"| {times['with'].sum() / times['without'].sum():.3f} | [{low:.3f}, {high:.3f}] "
+        f"| {1e3 * per_call:.2f} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="highnoon-tiny only, few steps")
     parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
+    parser.add_argument("--agreement", action="store_true", help="the agreement's cost only")
+    parser.add_argument("--agreement-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--windows", type=int, default=20, help="--agreement: window pairs")
+    parser.add_argument("--calls", type=int, default=10, help="--agreement: calls per window")
     args = parser.parse_args(argv)
+    if args.agreement_worker:
+        agreement_worker(args.windows, args.calls)
+        return
+    if args.agreement:
+        agreement_cost(args.windows, args.calls)
+        return
     if args.steps_per_call < 1:
         raise ValueError(f"--steps-per-call={args.steps_per_call} must be a positive int")
     started = time.perf_counter()

@@ -6,14 +6,19 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: launch/tpu_pod.sh --tpu NAME --zone ZONE --project PROJECT [--workdir DIR]
-                         [--worker=all|N[,M...]] [--dry-run] -- COMMAND ...
+                         [--worker=all|N[,M...]] [--max_restarts K] [--dry-run] -- COMMAND ...
 
 Runs `cd DIR && COMMAND` on the workers of TPU VM pod NAME through
   gcloud compute tpus tpu-vm ssh NAME --zone ZONE --project PROJECT --worker=all --command ...
 
+On a maintenance event or preemption every host gets SIGTERM; the hosts stop at a step they all
+agree on, save there and exit 42. Each host then runs COMMAND again (the job resumes from its
+checkpoint), up to --max_restarts times (default 3); any other exit code ends the loop.
+
   --tpu, --zone, --project  the pod (defaults: $TPU_NAME, $TPU_ZONE, $GCP_PROJECT)
   --workdir DIR             where the code is on every worker (default: this checkout's path)
   --worker                  which workers (default: all)
+  --max_restarts K          relaunches after exit code 42 (preempted, saved); default 3
   --dry-run                 print the gcloud command instead of running it
 
 The code must already be at DIR on every worker, and --model_dir must be shared storage
@@ -34,6 +39,7 @@ zone="${TPU_ZONE:-}"
 project="${GCP_PROJECT:-}"
 workdir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 worker="all"
+max_restarts=3
 dry_run=0
 
 while [[ $# -gt 0 ]]; do
@@ -47,6 +53,8 @@ while [[ $# -gt 0 ]]; do
     --workdir) workdir="${2:?--workdir needs a value}"; shift 2 ;;
     --workdir=*) workdir="${1#*=}"; shift ;;
     --worker=*) worker="${1#*=}"; shift ;;
+    --max_restarts) max_restarts="${2:?--max_restarts needs a value}"; shift 2 ;;
+    --max_restarts=*) max_restarts="${1#*=}"; shift ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -58,6 +66,9 @@ done
 if [[ $# -eq 0 ]]; then
   echo "tpu_pod.sh: no command given after -- (see --help)" >&2; exit 2
 fi
+if ! [[ "$max_restarts" =~ ^[0-9]+$ ]]; then
+  echo "tpu_pod.sh: --max_restarts=$max_restarts must be an integer >= 0" >&2; exit 2
+fi
 for name in tpu zone project; do
   if [[ -z "${!name}" ]]; then
     echo "tpu_pod.sh: --${name} is required (or set TPU_NAME / TPU_ZONE / GCP_PROJECT)" >&2
@@ -65,11 +76,15 @@ for name in tpu zone project; do
   fi
 done
 
-# Quote every argument so it survives the remote shell unchanged.
-remote="cd $(printf '%q' "$workdir") &&"
+# Quote every argument so it survives the remote shell unchanged. Each host relaunches the
+# command itself on exit code 42; all hosts stop at the same agreed step, so they restart together.
+quoted=""
 for arg in "$@"; do
-  remote+=" $(printf '%q' "$arg")"
+  quoted+=" $(printf '%q' "$arg")"
 done
+remote="cd $(printf '%q' "$workdir") && for attempt in \$(seq 0 $max_restarts); do"
+remote+="$quoted; code=\$?; [ \$code -eq 42 ] || exit \$code;"
+remote+=" echo \"tpu_pod.sh: preempted (exit 42); relaunch \$((attempt + 1))\" >&2; done; exit 42"
 
 cmd=(gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --project "$project"
      "--worker=$worker" --command "$remote")

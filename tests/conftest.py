@@ -1,7 +1,7 @@
 """Test-session setup shared by every test module.
 
 Two logical CPU devices are configured before TensorFlow initialises, so a 2-replica
-``MirroredStrategy`` can run in-process (DESIGN.md section 7). Tests that do not ask for it
+``MirroredStrategy`` can run in-process (docs/design.md, "Distribution"). Tests that do not ask for it
 still run on ``/cpu:0`` exactly as before.
 """
 
@@ -28,3 +28,22 @@ def _configure_logical_cpus() -> None:
 
 
 _configure_logical_cpus()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """One 2-replica MirroredStrategy over the two logical CPUs for the whole session.
+
+    Every strategy object numbers its collectives from the same start, and the process has one
+    collective executor: two strategies over the same devices would give different collectives
+    the same instance key ("Collective instance N expected type ... but got type ..."). So tests
+    share this one.
+    """
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs the two logical CPU devices configured above")
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

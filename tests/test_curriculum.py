@@ -164,6 +164,23 @@ def test_pool_whole_global_batches() -> None:
     assert scheduler.get_current_subset_indices(0).size == 16
 
 
+def test_packed_epoch_stream_is_the_exposed_pool() -> None:
+    scheduler = _prepared(100, global_batch_size=8, seed=2)  # epoch 0: fraction 0.2
+    assert (scheduler.exposed_size(0), scheduler.pool_size(0)) == (20, 16)
+    stream = scheduler.epoch_stream(0)
+    assert sorted(stream.tolist()) == sorted(scheduler.order[:20].tolist())
+    positions = KeyedPermutation(20, "epoch", 2, 0)(np.arange(20))
+    assert stream.tolist() == scheduler.order[positions].tolist()
+    assert (scheduler.samples_dropped(0, pack=False), scheduler.samples_dropped(0, True)) == (4, 0)
+    # whole batches: the packed stream is the unpacked epoch, batch after batch
+    assert (scheduler.exposed_size(90), scheduler.pool_size(90)) == (100, 96)
+    whole = _prepared(96, global_batch_size=8, seed=2)
+    assert whole.exposed_size(90) == whole.pool_size(90) == 96
+    assert np.array_equal(whole.epoch_stream(90), whole.host_epoch_indices(90, 0, 1).reshape(-1))
+    unshuffled = _prepared(100, global_batch_size=8, shuffle=False)
+    assert unshuffled.epoch_stream(0).tolist() == unshuffled.order[:20].tolist()
+
+
 def test_keyed_permutation_is_bijection() -> None:
     for n in (1, 2, 3, 17, 1000, 4099):
         perm = KeyedPermutation(n, 1, 2)

@@ -1,4 +1,4 @@
-"""Property tests of the determinism contract (DESIGN.md section 2)."""
+"""Property tests of the determinism contract (docs/design.md, "Determinism")."""
 
 from __future__ import annotations
 

@@ -38,12 +38,10 @@ def _clean_gin():
     gin.clear_config()
 
 
-@pytest.mark.parametrize("pack", [False, True])
-def test_the_planned_steps_and_tokens_are_what_training_counts(tmp_path, data, pack):
+def test_the_planned_steps_and_tokens_are_what_training_counts(tmp_path, data):
     trainer = make_trainer(
-        tmp_path, eval_fraction=0.25, seq_length_warmup_steps=0.7, seq_length_warmup_start=8,
-        pack=pack,
-    )  # fmt: skip
+        tmp_path, eval_fraction=0.25, seq_length_warmup_steps=0.7, seq_length_warmup_start=8
+    )
     trainer.add_curriculum_stage("s", [data["a"]], epochs=3)
     (plan,) = trainer.plan(epochs_per_stage=None)
     report = report_lib.stage_report(plan, samples=2)
@@ -66,6 +64,19 @@ def test_the_planned_steps_and_tokens_are_what_training_counts(tmp_path, data, p
     text = report_lib.format_report([report])
     assert "stage 0 's': 3 epoch(s), 36 train / 12 held-out samples" in text
     assert f"run: {summary['total_steps']:,} steps, {summary['tokens_seen']:,} tokens" in text
+
+
+def test_a_packed_stage_reports_the_steps_and_tokens_training_counts(tmp_path, data):
+    trainer = make_trainer(tmp_path, eval_fraction=0.25, pack=True)
+    trainer.add_curriculum_stage("s", [data["a"]], epochs=3)
+    (plan,) = trainer.plan(epochs_per_stage=None)
+    report = report_lib.stage_report(plan, samples=2)
+    assert [row["steps"] for row in report["epochs_table"]] == [
+        plan.packed_epoch(e).num_steps for e in range(3)
+    ]
+    summary = trainer.train(save_checkpoints=False, eval_interval=1000)
+    assert report["total_steps"] == summary["total_steps"]
+    assert report["total_tokens"] == summary["tokens_seen"]
 
 
 def test_an_adaptive_stage_reports_its_levels_and_a_range(tmp_path, data):

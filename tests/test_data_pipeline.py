@@ -8,10 +8,13 @@ import pytest
 from highnoon.data import (
     build_token_store,
     make_host_dataset,
+    make_packed_host_dataset,
+    pack_epoch,
     packing_plan,
     per_replica_rows,
+    stored_lengths,
 )
-from highnoon.data.pipeline import HostBatcher
+from highnoon.data.pipeline import HostBatcher, PackedBatcher
 from highnoon.utils.hashing import keyed_hash
 
 tf = pytest.importorskip("tensorflow")
@@ -78,8 +81,10 @@ def test_window_overflow_follows_the_keyed_rule(store):
 
 
 def test_packing_exact(store):
-    rows = np.array([[0, 1, 2]])
-    (batch,) = as_numpy(make_host_dataset(store, rows, seq_len=8, pack=True, packed_rows=2))
+    # stored lengths 3, 4, 7: FFD puts 7 in a row of its own and 4 + 3 together; rows follow
+    # their earliest stream position, segments stream order inside a row
+    packed = pack_epoch(np.array([0, 1, 2]), stored_lengths(store), 8, 2)
+    (batch,) = as_numpy(make_packed_host_dataset(store, packed))
     assert sorted(batch) == ["inputs", "loss_mask", "positions", "segment_ids", "targets"]
     np.testing.assert_array_equal(
         batch["inputs"], [[1, 10, 11, 1, 20, 21, 22, 0], [1, 30, 31, 32, 33, 34, 35, 0]]
@@ -96,22 +101,31 @@ def test_packing_exact(store):
     np.testing.assert_array_equal(
         batch["loss_mask"], [[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 0]]
     )
-    assert packing_plan(store, rows, 8, 0, packed_rows=2) == [
-        (0, 0, 0, 3),
-        (1, 0, 3, 4),
-        (2, 1, 0, 7),
-    ]
-    # one row: the third sample does not fit and is dropped
-    assert packing_plan(store, rows, 8, 0, packed_rows=1) == [(0, 0, 0, 3), (1, 0, 3, 4)]
-    one = HostBatcher(store, rows, 8, pack=True, packed_rows=1).batch(0)
-    np.testing.assert_array_equal(one["inputs"], [[1, 10, 11, 1, 20, 21, 22, 0]])
+    assert packing_plan(packed, 0) == [(0, 0, 0, 3), (1, 0, 3, 4), (2, 1, 0, 7)]
+    # one row per step: the third sample goes to a second step, nothing is dropped
+    one = pack_epoch(np.array([0, 1, 2]), stored_lengths(store), 8, 1)
+    assert one.num_steps == 2
+    assert [packing_plan(one, s) for s in (0, 1)] == [[(0, 0, 0, 3), (1, 0, 3, 4)], [(2, 0, 0, 7)]]
+    first, second = as_numpy(make_packed_host_dataset(store, one))
+    np.testing.assert_array_equal(first["inputs"], [[1, 10, 11, 1, 20, 21, 22, 0]])
+    np.testing.assert_array_equal(second["inputs"], [[1, 30, 31, 32, 33, 34, 35, 0]])
 
 
 def test_packing_truncates_long_samples_to_a_row(store):
-    batch = HostBatcher(store, np.array([[2, 0]]), 4, pack=True).batch(0)
+    packed = pack_epoch(np.array([2, 0]), stored_lengths(store), 4, 2)
+    batch = PackedBatcher(store, packed).batch(0)
     np.testing.assert_array_equal(batch["inputs"], [[1, 30, 31, 32], [1, 10, 11, 0]])
     np.testing.assert_array_equal(batch["targets"], [[30, 31, 32, 33], [10, 11, 2, 0]])
     np.testing.assert_array_equal(batch["segment_ids"], [[1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+def test_packed_last_step_is_padded_with_empty_rows(store):
+    packed = pack_epoch(np.array([2, 0, 1]), stored_lengths(store), 7, 4)  # 2 rows, 4 per step
+    batch = PackedBatcher(store, packed).batch(0)
+    assert batch["inputs"].shape == (4, 7)
+    np.testing.assert_array_equal(batch["loss_mask"].sum(axis=1), [7, 7, 0, 0])
+    np.testing.assert_array_equal(batch["inputs"][2:], 0)
+    np.testing.assert_array_equal(batch["segment_ids"][2:], 0)
 
 
 def test_start_step_resumes_exactly_and_runs_repeat(store):
@@ -150,16 +164,23 @@ def test_bad_arguments(store):
         make_host_dataset(store, np.array([[0]]), 4, overflow="wrap")
     with pytest.raises(ValueError, match="start_step=2"):
         make_host_dataset(store, np.array([[0]]), 4, start_step=2)
-    with pytest.raises(ValueError, match="packed_rows is only meaningful"):
-        make_host_dataset(store, np.array([[0]]), 4, packed_rows=1)
+    with pytest.raises(ValueError, match="pack=True: per-host rows cannot be packed"):
+        make_host_dataset(store, np.array([[0]]), 4, pack=True)
+    packed = pack_epoch(np.array([0, 1, 2]), stored_lengths(store), 4, 3)
+    with pytest.raises(ValueError, match="rows_per_step=3 does not divide by num_hosts=2"):
+        make_packed_host_dataset(store, packed, host_id=0, num_hosts=2)
+    with pytest.raises(ValueError, match="host_id=2 must be an integer in"):
+        make_packed_host_dataset(store, packed, host_id=2, num_hosts=1)
+    with pytest.raises(ValueError, match="the packing holds sample index 5"):
+        make_packed_host_dataset(store, pack_epoch(np.array([5]), np.ones(6, np.int64), 4, 1))
 
 
-def test_distribute_datasets_from_function(store):
+def test_distribute_datasets_from_function(store, mirrored):
     """Two logical CPUs (tests/conftest.py), MirroredStrategy: replica r gets rows
     [r*b, (r+1)*b) of every step."""
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs the two logical CPU devices configured by conftest")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored
     host_rows = np.array([[0, 1, 2, 0], [2, 2, 1, 1]])
 
     def dataset_fn(ctx):
@@ -175,10 +196,13 @@ def test_distribute_datasets_from_function(store):
 
 def test_steps_per_call_does_not_change_batches(store):
     rows = np.random.Generator(np.random.PCG64(3)).integers(0, 3, size=(5, 2))
-    for pack in (False, True):
-        one = as_numpy(make_host_dataset(store, rows, 6, pack=pack, steps_per_call=1))
-        three = as_numpy(make_host_dataset(store, rows, 6, pack=pack, steps_per_call=3))
-        assert len(one) == len(three) == 5
+    packed = pack_epoch(rows.reshape(-1), stored_lengths(store), 6, 2)
+    for make in (
+        lambda n: make_host_dataset(store, rows, 6, steps_per_call=n),
+        lambda n: make_packed_host_dataset(store, packed, steps_per_call=n),
+    ):
+        one, three = as_numpy(make(1)), as_numpy(make(3))
+        assert len(one) == len(three) > 1
         for a, b in zip(one, three):
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key])

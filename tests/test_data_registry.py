@@ -55,7 +55,7 @@ def test_txt_split_modes(files):
         assert resolve_dataset("blocks").name == "blocks"
     finally:
         unregister_dataset("blocks")
-    with pytest.raises(ValueError, match="split='lines' is not allowed"):
+    with pytest.raises(ValueError, match="split='lines' must be one of"):
         register_dataset("bad", str(files / "a.txt"), split="lines")
         try:
             resolve_dataset("bad")

@@ -10,6 +10,7 @@ import pytest
 
 from highnoon.distribute import cluster, consistency, hosts
 from highnoon.distribute.errors import ConfigMismatchError, PeerFailureError, TPUUnreachableError
+from highnoon.utils.validation import InvalidArgumentError
 
 # --- TF_CONFIG / worker_hosts -----------------------------------------------------------------
 
@@ -30,12 +31,15 @@ def test_tf_config_from_worker_hosts():
         ("a:1,b:65536", 0, r"worker_hosts\[1\]='b:65536' must be 'host:port' with a port in"),
         (":1,b:2", 0, r"worker_hosts\[0\]=':1' must be 'host:port'"),
         ("a:1,b:2", True, r"task_index=True must be an integer \(got bool\)"),
+        ("a:1,host:99999", 0, r"worker_hosts\[1\]='host:99999' must be 'host:port' with a port in"),
+        ("host:0", 0, r"worker_hosts\[0\]='host:0' must be 'host:port' with a port in"),
         ("a:1,a:1", 0, "duplicate"),
         ("", 0, "comma-separated list"),
+        ("a:1", 0.0, r"task_index=0\.0 must be an integer \(got float\)"),
     ],
 )
 def test_tf_config_from_worker_hosts_rejects_bad_input(hosts, index, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InvalidArgumentError, match=match):
         cluster.tf_config_from_worker_hosts(hosts, index)
 
 
@@ -140,6 +144,18 @@ def test_create_strategy_validates_before_work():
         create_strategy("one_device", peer_timeout_seconds=0)
     with pytest.raises(ValueError, match="worker_hosts and task_index go together"):
         create_strategy("auto", worker_hosts="a:1,b:1")
+
+
+def test_create_strategy_refuses_a_bad_worker_port_before_writing_tf_config(monkeypatch):
+    from highnoon.distribute import create_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"worker_hosts\[0\]='localhost:99999' must be 'host:port' with a port in \[1, 65535\]",
+    ):
+        create_strategy("auto", worker_hosts="localhost:99999,localhost:2222", task_index=0)
+    assert "TF_CONFIG" not in os.environ
 
 
 # --- hosts ------------------------------------------------------------------------------------

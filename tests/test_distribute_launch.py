@@ -130,15 +130,11 @@ def test_tpu_pod_dry_run_prints_gcloud_command():
         "--worker=all",
     ]
     assert argv[11] == "--command"
-    assert shlex.split(argv[12]) == [
-        "cd",
-        "/srv/hn",
-        "&&",
-        "python",
-        "-m",
-        "launch.train",
-        "--gin.Trainer.name='a b'",
-    ]
+    remote = shlex.split(argv[12])
+    # cd DIR && for attempt in $(seq 0 3); do COMMAND; ... (relaunched on exit code 42)
+    assert remote[:3] == ["cd", "/srv/hn", "&&"] and remote[3:6] == ["for", "attempt", "in"]
+    command = remote[remote.index("do") + 1 :]
+    assert command[:4] == ["python", "-m", "launch.train", "--gin.Trainer.name='a b';"]
 
 
 def test_tpu_pod_requires_zone():

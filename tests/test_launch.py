@@ -384,9 +384,9 @@ def test_two_workers_the_chief_logs_and_the_other_only_warns(tmp_path):
     )
     assert result.exit_codes == [0, 0], result.outputs
     chief, other = result.outputs
-    assert "stage 'a' begins" in chief and _PYTHON_INFO.search(chief)
+    assert "stage 'a': 1 epoch(s), 16 steps" in chief and _PYTHON_INFO.search(chief)
     assert _PYTHON_INFO.findall(other) == []
-    assert "stage 'a' begins" not in other and '"total_steps": 16' not in other
+    assert "stage 'a': 1 epoch(s)" not in other and '"total_steps": 16' not in other
     assert '"total_steps": 16' in chief
     for output in result.outputs:  # TensorFlow's INFO lines are off (--logger_levels)
         assert "Collective all_reduce tensors" not in output

@@ -266,8 +266,8 @@ def test_train_without_stages_or_with_a_missing_resume_path(tmp_path, data):
         trainer.train(resume_from=str(tmp_path / "nothing"))
 
 
-def test_batch_that_does_not_divide_across_replicas(tmp_path, data):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_batch_that_does_not_divide_across_replicas(tmp_path, data, mirrored):
+    strategy = mirrored
     trainer = make_trainer(tmp_path, batch_size=3, strategy=strategy)
     trainer.add_curriculum_stage("first", [data["a"]])
     with pytest.raises(ValueError, match="batch_size=3 does not divide across 2 replicas"):
@@ -387,3 +387,36 @@ def test_adaptive_curriculum_advances_on_the_reduced_loss_and_grows_the_pool(tmp
         .decode()
     )
     assert restored.curriculum_states["0"]["decisions"]
+
+
+def test_mixed_float16_clips_the_true_gradients_whatever_the_loss_scale():
+    """Loss-scaled gradients are clipped at clip_norm * scale, so the update does not depend on
+    the loss scale (clipping the scaled gradients at clip_norm would clip 2^15 times harder)."""
+    import keras
+
+    from highnoon.training.step import StepConfig, TrainStep
+
+    batch = {
+        "inputs": np.arange(64, dtype=np.int32).reshape(4, 16) % 200 + 3,
+        "targets": (np.arange(64, dtype=np.int32).reshape(4, 16) + 1) % 200 + 3,
+        "loss_mask": np.ones((4, 16), np.float32),
+    }
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        results = []
+        for scale in (1.0, 2.0**15):
+            keras.utils.set_random_seed(0)
+            model = hn.create_model("highnoon-nano", max_seq_length=16)
+            model.build()
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.SGD(0.1), initial_scale=scale, dynamic_growth_steps=10**6
+            )
+            optimizer.build(model.trainable_variables)
+            step = TrainStep(model, optimizer, tf.distribute.get_strategy())
+            train = step.train_fn(StepConfig(clip_norm=0.01))
+            train(iter(tf.data.Dataset.from_tensors(batch).repeat()), 1)
+            results.append([w.numpy() for w in model.trainable_variables])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

@@ -259,3 +259,67 @@ def test_invalid_json_names_the_position(saved):
 def test_load_from_a_directory_without_state(tmp_path):
     with pytest.raises(TrainerStateError, match="holds no trainer.json"):
         hn.Trainer.load(str(tmp_path), nano_model())
+
+
+# -- one run per model_dir -----------------------------------------------------------------------
+_RUN = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from tests.trainer_helpers import make_trainer, nano_model
+
+def hold(event):
+    if event["event"] == "log" and event["step"] == 2 and {hold!r}:
+        open({marker!r}, "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists({marker!r} + ".release") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the run (and its lock) stays alive while the other one starts
+
+trainer = make_trainer({tmp!r}, model=nano_model())
+trainer.add_curriculum_stage("only", [{data!r}], epochs=1)
+trainer.add_callback(hold)
+summary = trainer.train(checkpoint_dir={run!r}, log_interval=1)
+print("TOTAL", summary["total_steps"])
+"""
+
+
+@pytest.mark.slow
+def test_a_second_concurrent_run_in_one_model_dir_refuses_naming_the_holder(tmp_path, data):
+    import subprocess
+    import sys
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run_dir, marker = str(tmp_path / "run"), str(tmp_path / "holding")
+
+    def start(hold: bool) -> subprocess.Popen:
+        script = _RUN.format(
+            repo=repo, tmp=str(tmp_path), data=data["a"], run=run_dir, marker=marker, hold=hold
+        )
+        return subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
+    first = start(hold=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(marker):
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the first run never reached step 2"
+            time.sleep(0.2)
+        second = start(hold=False)
+        out, err = second.communicate(timeout=240)
+        assert second.returncode == 1
+        assert "ModelDirLockedError" in err and f"pid={first.pid}" in err, err[-2000:]
+        assert "TOTAL" not in out
+        open(marker + ".release", "w").close()
+        out, err = first.communicate(timeout=240)
+        assert first.returncode == 0, err[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    with open(os.path.join(run_dir, "summary.json")) as handle:
+        assert f"TOTAL {json.load(handle)['total_steps']}" in out  # the first run's, intact
+    again = make_trainer(tmp_path)  # the lock is free again once the holder is done
+    again.add_curriculum_stage("only", [data["a"]], epochs=1)
+    assert again.train(checkpoint_dir=run_dir)["total_steps"] > 0

@@ -26,189 +26,47 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any
 
 import numpy as np
 import pytest
 
-from highnoon.launch.local_cluster import ClusterResult, run_local_cluster
+from highnoon.launch.local_cluster import run_local_cluster
 from highnoon.training.checkpointing import checkpoint_candidates
-from tests.trainer_helpers import corpus, write_jsonl
+from tests.multiworker_helpers import (
+    HARD_TIMEOUT,
+    ROOT,
+    TOTAL_STEPS,
+    Outcome,
+    assert_bitwise_equal,
+    assert_hosts_split_the_global_batch,
+    assert_weights_close,
+    global_rows,
+    make_workdir,
+    run_cluster,
+    run_ok,
+    write_spec,
+)
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "workers", "train_worker.py")
-HARD_TIMEOUT = 150  # seconds per cluster; a hang is killed and fails the test
-# 2 stages: "first" 2 epochs (size-based curriculum, linear pacing: 2 + 10 steps), "second" 1
-# epoch with its own learning rate (6 steps). Global batch 4, checkpoints every 4 steps.
-TOTAL_STEPS = 18
-STEPS_PER_EPOCH = {(0, 0): 2, (0, 1): 10, (1, 0): 6}
-# Float tolerance between runs whose all-reduces sum in a different order (same as the
-# in-process parity tests).
-RTOL, ATOL = 1e-4, 5e-5
 
-
-# -- running clusters -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> dict[str, str]:
     """Data and token-store cache shared by every run of this module."""
-    root = tmp_path_factory.mktemp("multiworker")
-    return {
-        "root": str(root),
-        "a": write_jsonl(str(root / "a.jsonl"), corpus(0, 40)),
-        "b": write_jsonl(str(root / "b.jsonl"), corpus(1, 24)),
-        "cache": str(root / "cache"),
-    }
-
-
-def _spec(
-    workdir: dict[str, str],
-    name: str,
-    checkpoint_dir: str | None = None,
-    batch_size: int = 4,
-    **extra,
-) -> str:
-    """Writes one run's worker spec; returns its path. The run's outputs go to ``<name>/out``."""
-    run_dir = os.path.join(workdir["root"], name)
-    os.makedirs(os.path.join(run_dir, "out"))
-    spec = {
-        "stages": [
-            ["first", [workdir["a"]], 2, {}],
-            ["second", [workdir["b"]], 1, {"learning_rate": 1e-3}],
-        ],
-        "trainer": {
-            "learning_rate": 3e-3,
-            "batch_size": batch_size,
-            "max_seq_length": 32,
-            "seed": 7,
-            "data_cache_dir": workdir["cache"],
-            "verbose": False,
-            "eval_fraction": 0.0,
-            "deterministic_ops": True,
-            "write_summaries": False,
-            "curriculum_strategy": "size_based",
-        },
-        "seq": 32,
-        "checkpoint_dir": checkpoint_dir or os.path.join(run_dir, "ckpt"),
-        "out_dir": os.path.join(run_dir, "out"),
-        "checkpoint_interval": 4,
-        **extra,
-    }
-    path = os.path.join(run_dir, "spec.json")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(spec, handle)
-    return path
-
-
-def _cluster(
-    spec: str, num_workers: int, *, worker_env: list[dict[str, str]] | None = None, **kwargs
-) -> ClusterResult:
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="1")
-    return run_local_cluster(
-        [sys.executable, WORKER, spec],
-        num_workers,
-        timeout=HARD_TIMEOUT,
-        env=env,
-        extra_env_per_worker=worker_env,
-        echo=lambda line: None,
-        cwd=ROOT,
-        **kwargs,
-    )
-
-
-class Outcome:
-    """One worker's outputs: final weights, fed rows and events."""
-
-    def __init__(self, spec: str, task: int) -> None:
-        with open(spec, encoding="utf-8") as handle:
-            out_dir = json.load(handle)["out_dir"]
-        base = os.path.join(out_dir, f"worker{task}")
-        with np.load(base + ".npz") as arrays:
-            self.arrays = {key: arrays[key] for key in arrays.files}
-        with open(base + ".json", encoding="utf-8") as handle:
-            self.facts: dict[str, Any] = json.load(handle)
-        self.weights = [self.arrays[k] for k in sorted(self.arrays) if k.startswith("w")]
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.facts["events"] if e["event"] == name]
-
-    def logged_steps(self) -> list[int]:
-        return [e["step"] for e in self.events("log")]
-
-    def rows(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self.arrays.items() if k.startswith("rows_")}
-
-
-def _run_ok(spec: str, num_workers: int) -> list[Outcome]:
-    result = _cluster(spec, num_workers)
-    assert result.exit_codes == [0] * num_workers, result.outputs
-    outcomes = [Outcome(spec, task) for task in range(num_workers)]
-    assert [o.facts["replicas"] for o in outcomes] == [num_workers] * num_workers
-    return outcomes
-
-
-def _assert_weights_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
-    assert len(got) == len(want) and len(want) > 10
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
-
-
-def _assert_bitwise_equal(outcomes: list[Outcome]) -> None:
-    first = outcomes[0].weights
-    for other in outcomes[1:]:
-        assert all(np.array_equal(a, b) for a, b in zip(first, other.weights))
-
-
-def _assert_hosts_split_the_global_batch(outcomes: list[Outcome], single: Outcome) -> None:
-    """Every step: worker 0's rows, then worker 1's, ... are exactly the one-worker global batch
-    (each host feeds 2 rows a step)."""
-    per_host = [o.rows() for o in outcomes]
-    for key, want in single.rows().items():
-        assert [p[key].shape for p in per_host] == [(want.shape[0], 2)] * len(outcomes)
-        np.testing.assert_array_equal(np.concatenate([p[key] for p in per_host], axis=1), want)
-
-
-def _fed_steps(rows: np.ndarray, key: str, logged: list[int]) -> np.ndarray:
-    """The part of a recorded pipeline ``rows`` table that was really stepped through."""
-    stage, epoch = (int(x) for x in re.match(r"rows_s(\d+)_e(\d+)_from", key).groups())
-    first = sum(n for (s, e), n in STEPS_PER_EPOCH.items() if (s, e) < (stage, epoch))
-    start = int(key.rsplit("from", 1)[1])
-    done = sum(
-        1 for step in logged if first + start < step <= first + STEPS_PER_EPOCH[stage, epoch]
-    )
-    return rows[:done]
-
-
-def _global_rows(runs: list[list[Outcome]]) -> dict[int, np.ndarray]:
-    """Global step -> the global batch's store rows, hosts concatenated in task order, over one
-    or more consecutive runs (a stop and its resume)."""
-    table: dict[int, np.ndarray] = {}
-    for outcomes in runs:
-        logged = outcomes[0].logged_steps()
-        for key in outcomes[0].rows():
-            stage, epoch, start = (int(x) for x in re.findall(r"\d+", key))
-            first = sum(n for (s, e), n in STEPS_PER_EPOCH.items() if (s, e) < (stage, epoch))
-            parts = [_fed_steps(o.rows()[key], key, logged) for o in outcomes]
-            batch = np.concatenate(parts, axis=1)
-            for i, row in enumerate(batch):
-                step = first + start + i + 1
-                assert step not in table, f"step {step} fed twice"
-                table[step] = row
-    return table
+    return make_workdir(tmp_path_factory.mktemp("multiworker"))
 
 
 @pytest.fixture(scope="module")
 def reference(workdir) -> list[Outcome]:
     """The uninterrupted one-worker run every other run is compared with."""
-    outcomes = _run_ok(_spec(workdir, "reference"), 1)
+    outcomes = run_ok(write_spec(workdir, "reference"), 1)
     assert outcomes[0].logged_steps() == list(range(1, TOTAL_STEPS + 1))
     return outcomes
 
 
 # -- the tests --------------------------------------------------------------------------------
 def test_reference_run_feeds_the_planned_curriculum(reference):
-    rows = _global_rows([reference])
+    rows = global_rows([reference])
     assert sorted(rows) == list(range(1, TOTAL_STEPS + 1))
     assert all(batch.shape == (4,) for batch in rows.values())
     # Stage "first" feeds store a's rows (40 samples), stage "second" store b's (24 samples).
@@ -218,12 +76,12 @@ def test_reference_run_feeds_the_planned_curriculum(reference):
 
 
 def test_two_workers_match_one_worker(workdir, reference):
-    spec = _spec(workdir, "two")
-    outcomes = _run_ok(spec, 2)
+    spec = write_spec(workdir, "two")
+    outcomes = run_ok(spec, 2)
     assert [o.logged_steps() for o in outcomes] == [list(range(1, TOTAL_STEPS + 1))] * 2
-    _assert_hosts_split_the_global_batch(outcomes, reference[0])
-    _assert_bitwise_equal(outcomes)
-    _assert_weights_close(outcomes[0].weights, reference[0].weights)
+    assert_hosts_split_the_global_batch(outcomes, reference[0])
+    assert_bitwise_equal(outcomes)
+    assert_weights_close(outcomes[0].weights, reference[0].weights)
     # The step losses are the global ones on every worker, equal to the one-worker run's.
     losses = [[e["step_loss"] for e in o.events("log")] for o in [*outcomes, *reference]]
     assert losses[0] == losses[1]
@@ -235,17 +93,6 @@ def test_two_workers_match_one_worker(workdir, reference):
     assert glob.glob(os.path.join(tempfile.gettempdir(), f"highnoon-worker-1-{key}-*")) == []
 
 
-def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
-    """3 hosts need a global batch divisible by 3: both runs use 6, everything else as above."""
-    single = _run_ok(_spec(workdir, "three_reference", batch_size=6), 1)
-    outcomes = _run_ok(_spec(workdir, "three", batch_size=6), 3)
-    steps = single[0].logged_steps()
-    assert [o.logged_steps() for o in outcomes] == [steps] * 3
-    _assert_hosts_split_the_global_batch(outcomes, single[0])
-    _assert_bitwise_equal(outcomes)
-    _assert_weights_close(outcomes[0].weights, single[0].weights)
-
-
 def test_two_workers_match_one_worker_through_a_sequence_length_warmup(workdir):
     """Stage "first" grows its rows 8 -> 16 -> 32 over 8 steps (changes at steps 3 and 8, one
     inside each epoch): each length is its own pipeline, and two hosts still split every global
@@ -254,10 +101,10 @@ def test_two_workers_match_one_worker_through_a_sequence_length_warmup(workdir):
     def spec(name):
         warm = {"seq_length_warmup_steps": 8, "seq_length_warmup_start": 8}
         stages = [["first", [workdir["a"]], 2, warm], ["second", [workdir["b"]], 1, {}]]
-        return _spec(workdir, name, stages=stages)
+        return write_spec(workdir, name, stages=stages)
 
-    single = _run_ok(spec("warm-one"), 1)
-    outcomes = _run_ok(spec("warm-two"), 2)
+    single = run_ok(spec("warm-one"), 1)
+    outcomes = run_ok(spec("warm-two"), 2)
     assert sorted(single[0].rows()) == [
         "rows_s0_e0_from0", "rows_s0_e1_from0", "rows_s0_e1_from1", "rows_s0_e1_from6",
         "rows_s1_e0_from0",
@@ -266,48 +113,96 @@ def test_two_workers_match_one_worker_through_a_sequence_length_warmup(workdir):
         [8] * 2 + [8, 16, 16, 16, 16, 16] + [32] * 10
     )
     assert [o.logged_steps() for o in outcomes] == [list(range(1, TOTAL_STEPS + 1))] * 2
-    _assert_hosts_split_the_global_batch(outcomes, single[0])
-    _assert_bitwise_equal(outcomes)
-    _assert_weights_close(outcomes[0].weights, single[0].weights)
+    assert_hosts_split_the_global_batch(outcomes, single[0])
+    assert_bitwise_equal(outcomes)
+    assert_weights_close(outcomes[0].weights, single[0].weights)
+
+
+def test_two_packed_workers_match_one_packed_worker(workdir):
+    """With packing, each step's rows are cut from one global packing: the same samples and
+    (with segment masking) the same loss and weights for any host count."""
+    single = run_ok(write_spec(workdir, "packed-one", trainer_extra={"pack": True}), 1)
+    outcomes = run_ok(write_spec(workdir, "packed-two", trainer_extra={"pack": True}), 2)
+    steps = single[0].logged_steps()
+    assert steps and [o.logged_steps() for o in outcomes] == [steps] * 2
+    assert_bitwise_equal(outcomes)
+    assert_weights_close(outcomes[0].weights, single[0].weights)
+    losses = [[e["step_loss"] for e in o.events("log")] for o in [outcomes[0], single[0]]]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=2e-5, atol=2e-5)
+
+
+def test_a_sharded_run_killed_mid_stage_resumes_on_three_workers(workdir):
+    """ZeRO-1 on 2 workers, one SIGKILLed inside stage one; the job relaunched on 3 workers
+    (sharded 3 ways) from the last checkpoint ends with the weights of an uninterrupted
+    one-worker run (global batch 6, which 1, 2 and 3 hosts divide)."""
+    single = run_ok(write_spec(workdir, "zero1-reference", batch_size=6), 1)
+    ckpt = os.path.join(workdir["root"], "zero1", "ckpt")
+    spec = write_spec(
+        workdir, "zero1", batch_size=6, kill_at_step=[1, 6], trainer_extra={"sharding": "optimizer"}
+    )
+    result = run_cluster(spec, 2, worker_env=[{"HN_COLLECTIVE_TIMEOUT": "60"}] * 2, grace=100)
+    assert result.exit_codes[1] == -9 and result.exit_codes[0] == 76, result.outputs
+    assert [os.path.basename(p) for p in checkpoint_candidates(ckpt)] == ["ckpt-4"]
+    relaunched = run_ok(
+        write_spec(workdir, "zero1-relaunch", checkpoint_dir=ckpt, batch_size=6,
+                   trainer_extra={"sharding": "optimizer"}),
+        3,
+    )  # fmt: skip
+    for outcome in relaunched:
+        (begin,) = outcome.events("train_begin")
+        assert begin["start_step"] == 4 and begin["num_replicas"] == 3
+    assert_bitwise_equal(relaunched)
+    assert_weights_close(relaunched[0].weights, single[0].weights)
+
+
+def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
+    """3 hosts need a global batch divisible by 3: both runs use 6, everything else as above."""
+    single = run_ok(write_spec(workdir, "three_reference", batch_size=6), 1)
+    outcomes = run_ok(write_spec(workdir, "three", batch_size=6), 3)
+    steps = single[0].logged_steps()
+    assert [o.logged_steps() for o in outcomes] == [steps] * 3
+    assert_hosts_split_the_global_batch(outcomes, single[0])
+    assert_bitwise_equal(outcomes)
+    assert_weights_close(outcomes[0].weights, single[0].weights)
 
 
 def test_elastic_resume_one_worker_then_two_then_one(workdir, reference):
     """1 worker to step 5, 2 workers on from its checkpoint to step 14, 1 worker to the end:
     the same global batches at every step and the weights of the uninterrupted run."""
     ckpt = os.path.join(workdir["root"], "elastic", "ckpt")
-    first = _run_ok(_spec(workdir, "elastic", stop_at_step=5), 1)
+    first = run_ok(write_spec(workdir, "elastic", stop_at_step=5), 1)
     assert first[0].facts["stopped"] and first[0].logged_steps() == list(range(1, 6))
     # The stop saved a final checkpoint at step 5 (after the periodic one at step 4).
     assert [os.path.basename(p) for p in checkpoint_candidates(ckpt)] == ["ckpt-5", "ckpt-4"]
 
-    second = _run_ok(_spec(workdir, "elastic-2", checkpoint_dir=ckpt, stop_at_step=14), 2)
+    second = run_ok(write_spec(workdir, "elastic-2", checkpoint_dir=ckpt, stop_at_step=14), 2)
     for outcome in second:
         (begin,) = outcome.events("train_begin")
         assert begin["start_step"] == 5 and begin["num_replicas"] == 2
         assert outcome.facts["stopped"] and outcome.logged_steps() == list(range(6, 15))
         # Mid-epoch resume: epoch 1 of stage "first" continues at its 4th step.
         assert sorted(outcome.rows()) == ["rows_s0_e1_from3", "rows_s1_e0_from0"]
-    _assert_bitwise_equal(second)
+    assert_bitwise_equal(second)
     assert os.path.basename(checkpoint_candidates(ckpt)[0]) == "ckpt-14"
 
-    third = _run_ok(_spec(workdir, "elastic-3", checkpoint_dir=ckpt), 1)
+    third = run_ok(write_spec(workdir, "elastic-3", checkpoint_dir=ckpt), 1)
     (begin,) = third[0].events("train_begin")
     assert begin["start_step"] == 14 and begin["num_replicas"] == 1
     assert third[0].logged_steps() == list(range(15, TOTAL_STEPS + 1))
     assert sorted(third[0].rows()) == ["rows_s1_e0_from2"]
 
-    resumed = _global_rows([first, second, third])
-    want = _global_rows([reference])
+    resumed = global_rows([first, second, third])
+    want = global_rows([reference])
     assert sorted(resumed) == sorted(want)
     for step, batch in want.items():
         np.testing.assert_array_equal(resumed[step], batch, err_msg=f"step {step}")
-    _assert_weights_close(third[0].weights, reference[0].weights)
+    assert_weights_close(third[0].weights, reference[0].weights)
 
 
 def test_sigkilled_worker_ends_the_job_and_a_relaunch_resumes(workdir, reference):
     ckpt = os.path.join(workdir["root"], "killed", "ckpt")
-    spec = _spec(workdir, "killed", kill_at_step=[1, 6])
-    result = _cluster(spec, 2, worker_env=[{"HN_COLLECTIVE_TIMEOUT": "60"}] * 2, grace=100)
+    spec = write_spec(workdir, "killed", kill_at_step=[1, 6])
+    result = run_cluster(spec, 2, worker_env=[{"HN_COLLECTIVE_TIMEOUT": "60"}] * 2, grace=100)
     assert not result.timed_out, result.outputs
     assert result.exit_codes[1] == -9 and "DYING" in result.outputs[1]
     # The survivor stops by itself (not killed by the harness) with the peer-failure error.
@@ -317,20 +212,21 @@ def test_sigkilled_worker_ends_the_job_and_a_relaunch_resumes(workdir, reference
     # Nothing was written after the failure: the newest checkpoint is the step-4 one.
     assert [os.path.basename(p) for p in checkpoint_candidates(ckpt)] == ["ckpt-4"]
 
-    relaunched = _run_ok(_spec(workdir, "killed-relaunch", checkpoint_dir=ckpt), 2)
+    relaunched = run_ok(write_spec(workdir, "killed-relaunch", checkpoint_dir=ckpt), 2)
     for outcome in relaunched:
         (begin,) = outcome.events("train_begin")
         assert begin["start_step"] == 4
         assert outcome.logged_steps() == list(range(5, TOTAL_STEPS + 1))
-    _assert_bitwise_equal(relaunched)
-    _assert_weights_close(relaunched[0].weights, reference[0].weights)
+    assert_bitwise_equal(relaunched)
+    assert_weights_close(relaunched[0].weights, reference[0].weights)
 
 
 @pytest.mark.parametrize(
     ("num_workers", "odd_flag", "parts", "groups"),
     [
-        # A Trainer setting: part of the config and of every stage's curriculum settings.
-        (2, "--gin.Trainer.learning_rate=1e-3", "'config', 'curriculum'", ("[0]", "[1]")),
+        # A Trainer setting that shapes the stream: part of the config and of every stage's
+        # stream settings.
+        (2, "--gin.Trainer.initial_fraction=0.5", "'config', 'curriculum'", ("[0]", "[1]")),
         # A launch setting outside the Trainer: caught through gin's operative config.
         (3, "--gin.run_training.checkpoint_interval=2", "'config'", ("[0, 1]", "[2]")),
     ],

@@ -126,8 +126,8 @@ def test_single_device_matches_keras_fit(keras_reference):
     _assert_matches_fit(losses, weights, keras_reference)
 
 
-def test_two_replicas_match_keras_fit(setup, keras_reference):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_two_replicas_match_keras_fit(setup, keras_reference, mirrored):
+    strategy = mirrored
     trainer, losses, weights = _trainer_run(setup, batch_size=GLOBAL_BATCH, strategy=strategy)
     assert trainer.strategy.num_replicas_in_sync == 2
     _assert_matches_fit(losses, weights, keras_reference)

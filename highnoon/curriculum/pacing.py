@@ -199,3 +199,12 @@ def pool_size(fraction: float, num_samples: int, global_batch_size: int) -> int:
     exact = math.floor(round(fraction * num_samples, 6))
     whole = (min(exact, num_samples) // global_batch_size) * global_batch_size
     return max(global_batch_size, whole)
+
+
+def exposed_size(fraction: float, num_samples: int, global_batch_size: int) -> int:
+    """Samples the pacing exposes before rounding down to whole global batches: ``fraction *
+    num_samples`` (same 6-decimal rule as ``pool_size``), at least ``pool_size``, at most the
+    data. Packed epochs use all of them (their steps are rows, not samples); an unpacked epoch
+    leaves ``exposed_size - pool_size`` out."""
+    exact = math.floor(round(fraction * num_samples, 6))
+    return max(pool_size(fraction, num_samples, global_batch_size), min(exact, num_samples))

@@ -296,6 +296,41 @@ class CurriculumScheduler:
         self._note_epoch(epoch)
         return indices
 
+    def exposed_size(self, epoch: int) -> int:
+        """Samples the pacing exposes at ``epoch`` before the pool is rounded down to whole
+        global batches (``pacing.exposed_size``; at the epoch's first step, for step pacing)."""
+        epoch = _int_arg("epoch", epoch)
+        self._require_order()
+        return pacing_lib.exposed_size(
+            self.fraction_at(epoch), self.num_samples, self.global_batch_size
+        )
+
+    def epoch_stream(self, epoch: int) -> np.ndarray:
+        """Every sample a *packed* epoch visits, in order (int64 indices into the scores).
+
+        Epoch pacing: the exposed pool (``exposed_size``, not rounded to whole global batches:
+        packed steps are made of rows, not samples) in the epoch's keyed order; when the pool is
+        whole batches this is ``host_epoch_indices(epoch, 0, 1)`` flattened. Step pacing: the
+        epoch's global batches back to back. Every host computes the same stream.
+        """
+        epoch = _int_arg("epoch", epoch)
+        order = self._require_order()
+        if self.pacing.unit == "step":
+            return self.host_epoch_indices(epoch, 0, 1).reshape(-1)
+        n = self.exposed_size(epoch)
+        return order[self._permute(epoch, n, np.arange(n, dtype=np.int64))]
+
+    def samples_dropped(self, epoch: int, pack: bool) -> int:
+        """Samples the epoch leaves out of what the pacing exposes. Epoch pacing: 0 when packed
+        (``epoch_stream`` holds them all), else the remainder of whole global batches
+        (``exposed_size - pool_size``). Step pacing (packed or not, the epoch is whole global
+        batches): ``num_samples - steps_per_epoch * global_batch_size``."""
+        epoch = _int_arg("epoch", epoch)
+        self._require_order()
+        if self.pacing.unit == "step":
+            return self.num_samples - self.steps_per_epoch(epoch) * self.global_batch_size
+        return 0 if pack else self.exposed_size(epoch) - self.pool_size(epoch)
+
     def _note_epoch(self, epoch: int) -> None:
         """Remember the epoch for get_stage_info and log a stage change (no effect on streams)."""
         self._epoch = epoch

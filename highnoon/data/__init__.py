@@ -1,5 +1,6 @@
-"""Data: dataset registry and sources, embedded datasets, tokenizers, the token store and the
-per-host ``tf.data`` pipeline.
+"""Data: dataset registry and sources, embedded datasets, tokenizers, the token store, packing
+(``pack_epoch``: an epoch's global stream into rows, nothing dropped) and the per-host
+``tf.data`` pipeline.
 
 Importing this package does not import TensorFlow (the pipeline, TFRecord and TFDS readers import
 it when used). The embedded datasets (``stdlib_code``, ``stdlib_docs``, ``stdlib_instructions``,
@@ -9,9 +10,19 @@ it when used). The embedded datasets (``stdlib_code``, ``stdlib_docs``, ``stdlib
 from __future__ import annotations
 
 from highnoon.data.embedded import EmbeddedSource
+from highnoon.data.packing import (
+    PackedEpoch,
+    StepCounts,
+    batch_counts,
+    pack_epoch,
+    packed_row_count,
+    stored_lengths,
+)
 from highnoon.data.pipeline import (
     HostBatcher,
+    PackedBatcher,
     make_host_dataset,
+    make_packed_host_dataset,
     packing_plan,
     per_replica_rows,
 )
@@ -33,8 +44,10 @@ from highnoon.data.store import (
     StoreExistsError,
     TokenBatch,
     TokenStore,
+    VocabularyMismatchError,
     build_token_store,
     check_enough_samples,
+    remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import (
     ByteTokenizer,
@@ -54,18 +67,26 @@ __all__ = [
     "EmbeddedSource",
     "FileSource",
     "HostBatcher",
+    "PackedBatcher",
+    "PackedEpoch",
     "SentencePieceTokenizer",
+    "StepCounts",
     "StoreError",
     "StoreExistsError",
     "TfdsSource",
     "TokenBatch",
     "TokenStore",
     "Tokenizer",
+    "VocabularyMismatchError",
+    "batch_counts",
     "build_token_store",
     "check_enough_samples",
     "check_vocab_fits",
     "load_tokenizer",
     "make_host_dataset",
+    "make_packed_host_dataset",
+    "pack_epoch",
+    "packed_row_count",
     "packing_plan",
     "per_replica_rows",
     "prepare_datasets",
@@ -73,8 +94,10 @@ __all__ = [
     "register_dataset",
     "register_datasets",
     "registered_datasets",
+    "remove_stale_build_dirs",
     "resolve_dataset",
     "resolve_datasets",
+    "stored_lengths",
     "tokenizer_from_config",
     "train_sentencepiece",
     "unregister_dataset",

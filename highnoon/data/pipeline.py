@@ -15,17 +15,18 @@ shape ``[rows_per_step, seq_len]``:
 ``w = keyed_hash(sample index; seed, epoch) % (len(full) - seq_len)``, so a sample shows the same
 window within an epoch on every host and run, and (usually) another one the next epoch.
 
-**Packing** (``pack=True``): the step's samples, in the order of ``rows[s]``, are packed next-fit
-into ``packed_rows`` rows (default ``rows_per_step``): each sample is a segment of
-``min(len(sample), seq_len)`` input/target pairs (after the overflow rule), placed in the current
-row if it fits, else at the start of the next row; once the rows are full, the step's remaining
-samples are dropped (deterministically; ``packing_plan`` tells which). Packed batches also carry
-``positions`` (0.. within each segment, 0 on padding) and ``segment_ids`` (1.. within each row,
-0 on padding); targets never cross a segment boundary, so the loss mask is 1 on every segment
-position and 0 on padding. Curriculum scores come from the stored samples, before packing.
+**Packing**: ``make_packed_host_dataset(store, packed, host_id=, num_hosts=)`` feeds this host's
+share of the rows of a ``PackedEpoch`` (``highnoon.data.packing``: the epoch's *global* stream
+packed by first-fit decreasing, nothing dropped): step ``s`` is rows ``[s*R + h*R/H, s*R +
+(h+1)*R/H)`` of the packing, ``R`` rows per step over ``H`` hosts. Each segment holds
+``length`` input/target pairs of one sample (after the overflow rule) at its column; packed
+batches also carry ``positions`` (0.. within each segment, 0 on padding) and ``segment_ids``
+(1.. within each row, 0 on padding); targets never cross a segment boundary, so the loss mask
+is 1 on every segment position and 0 on padding. Curriculum scores come from the stored
+samples, before packing.
 
 **Resume**: ``start_step`` starts at any step without reading earlier ones. Batches depend only on
-(store, rows, seq_len, options), never on timing or threads.
+(store, rows or packing, seq_len, options), never on timing or threads.
 
 **Distribution**: under ``strategy.distribute_datasets_from_function`` each input pipeline
 yields per-replica batches, handed to its local replicas in turn; pass
@@ -41,8 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.data.packing import PackedEpoch
 from highnoon.data.store import TokenStore
 from highnoon.utils.hashing import keyed_hash
+from highnoon.utils.validation import check_choice, check_int, check_positive_int
 
 OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")
@@ -67,48 +70,15 @@ def per_replica_rows(host_rows: np.ndarray, num_local_replicas: int) -> np.ndarr
     return rows.reshape(rows.shape[0] * replicas, rows.shape[1] // replicas)
 
 
-class HostBatcher:
-    """Builds the numpy batch of any step; ``make_host_dataset`` wraps it in ``tf.data``."""
+class _Gather:
+    """Reads ``[BOS] + sample`` tokens from the memory-mapped store, with the overflow rule."""
 
-    def __init__(
-        self,
-        store: TokenStore,
-        rows: np.ndarray,
-        seq_len: int,
-        *,
-        pack: bool = False,
-        packed_rows: int | None = None,
-        overflow: str = "truncate",
-        seed: int = 0,
-        epoch: int = 0,
-    ) -> None:
-        rows = np.asarray(rows)
-        if rows.ndim != 2 or rows.shape[1] < 1 or not np.issubdtype(rows.dtype, np.integer):
-            raise ValueError(
-                f"rows must be a 2-D integer array [steps, rows_per_step], got shape {rows.shape} "
-                f"and dtype {rows.dtype}"
-            )
-        if rows.size and (rows.min() < 0 or rows.max() >= store.num_samples):
-            raise ValueError(
-                f"rows holds sample indices in [{rows.min()}, {rows.max()}], but the store has "
-                f"{store.num_samples} samples (allowed: [0, {store.num_samples}))"
-            )
-        if int(seq_len) < 1:
-            raise ValueError(f"seq_len={seq_len} must be a positive integer")
-        if overflow not in OVERFLOW:
-            raise ValueError(f"overflow={overflow!r} is not allowed; use one of {OVERFLOW}")
-        if packed_rows is not None and not pack:
-            raise ValueError("packed_rows is only meaningful with pack=True")
-        self.packed_rows = int(packed_rows if packed_rows is not None else rows.shape[1])
-        if self.packed_rows < 1:
-            raise ValueError(f"packed_rows={packed_rows} must be a positive integer")
+    def __init__(self, store: TokenStore, seq_len: int, overflow: str, seed: int, epoch: int):
         self.store = store
-        self.rows = rows.astype(np.int64)
-        self.seq_len = int(seq_len)
-        self.pack = bool(pack)
-        self.overflow = overflow
-        self.seed = int(seed)
-        self.epoch = int(epoch)
+        self.seq_len = check_positive_int("seq_len", seq_len)
+        self.overflow = check_choice("overflow", overflow, OVERFLOW)
+        self.seed = check_int("seed", seed)
+        self.epoch = check_int("epoch", epoch, minimum=0)
         tokenizer_config = store.manifest.get("tokenizer", {})
         tokenizer = store.tokenizer if tokenizer_config else None
         self.bos_id = tokenizer.bos_id if tokenizer else 1
@@ -116,16 +86,6 @@ class HostBatcher:
         # a plain ndarray view of the memory map: fancy indexing skips np.memmap's overhead
         self.tokens = np.frombuffer(store.tokens, dtype=store.tokens.dtype)
         self.offsets = store.offsets
-        self._arange = np.arange(self.seq_len + 1)
-        self.keys = _PACKED_KEYS if self.pack else _PLAIN_KEYS
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.rows.shape[0])
-
-    @property
-    def batch_rows(self) -> int:
-        return self.packed_rows if self.pack else int(self.rows.shape[1])
 
     def _windows(self, idx: np.ndarray, full_len: np.ndarray) -> np.ndarray:
         """Start of the taken window in ``full`` for every sample (0 unless ``window``)."""
@@ -145,25 +105,61 @@ class HostBatcher:
         tokens = np.take(self.tokens, positions).astype(np.int32)
         return np.where(k == 0, self.bos_id, tokens)
 
+
+class HostBatcher(_Gather):
+    """Builds the numpy batch of any step; ``make_host_dataset`` wraps it in ``tf.data``."""
+
+    keys = _PLAIN_KEYS
+
+    def __init__(
+        self,
+        store: TokenStore,
+        rows: np.ndarray,
+        seq_len: int,
+        *,
+        pack: bool = False,
+        overflow: str = "truncate",
+        seed: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        if pack:
+            raise ValueError(
+                "pack=True: per-host rows cannot be packed without dropping or host-dependent "
+                "batches; pack the epoch's global stream with highnoon.data.pack_epoch and feed "
+                "it with make_packed_host_dataset (docs/design.md, 'Packing')"
+            )
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] < 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(
+                f"rows must be a 2-D integer array [steps, rows_per_step], got shape {rows.shape} "
+                f"and dtype {rows.dtype}"
+            )
+        if rows.size and (rows.min() < 0 or rows.max() >= store.num_samples):
+            raise ValueError(
+                f"rows holds sample indices in [{rows.min()}, {rows.max()}], but the store has "
+                f"{store.num_samples} samples (allowed: [0, {store.num_samples}))"
+            )
+        super().__init__(store, seq_len, overflow, seed, epoch)
+        self.rows = rows.astype(np.int64)
+        self._arange = np.arange(self.seq_len + 1)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def batch_rows(self) -> int:
+        return int(self.rows.shape[1])
+
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """The batch of ``step`` as int32 numpy arrays ``[batch_rows, seq_len]``."""
-        if not 0 <= int(step) < self.num_steps:
-            raise ValueError(f"step={step} is outside [0, {self.num_steps})")
-        idx = self.rows[int(step)]
-        if self.pack:
-            starts = self.offsets[idx]
-            full_len = self.offsets[idx + 1] - starts + 1
-            return self._packed(idx, starts, full_len, self._windows(idx, full_len))
-        return self._plain(idx)
+        step = check_int("step", step, minimum=0, maximum=self.num_steps - 1)
+        return self._plain(self.rows[step])
 
     def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
-        """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``.
-        Unpacked steps are gathered in one vectorised pass."""
-        if not 0 <= first < first + count <= self.num_steps:
-            raise ValueError(f"steps [{first}, {first + count}) are outside [0, {self.num_steps})")
-        if self.pack:
-            parts = [self.batch(step) for step in range(first, first + count)]
-            return {key: np.stack([p[key] for p in parts]) for key in self.keys}
+        """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``,
+        gathered in one vectorised pass."""
+        _check_span(first, count, self.num_steps)
         flat = self._plain(self.rows[first : first + count].reshape(-1))
         shape = (count, self.batch_rows, self.seq_len)
         return {key: value.reshape(shape) for key, value in flat.items()}
@@ -188,64 +184,95 @@ class HostBatcher:
             "loss_mask": valid[:, 1:].astype(np.int32),
         }
 
-    def plan(self, step: int) -> list[tuple[int, int, int, int]]:
-        """Packing of ``step``: ``(sample index, row, column, segment length)`` per placed sample,
-        in placement order; samples not listed were dropped."""
-        idx = self.rows[int(step)]
-        return [(int(idx[p]), row, col, seg) for p, row, col, seg in self.plan_from(idx)]
 
-    def _packed(
-        self, idx: np.ndarray, starts: np.ndarray, full_len: np.ndarray, w: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        shape = (self.packed_rows, self.seq_len)
+class PackedBatcher(_Gather):
+    """This host's rows of a ``PackedEpoch``, step by step (``make_packed_host_dataset``)."""
+
+    keys = _PACKED_KEYS
+
+    def __init__(
+        self,
+        store: TokenStore,
+        packed: PackedEpoch,
+        *,
+        host_id: int = 0,
+        num_hosts: int = 1,
+        overflow: str = "truncate",
+        seed: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        if not isinstance(packed, PackedEpoch):
+            raise TypeError(
+                f"packed must be a PackedEpoch (highnoon.data.pack_epoch), got "
+                f"{type(packed).__name__}"
+            )
+        super().__init__(store, packed.seq_len, overflow, seed, epoch)
+        if packed.sample.size and packed.sample.max() >= store.num_samples:
+            raise ValueError(
+                f"the packing holds sample index {packed.sample.max()}, but the store has "
+                f"{store.num_samples} samples; pack with this store's lengths"
+            )
+        self.packed = packed
+        self.num_hosts = check_positive_int("num_hosts", num_hosts)
+        self.host_id = check_int("host_id", host_id, minimum=0, maximum=self.num_hosts - 1)
+        self.batch_rows = packed.host_rows(self.num_hosts)
+
+    @property
+    def num_steps(self) -> int:
+        return self.packed.num_steps
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This host's rows of ``step`` as int32 numpy arrays ``[batch_rows, seq_len]``."""
+        step = check_int("step", step, minimum=0, maximum=self.num_steps - 1)
+        return {key: value[0] for key, value in self.batches(step, 1).items()}
+
+    def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
+        """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``."""
+        _check_span(first, count, self.num_steps)
+        p, per_host = self.packed, self.batch_rows
+        steps = np.arange(first, first + count, dtype=np.int64)
+        # global row ids of this host's rows, step by step; rows past the end are empty
+        rows = steps[:, None] * p.rows_per_step + self.host_id * per_host + np.arange(per_host)
+        rows = np.minimum(rows.reshape(-1), p.num_rows)
+        lo = p.row_ptr[rows]
+        hi = p.row_ptr[np.minimum(rows + 1, p.num_rows)]
+        count_in_row = hi - lo
+        out_row = np.repeat(np.arange(rows.size), count_in_row)
+        seg = np.arange(out_row.size) + np.repeat(lo - (np.cumsum(count_in_row) - count_in_row),
+                                                  count_in_row)  # fmt: skip
+        shape = (rows.size, self.seq_len)
         out = {key: np.zeros(shape, dtype=np.int32) for key in _PACKED_KEYS}
         out["inputs"][:] = self.pad_id
         out["targets"][:] = self.pad_id
-        placed = self.plan_from(idx)
-        if not placed:
-            return out
-        which = np.array([p[0] for p in placed])  # position in idx
-        rows = np.array([p[1] for p in placed])
-        cols = np.array([p[2] for p in placed])
-        segs = np.array([p[3] for p in placed])
-        seg_ids = np.zeros(len(placed), dtype=np.int32)
-        seg_ids[0] = 1
-        for i in range(1, len(placed)):
-            seg_ids[i] = 1 if rows[i] != rows[i - 1] else seg_ids[i - 1] + 1
-        total = int(segs.sum())
-        seg_start = np.concatenate([[0], np.cumsum(segs)[:-1]])
-        local = np.arange(total) - np.repeat(seg_start, segs)  # position within the segment
-        r = np.repeat(rows, segs)
-        c = np.repeat(cols, segs) + local
-        k = np.repeat(w[which], segs) + local
-        s = np.repeat(starts[which], segs)
-        out["inputs"][r, c] = self._full_tokens(s, k)
-        out["targets"][r, c] = self._full_tokens(s, k + 1)
-        out["loss_mask"][r, c] = 1
-        out["positions"][r, c] = local
-        out["segment_ids"][r, c] = np.repeat(seg_ids, segs)
-        return out
-
-    def plan_from(self, idx: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Like ``plan`` but for an index row, giving positions within it instead of indices."""
-        lengths = np.minimum(self.offsets[idx + 1] - self.offsets[idx], self.seq_len)
-        placed, row, col = [], 0, 0
-        for position, seg in enumerate(lengths.tolist()):
-            if col + seg > self.seq_len:
-                row, col = row + 1, 0
-            if row >= self.packed_rows:
-                break
-            placed.append((position, row, col, seg))
-            col += seg
-        return placed
+        if seg.size:
+            idx, lengths = p.sample[seg], p.length[seg].astype(np.int64)
+            starts = self.offsets[idx]
+            full_len = self.offsets[idx + 1] - starts + 1
+            w = self._windows(idx, full_len)
+            seg_start = np.cumsum(lengths) - lengths
+            local = np.arange(int(lengths.sum())) - np.repeat(seg_start, lengths)
+            r = np.repeat(out_row, lengths)
+            c = np.repeat(p.column[seg], lengths) + local
+            k = np.repeat(w, lengths) + local
+            s = np.repeat(starts, lengths)
+            out["inputs"][r, c] = self._full_tokens(s, k)
+            out["targets"][r, c] = self._full_tokens(s, k + 1)
+            out["loss_mask"][r, c] = 1
+            out["positions"][r, c] = local
+            out["segment_ids"][r, c] = np.repeat(seg - lo[out_row] + 1, lengths)
+        return {key: value.reshape(count, per_host, self.seq_len) for key, value in out.items()}
 
 
-def packing_plan(
-    store: TokenStore, rows: np.ndarray, seq_len: int, step: int, *, packed_rows: int | None = None
-) -> list[tuple[int, int, int, int]]:
-    """Where ``make_host_dataset(..., pack=True)`` puts the samples of ``step``:
-    ``(sample index, row, column, segment length)``; samples not listed are dropped."""
-    return HostBatcher(store, rows, seq_len, pack=True, packed_rows=packed_rows).plan(step)
+def _check_span(first: int, count: int, num_steps: int) -> None:
+    if not 0 <= first < first + count <= num_steps:
+        raise ValueError(f"steps [{first}, {first + count}) are outside [0, {num_steps})")
+
+
+def packing_plan(packed: PackedEpoch, step: int) -> list[tuple[int, int, int, int]]:
+    """Where the samples of ``step`` sit: ``(sample index, row within the step, column, segment
+    length)``, row by row (``PackedEpoch.plan``). Every sample of the stream is in exactly one
+    step's plan."""
+    return packed.plan(step)
 
 
 def make_host_dataset(
@@ -255,7 +282,6 @@ def make_host_dataset(
     *,
     start_step: int = 0,
     pack: bool = False,
-    packed_rows: int | None = None,
     overflow: str = "truncate",
     seed: int = 0,
     epoch: int = 0,
@@ -263,22 +289,53 @@ def make_host_dataset(
     num_parallel_calls: int | None = None,
     steps_per_call: int | None = None,
 ) -> Any:
-    """A ``tf.data.Dataset`` of this host's batches from ``start_step`` on (module docstring).
+    """A ``tf.data.Dataset`` of this host's unpacked batches from ``start_step`` on (module
+    docstring). ``pack=True`` is an error: use ``make_packed_host_dataset``.
 
     ``prefetch`` defaults to ``tf.data.AUTOTUNE``; ``num_parallel_calls`` (default AUTOTUNE) runs
     several gathers at once, the output order stays deterministic. ``steps_per_call`` steps are
     built per Python call (default: about 64K tokens' worth) and unbatched again.
     """
+    batcher = HostBatcher(
+        store, rows, seq_len, pack=pack, overflow=overflow, seed=seed, epoch=epoch
+    )
+    return _dataset(batcher, start_step, prefetch, num_parallel_calls, steps_per_call)
+
+
+def make_packed_host_dataset(
+    store: TokenStore,
+    packed: PackedEpoch,
+    *,
+    host_id: int = 0,
+    num_hosts: int = 1,
+    start_step: int = 0,
+    overflow: str = "truncate",
+    seed: int = 0,
+    epoch: int = 0,
+    prefetch: int | None = None,
+    num_parallel_calls: int | None = None,
+    steps_per_call: int | None = None,
+) -> Any:
+    """A ``tf.data.Dataset`` of host ``host_id``'s rows of every step of ``packed`` from
+    ``start_step`` on: dicts of int32 ``[rows_per_step / num_hosts, seq_len]`` with
+    ``positions`` and ``segment_ids`` (module docstring). Options as ``make_host_dataset``."""
+    batcher = PackedBatcher(
+        store, packed, host_id=host_id, num_hosts=num_hosts, overflow=overflow, seed=seed,
+        epoch=epoch,
+    )  # fmt: skip
+    return _dataset(batcher, start_step, prefetch, num_parallel_calls, steps_per_call)
+
+
+def _dataset(
+    batcher: HostBatcher | PackedBatcher,
+    start_step: int,
+    prefetch: int | None,
+    num_parallel_calls: int | None,
+    steps_per_call: int | None,
+) -> Any:
     import tensorflow as tf
 
-    batcher = HostBatcher(
-        store, rows, seq_len, pack=pack, packed_rows=packed_rows, overflow=overflow,
-        seed=seed, epoch=epoch,
-    )  # fmt: skip
-    if not 0 <= int(start_step) <= batcher.num_steps:
-        raise ValueError(
-            f"start_step={start_step} must be in [0, {batcher.num_steps}] (steps in rows)"
-        )
+    start_step = check_int("start_step", start_step, minimum=0, maximum=batcher.num_steps)
     keys = batcher.keys
     shape = (batcher.batch_rows, batcher.seq_len)
     # Several steps per Python call amortise the per-call overhead of tf.numpy_function; the
@@ -296,7 +353,7 @@ def make_host_dataset(
         return {key: tf.ensure_shape(v, (None, *shape)) for key, v in zip(keys, values)}
 
     autotune = tf.data.AUTOTUNE
-    dataset = tf.data.Dataset.range(int(start_step), end, per_call)
+    dataset = tf.data.Dataset.range(start_step, end, per_call)
     dataset = dataset.map(
         to_dict,
         num_parallel_calls=autotune if num_parallel_calls is None else num_parallel_calls,

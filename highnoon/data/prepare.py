@@ -20,6 +20,7 @@ import gin
 from highnoon.data.registry import resolve_datasets, validate_dataset_entry
 from highnoon.data.stage_data import prepare_stage_store
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
+from highnoon.utils.files import atomic_write_text
 
 INDEX_FILE = "datasets.json"
 
@@ -83,8 +84,7 @@ def prepare_datasets(
                 "skipped": store.manifest.get("skipped", {}),
             }
         )
-    tmp = os.path.join(output_dir, f".{INDEX_FILE}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(output_dir, INDEX_FILE))
+    atomic_write_text(
+        os.path.join(output_dir, INDEX_FILE), json.dumps(index, indent=2, sort_keys=True)
+    )
     return index

@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.data.file_hashes import content_sha256
+from highnoon.utils.validation import check_choice
+
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
@@ -75,17 +78,22 @@ def _count(stats: dict[str, int], key: str, n: int = 1) -> None:
     stats[key] = stats.get(key, 0) + n
 
 
-def _check_option(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; use one of {tuple(allowed)}")
-
-
 def _file_signature(path: str) -> dict[str, Any]:
-    """Path, size and mtime: enough to notice a changed file in cache keys."""
+    """What identifies a file's content in cache keys.
+
+    A local file: its path and the sha256 of its bytes, so any edit (also one that keeps size
+    and mtime) gives another key; hashing runs at ~1 GB/s, far below the cost of tokenising,
+    and an unchanged file is not hashed again (``file_hashes.py``).
+    A remote file (``gs://``...): its path, size and modification time from ``tf.io.gfile.stat``,
+    since hashing would download it; object stores such as GCS never change an object in place,
+    every write makes a new object with a new modification time.
+    """
     if "://" in path:
-        return {"path": path}
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        import tensorflow as tf
+
+        st = tf.io.gfile.stat(path)
+        return {"path": path, "size": int(st.length), "mtime_nsec": int(st.mtime_nsec)}
+    return {"path": os.path.abspath(path), "sha256": content_sha256(path)}
 
 
 def _open_bytes(path: str) -> bytes:
@@ -127,8 +135,8 @@ class FileSource(DataSource):
         super().__init__()
         if not paths:
             raise ValueError(f"no files for source {name or pattern!r}")
-        _check_option("split", split, SPLITS)
-        _check_option("errors", errors, ERRORS)
+        check_choice("split", split, SPLITS)
+        check_choice("errors", errors, ERRORS)
         self.paths = sorted(str(p) for p in paths)
         self.name = name or pattern or self.paths[0]
         self.pattern = pattern
@@ -249,7 +257,7 @@ class TfdsSource(DataSource):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        _check_option("errors", errors, ERRORS)
+        check_choice("errors", errors, ERRORS)
         self.tfds_name, self.config, self.split = parse_tfds_spec(spec)
         self.spec = spec
         self.name = name or spec

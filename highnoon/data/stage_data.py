@@ -19,6 +19,16 @@ so every source is spread evenly over the stage store. The stage store's feature
 over the mixed corpus.
 
 ``max_samples`` caps each source: only its first ``max_samples`` samples are read.
+
+**Integrity.** A local source file is keyed by the sha256 of its bytes (``sources.py``), so an
+edit that keeps size and mtime still rebuilds (the hash of an unchanged file is remembered in
+``cache_dir/file_hashes/``, ``file_hashes.py``). With ``verify=True`` (the default; what training
+uses) every store is checked against its manifest's content hashes when opened (once per process,
+see ``store.py``); a corrupt store (bytes changed in place) is rebuilt with a warning, never
+returned. ``vocab_size`` (the model's) makes a token id the model cannot embed a
+``VocabularyMismatchError`` here, before training. Temporaries of killed builds in the cache are
+removed at the start (``remove_stale_build_dirs``), and a source whose samples had invalid UTF-8
+is reported with a warning naming the count.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ from typing import Any
 
 import gin
 import numpy as np
+from absl import logging
 
+from highnoon.data.file_hashes import remembered_in
 from highnoon.data.registry import resolve_datasets
 from highnoon.data.sources import DataSource
 from highnoon.data.store import (
@@ -43,9 +55,11 @@ from highnoon.data.store import (
     TokenBatch,
     TokenStore,
     build_token_store,
+    remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
 from highnoon.utils.hashing import keyed_permutation
+from highnoon.utils.validation import check_bool, check_positive_int
 
 _MIX_BATCH = 4096  # samples copied per TokenBatch when writing a mixed store
 
@@ -58,23 +72,40 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
 
 
-def _open_or_none(path: str) -> TokenStore | None:
+def _open_or_none(path: str, verify: bool) -> TokenStore | None:
+    """The cached store at ``path``, or None when there is none or it is unusable (the caller
+    rebuilds it; a store that exists but fails its checks is reported with a warning)."""
     if not os.path.exists(path):
         return None
     try:
-        return TokenStore.open(path)
-    except StoreError:
-        return None  # corrupt or stale: rebuilt by the caller
+        return TokenStore.open(path, verify=verify)
+    except StoreError as err:
+        logging.warning("cached token store %s is unusable and is rebuilt: %s", path, err)
+        return None
 
 
-def _build_cached(path: str, build: Callable[[bool], TokenStore]) -> TokenStore:
+def _build_cached(path: str, build: Callable[[bool], TokenStore], verify: bool) -> TokenStore:
     """Build a cache entry; if another process (e.g. another host on a shared disk) completed the
     same entry meanwhile, open theirs. A corrupt entry is replaced."""
     overwrite = os.path.exists(path)  # exists but did not open: corrupt, replace it
     try:
-        return build(overwrite)
+        store = build(overwrite)
     except StoreExistsError:
-        return TokenStore.open(path)
+        return TokenStore.open(path, verify=verify)
+    if verify:
+        store.verify()  # what reached the disk, once; later opens in this process are free
+    return store
+
+
+def _warn_invalid_utf8(name: str, store: TokenStore) -> None:
+    count = int(store.manifest.get("skipped", {}).get("invalid_utf8_replaced", 0))
+    if count:
+        logging.warning(
+            "dataset %r: %d samples had invalid UTF-8, replaced by U+FFFD (errors='replace'); "
+            "fix the files, or register the dataset with errors='strict' to refuse them",
+            name,
+            count,
+        )
 
 
 def source_store(
@@ -84,9 +115,11 @@ def source_store(
     *,
     max_samples: int | None = None,
     progress: bool = True,
+    verify: bool = True,
 ) -> TokenStore:
     """The (cached) store of one source's first ``max_samples`` samples."""
-    description = source.describe()
+    with remembered_in(os.path.join(cache_dir, "file_hashes")):
+        description = source.describe()
     key = _key(
         {
             "format": FORMAT_VERSION,
@@ -96,24 +129,26 @@ def source_store(
         }
     )
     path = os.path.join(cache_dir, "sources", f"{_safe(source.name)}-{key[:20]}")
-    store = _open_or_none(path)
-    if store is not None:
-        return store
-    samples = source.iter_samples()
-    if max_samples is not None:
-        samples = itertools.islice(samples, int(max_samples))
-    return _build_cached(
-        path,
-        lambda overwrite: build_token_store(
-            samples,
-            tokenizer,
+    store = _open_or_none(path, verify)
+    if store is None:
+        samples = source.iter_samples()
+        if max_samples is not None:
+            samples = itertools.islice(samples, int(max_samples))
+        store = _build_cached(
             path,
-            sources=[description],
-            skipped=source.stats,
-            overwrite=overwrite,
-            progress=progress,
-        ),
-    )
+            lambda overwrite: build_token_store(
+                samples,
+                tokenizer,
+                path,
+                sources=[description],
+                skipped=source.stats,
+                overwrite=overwrite,
+                progress=progress,
+            ),
+            verify,
+        )
+    _warn_invalid_utf8(source.name, store)
+    return store
 
 
 def mixing_selection(sizes: Sequence[int], weights: Sequence[float], seed: int) -> np.ndarray:
@@ -161,23 +196,34 @@ def prepare_stage_store(
     seed: int = 0,
     data_dir: str | None = None,
     progress: bool = True,
+    vocab_size: int | None = None,
+    verify: bool = True,
 ) -> TokenStore:
     """The token store of a stage's dataset entries (built once, then reused from ``cache_dir``).
 
     ``entries``: one entry or a list (see ``registry``); ``(entry, weight)`` tuples mix sources.
     ``cache_dir`` defaults to ``$HIGHNOON_CACHE_DIR`` or ``~/.cache/highnoon``.
+    ``vocab_size``: the model's vocabulary; a stored id >= it is a ``VocabularyMismatchError``.
+    ``verify``: check every store's content hashes (module docstring); a corrupt one is rebuilt.
     """
     from highnoon.data.store import default_cache_dir
 
-    if max_samples is not None and int(max_samples) < 1:
-        raise ValueError(f"max_samples={max_samples} must be a positive integer or None")
+    max_samples = check_positive_int("max_samples", max_samples, allow_none=True)
+    vocab_size = check_positive_int("vocab_size", vocab_size, allow_none=True)
+    verify = check_bool("verify", verify)
     tokenizer = load_tokenizer(tokenizer)
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    for kind in ("sources", "stages"):
+        remove_stale_build_dirs(os.path.join(cache_dir, kind))
     sources = resolve_datasets(entries, data_dir=data_dir)
-    stores = [
-        source_store(s, tokenizer, cache_dir, max_samples=max_samples, progress=progress)
-        for s in sources
-    ]
+    stores = []
+    for source in sources:
+        store = source_store(
+            source, tokenizer, cache_dir, max_samples=max_samples, progress=progress, verify=verify
+        )
+        if vocab_size is not None:
+            store.check_vocab(vocab_size)  # before any mixing work
+        stores.append(store)
     weights = [s.mixing_weight for s in sources]
     if len(stores) == 1 and weights[0] == 1.0:
         return stores[0]
@@ -190,8 +236,10 @@ def prepare_stage_store(
         }
     )
     path = os.path.join(cache_dir, "stages", f"mix{len(stores)}-{key[:20]}")
-    store = _open_or_none(path)
+    store = _open_or_none(path, verify)
     if store is not None:
+        if vocab_size is not None:
+            store.check_vocab(vocab_size)
         return store
     pairs = mixing_selection([st.num_samples for st in stores], weights, seed)
     skipped: dict[str, int] = {}
@@ -204,7 +252,7 @@ def prepare_stage_store(
         "part_fingerprints": [st.fingerprint for st in stores],
         "part_counts": np.bincount(pairs[:, 0], minlength=len(stores)).tolist(),
     }
-    return _build_cached(
+    store = _build_cached(
         path,
         lambda overwrite: build_token_store(
             _mixed_batches(stores, pairs),
@@ -216,4 +264,8 @@ def prepare_stage_store(
             progress=progress,
             extra={"mixing": mixing},
         ),
+        verify,
     )
+    if vocab_size is not None:
+        store.check_vocab(vocab_size)
+    return store

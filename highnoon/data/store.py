@@ -10,15 +10,27 @@ A store is a directory:
 * ``tokenizer.model`` (SentencePiece stores only) a copy of the model, so the store is
   self-contained.
 * ``manifest.json`` written last: format version, tokenizer config, counts, dtype, file sizes,
-  the sha256 content fingerprint of tokens + offsets, source descriptions and skip counts.
+  the sha256 content fingerprint of tokens + offsets, the sha256 of every other file, the
+  largest stored token id, source descriptions and skip counts.
 
 **Sample format.** A text sample is stored as ``encode(text) + [eos_id]``; token samples are
 stored as given plus ``eos_id``. No BOS: the pipeline prepends ``bos_id`` to every row. Samples
 whose encoding is empty are skipped and counted in ``manifest["skipped"]["empty"]``.
 
-**Atomicity.** ``build_token_store`` writes into ``<path>.tmp-<random>``, fsyncs every file and
-the directory, then renames it to ``path``. A killed build leaves at most a ``.tmp-`` directory,
-never ``path``; a directory without a complete manifest is rejected by ``TokenStore.open``.
+**Atomicity.** ``build_token_store`` writes into ``<path>.tmp-<owner>-<random>``, fsyncs every
+file and the directory, then renames it to ``path``. A killed build leaves at most a ``.tmp-``
+directory, never ``path``; a directory without a complete manifest is rejected by
+``TokenStore.open``. ``<owner>`` names the building process (host key, pid, start time), so
+``remove_stale_build_dirs`` (run by every build and by ``prepare_stage_store``) removes the
+temporaries of dead builders and never those of a live one.
+
+**Verification.** ``TokenStore.open(verify=True)`` (what training uses, through
+``prepare_stage_store``) recomputes the content fingerprint (sha256 over ``tokens.bin`` and the
+offsets, streamed through the memory map) and the sha256 of the small files, once per process
+per file version (a file changed in place changes its ctime and is hashed again). A mismatch is a
+``StoreError``. ``vocab_size=`` makes a token id outside ``[0, vocab_size)`` a
+``VocabularyMismatchError`` at open. Cost: about 1 s per GB of tokens on one core (sha256 at
+~1 GB/s with SHA extensions); ``bench/bench_data.py --verify_mb 1024`` measures it.
 
 **Remote stores.** A path with a scheme (``gs://...``) is copied with ``tf.io.gfile`` to a local
 cache directory (``cache_dir``, default ``$HIGHNOON_CACHE_DIR`` or ``~/.cache/highnoon/stores``)
@@ -28,17 +40,21 @@ to a remote path builds locally first and copies the files, manifest last.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from absl import logging
 
 from highnoon.data.features import SampleFeatures, features_from_flat
 from highnoon.data.tokenizers import (
@@ -47,6 +63,9 @@ from highnoon.data.tokenizers import (
     load_tokenizer,
     tokenizer_from_config,
 )
+from highnoon.utils import processes
+from highnoon.utils.files import publish_directory, sha256_file
+from highnoon.utils.validation import check_positive_int
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -66,6 +85,10 @@ class StoreExistsError(ValueError):
     """``build_token_store`` was asked to write where a store already is."""
 
 
+class VocabularyMismatchError(ValueError):
+    """A store holds token ids the model cannot embed (not corruption: rebuilding won't help)."""
+
+
 def _is_remote(path: str) -> bool:
     return "://" in str(path)
 
@@ -75,27 +98,120 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
 
 
-def _fsync_file(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+_VERIFY_CHUNK = 1 << 23  # token ids hashed per step (16-32 MB of the memory map)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _scan_tokens(tokens: np.ndarray, offsets: np.ndarray) -> tuple[str, int]:
+    """(sha256 over the token bytes then the little-endian int64 offsets, largest token id).
 
-
-def _fingerprint(tokens: np.ndarray, offsets: np.ndarray) -> str:
-    """sha256 over the token bytes then the little-endian int64 offsets."""
+    Streams the memory map in chunks: no copy of the store is made, and the pages read are the
+    ones training reads next.
+    """
     digest = hashlib.sha256()
-    step = 1 << 24
-    for start in range(0, tokens.size, step):
-        digest.update(np.ascontiguousarray(tokens[start : start + step]).tobytes())
+    largest = -1
+    for start in range(0, tokens.size, _VERIFY_CHUNK):
+        chunk = np.ascontiguousarray(tokens[start : start + _VERIFY_CHUNK])
+        digest.update(memoryview(chunk).cast("B"))
+        largest = max(largest, int(chunk.max()))
     digest.update(np.asarray(offsets, dtype="<i8").tobytes())
-    return digest.hexdigest()
+    return digest.hexdigest(), largest
+
+
+def _file_version(path: str) -> tuple[Any, ...]:
+    """Identifies one version of a file: an in-place change moves ctime (users cannot set it)."""
+    st = os.stat(path)
+    return (
+        os.path.realpath(path),
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
+
+
+# (file versions of a store) -> largest token id: stores verified by this process
+_VERIFIED: dict[tuple[Any, ...], int] = {}
+_VERIFIED_LOCK = threading.Lock()
+# File times tick coarsely (a few ms): a file changed within this many seconds of its check
+# could change again with the same ctime, so such a check is not remembered (as git does).
+_RACY_SECONDS = 2.0
+
+
+# --- temporaries of killed builds ------------------------------------------------------------
+
+_OWNED_TEMP = re.compile(
+    r"^(?P<base>.+)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}$"
+)
+_LEGACY_TEMP = re.compile(r"^(?P<base>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
+STALE_TEMP_SECONDS = 6 * 3600  # untouched this long, a temporary of another host's build is dead
+
+
+def _temp_name(path: str, kind: str) -> str:
+    """``<path>.<kind>-<host key>-<pid>-<start>-<random>``: the owner is part of the name."""
+    start = processes.process_start(os.getpid()) or 0
+    return f"{path}.{kind}-{processes.host_key()}-{os.getpid()}-{start}-{secrets.token_hex(4)}"
+
+
+def _last_change(path: str) -> float:
+    """The latest mtime/ctime of a directory and everything in it (a rename moves ctime)."""
+    st = os.lstat(path)
+    latest = max(st.st_mtime, st.st_ctime)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                st = os.lstat(os.path.join(root, name))
+                latest = max(latest, st.st_mtime, st.st_ctime)
+    return latest
+
+
+def _temp_owner_gone(path: str, match: re.Match[str], stale_seconds: float) -> str | None:
+    """Why the temporary at ``path`` is abandoned, or None when its builder may still run."""
+    if match.re is _OWNED_TEMP and match["host"] == processes.host_key():
+        pid, start = int(match["pid"]), int(match["start"]) or None
+        if processes.pid_alive(pid, start):
+            return None
+        return f"its builder (pid {pid} on this host) is gone"
+    idle = time.time() - _last_change(path)
+    if idle < stale_seconds:
+        return None
+    owner = "another host" if match.re is _OWNED_TEMP else "an unknown process"
+    return f"it was written by {owner} and untouched for {idle / 3600:.1f} h"
+
+
+def remove_stale_build_dirs(
+    directory: str, *, base: str | None = None, stale_seconds: float = STALE_TEMP_SECONDS
+) -> list[str]:
+    """Remove the ``.tmp-``/``.old-`` directories killed store builds left in ``directory``.
+
+    Only ``<base>.tmp-...`` ones when ``base`` is given. A temporary is removed when its builder
+    ran on this host and is dead (pid gone, or reused by another process), or, for another
+    host's (or an older naming's) temporary, when nothing in it changed for ``stale_seconds``.
+    A live builder's temporary is never touched. Logs a warning per removal; returns the paths.
+    """
+    if _is_remote(directory) or not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = _OWNED_TEMP.match(name) or _LEGACY_TEMP.match(name)
+        path = os.path.join(directory, name)
+        if not match or (base is not None and match["base"] != base) or not os.path.isdir(path):
+            continue
+        try:
+            reason = _temp_owner_gone(path, match, stale_seconds)
+        except OSError:  # removed meanwhile by someone else
+            continue
+        if reason is None:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            logging.warning(
+                "removed %s, the temporary directory of a killed token store build (%s)",
+                path,
+                reason,
+            )
+            removed.append(path)
+    return removed
 
 
 def _is_text(sample: Any) -> bool:
@@ -121,6 +237,7 @@ class _Writer:
         self.lengths: list[np.ndarray] = []
         self.num_tokens = 0
         self.skipped_empty = 0
+        self.max_id = -1
 
     def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
         """Append samples given as flat ids + lengths (without EOS); empty ones are skipped."""
@@ -147,6 +264,7 @@ class _Writer:
         self.digest.update(data)
         self.lengths.append(out_lengths)
         self.num_tokens += out.size
+        self.max_id = max(self.max_id, int(out.max()))
 
     def close(self) -> np.ndarray:
         self.file.flush()
@@ -159,10 +277,9 @@ class _Writer:
 
 
 def _write_json(path: str, obj: Any) -> None:
+    """A file inside a store being built (published with its directory, so no rename here)."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _encode_chunks(
@@ -247,7 +364,8 @@ def build_token_store(
         raise StoreExistsError(f"path={path!r} already exists; pass overwrite=True to replace it")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    remove_stale_build_dirs(parent, base=os.path.basename(path))
+    tmp = _temp_name(path, "tmp")
     os.makedirs(tmp)
     try:
         from tqdm import tqdm
@@ -287,9 +405,9 @@ def build_token_store(
         if isinstance(tokenizer, SentencePieceTokenizer):
             shutil.copyfile(tokenizer.model_path, os.path.join(tmp, SP_MODEL))
             tokenizer_config = {**tokenizer.fingerprint_config(), "model_file": SP_MODEL}
-        for name in os.listdir(tmp):
-            _fsync_file(os.path.join(tmp, name))
         skips = {"empty": writer.skipped_empty, **(skipped or {})}
+        checksums = {n: sha256_file(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
+        del checksums[TOKENS]  # covered by the fingerprint
         manifest = {
             "format_version": FORMAT_VERSION,
             "tokenizer": tokenizer_config,
@@ -297,7 +415,9 @@ def build_token_store(
             "num_tokens": int(offsets[-1]),
             "dtype": writer.dtype.str,
             "fingerprint": digest.hexdigest(),
+            "max_token_id": writer.max_id,
             "files": {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))},
+            "sha256": checksums,
             "sample_format": SAMPLE_FORMAT,
             "sources": list(sources or []),
             "skipped": skips,
@@ -305,21 +425,13 @@ def build_token_store(
             **(extra or {}),
         }
         _write_json(os.path.join(tmp, MANIFEST), manifest)
-        _fsync_dir(tmp)
-        old = None
-        if os.path.exists(path):
-            old = f"{path}.old-{secrets.token_hex(4)}"
-            os.rename(path, old)
         try:
-            os.rename(tmp, path)
-        except OSError as err:  # another process finished the same path first
+            publish_directory(tmp, path, _temp_name(path, "old"))
+        except FileExistsError as err:  # another process finished the same path first
             raise StoreExistsError(
                 f"path={path!r} already exists (created concurrently); pass overwrite=True "
                 "to replace it"
             ) from err
-        _fsync_dir(parent)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -333,8 +445,9 @@ def default_cache_dir() -> str:
     )
 
 
-def _local_copy(path: str, cache_dir: str | None) -> str:
-    """Copy a remote store to the local cache (reused when its manifest matches)."""
+def _local_copy(path: str, cache_dir: str | None, *, refresh: bool = False) -> str:
+    """Copy a remote store to the local cache (reused when its manifest matches, unless
+    ``refresh``)."""
     import tensorflow as tf
 
     manifest_path = f"{path.rstrip('/')}/{MANIFEST}"
@@ -345,19 +458,18 @@ def _local_copy(path: str, cache_dir: str | None) -> str:
     key = hashlib.sha256(path.encode()).hexdigest()[:16]
     local = os.path.join(cache_dir or os.path.join(default_cache_dir(), "stores"), key)
     local_manifest = os.path.join(local, MANIFEST)
-    if os.path.exists(local_manifest):
+    if os.path.exists(local_manifest) and not refresh:
         with open(local_manifest, "rb") as f:
             if f.read() == remote_manifest:
                 return local
-    tmp = f"{local}.tmp-{secrets.token_hex(4)}"
+    remove_stale_build_dirs(os.path.dirname(local), base=os.path.basename(local))
+    tmp = _temp_name(local, "tmp")
     os.makedirs(tmp)
     for name in json.loads(remote_manifest)["files"]:
         tf.io.gfile.copy(f"{path.rstrip('/')}/{name}", os.path.join(tmp, name), overwrite=True)
     with open(os.path.join(tmp, MANIFEST), "wb") as f:
         f.write(remote_manifest)
-    if os.path.exists(local):
-        shutil.rmtree(local)
-    os.rename(tmp, local)
+    publish_directory(tmp, local, _temp_name(local, "old"))
     return local
 
 
@@ -369,23 +481,64 @@ class TokenStore:
         self.manifest = manifest
         self.dtype = np.dtype(manifest["dtype"])
         self.tokens = np.memmap(os.path.join(path, TOKENS), dtype=self.dtype, mode="r")
-        self.offsets = np.load(os.path.join(path, OFFSETS), allow_pickle=False)
-        with np.load(os.path.join(path, FEATURES), allow_pickle=False) as data:
-            self._features = SampleFeatures(
-                lengths=data["lengths"].astype(np.int64),
-                surprisal_sum=data["surprisal_sum"].astype(np.int64),
-            )
+        try:
+            self.offsets = np.load(os.path.join(path, OFFSETS), allow_pickle=False)
+            with np.load(os.path.join(path, FEATURES), allow_pickle=False) as data:
+                self._features = SampleFeatures(
+                    lengths=data["lengths"].astype(np.int64),
+                    surprisal_sum=data["surprisal_sum"].astype(np.int64),
+                )
+        except Exception as err:  # numpy/zipfile raise many types for damaged files
+            raise StoreError(
+                f"store {path!r}: {OFFSETS} or {FEATURES} is unreadable "
+                f"({type(err).__name__}: {err}); the store is corrupt, rebuild it"
+            ) from err
         self._tokenizer: Tokenizer | None = None
+        self._max_token_id: int | None = None
 
     @classmethod
-    def open(cls, path: str, verify: bool = False, cache_dir: str | None = None) -> TokenStore:
+    def open(
+        cls,
+        path: str,
+        verify: bool = False,
+        cache_dir: str | None = None,
+        *,
+        vocab_size: int | None = None,
+    ) -> TokenStore:
         """Open the store at ``path`` (local, or remote via a local cache copy).
 
-        Always checks the manifest is complete and every file has the recorded size and shape;
-        ``verify=True`` also recomputes the sha256 fingerprint. Any mismatch is a StoreError.
+        Always checks the manifest is complete and every file has the recorded size and shape.
+        ``verify=True`` also checks the content: the sha256 fingerprint of tokens + offsets and
+        the sha256 of the other files, once per process per file version (module docstring).
+        Any mismatch is a StoreError. With ``vocab_size``, a stored token id outside
+        ``[0, vocab_size)`` is a ``VocabularyMismatchError``. A remote store whose local copy
+        fails verification is copied again once.
         """
+        if vocab_size is not None:
+            vocab_size = check_positive_int("vocab_size", vocab_size)
         path = str(path)
-        local = _local_copy(path, cache_dir) if _is_remote(path) else os.path.abspath(path)
+        if not _is_remote(path):
+            store = cls._open_local(os.path.abspath(path), path)
+            if verify:
+                store.verify()
+        else:
+            store = cls._open_local(_local_copy(path, cache_dir), path)
+            if verify:
+                try:
+                    store.verify()
+                except StoreError as err:
+                    logging.warning(
+                        "local copy of %s failed verification (%s); copying again", path, err
+                    )
+                    store = cls._open_local(_local_copy(path, cache_dir, refresh=True), path)
+                    store.verify()
+        if vocab_size is not None:
+            store.check_vocab(vocab_size)
+        return store
+
+    @classmethod
+    def _open_local(cls, local: str, path: str) -> TokenStore:
+        """The structural checks of ``open``: manifest, file sizes, shapes (no content hash)."""
         manifest_path = os.path.join(local, MANIFEST)
         if not os.path.isdir(local):
             raise StoreError(f"path={path!r} does not exist or is not a directory")
@@ -397,8 +550,10 @@ class TokenStore:
         try:
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise StoreError(f"{manifest_path!r} is not valid JSON: {err}") from err
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{manifest_path!r} is not a JSON object; rebuild the store")
         required = ("format_version", "num_samples", "num_tokens", "dtype", "fingerprint", "files")
         missing = [k for k in required if k not in manifest]
         if missing:
@@ -431,14 +586,76 @@ class TokenStore:
                 f"store {path!r}: tokens/offsets/features do not match the manifest "
                 f"(num_samples={n}, num_tokens={t}); rebuild it"
             )
-        if verify:
-            actual_fp = _fingerprint(store.tokens, store.offsets)
-            if actual_fp != manifest["fingerprint"]:
-                raise StoreError(
-                    f"store {path!r}: content fingerprint {actual_fp} does not match the manifest "
-                    f"fingerprint {manifest['fingerprint']}; the store is corrupt, rebuild it"
-                )
         return store
+
+    def _versions(self) -> tuple[Any, ...]:
+        names = sorted([*self.manifest["files"], MANIFEST])
+        return tuple(_file_version(os.path.join(self.path, n)) for n in names)
+
+    def verify(self) -> None:
+        """Check the content against the manifest (sha256 of every file); StoreError if not.
+
+        Hashes at most once per process per version of the store's files: a second store
+        object for the same unchanged files costs one ``stat`` per file.
+        """
+        versions = self._versions()
+        with _VERIFIED_LOCK:
+            known = _VERIFIED.get(versions)
+        if known is not None:
+            self._max_token_id = known
+            return
+        started = time.time()
+        for name, expected in sorted(self.manifest.get("sha256", {}).items()):
+            actual = sha256_file(os.path.join(self.path, name))
+            if actual != expected:
+                raise StoreError(
+                    f"store {self.path!r}: file {name} has sha256 {actual}, the manifest records "
+                    f"{expected}; the store is corrupt, rebuild it"
+                )
+        fingerprint, largest = _scan_tokens(self.tokens, self.offsets)
+        if fingerprint != self.manifest["fingerprint"]:
+            raise StoreError(
+                f"store {self.path!r}: content fingerprint {fingerprint} does not match the "
+                f"manifest fingerprint {self.manifest['fingerprint']}; the store is corrupt "
+                "(changed in place), rebuild it"
+            )
+        self._max_token_id = largest
+        if started - max(v[-1] for v in versions) / 1e9 > _RACY_SECONDS:
+            with _VERIFIED_LOCK:
+                _VERIFIED[versions] = largest
+
+    @property
+    def max_token_id(self) -> int:
+        """The largest stored token id: from verification, the manifest, or one scan."""
+        if self._max_token_id is None:
+            recorded = self.manifest.get("max_token_id")
+            if isinstance(recorded, int) and not isinstance(recorded, bool):
+                self._max_token_id = recorded
+            else:  # stores written before the manifest recorded it
+                self._max_token_id = max(
+                    (int(self.tokens[i : i + _VERIFY_CHUNK].max())
+                     for i in range(0, self.tokens.size, _VERIFY_CHUNK)),
+                    default=-1,
+                )  # fmt: skip
+        return self._max_token_id
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """``VocabularyMismatchError`` unless every stored id is in ``[0, vocab_size)``."""
+        vocab_size = check_positive_int("vocab_size", vocab_size)
+        if self.max_token_id >= vocab_size:
+            try:
+                built_with = repr(self.tokenizer)
+                needed = max(self.tokenizer.vocab_size, self.max_token_id + 1)
+            except Exception:  # the error must not hide behind a tokenizer that fails to load
+                built_with = repr(self.manifest.get("tokenizer"))
+                needed = self.max_token_id + 1
+            raise VocabularyMismatchError(
+                f"store {self.path!r} holds token ids up to {self.max_token_id}, but "
+                f"vocab_size={vocab_size} (the model's vocabulary) only covers ids in "
+                f"[0, {vocab_size}); the store was built by {built_with}. Build the model with "
+                f"vocab_size >= {needed}, or prepare the data with the tokenizer the model was "
+                "built for"
+            )
 
     @property
     def num_samples(self) -> int:

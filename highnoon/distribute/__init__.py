@@ -1,4 +1,5 @@
-"""Distribution: strategy creation, cluster facts, bounded waits, cross-host consistency.
+"""Distribution: strategy creation, cluster facts, the pre-join rendezvous, bounded waits,
+cross-host consistency.
 
 Names are imported lazily (PEP 562) so the pure parts (`tf_config_from_worker_hosts`, the
 strategy decision) do not import TensorFlow.
@@ -21,6 +22,7 @@ _EXPORTS = {
     "EXIT_PEER_FAILURE": "highnoon.distribute.errors",
     "peer_failure_guard": "highnoon.distribute.bounded",
     "JoinWatchdog": "highnoon.distribute.bounded",
+    "wait_for_peers": "highnoon.distribute.rendezvous",
     "input_host_info": "highnoon.distribute.hosts",
     "is_chief": "highnoon.distribute.hosts",
     "task_info": "highnoon.distribute.hosts",

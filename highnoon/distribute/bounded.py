@@ -1,10 +1,13 @@
 """Bounded waits: no worker hangs forever on a peer that never came or died.
 
 TensorFlow blocks forever in the MultiWorkerMirroredStrategy constructor while peers are
-missing, holding the GIL and ignoring SIGTERM; only SIGKILL ends it. `JoinWatchdog` starts a
-small helper process that, past the deadline, probes each peer's address, prints which tasks are
-missing and SIGKILLs the worker. `peer_failure_guard` turns
-the errors TF raises when a peer dies mid-run into one clear `PeerFailureError`.
+missing, holding the GIL and swallowing SIGTERM (see `rendezvous.py`, which does the waiting
+in Python first); only SIGKILL ends it. `JoinWatchdog` guards the TF join itself with a small
+helper process that, past the deadline, probes each peer's address, prints which tasks are
+missing and SIGKILLs the worker; it also turns a SIGTERM/SIGINT/SIGHUP sent to the worker's
+process group (`timeout`, Ctrl-C, a closed terminal) into an immediate end of the worker with a
+message, instead of dying with the group and leaving the worker hanging. `peer_failure_guard`
+turns the errors TF raises when a peer dies mid-run into one clear `PeerFailureError`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -53,9 +57,29 @@ def missing_peers_message(
 
 # The watchdog runs in a separate, tiny process: the MWMS constructor holds the GIL while it
 # blocks in C++, so a Python thread (or signal handler) in the worker itself never gets to run.
+# It shares the worker's process group, so a signal sent to the whole group reaches it; TF in
+# the worker records SIGTERM and carries on, so the helper ends the worker instead.
 _WATCHDOG_SOURCE = r"""
 import json, os, select, signal, sys
 cfg = json.loads(sys.argv[1])
+
+def stop(signum, frame):
+    if select.select([sys.stdin], [], [], 0)[0]:  # the join just finished: not ours to act on
+        os._exit(0)
+    name = signal.Signals(signum).name
+    sys.stderr.write(
+        "highnoon.distribute: ERROR: received " + name + " while joining the cluster (the "
+        "worker cannot act on it inside TensorFlow's join); ending it (pid "
+        + str(cfg["parent"]) + ")\n"
+    )
+    sys.stderr.flush()
+    os.kill(cfg["parent"], signal.SIGKILL)
+    os._exit(0)
+
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, stop)
+sys.stdout.write("armed\n")
+sys.stdout.flush()
 ready, _, _ = select.select([sys.stdin], [], [], cfg["deadline"])
 if ready:  # "done" or EOF (the worker finished or died): nothing to do
     sys.exit(0)
@@ -71,6 +95,7 @@ sys.stderr.write("highnoon.distribute: ERROR: MissingPeersError: " + message + "
 sys.stderr.flush()
 os.kill(cfg["parent"], signal.SIGKILL)
 """
+_ARM_SECONDS = 60.0  # how long __enter__ waits for the helper to install its handlers
 
 
 class JoinWatchdog:
@@ -79,7 +104,9 @@ class JoinWatchdog:
     A helper process waits `deadline_seconds`; if the body has not finished by then it probes
     each peer's address, prints which tasks are missing to this process's stderr and ends this
     process with SIGKILL (exit status 137 / -9): TF ignores SIGTERM there and holds the GIL, so
-    nothing gentler works. Usage::
+    nothing gentler works. SIGTERM, SIGINT or SIGHUP reaching the helper (signals sent to the
+    process group) end this process the same way at once, with a message naming the signal.
+    `__enter__` returns once the helper is armed. Usage::
 
         with JoinWatchdog(peers, deadline_seconds=300):
             strategy = tf.distribute.MultiWorkerMirroredStrategy(...)
@@ -110,8 +137,17 @@ class JoinWatchdog:
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG_SOURCE, json.dumps(config)],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
         )
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], _ARM_SECONDS)
+        armed = bool(ready) and self._proc.stdout.readline() == b"armed\n"
+        self._proc.stdout.close()
+        if not armed:  # a helper that cannot start must not block the join; say so
+            sys.stderr.write(
+                "highnoon.distribute: WARNING: the join watchdog did not start; joining "
+                "without a deadline\n"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from highnoon.utils.validation import check_host_port, check_int
+from highnoon.utils.validation import InvalidArgumentError, check_host_port, check_int
 
 STRATEGY_KINDS = ("auto", "tpu", "multi_worker", "mirrored", "one_device")
 # Accepted spellings -> canonical kind.
@@ -45,17 +45,17 @@ def tf_config_from_worker_hosts(worker_hosts: str, task_index: int) -> dict[str,
     worker 0 is the chief.
     """
     if not isinstance(worker_hosts, str) or not worker_hosts.strip():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"worker_hosts must be a comma-separated list of host:port, got {worker_hosts!r}"
         )
     hosts = [h.strip() for h in worker_hosts.split(",")]
     for i, host in enumerate(hosts):
         check_host_port(f"worker_hosts[{i}]", host)
     if len(set(hosts)) != len(hosts):
-        raise ValueError(f"worker_hosts has duplicate entries: {worker_hosts!r}")
+        raise InvalidArgumentError(f"worker_hosts has duplicate entries: {worker_hosts!r}")
     check_int("task_index", task_index)
     if not 0 <= task_index < len(hosts):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"task_index={task_index} is out of range for {len(hosts)} worker_hosts "
             f"(allowed 0..{len(hosts) - 1})"
         )
@@ -165,9 +165,15 @@ def tpu_resolver_kwargs(
             f"tpu must be 'local', a grpc://host:port address or a Cloud TPU name, got {tpu!r}"
         )
     tpu = str(tpu).strip()
-    if tpu == "local" or tpu.startswith("grpc://"):
-        if tpu.startswith("grpc://") and not tpu[len("grpc://") :]:
-            raise ValueError(f"tpu address {tpu!r} has no host:port after grpc://")
+    if tpu == "local":
+        return {"tpu": tpu}
+    if tpu.startswith("grpc://"):
+        try:
+            check_host_port("tpu", tpu[len("grpc://") :])
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                f"tpu={tpu!r} must be grpc://host:port with a port in [1, 65535]"
+            ) from None
         return {"tpu": tpu}
     kwargs: dict[str, Any] = {"tpu": tpu}
     if zone:

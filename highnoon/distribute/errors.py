@@ -4,9 +4,13 @@ from __future__ import annotations
 
 # Exit codes a worker uses when it ends itself with os._exit (TF may hang on a normal exit
 # once a peer is gone, so these paths never run Python's shutdown).
-EXIT_MISSING_PEERS = 137  # peers never joined: the join watchdog SIGKILLs the worker (128 + 9)
+# TF's join outlasted the deadline (or a signal came while joining): the join watchdog SIGKILLs
+# the worker (128 + 9). A peer missing already at the rendezvous raises MissingPeersError.
+EXIT_MISSING_PEERS = 137
 EXIT_PEER_FAILURE = 76  # a peer died or hung mid-run
-EXIT_NO_TPU = 77  # reserved for launchers: no TPU was reachable
+# A preempted run that saved at a step every host agreed on (or was stopped before training
+# began): relaunch it. 42 is also what TensorFlow's PreemptionCheckpointHandler exits with.
+EXIT_RESTART = 42
 
 
 class DistributeError(RuntimeError):

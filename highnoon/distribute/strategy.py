@@ -6,7 +6,7 @@ configured before any other TF work ("Collective ops must be configured at progr
 
 from __future__ import annotations
 
-import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -14,8 +14,14 @@ from typing import Any
 import gin
 
 from highnoon.distribute import cluster
-from highnoon.distribute.bounded import JoinWatchdog
+from highnoon.distribute.bounded import JoinWatchdog, probe_address
 from highnoon.distribute.errors import TPUUnreachableError
+from highnoon.distribute.rendezvous import wait_for_peers
+from highnoon.utils.validation import check_host_port
+
+# A grpc:// TPU address is first probed with a TCP connect this long (at most): an address where
+# nothing listens fails in seconds instead of after tpu_timeout_seconds.
+TPU_PROBE_SECONDS = 5.0
 
 
 def _num_gpus() -> int:
@@ -52,8 +58,11 @@ def create_strategy(
       devices: explicit device list for `mirrored` (e.g. two logical CPUs in tests).
       worker_hosts, task_index: comma-separated `host:port` list and this task's index; written
         to TF_CONFIG before the strategy is built (Model Garden convention).
-      peer_timeout_seconds: how long a multi-worker task waits for its peers to join before it
-        exits with an error naming the missing ones (killed by the join watchdog: exit status 137).
+      peer_timeout_seconds: how long a multi-worker task waits for its peers before it fails
+        with an error naming the missing ones. The wait happens in Python first
+        (`rendezvous.wait_for_peers`: a `MissingPeersError`; SIGTERM ends the worker at once),
+        then TF joins the peers found, bounded again by this deadline (the join watchdog kills
+        the worker: exit status 137).
       collective_timeout_seconds: per-collective timeout for multi-worker all-reduces; a peer
         that hangs longer makes the step fail (see `peer_failure_guard`). None: no timeout.
       tpu_timeout_seconds: deadline for connecting to and initialising the TPU system.
@@ -115,6 +124,12 @@ def _multi_worker_strategy(
         resolver = resolver_lib.TFConfigClusterResolver()
     own = (resolver.task_type, resolver.task_id)
     peers = [t for t in tasks if (t[0], t[1]) != own]
+    for task_type, index, address in tasks:
+        check_host_port(f"TF_CONFIG cluster {task_type}[{index}]", address)
+    own_task = next((t for t in tasks if (t[0], t[1]) == own), None)
+    waited = None
+    if own_task is not None and peers:
+        waited = wait_for_peers(own_task, peers, peer_timeout_seconds)
 
     implementation = (
         tf.distribute.experimental.CommunicationImplementation.NCCL
@@ -125,6 +140,12 @@ def _multi_worker_strategy(
         implementation=implementation, timeout_seconds=collective_timeout_seconds
     )
     with JoinWatchdog(peers, peer_timeout_seconds):
+        if waited is not None:
+            sys.stderr.write(
+                f"highnoon.distribute: all {len(peers)} peer(s) reached in {waited:.1f} s; "
+                "joining the TensorFlow cluster\n"
+            )
+        sys.stderr.flush()
         strategy = tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver, communication_options=options
         )
@@ -150,6 +171,15 @@ def _tpu_strategy(
             )
         tpu = "local"
     kwargs = cluster.tpu_resolver_kwargs(tpu, zone, project)
+    if kwargs["tpu"].startswith("grpc://"):
+        address = kwargs["tpu"][len("grpc://") :]
+        probe = min(TPU_PROBE_SECONDS, timeout_seconds)
+        if not probe_address(address, timeout=probe):
+            raise TPUUnreachableError(
+                f"no TPU was reachable at {tpu!r}: nothing accepted a connection at {address} "
+                f"within {probe:g} s; check the address and that the TPU is running (its gRPC "
+                "port is usually 8470)"
+            )
     is_name = kwargs["tpu"] != "local" and not kwargs["tpu"].startswith("grpc://")
     if is_name and not (zone and project) and not cluster.on_google_cloud():
         # Resolving a name would ask the GCE metadata server for zone/project, which off
@@ -187,12 +217,3 @@ def _tpu_strategy(
             f"no TPU was reachable at {tpu!r}: {type(err).__name__}: {first}"
         ) from err
     return tf.distribute.TPUStrategy(outcome["resolver"])
-
-
-def visible_devices_note() -> str:
-    """One line describing the devices TF sees, for logs."""
-    import tensorflow as tf
-
-    kinds = ("CPU", "GPU", "TPU")
-    counts = {k: len(tf.config.list_logical_devices(k)) for k in kinds}
-    return ", ".join(f"{k}={v}" for k, v in counts.items()) + f" (pid {os.getpid()})"

@@ -10,6 +10,13 @@ own process group. Output lines are prefixed with `[worker i]`. When one worker 
 others are killed with SIGKILL (a TF worker waiting on a dead peer ignores SIGTERM); so are all
 of them when `--timeout` passes. The exit code is the first failure's (0 when all succeed, 124
 on timeout).
+
+Preemption: a worker that exits with the restart code (42, a preempted run that saved at a step
+every worker agreed on) gives the others `--restart_grace` seconds to finish their own save and
+exit; then, up to `--max_restarts` times, the whole job is relaunched (new ports, same command)
+and resumes from its checkpoint. Any other failure is not relaunched. A SIGTERM to this launcher
+is passed on to every worker (they save and exit 42) and the launcher exits 42 itself, so an
+outer scheduler can relaunch it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from highnoon.distribute.errors import EXIT_RESTART
 from highnoon.utils import validation
 
 EXIT_TIMEOUT = 124
@@ -92,6 +100,8 @@ def run_local_cluster(
     echo: Callable[[str], None] | None = None,
     cwd: str | None = None,
     grace: float = 0.0,
+    restart_grace: float = 120.0,
+    stop: threading.Event | None = None,
 ) -> ClusterResult:
     """Start `num_workers` copies of `command` as a local cluster and wait for them.
 
@@ -105,12 +115,16 @@ def run_local_cluster(
       cwd: working directory of the workers.
       grace: seconds the other workers get to exit by themselves after the first failure
         (e.g. to print their own error) before they are killed.
+      restart_grace: the same when the first failure is the restart code: the others are
+        saving the agreed step.
+      stop: when set (e.g. by a SIGTERM to the launcher), every worker gets SIGTERM once.
     """
     if not command:
         raise validation.InvalidArgumentError("command must be a non-empty argv list")
     validation.check_positive_int("num_workers", num_workers)
     validation.check_positive_float("timeout", timeout, allow_none=True)
     validation.check_float("grace", grace, minimum=0.0)
+    validation.check_float("restart_grace", restart_grace, minimum=0.0)
     if extra_env_per_worker is not None and len(extra_env_per_worker) != num_workers:
         raise validation.InvalidArgumentError(
             f"extra_env_per_worker has {len(extra_env_per_worker)} entries, "
@@ -165,6 +179,7 @@ def run_local_cluster(
         first_failure = None
         failed_at = 0.0
         timed_out = False
+        forwarded = False
         while True:
             now = time.monotonic()
             codes = [p.poll() for p in procs]
@@ -173,11 +188,18 @@ def run_local_cluster(
                     first_failure, failed_at = i, now
             if all(c is not None for c in codes):
                 break
-            if first_failure is not None and now - failed_at >= grace:
+            # A preempted worker's peers are saving the same step: let them finish.
+            wait = restart_grace if codes[first_failure or 0] == EXIT_RESTART else grace
+            if first_failure is not None and now - failed_at >= wait:
                 break
             if timeout is not None and now - start > timeout:
                 timed_out = True
                 break
+            if stop is not None and stop.is_set() and not forwarded:
+                forwarded = True
+                for proc in procs:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
             time.sleep(0.05)
     finally:
         for proc in procs:
@@ -198,19 +220,58 @@ def run_local_cluster(
     )
 
 
+def run_with_restarts(
+    command: Sequence[str],
+    num_workers: int,
+    *,
+    max_restarts: int = 0,
+    echo: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    **kwargs,
+) -> list[ClusterResult]:
+    """``run_local_cluster``, relaunched while the job exits with the restart code (at most
+    ``max_restarts`` times); returns every attempt's result, the last one decides."""
+    validation.check_int("max_restarts", max_restarts, minimum=0)
+    say = echo or (lambda line: sys.stderr.write(line))
+    attempts: list[ClusterResult] = []
+    while True:
+        result = run_local_cluster(command, num_workers, echo=echo, stop=stop, **kwargs)
+        attempts.append(result)
+        restarts = len(attempts) - 1
+        if result.exit_code != EXIT_RESTART or (stop is not None and stop.is_set()):
+            return attempts
+        if restarts >= max_restarts:
+            say(f"local_cluster: preempted again; --max_restarts={max_restarts} reached\n")
+            return attempts
+        say(f"local_cluster: job preempted (exit {EXIT_RESTART}); relaunch {restarts + 1} of "
+            f"{max_restarts}\n")  # fmt: skip
+
+
 PROG = "python -m highnoon.launch.local_cluster"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        usage=f"{PROG} [--num_workers=N] [--timeout=S] [--grace=S] -- CMD ...",
+        usage=f"{PROG} [--num_workers=N] [--timeout=S] [--grace=S] [--max_restarts=K] -- CMD ...",
         description="Run CMD as N workers of a cluster on 127.0.0.1 (see the module docstring).",
     )
     parser.add_argument("--num_workers", type=int, default=2, help="workers to start (>= 1)")
     parser.add_argument("--timeout", type=float, default=None, help="hard kill after S seconds")
     parser.add_argument(
         "--grace", type=float, default=0.0, help="seconds others may finish after a failure"
+    )
+    parser.add_argument(
+        "--max_restarts",
+        type=int,
+        default=0,
+        help=f"relaunch the job up to K times when it exits with {EXIT_RESTART} (preempted)",
+    )
+    parser.add_argument(
+        "--restart_grace",
+        type=float,
+        default=120.0,
+        help="seconds a preempted job's other workers get to save and exit",
     )
     return parser
 
@@ -227,13 +288,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = argv.index("--")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        result = run_local_cluster(
-            command, args.num_workers, timeout=args.timeout, grace=args.grace
+        attempts = run_with_restarts(
+            command,
+            args.num_workers,
+            max_restarts=args.max_restarts,
+            stop=stop,
+            timeout=args.timeout,
+            grace=args.grace,
+            restart_grace=args.restart_grace,
         )
     except ValueError as err:
         print(f"local_cluster: {err}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    result = attempts[-1]
+    if stop.is_set():
+        print("local_cluster: SIGTERM: passed on to the workers", file=sys.stderr)
+        return EXIT_RESTART
     if result.timed_out:
         print(
             f"local_cluster: timed out after {args.timeout:g} s; killed all workers",

@@ -17,10 +17,14 @@ stages, tokens, evaluations, wall time) and the sample, if one was asked for, to
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 from typing import Any
 
 from absl import app, logging
 
+from highnoon.distribute.errors import EXIT_RESTART
 from highnoon.launch import flags as hn_flags
 
 FLAGS = hn_flags.FLAGS
@@ -41,7 +45,21 @@ def report(summary: dict[str, Any]) -> str:
     return text
 
 
+def _exit_before_training(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGINT before the Trainer watches for them (gin parsing, strategy, stores): there
+    is nothing to save yet, so exit at once with the restart code."""
+    del frame
+    sys.stderr.write(
+        f"highnoon-train: {signal.Signals(signum).name} before training began; exiting with the "
+        f"restart code {EXIT_RESTART} (nothing to save)\n"
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_RESTART)
+
+
 def main(argv: list[str]) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):  # the Trainer takes over once it trains
+        signal.signal(signum, _exit_before_training)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.model_dir:

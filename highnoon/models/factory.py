@@ -64,6 +64,7 @@ def create_model(
     *,
     size: str | None = None,
     tokenizer: Any = None,
+    remat: bool = False,
     **overrides: Any,
 ):
     """Create an (unbuilt) `HighNoonLM`.
@@ -74,9 +75,12 @@ def create_model(
       size: the preset by keyword, `create_model(size="3b")`; give it or `name_or_config`.
       tokenizer: optional tokenizer (duck-typed: `vocab_size`, `encode`, `decode`, ...); sets the
         vocabulary size and is attached as `model.tokenizer` for string prompts in `generate`.
+      remat: recompute each block in the backward pass instead of keeping its activations
+        (about a third more compute, activation memory of one block instead of all).
       **overrides: `ModelConfig` fields to change, e.g. `num_layers=2, dropout=0.1`.
 
-    Gin: `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`.
+    Gin: `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`,
+    `create_model.remat = True`.
     """
     from highnoon.models.transformer import HighNoonLM
 
@@ -90,7 +94,7 @@ def create_model(
     if name_or_config is None:
         name_or_config = DEFAULT_PRESET
     config = resolve_config(name_or_config, tokenizer=tokenizer, **overrides)
-    model = HighNoonLM(config)
+    model = HighNoonLM(config, remat=remat)
     if tokenizer is not None:
         model.tokenizer = tokenizer
     return model

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from highnoon.utils import validation as v
+
 _NEG = -1e30
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -138,11 +140,6 @@ def _compiled(model, max_length: int, use_cache: bool, jit_compile: bool):
     return per_model[key]
 
 
-def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"generate: {name}={value!r} is invalid; {allowed}")
-
-
 def _prompt_ids(prompt: Any, tokenizer: Any) -> tuple[list[int], bool]:
     """(ids, is_text). Text is encoded with BOS first, as the data pipeline feeds training rows."""
     if isinstance(prompt, str):
@@ -193,22 +190,16 @@ def generate(
     config = model.config
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None) or default_tokenizer()
-    _check(
-        "max_length",
-        max_length,
-        isinstance(max_length, (int, np.integer)) and 2 <= max_length <= config.max_seq_length,
-        f"must be an int in [2, max_seq_length={config.max_seq_length}]",
-    )
-    _check("temperature", temperature, temperature >= 0, "must be >= 0 (0 is greedy)")
-    _check("top_k", top_k, isinstance(top_k, (int, np.integer)) and top_k >= 0, "must be >= 0")
-    _check("top_p", top_p, 0 < top_p <= 1, "must be in (0, 1]")
+    v.check_int("max_length", max_length, minimum=2, maximum=config.max_seq_length)
+    v.check_float("temperature", temperature, minimum=0.0)  # 0 is greedy
+    v.check_int("top_k", top_k, minimum=0)  # 0: no top-k cut
+    v.check_float("top_p", top_p, minimum=0.0, exclusive_minimum=True, maximum=1.0)
     ids, is_text = _prompt_ids(prompt, tokenizer)
-    _check(
-        "prompt",
-        f"<{len(ids)} tokens>",
-        1 <= len(ids) < max_length,
-        f"needs 1 to max_length - 1 = {max_length - 1} tokens",
-    )
+    if not 1 <= len(ids) < max_length:
+        raise v.InvalidArgumentError(
+            f"generate: prompt has {len(ids)} tokens; it needs 1 to max_length - 1 = "
+            f"{max_length - 1} tokens"
+        )
     if ids and not all(0 <= i < config.vocab_size for i in ids):
         raise ValueError(
             f"generate: prompt ids must be in [0, vocab_size={config.vocab_size}), got "

@@ -7,10 +7,22 @@ Weights are created only when the model is built (`model.build()` or the first c
 `create_model("highnoon-20b")` is cheap until then. The model serialises through
 `get_config`/`from_config` (`model.save("x.keras")` + `keras.models.load_model`) and through
 `tf.train.Checkpoint(model=model)`.
+
+Rematerialisation (`remat=True`): in training, each block's activations are recomputed in the
+backward pass instead of kept (`tf.recompute_grad` per block), trading about a third more compute
+for activation memory of one block instead of all. It changes no weight, so it is a model option,
+not a `ModelConfig` field (a checkpoint written with it restores without it).
+
+Segments: `weight_segments()` names the weight groups in the order the forward pass uses them
+(embedding, each block, head). `call(..., runner=fn)` runs every segment through
+`fn(name, variables, segment_fn, *inputs)`; the sharded step uses this to gather a segment's
+weights from the replicas' shares just before it runs (`highnoon/training/sharding/fsdp.py`).
+Without a runner the forward pass is the plain one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -18,6 +30,10 @@ from keras import ops
 
 from highnoon.models.config import ModelConfig
 from highnoon.models.layers import Block, RMSNorm, normal_init, rotary_cos_sin, weight_seed
+from highnoon.utils.validation import check_bool
+
+# runner(name, variables, segment_fn, *inputs) -> segment_fn(*inputs), however it gets the weights
+SegmentRunner = Callable[..., Any]
 
 
 @keras.saving.register_keras_serializable(package="highnoon")
@@ -31,15 +47,24 @@ class HighNoonLM(keras.Model):
       segment_ids: optional int32 [B, T]; a token attends only to earlier tokens of the same
         segment (packed samples never see each other).
     Returns float32 logits [B, T, vocab_size], whatever the dtype policy.
+
+    `remat=True` recomputes each block in the backward pass (see the module docstring).
     """
 
-    def __init__(self, config: ModelConfig | dict[str, Any], **kwargs):
+    def __init__(self, config: ModelConfig | dict[str, Any], remat: bool = False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = ModelConfig.from_dict(config)
         if not isinstance(config, ModelConfig):
             raise ValueError(
                 f"HighNoonLM: config must be a ModelConfig or dict, got {type(config).__name__}"
+            )
+        self.remat = check_bool("remat", remat)
+        if self.remat and config.dropout > 0:
+            raise ValueError(
+                f"HighNoonLM: remat=True with dropout={config.dropout} is not supported: a "
+                "recomputed block would draw a different dropout mask than the forward pass; "
+                "use dropout=0 or remat=False"
             )
         self._config = config
         c = config
@@ -70,6 +95,19 @@ class HighNoonLM(keras.Model):
         """Number of transformer blocks (``config.num_layers``)."""
         return self._config.num_layers
 
+    def weight_segments(self) -> list[tuple[str, list[keras.Variable]]]:
+        """(name, weights) of each segment in the order the forward pass runs them: the
+        embedding, every block, then the head (final norm and the output matrix, which is the
+        embedding again when tied)."""
+        if not self.built:
+            raise ValueError("HighNoonLM.weight_segments: build the model first")
+        head = self.embedding if self._config.tie_embeddings else self.lm_head
+        return [
+            ("embed", [self.embedding]),
+            *((block.name, list(block.trainable_weights)) for block in self.blocks),
+            ("head", [self.final_norm.scale, head]),
+        ]
+
     def build(self, input_shape=None):
         """Create every weight (shapes come from the config; `input_shape` is ignored)."""
         c = self._config
@@ -94,7 +132,7 @@ class HighNoonLM(keras.Model):
     def get_config(self) -> dict[str, Any]:
         base = super().get_config()
         base = {k: v for k, v in base.items() if k in ("name", "trainable", "dtype")}
-        return {**base, "config": self._config.to_dict()}
+        return {**base, "config": self._config.to_dict(), "remat": self.remat}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> HighNoonLM:
@@ -124,6 +162,16 @@ class HighNoonLM(keras.Model):
 
     def forward(self, input_ids, training=False, positions=None, segment_ids=None):
         """Logits [B,T,V] float32 and the per-layer (k, v) [B,T,KV,hd] (the prefill cache)."""
+        cos, sin, mask = self._attention_inputs(input_ids, positions, segment_ids)
+        x = self._embed(input_ids)
+        cache = []
+        for block in self.blocks:
+            x, k, v = block(x, cos, sin, mask, training=training)
+            cache.append((k, v))
+        return self._logits(x), cache
+
+    def _attention_inputs(self, input_ids, positions, segment_ids):
+        """Rotary cos/sin and the boolean attention mask of a batch."""
         if not self.built:
             self.build()
         t = input_ids.shape[1]
@@ -140,18 +188,35 @@ class HighNoonLM(keras.Model):
             mask = ops.logical_and(
                 mask, ops.equal(segment_ids[:, :, None], segment_ids[:, None, :])
             )
-        x = self._embed(input_ids)
-        cache = []
-        for block in self.blocks:
-            x, k, v = block(x, cos, sin, mask, training=training)
-            cache.append((k, v))
-        return self._logits(x), cache
+        return cos, sin, mask
 
-    def call(self, input_ids, training=False, positions=None, segment_ids=None):
-        logits, _ = self.forward(
-            input_ids, training=training, positions=positions, segment_ids=segment_ids
-        )
-        return logits
+    def call(self, input_ids, training=False, positions=None, segment_ids=None, runner=None):
+        if runner is None and not (training and self.remat):
+            logits, _ = self.forward(
+                input_ids, training=training, positions=positions, segment_ids=segment_ids
+            )
+            return logits
+        return self._segmented(input_ids, training, positions, segment_ids, runner)
+
+    def _segmented(self, input_ids, training, positions, segment_ids, runner):
+        """Logits of a forward pass that runs each weight segment through ``runner`` (plain
+        calls when None), recomputing blocks in the backward pass when ``remat`` is on and no
+        runner takes care of memory itself."""
+        import tensorflow as tf
+
+        run = runner or _run_directly
+        segments = dict(self.weight_segments())
+        cos, sin, mask = self._attention_inputs(input_ids, positions, segment_ids)
+        x = run("embed", segments["embed"], lambda: self._embed(input_ids))
+        for block in self.blocks:
+
+            def block_fn(h, block=block):
+                return block(h, cos, sin, mask, training=training)[0]
+
+            if runner is None and training and self.remat:
+                block_fn = tf.recompute_grad(block_fn)
+            x = run(block.name, segments[block.name], block_fn, x)
+        return run("head", segments["head"], self._logits, x)
 
     def decode_step(self, token_ids, index, cache):
         """Logits [B,V] of one new token per row at position `index` (int32 scalar tensor),
@@ -201,3 +266,8 @@ class HighNoonLM(keras.Model):
             eos_id=eos_id,
             jit_compile=jit_compile,
         )
+
+
+def _run_directly(name: str, variables: list, segment_fn: Callable, *inputs):
+    del name, variables
+    return segment_fn(*inputs)

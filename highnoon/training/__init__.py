@@ -10,6 +10,11 @@ _EXPORTS = {
     "create_curriculum_batches": "highnoon.curriculum",
     "Trainer": "highnoon.training.trainer",
     "CurriculumStage": "highnoon.training.trainer",
+    "RunLock": "highnoon.training.run_lock",
+    "ModelDirLockedError": "highnoon.training.run_lock",
+    "RunLockLostError": "highnoon.training.run_lock",
+    "Preempted": "highnoon.training.preemption",
+    "DataChangedError": "highnoon.training.resume",
 }
 
 __all__ = list(_EXPORTS)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,11 +53,32 @@ class DataPosition:
     stage_fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
     # Resumes that restarted a stage on changed data (``allow_data_change``).
     data_changes: list[dict[str, Any]] = field(default_factory=list)
+    # What the current stage has fed so far: samples, real target tokens, computed token slots
+    # (padding included), and samples its epochs left out.
+    stage_counts: dict[str, int] = field(default_factory=dict)
 
     def enter_stage(self, index: int) -> None:
         self.stage, self.epoch, self.step_in_epoch = index, 0, 0
         self.stage_start_step = self.global_step
         self.epoch_loss_sum = self.epoch_token_sum = 0.0
+        self.stage_counts = {}
+
+    def count(self, **amounts: int) -> None:
+        """Adds to the current stage's counts (``samples``, ``tokens``, ``slots``, ``dropped``)."""
+        for key, amount in amounts.items():
+            self.stage_counts[key] = self.stage_counts.get(key, 0) + int(amount)
+
+    def stage_report(self) -> dict[str, Any]:
+        """The current stage's ``samples_seen``, ``samples_dropped``, ``tokens_seen`` and
+        ``padding_fraction`` (of the token positions it computed)."""
+        counts = self.stage_counts
+        slots = counts.get("slots", 0)
+        return {
+            "samples_seen": counts.get("samples", 0),
+            "samples_dropped": counts.get("dropped", 0),
+            "tokens_seen": counts.get("tokens", 0),
+            "padding_fraction": 1.0 - counts.get("tokens", 0) / slots if slots else 0.0,
+        }
 
     def record_steps(self, count: int, losses: np.ndarray, tokens: np.ndarray) -> None:
         """``count`` optimizer steps done, with their per-step losses and target tokens."""
@@ -73,7 +96,13 @@ class DataPosition:
 
     def complete_stage(self, name: str, epochs: int, steps: int) -> None:
         self.completed_stages.append(
-            {"name": name, "epochs": epochs, "final_loss": self.last_epoch_loss, "steps": steps}
+            {
+                "name": name,
+                "epochs": epochs,
+                "final_loss": self.last_epoch_loss,
+                "steps": steps,
+                **self.stage_report(),
+            }
         )
         self.enter_stage(self.stage + 1)
 
@@ -128,6 +157,8 @@ class Checkpointer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._write_dir, max_to_keep=max_to_keep
         )
+        # Called before every save (e.g. the run lock's check: never write after losing it).
+        self.before_save: Callable[[], None] | None = None
 
     @property
     def position(self) -> DataPosition:
@@ -139,6 +170,8 @@ class Checkpointer:
 
     def save(self, step: int) -> str:
         """Writes a checkpoint on every worker; returns the chief's path."""
+        if self.before_save is not None:
+            self.before_save()
         tf.io.gfile.makedirs(self._write_dir)
         path = self.manager.save(checkpoint_number=step)
         if not self.is_chief:
@@ -242,3 +275,43 @@ def _is_shape_error(error: BaseException) -> bool:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+# --- temporaries of killed saves -------------------------------------------------------------
+# TensorFlow writes a checkpoint's shards into "<prefix>_temp/" and then merges them into
+# "<prefix>.index/.data-*"; the CheckpointManager's state file is written as
+# "checkpoint.tmp<uuid hex>" and renamed. highnoon's own atomic writes (trainer.json,
+# summary.json, the model config) use "<name>.tmp-<pid>-<hex8>". A process killed in between
+# leaves these behind for good.
+_SAVE_TEMP_DIR = re.compile(r"^.+-\d+_temp$")
+_TEMP_FILES = (
+    re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$"),
+    re.compile(r"^.+\.tmp-\d+-[0-9a-f]{8}$"),
+)
+
+
+def remove_stale_checkpoint_temporaries(directory: str) -> list[str]:
+    """Remove what killed saves left in a checkpoint directory; returns the paths removed.
+
+    Removes ``ckpt-N_temp`` directories and the temporary files of interrupted atomic writes
+    (see above), with a warning per item. Call it on the chief at the start of a run, while it
+    holds the model_dir's run lock (``run_lock.RunLock``): then no other process is saving into
+    ``directory``, so every temporary found is dead. Works for any ``tf.io.gfile`` path.
+    """
+    if not tf.io.gfile.isdir(directory):
+        return []
+    removed = []
+    for entry in sorted(tf.io.gfile.listdir(directory)):
+        name = entry.rstrip("/")  # object stores list directories with a trailing slash
+        path = os.path.join(directory, name)
+        if _SAVE_TEMP_DIR.match(name) and tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+            what = "a checkpoint save"
+        elif any(p.match(name) for p in _TEMP_FILES) and not tf.io.gfile.isdir(path):
+            tf.io.gfile.remove(path)
+            what = "an atomic file write"
+        else:
+            continue
+        logging.warning("removed %s, left behind by %s that was killed", path, what)
+        removed.append(path)
+    return removed

@@ -22,9 +22,9 @@ from highnoon.training.checkpointing import Checkpointer, DataPosition
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import EventHub
 from highnoon.training.goodput import Goodput
-from highnoon.training.inputs import stage_dataset
+from highnoon.training.inputs import training_dataset
 from highnoon.training.optimization import WarmupCosineSchedule
-from highnoon.training.preemption import Agreement, Preempted, PreemptionWatcher
+from highnoon.training.preemption import Preempted, PreemptionWatcher
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import StepConfig, TrainStep
 
@@ -53,17 +53,22 @@ class Intervals:
 
 
 class LossWindow:
-    """Token-weighted mean loss and throughput since the window was (re)opened."""
+    """Token-weighted mean loss, throughput and padding since the window was (re)opened."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum, self.tokens, self.opened = 0.0, 0.0, time.time()
+        self.loss_sum, self.tokens, self.slots, self.opened = 0.0, 0.0, 0, time.time()
 
-    def add(self, losses: np.ndarray, tokens: np.ndarray) -> None:
+    def add(self, losses: np.ndarray, tokens: np.ndarray, slots: int) -> None:
         self.loss_sum += float((losses * tokens).sum())
         self.tokens += float(tokens.sum())
+        self.slots += slots
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.tokens / self.slots if self.slots else 0.0
 
     @property
     def mean(self) -> float:
@@ -89,7 +94,7 @@ class Controller:
         steps_per_call: int,
         jit_compile: bool,
         goodput: Goodput,
-        agreement: Agreement,
+        multi_host: bool,
         watcher: PreemptionWatcher,
         flops_per_token: Callable[[int], float | None] | None = None,  # seq length -> FLOPs
         peak_flops: float | None = None,  # all devices together, FLOP/s
@@ -106,7 +111,7 @@ class Controller:
         self.steps_per_call = steps_per_call
         self.jit_compile = jit_compile
         self.goodput = goodput
-        self.agreement = agreement
+        self.multi_host = multi_host  # hosts agree on preemption inside every host call
         self.watcher = watcher
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
@@ -168,6 +173,7 @@ class Controller:
             "final_loss": pos.last_epoch_loss,
             "epochs": plan.epochs,
             "steps": pos.global_step - pos.stage_start_step,
+            **pos.stage_report(),
         }
         if plan.eval_indices.size:
             last = self.eval_history[-1] if self.eval_history else None
@@ -188,6 +194,7 @@ class Controller:
             advanced = bool(plan.scheduler.update_with_loss(pos.epoch, epoch_loss))
             pos.curriculum_states[str(plan.index)] = plan.scheduler.get_state()
         finished = pos.epoch
+        pos.count(dropped=plan.samples_dropped(finished))
         pos.next_epoch(epoch_loss)
         self.events.emit(
             "epoch_end",
@@ -215,21 +222,22 @@ class Controller:
         input shape, so a host call never straddles a length change."""
         pos = self.position
         epoch = pos.epoch
-        dataset = stage_dataset(
+        dataset = training_dataset(
             self.strategy,
             plan,
-            lambda host_id, num_hosts: plan.host_rows(epoch, host_id, num_hosts)[:end],
             epoch=epoch,
             start_step=pos.step_in_epoch,
+            end=end,
             seq_length=seq_length,
         )
+        counts = plan.step_counts(epoch, seq_length)
         iterator = iter(dataset)
         config = StepConfig(
             accumulation_steps=plan.settings.gradient_accumulation_steps,
             clip_norm=plan.settings.clip_norm,
             jit_compile=self.jit_compile,
         )
-        train_fn = self.step.train_fn(config)
+        train_fn = self.step.train_fn(config, agree=self.multi_host)
         key = (*dataclasses.astuple(config), seq_length)  # one compilation per input shape
         self.seq_length = seq_length
         while pos.step_in_epoch < end:
@@ -239,17 +247,24 @@ class Controller:
                 self.intervals.steps_to_next(pos.global_step),
             )
             started = time.time()
-            losses, tokens = train_fn(iterator, count)
+            if self.multi_host:  # every host learns whether any host got a preemption signal
+                losses, tokens, flags = train_fn(iterator, count, self.watcher.requested)
+                stop = float(flags) > 0.0
+            else:
+                losses, tokens = train_fn(iterator, count)
+                stop = self.watcher.requested
             losses, tokens = losses.numpy().astype(np.float64), tokens.numpy().astype(np.float64)
             bucket = "productive_step" if key in self._compiled else "compilation"
             self._compiled.add(key)
             self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
             self._check_finite(losses, plan)
+            fed = counts.total(pos.step_in_epoch, pos.step_in_epoch + count)
             pos.record_steps(count, losses, tokens)
-            window.add(losses, tokens)
+            pos.count(samples=fed["samples"], tokens=fed["tokens"], slots=fed["slots"])
+            window.add(losses, tokens, fed["slots"])
             if self.progress is not None:
                 self.progress.advance(pos.global_step, float(losses[-1]), float(tokens.sum()))
-            if self.agreement.stop(self.watcher.requested):
+            if stop:
                 self._stop_preempted(plan)
             self._after_call(plan, window, float(losses[-1]))
 
@@ -286,6 +301,7 @@ class Controller:
                 learning_rate=float(self.schedule(step - 1)),
                 tokens_per_second=tokens_per_second,
                 curriculum_fraction=plan.fraction(self.position.epoch),
+                padding_fraction=window.padding_fraction,
                 seq_length=self.seq_length,
                 mfu=self._mfu(tokens_per_second, self.seq_length),
             )

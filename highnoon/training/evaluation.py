@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from highnoon.training.inputs import stage_dataset
+from highnoon.training.inputs import eval_dataset
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import TrainStep
 
@@ -33,12 +33,7 @@ class Evaluator:
         with difficulty buckets on, ``eval_loss_by_difficulty`` (one loss per bucket, easiest
         first) and ``difficulty_edges`` (the score at each bucket boundary)."""
         batches = plan.eval_batches(self.max_batches)
-        dataset = stage_dataset(
-            self.strategy,
-            plan,
-            lambda host_id, num_hosts: plan.eval_rows(host_id, num_hosts, self.max_batches),
-            epoch=0,
-        )
+        dataset = eval_dataset(self.strategy, plan, self.max_batches)
         eval_fn = self.step.eval_fn()
         sums, counts = [], []
         iterator = iter(dataset)

@@ -107,7 +107,8 @@ class ProgressDisplay:
             f"loss {event['loss']:.4f} lr {event['learning_rate']:.2e} "
             f"{event['tokens_per_second']:,.0f} tok/s "
             + (f"MFU {event['mfu']:.1%} " if event.get("mfu") is not None else "")
-            + f"pool {event['curriculum_fraction']:.0%} ETA {_duration(self._eta(event['step']))}"
+            + f"pool {event['curriculum_fraction']:.0%} padding {event['padding_fraction']:.0%} "
+            + f"ETA {_duration(self._eta(event['step']))}"
         )
 
     def _on_epoch_end(self, event: Event) -> None:
@@ -174,6 +175,7 @@ class SummaryListener:
             "learning_rate",
             "tokens_per_second",
             "curriculum_fraction",
+            "padding_fraction",
             "seq_length",
             "mfu",
         ),

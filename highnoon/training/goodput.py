@@ -25,19 +25,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import tensorflow as tf
-
-from highnoon.utils.files import atomic_write_text
+from highnoon.training.devices import PEAK_FLOPS, detect_accelerator
+from highnoon.utils.files import atomic_write_text, isfile, read_text
 
 GOODPUT_FILE = "goodput.json"
 BUCKETS = ("productive_step", "compilation", "data", "checkpoint", "evaluation")
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
-PEAK_FLOPS = {
-    "tpu_v4": 275e12,
-    "tpu_v5e": 197e12,
-    "tpu_v5p": 459e12,
-    "h100": 989e12,
-}
 _measured_cpu_peak: float | None = None
 
 
@@ -120,12 +112,11 @@ class Goodput:
 
 
 def _read(path: str) -> dict[str, Any]:
-    if not tf.io.gfile.exists(path):
+    if not isfile(path):
         return {}
     try:
-        with tf.io.gfile.GFile(path) as handle:
-            record = json.load(handle)
-    except (ValueError, tf.errors.OpError):
+        record = json.loads(read_text(path))
+    except ValueError:
         return {}  # a damaged record only costs the history, never the run
     return record if isinstance(record, dict) else {}
 
@@ -144,33 +135,25 @@ def flops_per_token(model_config: dict[str, Any], seq_length: int) -> float | No
 
 def peak_flops(setting: float | str | None, num_devices: int) -> float | None:
     """The devices' total peak FLOP/s: a number per device, a known chip name, ``"auto"``
-    (TPU generation from ``TPU_ACCELERATOR_TYPE``, an H100 by name, else a CPU measured once
-    per process), or None (no MFU)."""
+    (``devices.detect_accelerator``; a CPU is measured once per process), or None (no MFU)."""
     if setting is None:
         return None
     if isinstance(setting, int | float):
         return float(setting) * num_devices
     if setting != "auto":
         return PEAK_FLOPS[setting] * num_devices
-    accelerator = os.environ.get("TPU_ACCELERATOR_TYPE", "").lower()
-    for prefix, name in (("v4", "tpu_v4"), ("v5litepod", "tpu_v5e"), ("v5e", "tpu_v5e")):
-        if accelerator.startswith(prefix):
-            return PEAK_FLOPS[name] * num_devices
-    if accelerator.startswith("v5p") or accelerator.startswith("v5-"):
-        return PEAK_FLOPS["tpu_v5p"] * num_devices
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        if "H100" in str(details.get("device_name", "")):
-            return PEAK_FLOPS["h100"] * num_devices
-        return None  # an unknown GPU: give its peak as a number to get MFU
-    return measured_cpu_peak()
+    chip = detect_accelerator()
+    if chip == "cpu":
+        return measured_cpu_peak()
+    return PEAK_FLOPS[chip] * num_devices if chip else None  # unknown: give its peak as a number
 
 
 def measured_cpu_peak(size: int = 512, repeats: int = 20) -> float:
     """This CPU's float32 matmul FLOP/s (XLA), the best of a few runs; measured once."""
     global _measured_cpu_peak
     if _measured_cpu_peak is None:
+        import tensorflow as tf
+
         a = tf.random.stateless_normal((size, size), seed=[1, 2])
         matmul = tf.function(lambda x: tf.matmul(x, x), jit_compile=True)
         matmul(a).numpy()

@@ -1,63 +1,104 @@
-"""The input side of a step: a stage's host rows as a (distributed) dataset.
+"""The input side of a step: a stage's rows as a (distributed) dataset.
 
-Every host turns its own rows of each global batch (``StagePlan.host_rows``) into a ``tf.data``
-pipeline of fixed-shape batches, split into its local replicas' consecutive shares, so replica
-``r`` of host ``h`` always sees the same rows for a given global step whatever the host count
-(docs/design.md, "Determinism").
+Every host turns its own rows of each global batch into a ``tf.data`` pipeline of fixed-shape
+batches, split into its local replicas' consecutive shares, so replica ``r`` of host ``h`` always
+sees the same rows for a given global step whatever the host count (docs/design.md,
+"Determinism"). Training rows come from the curriculum (``StagePlan.host_rows``) or, with
+packing, from the epoch's packing (``StagePlan.packed_epoch``); evaluation rows are the stage's
+held-out samples, never packed (a per-token loss does not need it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from highnoon import data as hn_data
 from highnoon.training.stage_plan import StagePlan
 
-RowsFn = Callable[[int, int], np.ndarray]  # (host_id, num_hosts) -> [steps, rows] indices
+HostDatasetFn = Callable[[int, int], tf.data.Dataset]  # (host_id, num_hosts) -> host batches
 
 
-def stage_dataset(
+def training_dataset(
     strategy: tf.distribute.Strategy,
     plan: StagePlan,
-    rows_fn: RowsFn,
     *,
     epoch: int,
     start_step: int = 0,
+    end: int | None = None,
     seq_length: int | None = None,
 ):
-    """The dataset (or distributed dataset) feeding ``plan``'s rows from ``start_step`` on, as
-    rows of ``seq_length`` tokens (default: the stage's ``max_seq_length``).
+    """The stage's training batches of ``epoch``, steps ``[start_step, end)``, as rows of
+    ``seq_length`` tokens (default: the stage's ``max_seq_length``; the sequence-length warm-up
+    feeds shorter rows in segments of one length). Packed epochs always use full rows (the
+    settings refuse packing with a warm-up)."""
+    s = plan.settings
+    seq_length = s.max_seq_length if seq_length is None else seq_length
+
+    def host_dataset(host_id: int, num_hosts: int) -> tf.data.Dataset:
+        if s.pack:
+            return hn_data.make_packed_host_dataset(
+                plan.store,
+                plan.packed_epoch(epoch),
+                host_id=host_id,
+                num_hosts=num_hosts,
+                start_step=start_step,
+                overflow=s.overflow,
+                seed=plan.seed,
+                epoch=epoch,
+            )
+        return hn_data.make_host_dataset(
+            plan.store,
+            plan.host_rows(epoch, host_id, num_hosts)[:end],
+            seq_length,
+            start_step=start_step,
+            overflow=s.overflow,
+            seed=plan.seed,
+            epoch=epoch,
+        )
+
+    return _distribute(strategy, host_dataset)
+
+
+def eval_dataset(strategy: tf.distribute.Strategy, plan: StagePlan, max_batches: int):
+    """The stage's held-out batches (at most ``max_batches``, unpacked)."""
+    s = plan.settings
+
+    def host_dataset(host_id: int, num_hosts: int) -> tf.data.Dataset:
+        return hn_data.make_host_dataset(
+            plan.store,
+            plan.eval_rows(host_id, num_hosts, max_batches),
+            s.max_seq_length,
+            overflow=s.overflow,
+            seed=plan.seed,
+        )
+
+    return _distribute(strategy, host_dataset)
+
+
+def _distribute(strategy: tf.distribute.Strategy, host_dataset: HostDatasetFn):
+    """Each host's batches split among its local replicas, as ``strategy`` consumes them.
 
     One replica: the host pipeline feeds the step directly. ``tf.distribute`` would wrap it in a
     MultiDeviceIterator whose inner datasets run tf.data's autotuning thread, and deleting such
     an iterator at an epoch's end can block for that thread's sleep (seconds to a minute,
     growing with the epoch; BENCHMARKS.md).
     """
-    settings = plan.settings
-    seq_length = settings.max_seq_length if seq_length is None else seq_length
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         host_id, num_hosts = context.input_pipeline_id, context.num_input_pipelines
         local_replicas = context.num_replicas_in_sync // num_hosts
-        dataset = hn_data.make_host_dataset(
-            plan.store,
-            rows_fn(host_id, num_hosts),
-            seq_length,
-            start_step=start_step,
-            pack=settings.pack,
-            overflow=settings.overflow,
-            seed=plan.seed,
-            epoch=epoch,
+        # One host step [rows, T] -> its local replicas' consecutive shares.
+        return (
+            host_dataset(host_id, num_hosts)
+            .map(
+                lambda batch: {
+                    k: tf.reshape(v, [local_replicas, -1, *v.shape[1:]]) for k, v in batch.items()
+                }
+            )
+            .unbatch()
         )
-        # One host step [G/H, T] -> its local replicas' consecutive shares.
-        return dataset.map(
-            lambda batch: {
-                k: tf.reshape(v, [local_replicas, -1, *v.shape[1:]]) for k, v in batch.items()
-            }
-        ).unbatch()
 
     if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.TPUStrategy):
         return dataset_fn(tf.distribute.InputContext(1, 0, 1))

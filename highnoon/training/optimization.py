@@ -3,8 +3,9 @@
 The schedule is a pure function of the optimizer step (linear warm-up, then cosine decay to
 ``min_learning_rate_ratio`` of the peak by the last step, or constant) times a per-stage
 multiplier. The multiplier is a variable the Trainer sets at each stage start to
-``stage learning rate / base learning rate * stage weight`` (DESIGN.md section 3: a stage's
-``weight`` scales its learning rate, since an adaptive optimizer would ignore a scaled loss).
+``stage learning rate / base learning rate * stage weight`` (docs/design.md, "The loop and the
+step": a stage's ``weight`` scales its learning rate, since an adaptive optimizer would ignore a
+scaled loss).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ period. highnoon handles it the same way on every strategy (TensorFlow's
    with ``KeyboardInterrupt``). It also starts the grace clock: if the run has not stopped by
    then, the process exits with the restart code without finishing its save; checkpoints are
    written atomically, so the previous one stays intact.
-2. After every host call the hosts agree on the flag with one tiny collective (a sum of the
-   hosts' flags; ``tf.distribute`` has no max), so all of them stop after the same call.
+2. Every host call of a multi-host run also sums the hosts' flags, in the reduction that already
+   sums each step's loss and token count (``TrainStep.train_fn(agree=True)``; a sum:
+   ``tf.distribute`` has no max), so all hosts stop after the same call at no extra collective.
 3. The loop saves a checkpoint at that step (the chief writes it), emits ``preempted`` and raises
    ``Preempted``, a ``SystemExit`` with code ``EXIT_RESTART``: an uncaught one ends the process
    with that code, which the launchers (``launch.local_cluster``, ``launch/slurm.sbatch``,
@@ -25,10 +26,10 @@ import threading
 from types import FrameType
 from typing import Any
 
-import tensorflow as tf
 from absl import logging
 
-EXIT_RESTART = 42  # the exit code of a preempted run: relaunch it (as TensorFlow's handler uses)
+from highnoon.distribute.errors import EXIT_RESTART
+
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -104,36 +105,3 @@ class PreemptionWatcher:
         )
         logging.flush()
         os._exit(EXIT_RESTART)
-
-
-class Agreement:
-    """``stop(flag) -> bool``: True on every host when any host's flag is set.
-
-    One host: the local flag decides. Several: a compiled all-reduce of the flags, the same call
-    on every host after every host call, so every host returns the same answer.
-    """
-
-    def __init__(self, strategy: tf.distribute.Strategy, num_hosts: int) -> None:
-        self.strategy = strategy
-        self.num_hosts = num_hosts
-        self._fn = self._build() if num_hosts > 1 else None
-
-    def _build(self):
-        strategy = self.strategy
-
-        def replica_fn(flag: tf.Tensor) -> tf.Tensor:
-            return tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, tf.identity(flag)
-            )
-
-        @tf.function
-        def agree(flag: tf.Tensor) -> tf.Tensor:
-            return strategy.run(replica_fn, args=(flag,))
-
-        return agree
-
-    def stop(self, flag: bool) -> bool:
-        if self._fn is None:
-            return flag
-        total = self._fn(tf.constant(1.0 if flag else 0.0))
-        return float(self.strategy.experimental_local_results(total)[0]) > 0.0

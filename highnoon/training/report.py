@@ -24,7 +24,6 @@ import numpy as np
 
 from highnoon.curriculum import pacing as pacing_lib
 from highnoon.curriculum.order import order_from_scores
-from highnoon.data.pipeline import HostBatcher
 from highnoon.training.stage_plan import StagePlan
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -36,22 +35,12 @@ def _quantiles(values: np.ndarray) -> list[float] | None:
     return [float(q) for q in np.quantile(values.astype(np.float64), QUANTILES)]
 
 
-def _step_tokens(plan: StagePlan, rows: np.ndarray, length: int) -> np.ndarray:
-    """Target tokens of each step of ``rows`` ([steps, G] store indices) on rows of ``length``:
-    what the Trainer counts (the loss mask), packing included."""
-    lengths = plan.store.features.lengths[rows]
-    if not plan.settings.pack:
-        return np.minimum(lengths, length).sum(axis=1)
-    batcher = HostBatcher(plan.store, rows, length, pack=True)
-    return np.array([sum(p[3] for p in batcher.plan_from(row)) for row in rows], dtype=np.int64)
-
-
 def _epoch_tokens(plan: StagePlan, epoch: int, first_step: int) -> tuple[int, dict[int, int]]:
-    """(target tokens, steps per row length) of ``epoch`` starting at stage step ``first_step``."""
-    rows = plan.host_rows(epoch, 0, 1)
+    """(target tokens, steps per row length) of ``epoch`` starting at stage step ``first_step``:
+    what the Trainer counts (the loss mask), packing included (``StagePlan.step_counts``)."""
     tokens, steps_by_length = 0, {}
     for start, end, length in plan.segments(epoch, first_step):
-        tokens += int(_step_tokens(plan, rows[start:end], length).sum())
+        tokens += int(plan.step_counts(epoch, length).total(start, end)["tokens"])
         steps_by_length[length] = steps_by_length.get(length, 0) + end - start
     return tokens, steps_by_length
 
@@ -168,7 +157,7 @@ def measure_step_seconds(trainer: Any, plan: StagePlan, seq_length: int, steps: 
     """Seconds of the first call (tracing and compiling) and of one optimizer step after it, on
     real batches of ``plan`` cut to ``seq_length``. It trains the model for ``steps + 1`` steps:
     measure on a throw-away Trainer (the report never saves it)."""
-    from highnoon.training.inputs import stage_dataset
+    from highnoon.training.inputs import training_dataset
     from highnoon.training.step import StepConfig
 
     trainer._build([plan])
@@ -178,15 +167,14 @@ def measure_step_seconds(trainer: Any, plan: StagePlan, seq_length: int, steps: 
         jit_compile=trainer.options.jit_compile,
     )
     train_fn = trainer._step.train_fn(config)
-
-    def rows(host_id: int, num_hosts: int) -> np.ndarray:
-        epoch_rows = plan.host_rows(0, host_id, num_hosts)
-        return np.resize(epoch_rows, (steps + 1, epoch_rows.shape[1]))  # repeats a short epoch
-
-    iterator = iter(stage_dataset(trainer.strategy, plan, rows, epoch=0, seq_length=seq_length))
+    # The first epoch's real batches; a short epoch times fewer steps (at least the first call).
+    steps = min(steps, plan.steps_per_epoch(0) - 1)
+    iterator = iter(training_dataset(trainer.strategy, plan, epoch=0, seq_length=seq_length))
     started = time.perf_counter()
     train_fn(iterator, 1)[0].numpy()
     first = time.perf_counter() - started
+    if steps < 1:
+        return {"first_call": first, "step": first}  # an upper bound: a one-step epoch
     started = time.perf_counter()
     train_fn(iterator, steps)[0].numpy()
     return {"first_call": first, "step": (time.perf_counter() - started) / steps}

@@ -118,7 +118,6 @@ def run_training(
     trainer = build_trainer(
         strategy, model=model, tokenizer=tokenizer, stages=stages, mixed_precision=mixed_precision
     )
-    lm, tokenizer_obj = trainer.model, trainer.tokenizer
     if config_writer is not None:
         config_writer()
     summary = trainer.train(
@@ -128,9 +127,14 @@ def run_training(
         log_interval=log_interval,
         eval_interval=eval_interval,
     )
-    if sample_prompt is not None and is_chief(trainer.strategy):
-        sample = lm.generate(
-            sample_prompt, max_length=sample_length, temperature=0.0, tokenizer=tokenizer_obj
-        )
-        summary["sample"] = {"prompt": sample_prompt, "text": sample}
+    if sample_prompt is not None:
+        lm = trainer.export_model()  # every worker: a "full"-sharded model gathers its shares
+        if is_chief(trainer.strategy):
+            sample = lm.generate(
+                sample_prompt,
+                max_length=sample_length,
+                temperature=0.0,
+                tokenizer=trainer.tokenizer,
+            )
+            summary["sample"] = {"prompt": sample_prompt, "text": sample}
     return summary

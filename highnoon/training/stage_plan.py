@@ -17,6 +17,14 @@ import numpy as np
 from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler, scoring
 from highnoon.curriculum.order import order_from_scores
 from highnoon.data.features import SampleFeatures
+from highnoon.data.packing import (
+    PackedEpoch,
+    StepCounts,
+    batch_counts,
+    pack_epoch,
+    packed_row_count,
+    stored_lengths,
+)
 from highnoon.training.settings import StageSettings
 from highnoon.utils.hashing import derive_seed, keyed_permutation
 
@@ -73,6 +81,8 @@ class StagePlan:
             derive_seed(seed, "eval", index),
         )
         self.scheduler = self._make_scheduler(verbose)
+        self._lengths: np.ndarray | None = None
+        self._epoch_cache: tuple[tuple[int, ...], PackedEpoch | None, StepCounts] | None = None
         self.seq_warmup = settings.seq_length_warmup(self.planned_steps())
         self.seq_warmup.check_stage(name, self.planned_steps())
         self._difficulty: np.ndarray | None = None
@@ -123,6 +133,8 @@ class StagePlan:
 
     # -- what the run loop asks ----------------------------------------------------------
     def steps_per_epoch(self, epoch: int) -> int:
+        if self.settings.pack:
+            return self.packed_epoch(epoch).num_steps
         return self.scheduler.steps_per_epoch(epoch)
 
     def fraction(self, epoch: int) -> float:
@@ -132,6 +144,50 @@ class StagePlan:
         """Store indices this host feeds in ``epoch``: [steps, global_batch // num_hosts]."""
         positions = self.scheduler.host_epoch_indices(epoch, host_id, num_hosts)
         return self.train_indices[positions]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Stored tokens of every sample of the store (read once)."""
+        if self._lengths is None:
+            self._lengths = stored_lengths(self.store)
+        return self._lengths
+
+    def epoch_stream(self, epoch: int) -> np.ndarray:
+        """Store indices of every sample a packed ``epoch`` trains on, in visiting order."""
+        return self.train_indices[self.scheduler.epoch_stream(epoch)]
+
+    def packed_epoch(self, epoch: int) -> PackedEpoch:
+        """The packing of ``epoch`` (``pack=True``): the same on every host."""
+        return self._epoch(epoch)[1]
+
+    def step_counts(self, epoch: int, seq_length: int | None = None) -> StepCounts:
+        """Samples, real tokens and computed slots of every global step of ``epoch``, on rows of
+        ``seq_length`` tokens (default ``max_seq_length``; shorter during a warm-up)."""
+        return self._epoch(epoch, seq_length)[2]
+
+    def samples_dropped(self, epoch: int) -> int:
+        """Samples the pacing exposes at ``epoch`` that the epoch leaves out (0 when packed)."""
+        return self.scheduler.samples_dropped(epoch, self.settings.pack)
+
+    def _epoch(
+        self, epoch: int, seq_length: int | None = None
+    ) -> tuple[tuple[int, ...], PackedEpoch | None, StepCounts]:
+        """The current epoch's packing and counts, cached (adaptive decisions change the pool,
+        so the key holds the exposed size)."""
+        s = self.settings
+        length = s.max_seq_length if seq_length is None else seq_length
+        key = (epoch, self.scheduler.exposed_size(epoch), length)
+        if self._epoch_cache is None or self._epoch_cache[0] != key:
+            if s.pack:
+                packed = pack_epoch(
+                    self.epoch_stream(epoch), self.lengths, s.max_seq_length, s.global_batch_size
+                )
+                counts = packed.counts()
+            else:
+                packed = None
+                counts = batch_counts(self.host_rows(epoch, 0, 1), self.lengths, length)
+            self._epoch_cache = (key, packed, counts)
+        return self._epoch_cache
 
     # -- row length (sequence-length warm-up) --------------------------------------------
     def segment_at(self, step_in_epoch: int, epoch_steps: int, stage_step: int) -> tuple[int, int]:
@@ -218,7 +274,14 @@ class StagePlan:
 
     def planned_steps(self) -> int:
         """Optimizer steps of the whole stage under the planned (non-adaptive) pacing."""
-        return sum(self.steps_per_epoch(epoch) for epoch in range(self.epochs))
+        if not self.settings.pack:
+            return sum(self.steps_per_epoch(epoch) for epoch in range(self.epochs))
+        rows = self.settings.global_batch_size
+        return sum(
+            -(-packed_row_count(self.epoch_stream(e), self.lengths, self.settings.max_seq_length)
+              // rows)
+            for e in range(self.epochs)
+        )  # fmt: skip
 
     def stream_fingerprint(self) -> dict[str, str]:
         """What this stage's stream of global batches is made from: the stage's name, its data

@@ -12,11 +12,12 @@ curriculum, per-host rows), ``TrainStep`` the compiled step, ``Checkpointer`` th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,20 +28,30 @@ from absl import logging
 
 from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief, num_hosts
+from highnoon.models.config import ModelConfig
+from highnoon.models.memory import check_sharding_fits
 from highnoon.training import resume, saved_state
-from highnoon.training.checkpointing import Checkpointer, DataPosition, checkpoint_candidates
+from highnoon.training.checkpointing import (
+    Checkpointer,
+    DataPosition,
+    checkpoint_candidates,
+    remove_stale_checkpoint_temporaries,
+)
 from highnoon.training.controller import Controller, Intervals, NonFiniteLossError
+from highnoon.training.devices import device_memory_bytes
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import Callback, EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
-from highnoon.training.preemption import Agreement, PreemptionWatcher
+from highnoon.training.preemption import PreemptionWatcher
+from highnoon.training.run_lock import ModelDirLockedError, RunLock
 from highnoon.training.settings import (
     POSITIONAL,
     StageSettings,
     split_settings,
     trainer_signature,
 )
+from highnoon.training.sharding.levels import resolve_sharding
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import TrainStep
 from highnoon.utils import validation as v
@@ -124,6 +135,13 @@ class Trainer:
                 f"strategy={strategy!r} must be a tf.distribute.Strategy or None"
             )
         self.strategy = strategy or _strategy_for(model)
+        self._sharding = resolve_sharding(self.options.sharding, self.strategy.num_replicas_in_sync)
+        if self._sharding == "full" and model.built:
+            raise v.InvalidArgumentError(
+                "sharding='full' stores the weights only as per-replica shares, so the model "
+                "must reach the Trainer unbuilt (create it and pass it before calling, "
+                "generating or loading weights into it); or use sharding='optimizer'/'gradients'"
+            )
         _check_mixed_precision(model, self.options.mixed_precision)
         hn_data.check_vocab_fits(self.tokenizer, model_config(model).get("vocab_size"))
         self.stages: list[CurriculumStage] = []
@@ -133,6 +151,7 @@ class Trainer:
         self._step: TrainStep | None = None
         self._position = DataPosition()
         self._loaded_from: str | None = None  # Trainer.load: train() continues from here
+        self._plans: list[StagePlan] = []  # the last train()'s stages, made concrete
 
     __init__.__signature__ = trainer_signature()  # gin and help() see every setting
 
@@ -227,10 +246,54 @@ class Trainer:
             v.check_writable_dir("checkpoint_dir", checkpoint_dir)  # before any expensive work
         if self.options.deterministic_ops:
             tf.config.experimental.enable_op_determinism()
-        with PreemptionWatcher(self.options.preemption_grace_seconds) as watcher:
+        writes = checkpoint_dir if save_checkpoints else None
+        with (
+            PreemptionWatcher(self.options.preemption_grace_seconds) as watcher,
+            self._run_lock(writes) as lock,
+        ):
             return self._train(
-                epochs_per_stage, save_checkpoints, checkpoint_dir, resume_from, intervals, watcher
-            )
+                epochs_per_stage, save_checkpoints, checkpoint_dir, resume_from, intervals, watcher,
+                lock,
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _run_lock(self, directory: str | None) -> Iterator[RunLock | None]:
+        """One run per model_dir: the chief holds ``directory``'s lock for the run's life and
+        removes what killed saves left there. Every host learns whether the chief got it (one
+        small collective) before any store is built, so a refusal stops all of them at once."""
+        if directory is None:
+            yield None
+            return
+        chief = is_chief(self.strategy)
+        lock, refusal = None, None
+        if chief:
+            try:
+                lock = RunLock(directory).acquire()
+            except ModelDirLockedError as error:
+                refusal = error
+        if num_hosts(self.strategy) > 1:
+            from highnoon.distribute import verify_consistent
+            from highnoon.distribute.errors import ConfigMismatchError
+
+            try:  # workers say "free"; a chief that was refused says otherwise
+                verify_consistent(
+                    self.strategy, {"model_dir lock": "refused" if refusal else "free"}
+                )
+            except ConfigMismatchError as error:
+                if refusal is None:
+                    raise ModelDirLockedError(
+                        f"the chief could not lock model_dir {directory!r}: another run holds "
+                        "it (the chief's error names the holder)"
+                    ) from error
+        if refusal is not None:
+            raise refusal
+        try:
+            if lock is not None:
+                remove_stale_checkpoint_temporaries(directory)
+            yield lock
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _train(
         self,
@@ -240,12 +303,15 @@ class Trainer:
         resume_from: str | None,
         intervals: Intervals,
         watcher: PreemptionWatcher,
+        lock: RunLock | None,
     ) -> dict[str, Any]:
-        """``train()`` after its arguments are checked, with preemption signals watched."""
+        """``train()`` after its arguments are checked, with preemption signals watched and
+        the model_dir locked."""
         chief = is_chief(self.strategy)
+        self._check_memory()
         goodput = Goodput(checkpoint_dir if save_checkpoints else None, writer=chief)
         with goodput.measure("data"):
-            plans = self._plan_stages(epochs_per_stage)
+            plans = self._plans = self._plan_stages(epochs_per_stage)
         self._verify_hosts_agree(plans)
         self._build(plans)
         checkpointer = self._checkpointer(checkpoint_dir) if checkpoint_dir else None
@@ -255,11 +321,15 @@ class Trainer:
         resume.reconcile(position, plans, self.options.allow_data_change)
         if checkpointer is not None:  # after the restore checked the saved config
             checkpointer.write_model_config(model_config(self.model))
+        if checkpointer is not None and lock is not None:
+            checkpointer.before_save = lock.check  # a lost lock stops the run before a write
         controller = self._controller(
             checkpointer if save_checkpoints else None, checkpoint_dir, intervals, goodput, watcher
         )
         self._position = position
         summary = controller.run(plans, position)
+        if lock is not None:
+            lock.check()
         if checkpoint_dir and chief:
             atomic_write_text(
                 os.path.join(checkpoint_dir, SUMMARY_FILE), json.dumps(summary, indent=2)
@@ -361,6 +431,8 @@ class Trainer:
                 max_samples=settings.max_samples,
                 seed=self.options.seed,
                 data_dir=self.options.data_dir,
+                progress=self.options.verbose and is_chief(self.strategy),
+                vocab_size=model_config(self.model).get("vocab_size"),
             )
             hn_data.check_enough_samples(store, settings.global_batch_size)
             plans.append(
@@ -416,8 +488,9 @@ class Trainer:
         with self.strategy.scope():
             if not self.model.built:
                 keras.utils.set_random_seed(self.options.seed)
-                length = min(self.settings.max_seq_length, 8)
-                self.model(tf.zeros([1, length], tf.int32))
+                if self._sharding != "full":  # "full": the step creates the weight shares
+                    length = min(self.settings.max_seq_length, 8)
+                    self.model(tf.zeros([1, length], tf.int32))
             multiplier = tf.Variable(1.0, trainable=False, name="lr_multiplier")
             self._schedule = WarmupCosineSchedule(
                 peak=self.settings.learning_rate,
@@ -432,17 +505,60 @@ class Trainer:
                 name=self.options.optimizer,
                 loss_scaling=self.options.mixed_precision == "mixed_float16",
             )
-            self._optimizer.build(self.model.trainable_variables)
-        self._step = TrainStep(self.model, self._optimizer, self.strategy)
+            if self._sharding is None:  # sharded: the step keeps per-replica moment shares
+                self._optimizer.build(self.model.trainable_variables)
+        self._step = TrainStep(
+            self.model,
+            self._optimizer,
+            self.strategy,
+            sharding=self._sharding,
+            collectives=self.options.collectives,
+        )
 
     def _checkpointer(self, directory: str) -> Checkpointer:
+        # Sharded runs save whole tensors under the unsharded names: any replica count, sharded
+        # or not, restores them (docs/design.md, "Sharding").
+        objects = self._step.checkpoint_objects()
         return Checkpointer(
             directory,
-            model=self.model,
-            optimizer=self._optimizer,
+            model=objects["model"],
+            optimizer=objects["optimizer"],
             strategy=self.strategy,
             max_to_keep=self.options.max_checkpoints_to_keep,
         )
+
+    def _check_memory(self) -> None:
+        """The memory plan, before anything is built: each stage's per-replica estimate at the
+        run's sharding level against one device's memory (``device_memory_gib``, or a
+        recognised chip's); a plan that does not fit names the smallest level that would."""
+        device = device_memory_bytes(self.options.device_memory_gib)
+        config = getattr(self.model, "config", None)
+        if device is None or not isinstance(config, ModelConfig):
+            return
+        policy = getattr(self.model, "dtype_policy", None)
+        for stage in self.stages:
+            s = self.settings.with_overrides(stage.config_overrides)
+            estimate = check_sharding_fits(
+                config,
+                device,
+                sharding=self._sharding,
+                batch_size=s.global_batch_size,
+                seq_length=s.max_seq_length,
+                num_replicas=self.strategy.num_replicas_in_sync,
+                gradient_accumulation_steps=s.gradient_accumulation_steps,
+                optimizer=self.options.optimizer,
+                compute_dtype=getattr(policy, "compute_dtype", "float32"),
+                remat=bool(getattr(self.model, "remat", False)),
+            )
+            logging.info("stage %r memory plan: %s", stage.name, estimate.describe())
+
+    def export_model(self) -> keras.Model:
+        """The trained model, for inference: the model itself, or, with ``sharding='full'``
+        (whose model holds only shares), a whole copy gathered from them. Under a multi-worker
+        strategy every worker must call it (the gather is a collective)."""
+        if self._step is None:
+            return self.model
+        return self._step.export_model()
 
     def _restore(
         self, checkpointer: Checkpointer | None, checkpoint_dir: str | None, resume_from: str | None
@@ -494,7 +610,7 @@ class Trainer:
             steps_per_call=self.options.steps_per_call,
             jit_compile=self.options.jit_compile,
             goodput=goodput,
-            agreement=Agreement(self.strategy, num_hosts(self.strategy)),
+            multi_host=num_hosts(self.strategy) > 1,
             watcher=watcher,
             flops_per_token=functools.partial(flops_per_token, model_config(self.model)),
             peak_flops=peak_flops(

@@ -1,5 +1,7 @@
 """File access for run directories: atomic writes (a reader sees the old file or the new one,
-never a half-written one) and the reads that go with them.
+never a half-written one: ``atomic_write_text`` for a file, ``publish_directory`` for a
+directory built beside its destination), the reads that go with them, and streamed content
+hashes.
 
 Local paths use the standard library; any other ``tf.io.gfile`` filesystem (``gs://``,
 ``ram://`` ...) goes through TensorFlow, imported only for such paths, so pure-Python callers
@@ -8,8 +10,21 @@ Local paths use the standard library; any other ``tf.io.gfile`` filesystem (``gs
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import uuid
+
+_HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path: str) -> str:
+    """The hex sha256 of a local file's bytes, read in 1 MB blocks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str, text: str) -> str:
@@ -44,6 +59,43 @@ def atomic_write_bytes(path: str, data: bytes) -> str:
         handle.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
+
+
+def fsync_tree(directory: str) -> None:
+    """fsync every file directly in a local ``directory``, then the directory itself."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_directory(tmp: str, path: str, aside: str) -> None:
+    """Puts the complete local directory ``tmp`` at ``path`` atomically: a reader sees the old
+    directory or the new one, never a mix. ``tmp`` is synced first; an existing ``path`` is
+    renamed to ``aside`` and removed afterwards. Raises ``FileExistsError`` when another process
+    put a directory at ``path`` in between."""
+    fsync_tree(tmp)
+    if os.path.exists(path):
+        os.rename(path, aside)
+    else:
+        aside = ""
+    try:
+        os.rename(tmp, path)
+    except OSError as error:
+        raise FileExistsError(f"{path} was created by another process meanwhile") from error
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if aside:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _gfile():

@@ -11,6 +11,14 @@ Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec f
   stop_at_step      optional: a callback raises ``StopAtStep`` at this step (a clean stop with
                     a final checkpoint); the worker then exits 0
   kill_at_step      optional [task, step]: that task SIGKILLs itself at that step
+  poison_at_step    optional: every worker sets its weights to NaN at that step (a NaN loss)
+  preempt           optional {"task", "at", "marker", "times", "slow_save_seconds"}: that task
+                    sends itself SIGTERM at ``at`` (``first_step``: before the first step;
+                    ``inside_step``: while host call ``call`` (default 3) runs; ``save``: as a periodic
+                    checkpoint save begins; ``eval``: as an evaluation begins;
+                    ``stage_boundary``: as a stage completes), at most ``times`` times over all
+                    attempts (counted in the ``marker`` file); ``slow_save_seconds`` makes the
+                    save after the signal take that long (to outlast the grace period)
 
 Environment: ``HN_COLLECTIVE_TIMEOUT`` (s) bounds every collective.
 
@@ -69,6 +77,76 @@ def _record_fed_rows(fed: dict[str, Any], task: int) -> None:
     hn_data.make_host_dataset = recording
 
 
+def _preemption(spec: dict[str, Any], task: int, events: list[dict[str, Any]]) -> Any:
+    """Installs the ``preempt`` hooks of the spec on this task; returns an event callback."""
+    import threading
+    import time
+
+    from highnoon.training import checkpointing, evaluation, step
+
+    plan = spec.get("preempt")
+    if not plan or plan["task"] != task:
+        return lambda event: None
+    marker, times, at = plan["marker"], plan.get("times", 1), plan["at"]
+    fired = {"here": False}
+
+    def fire() -> None:
+        count = 0
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8") as handle:
+                count = int(handle.read())
+        if count >= times:
+            return
+        _atomic_json(marker, count + 1)
+        fired["here"] = True
+        print(f"SIGTERM-SELF at={at}", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    original_save = checkpointing.Checkpointer.save
+
+    def save(self, step_number):
+        if at == "save" and step_number > 0 and not fired["here"]:
+            fire()
+        elif fired["here"] and plan.get("slow_save_seconds"):
+            time.sleep(plan["slow_save_seconds"])  # the grace period runs out meanwhile
+        return original_save(self, step_number)
+
+    checkpointing.Checkpointer.save = save
+    if at == "eval":
+        original_evaluate = evaluation.Evaluator.evaluate
+
+        def evaluate(self, *args, **kwargs):
+            fire()
+            return original_evaluate(self, *args, **kwargs)
+
+        evaluation.Evaluator.evaluate = evaluate
+    if at == "inside_step":
+        original_train_fn = step.TrainStep.train_fn
+        calls = {"n": 0}
+
+        def train_fn(self, config, **kwargs):
+            inner = original_train_fn(self, config, **kwargs)
+
+            def call(*args):
+                calls["n"] += 1
+                if calls["n"] == plan.get("call", 3):  # lands while the compiled call runs
+                    threading.Timer(0.001, fire).start()
+                return inner(*args)
+
+            return call
+
+        step.TrainStep.train_fn = train_fn
+
+    def on_event(event: dict[str, Any]) -> None:
+        if (at, event["event"]) in (
+            ("first_step", "train_begin"),
+            ("stage_boundary", "stage_complete"),
+        ):
+            fire()
+
+    return on_event
+
+
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as handle:
         spec = json.load(handle)
@@ -97,6 +175,7 @@ def main() -> None:
     events: list[dict[str, Any]] = []
     stop_at = spec.get("stop_at_step")
     kill_task, kill_step = spec.get("kill_at_step") or (None, None)
+    preempt = _preemption(spec, task, events)
 
     def callback(event: dict[str, Any]) -> None:
         name = event["event"]
@@ -105,8 +184,11 @@ def main() -> None:
         kept = {k: v for k, v in event.items() if k != "summary"}
         events.append(kept)
         print("EVENT " + json.dumps(kept, default=str), flush=True)
+        preempt(event)
         if name != "log":
             return
+        if event["step"] == spec.get("poison_at_step"):
+            model.weights[0].assign(np.full(model.weights[0].shape, np.nan, np.float32))
         if kill_task == task and event["step"] == kill_step:
             print("DYING", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -122,13 +204,14 @@ def main() -> None:
                 checkpoint_dir=spec["checkpoint_dir"],
                 checkpoint_interval=spec["checkpoint_interval"],
                 log_interval=1,
-                eval_interval=10_000,
+                eval_interval=spec.get("eval_interval", 10_000),
             )
     except StopAtStep:
         stopped = True
 
     base = os.path.join(spec["out_dir"], f"worker{task}")
-    arrays = {f"w{i:03d}": w.numpy() for i, w in enumerate(model.weights)}
+    trained = trainer.export_model()  # every worker: a "full"-sharded run gathers its shares
+    arrays = {f"w{i:03d}": w.numpy() for i, w in enumerate(trained.weights)}
     arrays.update({k: v for k, v in fed.items() if k.startswith("rows_")})
     _atomic_npz(base + ".npz", arrays)
     facts = {

@@ -1,0 +1,165 @@
+"""Preemption with real worker processes: SIGTERM to one worker stops both at the same step,
+saved, with the restart code; ``local_cluster`` relaunches the job, which ends with the weights of
+an uninterrupted run, bitwise (issue 14).
+
+Every run is 2 workers of ``tests/workers/train_worker.py`` (nano model, deterministic ops,
+eval at each stage's end) under ``run_with_restarts`` with a hard kill timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from highnoon.distribute.errors import EXIT_RESTART
+from highnoon.launch.local_cluster import ClusterResult, run_with_restarts
+from highnoon.training.checkpointing import checkpoint_candidates
+from tests.multiworker_helpers import (
+    HARD_TIMEOUT,
+    ROOT,
+    WORKER,
+    Outcome,
+    assert_bitwise_equal,
+    make_workdir,
+    write_spec,
+)
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> dict[str, str]:
+    return make_workdir(tmp_path_factory.mktemp("preemption"))
+
+
+def _spec(workdir, name: str, trainer_extra: dict | None = None, **extra) -> str:
+    """A worker spec with stage-end evaluations (the "eval" moment) and ``trainer_extra``."""
+    return write_spec(
+        workdir, name, trainer_extra={"eval_fraction": 0.25, **(trainer_extra or {})}, **extra
+    )
+
+
+def _run(spec: str, max_restarts: int, restart_grace: float = 60) -> list[ClusterResult]:
+    return run_with_restarts(
+        [sys.executable, WORKER, spec],
+        2,
+        max_restarts=max_restarts,
+        timeout=HARD_TIMEOUT,
+        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="1"),
+        echo=lambda line: None,
+        cwd=ROOT,
+        restart_grace=restart_grace,
+    )
+
+
+def _events(output: str, name: str) -> list[dict]:
+    found = []
+    for line in output.splitlines():
+        if line.startswith("EVENT "):
+            event = json.loads(line[len("EVENT ") :])
+            if event["event"] == name:
+                found.append(event)
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir) -> list[Outcome]:
+    spec = _spec(workdir, "uninterrupted")
+    (result,) = _run(spec, max_restarts=0)
+    assert result.exit_codes == [0, 0], result.outputs
+    return [Outcome(spec, task) for task in (0, 1)]
+
+
+@pytest.mark.parametrize(
+    ("moment", "task"),
+    [
+        ("first_step", 1),
+        ("inside_step", 0),
+        ("save", 0),
+        ("eval", 1),
+        ("stage_boundary", 1),
+    ],
+)
+def test_sigterm_to_one_worker_stops_both_at_one_saved_step_and_the_relaunch_is_exact(
+    workdir, uninterrupted, moment, task
+):
+    marker = os.path.join(workdir["root"], f"marker-{moment}")
+    spec = _spec(workdir, f"preempt-{moment}", preempt={"task": task, "at": moment,
+                                                        "marker": marker})  # fmt: skip
+    first, second = _run(spec, max_restarts=1)
+    assert first.exit_codes == [EXIT_RESTART, EXIT_RESTART], first.outputs
+    assert f"SIGTERM-SELF at={moment}" in first.outputs[task]
+    (stop0,), (stop1,) = (_events(out, "preempted") for out in first.outputs)
+    assert stop0["step"] == stop1["step"] > 0  # the same agreed step on both workers
+    ckpt = os.path.join(workdir["root"], f"preempt-{moment}", "ckpt")
+    assert stop0["checkpoint"] == os.path.join(ckpt, f"ckpt-{stop0['step']}")
+    saved = [e["step"] for e in _events(first.outputs[0], "checkpoint_saved")]
+    assert saved[-1] == stop0["step"]  # the chief's last save is the agreed step
+
+    assert second.exit_codes == [0, 0], second.outputs
+    for out in second.outputs:
+        (begin,) = _events(out, "train_begin")
+        assert begin["start_step"] == stop0["step"]
+    resumed = [Outcome(spec, t) for t in (0, 1)]
+    assert_bitwise_equal(resumed)
+    for got, want in zip(resumed[0].weights, uninterrupted[0].weights):
+        np.testing.assert_array_equal(got, want)
+    with open(os.path.join(ckpt, "summary.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["goodput"]["restarts"] == 1
+
+
+def test_a_save_that_outlasts_the_grace_period_leaves_the_previous_checkpoint(
+    workdir, uninterrupted
+):
+    marker = os.path.join(workdir["root"], "marker-grace")
+    spec = _spec(
+        workdir,
+        "preempt-grace",
+        preempt={
+            "task": 0,
+            "at": "inside_step",
+            "call": 6,  # after the periodic checkpoint at step 4
+            "marker": marker,
+            "slow_save_seconds": 30,
+        },
+        trainer_extra={"preemption_grace_seconds": 2.0},
+    )
+    first, second = _run(spec, max_restarts=1, restart_grace=10)
+    assert first.exit_codes[0] == EXIT_RESTART, first.outputs
+    assert "preemption grace period of 2 s ran out" in first.outputs[0]
+    ckpt = os.path.join(workdir["root"], "preempt-grace", "ckpt")
+    assert second.exit_codes == [0, 0], second.outputs
+    (begin,) = _events(second.outputs[0], "train_begin")
+    assert begin["start_step"] == 4  # the step-6 save never finished: ckpt-4, intact
+    resumed = Outcome(spec, 0)
+    for got, want in zip(resumed.weights, uninterrupted[0].weights):
+        np.testing.assert_array_equal(got, want)
+    assert checkpoint_candidates(ckpt)
+
+
+def test_two_preemptions_within_max_restarts_finish_and_count_two_restarts(workdir, uninterrupted):
+    marker = os.path.join(workdir["root"], "marker-twice")
+    spec = _spec(
+        workdir,
+        "preempt-twice",
+        preempt={"task": 1, "at": "inside_step", "marker": marker, "times": 2},
+    )
+    attempts = _run(spec, max_restarts=3)
+    assert [a.exit_code for a in attempts] == [EXIT_RESTART, EXIT_RESTART, 0]
+    with open(
+        os.path.join(workdir["root"], "preempt-twice", "ckpt", "summary.json"), encoding="utf-8"
+    ) as handle:
+        assert json.load(handle)["goodput"]["restarts"] == 2
+    for got, want in zip(Outcome(spec, 0).weights, uninterrupted[0].weights):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_nan_loss_is_not_relaunched(workdir):
+    spec = _spec(workdir, "nan", poison_at_step=3)
+    attempts = _run(spec, max_restarts=3)
+    assert len(attempts) == 1 and attempts[0].exit_code == 1, attempts[0].outputs
+    assert "NonFiniteLossError" in attempts[0].outputs[0]

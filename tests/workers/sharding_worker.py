@@ -1,0 +1,105 @@
+"""Worker for the sharding multi-process tests: ``TrainStep`` driven directly under a real cluster.
+
+Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec file:
+
+  level         None, "optimizer", "gradients" or "full" (on one worker: unsharded, warned)
+  last_step     train global steps up to this one (tests/sharding_helpers.py batches and stages)
+  jit_compile   compile the step's pieces with XLA
+  restore_from  optional checkpoint directory to resume from (its global step + 1 is the first)
+  save_to       optional checkpoint directory written after ``last_step`` (every worker saves;
+                the chief's copy is kept)
+  out_dir       where each worker writes ``worker<task>.npz`` (the whole weights, gathered)
+                and ``worker<task>.json`` (losses, bytes held and sent per replica)
+
+Environment: ``HN_COLLECTIVE_TIMEOUT`` (s) bounds every collective.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def _atomic_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1)
+    os.replace(tmp, path)
+
+
+def _atomic_npz(path: str, arrays: dict[str, Any]) -> None:
+    import numpy as np
+
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    with open(sys.argv[1], encoding="utf-8") as handle:
+        spec = json.load(handle)
+    from highnoon.distribute import create_strategy, peer_failure_guard, task_info
+
+    collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
+    strategy = create_strategy(
+        "multi_worker",
+        peer_timeout_seconds=60,
+        collective_timeout_seconds=float(collective) if collective else None,
+    )
+    task = task_info(strategy).task_id
+    print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
+
+    from highnoon.training.checkpointing import Checkpointer
+    from tests import sharding_helpers as H
+
+    step, multiplier = H.build(strategy, spec["level"])
+    objects = step.checkpoint_objects()
+    first = 1
+    with peer_failure_guard():
+        if spec.get("restore_from"):
+            restorer = Checkpointer(
+                spec["restore_from"],
+                model=objects["model"],
+                optimizer=objects["optimizer"],
+                strategy=strategy,
+            )
+            restorer.restore(spec["restore_from"], step.model.config.to_dict())
+            first = restorer.position.global_step + 1
+        losses = H.train(
+            step, multiplier, first, spec["last_step"], jit_compile=spec["jit_compile"]
+        )
+        if spec.get("save_to"):
+            saver = Checkpointer(
+                spec["save_to"],
+                model=objects["model"],
+                optimizer=objects["optimizer"],
+                strategy=strategy,
+            )
+            saver.position.global_step = spec["last_step"]
+            saver.write_model_config(step.model.config.to_dict())
+            saver.save(spec["last_step"])
+        weights = step.full_weights()
+
+    facts: dict[str, Any] = {
+        "task": task,
+        "replicas": strategy.num_replicas_in_sync,
+        "sharding": step.sharding,
+        "first_step": first,
+        "losses": losses,
+    }
+    if step.sharded is not None:
+        facts["replica_bytes"] = step.sharded.replica_bytes()
+        facts["bytes_sent"] = {
+            str(stage): step.sharded.bytes_sent_per_step(H.stage_config(stage, spec["jit_compile"]))
+            for stage, _, _ in H.stages_between(first, spec["last_step"])
+        }
+    base = os.path.join(spec["out_dir"], f"worker{task}")
+    _atomic_npz(base + ".npz", {f"w{i:03d}": w for i, w in enumerate(weights)})
+    _atomic_json(base + ".json", facts)
+    print("DONE", flush=True)
+
+
+if __name__ == "__main__":
+    main()
