@@ -8,8 +8,8 @@
 **Data.** Each case is a list of curriculum stages run back to back: ``stdlib_code``,
 ``stdlib_docs``, and ``quickstart`` (the stages of ``gin/curricula/quickstart.gin``: docs, code,
 instructions), ``max_samples`` per source as in ``gin/runs/quickstart.gin``. A stage's epochs
-follow the Trainer's defaults (``size_based`` curriculum, linear pacing, 2 epochs: the first
-sees 20% of the data, the second all of it). Every epoch's sample stream is the scheduler's
+follow the Trainer's defaults, as the quickstart does (no curriculum: 2 epochs over all the
+stage's data, each in its own keyed order). Every epoch's sample stream is the scheduler's
 ``epoch_stream`` (the exposed pool in its keyed order), packed with ``pack_epoch`` into steps of
 ``batch`` rows of ``seq`` tokens.
 

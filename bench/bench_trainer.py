@@ -7,7 +7,7 @@
 For each model, in this one process:
 
 1. The Trainer runs one stage on the embedded ``stdlib_code`` dataset (a slice of ``max_samples``
-   files), curriculum on (the default ``size_based`` order, linear pacing, so epoch 0 sees a
+   files), curriculum on (``size_based`` order, linear pacing, so epoch 0 sees a
    fraction of the data and the last epoch all of it), ``jit_compile=True``, AdamW, global-norm
    clipping, no eval and no checkpoints.
 2. Keras ``model.fit(jit_compile=True)`` (SparseCategoricalCrossentropy(from_logits=True), AdamW

@@ -84,6 +84,7 @@ def test_peer_killed_mid_run_ends_survivor_with_peer_failure():
         timeout=HARD_TIMEOUT,
         env=_env(HN_COLLECTIVE_TIMEOUT="30"),
         echo=_quiet,
+        grace=60,  # the survivor must fail by itself, not be killed by the harness
     )
     assert not result.timed_out, result.outputs
     assert result.exit_codes[1] == -9 and "DYING" in result.outputs[1]

@@ -54,6 +54,7 @@ def test_the_readme_snippet_runs_twice_from_a_relative_directory(small_embedded_
 def test_the_complete_example_runs_twice_from_a_relative_directory(small_embedded_datasets):
     path = os.path.join(REPO, "examples", "complete_training.py")
     summary = runpy.run_path(path)["main"]()
+    assert [s["name"] for s in summary["stages_completed"]] == ["foundation", "code", "instruction"]
     assert [s["epochs"] for s in summary["stages_completed"]] == [5, 3, 2]
     again = runpy.run_path(path)["main"]()
     assert again["total_steps"] == summary["total_steps"] > 0

@@ -27,17 +27,6 @@ def small_embedded_datasets():
     hn_data.register_embedded_datasets()
 
 
-def test_reference_complete_example_runs_unchanged(tmp_path, monkeypatch, small_embedded_datasets):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HIGHNOON_CACHE_DIR", str(tmp_path / "cache"))
-    namespace = runpy.run_path(os.path.join(REPO, "examples", "complete_training.py"))
-    summary = namespace["main"]()
-    assert [s["name"] for s in summary["stages_completed"]] == ["foundation", "code", "instruction"]
-    assert [s["epochs"] for s in summary["stages_completed"]] == [5, 3, 2]
-    assert summary["total_steps"] > 0
-    assert os.path.exists(tmp_path / "checkpoints" / "summary.json")
-
-
 def test_complete_example_run_from_the_checkout_leaves_nothing_in_it(
     tmp_path, monkeypatch, small_embedded_datasets
 ):

@@ -77,6 +77,7 @@ def test_a_second_ctrl_c_aborts_without_the_save(tmp_path, data):
     trainer.add_callback(_signal_at(3, signal.SIGINT, times=2))
     with pytest.raises(KeyboardInterrupt):
         trainer.train(checkpoint_dir=run_dir, log_interval=1)
+    assert tf.train.latest_checkpoint(run_dir) is None  # nothing saved after the abort
 
 
 _CRASHING_RUN = """

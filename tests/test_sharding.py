@@ -207,6 +207,24 @@ def test_tpu_reduce_scatter_compiles_to_an_hlo_reduce_scatter():
     assert "reduce-scatter(f32[15]" in hlo.replace("{0}", "")
 
 
+def test_tpu_all_gather_is_an_all_to_all_of_the_tiled_share():
+    """The TPU path gathers shares with XLA's AllToAll, as TPUStrategy.all_gather does. XLA on
+    CPU has no AllToAll kernel, so only the traced graph is checked here."""
+    from highnoon.training.sharding.collectives import XlaCollectives
+
+    spec = ShardSpec((5, 3), 2)
+
+    @tf.function
+    def gather(share):
+        return XlaCollectives(2).all_gather([share], [spec])[0]
+
+    graph = gather.get_concrete_function(tf.TensorSpec([8], tf.float32)).graph
+    ops = {op.type: op for op in graph.get_operations()}
+    assert "AllToAll" in ops and ops["AllToAll"].get_attr("split_count") == 2
+    assert ops["AllToAll"].inputs[0].shape.as_list() == [16]  # the share tiled twice
+    assert gather.get_concrete_function(tf.TensorSpec([8], tf.float32)).output_shapes == [5, 3]
+
+
 # -- the memory plan and the traffic (pure Python) --------------------------------------------
 def test_memory_estimate_per_sharding_level():
     config = hn.models.get_preset("highnoon-nano")
@@ -297,7 +315,7 @@ def unsharded(mirrored):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("level", ["optimizer", "gradients"])  # "full": the multi-worker tests
 def test_each_level_trains_to_the_unsharded_weights(mirrored, unsharded, level):
     reference, reference_losses = unsharded
     step, multiplier = H.build(mirrored, level)
@@ -306,16 +324,15 @@ def test_each_level_trains_to_the_unsharded_weights(mirrored, unsharded, level):
     H.assert_weights_close(step.full_weights(), reference.full_weights())
     # Per replica, from the variables that exist: moments (all levels), the gradients carried
     # between micro-batches ("gradients", "full") and the weights ("full") are halves, up to
-    # padding (every nano variable has an even size: none).
+    # padding (every nano variable has an even size: none). Level "full" (weights halved too):
+    # tests/test_sharding_multiworker.py and tests/test_trainer_sharding.py.
     full = H.unsharded_bytes(reference)
     held = step.sharded.replica_bytes()
     assert held["optimizer"] == full["optimizer"] // 2 + 4  # + the int64 step counter's half
     assert held["gradients"] == (
         full["gradients"] if level == "optimizer" else full["gradients"] // 2
     )
-    assert held["weights"] == (full["weights"] // 2 if level == "full" else full["weights"])
-    if level == "full":
-        assert not any(has_storage(v) for v in step.model.weights)
+    assert held["weights"] == full["weights"]
     # The collectives the traced step issues: the model's traffic plus the clip norm's scalar.
     config = H.stage_config(1)
     logged = step.sharded.bytes_sent_per_step(config)
@@ -340,16 +357,32 @@ def test_optimizer_level_is_bitwise_the_unsharded_step_when_grappler_keeps_the_a
         assert all(np.array_equal(a, b) for a, b in zip(run("optimizer"), run(None)))
 
 
+@pytest.fixture(scope="module")
+def unsharded_four_steps(mirrored) -> list[np.ndarray]:
+    step, multiplier = H.build(mirrored, None)
+    H.train(step, multiplier, 1, 4)
+    return step.full_weights()
+
+
+@pytest.fixture(scope="module")
+def full_four_steps_xla(mirrored) -> TrainStep:
+    """Level "full" after 4 XLA-compiled steps (one trace of the 'full' step takes ~20 s here,
+    so the XLA and the checkpoint tests share it)."""
+    step, multiplier = H.build(mirrored, "full")
+    H.train(step, multiplier, 1, 4, jit_compile=True)
+    return step
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("level", LEVELS)
-def test_sharded_step_compiles_with_xla(mirrored, unsharded, level):
-    _reference, _ = unsharded
-    step, multiplier = H.build(mirrored, level)
-    H.train(step, multiplier, 1, 4, jit_compile=True)
-    reference_step, reference_multiplier = H.build(mirrored, None)
-    H.train(reference_step, reference_multiplier, 1, 4)
+def test_sharded_step_compiles_with_xla(mirrored, unsharded_four_steps, level, request):
+    if level == "full":
+        step = request.getfixturevalue("full_four_steps_xla")
+    else:
+        step, multiplier = H.build(mirrored, level)
+        H.train(step, multiplier, 1, 4, jit_compile=True)
     # XLA fuses differently (as the unsharded jit_compile runs do): float tolerance.
-    H.assert_weights_close(step.full_weights(), reference_step.full_weights())
+    H.assert_weights_close(step.full_weights(), unsharded_four_steps)
     engine = step.sharded
     shares = [tf.zeros([s.shard_size]) for s in engine.specs]
     update = engine._compiled["update"]
@@ -378,7 +411,7 @@ def _xla_calls(graph_def) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("level", ["optimizer", "full"])
+@pytest.mark.parametrize("level", ["full"])  # the loss-scale state is the same at every level
 def test_mixed_float16_loss_scaling_matches_keras(mirrored, level, tmp_path):
     """Dynamic loss scaling as Keras' LossScaleOptimizer: a too-large initial scale makes the
     first steps' gradients overflow, which skips them and halves the scale; after 3 finite
@@ -430,15 +463,14 @@ def _checkpointer(step: TrainStep, directory: str, strategy) -> Checkpointer:
 
 @pytest.mark.slow
 def test_sharded_checkpoints_have_the_unsharded_names_and_restore_anywhere(
-    mirrored, unsharded, tmp_path
+    mirrored, unsharded, full_four_steps_xla, tmp_path
 ):
     reference, _ = unsharded
     ref_path = _checkpointer(reference, str(tmp_path / "ref"), mirrored).save(24)
-    step, multiplier = H.build(mirrored, "full")
-    H.train(step, multiplier, 1, 3)
+    step = full_four_steps_xla
     saver = _checkpointer(step, str(tmp_path / "full"), mirrored)
     saver.write_model_config(step.model.config.to_dict())
-    path = saver.save(3)
+    path = saver.save(4)
     assert dict(tf.train.list_variables(path)) == dict(tf.train.list_variables(ref_path))
     weights = step.full_weights()
     state = step.sharded.state
@@ -450,7 +482,7 @@ def test_sharded_checkpoints_have_the_unsharded_names_and_restore_anywhere(
     _checkpointer(single, str(tmp_path / "full"), one).restore(str(tmp_path / "full"))
     assert all(np.array_equal(a, b) for a, b in zip(single.full_weights(), weights))
     assert all(np.array_equal(a.numpy(), b) for a, b in zip(single.optimizer._momentums, moments))
-    assert int(single.optimizer.iterations.numpy()) == 3
+    assert int(single.optimizer.iterations.numpy()) == 4
     # load_model (launch.generate's loader) reads the sharded run's checkpoint.
     loaded = hn.models.load_model(str(tmp_path / "full"))
     assert all(np.array_equal(a.numpy(), b) for a, b in zip(loaded.trainable_variables, weights))
@@ -495,6 +527,7 @@ def test_full_level_starts_from_the_unsharded_weights_and_evaluates_alike(mirror
     want = [float(x) for x in reference.eval_fn()(batch)]
     assert got == want
     # The model itself holds no weights: reading one is an error, not its initial value.
+    assert not any(has_storage(v) for v in step.model.weights)
     with pytest.raises(ShardingModelError, match="has no value of its own: with sharding='full'"):
         step.model.weights[0].numpy()
     # export_model gives a whole copy for inference.

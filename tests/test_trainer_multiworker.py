@@ -64,6 +64,12 @@ def reference(workdir) -> list[Outcome]:
     return outcomes
 
 
+@pytest.fixture(scope="module")
+def reference_six(workdir) -> list[Outcome]:
+    """One worker with a global batch of 6, which 1, 2 and 3 hosts divide."""
+    return run_ok(write_spec(workdir, "six_reference", batch_size=6), 1)
+
+
 # -- the tests --------------------------------------------------------------------------------
 def test_reference_run_feeds_the_planned_curriculum(reference):
     rows = global_rows([reference])
@@ -131,11 +137,11 @@ def test_two_packed_workers_match_one_packed_worker(workdir):
     np.testing.assert_allclose(losses[0], losses[1], rtol=2e-5, atol=2e-5)
 
 
-def test_a_sharded_run_killed_mid_stage_resumes_on_three_workers(workdir):
+def test_a_sharded_run_killed_mid_stage_resumes_on_three_workers(workdir, reference_six):
     """ZeRO-1 on 2 workers, one SIGKILLed inside stage one; the job relaunched on 3 workers
     (sharded 3 ways) from the last checkpoint ends with the weights of an uninterrupted
     one-worker run (global batch 6, which 1, 2 and 3 hosts divide)."""
-    single = run_ok(write_spec(workdir, "zero1-reference", batch_size=6), 1)
+    single = reference_six
     ckpt = os.path.join(workdir["root"], "zero1", "ckpt")
     spec = write_spec(
         workdir, "zero1", batch_size=6, kill_at_step=[1, 6], trainer_extra={"sharding": "optimizer"}
@@ -155,9 +161,9 @@ def test_a_sharded_run_killed_mid_stage_resumes_on_three_workers(workdir):
     assert_weights_close(relaunched[0].weights, single[0].weights)
 
 
-def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir):
+def test_three_workers_match_one_worker_with_a_global_batch_of_six(workdir, reference_six):
     """3 hosts need a global batch divisible by 3: both runs use 6, everything else as above."""
-    single = run_ok(write_spec(workdir, "three_reference", batch_size=6), 1)
+    single = reference_six
     outcomes = run_ok(write_spec(workdir, "three", batch_size=6), 3)
     steps = single[0].logged_steps()
     assert [o.logged_steps() for o in outcomes] == [steps] * 3

@@ -17,11 +17,12 @@ from tests.trainer_helpers import corpus, make_trainer, write_jsonl
 RTOL, ATOL = 1e-4, 5e-5  # sums in another order (the step's multi-replica tolerance)
 
 
-@pytest.fixture()
-def data(tmp_path):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    files = tmp_path_factory.mktemp("data")
     return {
-        "a": write_jsonl(str(tmp_path / "a.jsonl"), corpus(0, 96)),
-        "b": write_jsonl(str(tmp_path / "b.jsonl"), corpus(1, 64)),
+        "a": write_jsonl(str(files / "a.jsonl"), corpus(0, 96)),
+        "b": write_jsonl(str(files / "b.jsonl"), corpus(1, 64)),
     }
 
 
@@ -44,9 +45,9 @@ def _weights(trainer) -> list[np.ndarray]:
     return [w.numpy() for w in trainer.export_model().trainable_variables]
 
 
-@pytest.fixture()
-def unsharded(tmp_path, data, mirrored):
-    trainer = _trainer(tmp_path, data, mirrored, None)
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory, data, mirrored):
+    trainer = _trainer(tmp_path_factory.mktemp("unsharded"), data, mirrored, None)
     summary = trainer.train(save_checkpoints=False)
     return summary, _weights(trainer)
 

@@ -34,8 +34,8 @@ L layers, d = d_model, kv = num_kv_heads * head_dim, f = d_ff, H = heads, V = vo
                `check_fits`).
 
 `smallest_sharding` picks the smallest level that fits a device; `check_sharding_fits` is the
-check a training run makes before building anything. `python -m highnoon.models.memory` prints
-the README table of per-chip memory by preset, level and replica count.
+check a training run makes before building anything. `python -m highnoon.training.sharding.table`
+prints the README tables of per-chip memory by preset, level and replica count.
 """
 
 from __future__ import annotations

@@ -138,10 +138,12 @@ class Controller:
         try:
             for plan in plans[position.stage :]:
                 self._run_stage(plan)
-        except (NonFiniteLossError, Preempted, tf.errors.OpError):
-            raise  # no save: keep the last good checkpoint; a lost peer cannot take part
+        except (NonFiniteLossError, Preempted, tf.errors.OpError, KeyboardInterrupt):
+            # No save: keep the last good checkpoint. A lost peer cannot take part; a second
+            # Ctrl-C may land between a step and its bookkeeping (one Ctrl-C saves, preemption.py).
+            raise
         except BaseException:
-            self.save()  # a failing callback (or Ctrl-C) stops after a save
+            self.save()  # a failing callback stops after a save
             raise
         self.save()
         summary = self._summary(time.time() - started)

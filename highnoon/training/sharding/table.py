@@ -8,6 +8,7 @@ the preset's ``max_seq_length`` per replica (no accumulation), ``remat=True``, 1
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,7 +119,11 @@ def traffic_table(replicas: int = 64) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m highnoon.training.sharding.table",
+        description="Print the README's sharding tables (memory, chips, traffic) from the presets.",
+    ).parse_args(argv)
     for replicas in REPLICAS:
         print(f"Per-chip training memory (GiB) on {replicas} replicas\n")
         print(memory_table(replicas))
