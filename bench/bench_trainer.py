@@ -36,8 +36,9 @@ against a float32 XLA matmul peak measured in the same run (``bench_model.matmul
 model FLOPs per token = 6 N + 12 L d s (``bench_model``'s convention).
 
 ``--agreement`` measures what preemption costs a multi-host run: in every host call the hosts
-agree whether any of them got SIGTERM (``TrainStep.train_fn(agree=True)``, one all-reduce of a
-scalar inside the compiled call). Two ``MultiWorkerMirroredStrategy`` workers on 127.0.0.1 run
+agree whether any of them got SIGTERM (``TrainStep.train_fn(agree=True)``: each host's flag
+rides in the reduction that already sums the call's losses and token counts, so no collective is
+added, only a third element). Two ``MultiWorkerMirroredStrategy`` workers on 127.0.0.1 run
 the Trainer's own step on highnoon-tiny and alternate windows of host calls without and with the
 agreement; ratio = time with / time without, with a 95% bootstrap interval over window pairs.
 """

@@ -61,9 +61,14 @@ class Collectives:
         return list(self.ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors)))
 
     def reduce_scatter(self, tensors: Sequence[tf.Tensor], specs: Sequence[ShardSpec]):
-        """Each replica's share of the sum over replicas: all-reduce, then the own slice."""
-        summed = self.all_reduce(_static(tensors, specs))
-        return [spec.shard(t, self.replica_id) for t, spec in zip(summed, specs)]
+        """Each replica's share of the sum over replicas: all-reduce, then the own slice. One
+        tensor at a time, so only one whole-size sum is alive at once, not all of them."""
+        shares: list[tf.Tensor] = []
+        for t, spec in zip(_static(tensors, specs), specs):
+            with tf.control_dependencies(shares[-1:]):
+                (summed,) = self.all_reduce([t])
+            shares.append(spec.shard(summed, self.replica_id))
+        return shares
 
     def _gather_flat(self, shards: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return list(self.ctx.all_gather(list(shards), axis=0))

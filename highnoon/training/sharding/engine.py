@@ -223,8 +223,13 @@ class ShardedEngine:
             for var, value in zip(state.weights, new_weights):
                 var.assign(value)
         else:
-            for var, value in zip(self.variables, comm.all_gather(new_weights, self.specs)):
-                var.assign(value)
+            # One variable at a time: only one variable's whole-size gather buffers are alive
+            # at once, not the whole model's (memory is what sharding is for).
+            previous: list = []
+            for var, value, spec in zip(self.variables, new_weights, self.specs):
+                with tf.control_dependencies(previous):
+                    (whole,) = comm.all_gather([value], [spec])
+                    previous = [var.assign(whole)]
 
     def _update(self, weights, m, v, grads, learning_rate, iterations):
         out = [
