@@ -60,9 +60,15 @@ class Collectives:
             self.log.add("all_reduce", _nbytes(t))
         return list(self.ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors)))
 
-    def reduce_scatter(self, tensors: Sequence[tf.Tensor], specs: Sequence[ShardSpec]):
-        """Each replica's share of the sum over replicas: all-reduce, then the own slice. One
-        tensor at a time, so only one whole-size sum is alive at once, not all of them."""
+    def reduce_scatter(
+        self, tensors: Sequence[tf.Tensor], specs: Sequence[ShardSpec], *, chained: bool = False
+    ):
+        """Each replica's share of the sum over replicas: all-reduce, then the own slice.
+        ``chained``: one tensor at a time, so only one whole-size sum is alive at once (for the
+        whole model's gradients; a segment's, at level "full", go in one batch)."""
+        if not chained:
+            summed = self.all_reduce(_static(tensors, specs))
+            return [spec.shard(t, self.replica_id) for t, spec in zip(summed, specs)]
         shares: list[tf.Tensor] = []
         for t, spec in zip(_static(tensors, specs), specs):
             with tf.control_dependencies(shares[-1:]):
@@ -104,7 +110,11 @@ class XlaCollectives(Collectives):
         self._gather_kind = "all_gather"
         self._group = [list(range(num_replicas))]
 
-    def reduce_scatter(self, tensors: Sequence[tf.Tensor], specs: Sequence[ShardSpec]):
+    def reduce_scatter(
+        self, tensors: Sequence[tf.Tensor], specs: Sequence[ShardSpec], *, chained: bool = False
+    ):
+        """XLA's own reduce-scatter, which holds only the share (``chained`` changes nothing:
+        XLA schedules the whole computation)."""
         from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
         out = []

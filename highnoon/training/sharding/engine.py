@@ -130,7 +130,7 @@ class ShardedEngine:
             )
             grads = [tf.reshape(g, spec.shape) for g, spec in zip(grads, self.specs)]
             self.carried_gradient_shapes = [tuple(g.shape) for g in grads]
-            shares = comm.reduce_scatter(grads, self.specs)
+            shares = comm.reduce_scatter(grads, self.specs, chained=True)
         else:
             micro = {k: tf.reshape(v, [a, -1, *v.shape[1:]]) for k, v in batch.items()}
             shares, loss = None, tf.constant(0.0, tf.float32)
@@ -140,7 +140,7 @@ class ShardedEngine:
                     g, part_loss = self._fn("micro", jit, self._micro_gradients)(
                         part, denominator, scale
                     )
-                    g = comm.reduce_scatter(g, self.specs)
+                    g = comm.reduce_scatter(g, self.specs, chained=True)
                 else:
                     g, part_loss = self._full_gradients(part, denominator, scale, comm, jit)
                 shares = g if shares is None else [s + x for s, x in zip(shares, g)]
