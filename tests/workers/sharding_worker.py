@@ -56,27 +56,23 @@ def main() -> None:
 
     step, multiplier = H.build(strategy, spec["level"])
     objects = step.checkpoint_objects()
+
+    def checkpointer(directory: str) -> Checkpointer:
+        return Checkpointer(
+            directory, model=objects["model"], optimizer=objects["optimizer"], strategy=strategy
+        )
+
     first = 1
     with peer_failure_guard():
         if spec.get("restore_from"):
-            restorer = Checkpointer(
-                spec["restore_from"],
-                model=objects["model"],
-                optimizer=objects["optimizer"],
-                strategy=strategy,
-            )
+            restorer = checkpointer(spec["restore_from"])
             restorer.restore(spec["restore_from"], step.model.config.to_dict())
             first = restorer.position.global_step + 1
         losses = H.train(
             step, multiplier, first, spec["last_step"], jit_compile=spec["jit_compile"]
         )
         if spec.get("save_to"):
-            saver = Checkpointer(
-                spec["save_to"],
-                model=objects["model"],
-                optimizer=objects["optimizer"],
-                strategy=strategy,
-            )
+            saver = checkpointer(spec["save_to"])
             saver.position.global_step = spec["last_step"]
             saver.write_model_config(step.model.config.to_dict())
             saver.save(spec["last_step"])
