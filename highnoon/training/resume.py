@@ -99,18 +99,15 @@ def _check_completed(
     with the same name and stream fingerprint (a completed stage is skipped, never retrained)."""
     differences = []
     for index, done in enumerate(position.completed_stages):
-        old_name = str(done.get("name"))
+        # The record (an accepted change updates it), else what the stage was called.
+        saved = position.stage_fingerprints.get(str(index)) or {"name": str(done.get("name"))}
+        old_name = saved.get("name", str(done.get("name")))
         if index >= len(plans):
             differences.append((index, old_name, None, ["missing"], None))
             continue
         plan = plans[index]
-        saved = position.stage_fingerprints.get(str(index))
         now = plan.stream_fingerprint()
-        if saved is None:  # a checkpoint without the record: compare what it has
-            saved = {"name": old_name}
         changed = [key for key in now if key in saved and saved[key] != now[key]]
-        if old_name != plan.name and "name" not in changed:
-            changed.insert(0, "name")
         if changed:
             differences.append((index, old_name, plan.name, changed, saved))
     if not differences:
