@@ -45,7 +45,9 @@ def _gather_fn(strategy: Any) -> Any:
         @tf.function
         def gather(value: tf.Tensor) -> Any:
             def replica_fn(local: tf.Tensor) -> tf.Tensor:
-                return tf.distribute.get_replica_context().all_gather(local, axis=0)
+                # tf.identity places the table on this replica's device (an argument has none).
+                context = tf.distribute.get_replica_context()
+                return context.all_gather(tf.identity(local), axis=0)
 
             return strategy.run(replica_fn, args=(value,))
 
