@@ -32,11 +32,12 @@ def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 _PROGRAM = """
     import os, signal, time
+    from highnoon.distribute.errors import EXIT_RESTART
     from highnoon.training import preemption
 
     def before(signum, frame):
         print("BEFORE", flush=True)
-        os._exit(42)
+        os._exit(EXIT_RESTART)
 
     handler = preemption.exit_complete_on_signal("prog", before)
     signal.signal(signal.SIGTERM, handler)
@@ -66,7 +67,7 @@ def test_a_signal_before_or_after_a_failed_run_takes_the_other_way():
     except RuntimeError:
         pass"""
     done = _python(_PROGRAM.format(body=textwrap.indent(textwrap.dedent(failed), "    ")))
-    assert (done.returncode, done.stdout) == (42, "BEFORE\n"), done.stderr
+    assert (done.returncode, done.stdout) == (EXIT_RESTART, "BEFORE\n"), done.stderr
 
 
 def test_a_signal_inside_train_after_its_last_step_is_no_preemption():
