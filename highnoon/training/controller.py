@@ -289,7 +289,8 @@ class Controller:
         stop = Preempted(step, path)
         # Every worker says it (non-chief workers log warnings only): the agreed step, the
         # checkpoint the chief wrote there and the exit code the launcher acts on.
-        logging.warning("%s received: %s", self.watcher.signal_name or "stop request", stop)
+        cause = self.watcher.signal_name or "a stop signal on another worker"
+        logging.warning("%s: %s", cause, stop)
         raise stop
 
     def _after_call(self, plan: StagePlan, window: LossWindow, step_loss: float) -> None:
