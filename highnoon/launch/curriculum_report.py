@@ -7,7 +7,7 @@
 
 (In a checkout, `python -m launch.curriculum_report ...` is the same program.) From the gin
 config a training run would use (`--gin_file`/`--gin_bindings`, or the `config.gin` of
-`--model_dir`), it builds (or reuses) each stage's token store and, without training, prints per
+`--model_dir`, read as data: its `import` and `include` lines are not run), it builds (or reuses) each stage's token store and, without training, prints per
 stage: the pool size at each epoch, how many samples each epoch adds and how hard they are
 (min/median/max of the stage's difficulty scores), the steps, row lengths and target tokens per
 epoch and in total, sample texts from the easiest and hardest ends; then a time estimate from a
