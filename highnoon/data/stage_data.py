@@ -97,9 +97,14 @@ def _build_cached(path: str, build: Callable[[bool], TokenStore], verify: bool) 
     return store
 
 
+_WARNED_UTF8: set[str] = set()  # stores whose replaced samples were reported in this process
+
+
 def _warn_invalid_utf8(name: str, store: TokenStore) -> None:
+    """Once per source's store and process: how many samples had invalid UTF-8 replaced."""
     count = int(store.manifest.get("skipped", {}).get("invalid_utf8_replaced", 0))
-    if count:
+    if count and store.path not in _WARNED_UTF8:
+        _WARNED_UTF8.add(store.path)
         logging.warning(
             "dataset %r: %d samples had invalid UTF-8, replaced by U+FFFD (errors='replace'); "
             "fix the files, or register the dataset with errors='strict' to refuse them",

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from highnoon.training.checkpointing import Checkpointer, DataPosition
 from highnoon.training.evaluation import Evaluator
@@ -285,7 +286,12 @@ class Controller:
             checkpoint=path,
             exit_code=Preempted(step, path).code,
         )
-        raise Preempted(step, path)
+        stop = Preempted(step, path)
+        # Every worker says it (non-chief workers log warnings only): the agreed step, the
+        # checkpoint the chief wrote there and the exit code the launcher acts on.
+        cause = self.watcher.signal_name or "a stop signal on another worker"
+        logging.warning("%s: %s", cause, stop)
+        raise stop
 
     def _after_call(self, plan: StagePlan, window: LossWindow, step_loss: float) -> None:
         """The boundaries of the step just reached: log, evaluate, save."""

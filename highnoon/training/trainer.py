@@ -121,7 +121,8 @@ class Trainer:
                 f"model={model!r} must be a Keras language model, e.g. "
                 "highnoon.create_model('highnoon-tiny')"
             )
-        self.settings, self.options = split_settings(_named(args, settings))
+        given = _named(args, settings)
+        self.settings, self.options = split_settings(given)
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else hn_data.ByteTokenizer()
         if not isinstance(self.tokenizer, hn_data.Tokenizer):
@@ -129,7 +130,7 @@ class Trainer:
                 f"tokenizer={tokenizer!r} must be a highnoon.data.Tokenizer "
                 "(ByteTokenizer, SentencePieceTokenizer) or None"
             )
-        self.settings = _cap_seq_length(self.settings, model)
+        self.settings = _cap_seq_length(self.settings, model, asked="max_seq_length" in given)
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise v.InvalidArgumentTypeError(
                 f"strategy={strategy!r} must be a tf.distribute.Strategy or None"
@@ -641,12 +642,17 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
-def _cap_seq_length(settings: StageSettings, model: keras.Model) -> StageSettings:
+def _cap_seq_length(settings: StageSettings, model: keras.Model, asked: bool) -> StageSettings:
+    """Rows no longer than the model's positions. A length the caller asked for is capped with a
+    warning naming both lengths (the default's cap is only noted)."""
     model_seq = model_config(model).get("max_seq_length")
     if model_seq and settings.max_seq_length > model_seq:
-        logging.info(
-            "max_seq_length=%d exceeds the model's max_seq_length=%d; training on %d tokens",
+        log = logging.warning if asked else logging.info
+        log(
+            "max_seq_length=%d is longer than the model's max_seq_length=%d; training on rows "
+            "of %d tokens (pass max_seq_length<=%d, or create the model with a longer one)",
             settings.max_seq_length,
+            model_seq,
             model_seq,
             model_seq,
         )
