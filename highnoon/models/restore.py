@@ -29,7 +29,8 @@ _SHOWN = 6  # paths listed in a message before "... (N in all)"
 def checkpoint_values(prefix: str, root: str = "model") -> dict[str, tuple[int, ...]] | None:
     """``{path: shape}`` of every variable value under the checkpoint's ``root`` entry, or None
     when the checkpoint has no object graph or no such entry."""
-    reader = tf.train.load_checkpoint(prefix)
+    # The reader of the prefix itself: load_checkpoint would take a ram:// prefix for a directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     if not reader.has_tensor(_GRAPH_KEY):
         return None
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
