@@ -155,7 +155,10 @@ class StageSettings:
         _choice(*PACINGS),
     )
     pacing_options: dict[str, Any] = setting(
-        dict, "options of the pacing (`{'p': 2}` for `root_p`)", v.check_mapping, factory=True
+        dict,
+        "options of the pacing: `{'p': 2}` for `root_p`; the other pacings take none",
+        v.check_mapping,
+        factory=True,
     )
     initial_fraction: float = setting(
         0.2, "share of the easiest data in the first epoch's pool, in (0, 1]", _initial_fraction
@@ -319,13 +322,14 @@ class RunOptions:
         None,
         "ZeRO-style sharding across replicas: `optimizer` (AdamW moments and the update), "
         "`gradients` (also accumulated gradients), `full` (also the weights, gathered block by "
-        "block; FSDP), or `None` (every replica holds everything)",
+        "block; FSDP), or `None` (every replica holds everything); with `adamw` or `adam` only",
         lambda n, x: v.check_choice(n, x, SHARDING_CHOICES),
     )
     collectives: str = setting(
         "auto",
         "sharded collectives: `portable` (all-reduce and slice; CPU/GPU), `xla` (true "
-        "reduce-scatter and all-to-all inside the compiled TPU step), `auto` (xla on TPU)",
+        "reduce-scatter and all-to-all inside the compiled TPU step; refused off TPU), `auto` "
+        "(xla on TPU)",
         lambda n, x: v.check_choice(n, x, COLLECTIVES),
     )
     device_memory_gib: float | None = setting(
