@@ -79,7 +79,8 @@ def test_numpy_values_are_taken_as_python_ones(tmp_path):
     assert trainer.settings.batch_size == 4 and type(trainer.settings.batch_size) is int
     assert trainer.options.seed == 2**32 - 1 and type(trainer.options.seed) is int
     assert trainer.settings.learning_rate == 0.5
-    assert trainer.settings.pacing_options == {"p": 3.0}
+    assert trainer.settings.pacing_options == {"p": 3}
+    assert type(trainer.settings.pacing_options["p"]) is int  # saved as JSON, fingerprinted
 
 
 @pytest.mark.parametrize(

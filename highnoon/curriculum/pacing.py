@@ -48,6 +48,7 @@ from highnoon.utils.validation import (
     check_int,
     check_keys,
     check_positive_float,
+    is_integer,
 )
 
 PACINGS = ("reference", "linear", "root_p", "discrete", "exponential", "constant")
@@ -63,7 +64,10 @@ def check_pacing_options(pacing: str, options: Any) -> dict[str, Any]:
         "pacing_options", options, sorted(_OPTIONS.get(pacing, ())), owner=f"pacing={pacing!r}"
     )
     if "p" in options:
-        options["p"] = check_positive_float("pacing_options['p']", options["p"])
+        p = check_positive_float("pacing_options['p']", options["p"])
+        # numpy values become Python ones (the settings are saved as JSON); an int stays an int,
+        # so the saved settings and the stream fingerprint read as before.
+        options["p"] = int(options["p"]) if is_integer(options["p"]) else p
     return options
 
 
