@@ -131,10 +131,9 @@ def _implied_fields(values: dict[str, tuple[int, ...]], config: ModelConfig) -> 
     if blocks:
         facts["num_layers"] = max(blocks) + 1
     facts["tie_embeddings"] = "model/lm_head" not in values
-    differ = [f"{k}={val!r}" for k, val in facts.items() if getattr(config, k) != val]
-    if differ:
-        stated = ", ".join(
-            f"{k.split('=')[0]}={getattr(config, k.split('=')[0])!r}" for k in differ
-        )
-        return f"{', '.join(differ)} where the config says {stated}"
-    return ""
+    differ = [name for name, value in facts.items() if getattr(config, name) != value]
+    if not differ:
+        return ""
+    implied = ", ".join(f"{name}={facts[name]!r}" for name in differ)
+    stated = ", ".join(f"{name}={getattr(config, name)!r}" for name in differ)
+    return f"{implied} where the config says {stated}"
