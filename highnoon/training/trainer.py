@@ -51,6 +51,7 @@ from highnoon.training.settings import (
     split_settings,
     trainer_signature,
 )
+from highnoon.training.sharding.collectives import resolve_collectives
 from highnoon.training.sharding.levels import resolve_sharding
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import TrainStep
@@ -137,6 +138,9 @@ class Trainer:
             )
         self.strategy = strategy or _strategy_for(model)
         self._sharding = resolve_sharding(self.options.sharding, self.strategy.num_replicas_in_sync)
+        # Checked on one replica too (where nothing is sharded): a config must not fail only
+        # when moved to several.
+        resolve_collectives(self.options.collectives, self.strategy)
         if self._sharding == "full" and model.built:
             raise v.InvalidArgumentError(
                 "sharding='full' stores the weights only as per-replica shares, so the model "
@@ -180,7 +184,13 @@ class Trainer:
                 f"stage {name!r}: datasets=None; name at least one dataset (a registered name, "
                 "a path or glob, or (entry, weight))"
             )
-        datasets = [datasets] if isinstance(datasets, str | tuple) else list(datasets)
+        datasets = v.check_items(
+            f"stage {name!r}: datasets",
+            datasets,
+            single=(str, tuple, hn_data.DataSource),
+            allowed="a dataset entry (a registered name, a path or glob, 'tfds:NAME', a "
+            "DataSource or (entry, weight))",
+        )
         if not datasets:
             raise v.InvalidArgumentError(
                 f"stage {name!r}: datasets is empty; name at least one dataset"
