@@ -447,6 +447,7 @@ class Trainer:
                     learning_rate_multiplier=(
                         settings.learning_rate / self.settings.learning_rate * stage.weight
                     ),
+                    datasets=stage.datasets,
                 )
             )
         return plans
