@@ -136,3 +136,20 @@ def test_mixture_epoch_of_empty_and_unit_groups():
     drawn = mixture_epoch(groups, [2, 2], seed=0, epoch=0)
     assert sorted(drawn.tolist())[2:] == [20, 20] and drawn.size == 4
     assert mixture_epoch(groups, [0, 0], seed=0, epoch=0).size == 0
+
+
+def test_unweighted_entries_are_a_concatenation_and_a_mix_of_both_is_refused(sources):
+    store = _store(sources, ["a", "b", "c"])
+    assert store.manifest["mixing"]["weights"] is None
+    plan = _plan(store, datasets=["a", "b", "c"], curriculum_strategy=None, epochs=1)
+    assert np.array_equal(np.sort(plan.host_rows(0, 0, 1).ravel()), np.arange(1536))
+    assert plan.samples_per_dataset() == {"a": 960, "b": 96, "c": 480}
+    trainer = make_trainer(sources)
+    with pytest.raises(
+        ValueError,
+        match=r"stage 'x': datasets=\[\('a', 0.5\), 'b'\] mixes "
+        r"\(entry, weight\) tuples with unweighted entries \['b'\]; give every",
+    ):
+        trainer.add_curriculum_stage("x", [("a", 0.5), "b"])
+    with pytest.raises(ValueError, match=r"datasets=\[\('a', 0.5\), 'b'\] mixes"):
+        _store(sources, [("a", 0.5), "b"])

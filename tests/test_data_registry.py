@@ -133,7 +133,7 @@ def test_tfrecord_text_and_tokens(tmp_path):
 def test_tuple_sets_mixing_weight(files):
     source = resolve_dataset((str(files / "b.txt"), 2.5))
     assert source.mixing_weight == 2.5
-    assert resolve_dataset(str(files / "b.txt")).mixing_weight == 1.0
+    assert resolve_dataset(str(files / "b.txt")).mixing_weight is None  # no weight given
     with pytest.raises(ValueError, match="mixing_weight=-1"):
         resolve_dataset((str(files / "b.txt"), -1))
 

@@ -21,6 +21,9 @@ drawn per epoch by the stage plan (``mixture_epoch``), so no weight is baked int
 * **Counts**: source ``i`` gets ``c_i`` of the ``E`` samples, ``w_i / sum(w) * E`` rounded by
   largest remainder (ties to the earlier entry), so the counts sum to ``E`` and each is within
   one sample of its share (``mixture_counts``). A single entry's share is 1 whatever its weight.
+  Entries given without weights are a concatenation: every sample once per epoch, no draw (the
+  manifest records ``weights: null``). A stage's entries are all weighted or none
+  (``check_mixture_weights``).
 * **Which samples**: ``c_i // n_i`` whole passes over the source, plus ``r_i = c_i % n_i``
   samples from a window of a keyed permutation of the source (keyed by the stage's seed and the
   source). Epoch ``e``'s window starts at ``e * r_i`` and wraps around, so a source larger than
@@ -276,14 +279,17 @@ def prepare_stage_store(
         if vocab_size is not None:
             store.check_vocab(vocab_size)  # before any mixing work
         stores.append(store)
-    weights = [s.mixing_weight for s in sources]
+    weights = [s.mixing_weight for s in sources]  # all numbers, or all None (unweighted)
     if len(stores) == 1:
         return stores[0]  # one entry's share is the whole stage, whatever its weight
     descriptions = [{"weight": w, **st.manifest["sources"][0]} for w, st in zip(weights, stores)]
+    if all(w is None for w in weights):
+        weights = None  # a concatenation
     key = _key(
         {
             "format": FORMAT_VERSION,
-            "parts": [[w, st.fingerprint] for w, st in zip(weights, stores)],
+            "parts": [st.fingerprint for st in stores],
+            "weights": weights,
             "rule": MIXING_RULE,
         }
     )

@@ -92,8 +92,8 @@ class StagePlan:
         self.scheduler = self._make_scheduler(verbose)
         self._mixture_groups: list[np.ndarray] = []
         self._mixture_counts: list[int] = []
-        if self.mixture is not None:
-            self._plan_mixture()
+        if self.mixture is not None and self.mixture["weights"] is not None:
+            self._plan_mixture()  # weighted: each epoch draws its shares
         self._lengths: np.ndarray | None = None
         self._epoch_cache: tuple[tuple[int, ...], PackedEpoch | None, StepCounts] | None = None
         self.seq_warmup = settings.seq_length_warmup(self.planned_steps())
@@ -169,7 +169,7 @@ class StagePlan:
         self.scheduler.set_epoch_selection(self.mixture_epoch)
 
     def mixture_epoch(self, epoch: int) -> np.ndarray:
-        """Positions in ``train_indices`` that a mixed stage's ``epoch`` draws (its shares)."""
+        """Positions in ``train_indices`` that a weighted mixture's ``epoch`` draws (its shares)."""
         return mixture_epoch(self._mixture_groups, self._mixture_counts, self.seed, epoch)
 
     def samples_per_dataset(self) -> dict[str, int]:

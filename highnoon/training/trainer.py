@@ -192,6 +192,7 @@ class Trainer:
             raise type(error)(f"stage {name!r}: {error}") from None
         for entry in datasets:
             hn_data.validate_dataset_entry(entry)
+        v.check_mixture_weights(f"stage {name!r}: datasets", datasets)
         self.stages.append(CurriculumStage(name, datasets, epochs, weight, dict(config_overrides)))
         return self
 
