@@ -38,6 +38,7 @@ def test_samples_per_dataset_in_the_summary_and_stage_complete(tmp_path, mixture
     assert entry["samples_seen"] == sum(expected.values()) == summary["total_steps"] * 4
 
 
+@pytest.mark.slow
 def test_a_mixed_stage_resumes_mid_epoch_bit_identical(tmp_path, mixture, monkeypatch):
     monkeypatch.chdir(tmp_path)  # as a user runs it: a relative ./checkpoints
 
@@ -68,8 +69,9 @@ def test_a_mixed_stage_resumes_mid_epoch_bit_identical(tmp_path, mixture, monkey
     summary = resumed.train(checkpoint_dir="./checkpoints", log_interval=1)
     assert summary["total_steps"] == expected["total_steps"]
     assert summary["stages_completed"] == expected["stages_completed"]
-    assert sum(summary["stages_completed"][0]["samples_per_dataset"].values()) == (
-        summary["stages_completed"][0]["samples_seen"]
+    assert (
+        sum(summary["stages_completed"][0]["samples_per_dataset"].values())
+        == (summary["stages_completed"][0]["samples_seen"])
     )
     for got, want in zip(_weights(resumed.model), _weights(reference.model)):
         np.testing.assert_array_equal(got, want)

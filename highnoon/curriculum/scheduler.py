@@ -5,6 +5,9 @@ Every host computes the same stream from (scores, parameters, seed) alone:
 
 * **Order**: a stable sort on (score, sample index); ties go to the lower index
   (``highnoon.curriculum.order``).
+* **Epoch draw** (optional, ``set_epoch_selection``): a mixture's epoch is its own multiset of
+  samples (``highnoon.data.stage_data``, "Mixing rule"); its order is the drawn multiset sorted
+  stably on (score, position), and everything below takes that order in place of the fixed one.
 * **Pool** at epoch ``e``: the easiest ``n`` samples of the order, ``n`` from the pacing
   (``highnoon.curriculum.pacing``) rounded down to whole global batches, at least one.
 * **Epoch order**: a keyed bijection of the pool positions ``[0, n)`` keyed by (seed, epoch)
