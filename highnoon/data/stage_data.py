@@ -21,8 +21,8 @@ drawn per epoch by the stage plan (``mixture_epoch``), so no weight is baked int
 * **Counts**: source ``i`` gets ``c_i`` of the ``E`` samples, ``w_i / sum(w) * E`` rounded by
   largest remainder (ties to the earlier entry), so the counts sum to ``E`` and each is within
   one sample of its share (``mixture_counts``). A single entry's share is 1 whatever its weight.
-  Entries given without weights are a concatenation: every sample once per epoch, no draw (the
-  manifest records ``weights: null``). A stage's entries are all weighted or none
+  Entries given without weights are a concatenation: ``c_i = n_i``, every sample once per epoch
+  (the manifest records ``weights: null``). A stage's entries are all weighted or none
   (``check_mixture_weights``).
 * **Which samples**: ``c_i // n_i`` whole passes over the source, plus ``r_i = c_i % n_i``
   samples from a window of a keyed permutation of the source (keyed by the stage's seed and the

@@ -92,8 +92,8 @@ class StagePlan:
         self.scheduler = self._make_scheduler(verbose)
         self._mixture_groups: list[np.ndarray] = []
         self._mixture_counts: list[int] = []
-        if self.mixture is not None and self.mixture["weights"] is not None:
-            self._plan_mixture()  # weighted: each epoch draws its shares
+        if self.mixture is not None:
+            self._plan_mixture()
         self._lengths: np.ndarray | None = None
         self._epoch_cache: tuple[tuple[int, ...], PackedEpoch | None, StepCounts] | None = None
         self.seq_warmup = settings.seq_length_warmup(self.planned_steps())
@@ -153,12 +153,14 @@ class StagePlan:
         return np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
 
     def _plan_mixture(self) -> None:
-        """Group the training samples by source and make each epoch draw its shares of them."""
+        """Group the training samples by source and make each epoch draw its shares of them
+        (unweighted entries: every sample once, interleaved)."""
         weights = self.mixture["weights"]
         sources = self._source_of[self.train_indices]
-        self._mixture_groups = [np.flatnonzero(sources == i) for i in range(len(weights))]
+        parts = len(self.mixture["part_counts"])
+        self._mixture_groups = [np.flatnonzero(sources == i) for i in range(parts)]
         sizes = [group.size for group in self._mixture_groups]
-        self._mixture_counts = mixture_counts(sizes, weights)
+        self._mixture_counts = sizes if weights is None else mixture_counts(sizes, weights)
         for name, size, count in zip(self.dataset_names, sizes, self._mixture_counts):
             if size == 0 and count:
                 raise ValueError(
@@ -372,4 +374,11 @@ def _dataset_names(datasets: Any, store: Any) -> list[str]:
     for entry in datasets:
         inner = entry[0] if isinstance(entry, tuple | list) else entry
         names.append(inner if isinstance(inner, str) else str(getattr(inner, "name", inner)))
+    mixing = store.manifest.get("mixing")
+    parts = len(mixing["part_counts"]) if isinstance(mixing, dict) else 1
+    if len(names) != parts:
+        raise ValueError(
+            f"datasets={list(datasets)!r} name {len(names)} entries but the stage's store holds "
+            f"{parts} source(s); pass the entries the store was prepared from"
+        )
     return names
