@@ -47,7 +47,7 @@ class DataSource:
     """Base class: subclasses implement ``iter_samples`` and ``describe``."""
 
     name: str = "source"
-    mixing_weight: float = 1.0
+    mixing_weight: float | None = None  # None: no weight given (the entry is not a share)
 
     def __init__(self) -> None:
         self.stats: dict[str, int] = {}
@@ -64,13 +64,13 @@ class DataSource:
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def with_weight(self, weight: float) -> DataSource:
-        """This source with another mixing weight (a shallow copy)."""
+    def with_weight(self, weight: float | None) -> DataSource:
+        """This source with another mixing weight, or None for none (a shallow copy)."""
         import copy
 
         clone = copy.copy(self)
         clone.stats = {}
-        clone.mixing_weight = float(weight)
+        clone.mixing_weight = None if weight is None else float(weight)
         return clone
 
     def __repr__(self) -> str:

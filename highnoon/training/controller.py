@@ -177,6 +177,7 @@ class Controller:
             "epochs": plan.epochs,
             "steps": pos.global_step - pos.stage_start_step,
             **pos.stage_report(),
+            "samples_per_dataset": plan.samples_per_dataset(),
         }
         if plan.eval_indices.size:
             last = self.eval_history[-1] if self.eval_history else None
@@ -185,7 +186,12 @@ class Controller:
             else:
                 result = self.evaluate(plan)
             metrics.update(eval_loss=result["eval_loss"], perplexity=result["perplexity"])
-        pos.complete_stage(plan.name, plan.epochs, metrics["steps"])
+        pos.complete_stage(
+            plan.name,
+            plan.epochs,
+            metrics["steps"],
+            samples_per_dataset=metrics["samples_per_dataset"],
+        )
         self.save()
         self.events.emit("stage_complete", stage=plan.name, metrics=metrics)
 

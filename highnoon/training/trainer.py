@@ -203,6 +203,7 @@ class Trainer:
             raise type(error)(f"stage {name!r}: {error}") from None
         for entry in datasets:
             hn_data.validate_dataset_entry(entry)
+        v.check_mixture_weights(f"stage {name!r}: datasets", datasets)
         self.stages.append(CurriculumStage(name, datasets, epochs, weight, dict(config_overrides)))
         return self
 
@@ -458,6 +459,7 @@ class Trainer:
                     learning_rate_multiplier=(
                         settings.learning_rate / self.settings.learning_rate * stage.weight
                     ),
+                    datasets=stage.datasets,
                 )
             )
         return plans

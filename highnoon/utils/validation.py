@@ -18,7 +18,7 @@ import math
 import numbers
 import os
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,19 @@ def check_items(name: str, value: Any, *, single: tuple[type, ...], allowed: str
         return list(value)
     _fail(name, value, f"{allowed}, or a list of them", wrong_type=True)
     return []  # unreachable
+
+
+def check_mixture_weights(name: str, entries: Sequence[Any]) -> None:
+    """Dataset entries are all ``(entry, weight)`` (a mixture by shares) or all plain (every
+    sample once per epoch); a mix of both has no clear meaning and is refused."""
+    weighted = [isinstance(e, tuple | list) and not isinstance(e, str) for e in entries]
+    if any(weighted) and not all(weighted):
+        plain = [e for e, w in zip(entries, weighted) if not w]
+        raise InvalidArgumentError(
+            f"{name}={list(entries)!r} mixes (entry, weight) tuples with unweighted entries "
+            f"{plain!r}; give every entry a weight (weights are shares of the stage's samples) "
+            "or none (every sample of every entry once per epoch)"
+        )
 
 
 def check_port(name: str, value: Any) -> int:
