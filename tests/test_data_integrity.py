@@ -30,6 +30,7 @@ from highnoon.data import (
     file_hashes,
     prepare_stage_store,
     remove_stale_build_dirs,
+    stage_data,
 )
 from highnoon.data import store as store_module
 
@@ -307,6 +308,9 @@ def test_invalid_utf8_is_a_console_warning_with_the_count(tmp_path, absl_warning
     assert [r.getMessage() for r in absl_warnings.records] == [expected]
     absl_warnings.clear()
     prepare_stage_store(str(path), "byte", str(tmp_path / "cache"), progress=False)  # cached
+    assert absl_warnings.records == []  # once per source and process
+    stage_data._WARNED_UTF8.clear()  # as in a new process: the cached store's count is said
+    prepare_stage_store(str(path), "byte", str(tmp_path / "cache"), progress=False)
     assert [r.getMessage() for r in absl_warnings.records] == [expected]
 
 

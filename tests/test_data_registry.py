@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import gin
-import numpy as np
 import pytest
 
 from highnoon.data import (
@@ -21,7 +20,6 @@ from highnoon.data import (
     validate_dataset_entry,
 )
 from highnoon.data.embedded import max_depth_of
-from highnoon.data.stage_data import mixing_selection
 
 EMBEDDED = ["arithmetic", "brackets", "stdlib_code", "stdlib_docs", "stdlib_instructions"]
 
@@ -135,7 +133,7 @@ def test_tfrecord_text_and_tokens(tmp_path):
 def test_tuple_sets_mixing_weight(files):
     source = resolve_dataset((str(files / "b.txt"), 2.5))
     assert source.mixing_weight == 2.5
-    assert resolve_dataset(str(files / "b.txt")).mixing_weight == 1.0
+    assert resolve_dataset(str(files / "b.txt")).mixing_weight is None  # no weight given
     with pytest.raises(ValueError, match="mixing_weight=-1"):
         resolve_dataset((str(files / "b.txt"), -1))
 
@@ -261,16 +259,6 @@ def test_stdlib_datasets_are_deterministic_and_shaped():
         EmbeddedSource("brackets", depth=3)
 
 
-def test_mixing_selection_rule():
-    pairs = mixing_selection([4, 2], [0.5, 2.0], seed=0)
-    counts = np.bincount(pairs[:, 0])
-    assert counts.tolist() == [2, 4]
-    # source 1: two full copies in order, spread evenly with source 0
-    assert pairs[pairs[:, 0] == 1, 1].tolist() == [0, 1, 0, 1]
-    assert pairs[:, 0].tolist() == [1, 0, 1, 1, 0, 1]
-    assert np.array_equal(pairs, mixing_selection([4, 2], [0.5, 2.0], seed=0))
-
-
 def test_prepare_stage_store_caches_and_mixes(tmp_path, files):
     cache = str(tmp_path / "cache")
     single = prepare_stage_store(["arithmetic"], "byte", cache, max_samples=10, progress=False)
@@ -283,12 +271,22 @@ def test_prepare_stage_store_caches_and_mixes(tmp_path, files):
         [("arithmetic", 1.0), (str(files / "b.txt"), 3.0)], "byte", cache, max_samples=10,
         progress=False,
     )  # fmt: skip
+    # every sample of every source once, source after source; the weights are recorded
     decoded = [ByteTokenizer().decode(s) for s in mixed.samples(range(mixed.num_samples))]
-    assert decoded.count("b file") == 3
-    assert sorted(d for d in decoded if d != "b file") == sorted(
-        ByteTokenizer().decode(single.sample(i)) for i in range(10)
+    assert decoded == [ByteTokenizer().decode(single.sample(i)) for i in range(10)] + ["b file"]
+    assert mixed.manifest["mixing"] == {
+        "rule": "shares/1",
+        "weights": [1.0, 3.0],
+        "part_fingerprints": [single.fingerprint, mixed.manifest["mixing"]["part_fingerprints"][1]],
+        "part_counts": [10, 1],
+    }
+    # one entry is the whole stage whatever its weight: its own store
+    assert (
+        prepare_stage_store(
+            [("arithmetic", 0.3)], "byte", cache, max_samples=10, progress=False
+        ).path
+        == single.path
     )
-    assert mixed.manifest["mixing"]["part_counts"] == [10, 3]
     assert TokenStore.open(mixed.path, verify=True).fingerprint == mixed.fingerprint
 
 

@@ -79,6 +79,35 @@ def test_unknown_gin_names_suggest_closest():
         hn_flags.parse_gin(["nope.gin"], [], finalize=False)
 
 
+@pytest.mark.parametrize(
+    ("binding", "problem"),
+    [
+        ("hn_launch_test_fn.learning_rate = (1", "EOF in multi-line statement (an unclosed "
+         "bracket or quote?)"),
+        ("hn_launch_test_fn.learning_rate = 'x", "Unable to parse value at character 35"),
+        ("hn_launch_test_fn.batch_size = 1 2", "Expected newline at character 34"),
+    ],
+)  # fmt: skip
+def test_a_malformed_gin_binding_is_named_with_its_problem_and_nothing_is_bound(binding, problem):
+    good = "hn_launch_test_fn.batch_size = 16"
+    with pytest.raises(ValueError) as caught:
+        hn_flags.parse_gin([], [good, binding], finalize=False)
+    assert str(caught.value) == (
+        f"--gin_bindings={binding!r} is not valid gin: {problem}; a binding reads "
+        "'configurable.parameter = value' with a Python literal value (quote strings: "
+        "--gin.Trainer.name=\"'run'\")"
+    )
+    assert hn_launch_test_fn() == (1.0, 2)  # refused before gin applied the good one
+
+
+def test_a_gin_file_with_an_unclosed_bracket_is_named(tmp_path):
+    path = tmp_path / "broken.gin"
+    path.write_text("hn_launch_test_fn.batch_size = 1\nhn_launch_test_fn.learning_rate = [1,\n")
+    with pytest.raises(ValueError) as caught:
+        hn_flags.parse_gin([str(path)], [], finalize=False)
+    assert str(caught.value) == f"{path} is not valid gin: EOF in multi-line statement"
+
+
 def test_write_operative_config_chief_only(tmp_path):
     hn_flags.parse_gin([], ["hn_launch_test_fn.batch_size = 4"], finalize=False)
     hn_launch_test_fn()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import glob
+import json
+import math
 import os
+import re
 import subprocess
 import sys
 
 import gin
+import numpy as np
 import pytest
 
 from highnoon.models import (
@@ -45,24 +49,69 @@ class FakeTokenizer:
 
 
 @pytest.mark.parametrize(
-    "overrides, field, fragment",
+    "overrides, message",
     [
-        ({"d_model": -8}, "d_model=-8", "positive integer"),
-        ({"num_layers": 0}, "num_layers=0", "positive integer"),
-        ({"vocab_size": 2.5}, "vocab_size=2.5", "positive integer"),
-        ({"d_model": 96, "num_heads": 5}, "num_heads=5", "must divide d_model=96"),
-        ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads=3", "must divide num_heads=4"),
-        ({"d_model": 12, "num_heads": 4, "num_kv_heads": 4}, "num_heads=4", "must be even"),
-        ({"dropout": 1.0}, "dropout=1.0", "[0, 1)"),
-        ({"rope_theta": 0}, "rope_theta=0", "positive number"),
-        ({"tie_embeddings": 1}, "tie_embeddings=1", "True or False"),
+        ({"d_model": -8}, "ModelConfig.d_model=-8 must be an integer >= 1"),
+        ({"num_layers": 0}, "ModelConfig.num_layers=0 must be an integer >= 1"),
+        ({"vocab_size": 2.5}, "ModelConfig.vocab_size=2.5 must be an integer >= 1 (got float)"),
+        ({"d_model": 96, "num_heads": 5}, "ModelConfig.num_heads=5: must divide d_model=96"),
+        ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads=3: must divide num_heads=4"),
+        ({"d_model": 12, "num_heads": 4, "num_kv_heads": 4}, "head_dim = d_model // num_heads"),
+        ({"dropout": 1.0}, "ModelConfig.dropout=1.0 must be a finite number in [0, 1)"),
+        ({"rope_theta": 0}, "ModelConfig.rope_theta=0 must be a finite number > 0.0"),
+        ({"rope_theta": math.nan}, "ModelConfig.rope_theta=nan must be a finite number > 0.0"),
+        ({"norm_eps": math.inf}, "ModelConfig.norm_eps=inf must be a finite number > 0.0"),
+        (
+            {"initializer_range": -math.inf},
+            "ModelConfig.initializer_range=-inf must be a finite number > 0.0",
+        ),
+        ({"dropout": math.nan}, "ModelConfig.dropout=nan must be a finite number in [0, 1)"),
+        ({"tie_embeddings": 1}, "ModelConfig.tie_embeddings=1 must be True or False (got int)"),
+        ({"init_seed": "7"}, "ModelConfig.init_seed='7' must be an integer (got str)"),
     ],
 )
-def test_config_validation_names_field_value_and_rule(overrides, field, fragment):
+def test_config_validation_names_field_value_and_rule(overrides, message):
     with pytest.raises(ValueError) as err:
         ModelConfig(**overrides)
-    assert field in str(err.value)
-    assert fragment in str(err.value)
+    assert message in str(err.value)
+
+
+def test_create_model_takes_numpy_values_as_the_trainer_does():
+    """One rule for both: numpy integers are integers, numpy floats numbers; the config holds
+    plain Python values, so it serialises to JSON and equals the literal config."""
+    model = create_model(
+        "highnoon-nano", num_layers=np.int64(1), d_ff=np.int32(96), rope_theta=np.float32(500)
+    )
+    expected = get_preset("highnoon-nano").replace(num_layers=1, d_ff=96, rope_theta=500.0)
+    assert model.config == expected
+    assert type(model.config.num_layers) is int and type(model.config.rope_theta) is float
+    assert ModelConfig.from_json(model.config.to_json()) == expected
+    flag = np.bool_(True)
+    with pytest.raises(ValueError, match=re.escape(f"num_layers={flag!r} must be an integer")):
+        create_model("highnoon-nano", num_layers=flag)
+
+
+def test_model_config_json_errors_name_the_file_and_the_problem(tmp_path):
+    path = tmp_path / "model_config.json"
+    path.write_text('{"d_model": 64,\n "num_layers" 2}\n')
+    with pytest.raises(ValueError) as err:
+        load_model_config(str(tmp_path))
+    assert str(err.value).startswith(
+        f"{path} is not valid JSON (Expecting ':' delimiter at line 2 column 15); it must hold "
+        "one object of ModelConfig fields"
+    )
+    # json accepts NaN and Infinity; the config does not, and says which file holds them
+    for field, text in (("rope_theta", "NaN"), ("norm_eps", "Infinity")):
+        fields = get_preset("highnoon-nano").to_dict()
+        path.write_text(
+            json.dumps(fields).replace(f'"{field}": {fields[field]}', f'"{field}": {text}')
+        )
+        with pytest.raises(ValueError) as err:
+            load_model_config(str(path))
+        value = "nan" if text == "NaN" else "inf"
+        assert str(err.value) == (
+            f"{path}: ModelConfig.{field}={value} must be a finite number > 0.0"
+        )
 
 
 def test_config_dict_and_json_round_trip(tmp_path):

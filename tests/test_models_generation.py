@@ -123,6 +123,8 @@ def test_sampling_frequencies_follow_the_distribution():
         ({"prompt": [[1, 2]]}, "1-D sequence of int token ids"),
         ({"prompt": [1, 300]}, r"prompt ids must be in \[0, vocab_size=259\)"),
         ({"prompt": []}, "needs 1 to max_length - 1"),
+        ({"seed": "x"}, r"seed='x' must be an integer or None \(got str\)"),
+        ({"seed": 1.5}, r"seed=1.5 must be an integer or None \(got float\)"),
     ],
 )
 def test_generate_rejects_bad_arguments(model, kwargs, fragment):

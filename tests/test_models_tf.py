@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -9,7 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from highnoon.models import create_model, get_preset, load_model, save_model_config
+from highnoon.models import (
+    ModelDoesNotFitError,
+    create_model,
+    get_preset,
+    load_model,
+    save_model_config,
+)
 from highnoon.training.step import StepConfig, TrainStep, masked_token_loss_sum
 
 
@@ -164,6 +171,122 @@ def test_load_model_errors(tmp_path):
         r"config saved beside it",
     ):
         load_model(str(bare))
+
+
+def _trained_checkpoint(directory: str):
+    """A nano model's checkpoint as a Trainer writes it (model, optimizer with moments, step),
+    with model_config.json beside it; returns the model."""
+    model = create_model("highnoon-nano", init_seed=4)
+    model.build()
+    optimizer = keras.optimizers.AdamW(1e-3)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(_ids(1, 6)))
+    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                  model.trainable_variables))  # fmt: skip
+    step = tf.Variable(1, dtype=tf.int64)
+    tf.train.Checkpoint(model=model, optimizer=optimizer, step=step).save(f"{directory}/ckpt")
+    save_model_config(model.config, directory)
+    return model
+
+
+def _edit_config(directory: str, **changes) -> None:
+    path = os.path.join(directory, "model_config.json")
+    with open(path, encoding="utf-8") as handle:
+        fields = json.load(handle)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({**fields, **changes}, handle)
+
+
+def test_load_model_refuses_a_config_that_disagrees_with_its_checkpoint(tmp_path, monkeypatch):
+    """As a user meets it: a run in ./checkpoints, its model_config.json edited afterwards."""
+    monkeypatch.chdir(tmp_path)
+    model = _trained_checkpoint("./checkpoints")
+    ids = _ids(2, 9)
+    np.testing.assert_array_equal(load_model("./checkpoints")(ids).numpy(), model(ids).numpy())
+
+    _edit_config("./checkpoints", num_layers=1)  # block 1's weights would be dropped
+    with pytest.raises(ValueError) as err:
+        load_model("./checkpoints")
+    message = str(err.value)
+    assert message.startswith(
+        "load_model: ./checkpoints/model_config.json disagrees with checkpoint "
+        "'./checkpoints/ckpt-1': checkpoint values the model would not consume: "
+        "model/block_1/attn/k/kernel [64, 32], model/block_1/attn/o/kernel [64, 64], "
+    )
+    assert "... (9 in all); the checkpoint implies num_layers=2 where the config says " in message
+    assert "num_layers=1. Use the model_config.json the run wrote" in message
+
+    _edit_config("./checkpoints", num_layers=3)  # a block the checkpoint has no values for
+    with pytest.raises(ValueError, match=r"model weights the checkpoint holds no value for: "
+                       r"model/block_2/attn/k/kernel \[64, 32\]"):  # fmt: skip
+        load_model("./checkpoints")
+
+    _edit_config("./checkpoints", num_layers=2, d_model=32)  # TF's raw shape error before
+    with pytest.raises(ValueError) as err:
+        load_model("./checkpoints/ckpt-1")
+    message = str(err.value)
+    assert (
+        "checkpoint values that do not fit the model's weights: model/block_0/attn/k/kernel "
+        "[64, 32] vs model weight [32, 16]," in message
+    )
+    assert "(20 in all); the checkpoint implies d_model=64 where the config says d_model=32" in (
+        message
+    )
+    assert message.startswith("load_model: ./checkpoints/model_config.json disagrees with")
+
+
+def test_load_model_checks_the_memory_plan_before_building(tmp_path, monkeypatch):
+    _trained_checkpoint(str(tmp_path))
+    _edit_config(str(tmp_path), vocab_size=10**9)
+
+    def no_build(self, input_shape=None):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("highnoon.models.transformer.HighNoonLM.build", no_build)
+    with pytest.raises(ModelDoesNotFitError) as err:
+        load_model(str(tmp_path), device_memory_gib=64)
+    assert str(err.value) == (
+        f"{tmp_path}/model_config.json describes a model of 64,000,098,624 parameters whose "
+        "float32 weights need 238.4 GiB, but the device (device_memory_gib) has 64.0 GiB "
+        "(57.6 GiB usable at headroom=0.9); the embedding (vocab_size=1000000000 x d_model=64) "
+        "takes 238.4 GiB: check those settings against the checkpoint"
+    )
+    # without the setting the check is against this machine's physical memory
+    monkeypatch.setattr("highnoon.models.factory.host_memory_bytes", lambda: 16 * 1024**3)
+    with pytest.raises(
+        ModelDoesNotFitError, match=r"need 238.4 GiB, but this machine has 16.0 GiB"
+    ):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match=r"device_memory_gib=nan must be a finite number > 0"):
+        load_model(str(tmp_path), device_memory_gib=float("nan"))
+
+
+def test_load_model_refuses_invalid_json_naming_the_file(tmp_path):
+    _trained_checkpoint(str(tmp_path))
+    (tmp_path / "model_config.json").write_text('{"d_model": 64,')
+    with pytest.raises(ValueError) as err:
+        load_model(str(tmp_path))
+    assert str(err.value).startswith(
+        f"{tmp_path}/model_config.json is not valid JSON (Expecting property name enclosed in "
+        "double quotes at line 1 column 16)"
+    )
+
+
+def test_load_weights_builds_an_unbuilt_model_and_loads_exactly(tmp_path):
+    """The reference's flow: create_model(name).load_weights(file) on a fresh, unbuilt model."""
+    saved = create_model("highnoon-nano", init_seed=8)
+    saved.build()
+    path = str(tmp_path / "x.weights.h5")
+    saved.save_weights(path)
+    fresh = create_model("highnoon-nano")  # another init seed: different initial weights
+    assert not fresh.built
+    fresh.load_weights(path)
+    assert fresh.built
+    for mine, theirs in zip(fresh.weights, saved.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    ids = _ids(2, 9)
+    np.testing.assert_array_equal(fresh(ids).numpy(), saved(ids).numpy())
+    assert fresh.embedding_dim == 64 == fresh.config.d_model
 
 
 @pytest.mark.slow

@@ -99,6 +99,11 @@ def test_sigterm_to_one_worker_stops_both_at_one_saved_step_and_the_relaunch_is_
     assert stop0["checkpoint"] == os.path.join(ckpt, f"ckpt-{stop0['step']}")
     saved = [e["step"] for e in _events(first.outputs[0], "checkpoint_saved")]
     assert saved[-1] == stop0["step"]  # the chief's last save is the agreed step
+    for out in first.outputs:  # every worker, the chief included, says where it stopped
+        assert (
+            f": preempted at the agreed step {stop0['step']} (saved "
+            f"{stop0['checkpoint']}); exit code {EXIT_RESTART}: relaunch to resume"
+        ) in out
 
     assert second.exit_codes == [0, 0], second.outputs
     for out in second.outputs:

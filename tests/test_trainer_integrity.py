@@ -120,7 +120,7 @@ def test_a_stage_not_yet_begun_may_change(tmp_path, data):
         ({"curriculum_strategy": "bogus"}, InvalidArgumentError, "curriculum_strategy='bogus'"),
         ({"initial_fraction": 2.0}, InvalidArgumentError, r"initial_fraction=2.0 .*\(0, 1\]"),
         ({"overflow": "bogus"}, InvalidArgumentError, "overflow='bogus' must be one of"),
-        ({"seed": -1}, InvalidArgumentError, "seed=-1 must be an integer >= 0"),
+        ({"seed": -1}, InvalidArgumentError, r"seed=-1 must be an integer in \[0, 4294967295\]"),
         ({"steps_per_call": 0}, InvalidArgumentError, "steps_per_call=0"),
         ({"optimizer": "lamb"}, InvalidArgumentError, "optimizer='lamb' must be one of"),
         ({"min_epochs_per_stage": 3, "max_epochs_per_stage": 2}, InvalidArgumentError, "max_ep"),

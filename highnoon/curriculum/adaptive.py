@@ -77,7 +77,7 @@ class AdaptiveCurriculumScheduler(CurriculumScheduler):
         return self.pool_size(epoch) // self._batch(global_batch_size)
 
     def _rows(self, epoch, steps, host_id, num_hosts, g):
-        order = self._require_order()
+        order = self.order_at(epoch)
         per_host = g // num_hosts
         cols = np.arange(host_id * per_host, (host_id + 1) * per_host, dtype=np.int64)
         n = self.pool_size(epoch)

@@ -43,11 +43,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from highnoon.utils.validation import check_fraction, check_int, check_positive_float
+from highnoon.utils.validation import (
+    check_fraction,
+    check_int,
+    check_keys,
+    check_positive_float,
+    is_integer,
+)
 
 PACINGS = ("reference", "linear", "root_p", "discrete", "exponential", "constant")
 _OPTIONS = {"root_p": {"p"}}  # pacing -> accepted pacing_options keys
 DEFAULT_P = 2.0
+
+
+def check_pacing_options(pacing: str, options: Any) -> dict[str, Any]:
+    """``options`` validated for ``pacing``: only the keys that pacing takes (``p`` of root_p), each
+    value checked (``p`` a finite number > 0). The one rule for the Trainer's settings, stage
+    overrides and the scheduler."""
+    options = check_keys(
+        "pacing_options", options, sorted(_OPTIONS.get(pacing, ())), owner=f"pacing={pacing!r}"
+    )
+    if "p" in options:
+        p = check_positive_float("pacing_options['p']", options["p"])
+        # numpy values become Python ones (the settings are saved as JSON); an int stays an int,
+        # so the saved settings and the stream fingerprint read as before.
+        options["p"] = int(options["p"]) if is_integer(options["p"]) else p
+    return options
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -96,16 +117,9 @@ class Pacing:
         cls, name: str, options: Mapping[str, Any] | None = None, p: float | None = None, **kwargs
     ) -> Pacing:
         """Build from a pacing name plus ``pacing_options`` (only ``{"p": ...}`` for root_p)."""
-        options = dict(options or {})
         if not isinstance(name, str) or name not in PACINGS:
             raise ValueError(f"pacing={name!r} is not a known pacing; use one of {PACINGS}")
-        allowed = _OPTIONS.get(name, set())
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(
-                f"pacing_options={options!r} has keys {unknown} that pacing={name!r} does not "
-                f"take; allowed keys: {sorted(allowed)}"
-            )
+        options = check_pacing_options(name, options or {})
         if p is not None and "p" in options and options["p"] != p:
             raise ValueError(f"p={p!r} conflicts with pacing_options['p']={options['p']!r}")
         p_value = options.get("p", p if p is not None else DEFAULT_P)

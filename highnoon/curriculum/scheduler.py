@@ -5,6 +5,9 @@ Every host computes the same stream from (scores, parameters, seed) alone:
 
 * **Order**: a stable sort on (score, sample index); ties go to the lower index
   (``highnoon.curriculum.order``).
+* **Epoch draw** (optional, ``set_epoch_selection``): a mixture's epoch is its own multiset of
+  samples (``highnoon.data.stage_data``, "Mixing rule"); its order is the drawn multiset sorted
+  stably on (score, position), and everything below takes that order in place of the fixed one.
 * **Pool** at epoch ``e``: the easiest ``n`` samples of the order, ``n`` from the pacing
   (``highnoon.curriculum.pacing``) rounded down to whole global batches, at least one.
 * **Epoch order**: a keyed bijection of the pool positions ``[0, n)`` keyed by (seed, epoch)
@@ -134,6 +137,9 @@ class CurriculumScheduler:
         self.shuffle = bool(shuffle)
         self.global_batch_size = _int_arg("global_batch_size", global_batch_size, 1)
         self.order: np.ndarray | None = None
+        self._scores: np.ndarray | None = None
+        self._select: Callable[[int], np.ndarray] | None = None
+        self._epoch_order: tuple[int, np.ndarray] | None = None
         self._fingerprint: str | None = None
         self._expected_fingerprint: str | None = None
         self._epoch = 0
@@ -212,8 +218,37 @@ class CurriculumScheduler:
                 f"{self._expected_fingerprint}; restore with the same scores"
             )
         self.order = order_from_scores(scores)
+        self._scores = scores
+        self._epoch_order = None
         self._fingerprint = fingerprint
         return self.order
+
+    def set_epoch_selection(self, select: Callable[[int], np.ndarray] | None) -> None:
+        """Draw each epoch from its own multiset of samples (a mixture's shares): ``select(epoch)``
+        returns ``num_samples`` int64 indices into the scores (repeats allowed), the same for the
+        same epoch. The epoch's order is that multiset sorted stably by (score, position), and
+        pools and keyed epoch orders are taken from it. ``None`` restores the fixed order."""
+        if select is not None and not callable(select):
+            raise ValueError(f"select={select!r} must be a callable epoch -> indices, or None")
+        self._select = select
+        self._epoch_order = None
+
+    def order_at(self, epoch: int) -> np.ndarray:
+        """The easy-to-hard order the pools of ``epoch`` are taken from (int64 indices into the
+        scores): ``order``, or with an epoch selection that epoch's ordered draw (cached)."""
+        order = self._require_order()
+        if self._select is None:
+            return order
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            chosen = np.asarray(self._select(epoch), dtype=np.int64)
+            if chosen.shape != order.shape:
+                raise ValueError(
+                    f"the epoch selection of epoch {epoch} has shape {chosen.shape}; it must hold "
+                    f"num_samples={order.size} indices"
+                )
+            assert self._scores is not None
+            self._epoch_order = (epoch, chosen[order_from_scores(self._scores[chosen])])
+        return self._epoch_order[1]
 
     @property
     def fingerprint(self) -> str | None:
@@ -290,7 +325,7 @@ class CurriculumScheduler:
         the epoch's first step.
         """
         epoch = _int_arg("epoch", epoch)
-        order = self._require_order()
+        order = self.order_at(epoch)
         n = self.pool_size(epoch)
         indices = order[self._permute(epoch, n, np.arange(n, dtype=np.int64))]
         self._note_epoch(epoch)
@@ -314,7 +349,7 @@ class CurriculumScheduler:
         epoch's global batches back to back. Every host computes the same stream.
         """
         epoch = _int_arg("epoch", epoch)
-        order = self._require_order()
+        order = self.order_at(epoch)
         if self.pacing.unit == "step":
             return self.host_epoch_indices(epoch, 0, 1).reshape(-1)
         n = self.exposed_size(epoch)
@@ -383,7 +418,7 @@ class CurriculumScheduler:
         self, epoch: int, steps: np.ndarray, host_id: int, num_hosts: int, g: int
     ) -> np.ndarray:
         """Sample indices [len(steps), g // num_hosts] of this host for global batches ``steps``."""
-        order = self._require_order()
+        order = self.order_at(epoch)
         per_host = g // num_hosts
         cols = np.arange(host_id * per_host, (host_id + 1) * per_host, dtype=np.int64)
         out = np.empty((steps.size, per_host), dtype=np.int64)

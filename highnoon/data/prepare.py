@@ -21,6 +21,7 @@ from highnoon.data.registry import resolve_datasets, validate_dataset_entry
 from highnoon.data.stage_data import prepare_stage_store
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
 from highnoon.utils.files import atomic_write_text
+from highnoon.utils.validation import check_str, check_writable_dir
 
 INDEX_FILE = "datasets.json"
 
@@ -48,11 +49,10 @@ def prepare_datasets(
     """
     if not datasets:
         raise ValueError("datasets must list at least one dataset entry")
-    if not output_dir:
-        raise ValueError(f"output_dir={output_dir!r} must be a directory path")
+    check_str("output_dir", output_dir)
     for entry in datasets:
         validate_dataset_entry(entry)
-    os.makedirs(output_dir, exist_ok=True)
+    check_writable_dir("output_dir", output_dir)  # a file in the way is named here
     if train_sentencepiece_vocab:
         sources = resolve_datasets(list(datasets), data_dir=data_dir)
         texts = itertools.islice(

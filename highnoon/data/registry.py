@@ -7,7 +7,8 @@ order:
 2. ``tfds:NAME[/CONFIG][:SPLIT]``: a TFDS dataset prepared offline in ``data_dir``;
 3. a file path or glob of ``.txt``, ``.jsonl``, ``.tfrecord``/``.tfrecords`` files (or a
    directory: its files with those suffixes);
-4. ``(entry, mixing_weight)``: any of the above with a mixing weight (default 1.0).
+4. ``(entry, mixing_weight)``: any of the above with a mixing weight: weights are shares of the
+   stage's samples (``stage_data``, "Mixing rule"). A stage's entries are all weighted or none.
 
 Anything else is a ValueError listing the registered names and the accepted forms.
 
@@ -36,6 +37,7 @@ from highnoon.data.sources import (
     TfdsSource,
     parse_tfds_spec,
 )
+from highnoon.utils.validation import check_mixture_weights
 
 _SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TFRECORD_SUFFIXES
 ACCEPTED_FORMS = (
@@ -105,7 +107,7 @@ def _embedded_factory(kind: str) -> Callable[..., DataSource]:
     return factory
 
 
-def _split_weight(entry: Any) -> tuple[Any, float]:
+def _split_weight(entry: Any) -> tuple[Any, float | None]:
     if isinstance(entry, tuple | list) and not isinstance(entry, str):
         if len(entry) != 2:
             raise ValueError(
@@ -121,7 +123,7 @@ def _split_weight(entry: Any) -> tuple[Any, float]:
                 f"mixing_weight={entry[1]!r} for dataset {inner!r} must be a finite number > 0"
             )
         return inner, weight
-    return entry, 1.0
+    return entry, None
 
 
 def _expand_paths(entry: str) -> list[str]:
@@ -201,7 +203,7 @@ def _resolve(entry: Any, data_dir: str | None, options: dict[str, Any], depth: i
 def resolve_dataset(entry: Any, data_dir: str | None = None) -> DataSource:
     """The ``DataSource`` for a dataset entry (see the module docstring for the forms).
 
-    The returned source's ``mixing_weight`` is the tuple's weight (1.0 otherwise).
+    The returned source's ``mixing_weight`` is the tuple's weight (None without one).
     """
     inner, weight = _split_weight(entry)
     source = _resolve(inner, data_dir, {}, 0)
@@ -244,4 +246,5 @@ def resolve_datasets(entries: Any, data_dir: str | None = None) -> list[DataSour
     entries = list(entries) if isinstance(entries, Iterable) else [entries]
     if not entries:
         raise ValueError("datasets must name at least one dataset entry")
+    check_mixture_weights("datasets", entries)
     return [resolve_dataset(e, data_dir=data_dir) for e in entries]

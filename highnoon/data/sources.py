@@ -16,8 +16,10 @@ File sources (paths are sorted, so the order is deterministic):
 * ``tfds:NAME[/CONFIG][:SPLIT]`` (split defaults to ``train``): read from a TFDS ``data_dir``
   where it was prepared offline; never downloads.
 
-Invalid UTF-8: ``errors="replace"`` (default) substitutes U+FFFD and counts the sample in
-``stats["invalid_utf8_replaced"]``; ``errors="strict"`` raises a ValueError naming the file.
+Invalid UTF-8 (a bad byte sequence, or in JSONL an escaped lone surrogate such as ``\\ud800``):
+``errors="replace"`` (default) substitutes U+FFFD and counts the sample in
+``stats["invalid_utf8_replaced"]`` (the store's manifest keeps the count, and a warning names it
+once per source and process); ``errors="strict"`` raises a ValueError naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -44,7 +47,7 @@ class DataSource:
     """Base class: subclasses implement ``iter_samples`` and ``describe``."""
 
     name: str = "source"
-    mixing_weight: float = 1.0
+    mixing_weight: float | None = None  # None: no weight given (the entry is not a share)
 
     def __init__(self) -> None:
         self.stats: dict[str, int] = {}
@@ -61,13 +64,13 @@ class DataSource:
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def with_weight(self, weight: float) -> DataSource:
-        """This source with another mixing weight (a shallow copy)."""
+    def with_weight(self, weight: float | None) -> DataSource:
+        """This source with another mixing weight, or None for none (a shallow copy)."""
         import copy
 
         clone = copy.copy(self)
         clone.stats = {}
-        clone.mixing_weight = float(weight)
+        clone.mixing_weight = None if weight is None else float(weight)
         return clone
 
     def __repr__(self) -> str:
@@ -116,6 +119,24 @@ def _decode(data: bytes, errors: str, where: str, stats: dict[str, int]) -> str:
             ) from err
         _count(stats, "invalid_utf8_replaced")
         return data.decode("utf-8", errors="replace")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str, errors: str, where: str, stats: dict[str, int]) -> str:
+    """``text`` as UTF-8 can hold it. A JSON escape such as ``\\ud800`` without its pair
+    decodes to a lone surrogate, which no UTF-8 encoder accepts: it is invalid UTF-8 like a
+    bad byte, so it is replaced (and counted) or refused the same way."""
+    if not _SURROGATE.search(text):
+        return text
+    if errors == "strict":
+        raise ValueError(
+            f"{where} holds an unpaired surrogate escape (e.g. \\ud800), which is not valid "
+            "UTF-8; fix the file or use errors='replace'"
+        )
+    _count(stats, "invalid_utf8_replaced")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class FileSource(DataSource):
@@ -192,7 +213,7 @@ class FileSource(DataSource):
                     f"{where} has no string field text_field={self.text_field!r} "
                     f"(keys: {sorted(record) if isinstance(record, dict) else type(record).__name__})"
                 )
-            yield record[self.text_field]
+            yield _valid_text(record[self.text_field], self.errors, where, self.stats)
 
     def _iter_tfrecord(self, path: str) -> Iterator[str | np.ndarray]:
         import tensorflow as tf

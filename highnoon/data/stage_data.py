@@ -6,17 +6,37 @@
 2. builds (or reuses) one store per source under ``cache_dir/sources/`` keyed by a sha256 of the
    source description, the tokenizer config, ``max_samples`` and the store format: the same data
    is tokenised once and shared by stages;
-3. with one entry of weight 1.0 that store *is* the stage store; otherwise the stage store (under
-   ``cache_dir/stages/``, keyed likewise plus the weights and ``seed``) mixes them.
+3. with one entry that store *is* the stage store; otherwise the stage store (under
+   ``cache_dir/stages/``, keyed by the parts, the weights and the mixing rule) holds every sample
+   of every source once, source after source, and records the mixture in its manifest
+   (``mixing``: rule, weights, per-source sample counts).
 
-**Mixing rule.** Source ``i`` with ``n_i`` samples and weight ``w_i`` contributes
-``c_i = max(1, round(w_i * n_i))`` samples: ``c_i // n_i`` full copies of all its samples in order,
-then the remaining ``c_i % n_i`` samples chosen by a stateless keyed permutation of
-``(seed, i)`` and kept in index order. Weight 1.0 keeps a source as is (all weights 1.0 =
-concatenation in content). The selections are interleaved: the ``j``-th selected sample of source
-``i`` gets the key ``(j + 0.5) / c_i`` and all samples are stably sorted by (key, source order),
-so every source is spread evenly over the stage store. The stage store's features are computed
-over the mixed corpus.
+**Mixing rule** (``MIXING_RULE``; weights are *shares* of the stage's samples, as in seqio and
+Megatron-LM blending). The store holds each sample once; which samples an epoch trains on is
+drawn per epoch by the stage plan (``mixture_epoch``), so no weight is baked into the data:
+
+* **An epoch** of a mixed stage has ``E = sum(n_i)`` samples, the sources' sizes together (their
+  training samples, after the held-out split). With weights proportional to the sizes an epoch is
+  exactly one pass over every source, as a plain concatenation would be.
+* **Counts**: source ``i`` gets ``c_i`` of the ``E`` samples, ``w_i / sum(w) * E`` rounded by
+  largest remainder (ties to the earlier entry), so the counts sum to ``E`` and each is within
+  one sample of its share (``mixture_counts``). A single entry's share is 1 whatever its weight.
+  Entries given without weights are a concatenation: ``c_i = n_i``, every sample once per epoch
+  (the manifest records ``weights: null``). A stage's entries are all weighted or none
+  (``check_mixture_weights``).
+* **Which samples**: ``c_i // n_i`` whole passes over the source, plus ``r_i = c_i % n_i``
+  samples from a window of a keyed permutation of the source (keyed by the stage's seed and the
+  source). Epoch ``e``'s window starts at ``e * r_i`` and wraps around, so a source larger than
+  its share is subsampled differently each epoch and every sample is seen once before any is
+  seen twice; a smaller one repeats, each sample ``floor`` or ``ceil`` of ``c_i / n_i`` times.
+* **Layout**: the ``j``-th chosen sample of source ``i`` gets the key ``(j + 0.5) / c_i``, and the
+  epoch's samples are stably sorted by (key, source order), so the sources are spread evenly.
+  The curriculum then orders this multiset (stable on score, then position) and takes its pools
+  and keyed epoch orders from it as from any stage (``CurriculumScheduler.set_epoch_selection``).
+
+Everything is computed from (data, weights, seed, epoch) alone, so every host draws the same
+epoch and a resume at any step redraws it exactly. The stage store's features are computed over
+the stored samples (each once).
 
 ``max_samples`` caps each source: only its first ``max_samples`` samples are read.
 
@@ -58,10 +78,12 @@ from highnoon.data.store import (
     remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
-from highnoon.utils.hashing import keyed_permutation
+from highnoon.utils.hashing import KeyedPermutation
 from highnoon.utils.validation import check_bool, check_positive_int
 
 _MIX_BATCH = 4096  # samples copied per TokenBatch when writing a mixed store
+# The mixing rule, recorded in a mixed store's manifest and in the stage's stream fingerprint.
+MIXING_RULE = "shares/1"
 
 
 def _key(obj: Any) -> str:
@@ -97,9 +119,14 @@ def _build_cached(path: str, build: Callable[[bool], TokenStore], verify: bool) 
     return store
 
 
+_WARNED_UTF8: set[str] = set()  # stores whose replaced samples were reported in this process
+
+
 def _warn_invalid_utf8(name: str, store: TokenStore) -> None:
+    """Once per source's store and process: how many samples had invalid UTF-8 replaced."""
     count = int(store.manifest.get("skipped", {}).get("invalid_utf8_replaced", 0))
-    if count:
+    if count and store.path not in _WARNED_UTF8:
+        _WARNED_UTF8.add(store.path)
         logging.warning(
             "dataset %r: %d samples had invalid UTF-8, replaced by U+FFFD (errors='replace'); "
             "fix the files, or register the dataset with errors='strict' to refuse them",
@@ -151,39 +178,69 @@ def source_store(
     return store
 
 
-def mixing_selection(sizes: Sequence[int], weights: Sequence[float], seed: int) -> np.ndarray:
-    """``[(source, sample)]`` int64 pairs of the mixed stage, in order (module docstring rule)."""
-    parts, keys = [], []
-    for i, (n, w) in enumerate(zip(sizes, weights)):
-        count = max(1, round(float(w) * n))
-        full, rest = divmod(count, n)
+def mixture_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """Samples each source contributes to one epoch of ``sum(sizes)`` samples: the shares
+    ``w_i / sum(w)`` of it, rounded by largest remainder (ties to the earlier source)."""
+    total = int(sum(int(n) for n in sizes))
+    weight_sum = float(sum(float(w) for w in weights))
+    targets = [float(w) / weight_sum * total for w in weights]
+    counts = [int(t) for t in targets]
+    by_remainder = sorted(range(len(targets)), key=lambda i: (-(targets[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def mixture_epoch(
+    groups: Sequence[np.ndarray], counts: Sequence[int], seed: int, epoch: int
+) -> np.ndarray:
+    """Epoch ``epoch`` of a mixture (module docstring rule): int64 items of ``groups`` (each
+    source's items, e.g. its sample indices), ``counts[i]`` of source ``i``, interleaved."""
+    parts, keys, sources = [], [], []
+    for i, (items, count) in enumerate(zip(groups, counts)):
+        items = np.asarray(items, dtype=np.int64)
+        n = items.size
+        if count == 0:
+            continue
+        if n == 0:
+            raise ValueError(f"source {i} of the mixture has no samples but a share of {count}")
+        full, rest = divmod(int(count), n)
+        start = (int(epoch) * rest) % n
+        window = (start + np.arange(rest, dtype=np.int64)) % n
         chosen = np.concatenate(
             [
                 np.tile(np.arange(n, dtype=np.int64), full),
-                np.sort(keyed_permutation(n, "mixture", seed, i)[:rest]),
+                np.sort(KeyedPermutation(n, "mixture", seed, i)(window)),
             ]
         )
-        parts.append(np.stack([np.full(count, i, np.int64), chosen], axis=1))
+        parts.append(items[chosen])
         keys.append((np.arange(count) + 0.5) / count)
-    pairs = np.concatenate(parts)
-    key = np.concatenate(keys)
-    order = np.lexsort((pairs[:, 0], key))  # by key, then source order; lexsort is stable
-    return pairs[order]
+        sources.append(np.full(count, i, np.int64))
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    key, source = np.concatenate(keys), np.concatenate(sources)
+    order = np.lexsort((source, key))  # by key, then source order; lexsort is stable
+    return np.concatenate(parts)[order]
 
 
-def _mixed_batches(stores: Sequence[TokenStore], pairs: np.ndarray) -> Iterator[TokenBatch]:
-    for start in range(0, len(pairs), _MIX_BATCH):
-        chunk = pairs[start : start + _MIX_BATCH]
-        flats, lengths = [], []
-        # consecutive runs from the same source are gathered together
-        boundaries = np.flatnonzero(np.diff(chunk[:, 0])) + 1
-        for run in np.split(chunk, boundaries):
-            flat, offsets = stores[int(run[0, 0])].gather(run[:, 1])
-            keep = np.ones(flat.size, dtype=bool)
-            keep[offsets[1:] - 1] = False  # drop the stored EOS; the builder adds it back
-            flats.append(flat[keep])
-            lengths.append(np.diff(offsets) - 1)
-        yield TokenBatch(np.concatenate(flats), np.concatenate(lengths))
+def mixture_of(store: TokenStore) -> dict[str, Any] | None:
+    """The ``mixing`` record of a mixed stage store (None for a single source's store)."""
+    mixing = store.manifest.get("mixing")
+    return mixing if isinstance(mixing, dict) and mixing.get("rule") == MIXING_RULE else None
+
+
+def _concatenated_batches(stores: Sequence[TokenStore]) -> Iterator[TokenBatch]:
+    for store in stores:
+        for start in range(0, store.num_samples, _MIX_BATCH):
+            indices = np.arange(start, min(start + _MIX_BATCH, store.num_samples))
+            yield _batch_of(store, indices)
+
+
+def _batch_of(store: TokenStore, indices: np.ndarray) -> TokenBatch:
+    flat, offsets = store.gather(indices)
+    keep = np.ones(flat.size, dtype=bool)
+    keep[offsets[1:] - 1] = False  # drop the stored EOS; the builder adds it back
+    return TokenBatch(flat[keep], np.diff(offsets) - 1)
 
 
 @gin.configurable
@@ -201,7 +258,10 @@ def prepare_stage_store(
 ) -> TokenStore:
     """The token store of a stage's dataset entries (built once, then reused from ``cache_dir``).
 
-    ``entries``: one entry or a list (see ``registry``); ``(entry, weight)`` tuples mix sources.
+    ``entries``: one entry or a list (see ``registry``); ``(entry, weight)`` tuples mix sources
+    (their weights are shares of each epoch, drawn by the stage plan: module docstring).
+    ``seed`` is accepted for compatibility and does not change the store: a mixture's draws are
+    keyed by the stage's seed in the plan.
     ``cache_dir`` defaults to ``$HIGHNOON_CACHE_DIR`` or ``~/.cache/highnoon``.
     ``vocab_size``: the model's vocabulary; a stored id >= it is a ``VocabularyMismatchError``.
     ``verify``: check every store's content hashes (module docstring); a corrupt one is rebuilt.
@@ -224,15 +284,18 @@ def prepare_stage_store(
         if vocab_size is not None:
             store.check_vocab(vocab_size)  # before any mixing work
         stores.append(store)
-    weights = [s.mixing_weight for s in sources]
-    if len(stores) == 1 and weights[0] == 1.0:
-        return stores[0]
+    weights = [s.mixing_weight for s in sources]  # all numbers, or all None (unweighted)
+    if len(stores) == 1:
+        return stores[0]  # one entry's share is the whole stage, whatever its weight
     descriptions = [{"weight": w, **st.manifest["sources"][0]} for w, st in zip(weights, stores)]
+    if all(w is None for w in weights):
+        weights = None  # a concatenation
     key = _key(
         {
             "format": FORMAT_VERSION,
-            "parts": [[w, st.fingerprint] for w, st in zip(weights, stores)],
-            "seed": seed,
+            "parts": [st.fingerprint for st in stores],
+            "weights": weights,
+            "rule": MIXING_RULE,
         }
     )
     path = os.path.join(cache_dir, "stages", f"mix{len(stores)}-{key[:20]}")
@@ -241,21 +304,20 @@ def prepare_stage_store(
         if vocab_size is not None:
             store.check_vocab(vocab_size)
         return store
-    pairs = mixing_selection([st.num_samples for st in stores], weights, seed)
     skipped: dict[str, int] = {}
     for st in stores:
         for name, count in st.manifest.get("skipped", {}).items():
             skipped[name] = skipped.get(name, 0) + int(count)
     mixing = {
-        "seed": seed,
+        "rule": MIXING_RULE,
         "weights": weights,
         "part_fingerprints": [st.fingerprint for st in stores],
-        "part_counts": np.bincount(pairs[:, 0], minlength=len(stores)).tolist(),
+        "part_counts": [st.num_samples for st in stores],
     }
     store = _build_cached(
         path,
         lambda overwrite: build_token_store(
-            _mixed_batches(stores, pairs),
+            _concatenated_batches(stores),
             tokenizer,
             path,
             sources=descriptions,

@@ -282,6 +282,49 @@ def _write_json(path: str, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=True)
 
 
+class LineProgress:
+    """A store build's progress where standard error is no terminal (a log file, CI, a captured
+    notebook cell): tqdm redraws its bar with carriage returns there, which run together on one
+    line. This writes whole lines instead: one every ``every_seconds`` while samples come, and
+    one when the build finishes."""
+
+    def __init__(self, desc: str, stream: Any = None, every_seconds: float = 30.0) -> None:
+        self.desc = desc
+        self.stream = stream if stream is not None else sys.stderr
+        self.every_seconds = every_seconds
+        self.n = 0
+        self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += int(n)
+        now = time.monotonic()
+        if now - self._last >= self.every_seconds:
+            self._last = now
+            print(f"{self.desc}: {self.n} samples so far", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        print(f"{self.desc}: {self.n} samples, done", file=self.stream, flush=True)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        del n
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(desc: str, progress: bool) -> Any:
+    """tqdm's bar on a terminal, ``LineProgress`` elsewhere, nothing when ``progress`` is off."""
+    if not progress:
+        return _NoProgress()
+    if not sys.stderr.isatty():
+        return LineProgress(desc)
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=" samples", file=sys.stderr, mininterval=0.5)
+
+
 def _encode_chunks(
     samples: Iterable[Any], tokenizer: Tokenizer, progress: Any
 ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -368,15 +411,7 @@ def build_token_store(
     tmp = _temp_name(path, "tmp")
     os.makedirs(tmp)
     try:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            desc=f"building {os.path.basename(path)}",
-            unit=" samples",
-            disable=not progress,
-            file=sys.stderr,
-            mininterval=0.5,
-        )
+        bar = _progress_bar(f"building {os.path.basename(path)}", progress)
         started = time.perf_counter()
         writer = _Writer(tmp, tokenizer)
         try:

@@ -7,7 +7,7 @@
 
 (In a checkout, `python -m launch.curriculum_report ...` is the same program.) From the gin
 config a training run would use (`--gin_file`/`--gin_bindings`, or the `config.gin` of
-`--model_dir`), it builds (or reuses) each stage's token store and, without training, prints per
+`--model_dir`, read as data: its `import` and `include` lines are not run), it builds (or reuses) each stage's token store and, without training, prints per
 stage: the pool size at each epoch, how many samples each epoch adds and how hard they are
 (min/median/max of the stage's difficulty scores), the steps, row lengths and target tokens per
 epoch and in total, sample texts from the easiest and hardest ends; then a time estimate from a
@@ -52,10 +52,12 @@ class ReportError(ValueError):
     """The report cannot be made from this configuration (the message says why and what to do)."""
 
 
-def _gin_files(model_dir: str | None) -> list[str]:
-    """--gin_file, else the config.gin a training run wrote to --model_dir."""
+def _gin_config(model_dir: str | None) -> tuple[list[str], list[str], str | None]:
+    """(gin files, config text, what to say when gin refuses it): --gin_file, else the config.gin a training run wrote
+    to --model_dir, read as data: its import and include lines are not run (see
+    ``hn_flags.config_without_code``; a model_dir may come from someone else)."""
     if FLAGS.gin_file:
-        return list(FLAGS.gin_file)
+        return list(FLAGS.gin_file), [], None
     if model_dir:
         path = os.path.join(model_dir, "config.gin")
         if not os.path.isfile(path):
@@ -63,7 +65,27 @@ def _gin_files(model_dir: str | None) -> list[str]:
                 f"--model_dir={model_dir!r} holds no config.gin to plan from; pass the run's "
                 "--gin_file(s)"
             )
-        return [path]
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        problem = hn_flags.gin_syntax_problem(text)
+        if problem:
+            raise ReportError(f"{path} is not valid gin: {problem}")
+        text, removed = hn_flags.config_without_code(text)
+        if removed:
+            logging.warning(
+                "%s: not running its %d import/include line(s) (%s): reading a model_dir runs "
+                "no code it names; pass --gin_file to plan from config files you trust",
+                path,
+                len(removed),
+                "; ".join(removed),
+            )
+        skipped = (
+            " (its import lines are not run when a model_dir is read; pass the run's "
+            "--gin_file(s) if you trust them)"
+            if removed
+            else ""
+        )
+        return [], [text], f"{path}: {{error}}{skipped}"
     raise app.UsageError("give --gin_file (the training config), or --model_dir of a run")
 
 
@@ -130,7 +152,13 @@ def make_report(output: str, model_dir: str | None, measure_steps: int, samples:
 
     pyplot()  # matplotlib missing: say so before any store is built
     validation.check_writable_dir("output", output)
-    hn_flags.parse_gin(_gin_files(model_dir), FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    files, saved, refusal = _gin_config(model_dir)
+    try:
+        hn_flags.parse_gin(files, [*saved, *FLAGS.gin_bindings], FLAGS.gin_search_paths)
+    except ValueError as error:
+        if refusal is None:
+            raise
+        raise ReportError(refusal.replace("{error}", str(error).splitlines()[0])) from None
     hn_data.register_datasets()
     trainer, plans = plan_from_gin()
     reports = [report_lib.stage_report(plan, samples=samples) for plan in plans]

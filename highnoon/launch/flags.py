@@ -25,10 +25,12 @@ import logging as std_logging
 import os
 import re
 import sys
+import tokenize
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
+import gin.config_parser
 from absl import app, flags, logging
 
 from highnoon.distribute.cluster import canonical_kind, tf_config_from_worker_hosts
@@ -258,16 +260,75 @@ def parse_gin(
         if path not in _searched:  # includes inside the files are searched here too
             gin.add_config_file_search_path(path)
             _searched.append(path)
+    for binding in bindings:  # a malformed one is named before gin applies any
+        problem = gin_syntax_problem(binding)
+        if problem:
+            raise ValueError(
+                f"--gin_bindings={binding!r} is not valid gin: {problem}; a binding reads "
+                "'configurable.parameter = value' with a Python literal value (quote strings: "
+                "--gin.Trainer.name=\"'run'\")"
+            )
     try:
         with _quiet_search_misses():
             gin.parse_config_files_and_bindings(
                 resolved, list(bindings), finalize_config=finalize, skip_unknown=False
             )
+    except tokenize.TokenError as err:  # gin passes the tokenizer's error on without a place
+        where = next((f for f in resolved if gin_syntax_problem(_read(f))), "a gin file")
+        raise ValueError(f"{where} is not valid gin: {err.args[0]}") from None
     except (ValueError, KeyError) as err:
         hint = _suggestion(str(err))
         if not hint:
             raise
         raise ValueError(f"{hint}\n(gin: {str(err).strip()})") from err
+
+
+class _SyntaxOnly(gin.config_parser.ParserDelegate):
+    """Parses references and macros without looking them up: syntax is all that is checked."""
+
+    def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> None:
+        return None
+
+    def macro(self, macro_name: str) -> None:
+        return None
+
+
+def gin_syntax_problem(text: str) -> str | None:
+    """What is syntactically wrong with gin ``text`` (None when nothing is): checked without
+    importing, binding or looking up anything."""
+    try:
+        for _ in gin.config_parser.ConfigParser(text, _SyntaxOnly()):
+            pass
+    except tokenize.TokenError as error:  # e.g. an unclosed bracket
+        return f"{error.args[0]} (an unclosed bracket or quote?)"
+    except SyntaxError as error:
+        location = error.args[1] if len(error.args) > 1 else None
+        column = getattr(location, "char_num", None)
+        return str(error.args[0]).rstrip(".") + (
+            f" at character {column + 1}" if column is not None else ""
+        )
+    return None
+
+
+def config_without_code(text: str) -> tuple[str, list[str]]:
+    """Gin ``text`` with its ``import`` and ``include`` statements taken out, and those
+    statements: what a program reads from a model_dir it did not write, so reading a run never
+    imports a module (which runs its code) or pulls in another file that could. The bindings
+    stay; a binding of a configurable that only a removed import registers is then refused by
+    gin as unknown."""
+    removed: dict[int, str] = {}
+    for statement in gin.config_parser.ConfigParser(text, _SyntaxOnly()):
+        if isinstance(statement, gin.config_parser.ImportStatement):
+            removed[statement.location.line_num] = statement.format()
+        elif isinstance(statement, gin.config_parser.IncludeStatement):
+            removed[statement.location.line_num] = f"include {statement.filename!r}"
+    kept = [line for n, line in enumerate(text.splitlines(), start=1) if n not in removed]
+    return "\n".join(kept) + "\n", [removed[n] for n in sorted(removed)]
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def parse_gin_from_flags(finalize: bool = True) -> None:

@@ -16,7 +16,9 @@ every worker agreed on) gives the others `--restart_grace` seconds to finish the
 exit; then, up to `--max_restarts` times, the whole job is relaunched (new ports, same command)
 and resumes from its checkpoint. Any other failure is not relaunched. A SIGTERM to this launcher
 is passed on to every worker (they save and exit 42) and the launcher exits 42 itself, so an
-outer scheduler can relaunch it.
+outer scheduler can relaunch it; when every worker exits 0 instead (the signal came after the
+last step: `highnoon-train` then says the run is complete), the launcher exits 0 too. A job whose
+workers all exit 0 is never relaunched.
 """
 
 from __future__ import annotations
@@ -306,6 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     result = attempts[-1]
+    if stop.is_set() and result.exit_code == 0:  # the run had completed: nothing to relaunch
+        print(
+            "local_cluster: SIGTERM: passed on to the workers; every worker exited 0, the run is "
+            "complete: exit 0",
+            file=sys.stderr,
+        )
+        return 0
     if stop.is_set():
         print("local_cluster: SIGTERM: passed on to the workers", file=sys.stderr)
         return EXIT_RESTART

@@ -51,7 +51,10 @@ def main(argv: list[str]) -> None:
         value = getattr(FLAGS, name)
         if value is not None:
             overrides[name] = value
-    index = hd.prepare_datasets(**overrides)
+    try:
+        index = hd.prepare_datasets(**overrides)
+    except validation.InvalidArgumentError as error:  # e.g. --output_dir naming a file
+        raise app.UsageError(str(error).splitlines()[0]) from None  # without gin's "In call"
     for item in index["datasets"]:
         logging.info(
             "%s: %d samples, %d tokens -> %s",

@@ -12,10 +12,16 @@ calls the gin-configurable `run_training`, which writes checkpoints, summaries/,
 model_config.json and summary.json directly in --model_dir. The chief prints a summary (steps,
 stages, tokens, evaluations, wall time) and the sample, if one was asked for, to stdout.
 `--gin.NAME=VALUE` is shorthand for `--gin_bindings='NAME = VALUE'`.
+
+Signals: SIGTERM or SIGINT before training began exits with the restart code (42, nothing to
+save); during training the run stops at a step every worker agrees on, saves and exits 42; after
+the last step (the sample, writing config.gin, shutdown) the run is complete and the program
+exits 0 saying so, so no launcher relaunches a finished job.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -46,24 +52,51 @@ def report(summary: dict[str, Any]) -> str:
 
 
 def _exit_before_training(signum: int, frame: Any) -> None:
-    """SIGTERM/SIGINT before the Trainer watches for them (gin parsing, strategy, stores): there
-    is nothing to save yet, so exit at once with the restart code."""
+    """SIGTERM/SIGINT outside the Trainer's watch and before its run completed (gin parsing,
+    strategy, stores; or a run stopping on an error): there is nothing to save, so exit at once
+    with the restart code."""
     del frame
+    from highnoon.training import preemption
+
+    when = "while the run was stopping" if preemption.run_started() else "before training began"
     sys.stderr.write(
-        f"highnoon-train: {signal.Signals(signum).name} before training began; exiting with the "
-        f"restart code {EXIT_RESTART} (nothing to save)\n"
+        f"highnoon-train: {signal.Signals(signum).name} {when}; exiting with the restart code "
+        f"{EXIT_RESTART} (nothing to save)\n"
     )
     sys.stderr.flush()
     os._exit(EXIT_RESTART)
 
 
+def _install_signal_handlers() -> None:
+    """SIGTERM/SIGINT outside ``train()``: the restart code before the run completed, success
+    after it (the Trainer watches for them while it trains)."""
+    from highnoon.training import preemption
+
+    handler = preemption.exit_complete_on_signal("highnoon-train", _exit_before_training)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+
+
+def _check_model_dir(model_dir: str | None) -> None:
+    """--model_dir is required and must be a writable directory (not a file): refused here,
+    before gin, the strategy or any store."""
+    from highnoon.utils import validation
+
+    if not model_dir:
+        raise app.UsageError("--model_dir is required (where checkpoints and summaries go)")
+    if "://" in model_dir:
+        return  # probed by the Trainer, once TensorFlow may be used
+    try:
+        validation.check_writable_dir("model_dir", model_dir)
+    except validation.InvalidArgumentError as error:
+        raise app.UsageError(f"--{error}; pass a directory path for --model_dir") from None
+
+
 def main(argv: list[str]) -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):  # the Trainer takes over once it trains
-        signal.signal(signum, _exit_before_training)
+    _install_signal_handlers()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir is required (where checkpoints and summaries go)")
+    _check_model_dir(FLAGS.model_dir)
     # Import every module that registers gin configurables before gin locks its config.
     from highnoon import data as hn_data
     from highnoon.distribute import is_chief, peer_failure_guard
@@ -85,6 +118,14 @@ def main(argv: list[str]) -> None:
         hn_flags.write_operative_config(FLAGS.model_dir, chief)
         print(report(summary), flush=True)
     logging.info("training finished: %d steps", summary["total_steps"])
+    atexit.register(_ignore_signals_at_exit)  # runs first: registered last
+
+
+def _ignore_signals_at_exit() -> None:
+    from highnoon.training import preemption
+
+    if preemption.run_completed():
+        preemption.ignore_signals_at_exit()
 
 
 def run() -> None:

@@ -12,8 +12,19 @@ import os
 from typing import Any
 
 from highnoon.utils import files
+from highnoon.utils import validation as v
 
 BYTE_VOCAB_SIZE = 259  # ByteTokenizer: pad 0, bos 1, eos 2, byte b -> b + 3
+_POSITIVE_INTS = (
+    "vocab_size",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "d_ff",
+    "max_seq_length",
+)
+_POSITIVE_FLOATS = ("rope_theta", "norm_eps", "initializer_range")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,45 +64,33 @@ class ModelConfig:
     init_seed: int = 0
 
     def __post_init__(self) -> None:
-        positive_ints = (
-            "vocab_size",
-            "d_model",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "d_ff",
-            "max_seq_length",
-        )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive integer")
+        # The same rules as the Trainer's settings (numpy integers are integers, NaN and
+        # infinity are never numbers); values are normalised to Python types so the config
+        # compares, hashes and serialises to JSON as it would from plain literals.
+        for name in _POSITIVE_INTS:
+            self._set(name, v.check_positive_int(f"ModelConfig.{name}", getattr(self, name)))
+        for name in _POSITIVE_FLOATS:
+            self._set(name, v.check_positive_float(f"ModelConfig.{name}", getattr(self, name)))
+        self._set("dropout", v.check_fraction("ModelConfig.dropout", self.dropout, allow_one=False))
+        self._set("tie_embeddings", v.check_bool("ModelConfig.tie_embeddings", self.tie_embeddings))
+        self._set("init_seed", v.check_int("ModelConfig.init_seed", self.init_seed))
         if self.d_model % self.num_heads:
-            raise ValueError(
+            raise v.InvalidArgumentError(
                 f"ModelConfig.num_heads={self.num_heads}: must divide d_model={self.d_model}"
             )
         if (self.d_model // self.num_heads) % 2:
-            raise ValueError(
+            raise v.InvalidArgumentError(
                 f"ModelConfig.num_heads={self.num_heads}: head_dim = d_model // num_heads = "
                 f"{self.d_model // self.num_heads} must be even (rotary embeddings rotate pairs)"
             )
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise v.InvalidArgumentError(
                 f"ModelConfig.num_kv_heads={self.num_kv_heads}: must divide "
                 f"num_heads={self.num_heads} (each key/value head serves a whole group)"
             )
-        for name in ("rope_theta", "norm_eps", "initializer_range"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelConfig.{name}={value!r}: must be a positive number")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout={self.dropout!r}: must be in [0, 1)")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(
-                f"ModelConfig.tie_embeddings={self.tie_embeddings!r}: must be True or False"
-            )
-        if isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int):
-            raise ValueError(f"ModelConfig.init_seed={self.init_seed!r}: must be an integer")
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # frozen: normalising in __post_init__ only
 
     @property
     def head_dim(self) -> int:
@@ -190,9 +189,20 @@ def save_model_config(config: ModelConfig, path: str) -> str:
 
 def load_model_config(path: str) -> ModelConfig:
     """Read a config written by `save_model_config` (a file, or a directory holding one; any
-    `tf.io.gfile` path)."""
+    `tf.io.gfile` path). Invalid JSON or a bad field is an error naming the file."""
     if files.isdir(path):
         path = os.path.join(path, MODEL_CONFIG_FILENAME)
     if not files.isfile(path):
         raise ValueError(f"load_model_config: path={path!r} does not exist")
-    return ModelConfig.from_json(files.read_text(path))
+    try:
+        data = json.loads(files.read_text(path))
+    except json.JSONDecodeError as error:
+        raise v.InvalidArgumentError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno} column "
+            f"{error.colno}); it must hold one object of ModelConfig fields, as "
+            "save_model_config writes it: restore the file the run wrote or fix that line"
+        ) from None
+    try:
+        return ModelConfig.from_dict(data)
+    except ValueError as error:  # InvalidArgumentTypeError is a ValueError too
+        raise type(error)(f"{path}: {error}") from None

@@ -14,8 +14,9 @@ from typing import Any
 import gin
 
 from highnoon.models.config import MODEL_CONFIG_FILENAME, ModelConfig, load_model_config
+from highnoon.models.memory import GIB, check_weights_fit, host_memory_bytes
 from highnoon.models.presets import get_preset
-from highnoon.utils.validation import InvalidArgumentError
+from highnoon.utils.validation import InvalidArgumentError, check_positive_float, is_integer
 
 DEFAULT_PRESET = "highnoon-tiny"
 
@@ -50,7 +51,7 @@ def resolve_config(
         if not explicit_vocab:
             overrides["vocab_size"] = tokenizer_vocab
         vocab = overrides.get("vocab_size", config.vocab_size)
-        if isinstance(vocab, int) and vocab < tokenizer_vocab:
+        if is_integer(vocab) and vocab < tokenizer_vocab:
             raise ValueError(
                 f"create_model: vocab_size={vocab} is smaller than the tokenizer's vocab_size="
                 f"{tokenizer_vocab}; it must be >= {tokenizer_vocab}"
@@ -100,7 +101,7 @@ def create_model(
     return model
 
 
-def load_model(path: str, *, compile: bool = False):
+def load_model(path: str, *, compile: bool = False, device_memory_gib: float | None = None):
     """Load a model saved as `.keras` or as a `tf.train.Checkpoint` with `model_config.json`.
 
     `path` may be a `.keras` file, a checkpoint directory (latest checkpoint; the config is in
@@ -108,12 +109,21 @@ def load_model(path: str, *, compile: bool = False):
     `tf.io.gfile` path (`gs://...`). The checkpoint must hold the model under the key `model`
     (`tf.train.Checkpoint(model=model, ...)`); other entries (optimizer, step, data position)
     are ignored.
+
+    Before anything is allocated the config's weights must fit `device_memory_gib` (default:
+    this machine's physical memory), and before anything is restored the checkpoint's model
+    values must match the model's weights one to one (same paths, same shapes): a config that
+    disagrees with its checkpoint is an error naming both, never a silently truncated model.
     """
     import keras
     import tensorflow as tf
 
+    from highnoon.models.restore import check_checkpoint_matches
     from highnoon.models.transformer import HighNoonLM
 
+    device_memory_gib = check_positive_float(
+        "device_memory_gib", device_memory_gib, allow_none=True
+    )
     gfile = tf.io.gfile
     if path.endswith(".keras"):
         if not gfile.exists(path):
@@ -133,13 +143,17 @@ def load_model(path: str, *, compile: bool = False):
             f"load_model: path={path!r} is neither a .keras file, a checkpoint directory nor a "
             "checkpoint prefix (no .index file)"
         )
-    if not gfile.exists(os.path.join(directory, MODEL_CONFIG_FILENAME)):
+    config_path = os.path.join(directory, MODEL_CONFIG_FILENAME)
+    if not gfile.exists(config_path):
         raise ValueError(
             f"load_model: {directory}/{MODEL_CONFIG_FILENAME} does not exist; a checkpoint is "
             "loaded with the model config saved beside it (the Trainer writes it)"
         )
-    model = HighNoonLM(load_model_config(directory))
+    config = load_model_config(config_path)
+    check_model_fits(config, device_memory_gib, source=config_path)
+    model = HighNoonLM(config)
     model.build()
+    check_checkpoint_matches(prefix, model, config, config_path)
     # Match through the object graph: a Trainer checkpoint also holds the optimizer, which may
     # name the same variables under its own path, so counting keys under 'model/' is not enough.
     status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
@@ -148,7 +162,25 @@ def load_model(path: str, *, compile: bool = False):
     except AssertionError as error:
         raise ValueError(
             f"load_model: checkpoint {prefix!r} does not hold the weights of the model that "
-            f"{directory}/model_config.json describes ({str(error).splitlines()[0][:200]}); "
+            f"{config_path} describes ({str(error).splitlines()[0][:200]}); "
             "save with tf.train.Checkpoint(model=model, ...)"
         ) from error
     return model
+
+
+def check_model_fits(
+    config: ModelConfig, device_memory_gib: float | None = None, *, source: str = "the config"
+) -> None:
+    """Refuse to build a model whose weights (in the Keras policy's variable dtype) exceed
+    `device_memory_gib`, or this machine's physical memory when that is None (unknown: no
+    check). Raises `ModelDoesNotFitError` naming the size and the settings behind it."""
+    import keras
+
+    if device_memory_gib is not None:
+        device_bytes, memory_of = int(device_memory_gib * GIB), "the device (device_memory_gib)"
+    else:
+        device_bytes, memory_of = host_memory_bytes(), "this machine"
+    if device_bytes is None:
+        return
+    dtype = keras.config.dtype_policy().variable_dtype
+    check_weights_fit(config, device_bytes, param_dtype=dtype, source=source, memory_of=memory_of)

@@ -194,6 +194,7 @@ def generate(
     v.check_float("temperature", temperature, minimum=0.0)  # 0 is greedy
     v.check_int("top_k", top_k, minimum=0)  # 0: no top-k cut
     v.check_float("top_p", top_p, minimum=0.0, exclusive_minimum=True, maximum=1.0)
+    v.check_int("seed", seed, allow_none=True)
     ids, is_text = _prompt_ids(prompt, tokenizer)
     if not 1 <= len(ids) < max_length:
         raise v.InvalidArgumentError(

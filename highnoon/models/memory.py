@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from highnoon.models.config import ModelConfig
 from highnoon.models.presets import PRESETS, get_preset
@@ -309,4 +310,51 @@ def check_sharding_fits(
         f"{estimate.describe()}, but the device has {device_bytes / GIB:.1f} GiB "
         f"({usable / GIB:.1f} GiB usable at headroom={headroom}); sharding={level!r} would fit "
         f"({fitting.total_gib:.1f} GiB per replica): set Trainer.sharding = {level!r}"
+    )
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_weights_fit(
+    config: ModelConfig,
+    device_bytes: int,
+    *,
+    param_dtype: str = "float32",
+    headroom: float = 0.9,
+    source: str = "the config",
+    memory_of: str = "the device",
+) -> int:
+    """The check before a model is built for inference: its weights' bytes if they fit in
+    ``headroom * device_bytes``, else ``ModelDoesNotFitError`` naming the size, the settings
+    behind the largest part, ``source`` (where the config came from) and ``memory_of`` (whose
+    memory ``device_bytes`` is)."""
+    usable = _usable("check_weights_fit", device_bytes, headroom)
+    per_param = _dtype_bytes("param_dtype", param_dtype)
+    needed = config.num_parameters() * per_param
+    if needed <= usable:
+        return needed
+    c = config
+    table = (c.vocab_size * c.d_model) * (1 if c.tie_embeddings else 2) * per_param
+    blocks = (needed - table) - c.d_model * per_param
+    if table >= blocks:
+        largest = (
+            f"the embedding{'' if c.tie_embeddings else ' and output head'} "
+            f"(vocab_size={c.vocab_size} x d_model={c.d_model}) takes {table / GIB:.1f} GiB"
+        )
+    else:
+        largest = (
+            f"the blocks (num_layers={c.num_layers} at d_model={c.d_model}, d_ff={c.d_ff}) take "
+            f"{blocks / GIB:.1f} GiB"
+        )
+    raise ModelDoesNotFitError(
+        f"{source} describes a model of {c.num_parameters():,} parameters whose {param_dtype} "
+        f"weights need {needed / GIB:.1f} GiB, but {memory_of} has {device_bytes / GIB:.1f} GiB "
+        f"({usable / GIB:.1f} GiB usable at headroom={headroom}); {largest}: check those "
+        "settings against the checkpoint"
     )

@@ -91,6 +91,12 @@ class HighNoonLM(keras.Model):
         return self._config.vocab_size
 
     @property
+    def embedding_dim(self) -> int:
+        """Width of the token embedding and residual stream (``config.d_model``; the
+        reference's name for it)."""
+        return self._config.d_model
+
+    @property
     def num_blocks(self) -> int:
         """Number of transformer blocks (``config.num_layers``)."""
         return self._config.num_layers
@@ -128,6 +134,18 @@ class HighNoonLM(keras.Model):
                 ),
             )
         self.built = True
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras' `load_weights`, building the model first when it is not built yet (a fresh
+        `create_model(...)` holds no weights to load into; the build's initial values are then
+        all overwritten, and a file that does not match the config is Keras' error). The weights
+        must fit this machine's memory before the build allocates them."""
+        if not self.built:
+            from highnoon.models.factory import check_model_fits
+
+            check_model_fits(self._config, source=f"the config of the model loading {filepath}")
+            self.build()
+        return super().load_weights(filepath, *args, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         base = super().get_config()

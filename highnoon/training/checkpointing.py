@@ -98,16 +98,21 @@ class DataPosition:
         self.step_in_epoch = 0
         self.epoch_loss_sum = self.epoch_token_sum = 0.0
 
-    def complete_stage(self, name: str, epochs: int, steps: int) -> None:
-        self.completed_stages.append(
-            {
-                "name": name,
-                "epochs": epochs,
-                "final_loss": self.last_epoch_loss,
-                "steps": steps,
-                **self.stage_report(),
-            }
-        )
+    def complete_stage(
+        self, name: str, epochs: int, steps: int, samples_per_dataset: dict[str, int] | None = None
+    ) -> None:
+        """Record the finished stage (its summary entry) and enter the next one.
+        ``samples_per_dataset``: samples trained per dataset entry, by the entry's name."""
+        entry = {
+            "name": name,
+            "epochs": epochs,
+            "final_loss": self.last_epoch_loss,
+            "steps": steps,
+            **self.stage_report(),
+        }
+        if samples_per_dataset is not None:
+            entry["samples_per_dataset"] = dict(samples_per_dataset)
+        self.completed_stages.append(entry)
         self.enter_stage(self.stage + 1)
 
     def to_json(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from highnoon.training.checkpointing import Checkpointer, DataPosition
 from highnoon.training.evaluation import Evaluator
@@ -183,6 +184,7 @@ class Controller:
             "epochs": plan.epochs,
             "steps": pos.global_step - pos.stage_start_step,
             **pos.stage_report(),
+            "samples_per_dataset": plan.samples_per_dataset(),
         }
         if plan.eval_indices.size:
             last = self.eval_history[-1] if self.eval_history else None
@@ -191,7 +193,12 @@ class Controller:
             else:
                 result = self.evaluate(plan)
             metrics.update(eval_loss=result["eval_loss"], perplexity=result["perplexity"])
-        pos.complete_stage(plan.name, plan.epochs, metrics["steps"])
+        pos.complete_stage(
+            plan.name,
+            plan.epochs,
+            metrics["steps"],
+            samples_per_dataset=metrics["samples_per_dataset"],
+        )
         self.save()
         self.events.emit("stage_complete", stage=plan.name, metrics=metrics)
 
@@ -292,7 +299,12 @@ class Controller:
             checkpoint=path,
             exit_code=Preempted(step, path).code,
         )
-        raise Preempted(step, path)
+        stop = Preempted(step, path)
+        # Every worker says it (non-chief workers log warnings only): the agreed step, the
+        # checkpoint the chief wrote there and the exit code the launcher acts on.
+        cause = self.watcher.signal_name or "a stop signal on another worker"
+        logging.warning("%s: %s", cause, stop)
+        raise stop
 
     def _after_call(self, plan: StagePlan, window: LossWindow, step_loss: float) -> None:
         """The boundaries of the step just reached: log, evaluate, save."""

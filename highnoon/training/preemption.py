@@ -16,12 +16,19 @@ period. highnoon handles it the same way on every strategy (TensorFlow's
    ``Preempted``, a ``SystemExit`` with code ``EXIT_RESTART``: an uncaught one ends the process
    with that code, which the launchers (``launch.local_cluster``, ``launch/slurm.sbatch``,
    ``launch/tpu_pod.sh``) take as "relaunch me"; the relaunched job resumes exactly.
+
+After the last step there is nothing to stop: a ``train()`` that returned marks the process's run
+complete (``run_completed``), and a signal that arrives once its watcher has finished is no
+preemption. ``exit_complete_on_signal`` is what a program installs for that time (sample
+generation, writing its config, interpreter shutdown): the signal ends it with success and a
+line saying the run is complete, so no launcher relaunches a finished job.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -31,6 +38,27 @@ from absl import logging
 from highnoon.distribute.errors import EXIT_RESTART
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
+EXIT_COMPLETE = 0  # a stop signal after the run completed: success, nothing to relaunch
+
+
+class _ProcessRuns:
+    """What this process's ``train()`` calls did (the signal handlers ask; see the docstring)."""
+
+    started = False  # a PreemptionWatcher was entered
+    completed = False  # the last one exited without an exception: every stage trained
+
+
+_RUNS = _ProcessRuns()
+
+
+def run_started() -> bool:
+    """True once a ``train()`` in this process began watching for preemption signals."""
+    return _RUNS.started
+
+
+def run_completed() -> bool:
+    """True when this process's last ``train()`` returned (its run is complete and saved)."""
+    return _RUNS.completed
 
 
 class Preempted(SystemExit):
@@ -43,7 +71,10 @@ class Preempted(SystemExit):
 
     def __str__(self) -> str:
         saved = f"saved {self.checkpoint}" if self.checkpoint else "saving is off"
-        return f"preempted at step {self.step} ({saved}); exit code {EXIT_RESTART}: relaunch"
+        return (
+            f"preempted at the agreed step {self.step} ({saved}); exit code {EXIT_RESTART}: "
+            "relaunch to resume"
+        )
 
 
 class PreemptionWatcher:
@@ -62,12 +93,20 @@ class PreemptionWatcher:
         self._deadline: threading.Timer | None = None
 
     def __enter__(self) -> PreemptionWatcher:
+        _RUNS.started, _RUNS.completed = True, False
         if threading.current_thread() is threading.main_thread():
             for signum in _HANDLED:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        # Recorded before the handlers change back, so a signal in between finds it.
+        _RUNS.completed = exc_type is None
+        if exc_type is None and self.requested:
+            logging.warning(
+                "%s arrived after the last step: the run is complete, nothing to stop or save",
+                self.signal_name,
+            )
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -105,3 +144,36 @@ class PreemptionWatcher:
         )
         logging.flush()
         os._exit(EXIT_RESTART)
+
+
+def _say_complete(program: str, signum: int) -> None:
+    """The line a program prints when a stop signal finds its run complete; then exit 0."""
+    sys.stderr.write(
+        f"{program}: {signal.Signals(signum).name} after the run completed: the run is complete "
+        f"and saved; exiting with {EXIT_COMPLETE} (success, nothing to relaunch)\n"
+    )
+    sys.stderr.flush()
+    logging.flush()
+    os._exit(EXIT_COMPLETE)
+
+
+def exit_complete_on_signal(program: str, otherwise: Any) -> Any:
+    """A SIGTERM/SIGINT handler for a program's time outside ``train()``: once the run completed
+    it ends the process with success (``EXIT_COMPLETE``) and says so; before, it calls
+    ``otherwise(signum, frame)`` (e.g. exit with the restart code: nothing saved yet)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if _RUNS.completed:
+            _say_complete(program, signum)
+        otherwise(signum, frame)
+
+    return handler
+
+
+def ignore_signals_at_exit() -> None:
+    """From here to the end of the process a stop signal is ignored: called at interpreter
+    exit after a completed run. Python restores the default action (death by the signal) of
+    the handlers it installed as it shuts down, while TensorFlow's destructors may still run
+    for seconds; an ignored signal stays ignored, so the finished process exits 0."""
+    for signum in _HANDLED:
+        signal.signal(signum, signal.SIG_IGN)

@@ -25,7 +25,9 @@ from typing import Any
 
 from highnoon.curriculum import PACINGS
 from highnoon.curriculum import STRATEGIES as CURRICULUM_STRATEGIES
+from highnoon.curriculum.pacing import check_pacing_options
 from highnoon.curriculum.seq_length import SequenceLengthWarmup
+from highnoon.models.memory import SHARDABLE_OPTIMIZERS
 from highnoon.training.devices import PEAK_FLOPS
 from highnoon.training.sharding.levels import CHOICES as SHARDING_CHOICES
 from highnoon.training.sharding.levels import COLLECTIVES
@@ -37,6 +39,8 @@ OVERFLOWS = ("truncate", "window")
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "mixed_float16")
 # The reference's positional parameters, in order, after ``model``.
 POSITIONAL = ("learning_rate", "batch_size", "max_seq_length", "gradient_accumulation_steps")
+# Seeds reach numpy's and Keras' global seeding (keras.utils.set_random_seed), which take 32 bits.
+MAX_SEED = 2**32 - 1
 
 Check = Callable[[str, Any], Any]
 
@@ -71,6 +75,10 @@ def _fraction_below_one(name: str, value: Any) -> float:
 
 def _initial_fraction(name: str, value: Any) -> float:
     return v.check_fraction(name, value, allow_zero=False)
+
+
+def _seed(name: str, value: Any) -> int:
+    return v.check_int(name, value, minimum=0, maximum=MAX_SEED)
 
 
 def _curriculum_strategy(name: str, value: Any) -> str | None:
@@ -147,7 +155,10 @@ class StageSettings:
         _choice(*PACINGS),
     )
     pacing_options: dict[str, Any] = setting(
-        dict, "options of the pacing (`{'p': 2}` for `root_p`)", v.check_mapping, factory=True
+        dict,
+        "options of the pacing: `{'p': 2}` for `root_p`; the other pacings take none",
+        v.check_mapping,
+        factory=True,
     )
     initial_fraction: float = setting(
         0.2, "share of the easiest data in the first epoch's pool, in (0, 1]", _initial_fraction
@@ -205,6 +216,8 @@ class StageSettings:
 
     def __post_init__(self) -> None:
         _validate(self)
+        options = check_pacing_options(self.pacing, self.pacing_options)
+        object.__setattr__(self, "pacing_options", options)
         if self.max_epochs_per_stage < self.min_epochs_per_stage:
             raise v.InvalidArgumentError(
                 f"max_epochs_per_stage={self.max_epochs_per_stage!r} must be >= "
@@ -271,7 +284,9 @@ class RunOptions:
         0.1, "cosine floor as a share of the peak", lambda n, x: v.check_fraction(n, x)
     )
     seed: int = setting(
-        0, "seeds curriculum shuffles, eval split and weight initialisation", _non_negative_int
+        0,
+        f"seeds curriculum shuffles, eval split and weight initialisation, in [0, {MAX_SEED}]",
+        _seed,
     )
     steps_per_call: int = setting(
         1, "optimizer steps per host call (keeps TPUs busy)", v.check_positive_int
@@ -314,13 +329,14 @@ class RunOptions:
         None,
         "ZeRO-style sharding across replicas: `optimizer` (AdamW moments and the update), "
         "`gradients` (also accumulated gradients), `full` (also the weights, gathered block by "
-        "block; FSDP), or `None` (every replica holds everything)",
+        "block; FSDP), or `None` (every replica holds everything); with `adamw` or `adam` only",
         lambda n, x: v.check_choice(n, x, SHARDING_CHOICES),
     )
     collectives: str = setting(
         "auto",
         "sharded collectives: `portable` (all-reduce and slice; CPU/GPU), `xla` (true "
-        "reduce-scatter and all-to-all inside the compiled TPU step), `auto` (xla on TPU)",
+        "reduce-scatter and all-to-all inside the compiled TPU step; refused off TPU), `auto` "
+        "(xla on TPU)",
         lambda n, x: v.check_choice(n, x, COLLECTIVES),
     )
     device_memory_gib: float | None = setting(
@@ -354,6 +370,14 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         _validate(self)
+        # Refused on any replica count (one replica trains unsharded), so a config that runs on
+        # one replica never fails only when moved to several.
+        if self.sharding is not None and self.optimizer not in SHARDABLE_OPTIMIZERS:
+            raise v.InvalidArgumentError(
+                f"optimizer={self.optimizer!r} with sharding={self.sharding!r}: sharding keeps "
+                f"shares of the moments of {list(SHARDABLE_OPTIMIZERS)} only; use one of those "
+                "optimizers or sharding=None"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,6 +5,10 @@ how many steps an epoch has, which samples this host feeds at each step, how lon
 at each step (the sequence-length warm-up), and which samples are held out for evaluation and in
 which difficulty bucket each evaluated row falls. Nothing here depends on how many hosts run the
 job except the slice a host takes (docs/design.md, "Determinism").
+
+A mixed stage (``(entry, weight)`` datasets) draws each epoch's samples by the sources' shares
+(``highnoon.data.stage_data``, "Mixing rule"): the plan groups the training samples by source and
+hands the scheduler a per-epoch draw; pools, packing and the warm-up work on that draw.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from highnoon.data.packing import (
     packed_row_count,
     stored_lengths,
 )
+from highnoon.data.stage_data import mixture_counts, mixture_epoch, mixture_of
 from highnoon.training.settings import StageSettings
 from highnoon.utils.hashing import derive_seed, keyed_permutation
 
@@ -65,6 +70,7 @@ class StagePlan:
         verbose: bool = False,
         *,
         learning_rate_multiplier: float = 1.0,
+        datasets: Any = None,
     ) -> None:
         self.index = index
         self.name = name
@@ -80,7 +86,14 @@ class StagePlan:
             settings.global_batch_size,
             derive_seed(seed, "eval", index),
         )
+        self.dataset_names = _dataset_names(datasets, store)
+        self.mixture = mixture_of(store)
+        self._source_of = self._sources_of_samples()
         self.scheduler = self._make_scheduler(verbose)
+        self._mixture_groups: list[np.ndarray] = []
+        self._mixture_counts: list[int] = []
+        if self.mixture is not None:
+            self._plan_mixture()
         self._lengths: np.ndarray | None = None
         self._epoch_cache: tuple[tuple[int, ...], PackedEpoch | None, StepCounts] | None = None
         self.seq_warmup = settings.seq_length_warmup(self.planned_steps())
@@ -130,6 +143,51 @@ class StagePlan:
             scheduler = CurriculumScheduler(**common)
         scheduler.prepare_curriculum_from_scores(scores)
         return scheduler
+
+    # -- mixtures ----------------------------------------------------------------------------
+    def _sources_of_samples(self) -> np.ndarray:
+        """The source (dataset entry) of every stored sample: int64 ``[num_samples]``."""
+        if self.mixture is None:
+            return np.zeros(self.store.num_samples, dtype=np.int64)
+        sizes = self.mixture["part_counts"]
+        return np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+
+    def _plan_mixture(self) -> None:
+        """Group the training samples by source and make each epoch draw its shares of them
+        (unweighted entries: every sample once, interleaved)."""
+        weights = self.mixture["weights"]
+        sources = self._source_of[self.train_indices]
+        parts = len(self.mixture["part_counts"])
+        self._mixture_groups = [np.flatnonzero(sources == i) for i in range(parts)]
+        sizes = [group.size for group in self._mixture_groups]
+        self._mixture_counts = sizes if weights is None else mixture_counts(sizes, weights)
+        for name, size, count in zip(self.dataset_names, sizes, self._mixture_counts):
+            if size == 0 and count:
+                raise ValueError(
+                    f"stage {self.name!r}: dataset {name!r} has no training samples left after "
+                    f"the held-out split (eval_fraction={self.settings.eval_fraction}); lower "
+                    "eval_fraction or give it more data"
+                )
+        self.scheduler.set_epoch_selection(self.mixture_epoch)
+
+    def mixture_epoch(self, epoch: int) -> np.ndarray:
+        """Positions in ``train_indices`` that a weighted mixture's ``epoch`` draws (its shares)."""
+        return mixture_epoch(self._mixture_groups, self._mixture_counts, self.seed, epoch)
+
+    def samples_per_dataset(self) -> dict[str, int]:
+        """Samples the stage's epochs train on, per dataset entry (its name as given); a name
+        given twice sums. Recomputed from the plan, so a resumed stage counts exactly."""
+        counts = np.zeros(len(self.dataset_names), dtype=np.int64)
+        for epoch in range(self.epochs):
+            if self.settings.pack:
+                trained = self.epoch_stream(epoch)
+            else:
+                trained = self.host_rows(epoch, 0, 1).reshape(-1)
+            counts += np.bincount(self._source_of[trained], minlength=counts.size)
+        out: dict[str, int] = {}
+        for name, count in zip(self.dataset_names, counts.tolist()):
+            out[name] = out.get(name, 0) + int(count)
+        return out
 
     # -- what the run loop asks ----------------------------------------------------------
     def steps_per_epoch(self, epoch: int) -> int:
@@ -293,12 +351,34 @@ class StagePlan:
             if not shaping[switch]:
                 for name in names:
                     shaping.pop(name)
+        stream: dict[str, Any] = {"settings": shaping, "epochs": self.epochs, "seed": self.seed}
+        if self.mixture is not None:  # only mixed stages: single-source fingerprints unchanged
+            stream["mixture"] = {k: self.mixture[k] for k in ("rule", "weights", "part_counts")}
         return {
             "name": self.name,
             "data": str(self.store.fingerprint),
             "tokenizer": json.dumps(self.store.tokenizer.to_config(), sort_keys=True),
-            "stream": json.dumps(
-                {"settings": shaping, "epochs": self.epochs, "seed": self.seed},
-                sort_keys=True,
-            ),
+            "stream": json.dumps(stream, sort_keys=True),
         }
+
+
+def _dataset_names(datasets: Any, store: Any) -> list[str]:
+    """Each dataset entry's name as the user gave it (without its weight); without entries, the
+    store's source names."""
+    if datasets is None:
+        described = store.manifest.get("sources") or [{}]
+        return [str(d.get("name", f"source{i}")) for i, d in enumerate(described)]
+    if isinstance(datasets, str | tuple):
+        datasets = [datasets]
+    names = []
+    for entry in datasets:
+        inner = entry[0] if isinstance(entry, tuple | list) else entry
+        names.append(inner if isinstance(inner, str) else str(getattr(inner, "name", inner)))
+    mixing = store.manifest.get("mixing")
+    parts = len(mixing["part_counts"]) if isinstance(mixing, dict) else 1
+    if len(names) != parts:
+        raise ValueError(
+            f"datasets={list(datasets)!r} name {len(names)} entries but the stage's store holds "
+            f"{parts} source(s); pass the entries the store was prepared from"
+        )
+    return names

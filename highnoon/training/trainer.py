@@ -51,6 +51,7 @@ from highnoon.training.settings import (
     split_settings,
     trainer_signature,
 )
+from highnoon.training.sharding.collectives import resolve_collectives
 from highnoon.training.sharding.levels import resolve_sharding
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import TrainStep
@@ -121,7 +122,8 @@ class Trainer:
                 f"model={model!r} must be a Keras language model, e.g. "
                 "highnoon.create_model('highnoon-tiny')"
             )
-        self.settings, self.options = split_settings(_named(args, settings))
+        given = _named(args, settings)
+        self.settings, self.options = split_settings(given)
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else hn_data.ByteTokenizer()
         if not isinstance(self.tokenizer, hn_data.Tokenizer):
@@ -129,13 +131,16 @@ class Trainer:
                 f"tokenizer={tokenizer!r} must be a highnoon.data.Tokenizer "
                 "(ByteTokenizer, SentencePieceTokenizer) or None"
             )
-        self.settings = _cap_seq_length(self.settings, model)
+        self.settings = _cap_seq_length(self.settings, model, asked="max_seq_length" in given)
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise v.InvalidArgumentTypeError(
                 f"strategy={strategy!r} must be a tf.distribute.Strategy or None"
             )
         self.strategy = strategy or _strategy_for(model)
         self._sharding = resolve_sharding(self.options.sharding, self.strategy.num_replicas_in_sync)
+        # Checked on one replica too (where nothing is sharded): a config must not fail only
+        # when moved to several.
+        resolve_collectives(self.options.collectives, self.strategy)
         if self._sharding == "full" and model.built:
             raise v.InvalidArgumentError(
                 "sharding='full' stores the weights only as per-replica shares, so the model "
@@ -180,7 +185,13 @@ class Trainer:
                 f"stage {name!r}: datasets=None; name at least one dataset (a registered name, "
                 "a path or glob, or (entry, weight))"
             )
-        datasets = [datasets] if isinstance(datasets, str | tuple) else list(datasets)
+        datasets = v.check_items(
+            f"stage {name!r}: datasets",
+            datasets,
+            single=(str, tuple, hn_data.DataSource),
+            allowed="a dataset entry (a registered name, a path or glob, 'tfds:NAME', a "
+            "DataSource or (entry, weight))",
+        )
         if not datasets:
             raise v.InvalidArgumentError(
                 f"stage {name!r}: datasets is empty; name at least one dataset"
@@ -193,6 +204,7 @@ class Trainer:
             raise type(error)(f"stage {name!r}: {error}") from None
         for entry in datasets:
             hn_data.validate_dataset_entry(entry)
+        v.check_mixture_weights(f"stage {name!r}: datasets", datasets)
         self.stages.append(CurriculumStage(name, datasets, epochs, weight, dict(config_overrides)))
         return self
 
@@ -453,6 +465,7 @@ class Trainer:
                     learning_rate_multiplier=(
                         settings.learning_rate / self.settings.learning_rate * stage.weight
                     ),
+                    datasets=stage.datasets,
                 )
             )
         return plans
@@ -684,12 +697,17 @@ def _resume_source(path: str | None) -> str | None:
     return head if tail == "latest" and head else path
 
 
-def _cap_seq_length(settings: StageSettings, model: keras.Model) -> StageSettings:
+def _cap_seq_length(settings: StageSettings, model: keras.Model, asked: bool) -> StageSettings:
+    """Rows no longer than the model's positions. A length the caller asked for is capped with a
+    warning naming both lengths (the default's cap is only noted)."""
     model_seq = model_config(model).get("max_seq_length")
     if model_seq and settings.max_seq_length > model_seq:
-        logging.info(
-            "max_seq_length=%d exceeds the model's max_seq_length=%d; training on %d tokens",
+        log = logging.warning if asked else logging.info
+        log(
+            "max_seq_length=%d is longer than the model's max_seq_length=%d; training on rows "
+            "of %d tokens (pass max_seq_length<=%d, or create the model with a longer one)",
             settings.max_seq_length,
+            model_seq,
             model_seq,
             model_seq,
         )

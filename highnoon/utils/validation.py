@@ -18,7 +18,7 @@ import math
 import numbers
 import os
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,6 +160,42 @@ def check_mapping(name: str, value: Any, *, allow_none: bool = False) -> dict[st
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         _fail(name, value, "a dict with string keys", wrong_type=True)
     return dict(value)
+
+
+def check_keys(name: str, value: Any, allowed: Collection[str], *, owner: str = "") -> dict:
+    """A mapping whose keys are all in ``allowed`` (returned as a new dict). An unknown key is
+    refused naming it and the allowed ones; ``owner`` says who takes them (``pacing='linear'``)."""
+    mapping = check_mapping(name, value)
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        who = owner or name
+        takes = f"takes only {sorted(allowed)}" if allowed else "takes no options"
+        raise InvalidArgumentError(f"{name}={value!r} has unknown key(s) {unknown}: {who} {takes}")
+    return mapping
+
+
+def check_items(name: str, value: Any, *, single: tuple[type, ...], allowed: str) -> list[Any]:
+    """One item (an instance of ``single``) or an iterable of items, as a list. ``allowed``
+    says what an item is, for the message. Strings and mappings are never iterated."""
+    if isinstance(value, single):
+        return [value]
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
+        return list(value)
+    _fail(name, value, f"{allowed}, or a list of them", wrong_type=True)
+    return []  # unreachable
+
+
+def check_mixture_weights(name: str, entries: Sequence[Any]) -> None:
+    """Dataset entries are all ``(entry, weight)`` (a mixture by shares) or all plain (every
+    sample once per epoch); a mix of both has no clear meaning and is refused."""
+    weighted = [isinstance(e, tuple | list) and not isinstance(e, str) for e in entries]
+    if any(weighted) and not all(weighted):
+        plain = [e for e, w in zip(entries, weighted) if not w]
+        raise InvalidArgumentError(
+            f"{name}={list(entries)!r} mixes (entry, weight) tuples with unweighted entries "
+            f"{plain!r}; give every entry a weight (weights are shares of the stage's samples) "
+            "or none (every sample of every entry once per epoch)"
+        )
 
 
 def check_port(name: str, value: Any) -> int:

@@ -24,7 +24,7 @@ import tensorflow as tf
 from highnoon.training.sharding.layout import ShardSpec
 from highnoon.training.sharding.levels import COLLECTIVES
 from highnoon.training.sharding.traffic import TrafficLog
-from highnoon.utils.validation import check_choice
+from highnoon.utils.validation import InvalidArgumentError, check_choice
 
 
 def resolve_collectives(mode: str, strategy: tf.distribute.Strategy) -> str:
@@ -34,9 +34,10 @@ def resolve_collectives(mode: str, strategy: tf.distribute.Strategy) -> str:
     if mode == "auto":
         return "xla" if on_tpu else "portable"
     if mode == "xla" and not on_tpu:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"collectives='xla' needs TPUStrategy (the step's collectives run inside one XLA "
-            f"computation only there), not {type(strategy).__name__}; use collectives='auto'"
+            f"computation only there), not {type(strategy).__name__}; use collectives='auto' "
+            "(xla on TPU, portable elsewhere) or 'portable'"
         )
     return mode
 

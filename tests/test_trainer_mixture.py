@@ -1,0 +1,77 @@
+"""A mixed stage in the Trainer: samples per dataset in the summary and stage_complete, and an
+exact resume in the middle of a mixed epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.trainer_helpers import make_trainer, nano_model, write_jsonl
+
+
+@pytest.fixture()
+def mixture(tmp_path):
+    """``[(a, 0.5), (b, 0.3), (c, 0.2)]`` over 12, 2 and 6 samples: an epoch of 20 samples holds
+    10, 6 and 4 of them (b repeats, a is subsampled)."""
+    sizes = {"a": 12, "b": 2, "c": 6}
+    paths = {
+        name: write_jsonl(str(tmp_path / f"{name}.jsonl"), [f"{name} {i} " * 3 for i in range(n)])
+        for name, n in sizes.items()
+    }
+    return [(paths["a"], 0.5), (paths["b"], 0.3), (paths["c"], 0.2)]
+
+
+def _weights(model) -> list[np.ndarray]:
+    return [w.numpy() for w in model.weights]
+
+
+def test_samples_per_dataset_in_the_summary_and_stage_complete(tmp_path, mixture):
+    trainer = make_trainer(tmp_path, curriculum_strategy=None)
+    trainer.add_curriculum_stage("mix", mixture, epochs=2)
+    completed = []
+    trainer.add_callback(lambda e: completed.append(e) if e["event"] == "stage_complete" else None)
+    summary = trainer.train(save_checkpoints=False)
+    expected = {mixture[0][0]: 20, mixture[1][0]: 12, mixture[2][0]: 8}  # 2 epochs of 10, 6, 4
+    (entry,) = summary["stages_completed"]
+    assert entry["samples_per_dataset"] == expected
+    assert completed[0]["metrics"]["samples_per_dataset"] == expected
+    assert entry["samples_seen"] == sum(expected.values()) == summary["total_steps"] * 4
+
+
+@pytest.mark.slow
+def test_a_mixed_stage_resumes_mid_epoch_bit_identical(tmp_path, mixture, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as a user runs it: a relative ./checkpoints
+
+    def trainer():
+        t = make_trainer(tmp_path, model=nano_model())
+        t.add_curriculum_stage("mix", mixture, epochs=2)
+        return t
+
+    reference = trainer()
+    ends = []
+    reference.add_callback(lambda e: ends.append(e["step"]) if e["event"] == "epoch_end" else None)
+    expected = reference.train(checkpoint_dir="./full", log_interval=1)
+    stop_step = ends[0] + 2  # inside the second epoch
+    assert stop_step < ends[1]
+
+    class Stop(Exception):
+        pass
+
+    def stop(event):
+        if event["event"] == "log" and event["step"] == stop_step:
+            raise Stop()
+
+    cut = trainer()
+    cut.add_callback(stop)
+    with pytest.raises(Stop):
+        cut.train(checkpoint_dir="./checkpoints", log_interval=1)
+    resumed = trainer()
+    summary = resumed.train(checkpoint_dir="./checkpoints", log_interval=1)
+    assert summary["total_steps"] == expected["total_steps"]
+    assert summary["stages_completed"] == expected["stages_completed"]
+    assert (
+        sum(summary["stages_completed"][0]["samples_per_dataset"].values())
+        == (summary["stages_completed"][0]["samples_seen"])
+    )
+    for got, want in zip(_weights(resumed.model), _weights(reference.model)):
+        np.testing.assert_array_equal(got, want)
