@@ -91,6 +91,12 @@ def test_allow_data_change_keeps_the_trained_stages_and_records_them(tmp_path, d
     # The accepted curriculum is the record now: the same trainer runs again without refusal.
     again = _trainer(tmp_path, [("x", "a"), ("b", "b"), ("z", "c")], data)
     assert again.train(checkpoint_dir="./ck")["total_steps"] == 12
+    # Fewer stages than the run completed: accepted and recorded, nothing trained.
+    fewer = _trainer(tmp_path, [("x", "a"), ("b", "b")], data, allow_data_change=True)
+    summary = fewer.train(checkpoint_dir="./ck")
+    (dropped,) = summary["data_changes"][1:]
+    assert (dropped["index"], dropped["previous_name"], dropped["stage"]) == (2, "z", None)
+    assert dropped["changed"] == ["missing"] and summary["total_steps"] == 12
 
 
 # -- appended stages ---------------------------------------------------------------------------

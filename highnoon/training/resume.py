@@ -98,12 +98,14 @@ def _check_completed(
     """Every stage the checkpoint completed must still be this trainer's stage at that index,
     with the same name and stream fingerprint (a completed stage is skipped, never retrained)."""
     differences = []
+    dropped = {c["index"] for c in position.data_changes if "missing" in c.get("changed", ())}
     for index, done in enumerate(position.completed_stages):
         # The record (an accepted change updates it), else what the stage was called.
         saved = position.stage_fingerprints.get(str(index)) or {"name": str(done.get("name"))}
         old_name = saved.get("name", str(done.get("name")))
         if index >= len(plans):
-            differences.append((index, old_name, None, ["missing"], None))
+            if index not in dropped:  # not accepted before (allow_data_change)
+                differences.append((index, old_name, None, ["missing"], None))
             continue
         plan = plans[index]
         now = plan.stream_fingerprint()
@@ -112,8 +114,7 @@ def _check_completed(
             differences.append((index, old_name, plan.name, changed, saved))
     if not differences:
         return
-    lines = [_describe(index, old, new, changed, saved, plans) for index, old, new, changed, saved
-             in differences]  # fmt: skip
+    lines = [_describe(*difference, plans) for difference in differences]
     where = (
         f"the run in {source}" if source else "the checkpoint's run"
     ) + f" completed stages {[str(s.get('name')) for s in position.completed_stages]}"
