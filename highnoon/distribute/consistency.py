@@ -9,6 +9,7 @@ gathered table, so every host reaches the same verdict: all pass, or all raise
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,21 +30,38 @@ def fingerprint(text: str) -> np.ndarray:
     return np.array([(digest >> (31 * i)) & mask for i in range(CHUNKS)], dtype=np.int32)
 
 
+# One compiled gather per strategy, traced once per table shape: a new tf.function per call
+# retraces every time (and TensorFlow warns about it after a few calls in one process).
+_GATHERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _gather_fn(strategy: Any) -> Any:
+    """The cached ``tf.function`` that all-gathers a [1, parts, CHUNKS] table under ``strategy``."""
+    import tensorflow as tf
+
+    gather = _GATHERS.get(strategy)
+    if gather is None:
+
+        @tf.function
+        def gather(value: tf.Tensor) -> Any:
+            def replica_fn(local: tf.Tensor) -> tf.Tensor:
+                # tf.identity places the table on this replica's device (an argument has none).
+                context = tf.distribute.get_replica_context()
+                return context.all_gather(tf.identity(local), axis=0)
+
+            return strategy.run(replica_fn, args=(value,))
+
+        _GATHERS[strategy] = gather
+    return gather
+
+
 def _gather(strategy: Any, table: np.ndarray) -> np.ndarray:
     """All-gather `table` [parts, CHUNKS] from every replica -> [replicas, parts, CHUNKS]."""
     import tensorflow as tf
 
     value = tf.constant(table[None, ...], dtype=tf.int32)
-
-    @tf.function
-    def gather() -> Any:
-        def replica_fn() -> tf.Tensor:
-            return tf.distribute.get_replica_context().all_gather(value, axis=0)
-
-        return strategy.run(replica_fn)
-
     with strategy.scope():
-        result = gather()
+        result = _gather_fn(strategy)(value)
     return strategy.experimental_local_results(result)[0].numpy()
 
 

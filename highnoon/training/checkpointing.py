@@ -56,6 +56,10 @@ class DataPosition:
     # What the current stage has fed so far: samples, real target tokens, computed token slots
     # (padding included), and samples its epochs left out.
     stage_counts: dict[str, int] = field(default_factory=dict)
+    # The learning-rate schedule's phase: the stage it began at and the global step of that
+    # stage's start (0, 0 for a run's planned stages; later for stages appended after it ended).
+    schedule_start_stage: int = 0
+    schedule_start_step: int = 0
 
     def enter_stage(self, index: int) -> None:
         self.stage, self.epoch, self.step_in_epoch = index, 0, 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -124,7 +124,11 @@ class Controller:
         self.position = DataPosition()
 
     # -- the run --------------------------------------------------------------------------
-    def run(self, plans: list[StagePlan], position: DataPosition) -> dict[str, Any]:
+    def run(
+        self, plans: list[StagePlan], position: DataPosition, appended: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Trains ``plans`` from ``position``; ``appended`` names the stages added after a
+        finished run (reported, they start their own schedule phase)."""
         self.position = position
         if self.checkpointer is not None:
             self.checkpointer.position = position
@@ -135,6 +139,9 @@ class Controller:
             start_step=position.global_step,
             stages=[plan.name for plan in plans],
             num_replicas=self.strategy.num_replicas_in_sync,
+            completed_stages=[str(stage["name"]) for stage in position.completed_stages],
+            appended_stages=list(appended),
+            already_complete=position.stage >= len(plans),
         )
         try:
             for plan in plans[position.stage :]:

@@ -50,6 +50,7 @@ class ProgressDisplay:
         self._total_steps = 0
         self._stage_first = 0  # global step at which the current stage began
         self._clock: tuple[float, int] = (time.time(), 0)  # (time, step) when timing started
+        self._nothing_to_train = False  # a finished run, run again
 
     # -- driven by the controller after every host call -----------------------------------
     def advance(self, step: int, loss: float, tokens: float) -> None:
@@ -73,6 +74,19 @@ class ProgressDisplay:
     def _on_train_begin(self, event: Event) -> None:
         self._total_steps = event["total_steps"]
         self._clock = (time.time(), event["start_step"])
+        done = event.get("completed_stages") or []
+        self._nothing_to_train = bool(event.get("already_complete"))
+        if self._nothing_to_train:
+            self._print(
+                f"already complete: stage(s) {done} trained, {event['start_step']} steps; "
+                "nothing to train"
+            )
+            return
+        if event.get("appended_stages"):
+            self._print(
+                f"resuming at step {event['start_step']} after the finished stage(s) {done}; "
+                f"appending stage(s) {event['appended_stages']}"
+            )
         self._print(
             f"training {len(event['stages'])} stage(s), {event['total_steps']} steps planned, "
             f"{event['num_replicas']} replica(s)"
@@ -141,6 +155,8 @@ class ProgressDisplay:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._nothing_to_train:
+            return  # the start said so
         summary = event["summary"]
         self._print(
             f"done: {summary['total_steps']} steps, {summary['tokens_seen']:,} tokens in "

@@ -2,7 +2,10 @@
 
 The schedule is a pure function of the optimizer step (linear warm-up, then cosine decay to
 ``min_learning_rate_ratio`` of the peak by the last step, or constant) times a per-stage
-multiplier. The multiplier is a variable the Trainer sets at each stage start to
+multiplier. Its phase (the step it starts at, its horizon and warm-up) lives in a variable, so a
+compiled step follows a phase set after it was traced: each ``train()`` sets it from its plans,
+and stages appended after a finished run start a phase of their own (docs/design.md, "The loop
+and the step"). The multiplier is a variable the Trainer sets at each stage start to
 ``stage learning rate / base learning rate * stage weight`` (docs/design.md, "The loop and the
 step": a stage's ``weight`` scales its learning rate, since an adaptive optimizer would ignore a
 scaled loss).
@@ -24,8 +27,13 @@ NO_DECAY_NAME_PARTS = ("norm", "bias")
 
 @keras.saving.register_keras_serializable(package="highnoon")
 class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """``peak * multiplier * shape(step)``: linear warm-up over ``warmup_steps``, then cosine
-    decay to ``min_ratio * peak`` at ``total_steps`` (or flat when ``kind='constant'``)."""
+    """``peak * multiplier * shape(step - start_step)``: linear warm-up over ``warmup_steps``,
+    then cosine decay to ``min_ratio * peak`` at ``total_steps`` (or flat when
+    ``kind='constant'``). Steps before ``start_step`` count as the phase's first.
+
+    With ``phase`` (an int64 variable of 3 values) the start, horizon and warm-up are read from
+    it, so ``set_phase`` reaches functions traced earlier; without, from the Python attributes.
+    """
 
     def __init__(
         self,
@@ -35,26 +43,46 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
         min_ratio: float = 0.1,
         kind: str = "cosine",
         multiplier: tf.Variable | None = None,
+        phase: tf.Variable | None = None,
+        start_step: int = 0,
     ) -> None:
         self.peak = float(peak)
-        self.total_steps = max(int(total_steps), 1)
-        self.warmup_steps = max(int(warmup_steps), 0)
         self.min_ratio = float(min_ratio)
         self.kind = kind
         self.multiplier = multiplier
+        self.phase = phase
+        self.set_phase(start_step, total_steps, warmup_steps)
+
+    def set_phase(self, start_step: int, total_steps: int, warmup_steps: int) -> None:
+        """The phase that begins at optimizer step ``start_step`` and decays over
+        ``total_steps`` steps after a warm-up of ``warmup_steps``."""
+        self.start_step = max(int(start_step), 0)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = max(int(warmup_steps), 0)
+        if self.phase is not None:
+            self.phase.assign(
+                tf.constant([self.start_step, self.total_steps, self.warmup_steps], tf.int64)
+            )
+
+    def _phase(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        if self.phase is None:
+            start, total, warmup = self.start_step, self.total_steps, self.warmup_steps
+            return tf.constant(float(start)), tf.constant(float(total)), tf.constant(float(warmup))
+        values = tf.cast(tf.convert_to_tensor(self.phase), tf.float32)
+        return values[0], values[1], values[2]
 
     def shape(self, step: tf.Tensor) -> tf.Tensor:
-        step = tf.cast(step, tf.float32)
+        start, total, warmup = self._phase()
+        step = tf.maximum(tf.cast(step, tf.float32) - start, 0.0)
         if self.kind == "constant":
             factor = tf.constant(1.0)
         else:
-            span = float(max(self.total_steps - self.warmup_steps, 1))
-            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            span = tf.maximum(total - warmup, 1.0)
+            progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
             cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
             factor = self.min_ratio + (1.0 - self.min_ratio) * cosine
-        if self.warmup_steps > 0:
-            factor = factor * tf.minimum((step + 1.0) / float(self.warmup_steps), 1.0)
-        return factor
+        ramp = tf.minimum((step + 1.0) / tf.maximum(warmup, 1.0), 1.0)
+        return factor * tf.where(warmup > 0.0, ramp, 1.0)
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:
         rate = self.peak * self.shape(step)
@@ -69,7 +97,19 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "min_ratio": self.min_ratio,
             "kind": self.kind,
+            "start_step": self.start_step,
         }
+
+
+def schedule_phase(
+    planned_steps: list[int], start_stage: int, warmup_steps: int | None, warmup_fraction: float
+) -> tuple[int, int]:
+    """``(total, warmup)`` of a phase covering the stages from ``start_stage`` on, given every
+    stage's planned steps: the horizon is their sum; the warm-up ``warmup_steps``, else
+    ``warmup_fraction`` of the horizon."""
+    total = max(sum(planned_steps[start_stage:]), 1)
+    warmup = int(total * warmup_fraction) if warmup_steps is None else int(warmup_steps)
+    return total, warmup
 
 
 @gin.configurable

@@ -314,8 +314,15 @@ class RunOptions:
     )
     allow_data_change: bool = setting(
         False,
-        "resume even though a stage's data or stream settings changed: the current stage's "
-        "stream restarts from its first epoch on the new data (recorded in the summary)",
+        "resume even though a stage's data or stream settings changed, or the stages the run "
+        "completed differ: completed stages stay as trained, the current stage's stream "
+        "restarts from its first epoch on the new data (recorded in the summary)",
+        v.check_bool,
+    )
+    continue_schedule: bool = setting(
+        False,
+        "stages appended after a finished run continue its learning-rate schedule (horizon "
+        "extended over them) instead of starting their own warm-up and decay",
         v.check_bool,
     )
     sharding: str | None = setting(

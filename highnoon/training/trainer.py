@@ -42,7 +42,7 @@ from highnoon.training.devices import device_memory_bytes
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import Callback, EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
-from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
+from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer, schedule_phase
 from highnoon.training.preemption import PreemptionWatcher
 from highnoon.training.run_lock import ModelDirLockedError, RunLock
 from highnoon.training.settings import (
@@ -156,6 +156,7 @@ class Trainer:
         self._step: TrainStep | None = None
         self._position = DataPosition()
         self._loaded_from: str | None = None  # Trainer.load: train() continues from here
+        self._resumed_from: str | None = None  # where the last train() resumed from
         self._plans: list[StagePlan] = []  # the last train()'s stages, made concrete
 
     __init__.__signature__ = trainer_signature()  # gin and help() see every setting
@@ -248,11 +249,13 @@ class Trainer:
         if save_checkpoints and checkpoint_dir is None:
             checkpoint_dir = "checkpoints"
         checkpoint_dir = _absolute(v.check_str("checkpoint_dir", checkpoint_dir, allow_none=True))
-        resume_from = _absolute(v.check_str("resume_from", resume_from, allow_none=True))
+        resume_from = _resume_source(
+            _absolute(v.check_str("resume_from", resume_from, allow_none=True))
+        )
         if resume_from is not None and not checkpoint_candidates(resume_from):
             raise v.InvalidArgumentError(
-                f"resume_from={resume_from!r} holds no checkpoint; pass a checkpoint directory or "
-                "a checkpoint path such as DIR/ckpt-1000"
+                f"resume_from={resume_from!r} holds no checkpoint; pass a checkpoint directory "
+                "(or DIR/latest) or a checkpoint path such as DIR/ckpt-1000"
             )
         if checkpoint_dir is not None and save_checkpoints:
             v.check_writable_dir("checkpoint_dir", checkpoint_dir)  # before any expensive work
@@ -330,7 +333,10 @@ class Trainer:
         with goodput.measure("checkpoint"):
             position = self._restore(checkpointer, checkpoint_dir, resume_from)
         goodput.resumed_at(position.global_step)
-        resume.reconcile(position, plans, self.options.allow_data_change)
+        resumed = resume.reconcile(
+            position, plans, self.options.allow_data_change, source=self._resumed_from
+        )
+        self._set_schedule_phase(plans, position, resumed)
         if checkpointer is not None:  # after the restore checked the saved config
             checkpointer.write_model_config(model_config(self.model))
         if checkpointer is not None and lock is not None:
@@ -339,7 +345,7 @@ class Trainer:
             checkpointer if save_checkpoints else None, checkpoint_dir, intervals, goodput, watcher
         )
         self._position = position
-        summary = controller.run(plans, position)
+        summary = controller.run(plans, position, appended=resumed.appended)
         if lock is not None:
             lock.check()
         if checkpoint_dir and chief:
@@ -480,6 +486,9 @@ class Trainer:
         }
 
     def _verify_hosts_agree(self, plans: list[StagePlan]) -> None:
+        """Every host plans the same run (one host has nothing to compare: skipped)."""
+        if num_hosts(self.strategy) <= 1:
+            return
         from highnoon.distribute import verify_consistent
 
         verify_consistent(self.strategy, self._fingerprint_parts(plans))
@@ -487,16 +496,16 @@ class Trainer:
     def _build(self, plans: list[StagePlan] | None) -> None:
         """Creates weights (under the strategy's scope), optimizer and the compiled step.
 
-        Without ``plans`` (``save()``/``load()`` before any training) the schedule's horizon is
-        provisional and is set from the plans by the first ``train()``, before anything traces.
+        The schedule's phase (start, horizon, warm-up) is a variable: every ``train()`` sets it
+        after the restore (``_set_schedule_phase``), so steps traced earlier follow it.
         """
-        total = max(sum(plan.planned_steps() for plan in plans), 1) if plans else 1
-        warmup = self.options.warmup_steps
-        if warmup is None:
-            warmup = int(total * self.options.warmup_fraction)
+        total, warmup = schedule_phase(
+            [plan.planned_steps() for plan in plans or []],
+            0,
+            self.options.warmup_steps,
+            self.options.warmup_fraction,
+        )
         if self._optimizer is not None:
-            if plans:
-                self._schedule.total_steps, self._schedule.warmup_steps = total, warmup
             return
         with self.strategy.scope():
             if not self.model.built:
@@ -505,6 +514,9 @@ class Trainer:
                     length = min(self.settings.max_seq_length, 8)
                     self.model(tf.zeros([1, length], tf.int32))
             multiplier = tf.Variable(1.0, trainable=False, name="lr_multiplier")
+            phase = tf.Variable(
+                [0, total, warmup], trainable=False, dtype=tf.int64, name="lr_phase"
+            )
             self._schedule = WarmupCosineSchedule(
                 peak=self.settings.learning_rate,
                 total_steps=total,
@@ -512,6 +524,7 @@ class Trainer:
                 min_ratio=self.options.min_learning_rate_ratio,
                 kind=self.options.lr_schedule,
                 multiplier=multiplier,
+                phase=phase,
             )
             self._optimizer = make_optimizer(
                 self._schedule,
@@ -579,8 +592,9 @@ class Trainer:
         """The position to continue from: ``resume_from``, else what ``load`` restored, else the
         newest checkpoint in ``checkpoint_dir``, else the start."""
         source = resume_from
+        self._resumed_from = source
         if source is None and self._loaded_from is not None:
-            self._loaded_from = None
+            self._resumed_from, self._loaded_from = self._loaded_from, None
             return self._position
         if source is None and checkpoint_dir and checkpoint_candidates(checkpoint_dir):
             if not self.options.resume_existing:
@@ -589,6 +603,7 @@ class Trainer:
                     "resume_existing=False; pick a fresh checkpoint_dir or allow resuming"
                 )
             source = checkpoint_dir
+        self._resumed_from = source
         if source is None:
             return DataPosition()
         target = checkpointer or self._checkpointer(
@@ -597,6 +612,26 @@ class Trainer:
         path = target.restore(source, model_config(self.model))
         logging.info("resumed from %s at step %d", path, target.position.global_step)
         return target.position
+
+    def _set_schedule_phase(
+        self, plans: list[StagePlan], position: DataPosition, resumed: resume.Resumed
+    ) -> None:
+        """The learning-rate schedule for this ``train()``: stages appended after a finished
+        run start a phase of their own (warm-up, then decay over the appended stages) unless
+        ``continue_schedule``; otherwise the phase recorded in the position continues, its
+        horizon covering every planned stage from its start."""
+        if resumed.appended and not self.options.continue_schedule:
+            position.schedule_start_stage = position.stage
+            position.schedule_start_step = position.global_step
+        elif resumed.appended:
+            logging.info("stages %s continue the run's learning-rate schedule", resumed.appended)
+        total, warmup = schedule_phase(
+            [plan.planned_steps() for plan in plans],
+            position.schedule_start_stage,
+            self.options.warmup_steps,
+            self.options.warmup_fraction,
+        )
+        self._schedule.set_phase(position.schedule_start_step, total, warmup)
 
     def _controller(
         self,
@@ -652,6 +687,14 @@ def _absolute(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
     return os.path.abspath(path)
+
+
+def _resume_source(path: str | None) -> str | None:
+    """``DIR/latest`` (the original docs' spelling) means ``DIR``: its newest checkpoint."""
+    if path is None or checkpoint_candidates(path):
+        return path
+    head, tail = os.path.split(path.rstrip("/"))
+    return head if tail == "latest" and head else path
 
 
 def _cap_seq_length(settings: StageSettings, model: keras.Model, asked: bool) -> StageSettings:
