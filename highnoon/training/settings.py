@@ -479,11 +479,17 @@ def trainer_signature() -> inspect.Signature:
     return inspect.Signature(params)
 
 
-def loop_parameters() -> list[inspect.Parameter]:
-    """The loop settings as keyword parameters defaulting to the Trainer's setting: the part of
-    ``train()``'s and ``plan()``'s signatures they share."""
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    return [inspect.Parameter(name, kind, default=FROM_SETTINGS) for name in LOOP_SETTINGS]
+def loop_signature(function: Callable[..., Any]) -> inspect.Signature:
+    """``function``'s signature showing the declared defaults of its loop arguments (``train``,
+    ``plan``): their real default, ``FROM_SETTINGS``, takes the Trainer's setting, which is that
+    declared default unless the Trainer was given another."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(LoopSettings)}
+    signature = inspect.signature(function)
+    params = [
+        p.replace(default=defaults[p.name]) if p.name in defaults else p
+        for p in signature.parameters.values()
+    ]
+    return signature.replace(parameters=params)
 
 
 def settings_table() -> str:

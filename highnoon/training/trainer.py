@@ -34,6 +34,7 @@ from highnoon.training.settings import (
     FROM_SETTINGS,
     POSITIONAL,
     StageSettings,
+    loop_signature,
     split_settings,
     trainer_signature,
 )
@@ -167,6 +168,8 @@ class Trainer:
             self._loaded = Loaded(loaded.path, result.position)
         return result.summary
 
+    train.__signature__ = loop_signature(train)  # the declared defaults, for help() and gin
+
     def plan(self, epochs_per_stage: int | None = FROM_SETTINGS) -> list[StagePlan]:
         """The stages as ``train(epochs_per_stage=...)`` would run them, without training: each
         stage's token store built (or reused), its held-out split, curriculum and row lengths.
@@ -174,6 +177,8 @@ class Trainer:
         loop = self.loop.with_arguments(epochs_per_stage=epochs_per_stage)
         self._check_stages("plan()", loop.epochs_per_stage)
         return assembly.plan_stages(self._spec(), loop.epochs_per_stage)
+
+    plan.__signature__ = loop_signature(plan)
 
     def export_model(self) -> keras.Model:
         """The trained model, for inference: the model itself, or, with ``sharding='full'``
