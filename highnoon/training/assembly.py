@@ -414,8 +414,7 @@ def set_schedule_phase(
     ``continue_schedule``; otherwise the phase recorded in the position continues, its horizon
     covering every planned stage from its start."""
     if resumed.appended and not options.continue_schedule:
-        position.schedule_start_stage = position.stage
-        position.schedule_start_step = position.global_step
+        position.start_schedule_phase()
     elif resumed.appended:
         logging.info("stages %s continue the run's learning-rate schedule", resumed.appended)
     total, warmup = schedule_phase(

@@ -108,6 +108,11 @@ class DataPosition:
         values.pop("fingerprint", None)  # written by 0.1 checkpoints, never set
         return cls(**values)
 
+    def start_schedule_phase(self) -> None:
+        """The learning-rate schedule starts a phase of its own here (appended stages)."""
+        self.schedule_start_stage = self.stage
+        self.schedule_start_step = self.global_step
+
     def replace_with(self, other: DataPosition) -> None:
         """Takes every field of ``other`` in place (a restore into the live position)."""
         for item in dataclasses.fields(self):

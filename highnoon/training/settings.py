@@ -1,11 +1,15 @@
 """Every Trainer setting, declared once.
 
-Two frozen dataclasses hold them: ``StageSettings`` (what shapes one stage's training; a stage may
-override any of them in ``add_curriculum_stage``) and ``RunOptions`` (what applies to the whole
-run). Each field carries its default, a one-line description and its validator, and everything
-else derives from these declarations:
+Three frozen dataclasses hold them: ``StageSettings`` (what shapes one stage's training; a stage
+may override any of them in ``add_curriculum_stage``), ``RunOptions`` (what applies to the whole
+run, the optimizer's hyper-parameters included) and ``LoopSettings`` (how ``train()`` walks the
+run: ``epochs_per_stage`` and the checkpoint, log and eval intervals). Each field carries its
+default, a one-line description and its validator, and everything else derives from these
+declarations:
 
 * the ``Trainer`` signature (``trainer_signature``) and therefore gin's ``Trainer.NAME`` bindings,
+* ``train()``'s and ``plan()``'s loop arguments (``loop_signature``),
+* ``trainer.json`` (``Trainer.save`` writes all three, ``Trainer.load`` restores them),
 * the set of stage overrides (``STAGE_OVERRIDABLE``),
 * validation (``__post_init__``: every value is checked when the dataclass is made, so a bad
   value fails at ``Trainer(...)`` or ``add_curriculum_stage(...)``, not an hour into training),
@@ -27,6 +31,7 @@ from highnoon.curriculum import PACINGS
 from highnoon.curriculum import STRATEGIES as CURRICULUM_STRATEGIES
 from highnoon.curriculum.pacing import check_pacing_options
 from highnoon.curriculum.seq_length import SequenceLengthWarmup
+from highnoon.data.pipeline import OVERFLOW as OVERFLOWS
 from highnoon.models.memory import SHARDABLE_OPTIMIZERS
 from highnoon.training.devices import PEAK_FLOPS
 from highnoon.training.sharding.levels import CHOICES as SHARDING_CHOICES
@@ -35,7 +40,6 @@ from highnoon.utils import validation as v
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
-OVERFLOWS = ("truncate", "window")
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "mixed_float16")
 # The reference's positional parameters, in order, after ``model``.
 POSITIONAL = ("learning_rate", "batch_size", "max_seq_length", "gradient_accumulation_steps")

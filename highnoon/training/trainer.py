@@ -240,8 +240,7 @@ class Trainer:
             trainer._spec(), trainer._build(None), run_dir, position
         )
         checkpointer.restore(path, model_config(model))
-        trainer._position = position
-        trainer._loaded = Loaded(path, position)
+        trainer._keep(position=position, loaded=Loaded(path, position))
         return trainer
 
     # -- internals -----------------------------------------------------------------------
