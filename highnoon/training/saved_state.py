@@ -21,6 +21,7 @@ from typing import Any
 import tensorflow as tf
 
 from highnoon.training.run_dir import TRAINER_STATE_FILE, RunDir
+from highnoon.utils import validation as v
 
 FORMAT = 1
 _SHAPE = {"settings": dict, "run_options": dict, "tokenizer": dict, "stages": list}
@@ -28,7 +29,7 @@ _OPTIONAL = {"loop": dict}  # absent from files written before the loop settings
 _STAGE_SHAPE = {"name": str, "datasets": list, "weight": (int, float), "config_overrides": dict}
 
 
-class TrainerStateError(ValueError):
+class TrainerStateError(v.InvalidArgumentError):
     """``trainer.json`` is missing, unreadable or not in the expected shape."""
 
 
