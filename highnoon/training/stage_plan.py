@@ -347,7 +347,7 @@ class StagePlan:
         (the store's content hash), the tokenizer, and the settings that shape the stream
         (everything but the learning rate and clipping). Hosts compare it at start-up; a resume
         compares it with the one the checkpoint recorded."""
-        shaping = {k: v for k, v in self.settings.to_json().items() if k not in _NOT_STREAM}
+        shaping = {k: x for k, x in self.settings.to_json().items() if k not in _NOT_STREAM}
         for switch, names in _STREAM_WHEN_ON.items():
             if not shaping[switch]:
                 for name in names:
