@@ -36,7 +36,6 @@ from absl import app, flags, logging
 from highnoon.distribute.cluster import canonical_kind, tf_config_from_worker_hosts
 from highnoon.launch import program
 from highnoon.utils import validation as v
-from highnoon.utils.files import atomic_write_text
 
 FLAGS = flags.FLAGS
 
@@ -356,7 +355,7 @@ def write_operative_config(model_dir: str, is_chief: bool) -> str | None:
         return None
     if not model_dir:
         raise v.InvalidArgumentError(f"model_dir must be a non-empty path, got {model_dir!r}")
+    from highnoon.training.run_dir import RunDir  # the model_dir's one owner of file names
+
     text = gin.operative_config_str() or gin.config_str()
-    path = os.path.join(model_dir, "config.gin")
-    atomic_write_text(path, text)
-    return path
+    return RunDir(model_dir).write_text(RunDir(model_dir).config_gin, text)
