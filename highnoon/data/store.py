@@ -7,8 +7,10 @@ A store is a directory:
 * ``offsets.npy``  int64 ``[num_samples + 1]``: sample ``i`` is ``tokens[offsets[i]:offsets[i+1]]``.
 * ``features.npz`` ``lengths`` and ``surprisal_sum`` (int64, ``scoring.features_from_flat`` with
   unigram counts over the whole store), so hosts score samples without rescanning the corpus.
-* ``tokenizer.model`` (SentencePiece stores only) a copy of the model, so the store is
-  self-contained.
+* ``tokenizer.model`` or ``tokenizer.json`` (SentencePiece and Hugging Face tokenizer.json
+  stores) a copy of the tokenizer's file (``Tokenizer.store_file``), so the store is
+  self-contained; its sha256 is checked with the other files and again when the store's
+  tokenizer is loaded.
 * ``manifest.json`` written last: format version, tokenizer config, counts, dtype, file sizes,
   the sha256 content fingerprint of tokens + offsets, the sha256 of every other file, the
   largest stored token id, source descriptions and skip counts.
@@ -58,7 +60,6 @@ from absl import logging
 
 from highnoon.data.features import SampleFeatures, features_from_flat
 from highnoon.data.tokenizers import (
-    SentencePieceTokenizer,
     Tokenizer,
     load_tokenizer,
     tokenizer_from_config,
@@ -72,7 +73,6 @@ MANIFEST = "manifest.json"
 TOKENS = "tokens.bin"
 OFFSETS = "offsets.npy"
 FEATURES = "features.npz"
-SP_MODEL = "tokenizer.model"
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 _BATCH_CHARS = 1 << 22  # texts encoded together per batch (about 4 MB)
 
@@ -437,9 +437,12 @@ def build_token_store(
         digest = writer.digest
         digest.update(offsets.astype("<i8").tobytes())
         tokenizer_config = tokenizer.to_config()
-        if isinstance(tokenizer, SentencePieceTokenizer):
-            shutil.copyfile(tokenizer.model_path, os.path.join(tmp, SP_MODEL))
-            tokenizer_config = {**tokenizer.fingerprint_config(), "model_file": SP_MODEL}
+        if tokenizer.store_file:  # a tokenizer read from a file: keep a copy beside the tokens
+            shutil.copyfile(tokenizer.model_path, os.path.join(tmp, tokenizer.store_file))
+            tokenizer_config = {
+                **tokenizer.fingerprint_config(),
+                "model_file": tokenizer.store_file,
+            }
         skips = {"empty": writer.skipped_empty, **(skipped or {})}
         checksums = {n: sha256_file(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
         del checksums[TOKENS]  # covered by the fingerprint

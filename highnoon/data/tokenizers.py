@@ -1,4 +1,4 @@
-"""Tokenizers: the byte-level default and SentencePiece.
+"""Tokenizers: the byte-level default, SentencePiece and Hugging Face ``tokenizer.json``.
 
 Every tokenizer maps text to integer ids without adding special tokens (``encode``) and back
 (``decode``, which skips the special ids pad/bos/eos). Special ids are fixed and documented so
@@ -10,16 +10,20 @@ stores, models and generation agree on them:
   ``train_sentencepiece`` use ``pad_id=0``, ``bos_id=1``, ``eos_id=2``, ``unk_id=3`` (the same
   pad/bos/eos as the byte tokenizer), identity normalisation (whitespace and newlines are kept,
   so code round-trips) and byte fallback (no character is ever unknown).
+* ``TokenizerJson`` (``highnoon.data.tokenizer_json``): a Hugging Face ``tokenizer.json``; ids
+  and special tokens come from the file.
 
 ``to_config()`` returns a JSON-able dict recorded in store manifests; ``tokenizer_from_config``
-rebuilds the tokenizer from it. ``load_tokenizer`` accepts ``"byte"``, a ``.model`` path, a
-config dict or a tokenizer.
+rebuilds the tokenizer from it. ``load_tokenizer`` accepts ``"byte"``, a ``.model`` or
+``.json`` path, a config dict (or its JSON text, for command-line flags) or a tokenizer. A
+tokenizer backed by a file sets ``store_file``: stores keep a copy under that name.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -28,12 +32,24 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.utils.validation import InvalidArgumentError, check_keys
+
 BYTE_OFFSET = 3  # ids 0..2 are pad/bos/eos; byte b is id b + 3
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+TOKENIZER_JSON_KEYS = (
+    "type", "path", "model_path", "model_sha256", "vocab_size", "bos_token", "eos_token",
+    "pad_token",
+)  # fmt: skip
 
 
 class Tokenizer(abc.ABC):
-    """Text <-> token ids. Subclasses define the special ids and the vocabulary size."""
+    """Text <-> token ids. Subclasses define the special ids and the vocabulary size.
+
+    A tokenizer read from a file sets ``store_file`` (the name a store gives its copy) and has
+    ``model_path`` and ``model_sha256``; ``to_config`` then records both.
+    """
+
+    store_file: str | None = None
 
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -141,6 +157,8 @@ def _sha256_file(path: str) -> str:
 
 class SentencePieceTokenizer(Tokenizer):
     """A trained SentencePiece model (``.model`` file); ids and special ids come from it."""
+
+    store_file = "tokenizer.model"
 
     def __init__(self, model_path: str) -> None:
         import sentencepiece as spm
@@ -278,29 +296,45 @@ def train_sentencepiece(
     return SentencePieceTokenizer(model_prefix + ".model")
 
 
+def _checked(tokenizer: Tokenizer, config: dict[str, Any]) -> Tokenizer:
+    """``tokenizer``, after checking its file still has the sha256 ``config`` records."""
+    expected = config.get("model_sha256")
+    if expected and expected != tokenizer.model_sha256:
+        raise ValueError(
+            f"tokenizer model {tokenizer.model_path!r} has sha256 {tokenizer.model_sha256}, "
+            f"but the config records {expected}: the model file changed"
+        )
+    return tokenizer
+
+
 def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from ``Tokenizer.to_config()``; a SentencePiece model whose file no
-    longer matches the recorded sha256 is an error."""
+    """Rebuild a tokenizer from ``Tokenizer.to_config()``; a model file (SentencePiece or
+    tokenizer.json) that no longer matches the recorded sha256 is an error.
+
+    For a tokenizer.json, ``path`` may stand for ``model_path`` and ``bos_token``,
+    ``eos_token``, ``pad_token`` name its special tokens."""
     kind = config.get("type") if isinstance(config, dict) else None
     if kind == "byte":
         return ByteTokenizer()
     if kind == "sentencepiece":
-        tokenizer = SentencePieceTokenizer(config["model_path"])
-        expected = config.get("model_sha256")
-        if expected and expected != tokenizer.model_sha256:
-            raise ValueError(
-                f"tokenizer model {config['model_path']!r} has sha256 {tokenizer.model_sha256}, "
-                f"but the config records {expected}: the model file changed"
-            )
-        return tokenizer
+        return _checked(SentencePieceTokenizer(config["model_path"]), config)
+    if kind == "tokenizer_json":
+        from highnoon.data.tokenizer_json import TokenizerJson
+
+        check_keys("tokenizer", config, TOKENIZER_JSON_KEYS)
+        path = config.get("model_path", config.get("path"))
+        names = {k: config.get(k) for k in ("bos_token", "eos_token", "pad_token")}
+        return _checked(TokenizerJson(path, **names), config)
     raise ValueError(
-        f"tokenizer config {config!r} has unknown type; allowed types are 'byte' and 'sentencepiece'"
+        f"tokenizer config {config!r} has unknown type; allowed types are 'byte', "
+        "'sentencepiece' and 'tokenizer_json'"
     )
 
 
 def load_tokenizer(spec: str | dict[str, Any] | Tokenizer) -> Tokenizer:
-    """A tokenizer from ``"byte"``, a path to a SentencePiece ``.model``, a config dict, or a
-    tokenizer (returned as is)."""
+    """A tokenizer from ``"byte"``, a path to a SentencePiece ``.model`` or a Hugging Face
+    ``.json``, a config dict or its JSON text (how a flag names a tokenizer.json's special
+    tokens), or a tokenizer (returned as is)."""
     if isinstance(spec, Tokenizer):
         return spec
     if isinstance(spec, dict):
@@ -308,18 +342,28 @@ def load_tokenizer(spec: str | dict[str, Any] | Tokenizer) -> Tokenizer:
     if isinstance(spec, str):
         if spec == "byte":
             return ByteTokenizer()
+        if spec.lstrip().startswith("{"):
+            try:
+                config = json.loads(spec)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"tokenizer={spec!r} is not valid JSON: {err}") from err
+            return tokenizer_from_config(config)
+        if spec.endswith(".json"):
+            from highnoon.data.tokenizer_json import TokenizerJson
+
+            return TokenizerJson(spec)
         if spec.endswith(".model") or os.path.isfile(spec):
             return SentencePieceTokenizer(spec)
     raise ValueError(
         f"tokenizer={spec!r} is not understood; use 'byte', a path to a SentencePiece .model "
-        "file, a tokenizer config dict or a Tokenizer"
+        "or a Hugging Face tokenizer.json, a tokenizer config dict or a Tokenizer"
     )
 
 
 def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
     """Raise ValueError if the tokenizer produces ids the model's embedding cannot hold."""
     if tokenizer.vocab_size > int(model_vocab_size):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"model_vocab_size={model_vocab_size} is smaller than the tokenizer's vocab_size="
             f"{tokenizer.vocab_size} ({tokenizer!r}); the model needs vocab_size >= "
             f"{tokenizer.vocab_size}"

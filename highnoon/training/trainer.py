@@ -125,12 +125,13 @@ class Trainer:
         given = _named(args, settings)
         self.settings, self.options = split_settings(given)
         self.model = model
-        self.tokenizer = tokenizer if tokenizer is not None else hn_data.ByteTokenizer()
-        if not isinstance(self.tokenizer, hn_data.Tokenizer):
+        if tokenizer is not None and not isinstance(tokenizer, (hn_data.Tokenizer, str, dict)):
             raise v.InvalidArgumentTypeError(
-                f"tokenizer={tokenizer!r} must be a highnoon.data.Tokenizer "
-                "(ByteTokenizer, SentencePieceTokenizer) or None"
+                f"tokenizer={tokenizer!r} must be a highnoon.data.Tokenizer (ByteTokenizer, "
+                "SentencePieceTokenizer, TokenizerJson), what load_tokenizer accepts ('byte', a "
+                ".model or tokenizer.json path, a config dict) or None"
             )
+        self.tokenizer = hn_data.load_tokenizer(tokenizer if tokenizer is not None else "byte")
         self.settings = _cap_seq_length(self.settings, model, asked="max_seq_length" in given)
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise v.InvalidArgumentTypeError(
