@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from highnoon.utils.validation import (
+    InvalidArgumentError,
     check_fraction,
     check_int,
     check_keys,
@@ -71,10 +72,6 @@ def check_pacing_options(pacing: str, options: Any) -> dict[str, Any]:
     return options
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    return check_int(name, value, minimum=minimum)
-
-
 @dataclass(frozen=True)
 class Pacing:
     """A validated pacing: ``fraction(t)`` and ``stage(t)`` for an epoch or global step ``t``."""
@@ -90,23 +87,25 @@ class Pacing:
 
     def __post_init__(self) -> None:
         if self.name not in PACINGS:
-            raise ValueError(f"pacing={self.name!r} is not a known pacing; use one of {PACINGS}")
+            raise InvalidArgumentError(
+                f"pacing={self.name!r} is not a known pacing; use one of {PACINGS}"
+            )
         check_fraction("initial_fraction", self.initial_fraction, allow_zero=False)
-        _check_int("num_stages", self.num_stages, 1)
-        _check_int("warmup_epochs", self.warmup_epochs, 0)
-        _check_int("stage_increment_epochs", self.stage_increment_epochs, 1)
+        check_int("num_stages", self.num_stages, minimum=1)
+        check_int("warmup_epochs", self.warmup_epochs, minimum=0)
+        check_int("stage_increment_epochs", self.stage_increment_epochs, minimum=1)
         if self.total_epochs is not None:
-            _check_int("total_epochs", self.total_epochs, 1)
+            check_int("total_epochs", self.total_epochs, minimum=1)
         if self.total_steps is not None:
-            _check_int("total_steps", self.total_steps, 1)
+            check_int("total_steps", self.total_steps, minimum=1)
             if self.name == "reference":
-                raise ValueError(
+                raise InvalidArgumentError(
                     "pacing='reference' counts epochs (warmup_epochs, stage_increment_epochs); "
                     "total_steps needs one of 'linear', 'root_p', 'discrete', 'exponential', "
                     "'constant'"
                 )
             if self.total_epochs is not None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"give total_epochs={self.total_epochs!r} or total_steps={self.total_steps!r}, "
                     "not both"
                 )
@@ -118,10 +117,14 @@ class Pacing:
     ) -> Pacing:
         """Build from a pacing name plus ``pacing_options`` (only ``{"p": ...}`` for root_p)."""
         if not isinstance(name, str) or name not in PACINGS:
-            raise ValueError(f"pacing={name!r} is not a known pacing; use one of {PACINGS}")
+            raise InvalidArgumentError(
+                f"pacing={name!r} is not a known pacing; use one of {PACINGS}"
+            )
         options = check_pacing_options(name, options or {})
         if p is not None and "p" in options and options["p"] != p:
-            raise ValueError(f"p={p!r} conflicts with pacing_options['p']={options['p']!r}")
+            raise InvalidArgumentError(
+                f"p={p!r} conflicts with pacing_options['p']={options['p']!r}"
+            )
         p_value = options.get("p", p if p is not None else DEFAULT_P)
         return cls(name=name, p=p_value, **kwargs)
 
@@ -154,7 +157,7 @@ class Pacing:
 
     def progress(self, t: int) -> float:
         """``u(t)`` in [0, 1]."""
-        t = _check_int("epoch" if self.unit == "epoch" else "step", t, 0)
+        t = check_int("epoch" if self.unit == "epoch" else "step", t, minimum=0)
         stair = self.stair(t)
         if stair is not None:
             return stair / self.num_stages
@@ -174,14 +177,14 @@ class Pacing:
 
     def fraction(self, t: int) -> float:
         """Exposed fraction of the easy-to-hard order at epoch/step ``t``."""
-        stair = self.stair(_check_int("epoch" if self.unit == "epoch" else "step", t, 0))
+        stair = self.stair(check_int("epoch" if self.unit == "epoch" else "step", t, minimum=0))
         if stair is not None:
             return self.stage_fraction(stair)
         return self.level(self.progress(t))
 
     def stage(self, t: int) -> int:
         """Stage index 0..num_stages: the stair, or for ramps how many ``1/n`` of the way."""
-        t = _check_int("epoch" if self.unit == "epoch" else "step", t, 0)
+        t = check_int("epoch" if self.unit == "epoch" else "step", t, minimum=0)
         stair = self.stair(t)
         if stair is not None:
             return stair

@@ -21,7 +21,7 @@ from highnoon.data.registry import resolve_datasets, validate_dataset_entry
 from highnoon.data.stage_data import prepare_stage_store
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
 from highnoon.utils.files import atomic_write_text
-from highnoon.utils.validation import check_str, check_writable_dir
+from highnoon.utils.validation import InvalidArgumentError, check_str, check_writable_dir
 
 INDEX_FILE = "datasets.json"
 
@@ -48,7 +48,7 @@ def prepare_datasets(
     ``output_dir/tokenizer.model``; it then replaces ``tokenizer``.
     """
     if not datasets:
-        raise ValueError("datasets must list at least one dataset entry")
+        raise InvalidArgumentError("datasets must list at least one dataset entry")
     check_str("output_dir", output_dir)
     for entry in datasets:
         validate_dataset_entry(entry)

@@ -9,7 +9,8 @@ value and what is allowed, in one shape of message::
 Types are strict where Python is loose: ``True`` is not an integer, ``4.0`` is not an integer,
 ``"no"`` is not a bool, and NaN or infinity is never a number. A wrong type raises
 ``InvalidArgumentTypeError``, which is both a ``ValueError`` and a ``TypeError``, so callers may
-catch either (numpy's ``AxisError`` does the same).
+catch either (numpy's ``AxisError`` does the same). Content read from a file or the environment
+that is malformed raises ``InvalidDataError`` (a ``ValueError`` too), naming where it is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.utils.files import is_remote
+
 
 class InvalidArgumentError(ValueError):
     """An argument has a value that is not allowed; the message names it and what is."""
@@ -30,6 +33,12 @@ class InvalidArgumentError(ValueError):
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument has the wrong type (a float for an int, a string for a bool, ...)."""
+
+
+class InvalidDataError(ValueError):
+    """What a file, a data record or an environment variable holds is not allowed (malformed
+    JSON, invalid UTF-8, a missing field): the argument naming it was fine, its content is not.
+    The message names where the content is and how to fix it."""
 
 
 def _fail(name: str, value: Any, allowed: str, *, wrong_type: bool = False) -> None:
@@ -219,7 +228,7 @@ def check_writable_dir(name: str, path: Any) -> str:
     paths are probed through TensorFlow."""
     text = os.fspath(check_str(name, path) if not isinstance(path, os.PathLike) else path)
     probe_name = f".highnoon-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if "://" in text:
+    if is_remote(text):
         import tensorflow as tf
 
         try:
