@@ -273,7 +273,7 @@ def test_load_model_refuses_invalid_json_naming_the_file(tmp_path):
 
 
 def test_load_weights_builds_an_unbuilt_model_and_loads_exactly(tmp_path):
-    """The reference's flow: create_model(name).load_weights(file) on a fresh, unbuilt model."""
+    """The documented flow: create_model(name).load_weights(file) on a fresh, unbuilt model."""
     saved = create_model("highnoon-nano", init_seed=8)
     saved.build()
     path = str(tmp_path / "x.weights.h5")

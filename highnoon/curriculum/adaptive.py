@@ -17,7 +17,7 @@ from highnoon.utils.validation import InvalidArgumentError, check_float, check_i
 class AdaptiveCurriculumScheduler(CurriculumScheduler):
     """Advances stages on the training loss instead of a fixed schedule.
 
-    Stage ``s`` exposes the pacing's level ``s / num_stages`` (with the reference pacing
+    Stage ``s`` exposes the pacing's level ``s / num_stages`` (with the warm-up staircase
     ``initial_fraction + (1 - initial_fraction) * s / num_stages``). ``update_with_loss(epoch,
     loss)`` is called once per epoch (strictly increasing epochs) with the loss of that epoch
     (the Trainer passes the all-replica mean). With ``k = epoch - stage_start + 1`` epochs done in

@@ -1,5 +1,5 @@
-"""``create_curriculum_batches``: the reference's batching helper over curriculum indices
-(numpy only)."""
+"""``create_curriculum_batches``: the public batching helper over curriculum indices, for
+loops outside the Trainer (numpy only)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def create_curriculum_batches(
 ) -> list[tuple[Any, Any]]:
     """Batches ``(inputs_batch, labels_batch)`` of the curriculum-selected samples.
 
-    ``molecules`` (the reference's name for the inputs) is an array (batches are arrays, taken
+    ``molecules`` (the public API's historical name for the inputs) is an array (batches are arrays, taken
     along axis 0) or a sequence (batches are lists); ``labels`` likewise, or None. The batches
     follow ``curriculum_indices`` (default: all samples in order), shuffled by a keyed
     permutation of ``seed`` when ``shuffle``; the last short batch is dropped when
@@ -56,7 +56,7 @@ def create_curriculum_batches(
         raise InvalidArgumentError(
             "curriculum_indices is empty (or molecules is); need at least one sample"
         )
-    # A batch larger than the selection gives one short batch (as the reference does).
+    # A batch larger than the selection gives one short batch (the documented behaviour).
     batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_int("seed", seed)
     if shuffle:

@@ -9,14 +9,16 @@ same fraction levels:
 ``t`` is an epoch, or a global step when a ``total_steps`` horizon is given (runs shorter than an
 epoch). ``T`` is the horizon: ``total_epochs`` / ``total_steps``; for epoch-based pacing without
 ``total_epochs`` it defaults to ``warmup_epochs + (num_stages - 1) * stage_increment_epochs``, the
-epoch at which the reference staircase reaches 1.0 (90 with the defaults). ``c0`` is
+epoch at which the warm-up staircase reaches 1.0 (90 with the defaults). ``c0`` is
 ``initial_fraction`` and ``n`` is ``num_stages``.
 
-=============  ============================================================  =====================
-name           progress ``u(t)``                                             level ``f(u)``
-=============  ============================================================  =====================
-reference      0 for ``t < warmup``, else ``min(n, 1 + (t - warmup) //        ``c0 + (1 - c0) u``
-               increment) / n`` (the reference's epoch staircase)
+================  =========================================================  =====================
+name              progress ``u(t)``                                          level ``f(u)``
+================  =========================================================  =====================
+warmup_staircase  0 for ``t < warmup``, else ``min(n, 1 + (t - warmup) //     ``c0 + (1 - c0) u``
+                  increment) / n``: ``warmup_epochs`` at the first level,
+                  then one stair every ``stage_increment_epochs`` epochs
+                  (``"reference"`` is its earlier name, still accepted)
 linear         ``min(1, t / T)``                                             ``c0 + (1 - c0) u``
 root_p         ``min(1, t / T)``                                             ``(u (1 - c0^p) + c0^p)
                                                                              ^ (1/p)`` (Platanios
@@ -29,7 +31,7 @@ exponential    ``min(n, (t * n) // T) / n``                                  ``c
 constant       0 (no growth; ``initial_fraction=1.0`` exposes all data)         ``c0``
 =============  ============================================================  =====================
 
-With the reference defaults (c0 = 0.2, n = 5, warmup 10, increment 20) the fractions 0.2, 0.36,
+With the default settings (c0 = 0.2, n = 5, warmup 10, increment 20) the fractions 0.2, 0.36,
 0.52, 0.68, 0.84, 1.0 start at epochs 0, 10, 30, 50, 70, 90.
 
 Only integer arithmetic decides the staircase position, so every host agrees on it exactly; the
@@ -52,9 +54,27 @@ from highnoon.utils.validation import (
     is_integer,
 )
 
-PACINGS = ("reference", "linear", "root_p", "discrete", "exponential", "constant")
+WARMUP_STAIRCASE = "warmup_staircase"
+# Earlier names still accepted; a pacing keeps the name it was given (saved scheduler states and
+# stream fingerprints read as before), so compare through ``canonical_pacing``.
+PACING_ALIASES = {"reference": WARMUP_STAIRCASE}
+PACINGS = (
+    WARMUP_STAIRCASE,
+    "linear",
+    "root_p",
+    "discrete",
+    "exponential",
+    "constant",
+    *PACING_ALIASES,
+)
 _OPTIONS = {"root_p": {"p"}}  # pacing -> accepted pacing_options keys
 DEFAULT_P = 2.0
+
+
+def canonical_pacing(name: str) -> str:
+    """The pacing ``name`` stands for: an alias (``"reference"``) becomes its current name
+    (``"warmup_staircase"``), every other name is itself."""
+    return PACING_ALIASES.get(name, name)
 
 
 def check_pacing_options(pacing: str, options: Any) -> dict[str, Any]:
@@ -76,7 +96,7 @@ def check_pacing_options(pacing: str, options: Any) -> dict[str, Any]:
 class Pacing:
     """A validated pacing: ``fraction(t)`` and ``stage(t)`` for an epoch or global step ``t``."""
 
-    name: str = "reference"
+    name: str = WARMUP_STAIRCASE
     initial_fraction: float = 0.2
     num_stages: int = 5
     warmup_epochs: int = 10
@@ -98,9 +118,9 @@ class Pacing:
             check_int("total_epochs", self.total_epochs, minimum=1)
         if self.total_steps is not None:
             check_int("total_steps", self.total_steps, minimum=1)
-            if self.name == "reference":
+            if canonical_pacing(self.name) == WARMUP_STAIRCASE:
                 raise InvalidArgumentError(
-                    "pacing='reference' counts epochs (warmup_epochs, stage_increment_epochs); "
+                    f"pacing={self.name!r} counts epochs (warmup_epochs, stage_increment_epochs); "
                     "total_steps needs one of 'linear', 'root_p', 'discrete', 'exponential', "
                     "'constant'"
                 )
@@ -135,7 +155,8 @@ class Pacing:
 
     @property
     def horizon(self) -> int:
-        """``T``: total_steps, total_epochs, or the epoch at which the reference reaches 1.0."""
+        """``T``: total_steps, total_epochs, or the epoch at which the warm-up staircase reaches
+        1.0."""
         if self.total_steps is not None:
             return self.total_steps
         if self.total_epochs is not None:
@@ -145,7 +166,7 @@ class Pacing:
     def stair(self, t: int) -> int | None:
         """Staircase position in 0..num_stages (None for the continuous ramps)."""
         n = self.num_stages
-        if self.name == "reference":
+        if canonical_pacing(self.name) == WARMUP_STAIRCASE:
             if t < self.warmup_epochs:
                 return 0
             return min(n, 1 + (t - self.warmup_epochs) // self.stage_increment_epochs)

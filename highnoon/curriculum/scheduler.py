@@ -44,11 +44,19 @@ STRATEGIES = (*scoring.STRATEGIES, "custom")
 STATE_FORMAT = "highnoon.curriculum/1"
 
 
+def _canonical(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the pacing under its current name: a state saved with an alias
+    (``"reference"``) loads into a scheduler made with the new name, and the other way round."""
+    if isinstance(params.get("pacing"), str):
+        params = {**params, "pacing": pacing_lib.canonical_pacing(params["pacing"])}
+    return params
+
+
 class CurriculumScheduler:
     """Easy-to-hard curriculum with deterministic pools, epoch orders and per-host slices.
 
-    The first six parameters are the reference's (same order, defaults and meaning); the rest are
-    keyword-only:
+    The first six parameters are positional, in the order and with the defaults the public API
+    has always had; the rest are keyword-only:
 
     Args:
       strategy: ``"size_based"`` (length), ``"difficulty_based"``, ``"mixed"``, ``"random"``
@@ -59,9 +67,11 @@ class CurriculumScheduler:
         (see ``highnoon.curriculum.pacing``).
       verbose: log a concise line (``logging``, logger ``highnoon.curriculum``) whenever
         the stage changes.
-      pacing: ``"reference"``, ``"linear"``, ``"root_p"``, ``"discrete"``, ``"exponential"``,
-        ``"constant"`` (always ``initial_fraction``; 1.0 turns the curriculum off).
-      total_epochs / total_steps: horizon of the non-reference pacings; ``total_steps`` switches
+      pacing: ``"warmup_staircase"`` (``warmup_epochs`` at ``initial_fraction``, then a stair
+        every ``stage_increment_epochs``; ``"reference"`` is its earlier name, still accepted),
+        ``"linear"``, ``"root_p"``, ``"discrete"``, ``"exponential"``, ``"constant"`` (always
+        ``initial_fraction``; 1.0 turns the curriculum off).
+      total_epochs / total_steps: horizon of the other pacings; ``total_steps`` switches
         the time axis to global steps.
       pacing_options / p: options of the pacing (``p`` of root_p, default 2).
       seed: key of the per-epoch permutations.
@@ -79,7 +89,7 @@ class CurriculumScheduler:
         initial_fraction: float = 0.2,
         verbose: bool = True,
         *,
-        pacing: str = "reference",
+        pacing: str = pacing_lib.WARMUP_STAIRCASE,
         total_epochs: int | None = None,
         total_steps: int | None = None,
         pacing_options: Mapping[str, Any] | None = None,
@@ -542,7 +552,7 @@ class CurriculumScheduler:
             raise InvalidArgumentError(
                 f"state must be a dict from get_state() with format={STATE_FORMAT!r}"
             )
-        if dict(state.get("params", {})) != self._params():
+        if _canonical(dict(state.get("params", {}))) != _canonical(self._params()):
             raise InvalidArgumentError(
                 f"state['params']={state.get('params')!r} differ from this scheduler's "
                 f"{self._params()!r}"

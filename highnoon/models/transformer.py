@@ -93,7 +93,7 @@ class HighNoonLM(keras.Model):
     @property
     def embedding_dim(self) -> int:
         """Width of the token embedding and residual stream (``config.d_model``; the
-        reference's name for it)."""
+        public API's name for it)."""
         return self._config.d_model
 
     @property
