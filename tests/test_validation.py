@@ -131,3 +131,25 @@ def test_a_state_saved_under_the_old_pacing_name_loads_under_the_new_one():
         )
     with pytest.raises(InvalidArgumentError, match=r"differ from this scheduler's"):
         CurriculumScheduler(pacing="linear", global_batch_size=4).load_state(state)
+
+
+def test_check_sample_indices_names_the_array_and_what_holds_the_samples():
+    from highnoon.utils.validation import check_sample_indices
+
+    out = check_sample_indices("rows", np.array([[0, 2]], dtype=np.int32), 3, ndim=2)
+    assert out.dtype == np.int64 and out.tolist() == [[0, 2]]
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^rows holds sample indices in \[0, 3\], but the store has 3 samples "
+        r"\(allowed: \[0, 3\)\)$",
+    ):
+        check_sample_indices("rows", [[0, 3]], 3, ndim=2, owner="the store")
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^rows must be a 2-D integer array \[steps, rows_per_step\], got shape \(2, 0\)",
+    ):
+        check_sample_indices(
+            "rows", np.zeros((2, 0), np.int64), 3, ndim=2, shape="[steps, rows_per_step]"
+        )
+    with pytest.raises(InvalidArgumentError, match=r"^stream must be a 1-D integer array, got"):
+        check_sample_indices("stream", [0.5], 3)

@@ -19,17 +19,18 @@ warmup_staircase  0 for ``t < warmup``, else ``min(n, 1 + (t - warmup) //     ``
                   increment) / n``: ``warmup_epochs`` at the first level,
                   then one stair every ``stage_increment_epochs`` epochs
                   (``"reference"`` is its earlier name, still accepted)
-linear         ``min(1, t / T)``                                             ``c0 + (1 - c0) u``
-root_p         ``min(1, t / T)``                                             ``(u (1 - c0^p) + c0^p)
-                                                                             ^ (1/p)`` (Platanios
-                                                                             et al. 2019, p = 2)
-discrete       ``min(n, (t * n) // T) / n`` (n equal stairs over T)          ``c0 + (1 - c0) u``
-exponential    ``min(n, (t * n) // T) / n``                                  ``c0 ^ (1 - u)``
+linear            ``min(1, t / T)``                                          ``c0 + (1 - c0) u``
+root_p            ``min(1, t / T)``                                          ``(u (1 - c0^p) +
+                                                                             c0^p) ^ (1/p)``
+                                                                             (Platanios et al.
+                                                                             2019, p = 2)
+discrete          ``min(n, (t * n) // T) / n`` (n equal stairs over T)       ``c0 + (1 - c0) u``
+exponential       ``min(n, (t * n) // T) / n``                               ``c0 ^ (1 - u)``
                                                                              (each stair multiplies
                                                                              the pool by
                                                                              ``c0^(-1/n)``)
-constant       0 (no growth; ``initial_fraction=1.0`` exposes all data)         ``c0``
-=============  ============================================================  =====================
+constant          0 (no growth; ``initial_fraction=1.0`` exposes all data)   ``c0``
+================  =========================================================  =====================
 
 With the default settings (c0 = 0.2, n = 5, warmup 10, increment 20) the fractions 0.2, 0.36,
 0.52, 0.68, 0.84, 1.0 start at epochs 0, 10, 30, 50, 70, 90.

@@ -36,7 +36,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from highnoon.utils.validation import InvalidArgumentError, check_int, check_positive_int
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    check_int,
+    check_positive_int,
+    check_sample_indices,
+)
 
 # FFD windows: at least MIN_WINDOW samples and about ROWS_PER_WINDOW rows' worth of tokens, so
 # that short samples at a long seq_len still see enough rows to fill; measured on stdlib_docs
@@ -60,22 +65,14 @@ def segment_lengths(lengths: np.ndarray, seq_len: int) -> np.ndarray:
 
 
 def _check_stream(stream: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    stream = np.asarray(stream)
-    if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
-        raise InvalidArgumentError(
-            f"stream must be a 1-D integer array of sample indices, got shape {stream.shape} "
-            f"and dtype {stream.dtype}"
-        )
-    if stream.size and (stream.min() < 0 or stream.max() >= lengths.size):
-        raise InvalidArgumentError(
-            f"stream holds sample indices in [{stream.min()}, {stream.max()}], but lengths has "
-            f"{lengths.size} samples (allowed: [0, {lengths.size}))"
-        )
+    stream = check_sample_indices(
+        "stream", stream, lengths.size, shape="of sample indices", owner="lengths"
+    )
     if stream.size and lengths[stream].min() < 1:
         raise InvalidArgumentError(
             "every streamed sample must have at least one token (stored with EOS)"
         )
-    return stream.astype(np.int64, copy=False)
+    return stream
 
 
 def packing_window(segments: np.ndarray, seq_len: int) -> int:

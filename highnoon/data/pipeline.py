@@ -51,6 +51,7 @@ from highnoon.utils.validation import (
     check_choice,
     check_int,
     check_positive_int,
+    check_sample_indices,
 )
 
 OVERFLOW = ("truncate", "window")
@@ -134,19 +135,16 @@ class HostBatcher(_Gather):
                 "batches; pack the epoch's global stream with highnoon.data.pack_epoch and feed "
                 "it with make_packed_host_dataset (docs/design.md, 'Packing')"
             )
-        rows = np.asarray(rows)
-        if rows.ndim != 2 or rows.shape[1] < 1 or not np.issubdtype(rows.dtype, np.integer):
-            raise InvalidArgumentError(
-                f"rows must be a 2-D integer array [steps, rows_per_step], got shape {rows.shape} "
-                f"and dtype {rows.dtype}"
-            )
-        if rows.size and (rows.min() < 0 or rows.max() >= store.num_samples):
-            raise InvalidArgumentError(
-                f"rows holds sample indices in [{rows.min()}, {rows.max()}], but the store has "
-                f"{store.num_samples} samples (allowed: [0, {store.num_samples}))"
-            )
+        rows = check_sample_indices(
+            "rows",
+            rows,
+            store.num_samples,
+            ndim=2,
+            shape="[steps, rows_per_step]",
+            owner="the store",
+        )
         super().__init__(store, seq_len, overflow, seed, epoch)
-        self.rows = rows.astype(np.int64)
+        self.rows = rows.copy()  # the caller's array may change later
         self._arange = np.arange(self.seq_len + 1)
 
     @property

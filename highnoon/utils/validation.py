@@ -207,6 +207,26 @@ def check_mixture_weights(name: str, entries: Sequence[Any]) -> None:
         )
 
 
+def check_sample_indices(
+    name: str, value: Any, num_samples: int, *, ndim: int = 1, shape: str = "", owner: str = ""
+) -> np.ndarray:
+    """An integer array of ``ndim`` dimensions (``shape`` names them for the message, e.g.
+    ``[steps, rows_per_step]``) whose values index ``num_samples`` samples, as int64. ``owner``
+    says what holds the samples (``the store``, ``lengths``). Empty arrays are allowed."""
+    array = np.asarray(value)
+    if array.ndim != ndim or not np.issubdtype(array.dtype, np.integer) or 0 in array.shape[1:]:
+        what = f"a {ndim}-D integer array" + (f" {shape}" if shape else "")
+        raise InvalidArgumentError(
+            f"{name} must be {what}, got shape {array.shape} and dtype {array.dtype}"
+        )
+    if array.size and (array.min() < 0 or array.max() >= num_samples):
+        raise InvalidArgumentError(
+            f"{name} holds sample indices in [{array.min()}, {array.max()}], but "
+            f"{owner or 'the data'} has {num_samples} samples (allowed: [0, {num_samples}))"
+        )
+    return array.astype(np.int64, copy=False)
+
+
 def check_port(name: str, value: Any) -> int:
     """A TCP port in [1, 65535]."""
     return check_int(name, value, minimum=1, maximum=65535)
