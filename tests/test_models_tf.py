@@ -352,6 +352,16 @@ def test_model_needs_static_sequence_length(nano):
         fn(_ids(1, 4))
 
 
+def test_an_argument_error_raised_while_tracing_keeps_its_class(nano):
+    """AutoGraph re-raises errors from traced code; highnoon's errors come back as themselves
+    (not as StagingError), so callers can catch what they were promised."""
+    from highnoon.utils.validation import InvalidArgumentError
+
+    fn = tf.function(lambda x: nano(x), input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    with pytest.raises(InvalidArgumentError, match="static sequence length"):
+        fn(_ids(1, 4))
+
+
 def test_model_config_property_and_get_config(nano):
     config = nano.get_config()
     assert config["config"] == get_preset("highnoon-nano").to_dict()

@@ -153,3 +153,11 @@ def test_check_sample_indices_names_the_array_and_what_holds_the_samples():
         )
     with pytest.raises(InvalidArgumentError, match=r"^stream must be a 1-D integer array, got"):
         check_sample_indices("stream", [0.5], 3)
+
+
+def test_curriculum_names_still_import_from_training_as_the_curriculum_ones():
+    import highnoon.curriculum as curriculum
+    import highnoon.training as training
+
+    for name in ("CurriculumScheduler", "AdaptiveCurriculumScheduler", "create_curriculum_batches"):
+        assert getattr(training, name) is getattr(curriculum, name)

@@ -30,6 +30,10 @@ from highnoon.utils.files import is_remote
 class InvalidArgumentError(ValueError):
     """An argument has a value that is not allowed; the message names it and what is."""
 
+    # Exception's own constructor: AutoGraph re-raises an error from traced code as the same
+    # class only when it has it, otherwise as its StagingError (a check inside a tf.function).
+    __init__ = Exception.__init__
+
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument has the wrong type (a float for an int, a string for a bool, ...)."""
@@ -39,6 +43,8 @@ class InvalidDataError(ValueError):
     """What a file, a data record or an environment variable holds is not allowed (malformed
     JSON, invalid UTF-8, a missing field): the argument naming it was fine, its content is not.
     The message names where the content is and how to fix it."""
+
+    __init__ = Exception.__init__  # as InvalidArgumentError's: the class survives AutoGraph
 
 
 def _fail(name: str, value: Any, allowed: str, *, wrong_type: bool = False) -> None:
