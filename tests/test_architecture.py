@@ -1,4 +1,4 @@
-"""The package's shape: imports run one way, and settings are declared once (issue 12)."""
+"""The package's shape: imports run one way, and settings are declared once."""
 
 from __future__ import annotations
 

@@ -31,8 +31,8 @@ def weights_of(model) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
 
 
-# -- the reference contract -----------------------------------------------------------------
-def test_signatures_and_defaults_match_the_reference():
+# -- the public API contract ---------------------------------------------------------------
+def test_signatures_and_defaults_match_the_public_api():
     init = inspect.signature(Trainer.__init__).parameters
     assert [(n, init[n].default) for n in list(init)[2:6]] == [
         ("learning_rate", 1e-4),

@@ -58,7 +58,7 @@ def prepare_datasets(
     are deterministic, so the same data gives the same tokenizer file.
     """
     if not datasets:
-        raise ValueError("datasets must list at least one dataset entry")
+        raise InvalidArgumentError("datasets must list at least one dataset entry")
     check_str("output_dir", output_dir)
     for entry in datasets:
         validate_dataset_entry(entry)
