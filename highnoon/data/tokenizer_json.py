@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from highnoon.data.tokenizers import Tokenizer
-from highnoon.utils.files import atomic_write_text, sha256_file
+from highnoon.utils.files import atomic_write_text
+from highnoon.utils.hashing import sha256_file
 from highnoon.utils.validation import InvalidArgumentError, check_positive_int, check_str
 
 BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "[CLS]", "<|endoftext|>")
@@ -179,7 +180,9 @@ class TokenizerJson(Tokenizer):
         kept = [int(i) for i in ids if int(i) not in self._special]
         bad = [i for i in kept if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this tokenizer")
+            raise InvalidArgumentError(
+                f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this tokenizer"
+            )
         return self._tok.decode(kept, skip_special_tokens=False)
 
     @property

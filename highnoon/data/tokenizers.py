@@ -22,7 +22,6 @@ tokenizer backed by a file sets ``store_file``: stores keep a copy under that na
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from highnoon.utils.validation import InvalidArgumentError, check_keys
+from highnoon.utils.hashing import sha256_file
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    InvalidDataError,
+    check_choice,
+    check_keys,
+)
 
 BYTE_OFFSET = 3  # ids 0..2 are pad/bos/eos; byte b is id b + 3
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
@@ -114,7 +119,7 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         array = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
         if array.size and (array.min() < 0 or array.max() >= BYTE_VOCAB_SIZE):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ids must be in [0, {BYTE_VOCAB_SIZE}) for ByteTokenizer, got values in "
                 f"[{array.min()}, {array.max()}]"
             )
@@ -147,14 +152,6 @@ class ByteTokenizer(Tokenizer):
         return hash("ByteTokenizer")
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class SentencePieceTokenizer(Tokenizer):
     """A trained SentencePiece model (``.model`` file); ids and special ids come from it."""
 
@@ -164,12 +161,12 @@ class SentencePieceTokenizer(Tokenizer):
         import sentencepiece as spm
 
         if not os.path.isfile(model_path):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"model_path={model_path!r} is not a file; pass a SentencePiece .model file "
                 "(train one with highnoon.data.train_sentencepiece)"
             )
         self.model_path = os.path.abspath(model_path)
-        self.model_sha256 = _sha256_file(self.model_path)
+        self.model_sha256 = sha256_file(self.model_path)
         self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
         self._special = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i >= 0}
 
@@ -188,7 +185,9 @@ class SentencePieceTokenizer(Tokenizer):
         kept = [int(i) for i in ids if int(i) not in self._special]
         bad = [i for i in kept if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this model")
+            raise InvalidArgumentError(
+                f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this model"
+            )
         return self._sp.decode(kept)
 
     @property
@@ -238,14 +237,13 @@ def train_sentencepiece(
     order: nothing is sampled or shuffled, one thread by default, and the generator is seeded, so
     the same texts give the same model. Special ids: pad 0, bos 1, eos 2, unk 3. Normalisation is
     the identity and whitespace is kept, so code round-trips; byte fallback covers every
-    character. The files are written under a temporary prefix and renamed into place.
+    character. The files are written under a temporary prefix and renamed into place, the ``.model`` last.
     """
     import sentencepiece as spm
 
-    if model_type not in ("bpe", "unigram"):
-        raise ValueError(f"model_type={model_type!r} is not supported; use 'bpe' or 'unigram'")
+    check_choice("model_type", model_type, ("bpe", "unigram"))
     if int(vocab_size) < 4 + 256:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"vocab_size={vocab_size} is too small: byte fallback needs 256 byte pieces plus 4 "
             "special ids, so use at least 260"
         )
@@ -286,11 +284,14 @@ def train_sentencepiece(
         )
     except RuntimeError as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise ValueError(
+        raise InvalidArgumentError(
             f"SentencePiece training failed for vocab_size={vocab_size}, model_type="
             f"{model_type!r}: {err}"
         ) from err
-    for ext in (".model", ".vocab"):
+    # The .model is the commit point: the .vocab beside it (a listing for people) is renamed into
+    # place first, so whoever finds the new .model also finds its .vocab, and a crash before
+    # the .model's rename leaves the previous model whole.
+    for ext in (".vocab", ".model"):
         os.replace(tmp_prefix + ext, model_prefix + ext)
     os.rmdir(tmp_dir)
     return SentencePieceTokenizer(model_prefix + ".model")
@@ -300,7 +301,7 @@ def _checked(tokenizer: Tokenizer, config: dict[str, Any]) -> Tokenizer:
     """``tokenizer``, after checking its file still has the sha256 ``config`` records."""
     expected = config.get("model_sha256")
     if expected and expected != tokenizer.model_sha256:
-        raise ValueError(
+        raise InvalidDataError(
             f"tokenizer model {tokenizer.model_path!r} has sha256 {tokenizer.model_sha256}, "
             f"but the config records {expected}: the model file changed"
         )
@@ -325,7 +326,7 @@ def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
         path = config.get("model_path", config.get("path"))
         names = {k: config.get(k) for k in ("bos_token", "eos_token", "pad_token")}
         return _checked(TokenizerJson(path, **names), config)
-    raise ValueError(
+    raise InvalidArgumentError(
         f"tokenizer config {config!r} has unknown type; allowed types are 'byte', "
         "'sentencepiece' and 'tokenizer_json'"
     )
@@ -346,7 +347,7 @@ def load_tokenizer(spec: str | dict[str, Any] | Tokenizer) -> Tokenizer:
             try:
                 config = json.loads(spec)
             except json.JSONDecodeError as err:
-                raise ValueError(f"tokenizer={spec!r} is not valid JSON: {err}") from err
+                raise InvalidArgumentError(f"tokenizer={spec!r} is not valid JSON: {err}") from err
             return tokenizer_from_config(config)
         if spec.endswith(".json"):
             from highnoon.data.tokenizer_json import TokenizerJson
@@ -354,14 +355,14 @@ def load_tokenizer(spec: str | dict[str, Any] | Tokenizer) -> Tokenizer:
             return TokenizerJson(spec)
         if spec.endswith(".model") or os.path.isfile(spec):
             return SentencePieceTokenizer(spec)
-    raise ValueError(
+    raise InvalidArgumentError(
         f"tokenizer={spec!r} is not understood; use 'byte', a path to a SentencePiece .model "
         "or a Hugging Face tokenizer.json, a tokenizer config dict or a Tokenizer"
     )
 
 
 def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
-    """Raise ValueError if the tokenizer produces ids the model's embedding cannot hold."""
+    """Raise InvalidArgumentError if the tokenizer produces ids the model's embedding cannot hold."""
     if tokenizer.vocab_size > int(model_vocab_size):
         raise InvalidArgumentError(
             f"model_vocab_size={model_vocab_size} is smaller than the tokenizer's vocab_size="
