@@ -233,7 +233,7 @@ def bootstrap_interval(
 
 def trace_count(trainer: Trainer) -> int:
     """Traces of the Trainer's compiled functions (one per distinct step config is expected)."""
-    fns = trainer._step._train_fns.values()
+    fns = [*trainer._step._train_fns.values(), *trainer._step.engine._xla.values()]
     return sum(f.experimental_get_tracing_count() for f in fns)
 
 
