@@ -28,7 +28,13 @@ from highnoon.models.memory import (
 )
 from highnoon.training.checkpointing import Checkpointer, CheckpointError
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
-from highnoon.training.sharding import check_level, resolve_sharding, step_traffic
+from highnoon.training.sharding import (
+    ShardingLevel,
+    check_level,
+    resolve_level,
+    resolve_sharding,
+    step_traffic,
+)
 from highnoon.training.sharding.adamw import (
     AdamWSettings,
     UnsupportedOptimizerError,
@@ -83,6 +89,36 @@ def test_unknown_level_is_an_error_naming_the_levels():
         TrainStep(model, keras.optimizers.AdamW(), strategy, sharding="zero3")
     assert str(error.value) == message
     assert not model.built  # refused before anything was built
+
+
+def test_a_level_is_parsed_once_from_the_users_string():
+    assert ShardingLevel.parse(None) is None
+    levels = [ShardingLevel.parse(name) for name in LEVELS]
+    assert [level.name for level in levels] == ["optimizer", "gradients", "full"]
+    assert [level.shards_gradients for level in levels] == [False, True, True]
+    assert [level.shards_weights for level in levels] == [False, False, True]
+    assert ShardingLevel.parse(levels[2]) is levels[2] and str(levels[2]) == "full"
+    with pytest.raises(InvalidArgumentError) as error:
+        ShardingLevel("zero3")
+    assert str(error.value) == "sharding='zero3' must be one of ['optimizer', 'gradients', 'full']"
+    with pytest.raises(InvalidArgumentError, match="must be one of"):
+        ShardingLevel.parse(1)
+    # Consumers of a level take the type and the name alike.
+    config = hn.models.get_preset("highnoon-nano")
+    for level in levels:
+        by_type = step_traffic(config, level, 2, accumulation_steps=2)
+        assert by_type == step_traffic(config, level.name, 2, accumulation_steps=2)
+    assert resolve_level("gradients", 2) == levels[1] and resolve_level("full", 1) is None
+    assert check_level(levels[0]) == "optimizer"
+
+
+def test_a_recorder_refuses_a_step_it_has_not_seen_traced():
+    with pytest.raises(InvalidArgumentError) as error:
+        StepRecorder().bytes_sent_per_step(StepConfig(accumulation_steps=2))
+    assert str(error.value) == (
+        "config=StepConfig(accumulation_steps=2, clip_norm=1.0, jit_compile=False) names a step "
+        "that has not been traced yet; run it once first"
+    )
 
 
 def test_sharding_on_one_replica_warns_and_trains_unsharded(caplog):

@@ -16,7 +16,7 @@ replaces the gradient all-reduce and the Keras optimizer by a step over per-repl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -25,6 +25,9 @@ import tensorflow as tf
 from highnoon.training.losses import Batch, masked_token_loss_sum
 from highnoon.training.sharding.levels import ShardingLevel, resolve_level
 from highnoon.training.step_engine import StepConfig, StepEngine, UnshardedEngine
+
+if TYPE_CHECKING:
+    from highnoon.training.sharding.recorder import StepRecorder
 
 __all__ = ["StepConfig", "TrainStep", "make_engine", "masked_token_loss_sum"]
 
@@ -36,10 +39,10 @@ def make_engine(
     level: ShardingLevel | None,
     *,
     collectives: str = "auto",
-    recorder: Any = None,
+    recorder: StepRecorder | None = None,
 ) -> StepEngine:
-    """The engine for ``level`` (None: unsharded). ``recorder``: a
-    ``sharding.recorder.StepRecorder`` that tests and benches pass to measure a sharded step."""
+    """The engine for ``level`` (None: unsharded). ``recorder``: the hook tests and benches
+    pass to measure a sharded step (an unsharded step has no collectives of its own to log)."""
     if level is None:
         return UnshardedEngine(model, optimizer, strategy)
     from highnoon.training.sharding.engine import ShardedEngine
@@ -68,7 +71,7 @@ class TrainStep:
         sharding: str | ShardingLevel | None = None,
         *,
         collectives: str = "auto",
-        recorder: Any = None,
+        recorder: StepRecorder | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer

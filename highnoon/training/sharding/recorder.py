@@ -40,7 +40,7 @@ class StepRecorder:
 
     def carried(self, shapes: list[tuple[int, ...]]) -> None:
         """The shapes of the gradients the traced step keeps between micro-batches."""
-        self.carried_gradient_shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.carried_gradient_shapes = [tuple(s) for s in shapes]
 
     def bytes_sent_per_step(self, config: Any) -> float:
         """Bytes one replica sends per optimizer step of ``config``, from the collectives the
