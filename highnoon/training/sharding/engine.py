@@ -35,6 +35,7 @@ from highnoon.training.losses import (
     masked_token_loss_sum,
     micro_batch_gradients,
     model_inputs,
+    split_micro_batches,
 )
 from highnoon.training.sharding import fsdp
 from highnoon.training.sharding.adamw import AdamWSettings, adamw_update
@@ -130,7 +131,7 @@ class ShardedEngine(StepEngine):
             carried = grads
             shares = comm.reduce_scatter(grads, self.specs, chained=True)
         else:
-            micro = {k: tf.reshape(v, [a, -1, *v.shape[1:]]) for k, v in batch.items()}
+            micro = split_micro_batches(batch, a)
             shares, loss = None, tf.constant(0.0, tf.float32)
             for index in range(a):
                 part = {k: v[index] for k, v in micro.items()}
