@@ -31,9 +31,6 @@ BARE_RAISES_ALLOWED = {
     "training/run.py",
     "training/settings.py",
     "training/stage_plan.py",
-    "training/sharding/checkpoint.py",
-    "training/sharding/engine.py",
-    "training/sharding/state.py",
 }
 
 
