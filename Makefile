@@ -5,7 +5,7 @@ PYTHON ?= python3
 EXTRAS ?= cpu,test
 MODEL_DIR ?= /tmp/highnoon_quickstart
 comma := ,
-STAMP := .install-$(subst $(comma),-,$(EXTRAS)).stamp
+STAMP = .install-$(subst $(comma),-,$(EXTRAS)).stamp
 
 .PHONY: install train test test-fast lint bench readme-table
 
@@ -15,6 +15,8 @@ install:
 		|| { $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]' \
 			&& touch $(STAMP); }
 
+# Training installs only TensorFlow's CPU build: no test tools (pytest, matplotlib, tokenizers).
+train: EXTRAS = cpu
 train: install
 	$(PYTHON) -m launch.train --gin_file=runs/quickstart.gin --model_dir=$(MODEL_DIR)
 

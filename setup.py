@@ -7,6 +7,7 @@ TensorFlow is chosen through an extra so each kind of host installs the right bu
     pip install -e '.[tpu]'   # TPU VM: tensorflow-tpu and cloud-tpu-client
     pip install -e '.[cpu,test]'  # plus the test tools
     pip install -e '.[cpu,plot]'  # plus matplotlib, for highnoon-curriculum-report's plots
+    pip install -e '.[cpu,hf]'    # plus `tokenizers`, to read or train Hugging Face tokenizer.json
 
 Everything installs under the `highnoon` namespace: the launch programs are
 `highnoon.launch.*` (console scripts below) and the repository's `gin/` directory ships as the
@@ -21,6 +22,11 @@ from setuptools import find_packages, setup
 
 TF_VERSION = "2.21.0"
 PLOT = ["matplotlib>=3.8"]
+# An extra, not a requirement: the `tokenizers` wheel is small, but it pulls huggingface_hub and
+# its HTTP stack, which byte and SentencePiece users never need. Tested with 0.23; the
+# tokenizer.json format and the BPE trainer's tie-break are stable across 0.20-0.23, and a minor
+# release may change them, hence the upper bound (a store records its file's sha256 anyway).
+HF = ["tokenizers>=0.20,<0.24"]
 
 setup(
     name="highnoon",
@@ -48,7 +54,9 @@ setup(
         "tpu": [f"tensorflow-tpu=={TF_VERSION}", "cloud-tpu-client>=0.10"],
         # Plots (highnoon-curriculum-report, bench/curriculum_value.py); training never needs it.
         "plot": PLOT,
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", *PLOT],
+        # Hugging Face tokenizer.json files (highnoon.data.TokenizerJson, train_tokenizer_json).
+        "hf": HF,
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", *PLOT, *HF],
     },
     entry_points={
         "console_scripts": [

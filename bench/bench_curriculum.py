@@ -83,7 +83,7 @@ def main() -> None:
     _, t_prep, m_prep = measure(lambda: scheduler.prepare_curriculum_from_scores(scores))
     rows.append(("prepare_curriculum_from_scores (checks + sha256 + order)", t_prep, m_prep, ""))
 
-    epoch = 90  # full pool with the reference defaults
+    epoch = 90  # full pool with the warm-up staircase's defaults
     host_rows, t_host, m_host = measure(
         lambda: scheduler.host_epoch_indices(epoch, 0, args.num_hosts)
     )

@@ -72,6 +72,7 @@ def worker(spec_path: str) -> None:
     import highnoon as hn
     from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
     from highnoon.training.sharding import step_traffic
+    from highnoon.training.sharding.recorder import StepRecorder
     from highnoon.training.step import StepConfig, TrainStep
 
     level = spec["level"]
@@ -84,7 +85,8 @@ def worker(spec_path: str) -> None:
         optimizer = make_optimizer(schedule)
         if level is None:
             optimizer.build(model.trainable_variables)
-    step = TrainStep(model, optimizer, strategy, sharding=level)
+    recorder = StepRecorder()
+    step = TrainStep(model, optimizer, strategy, sharding=level, recorder=recorder)
     stacked = {k: np.stack([_batch(s)[k] for s in range(steps)]) for k in _batch(0)}
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -104,12 +106,12 @@ def worker(spec_path: str) -> None:
             times.append(time.perf_counter() - start)
     n = strategy.num_replicas_in_sync
     weights = model.config.num_parameters() * 4
-    if step.sharded is None:
+    if step.level is None:
         sent = step_traffic(model.config, None, n, accumulation_steps=ACCUMULATION)
         held = {"weights": weights, "optimizer": 2 * weights + 8, "gradients": weights}
     else:
-        sent = step.sharded.bytes_sent_per_step(config)
-        held = step.sharded.replica_bytes()
+        sent = recorder.bytes_sent_per_step(config)
+        held = recorder.replica_bytes(step.engine)
     result = {
         "level": level,
         "step_seconds": statistics.median(times),

@@ -64,6 +64,7 @@ import highnoon as hn
 from highnoon import data as hn_data
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.trainer import Trainer
+from highnoon.utils.validation import check_positive_int
 
 DATASET = "stdlib_code"
 LEARNING_RATE = 1e-3
@@ -233,7 +234,7 @@ def bootstrap_interval(
 
 def trace_count(trainer: Trainer) -> int:
     """Traces of the Trainer's compiled functions (one per distinct step config is expected)."""
-    fns = trainer._step._train_fns.values()
+    fns = [*trainer._step._train_fns.values(), *trainer._step.engine._xla.values()]
     return sum(f.experimental_get_tracing_count() for f in fns)
 
 
@@ -358,8 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.agreement:
         agreement_cost(args.windows, args.calls)
         return
-    if args.steps_per_call < 1:
-        raise ValueError(f"--steps-per-call={args.steps_per_call} must be a positive int")
+    check_positive_int("--steps-per-call", args.steps_per_call)
     started = time.perf_counter()
     peak = matmul_peak()
     results = []

@@ -1,5 +1,5 @@
 """Does the curriculum pay? Tokens to a target held-out loss, curriculum arms against plain
-shuffled training and against a random-order growing pool (issue 15).
+shuffled training and against a random-order growing pool.
 
     python bench/curriculum_value.py --quick     # arithmetic, 7 arms x 3 seeds (~10 minutes)
     python bench/curriculum_value.py             # arithmetic, brackets, stdlib_code (hours)

@@ -1,18 +1,19 @@
-"""The reference's "Complete Training Example", unchanged except for the preset and dataset names.
+"""The Trainer API's "Complete Training Example", unchanged except for the preset and dataset
+names.
 
-The reference trains highnoon-3b on pile_subset, the_stack_v2 and open_assistant. Here the preset
-is highnoon-tiny (it trains on a laptop CPU) and the datasets are the embedded ones every machine
-has; register your own data under the reference's names to run it as written:
+As documented, it trains highnoon-3b on pile_subset, the_stack_v2 and open_assistant. Here the
+preset is highnoon-tiny (it trains on a laptop CPU) and the datasets are the embedded ones every
+machine has; register your own data under the documented names to run it as written:
 
     highnoon.data.register_dataset("the_stack_v2", "/data/the_stack_v2/*.jsonl", text_field="content")
 
 Run: python examples/complete_training.py
 
 Run as a script, it works in its own directory, $HIGHNOON_EXAMPLE_DIR (default:
-<tmp>/highnoon_examples/complete_training), so the reference's relative
+<tmp>/highnoon_examples/complete_training), so the example's relative
 checkpoint_dir="./checkpoints" lands there rather than in the checkout, and running it again
 resumes from those checkpoints. Calling main() uses the current working directory, as the
-reference does.
+documented example does.
 """
 
 import os

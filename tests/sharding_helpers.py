@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import highnoon as hn
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
+from highnoon.training.sharding.recorder import StepRecorder
 from highnoon.training.step import StepConfig, TrainStep
 
 SEQ = 16
@@ -75,9 +76,11 @@ def build(
     *,
     loss_scale: float | None = None,
     collectives: str = "auto",
+    recorder: StepRecorder | None = None,
 ) -> tuple[TrainStep, tf.Variable]:
     """(TrainStep, lr multiplier) for the nano model as a Trainer would set them up: the model
-    built unless level "full" applies, the Keras optimizer built only when unsharded."""
+    built unless level "full" applies, the Keras optimizer built only when unsharded.
+    ``recorder`` measures the sharded step's traffic and carried gradients."""
     from highnoon.training.sharding import resolve_sharding
 
     level = resolve_sharding(sharding, strategy.num_replicas_in_sync)
@@ -95,7 +98,9 @@ def build(
             )
         if level is None:
             optimizer.build(model.trainable_variables)
-    step = TrainStep(model, optimizer, strategy, sharding=level, collectives=collectives)
+    step = TrainStep(
+        model, optimizer, strategy, sharding=level, collectives=collectives, recorder=recorder
+    )
     return step, multiplier
 
 

@@ -1,12 +1,14 @@
-"""The package's shape: imports run one way, and settings are declared once (issue 12)."""
+"""The package's shape: imports run one way, and settings are declared once."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +98,76 @@ def test_the_readme_table_is_the_generated_one():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert settings_lib.settings_table() in readme
+
+
+# -- the training package's own import graph ------------------------------------------------
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_graph(package: str) -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """Edges between the modules of ``package`` (every import statement, function-level ones
+    included: a lazy import still ties two modules together) and the private names
+    (``_name``) one module imports from another."""
+    modules = {}
+    for path in (_ROOT / package.replace(".", "/")).rglob("*.py"):
+        parts = list(path.relative_to(_ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    private: list[tuple[str, str]] = []
+    for name, path in sorted(modules.items()):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    whole = f"{node.module}.{alias.name}"
+                    target = whole if whole in modules else node.module
+                    if target in modules and target != name:
+                        edges[name].add(target)
+                    if alias.name.startswith("_") and node.module.startswith("highnoon."):
+                        private.append((name, whole))
+            elif isinstance(node, ast.Import):
+                edges[name] |= {a.name for a in node.names if a.name in modules} - {name}
+    return edges, private
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles: strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(edges[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_the_cycle_finder_finds_a_circle_through_a_lazy_import():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(edges) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_training_package_has_no_import_circle_and_no_private_imports():
+    edges, private = _import_graph("highnoon.training")
+    assert _cycles(edges) == []
+    assert private == []
+    # The step engines share the loss arithmetic instead of importing each other.
+    assert "highnoon.training.step" not in edges["highnoon.training.sharding.engine"]
+    assert "highnoon.training.losses" in edges["highnoon.training.sharding.engine"]

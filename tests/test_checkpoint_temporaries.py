@@ -1,4 +1,4 @@
-"""Issue 11: temporaries of a killed checkpoint save are removed at the next start.
+"""Temporaries of a killed checkpoint save are removed at the next start.
 
 A real process saves, SIGKILLs itself inside a save (or an atomic write), and
 ``remove_stale_checkpoint_temporaries`` removes exactly what it left, keeping the complete

@@ -113,7 +113,7 @@ def test_fingerprint() -> None:
 # -- pools and epochs ---------------------------------------------------------------------------
 
 
-def test_stage_info_reference_defaults() -> None:
+def test_stage_info_with_the_default_warmup_staircase() -> None:
     scheduler = _prepared(100)
     rows = []
     for epoch in (0, 10, 30, 50, 70, 90):
@@ -128,7 +128,11 @@ def test_stage_info_reference_defaults() -> None:
         (5, 1.0, 100),
     ]
     info = scheduler.get_stage_info(10)
-    assert info["steps_per_epoch"] == 36 and info["pacing"] == "reference" and info["epoch"] == 10
+    assert (
+        info["steps_per_epoch"] == 36
+        and info["pacing"] == "warmup_staircase"
+        and info["epoch"] == 10
+    )
 
 
 def test_stage_info_follows_last_epoch() -> None:
@@ -254,7 +258,7 @@ def test_adaptive_waits_while_improving_and_forces_at_max() -> None:
 
 @pytest.mark.parametrize("prepared", [True, False])
 def test_adaptive_stage_info_reports_the_new_stage_after_an_advance(prepared: bool) -> None:
-    """The reference's loop calls update_with_loss, then get_stage_info(), with or without
+    """The documented adaptive loop calls update_with_loss, then get_stage_info(), with or without
     prepare_curriculum: an advance at epoch e is the stage of epoch e + 1."""
     kwargs = {"min_epochs_per_stage": 1, "max_epochs_per_stage": 2, "num_stages": 3}
     scheduler = (

@@ -260,3 +260,23 @@ def test_training_needs_no_matplotlib_and_plots_name_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(plotting.PlottingUnavailableError, match=r"pip install 'highnoon\[plot\]'"):
         plotting.pyplot()
+
+
+def test_history_and_plots_import_nothing_from_training():
+    """A run's history and the plots read files and draw: they depend on ``highnoon.utils``
+    only, so they can move out of ``training/`` (or be used without it) unchanged."""
+    import ast
+
+    for module in (history_lib, report_plots):
+        with open(module.__file__, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        highnoon_imports = {name for name in imported if name and name.startswith("highnoon")}
+        assert highnoon_imports and all(
+            name.startswith("highnoon.utils") for name in highnoon_imports
+        ), (module.__name__, sorted(highnoon_imports))

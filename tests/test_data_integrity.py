@@ -1,4 +1,4 @@
-"""Issue 11 (data side): a run never trains on a corrupt, stale or out-of-vocabulary store.
+"""The data side of integrity: a run never trains on a corrupt, stale or out-of-vocabulary store.
 
 * a store changed in place (same size) is rebuilt with a warning, never returned;
 * a source edited so that size and mtime stay the same still rebuilds (content-hash key);

@@ -1,4 +1,4 @@
-"""Issue 11: a worker waiting for its peers stops at once when told to, and no probe hangs.
+"""A worker waiting for its peers stops at once when told to, and no probe hangs.
 
 * SIGTERM to a worker waiting for a missing peer ends it at once, naming the missing peer
   (TensorFlow's own SIGTERM handler would swallow it inside the MWMS join);

@@ -1,6 +1,6 @@
 """The README's "Training from Python" snippet and examples/complete_training.py, run as a user
 would: from a working directory with relative paths, twice (the second run resumes the finished
-run and returns at once), on the embedded datasets cut small for speed (issue 10)."""
+run and returns at once), on the embedded datasets cut small for speed."""
 
 from __future__ import annotations
 

@@ -87,6 +87,7 @@ def _listed_flags(help_text: str) -> list[str]:
             [
                 "data_dir", "datasets", "gin_bindings", "gin_file", "gin_search_paths",
                 "max_samples", "output_dir", "tokenizer", "train_sentencepiece_vocab",
+                "train_tokenizer_json_vocab",
             ],
         ),
         (

@@ -1,5 +1,5 @@
 """The launchers relaunch a preempted job (exit code 42) up to a limit and stop on anything else:
-local_cluster with real processes, tpu_pod.sh's remote loop run locally (issue 14)."""
+local_cluster with real processes, tpu_pod.sh's remote loop run locally."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's main job and the reference's complete example, run for real on small data."""
+"""The README's main job and the Trainer API's complete example, run for real on small data."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_complete_example_run_from_the_checkout_leaves_nothing_in_it(
     tmp_path, monkeypatch, small_embedded_datasets
 ):
     """`python examples/complete_training.py` from the repository works in its own directory:
-    the reference's relative ./checkpoints lands there, not in the checkout."""
+    the example's relative ./checkpoints lands there, not in the checkout."""
     stray = os.path.join(REPO, "checkpoints")
     assert not os.path.exists(stray), f"remove {stray} (left by an earlier run) first"
     monkeypatch.chdir(REPO)

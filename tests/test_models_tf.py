@@ -273,7 +273,7 @@ def test_load_model_refuses_invalid_json_naming_the_file(tmp_path):
 
 
 def test_load_weights_builds_an_unbuilt_model_and_loads_exactly(tmp_path):
-    """The reference's flow: create_model(name).load_weights(file) on a fresh, unbuilt model."""
+    """The documented flow: create_model(name).load_weights(file) on a fresh, unbuilt model."""
     saved = create_model("highnoon-nano", init_seed=8)
     saved.build()
     path = str(tmp_path / "x.weights.h5")
@@ -349,6 +349,16 @@ def test_mixed_precision_gives_float32_logits(policy, name, dtype):
 def test_model_needs_static_sequence_length(nano):
     fn = tf.function(lambda x: nano(x), input_signature=[tf.TensorSpec([None, None], tf.int32)])
     with pytest.raises(ValueError, match="static sequence length"):
+        fn(_ids(1, 4))
+
+
+def test_an_argument_error_raised_while_tracing_keeps_its_class(nano):
+    """AutoGraph re-raises errors from traced code; highnoon's errors come back as themselves
+    (not as StagingError), so callers can catch what they were promised."""
+    from highnoon.utils.validation import InvalidArgumentError
+
+    fn = tf.function(lambda x: nano(x), input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    with pytest.raises(InvalidArgumentError, match="static sequence length"):
         fn(_ids(1, 4))
 
 

@@ -1,5 +1,5 @@
 """Preemption in one process: SIGTERM stops at the next step, saved, with the restart code; the
-relaunch resumes exactly; goodput counts the restart (issue 14). The multi-worker proofs are in
+relaunch resumes exactly; goodput counts the restart. The multi-worker proofs are in
 test_preemption_multiworker.py."""
 
 from __future__ import annotations

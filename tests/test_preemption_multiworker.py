@@ -1,6 +1,6 @@
 """Preemption with real worker processes: SIGTERM to one worker stops both at the same step,
 saved, with the restart code; ``local_cluster`` relaunches the job, which ends with the weights of
-an uninterrupted run, bitwise (issue 14).
+an uninterrupted run, bitwise.
 
 Every run is 2 workers of ``tests/workers/train_worker.py`` (nano model, deterministic ops,
 eval at each stage's end) under ``run_with_restarts`` with a hard kill timeout.

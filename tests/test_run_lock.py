@@ -1,4 +1,4 @@
-"""One run per model_dir (issue 11): ``highnoon.training.run_lock.RunLock``.
+"""One run per model_dir: ``highnoon.training.run_lock.RunLock``.
 
 Real processes contend for one directory (flock on a local disk, and the lease through
 ``tf.io.gfile`` on a local path); the lease's timing logic runs on ``ram://`` with a fake clock.

@@ -28,7 +28,13 @@ from highnoon.models.memory import (
 )
 from highnoon.training.checkpointing import Checkpointer, CheckpointError
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer
-from highnoon.training.sharding import check_level, resolve_sharding, step_traffic
+from highnoon.training.sharding import (
+    ShardingLevel,
+    check_level,
+    resolve_level,
+    resolve_sharding,
+    step_traffic,
+)
 from highnoon.training.sharding.adamw import (
     AdamWSettings,
     UnsupportedOptimizerError,
@@ -37,7 +43,9 @@ from highnoon.training.sharding.adamw import (
 from highnoon.training.sharding.checkpoint import has_storage
 from highnoon.training.sharding.fsdp import ShardingModelError
 from highnoon.training.sharding.layout import ShardSpec
+from highnoon.training.sharding.recorder import StepRecorder
 from highnoon.training.step import StepConfig, TrainStep
+from highnoon.training.step_engine import UnshardedEngine
 from highnoon.utils.validation import InvalidArgumentError
 from tests import sharding_helpers as H
 
@@ -83,13 +91,43 @@ def test_unknown_level_is_an_error_naming_the_levels():
     assert not model.built  # refused before anything was built
 
 
+def test_a_level_is_parsed_once_from_the_users_string():
+    assert ShardingLevel.parse(None) is None
+    levels = [ShardingLevel.parse(name) for name in LEVELS]
+    assert [level.name for level in levels] == ["optimizer", "gradients", "full"]
+    assert [level.shards_gradients for level in levels] == [False, True, True]
+    assert [level.shards_weights for level in levels] == [False, False, True]
+    assert ShardingLevel.parse(levels[2]) is levels[2] and str(levels[2]) == "full"
+    with pytest.raises(InvalidArgumentError) as error:
+        ShardingLevel("zero3")
+    assert str(error.value) == "sharding='zero3' must be one of ['optimizer', 'gradients', 'full']"
+    with pytest.raises(InvalidArgumentError, match="must be one of"):
+        ShardingLevel.parse(1)
+    # Consumers of a level take the type and the name alike.
+    config = hn.models.get_preset("highnoon-nano")
+    for level in levels:
+        by_type = step_traffic(config, level, 2, accumulation_steps=2)
+        assert by_type == step_traffic(config, level.name, 2, accumulation_steps=2)
+    assert resolve_level("gradients", 2) == levels[1] and resolve_level("full", 1) is None
+    assert check_level(levels[0]) == "optimizer"
+
+
+def test_a_recorder_refuses_a_step_it_has_not_seen_traced():
+    with pytest.raises(InvalidArgumentError) as error:
+        StepRecorder().bytes_sent_per_step(StepConfig(accumulation_steps=2))
+    assert str(error.value) == (
+        "config=StepConfig(accumulation_steps=2, clip_norm=1.0, jit_compile=False) names a step "
+        "that has not been traced yet; run it once first"
+    )
+
+
 def test_sharding_on_one_replica_warns_and_trains_unsharded(caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_sharding("full", 1) is None
     assert "sharding='full' on one replica has nothing to share; training unsharded" in caplog.text
     assert resolve_sharding("optimizer", 2) == "optimizer"
     step, multiplier = H.build(tf.distribute.OneDeviceStrategy("/cpu:0"), "full")
-    assert step.sharding is None and step.sharded is None
+    assert step.level is None and isinstance(step.engine, UnshardedEngine)
     losses = H.train(step, multiplier, 1, 2)
     assert len(losses) == 2 and int(step.optimizer.iterations.numpy()) == 2
 
@@ -318,7 +356,8 @@ def unsharded(mirrored):
 @pytest.mark.parametrize("level", ["optimizer", "gradients"])  # "full": the multi-worker tests
 def test_each_level_trains_to_the_unsharded_weights(mirrored, unsharded, level):
     reference, reference_losses = unsharded
-    step, multiplier = H.build(mirrored, level)
+    recorder = StepRecorder()
+    step, multiplier = H.build(mirrored, level, recorder=recorder)
     losses = H.train(step, multiplier)
     np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
     H.assert_weights_close(step.full_weights(), reference.full_weights())
@@ -327,7 +366,7 @@ def test_each_level_trains_to_the_unsharded_weights(mirrored, unsharded, level):
     # padding (every nano variable has an even size: none). Level "full" (weights halved too):
     # tests/test_sharding_multiworker.py and tests/test_trainer_sharding.py.
     full = H.unsharded_bytes(reference)
-    held = step.sharded.replica_bytes()
+    held = recorder.replica_bytes(step.engine)
     assert held["optimizer"] == full["optimizer"] // 2 + 4  # + the int64 step counter's half
     assert held["gradients"] == (
         full["gradients"] if level == "optimizer" else full["gradients"] // 2
@@ -335,7 +374,7 @@ def test_each_level_trains_to_the_unsharded_weights(mirrored, unsharded, level):
     assert held["weights"] == full["weights"]
     # The collectives the traced step issues: the model's traffic plus the clip norm's scalar.
     config = H.stage_config(1)
-    logged = step.sharded.bytes_sent_per_step(config)
+    logged = recorder.bytes_sent_per_step(config)
     expected = step_traffic(step.model.config, level, 2, accumulation_steps=H.ACCUMULATION)
     assert logged == expected + 4
 
@@ -383,7 +422,7 @@ def test_sharded_step_compiles_with_xla(mirrored, unsharded_four_steps, level, r
         H.train(step, multiplier, 1, 4, jit_compile=True)
     # XLA fuses differently (as the unsharded jit_compile runs do): float tolerance.
     H.assert_weights_close(step.full_weights(), unsharded_four_steps)
-    engine = step.sharded
+    engine = step.engine
     shares = [tf.zeros([s.shard_size]) for s in engine.specs]
     update = engine._compiled["update"]
     args = (shares, shares, shares, shares, tf.constant(1e-3), tf.constant(3, tf.int64))
@@ -427,7 +466,7 @@ def test_mixed_float16_loss_scaling_matches_keras(mirrored, level, tmp_path):
             runs[name] = step
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    keras_opt, state = runs[None].optimizer, runs[level].sharded.state
+    keras_opt, state = runs[None].optimizer, runs[level].engine.state
     scale = float(keras_opt.dynamic_scale.numpy())
     iterations = int(keras_opt.iterations.numpy())
     assert 0 < iterations < 10  # some steps were skipped
@@ -473,8 +512,8 @@ def test_sharded_checkpoints_have_the_unsharded_names_and_restore_anywhere(
     path = saver.save(4)
     assert dict(tf.train.list_variables(path)) == dict(tf.train.list_variables(ref_path))
     weights = step.full_weights()
-    state = step.sharded.state
-    moments = [state.full_value(m, s).numpy() for m, s in zip(state.m, step.sharded.specs)]
+    state = step.engine.state
+    moments = [state.full_value(m, s).numpy() for m, s in zip(state.m, step.engine.specs)]
 
     # Unsharded, on one device: the Keras model and AdamW read it as their own.
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -491,8 +530,8 @@ def test_sharded_checkpoints_have_the_unsharded_names_and_restore_anywhere(
     _checkpointer(other, str(tmp_path / "ref"), mirrored).restore(str(tmp_path / "ref"))
     assert all(np.array_equal(a, b) for a, b in zip(other.full_weights(), reference.full_weights()))
     velocities = [
-        other.sharded.state.full_value(v, s).numpy()
-        for v, s in zip(other.sharded.state.v, other.sharded.specs)
+        other.engine.state.full_value(v, s).numpy()
+        for v, s in zip(other.engine.state.v, other.engine.specs)
     ]
     assert all(
         np.array_equal(a.numpy(), b) for a, b in zip(reference.optimizer._velocities, velocities)

@@ -31,8 +31,8 @@ def weights_of(model) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
 
 
-# -- the reference contract -----------------------------------------------------------------
-def test_signatures_and_defaults_match_the_reference():
+# -- the public API contract ---------------------------------------------------------------
+def test_signatures_and_defaults_match_the_public_api():
     init = inspect.signature(Trainer.__init__).parameters
     assert [(n, init[n].default) for n in list(init)[2:6]] == [
         ("learning_rate", 1e-4),
@@ -321,7 +321,7 @@ def test_xla_compiled_step_trains_and_matches_the_plain_step(tmp_path, data):
         trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
         summary = trainer.train(save_checkpoints=False)
         results[jit] = (summary, weights_of(trainer.model))
-    step = trainer._step
+    step = trainer._step.engine
     config = StepConfig(accumulation_steps=1, clip_norm=1.0, jit_compile=True)
     batch = {key: tf.zeros([4, 32], tf.int32) for key in ("inputs", "targets", "loss_mask")}
     # One replica: gradients, clipping and the AdamW update are one XLA computation.

@@ -1,5 +1,5 @@
 """The documented flows as a user runs them: relative paths, built models, fine-tuning,
-Trainer.load, the reference's behaviours, and what a run prints (issue 10)."""
+Trainer.load, the documented API's behaviours, and what a run prints."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_load_restores_the_weights_before_train_and_train_continues(tmp_path, da
     np.testing.assert_array_equal(logits_of(fresh), saved_logits)
 
 
-# -- the reference's behaviours -------------------------------------------------------------
+# -- the documented API's behaviours --------------------------------------------------------
 def test_epochs_per_stage_none_uses_each_stages_epochs(tmp_path, data):
     trainer = make_trainer(tmp_path)
     trainer.add_curriculum_stage("first", [data["a"]], epochs=2)

@@ -1,5 +1,6 @@
 """A run never trains on the wrong thing: changed data on resume, every bad value refused at the
-call, tampered trainer.json (issue 11, Trainer side)."""
+call, tampered trainer.json (the Trainer side; the data side is
+test_data_integrity.py)."""
 
 from __future__ import annotations
 

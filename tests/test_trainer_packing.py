@@ -1,5 +1,5 @@
 """Packing through the Trainer: nothing dropped, counts that match the packing, exact resume,
-and no change when every sample fills a row (issue 16). The 1- vs 2-worker proof is in
+and no change when every sample fills a row. The 1- vs 2-worker proof is in
 test_trainer_multiworker.py."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sharding through the Trainer (issue 13): each level trains two stages with accumulation and
+"""Sharding through the Trainer: each level trains two stages with accumulation and
 clipping to the unsharded Trainer's weights, resumes unsharded from a sharded checkpoint, and
 every bad setting is refused before anything is built. Two logical CPUs under MirroredStrategy;
 the multi-worker proofs of the step are in test_sharding_multiworker.py, the Trainer on real

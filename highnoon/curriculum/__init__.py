@@ -10,7 +10,7 @@ from __future__ import annotations
 from highnoon.curriculum.adaptive import AdaptiveCurriculumScheduler
 from highnoon.curriculum.batches import create_curriculum_batches
 from highnoon.curriculum.order import order_from_scores, scores_fingerprint
-from highnoon.curriculum.pacing import PACINGS, Pacing, pool_size
+from highnoon.curriculum.pacing import PACINGS, Pacing, canonical_pacing, pool_size
 from highnoon.curriculum.scheduler import STRATEGIES, CurriculumScheduler
 from highnoon.curriculum.scoring import random_scores, scores_from_features
 from highnoon.curriculum.seq_length import SequenceLengthWarmup
@@ -22,6 +22,7 @@ __all__ = [
     "CurriculumScheduler",
     "Pacing",
     "SequenceLengthWarmup",
+    "canonical_pacing",
     "create_curriculum_batches",
     "order_from_scores",
     "pool_size",

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 
 from highnoon.curriculum import pacing as pacing_lib
-from highnoon.curriculum.scheduler import CurriculumScheduler, _int_arg
+from highnoon.curriculum.scheduler import CurriculumScheduler
+from highnoon.utils.validation import InvalidArgumentError, check_float, check_int
 
 
 class AdaptiveCurriculumScheduler(CurriculumScheduler):
     """Advances stages on the training loss instead of a fixed schedule.
 
-    Stage ``s`` exposes the pacing's level ``s / num_stages`` (with the reference pacing
+    Stage ``s`` exposes the pacing's level ``s / num_stages`` (with the warm-up staircase
     ``initial_fraction + (1 - initial_fraction) * s / num_stages``). ``update_with_loss(epoch,
     loss)`` is called once per epoch (strictly increasing epochs) with the loss of that epoch
     (the Trainer passes the all-replica mean). With ``k = epoch - stage_start + 1`` epochs done in
@@ -42,26 +43,27 @@ class AdaptiveCurriculumScheduler(CurriculumScheduler):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("total_steps") is not None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"total_steps={kwargs['total_steps']!r}: the adaptive scheduler decides once per "
                 "epoch; leave total_steps=None"
             )
         super().__init__(**kwargs)
-        t = loss_threshold_for_progression
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"loss_threshold_for_progression={t!r} must be a finite number >= 0")
-        self.loss_threshold_for_progression = float(t)
-        self.min_epochs_per_stage = _int_arg("min_epochs_per_stage", min_epochs_per_stage, 1)
-        self.max_epochs_per_stage = _int_arg(
-            "max_epochs_per_stage", max_epochs_per_stage, self.min_epochs_per_stage
+        self.loss_threshold_for_progression = check_float(
+            "loss_threshold_for_progression", loss_threshold_for_progression, minimum=0.0
         )
-        self.plateau_window = _int_arg("plateau_window", plateau_window, 1)
+        self.min_epochs_per_stage = check_int(
+            "min_epochs_per_stage", min_epochs_per_stage, minimum=1
+        )
+        self.max_epochs_per_stage = check_int(
+            "max_epochs_per_stage", max_epochs_per_stage, minimum=self.min_epochs_per_stage
+        )
+        self.plateau_window = check_int("plateau_window", plateau_window, minimum=1)
         self.advance_epochs: list[int] = []
         self._stage_losses: list[float] = []
         self._last_update: int | None = None
 
     def stage_at(self, epoch: int) -> int:
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         return sum(1 for e in self.advance_epochs if e < epoch)
 
     def fraction_at(self, epoch: int) -> float:
@@ -85,14 +87,14 @@ class AdaptiveCurriculumScheduler(CurriculumScheduler):
 
     def update_with_loss(self, epoch: int, current_loss: float) -> bool:
         """Record the loss of ``epoch``; return True if the curriculum advanced a stage."""
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         if self._last_update is not None and epoch <= self._last_update:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"epoch={epoch} must be greater than the last updated epoch {self._last_update}"
             )
         loss = float(current_loss)
         if not math.isfinite(loss):
-            raise ValueError(f"current_loss={current_loss!r} must be a finite number")
+            raise InvalidArgumentError(f"current_loss={current_loss!r} must be a finite number")
         self._last_update = epoch
         self._stage_losses.append(loss)
         stage = len(self.advance_epochs)
@@ -144,9 +146,13 @@ class AdaptiveCurriculumScheduler(CurriculumScheduler):
             losses = [float(x) for x in decisions["stage_losses"]]
             last = decisions["last_update"]
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"state['decisions']={decisions!r} is malformed: {error}") from None
+            raise InvalidArgumentError(
+                f"state['decisions']={decisions!r} is malformed: {error}"
+            ) from None
         if advances != sorted(set(advances)) or len(advances) > self.num_stages:
-            raise ValueError(f"state['decisions']['advance_epochs']={advances!r} is invalid")
+            raise InvalidArgumentError(
+                f"state['decisions']['advance_epochs']={advances!r} is invalid"
+            )
         self.advance_epochs = advances
         self._stage_losses = losses
         self._last_update = None if last is None else int(last)

@@ -1,5 +1,5 @@
-"""``create_curriculum_batches``: the reference's batching helper over curriculum indices
-(numpy only)."""
+"""``create_curriculum_batches``: the public batching helper over curriculum indices, for
+loops outside the Trainer (numpy only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from highnoon.utils.hashing import KeyedPermutation
-from highnoon.utils.validation import check_int
+from highnoon.utils.validation import InvalidArgumentError, check_int
 
 
 def create_curriculum_batches(
@@ -22,35 +22,41 @@ def create_curriculum_batches(
 ) -> list[tuple[Any, Any]]:
     """Batches ``(inputs_batch, labels_batch)`` of the curriculum-selected samples.
 
-    ``molecules`` (the reference's name for the inputs) is an array (batches are arrays, taken
+    ``molecules`` (the public API's historical name for the inputs) is an array (batches are arrays, taken
     along axis 0) or a sequence (batches are lists); ``labels`` likewise, or None. The batches
     follow ``curriculum_indices`` (default: all samples in order), shuffled by a keyed
     permutation of ``seed`` when ``shuffle``; the last short batch is dropped when
     ``drop_remainder``. Deterministic for a given seed.
     """
     if molecules is None:
-        raise ValueError("molecules=None; pass the inputs (an array or a sequence of samples)")
+        raise InvalidArgumentError(
+            "molecules=None; pass the inputs (an array or a sequence of samples)"
+        )
     count = len(molecules)
     if labels is not None and len(labels) != count:
-        raise ValueError(f"labels has {len(labels)} entries; it must match molecules' {count}")
+        raise InvalidArgumentError(
+            f"labels has {len(labels)} entries; it must match molecules' {count}"
+        )
     if curriculum_indices is None:
         indices = np.arange(count, dtype=np.int64)
     else:
         indices = np.asarray(curriculum_indices)
         if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(indices.dtype, np.integer)):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"curriculum_indices must be a 1-D array of integers, got shape {indices.shape} "
                 f"dtype {indices.dtype}"
             )
         indices = indices.astype(np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= count):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"curriculum_indices must lie in [0, {count - 1}], got values in "
                 f"[{indices.min()}, {indices.max()}]"
             )
     if indices.size == 0:
-        raise ValueError("curriculum_indices is empty (or molecules is); need at least one sample")
-    # A batch larger than the selection gives one short batch (as the reference does).
+        raise InvalidArgumentError(
+            "curriculum_indices is empty (or molecules is); need at least one sample"
+        )
+    # A batch larger than the selection gives one short batch (the documented behaviour).
     batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_int("seed", seed)
     if shuffle:

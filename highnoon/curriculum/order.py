@@ -6,10 +6,12 @@ Ties go to the lower index, so no platform or sort algorithm can change the orde
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
+
+from highnoon.utils.hashing import new_sha256
+from highnoon.utils.validation import InvalidArgumentError
 
 _U = np.uint64
 
@@ -17,16 +19,16 @@ _U = np.uint64
 def check_scores(scores: Any) -> np.ndarray:
     array = np.asarray(scores)
     if array.ndim != 1:
-        raise ValueError(f"scores must be a 1-D array, got shape {array.shape}")
+        raise InvalidArgumentError(f"scores must be a 1-D array, got shape {array.shape}")
     if array.size == 0:
-        raise ValueError("scores=[] is empty; the curriculum needs at least one sample")
+        raise InvalidArgumentError("scores=[] is empty; the curriculum needs at least one sample")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
-        raise ValueError(f"scores must be real numbers, got dtype {array.dtype}")
+        raise InvalidArgumentError(f"scores must be real numbers, got dtype {array.dtype}")
     array = np.ascontiguousarray(array, dtype="<f8")
     finite = np.isfinite(array)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
-        raise ValueError(
+        raise InvalidArgumentError(
             f"scores[{bad}]={float(array[bad])!r} is not finite; scores must be finite numbers "
             "(no NaN or infinity)"
         )
@@ -36,7 +38,7 @@ def check_scores(scores: Any) -> np.ndarray:
 def scores_fingerprint(scores: np.ndarray) -> str:
     """``sha256:<hex of the float64 little-endian bytes>:<length>``."""
     array = np.ascontiguousarray(scores, dtype="<f8")
-    digest = hashlib.sha256()
+    digest = new_sha256()
     view = array.view(np.uint8)
     step = 1 << 26
     for start in range(0, view.size, step):

@@ -9,27 +9,30 @@ same fraction levels:
 ``t`` is an epoch, or a global step when a ``total_steps`` horizon is given (runs shorter than an
 epoch). ``T`` is the horizon: ``total_epochs`` / ``total_steps``; for epoch-based pacing without
 ``total_epochs`` it defaults to ``warmup_epochs + (num_stages - 1) * stage_increment_epochs``, the
-epoch at which the reference staircase reaches 1.0 (90 with the defaults). ``c0`` is
+epoch at which the warm-up staircase reaches 1.0 (90 with the defaults). ``c0`` is
 ``initial_fraction`` and ``n`` is ``num_stages``.
 
-=============  ============================================================  =====================
-name           progress ``u(t)``                                             level ``f(u)``
-=============  ============================================================  =====================
-reference      0 for ``t < warmup``, else ``min(n, 1 + (t - warmup) //        ``c0 + (1 - c0) u``
-               increment) / n`` (the reference's epoch staircase)
-linear         ``min(1, t / T)``                                             ``c0 + (1 - c0) u``
-root_p         ``min(1, t / T)``                                             ``(u (1 - c0^p) + c0^p)
-                                                                             ^ (1/p)`` (Platanios
-                                                                             et al. 2019, p = 2)
-discrete       ``min(n, (t * n) // T) / n`` (n equal stairs over T)          ``c0 + (1 - c0) u``
-exponential    ``min(n, (t * n) // T) / n``                                  ``c0 ^ (1 - u)``
+================  =========================================================  =====================
+name              progress ``u(t)``                                          level ``f(u)``
+================  =========================================================  =====================
+warmup_staircase  0 for ``t < warmup``, else ``min(n, 1 + (t - warmup) //     ``c0 + (1 - c0) u``
+                  increment) / n``: ``warmup_epochs`` at the first level,
+                  then one stair every ``stage_increment_epochs`` epochs
+                  (``"reference"`` is its earlier name, still accepted)
+linear            ``min(1, t / T)``                                          ``c0 + (1 - c0) u``
+root_p            ``min(1, t / T)``                                          ``(u (1 - c0^p) +
+                                                                             c0^p) ^ (1/p)``
+                                                                             (Platanios et al.
+                                                                             2019, p = 2)
+discrete          ``min(n, (t * n) // T) / n`` (n equal stairs over T)       ``c0 + (1 - c0) u``
+exponential       ``min(n, (t * n) // T) / n``                               ``c0 ^ (1 - u)``
                                                                              (each stair multiplies
                                                                              the pool by
                                                                              ``c0^(-1/n)``)
-constant       0 (no growth; ``initial_fraction=1.0`` exposes all data)         ``c0``
-=============  ============================================================  =====================
+constant          0 (no growth; ``initial_fraction=1.0`` exposes all data)   ``c0``
+================  =========================================================  =====================
 
-With the reference defaults (c0 = 0.2, n = 5, warmup 10, increment 20) the fractions 0.2, 0.36,
+With the default settings (c0 = 0.2, n = 5, warmup 10, increment 20) the fractions 0.2, 0.36,
 0.52, 0.68, 0.84, 1.0 start at epochs 0, 10, 30, 50, 70, 90.
 
 Only integer arithmetic decides the staircase position, so every host agrees on it exactly; the
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from highnoon.utils.validation import (
+    InvalidArgumentError,
     check_fraction,
     check_int,
     check_keys,
@@ -51,9 +55,27 @@ from highnoon.utils.validation import (
     is_integer,
 )
 
-PACINGS = ("reference", "linear", "root_p", "discrete", "exponential", "constant")
+WARMUP_STAIRCASE = "warmup_staircase"
+# Earlier names still accepted; a pacing keeps the name it was given (saved scheduler states and
+# stream fingerprints read as before), so compare through ``canonical_pacing``.
+PACING_ALIASES = {"reference": WARMUP_STAIRCASE}
+PACINGS = (
+    WARMUP_STAIRCASE,
+    "linear",
+    "root_p",
+    "discrete",
+    "exponential",
+    "constant",
+    *PACING_ALIASES,
+)
 _OPTIONS = {"root_p": {"p"}}  # pacing -> accepted pacing_options keys
 DEFAULT_P = 2.0
+
+
+def canonical_pacing(name: str) -> str:
+    """The pacing ``name`` stands for: an alias (``"reference"``) becomes its current name
+    (``"warmup_staircase"``), every other name is itself."""
+    return PACING_ALIASES.get(name, name)
 
 
 def check_pacing_options(pacing: str, options: Any) -> dict[str, Any]:
@@ -71,15 +93,11 @@ def check_pacing_options(pacing: str, options: Any) -> dict[str, Any]:
     return options
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    return check_int(name, value, minimum=minimum)
-
-
 @dataclass(frozen=True)
 class Pacing:
     """A validated pacing: ``fraction(t)`` and ``stage(t)`` for an epoch or global step ``t``."""
 
-    name: str = "reference"
+    name: str = WARMUP_STAIRCASE
     initial_fraction: float = 0.2
     num_stages: int = 5
     warmup_epochs: int = 10
@@ -90,23 +108,25 @@ class Pacing:
 
     def __post_init__(self) -> None:
         if self.name not in PACINGS:
-            raise ValueError(f"pacing={self.name!r} is not a known pacing; use one of {PACINGS}")
+            raise InvalidArgumentError(
+                f"pacing={self.name!r} is not a known pacing; use one of {PACINGS}"
+            )
         check_fraction("initial_fraction", self.initial_fraction, allow_zero=False)
-        _check_int("num_stages", self.num_stages, 1)
-        _check_int("warmup_epochs", self.warmup_epochs, 0)
-        _check_int("stage_increment_epochs", self.stage_increment_epochs, 1)
+        check_int("num_stages", self.num_stages, minimum=1)
+        check_int("warmup_epochs", self.warmup_epochs, minimum=0)
+        check_int("stage_increment_epochs", self.stage_increment_epochs, minimum=1)
         if self.total_epochs is not None:
-            _check_int("total_epochs", self.total_epochs, 1)
+            check_int("total_epochs", self.total_epochs, minimum=1)
         if self.total_steps is not None:
-            _check_int("total_steps", self.total_steps, 1)
-            if self.name == "reference":
-                raise ValueError(
-                    "pacing='reference' counts epochs (warmup_epochs, stage_increment_epochs); "
+            check_int("total_steps", self.total_steps, minimum=1)
+            if canonical_pacing(self.name) == WARMUP_STAIRCASE:
+                raise InvalidArgumentError(
+                    f"pacing={self.name!r} counts epochs (warmup_epochs, stage_increment_epochs); "
                     "total_steps needs one of 'linear', 'root_p', 'discrete', 'exponential', "
                     "'constant'"
                 )
             if self.total_epochs is not None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"give total_epochs={self.total_epochs!r} or total_steps={self.total_steps!r}, "
                     "not both"
                 )
@@ -118,10 +138,14 @@ class Pacing:
     ) -> Pacing:
         """Build from a pacing name plus ``pacing_options`` (only ``{"p": ...}`` for root_p)."""
         if not isinstance(name, str) or name not in PACINGS:
-            raise ValueError(f"pacing={name!r} is not a known pacing; use one of {PACINGS}")
+            raise InvalidArgumentError(
+                f"pacing={name!r} is not a known pacing; use one of {PACINGS}"
+            )
         options = check_pacing_options(name, options or {})
         if p is not None and "p" in options and options["p"] != p:
-            raise ValueError(f"p={p!r} conflicts with pacing_options['p']={options['p']!r}")
+            raise InvalidArgumentError(
+                f"p={p!r} conflicts with pacing_options['p']={options['p']!r}"
+            )
         p_value = options.get("p", p if p is not None else DEFAULT_P)
         return cls(name=name, p=p_value, **kwargs)
 
@@ -132,7 +156,8 @@ class Pacing:
 
     @property
     def horizon(self) -> int:
-        """``T``: total_steps, total_epochs, or the epoch at which the reference reaches 1.0."""
+        """``T``: total_steps, total_epochs, or the epoch at which the warm-up staircase reaches
+        1.0."""
         if self.total_steps is not None:
             return self.total_steps
         if self.total_epochs is not None:
@@ -142,7 +167,7 @@ class Pacing:
     def stair(self, t: int) -> int | None:
         """Staircase position in 0..num_stages (None for the continuous ramps)."""
         n = self.num_stages
-        if self.name == "reference":
+        if canonical_pacing(self.name) == WARMUP_STAIRCASE:
             if t < self.warmup_epochs:
                 return 0
             return min(n, 1 + (t - self.warmup_epochs) // self.stage_increment_epochs)
@@ -154,7 +179,7 @@ class Pacing:
 
     def progress(self, t: int) -> float:
         """``u(t)`` in [0, 1]."""
-        t = _check_int("epoch" if self.unit == "epoch" else "step", t, 0)
+        t = check_int("epoch" if self.unit == "epoch" else "step", t, minimum=0)
         stair = self.stair(t)
         if stair is not None:
             return stair / self.num_stages
@@ -174,14 +199,14 @@ class Pacing:
 
     def fraction(self, t: int) -> float:
         """Exposed fraction of the easy-to-hard order at epoch/step ``t``."""
-        stair = self.stair(_check_int("epoch" if self.unit == "epoch" else "step", t, 0))
+        stair = self.stair(check_int("epoch" if self.unit == "epoch" else "step", t, minimum=0))
         if stair is not None:
             return self.stage_fraction(stair)
         return self.level(self.progress(t))
 
     def stage(self, t: int) -> int:
         """Stage index 0..num_stages: the stair, or for ramps how many ``1/n`` of the way."""
-        t = _check_int("epoch" if self.unit == "epoch" else "step", t, 0)
+        t = check_int("epoch" if self.unit == "epoch" else "step", t, minimum=0)
         stair = self.stair(t)
         if stair is not None:
             return stair

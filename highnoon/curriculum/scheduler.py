@@ -36,7 +36,7 @@ from highnoon.curriculum import scoring
 from highnoon.curriculum.order import check_scores, order_from_scores, scores_fingerprint
 from highnoon.data import features as features_lib
 from highnoon.utils.hashing import KeyedPermutation
-from highnoon.utils.validation import check_int
+from highnoon.utils.validation import InvalidArgumentError, check_int
 
 logger = logging.getLogger("highnoon.curriculum")
 
@@ -44,15 +44,19 @@ STRATEGIES = (*scoring.STRATEGIES, "custom")
 STATE_FORMAT = "highnoon.curriculum/1"
 
 
-def _int_arg(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
-    return check_int(name, value, minimum=minimum, maximum=maximum)
+def _canonical(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the pacing under its current name: a state saved with an alias
+    (``"reference"``) loads into a scheduler made with the new name, and the other way round."""
+    if isinstance(params.get("pacing"), str):
+        params = {**params, "pacing": pacing_lib.canonical_pacing(params["pacing"])}
+    return params
 
 
 class CurriculumScheduler:
     """Easy-to-hard curriculum with deterministic pools, epoch orders and per-host slices.
 
-    The first six parameters are the reference's (same order, defaults and meaning); the rest are
-    keyword-only:
+    The first six parameters are positional, in the order and with the defaults the public API
+    has always had; the rest are keyword-only:
 
     Args:
       strategy: ``"size_based"`` (length), ``"difficulty_based"``, ``"mixed"``, ``"random"``
@@ -63,9 +67,11 @@ class CurriculumScheduler:
         (see ``highnoon.curriculum.pacing``).
       verbose: log a concise line (``logging``, logger ``highnoon.curriculum``) whenever
         the stage changes.
-      pacing: ``"reference"``, ``"linear"``, ``"root_p"``, ``"discrete"``, ``"exponential"``,
-        ``"constant"`` (always ``initial_fraction``; 1.0 turns the curriculum off).
-      total_epochs / total_steps: horizon of the non-reference pacings; ``total_steps`` switches
+      pacing: ``"warmup_staircase"`` (``warmup_epochs`` at ``initial_fraction``, then a stair
+        every ``stage_increment_epochs``; ``"reference"`` is its earlier name, still accepted),
+        ``"linear"``, ``"root_p"``, ``"discrete"``, ``"exponential"``, ``"constant"`` (always
+        ``initial_fraction``; 1.0 turns the curriculum off).
+      total_epochs / total_steps: horizon of the other pacings; ``total_steps`` switches
         the time axis to global steps.
       pacing_options / p: options of the pacing (``p`` of root_p, default 2).
       seed: key of the per-epoch permutations.
@@ -83,7 +89,7 @@ class CurriculumScheduler:
         initial_fraction: float = 0.2,
         verbose: bool = True,
         *,
-        pacing: str = "reference",
+        pacing: str = pacing_lib.WARMUP_STAIRCASE,
         total_epochs: int | None = None,
         total_steps: int | None = None,
         pacing_options: Mapping[str, Any] | None = None,
@@ -95,24 +101,26 @@ class CurriculumScheduler:
     ) -> None:
         if callable(strategy):
             if scorer is not None:
-                raise ValueError("give the custom scorer as strategy=callable or scorer=, not both")
+                raise InvalidArgumentError(
+                    "give the custom scorer as strategy=callable or scorer=, not both"
+                )
             strategy, scorer = "custom", strategy
         if scorer is not None:
             if not callable(scorer):
-                raise ValueError(f"scorer={scorer!r} must be a callable sample -> float")
+                raise InvalidArgumentError(f"scorer={scorer!r} must be a callable sample -> float")
             if strategy not in ("custom", "size_based"):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"strategy={strategy!r} conflicts with scorer=; a scorer makes the strategy "
                     "'custom'"
                 )
             strategy = "custom"
         if strategy not in STRATEGIES:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"strategy={strategy!r} is not a known strategy; use one of {STRATEGIES} or a "
                 "callable sample -> float"
             )
         if strategy == "custom" and scorer is None:
-            raise ValueError("strategy='custom' needs scorer=<callable sample -> float>")
+            raise InvalidArgumentError("strategy='custom' needs scorer=<callable sample -> float>")
         self.strategy = strategy
         self.scorer = scorer
         self.pacing = pacing_lib.Pacing.create(
@@ -131,11 +139,9 @@ class CurriculumScheduler:
         self.stage_increment_epochs = self.pacing.stage_increment_epochs
         self.initial_fraction = float(self.pacing.initial_fraction)
         self.verbose = bool(verbose)
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise ValueError(f"seed={seed!r} must be an integer")
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         self.shuffle = bool(shuffle)
-        self.global_batch_size = _int_arg("global_batch_size", global_batch_size, 1)
+        self.global_batch_size = check_int("global_batch_size", global_batch_size, minimum=1)
         self.order: np.ndarray | None = None
         self._scores: np.ndarray | None = None
         self._select: Callable[[int], np.ndarray] | None = None
@@ -160,14 +166,16 @@ class CurriculumScheduler:
         """
         samples = list(samples) if not isinstance(samples, list) else samples
         if len(samples) == 0:
-            raise ValueError("samples=[] is empty; the curriculum needs at least one sample")
+            raise InvalidArgumentError(
+                "samples=[] is empty; the curriculum needs at least one sample"
+            )
         scorer = self.scorer
         if strategy is None:
             strategy = self.strategy
         elif callable(strategy):
             strategy, scorer = "custom", strategy
         if strategy not in STRATEGIES:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"strategy={strategy!r} is not a known strategy; use one of {STRATEGIES} or a "
                 "callable sample -> float"
             )
@@ -178,7 +186,9 @@ class CurriculumScheduler:
         }
         if strategy == "custom":
             if scorer is None:
-                raise ValueError("strategy='custom' needs scorer=<callable sample -> float>")
+                raise InvalidArgumentError(
+                    "strategy='custom' needs scorer=<callable sample -> float>"
+                )
             scores = np.array(
                 [explicit[i] if i in explicit else scorer(s) for i, s in enumerate(samples)],
                 dtype=np.float64,
@@ -207,13 +217,13 @@ class CurriculumScheduler:
         """Set the curriculum from a precomputed 1-D score array; return the order (int64)."""
         scores = check_scores(scores)
         if scores.size < self.global_batch_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"global_batch_size={self.global_batch_size} is larger than the data "
                 f"({scores.size} samples); it must be <= the number of samples"
             )
         fingerprint = scores_fingerprint(scores)
         if self._expected_fingerprint is not None and fingerprint != self._expected_fingerprint:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"scores fingerprint {fingerprint} does not match the restored state's "
                 f"{self._expected_fingerprint}; restore with the same scores"
             )
@@ -229,7 +239,9 @@ class CurriculumScheduler:
         same epoch. The epoch's order is that multiset sorted stably by (score, position), and
         pools and keyed epoch orders are taken from it. ``None`` restores the fixed order."""
         if select is not None and not callable(select):
-            raise ValueError(f"select={select!r} must be a callable epoch -> indices, or None")
+            raise InvalidArgumentError(
+                f"select={select!r} must be a callable epoch -> indices, or None"
+            )
         self._select = select
         self._epoch_order = None
 
@@ -242,7 +254,7 @@ class CurriculumScheduler:
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             chosen = np.asarray(self._select(epoch), dtype=np.int64)
             if chosen.shape != order.shape:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"the epoch selection of epoch {epoch} has shape {chosen.shape}; it must hold "
                     f"num_samples={order.size} indices"
                 )
@@ -261,7 +273,7 @@ class CurriculumScheduler:
 
     def _require_order(self) -> np.ndarray:
         if self.order is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "the curriculum is not prepared; call prepare_curriculum(samples) or "
                 "prepare_curriculum_from_scores(scores) first"
             )
@@ -271,12 +283,12 @@ class CurriculumScheduler:
 
     def stage_at(self, epoch: int) -> int:
         """Stage (0..num_stages) at epoch ``epoch`` (at the epoch's first step, for step pacing)."""
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         return self.pacing.stage(self._time(epoch, 0))
 
     def fraction_at(self, epoch: int) -> float:
         """Exposed fraction at epoch ``epoch`` (at the epoch's first step, for step pacing)."""
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         return self.pacing.fraction(self._time(epoch, 0))
 
     def _time(self, epoch: int, step: int) -> int:
@@ -289,7 +301,7 @@ class CurriculumScheduler:
 
     def pool_size(self, epoch: int, step: int = 0) -> int:
         """Samples in the pool at ``epoch`` (``step`` matters only for step pacing)."""
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         self._require_order()
         fraction = self.pacing.fraction(self._time(epoch, step))
         return pacing_lib.pool_size(fraction, self.num_samples, self.global_batch_size)
@@ -298,7 +310,7 @@ class CurriculumScheduler:
         """Global steps in ``epoch``: pool // G (epoch pacing) or num_samples // G (step pacing)."""
         g = self._batch(global_batch_size)
         if self.pacing.unit == "step":
-            _int_arg("epoch", epoch)
+            check_int("epoch", epoch, minimum=0)
             self._require_order()
             return self.num_samples // g
         return self.pool_size(epoch) // g
@@ -306,9 +318,9 @@ class CurriculumScheduler:
     def _batch(self, global_batch_size: int | None) -> int:
         if global_batch_size is None:
             return self.global_batch_size
-        g = _int_arg("global_batch_size", global_batch_size, 1)
+        g = check_int("global_batch_size", global_batch_size, minimum=1)
         if self.order is not None and g > self.num_samples:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"global_batch_size={g} is larger than the data ({self.num_samples} samples)"
             )
         return g
@@ -324,7 +336,7 @@ class CurriculumScheduler:
         Stateless: the same epoch always gives the same array. For step pacing it is the pool at
         the epoch's first step.
         """
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         order = self.order_at(epoch)
         n = self.pool_size(epoch)
         indices = order[self._permute(epoch, n, np.arange(n, dtype=np.int64))]
@@ -334,7 +346,7 @@ class CurriculumScheduler:
     def exposed_size(self, epoch: int) -> int:
         """Samples the pacing exposes at ``epoch`` before the pool is rounded down to whole
         global batches (``pacing.exposed_size``; at the epoch's first step, for step pacing)."""
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         self._require_order()
         return pacing_lib.exposed_size(
             self.fraction_at(epoch), self.num_samples, self.global_batch_size
@@ -348,7 +360,7 @@ class CurriculumScheduler:
         whole batches this is ``host_epoch_indices(epoch, 0, 1)`` flattened. Step pacing: the
         epoch's global batches back to back. Every host computes the same stream.
         """
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         order = self.order_at(epoch)
         if self.pacing.unit == "step":
             return self.host_epoch_indices(epoch, 0, 1).reshape(-1)
@@ -360,7 +372,7 @@ class CurriculumScheduler:
         (``epoch_stream`` holds them all), else the remainder of whole global batches
         (``exposed_size - pool_size``). Step pacing (packed or not, the epoch is whole global
         batches): ``num_samples - steps_per_epoch * global_batch_size``."""
-        epoch = _int_arg("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         self._require_order()
         if self.pacing.unit == "step":
             return self.num_samples - self.steps_per_epoch(epoch) * self.global_batch_size
@@ -386,7 +398,7 @@ class CurriculumScheduler:
     def get_stage_info(self, epoch: int | None = None) -> dict[str, Any]:
         """``current_stage``, ``fraction``, ``num_samples`` (pool size) and extras, at ``epoch``
         (default: the last epoch passed to get_current_subset_indices / update_with_loss)."""
-        epoch = self._epoch if epoch is None else _int_arg("epoch", epoch)
+        epoch = self._epoch if epoch is None else check_int("epoch", epoch, minimum=0)
         prepared = self.order is not None
         return {
             "current_stage": self.stage_at(epoch),
@@ -404,11 +416,11 @@ class CurriculumScheduler:
     # -- sharding ---------------------------------------------------------------------------
 
     def _host_args(self, epoch: int, host_id: int, num_hosts: int, g: int) -> tuple[int, int, int]:
-        epoch = _int_arg("epoch", epoch)
-        num_hosts = _int_arg("num_hosts", num_hosts, 1)
-        host_id = _int_arg("host_id", host_id, 0, num_hosts - 1)
+        epoch = check_int("epoch", epoch, minimum=0)
+        num_hosts = check_int("num_hosts", num_hosts, minimum=1)
+        host_id = check_int("host_id", host_id, minimum=0, maximum=num_hosts - 1)
         if g % num_hosts:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"global_batch_size={g} does not divide by num_hosts={num_hosts}; it must be a "
                 "multiple of the host count so every host gets the same rows"
             )
@@ -447,7 +459,7 @@ class CurriculumScheduler:
         g = self._batch(global_batch_size)
         epoch, host_id, num_hosts = self._host_args(epoch, host_id, num_hosts, g)
         steps = self.steps_per_epoch(epoch, g)
-        step = _int_arg("step", step, 0, steps - 1)
+        step = check_int("step", step, minimum=0, maximum=steps - 1)
         return self._rows(epoch, np.array([step], dtype=np.int64), host_id, num_hosts, g)[0]
 
     def host_epoch_indices(
@@ -483,7 +495,7 @@ class CurriculumScheduler:
 
     def _load_decisions(self, decisions: Mapping[str, Any]) -> None:
         if decisions:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"state['decisions']={dict(decisions)!r} must be empty for {type(self).__name__}"
             )
 
@@ -514,17 +526,19 @@ class CurriculumScheduler:
         A different scores fingerprint (now, or when scores are prepared later) is a ValueError.
         """
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"state must be a dict from get_state() with format={STATE_FORMAT!r}")
+            raise InvalidArgumentError(
+                f"state must be a dict from get_state() with format={STATE_FORMAT!r}"
+            )
         target = scheduler_class(state.get("class"))
         if target is None or not issubclass(target, cls):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"state['class']={state.get('class')!r} cannot be loaded by {cls.__name__}"
             )
         params = dict(state["params"])
         params.update(params.pop("adaptive", {}) or {})
         if params["strategy"] == "custom":
             if scorer is None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     "state has strategy='custom'; pass scorer=<callable> to from_state"
                 )
             params["scorer"] = scorer
@@ -535,20 +549,22 @@ class CurriculumScheduler:
     def load_state(self, state: Mapping[str, Any], scores: Any | None = None) -> None:
         """Load decisions and the fingerprint from ``state`` into this (same-parameter) scheduler."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"state must be a dict from get_state() with format={STATE_FORMAT!r}")
-        if dict(state.get("params", {})) != self._params():
-            raise ValueError(
+            raise InvalidArgumentError(
+                f"state must be a dict from get_state() with format={STATE_FORMAT!r}"
+            )
+        if _canonical(dict(state.get("params", {}))) != _canonical(self._params()):
+            raise InvalidArgumentError(
                 f"state['params']={state.get('params')!r} differ from this scheduler's "
                 f"{self._params()!r}"
             )
         expected = state.get("fingerprint")
         if self._fingerprint is not None and expected is not None and self._fingerprint != expected:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"scores fingerprint {self._fingerprint} does not match the state's {expected}"
             )
         self._expected_fingerprint = expected
         self._load_decisions(state.get("decisions", {}))
-        self._epoch = _int_arg("state['epoch']", state.get("epoch", 0))
+        self._epoch = check_int("state['epoch']", state.get("epoch", 0), minimum=0)
         if scores is not None:
             self.prepare_curriculum_from_scores(scores)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from highnoon.data.features import SampleFeatures
 from highnoon.utils.hashing import keyed_hash
+from highnoon.utils.validation import InvalidArgumentError
 
 STRATEGIES = ("size_based", "difficulty_based", "mixed", "random")
 DIFFICULTY_RARITY_WEIGHT = 0.7
@@ -50,7 +51,7 @@ def scores_from_features(
     ``seed`` and ``indices`` (the samples' indices in their store, default ``0..n-1``) only
     matter for ``random``."""
     if strategy not in STRATEGIES:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"strategy={strategy!r} is not a known scoring strategy; use one of {STRATEGIES} or a callable"
         )
     if strategy == "random":

@@ -2,7 +2,8 @@
 (``pack_epoch``: an epoch's global stream into rows, nothing dropped) and the per-host
 ``tf.data`` pipeline.
 
-Importing this package does not import TensorFlow (the pipeline, TFRecord and TFDS readers import
+Importing this package does not import TensorFlow (nor ``tokenizers``, until a tokenizer.json is
+read or trained) (the pipeline, TFRecord and TFDS readers import
 it when used). The embedded datasets (``stdlib_code``, ``stdlib_docs``, ``stdlib_instructions``,
 ``arithmetic``, ``brackets``) are registered here and built lazily when iterated.
 """
@@ -49,6 +50,7 @@ from highnoon.data.store import (
     check_enough_samples,
     remove_stale_build_dirs,
 )
+from highnoon.data.tokenizer_json import TokenizerJson, train_tokenizer_json
 from highnoon.data.tokenizers import (
     ByteTokenizer,
     SentencePieceTokenizer,
@@ -77,6 +79,7 @@ __all__ = [
     "TokenBatch",
     "TokenStore",
     "Tokenizer",
+    "TokenizerJson",
     "VocabularyMismatchError",
     "batch_counts",
     "build_token_store",
@@ -100,6 +103,7 @@ __all__ = [
     "stored_lengths",
     "tokenizer_from_config",
     "train_sentencepiece",
+    "train_tokenizer_json",
     "unregister_dataset",
     "validate_dataset_entry",
 ]

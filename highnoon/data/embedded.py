@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from highnoon.data.sources import DataSource
+from highnoon.utils.validation import InvalidArgumentError
 
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
 
@@ -153,12 +154,12 @@ class EmbeddedSource(DataSource):
         super().__init__()
         defaults = EMBEDDED_DEFAULTS.get(kind)
         if defaults is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"unknown embedded dataset {kind!r}; known: {sorted(EMBEDDED_DEFAULTS)}"
             )
         unknown = sorted(set(options) - set(defaults))
         if unknown:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"options {unknown} are not accepted by embedded dataset {kind!r}; allowed: "
                 f"{sorted(defaults)}"
             )
@@ -167,7 +168,9 @@ class EmbeddedSource(DataSource):
         self.options = {**defaults, **options}
         max_samples = self.options["max_samples"]
         if max_samples is not None and int(max_samples) < 1:
-            raise ValueError(f"max_samples={max_samples} must be a positive integer or None")
+            raise InvalidArgumentError(
+                f"max_samples={max_samples} must be a positive integer or None"
+            )
 
     def iter_samples(self) -> Iterator[str]:
         self.stats.clear()

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.utils.validation import InvalidArgumentError
+
 SURPRISAL_SCALE = 1 << 24  # fixed-point units per nat
 _CHUNK = 1 << 24  # tokens processed at a time, bounds temporary memory
 
@@ -37,7 +39,7 @@ class SampleFeatures:
 
     def __post_init__(self) -> None:
         if self.lengths.shape != self.surprisal_sum.shape or self.lengths.ndim != 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "SampleFeatures needs two 1-D arrays of equal length, got shapes "
                 f"{self.lengths.shape} and {self.surprisal_sum.shape}"
             )
@@ -53,7 +55,7 @@ def token_counts(flat_tokens: np.ndarray, vocab_size: int | None = None) -> np.n
     """Unigram counts of every token id (int64, length >= vocab_size)."""
     flat = np.asarray(flat_tokens)
     if flat.size and flat.min() < 0:
-        raise ValueError("token ids must be non-negative")
+        raise InvalidArgumentError("token ids must be non-negative")
     return np.bincount(flat.astype(np.int64, copy=False), minlength=vocab_size or 0).astype(
         np.int64
     )
@@ -86,7 +88,9 @@ def features_from_flat(
     flat = np.asarray(flat_tokens)
     offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != flat.size:
-        raise ValueError("offsets must be 1-D, start at 0 and end at the number of tokens")
+        raise InvalidArgumentError(
+            "offsets must be 1-D, start at 0 and end at the number of tokens"
+        )
     if counts is None:
         counts = token_counts(flat)
     table = surprisal_table(counts)
@@ -112,7 +116,7 @@ def sample_to_tokens(sample: Any) -> np.ndarray:
             return sample_to_tokens(sample["tokens"])
         if "text" in sample:
             return sample_to_tokens(sample["text"])
-        raise ValueError(
+        raise InvalidArgumentError(
             f"a dict sample needs a 'tokens' or 'text' key (or 'complexity'), got keys {sorted(sample)}"
         )
     if isinstance(sample, str):
@@ -121,7 +125,7 @@ def sample_to_tokens(sample: Any) -> np.ndarray:
         return np.frombuffer(bytes(sample), dtype=np.uint8).astype(np.int64)
     array = np.asarray(sample)
     if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(
+        raise InvalidArgumentError(
             "a sample must be a 1-D sequence of integer token ids, a string, or a dict with "
             f"'tokens'/'text'; got {type(sample).__name__} with shape {array.shape}"
         )

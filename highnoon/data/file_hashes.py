@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import json
 import os
 import time
 from collections.abc import Iterator
 
-from highnoon.utils.files import atomic_write_text, sha256_file
+from highnoon.utils.files import atomic_write_text
+from highnoon.utils.hashing import sha256_file, sha256_hex
 
 RACY_SECONDS = 2.0
 _VERSION = 1
@@ -59,7 +59,7 @@ def content_sha256(path: str) -> str:
     real = os.path.realpath(path)
     if memo_dir is None:
         return sha256_file(real)
-    entry_path = os.path.join(memo_dir, hashlib.sha256(real.encode()).hexdigest()[:32] + ".json")
+    entry_path = os.path.join(memo_dir, sha256_hex(real, chars=32) + ".json")
     identity = _identity(os.stat(real))
     with contextlib.suppress(OSError, ValueError):
         with open(entry_path, encoding="utf-8") as handle:

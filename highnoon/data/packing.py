@@ -36,7 +36,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from highnoon.utils.validation import check_int, check_positive_int
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    check_int,
+    check_positive_int,
+    check_sample_indices,
+)
 
 # FFD windows: at least MIN_WINDOW samples and about ROWS_PER_WINDOW rows' worth of tokens, so
 # that short samples at a long seq_len still see enough rows to fill; measured on stdlib_docs
@@ -60,20 +65,14 @@ def segment_lengths(lengths: np.ndarray, seq_len: int) -> np.ndarray:
 
 
 def _check_stream(stream: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    stream = np.asarray(stream)
-    if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
-        raise ValueError(
-            f"stream must be a 1-D integer array of sample indices, got shape {stream.shape} "
-            f"and dtype {stream.dtype}"
-        )
-    if stream.size and (stream.min() < 0 or stream.max() >= lengths.size):
-        raise ValueError(
-            f"stream holds sample indices in [{stream.min()}, {stream.max()}], but lengths has "
-            f"{lengths.size} samples (allowed: [0, {lengths.size}))"
-        )
+    stream = check_sample_indices(
+        "stream", stream, lengths.size, shape="of sample indices", owner="lengths"
+    )
     if stream.size and lengths[stream].min() < 1:
-        raise ValueError("every streamed sample must have at least one token (stored with EOS)")
-    return stream.astype(np.int64, copy=False)
+        raise InvalidArgumentError(
+            "every streamed sample must have at least one token (stored with EOS)"
+        )
+    return stream
 
 
 def packing_window(segments: np.ndarray, seq_len: int) -> int:
@@ -106,7 +105,7 @@ def first_fit_decreasing(
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if segments.min() < 1 or segments.max() > seq_len:
-        raise ValueError(f"segment lengths must lie in [1, seq_len={seq_len}]")
+        raise InvalidArgumentError(f"segment lengths must lie in [1, seq_len={seq_len}]")
     window = min(window, n)  # one window of everything either way
     windows = -(-n // window)
     padded = np.zeros(windows * window, dtype=np.int64)  # 0: no sample (the last window's tail)
@@ -197,7 +196,9 @@ def batch_counts(table: np.ndarray, lengths: np.ndarray, seq_len: int) -> StepCo
     """Counts of unpacked global batches ``table`` ``[steps, G]`` (one sample per row)."""
     table = np.asarray(table, dtype=np.int64)
     if table.ndim != 2:
-        raise ValueError(f"table must be 2-D [steps, global_batch], got shape {table.shape}")
+        raise InvalidArgumentError(
+            f"table must be 2-D [steps, global_batch], got shape {table.shape}"
+        )
     tokens = segment_lengths(np.asarray(lengths, dtype=np.int64)[table], seq_len).sum(axis=1)
     steps, batch = table.shape
     return StepCounts(
@@ -237,7 +238,7 @@ class PackedEpoch:
         """Rows host ``h`` feeds per step: ``rows_per_step / num_hosts``."""
         num_hosts = check_positive_int("num_hosts", num_hosts)
         if self.rows_per_step % num_hosts:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"rows_per_step={self.rows_per_step} does not divide by num_hosts={num_hosts}; "
                 "the packed rows of a step are split evenly among hosts"
             )

@@ -45,7 +45,14 @@ import numpy as np
 from highnoon.data.packing import PackedEpoch
 from highnoon.data.store import TokenStore
 from highnoon.utils.hashing import keyed_hash
-from highnoon.utils.validation import check_choice, check_int, check_positive_int
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    check_choice,
+    check_int,
+    check_positive_int,
+    check_sample_indices,
+)
 
 OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")
@@ -63,7 +70,7 @@ def per_replica_rows(host_rows: np.ndarray, num_local_replicas: int) -> np.ndarr
     rows = np.asarray(host_rows, dtype=np.int64)
     replicas = int(num_local_replicas)
     if rows.ndim != 2 or replicas < 1 or rows.shape[1] % replicas:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"num_local_replicas={num_local_replicas} must be >= 1 and divide the rows per step "
             f"(host_rows shape {rows.shape})"
         )
@@ -123,24 +130,21 @@ class HostBatcher(_Gather):
         epoch: int = 0,
     ) -> None:
         if pack:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "pack=True: per-host rows cannot be packed without dropping or host-dependent "
                 "batches; pack the epoch's global stream with highnoon.data.pack_epoch and feed "
                 "it with make_packed_host_dataset (docs/design.md, 'Packing')"
             )
-        rows = np.asarray(rows)
-        if rows.ndim != 2 or rows.shape[1] < 1 or not np.issubdtype(rows.dtype, np.integer):
-            raise ValueError(
-                f"rows must be a 2-D integer array [steps, rows_per_step], got shape {rows.shape} "
-                f"and dtype {rows.dtype}"
-            )
-        if rows.size and (rows.min() < 0 or rows.max() >= store.num_samples):
-            raise ValueError(
-                f"rows holds sample indices in [{rows.min()}, {rows.max()}], but the store has "
-                f"{store.num_samples} samples (allowed: [0, {store.num_samples}))"
-            )
+        rows = check_sample_indices(
+            "rows",
+            rows,
+            store.num_samples,
+            ndim=2,
+            shape="[steps, rows_per_step]",
+            owner="the store",
+        )
         super().__init__(store, seq_len, overflow, seed, epoch)
-        self.rows = rows.astype(np.int64)
+        self.rows = rows.copy()  # the caller's array may change later
         self._arange = np.arange(self.seq_len + 1)
 
     @property
@@ -202,13 +206,13 @@ class PackedBatcher(_Gather):
         epoch: int = 0,
     ) -> None:
         if not isinstance(packed, PackedEpoch):
-            raise TypeError(
+            raise InvalidArgumentTypeError(
                 f"packed must be a PackedEpoch (highnoon.data.pack_epoch), got "
                 f"{type(packed).__name__}"
             )
         super().__init__(store, packed.seq_len, overflow, seed, epoch)
         if packed.sample.size and packed.sample.max() >= store.num_samples:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the packing holds sample index {packed.sample.max()}, but the store has "
                 f"{store.num_samples} samples; pack with this store's lengths"
             )
@@ -265,7 +269,7 @@ class PackedBatcher(_Gather):
 
 def _check_span(first: int, count: int, num_steps: int) -> None:
     if not 0 <= first < first + count <= num_steps:
-        raise ValueError(f"steps [{first}, {first + count}) are outside [0, {num_steps})")
+        raise InvalidArgumentError(f"steps [{first}, {first + count}) are outside [0, {num_steps})")
 
 
 def packing_plan(packed: PackedEpoch, step: int) -> list[tuple[int, int, int, int]]:

@@ -1,7 +1,7 @@
 """Offline data preparation: tokenise dataset entries into token stores ahead of training.
 
 ``prepare_datasets`` (gin-configurable, used by ``highnoon.launch.prepare_data``) optionally
-trains a SentencePiece model on the datasets' texts, then builds one store per entry with
+trains a SentencePiece model or a byte-level BPE ``tokenizer.json`` on the datasets' texts, then builds one store per entry with
 ``prepare_stage_store(cache_dir=output_dir)``: a training run given the same ``cache_dir`` and
 tokenizer reuses these stores instead of tokenising again. ``output_dir/datasets.json`` lists
 what was built.
@@ -19,9 +19,15 @@ import gin
 
 from highnoon.data.registry import resolve_datasets, validate_dataset_entry
 from highnoon.data.stage_data import prepare_stage_store
+from highnoon.data.tokenizer_json import train_tokenizer_json
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
 from highnoon.utils.files import atomic_write_text
-from highnoon.utils.validation import check_str, check_writable_dir
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    check_positive_int,
+    check_str,
+    check_writable_dir,
+)
 
 INDEX_FILE = "datasets.json"
 
@@ -33,6 +39,7 @@ def prepare_datasets(
     tokenizer: str | dict | Tokenizer = "byte",
     *,
     train_sentencepiece_vocab: int | None = None,
+    train_tokenizer_json_vocab: int | None = None,
     sentencepiece_model_type: str = "bpe",
     sentencepiece_max_texts: int = 100_000,
     max_samples: int | None = None,
@@ -45,20 +52,36 @@ def prepare_datasets(
 
     With ``train_sentencepiece_vocab``, a SentencePiece model of that size is first trained on the
     first ``sentencepiece_max_texts`` texts of the datasets (in order) and saved as
-    ``output_dir/tokenizer.model``; it then replaces ``tokenizer``.
+    ``output_dir/tokenizer.model``; it then replaces ``tokenizer``. ``train_tokenizer_json_vocab``
+    does the same with a byte-level BPE ``tokenizer.json`` (``train_tokenizer_json``), saved as
+    ``output_dir/tokenizer.json``; ``sentencepiece_max_texts`` caps its texts too. Both trainers
+    are deterministic, so the same data gives the same tokenizer file.
     """
     if not datasets:
-        raise ValueError("datasets must list at least one dataset entry")
+        raise InvalidArgumentError("datasets must list at least one dataset entry")
     check_str("output_dir", output_dir)
     for entry in datasets:
         validate_dataset_entry(entry)
+    check_positive_int("train_sentencepiece_vocab", train_sentencepiece_vocab, allow_none=True)
+    check_positive_int("train_tokenizer_json_vocab", train_tokenizer_json_vocab, allow_none=True)
+    if train_sentencepiece_vocab and train_tokenizer_json_vocab:
+        raise InvalidArgumentError(
+            f"train_sentencepiece_vocab={train_sentencepiece_vocab} and "
+            f"train_tokenizer_json_vocab={train_tokenizer_json_vocab} both ask to train a "
+            "tokenizer; set only one"
+        )
     check_writable_dir("output_dir", output_dir)  # a file in the way is named here
-    if train_sentencepiece_vocab:
+    if train_sentencepiece_vocab or train_tokenizer_json_vocab:
         sources = resolve_datasets(list(datasets), data_dir=data_dir)
         texts = itertools.islice(
             itertools.chain.from_iterable(s.iter_texts() for s in sources),
             int(sentencepiece_max_texts),
         )
+    if train_tokenizer_json_vocab:
+        tok = train_tokenizer_json(
+            texts, os.path.join(output_dir, "tokenizer.json"), int(train_tokenizer_json_vocab)
+        )
+    elif train_sentencepiece_vocab:
         tok = train_sentencepiece(
             texts,
             os.path.join(output_dir, "tokenizer"),

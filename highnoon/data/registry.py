@@ -37,7 +37,8 @@ from highnoon.data.sources import (
     TfdsSource,
     parse_tfds_spec,
 )
-from highnoon.utils.validation import check_mixture_weights
+from highnoon.utils.files import is_remote
+from highnoon.utils.validation import InvalidArgumentError, check_mixture_weights
 
 _SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TFRECORD_SUFFIXES
 ACCEPTED_FORMS = (
@@ -56,9 +57,11 @@ def register_dataset(name: str, source: Any, **options: Any) -> None:
     arrays. ``options`` are passed to the source (e.g. ``text_field``, ``split``, ``errors``,
     ``max_samples`` for embedded datasets). Re-registering a name replaces it."""
     if not isinstance(name, str) or not name or name.startswith("tfds:"):
-        raise ValueError(f"name={name!r} must be a non-empty string not starting with 'tfds:'")
+        raise InvalidArgumentError(
+            f"name={name!r} must be a non-empty string not starting with 'tfds:'"
+        )
     if not (isinstance(source, str | DataSource) or callable(source)):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"source={source!r} for dataset {name!r} must be an entry string, a DataSource or a "
             "callable returning an iterable of samples"
         )
@@ -74,7 +77,9 @@ def register_datasets(mapping: Mapping[str, Any] | None = None) -> list[str]:
         if isinstance(value, Mapping):
             options = dict(value)
             if "source" not in options:
-                raise ValueError(f"register_datasets: entry {name!r} needs a 'source' key")
+                raise InvalidArgumentError(
+                    f"register_datasets: entry {name!r} needs a 'source' key"
+                )
             register_dataset(name, options.pop("source"), **options)
         else:
             register_dataset(name, value)
@@ -110,7 +115,7 @@ def _embedded_factory(kind: str) -> Callable[..., DataSource]:
 def _split_weight(entry: Any) -> tuple[Any, float | None]:
     if isinstance(entry, tuple | list) and not isinstance(entry, str):
         if len(entry) != 2:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"dataset entry {entry!r} must be (entry, mixing_weight), got {len(entry)} items"
             )
         inner, weight = entry
@@ -119,7 +124,7 @@ def _split_weight(entry: Any) -> tuple[Any, float | None]:
         except (TypeError, ValueError):
             weight = float("nan")
         if not weight > 0 or weight == float("inf"):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"mixing_weight={entry[1]!r} for dataset {inner!r} must be a finite number > 0"
             )
         return inner, weight
@@ -127,7 +132,7 @@ def _split_weight(entry: Any) -> tuple[Any, float | None]:
 
 
 def _expand_paths(entry: str) -> list[str]:
-    remote = "://" in entry
+    remote = is_remote(entry)
     if remote:
         import tensorflow as tf
 
@@ -159,7 +164,7 @@ def _looks_like_path(entry: str) -> bool:
 
 
 def _unknown(entry: Any) -> ValueError:
-    return ValueError(
+    return InvalidArgumentError(
         f"dataset entry {entry!r} is not a registered name, a tfds spec or an existing file/glob. "
         f"Registered names: {registered_datasets()}. Accepted forms: {ACCEPTED_FORMS}"
     )
@@ -167,7 +172,9 @@ def _unknown(entry: Any) -> ValueError:
 
 def _resolve(entry: Any, data_dir: str | None, options: dict[str, Any], depth: int) -> DataSource:
     if depth > 8:
-        raise ValueError(f"dataset entry {entry!r}: registered names refer to each other in a loop")
+        raise InvalidArgumentError(
+            f"dataset entry {entry!r}: registered names refer to each other in a loop"
+        )
     if isinstance(entry, DataSource):
         return entry
     if not isinstance(entry, str) or not entry:
@@ -192,7 +199,7 @@ def _resolve(entry: Any, data_dir: str | None, options: dict[str, Any], depth: i
     if _looks_like_path(entry):
         paths = _expand_paths(entry)
         if not paths:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"dataset entry {entry!r} matches no files (looked for a file, directory or glob "
                 f"of {', '.join(_SUFFIXES)} files)"
             )
@@ -226,10 +233,10 @@ def validate_dataset_entry(entry: Any) -> None:
     if _looks_like_path(inner):
         paths = _expand_paths(inner)
         if not paths:
-            raise ValueError(f"dataset entry {inner!r} matches no files")
+            raise InvalidArgumentError(f"dataset entry {inner!r} matches no files")
         bad = [p for p in paths if not p.endswith(_SUFFIXES)]
         if bad:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"dataset entry {inner!r} matches files with unsupported suffixes {bad[:3]}; "
                 f"supported: {_SUFFIXES}"
             )
@@ -245,6 +252,6 @@ def resolve_datasets(entries: Any, data_dir: str | None = None) -> list[DataSour
         entries = [entries]
     entries = list(entries) if isinstance(entries, Iterable) else [entries]
     if not entries:
-        raise ValueError("datasets must name at least one dataset entry")
+        raise InvalidArgumentError("datasets must name at least one dataset entry")
     check_mixture_weights("datasets", entries)
     return [resolve_dataset(e, data_dir=data_dir) for e in entries]

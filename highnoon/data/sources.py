@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from highnoon.data.file_hashes import content_sha256
-from highnoon.utils.validation import check_choice
+from highnoon.utils.files import is_remote
+from highnoon.utils.validation import InvalidArgumentError, InvalidDataError, check_choice
 
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)
@@ -91,7 +92,7 @@ def _file_signature(path: str) -> dict[str, Any]:
     since hashing would download it; object stores such as GCS never change an object in place,
     every write makes a new object with a new modification time.
     """
-    if "://" in path:
+    if is_remote(path):
         import tensorflow as tf
 
         st = tf.io.gfile.stat(path)
@@ -100,7 +101,7 @@ def _file_signature(path: str) -> dict[str, Any]:
 
 
 def _open_bytes(path: str) -> bytes:
-    if "://" in path:
+    if is_remote(path):
         import tensorflow as tf
 
         with tf.io.gfile.GFile(path, "rb") as f:
@@ -114,7 +115,7 @@ def _decode(data: bytes, errors: str, where: str, stats: dict[str, int]) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         if errors == "strict":
-            raise ValueError(
+            raise InvalidDataError(
                 f"{where} is not valid UTF-8 ({err}); fix the file or use errors='replace'"
             ) from err
         _count(stats, "invalid_utf8_replaced")
@@ -131,7 +132,7 @@ def _valid_text(text: str, errors: str, where: str, stats: dict[str, int]) -> st
     if not _SURROGATE.search(text):
         return text
     if errors == "strict":
-        raise ValueError(
+        raise InvalidDataError(
             f"{where} holds an unpaired surrogate escape (e.g. \\ud800), which is not valid "
             "UTF-8; fix the file or use errors='replace'"
         )
@@ -155,7 +156,7 @@ class FileSource(DataSource):
     ) -> None:
         super().__init__()
         if not paths:
-            raise ValueError(f"no files for source {name or pattern!r}")
+            raise InvalidArgumentError(f"no files for source {name or pattern!r}")
         check_choice("split", split, SPLITS)
         check_choice("errors", errors, ERRORS)
         self.paths = sorted(str(p) for p in paths)
@@ -167,7 +168,7 @@ class FileSource(DataSource):
         self.errors = errors
         for path in self.paths:
             if not path.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES + TFRECORD_SUFFIXES):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"file {path!r} has an unsupported suffix; supported: "
                     f"{TEXT_SUFFIXES + JSONL_SUFFIXES + TFRECORD_SUFFIXES}"
                 )
@@ -207,9 +208,9 @@ class FileSource(DataSource):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where} is not valid JSON: {err.msg}") from err
+                raise InvalidDataError(f"{where} is not valid JSON: {err.msg}") from err
             if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
-                raise ValueError(
+                raise InvalidDataError(
                     f"{where} has no string field text_field={self.text_field!r} "
                     f"(keys: {sorted(record) if isinstance(record, dict) else type(record).__name__})"
                 )
@@ -230,12 +231,14 @@ class FileSource(DataSource):
                 elif self.tokens_field in feature:
                     yield np.asarray(feature[self.tokens_field].int64_list.value, dtype=np.int64)
                 else:
-                    raise ValueError(
+                    raise InvalidDataError(
                         f"{where} has neither a bytes feature {self.text_field!r} nor an int64 "
                         f"feature {self.tokens_field!r} (features: {sorted(feature)})"
                     )
         except tf.errors.DataLossError as err:
-            raise ValueError(f"file {path!r} is not a valid TFRecord file: {err.message}") from err
+            raise InvalidDataError(
+                f"file {path!r} is not a valid TFRecord file: {err.message}"
+            ) from err
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -252,13 +255,13 @@ class FileSource(DataSource):
 def parse_tfds_spec(spec: str) -> tuple[str, str | None, str]:
     """``tfds:NAME[/CONFIG][:SPLIT]`` -> (name, config or None, split; default ``train``)."""
     if not spec.startswith("tfds:"):
-        raise ValueError(f"tfds spec {spec!r} must start with 'tfds:'")
+        raise InvalidArgumentError(f"tfds spec {spec!r} must start with 'tfds:'")
     body = spec[len("tfds:") :]
     dataset, _, split = body.partition(":")
     name, _, config = dataset.partition("/")
     valid = name and all(c.isalnum() or c in "_." for c in name)
     if not valid or "/" in config or (body.count(":") > 1):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"tfds spec {spec!r} is malformed; expected 'tfds:NAME[/CONFIG][:SPLIT]', "
             "e.g. 'tfds:wikipedia/20230601.en:train'"
         )
@@ -292,14 +295,14 @@ class TfdsSource(DataSource):
         try:
             builder = tfds.builder(self.tfds_name, config=self.config, data_dir=self.data_dir)
         except Exception as err:  # tfds raises several types for unknown/unprepared datasets
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"TFDS dataset {self.spec!r} could not be loaded from data_dir="
                 f"{self.data_dir!r} ({type(err).__name__}: {err}); it must be prepared offline "
                 "(tfds build / download_and_prepare on a machine with network), highnoon never "
                 "downloads"
             ) from err
         if not builder.is_prepared():
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"TFDS dataset {self.spec!r} is not prepared in data_dir={self.data_dir!r}; it "
                 "must be prepared offline, highnoon never calls download_and_prepare"
             )
@@ -311,7 +314,7 @@ class TfdsSource(DataSource):
         dataset = builder.as_dataset(split=self.split, shuffle_files=False)
         for number, example in enumerate(dataset.as_numpy_iterator()):
             if self.text_field not in example:
-                raise ValueError(
+                raise InvalidDataError(
                     f"TFDS {self.spec!r} example {number} has no field "
                     f"text_field={self.text_field!r} (fields: {sorted(example)})"
                 )

@@ -53,7 +53,6 @@ is reported with a warning naming the count.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -78,8 +77,8 @@ from highnoon.data.store import (
     remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
-from highnoon.utils.hashing import KeyedPermutation
-from highnoon.utils.validation import check_bool, check_positive_int
+from highnoon.utils.hashing import KeyedPermutation, sha256_hex
+from highnoon.utils.validation import InvalidArgumentError, check_bool, check_positive_int
 
 _MIX_BATCH = 4096  # samples copied per TokenBatch when writing a mixed store
 # The mixing rule, recorded in a mixed store's manifest and in the stage's stream fingerprint.
@@ -87,7 +86,7 @@ MIXING_RULE = "shares/1"
 
 
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_hex(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _safe(name: str) -> str:
@@ -203,7 +202,9 @@ def mixture_epoch(
         if count == 0:
             continue
         if n == 0:
-            raise ValueError(f"source {i} of the mixture has no samples but a share of {count}")
+            raise InvalidArgumentError(
+                f"source {i} of the mixture has no samples but a share of {count}"
+            )
         full, rest = divmod(int(count), n)
         start = (int(epoch) * rest) % n
         window = (start + np.arange(rest, dtype=np.int64)) % n

@@ -7,8 +7,10 @@ A store is a directory:
 * ``offsets.npy``  int64 ``[num_samples + 1]``: sample ``i`` is ``tokens[offsets[i]:offsets[i+1]]``.
 * ``features.npz`` ``lengths`` and ``surprisal_sum`` (int64, ``scoring.features_from_flat`` with
   unigram counts over the whole store), so hosts score samples without rescanning the corpus.
-* ``tokenizer.model`` (SentencePiece stores only) a copy of the model, so the store is
-  self-contained.
+* ``tokenizer.model`` or ``tokenizer.json`` (SentencePiece and Hugging Face tokenizer.json
+  stores) a copy of the tokenizer's file (``Tokenizer.store_file``), so the store is
+  self-contained; its sha256 is checked with the other files and again when the store's
+  tokenizer is loaded.
 * ``manifest.json`` written last: format version, tokenizer config, counts, dtype, file sizes,
   the sha256 content fingerprint of tokens + offsets, the sha256 of every other file, the
   largest stored token id, source descriptions and skip counts.
@@ -41,7 +43,6 @@ to a remote path builds locally first and copies the files, manifest last.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -58,21 +59,20 @@ from absl import logging
 
 from highnoon.data.features import SampleFeatures, features_from_flat
 from highnoon.data.tokenizers import (
-    SentencePieceTokenizer,
     Tokenizer,
     load_tokenizer,
     tokenizer_from_config,
 )
 from highnoon.utils import processes
-from highnoon.utils.files import publish_directory, sha256_file
-from highnoon.utils.validation import check_positive_int
+from highnoon.utils.files import is_remote, publish_directory
+from highnoon.utils.hashing import new_sha256, sha256_file, sha256_hex
+from highnoon.utils.validation import InvalidArgumentError, check_positive_int
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENS = "tokens.bin"
 OFFSETS = "offsets.npy"
 FEATURES = "features.npz"
-SP_MODEL = "tokenizer.model"
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 _BATCH_CHARS = 1 << 22  # texts encoded together per batch (about 4 MB)
 
@@ -89,10 +89,6 @@ class VocabularyMismatchError(ValueError):
     """A store holds token ids the model cannot embed (not corruption: rebuilding won't help)."""
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
 def token_dtype(vocab_size: int) -> np.dtype:
     """``uint16`` when every id fits (vocab <= 65535), else ``uint32``."""
     return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
@@ -107,7 +103,7 @@ def _scan_tokens(tokens: np.ndarray, offsets: np.ndarray) -> tuple[str, int]:
     Streams the memory map in chunks: no copy of the store is made, and the pages read are the
     ones training reads next.
     """
-    digest = hashlib.sha256()
+    digest = new_sha256()
     largest = -1
     for start in range(0, tokens.size, _VERIFY_CHUNK):
         chunk = np.ascontiguousarray(tokens[start : start + _VERIFY_CHUNK])
@@ -189,7 +185,7 @@ def remove_stale_build_dirs(
     host's (or an older naming's) temporary, when nothing in it changed for ``stale_seconds``.
     A live builder's temporary is never touched. Logs a warning per removal; returns the paths.
     """
-    if _is_remote(directory) or not os.path.isdir(directory):
+    if is_remote(directory) or not os.path.isdir(directory):
         return []
     removed = []
     for name in sorted(os.listdir(directory)):
@@ -233,7 +229,7 @@ class _Writer:
         self.tokenizer = tokenizer
         self.dtype = token_dtype(tokenizer.vocab_size)
         self.file = open(os.path.join(directory, TOKENS), "wb")  # noqa: SIM115 (closed in close())
-        self.digest = hashlib.sha256()
+        self.digest = new_sha256()
         self.lengths: list[np.ndarray] = []
         self.num_tokens = 0
         self.skipped_empty = 0
@@ -248,7 +244,7 @@ class _Writer:
         if lengths.size == 0:
             return
         if flat.size and (flat.min() < 0 or flat.max() >= self.tokenizer.vocab_size):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"token ids must be in [0, {self.tokenizer.vocab_size}) for {self.tokenizer!r}, "
                 f"got values in [{flat.min()}, {flat.max()}]"
             )
@@ -350,7 +346,7 @@ def _encode_chunks(
             continue
         ids = np.asarray(sample)
         if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
-            raise ValueError(
+            raise InvalidArgumentError(
                 "a sample must be a str or a 1-D integer token array, got "
                 f"{type(sample).__name__} with shape {ids.shape}"
             )
@@ -380,7 +376,7 @@ def build_token_store(
     progress bar on stderr when ``progress`` is true. Returns the opened store.
     """
     tokenizer = load_tokenizer(tokenizer)
-    if _is_remote(path):
+    if is_remote(path):
         import tempfile
 
         import tensorflow as tf
@@ -393,7 +389,9 @@ def build_token_store(
         )  # fmt: skip
         if tf.io.gfile.exists(os.path.join(path, MANIFEST)):
             if not overwrite:
-                raise ValueError(f"path={path!r} already holds a token store; pass overwrite=True")
+                raise InvalidArgumentError(
+                    f"path={path!r} already holds a token store; pass overwrite=True"
+                )
             tf.io.gfile.remove(os.path.join(path, MANIFEST))
         tf.io.gfile.makedirs(path)
         names = [*sorted(n for n in os.listdir(store_dir) if n != MANIFEST), MANIFEST]
@@ -421,7 +419,7 @@ def build_token_store(
             bar.close()
             offsets = writer.close()
         if offsets.size <= 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the dataset for path={path!r} is empty: no sample had any token "
                 f"({writer.skipped_empty} empty samples skipped); sources={list(sources or [])}"
             )
@@ -437,9 +435,12 @@ def build_token_store(
         digest = writer.digest
         digest.update(offsets.astype("<i8").tobytes())
         tokenizer_config = tokenizer.to_config()
-        if isinstance(tokenizer, SentencePieceTokenizer):
-            shutil.copyfile(tokenizer.model_path, os.path.join(tmp, SP_MODEL))
-            tokenizer_config = {**tokenizer.fingerprint_config(), "model_file": SP_MODEL}
+        if tokenizer.store_file:  # a tokenizer read from a file: keep a copy beside the tokens
+            shutil.copyfile(tokenizer.model_path, os.path.join(tmp, tokenizer.store_file))
+            tokenizer_config = {
+                **tokenizer.fingerprint_config(),
+                "model_file": tokenizer.store_file,
+            }
         skips = {"empty": writer.skipped_empty, **(skipped or {})}
         checksums = {n: sha256_file(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
         del checksums[TOKENS]  # covered by the fingerprint
@@ -490,7 +491,7 @@ def _local_copy(path: str, cache_dir: str | None, *, refresh: bool = False) -> s
         raise StoreError(f"path={path!r} has no {MANIFEST}: not a complete token store")
     with tf.io.gfile.GFile(manifest_path, "rb") as f:
         remote_manifest = f.read()
-    key = hashlib.sha256(path.encode()).hexdigest()[:16]
+    key = sha256_hex(path, chars=16)
     local = os.path.join(cache_dir or os.path.join(default_cache_dir(), "stores"), key)
     local_manifest = os.path.join(local, MANIFEST)
     if os.path.exists(local_manifest) and not refresh:
@@ -552,7 +553,7 @@ class TokenStore:
         if vocab_size is not None:
             vocab_size = check_positive_int("vocab_size", vocab_size)
         path = str(path)
-        if not _is_remote(path):
+        if not is_remote(path):
             store = cls._open_local(os.path.abspath(path), path)
             if verify:
                 store.verify()
@@ -758,7 +759,7 @@ class TokenStore:
 def check_enough_samples(store: TokenStore, global_batch_size: int) -> None:
     """Raise ValueError when the store cannot fill one global batch."""
     if store.num_samples < int(global_batch_size):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the dataset at {store.path!r} has {store.num_samples} samples, fewer than one "
             f"global batch (global_batch_size={global_batch_size}); add data or lower the batch size"
         )

@@ -1,4 +1,4 @@
-"""Tokenizers: the byte-level default and SentencePiece.
+"""Tokenizers: the byte-level default, SentencePiece and Hugging Face ``tokenizer.json``.
 
 Every tokenizer maps text to integer ids without adding special tokens (``encode``) and back
 (``decode``, which skips the special ids pad/bos/eos). Special ids are fixed and documented so
@@ -10,16 +10,19 @@ stores, models and generation agree on them:
   ``train_sentencepiece`` use ``pad_id=0``, ``bos_id=1``, ``eos_id=2``, ``unk_id=3`` (the same
   pad/bos/eos as the byte tokenizer), identity normalisation (whitespace and newlines are kept,
   so code round-trips) and byte fallback (no character is ever unknown).
+* ``TokenizerJson`` (``highnoon.data.tokenizer_json``): a Hugging Face ``tokenizer.json``; ids
+  and special tokens come from the file.
 
 ``to_config()`` returns a JSON-able dict recorded in store manifests; ``tokenizer_from_config``
-rebuilds the tokenizer from it. ``load_tokenizer`` accepts ``"byte"``, a ``.model`` path, a
-config dict or a tokenizer.
+rebuilds the tokenizer from it. ``load_tokenizer`` accepts ``"byte"``, a ``.model`` or
+``.json`` path, a config dict (or its JSON text, for command-line flags) or a tokenizer. A
+tokenizer backed by a file sets ``store_file``: stores keep a copy under that name.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -28,12 +31,30 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.utils.hashing import sha256_file
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    InvalidDataError,
+    check_choice,
+    check_keys,
+)
+
 BYTE_OFFSET = 3  # ids 0..2 are pad/bos/eos; byte b is id b + 3
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+TOKENIZER_JSON_KEYS = (
+    "type", "path", "model_path", "model_sha256", "vocab_size", "bos_token", "eos_token",
+    "pad_token",
+)  # fmt: skip
 
 
 class Tokenizer(abc.ABC):
-    """Text <-> token ids. Subclasses define the special ids and the vocabulary size."""
+    """Text <-> token ids. Subclasses define the special ids and the vocabulary size.
+
+    A tokenizer read from a file sets ``store_file`` (the name a store gives its copy) and has
+    ``model_path`` and ``model_sha256``; ``to_config`` then records both.
+    """
+
+    store_file: str | None = None
 
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -98,7 +119,7 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         array = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
         if array.size and (array.min() < 0 or array.max() >= BYTE_VOCAB_SIZE):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ids must be in [0, {BYTE_VOCAB_SIZE}) for ByteTokenizer, got values in "
                 f"[{array.min()}, {array.max()}]"
             )
@@ -131,27 +152,21 @@ class ByteTokenizer(Tokenizer):
         return hash("ByteTokenizer")
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class SentencePieceTokenizer(Tokenizer):
     """A trained SentencePiece model (``.model`` file); ids and special ids come from it."""
+
+    store_file = "tokenizer.model"
 
     def __init__(self, model_path: str) -> None:
         import sentencepiece as spm
 
         if not os.path.isfile(model_path):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"model_path={model_path!r} is not a file; pass a SentencePiece .model file "
                 "(train one with highnoon.data.train_sentencepiece)"
             )
         self.model_path = os.path.abspath(model_path)
-        self.model_sha256 = _sha256_file(self.model_path)
+        self.model_sha256 = sha256_file(self.model_path)
         self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
         self._special = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i >= 0}
 
@@ -170,7 +185,9 @@ class SentencePieceTokenizer(Tokenizer):
         kept = [int(i) for i in ids if int(i) not in self._special]
         bad = [i for i in kept if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this model")
+            raise InvalidArgumentError(
+                f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this model"
+            )
         return self._sp.decode(kept)
 
     @property
@@ -220,14 +237,13 @@ def train_sentencepiece(
     order: nothing is sampled or shuffled, one thread by default, and the generator is seeded, so
     the same texts give the same model. Special ids: pad 0, bos 1, eos 2, unk 3. Normalisation is
     the identity and whitespace is kept, so code round-trips; byte fallback covers every
-    character. The files are written under a temporary prefix and renamed into place.
+    character. The files are written under a temporary prefix and renamed into place, the ``.model`` last.
     """
     import sentencepiece as spm
 
-    if model_type not in ("bpe", "unigram"):
-        raise ValueError(f"model_type={model_type!r} is not supported; use 'bpe' or 'unigram'")
+    check_choice("model_type", model_type, ("bpe", "unigram"))
     if int(vocab_size) < 4 + 256:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"vocab_size={vocab_size} is too small: byte fallback needs 256 byte pieces plus 4 "
             "special ids, so use at least 260"
         )
@@ -268,39 +284,58 @@ def train_sentencepiece(
         )
     except RuntimeError as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise ValueError(
+        raise InvalidArgumentError(
             f"SentencePiece training failed for vocab_size={vocab_size}, model_type="
             f"{model_type!r}: {err}"
         ) from err
-    for ext in (".model", ".vocab"):
+    # The .model is the commit point: the .vocab beside it (a listing for people) is renamed into
+    # place first, so whoever finds the new .model also finds its .vocab, and a crash before
+    # the .model's rename leaves the previous model whole.
+    for ext in (".vocab", ".model"):
         os.replace(tmp_prefix + ext, model_prefix + ext)
     os.rmdir(tmp_dir)
     return SentencePieceTokenizer(model_prefix + ".model")
 
 
+def _checked(tokenizer: Tokenizer, config: dict[str, Any]) -> Tokenizer:
+    """``tokenizer``, after checking its file still has the sha256 ``config`` records."""
+    expected = config.get("model_sha256")
+    if expected and expected != tokenizer.model_sha256:
+        raise InvalidDataError(
+            f"tokenizer model {tokenizer.model_path!r} has sha256 {tokenizer.model_sha256}, "
+            f"but the config records {expected}: the model file changed"
+        )
+    return tokenizer
+
+
 def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from ``Tokenizer.to_config()``; a SentencePiece model whose file no
-    longer matches the recorded sha256 is an error."""
+    """Rebuild a tokenizer from ``Tokenizer.to_config()``; a model file (SentencePiece or
+    tokenizer.json) that no longer matches the recorded sha256 is an error.
+
+    For a tokenizer.json, ``path`` may stand for ``model_path`` and ``bos_token``,
+    ``eos_token``, ``pad_token`` name its special tokens."""
     kind = config.get("type") if isinstance(config, dict) else None
     if kind == "byte":
         return ByteTokenizer()
     if kind == "sentencepiece":
-        tokenizer = SentencePieceTokenizer(config["model_path"])
-        expected = config.get("model_sha256")
-        if expected and expected != tokenizer.model_sha256:
-            raise ValueError(
-                f"tokenizer model {config['model_path']!r} has sha256 {tokenizer.model_sha256}, "
-                f"but the config records {expected}: the model file changed"
-            )
-        return tokenizer
-    raise ValueError(
-        f"tokenizer config {config!r} has unknown type; allowed types are 'byte' and 'sentencepiece'"
+        return _checked(SentencePieceTokenizer(config["model_path"]), config)
+    if kind == "tokenizer_json":
+        from highnoon.data.tokenizer_json import TokenizerJson
+
+        check_keys("tokenizer", config, TOKENIZER_JSON_KEYS)
+        path = config.get("model_path", config.get("path"))
+        names = {k: config.get(k) for k in ("bos_token", "eos_token", "pad_token")}
+        return _checked(TokenizerJson(path, **names), config)
+    raise InvalidArgumentError(
+        f"tokenizer config {config!r} has unknown type; allowed types are 'byte', "
+        "'sentencepiece' and 'tokenizer_json'"
     )
 
 
 def load_tokenizer(spec: str | dict[str, Any] | Tokenizer) -> Tokenizer:
-    """A tokenizer from ``"byte"``, a path to a SentencePiece ``.model``, a config dict, or a
-    tokenizer (returned as is)."""
+    """A tokenizer from ``"byte"``, a path to a SentencePiece ``.model`` or a Hugging Face
+    ``.json``, a config dict or its JSON text (how a flag names a tokenizer.json's special
+    tokens), or a tokenizer (returned as is)."""
     if isinstance(spec, Tokenizer):
         return spec
     if isinstance(spec, dict):
@@ -308,18 +343,28 @@ def load_tokenizer(spec: str | dict[str, Any] | Tokenizer) -> Tokenizer:
     if isinstance(spec, str):
         if spec == "byte":
             return ByteTokenizer()
+        if spec.lstrip().startswith("{"):
+            try:
+                config = json.loads(spec)
+            except json.JSONDecodeError as err:
+                raise InvalidArgumentError(f"tokenizer={spec!r} is not valid JSON: {err}") from err
+            return tokenizer_from_config(config)
+        if spec.endswith(".json"):
+            from highnoon.data.tokenizer_json import TokenizerJson
+
+            return TokenizerJson(spec)
         if spec.endswith(".model") or os.path.isfile(spec):
             return SentencePieceTokenizer(spec)
-    raise ValueError(
+    raise InvalidArgumentError(
         f"tokenizer={spec!r} is not understood; use 'byte', a path to a SentencePiece .model "
-        "file, a tokenizer config dict or a Tokenizer"
+        "or a Hugging Face tokenizer.json, a tokenizer config dict or a Tokenizer"
     )
 
 
 def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
-    """Raise ValueError if the tokenizer produces ids the model's embedding cannot hold."""
+    """Raise InvalidArgumentError if the tokenizer produces ids the model's embedding cannot hold."""
     if tokenizer.vocab_size > int(model_vocab_size):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"model_vocab_size={model_vocab_size} is smaller than the tokenizer's vocab_size="
             f"{tokenizer.vocab_size} ({tokenizer!r}); the model needs vocab_size >= "
             f"{tokenizer.vocab_size}"

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from highnoon.distribute.errors import EXIT_PEER_FAILURE, PeerFailureError
+from highnoon.utils.validation import InvalidArgumentError
 
 Task = tuple[str, int, str]  # (task_type, task_index, "host:port")
 
@@ -116,7 +117,9 @@ class JoinWatchdog:
         self, peers: Sequence[Task], deadline_seconds: float, *, probe_timeout: float = 1.0
     ) -> None:
         if not deadline_seconds > 0:
-            raise ValueError(f"peer_timeout_seconds must be > 0, got {deadline_seconds!r}")
+            raise InvalidArgumentError(
+                f"peer_timeout_seconds must be > 0, got {deadline_seconds!r}"
+            )
         self.peers = [(str(t), int(i), str(a)) for t, i, a in peers]
         self.deadline_seconds = float(deadline_seconds)
         self.probe_timeout = probe_timeout

@@ -14,7 +14,12 @@ import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from highnoon.utils.validation import InvalidArgumentError, check_host_port, check_int
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    InvalidDataError,
+    check_host_port,
+    check_int,
+)
 
 STRATEGY_KINDS = ("auto", "tpu", "multi_worker", "mirrored", "one_device")
 # Accepted spellings -> canonical kind.
@@ -26,12 +31,12 @@ _COLLECTIVE_JOBS = ("chief", "worker")
 def canonical_kind(kind: str) -> str:
     """Return the canonical strategy kind for `kind`, or raise ValueError listing valid kinds."""
     if not isinstance(kind, str):
-        raise ValueError(f"strategy kind must be a string, got {kind!r}")
+        raise InvalidArgumentError(f"strategy kind must be a string, got {kind!r}")
     name = kind.strip().lower()
     name = _ALIASES.get(name, name)
     if name not in STRATEGY_KINDS:
         valid = ", ".join([*STRATEGY_KINDS, *_ALIASES])
-        raise ValueError(f"unknown strategy kind {kind!r}; valid kinds: {valid}")
+        raise InvalidArgumentError(f"unknown strategy kind {kind!r}; valid kinds: {valid}")
     return name
 
 
@@ -83,9 +88,9 @@ def read_tf_config(env: Mapping[str, str] | None = None) -> dict[str, Any] | Non
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({err}): {raw[:200]!r}") from err
+        raise InvalidDataError(f"TF_CONFIG is not valid JSON ({err}): {raw[:200]!r}") from err
     if not isinstance(config, dict):
-        raise ValueError(f"TF_CONFIG must be a JSON object, got {raw[:200]!r}")
+        raise InvalidDataError(f"TF_CONFIG must be a JSON object, got {raw[:200]!r}")
     return config
 
 
@@ -161,7 +166,7 @@ def tpu_resolver_kwargs(
     TPU API; zone/project default to the GCE VM's own when omitted).
     """
     if tpu is None or not str(tpu).strip():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"tpu must be 'local', a grpc://host:port address or a Cloud TPU name, got {tpu!r}"
         )
     tpu = str(tpu).strip()

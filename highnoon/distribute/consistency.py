@@ -8,7 +8,6 @@ gathered table, so every host reaches the same verdict: all pass, or all raise
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from highnoon.distribute.errors import ConfigMismatchError
+from highnoon.utils.hashing import sha256_digest
+from highnoon.utils.validation import InvalidArgumentError
 
 CHUNKS = 4  # 4 x 31 bits = 124 bits of SHA-256 per part
 _NAMES_PART = "<part names>"
@@ -24,8 +25,10 @@ _NAMES_PART = "<part names>"
 def fingerprint(text: str) -> np.ndarray:
     """SHA-256 of `text` (UTF-8) as CHUNKS non-negative int32 values of 31 bits each."""
     if not isinstance(text, str):
-        raise ValueError(f"part values must be str, got {type(text).__name__}: {text!r:.80}")
-    digest = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:16], "big")
+        raise InvalidArgumentError(
+            f"part values must be str, got {type(text).__name__}: {text!r:.80}"
+        )
+    digest = int.from_bytes(sha256_digest(text)[:16], "big")
     mask = (1 << 31) - 1
     return np.array([(digest >> (31 * i)) & mask for i in range(CHUNKS)], dtype=np.int32)
 
@@ -93,11 +96,13 @@ def verify_consistent(strategy: Any, parts: Mapping[str, str]) -> None:
       ValueError: `parts` is empty or a value is not a string (raised before any collective).
     """
     if not parts:
-        raise ValueError("parts must name at least one part to compare, got an empty mapping")
+        raise InvalidArgumentError(
+            "parts must name at least one part to compare, got an empty mapping"
+        )
     names = sorted(parts)
     for name in names:
         if not isinstance(name, str):
-            raise ValueError(f"part names must be str, got {name!r}")
+            raise InvalidArgumentError(f"part names must be str, got {name!r}")
     tables = np.stack([fingerprint(parts[name]) for name in names])  # validates values
     # First agree on the part names: the second gather's shape depends on them.
     names_table = fingerprint("\x00".join(names))[None, :]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 from typing import Any, NamedTuple
+
+from highnoon.utils.hashing import sha256_hex
+from highnoon.utils.validation import InvalidArgumentError
 
 
 class TaskInfo(NamedTuple):
@@ -28,7 +30,7 @@ def input_host_info(input_context: Any | None) -> tuple[int, int]:
     host_id = int(input_context.input_pipeline_id)
     num_hosts = int(input_context.num_input_pipelines)
     if num_hosts < 1 or not 0 <= host_id < num_hosts:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"input context has input_pipeline_id={host_id}, num_input_pipelines={num_hosts}; "
             "expected 0 <= id < count"
         )
@@ -89,11 +91,11 @@ def write_dir(model_dir: str, strategy: Any) -> str:
     removed afterwards with `cleanup_write_dir` (as Model Garden's train_lib does).
     """
     if not model_dir:
-        raise ValueError(f"model_dir must be a non-empty path, got {model_dir!r}")
+        raise InvalidArgumentError(f"model_dir must be a non-empty path, got {model_dir!r}")
     if is_chief(strategy):
         return model_dir
     info = task_info(strategy)
-    key = hashlib.sha256(os.path.abspath(model_dir).encode()).hexdigest()[:10]
+    key = sha256_hex(os.path.abspath(model_dir), chars=10)
     name = f"highnoon-{info.task_type}-{info.task_id}-{key}-{os.getpid()}"
     return os.path.join(tempfile.gettempdir(), name)
 

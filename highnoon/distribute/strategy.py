@@ -17,7 +17,7 @@ from highnoon.distribute import cluster
 from highnoon.distribute.bounded import JoinWatchdog, probe_address
 from highnoon.distribute.errors import TPUUnreachableError
 from highnoon.distribute.rendezvous import wait_for_peers
-from highnoon.utils.validation import check_host_port
+from highnoon.utils.validation import InvalidArgumentError, check_host_port
 
 # A grpc:// TPU address is first probed with a TCP connect this long (at most): an address where
 # nothing listens fails in seconds instead of after tpu_timeout_seconds.
@@ -68,16 +68,18 @@ def create_strategy(
       tpu_timeout_seconds: deadline for connecting to and initialising the TPU system.
     """
     if not peer_timeout_seconds or peer_timeout_seconds <= 0:
-        raise ValueError(f"peer_timeout_seconds must be > 0, got {peer_timeout_seconds!r}")
+        raise InvalidArgumentError(
+            f"peer_timeout_seconds must be > 0, got {peer_timeout_seconds!r}"
+        )
     if collective_timeout_seconds is not None and collective_timeout_seconds <= 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"collective_timeout_seconds must be > 0 or None, got {collective_timeout_seconds!r}"
         )
     if num_gpus is not None and (isinstance(num_gpus, bool) or num_gpus < 0):
-        raise ValueError(f"num_gpus must be a non-negative int or None, got {num_gpus!r}")
+        raise InvalidArgumentError(f"num_gpus must be a non-negative int or None, got {num_gpus!r}")
     name = cluster.canonical_kind(kind)
     if (worker_hosts is None) != (task_index is None):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"worker_hosts and task_index go together, got worker_hosts={worker_hosts!r}, "
             f"task_index={task_index!r}"
         )

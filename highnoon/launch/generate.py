@@ -25,7 +25,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("model", "highnoon-tiny", "Preset used when --checkpoint is not given.")
 flags.DEFINE_string("prompt", "", "Text to continue.")
-flags.DEFINE_string("tokenizer", "byte", "'byte' or a SentencePiece .model path.")
+flags.DEFINE_string(
+    "tokenizer",
+    "byte",
+    "'byte', a SentencePiece .model path or a Hugging Face tokenizer.json path.",
+)
 flags.DEFINE_integer("max_length", 256, "Total tokens, prompt included.")
 flags.DEFINE_float("temperature", 1.0, "0 is greedy decoding.")
 flags.DEFINE_integer("top_k", 50, "Sample among the k most likely tokens (0 disables).")

@@ -3,6 +3,10 @@
     highnoon-prepare-data --datasets=stdlib_docs,stdlib_code --output_dir=/tmp/data
     highnoon-prepare-data --datasets='corpus/*.jsonl' --output_dir=gs://bucket/data \\
         --train_sentencepiece_vocab=32000
+    highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data \
+        --train_tokenizer_json_vocab=8000   # a byte-level BPE tokenizer.json instead
+    highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data \
+        --tokenizer=/models/llama/tokenizer.json
     highnoon-prepare-data --gin_file=my_data.gin --gin.prepare_datasets.max_samples=1000
 
 (In a checkout, `python -m launch.prepare_data ...` is the same program.) Flags given on the
@@ -26,15 +30,26 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_list("datasets", None, "Dataset entries: registered names, paths/globs, tfds:NAME.")
 flags.DEFINE_string("output_dir", None, "Directory for the stores and datasets.json.")
-flags.DEFINE_string("tokenizer", None, "'byte' (default) or a path to a SentencePiece .model.")
+flags.DEFINE_string(
+    "tokenizer",
+    None,
+    "'byte' (default), a SentencePiece .model, a Hugging Face tokenizer.json, or a tokenizer "
+    'config as JSON (\'{"type": "tokenizer_json", "path": ..., "eos_token": ...}\').',
+)
 flags.DEFINE_integer(
     "train_sentencepiece_vocab", None, "Train a SentencePiece model of this size first."
+)
+flags.DEFINE_integer(
+    "train_tokenizer_json_vocab",
+    None,
+    "Train a byte-level BPE tokenizer.json of this size first (output_dir/tokenizer.json).",
 )
 flags.DEFINE_integer("max_samples", None, "Read at most this many samples per dataset.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding datasets prepared offline.")
 
 program.check_flag("output_dir", validation.check_str)
 program.check_flag("train_sentencepiece_vocab", validation.check_positive_int)
+program.check_flag("train_tokenizer_json_vocab", validation.check_positive_int)
 program.check_flag("max_samples", validation.check_positive_int)
 
 
@@ -47,7 +62,7 @@ def main(argv: list[str]) -> None:
     hd.register_datasets()  # datasets a gin file registered, if any
     overrides: dict[str, Any] = {}
     for name in ("datasets", "output_dir", "tokenizer", "train_sentencepiece_vocab",
-                 "max_samples", "data_dir"):  # fmt: skip
+                 "train_tokenizer_json_vocab", "max_samples", "data_dir"):  # fmt: skip
         value = getattr(FLAGS, name)
         if value is not None:
             overrides[name] = value

@@ -143,7 +143,7 @@ class ModelConfig:
         """A copy with some fields changed; unknown fields are a ValueError listing the valid ones."""
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(
+            raise v.InvalidArgumentError(
                 f"unknown ModelConfig field(s) {unknown}; valid fields: {field_names()}"
             )
         return dataclasses.replace(self, **overrides)
@@ -155,10 +155,12 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict`; unknown keys are a ValueError (a typo must not pass silently)."""
         if not isinstance(data, dict):
-            raise ValueError(f"ModelConfig.from_dict: expected a dict, got {type(data).__name__}")
+            raise v.InvalidArgumentError(
+                f"ModelConfig.from_dict: expected a dict, got {type(data).__name__}"
+            )
         unknown = sorted(set(data) - set(field_names()))
         if unknown:
-            raise ValueError(
+            raise v.InvalidArgumentError(
                 f"unknown ModelConfig field(s) {unknown}; valid fields: {field_names()}"
             )
         return cls(**data)
@@ -193,7 +195,7 @@ def load_model_config(path: str) -> ModelConfig:
     if files.isdir(path):
         path = os.path.join(path, MODEL_CONFIG_FILENAME)
     if not files.isfile(path):
-        raise ValueError(f"load_model_config: path={path!r} does not exist")
+        raise v.InvalidArgumentError(f"load_model_config: path={path!r} does not exist")
     try:
         data = json.loads(files.read_text(path))
     except json.JSONDecodeError as error:

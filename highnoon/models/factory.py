@@ -30,7 +30,7 @@ def resolve_config(
     """The `ModelConfig` `create_model` would build (no TensorFlow needed)."""
     explicit_vocab = "vocab_size" in overrides
     if name_or_config is gin.REQUIRED:  # a run file's `%gin.REQUIRED` left unbound
-        raise ValueError(
+        raise InvalidArgumentError(
             "highnoon.models.create_model.name_or_config is required but unbound: include one of "
             "gin/models/*.gin or bind it to a preset name"
         )
@@ -42,7 +42,7 @@ def resolve_config(
         explicit_vocab = explicit_vocab or "vocab_size" in name_or_config
         config = ModelConfig.from_dict(name_or_config)
     else:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"create_model: name_or_config={name_or_config!r} must be a preset name, a "
             "ModelConfig or a dict of ModelConfig fields"
         )
@@ -52,7 +52,7 @@ def resolve_config(
             overrides["vocab_size"] = tokenizer_vocab
         vocab = overrides.get("vocab_size", config.vocab_size)
         if is_integer(vocab) and vocab < tokenizer_vocab:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"create_model: vocab_size={vocab} is smaller than the tokenizer's vocab_size="
                 f"{tokenizer_vocab}; it must be >= {tokenizer_vocab}"
             )
@@ -127,7 +127,7 @@ def load_model(path: str, *, compile: bool = False, device_memory_gib: float | N
     gfile = tf.io.gfile
     if path.endswith(".keras"):
         if not gfile.exists(path):
-            raise ValueError(f"load_model: path={path!r} does not exist")
+            raise InvalidArgumentError(f"load_model: path={path!r} does not exist")
         return keras.models.load_model(
             path, custom_objects={"HighNoonLM": HighNoonLM}, compile=compile
         )
@@ -137,15 +137,15 @@ def load_model(path: str, *, compile: bool = False, device_memory_gib: float | N
     elif gfile.isdir(path):
         directory, prefix = path, tf.train.latest_checkpoint(path)
         if prefix is None:
-            raise ValueError(f"load_model: no checkpoint in directory path={path!r}")
+            raise InvalidArgumentError(f"load_model: no checkpoint in directory path={path!r}")
     else:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"load_model: path={path!r} is neither a .keras file, a checkpoint directory nor a "
             "checkpoint prefix (no .index file)"
         )
     config_path = os.path.join(directory, MODEL_CONFIG_FILENAME)
     if not gfile.exists(config_path):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"load_model: {directory}/{MODEL_CONFIG_FILENAME} does not exist; a checkpoint is "
             "loaded with the model config saved beside it (the Trainer writes it)"
         )
@@ -160,7 +160,7 @@ def load_model(path: str, *, compile: bool = False, device_memory_gib: float | N
     try:
         status.assert_existing_objects_matched()
     except AssertionError as error:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"load_model: checkpoint {prefix!r} does not hold the weights of the model that "
             f"{config_path} describes ({str(error).splitlines()[0][:200]}); "
             "save with tf.train.Checkpoint(model=model, ...)"

@@ -146,7 +146,7 @@ def _prompt_ids(prompt: Any, tokenizer: Any) -> tuple[list[int], bool]:
         return [int(tokenizer.bos_id), *tokenizer.encode(prompt)], True
     array = np.asarray(prompt)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(
+        raise v.InvalidArgumentError(
             f"generate: prompt must be a string or a 1-D sequence of int token ids, got "
             f"{type(prompt).__name__} with shape {array.shape} and dtype {array.dtype}"
         )
@@ -202,7 +202,7 @@ def generate(
             f"{max_length - 1} tokens"
         )
     if ids and not all(0 <= i < config.vocab_size for i in ids):
-        raise ValueError(
+        raise v.InvalidArgumentError(
             f"generate: prompt ids must be in [0, vocab_size={config.vocab_size}), got "
             f"[{min(ids)}, {max(ids)}]"
         )

@@ -46,7 +46,13 @@ import os
 
 from highnoon.models.config import ModelConfig
 from highnoon.models.presets import PRESETS, get_preset
-from highnoon.utils.validation import check_bool, check_choice, check_float, check_positive_int
+from highnoon.utils.validation import (
+    InvalidArgumentError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_positive_int,
+)
 
 GIB = 1024**3
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -161,7 +167,7 @@ def estimate_memory(
         if name == "model":
             name = f"model ({config.num_parameters() / 1e6:.1f}M parameters)"
     else:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"estimate_memory: config_or_name={config_or_name!r} must be a ModelConfig or a "
             f"preset name ({sorted(PRESETS)})"
         )
@@ -175,14 +181,14 @@ def estimate_memory(
     sharding = check_choice("estimate_memory: sharding", sharding, SHARDING_CHOICES)
     remat = check_bool("estimate_memory: remat", remat) or sharding == "full"
     if sharding is not None and optimizer not in SHARDABLE_OPTIMIZERS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"estimate_memory: sharding={sharding!r} supports the optimizers "
             f"{list(SHARDABLE_OPTIMIZERS)}, not optimizer={optimizer!r}"
         )
     p = _dtype_bytes("param_dtype", param_dtype)
     c = _dtype_bytes("compute_dtype", compute_dtype)
     if batch_size % (num_replicas * accum):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"estimate_memory: batch_size={batch_size} must divide by num_replicas * "
             f"gradient_accumulation_steps = {num_replicas} * {accum}"
         )

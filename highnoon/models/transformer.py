@@ -30,7 +30,7 @@ from keras import ops
 
 from highnoon.models.config import ModelConfig
 from highnoon.models.layers import Block, RMSNorm, normal_init, rotary_cos_sin, weight_seed
-from highnoon.utils.validation import check_bool
+from highnoon.utils.validation import InvalidArgumentError, check_bool
 
 # runner(name, variables, segment_fn, *inputs) -> segment_fn(*inputs), however it gets the weights
 SegmentRunner = Callable[..., Any]
@@ -56,12 +56,12 @@ class HighNoonLM(keras.Model):
         if isinstance(config, dict):
             config = ModelConfig.from_dict(config)
         if not isinstance(config, ModelConfig):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"HighNoonLM: config must be a ModelConfig or dict, got {type(config).__name__}"
             )
         self.remat = check_bool("remat", remat)
         if self.remat and config.dropout > 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"HighNoonLM: remat=True with dropout={config.dropout} is not supported: a "
                 "recomputed block would draw a different dropout mask than the forward pass; "
                 "use dropout=0 or remat=False"
@@ -93,7 +93,7 @@ class HighNoonLM(keras.Model):
     @property
     def embedding_dim(self) -> int:
         """Width of the token embedding and residual stream (``config.d_model``; the
-        reference's name for it)."""
+        public API's name for it)."""
         return self._config.d_model
 
     @property
@@ -106,7 +106,7 @@ class HighNoonLM(keras.Model):
         embedding, every block, then the head (final norm and the output matrix, which is the
         embedding again when tied)."""
         if not self.built:
-            raise ValueError("HighNoonLM.weight_segments: build the model first")
+            raise InvalidArgumentError("HighNoonLM.weight_segments: build the model first")
         head = self.embedding if self._config.tie_embeddings else self.lm_head
         return [
             ("embed", [self.embedding]),
@@ -194,7 +194,9 @@ class HighNoonLM(keras.Model):
             self.build()
         t = input_ids.shape[1]
         if t is None:
-            raise ValueError("HighNoonLM needs a static sequence length (input_ids.shape[1])")
+            raise InvalidArgumentError(
+                "HighNoonLM needs a static sequence length (input_ids.shape[1])"
+            )
         if positions is None:
             positions = ops.broadcast_to(
                 ops.arange(t, dtype="int32")[None, :], ops.shape(input_ids)

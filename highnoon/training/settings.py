@@ -440,7 +440,9 @@ LOOP_SETTINGS = tuple(f.name for f in dataclasses.fields(LoopSettings))
 SETTING_CLASSES = (StageSettings, RunOptions, LoopSettings)
 # Keyword-only Trainer arguments that are objects, not settings (never saved as JSON).
 OBJECT_ARGUMENTS = {
-    "tokenizer": "a `highnoon.data.Tokenizer` (default byte-level); the model's vocabulary must hold it",
+    "tokenizer": "a `highnoon.data.Tokenizer` or what `load_tokenizer` takes ('byte', a "
+    "SentencePiece `.model` or Hugging Face `tokenizer.json` path); default byte-level; the "
+    "model's vocabulary must hold it",
     "strategy": "any `tf.distribute.Strategy` (default: the one in scope, else the model's, else "
     "one device)",
 }

@@ -74,7 +74,7 @@ class Trainer:
         given = _named(args, settings)
         self.settings, self.options, self.loop = split_settings(given)
         self.model = model
-        self.tokenizer = tokenizer if tokenizer is not None else hn_data.ByteTokenizer()
+        self.tokenizer = hn_data.load_tokenizer(tokenizer if tokenizer is not None else "byte")
         self.settings = _cap_seq_length(self.settings, model, asked="max_seq_length" in given)
         self.strategy = strategy or _strategy_for(model)
         self._sharding = resolve_sharding(self.options.sharding, self.strategy.num_replicas_in_sync)
@@ -298,10 +298,11 @@ def _check_objects(model: Any, tokenizer: Any, strategy: Any) -> None:
             f"model={model!r} must be a Keras language model, e.g. "
             "highnoon.create_model('highnoon-tiny')"
         )
-    if tokenizer is not None and not isinstance(tokenizer, hn_data.Tokenizer):
+    if tokenizer is not None and not isinstance(tokenizer, (hn_data.Tokenizer, str, dict)):
         raise v.InvalidArgumentTypeError(
-            f"tokenizer={tokenizer!r} must be a highnoon.data.Tokenizer "
-            "(ByteTokenizer, SentencePieceTokenizer) or None"
+            f"tokenizer={tokenizer!r} must be a highnoon.data.Tokenizer (ByteTokenizer, "
+            "SentencePieceTokenizer, TokenizerJson), what load_tokenizer accepts ('byte', a "
+            ".model or tokenizer.json path, a config dict) or None"
         )
     if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
         raise v.InvalidArgumentTypeError(

@@ -1,7 +1,7 @@
 """File access for run directories: atomic writes (a reader sees the old file or the new one,
 never a half-written one: ``atomic_write_text`` for a file, ``publish_directory`` for a
-directory built beside its destination), the reads that go with them, and streamed content
-hashes.
+directory built beside its destination), and the reads that go with them (content hashes are
+``highnoon.utils.hashing``'s).
 
 Local paths use the standard library; any other ``tf.io.gfile`` filesystem (``gs://``,
 ``ram://`` ...) goes through TensorFlow, imported only for such paths, so pure-Python callers
@@ -10,21 +10,9 @@ Local paths use the standard library; any other ``tf.io.gfile`` filesystem (``gs
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
-
-_HASH_BLOCK = 1 << 20
-
-
-def sha256_file(path: str) -> str:
-    """The hex sha256 of a local file's bytes, read in 1 MB blocks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_write_text(path: str, text: str) -> str:
@@ -40,7 +28,7 @@ def atomic_write_bytes(path: str, data: bytes) -> str:
     """``atomic_write_text`` for bytes (a PNG, an archive): a temporary name beside ``path``,
     fsynced, then renamed into place. Returns ``path``."""
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if "://" not in path:
+    if not is_remote(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             with open(tmp, "wb") as handle:

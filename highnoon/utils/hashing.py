@@ -1,6 +1,8 @@
 """Keyed hashing: every stateless, seeded choice in highnoon comes from here (numpy only).
 
-Three pieces, each with one job:
+Every SHA-256 in highnoon is computed here: ``sha256_hex`` / ``sha256_digest`` of a text or
+bytes, ``sha256_file`` of a file's bytes (streamed), ``new_sha256`` for a digest fed in pieces
+(token stores, score arrays). On top of them, three pieces, each with one job:
 
 * ``derive_key(*parts)``: a 64-bit key from any JSON-able parts (a seed, a stage index, a
   purpose such as ``"eval"``), via SHA-256 of their canonical JSON. This is the one seed
@@ -24,10 +26,44 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.utils.validation import InvalidArgumentError, InvalidArgumentTypeError
+
 _U = np.uint64
+_FILE_BLOCK = 1 << 20  # bytes read at a time by sha256_file (constant memory)
 _GOLDEN = _U(0x9E3779B97F4A7C15)
 FEISTEL_ROUNDS = 4  # Luby-Rackoff: 4 rounds of a good mixer give a strong keyed permutation
 _CHUNK = 1 << 16  # positions permuted at a time (keeps temporaries in cache)
+
+
+def _as_bytes(data: str | bytes) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def sha256_digest(data: str | bytes) -> bytes:
+    """The 32-byte SHA-256 of ``data`` (a string is hashed as its UTF-8 bytes)."""
+    return hashlib.sha256(_as_bytes(data)).digest()
+
+
+def sha256_hex(data: str | bytes, *, chars: int | None = None) -> str:
+    """The hex SHA-256 of ``data`` (a string as UTF-8), cut to its first ``chars`` digits when
+    given: short keys for file and directory names."""
+    text = hashlib.sha256(_as_bytes(data)).hexdigest()
+    return text if chars is None else text[:chars]
+
+
+def new_sha256() -> Any:
+    """A fresh incremental SHA-256 (``update(...)``, then ``hexdigest()``), for content hashed
+    in pieces without holding it whole in memory."""
+    return hashlib.sha256()
+
+
+def sha256_file(path: str) -> str:
+    """The hex SHA-256 of a local file's bytes, read in 1 MB blocks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_FILE_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def splitmix64_finalise_(z: np.ndarray) -> np.ndarray:
@@ -55,13 +91,13 @@ def mix64(values: np.ndarray) -> np.ndarray:
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):  # numpy scalars hash as the Python number they hold
         return value.item()
-    raise TypeError(f"cannot derive a key from {value!r} ({type(value).__name__})")
+    raise InvalidArgumentTypeError(f"cannot derive a key from {value!r} ({type(value).__name__})")
 
 
 def derive_key(*parts: Any) -> int:
     """A 64-bit key from JSON-able ``parts`` (SHA-256 of their canonical JSON)."""
     text = json.dumps(list(parts), sort_keys=True, separators=(",", ":"), default=_plain)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return int.from_bytes(sha256_digest(text)[:8], "little")
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -86,7 +122,7 @@ class KeyedPermutation:
 
     def __init__(self, n: int, *parts: Any) -> None:
         if n < 1:
-            raise ValueError(f"n={n!r} must be >= 1")
+            raise InvalidArgumentError(f"n={n!r} must be >= 1")
         self.n = int(n)
         self.a = math.isqrt(self.n - 1) + 1
         self.b = -(-self.n // self.a)

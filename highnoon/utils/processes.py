@@ -13,9 +13,10 @@ that reused its pid. Where ``/proc`` is missing, ``start`` is None and the pid a
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import socket
+
+from highnoon.utils.hashing import sha256_hex
 
 
 @functools.cache
@@ -27,7 +28,7 @@ def hostname() -> str:
 @functools.cache
 def host_key() -> str:
     """8 hex digits naming this host, short enough for file names."""
-    return hashlib.sha256(hostname().encode()).hexdigest()[:8]
+    return sha256_hex(hostname(), chars=8)
 
 
 def _stat_fields(pid: int) -> list[str] | None:

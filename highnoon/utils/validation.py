@@ -9,7 +9,8 @@ value and what is allowed, in one shape of message::
 Types are strict where Python is loose: ``True`` is not an integer, ``4.0`` is not an integer,
 ``"no"`` is not a bool, and NaN or infinity is never a number. A wrong type raises
 ``InvalidArgumentTypeError``, which is both a ``ValueError`` and a ``TypeError``, so callers may
-catch either (numpy's ``AxisError`` does the same).
+catch either (numpy's ``AxisError`` does the same). Content read from a file or the environment
+that is malformed raises ``InvalidDataError`` (a ``ValueError`` too), naming where it is.
 """
 
 from __future__ import annotations
@@ -23,13 +24,27 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.utils.files import is_remote
+
 
 class InvalidArgumentError(ValueError):
     """An argument has a value that is not allowed; the message names it and what is."""
 
+    # Exception's own constructor: AutoGraph re-raises an error from traced code as the same
+    # class only when it has it, otherwise as its StagingError (a check inside a tf.function).
+    __init__ = Exception.__init__
+
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument has the wrong type (a float for an int, a string for a bool, ...)."""
+
+
+class InvalidDataError(ValueError):
+    """What a file, a data record or an environment variable holds is not allowed (malformed
+    JSON, invalid UTF-8, a missing field): the argument naming it was fine, its content is not.
+    The message names where the content is and how to fix it."""
+
+    __init__ = Exception.__init__  # as InvalidArgumentError's: the class survives AutoGraph
 
 
 def _fail(name: str, value: Any, allowed: str, *, wrong_type: bool = False) -> None:
@@ -198,6 +213,26 @@ def check_mixture_weights(name: str, entries: Sequence[Any]) -> None:
         )
 
 
+def check_sample_indices(
+    name: str, value: Any, num_samples: int, *, ndim: int = 1, shape: str = "", owner: str = ""
+) -> np.ndarray:
+    """An integer array of ``ndim`` dimensions (``shape`` names them for the message, e.g.
+    ``[steps, rows_per_step]``) whose values index ``num_samples`` samples, as int64. ``owner``
+    says what holds the samples (``the store``, ``lengths``). Empty arrays are allowed."""
+    array = np.asarray(value)
+    if array.ndim != ndim or not np.issubdtype(array.dtype, np.integer) or 0 in array.shape[1:]:
+        what = f"a {ndim}-D integer array" + (f" {shape}" if shape else "")
+        raise InvalidArgumentError(
+            f"{name} must be {what}, got shape {array.shape} and dtype {array.dtype}"
+        )
+    if array.size and (array.min() < 0 or array.max() >= num_samples):
+        raise InvalidArgumentError(
+            f"{name} holds sample indices in [{array.min()}, {array.max()}], but "
+            f"{owner or 'the data'} has {num_samples} samples (allowed: [0, {num_samples}))"
+        )
+    return array.astype(np.int64, copy=False)
+
+
 def check_port(name: str, value: Any) -> int:
     """A TCP port in [1, 65535]."""
     return check_int(name, value, minimum=1, maximum=65535)
@@ -219,7 +254,7 @@ def check_writable_dir(name: str, path: Any) -> str:
     paths are probed through TensorFlow."""
     text = os.fspath(check_str(name, path) if not isinstance(path, os.PathLike) else path)
     probe_name = f".highnoon-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if "://" in text:
+    if is_remote(text):
         import tensorflow as tf
 
         try:

@@ -52,9 +52,11 @@ def main() -> None:
     print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
 
     from highnoon.training.checkpointing import Checkpointer
+    from highnoon.training.sharding.recorder import StepRecorder
     from tests import sharding_helpers as H
 
-    step, multiplier = H.build(strategy, spec["level"])
+    recorder = StepRecorder()
+    step, multiplier = H.build(strategy, spec["level"], recorder=recorder)
     objects = step.checkpoint_objects()
 
     def checkpointer(directory: str) -> Checkpointer:
@@ -81,14 +83,14 @@ def main() -> None:
     facts: dict[str, Any] = {
         "task": task,
         "replicas": strategy.num_replicas_in_sync,
-        "sharding": step.sharding,
+        "sharding": None if step.level is None else step.level.name,
         "first_step": first,
         "losses": losses,
     }
-    if step.sharded is not None:
-        facts["replica_bytes"] = step.sharded.replica_bytes()
+    if step.level is not None:
+        facts["replica_bytes"] = recorder.replica_bytes(step.engine)
         facts["bytes_sent"] = {
-            str(stage): step.sharded.bytes_sent_per_step(H.stage_config(stage, spec["jit_compile"]))
+            str(stage): recorder.bytes_sent_per_step(H.stage_config(stage, spec["jit_compile"]))
             for stage, _, _ in H.stages_between(first, spec["last_step"])
         }
     base = os.path.join(spec["out_dir"], f"worker{task}")

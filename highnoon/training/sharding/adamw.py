@@ -29,8 +29,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from highnoon.utils.validation import InvalidArgumentError
 
-class UnsupportedOptimizerError(ValueError):
+
+class UnsupportedOptimizerError(InvalidArgumentError):
     """The optimizer cannot be sharded (not Adam/AdamW, or an option the shares cannot honour)."""
 
 

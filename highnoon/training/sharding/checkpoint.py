@@ -24,6 +24,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from highnoon.utils.validation import InvalidArgumentError
+
 # The attribute name TensorFlow gives a variable's value ("<path>/.ATTRIBUTES/VARIABLE_VALUE").
 VARIABLE_VALUE = "VARIABLE_VALUE"
 
@@ -76,7 +78,7 @@ def mirror(obj: Any, leaf_for: Callable[[Any], Any], memo: dict[int, Any] | None
         return memo[id(obj)]
     children = tf.train.TrackableView.children(obj)
     if not children and _saves_tensors(obj):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"cannot mirror {type(obj).__name__} for a sharded checkpoint: it saves tensors "
             "of its own"
         )
@@ -138,7 +140,9 @@ def unsharded_layout(engine) -> dict[str, Any]:
             return leaves[id(variable)]
         if has_storage(variable):  # e.g. a LossScaleOptimizer's own unused step counter
             return variable
-        raise ValueError(f"sharded checkpoint: nothing holds the value of {variable.path}")
+        raise InvalidArgumentError(
+            f"sharded checkpoint: nothing holds the value of {variable.path}"
+        )
 
     memo: dict[int, Any] = {}
     model = engine.model if state.weights is None else mirror(engine.model, leaf_for, memo)

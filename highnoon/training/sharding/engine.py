@@ -29,60 +29,70 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from highnoon.training.losses import (
+    Batch,
+    accumulated_gradients,
+    masked_token_loss_sum,
+    micro_batch_gradients,
+    model_inputs,
+    split_micro_batches,
+)
 from highnoon.training.sharding import fsdp
 from highnoon.training.sharding.adamw import AdamWSettings, adamw_update
 from highnoon.training.sharding.checkpoint import has_storage, unsharded_layout
 from highnoon.training.sharding.collectives import make_collectives, resolve_collectives
 from highnoon.training.sharding.layout import spec_of
-from highnoon.training.sharding.levels import LEVELS
+from highnoon.training.sharding.levels import ShardingLevel
+from highnoon.training.sharding.recorder import StepRecorder
 from highnoon.training.sharding.state import ShardedState
 from highnoon.training.sharding.traffic import TrafficLog
-from highnoon.training.step import (
-    _model_inputs,
-    accumulated_gradients,
-    masked_token_loss_sum,
-    micro_batch_gradients,
-)
-
-Batch = dict[str, tf.Tensor]
+from highnoon.training.step_engine import StepConfig, StepEngine
+from highnoon.utils.validation import InvalidArgumentError
 
 
 def _scaler(scale: tf.Tensor | None) -> Callable[[tf.Tensor], tf.Tensor] | None:
     return None if scale is None else (lambda loss: loss * scale)
 
 
-class ShardedEngine:
+class ShardedEngine(StepEngine):
     """Sharded state and replica step of ``model`` trained with ``optimizer`` (a Keras Adam or
-    AdamW, possibly under a LossScaleOptimizer, unbuilt) at ``level`` on ``strategy``."""
+    AdamW, possibly under a LossScaleOptimizer, unbuilt) at ``level`` (a ``ShardingLevel`` or
+    its name) on ``strategy``. ``recorder``: a measurement hook (``recorder.py``), or None."""
 
     def __init__(
         self,
         model: keras.Model,
         optimizer: keras.optimizers.Optimizer,
         strategy: tf.distribute.Strategy,
-        level: str,
+        level: ShardingLevel | str,
         *,
         collectives: str = "auto",
+        recorder: StepRecorder | None = None,
     ) -> None:
-        if level not in LEVELS:
-            raise ValueError(f"ShardedEngine: level={level!r} must be one of {list(LEVELS)}")
+        level = ShardingLevel.parse(level)
+        if level is None:
+            raise InvalidArgumentError(
+                "ShardedEngine: level=None shards nothing; use UnshardedEngine (TrainStep with "
+                "sharding=None) or one of 'optimizer', 'gradients', 'full'"
+            )
         self.settings = AdamWSettings.from_keras(optimizer)
         if optimizer.built:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "sharding needs the optimizer unbuilt: a built Keras optimizer already holds "
                 "whole-size moments for every weight; do not call optimizer.build(...) when "
                 "sharding is on (the sharded step keeps the moments as shares)"
             )
         self.mode = resolve_collectives(collectives, strategy)
         self.model, self.optimizer, self.strategy, self.level = model, optimizer, strategy, level
+        self.recorder = recorder
         self.num_replicas = strategy.num_replicas_in_sync
-        if level == "full":
+        if level.shards_weights:
             fsdp.check_segmented(model)
             fsdp.build_without_storage(model, strategy)
         elif not model.built or not all(has_storage(v) for v in model.weights):
-            raise ValueError(
-                f"sharding={level!r} needs the model built with its weights (build or call it "
-                "under strategy.scope() first); only sharding='full' builds it itself"
+            raise InvalidArgumentError(
+                f"sharding={level.name!r} needs the model built with its weights (build or call "
+                "it under strategy.scope() first); only sharding='full' builds it itself"
             )
         self.variables = list(model.trainable_variables)
         self.specs = [spec_of(v, self.num_replicas) for v in self.variables]
@@ -91,52 +101,41 @@ class ShardedEngine:
             self.variables,
             self.specs,
             strategy,
-            shard_weights=level == "full",
+            shard_weights=level.shards_weights,
             loss_scaling=self.settings.loss_scaling,
         )
-        if level == "full":
+        if level.shards_weights:
             for var, share, spec in zip(self.variables, self.state.weights, self.specs):
                 # An uninitialised Keras variable reads as its initialiser's value; the
                 # initialisers are seeded, so every host computes the same whole tensor.
                 self.state.assign_from_full(share, spec, var.value)
             fsdp.refuse_reads(model)
-        self.traffic: dict[tuple, dict] = {}
-        self.carried_gradient_shapes: list[tuple[int, ...]] = []
-        self._compiled: dict[tuple, Callable] = {}
+        self._compiled: dict[str, Callable] = {}
         self._checkpoint_objects: dict[str, object] | None = None
 
     # -- the replica step ----------------------------------------------------------------------
-    def replica_step(self, batch: Batch, denominator: tf.Tensor, config) -> tf.Tensor:
-        """One optimizer step of this replica (called inside ``strategy.run``); returns the
-        replica's loss (its share of the global mean)."""
-        key = (config.accumulation_steps, config.clip_norm, config.jit_compile)
-        # One log per replica (MirroredStrategy traces its replicas in parallel threads); the
-        # replicas run the same program, so any one of them is the step's traffic.
-        replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
-        replica = None if replica is None else int(replica)
-        log = self.traffic.setdefault(key, {}).setdefault(replica, TrafficLog())
-        log.clear()  # a retrace logs the step anew
+    def replica_step(self, batch: Batch, denominator: tf.Tensor, config: StepConfig) -> tf.Tensor:
         comm = make_collectives(
             self.mode,
             self.num_replicas,
-            log,
+            self._trace_log(config),
             on_tpu=isinstance(self.strategy, tf.distribute.TPUStrategy),
         )
         scale = self.state.loss_scale.read_value() if self.state.loss_scale is not None else None
         a, jit = config.accumulation_steps, config.jit_compile
-        if self.level == "optimizer":
+        if not self.level.shards_gradients:
             grads, loss = self._fn("grads", jit, self._local_gradients)(
                 batch, denominator, a, scale
             )
             grads = [tf.reshape(g, spec.shape) for g, spec in zip(grads, self.specs)]
-            self.carried_gradient_shapes = [tuple(g.shape) for g in grads]
+            carried = grads
             shares = comm.reduce_scatter(grads, self.specs, chained=True)
         else:
-            micro = {k: tf.reshape(v, [a, -1, *v.shape[1:]]) for k, v in batch.items()}
+            micro = split_micro_batches(batch, a)
             shares, loss = None, tf.constant(0.0, tf.float32)
             for index in range(a):
                 part = {k: v[index] for k, v in micro.items()}
-                if self.level == "gradients":
+                if not self.level.shards_weights:
                     g, part_loss = self._fn("micro", jit, self._micro_gradients)(
                         part, denominator, scale
                     )
@@ -145,9 +144,20 @@ class ShardedEngine:
                     g, part_loss = self._full_gradients(part, denominator, scale, comm, jit)
                 shares = g if shares is None else [s + x for s, x in zip(shares, g)]
                 loss += part_loss
-            self.carried_gradient_shapes = [tuple(s.shape) for s in shares]
+            carried = shares
+        if self.recorder is not None:
+            self.recorder.carried([tuple(g.shape) for g in carried])
         self._apply(shares, config.clip_norm, comm, scale, jit)
         return loss
+
+    def _trace_log(self, config: StepConfig) -> TrafficLog:
+        """Where this trace's collectives log their traffic: the recorder's log of this replica
+        (MirroredStrategy traces its replicas in parallel threads), or a log nobody reads."""
+        if self.recorder is None:
+            return TrafficLog()
+        replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
+        replica = None if replica is None else int(replica)
+        return self.recorder.trace_log(config, replica, self.num_replicas)
 
     def _local_gradients(self, batch, denominator, accumulation_steps, scale):
         """Whole local gradients summed over the micro-batches (no collective)."""
@@ -172,7 +182,7 @@ class ShardedEngine:
         )
         with tf.GradientTape() as tape:
             tape.watch(values)
-            logits = self.model(part["inputs"], training=True, runner=runner, **_model_inputs(part))
+            logits = self.model(part["inputs"], training=True, runner=runner, **model_inputs(part))
             loss = masked_token_loss_sum(part["targets"], logits, part["loss_mask"]) / denominator
             objective = loss * scale if scale is not None else loss
         grads = tape.gradient(objective, values)
@@ -198,7 +208,7 @@ class ShardedEngine:
             shares, _ = tf.clip_by_global_norm(shares, clip_norm, use_norm=norm)
         iterations = state.iterations.read_value()
         learning_rate = self.settings.learning_rate_at(iterations)
-        if self.level == "full":
+        if self.level.shards_weights:
             weights = [w.read_value() for w in state.weights]
         else:
             rid = comm.replica_id
@@ -219,7 +229,7 @@ class ShardedEngine:
             var.assign(value)
         for var, value in zip(state.v, new_v):
             var.assign(value)
-        if self.level == "full":
+        if self.level.shards_weights:
             for var, value in zip(state.weights, new_weights):
                 var.assign(value)
         else:
@@ -258,40 +268,35 @@ class ShardedEngine:
         return self._compiled[kind]
 
     # -- evaluation ----------------------------------------------------------------------------
-    def replica_logits(self, batch: Batch, model_inputs: dict) -> tf.Tensor:
+    def replica_logits(self, batch: Batch) -> tf.Tensor:
         """Evaluation logits of this replica's batch (gathering the weights at level "full")."""
-        if self.level != "full":
-            return self.model(batch["inputs"], training=False, **model_inputs)
+        extra = model_inputs(batch)
+        if not self.level.shards_weights:
+            return self.model(batch["inputs"], training=False, **extra)
         comm = make_collectives(self.mode, self.num_replicas, TrafficLog(), on_tpu=False)
         ids = [id(v) for v in self.variables]
         values = [w.read_value() for w in self.state.weights]
         runner = fsdp.GatherRunner(
             comm, dict(zip(ids, self.specs)), dict(zip(ids, values)), recompute=False
         )
-        return self.model(batch["inputs"], training=False, runner=runner, **model_inputs)
+        return self.model(batch["inputs"], training=False, runner=runner, **extra)
 
     # -- state outside the step ----------------------------------------------------------------
     def full_weights(self) -> list[np.ndarray]:
         """The whole trainable weights (model order) as numpy; every worker must call it."""
-        if self.level != "full":
+        if not self.level.shards_weights:
             return [np.asarray(v.numpy()) for v in self.variables]
         return [
             self.state.full_value(share, spec).numpy()
             for share, spec in zip(self.state.weights, self.specs)
         ]
 
-    def bytes_sent_per_step(self, config) -> float:
-        """Bytes one replica sends per optimizer step of ``config``, from the collectives the
-        traced step issues (trace the step first)."""
-        key = (config.accumulation_steps, config.clip_norm, config.jit_compile)
-        if key not in self.traffic:
-            raise ValueError(f"the step of {config} has not been traced yet; run it once first")
-        log = next(iter(self.traffic[key].values()))
-        return log.bytes_sent(self.num_replicas)
-
     def export_model(self) -> keras.Model:
-        """A new model of the same config holding the whole weights (built outside any strategy
+        """The model itself while it holds its weights ("optimizer", "gradients"); at "full" a
+        new model of the same config holding the whole weights (built outside any strategy
         scope, so on this host's default device); every worker must call it."""
+        if not self.level.shards_weights:
+            return self.model
         weights = self.full_weights()
         model = type(self.model).from_config(self.model.get_config())
         model.build()
@@ -299,33 +304,9 @@ class ShardedEngine:
             variable.assign(value)
         return model
 
-    def replica_bytes(self) -> dict[str, int]:
-        """Bytes one replica holds, measured from the variables that exist: weights (the
-        model's variables with storage plus weight shares), optimizer state, and the gradients
-        carried between micro-batches in the last traced step."""
-        model_bytes = sum(
-            _local_bytes(self.strategy, v.value) for v in self.model.weights if has_storage(v)
-        )
-        state = self.state.replica_bytes()
-        grads = sum(
-            int(np.prod(shape)) * tf.as_dtype(v.dtype).size
-            for shape, v in zip(self.carried_gradient_shapes, self.variables)
-        )
-        return {
-            "weights": model_bytes + state["weights"],
-            "optimizer": state["optimizer"],
-            "gradients": grads,
-        }
-
     def checkpoint_objects(self) -> dict[str, object]:
         """``model`` and ``optimizer`` entries for ``tf.train.Checkpoint`` with the object graph
         (hence the names) of an unsharded run: see ``checkpoint.py``."""
         if self._checkpoint_objects is None:
             self._checkpoint_objects = unsharded_layout(self)
         return self._checkpoint_objects
-
-
-def _local_bytes(strategy: tf.distribute.Strategy, variable: tf.Variable) -> int:
-    """Bytes of ``variable``'s copy on the first local replica."""
-    local = strategy.experimental_local_results(variable)[0]
-    return int(np.prod(local.shape)) * local.dtype.size

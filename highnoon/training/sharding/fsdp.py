@@ -26,9 +26,10 @@ import tensorflow as tf
 
 from highnoon.training.sharding.collectives import Collectives
 from highnoon.training.sharding.layout import ShardSpec
+from highnoon.utils.validation import InvalidArgumentError
 
 
-class ShardingModelError(ValueError):
+class ShardingModelError(InvalidArgumentError):
     """The model cannot be trained with the requested sharding level."""
 
 

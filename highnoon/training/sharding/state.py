@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from highnoon.training.sharding.adamw import LossScaling
 from highnoon.training.sharding.layout import ShardSpec
+from highnoon.utils.validation import InvalidArgumentError
 
 
 def replica_local(initial: tf.Tensor, name: str) -> tf.Variable:
@@ -94,7 +95,7 @@ class ShardedState:
         """Gives each replica its slice of ``full`` (no collective)."""
         full = tf.convert_to_tensor(full)
         if tuple(full.shape) != spec.shape:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"shape mismatch: a tensor of shape {tuple(full.shape)} cannot fill the shares "
                 f"of {share.name.split(':')[0]}, whose variable has shape {spec.shape}"
             )

@@ -55,7 +55,7 @@ class TrafficLog:
 
 def step_traffic(
     config: ModelConfig,
-    sharding: str | None,
+    sharding: object,
     num_replicas: int,
     *,
     accumulation_steps: int = 1,
@@ -70,9 +70,9 @@ def step_traffic(
     sliced (CPU, GPU). ``tpu_masked_gather``: weights are gathered with TPUStrategy's masked
     all-reduce instead of a true all-gather.
     """
-    from highnoon.training.sharding.levels import check_level
+    from highnoon.training.sharding.levels import ShardingLevel
 
-    level = check_level(sharding)
+    level = ShardingLevel.parse(sharding)
     a = check_int("accumulation_steps", accumulation_steps, minimum=1)
     n = check_int("num_replicas", num_replicas, minimum=1)
     # All-reduces move the whole tensors; gathers and true reduce-scatters move the N equal
@@ -84,8 +84,9 @@ def step_traffic(
     cost = lambda kind_and_bytes: collective_bytes(*kind_and_bytes, n)  # noqa: E731
     if level is None:
         return cost(("all_reduce", weights))
-    if level in ("optimizer", "gradients"):
-        return (1 if level == "optimizer" else a) * cost(scatter) + cost(gather)
+    if not level.shards_weights:
+        # The whole local gradients scatter once a step, or each micro-batch's as it exists.
+        return (a if level.shards_gradients else 1) * cost(scatter) + cost(gather)
     # full: each micro-batch gathers every segment in the forward pass and again when it is
     # recomputed in the backward pass, and reduce-scatters its gradient; a tied embedding is
     # used (gathered, reduce-scattered) twice, by the embedding and by the head segment.
