@@ -41,7 +41,7 @@ from highnoon.utils import validation as v
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "mixed_float16")
-# The reference's positional parameters, in order, after ``model``.
+# The positional parameters after ``model``, in order (README, "Trainer settings").
 POSITIONAL = ("learning_rate", "batch_size", "max_seq_length", "gradient_accumulation_steps")
 # Seeds reach numpy's and Keras' global seeding (keras.utils.set_random_seed), which take 32 bits.
 MAX_SEED = 2**32 - 1
@@ -470,7 +470,7 @@ def _default(item: dataclasses.Field) -> Any:
 
 
 def trainer_signature() -> inspect.Signature:
-    """``Trainer.__init__``'s signature: ``self, model``, the reference's four positional
+    """``Trainer.__init__``'s signature: ``self, model``, the four positional
     settings, then every other setting and the object arguments as keyword-only."""
     kind = inspect.Parameter
     params = [kind("self", kind.POSITIONAL_OR_KEYWORD), kind("model", kind.POSITIONAL_OR_KEYWORD)]

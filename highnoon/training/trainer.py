@@ -311,7 +311,7 @@ def _check_objects(model: Any, tokenizer: Any, strategy: Any) -> None:
 
 
 def _named(args: tuple[Any, ...], settings: dict[str, Any]) -> dict[str, Any]:
-    """Positional settings (the reference's order) merged with keyword ones."""
+    """Positional settings (in ``POSITIONAL``'s order) merged with keyword ones."""
     if len(args) > len(POSITIONAL):
         raise v.InvalidArgumentTypeError(
             f"Trainer takes at most {len(POSITIONAL)} positional settings after the model "
