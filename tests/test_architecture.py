@@ -64,14 +64,10 @@ def test_the_trainer_signature_derives_from_the_settings():
     from highnoon.training.trainer import Trainer
 
     params = inspect.signature(Trainer.__init__).parameters
-    declared = [f.name for f in dataclasses.fields(settings_lib.StageSettings)] + [
-        f.name for f in dataclasses.fields(settings_lib.RunOptions)
-    ]
+    declared = [f.name for cls in settings_lib.SETTING_CLASSES for f in dataclasses.fields(cls)]
     assert set(params) == {"self", "model", "tokenizer", "strategy", *declared}
     assert list(params)[2:6] == list(settings_lib.POSITIONAL)
-    for field in dataclasses.fields(settings_lib.StageSettings) + dataclasses.fields(
-        settings_lib.RunOptions
-    ):
+    for field in (f for cls in settings_lib.SETTING_CLASSES for f in dataclasses.fields(cls)):
         expected = settings_lib._default(field)
         assert params[field.name].default == expected, field.name
     assert (

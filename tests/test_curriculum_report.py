@@ -199,8 +199,8 @@ def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path):
     config.write_text(
         "include 'models/highnoon-nano.gin'\n"
         'run_training.stages = [{"name": "sums", "datasets": ["arithmetic"], "epochs": 2}]\n'
-        "run_training.eval_interval = 5\n"
-        "run_training.log_interval = 5\n"
+        "Trainer.eval_interval = 5\n"
+        "Trainer.log_interval = 5\n"
         "Trainer.max_samples = 160\n"
         "Trainer.batch_size = 8\n"
         "Trainer.max_seq_length = 32\n"

@@ -30,7 +30,7 @@ FEW_STEPS = [
     "--gin.Trainer.max_samples=48",
     "--gin.Trainer.max_seq_length=32",
     "--gin.Trainer.batch_size=8",
-    "--gin.run_training.epochs_per_stage=1",
+    "--gin.Trainer.epochs_per_stage=1",
     "--gin.run_training.sample_length=12",
     "--gin_bindings=highnoon.models.create_model.name_or_config = 'highnoon-nano'",
 ]

@@ -234,7 +234,7 @@ def test_sigkilled_worker_ends_the_job_and_a_relaunch_resumes(workdir, reference
         # stream settings.
         (2, "--gin.Trainer.initial_fraction=0.5", "'config', 'curriculum'", ("[0]", "[1]")),
         # A launch setting outside the Trainer: caught through gin's operative config.
-        (3, "--gin.run_training.checkpoint_interval=2", "'config'", ("[0, 1]", "[2]")),
+        (3, "--gin.Trainer.checkpoint_interval=2", "'config'", ("[0, 1]", "[2]")),
     ],
 )
 def test_one_worker_with_another_gin_binding_stops_all_before_the_first_step(

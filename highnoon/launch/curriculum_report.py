@@ -119,9 +119,8 @@ def plan_from_gin(strategy: Any = None) -> tuple[Any, list[Any]]:
             model=arguments["model"],
             tokenizer=arguments["tokenizer"],
             stages=arguments["stages"],
-            mixed_precision=arguments["mixed_precision"],
         )
-        plans = trainer.plan(arguments["epochs_per_stage"])
+        plans = trainer.plan()  # the Trainer's epochs_per_stage
     except (ValueError, OSError) as error:
         raise ReportError(str(error)) from None
     return trainer, plans

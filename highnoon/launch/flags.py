@@ -35,7 +35,7 @@ from absl import app, flags, logging
 
 from highnoon.distribute.cluster import canonical_kind, tf_config_from_worker_hosts
 from highnoon.launch import program
-from highnoon.utils.files import atomic_write_text
+from highnoon.utils import validation as v
 
 FLAGS = flags.FLAGS
 
@@ -263,7 +263,7 @@ def parse_gin(
     for binding in bindings:  # a malformed one is named before gin applies any
         problem = gin_syntax_problem(binding)
         if problem:
-            raise ValueError(
+            raise v.InvalidArgumentError(
                 f"--gin_bindings={binding!r} is not valid gin: {problem}; a binding reads "
                 "'configurable.parameter = value' with a Python literal value (quote strings: "
                 "--gin.Trainer.name=\"'run'\")"
@@ -275,12 +275,12 @@ def parse_gin(
             )
     except tokenize.TokenError as err:  # gin passes the tokenizer's error on without a place
         where = next((f for f in resolved if gin_syntax_problem(_read(f))), "a gin file")
-        raise ValueError(f"{where} is not valid gin: {err.args[0]}") from None
+        raise v.InvalidArgumentError(f"{where} is not valid gin: {err.args[0]}") from None
     except (ValueError, KeyError) as err:
         hint = _suggestion(str(err))
         if not hint:
             raise
-        raise ValueError(f"{hint}\n(gin: {str(err).strip()})") from err
+        raise v.InvalidArgumentError(f"{hint}\n(gin: {str(err).strip()})") from err
 
 
 class _SyntaxOnly(gin.config_parser.ParserDelegate):
@@ -354,8 +354,8 @@ def write_operative_config(model_dir: str, is_chief: bool) -> str | None:
     if not is_chief:
         return None
     if not model_dir:
-        raise ValueError(f"model_dir must be a non-empty path, got {model_dir!r}")
+        raise v.InvalidArgumentError(f"model_dir must be a non-empty path, got {model_dir!r}")
+    from highnoon.training.run_dir import RunDir  # the model_dir's one owner of file names
+
     text = gin.operative_config_str() or gin.config_str()
-    path = os.path.join(model_dir, "config.gin")
-    atomic_write_text(path, text)
-    return path
+    return RunDir(model_dir).write_text(RunDir(model_dir).config_gin, text)

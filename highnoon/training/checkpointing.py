@@ -14,132 +14,43 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from highnoon.distribute.hosts import cleanup_write_dir, is_chief, write_dir
-from highnoon.models.config import MODEL_CONFIG_FILENAME as MODEL_CONFIG_FILE
-from highnoon.utils.files import atomic_write_text
+from highnoon.training.position import DataPosition
+from highnoon.training.run_dir import RunDir
+from highnoon.utils import validation as v
 
-
-@dataclass
-class DataPosition:
-    """Where training stands: enough to rebuild the exact input stream (docs/design.md,
-    "Determinism"), plus the running sums a resumed epoch needs to report the same loss."""
-
-    stage: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    tokens_seen: int = 0
-    stage_start_step: int = 0
-    # Per stage: the curriculum scheduler's JSON state (adaptive decisions, fingerprint).
-    curriculum_states: dict[str, Any] = field(default_factory=dict)
-    # Running sums of the current epoch, so a resumed epoch reports the same epoch loss.
-    epoch_loss_sum: float = 0.0
-    epoch_token_sum: float = 0.0
-    last_epoch_loss: float | None = None
-    completed_stages: list[dict[str, Any]] = field(default_factory=list)
-    # Per stage index: what its stream was made from (``StagePlan.stream_fingerprint``),
-    # compared on resume so a run never continues on changed data unnoticed.
-    stage_fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Resumes that restarted a stage on changed data (``allow_data_change``).
-    data_changes: list[dict[str, Any]] = field(default_factory=list)
-    # What the current stage has fed so far: samples, real target tokens, computed token slots
-    # (padding included), and samples its epochs left out.
-    stage_counts: dict[str, int] = field(default_factory=dict)
-    # The learning-rate schedule's phase: the stage it began at and the global step of that
-    # stage's start (0, 0 for a run's planned stages; later for stages appended after it ended).
-    schedule_start_stage: int = 0
-    schedule_start_step: int = 0
-
-    def enter_stage(self, index: int) -> None:
-        self.stage, self.epoch, self.step_in_epoch = index, 0, 0
-        self.stage_start_step = self.global_step
-        self.epoch_loss_sum = self.epoch_token_sum = 0.0
-        self.stage_counts = {}
-
-    def count(self, **amounts: int) -> None:
-        """Adds to the current stage's counts (``samples``, ``tokens``, ``slots``, ``dropped``)."""
-        for key, amount in amounts.items():
-            self.stage_counts[key] = self.stage_counts.get(key, 0) + int(amount)
-
-    def stage_report(self) -> dict[str, Any]:
-        """The current stage's ``samples_seen``, ``samples_dropped``, ``tokens_seen`` and
-        ``padding_fraction`` (of the token positions it computed)."""
-        counts = self.stage_counts
-        slots = counts.get("slots", 0)
-        return {
-            "samples_seen": counts.get("samples", 0),
-            "samples_dropped": counts.get("dropped", 0),
-            "tokens_seen": counts.get("tokens", 0),
-            "padding_fraction": 1.0 - counts.get("tokens", 0) / slots if slots else 0.0,
-        }
-
-    def record_steps(self, count: int, losses: np.ndarray, tokens: np.ndarray) -> None:
-        """``count`` optimizer steps done, with their per-step losses and target tokens."""
-        self.global_step += count
-        self.step_in_epoch += count
-        self.tokens_seen += int(tokens.sum())
-        self.epoch_loss_sum += float((losses * tokens).sum())
-        self.epoch_token_sum += float(tokens.sum())
-
-    def next_epoch(self, epoch_loss: float) -> None:
-        self.last_epoch_loss = epoch_loss
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.epoch_loss_sum = self.epoch_token_sum = 0.0
-
-    def complete_stage(
-        self, name: str, epochs: int, steps: int, samples_per_dataset: dict[str, int] | None = None
-    ) -> None:
-        """Record the finished stage (its summary entry) and enter the next one.
-        ``samples_per_dataset``: samples trained per dataset entry, by the entry's name."""
-        entry = {
-            "name": name,
-            "epochs": epochs,
-            "final_loss": self.last_epoch_loss,
-            "steps": steps,
-            **self.stage_report(),
-        }
-        if samples_per_dataset is not None:
-            entry["samples_per_dataset"] = dict(samples_per_dataset)
-        self.completed_stages.append(entry)
-        self.enter_stage(self.stage + 1)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> DataPosition:
-        values = json.loads(text)
-        values.pop("fingerprint", None)  # written by 0.1 checkpoints, never set
-        return cls(**values)
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "DataPosition",
+    "checkpoint_candidates",
+    "remove_stale_checkpoint_temporaries",
+]
 
 
 class _PositionState(tf.train.experimental.PythonState):
-    """Checkpoint adapter: serialises the live ``DataPosition`` as JSON."""
+    """Checkpoint adapter: serialises the live ``DataPosition`` as JSON; a restore fills the
+    same object in place, so everyone holding it sees the restored position."""
 
-    def __init__(self, holder: dict[str, DataPosition]) -> None:
-        self._holder = holder
+    def __init__(self, position: DataPosition) -> None:
+        self._position = position
 
     def serialize(self) -> str:
-        return self._holder["position"].to_json()
+        return self._position.to_json()
 
     def deserialize(self, string_value: bytes | str) -> None:
         text = string_value.decode("utf-8") if isinstance(string_value, bytes) else string_value
-        self._holder["position"] = DataPosition.from_json(text)
+        self._position.replace_with(DataPosition.from_json(text))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(v.InvalidArgumentError):
     """A checkpoint cannot be used (missing, or written by a different model)."""
 
 
@@ -148,43 +59,40 @@ class Checkpointer:
 
     def __init__(
         self,
-        directory: str,
+        directory: str | RunDir,
         *,
         model: tf.Module,
         optimizer: tf.Module,
         strategy: tf.distribute.Strategy,
         max_to_keep: int = 3,
+        position: DataPosition | None = None,
+        before_save: Callable[[], None] | None = None,
     ) -> None:
-        self.directory = directory
-        self.strategy = strategy
-        self.is_chief = is_chief(strategy)
-        self._holder: dict[str, DataPosition] = {"position": DataPosition()}
+        """``position`` is the live data position saved with every checkpoint and filled in
+        place by ``restore``; ``before_save`` runs before every save (the run lock's check:
+        never write after losing it)."""
+        if not isinstance(directory, RunDir):
+            directory = RunDir.for_strategy(directory, strategy)
+        self.run_dir = directory
+        self.directory = directory.path
+        self.is_chief = directory.chief
+        self.position = position if position is not None else DataPosition()
+        self._before_save = before_save
         self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, position=_PositionState(self._holder)
+            model=model, optimizer=optimizer, position=_PositionState(self.position)
         )
-        self._write_dir = write_dir(directory, strategy)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._write_dir, max_to_keep=max_to_keep
+            self.checkpoint, directory.checkpoint_write_dir, max_to_keep=max_to_keep
         )
-        # Called before every save (e.g. the run lock's check: never write after losing it).
-        self.before_save: Callable[[], None] | None = None
-
-    @property
-    def position(self) -> DataPosition:
-        return self._holder["position"]
-
-    @position.setter
-    def position(self, value: DataPosition) -> None:
-        self._holder["position"] = value
 
     def save(self, step: int) -> str:
         """Writes a checkpoint on every worker; returns the chief's path."""
-        if self.before_save is not None:
-            self.before_save()
-        tf.io.gfile.makedirs(self._write_dir)
+        if self._before_save is not None:
+            self._before_save()
+        tf.io.gfile.makedirs(self.run_dir.checkpoint_write_dir)
         path = self.manager.save(checkpoint_number=step)
         if not self.is_chief:
-            cleanup_write_dir(self._write_dir, self.directory)
+            self.run_dir.cleanup_write_dir()
             return os.path.join(self.directory, os.path.basename(path))
         return path
 
@@ -193,13 +101,8 @@ class Checkpointer:
         return [os.path.join(self.directory, os.path.basename(p)) for p in self.manager.checkpoints]
 
     def write_model_config(self, config: dict[str, Any]) -> None:
-        """Chief only: the model's config beside the checkpoints (read by generate and resume)."""
-        if not self.is_chief:
-            return
-        tf.io.gfile.makedirs(self.directory)
-        atomic_write_text(
-            os.path.join(self.directory, MODEL_CONFIG_FILE), json.dumps(config, indent=2)
-        )
+        """Chief only: the model's config beside the checkpoints (``RunDir`` writes it)."""
+        self.run_dir.write_model_config(config)
 
     def restore(self, path_or_dir: str, model_config: dict[str, Any] | None = None) -> str:
         """Restores from a checkpoint path, or the newest readable checkpoint of a directory.
@@ -213,7 +116,7 @@ class Checkpointer:
                 f"resume_from={path_or_dir!r} holds no checkpoint; pass a checkpoint directory "
                 "written by Trainer.train (or a path like DIR/ckpt-1000), or resume_from=None"
             )
-        _check_model_config(os.path.dirname(candidates[0]), model_config)
+        _check_model_config(RunDir(os.path.dirname(candidates[0])), model_config)
         errors = []
         for candidate in candidates:
             try:
@@ -257,19 +160,17 @@ def _checkpoint_number(prefix: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def _check_model_config(directory: str, model_config: dict[str, Any] | None) -> None:
-    path = os.path.join(directory, MODEL_CONFIG_FILE)
-    if model_config is None or not tf.io.gfile.exists(path):
+def _check_model_config(run_dir: RunDir, model_config: dict[str, Any] | None) -> None:
+    saved = run_dir.read_model_config() if model_config is not None else None
+    if saved is None:
         return
-    with tf.io.gfile.GFile(path) as handle:
-        saved = json.load(handle)
     differing = sorted(
         key for key in set(saved) | set(model_config) if saved.get(key) != model_config.get(key)
     )
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} vs {model_config.get(k)!r}" for k in differing)
         raise CheckpointError(
-            f"the checkpoints in {directory} were written by a different model ({details}, "
+            f"the checkpoints in {run_dir.path} were written by a different model ({details}, "
             "checkpoint vs this model); build the model with the same configuration, or use a "
             "fresh checkpoint_dir"
         )

@@ -1,33 +1,27 @@
 """The training loop: *when* things happen (Orbit's ``Controller``).
 
 The controller walks stages, epochs and host calls, and decides after each call whether to log,
-evaluate or save. *How* a step runs belongs to ``TrainStep``, what a stage feeds to
-``StagePlan``, state on disk to ``Checkpointer``, outputs to the ``EventHub`` listeners; each is
-handed in explicitly. The loop's only state is the ``DataPosition`` it advances (the same object
-the checkpointer saves), so a checkpoint taken at any boundary resumes exactly.
+evaluate, save or stop. *How* steps run belongs to a ``StepRunner`` (``runner.py``: anything that
+runs N steps from an iterator and returns frozen ``StepOutputs``), what a stage feeds to its
+``StagePlan``, state on disk to the ``Checkpointer``, outputs to the ``EventHub`` listeners; each
+is handed in at construction. Its state is the ``DataPosition`` it advances (the same object the
+checkpointer saves, so a checkpoint taken at any boundary resumes exactly) and the evaluations
+it reports in the summary.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from highnoon.training.checkpointing import Checkpointer, DataPosition
-from highnoon.training.evaluation import Evaluator
-from highnoon.training.events import EventHub
-from highnoon.training.goodput import Goodput
-from highnoon.training.inputs import training_dataset
-from highnoon.training.optimization import WarmupCosineSchedule
-from highnoon.training.preemption import Preempted, PreemptionWatcher
-from highnoon.training.stage_plan import StagePlan
-from highnoon.training.step import StepConfig, TrainStep
+from highnoon.training.position import DataPosition
+from highnoon.training.preemption import Preempted
+from highnoon.training.runner import StepRunner
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -38,6 +32,28 @@ class Progress(Protocol):
     """What the controller tells a progress display after every host call."""
 
     def advance(self, step: int, loss: float, tokens: float) -> None: ...
+
+
+class Saver(Protocol):
+    """The checkpointer as the loop uses it."""
+
+    def save(self, step: int) -> str: ...
+
+    def kept_paths(self) -> list[str]: ...
+
+
+class Evaluates(Protocol):
+    def evaluate(self, plan: Any, global_step: int) -> dict[str, Any]: ...
+
+
+class StopSignal(Protocol):
+    """The preemption watcher as the loop uses it."""
+
+    @property
+    def requested(self) -> bool: ...
+
+    @property
+    def signal_name(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,18 @@ class Intervals:
     def steps_to_next(self, step: int) -> int:
         """Steps from ``step`` to the next log/eval/checkpoint boundary (>= 1)."""
         return min(every - step % every for every in (self.checkpoint, self.log, self.eval))
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """What the loop needs to know besides its collaborators."""
+
+    intervals: Intervals
+    steps_per_call: int = 1
+    num_replicas: int = 1
+    checkpoint_dir: str | None = None  # reported in the summary
+    flops_per_token: Callable[[int], float | None] | None = None  # row length -> FLOPs
+    peak_flops: float | None = None  # all devices together, FLOP/s
 
 
 class LossWindow:
@@ -85,60 +113,41 @@ class Controller:
     def __init__(
         self,
         *,
-        strategy: tf.distribute.Strategy,
-        step: TrainStep,
-        schedule: WarmupCosineSchedule,
-        checkpointer: Checkpointer | None,  # None: no saves
-        events: EventHub,
-        evaluator: Evaluator,
-        intervals: Intervals,
-        steps_per_call: int,
-        jit_compile: bool,
-        goodput: Goodput,
-        multi_host: bool,
-        watcher: PreemptionWatcher,
-        flops_per_token: Callable[[int], float | None] | None = None,  # seq length -> FLOPs
-        peak_flops: float | None = None,  # all devices together, FLOP/s
+        runner: StepRunner,
+        evaluator: Evaluates,
+        checkpointer: Saver | None,  # None: no saves
+        events: Any,  # EventHub
+        goodput: Any,  # Goodput
+        watcher: StopSignal,
+        options: LoopOptions,
+        position: DataPosition,
         progress: Progress | None = None,
-        checkpoint_dir: str | None = None,  # reported in the summary
     ) -> None:
-        self.strategy = strategy
-        self.step = step
-        self.schedule = schedule
+        self.runner = runner
+        self.evaluator = evaluator
         self.checkpointer = checkpointer
         self.events = events
-        self.evaluator = evaluator
-        self.intervals = intervals
-        self.steps_per_call = steps_per_call
-        self.jit_compile = jit_compile
         self.goodput = goodput
-        self.multi_host = multi_host  # hosts agree on preemption inside every host call
         self.watcher = watcher
-        self.flops_per_token = flops_per_token
-        self.peak_flops = peak_flops
+        self.options = options
+        self.intervals = options.intervals
+        self.position = position  # the checkpointer saves this same object
         self.progress = progress
-        self.checkpoint_dir = checkpoint_dir
-        self._compiled: set[tuple] = set()  # (step config, row length) whose first call ran
         self.seq_length = 0  # row length of the segment being trained
         self.eval_history: list[dict[str, Any]] = []
-        self.position = DataPosition()
 
     # -- the run --------------------------------------------------------------------------
-    def run(
-        self, plans: list[StagePlan], position: DataPosition, appended: Sequence[str] = ()
-    ) -> dict[str, Any]:
-        """Trains ``plans`` from ``position``; ``appended`` names the stages added after a
+    def run(self, plans: Sequence[Any], appended: Sequence[str] = ()) -> dict[str, Any]:
+        """Trains ``plans`` from the position; ``appended`` names the stages added after a
         finished run (reported, they start their own schedule phase)."""
-        self.position = position
-        if self.checkpointer is not None:
-            self.checkpointer.position = position
+        position = self.position
         started = time.time()
         self.events.emit(
             "train_begin",
             total_steps=sum(plan.planned_steps() for plan in plans),
             start_step=position.global_step,
             stages=[plan.name for plan in plans],
-            num_replicas=self.strategy.num_replicas_in_sync,
+            num_replicas=self.options.num_replicas,
             completed_stages=[str(stage["name"]) for stage in position.completed_stages],
             appended_stages=list(appended),
             already_complete=position.stage >= len(plans),
@@ -146,7 +155,7 @@ class Controller:
         try:
             for plan in plans[position.stage :]:
                 self._run_stage(plan)
-        except (NonFiniteLossError, Preempted, tf.errors.OpError, KeyboardInterrupt):
+        except (NonFiniteLossError, Preempted, KeyboardInterrupt, *self.runner.fatal_errors):
             # No save: keep the last good checkpoint. A lost peer cannot take part; a second
             # Ctrl-C may land between a step and its bookkeeping (one Ctrl-C saves, preemption.py).
             raise
@@ -159,14 +168,14 @@ class Controller:
         self.events.emit("train_end", summary=summary)
         return summary
 
-    def _run_stage(self, plan: StagePlan) -> None:
+    def _run_stage(self, plan: Any) -> None:
         pos = self.position
         if pos.stage != plan.index:  # entering a new stage
             pos.enter_stage(plan.index)
         saved_state = pos.curriculum_states.get(str(plan.index))
         if saved_state is not None and hasattr(plan.scheduler, "load_state"):
             plan.scheduler.load_state(saved_state)
-        self.schedule.multiplier.assign(plan.learning_rate_multiplier)
+        self.runner.begin_stage(plan)
         self.events.emit(
             "stage_begin",
             stage=plan.name,
@@ -202,7 +211,7 @@ class Controller:
         self.save()
         self.events.emit("stage_complete", stage=plan.name, metrics=metrics)
 
-    def _end_epoch(self, plan: StagePlan) -> None:
+    def _end_epoch(self, plan: Any) -> None:
         pos = self.position
         epoch_loss = pos.epoch_loss_sum / max(pos.epoch_token_sum, 1.0)
         advanced = False
@@ -221,7 +230,7 @@ class Controller:
             curriculum_advanced=advanced,
         )
 
-    def _run_epoch(self, plan: StagePlan) -> None:
+    def _run_epoch(self, plan: Any) -> None:
         """The epoch from the current position, one segment of equal row length at a time
         (a single segment unless the stage's sequence-length warm-up changes the length)."""
         pos = self.position
@@ -233,58 +242,41 @@ class Controller:
             )
             self._run_segment(plan, end, seq_length, window)
 
-    def _run_segment(self, plan: StagePlan, end: int, seq_length: int, window: LossWindow) -> None:
+    def _run_segment(self, plan: Any, end: int, seq_length: int, window: LossWindow) -> None:
         """Epoch steps ``[step_in_epoch, end)`` on rows of ``seq_length`` tokens: one static
         input shape, so a host call never straddles a length change."""
         pos = self.position
         epoch = pos.epoch
-        dataset = training_dataset(
-            self.strategy,
-            plan,
-            epoch=epoch,
-            start_step=pos.step_in_epoch,
-            end=end,
-            seq_length=seq_length,
-        )
+        iterator = self.runner.segment(plan, epoch, pos.step_in_epoch, end, seq_length)
         counts = plan.step_counts(epoch, seq_length)
-        iterator = iter(dataset)
-        config = StepConfig(
-            accumulation_steps=plan.settings.gradient_accumulation_steps,
-            clip_norm=plan.settings.clip_norm,
-            jit_compile=self.jit_compile,
-        )
-        train_fn = self.step.train_fn(config, agree=self.multi_host)
-        key = (*dataclasses.astuple(config), seq_length)  # one compilation per input shape
         self.seq_length = seq_length
         while pos.step_in_epoch < end:
             count = min(
-                self.steps_per_call,
+                self.options.steps_per_call,
                 end - pos.step_in_epoch,
                 self.intervals.steps_to_next(pos.global_step),
             )
             started = time.time()
-            if self.multi_host:  # every host learns whether any host got a preemption signal
-                losses, tokens, flags = train_fn(iterator, count, self.watcher.requested)
-                stop = float(flags) > 0.0
-            else:
-                losses, tokens = train_fn(iterator, count)
-                stop = self.watcher.requested
-            losses, tokens = losses.numpy().astype(np.float64), tokens.numpy().astype(np.float64)
-            bucket = "productive_step" if key in self._compiled else "compilation"
-            self._compiled.add(key)
+            out = self.runner.run(iterator, count, plan, seq_length, self._stop_requested)
+            bucket = "compilation" if out.compiled else "productive_step"
             self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
-            self._check_finite(losses, plan)
+            self._check_finite(out.losses, plan)
             fed = counts.total(pos.step_in_epoch, pos.step_in_epoch + count)
-            pos.record_steps(count, losses, tokens)
+            pos.record_steps(count, out.losses, out.tokens)
             pos.count(samples=fed["samples"], tokens=fed["tokens"], slots=fed["slots"])
-            window.add(losses, tokens, fed["slots"])
+            window.add(out.losses, out.tokens, fed["slots"])
             if self.progress is not None:
-                self.progress.advance(pos.global_step, float(losses[-1]), float(tokens.sum()))
-            if stop:
+                self.progress.advance(
+                    pos.global_step, float(out.losses[-1]), float(out.tokens.sum())
+                )
+            if out.stop:
                 self._stop_preempted(plan)
-            self._after_call(plan, window, float(losses[-1]))
+            self._after_call(plan, window, float(out.losses[-1]))
 
-    def _stop_preempted(self, plan: StagePlan) -> None:
+    def _stop_requested(self) -> bool:
+        return bool(self.watcher.requested)
+
+    def _stop_preempted(self, plan: Any) -> None:
         """Every host agreed to stop after this call: save here, report, exit to relaunch."""
         self.save()
         kept = self.checkpointer.kept_paths() if self.checkpointer is not None else []
@@ -306,7 +298,7 @@ class Controller:
         logging.warning("%s: %s", cause, stop)
         raise stop
 
-    def _after_call(self, plan: StagePlan, window: LossWindow, step_loss: float) -> None:
+    def _after_call(self, plan: Any, window: LossWindow, step_loss: float) -> None:
         """The boundaries of the step just reached: log, evaluate, save."""
         step = self.position.global_step
         if step % self.intervals.log == 0:
@@ -319,7 +311,7 @@ class Controller:
                 epoch=self.position.epoch,
                 loss=window.mean,
                 step_loss=step_loss,
-                learning_rate=float(self.schedule(step - 1)),
+                learning_rate=self.runner.learning_rate(step - 1),
                 tokens_per_second=tokens_per_second,
                 curriculum_fraction=plan.fraction(self.position.epoch),
                 padding_fraction=window.padding_fraction,
@@ -332,7 +324,7 @@ class Controller:
         if step % self.intervals.checkpoint == 0:
             self.save()
 
-    def _check_finite(self, losses: np.ndarray, plan: StagePlan) -> None:
+    def _check_finite(self, losses: np.ndarray, plan: Any) -> None:
         if np.all(np.isfinite(losses)):
             return
         bad = int(np.argmin(np.isfinite(losses)))
@@ -350,13 +342,14 @@ class Controller:
 
     def _mfu(self, tokens_per_second: float, seq_length: int) -> float | None:
         """Model FLOPs utilisation of the last log window (docs: ``goodput.py``)."""
-        flops = self.flops_per_token(seq_length) if self.flops_per_token else None
-        if not flops or not self.peak_flops:
+        per_token, peak = self.options.flops_per_token, self.options.peak_flops
+        flops = per_token(seq_length) if per_token else None
+        if not flops or not peak:
             return None
-        return tokens_per_second * flops / self.peak_flops
+        return tokens_per_second * flops / peak
 
     # -- evaluation and checkpoints ------------------------------------------------------
-    def evaluate(self, plan: StagePlan) -> dict[str, Any]:
+    def evaluate(self, plan: Any) -> dict[str, Any]:
         with self.goodput.measure("evaluation"):
             result = self.evaluator.evaluate(plan, self.position.global_step)
         result["tokens_seen"] = self.position.tokens_seen
@@ -387,8 +380,8 @@ class Controller:
             "wall_time_seconds": wall_time,
             "eval": list(self.eval_history),
             "checkpoints": checkpointer.kept_paths() if checkpointer is not None else [],
-            "checkpoint_dir": self.checkpoint_dir,
-            "num_replicas": self.strategy.num_replicas_in_sync,
+            "checkpoint_dir": self.options.checkpoint_dir,
+            "num_replicas": self.options.num_replicas,
             "data_changes": list(pos.data_changes),
             "goodput": self.goodput.report(),
         }

@@ -21,9 +21,11 @@ Callback = Callable[[Event], Any]
 class EventHub:
     """Calls every listener with each event, in the order they were added."""
 
-    def __init__(self) -> None:
-        self.builtin: list[Callback] = []
-        self.user: list[Callback] = []
+    def __init__(self, builtin: list[Callback] | tuple = (), user: list[Callback] | None = None):
+        """``builtin``: the run's own outputs (progress, summaries), called first; ``user``:
+        the caller's callbacks (the list itself, so callbacks added later are called too)."""
+        self.builtin: tuple[Callback, ...] = tuple(builtin)
+        self.user: list[Callback] = user if user is not None else []
 
     def emit(self, name: str, **fields: Any) -> Event:
         event = {"event": name, **fields}

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from highnoon.training.devices import PEAK_FLOPS, detect_accelerator
+from highnoon.training.run_dir import GOODPUT_FILE
 from highnoon.utils.files import atomic_write_text, isfile, read_text
 
-GOODPUT_FILE = "goodput.json"
 BUCKETS = ("productive_step", "compilation", "data", "checkpoint", "evaluation")
 _measured_cpu_peak: float | None = None
 

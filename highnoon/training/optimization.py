@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import math
 
-import gin
 import keras
 import tensorflow as tf
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "constant")
+from highnoon.training.settings import RunOptions
+
 # Parameters whose names contain these are not weight-decayed (norm scales, biases).
 NO_DECAY_NAME_PARTS = ("norm", "bias")
 
@@ -112,38 +111,35 @@ def schedule_phase(
     return total, warmup
 
 
-@gin.configurable
 def make_optimizer(
     schedule: WarmupCosineSchedule,
-    name: str = "adamw",
-    weight_decay: float = 0.01,
-    beta_1: float = 0.9,
-    beta_2: float = 0.95,
-    epsilon: float = 1e-8,
-    momentum: float = 0.0,
+    options: RunOptions | None = None,
+    *,
     loss_scaling: bool = False,
 ) -> keras.optimizers.Optimizer:
-    """The run's optimizer (gin: ``make_optimizer.name = 'sgd'`` etc.).
+    """The run's optimizer, as ``options`` (a ``RunOptions``, default settings when None)
+    declare it: ``optimizer`` names it, ``weight_decay``, ``beta_1``, ``beta_2``, ``epsilon``
+    and ``momentum`` are its hyper-parameters (settings like every other, so gin binds them as
+    ``Trainer.weight_decay`` and ``trainer.json`` keeps them).
 
     ``loss_scaling`` wraps it in Keras' ``LossScaleOptimizer`` (needed for ``mixed_float16``).
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer name={name!r} is not supported; use one of {OPTIMIZERS}")
-    if name == "adamw":
+    o = options if options is not None else RunOptions()
+    if o.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(
             learning_rate=schedule,
-            weight_decay=weight_decay,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
+            weight_decay=o.weight_decay,
+            beta_1=o.beta_1,
+            beta_2=o.beta_2,
+            epsilon=o.epsilon,
         )
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAME_PARTS))
-    elif name == "adam":
+    elif o.optimizer == "adam":
         optimizer = keras.optimizers.Adam(
-            learning_rate=schedule, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon
+            learning_rate=schedule, beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon
         )
-    else:
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+    else:  # "sgd": RunOptions allows no other name
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum)
     if loss_scaling:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from absl import logging
 
-from highnoon.training.checkpointing import DataPosition
+from highnoon.training.position import DataPosition
 from highnoon.training.stage_plan import StagePlan
 
 _WHAT = {

@@ -1,7 +1,9 @@
 """The main job as one gin-configurable function: model, trainer, stages, train, sample.
 
 ``highnoon.launch.train`` parses flags and gin files, creates the strategy and calls ``run_training``;
-everything it does is bound in gin (see ``gin/runs/quickstart.gin``).
+everything it does is bound in gin (see ``gin/runs/quickstart.gin``). Every Trainer setting,
+the loop's intervals and ``mixed_precision`` included, has one gin name, ``Trainer.NAME``:
+``run_training`` passes none of them, so a binding always takes effect.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief
 from highnoon.models import create_model
 from highnoon.training.trainer import Trainer
+from highnoon.utils import validation as v
 
 STAGE_KEYS = ("name", "datasets", "epochs", "weight")
 
@@ -25,15 +28,15 @@ STAGE_KEYS = ("name", "datasets", "epochs", "weight")
 def check_stage_specs(stages: Any) -> None:
     """Stage specs are a non-empty list of dicts with at least ``name`` and ``datasets``."""
     if stages is gin.REQUIRED:  # a run file's `%gin.REQUIRED` left unbound
-        raise ValueError(
+        raise v.InvalidArgumentError(
             "run_training.stages is required but unbound: include one of gin/curricula/*.gin or "
             "bind a list of stage dicts"
         )
     if not stages:
-        raise ValueError("run_training.stages is empty; bind at least one stage in gin")
+        raise v.InvalidArgumentError("run_training.stages is empty; bind at least one stage in gin")
     for spec in stages:
         if not isinstance(spec, dict) or "name" not in spec or "datasets" not in spec:
-            raise ValueError(
+            raise v.InvalidArgumentError(
                 f"stage spec {spec!r} must be a dict with at least 'name' and 'datasets'"
             )
 
@@ -54,27 +57,36 @@ def build_trainer(
     model: str | None = None,
     tokenizer: str = "byte",
     stages: Sequence[dict[str, Any]] = (),
-    mixed_precision: str | None = None,
 ) -> Trainer:
     """The model and the Trainer with its stages, as ``run_training`` makes them (before it
-    trains): what ``highnoon-curriculum-report`` plans without training."""
+    trains): what ``highnoon-curriculum-report`` plans without training.
+
+    The model is created under the dtype policy of ``Trainer.mixed_precision`` (its gin
+    binding; the setting's one home), which the Trainer then checks against the model."""
     check_stage_specs(stages)  # before anything is built
     tokenizer_obj = hn_data.load_tokenizer(tokenizer)
+    policy = bound_trainer_setting("mixed_precision")
     # Layers take the dtype policy in force when they are created; restore it afterwards so
     # this call leaves no global state behind.
     previous_policy = keras.mixed_precision.global_policy()
-    if mixed_precision is not None:
-        keras.mixed_precision.set_global_policy(mixed_precision)
+    if policy is not None:
+        keras.mixed_precision.set_global_policy(policy)
     try:
         names = () if model is None else (model,)  # None: create_model's gin binding decides
         lm = create_model(*names, tokenizer=tokenizer_obj)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    trainer = Trainer(
-        lm, strategy=strategy, tokenizer=tokenizer_obj, mixed_precision=mixed_precision
-    )
+    trainer = Trainer(lm, strategy=strategy, tokenizer=tokenizer_obj)
     add_stages(trainer, stages)
     return trainer
+
+
+def bound_trainer_setting(name: str) -> Any:
+    """A Trainer setting as gin binds it (``Trainer.NAME``), else its declared default."""
+    try:
+        return gin.query_parameter(f"Trainer.{name}")
+    except ValueError:  # not bound
+        return inspect.signature(Trainer.__init__).parameters[name].default
 
 
 def run_training_arguments() -> dict[str, Any]:
@@ -97,36 +109,23 @@ def run_training(
     model: str | None = None,
     tokenizer: str = "byte",
     stages: Sequence[dict[str, Any]] = gin.REQUIRED,
-    epochs_per_stage: int = 10,
-    checkpoint_interval: int = 1000,
-    log_interval: int = 100,
-    eval_interval: int = 500,
     sample_prompt: str | None = None,
     sample_length: int = 64,
-    mixed_precision: str | None = None,
     config_writer: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Trains ``model`` through ``stages`` into ``model_dir``; returns the Trainer's summary.
 
     ``model`` is a preset name; by default ``create_model``'s own gin binding decides
     (``gin/models/*.gin``). ``config_writer`` is called once the model and Trainer exist, so the
-    operative gin config it writes is complete. ``mixed_precision`` (e.g. ``mixed_bfloat16``)
-    sets Keras' global policy while the model is created and tells the Trainer. With
-    ``sample_prompt`` set, the chief greedily continues it with the trained model and adds the
+    operative gin config it writes is complete. The Trainer's settings, its loop settings
+    (``Trainer.epochs_per_stage``, ``Trainer.checkpoint_interval``, ...) and
+    ``Trainer.mixed_precision`` included, are bound on ``Trainer``. With ``sample_prompt`` set, the chief greedily continues it with the trained model and adds the
     text to the summary as ``sample``.
     """
-    trainer = build_trainer(
-        strategy, model=model, tokenizer=tokenizer, stages=stages, mixed_precision=mixed_precision
-    )
+    trainer = build_trainer(strategy, model=model, tokenizer=tokenizer, stages=stages)
     if config_writer is not None:
         config_writer()
-    summary = trainer.train(
-        epochs_per_stage=epochs_per_stage,
-        checkpoint_dir=model_dir,
-        checkpoint_interval=checkpoint_interval,
-        log_interval=log_interval,
-        eval_interval=eval_interval,
-    )
+    summary = trainer.train(checkpoint_dir=model_dir)
     if sample_prompt is not None:
         lm = trainer.export_model()  # every worker: a "full"-sharded model gathers its shares
         if is_chief(trainer.strategy):

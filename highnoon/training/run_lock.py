@@ -43,6 +43,7 @@ from typing import Any
 
 from absl import logging
 
+from highnoon.training.run_dir import LOCK_FILE
 from highnoon.utils import processes
 from highnoon.utils.files import atomic_write_text
 from highnoon.utils.validation import (
@@ -54,7 +55,6 @@ from highnoon.utils.validation import (
     check_str,
 )
 
-LOCK_FILE = "run.lock"
 FORMAT = 1
 MODES = ("auto", "flock", "lease")
 

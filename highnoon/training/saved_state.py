@@ -4,7 +4,9 @@ Plain JSON (no pickle), format 1::
 
     {"format": 1, "settings": {...StageSettings...}, "run_options": {...RunOptions...},
      "tokenizer": {...tokenizer config...}, "stages": [{"name", "datasets", "epochs",
-     "weight", "config_overrides"}, ...]}
+     "weight", "config_overrides"}, ...], "loop": {...LoopSettings...}}
+
+(``loop`` is absent from files written before the loop settings were Trainer settings.)
 
 ``read_trainer_state`` checks the file's shape and names the problem (invalid JSON with its
 position, a missing key, a wrong type, an unknown format); the values themselves are validated
@@ -14,23 +16,25 @@ by the settings dataclasses when the Trainer is rebuilt.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import tensorflow as tf
 
-TRAINER_STATE_FILE = "trainer.json"
+from highnoon.training.run_dir import TRAINER_STATE_FILE, RunDir
+from highnoon.utils import validation as v
+
 FORMAT = 1
 _SHAPE = {"settings": dict, "run_options": dict, "tokenizer": dict, "stages": list}
+_OPTIONAL = {"loop": dict}  # absent from files written before the loop settings joined
 _STAGE_SHAPE = {"name": str, "datasets": list, "weight": (int, float), "config_overrides": dict}
 
 
-class TrainerStateError(ValueError):
+class TrainerStateError(v.InvalidArgumentError):
     """``trainer.json`` is missing, unreadable or not in the expected shape."""
 
 
 def state_path(directory: str) -> str:
-    return os.path.join(directory, TRAINER_STATE_FILE)
+    return RunDir(directory).trainer_json
 
 
 def read_trainer_state(directory: str) -> dict[str, Any]:
@@ -51,6 +55,7 @@ def read_trainer_state(directory: str) -> dict[str, Any]:
             f"{error.colno}); restore it from the run or save the trainer again"
         ) from None
     _check_shape(path, state, {"format": int, **_SHAPE}, "")
+    _check_shape(path, state, {k: t for k, t in _OPTIONAL.items() if k in state}, "")
     if state["format"] != FORMAT:
         raise TrainerStateError(
             f"{path} has format={state['format']!r}; this version of highnoon reads format {FORMAT}"

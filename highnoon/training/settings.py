@@ -1,11 +1,15 @@
 """Every Trainer setting, declared once.
 
-Two frozen dataclasses hold them: ``StageSettings`` (what shapes one stage's training; a stage may
-override any of them in ``add_curriculum_stage``) and ``RunOptions`` (what applies to the whole
-run). Each field carries its default, a one-line description and its validator, and everything
-else derives from these declarations:
+Three frozen dataclasses hold them: ``StageSettings`` (what shapes one stage's training; a stage
+may override any of them in ``add_curriculum_stage``), ``RunOptions`` (what applies to the whole
+run, the optimizer's hyper-parameters included) and ``LoopSettings`` (how ``train()`` walks the
+run: ``epochs_per_stage`` and the checkpoint, log and eval intervals). Each field carries its
+default, a one-line description and its validator, and everything else derives from these
+declarations:
 
 * the ``Trainer`` signature (``trainer_signature``) and therefore gin's ``Trainer.NAME`` bindings,
+* ``train()``'s and ``plan()``'s loop arguments (``loop_signature``),
+* ``trainer.json`` (``Trainer.save`` writes all three, ``Trainer.load`` restores them),
 * the set of stage overrides (``STAGE_OVERRIDABLE``),
 * validation (``__post_init__``: every value is checked when the dataclass is made, so a bad
   value fails at ``Trainer(...)`` or ``add_curriculum_stage(...)``, not an hour into training),
@@ -27,6 +31,7 @@ from highnoon.curriculum import PACINGS
 from highnoon.curriculum import STRATEGIES as CURRICULUM_STRATEGIES
 from highnoon.curriculum.pacing import check_pacing_options
 from highnoon.curriculum.seq_length import SequenceLengthWarmup
+from highnoon.data.pipeline import OVERFLOW as OVERFLOWS
 from highnoon.models.memory import SHARDABLE_OPTIMIZERS
 from highnoon.training.devices import PEAK_FLOPS
 from highnoon.training.sharding.levels import CHOICES as SHARDING_CHOICES
@@ -35,9 +40,8 @@ from highnoon.utils import validation as v
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
-OVERFLOWS = ("truncate", "window")
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "mixed_float16")
-# The reference's positional parameters, in order, after ``model``.
+# The positional parameters after ``model``, in order (README, "Trainer settings").
 POSITIONAL = ("learning_rate", "batch_size", "max_seq_length", "gradient_accumulation_steps")
 # Seeds reach numpy's and Keras' global seeding (keras.utils.set_random_seed), which take 32 bits.
 MAX_SEED = 2**32 - 1
@@ -75,6 +79,10 @@ def _fraction_below_one(name: str, value: Any) -> float:
 
 def _initial_fraction(name: str, value: Any) -> float:
     return v.check_fraction(name, value, allow_zero=False)
+
+
+def _beta(name: str, value: Any) -> float:
+    return v.check_fraction(name, value, allow_one=False)
 
 
 def _seed(name: str, value: Any) -> int:
@@ -263,11 +271,16 @@ class StageSettings:
 class RunOptions:
     """Settings of the whole run (no stage may override them)."""
 
-    optimizer: str = setting(
-        "adamw",
-        "`adamw`, `adam` or `sgd` (`make_optimizer.*` in gin for betas, decay, momentum)",
-        _choice(*OPTIMIZERS),
+    optimizer: str = setting("adamw", "`adamw`, `adam` or `sgd`", _choice(*OPTIMIZERS))
+    weight_decay: float = setting(
+        0.01,
+        "`adamw`: decoupled weight decay (norm scales and biases are not decayed)",
+        _non_negative_float,
     )
+    beta_1: float = setting(0.9, "`adamw`/`adam`: first-moment decay, in [0, 1)", _beta)
+    beta_2: float = setting(0.95, "`adamw`/`adam`: second-moment decay, in [0, 1)", _beta)
+    epsilon: float = setting(1e-8, "`adamw`/`adam`: denominator epsilon", v.check_positive_float)
+    momentum: float = setting(0.0, "`sgd`: momentum, in [0, 1)", _beta)
     warmup_steps: int | None = setting(
         None,
         "linear warm-up length in steps (`None`: `warmup_fraction`)",
@@ -383,8 +396,48 @@ class RunOptions:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """How ``train()`` walks the run: epochs of a stage that names none, and the steps between
+    checkpoints, log events and evaluations. ``Trainer(...)`` (and gin's ``Trainer.NAME``) sets
+    them; an argument of ``train()`` or ``plan()`` overrides them for that call."""
+
+    epochs_per_stage: int | None = setting(
+        10,
+        "epochs of a stage that names none (`None`: every stage must name its own)",
+        lambda n, x: v.check_positive_int(n, x, allow_none=True),
+    )
+    checkpoint_interval: int = setting(1000, "steps between checkpoints", v.check_positive_int)
+    log_interval: int = setting(100, "steps between `log` events", v.check_positive_int)
+    eval_interval: int = setting(500, "steps between held-out evaluations", v.check_positive_int)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def with_arguments(self, **given: Any) -> LoopSettings:
+        """These settings with the arguments a ``train()``/``plan()`` call gave (validated);
+        ``FROM_SETTINGS`` keeps the setting."""
+        return dataclasses.replace(
+            self, **{k: x for k, x in given.items() if x is not FROM_SETTINGS}
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _FromSettings:
+    """Default of ``train()``'s loop arguments: the Trainer's setting of that name."""
+
+    def __repr__(self) -> str:
+        return "<the Trainer's setting>"
+
+
+FROM_SETTINGS: Any = _FromSettings()
+
 STAGE_OVERRIDABLE = tuple(f.name for f in dataclasses.fields(StageSettings))
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
+LOOP_SETTINGS = tuple(f.name for f in dataclasses.fields(LoopSettings))
+SETTING_CLASSES = (StageSettings, RunOptions, LoopSettings)
 # Keyword-only Trainer arguments that are objects, not settings (never saved as JSON).
 OBJECT_ARGUMENTS = {
     "tokenizer": "a `highnoon.data.Tokenizer` or what `load_tokenizer` takes ('byte', a "
@@ -395,18 +448,19 @@ OBJECT_ARGUMENTS = {
 }
 
 
-def split_settings(values: dict[str, Any]) -> tuple[StageSettings, RunOptions]:
-    """Validated ``(StageSettings, RunOptions)`` from keyword values; unknown names are an error
-    that lists the known ones."""
-    unknown = sorted(set(values) - set(STAGE_OVERRIDABLE) - set(RUN_OPTIONS))
+def split_settings(values: dict[str, Any]) -> tuple[StageSettings, RunOptions, LoopSettings]:
+    """Validated ``(StageSettings, RunOptions, LoopSettings)`` from keyword values; unknown
+    names are an error that lists the known ones."""
+    known = STAGE_OVERRIDABLE + RUN_OPTIONS + LOOP_SETTINGS
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise v.InvalidArgumentTypeError(
-            f"unknown Trainer setting(s) {unknown}; known settings: "
-            f"{sorted(STAGE_OVERRIDABLE + RUN_OPTIONS)}"
+            f"unknown Trainer setting(s) {unknown}; known settings: {sorted(known)}"
         )
     stage = StageSettings(**{k: values[k] for k in STAGE_OVERRIDABLE if k in values})
     run = RunOptions(**{k: values[k] for k in RUN_OPTIONS if k in values})
-    return stage, run
+    loop = LoopSettings(**{k: values[k] for k in LOOP_SETTINGS if k in values})
+    return stage, run, loop
 
 
 def _default(item: dataclasses.Field) -> Any:
@@ -416,11 +470,11 @@ def _default(item: dataclasses.Field) -> Any:
 
 
 def trainer_signature() -> inspect.Signature:
-    """``Trainer.__init__``'s signature: ``self, model``, the reference's four positional
+    """``Trainer.__init__``'s signature: ``self, model``, the four positional
     settings, then every other setting and the object arguments as keyword-only."""
     kind = inspect.Parameter
     params = [kind("self", kind.POSITIONAL_OR_KEYWORD), kind("model", kind.POSITIONAL_OR_KEYWORD)]
-    fields = {f.name: f for f in dataclasses.fields(StageSettings) + dataclasses.fields(RunOptions)}
+    fields = {f.name: f for cls in SETTING_CLASSES for f in dataclasses.fields(cls)}
     for name in POSITIONAL:
         params.append(kind(name, kind.POSITIONAL_OR_KEYWORD, default=_default(fields[name])))
     for name in OBJECT_ARGUMENTS:
@@ -431,10 +485,23 @@ def trainer_signature() -> inspect.Signature:
     return inspect.Signature(params)
 
 
+def loop_signature(function: Callable[..., Any]) -> inspect.Signature:
+    """``function``'s signature showing the declared defaults of its loop arguments (``train``,
+    ``plan``): their real default, ``FROM_SETTINGS``, takes the Trainer's setting, which is that
+    declared default unless the Trainer was given another."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(LoopSettings)}
+    signature = inspect.signature(function)
+    params = [
+        p.replace(default=defaults[p.name]) if p.name in defaults else p
+        for p in signature.parameters.values()
+    ]
+    return signature.replace(parameters=params)
+
+
 def settings_table() -> str:
     """The README's table of Trainer settings (markdown), generated from the declarations."""
     rows = ["| setting | default | stage override | meaning |", "|---|---|---|---|"]
-    for cls, overridable in ((StageSettings, "yes"), (RunOptions, "")):
+    for cls, overridable in ((StageSettings, "yes"), (RunOptions, ""), (LoopSettings, "train()")):
         for item in dataclasses.fields(cls):
             rows.append(
                 f"| `{item.name}` | `{_default(item)!r}` | {overridable} | {item.metadata['doc']} |"
@@ -455,7 +522,7 @@ def update_readme(path: str) -> None:
     head, _, rest = text.partition(TABLE_BEGIN)
     _, _, tail = rest.partition(TABLE_END)
     if not rest or not tail:
-        raise ValueError(f"{path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' block")
+        raise v.InvalidArgumentError(f"{path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' block")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(f"{head}{TABLE_BEGIN}\n{settings_table()}\n{TABLE_END}{tail}")
 

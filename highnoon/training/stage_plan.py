@@ -31,6 +31,7 @@ from highnoon.data.packing import (
 )
 from highnoon.data.stage_data import mixture_counts, mixture_epoch, mixture_of
 from highnoon.training.settings import StageSettings
+from highnoon.utils import validation as v
 from highnoon.utils.hashing import derive_seed, keyed_permutation
 
 # Settings that never change the stream of global batches (a resume may change them), and new
@@ -163,7 +164,7 @@ class StagePlan:
         self._mixture_counts = sizes if weights is None else mixture_counts(sizes, weights)
         for name, size, count in zip(self.dataset_names, sizes, self._mixture_counts):
             if size == 0 and count:
-                raise ValueError(
+                raise v.InvalidArgumentError(
                     f"stage {self.name!r}: dataset {name!r} has no training samples left after "
                     f"the held-out split (eval_fraction={self.settings.eval_fraction}); lower "
                     "eval_fraction or give it more data"
@@ -346,7 +347,7 @@ class StagePlan:
         (the store's content hash), the tokenizer, and the settings that shape the stream
         (everything but the learning rate and clipping). Hosts compare it at start-up; a resume
         compares it with the one the checkpoint recorded."""
-        shaping = {k: v for k, v in self.settings.to_json().items() if k not in _NOT_STREAM}
+        shaping = {k: x for k, x in self.settings.to_json().items() if k not in _NOT_STREAM}
         for switch, names in _STREAM_WHEN_ON.items():
             if not shaping[switch]:
                 for name in names:
@@ -377,7 +378,7 @@ def _dataset_names(datasets: Any, store: Any) -> list[str]:
     mixing = store.manifest.get("mixing")
     parts = len(mixing["part_counts"]) if isinstance(mixing, dict) else 1
     if len(names) != parts:
-        raise ValueError(
+        raise v.InvalidArgumentError(
             f"datasets={list(datasets)!r} name {len(names)} entries but the stage's store holds "
             f"{parts} source(s); pass the entries the store was prepared from"
         )

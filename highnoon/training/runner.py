@@ -1,0 +1,128 @@
+"""What the controller drives: anything that runs N steps from an iterator (Orbit's
+``AbstractTrainer``), and the production implementation over the compiled ``TrainStep``.
+
+The controller knows *when* to call, log, evaluate, save and stop; a ``StepRunner`` knows *how*
+a stage's input is read and how steps run. ``tests/test_controller.py`` drives the loop with a
+fake runner that trains nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StepOutputs:
+    """One host call's outcome: each step's loss and target-token count, whether this call
+    compiled the step (the goodput's ``compilation`` bucket), and whether every host agreed to
+    stop after it (a preemption signal on any host)."""
+
+    losses: np.ndarray  # float64 [num_steps]
+    tokens: np.ndarray  # float64 [num_steps]
+    compiled: bool
+    stop: bool
+
+
+class StepRunner(Protocol):
+    """Runs a stage's steps for the controller."""
+
+    # Errors after which the loop must not save (a lost peer cannot take part in a save).
+    fatal_errors: tuple[type[BaseException], ...]
+
+    def begin_stage(self, plan: Any) -> None:
+        """A stage starts (or resumes): e.g. its learning-rate multiplier takes effect."""
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate the optimizer used at ``step`` (0-based)."""
+
+    def segment(self, plan: Any, epoch: int, start: int, end: int, seq_length: int) -> Iterator:
+        """The input of epoch steps ``[start, end)`` on rows of ``seq_length`` tokens."""
+
+    def run(
+        self,
+        iterator: Iterator,
+        num_steps: int,
+        plan: Any,
+        seq_length: int,
+        stop_requested: Callable[[], bool],
+    ) -> StepOutputs:
+        """``num_steps`` optimizer steps from ``iterator`` in one host call; ``stop_requested``
+        says whether this host got a preemption signal (``StepOutputs.stop``: agreed)."""
+
+
+class TrainStepRunner:
+    """``StepRunner`` over a ``TrainStep`` under a ``tf.distribute`` strategy."""
+
+    def __init__(
+        self,
+        step: Any,  # TrainStep
+        strategy: Any,  # tf.distribute.Strategy
+        schedule: Any,  # WarmupCosineSchedule, with its stage multiplier
+        *,
+        jit_compile: bool,
+        multi_host: bool,
+    ) -> None:
+        import tensorflow as tf
+
+        self.step = step
+        self.strategy = strategy
+        self.schedule = schedule
+        self.jit_compile = jit_compile
+        self.multi_host = multi_host  # hosts agree on preemption inside every host call
+        self.fatal_errors = (tf.errors.OpError,)
+        self._compiled: set[tuple] = set()  # (step config, row length) whose first call ran
+
+    def begin_stage(self, plan: Any) -> None:
+        self.schedule.multiplier.assign(plan.learning_rate_multiplier)
+
+    def learning_rate(self, step: int) -> float:
+        return float(self.schedule(step))
+
+    def segment(self, plan: Any, epoch: int, start: int, end: int, seq_length: int) -> Iterator:
+        from highnoon.training.inputs import training_dataset
+
+        dataset = training_dataset(
+            self.strategy, plan, epoch=epoch, start_step=start, end=end, seq_length=seq_length
+        )
+        return iter(dataset)
+
+    def _config(self, plan: Any) -> Any:
+        from highnoon.training.step import StepConfig
+
+        return StepConfig(
+            accumulation_steps=plan.settings.gradient_accumulation_steps,
+            clip_norm=plan.settings.clip_norm,
+            jit_compile=self.jit_compile,
+        )
+
+    def run(
+        self,
+        iterator: Iterator,
+        num_steps: int,
+        plan: Any,
+        seq_length: int,
+        stop_requested: Callable[[], bool],
+    ) -> StepOutputs:
+        import dataclasses
+
+        config = self._config(plan)
+        train_fn = self.step.train_fn(config, agree=self.multi_host)
+        if self.multi_host:  # every host learns whether any host got a preemption signal
+            losses, tokens, flags = train_fn(iterator, num_steps, stop_requested())
+            stop = float(flags) > 0.0
+        else:  # one host: a signal that arrived during the call stops after it
+            losses, tokens = train_fn(iterator, num_steps)
+            stop = stop_requested()
+        key = (*dataclasses.astuple(config), seq_length)  # one compilation per input shape
+        compiled = key not in self._compiled
+        self._compiled.add(key)
+        return StepOutputs(
+            losses=losses.numpy().astype(np.float64),
+            tokens=tokens.numpy().astype(np.float64),
+            compiled=compiled,
+            stop=stop,
+        )
