@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from highnoon.curriculum.pacing import Pacing, pool_size
+from highnoon.curriculum.pacing import Pacing, canonical_pacing, pool_size
 
 
 def test_reference_defaults_staircase() -> None:
@@ -141,3 +141,29 @@ def test_bad_pacing_options_and_time() -> None:
         Pacing().fraction(-1)
     with pytest.raises(ValueError, match=r"step=-3"):
         Pacing(name="linear", total_steps=10).fraction(-3)
+
+
+def test_a_one_epoch_stage_keeps_warmup_staircase_under_either_name(tmp_path):
+    """A one-epoch stage switches every pacing to the whole data except the warm-up staircase,
+    and the alias 'reference' names that same pacing."""
+    from highnoon.data import prepare_stage_store
+    from highnoon.training.settings import StageSettings
+    from highnoon.training.stage_plan import StagePlan
+    from tests.trainer_helpers import write_jsonl
+
+    path = write_jsonl(str(tmp_path / "d.jsonl"), [f"sample {i}" * (1 + i % 5) for i in range(64)])
+    store = prepare_stage_store(path, "byte", str(tmp_path / "cache"), progress=False)
+
+    def pacing_of(name: str) -> str:
+        settings = StageSettings(
+            batch_size=8,
+            max_seq_length=16,
+            eval_fraction=0.0,
+            curriculum_strategy="size_based",
+            pacing=name,
+        )
+        scheduler = StagePlan(0, "s", settings, 1, store, 0).scheduler
+        return canonical_pacing(scheduler.pacing.name)
+
+    assert pacing_of("warmup_staircase") == pacing_of("reference") == "warmup_staircase"
+    assert pacing_of("linear") == "constant"

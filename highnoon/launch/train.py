@@ -81,10 +81,11 @@ def _check_model_dir(model_dir: str | None) -> None:
     """--model_dir is required and must be a writable directory (not a file): refused here,
     before gin, the strategy or any store."""
     from highnoon.utils import validation
+    from highnoon.utils.files import is_remote
 
     if not model_dir:
         raise app.UsageError("--model_dir is required (where checkpoints and summaries go)")
-    if "://" in model_dir:
+    if is_remote(model_dir):
         return  # probed by the Trainer, once TensorFlow may be used
     try:
         validation.check_writable_dir("model_dir", model_dir)

@@ -45,7 +45,7 @@ from absl import logging
 
 from highnoon.training.run_dir import LOCK_FILE
 from highnoon.utils import processes
-from highnoon.utils.files import atomic_write_text
+from highnoon.utils.files import atomic_write_text, is_remote
 from highnoon.utils.validation import (
     InvalidArgumentError,
     check_bool,
@@ -65,10 +65,6 @@ class ModelDirLockedError(RuntimeError):
 
 class RunLockLostError(RuntimeError):
     """This run's lease on model_dir was taken over by another run (its heartbeat stalled)."""
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def _utc(seconds: float) -> str:
@@ -117,8 +113,8 @@ class RunLock:
         self.model_dir = check_str("model_dir", model_dir)
         mode = check_choice("mode", mode, MODES)
         if mode == "auto":
-            mode = "lease" if _is_remote(self.model_dir) else "flock"
-        if mode == "flock" and _is_remote(self.model_dir):
+            mode = "lease" if is_remote(self.model_dir) else "flock"
+        if mode == "flock" and is_remote(self.model_dir):
             raise InvalidArgumentError(
                 f"mode='flock' needs a local model_dir, got model_dir={self.model_dir!r}"
             )

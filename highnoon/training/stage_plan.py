@@ -20,6 +20,7 @@ import numpy as np
 
 from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler, scoring
 from highnoon.curriculum.order import order_from_scores
+from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
 from highnoon.data.features import SampleFeatures
 from highnoon.data.packing import (
     PackedEpoch,
@@ -121,7 +122,9 @@ class StagePlan:
                 "initial_fraction": s.initial_fraction,
                 "pacing_options": dict(s.pacing_options),
             }
-            if self.epochs == 1 and s.pacing != "reference":  # the last epoch is the first
+            if (
+                self.epochs == 1 and canonical_pacing(s.pacing) != WARMUP_STAIRCASE
+            ):  # the last epoch is the first
                 kwargs.update(pacing="constant", initial_fraction=1.0, pacing_options={})
         common = {
             "strategy": s.curriculum_strategy or "size_based",

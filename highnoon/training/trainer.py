@@ -43,6 +43,7 @@ from highnoon.training.sharding.levels import resolve_sharding
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.stages import CurriculumStage, checked_stage
 from highnoon.utils import validation as v
+from highnoon.utils.files import is_remote
 
 __all__ = ["CurriculumStage", "NonFiniteLossError", "Trainer", "model_config"]
 
@@ -346,7 +347,7 @@ def _run_paths(
 
 def _absolute(path: str | None) -> str | None:
     """A local path made absolute against the working directory now; URLs as they are."""
-    if path is None or "://" in path:
+    if path is None or is_remote(path):
         return path
     return os.path.abspath(path)
 
