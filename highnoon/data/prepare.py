@@ -15,8 +15,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import gin
-
 from highnoon.data.registry import resolve_datasets, validate_dataset_entry
 from highnoon.data.stage_data import prepare_stage_store
 from highnoon.data.tokenizer_json import train_tokenizer_json
@@ -32,7 +30,6 @@ from highnoon.utils.validation import (
 INDEX_FILE = "datasets.json"
 
 
-@gin.configurable
 def prepare_datasets(
     datasets: Sequence[Any],
     output_dir: str,

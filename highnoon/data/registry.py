@@ -24,8 +24,6 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import gin
-
 from highnoon.data.embedded import EMBEDDED_DEFAULTS, EmbeddedSource
 from highnoon.data.sources import (
     JSONL_SUFFIXES,
@@ -50,7 +48,6 @@ ACCEPTED_FORMS = (
 _REGISTRY: dict[str, tuple[Any, dict[str, Any]]] = {}
 
 
-@gin.configurable
 def register_dataset(name: str, source: Any, **options: Any) -> None:
     """Register ``name`` for ``source``: a dataset entry string (path, glob, ``tfds:``, another
     name), a ``DataSource``, or a zero-argument callable returning an iterable of texts or token
@@ -68,7 +65,6 @@ def register_dataset(name: str, source: Any, **options: Any) -> None:
     _REGISTRY[name] = (source, dict(options))
 
 
-@gin.configurable
 def register_datasets(mapping: Mapping[str, Any] | None = None) -> list[str]:
     """Register several datasets: ``{name: source}`` or ``{name: {"source": ..., **options}}``.
     Returns the names registered. Meant to be bound in gin files."""
