@@ -13,8 +13,8 @@ order:
 Anything else is a ValueError listing the registered names and the accepted forms.
 
 From gin: bind ``register_datasets.mapping = {"name": "path/*.jsonl", "other": {"source":
-"tfds:foo", "text_field": "body"}}``; the launch programs call ``register_datasets()`` after
-parsing gin files.
+"tfds:foo", "text_field": "body"}}``; the launch programs call the gin-configured
+``register_datasets`` (``highnoon.launch.configurables``) after parsing gin files.
 """
 
 from __future__ import annotations

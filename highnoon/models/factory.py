@@ -72,7 +72,8 @@ def create_model(
         (about a third more compute, activation memory of one block instead of all).
       **overrides: `ModelConfig` fields to change, e.g. `num_layers=2, dropout=0.1`.
 
-    Gin: `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`,
+    Gin (through `highnoon.launch.configurables.create_model`, which registers this function):
+    `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`,
     `create_model.remat = True`.
     """
     from highnoon.models.transformer import HighNoonLM
