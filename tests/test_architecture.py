@@ -171,3 +171,30 @@ def test_the_training_package_has_no_import_circle_and_no_private_imports():
     # The step engines share the loss arithmetic instead of importing each other.
     assert "highnoon.training.step" not in edges["highnoon.training.sharding.engine"]
     assert "highnoon.training.losses" in edges["highnoon.training.sharding.engine"]
+
+
+# -- gin at the binary ------------------------------------------------------------------------
+def _imports_gin(path: Path) -> bool:
+    """Whether ``path`` imports gin anywhere (a function-level import counts)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import) and any(
+            a.name == "gin" or a.name.startswith("gin.") for a in node.names
+        ):
+            return True
+        module = node.module if isinstance(node, ast.ImportFrom) and not node.level else None
+        if module and (module == "gin" or module.startswith("gin.")):
+            return True
+    return False
+
+
+def test_gin_reaches_the_library_only_at_trainer_and_run_training(tmp_path):
+    (tmp_path / "lazy.py").write_text("def f():\n    from gin import config\n", encoding="utf-8")
+    (tmp_path / "plain.py").write_text("import ginx\n", encoding="utf-8")
+    assert _imports_gin(tmp_path / "lazy.py") and not _imports_gin(tmp_path / "plain.py")
+    library = _ROOT / "highnoon"
+    importers = {
+        path.relative_to(_ROOT).as_posix()
+        for path in library.rglob("*.py")
+        if not path.is_relative_to(library / "launch") and _imports_gin(path)
+    }
+    assert importers == {"highnoon/training/trainer.py", "highnoon/training/run.py"}

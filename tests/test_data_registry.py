@@ -20,6 +20,7 @@ from highnoon.data import (
     validate_dataset_entry,
 )
 from highnoon.data.embedded import max_depth_of
+from highnoon.launch import configurables
 
 EMBEDDED = ["arithmetic", "brackets", "stdlib_code", "stdlib_docs", "stdlib_instructions"]
 
@@ -164,7 +165,8 @@ def test_register_datasets_from_gin(files):
         """
     )
     try:
-        assert register_datasets() == ["gin_jsonl", "gin_txt"]
+        assert configurables.register_datasets() == ["gin_jsonl", "gin_txt"]
+        assert register_datasets() == []  # the library's own ignores gin
         assert texts("gin_txt") == ["b file"]
         assert resolve_dataset("gin_jsonl").describe()["errors"] == "strict"
     finally:

@@ -9,8 +9,7 @@ import os
 import gin
 import pytest
 
-from highnoon import data as _data  # noqa: F401  (registers configurables)
-from highnoon.distribute import strategy as _strategy  # noqa: F401
+from highnoon.launch import configurables
 from highnoon.launch.flags import gin_dir, parse_gin
 from highnoon.training import run as _run
 
@@ -50,7 +49,7 @@ def test_pretrain_requires_a_model_and_a_curriculum():
     gin.clear_config()
     parse_gin(["runs/pretrain.gin", "curricula/quickstart.gin"], finalize=False)
     with pytest.raises(ValueError, match="create_model.name_or_config is required but unbound"):
-        _run.run_training("/tmp/unused")
+        _run.run_training("/tmp/unused", model_factory=configurables.create_model)
     gin.clear_config()
     parse_gin(
         ["runs/pretrain.gin", "models/highnoon-3b.gin", "curricula/quickstart.gin"],

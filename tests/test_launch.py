@@ -17,7 +17,7 @@ import sys
 import gin
 import pytest
 
-from highnoon import data as _data  # noqa: F401  (registers gin configurables)
+from highnoon.launch import configurables as _configurables  # noqa: F401  (registers gin knobs)
 from highnoon.launch import flags as hn_flags
 from highnoon.launch import train as train_lib
 from highnoon.launch.local_cluster import run_local_cluster

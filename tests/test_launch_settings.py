@@ -10,6 +10,7 @@ import dataclasses
 import gin
 import pytest
 
+from highnoon.launch import configurables
 from highnoon.launch import flags as hn_flags
 from highnoon.training import assembly
 from highnoon.training import run as run_lib
@@ -93,7 +94,7 @@ def _resolved_run(tmp_path, monkeypatch, values: dict) -> dict:
     gin.clear_config()
     try:
         hn_flags.parse_gin([], bindings)
-        run_lib.run_training(str(tmp_path / "run"), None)
+        run_lib.run_training(str(tmp_path / "run"), None, model_factory=configurables.create_model)
     finally:
         gin.clear_config()
     return captured
@@ -132,3 +133,49 @@ def test_every_gin_bound_setting_takes_effect_under_highnoon_train(tmp_path, mon
         assert spec.model.dtype_policy.name == "float32"
         assert type(built.optimizer).__name__ == "SGD"
         assert built.optimizer.momentum == pytest.approx(0.5)
+
+
+def test_library_knobs_bound_in_gin_take_effect_under_highnoon_train(tmp_path, monkeypatch):
+    """``create_model``, ``create_strategy`` and ``register_datasets`` are registered from the
+    launch package, and ``highnoon-train``'s own main calls the configured ones."""
+    from absl.testing import flagsaver
+
+    from highnoon.data import registered_datasets, unregister_dataset
+    from highnoon.launch import train
+    from highnoon.models import get_preset
+
+    captured: dict = {}
+
+    def run_training_job(spec, built, loop, **kwargs):
+        captured.update(spec=spec)
+        return assembly.RunResult({"total_steps": 0}, [], DataPosition(), None)
+
+    monkeypatch.setattr(assembly, "run_training_job", run_training_job)
+    monkeypatch.setattr(train, "_install_signal_handlers", lambda: None)
+    (tmp_path / "mine.txt").write_text("a line\n", encoding="utf-8")
+    bindings = [
+        "create_model.name_or_config = 'highnoon-nano'",
+        "create_model.dropout = 0.1",
+        "create_strategy.peer_timeout_seconds = 7.0",
+        f"register_datasets.mapping = {{'gin_mine': '{tmp_path / 'mine.txt'}'}}",
+        "run_training.stages = [{'name': 'mine', 'datasets': ['gin_mine']}]",
+    ]
+    flag_values = hn_flags.FLAGS
+    was_parsed = flag_values.is_parsed()
+    gin.clear_config()
+    try:
+        with flagsaver.flagsaver():
+            flag_values(["highnoon-train", f"--model_dir={tmp_path}", "--strategy=one_device"])
+            flag_values.gin_bindings = bindings
+            train.main(["highnoon-train"])
+        assert "gin_mine" in registered_datasets()
+    finally:
+        gin.clear_config()
+        unregister_dataset("gin_mine")
+        if not was_parsed:
+            flag_values.unparse_flags()
+    model = captured["spec"].model
+    assert model.config == get_preset("highnoon-nano").replace(dropout=0.1, vocab_size=259)
+    written = (tmp_path / "config.gin").read_text(encoding="utf-8")
+    assert "create_strategy.peer_timeout_seconds = 7.0" in written
+    assert "create_model.dropout = 0.1" in written

@@ -14,6 +14,7 @@ import gin
 import numpy as np
 import pytest
 
+from highnoon.launch import configurables
 from highnoon.models import (
     NOMINAL_PARAMETERS,
     PRESETS,
@@ -308,12 +309,15 @@ def test_create_model_attaches_tokenizer_and_overrides():
 
 
 def test_gin_binds_create_model():
+    """The launch's configured create_model applies bindings; the library's own ignores gin."""
     gin.clear_config()
     try:
         gin.parse_config(
             ["create_model.name_or_config = 'highnoon-nano'", "create_model.num_layers = 1"]
         )
-        assert create_model().config == get_preset("highnoon-nano").replace(num_layers=1)
+        configured = configurables.create_model().config
+        assert configured == get_preset("highnoon-nano").replace(num_layers=1)
+        assert create_model().config == get_preset("highnoon-tiny")
     finally:
         gin.clear_config()
 
@@ -324,7 +328,7 @@ def test_model_gin_files_name_their_preset(path):
     try:
         gin.parse_config_file(path)
         name = os.path.basename(path)[: -len(".gin")]
-        assert create_model().config == get_preset(name)
+        assert configurables.create_model().config == get_preset(name)
     finally:
         gin.clear_config()
 

@@ -1,6 +1,6 @@
 """Offline data preparation: tokenise dataset entries into token stores ahead of training.
 
-``prepare_datasets`` (gin-configurable, used by ``highnoon.launch.prepare_data``) optionally
+``prepare_datasets`` (used by ``highnoon.launch.prepare_data``, which binds it in gin) optionally
 trains a SentencePiece model or a byte-level BPE ``tokenizer.json`` on the datasets' texts, then builds one store per entry with
 ``prepare_stage_store(cache_dir=output_dir)``: a training run given the same ``cache_dir`` and
 tokenizer reuses these stores instead of tokenising again. ``output_dir/datasets.json`` lists
@@ -14,8 +14,6 @@ import json
 import os
 from collections.abc import Sequence
 from typing import Any
-
-import gin
 
 from highnoon.data.registry import resolve_datasets, validate_dataset_entry
 from highnoon.data.stage_data import prepare_stage_store
@@ -32,7 +30,6 @@ from highnoon.utils.validation import (
 INDEX_FILE = "datasets.json"
 
 
-@gin.configurable
 def prepare_datasets(
     datasets: Sequence[Any],
     output_dir: str,

@@ -13,8 +13,8 @@ order:
 Anything else is a ValueError listing the registered names and the accepted forms.
 
 From gin: bind ``register_datasets.mapping = {"name": "path/*.jsonl", "other": {"source":
-"tfds:foo", "text_field": "body"}}``; the launch programs call ``register_datasets()`` after
-parsing gin files.
+"tfds:foo", "text_field": "body"}}``; the launch programs call the gin-configured
+``register_datasets`` (``highnoon.launch.configurables``) after parsing gin files.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import glob
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-
-import gin
 
 from highnoon.data.embedded import EMBEDDED_DEFAULTS, EmbeddedSource
 from highnoon.data.sources import (
@@ -50,7 +48,6 @@ ACCEPTED_FORMS = (
 _REGISTRY: dict[str, tuple[Any, dict[str, Any]]] = {}
 
 
-@gin.configurable
 def register_dataset(name: str, source: Any, **options: Any) -> None:
     """Register ``name`` for ``source``: a dataset entry string (path, glob, ``tfds:``, another
     name), a ``DataSource``, or a zero-argument callable returning an iterable of texts or token
@@ -68,7 +65,6 @@ def register_dataset(name: str, source: Any, **options: Any) -> None:
     _REGISTRY[name] = (source, dict(options))
 
 
-@gin.configurable
 def register_datasets(mapping: Mapping[str, Any] | None = None) -> list[str]:
     """Register several datasets: ``{name: source}`` or ``{name: {"source": ..., **options}}``.
     Returns the names registered. Meant to be bound in gin files."""

@@ -60,7 +60,6 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import gin
 import numpy as np
 from absl import logging
 
@@ -244,7 +243,6 @@ def _batch_of(store: TokenStore, indices: np.ndarray) -> TokenBatch:
     return TokenBatch(flat[keep], np.diff(offsets) - 1)
 
 
-@gin.configurable
 def prepare_stage_store(
     entries: Any,
     tokenizer: Tokenizer | str | dict = "byte",

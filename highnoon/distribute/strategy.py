@@ -11,8 +11,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import gin
-
 from highnoon.distribute import cluster
 from highnoon.distribute.bounded import JoinWatchdog, probe_address
 from highnoon.distribute.errors import TPUUnreachableError
@@ -30,7 +28,6 @@ def _num_gpus() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-@gin.configurable
 def create_strategy(
     kind: str = "auto",
     tpu: str | None = None,

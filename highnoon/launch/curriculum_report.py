@@ -99,6 +99,7 @@ def plan_from_gin(strategy: Any = None) -> tuple[Any, list[Any]]:
     """(trainer, stage plans) of the parsed gin config, as ``highnoon-train`` would build them.
     A dataset that cannot be found or read is a ``ReportError`` naming the stage."""
     from highnoon import data as hn_data
+    from highnoon.launch import configurables
     from highnoon.training import run as run_lib
 
     arguments = run_lib.run_training_arguments()
@@ -119,6 +120,7 @@ def plan_from_gin(strategy: Any = None) -> tuple[Any, list[Any]]:
             model=arguments["model"],
             tokenizer=arguments["tokenizer"],
             stages=arguments["stages"],
+            model_factory=configurables.create_model,
         )
         plans = trainer.plan()  # the Trainer's epochs_per_stage
     except (ValueError, OSError) as error:
@@ -140,8 +142,7 @@ def main(argv: list[str]) -> None:
 def make_report(output: str, model_dir: str | None, measure_steps: int, samples: int) -> dict:
     """The whole report (see the module docstring); returns what report.json holds."""
     # Import every module that registers gin configurables before gin parses (as train does).
-    from highnoon import data as hn_data
-    from highnoon.distribute import strategy as _strategy  # noqa: F401
+    from highnoon.launch import configurables
     from highnoon.training import history as history_lib
     from highnoon.training import report as report_lib
     from highnoon.training import report_plots
@@ -158,7 +159,7 @@ def make_report(output: str, model_dir: str | None, measure_steps: int, samples:
         if refusal is None:
             raise
         raise ReportError(refusal.replace("{error}", str(error).splitlines()[0])) from None
-    hn_data.register_datasets()
+    configurables.register_datasets()
     trainer, plans = plan_from_gin()
     reports = [report_lib.stage_report(plan, samples=samples) for plan in plans]
     estimate, timings = None, {}

@@ -255,6 +255,8 @@ def parse_gin(
     and FileNotFoundError naming the searched directories for a missing file (before gin
     parses anything).
     """
+    from highnoon.launch import configurables as _configurables  # noqa: F401  (registers them)
+
     resolved = [resolve_gin_file(file, search_paths) for file in files]
     for path in [*search_paths, gin_dir()]:
         if path not in _searched:  # includes inside the files are searched here too
@@ -339,7 +341,7 @@ def parse_gin_from_flags(finalize: bool = True) -> None:
 def strategy_from_flags(**overrides: Any) -> Any:
     """`create_strategy` from --strategy, --tpu, --tpu_zone, --gcp_project, --worker_hosts and
     --task_index (other arguments come from gin or `overrides`)."""
-    from highnoon.distribute import create_strategy
+    from highnoon.launch.configurables import create_strategy  # gin's bindings apply
 
     kwargs: dict[str, Any] = {}
     if FLAGS.worker_hosts is not None or FLAGS.task_index is not None:

@@ -56,10 +56,10 @@ program.check_flag("max_samples", validation.check_positive_int)
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import highnoon.data as hd
+    from highnoon.launch import configurables
 
     hn_flags.parse_gin_from_flags()
-    hd.register_datasets()  # datasets a gin file registered, if any
+    configurables.register_datasets()  # datasets a gin file registered, if any
     overrides: dict[str, Any] = {}
     for name in ("datasets", "output_dir", "tokenizer", "train_sentencepiece_vocab",
                  "train_tokenizer_json_vocab", "max_samples", "data_dir"):  # fmt: skip
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
         if value is not None:
             overrides[name] = value
     try:
-        index = hd.prepare_datasets(**overrides)
+        index = configurables.prepare_datasets(**overrides)
     except validation.InvalidArgumentError as error:  # e.g. --output_dir naming a file
         raise app.UsageError(str(error).splitlines()[0]) from None  # without gin's "In call"
     for item in index["datasets"]:

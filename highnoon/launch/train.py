@@ -99,13 +99,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _check_model_dir(FLAGS.model_dir)
     # Import every module that registers gin configurables before gin locks its config.
-    from highnoon import data as hn_data
     from highnoon.distribute import is_chief, peer_failure_guard
-    from highnoon.distribute import strategy as _strategy  # noqa: F401
+    from highnoon.launch import configurables
     from highnoon.training import run as run_lib
 
     hn_flags.parse_gin_from_flags()
-    hn_data.register_datasets()  # datasets named in gin (register_datasets.mapping)
+    configurables.register_datasets()  # datasets named in gin (register_datasets.mapping)
     strategy = hn_flags.strategy_from_flags()
     chief = is_chief(strategy)
     hn_flags.set_worker_verbosity(chief)
@@ -114,6 +113,7 @@ def main(argv: list[str]) -> None:
             FLAGS.model_dir,
             strategy,
             config_writer=lambda: hn_flags.write_operative_config(FLAGS.model_dir, chief),
+            model_factory=configurables.create_model,  # create_model.NAME bindings apply
         )
     if chief:
         hn_flags.write_operative_config(FLAGS.model_dir, chief)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import gin
-
 from highnoon.models.config import MODEL_CONFIG_FILENAME, ModelConfig, load_model_config
 from highnoon.models.memory import GIB, check_weights_fit, host_memory_bytes
 from highnoon.models.presets import get_preset
@@ -29,11 +27,6 @@ def resolve_config(
 ) -> ModelConfig:
     """The `ModelConfig` `create_model` would build (no TensorFlow needed)."""
     explicit_vocab = "vocab_size" in overrides
-    if name_or_config is gin.REQUIRED:  # a run file's `%gin.REQUIRED` left unbound
-        raise InvalidArgumentError(
-            "highnoon.models.create_model.name_or_config is required but unbound: include one of "
-            "gin/models/*.gin or bind it to a preset name"
-        )
     if isinstance(name_or_config, str):
         config = get_preset(name_or_config)
     elif isinstance(name_or_config, ModelConfig):
@@ -59,7 +52,6 @@ def resolve_config(
     return config.replace(**overrides) if overrides else config
 
 
-@gin.configurable(module="highnoon.models")
 def create_model(
     name_or_config: str | ModelConfig | dict[str, Any] | None = None,
     *,
@@ -80,7 +72,8 @@ def create_model(
         (about a third more compute, activation memory of one block instead of all).
       **overrides: `ModelConfig` fields to change, e.g. `num_layers=2, dropout=0.1`.
 
-    Gin: `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`,
+    Gin (through `highnoon.launch.configurables.create_model`, which registers this function):
+    `create_model.name_or_config = "highnoon-small"`, `create_model.num_layers = 6`,
     `create_model.remat = True`.
     """
     from highnoon.models.transformer import HighNoonLM

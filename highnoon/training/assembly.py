@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import gin
 import keras
 import tensorflow as tf
 from absl import logging
@@ -63,6 +62,7 @@ class RunSpec:
     sharding: str | None
     stages: tuple[Any, ...]  # CurriculumStage
     callbacks: list[Callable[[dict], Any]]  # the Trainer's own list: later additions count
+    gin_config: str = ""  # the operative gin config of a launch's run (hosts must agree on it)
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -252,7 +252,7 @@ def fingerprint_parts(spec: RunSpec, plans: Sequence[StagePlan]) -> dict[str, st
         "run_options": {k: x for k, x in spec.options.to_json().items() if k != "verbose"},
         "stages": [stage.to_json() for stage in spec.stages],
         "model": spec.model_config,
-        "operative_gin": gin.operative_config_str() if gin.config_is_locked() else "",
+        "operative_gin": spec.gin_config,
     }
     streams = [plan.stream_fingerprint() for plan in plans]
     return {

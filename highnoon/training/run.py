@@ -57,11 +57,14 @@ def build_trainer(
     model: str | None = None,
     tokenizer: str = "byte",
     stages: Sequence[dict[str, Any]] = (),
+    model_factory: Callable[..., Any] = create_model,
 ) -> Trainer:
     """The model and the Trainer with its stages, as ``run_training`` makes them (before it
     trains): what ``highnoon-curriculum-report`` plans without training.
 
-    The model is created under the dtype policy of ``Trainer.mixed_precision`` (its gin
+    ``model_factory`` creates the model (``highnoon.launch`` passes its gin-configured
+    ``create_model``, so ``create_model.NAME`` bindings take effect). The model is created
+    under the dtype policy of ``Trainer.mixed_precision`` (its gin
     binding; the setting's one home), which the Trainer then checks against the model."""
     check_stage_specs(stages)  # before anything is built
     tokenizer_obj = hn_data.load_tokenizer(tokenizer)
@@ -72,8 +75,10 @@ def build_trainer(
     if policy is not None:
         keras.mixed_precision.set_global_policy(policy)
     try:
-        names = () if model is None else (model,)  # None: create_model's gin binding decides
-        lm = create_model(*names, tokenizer=tokenizer_obj)
+        names = (
+            () if model is None else (model,)
+        )  # None: the factory's default (or its gin binding)
+        lm = model_factory(*names, tokenizer=tokenizer_obj)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     trainer = Trainer(lm, strategy=strategy, tokenizer=tokenizer_obj)
@@ -101,7 +106,7 @@ def run_training_arguments() -> dict[str, Any]:
     return values
 
 
-@gin.configurable(denylist=["model_dir", "strategy", "config_writer"])
+@gin.configurable(denylist=["model_dir", "strategy", "config_writer", "model_factory"])
 def run_training(
     model_dir: str,
     strategy: tf.distribute.Strategy | None = None,
@@ -112,17 +117,21 @@ def run_training(
     sample_prompt: str | None = None,
     sample_length: int = 64,
     config_writer: Callable[[], Any] | None = None,
+    model_factory: Callable[..., Any] = create_model,
 ) -> dict[str, Any]:
     """Trains ``model`` through ``stages`` into ``model_dir``; returns the Trainer's summary.
 
-    ``model`` is a preset name; by default ``create_model``'s own gin binding decides
-    (``gin/models/*.gin``). ``config_writer`` is called once the model and Trainer exist, so the
+    ``model`` is a preset name; by default ``model_factory``'s own gin binding decides
+    (``gin/models/*.gin``): ``highnoon-train`` passes ``highnoon.launch.configurables``'
+    ``create_model``, the plain one (the default) ignores gin. ``config_writer`` is called once the model and Trainer exist, so the
     operative gin config it writes is complete. The Trainer's settings, its loop settings
     (``Trainer.epochs_per_stage``, ``Trainer.checkpoint_interval``, ...) and
     ``Trainer.mixed_precision`` included, are bound on ``Trainer``. With ``sample_prompt`` set, the chief greedily continues it with the trained model and adds the
     text to the summary as ``sample``.
     """
-    trainer = build_trainer(strategy, model=model, tokenizer=tokenizer, stages=stages)
+    trainer = build_trainer(
+        strategy, model=model, tokenizer=tokenizer, stages=stages, model_factory=model_factory
+    )
     if config_writer is not None:
         config_writer()
     summary = trainer.train(checkpoint_dir=model_dir)

@@ -255,6 +255,7 @@ class Trainer:
             sharding=self._sharding,
             stages=tuple(self.stages),
             callbacks=self._callbacks,
+            gin_config=gin.operative_config_str() if gin.config_is_locked() else "",
         )
 
     def _build(self, plans: list[StagePlan] | None) -> Built:
