@@ -24,14 +24,8 @@ from highnoon.utils.validation import (
 
 PACKAGE = os.path.dirname(highnoon.__file__)
 
-# Modules that still raise a bare ValueError/TypeError: being reshaped elsewhere; shrink only.
-BARE_RAISES_ALLOWED = {
-    "launch/flags.py",
-    "training/optimization.py",
-    "training/run.py",
-    "training/settings.py",
-    "training/stage_plan.py",
-}
+# Modules allowed to raise a bare ValueError/TypeError for an argument check: none.
+BARE_RAISES_ALLOWED: set[str] = set()
 
 
 def _bare_raises(path: str) -> list[int]:
