@@ -66,11 +66,12 @@ def test_local_cluster_refuses_a_negative_max_restarts(capsys):
     assert "max_restarts=-1 must be an integer >= 0" in capsys.readouterr().err
 
 
-def test_a_sigterm_to_the_launcher_reaches_the_workers(tmp_path):
-    """The launcher passes SIGTERM on; workers that exit 42 make it exit 42 (no relaunch)."""
+def _sigterm_to_the_launcher(worker_exit: int) -> tuple[int, str]:
+    """A 2-worker ``local_cluster`` (``--max_restarts=3``) whose workers exit ``worker_exit`` on
+    SIGTERM; the launcher gets SIGTERM once both are up. Its exit code and stderr."""
     worker = (
         "import signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: sys.exit({worker_exit}))\n"
         "print('up', flush=True)\n"
         "time.sleep(60)\n"
     )
@@ -86,8 +87,25 @@ def test_a_sigterm_to_the_launcher_reaches_the_workers(tmp_path):
             break
     proc.terminate()
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_RESTART, err
+    return proc.returncode, err
+
+
+def test_a_sigterm_to_the_launcher_reaches_the_workers():
+    """The launcher passes SIGTERM on; workers that exit 42 make it exit 42 (no relaunch)."""
+    code, err = _sigterm_to_the_launcher(EXIT_RESTART)
+    assert code == EXIT_RESTART, err
     assert "SIGTERM: passed on to the workers" in err and "relaunch" not in err
+
+
+def test_a_sigterm_to_the_launcher_after_the_run_completed_exits_0():
+    """The workers had finished (they exit 0 on the signal): no restart code, no relaunch."""
+    code, err = _sigterm_to_the_launcher(0)
+    assert code == 0, err
+    assert err.strip().splitlines()[-1] == (
+        "local_cluster: SIGTERM: passed on to the workers; every worker exited 0, the run is "
+        "complete: exit 0"
+    )
+    assert "relaunch" not in err and "failed" not in err
 
 
 def _remote_command(max_restarts: int, command: str) -> str:

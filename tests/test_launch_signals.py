@@ -87,34 +87,6 @@ def test_a_signal_inside_train_after_its_last_step_is_no_preemption():
     )
 
 
-def test_a_sigterm_to_the_launcher_after_the_run_completed_exits_0():
-    """The workers had finished (they exit 0 on the signal): no restart code, no relaunch."""
-    worker = (
-        "import signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-        "print('up', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "highnoon.launch.local_cluster", "--num_workers=2",
-         "--max_restarts=1", "--timeout=60", "--", sys.executable, "-c", worker],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
-    seen = 0
-    for line in proc.stdout:
-        seen += "up" in line
-        if seen == 2:
-            break
-    proc.terminate()
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert err.strip().splitlines()[-1] == (
-        "local_cluster: SIGTERM: passed on to the workers; every worker exited 0, the run is "
-        "complete: exit 0"
-    )
-    assert "relaunch" not in err and "failed" not in err
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_signals_after_the_last_step_under_local_cluster_end_the_job_with_success(tmp_path):

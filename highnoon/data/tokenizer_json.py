@@ -210,11 +210,6 @@ class TokenizerJson(Tokenizer):
             **{f"{role}_token": name for role, name in sorted(self.special_tokens.items())},
         }
 
-    def fingerprint_config(self) -> dict[str, Any]:
-        config = self.to_config()
-        del config["model_path"]
-        return config
-
 
 def train_tokenizer_json(
     texts: Iterable[str], path: str, vocab_size: int, *, min_frequency: int = 2

@@ -86,8 +86,11 @@ class Tokenizer(abc.ABC):
         """JSON-able description that ``tokenizer_from_config`` turns back into this tokenizer."""
 
     def fingerprint_config(self) -> dict[str, Any]:
-        """Config without machine-specific parts (paths); used in cache keys and fingerprints."""
-        return self.to_config()
+        """Config without machine-specific parts (a file's path: its sha256 stays); used in
+        cache keys and fingerprints."""
+        config = self.to_config()
+        config.pop("model_path", None)
+        return config
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Encode many texts at once: (flat int64 ids, int64 lengths). Subclasses vectorise."""
@@ -213,11 +216,6 @@ class SentencePieceTokenizer(Tokenizer):
             "model_sha256": self.model_sha256,
             "vocab_size": self.vocab_size,
         }
-
-    def fingerprint_config(self) -> dict[str, Any]:
-        config = self.to_config()
-        del config["model_path"]
-        return config
 
 
 def train_sentencepiece(
