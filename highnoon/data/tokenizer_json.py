@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from highnoon.data.tokenizers import Tokenizer
+from highnoon.data.tokenizers import Tokenizer, flatten_ids, ids_to_decode
 from highnoon.utils.files import atomic_write_text
 from highnoon.utils.hashing import sha256_file
 from highnoon.utils.validation import InvalidArgumentError, check_positive_int, check_str
@@ -169,20 +169,11 @@ class TokenizerJson(Tokenizer):
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter(
-            (i for e in encoded for i in e), dtype=np.int64, count=int(lengths.sum())
-        )
-        return flat, lengths
+        encoded = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return flatten_ids([e.ids for e in encoded])
 
     def decode(self, ids: Iterable[int]) -> str:
-        kept = [int(i) for i in ids if int(i) not in self._special]
-        bad = [i for i in kept if not 0 <= i < self.vocab_size]
-        if bad:
-            raise InvalidArgumentError(
-                f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this tokenizer"
-            )
+        kept = ids_to_decode(ids, self._special, self.vocab_size)
         return self._tok.decode(kept, skip_special_tokens=False)
 
     @property

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,24 @@ TOKENIZER_JSON_KEYS = (
     "type", "path", "model_path", "model_sha256", "vocab_size", "bos_token", "eos_token",
     "pad_token",
 )  # fmt: skip
+
+
+def flatten_ids(encoded: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded texts as (flat int64 ids, int64 lengths): what ``encode_batch`` returns."""
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    flat = np.fromiter((i for e in encoded for i in e), dtype=np.int64, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def ids_to_decode(ids: Iterable[int], special: Collection[int], vocab_size: int) -> list[int]:
+    """``ids`` without the ``special`` ones; an id outside ``[0, vocab_size)`` is refused."""
+    kept = [int(i) for i in ids if int(i) not in special]
+    bad = [i for i in kept if not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidArgumentError(
+            f"ids {bad[:5]} are outside [0, {vocab_size}) for this tokenizer"
+        )
+    return kept
 
 
 class Tokenizer(abc.ABC):
@@ -94,12 +112,7 @@ class Tokenizer(abc.ABC):
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Encode many texts at once: (flat int64 ids, int64 lengths). Subclasses vectorise."""
-        encoded = [self.encode(t) for t in texts]
-        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter(
-            (i for e in encoded for i in e), dtype=np.int64, count=int(lengths.sum())
-        )
-        return flat, lengths
+        return flatten_ids([self.encode(t) for t in texts])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -177,21 +190,10 @@ class SentencePieceTokenizer(Tokenizer):
         return list(self._sp.encode(text, out_type=int))
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = self._sp.encode(list(texts), out_type=int)
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter(
-            (i for e in encoded for i in e), dtype=np.int64, count=int(lengths.sum())
-        )
-        return flat, lengths
+        return flatten_ids(self._sp.encode(list(texts), out_type=int))
 
     def decode(self, ids: Iterable[int]) -> str:
-        kept = [int(i) for i in ids if int(i) not in self._special]
-        bad = [i for i in kept if not 0 <= i < self.vocab_size]
-        if bad:
-            raise InvalidArgumentError(
-                f"ids {bad[:5]} are outside [0, {self.vocab_size}) for this model"
-            )
-        return self._sp.decode(kept)
+        return self._sp.decode(ids_to_decode(ids, self._special, self.vocab_size))
 
     @property
     def vocab_size(self) -> int:
