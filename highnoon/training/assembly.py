@@ -45,6 +45,7 @@ from highnoon.training.run_dir import RunDir
 from highnoon.training.run_lock import ModelDirLockedError, RunLock
 from highnoon.training.runner import TrainStepRunner
 from highnoon.training.settings import LoopSettings, RunOptions, StageSettings
+from highnoon.training.sharding.levels import ShardingLevel
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.step import TrainStep
 from highnoon.utils import validation as v
@@ -59,7 +60,7 @@ class RunSpec:
     strategy: tf.distribute.Strategy
     settings: StageSettings
     options: RunOptions
-    sharding: str | None
+    sharding: ShardingLevel | None  # None: unsharded
     stages: tuple[Any, ...]  # CurriculumStage
     callbacks: list[Callable[[dict], Any]]  # the Trainer's own list: later additions count
     gin_config: str = ""  # the operative gin config of a launch's run (hosts must agree on it)
@@ -285,7 +286,7 @@ def check_memory(spec: RunSpec) -> None:
         estimate = check_sharding_fits(
             config,
             device,
-            sharding=spec.sharding,
+            sharding=None if spec.sharding is None else spec.sharding.name,
             batch_size=s.global_batch_size,
             seq_length=s.max_seq_length,
             num_replicas=spec.strategy.num_replicas_in_sync,
@@ -315,7 +316,7 @@ def build(spec: RunSpec, plans: Sequence[StagePlan] | None) -> Built:
     with spec.strategy.scope():
         if not model.built:
             keras.utils.set_random_seed(options.seed)
-            if spec.sharding != "full":  # "full": the step creates the weight shares
+            if spec.sharding is None or not spec.sharding.shards_weights:  # else: the step does
                 length = min(spec.settings.max_seq_length, 8)
                 model(tf.zeros([1, length], tf.int32))
         multiplier = tf.Variable(1.0, trainable=False, name="lr_multiplier")

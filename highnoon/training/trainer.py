@@ -39,7 +39,7 @@ from highnoon.training.settings import (
     trainer_signature,
 )
 from highnoon.training.sharding.collectives import resolve_collectives
-from highnoon.training.sharding.levels import resolve_sharding
+from highnoon.training.sharding.levels import resolve_level
 from highnoon.training.stage_plan import StagePlan
 from highnoon.training.stages import CurriculumStage, checked_stage
 from highnoon.utils import validation as v
@@ -78,11 +78,11 @@ class Trainer:
         self.tokenizer = hn_data.load_tokenizer(tokenizer if tokenizer is not None else "byte")
         self.settings = _cap_seq_length(self.settings, model, asked="max_seq_length" in given)
         self.strategy = strategy or _strategy_for(model)
-        self._sharding = resolve_sharding(self.options.sharding, self.strategy.num_replicas_in_sync)
+        self._sharding = resolve_level(self.options.sharding, self.strategy.num_replicas_in_sync)
         # Checked on one replica too (where nothing is sharded): a config must not fail only
         # when moved to several.
         resolve_collectives(self.options.collectives, self.strategy)
-        if self._sharding == "full" and model.built:
+        if self._sharding is not None and self._sharding.shards_weights and model.built:
             raise v.InvalidArgumentError(
                 "sharding='full' stores the weights only as per-replica shares, so the model "
                 "must reach the Trainer unbuilt (create it and pass it before calling, "
