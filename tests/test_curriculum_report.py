@@ -12,6 +12,7 @@ import sys
 import gin
 import pytest
 
+from highnoon.launch import configurables as _configurables  # noqa: F401  (registers create_model)
 from highnoon.launch import curriculum_report as program
 from highnoon.training import history as history_lib
 from highnoon.training import report as report_lib
