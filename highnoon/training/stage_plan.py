@@ -13,6 +13,7 @@ hands the scheduler a per-epoch draw; pools, packing and the warm-up work on tha
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -90,7 +91,6 @@ class StagePlan:
         )
         self.dataset_names = _dataset_names(datasets, store)
         self.mixture = mixture_of(store)
-        self._source_of = self._sources_of_samples()
         self.scheduler = self._make_scheduler(verbose)
         self._mixture_groups: list[np.ndarray] = []
         self._mixture_counts: list[int] = []
@@ -149,10 +149,10 @@ class StagePlan:
         return scheduler
 
     # -- mixtures ----------------------------------------------------------------------------
-    def _sources_of_samples(self) -> np.ndarray:
-        """The source (dataset entry) of every stored sample: int64 ``[num_samples]``."""
-        if self.mixture is None:
-            return np.zeros(self.store.num_samples, dtype=np.int64)
+    @functools.cached_property
+    def _source_of(self) -> np.ndarray:
+        """A mixed store's source (dataset entry) of every stored sample: int64
+        ``[num_samples]`` (the store holds the sources one after another)."""
         sizes = self.mixture["part_counts"]
         return np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
 
@@ -181,6 +181,9 @@ class StagePlan:
     def samples_per_dataset(self) -> dict[str, int]:
         """Samples the stage's epochs train on, per dataset entry (its name as given); a name
         given twice sums. Recomputed from the plan, so a resumed stage counts exactly."""
+        if self.mixture is None:  # one entry: every trained sample is its own
+            trained = sum(self._epoch_samples(epoch) for epoch in range(self.epochs))
+            return {self.dataset_names[0]: int(trained)}
         counts = np.zeros(len(self.dataset_names), dtype=np.int64)
         for epoch in range(self.epochs):
             if self.settings.pack:
@@ -192,6 +195,12 @@ class StagePlan:
         for name, count in zip(self.dataset_names, counts.tolist()):
             out[name] = out.get(name, 0) + int(count)
         return out
+
+    def _epoch_samples(self, epoch: int) -> int:
+        """Samples ``epoch`` trains on: its whole global batches, or every packed sample."""
+        if self.settings.pack:
+            return int(self.epoch_stream(epoch).size)
+        return self.scheduler.steps_per_epoch(epoch) * self.settings.global_batch_size
 
     # -- what the run loop asks ----------------------------------------------------------
     def steps_per_epoch(self, epoch: int) -> int:
