@@ -8,6 +8,9 @@ TensorFlow is chosen through an extra so each kind of host installs the right bu
     pip install -e '.[cpu,test]'  # plus the test tools
     pip install -e '.[cpu,plot]'  # plus matplotlib, for highnoon-curriculum-report's plots
     pip install -e '.[cpu,hf]'    # plus `tokenizers`, to read or train Hugging Face tokenizer.json
+    pip install -e '.[cpu,beam]'  # plus Apache Beam, for highnoon-prepare-data --runner=...
+    pip install -e '.[cpu,kerashub]'  # plus keras-hub, to train KerasHub causal LMs
+    pip install -e '.[cpu,eval]'  # plus lm-evaluation-harness (lm_eval --model highnoon)
 
 Everything installs under the `highnoon` namespace: the launch programs are
 `highnoon.launch.*` (console scripts below) and the repository's `gin/` directory ships as the
@@ -27,6 +30,15 @@ PLOT = ["matplotlib>=3.8"]
 # tokenizer.json format and the BPE trainer's tie-break are stable across 0.20-0.23, and a minor
 # release may change them, hence the upper bound (a store records its file's sha256 anyway).
 HF = ["tokenizers>=0.20,<0.24"]
+# Data preparation at scale (highnoon-prepare-data --runner=...): Apache Beam, the engine TFDS
+# itself uses for large datasets. Beam caps protobuf below 7, which TensorFlow 2.21 accepts.
+BEAM = ["apache-beam>=2.60,<3"]
+# KerasHub causal LMs (GPT-2, Llama, Gemma ...) trained by the Trainer. keras-hub pulls
+# tensorflow-text, which requires the full `tensorflow` wheel beside tensorflow-cpu.
+KERASHUB = ["keras-hub>=0.32,<0.33"]
+# lm-evaluation-harness: the `highnoon` lm_eval model and in-loop evaluation. 0.4.13 needs no
+# torch; its model API (LM, Instance, register_model) is stable across 0.4.x.
+EVAL = ["lm-eval>=0.4.13,<0.5"]
 
 setup(
     name="highnoon",
@@ -47,6 +59,8 @@ setup(
         "sentencepiece>=0.2",
         "tqdm>=4.66",
         "tensorboard>=2.15",
+        # CRC32C of every store block, checked on first read (the checksum GCS uses).
+        "google-crc32c>=1.5",
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
@@ -56,7 +70,13 @@ setup(
         "plot": PLOT,
         # Hugging Face tokenizer.json files (highnoon.data.TokenizerJson, train_tokenizer_json).
         "hf": HF,
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", *PLOT, *HF],
+        "beam": BEAM,
+        "kerashub": KERASHUB,
+        "eval": EVAL,
+        "test": [
+            "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6",
+            *PLOT, *HF, *BEAM, *KERASHUB, *EVAL,
+        ],  # fmt: skip
     },
     entry_points={
         "console_scripts": [
