@@ -176,7 +176,9 @@ def bench_gather() -> None:
         tokens = np.fromfile(os.path.join(shard_dir, "tokens.bin"), dtype=store.dtype)
         offsets = np.fromfile(os.path.join(shard_dir, "offsets.bin"), dtype="<i8")
         rows = np.random.Generator(np.random.PCG64(1)).integers(0, store.num_samples, (800, 8))
-        print("| gather, 8 steps of 8 rows per call | store reads | format 1 arithmetic | speed (format 1 time / store time) |")
+        print(
+            "| gather, 8 steps of 8 rows per call | store reads | format 1 arithmetic | speed (format 1 time / store time) |"
+        )
         print("|---|---|---|---|")
         for seq_len in (256, 1024):
             batcher = HostBatcher(store, rows, seq_len)
