@@ -226,6 +226,16 @@ def test_a_prepared_store_is_read_in_place_by_path(stores, tmp_path):
         s.tolist() for s in one.samples(range(7))
     ]
     np.testing.assert_array_equal(capped.features.lengths, one.features.lengths[:7])
+    many = stores[1]
+    cut = many.manifest["shards"][0]["num_samples"] + 3  # inside the second shard
+    head = prepare_stage_store(many.path, "byte", str(cache), max_samples=cut, progress=False)
+    assert (head.num_samples, head.num_shards) == (cut, 2)
+    assert head.num_tokens == int(np.sum(one.features.lengths[:cut]))
+    assert [s.tolist() for s in head.samples(range(cut))] == [
+        s.tolist() for s in one.samples(range(cut))
+    ]
+    with pytest.raises(IndexError, match=rf"token positions must be in \[0, {head.num_tokens}\)"):
+        head.read_tokens(np.array([head.num_tokens]))  # the cut shard's later ids are not its
     with pytest.raises(InvalidArgumentError, match="options .*apply to raw sources only"):
         from highnoon.data import register_dataset, unregister_dataset
 
