@@ -19,6 +19,7 @@ TensorFlow is imported on first fetch only (``data`` imports no TensorFlow at mo
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 from collections.abc import Iterable, Sequence
@@ -26,18 +27,14 @@ from typing import Any
 
 import google_crc32c
 import numpy as np
+from absl import logging
 
+from highnoon.data.blocks import check_range, crc_mismatch
+from highnoon.data.store_errors import StoreError
 from highnoon.utils.validation import check_int
 
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: the `store_cache_bytes` setting's default
 PREFETCH_QUEUE = 8  # pending prefetch requests per file; more are dropped (a hint, not a need)
-
-
-def _store_error(message: str) -> Exception:
-    # store.py imports this module, so its error class is looked up at raise time
-    from highnoon.data.store import StoreError
-
-    return StoreError(message)
 
 
 class BlockCache:
@@ -119,6 +116,40 @@ def configure_block_cache(max_bytes: int) -> BlockCache:
     return _CACHE
 
 
+_READAHEAD_ENV = "GCS_READ_CACHE_BLOCK_SIZE_MB"
+_warned_readahead = False
+
+
+def _warn_gcs_readahead(path: str) -> None:
+    """TensorFlow's ``gs://`` client reads 64 MiB ahead of every read that misses its buffer
+    unless ``GCS_READ_CACHE_BLOCK_SIZE_MB`` was set before TensorFlow started (measured against
+    a fake GCS: docs/design.md, "Reading in place"); say so once per process."""
+    global _warned_readahead
+    if _warned_readahead or not path.startswith("gs://") or _READAHEAD_ENV in os.environ:
+        return
+    _warned_readahead = True
+    logging.warning(
+        "reading the store %s in place: TensorFlow's gs:// client fetches 64 MiB from each read "
+        "position unless %s is set before TensorFlow starts; set %s=0 (exact ranges) or =1 in "
+        "the job's environment so scattered blocks do not fetch 64 MiB each",
+        path, _READAHEAD_ENV, _READAHEAD_ENV,
+    )  # fmt: skip
+
+
+def _range_stream(path: str, size: int) -> Any:
+    """A TensorFlow input stream over ``path`` whose buffer is ``size`` bytes (``seek`` +
+    ``read``). TensorFlow's own stream class (what ``GFile`` wraps with a fixed 512 KiB buffer);
+    ``GFile`` where that private class is missing."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.lib.io import _pywrap_file_io
+
+        return _pywrap_file_io.BufferedInputStream(path, max(1, size))
+    except (ImportError, AttributeError):  # pragma: no cover (another TensorFlow layout)
+        return tf.io.gfile.GFile(path, "rb")
+
+
 def _runs(blocks: np.ndarray) -> list[tuple[int, int]]:
     """Sorted unique block indices as ``[first, last + 1)`` runs of consecutive blocks."""
     if blocks.size == 0:
@@ -158,7 +189,7 @@ class RangedFile:
         self.crc32c = [int(c) for c in crc32c]
         self.label = label
         if len(self.crc32c) != self.num_blocks:
-            raise _store_error(
+            raise StoreError(
                 f"{label}: the manifest records {len(self.crc32c)} block checksums, but a file "
                 f"of {self.size} bytes in blocks of {self.block_bytes} has {self.num_blocks}; "
                 "the manifest is corrupt, rebuild the store"
@@ -167,8 +198,7 @@ class RangedFile:
         self.bytes_read = 0  # bytes fetched from storage
         self.reads = 0  # range reads issued
         self._verified = np.zeros(self.num_blocks, dtype=bool)  # checked by this process
-        self._fetch_lock = threading.Lock()  # one range read at a time on the one handle
-        self._handle: Any = None
+        self._fetch_lock = threading.Lock()  # one fetch at a time: no block fetched twice
         self._prefetch_queue: queue.Queue[list[tuple[int, int]]] | None = None
         self._prefetch_error: BaseException | None = None
         self._prefetch_dropped = 0
@@ -177,8 +207,7 @@ class RangedFile:
     def read(self, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)`` as a uint8 array; every block they touch is verified."""
         start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= self.size:
-            raise IndexError(f"{self.label}: byte range [{start}, {stop}) outside [0, {self.size})")
+        check_range(self.label, self.size, start, stop)
         if start == stop:
             return np.zeros(0, dtype=np.uint8)
         first, last = start // self.block_bytes, (stop - 1) // self.block_bytes
@@ -193,10 +222,8 @@ class RangedFile:
         pos = np.asarray(positions, dtype=np.int64)
         count = self.size // dtype.itemsize
         if pos.size and (pos.min() < 0 or pos.max() >= count):
-            raise IndexError(
-                f"{self.label}: element positions must be in [0, {count}), got values in "
-                f"[{pos.min()}, {pos.max()}]"
-            )
+            low, high = int(pos.min()), int(pos.max())
+            check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
         flat = pos.reshape(-1)
         out = np.empty(flat.size, dtype=dtype)
         if flat.size == 0:
@@ -314,11 +341,12 @@ class RangedFile:
         """One range read of blocks ``[first, end)``, each verified; caller holds the lock."""
         start = first * self.block_bytes
         stop = min(end * self.block_bytes, self.size)
+        _warn_gcs_readahead(self.path)
         raw = self._read_range(start, stop)
         self.reads += 1
         self.bytes_read += len(raw)
         if len(raw) != stop - start:
-            raise _store_error(
+            raise StoreError(
                 f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; the "
                 f"file is shorter than the {self.size} bytes its manifest records (truncated), "
                 "rebuild the store"
@@ -330,11 +358,8 @@ class RangedFile:
             block = data[lo : lo + self.block_bytes]
             actual = google_crc32c.value(block)
             if actual != self.crc32c[b]:
-                offset = b * self.block_bytes
-                raise _store_error(
-                    f"{self.label}: block {b} (bytes [{offset}, {offset + block.size})) has "
-                    f"CRC32C {actual:#010x}, the manifest records {self.crc32c[b]:#010x}; the "
-                    "store is corrupt, rebuild it"
+                raise crc_mismatch(
+                    self.label, b, self.block_bytes, self.size, actual, self.crc32c[b]
                 )
             self._verified[b] = True
             if self.cache.enabled:
@@ -344,20 +369,29 @@ class RangedFile:
         return blocks
 
     def _read_range(self, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` in one read through a stream buffered to exactly that size.
+
+        ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
+        stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
+        """
         import tensorflow as tf
 
         try:
-            if self._handle is None:
-                self._handle = tf.io.gfile.GFile(self.path, "rb")
-            self._handle.seek(start)
-            return self._handle.read(stop - start)
+            stream = _range_stream(self.path, stop - start)
+            stream.seek(start)
+            return stream.read(stop - start)
         except tf.errors.OpError as err:
-            self._handle = None
-            raise _store_error(
+            raise StoreError(
                 f"{self.label}: reading bytes [{start}, {stop}) of {self.path!r} failed "
                 f"({type(err).__name__}: {err.message}); check the path and access, or rebuild "
                 "the store"
             ) from err
+
+    def verify(self) -> None:
+        """Fetch and check every block (``TokenStore.verify``), a few blocks per range read."""
+        step = max(1, (64 << 20) // self.block_bytes)  # about 64 MB per read
+        for first in range(0, self.num_blocks, step):
+            self._blocks(np.arange(first, min(first + step, self.num_blocks)))
 
     @property
     def verified_blocks(self) -> int:
