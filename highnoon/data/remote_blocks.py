@@ -255,6 +255,11 @@ class RangedFile:
         return out.reshape(pos.shape)
 
     # -- prefetch ---------------------------------------------------------------------------
+    @property
+    def prefetches(self) -> bool:
+        """Whether ``prefetch`` does anything (it needs the cache to keep what it fetches)."""
+        return self.cache.enabled
+
     def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Fetch the blocks of these byte ranges into the cache on a background thread.
 
