@@ -90,7 +90,7 @@ class _Api(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         del args
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:  # http.server calls do_<METHOD>
         url = urllib.parse.urlsplit(self.path)
         path = urllib.parse.unquote(url.path)
         query = dict(urllib.parse.parse_qsl(url.query))

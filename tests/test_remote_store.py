@@ -227,9 +227,7 @@ def _run_workers(urls: list[str], local: str, rows: np.ndarray, tmp_path, env: d
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_read_one_store_in_place_from_file_urls_and_a_fake_gcs(
-    local, rows, tmp_path
-):
+def test_two_processes_read_one_store_in_place_from_file_urls_and_a_fake_gcs(local, rows, tmp_path):
     """Two hosts (worker processes) read one store through ``file://`` (no memory map) and
     through TensorFlow's own ``gs://`` client pointed at a fake GCS by an HTTPS proxy
     (tests/fake_gcs.py; without the ``cryptography`` package, ``file://`` only). Each host gets
