@@ -237,3 +237,15 @@ def test_concurrent_readers_get_the_right_bytes(payload):
         t.join()
     assert errors == []
     assert f.bytes_read == 1000  # each block fetched once
+
+
+def test_verify_checks_every_block_in_few_reads(payload):
+    data, _, crcs = payload
+    f = _file(payload)
+    f.verify()
+    assert (f.verified_blocks, f.reads, f.bytes_read) == (16, 1, 1000)
+    bad = bytearray(data)
+    bad[999] ^= 4  # the short last block
+    g = RangedFile(_write(bytes(bad)), len(data), BLOCK, crcs, label="v", cache=BlockCache(0))
+    with pytest.raises(StoreError, match=r"v: block 15 \(byte offset 960, bytes \[960, 1000\)\)"):
+        g.verify()

@@ -228,31 +228,35 @@ class RangedFile:
         out = np.empty(flat.size, dtype=dtype)
         if flat.size == 0:
             return out.reshape(pos.shape)
-        first_byte = flat * dtype.itemsize
-        block = first_byte // self.block_bytes
-        last_block = (first_byte + dtype.itemsize - 1) // self.block_bytes
-        blocks = self._blocks(np.unique(np.concatenate([block, last_block])))
-        whole = block == last_block
-        order = np.argsort(block, kind="stable")
-        sorted_blocks = block[order]
-        bounds = np.flatnonzero(np.diff(sorted_blocks)) + 1
-        for group in np.split(order, bounds):
-            group = group[whole[group]]
-            if group.size == 0:
-                continue
-            b = int(block[group[0]])
-            data = blocks[b]
-            local = first_byte[group] - b * self.block_bytes
-            if self.block_bytes % dtype.itemsize == 0:
-                view = data[: data.size - data.size % dtype.itemsize].view(dtype)
-                out[group] = view[local // dtype.itemsize]
-            else:
-                idx = local[:, None] + np.arange(dtype.itemsize)
-                out[group] = np.ascontiguousarray(data[idx]).view(dtype).reshape(-1)
-        for i in np.flatnonzero(~whole):  # elements across a block boundary (odd block sizes)
-            raw = self.read(int(first_byte[i]), int(first_byte[i]) + dtype.itemsize)
-            out[i] = raw.view(dtype)[0]
+        if self.block_bytes % dtype.itemsize:  # elements may straddle blocks: byte reads
+            for i, p in enumerate(flat.tolist()):
+                out[i] = self.read(p * dtype.itemsize, (p + 1) * dtype.itemsize).view(dtype)[0]
+            return out.reshape(pos.shape)
+        per_block = self.block_bytes // dtype.itemsize
+        block = flat // per_block
+        local = flat - block * per_block
+        present = np.zeros(self.num_blocks, dtype=bool)  # O(n), cheaper than np.unique
+        present[block] = True
+        wanted = np.flatnonzero(present)
+        blocks = self._blocks(wanted)
+        if wanted.size == 1:
+            out[:] = self._view(blocks[int(wanted[0])], dtype)[local]
+            return out.reshape(pos.shape)
+        # group positions by block: a stable sort of small ranks (radix sort when they fit 16 bits)
+        rank = (np.cumsum(present) - 1)[block]
+        rank = rank.astype(np.uint16 if wanted.size <= 1 << 16 else np.int64)
+        order = np.argsort(rank, kind="stable")
+        bounds = np.cumsum(np.bincount(rank, minlength=wanted.size))
+        begin = 0
+        for b, stop in zip(wanted.tolist(), bounds.tolist()):
+            group = order[begin:stop]
+            begin = stop
+            out[group] = self._view(blocks[b], dtype)[local[group]]
         return out.reshape(pos.shape)
+
+    @staticmethod
+    def _view(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return block[: block.size - block.size % dtype.itemsize].view(dtype)
 
     # -- prefetch ---------------------------------------------------------------------------
     @property
