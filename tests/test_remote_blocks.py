@@ -249,3 +249,16 @@ def test_verify_checks_every_block_in_few_reads(payload):
     g = RangedFile(_write(bytes(bad)), len(data), BLOCK, crcs, label="v", cache=BlockCache(0))
     with pytest.raises(StoreError, match=r"v: block 15 \(byte offset 960, bytes \[960, 1000\)\)"):
         g.verify()
+
+
+def test_prefetches_of_many_files_share_the_process_threads(payload):
+    from highnoon.data.remote_blocks import PREFETCH_THREADS
+
+    files = [_file(payload) for _ in range(6)]
+    for f in files:
+        f.prefetch([(0, 1000)])
+    for f in files:
+        f.wait_prefetch()
+        assert (f.reads, f.bytes_read, f.prefetch_dropped) == (1, 1000, 0)
+    names = [t.name for t in threading.enumerate() if t.name.startswith("store prefetch")]
+    assert len(names) == PREFETCH_THREADS
