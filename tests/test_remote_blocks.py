@@ -262,3 +262,24 @@ def test_prefetches_of_many_files_share_the_process_threads(payload):
         assert (f.reads, f.bytes_read, f.prefetch_dropped) == (1, 1000, 0)
     names = [t.name for t in threading.enumerate() if t.name.startswith("store prefetch")]
     assert len(names) == PREFETCH_THREADS
+
+
+def test_reading_gs_without_the_read_ahead_setting_warns_once(monkeypatch, caplog):
+    from highnoon.data import remote_blocks
+
+    monkeypatch.setattr(remote_blocks, "_warned_readahead", False)
+    monkeypatch.delenv("GCS_READ_CACHE_BLOCK_SIZE_MB", raising=False)
+    with caplog.at_level("WARNING"):
+        remote_blocks._warn_gcs_readahead("ram://not-gcs")
+        assert caplog.records == []
+        remote_blocks._warn_gcs_readahead("gs://b/s/shard-00000-of-00001/tokens.bin")
+        remote_blocks._warn_gcs_readahead("gs://b/s/shard-00000-of-00001/offsets.bin")
+    (record,) = caplog.records
+    assert "fetches 64 MiB from each read position unless GCS_READ_CACHE_BLOCK_SIZE_MB" in (
+        record.getMessage()
+    )
+    monkeypatch.setattr(remote_blocks, "_warned_readahead", False)
+    monkeypatch.setenv("GCS_READ_CACHE_BLOCK_SIZE_MB", "0")
+    caplog.clear()
+    remote_blocks._warn_gcs_readahead("gs://b/s/x")
+    assert caplog.records == []
