@@ -60,14 +60,16 @@ class BlockCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def get(self, key: tuple[Any, ...]) -> np.ndarray | None:
+    def get(self, key: tuple[Any, ...], *, count: bool = True) -> np.ndarray | None:
+        """The block under ``key`` (now the most recently used), or None; ``count=False`` for a
+        second look that should not count as another hit or miss."""
         with self._lock:
             block = self._blocks.get(key)
-            if block is None:
-                self.misses += 1
-                return None
-            self._blocks.move_to_end(key)
-            self.hits += 1
+            if block is not None:
+                self._blocks.move_to_end(key)
+            if count:
+                self.hits += block is not None
+                self.misses += block is None
             return block
 
     def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
@@ -365,7 +367,7 @@ class RangedFile:
         with self._fetch_lock:
             still = []
             for b in missing:  # another thread (a prefetch) may have fetched it meanwhile
-                block = self.cache.get(self._key(b)) if self.cache.enabled else None
+                block = self.cache.get(self._key(b), count=False) if self.cache.enabled else None
                 if block is None:
                     still.append(b)
                 else:
