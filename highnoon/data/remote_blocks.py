@@ -9,9 +9,14 @@ offset.
 
 Fetched blocks go to one process-wide LRU ``BlockCache`` (``block_cache()``; its size is the
 ``store_cache_bytes`` setting, 0 = no cache), keyed by (file, size, block, CRC), so a store
-rebuilt at the same path never serves a stale block. ``RangedFile.prefetch(ranges)`` hands the
-byte ranges of the next steps to a background thread that fills the cache ahead of the reads;
-a prefetch's error is kept and raised by the next ``read``/``take`` of that file.
+rebuilt at the same path never serves a stale block. ``RangedFile.prefetch(ranges)`` queues the
+byte ranges of the next steps for the process' prefetch threads (``PREFETCH_THREADS``, one
+bounded queue for every file), which fill the cache ahead of the reads; a prefetch's error is
+kept and raised by the next ``read``/``take`` of that file.
+
+On ``gs://``, TensorFlow's client reads 64 MiB ahead of every read position unless
+``GCS_READ_CACHE_BLOCK_SIZE_MB`` is set before TensorFlow starts (docs/design.md, "Reading a
+store in place"); a warning says so once.
 
 TensorFlow is imported on first fetch only (``data`` imports no TensorFlow at module level).
 """
