@@ -253,3 +253,24 @@ def test_a_weighted_mixture_reads_a_prepared_store_and_a_raw_source(stores, tmp_
     assert tail == ["raw one", "raw two"]
     np.testing.assert_array_equal(mixed.features.lengths[: many.num_samples], many.features.lengths)
     assert not os.path.exists(os.path.join(cache, "stages"))  # no mixed copy is written
+
+
+def test_a_trainer_stage_and_gin_name_a_prepared_store(stores, tmp_path):
+    """The Trainer plans a stage on a prepared store by path, and on the same store registered
+    under a name (as ``register_datasets.mapping`` in gin does), reading it in place; a model
+    too small for its ids is refused before any work."""
+    from highnoon.data import register_datasets, unregister_dataset
+    from tests.trainer_helpers import make_trainer
+
+    many = stores[1]
+    register_datasets({"prepared_web": many.path})
+    try:
+        trainer = make_trainer(tmp_path)
+        trainer.add_curriculum_stage("by_path", [many.path], epochs=1)
+        trainer.add_curriculum_stage("by_name", ["prepared_web"], epochs=1)
+        plans = trainer.plan()
+    finally:
+        unregister_dataset("prepared_web")
+    assert [p.store.path for p in plans] == [many.path, many.path]
+    assert [p.stream_fingerprint()["data"] for p in plans] == [many.fingerprint] * 2
+    assert not os.path.exists(tmp_path / "cache" / "sources")  # nothing tokenised or copied
