@@ -1,0 +1,446 @@
+"""Store files read in place through ``tf.io.gfile``: byte ranges, verified per block, cached.
+
+A store on a bucket (``gs://...``) or any other ``tf.io.gfile`` filesystem (``ram://``,
+``file://``, ``s3://`` with tensorflow-io) is never copied whole: ``RangedFile`` fetches the
+blocks a read needs with ``seek`` + ``read`` range reads, adjacent missing blocks coalesced into
+one read, and checks each fetched block against the CRC32C the shard's manifest records before
+any byte of it is used. A mismatch is a ``StoreError`` naming the file, the block and its byte
+offset.
+
+Fetched blocks go to one process-wide LRU ``BlockCache`` (``block_cache()``; its size is the
+``store_cache_bytes`` setting, 0 = no cache), keyed by (file, size, block, CRC), so a store
+rebuilt at the same path never serves a stale block. ``RangedFile.prefetch(ranges)`` queues the
+byte ranges of the next steps for the process' prefetch threads (``PREFETCH_THREADS``, one
+bounded queue for every file), which fill the cache ahead of the reads; a prefetch's error is
+kept and raised by the next ``read``/``take`` of that file.
+
+On ``gs://``, TensorFlow's client reads 64 MiB ahead of every read position unless
+``GCS_READ_CACHE_BLOCK_SIZE_MB`` is set before TensorFlow starts (docs/design.md, "Reading a
+store in place"); a warning says so once.
+
+TensorFlow is imported on first fetch only (``data`` imports no TensorFlow at module level).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import google_crc32c
+import numpy as np
+from absl import logging
+
+from highnoon.data.blocks import check_range, crc_mismatch
+from highnoon.data.store_errors import StoreError
+from highnoon.utils.validation import check_int
+
+DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: the `store_cache_bytes` setting's default
+PREFETCH_QUEUE = 64  # prefetch requests pending in the process; more are dropped (hints)
+PREFETCH_THREADS = 2  # fetch for several files at once (one file's fetches are serial)
+
+
+class BlockCache:
+    """A bounded, thread-safe LRU of verified blocks (uint8 arrays), shared by every file.
+
+    ``max_bytes=0`` caches nothing. Blocks larger than the whole cache are never kept.
+    Counters: ``hits``, ``misses``, ``evictions``; ``bytes_held`` is the current size.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = check_int("store_cache_bytes", max_bytes, minimum=0)
+        self._blocks: collections.OrderedDict[tuple[Any, ...], np.ndarray] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self.bytes_held = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def get(self, key: tuple[Any, ...], *, count: bool = True) -> np.ndarray | None:
+        """The block under ``key`` (now the most recently used), or None; ``count=False`` for a
+        second look that should not count as another hit or miss."""
+        with self._lock:
+            block = self._blocks.get(key)
+            if block is not None:
+                self._blocks.move_to_end(key)
+            if count:
+                self.hits += block is not None
+                self.misses += block is None
+            return block
+
+    def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
+        if block.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._blocks.pop(key, None)
+            if old is not None:
+                self.bytes_held -= old.nbytes
+            self._blocks[key] = block
+            self.bytes_held += block.nbytes
+            self._evict()
+
+    def resize(self, max_bytes: int) -> None:
+        """A new bound (evicting the least recently used blocks past it)."""
+        max_bytes = check_int("store_cache_bytes", max_bytes, minimum=0)
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._evict()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self.bytes_held = 0
+
+    def _evict(self) -> None:
+        while self.bytes_held > self.max_bytes and self._blocks:
+            _, block = self._blocks.popitem(last=False)
+            self.bytes_held -= block.nbytes
+            self.evictions += 1
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+_CACHE = BlockCache(DEFAULT_CACHE_BYTES)
+
+
+class _Prefetcher:
+    """The process' prefetch threads: one bounded queue of (file, byte spans) requests shared by
+    every ``RangedFile``, so a store of many shards starts ``PREFETCH_THREADS`` threads, not one
+    per file. Started on first use."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[RangedFile, list[tuple[int, int]]]] = queue.Queue(
+            maxsize=PREFETCH_QUEUE
+        )
+        self._lock = threading.Lock()
+        self._started = False
+
+    def submit(self, file: RangedFile, spans: list[tuple[int, int]]) -> bool:
+        """Queue a request; False (dropped) when the queue is full."""
+        with self._lock:
+            if not self._started:
+                for i in range(PREFETCH_THREADS):
+                    threading.Thread(target=self._loop, name=f"store prefetch {i}",
+                                     daemon=True).start()  # fmt: skip
+                self._started = True
+        with file._pending_done:
+            file._pending += 1
+        try:
+            self._queue.put_nowait((file, spans))
+        except queue.Full:
+            file._finish_pending()
+            return False
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            file, spans = self._queue.get()
+            try:
+                file._prefetch_now(spans)
+            finally:
+                file._finish_pending()
+
+
+_PREFETCHER = _Prefetcher()
+
+
+def block_cache() -> BlockCache:
+    """The process-wide cache every ``RangedFile`` uses unless given its own."""
+    return _CACHE
+
+
+def configure_block_cache(max_bytes: int) -> BlockCache:
+    """Set the process-wide cache's bound (the ``store_cache_bytes`` setting); returns it."""
+    _CACHE.resize(max_bytes)
+    return _CACHE
+
+
+_READAHEAD_ENV = "GCS_READ_CACHE_BLOCK_SIZE_MB"
+_warned_readahead = False
+
+
+def _warn_gcs_readahead(path: str) -> None:
+    """TensorFlow's ``gs://`` client reads 64 MiB ahead of every read that misses its buffer
+    unless ``GCS_READ_CACHE_BLOCK_SIZE_MB`` was set before TensorFlow started (measured against
+    a fake GCS: docs/design.md, "Reading in place"); say so once per process."""
+    global _warned_readahead
+    if _warned_readahead or not path.startswith("gs://") or _READAHEAD_ENV in os.environ:
+        return
+    _warned_readahead = True
+    logging.warning(
+        "reading the store %s in place: TensorFlow's gs:// client fetches 64 MiB from each read "
+        "position unless %s is set before TensorFlow starts; set %s=0 (exact ranges) or =1 in "
+        "the job's environment so scattered blocks do not fetch 64 MiB each",
+        path, _READAHEAD_ENV, _READAHEAD_ENV,
+    )  # fmt: skip
+
+
+def _range_stream(path: str, size: int) -> Any:
+    """A TensorFlow input stream over ``path`` whose buffer is ``size`` bytes (``seek`` +
+    ``read``). TensorFlow's own stream class (what ``GFile`` wraps with a fixed 512 KiB buffer);
+    ``GFile`` where that private class is missing."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.lib.io import _pywrap_file_io
+
+        return _pywrap_file_io.BufferedInputStream(path, max(1, size))
+    except (ImportError, AttributeError):  # pragma: no cover (another TensorFlow layout)
+        return tf.io.gfile.GFile(path, "rb")
+
+
+def _runs(blocks: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique block indices as ``[first, last + 1)`` runs of consecutive blocks."""
+    if blocks.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [blocks.size]])
+    return [(int(blocks[s]), int(blocks[e - 1]) + 1) for s, e in zip(starts, ends)]
+
+
+class RangedFile:
+    """One store file read by byte range through ``tf.io.gfile`` (the ``BlockFile`` protocol).
+
+    Args:
+      path: the file (any ``tf.io.gfile`` path: ``gs://``, ``ram://``, ``file://``, local).
+      size: its size in bytes, from the shard's manifest.
+      block_bytes: the block size its checksums cover.
+      crc32c: one CRC32C per block (the last block short), from the shard's manifest.
+      label: names the file in errors (``"store S, shard-00001-of-00004/tokens.bin"``).
+      cache: the block cache (default: the process-wide ``block_cache()``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        size: int,
+        block_bytes: int,
+        crc32c: Sequence[int],
+        *,
+        label: str,
+        cache: BlockCache | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.size = check_int("size", size, minimum=0)
+        self.block_bytes = check_int("block_bytes", block_bytes, minimum=1)
+        self.num_blocks = -(-self.size // self.block_bytes)
+        self.crc32c = [int(c) for c in crc32c]
+        self.label = label
+        if len(self.crc32c) != self.num_blocks:
+            raise StoreError(
+                f"{label}: the manifest records {len(self.crc32c)} block checksums, but a file "
+                f"of {self.size} bytes in blocks of {self.block_bytes} has {self.num_blocks}; "
+                "the manifest is corrupt, rebuild the store"
+            )
+        self.cache = cache if cache is not None else block_cache()
+        self.bytes_read = 0  # bytes fetched from storage
+        self.reads = 0  # range reads issued
+        self._verified = np.zeros(self.num_blocks, dtype=bool)  # checked by this process
+        self._fetch_lock = threading.Lock()  # one fetch at a time: no block fetched twice
+        self._prefetch_error: BaseException | None = None
+        self._pending = 0  # prefetch requests queued or running
+        self._pending_done = threading.Condition()
+        self.prefetch_dropped = 0  # requests dropped because the queue was full
+
+    # -- reads ------------------------------------------------------------------------------
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Bytes ``[start, stop)`` as a uint8 array; every block they touch is verified."""
+        start, stop = int(start), int(stop)
+        check_range(self.label, self.size, start, stop)
+        if start == stop:
+            return np.zeros(0, dtype=np.uint8)
+        first, last = start // self.block_bytes, (stop - 1) // self.block_bytes
+        blocks = self._blocks(np.arange(first, last + 1))
+        data = np.concatenate([blocks[b] for b in range(first, last + 1)])
+        offset = first * self.block_bytes
+        return data[start - offset : stop - offset]
+
+    def take(self, positions: np.ndarray, dtype: Any) -> np.ndarray:
+        """Elements of ``dtype`` at element ``positions`` (any shape; same shape out)."""
+        dtype = np.dtype(dtype)
+        pos = np.asarray(positions, dtype=np.int64)
+        count = self.size // dtype.itemsize
+        if pos.size and (pos.min() < 0 or pos.max() >= count):
+            low, high = int(pos.min()), int(pos.max())
+            check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
+        flat = pos.reshape(-1)
+        out = np.empty(flat.size, dtype=dtype)
+        if flat.size == 0:
+            return out.reshape(pos.shape)
+        if self.block_bytes % dtype.itemsize:  # elements may straddle blocks: byte reads
+            for i, p in enumerate(flat.tolist()):
+                out[i] = self.read(p * dtype.itemsize, (p + 1) * dtype.itemsize).view(dtype)[0]
+            return out.reshape(pos.shape)
+        per_block = self.block_bytes // dtype.itemsize
+        block = flat // per_block
+        local = flat - block * per_block
+        present = np.zeros(self.num_blocks, dtype=bool)  # O(n), cheaper than np.unique
+        present[block] = True
+        wanted = np.flatnonzero(present)
+        blocks = self._blocks(wanted)
+        if wanted.size == 1:
+            out[:] = self._view(blocks[int(wanted[0])], dtype)[local]
+            return out.reshape(pos.shape)
+        # group positions by block: a stable sort of small ranks (radix sort when they fit 16 bits)
+        rank = (np.cumsum(present) - 1)[block]
+        rank = rank.astype(np.uint16 if wanted.size <= 1 << 16 else np.int64)
+        order = np.argsort(rank, kind="stable")
+        bounds = np.cumsum(np.bincount(rank, minlength=wanted.size))
+        begin = 0
+        for b, stop in zip(wanted.tolist(), bounds.tolist()):
+            group = order[begin:stop]
+            begin = stop
+            out[group] = self._view(blocks[b], dtype)[local[group]]
+        return out.reshape(pos.shape)
+
+    @staticmethod
+    def _view(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return block[: block.size - block.size % dtype.itemsize].view(dtype)
+
+    # -- prefetch ---------------------------------------------------------------------------
+    @property
+    def prefetches(self) -> bool:
+        """Whether ``prefetch`` does anything (it needs the cache to keep what it fetches)."""
+        return self.cache.enabled
+
+    def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Fetch the blocks of these byte ranges into the cache on a background thread.
+
+        A hint: with the cache off, or with ``PREFETCH_QUEUE`` requests of the process already
+        pending, it does nothing. An error it meets (a checksum mismatch, a failed read) is
+        raised by the next ``read``/``take`` of this file.
+        """
+        if not self.cache.enabled:
+            return
+        spans = [(int(a), int(b)) for a, b in ranges if int(b) > int(a)]
+        if spans and not _PREFETCHER.submit(self, spans):
+            self.prefetch_dropped += 1
+
+    def _prefetch_now(self, spans: list[tuple[int, int]]) -> None:
+        """Fetch the blocks of ``spans`` (on a prefetch thread); errors kept for the next read."""
+        try:
+            parts = [
+                np.arange(a // self.block_bytes, (min(b, self.size) - 1) // self.block_bytes + 1)
+                for a, b in spans
+                if 0 <= a < min(b, self.size)
+            ]
+            if parts:
+                self._blocks(np.unique(np.concatenate(parts)), raise_pending=False)
+        except BaseException as err:  # kept for the next read: never lost
+            self._prefetch_error = err
+
+    def wait_prefetch(self) -> None:
+        """Block until this file's queued prefetches finished (tests and benches)."""
+        with self._pending_done:
+            self._pending_done.wait_for(lambda: self._pending == 0)
+
+    def _finish_pending(self) -> None:
+        with self._pending_done:
+            self._pending -= 1
+            self._pending_done.notify_all()
+
+    # -- blocks -----------------------------------------------------------------------------
+    def _key(self, b: int) -> tuple[Any, ...]:
+        return (self.path, self.size, self.block_bytes, b, self.crc32c[b])
+
+    def _blocks(self, wanted: np.ndarray, *, raise_pending: bool = True) -> dict[int, np.ndarray]:
+        """The verified blocks ``wanted`` (sorted unique indices): cached, or fetched."""
+        if raise_pending and self._prefetch_error is not None:
+            err, self._prefetch_error = self._prefetch_error, None
+            raise err
+        found: dict[int, np.ndarray] = {}
+        missing = []
+        for b in wanted.tolist():
+            block = self.cache.get(self._key(b)) if self.cache.enabled else None
+            if block is None:
+                missing.append(b)
+            else:
+                found[b] = block
+        if not missing:
+            return found
+        with self._fetch_lock:
+            still = []
+            for b in missing:  # another thread (a prefetch) may have fetched it meanwhile
+                block = self.cache.get(self._key(b), count=False) if self.cache.enabled else None
+                if block is None:
+                    still.append(b)
+                else:
+                    found[b] = block
+            for first, end in _runs(np.asarray(still, dtype=np.int64)):
+                found.update(self._fetch(first, end))
+        return found
+
+    def _fetch(self, first: int, end: int) -> dict[int, np.ndarray]:
+        """One range read of blocks ``[first, end)``, each verified; caller holds the lock."""
+        start = first * self.block_bytes
+        stop = min(end * self.block_bytes, self.size)
+        _warn_gcs_readahead(self.path)
+        raw = self._read_range(start, stop)
+        self.reads += 1
+        self.bytes_read += len(raw)
+        if len(raw) != stop - start:
+            raise StoreError(
+                f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; the "
+                f"file is shorter than the {self.size} bytes its manifest records (truncated), "
+                "rebuild the store"
+            )
+        data = np.frombuffer(raw, dtype=np.uint8)
+        blocks = {}
+        for b in range(first, end):
+            lo = (b - first) * self.block_bytes
+            block = data[lo : lo + self.block_bytes]
+            actual = google_crc32c.value(block)
+            if actual != self.crc32c[b]:
+                raise crc_mismatch(
+                    self.label, b, self.block_bytes, self.size, actual, self.crc32c[b]
+                )
+            self._verified[b] = True
+            if self.cache.enabled:
+                block = block.copy()  # own its memory: the range read may be far larger
+                self.cache.put(self._key(b), block)
+            blocks[b] = block
+        return blocks
+
+    def _read_range(self, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` in one read through a stream buffered to exactly that size.
+
+        ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
+        stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
+        """
+        import tensorflow as tf
+
+        try:
+            stream = _range_stream(self.path, stop - start)
+            stream.seek(start)
+            return stream.read(stop - start)
+        except tf.errors.OpError as err:
+            raise StoreError(
+                f"{self.label}: reading bytes [{start}, {stop}) of {self.path!r} failed "
+                f"({type(err).__name__}: {err.message}); check the path and access, or rebuild "
+                "the store"
+            ) from err
+
+    def verify(self) -> None:
+        """Fetch and check every block (``TokenStore.verify``), a few blocks per range read."""
+        step = max(1, (64 << 20) // self.block_bytes)  # about 64 MB per read
+        for first in range(0, self.num_blocks, step):
+            self._blocks(np.arange(first, min(first + step, self.num_blocks)))
+
+    @property
+    def verified_blocks(self) -> int:
+        """How many of the file's blocks this object has checked so far."""
+        return int(self._verified.sum())
+
+    def __repr__(self) -> str:
+        return f"RangedFile({self.path!r}, size={self.size}, block_bytes={self.block_bytes})"
