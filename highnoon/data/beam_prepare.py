@@ -145,7 +145,10 @@ def _check_known_options(tokens: list[str]) -> None:
     except SystemExit:  # argparse's way of refusing a value
         lines = [ln for ln in errors.getvalue().splitlines() if "error:" in ln]
         detail = lines[-1].split("error:", 1)[1].strip() if lines else "invalid value"
-        raise InvalidArgumentError(f"beam_options: {detail}") from None
+        raise InvalidArgumentError(
+            f"beam_options: {detail}; write each option as --name=value (e.g. "
+            "--direct_num_workers=2)"
+        ) from None
     unknown = sorted(set(every) - set(known))
     if unknown:
         raise InvalidArgumentError(

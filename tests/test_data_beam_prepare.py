@@ -1,0 +1,182 @@
+"""Preparation on Apache Beam (``highnoon.data.beam_prepare``): its index and shard arithmetic,
+its checks, and the store it writes against the one-process ``build_token_store``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from highnoon.data import beam_prepare as bp
+from highnoon.utils.validation import InvalidArgumentError
+
+# --- checks, before any work ----------------------------------------------------------------
+
+
+def test_check_runner_accepts_known_names_and_lists_them_otherwise():
+    assert bp.check_runner("directrunner") == "DirectRunner"
+    assert bp.check_runner("DataflowRunner") == "DataflowRunner"
+    assert bp.check_runner("NONE") == "none"
+    with pytest.raises(InvalidArgumentError) as err:
+        bp.check_runner("SparkRunnr")
+    message = str(err.value)
+    assert "runner='SparkRunnr'" in message
+    for name in ("'none'", "'DirectRunner'", "'DataflowRunner'", "'FlinkRunner'", "'SparkRunner'"):
+        assert name in message
+
+
+def test_parse_beam_options_gives_beam_its_arguments():
+    assert bp.parse_beam_options("") == []
+    assert bp.parse_beam_options(
+        "--direct_num_workers=2 --direct_running_mode=multi_processing --project 'my p'"
+    ) == ["--direct_num_workers=2", "--direct_running_mode=multi_processing", "--project", "my p"]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("--direct_num_workers=2 direct_running_mode=multi_processing", "'direct_running_mode="),
+        ("--project='unclosed", "malformed"),
+        ("--direct_num_workrs=2", "--direct_num_workrs"),
+        ("--direct_num_workers=two", "invalid int value: 'two'"),
+        ("--direct_running_mode=many", "invalid choice: 'many'"),
+        ("-x", "'-x'"),
+    ],
+)
+def test_parse_beam_options_names_the_bad_token(text, named):
+    with pytest.raises(InvalidArgumentError, match="beam_options") as err:
+        bp.parse_beam_options(text)
+    assert named in str(err.value)
+
+
+def test_prepare_datasets_refuses_bad_runner_and_options_before_any_work(tmp_path):
+    from highnoon.data.prepare import prepare_datasets
+
+    out = tmp_path / "out"
+    with pytest.raises(InvalidArgumentError, match="runner='Dataflow'"):
+        prepare_datasets(["arithmetic"], str(out), runner="Dataflow")
+    with pytest.raises(InvalidArgumentError, match="--direct_num_workers: expected one argument"):
+        prepare_datasets(["arithmetic"], str(out), beam_options="--direct_num_workers")
+    with pytest.raises(InvalidArgumentError, match="need a Beam runner"):
+        prepare_datasets(["arithmetic"], str(out), runner="none", num_shards=2)
+    with pytest.raises(InvalidArgumentError, match="num_shards"):
+        prepare_datasets(["arithmetic"], str(out), num_shards=0)
+    assert not out.exists()  # nothing was created, let alone read
+
+
+# --- the index and the shard boundaries -----------------------------------------------------
+
+
+def test_chunk_starts_number_samples_in_source_order_whatever_the_arrival_order():
+    metas = [((1, 0), 4), ((0, 1), 2), ((0, 0), 3), ((2, 0), 0), ((2, 1), 5)]
+    starts, total = bp.chunk_starts(metas)
+    assert starts == {(0, 0): 0, (0, 1): 3, (1, 0): 5, (2, 0): 9, (2, 1): 9}
+    assert total == 14
+
+
+def test_even_and_token_bounds():
+    assert bp.even_bounds(10, 3).tolist() == [0, 3, 6, 10]
+    assert bp.even_bounds(2, 5).tolist() == [0, 1, 2]  # never an empty shard
+    # stored lengths are lengths + 1 (EOS): 3, 5, 2, 4, 1 -> ends 3, 8, 10, 14, 15
+    lengths = np.array([2, 4, 1, 3, 0])
+    assert bp.token_bounds(lengths, 8).tolist() == [0, 2, 5]  # 8 | 7
+    assert bp.token_bounds(lengths, 6).tolist() == [0, 2, 4, 5]  # 8 | 6 | 1
+    assert bp.token_bounds(lengths, 100).tolist() == [0, 5]
+    assert bp.token_bounds(lengths, 1).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_split_chunk_cuts_at_shard_bounds_and_keeps_empty_samples_with_the_next():
+    # a chunk of samples [e, a(2), b(1), e, c(3), e] whose first non-empty sample is index 4
+    lengths = np.array([0, 2, 1, 0, 3, 0])
+    flat = np.array([10, 11, 20, 30, 31, 32])
+    bounds = np.array([0, 5, 6, 9])
+    pieces = list(bp.split_chunk(4, flat, lengths, bounds))
+    assert [p[0] for p in pieces] == [0, 1, 2]
+    assert pieces[0][1].tolist() == [10, 11] and pieces[0][2].tolist() == [0, 2]
+    assert pieces[1][1].tolist() == [20] and pieces[1][2].tolist() == [1]
+    # c is index 6 (shard 2); the empty one after it has no next sample here: index 7, shard 2
+    assert pieces[2][1].tolist() == [30, 31, 32] and pieces[2][2].tolist() == [0, 3, 0]
+
+
+def test_read_units_split_files_in_sorted_order(tmp_path):
+    from highnoon.data.registry import resolve_dataset
+
+    for name in ("b.jsonl", "a.jsonl", "c.txt"):
+        (tmp_path / name).write_text('{"text": "x"}\n' if name.endswith("jsonl") else "x")
+    source = resolve_dataset(str(tmp_path))
+    units = bp.read_units(source)
+    assert [u.paths for u in units] == [[str(tmp_path / n)] for n in ("a.jsonl", "b.jsonl", "c.txt")]
+    assert bp.read_units(source, max_samples=2) == [source]  # a cap counts across files
+    assert [len(c) for c in bp.iter_chunks(units[0], chunk_chars=1)] == [1]
+
+
+# --- the output directory: one preparation at a time, a killed one restarts cleanly ----------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "workers", "prepare_worker.py")
+
+
+def _worker(marker, stall: bool, out, *flags: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, WORKER, str(marker), "1" if stall else "0", f"--output_dir={out}",
+         *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_second_preparation_refuses_and_a_killed_one_restarts_cleanly(tmp_path):
+    import time
+
+    from highnoon.data.prepare import prepare_datasets
+    from highnoon.data.registry import register_dataset, unregister_dataset
+    from highnoon.data.store import TokenStore
+
+    out = tmp_path / "out"
+    marker = tmp_path / "marker"
+    first = _worker(marker, True, out)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the preparation never reached its stall"
+            time.sleep(0.2)
+        # mid-run: a staging directory, no store, no manifest anywhere
+        staged = sorted(p.name for p in (out / "sources").iterdir())
+        assert len(staged) == 1 and ".tmp-" in staged[0], staged
+        assert not list(out.rglob("manifest.json")) and not (out / "datasets.json").exists()
+        second = _worker(tmp_path / "marker2", False, out)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode != 0
+        assert "is being written by another preparation" in err
+        assert f"pid={first.pid}" in err
+        assert not (tmp_path / "marker2").exists()  # refused before reading any sample
+    finally:
+        first.kill()
+        first.communicate()
+    rerun = _worker(tmp_path / "marker3", False, out)
+    _, err = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, err[-3000:]
+    assert "taking over the lock" in err  # the killed run's lock, named
+    names = sorted(p.name for p in (out / "sources").iterdir())
+    assert len(names) == 1 and ".tmp-" not in names[0], names  # the temporary is gone
+    (item,) = json.loads((out / "datasets.json").read_text())["datasets"]
+    assert item["num_samples"] == 397 and item["skipped"]["empty"] == 3
+    store = TokenStore.open(item["path"], verify=True)
+
+    # the same store as the one-process build of the same data
+    from tests.workers.prepare_worker import samples
+
+    register_dataset("counted", lambda: samples(str(tmp_path / "marker4"), False))
+    try:
+        index = prepare_datasets(["counted"], str(tmp_path / "one"), runner="none", progress=False)
+    finally:
+        unregister_dataset("counted")
+    assert index["datasets"][0]["fingerprint"] == store.fingerprint
