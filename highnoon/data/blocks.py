@@ -1,0 +1,198 @@
+"""How a store file is read and verified: by byte range, each block checked once.
+
+Every ``.bin`` file of a store shard carries the CRC32C of each ``block_bytes`` block in its
+``shard.json`` (``shards.py``). A ``BlockFile`` returns bytes or elements of such a file and
+checks every block a read touches against its CRC the first time this process reads it, so a
+flipped byte is a ``StoreError`` naming the store, shard, file, block and byte offset before
+any byte of that block reaches a batch, and a store's start-up costs no pass over its data.
+
+* ``MappedFile`` (here): a local file through ``np.memmap``; which blocks are checked is a bitmap
+  shared by every ``MappedFile`` of the same file version in the process (path, inode, size,
+  mtime, ctime: a file changed in place is a new version and is checked again). A file changed
+  less than ``RACY_SECONDS`` before it was opened gets a bitmap of its own: file times tick
+  coarsely, so a later change could keep the same times (git's "racy" rule).
+* ``RangedFile`` (``remote_blocks.py``): any ``tf.io.gfile`` path, by range reads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from highnoon.data.store_errors import StoreError
+
+RACY_SECONDS = 2.0
+
+# file version -> bitmap of verified blocks, shared by the MappedFiles of one process
+_BITMAPS: dict[tuple[Any, ...], np.ndarray] = {}
+_BITMAPS_LOCK = threading.Lock()
+
+
+class BlockFile(Protocol):
+    """One store file, read by byte range, verified per block on first read."""
+
+    label: str  # "store S, shard-00001-of-00004/tokens.bin", for error messages
+    size: int  # bytes
+    bytes_read: int  # bytes fetched from storage so far (a counter for benches and tests)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """uint8 bytes ``[start, stop)``. Every block the range touches is checked against its
+        CRC32C the first time this process reads it; a mismatch raises ``StoreError`` naming
+        the store, shard, file, block index and byte offset, before any byte is returned."""
+        ...
+
+    def take(self, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """The elements (of ``dtype``) at element ``positions``, blocks checked as ``read``."""
+        ...
+
+
+def crc_mismatch(label: str, block: int, block_bytes: int, size: int, actual: int,
+                 expected: int) -> StoreError:  # fmt: skip
+    """The error for block ``block`` of a file whose CRC32C is not the recorded one."""
+    start = block * block_bytes
+    stop = min(start + block_bytes, size)
+    return StoreError(
+        f"{label}: block {block} (byte offset {start}, bytes [{start}, {stop})) has CRC32C "
+        f"{actual:#010x}, the shard manifest records {expected:#010x}; the store is corrupt, "
+        "rebuild it"
+    )
+
+
+def check_range(label: str, size: int, start: int, stop: int) -> None:
+    """``StoreError`` unless ``0 <= start <= stop <= size`` (a read outside the file)."""
+    if not 0 <= start <= stop <= size:
+        raise StoreError(
+            f"{label}: read of bytes [{start}, {stop}) outside the file ({size} bytes)"
+        )
+
+
+def _file_version(path: str) -> tuple[Any, ...]:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns)  # fmt: skip
+
+
+class MappedFile:
+    """A local store file through a memory map (``BlockFile``); blocks verified on first touch."""
+
+    def __init__(
+        self, path: str, size: int, block_bytes: int, crc32c: list[int], *, label: str
+    ) -> None:
+        self.path = path
+        self.size = int(size)
+        self.block_bytes = int(block_bytes)
+        self.crc32c = [int(c) for c in crc32c]
+        self.label = label
+        self.bytes_read = 0
+        num_blocks = -(-self.size // self.block_bytes)
+        if len(self.crc32c) != num_blocks:
+            raise StoreError(
+                f"{label}: the shard manifest records {len(self.crc32c)} block checksums for "
+                f"{self.size} bytes ({num_blocks} blocks of {self.block_bytes}); rebuild the store"
+            )
+        self._lock = threading.Lock()
+        self._map: np.ndarray | None = None
+        self._views: dict[str, np.ndarray] = {}
+        self._verified: np.ndarray | None = None
+        self._unverified = num_blocks
+
+    def _data(self) -> np.ndarray:
+        """The uint8 memory map, opened on first use (opening a store maps nothing)."""
+        if self._map is None:
+            with self._lock:
+                if self._map is None:
+                    self._verified = self._bitmap()
+                    self._unverified = int((~self._verified).sum())
+                    self._map = (
+                        np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.size,))
+                        if self.size
+                        else np.zeros(0, dtype=np.uint8)
+                    )
+        return self._map
+
+    def _bitmap(self) -> np.ndarray:
+        num_blocks = len(self.crc32c)
+        try:
+            version = (*_file_version(self.path), self.block_bytes)
+        except OSError as err:
+            raise StoreError(f"{self.label}: cannot be read ({err}); rebuild the store") from err
+        if version[3] != self.size:
+            raise StoreError(
+                f"{self.label}: file has size {version[3]}, the shard manifest records "
+                f"{self.size}; the store is truncated or was modified, rebuild it"
+            )
+        if time.time() - max(version[4], version[5]) / 1e9 <= RACY_SECONDS:
+            return np.zeros(num_blocks, dtype=bool)  # too fresh to remember across objects
+        with _BITMAPS_LOCK:
+            return _BITMAPS.setdefault(version, np.zeros(num_blocks, dtype=bool))
+
+    def _verify_blocks(self, blocks: np.ndarray) -> None:
+        """Check the not yet verified ``blocks`` (sorted block indices) against their CRCs."""
+        import google_crc32c
+
+        data = self._data()
+        assert self._verified is not None
+        with self._lock:
+            for block in blocks[~self._verified[blocks]]:
+                block = int(block)
+                start = block * self.block_bytes
+                chunk = data[start : start + self.block_bytes].tobytes()
+                self.bytes_read += len(chunk)
+                actual = int(google_crc32c.value(chunk))
+                if actual != self.crc32c[block]:
+                    raise crc_mismatch(self.label, block, self.block_bytes, self.size, actual,
+                                       self.crc32c[block])  # fmt: skip
+                self._verified[block] = True
+                self._unverified -= 1
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = int(start), int(stop)
+        check_range(self.label, self.size, start, stop)
+        data = self._data()
+        if stop > start and self._unverified:
+            first, last = start // self.block_bytes, (stop - 1) // self.block_bytes
+            self._verify_blocks(np.arange(first, last + 1))
+        self.bytes_read += stop - start
+        return np.array(data[start:stop])
+
+    def take(self, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        positions = np.asarray(positions, dtype=np.int64)
+        view = self._view(dtype)
+        if positions.size == 0:
+            return np.zeros(positions.shape, dtype=dtype)
+        low, high = int(positions.min()), int(positions.max())
+        if low < 0 or high >= view.size:
+            check_range(self.label, self.size, low * dtype.itemsize,
+                        (high + 1) * dtype.itemsize)  # fmt: skip
+        if self._unverified:
+            blocks = positions.reshape(-1) * dtype.itemsize // self.block_bytes
+            assert self._verified is not None
+            if not self._verified[blocks].all():
+                self._verify_blocks(np.unique(blocks))
+        self.bytes_read += positions.size * dtype.itemsize
+        return np.take(view, positions)
+
+    def _view(self, dtype: np.dtype) -> np.ndarray:
+        """The file as a plain ndarray of ``dtype`` (fancy indexing skips np.memmap's overhead)."""
+        view = self._views.get(dtype.str)
+        if view is None:
+            data = self._data()
+            usable = self.size - self.size % dtype.itemsize
+            view = np.frombuffer(data, dtype=np.uint8, count=usable).view(dtype) if usable else (
+                np.zeros(0, dtype=dtype))  # fmt: skip
+            self._views[dtype.str] = view
+        return view
+
+    def verify(self) -> None:
+        """Check every block not yet checked (``TokenStore.verify``)."""
+        self._data()
+        if self._unverified:
+            self._verify_blocks(np.arange(len(self.crc32c)))
+
+    def __repr__(self) -> str:
+        return f"MappedFile({self.label!r}, size={self.size})"

@@ -1,0 +1,353 @@
+"""Writing the shards of a token store (format 2): the one writer every preparation shares.
+
+A store is a directory of shards plus a top-level ``manifest.json`` (``store.py`` says how it is
+read). A shard is a directory ``shard-00000-of-00004/`` of raw little-endian files without
+headers, so any byte range of them can be read on its own:
+
+* ``tokens.bin``         the samples' ids back to back, each ending with EOS (``<u2``/``<u4``);
+* ``offsets.bin``        ``<i8 [num_samples + 1]``, local to the shard, from 0;
+* ``lengths.bin``, ``surprisal_sum.bin``  ``<i8 [num_samples]``, the features
+  (``features.features_from_flat``) under the *corpus'* unigram counts, so a sample's score does
+  not depend on which shard holds it or how many shards there are;
+* ``shard.json``         counts, ``first_sample`` (global index of its first sample), largest id,
+  empty samples skipped, and per file its size and the CRC32C of every ``block_bytes`` block
+  (the last one short), which readers check the first time they read a block (``blocks.py``).
+
+How a store is written, in one process or spread over many (Beam workers):
+
+1. one ``ShardWriter`` per shard (any process, any order) takes the shard's samples in source
+   order and writes ``tokens.bin`` + ``offsets.bin``; ``close`` returns its ``ShardTokens``;
+2. the shards' unigram counts are summed (the corpus counts);
+3. ``write_shard_features`` per shard writes the features and ``shard.json``;
+4. ``store_manifest`` builds the top manifest from the shards' manifests, written last.
+
+The writer keeps what ``write_shard_features`` needs later (dtype, largest id, skips) in a small
+``writer.json`` inside the shard, removed once ``shard.json`` exists, so step 3 may run in
+another process than step 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from highnoon.data.features import features_from_flat
+from highnoon.data.tokenizers import Tokenizer, load_tokenizer
+from highnoon.utils.hashing import sha256_file, sha256_hex
+from highnoon.utils.validation import InvalidArgumentError, check_int, check_positive_int
+
+FORMAT_VERSION = 2
+BLOCK_BYTES = 1 << 20  # CRC32C granularity: 1 MiB, a cheap check per range read
+MANIFEST = "manifest.json"
+SHARD_MANIFEST = "shard.json"
+TOKENS = "tokens.bin"
+OFFSETS = "offsets.bin"
+LENGTHS = "lengths.bin"
+SURPRISAL = "surprisal_sum.bin"
+SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL)
+SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
+_WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
+_CRC_READ = 64  # blocks read at a time when checksumming a file
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """``uint16`` when every id fits (vocab <= 65535), else ``uint32`` (little endian)."""
+    return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
+
+
+def shard_name(index: int, count: int) -> str:
+    """The directory of shard ``index`` of ``count``: ``shard-00000-of-00004``."""
+    count = check_positive_int("count", count)
+    index = check_int("index", index, minimum=0, maximum=count - 1)
+    return f"shard-{index:05d}-of-{count:05d}"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte form of a JSON document that hashes are taken over (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _check_block_bytes(block_bytes: int) -> int:
+    block_bytes = check_positive_int("block_bytes", block_bytes)
+    if block_bytes % 8:  # an element of any store file never straddles two blocks
+        raise InvalidArgumentError(f"block_bytes={block_bytes} must be a multiple of 8")
+    return block_bytes
+
+
+def crc32c_blocks(data: Any, block_bytes: int = BLOCK_BYTES) -> list[int]:
+    """CRC32C (as GCS computes it) of every ``block_bytes`` block of ``data`` (bytes or a numpy
+    array's raw bytes), the last block short; ``[]`` for no data."""
+    import google_crc32c
+
+    block_bytes = _check_block_bytes(block_bytes)
+    if isinstance(data, np.ndarray):
+        view = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        return [
+            int(google_crc32c.value(view[i : i + block_bytes].tobytes()))
+            for i in range(0, view.size, block_bytes)
+        ]
+    data = bytes(data)
+    return [
+        int(google_crc32c.value(data[i : i + block_bytes]))
+        for i in range(0, len(data), block_bytes)
+    ]
+
+
+def crc32c_file(path: str, block_bytes: int = BLOCK_BYTES) -> list[int]:
+    """``crc32c_blocks`` of a local file, read a few blocks at a time."""
+    out: list[int] = []
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block_bytes * _CRC_READ):
+            out.extend(crc32c_blocks(chunk, block_bytes))
+    return out
+
+
+@dataclass(frozen=True)
+class ShardTokens:
+    """What a closed ``ShardWriter`` wrote: counts, largest id, unigram counts (int64
+    ``[vocab_size]``, EOS included: the corpus counts are their sum) and empty samples skipped."""
+
+    num_samples: int
+    num_tokens: int
+    max_token_id: int
+    counts: np.ndarray
+    skipped_empty: int
+
+
+class ShardWriter:
+    """Writes one shard's ``tokens.bin`` + ``offsets.bin`` into ``directory`` (local path).
+
+    ``add`` takes samples in source order as flat ids + lengths, *without* EOS (the writer
+    appends ``eos_id``); empty samples are skipped and counted. Ids outside
+    ``[0, vocab_size)`` are an ``InvalidArgumentError``.
+    """
+
+    def __init__(
+        self, directory: str, vocab_size: int, eos_id: int, *, block_bytes: int = BLOCK_BYTES
+    ) -> None:
+        self.directory = str(directory)
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.eos_id = check_int("eos_id", eos_id, minimum=0, maximum=self.vocab_size - 1)
+        self.block_bytes = _check_block_bytes(block_bytes)
+        self.dtype = token_dtype(self.vocab_size)
+        os.makedirs(self.directory, exist_ok=True)
+        self._file = open(os.path.join(self.directory, TOKENS), "wb")  # noqa: SIM115 (close())
+        self._lengths: list[np.ndarray] = []
+        self._counts = np.zeros(self.vocab_size, dtype=np.int64)
+        self.num_tokens = 0
+        self.skipped_empty = 0
+        self.max_id = -1
+        self._closed = False
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """Append samples given as flat ids + lengths (without EOS); empty ones are skipped."""
+        flat = np.asarray(flat, dtype=np.int64).reshape(-1)
+        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if int(lengths.sum()) != flat.size or (lengths.size and lengths.min() < 0):
+            raise InvalidArgumentError(
+                f"lengths must be >= 0 and sum to the number of ids ({flat.size}), got "
+                f"sum {int(lengths.sum())}"
+            )
+        keep = lengths > 0
+        self.skipped_empty += int((~keep).sum())
+        if not keep.all():
+            lengths = lengths[keep]  # empty samples own no ids, so ``flat`` is unchanged
+        if lengths.size == 0:
+            return
+        if flat.min() < 0 or flat.max() >= self.vocab_size:
+            raise InvalidArgumentError(
+                f"token ids must be in [0, {self.vocab_size}) (the tokenizer's vocabulary), got "
+                f"values in [{flat.min()}, {flat.max()}]"
+            )
+        out_lengths = lengths + 1
+        out = np.empty(int(out_lengths.sum()), dtype=self.dtype)
+        eos_pos = np.cumsum(out_lengths) - 1
+        is_token = np.ones(out.size, dtype=bool)
+        is_token[eos_pos] = False
+        out[is_token] = flat
+        out[eos_pos] = self.eos_id
+        self._file.write(out.tobytes())
+        self._counts += np.bincount(out, minlength=self.vocab_size).astype(np.int64)
+        self._lengths.append(out_lengths)
+        self.num_tokens += out.size
+        self.max_id = max(self.max_id, int(out.max()))
+
+    def close(self) -> ShardTokens:
+        """Flush and sync ``tokens.bin``, write ``offsets.bin``; the shard's ``ShardTokens``."""
+        if self._closed:
+            raise InvalidArgumentError(f"the ShardWriter of {self.directory!r} is already closed")
+        self._closed = True
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(lengths.size + 1, dtype="<i8")
+        np.cumsum(lengths, out=offsets[1:])
+        _write_synced(os.path.join(self.directory, OFFSETS), offsets.tobytes())
+        state = {
+            "dtype": self.dtype.str,
+            "block_bytes": self.block_bytes,
+            "max_token_id": self.max_id,
+            "skipped_empty": self.skipped_empty,
+        }
+        _write_synced(os.path.join(self.directory, _WRITER_STATE), canonical_json(state))
+        return ShardTokens(
+            num_samples=int(lengths.size),
+            num_tokens=self.num_tokens,
+            max_token_id=self.max_id,
+            counts=self._counts.copy(),
+            skipped_empty=self.skipped_empty,
+        )
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    """A file inside a shard (published with the store, so no rename here), synced."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample: int) -> dict:
+    """Features of the shard's samples under the corpus' unigram counts
+    (``features.features_from_flat`` with ``counts=corpus_counts``: scores equal a one-process
+    build's), ``lengths.bin``/``surprisal_sum.bin``, then ``shard.json`` (CRCs of all four
+    files); returns the ``shard.json`` dict."""
+    directory = str(directory)
+    first_sample = check_int("first_sample", first_sample, minimum=0)
+    state_path = os.path.join(directory, _WRITER_STATE)
+    if not os.path.isfile(state_path):
+        raise InvalidArgumentError(
+            f"directory={directory!r} holds no closed ShardWriter ({_WRITER_STATE} is missing); "
+            "write the shard's tokens with ShardWriter and close() it first"
+        )
+    with open(state_path, encoding="utf-8") as handle:
+        state = json.load(handle)
+    dtype, block_bytes = np.dtype(state["dtype"]), int(state["block_bytes"])
+    counts = np.asarray(corpus_counts, dtype=np.int64)
+    offsets = np.fromfile(os.path.join(directory, OFFSETS), dtype="<i8")
+    tokens_path = os.path.join(directory, TOKENS)
+    num_tokens = int(offsets[-1])
+    tokens = (
+        np.memmap(tokens_path, dtype=dtype, mode="r") if num_tokens else np.zeros(0, dtype=dtype)
+    )
+    if tokens.size != num_tokens:
+        raise InvalidArgumentError(
+            f"shard {directory!r}: {TOKENS} holds {tokens.size} ids, {OFFSETS} ends at "
+            f"{num_tokens}; the shard was not written by one ShardWriter, write it again"
+        )
+    if tokens.size and counts.size <= state["max_token_id"]:
+        raise InvalidArgumentError(
+            f"corpus_counts has {counts.size} entries, but the shard holds token id "
+            f"{state['max_token_id']}; pass the sum of every shard's ShardTokens.counts"
+        )
+    features = features_from_flat(tokens, offsets, counts=counts)
+    del tokens
+    _write_synced(os.path.join(directory, LENGTHS), features.lengths.astype("<i8").tobytes())
+    _write_synced(
+        os.path.join(directory, SURPRISAL), features.surprisal_sum.astype("<i8").tobytes()
+    )
+    files = {}
+    for name in SHARD_FILES:
+        path = os.path.join(directory, name)
+        files[name] = {
+            "size": os.path.getsize(path),
+            "block_bytes": block_bytes,
+            "crc32c": crc32c_file(path, block_bytes),
+        }
+    manifest = {
+        "num_samples": int(offsets.size - 1),
+        "num_tokens": num_tokens,
+        "first_sample": first_sample,
+        "max_token_id": int(state["max_token_id"]),
+        "skipped_empty": int(state["skipped_empty"]),
+        "files": files,
+    }
+    _write_synced(os.path.join(directory, SHARD_MANIFEST), canonical_json(manifest))
+    os.remove(state_path)
+    return manifest
+
+
+def store_fingerprint(shard_manifests: list[dict]) -> str:
+    """sha256 over the shards' ``shard.json`` contents (canonical JSON), in order, each followed
+    by a newline: the CRCs it covers change with any byte of the store."""
+    return sha256_hex(b"".join(canonical_json(m) + b"\n" for m in shard_manifests))
+
+
+def copy_tokenizer_file(tokenizer: Tokenizer, directory: str) -> dict[str, dict[str, Any]]:
+    """Copy a file-based tokenizer into a store ``directory`` (local); the ``top_files`` entry
+    for ``store_manifest`` (``{}`` for a tokenizer without a file)."""
+    if not tokenizer.store_file:
+        return {}
+    target = os.path.join(directory, tokenizer.store_file)
+    shutil.copyfile(tokenizer.model_path, target)
+    return {tokenizer.store_file: {"size": os.path.getsize(target), "sha256": sha256_file(target)}}
+
+
+def store_manifest(
+    shard_manifests: list[dict],
+    shard_names: list[str],
+    tokenizer: Tokenizer | str | dict,
+    *,
+    sources: list[dict[str, Any]] | None,
+    skipped: dict[str, int] | None,
+    top_files: dict[str, dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict:
+    """The top ``manifest.json`` of a store whose shards (in order) have these manifests and
+    directory names. ``top_files``: the top-level files (the tokenizer copy: size + sha256).
+    ``skipped``: counts a source dropped (``empty`` is added from the shards). Checks that the
+    shards cover the sample indices ``0..n-1`` in order."""
+    tokenizer = load_tokenizer(tokenizer)
+    if len(shard_manifests) != len(shard_names) or not shard_manifests:
+        raise InvalidArgumentError(
+            f"store_manifest needs one name per shard manifest and at least one shard, got "
+            f"{len(shard_manifests)} manifests and {len(shard_names)} names"
+        )
+    expected_first = 0
+    for name, shard in zip(shard_names, shard_manifests):
+        if shard["first_sample"] != expected_first:
+            raise InvalidArgumentError(
+                f"shard {name} has first_sample={shard['first_sample']}, but the shards before "
+                f"it hold {expected_first} samples; shards must cover the samples in order"
+            )
+        expected_first += int(shard["num_samples"])
+    config = tokenizer.to_config()
+    if tokenizer.store_file:
+        if tokenizer.store_file not in top_files:
+            raise InvalidArgumentError(
+                f"top_files has no {tokenizer.store_file!r}: copy the tokenizer into the store "
+                "with copy_tokenizer_file first"
+            )
+        config = {**tokenizer.fingerprint_config(), "model_file": tokenizer.store_file}
+    block_sizes = {f["block_bytes"] for s in shard_manifests for f in s["files"].values()}
+    empty = sum(int(s["skipped_empty"]) for s in shard_manifests)
+    return {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": config,
+        "num_samples": expected_first,
+        "num_tokens": sum(int(s["num_tokens"]) for s in shard_manifests),
+        "dtype": token_dtype(tokenizer.vocab_size).str,
+        "block_bytes": int(min(block_sizes)),
+        "max_token_id": max(int(s["max_token_id"]) for s in shard_manifests),
+        "fingerprint": store_fingerprint(shard_manifests),
+        "shards": [
+            {
+                "name": name,
+                "num_samples": int(shard["num_samples"]),
+                "num_tokens": int(shard["num_tokens"]),
+                "sha256": sha256_hex(canonical_json(shard)),
+            }
+            for name, shard in zip(shard_names, shard_manifests)
+        ],
+        "files": dict(top_files),
+        "sources": list(sources or []),
+        "skipped": {"empty": empty, **(skipped or {})},
+        "sample_format": SAMPLE_FORMAT,
+        **(extra or {}),
+    }
