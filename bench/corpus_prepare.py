@@ -21,7 +21,9 @@ import time
 
 import numpy as np
 
-BEAM_OPTIONS = "--direct_num_workers=2 --direct_running_mode=multi_processing"
+BEAM_OPTIONS = os.environ.get(
+    "BENCH_BEAM_OPTIONS", "--direct_num_workers=2 --direct_running_mode=multi_processing"
+)
 WORDS = np.array(
     ["alpha", "beta", "gamma", "delta", "def", "return", "x = 1", "é", "lambda", "yield", "42"]
 )
@@ -32,18 +34,16 @@ def write_corpus(directory: str, total_mb: float, files: int = 8, seed: int = 0)
     returns the MB of text written (UTF-8)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     os.makedirs(directory, exist_ok=True)
-    size = 0
-    handles = [open(os.path.join(directory, f"part-{i:02d}.jsonl"), "w") for i in range(files)]
-    try:
-        n = 0
-        while size < total_mb * 1e6:
-            text = " ".join(WORDS[rng.integers(0, len(WORDS), int(rng.integers(40, 800)))])
-            handles[n % files].write(json.dumps({"text": text}) + "\n")
-            size += len(text.encode())
-            n += 1
-    finally:
-        for handle in handles:
-            handle.close()
+    size, n = 0, 0
+    lines: list[list[str]] = [[] for _ in range(files)]
+    while size < total_mb * 1e6:
+        text = " ".join(WORDS[rng.integers(0, len(WORDS), int(rng.integers(40, 800)))])
+        lines[n % files].append(json.dumps({"text": text}) + "\n")
+        size += len(text.encode())
+        n += 1
+    for i, part in enumerate(lines):
+        with open(os.path.join(directory, f"part-{i:02d}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(part)
     return size / 1e6
 
 
@@ -114,6 +114,7 @@ def bench_prepare(mb: float = 64.0, sp_mb: float = 16.0, repeats: int = 1) -> No
             return
         data = os.path.join(work, "sp-data")
         written = write_corpus(data, sp_mb, seed=1)
-        texts = (json.loads(line)["text"] for line in open(os.path.join(data, "part-00.jsonl")))
+        with open(os.path.join(data, "part-00.jsonl"), encoding="utf-8") as handle:
+            texts = [json.loads(line)["text"] for line in handle]
         model = train_sentencepiece(texts, os.path.join(work, "sp"), 2000, seed=0)
         compare("SentencePiece BPE 2000", data, model, written, work, repeats)

@@ -87,17 +87,21 @@ def test_even_and_token_bounds():
     assert bp.token_bounds(lengths, 1).tolist() == [0, 1, 2, 3, 4, 5]
 
 
-def test_split_chunk_cuts_at_shard_bounds_and_keeps_empty_samples_with_the_next():
+def test_split_chunk_cuts_at_shard_bounds_and_keeps_empty_samples_with_the_previous():
     # a chunk of samples [e, a(2), b(1), e, c(3), e] whose first non-empty sample is index 4
     lengths = np.array([0, 2, 1, 0, 3, 0])
     flat = np.array([10, 11, 20, 30, 31, 32])
-    bounds = np.array([0, 5, 6, 9])
+    bounds = np.array([0, 4, 5, 6, 9])
     pieces = list(bp.split_chunk(4, flat, lengths, bounds))
-    assert [p[0] for p in pieces] == [0, 1, 2]
-    assert pieces[0][1].tolist() == [10, 11] and pieces[0][2].tolist() == [0, 2]
-    assert pieces[1][1].tolist() == [20] and pieces[1][2].tolist() == [1]
-    # c is index 6 (shard 2); the empty one after it has no next sample here: index 7, shard 2
-    assert pieces[2][1].tolist() == [30, 31, 32] and pieces[2][2].tolist() == [0, 3, 0]
+    assert [p[0] for p in pieces] == [0, 1, 2, 3]
+    # the leading empty one goes with sample 3 (in the chunk before): shard 0
+    assert pieces[0][1].tolist() == [] and pieces[0][2].tolist() == [0]
+    assert pieces[1][1].tolist() == [10, 11] and pieces[1][2].tolist() == [2]
+    assert pieces[2][1].tolist() == [20] and pieces[2][2].tolist() == [1, 0]
+    assert pieces[3][1].tolist() == [30, 31, 32] and pieces[3][2].tolist() == [3, 0]
+    # at the very start of the corpus, empty samples go with the first shard
+    (piece,) = bp.split_chunk(0, np.array([5]), np.array([0, 0, 1]), np.array([0, 1]))
+    assert piece[0] == 0 and piece[2].tolist() == [0, 0, 1]
 
 
 def test_read_units_split_files_in_sorted_order(tmp_path):
@@ -107,7 +111,9 @@ def test_read_units_split_files_in_sorted_order(tmp_path):
         (tmp_path / name).write_text('{"text": "x"}\n' if name.endswith("jsonl") else "x")
     source = resolve_dataset(str(tmp_path))
     units = bp.read_units(source)
-    assert [u.paths for u in units] == [[str(tmp_path / n)] for n in ("a.jsonl", "b.jsonl", "c.txt")]
+    assert [u.paths for u in units] == [
+        [str(tmp_path / n)] for n in ("a.jsonl", "b.jsonl", "c.txt")
+    ]
     assert bp.read_units(source, max_samples=2) == [source]  # a cap counts across files
     assert [len(c) for c in bp.iter_chunks(units[0], chunk_chars=1)] == [1]
 

@@ -266,14 +266,15 @@ def split_chunk(
     """The chunk's pieces per shard: (shard, flat ids, lengths with its empty samples).
 
     A chunk's non-empty samples are store indices ``first, first + 1, ...``; shard ``s`` holds
-    indices ``[bounds[s], bounds[s + 1])``. An empty sample goes with the next non-empty sample
-    of the chunk (the last shard's when none follows), as ``build_token_store`` counts it.
+    indices ``[bounds[s], bounds[s + 1])``. An empty sample stays with the non-empty sample
+    before it (the first shard's when none precedes), as ``build_token_store`` counts it.
     """
     if lengths.size == 0:
         return
     nonempty = lengths > 0
-    rank = np.cumsum(nonempty) - nonempty  # non-empty samples before each sample
-    index = np.minimum(first + rank, bounds[-1] - 1)  # an empty one: the next sample's index
+    before = np.cumsum(nonempty) - nonempty  # non-empty samples before each sample
+    index = first + before - (~nonempty)  # an empty one: the previous sample's index
+    index = np.clip(index, 0, bounds[-1] - 1)
     shard = np.searchsorted(bounds, index, side="right") - 1
     ends = np.cumsum(lengths)
     starts = ends - lengths
@@ -292,7 +293,8 @@ def even_bounds(total: int, num_shards: int) -> np.ndarray:
 
 def token_bounds(lengths: np.ndarray, max_shard_tokens: int) -> np.ndarray:
     """Boundaries by ``build_token_store``'s rule: a shard is closed once it holds at least
-    ``max_shard_tokens`` tokens (EOS included). ``lengths``: the stored samples' token counts."""
+    ``max_shard_tokens`` tokens (EOS included) and the next sample has tokens. ``lengths``: the
+    non-empty samples' token counts (without EOS)."""
     ends = np.cumsum(np.asarray(lengths, np.int64) + 1)
     bounds = [0]
     base = 0
@@ -310,6 +312,30 @@ def token_bounds(lengths: np.ndarray, max_shard_tokens: int) -> np.ndarray:
 # --- the pipeline ------------------------------------------------------------------------------
 
 SUMMARY = "_beam_summary.json"  # the pipeline's last output, read by the launching process
+CHUNKS = "_chunks"  # tokenised chunks, between the tokenising and the shard-writing workers
+
+
+def chunk_file(staging: str, key: tuple[int, int]) -> str:
+    """Where a tokenised chunk waits for its shard writer (inside the staging directory)."""
+    return f"{staging.rstrip('/')}/{CHUNKS}/u{key[0]:06d}-c{key[1]:06d}.npz"
+
+
+def _save_chunk(path: str, flat: np.ndarray, lengths: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, flat=flat, lengths=lengths)
+    _write_bytes(path, buffer.getvalue())
+
+
+def _load_chunk(path: str) -> tuple[np.ndarray, np.ndarray]:
+    if is_remote(path):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            data: Any = io.BytesIO(handle.read())
+    else:
+        data = path
+    with np.load(data, allow_pickle=False) as arrays:
+        return arrays["flat"], arrays["lengths"]
 
 
 def _plan(
@@ -317,7 +343,7 @@ def _plan(
     num_shards: int | None,
     max_shard_tokens: int,
 ) -> dict[str, Any]:
-    """The side input every writer shares: chunk starts, shard boundaries and names."""
+    """The side input every writer shares: chunk starts and sizes, shard boundaries, names."""
     from highnoon.data.shards import shard_name
 
     starts, total = chunk_starts([(key, count) for key, count, _ in metas])
@@ -325,19 +351,33 @@ def _plan(
         raise InvalidDataError(
             "the dataset is empty: no sample had any token; check the entry's files"
         )
+    ordered = sorted(metas, key=lambda m: m[0])
     if num_shards is None:
-        ordered = sorted(metas, key=lambda m: m[0])
         lengths = np.concatenate([m[2][m[2] > 0] for m in ordered])
         bounds = token_bounds(lengths, max_shard_tokens)
     else:
         bounds = even_bounds(total, num_shards)
     count = bounds.size - 1
     return {
-        "starts": starts,
+        "chunks": [(m[0], starts[m[0]], int(m[1])) for m in ordered],  # key, first, samples
         "bounds": bounds,
         "names": [shard_name(i, count) for i in range(count)],
         "num_samples": total,
     }
+
+
+def shard_chunks(plan: dict[str, Any], shard: int) -> list[tuple[Any, int]]:
+    """(key, first sample) of the chunks that may hold samples (or skipped empty ones) of
+    ``shard``, in source order."""
+    lo, hi = int(plan["bounds"][shard]), int(plan["bounds"][shard + 1])
+    last = int(plan["num_samples"]) - 1
+    # a chunk's samples map to indices first - 1 (its leading empty samples, which go with the
+    # sample before them) .. first + count - 1 (``split_chunk``)
+    return [
+        (key, first)
+        for key, first, count in plan["chunks"]
+        if max(first - 1, 0) < hi and min(max(first + count - 1, 0), last) >= lo
+    ]
 
 
 def _merge_stats(stats: Sequence[dict[str, int]]) -> dict[str, int]:
@@ -375,40 +415,65 @@ def _copy_tokenizer_out(tokenizer: Tokenizer, directory: str) -> dict[str, dict[
     }
 
 
-def _write_text(path: str, text: str) -> None:
+def _write_bytes(path: str, data: bytes) -> None:
+    """A file inside the staging directory (local or ``tf.io.gfile``), its directory made."""
     if is_remote(path):
         import tensorflow as tf
 
-        with tf.io.gfile.GFile(path, "w") as handle:
-            handle.write(text)
+        tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+        with tf.io.gfile.GFile(path, "wb") as handle:
+            handle.write(data)
         return
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _write_text(path: str, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
 
 
 def _transforms(beam: Any) -> dict[str, Any]:
     """The pipeline's DoFns and CombineFns (defined once Beam is imported)."""
 
     class Read(beam.DoFn):
-        """unit index -> ((unit, chunk), samples) in order; the unit's source stats tagged."""
+        """unit index -> ((unit, chunk), samples) in order; the unit's source stats tagged.
+        With ``tokenise``, each chunk is tokenised here (a file per worker needs no shuffle
+        of its text) and only its ``Tokenised`` record is emitted."""
 
-        def __init__(self, units: list[DataSource], max_samples: int | None, chunk_chars: int):
+        def __init__(
+            self,
+            units: list[DataSource],
+            max_samples: int | None,
+            chunk_chars: int,
+            tokenise: Any = None,
+        ):
             self.units = units
             self.max_samples = max_samples
             self.chunk_chars = chunk_chars
+            self.tokenise = tokenise
+
+        def setup(self) -> None:
+            if self.tokenise is not None:
+                self.tokenise.setup()
 
         def process(self, unit_index: int) -> Iterator[Any]:
             unit = self.units[unit_index]
             chunks = iter_chunks(unit, self.max_samples, self.chunk_chars)
             for number, samples in enumerate(chunks):
-                yield (unit_index, number), samples
+                if self.tokenise is None:
+                    yield (unit_index, number), samples
+                else:
+                    yield from self.tokenise.process(((unit_index, number), samples))
             yield beam.pvalue.TaggedOutput("stats", dict(unit.stats))
 
     class Tokenise(beam.DoFn):
-        """((unit, chunk), samples) -> (key, flat ids in the store dtype, lengths)."""
+        """((unit, chunk), samples) -> the chunk's ids saved beside the store (``chunk_file``);
+        emits (key, non-empty samples, lengths, unigram counts)."""
 
-        def __init__(self, tokenizer_config: dict[str, Any]):
+        def __init__(self, tokenizer_config: dict[str, Any], staging: str):
             self.tokenizer_config = tokenizer_config
+            self.staging = staging
             self.tokenizer: Tokenizer | None = None
 
         def setup(self) -> None:
@@ -418,8 +483,12 @@ def _transforms(beam: Any) -> dict[str, Any]:
             from highnoon.data.shards import token_dtype
 
             key, samples = element
-            flat, lengths = encode_chunk(samples, self.tokenizer)
-            yield key, flat.astype(token_dtype(self.tokenizer.vocab_size)), lengths
+            tokenizer = self.tokenizer
+            flat, lengths = encode_chunk(samples, tokenizer)
+            stored = flat.astype(token_dtype(tokenizer.vocab_size))
+            _save_chunk(chunk_file(self.staging, key), stored, lengths)
+            counts = chunk_counts(stored, lengths, tokenizer.vocab_size, tokenizer.eos_id)
+            yield key, int(np.count_nonzero(lengths)), lengths, counts
 
     class SumCounts(beam.CombineFn):
         """Element-wise sum of int64 count vectors: exact, whatever the grouping."""
@@ -444,18 +513,17 @@ def _transforms(beam: Any) -> dict[str, Any]:
             return total
 
     class WriteShard(beam.DoFn):
-        """(shard, pieces) -> the shard's directory written, its shard.json returned."""
+        """shard index -> its directory written from the chunk files, its shard.json returned."""
 
         def __init__(self, staging: str, tokenizer_config: dict[str, Any], block_bytes: int):
             self.staging = staging
             self.tokenizer_config = tokenizer_config
             self.block_bytes = block_bytes
 
-        def process(self, element: Any, plan: dict[str, Any], counts: np.ndarray) -> Iterator:
+        def process(self, shard: int, plan: dict[str, Any], counts: np.ndarray) -> Iterator:
             from highnoon.data.shards import ShardWriter, write_shard_features
 
             tokenizer = load_tokenizer(self.tokenizer_config)
-            shard, pieces = element
             name = plan["names"][shard]
             remote = is_remote(self.staging)
             local = tempfile.mkdtemp(prefix="highnoon-shard-") if remote else None
@@ -464,8 +532,13 @@ def _transforms(beam: Any) -> dict[str, Any]:
             writer = ShardWriter(
                 directory, tokenizer.vocab_size, tokenizer.eos_id, block_bytes=self.block_bytes
             )
-            for _, flat, lengths in sorted(pieces, key=lambda piece: piece[0]):
-                writer.add(flat.astype(np.int64), lengths)
+            for key, first in shard_chunks(plan, shard):
+                flat, lengths = _load_chunk(chunk_file(self.staging, key))
+                for piece_shard, part, part_lengths in split_chunk(
+                    first, flat, lengths, plan["bounds"]
+                ):
+                    if piece_shard == shard:
+                        writer.add(part, part_lengths)
             writer.close()
             manifest = write_shard_features(directory, counts, int(plan["bounds"][shard]))
             if remote:
@@ -473,20 +546,7 @@ def _transforms(beam: Any) -> dict[str, Any]:
                 shutil.rmtree(local, ignore_errors=True)
             yield shard, manifest
 
-    def pieces(chunk: tuple[Any, np.ndarray, np.ndarray], plan: dict[str, Any]) -> Iterator:
-        key, flat, lengths = chunk
-        for shard, part, part_lengths in split_chunk(
-            plan["starts"][key], flat, lengths, plan["bounds"]
-        ):
-            yield shard, (key, part, part_lengths)
-
-    return {
-        "Read": Read,
-        "Tokenise": Tokenise,
-        "SumCounts": SumCounts,
-        "WriteShard": WriteShard,
-        "pieces": pieces,
-    }
+    return {"Read": Read, "Tokenise": Tokenise, "SumCounts": SumCounts, "WriteShard": WriteShard}
 
 
 def run_pipeline(
@@ -510,41 +570,45 @@ def run_pipeline(
     parts = _transforms(beam)
     units = read_units(source, max_samples)
     config = tokenizer.to_config()
-    vocab, eos = tokenizer.vocab_size, tokenizer.eos_id
+    tokenise = parts["Tokenise"](config, staging)
     singleton = beam.pvalue.AsSingleton
     with beam.Pipeline(options=pipeline_options(runner, beam_options)) as pipeline:
-        read = (
-            pipeline
-            | "Units" >> beam.Create(list(range(len(units))))
-            | "Read"
-            >> beam.ParDo(parts["Read"](units, max_samples, chunk_chars)).with_outputs(
-                "stats", main="chunks"
+        unit_indices = pipeline | "Units" >> beam.Create(list(range(len(units))))
+        if len(units) > 1:  # one file per worker at a time: read and tokenise together
+            read = (
+                unit_indices
+                | "SpreadUnits" >> beam.Reshuffle()
+                | "ReadTokenise"
+                >> beam.ParDo(
+                    parts["Read"](units, max_samples, chunk_chars, tokenise)
+                ).with_outputs("stats", main="chunks")
             )
-        )
-        chunks = (
-            read.chunks
-            | "Spread" >> beam.Reshuffle()
-            | "Tokenise" >> beam.ParDo(parts["Tokenise"](config))
-        )
+            tokenised = read.chunks
+        else:  # one stream: its text chunks are spread over the workers to tokenise
+            read = unit_indices | "Read" >> beam.ParDo(
+                parts["Read"](units, max_samples, chunk_chars)
+            ).with_outputs("stats", main="chunks")
+            tokenised = (
+                read.chunks
+                | "SpreadChunks" >> beam.Reshuffle()
+                | "Tokenise" >> beam.ParDo(tokenise)
+            )
         counts = (
-            chunks
-            | "ChunkCounts" >> beam.Map(lambda c: chunk_counts(c[1], c[2], vocab, eos))
-            | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](vocab))
+            tokenised
+            | "ChunkCounts" >> beam.Map(lambda t: t[3])
+            | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
         )
         keep_lengths = num_shards is None
         plan = (
-            chunks
-            | "Meta"
-            >> beam.Map(
-                lambda c: (c[0], int(np.count_nonzero(c[2])), c[2] if keep_lengths else None)
-            )
+            tokenised
+            | "Meta" >> beam.Map(lambda t: (t[0], t[1], t[2] if keep_lengths else None))
             | "Metas" >> beam.combiners.ToList()
             | "Plan" >> beam.Map(_plan, num_shards, max_shard_tokens)
         )
         written = (
-            chunks
-            | "Pieces" >> beam.FlatMap(parts["pieces"], plan=singleton(plan))
-            | "ByShard" >> beam.GroupByKey()
+            plan
+            | "Shards" >> beam.FlatMap(lambda p: range(len(p["names"])))
+            | "SpreadShards" >> beam.Reshuffle()
             | "WriteShard"
             >> beam.ParDo(
                 parts["WriteShard"](staging, config, block_bytes),
@@ -679,8 +743,10 @@ def build_store_on_beam(
         )
         if remote:
             tf.io.gfile.remove(f"{staging}/{SUMMARY}")
+            tf.io.gfile.rmtree(f"{staging}/{CHUNKS}")
         else:
             os.unlink(os.path.join(staging, SUMMARY))
+            shutil.rmtree(os.path.join(staging, CHUNKS))
         _write_text(f"{staging}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True))
         if not remote:
             publish_directory(staging, path, _temp_name(path, "old"))
