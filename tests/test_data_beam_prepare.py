@@ -186,3 +186,182 @@ def test_second_preparation_refuses_and_a_killed_one_restarts_cleanly(tmp_path):
     finally:
         unregister_dataset("counted")
     assert index["datasets"][0]["fingerprint"] == store.fingerprint
+
+
+# --- the store: the same as the one-process build's -----------------------------------------
+
+SHARD_TOKENS = 700  # about 4 shards of the corpus below
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """3 JSONL files of short texts (every 7th empty, one line with invalid UTF-8)."""
+    directory = tmp_path_factory.mktemp("corpus")
+    rng = np.random.Generator(np.random.PCG64(0))
+    for f in range(3):
+        lines = []
+        for i in range(60):
+            n = int(rng.integers(1, 40)) if i % 7 else 0
+            text = "".join(chr(97 + int(c)) for c in rng.integers(0, 26, n))
+            lines.append(json.dumps({"text": text}).encode())
+        lines[5] = b'{"text": "bad \xff byte"}'
+        (directory / f"part-{f}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    return str(directory / "*.jsonl")
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory):
+    """The reference: ``build_token_store`` in one process, as ``prepare_stage_store`` calls it."""
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.store import build_token_store
+
+    source = resolve_dataset(corpus)
+    path = str(tmp_path_factory.mktemp("one") / "store")
+    return build_token_store(
+        source.iter_samples(), "byte", path, sources=[source.describe()], skipped=source.stats,
+        max_shard_tokens=SHARD_TOKENS, progress=False,
+    )  # fmt: skip
+
+
+def _on_beam(corpus, path, **options):
+    from highnoon.data.registry import resolve_dataset
+
+    return bp.build_store_on_beam(resolve_dataset(corpus), "byte", str(path), **options)
+
+
+def _assert_same_data(store, reference):
+    from highnoon.curriculum.scoring import scores_from_features
+
+    assert store.num_samples == reference.num_samples
+    everything = np.arange(reference.num_samples)
+    for got, want in zip(store.gather(everything), reference.gather(everything)):
+        np.testing.assert_array_equal(got, want)
+    for name in ("lengths", "surprisal_sum"):
+        np.testing.assert_array_equal(
+            getattr(store.features, name), getattr(reference.features, name)
+        )
+    for strategy in ("size_based", "difficulty_based", "mixed"):
+        np.testing.assert_array_equal(
+            scores_from_features(store.features, strategy),
+            scores_from_features(reference.features, strategy),
+        )
+    assert store.manifest["skipped"] == reference.manifest["skipped"]
+    assert store.manifest["sources"] == reference.manifest["sources"]
+
+
+def test_beam_store_is_the_one_process_store(corpus, one_process, tmp_path):
+    # small chunks: every file is cut in several, and shards cut through chunks
+    store = _on_beam(corpus, tmp_path / "s", max_shard_tokens=SHARD_TOKENS, chunk_chars=150)
+    assert len(one_process.manifest["shards"]) == 4
+    assert one_process.manifest["skipped"]["empty"] == 3 * 9
+    assert one_process.manifest["skipped"]["invalid_utf8_replaced"] == 3
+    assert store.fingerprint == one_process.fingerprint
+    assert store.manifest["shards"] == one_process.manifest["shards"]
+    _assert_same_data(store, one_process)
+    assert not [n for n in os.listdir(tmp_path) if n != "s"]  # no temporaries left
+    assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json"] + [
+        m["name"] for m in one_process.manifest["shards"]
+    ]
+
+
+def test_num_shards_cuts_even_sample_ranges_of_the_same_data(corpus, one_process, tmp_path):
+    store = _on_beam(corpus, tmp_path / "s", num_shards=4)
+    n = one_process.num_samples
+    assert [s["num_samples"] for s in store.manifest["shards"]] == [
+        (k + 1) * n // 4 - k * n // 4 for k in range(4)
+    ]
+    assert [s["name"] for s in store.manifest["shards"]] == [
+        f"shard-{k:05d}-of-00004" for k in range(4)
+    ]
+    _assert_same_data(store, one_process)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_worker_processes_write_the_same_store(corpus, one_process, tmp_path):
+    store = _on_beam(
+        corpus, tmp_path / "s", max_shard_tokens=SHARD_TOKENS, chunk_chars=150,
+        beam_options="--direct_num_workers=2 --direct_running_mode=multi_processing",
+    )  # fmt: skip
+    assert store.fingerprint == one_process.fingerprint
+
+
+def test_same_training_batches_from_either_store(corpus, one_process, tmp_path):
+    from highnoon.curriculum.scheduler import CurriculumScheduler
+    from highnoon.curriculum.scoring import scores_from_features
+    from highnoon.data import make_host_dataset
+
+    store = _on_beam(corpus, tmp_path / "s", num_shards=3)
+    batches = []
+    for each in (one_process, store):
+        scheduler = CurriculumScheduler(
+            "difficulty_based", verbose=False, global_batch_size=8, seed=3
+        )
+        scheduler.prepare_curriculum_from_scores(
+            scores_from_features(each.features, "difficulty_based")
+        )
+        rows = scheduler.host_epoch_indices(2, 1, 2)
+        batches.append([b["inputs"].numpy() for b in make_host_dataset(each, rows, 16)])
+    assert len(batches[0]) > 1
+    for got, want in zip(batches[1], batches[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_prepare_datasets_on_beam_and_in_one_process_agree_and_reuse(tmp_path, monkeypatch):
+    """A single stream (an embedded dataset) takes the other path: its text chunks are spread to
+    be tokenised. The store lands where a run's data_cache_dir finds it; a second preparation
+    reuses it."""
+    from highnoon.data.prepare import prepare_datasets
+
+    one = prepare_datasets(["arithmetic"], str(tmp_path / "one"), max_samples=300, runner="none",
+                           progress=False)  # fmt: skip
+    beam = prepare_datasets(["arithmetic"], str(tmp_path / "beam"), max_samples=300)
+    (a,), (b,) = one["datasets"], beam["datasets"]
+    assert a["fingerprint"] == b["fingerprint"] and b["num_samples"] == 300
+    assert os.path.relpath(a["path"], tmp_path / "one") == os.path.relpath(
+        b["path"], tmp_path / "beam"
+    )
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a complete store was prepared again")
+
+    monkeypatch.setattr(bp, "build_store_on_beam", no_build)
+    again = prepare_datasets(["arithmetic"], str(tmp_path / "beam"), max_samples=300)
+    assert again["datasets"] == beam["datasets"]
+
+
+def test_launcher_refuses_an_unknown_runner_and_malformed_beam_options(tmp_path):
+    import subprocess
+    import sys
+
+    def launch(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "launch.prepare_data", "--datasets=arithmetic",
+             f"--output_dir={tmp_path / 'out'}", *flags],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+
+    bad_runner = launch("--runner=Sparky")
+    assert bad_runner.returncode != 0
+    assert "runner='Sparky' is not a known runner" in bad_runner.stderr
+    assert "'SparkRunner'" in bad_runner.stderr
+    bad_options = launch("--beam_options=--direct_num_workers=2 direct_running_mode=x")
+    assert bad_options.returncode != 0
+    assert "'direct_running_mode=x' is not a Beam option" in bad_options.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_remote_output_gets_the_same_shards(corpus, one_process):
+    """Shards written through tf.io.gfile (``ram://`` here, ``gs://`` on a cluster): the same
+    shard.json files, manifest last, no staging files left."""
+    import tensorflow as tf
+
+    path = "ram://beam-prepare-test/store"
+    store = _on_beam(corpus, path, max_shard_tokens=SHARD_TOKENS, chunk_chars=150)
+    assert store.fingerprint == one_process.fingerprint
+    _assert_same_data(store, one_process)
+    assert sorted(tf.io.gfile.listdir(path)) == sorted(
+        ["manifest.json"] + [f"{m['name']}/" for m in one_process.manifest["shards"]]
+    )
+    tf.io.gfile.rmtree("ram://beam-prepare-test")
