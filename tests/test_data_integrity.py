@@ -1,6 +1,7 @@
 """The data side of integrity: a run never trains on a corrupt, stale or out-of-vocabulary store.
 
-* a store changed in place (same size) is rebuilt with a warning, never returned;
+* a cached store changed in place (same size) is rebuilt with a warning, never returned; a
+  store's blocks are checked against their CRC32C when first read (once per file version);
 * a source edited so that size and mtime stay the same still rebuilds (content-hash key);
 * token ids beyond the model's vocabulary are a clear error when the store is opened;
 * a killed build's ``.tmp-`` directory is removed at the next start, a live one's never;
@@ -26,16 +27,18 @@ from highnoon.data import (
     StoreError,
     TokenStore,
     VocabularyMismatchError,
+    blocks,
     build_token_store,
     file_hashes,
     prepare_stage_store,
     remove_stale_build_dirs,
     stage_data,
 )
-from highnoon.data import store as store_module
+from highnoon.data.shards import SHARD_FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["alpha beta", "gamma", "delta epsilon zeta", "eta theta"]
+SHARD = "shard-00000-of-00001"
 
 
 def _write_jsonl(path, texts) -> str:
@@ -67,13 +70,13 @@ def absl_warnings(caplog):
     return caplog
 
 
-@pytest.mark.parametrize("damaged", ["tokens.bin", "features.npz", "offsets.npy"])
+@pytest.mark.parametrize("damaged", ["tokens.bin", "lengths.bin", "offsets.bin"])
 def test_store_changed_in_place_is_rebuilt_with_a_warning(tmp_path, absl_warnings, damaged):
     source = _write_jsonl(tmp_path / "data.jsonl", TEXTS)
     cache = str(tmp_path / "cache")
     first = prepare_stage_store(source, "byte", cache, progress=False)
     assert _decoded(first) == TEXTS
-    _flip_last_byte(os.path.join(first.path, damaged))
+    _flip_last_byte(os.path.join(first.path, SHARD, damaged))
     absl_warnings.clear()
 
     again = prepare_stage_store(source, "byte", cache, progress=False)
@@ -84,45 +87,54 @@ def test_store_changed_in_place_is_rebuilt_with_a_warning(tmp_path, absl_warning
     warnings = [r.getMessage() for r in absl_warnings.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].startswith(f"cached token store {first.path} is unusable and is rebuilt")
+    assert f"{SHARD}/{damaged}: block 0 " in warnings[0]
     assert warnings[0].endswith("rebuild it")
 
 
 def test_verify_names_the_damaged_file(tmp_path):
     path = str(tmp_path / "s")
     build_token_store(TEXTS, "byte", path, progress=False)
-    _flip_last_byte(os.path.join(path, "features.npz"))
-    TokenStore.open(path)  # sizes and shapes still match: only verification sees it
-    with pytest.raises(StoreError, match=r"file features\.npz has sha256 [0-9a-f]{64}, the "):
-        TokenStore.open(path, verify=True)
+    _flip_last_byte(os.path.join(path, SHARD, "lengths.bin"))
+    store = TokenStore.open(path, verify=True)  # sizes still match: opening reads no data
+    message = rf"^store '.*/s', {SHARD}/lengths\.bin: block 0 \(byte offset 0, bytes \[0, 32\)\)"
+    with pytest.raises(StoreError, match=message):
+        store.verify()
+    with pytest.raises(StoreError, match=message):
+        store.features  # noqa: B018 (the read is the test)
+    assert _decoded(store) == TEXTS  # the tokens themselves are intact
+
+
+def _total_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, SHARD, n)) for n in SHARD_FILES)
 
 
 def test_verification_runs_once_per_process_per_file_version(tmp_path, monkeypatch):
     path = str(tmp_path / "s")
     build_token_store(TEXTS, "byte", path, progress=False)
-    scans = []
-    real_scan = store_module._scan_tokens
-    monkeypatch.setattr(store_module, "_RACY_SECONDS", -1e9)  # files this fresh count as settled
-    monkeypatch.setattr(store_module, "_scan_tokens", lambda *a: scans.append(1) or real_scan(*a))
-    TokenStore.open(path, verify=True)
-    TokenStore.open(path, verify=True)
-    assert len(scans) == 1
-    _flip_last_byte(os.path.join(path, "tokens.bin"))  # a new version of the file: hashed again
-    with pytest.raises(StoreError, match="does not match the manifest fingerprint"):
-        TokenStore.open(path, verify=True)
-    assert len(scans) == 2
+    monkeypatch.setattr(blocks, "RACY_SECONDS", -1e9)  # files this fresh count as settled
+    first = TokenStore.open(path)
+    first.verify()
+    assert first.bytes_read == _total_bytes(path)
+    second = TokenStore.open(path)
+    second.verify()
+    assert _decoded(second) == TEXTS
+    # no block again: only the bytes asked for, each sample's 2 offsets and its ids
+    assert second.bytes_read == sum(2 * 8 + (len(t) + 1) * 2 for t in TEXTS)
+    time.sleep(0.05)  # a later file-time tick than the build (ticks are a few ms)
+    _flip_last_byte(os.path.join(path, SHARD, "tokens.bin"))  # a new version: checked again
+    with pytest.raises(StoreError, match=rf"{SHARD}/tokens\.bin: block 0 "):
+        TokenStore.open(path).sample(0)
 
 
 def test_freshly_changed_files_are_not_remembered_as_verified(tmp_path, monkeypatch):
-    """A file changed within the file-time granularity could change again unseen: re-hash it."""
+    """A file changed within the file-time granularity could change again unseen: check it."""
     path = str(tmp_path / "s")
     build_token_store(TEXTS, "byte", path, progress=False)
-    scans = []
-    real_scan = store_module._scan_tokens
-    monkeypatch.setattr(store_module, "_RACY_SECONDS", 1e9)
-    monkeypatch.setattr(store_module, "_scan_tokens", lambda *a: scans.append(1) or real_scan(*a))
-    TokenStore.open(path, verify=True)
-    TokenStore.open(path, verify=True)
-    assert len(scans) == 2
+    monkeypatch.setattr(blocks, "RACY_SECONDS", 1e9)
+    TokenStore.open(path).verify()
+    again = TokenStore.open(path)
+    again.verify()
+    assert again.bytes_read == _total_bytes(path)
 
 
 def test_source_edit_keeping_size_and_mtime_rebuilds(tmp_path):
@@ -215,14 +227,16 @@ def test_vocab_size_must_be_a_positive_int(tmp_path):
         prepare_stage_store(source, "byte", str(tmp_path / "c"), progress=False, vocab_size=128.0)
 
 
-def test_store_without_recorded_max_id_is_scanned(tmp_path):
+def test_a_format_1_store_is_refused_with_rebuild(tmp_path):
     path = tmp_path / "s"
-    build_token_store(["~", "a"], "byte", str(path), progress=False)
-    manifest = json.loads((path / "manifest.json").read_text())
-    del manifest["max_token_id"]  # a store written before the key existed
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(VocabularyMismatchError, match="holds token ids up to 129"):
-        TokenStore.open(str(path), vocab_size=129)
+    path.mkdir()
+    (path / "manifest.json").write_text(json.dumps({"format_version": 1, "num_samples": 2}))
+    (path / "tokens.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(
+        StoreError,
+        match=r"has format_version=1, this code reads format_version=2 .*; rebuild the store",
+    ):
+        TokenStore.open(str(path))
 
 
 def _start_builder(path: str) -> subprocess.Popen:
@@ -312,14 +326,3 @@ def test_invalid_utf8_is_a_console_warning_with_the_count(tmp_path, absl_warning
     stage_data._WARNED_UTF8.clear()  # as in a new process: the cached store's count is said
     prepare_stage_store(str(path), "byte", str(tmp_path / "cache"), progress=False)
     assert [r.getMessage() for r in absl_warnings.records] == [expected]
-
-
-def test_remote_store_local_copy_is_refreshed_when_corrupt(tmp_path):
-    pytest.importorskip("tensorflow")
-    remote = "ram://highnoon_integrity_store"
-    build_token_store(TEXTS, "byte", remote, progress=False, overwrite=True)
-    cache = str(tmp_path / "cache")
-    local = TokenStore.open(remote, cache_dir=cache)
-    _flip_last_byte(os.path.join(local.path, "tokens.bin"))
-    reopened = TokenStore.open(remote, verify=True, cache_dir=cache)
-    assert _decoded(reopened) == TEXTS

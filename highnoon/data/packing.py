@@ -54,7 +54,7 @@ ROWS_PER_WINDOW = 64
 def stored_lengths(store) -> np.ndarray:
     """Tokens of every stored sample (EOS included), int64 ``[num_samples]``: lengths only, no
     token is read."""
-    return np.diff(np.asarray(store.offsets, dtype=np.int64))
+    return np.asarray(store.features.lengths, dtype=np.int64)
 
 
 def segment_lengths(lengths: np.ndarray, seq_len: int) -> np.ndarray:

@@ -32,7 +32,8 @@ samples, before packing.
 yields per-replica batches, handed to its local replicas in turn; pass
 ``per_replica_rows(host_rows, num_local_replicas)`` (and ``start_step * num_local_replicas``).
 
-The gather runs in numpy from the memory-mapped store inside ``tf.numpy_function`` (a host-side
+The gather runs in numpy from the store (read in place: a memory map locally, range reads
+remotely; every position is clipped to its own sample, so only the rows' samples are read) inside ``tf.numpy_function`` (a host-side
 Python op: fine on CPU/GPU hosts and TPU VMs, not for remote TPU-node workers).
 """
 
@@ -78,7 +79,8 @@ def per_replica_rows(host_rows: np.ndarray, num_local_replicas: int) -> np.ndarr
 
 
 class _Gather:
-    """Reads ``[BOS] + sample`` tokens from the memory-mapped store, with the overflow rule."""
+    """Reads ``[BOS] + sample`` tokens from the store (``TokenStore.read_tokens``: in place,
+    verified per block), with the overflow rule."""
 
     def __init__(self, store: TokenStore, seq_len: int, overflow: str, seed: int, epoch: int):
         self.store = store
@@ -90,9 +92,6 @@ class _Gather:
         tokenizer = store.tokenizer if tokenizer_config else None
         self.bos_id = tokenizer.bos_id if tokenizer else 1
         self.pad_id = tokenizer.pad_id if tokenizer else 0
-        # a plain ndarray view of the memory map: fancy indexing skips np.memmap's overhead
-        self.tokens = np.frombuffer(store.tokens, dtype=store.tokens.dtype)
-        self.offsets = store.offsets
 
     def _windows(self, idx: np.ndarray, full_len: np.ndarray) -> np.ndarray:
         """Start of the taken window in ``full`` for every sample (0 unless ``window``)."""
@@ -106,10 +105,16 @@ class _Gather:
             w[over] = (h % (spare[over] + 1).astype(np.uint64)).astype(np.int64)
         return w
 
-    def _full_tokens(self, starts: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """``full[k]`` for samples starting at ``starts`` (broadcast with ``k``; k=0 is BOS)."""
-        positions = np.clip(starts + k - 1, 0, self.tokens.size - 1)
-        tokens = np.take(self.tokens, positions).astype(np.int32)
+    def _read(self, starts: np.ndarray, lengths: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """int32 ids at store ``positions`` (broadcast with ``starts``/``lengths``), each kept
+        inside its own sample: a position outside it (BOS, padding) reads the sample's edge,
+        which the caller overwrites, so no byte beyond the sample is fetched."""
+        np.clip(positions, starts, starts + lengths - 1, out=positions)
+        return self.store.read_tokens(positions).astype(np.int32)
+
+    def _full_tokens(self, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """``full[k]`` for samples at ``starts`` of ``lengths`` stored ids (k=0 is BOS)."""
+        tokens = self._read(starts, lengths, starts + k - 1)
         return np.where(k == 0, self.bos_id, tokens)
 
 
@@ -170,15 +175,13 @@ class HostBatcher(_Gather):
 
     def _plain(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Unpacked rows for the sample indices ``idx`` (one row each)."""
-        starts = self.offsets[idx]
-        full_len = self.offsets[idx + 1] - starts + 1
+        starts, stored = self.store.sample_bounds(idx)
+        full_len = stored + 1
         w = self._windows(idx, full_len)
         t1 = self.seq_len + 1
         row_len = np.minimum(full_len - w, t1)
         k = w[:, None] + self._arange
-        positions = starts[:, None] - 1 + k
-        np.clip(positions, 0, self.tokens.size - 1, out=positions)
-        row = np.take(self.tokens, positions).astype(np.int32)
+        row = self._read(starts[:, None], stored[:, None], starts[:, None] - 1 + k)
         row[:, 0] = np.where(w == 0, self.bos_id, row[:, 0])
         valid = self._arange < row_len[:, None]
         row[~valid] = self.pad_id
@@ -250,17 +253,17 @@ class PackedBatcher(_Gather):
         out["targets"][:] = self.pad_id
         if seg.size:
             idx, lengths = p.sample[seg], p.length[seg].astype(np.int64)
-            starts = self.offsets[idx]
-            full_len = self.offsets[idx + 1] - starts + 1
+            starts, stored = self.store.sample_bounds(idx)
+            full_len = stored + 1
             w = self._windows(idx, full_len)
             seg_start = np.cumsum(lengths) - lengths
             local = np.arange(int(lengths.sum())) - np.repeat(seg_start, lengths)
             r = np.repeat(out_row, lengths)
             c = np.repeat(p.column[seg], lengths) + local
             k = np.repeat(w, lengths) + local
-            s = np.repeat(starts, lengths)
-            out["inputs"][r, c] = self._full_tokens(s, k)
-            out["targets"][r, c] = self._full_tokens(s, k + 1)
+            s, n = np.repeat(starts, lengths), np.repeat(stored, lengths)
+            out["inputs"][r, c] = self._full_tokens(s, n, k)
+            out["targets"][r, c] = self._full_tokens(s, n, k + 1)
             out["loss_mask"][r, c] = 1
             out["positions"][r, c] = local
             out["segment_ids"][r, c] = np.repeat(seg - lo[out_row] + 1, lengths)

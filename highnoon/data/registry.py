@@ -5,9 +5,11 @@ order:
 
 1. a registered name (``register_dataset``; the embedded datasets are registered on import);
 2. ``tfds:NAME[/CONFIG][:SPLIT]``: a TFDS dataset prepared offline in ``data_dir``;
-3. a file path or glob of ``.txt``, ``.jsonl``, ``.tfrecord``/``.tfrecords`` files (or a
+3. a prepared token store: a directory (local or any ``tf.io.gfile`` URL such as ``gs://``)
+   holding a store ``manifest.json`` (``highnoon-prepare-data``'s output), read in place;
+4. a file path or glob of ``.txt``, ``.jsonl``, ``.tfrecord``/``.tfrecords`` files (or a
    directory: its files with those suffixes);
-4. ``(entry, mixing_weight)``: any of the above with a mixing weight: weights are shares of the
+5. ``(entry, mixing_weight)``: any of the above with a mixing weight: weights are shares of the
    stage's samples (``stage_data``, "Mixing rule"). A stage's entries are all weighted or none.
 
 Anything else is a ValueError listing the registered names and the accepted forms.
@@ -32,15 +34,18 @@ from highnoon.data.sources import (
     CallableSource,
     DataSource,
     FileSource,
+    StoreSource,
     TfdsSource,
     parse_tfds_spec,
 )
+from highnoon.data.store import is_store
 from highnoon.utils.files import is_remote
 from highnoon.utils.validation import InvalidArgumentError, check_mixture_weights
 
 _SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TFRECORD_SUFFIXES
 ACCEPTED_FORMS = (
-    "a registered dataset name; 'tfds:NAME[/CONFIG][:SPLIT]'; a path, directory or glob of "
+    "a registered dataset name; 'tfds:NAME[/CONFIG][:SPLIT]'; a prepared token store's "
+    "directory (holding manifest.json); a path, directory or glob of "
     f"{', '.join(_SUFFIXES)} files; or an (entry, mixing_weight) tuple"
 )
 
@@ -192,6 +197,13 @@ def _resolve(entry: Any, data_dir: str | None, options: dict[str, Any], depth: i
         return resolved
     if entry.startswith("tfds:"):
         return TfdsSource(entry, data_dir=options.pop("data_dir", data_dir), **options)
+    if _looks_like_path(entry) and is_store(entry):
+        if options:
+            raise InvalidArgumentError(
+                f"dataset entry {entry!r} is a prepared token store: options {sorted(options)} "
+                "apply to raw sources only; prepare the store with them instead"
+            )
+        return StoreSource(entry)
     if _looks_like_path(entry):
         paths = _expand_paths(entry)
         if not paths:
@@ -225,6 +237,8 @@ def validate_dataset_entry(entry: Any) -> None:
         return
     if inner.startswith("tfds:"):
         parse_tfds_spec(inner)
+        return
+    if _looks_like_path(inner) and is_store(inner):
         return
     if _looks_like_path(inner):
         paths = _expand_paths(inner)

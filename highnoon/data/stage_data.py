@@ -57,7 +57,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,21 +65,23 @@ from absl import logging
 
 from highnoon.data.file_hashes import remembered_in
 from highnoon.data.registry import resolve_datasets
-from highnoon.data.sources import DataSource
+from highnoon.data.sources import DataSource, StoreSource
 from highnoon.data.store import (
     FORMAT_VERSION,
+    SAMPLE_FORMAT,
     StoreError,
     StoreExistsError,
-    TokenBatch,
     TokenStore,
     build_token_store,
+    concatenate,
+    default_cache_dir,
+    head,
     remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
 from highnoon.utils.hashing import KeyedPermutation, sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_bool, check_positive_int
 
-_MIX_BATCH = 4096  # samples copied per TokenBatch when writing a mixed store
 # The mixing rule, recorded in a mixed store's manifest and in the stage's stream fingerprint.
 MIXING_RULE = "shares/1"
 
@@ -98,7 +100,10 @@ def _open_or_none(path: str, verify: bool) -> TokenStore | None:
     if not os.path.exists(path):
         return None
     try:
-        return TokenStore.open(path, verify=verify)
+        store = TokenStore.open(path, verify=verify)
+        if verify:
+            store.verify()  # every block, once per process and file version (blocks.py)
+        return store
     except StoreError as err:
         logging.warning("cached token store %s is unusable and is rebuilt: %s", path, err)
         return None
@@ -185,6 +190,38 @@ def source_store(
     return store
 
 
+def _tokenizer_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer config without where its file is (path, store copy): what must match."""
+    return {k: v for k, v in config.items() if k not in ("model_path", "model_file", "path")}
+
+
+def check_store_tokenizer(store: TokenStore, tokenizer: Tokenizer) -> None:
+    """``InvalidArgumentError`` unless ``store`` was prepared with ``tokenizer`` (same type,
+    file content, vocabulary and special tokens), naming both and the fix."""
+    stored = _tokenizer_identity(store.manifest["tokenizer"])
+    wanted = _tokenizer_identity(tokenizer.fingerprint_config())
+    if stored != wanted:
+        raise InvalidArgumentError(
+            f"the prepared store {store.path!r} was tokenised with {json.dumps(stored, sort_keys=True)}"
+            f", but this run's tokenizer is {json.dumps(wanted, sort_keys=True)}; train with the "
+            "tokenizer the store was prepared with (a file-based one is kept in the store: "
+            f"{store.manifest['tokenizer'].get('model_file', 'none here')}), or prepare the "
+            "data again with this tokenizer"
+        )
+
+
+def prepared_store(
+    source: StoreSource, tokenizer: Tokenizer, *, max_samples: int | None = None
+) -> TokenStore:
+    """A prepared store used by path: opened in place (manifests only; its blocks are checked
+    when read), its tokenizer checked against the run's; its first ``max_samples`` samples."""
+    store = source.open()
+    check_store_tokenizer(store, tokenizer)
+    if max_samples is not None and max_samples < store.num_samples:
+        store = head(store, max_samples)
+    return store
+
+
 def mixture_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
     """Samples each source contributes to one epoch of ``sum(sizes)`` samples: the shares
     ``w_i / sum(w)`` of it, rounded by largest remainder (ties to the earlier source)."""
@@ -238,20 +275,6 @@ def mixture_of(store: TokenStore) -> dict[str, Any] | None:
     return mixing if isinstance(mixing, dict) and mixing.get("rule") == MIXING_RULE else None
 
 
-def _concatenated_batches(stores: Sequence[TokenStore]) -> Iterator[TokenBatch]:
-    for store in stores:
-        for start in range(0, store.num_samples, _MIX_BATCH):
-            indices = np.arange(start, min(start + _MIX_BATCH, store.num_samples))
-            yield _batch_of(store, indices)
-
-
-def _batch_of(store: TokenStore, indices: np.ndarray) -> TokenBatch:
-    flat, offsets = store.gather(indices)
-    keep = np.ones(flat.size, dtype=bool)
-    keep[offsets[1:] - 1] = False  # drop the stored EOS; the builder adds it back
-    return TokenBatch(flat[keep], np.diff(offsets) - 1)
-
-
 def prepare_stage_store(
     entries: Any,
     tokenizer: Tokenizer | str | dict = "byte",
@@ -274,8 +297,6 @@ def prepare_stage_store(
     ``vocab_size``: the model's vocabulary; a stored id >= it is a ``VocabularyMismatchError``.
     ``verify``: check every store's content hashes (module docstring); a corrupt one is rebuilt.
     """
-    from highnoon.data.store import default_cache_dir
-
     max_samples = check_positive_int("max_samples", max_samples, allow_none=True)
     vocab_size = check_positive_int("vocab_size", vocab_size, allow_none=True)
     verify = check_bool("verify", verify)
@@ -284,34 +305,27 @@ def prepare_stage_store(
     for kind in ("sources", "stages"):
         remove_stale_build_dirs(os.path.join(cache_dir, kind))
     sources = resolve_datasets(entries, data_dir=data_dir)
-    stores = []
+    stores, descriptions = [], []
     for source in sources:
-        store = source_store(
-            source, tokenizer, cache_dir, max_samples=max_samples, progress=progress, verify=verify
-        )
+        if isinstance(source, StoreSource):
+            store = prepared_store(source, tokenizer, max_samples=max_samples)
+            description = {"name": source.name, **source.describe()}
+        else:
+            store = source_store(
+                source, tokenizer, cache_dir, max_samples=max_samples, progress=progress,
+                verify=verify,
+            )  # fmt: skip
+            description = store.manifest["sources"][0]
         if vocab_size is not None:
             store.check_vocab(vocab_size)  # before any mixing work
         stores.append(store)
+        descriptions.append(description)
     weights = [s.mixing_weight for s in sources]  # all numbers, or all None (unweighted)
     if len(stores) == 1:
         return stores[0]  # one entry's share is the whole stage, whatever its weight
-    descriptions = [{"weight": w, **st.manifest["sources"][0]} for w, st in zip(weights, stores)]
+    descriptions = [{"weight": w, **d} for w, d in zip(weights, descriptions)]
     if all(w is None for w in weights):
         weights = None  # a concatenation
-    key = _key(
-        {
-            "format": FORMAT_VERSION,
-            "parts": [st.fingerprint for st in stores],
-            "weights": weights,
-            "rule": MIXING_RULE,
-        }
-    )
-    path = os.path.join(cache_dir, "stages", f"mix{len(stores)}-{key[:20]}")
-    store = _open_or_none(path, verify)
-    if store is not None:
-        if vocab_size is not None:
-            store.check_vocab(vocab_size)
-        return store
     skipped: dict[str, int] = {}
     for st in stores:
         for name, count in st.manifest.get("skipped", {}).items():
@@ -322,20 +336,16 @@ def prepare_stage_store(
         "part_fingerprints": [st.fingerprint for st in stores],
         "part_counts": [st.num_samples for st in stores],
     }
-    store = _build_cached(
-        path,
-        lambda overwrite: build_token_store(
-            _concatenated_batches(stores),
-            tokenizer,
-            path,
-            sources=descriptions,
-            skipped=skipped,
-            overwrite=overwrite,
-            progress=progress,
-            extra={"mixing": mixing},
-        ),
-        verify,
-    )
-    if vocab_size is not None:
-        store.check_vocab(vocab_size)
-    return store
+    # the data's identity: the parts in order (the weights and the rule shape the stream, and
+    # the stage plan's stream fingerprint holds them), so a reweighted stage reads the same data
+    fingerprint = _key({"format": FORMAT_VERSION, "concatenation": mixing["part_fingerprints"]})
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "sources": descriptions,
+        "skipped": skipped,
+        "sample_format": SAMPLE_FORMAT,
+        "mixing": mixing,
+        "parts": [st.path for st in stores],
+    }
+    return concatenate(stores, f"mix{len(stores)}-{fingerprint[:20]}", manifest)

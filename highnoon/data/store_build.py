@@ -1,0 +1,402 @@
+"""Building a token store in one process: samples in, a format-2 store (``shards.py``) out.
+
+``build_token_store(samples, tokenizer, path)`` encodes texts in batches of about 4 MB, writes
+shards of at most about ``max_shard_tokens`` ids (a shard is closed once it reaches that many
+and the next sample has tokens), sums the shards' unigram counts, writes each shard's features
+under those corpus counts, and writes ``manifest.json`` last: the same steps, with the same
+writer, as a preparation spread over Beam workers, so both give the same store.
+
+**Atomicity.** Everything is written into ``<path>.tmp-<owner>-<random>``, fsynced, then renamed
+to ``path``. A killed build leaves at most a ``.tmp-`` directory, never ``path``; ``<owner>``
+names the building process (host key, pid, start time), so ``remove_stale_build_dirs`` (run by
+every build and by ``prepare_stage_store``) removes the temporaries of dead builders and never
+those of a live one. Building to a remote path (``gs://``...) builds locally, then copies the
+files with ``tf.io.gfile``, ``manifest.json`` last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from absl import logging
+
+from highnoon.data.shards import (
+    BLOCK_BYTES,
+    MANIFEST,
+    ShardTokens,
+    ShardWriter,
+    canonical_json,
+    copy_tokenizer_file,
+    shard_name,
+    store_manifest,
+    write_shard_features,
+)
+from highnoon.data.store_errors import StoreExistsError
+from highnoon.data.tokenizers import Tokenizer, load_tokenizer
+from highnoon.utils import processes
+from highnoon.utils.files import fsync_tree, is_remote, publish_directory
+from highnoon.utils.validation import InvalidArgumentError, check_positive_int
+
+if TYPE_CHECKING:
+    from highnoon.data.store import TokenStore
+
+MAX_SHARD_TOKENS = 1 << 28  # ids per shard (512 MB of uint16): a few hundred shards per TB
+_BATCH_CHARS = 1 << 22  # texts encoded together per batch (about 4 MB)
+
+
+# --- temporaries of killed builds ------------------------------------------------------------
+
+_OWNED_TEMP = re.compile(
+    r"^(?P<base>.+)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}$"
+)
+_LEGACY_TEMP = re.compile(r"^(?P<base>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
+STALE_TEMP_SECONDS = 6 * 3600  # untouched this long, a temporary of another host's build is dead
+
+
+def _temp_name(path: str, kind: str) -> str:
+    """``<path>.<kind>-<host key>-<pid>-<start>-<random>``: the owner is part of the name."""
+    start = processes.process_start(os.getpid()) or 0
+    return f"{path}.{kind}-{processes.host_key()}-{os.getpid()}-{start}-{secrets.token_hex(4)}"
+
+
+def _last_change(path: str) -> float:
+    """The latest mtime/ctime of a directory and everything in it (a rename moves ctime)."""
+    st = os.lstat(path)
+    latest = max(st.st_mtime, st.st_ctime)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                st = os.lstat(os.path.join(root, name))
+                latest = max(latest, st.st_mtime, st.st_ctime)
+    return latest
+
+
+def _temp_owner_gone(path: str, match: re.Match[str], stale_seconds: float) -> str | None:
+    """Why the temporary at ``path`` is abandoned, or None when its builder may still run."""
+    if match.re is _OWNED_TEMP and match["host"] == processes.host_key():
+        pid, start = int(match["pid"]), int(match["start"]) or None
+        if processes.pid_alive(pid, start):
+            return None
+        return f"its builder (pid {pid} on this host) is gone"
+    idle = time.time() - _last_change(path)
+    if idle < stale_seconds:
+        return None
+    owner = "another host" if match.re is _OWNED_TEMP else "an unknown process"
+    return f"it was written by {owner} and untouched for {idle / 3600:.1f} h"
+
+
+def remove_stale_build_dirs(
+    directory: str, *, base: str | None = None, stale_seconds: float = STALE_TEMP_SECONDS
+) -> list[str]:
+    """Remove the ``.tmp-``/``.old-`` directories killed store builds left in ``directory``.
+
+    Only ``<base>.tmp-...`` ones when ``base`` is given. A temporary is removed when its builder
+    ran on this host and is dead (pid gone, or reused by another process), or, for another
+    host's (or an older naming's) temporary, when nothing in it changed for ``stale_seconds``.
+    A live builder's temporary is never touched. Logs a warning per removal; returns the paths.
+    """
+    if is_remote(directory) or not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = _OWNED_TEMP.match(name) or _LEGACY_TEMP.match(name)
+        path = os.path.join(directory, name)
+        if not match or (base is not None and match["base"] != base) or not os.path.isdir(path):
+            continue
+        try:
+            reason = _temp_owner_gone(path, match, stale_seconds)
+        except OSError:  # removed meanwhile by someone else
+            continue
+        if reason is None:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            logging.warning(
+                "removed %s, the temporary directory of a killed token store build (%s)",
+                path,
+                reason,
+            )
+            removed.append(path)
+    return removed
+
+
+def _is_text(sample: Any) -> bool:
+    return isinstance(sample, str)
+
+
+class TokenBatch(NamedTuple):
+    """Many token samples at once (flat ids + lengths, no EOS): a fast path for
+    ``build_token_store`` when the samples are already token ids (e.g. mixing stores)."""
+
+    flat: np.ndarray
+    lengths: np.ndarray
+
+
+class LineProgress:
+    """A store build's progress where standard error is no terminal (a log file, CI, a captured
+    notebook cell): tqdm redraws its bar with carriage returns there, which run together on one
+    line. This writes whole lines instead: one every ``every_seconds`` while samples come, and
+    one when the build finishes."""
+
+    def __init__(self, desc: str, stream: Any = None, every_seconds: float = 30.0) -> None:
+        self.desc = desc
+        self.stream = stream if stream is not None else sys.stderr
+        self.every_seconds = every_seconds
+        self.n = 0
+        self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += int(n)
+        now = time.monotonic()
+        if now - self._last >= self.every_seconds:
+            self._last = now
+            print(f"{self.desc}: {self.n} samples so far", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        print(f"{self.desc}: {self.n} samples, done", file=self.stream, flush=True)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        del n
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(desc: str, progress: bool) -> Any:
+    """tqdm's bar on a terminal, ``LineProgress`` elsewhere, nothing when ``progress`` is off."""
+    if not progress:
+        return _NoProgress()
+    if not sys.stderr.isatty():
+        return LineProgress(desc)
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=" samples", file=sys.stderr, mininterval=0.5)
+
+
+def _encode_chunks(
+    samples: Iterable[Any], tokenizer: Tokenizer, progress: Any
+) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """Group samples into batches of about 4 MB of text and encode each batch at once."""
+    texts: list[str] = []
+    chars = 0
+    for sample in samples:
+        if _is_text(sample):
+            texts.append(sample)
+            chars += len(sample)
+            if chars >= _BATCH_CHARS:
+                yield tokenizer.encode_batch(texts)
+                progress.update(len(texts))
+                texts, chars = [], 0
+            continue
+        if texts:
+            yield tokenizer.encode_batch(texts)
+            progress.update(len(texts))
+            texts, chars = [], 0
+        if isinstance(sample, TokenBatch):
+            yield np.asarray(sample.flat, np.int64), np.asarray(sample.lengths, np.int64)
+            progress.update(len(sample.lengths))
+            continue
+        ids = np.asarray(sample)
+        if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise InvalidArgumentError(
+                "a sample must be a str or a 1-D integer token array, got "
+                f"{type(sample).__name__} with shape {ids.shape}"
+            )
+        yield ids.astype(np.int64), np.array([ids.size], dtype=np.int64)
+        progress.update(1)
+    if texts:
+        yield tokenizer.encode_batch(texts)
+        progress.update(len(texts))
+
+
+def _shard_splits(lengths: np.ndarray, room: int) -> int:
+    """How many of the samples ``lengths`` (without EOS) the current shard takes when ``room``
+    more ids fill it: every sample up to the first non-empty one that starts at or past the
+    fill mark (empty samples stay with the shard before them)."""
+    stored = np.where(lengths > 0, lengths + 1, 0)
+    starts = np.cumsum(stored) - stored
+    past = np.flatnonzero((starts >= room) & (stored > 0))
+    return int(past[0]) if past.size else int(lengths.size)
+
+
+class _ShardSequence:
+    """The shards of a one-process build: ``part-00000``, ... until their number is known."""
+
+    def __init__(self, directory: str, tokenizer: Tokenizer, max_tokens: int, block_bytes: int):
+        self.directory = directory
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.block_bytes = block_bytes
+        self.closed: list[ShardTokens] = []
+        self.writer = self._new()
+
+    def _new(self) -> ShardWriter:
+        return ShardWriter(
+            os.path.join(self.directory, f"part-{len(self.closed):05d}"),
+            self.tokenizer.vocab_size,
+            self.tokenizer.eos_id,
+            block_bytes=self.block_bytes,
+        )
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        while lengths.size:
+            take = _shard_splits(lengths, self.max_tokens - self.writer.num_tokens)
+            used = int(lengths[:take].sum())
+            self.writer.add(flat[:used], lengths[:take])
+            flat, lengths = flat[used:], lengths[take:]
+            if lengths.size:  # the shard is full and a sample with tokens is next
+                self.closed.append(self.writer.close())
+                self.writer = self._new()
+
+    def close(self) -> list[ShardTokens]:
+        self.closed.append(self.writer.close())
+        return self.closed
+
+    @property
+    def skipped_empty(self) -> int:
+        return sum(s.skipped_empty for s in self.closed) + self.writer.skipped_empty
+
+
+def _write_shards(
+    samples: Iterable[Any], tokenizer: Tokenizer, tmp: str, progress: bool, *,
+    max_shard_tokens: int, block_bytes: int, path: str, sources: Sequence[dict[str, Any]] | None,
+) -> tuple[list[dict], list[str]]:  # fmt: skip
+    """Encode ``samples`` into shards under ``tmp``; their manifests and names, in order."""
+    bar = _progress_bar(f"building {os.path.basename(path)}", progress)
+    parts = _ShardSequence(tmp, tokenizer, max_shard_tokens, block_bytes)
+    try:
+        for flat, lengths in _encode_chunks(samples, tokenizer, bar):
+            parts.add(flat, lengths)
+    finally:
+        bar.close()
+        written = parts.close()
+    if sum(s.num_samples for s in written) == 0:
+        raise InvalidArgumentError(
+            f"the dataset for path={path!r} is empty: no sample had any token "
+            f"({parts.skipped_empty} empty samples skipped); sources={list(sources or [])}"
+        )
+    counts = np.sum([s.counts for s in written], axis=0)  # the corpus' unigram counts
+    names, manifests, first = [], [], 0
+    for i, shard in enumerate(written):
+        name = shard_name(i, len(written))
+        directory = os.path.join(tmp, name)
+        os.rename(os.path.join(tmp, f"part-{i:05d}"), directory)
+        manifests.append(write_shard_features(directory, counts, first))
+        fsync_tree(directory)
+        names.append(name)
+        first += shard.num_samples
+    return manifests, names
+
+
+def build_token_store(
+    samples: Iterable[Any],
+    tokenizer: Tokenizer | str | dict,
+    path: str,
+    *,
+    sources: Sequence[dict[str, Any]] | None = None,
+    skipped: dict[str, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+    max_shard_tokens: int = MAX_SHARD_TOKENS,
+    block_bytes: int = BLOCK_BYTES,
+) -> TokenStore:
+    """Tokenise ``samples`` (str texts or 1-D int token arrays) into a store at ``path``.
+
+    ``sources`` (JSON-able source descriptions) and ``skipped`` (counts of samples a source
+    dropped) go into the manifest. An existing store at ``path`` is an error unless
+    ``overwrite=True``. An empty result (no non-empty sample) is an error. A new shard starts
+    once one holds ``max_shard_tokens`` ids; ``block_bytes`` is the CRC32C block size. Shows a
+    progress bar on stderr when ``progress`` is true. Returns the opened store.
+    """
+    from highnoon.data.store import TokenStore
+
+    tokenizer = load_tokenizer(tokenizer)
+    max_shard_tokens = check_positive_int("max_shard_tokens", max_shard_tokens)
+    if is_remote(path):
+        return _build_remote(
+            samples, tokenizer, path, sources=sources, skipped=skipped, overwrite=overwrite,
+            progress=progress, extra=extra, max_shard_tokens=max_shard_tokens,
+            block_bytes=block_bytes,
+        )  # fmt: skip
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise StoreExistsError(f"path={path!r} already exists; pass overwrite=True to replace it")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_build_dirs(parent, base=os.path.basename(path))
+    tmp = _temp_name(path, "tmp")
+    os.makedirs(tmp)
+    try:
+        started = time.perf_counter()
+        manifests, names = _write_shards(
+            samples, tokenizer, tmp, progress, max_shard_tokens=max_shard_tokens,
+            block_bytes=block_bytes, path=path, sources=sources,
+        )  # fmt: skip
+        manifest = store_manifest(
+            manifests,
+            names,
+            tokenizer,
+            sources=list(sources or []),
+            skipped=dict(skipped or {}),
+            top_files=copy_tokenizer_file(tokenizer, tmp),
+            extra={"build_seconds": round(time.perf_counter() - started, 3), **(extra or {})},
+        )
+        with open(os.path.join(tmp, MANIFEST), "wb") as handle:  # last: the store is complete
+            handle.write(canonical_json(manifest))
+        try:
+            publish_directory(tmp, path, _temp_name(path, "old"))
+        except FileExistsError as err:  # another process finished the same path first
+            raise StoreExistsError(
+                f"path={path!r} already exists (created concurrently); pass overwrite=True "
+                "to replace it"
+            ) from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TokenStore.open(path)
+
+
+def _build_remote(samples: Iterable[Any], tokenizer: Tokenizer, path: str, *, overwrite: bool,
+                  **options: Any) -> TokenStore:  # fmt: skip
+    """Build locally, then copy every file with ``tf.io.gfile``, ``manifest.json`` last."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from highnoon.data.store import TokenStore
+
+    path = path.rstrip("/")
+    if tf.io.gfile.exists(f"{path}/{MANIFEST}"):
+        if not overwrite:
+            raise StoreExistsError(
+                f"path={path!r} already holds a token store; pass overwrite=True"
+            )
+        tf.io.gfile.remove(f"{path}/{MANIFEST}")  # first: the old store is incomplete from now
+    local = tempfile.mkdtemp(prefix="highnoon-store-")
+    try:
+        store_dir = os.path.join(local, "store")
+        build_token_store(samples, tokenizer, store_dir, **options)
+        tf.io.gfile.makedirs(path)
+        for root, _, files in sorted(os.walk(store_dir)):
+            relative = os.path.relpath(root, store_dir)
+            target = path if relative == "." else f"{path}/{relative}"
+            tf.io.gfile.makedirs(target)
+            for name in sorted(files):
+                if root != store_dir or name != MANIFEST:
+                    tf.io.gfile.copy(os.path.join(root, name), f"{target}/{name}", overwrite=True)
+        tf.io.gfile.copy(os.path.join(store_dir, MANIFEST), f"{path}/{MANIFEST}", overwrite=True)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return TokenStore.open(path)
