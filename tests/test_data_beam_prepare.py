@@ -190,7 +190,7 @@ def test_second_preparation_refuses_and_a_killed_one_restarts_cleanly(tmp_path):
 
 # --- the store: the same as the one-process build's -----------------------------------------
 
-SHARD_TOKENS = 700  # about 4 shards of the corpus below
+SHARD_TOKENS = 700  # 4 or 5 shards of the corpus below
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,9 @@ def _assert_same_data(store, reference):
 def test_beam_store_is_the_one_process_store(corpus, one_process, tmp_path):
     # small chunks: every file is cut in several, and shards cut through chunks
     store = _on_beam(corpus, tmp_path / "s", max_shard_tokens=SHARD_TOKENS, chunk_chars=150)
-    assert len(one_process.manifest["shards"]) == 4
+    bounds = bp.token_bounds(one_process.features.lengths - 1, SHARD_TOKENS)  # minus EOS
+    assert [s["num_samples"] for s in one_process.manifest["shards"]] == np.diff(bounds).tolist()
+    assert len(bounds) - 1 >= 4  # several shards, cut inside files and chunks
     assert one_process.manifest["skipped"]["empty"] == 3 * 9
     assert one_process.manifest["skipped"]["invalid_utf8_replaced"] == 3
     assert store.fingerprint == one_process.fingerprint

@@ -65,7 +65,6 @@ BEAM_RUNNERS = (
 )
 RUNNERS = (ONE_PROCESS, *BEAM_RUNNERS)
 CHUNK_CHARS = 1 << 22  # text read and encoded per chunk (about 4 MB, as build_token_store)
-MAX_SHARD_TOKENS = 1 << 28  # build_token_store's default: a new shard past this many tokens
 _OPTION = re.compile(r"^--[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)
 
 
@@ -669,13 +668,8 @@ def build_store_on_beam(
     import json
 
     from highnoon.data import shards as shard_format
-    from highnoon.data.store import (
-        MANIFEST,
-        StoreExistsError,
-        TokenStore,
-        _temp_name,
-        remove_stale_build_dirs,
-    )
+    from highnoon.data.store import MANIFEST, StoreExistsError, TokenStore
+    from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
     from highnoon.utils.files import publish_directory
 
     runner = check_runner(runner)
@@ -687,6 +681,8 @@ def build_store_on_beam(
     options = parse_beam_options(beam_options)
     num_shards = check_positive_int("num_shards", num_shards, allow_none=True)
     if max_shard_tokens is None:
+        from highnoon.data.store_build import MAX_SHARD_TOKENS
+
         max_shard_tokens = MAX_SHARD_TOKENS
     max_shard_tokens = check_positive_int("max_shard_tokens", max_shard_tokens)
     max_samples = check_positive_int("max_samples", max_samples, allow_none=True)
