@@ -66,6 +66,7 @@ FIRST = {
     "peak_flops_per_device": "h100",
     "data_cache_dir": "/tmp/highnoon-test-cache",
     "data_dir": "/tmp/highnoon-test-tfds",
+    "store_cache_bytes": 1 << 20,
     "write_summaries": False,
     "verbose": False,
     "epochs_per_stage": 3,

@@ -112,6 +112,21 @@ class _Gather:
         np.clip(positions, starts, starts + lengths - 1, out=positions)
         return self.store.read_tokens(positions).astype(np.int32)
 
+    def prefetch(self, first: int, count: int) -> None:
+        """Fetch the token bytes of steps ``[first, first + count)`` in the background (a store
+        read in place; a memory map needs nothing): their offsets are read now, their tokens
+        into the block cache on the files' threads. The batches do not change."""
+        count = min(count, self.num_steps - first)
+        if count <= 0 or first < 0 or not self.store.reads_ahead:
+            return
+        idx, lo, hi = self._spans(first, count)
+        starts, stored = self.store.sample_bounds(idx)
+        w = self._windows(idx, stored + 1)
+        # full[k] (k=0 BOS) is stored id k-1: the ids of full[w + lo : w + hi]
+        self.store.prefetch_tokens(
+            starts + np.clip(w + lo - 1, 0, stored), starts + np.clip(w + hi - 1, 0, stored)
+        )
+
     def _full_tokens(self, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray) -> np.ndarray:
         """``full[k]`` for samples at ``starts`` of ``lengths`` stored ids (k=0 is BOS)."""
         tokens = self._read(starts, lengths, starts + k - 1)
@@ -173,6 +188,12 @@ class HostBatcher(_Gather):
         shape = (count, self.batch_rows, self.seq_len)
         return {key: value.reshape(shape) for key, value in flat.items()}
 
+    def _spans(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sample, first, end) of the window positions ``[first, end)`` each row of steps
+        ``[first, first + count)`` takes (``prefetch``)."""
+        idx = self.rows[first : first + count].reshape(-1)
+        return idx, np.zeros_like(idx), np.full_like(idx, self.seq_len + 1)
+
     def _plain(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Unpacked rows for the sample indices ``idx`` (one row each)."""
         starts, stored = self.store.sample_bounds(idx)
@@ -233,12 +254,11 @@ class PackedBatcher(_Gather):
         step = check_int("step", step, minimum=0, maximum=self.num_steps - 1)
         return {key: value[0] for key, value in self.batches(step, 1).items()}
 
-    def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
-        """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``."""
-        _check_span(first, count, self.num_steps)
+    def _segments(self, first: int, count: int) -> tuple[np.ndarray, ...]:
+        """(this host's global row ids, each row's first segment, each segment's output row,
+        segment ids) of steps ``[first, first + count)``; rows past the end are empty."""
         p, per_host = self.packed, self.batch_rows
         steps = np.arange(first, first + count, dtype=np.int64)
-        # global row ids of this host's rows, step by step; rows past the end are empty
         rows = steps[:, None] * p.rows_per_step + self.host_id * per_host + np.arange(per_host)
         rows = np.minimum(rows.reshape(-1), p.num_rows)
         lo = p.row_ptr[rows]
@@ -247,6 +267,20 @@ class PackedBatcher(_Gather):
         out_row = np.repeat(np.arange(rows.size), count_in_row)
         seg = np.arange(out_row.size) + np.repeat(lo - (np.cumsum(count_in_row) - count_in_row),
                                                   count_in_row)  # fmt: skip
+        return rows, lo, out_row, seg
+
+    def _spans(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sample, first, end) of the window positions each segment of steps ``[first, first
+        + count)`` takes: inputs ``full[w : w + length]``, targets one further (``prefetch``)."""
+        seg = self._segments(first, count)[3]
+        idx = self.packed.sample[seg]
+        return idx, np.zeros_like(idx), self.packed.length[seg].astype(np.int64) + 1
+
+    def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
+        """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``."""
+        _check_span(first, count, self.num_steps)
+        p, per_host = self.packed, self.batch_rows
+        rows, lo, out_row, seg = self._segments(first, count)
         shape = (rows.size, self.seq_len)
         out = {key: np.zeros(shape, dtype=np.int32) for key in _PACKED_KEYS}
         out["inputs"][:] = self.pad_id
@@ -350,10 +384,17 @@ def _dataset(
     per_call = int(steps_per_call or max(1, _TOKENS_PER_CALL // (shape[0] * shape[1])))
     end = batcher.num_steps
 
+    ahead = batcher.store.reads_ahead  # read the next call's bytes while this one trains
+
     def produce(first: np.ndarray) -> list[np.ndarray]:
         count = min(int(first) + per_call, end) - int(first)
         stacked = batcher.batches(int(first), count)
+        if ahead:
+            batcher.prefetch(int(first) + per_call, per_call)
         return [stacked[key] for key in keys]
+
+    if ahead:
+        batcher.prefetch(start_step, per_call)
 
     def to_dict(first: Any) -> dict[str, Any]:
         values = tf.numpy_function(produce, [first], [tf.int32] * len(keys), stateful=False)

@@ -198,9 +198,7 @@ def _load_manifest(root: str, path: str) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(
-            f"store {path!r}: {MANIFEST} is not valid JSON ({err}); rebuild it"
-        ) from err
+        raise StoreError(f"store {path!r}: {MANIFEST} is not valid JSON ({err}); rebuild it") from err
     if not isinstance(manifest, dict):
         raise StoreError(f"store {path!r}: {MANIFEST} is not a JSON object; rebuild it")
     version = manifest.get("format_version")
@@ -258,9 +256,7 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
             actual = _size(_join(root, name, file_name))
             label = f"store {path!r}, {name}/{file_name}"
             if actual is None:
-                raise StoreError(
-                    f"{label}: the file is missing; the store is incomplete, rebuild it"
-                )
+                raise StoreError(f"{label}: the file is missing; the store is incomplete, rebuild it")
             if actual != recorded["size"] or actual != expected[file_name]:
                 raise StoreError(
                     f"{label}: file has size {actual}, {SHARD_MANIFEST} records "
@@ -528,6 +524,37 @@ class TokenStore:
         positions = np.repeat(starts - out_offsets[:-1], lengths) + np.arange(out_offsets[-1])
         return self.read_tokens(positions).astype(np.int64), out_offsets
 
+    # --- reading ahead, for stores read in place (remote_blocks.py) ----------------------------
+
+    def block_files(self) -> list[BlockFile]:
+        """Every file this store reads through, shard by shard (counters for benches, tests)."""
+        return [shard.files[name] for shard in self._shards for name in SHARD_FILES]
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether reading ahead pays: some tokens file is read by range (a path with a
+        scheme) into a block cache (``RangedFile.prefetches``)."""
+        return any(getattr(shard.files[TOKENS], "prefetches", False) for shard in self._shards)
+
+    def prefetch_tokens(self, starts: np.ndarray, stops: np.ndarray) -> None:
+        """Fetch store token positions ``[starts[i], stops[i])`` (each within one sample) in the
+        background, into the block cache; a hint: memory-mapped files ignore it."""
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        stops = np.asarray(stops, dtype=np.int64).reshape(-1)
+        keep = stops > starts
+        starts, stops = starts[keep], stops[keep]
+        if starts.size == 0:
+            return
+        for s, mask in self._by_shard(self._token_base, starts):
+            shard = self._shards[s]
+            tokens = shard.files[TOKENS]
+            if not hasattr(tokens, "prefetch"):
+                continue
+            lo = (starts if mask is None else starts[mask]) - shard.first_token
+            hi = (stops if mask is None else stops[mask]) - shard.first_token
+            tokens.prefetch(zip((lo * self.dtype.itemsize).tolist(),
+                                (hi * self.dtype.itemsize).tolist()))  # fmt: skip
+
     def __len__(self) -> int:
         return self.num_samples
 
@@ -602,3 +629,4 @@ def check_enough_samples(store: TokenStore, global_batch_size: int) -> None:
             f"the dataset at {store.path!r} has {store.num_samples} samples, fewer than one "
             f"global batch (global_batch_size={global_batch_size}); add data or lower the batch size"
         )
+

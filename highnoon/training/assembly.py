@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from highnoon import data as hn_data
+from highnoon.data.remote_blocks import configure_block_cache
 from highnoon.distribute.hosts import is_chief, num_hosts
 from highnoon.models.config import ModelConfig
 from highnoon.models.memory import check_sharding_fits
@@ -209,6 +210,8 @@ def run_lock(strategy: tf.distribute.Strategy, run_dir: RunDir | None) -> Iterat
 def plan_stages(spec: RunSpec, epochs_per_stage: int | None) -> list[StagePlan]:
     """Builds (or reuses) each stage's token store and curriculum; checks the batch fits."""
     replicas = spec.strategy.num_replicas_in_sync
+    # the bound of the process-wide cache of stores read in place (data/remote_blocks.py)
+    configure_block_cache(spec.options.store_cache_bytes)
     plans = []
     for index, stage in enumerate(spec.stages):
         settings = spec.settings.with_overrides(stage.config_overrides)

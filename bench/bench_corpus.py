@@ -1,0 +1,275 @@
+"""A real corpus on a pod (issue 20): how a host reads a prepared store.
+
+``--part read`` (this file's reading side) measures, on synthetic format-2 stores:
+
+* **start-up**: open to first batch, and the host's peak RSS, for stores of 1e5, 1e6 and 1e7
+  samples, each in a fresh process (goal: flat, within 1.2x from smallest to largest). The
+  features the curriculum scores (``store.features``: two int64 per sample of the whole store)
+  are loaded and timed separately: they still grow with the corpus (issue 21).
+* **bytes read**: what one host of 4 fetches from an in-place store (``ram://``) during 100
+  steps, against the bytes of its rows' tokens (goal <= 1.2x plus manifests), for the default
+  1 MiB blocks and for small blocks, since every fetched block is checked whole.
+* **input throughput**: the host pipeline from an in-place store (``RangedFile`` over
+  ``file://``, no memory map) against the same store memory-mapped, in one process (goal
+  >= 0.8x).
+
+``--part prepare`` is the preparation side (Beam against a one-process build).
+
+    python bench/bench_corpus.py --part read [--sizes 1e5,1e6,1e7] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+from highnoon.data import shards
+
+VOCAB = "byte"
+_WORKER = "--startup_worker"
+
+
+# -- synthetic stores -------------------------------------------------------------------------
+def synthetic_store(
+    path: str,
+    num_samples: int,
+    *,
+    min_len: int = 1,
+    max_len: int = 8,
+    num_shards: int = 4,
+    block_bytes: int = shards.BLOCK_BYTES,
+    seed: int = 0,
+) -> dict:
+    """A format-2 store of ``num_samples`` random byte-tokenizer samples of ``min_len..max_len``
+    ids (plus EOS), written with the shared shard writer; returns its manifest."""
+    from highnoon.data.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(VOCAB)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    os.makedirs(path)
+    bounds = np.linspace(0, num_samples, num_shards + 1).astype(np.int64)
+    names = [shards.shard_name(i, num_shards) for i in range(num_shards)]
+    counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+        writer = shards.ShardWriter(
+            os.path.join(path, name), tokenizer.vocab_size, tokenizer.eos_id,
+            block_bytes=block_bytes,
+        )  # fmt: skip
+        for start in range(int(lo), int(hi), 1 << 20):
+            n = min(1 << 20, int(hi) - start)
+            lengths = rng.integers(min_len, max_len + 1, size=n)
+            flat = rng.integers(3, 259, size=int(lengths.sum()))
+            writer.add(flat, lengths)
+        counts += writer.close().counts
+    manifests = [
+        shards.write_shard_features(os.path.join(path, name), counts, int(lo))
+        for name, lo in zip(names, bounds[:-1])
+    ]
+    manifest = shards.store_manifest(
+        manifests, names, tokenizer, sources=[{"synthetic": num_samples}], skipped=None,
+        top_files={},
+    )  # fmt: skip
+    with open(os.path.join(path, shards.MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2, sort_keys=True)
+    return manifest
+
+
+def host_rows(num_samples: int, steps: int, global_batch: int, host: int, hosts: int) -> np.ndarray:
+    """Host ``host``'s rows of ``steps`` global batches drawn uniformly (a shuffled epoch's)."""
+    rng = np.random.Generator(np.random.PCG64(11))
+    rows = rng.permutation(num_samples)[: steps * global_batch].reshape(steps, global_batch)
+    per = global_batch // hosts
+    return rows[:, host * per : (host + 1) * per]
+
+
+def _ranged_files(store) -> list:
+    """Every ``RangedFile`` an in-place store reads through."""
+    from highnoon.data.remote_blocks import RangedFile
+
+    return [f for f in store.block_files() if isinstance(f, RangedFile)]
+
+
+# -- start-up ---------------------------------------------------------------------------------
+def _startup_worker(path: str) -> None:
+    """In a fresh process: open, first batch, then the curriculum's features; prints JSON."""
+    from highnoon.data import TokenStore, make_host_dataset
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    store = TokenStore.open(path, verify=True)
+    opened = time.perf_counter()
+    rows = host_rows(min(store.num_samples, 100_000), 10, 64, 0, 4)
+    batch = next(iter(make_host_dataset(store, rows, 32)))
+    first = time.perf_counter()
+    assert batch["inputs"].shape == (16, 32)
+    startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    features = store.features
+    assert features.lengths.shape == (store.num_samples,)
+    loaded = time.perf_counter()
+    print(json.dumps({
+        "open_s": opened - started,
+        "first_batch_s": first - started,
+        "features_s": loaded - first,
+        "base_rss_kb": base_rss,
+        "startup_rss_kb": startup_rss,
+        "features_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }))  # fmt: skip
+
+
+def bench_startup(sizes: list[int], directory: str) -> None:
+    print("| samples | store MB | open s | open to first batch s | peak RSS MiB (start-up) | "
+          "features s | peak RSS MiB (with features) |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    results = []
+    for n in sizes:
+        path = os.path.join(directory, f"startup-{n}")
+        synthetic_store(path, n)
+        mb = (
+            sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(path) for f in fs)
+            / 2**20
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        out = subprocess.run(
+            [sys.executable, __file__, _WORKER, path], capture_output=True, text=True, env=env,
+            check=True,
+        ).stdout  # fmt: skip
+        r = json.loads(out.strip().splitlines()[-1])
+        results.append(r)
+        print(f"| {n:.0e} | {mb:.0f} | {r['open_s']:.3f} | {r['first_batch_s']:.3f} | "
+              f"{r['startup_rss_kb'] / 1024:.0f} | {r['features_s']:.3f} | "
+              f"{r['features_rss_kb'] / 1024:.0f} |")  # fmt: skip
+    first = results[0]
+    last = results[-1]
+    print(f"\nlargest/smallest: open to first batch {last['first_batch_s'] / first['first_batch_s']:.2f}x, "
+          f"start-up peak RSS {last['startup_rss_kb'] / first['startup_rss_kb']:.2f}x "
+          f"(goal <= 1.2x); with features {last['features_rss_kb'] / first['features_rss_kb']:.2f}x")  # fmt: skip
+
+
+# -- bytes read -------------------------------------------------------------------------------
+def _copy_to_ram(path: str) -> str:
+    import tensorflow as tf
+
+    target = f"ram://bench-corpus/{os.path.basename(path)}-{time.monotonic_ns()}"
+    for root, _, files in os.walk(path):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), path)
+            tf.io.gfile.makedirs(os.path.dirname(f"{target}/{rel}"))
+            tf.io.gfile.copy(os.path.join(root, name), f"{target}/{rel}")
+    return target
+
+
+def rows_token_bytes(store, rows: np.ndarray, seq_len: int) -> int:
+    """Bytes of the tokens the rows need: the first ``seq_len`` + 1 positions of each sample
+    (BOS is not stored), each distinct token counted once."""
+    lengths = store.features.lengths[np.unique(rows)]
+    return int(np.minimum(lengths, seq_len).sum()) * np.dtype(store.manifest["dtype"]).itemsize
+
+
+def bench_bytes_read(directory: str, *, steps: int = 100, quick: bool = False) -> None:
+    from highnoon.data import TokenStore, make_host_dataset
+    from highnoon.data.remote_blocks import block_cache
+
+    print("| store | block | rows' token bytes | tokens fetched | ratio | offsets fetched | "
+          "features fetched | manifests |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    seq_len, global_batch = 256, 64
+    cases = [
+        ("2e4 samples of 64..512 tokens", 20_000, 64, 512, shards.BLOCK_BYTES),
+        ("2e4 samples of 64..512 tokens", 20_000, 64, 512, 4096),
+        ("2e4 samples of 512..2048 tokens", 20_000, 512, 2048, 4096),
+    ]
+    if quick:
+        cases = cases[:2]
+    for label, n, lo, hi, block in cases:
+        path = os.path.join(directory, f"bytes-{n}-{lo}-{block}")
+        synthetic_store(path, n, min_len=lo, max_len=hi, block_bytes=block)
+        remote = _copy_to_ram(path)
+        block_cache().clear()
+        store = TokenStore.open(remote)
+        rows = host_rows(n, steps, global_batch, 1, 4)
+        for _ in make_host_dataset(store, rows, seq_len):
+            pass
+        fetched = {}
+        for f in _ranged_files(store):
+            kind = os.path.basename(f.path)
+            fetched[kind] = fetched.get(kind, 0) + f.bytes_read
+        manifest_bytes = sum(
+            len(json.dumps(m)) for m in [store.manifest]
+        )  # the shard.json files are read at open too
+        need = rows_token_bytes(store, rows, seq_len)
+        tokens = fetched.get(shards.TOKENS, 0)
+        feats = fetched.get(shards.LENGTHS, 0) + fetched.get(shards.SURPRISAL, 0)
+        print(f"| {label} | {block} | {need / 1e6:.2f} MB | {tokens / 1e6:.2f} MB | "
+              f"{tokens / need:.2f}x | {fetched.get(shards.OFFSETS, 0) / 1e6:.2f} MB | "
+              f"{feats / 1e6:.2f} MB | {manifest_bytes / 1e3:.1f} kB |")  # fmt: skip
+
+
+# -- input throughput -------------------------------------------------------------------------
+def _tokens_per_second(store, rows: np.ndarray, seq_len: int) -> float:
+    from highnoon.data import make_host_dataset
+
+    dataset = make_host_dataset(store, rows, seq_len)
+    for _ in dataset.take(2):  # tracing and threads
+        pass
+    started = time.perf_counter()
+    tokens = 0
+    for element in dataset:
+        tokens += int(np.prod(element["inputs"].shape))
+    return tokens / (time.perf_counter() - started)
+
+
+def bench_throughput(directory: str, *, quick: bool = False) -> None:
+    from highnoon.data import TokenStore
+    from highnoon.data.remote_blocks import block_cache
+
+    path = os.path.join(directory, "throughput")
+    synthetic_store(path, 50_000, min_len=64, max_len=1024)
+    seq_len, steps = 256, 400 if quick else 1500
+    rows = host_rows(50_000, steps, 32, 0, 4)
+    print("| pipeline B=8 T=256 | M tokens/s | ratio |")
+    print("|---|---:|---:|")
+    rounds = []
+    for _ in range(2 if quick else 3):
+        mapped = _tokens_per_second(TokenStore.open(path), rows, seq_len)
+        block_cache().clear()  # the in-place store starts cold: it fetches what it reads
+        ranged = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len)
+        rounds.append((mapped, ranged))
+    mapped, ranged = (float(np.median([r[i] for r in rounds])) for i in (0, 1))
+    print(f"| memory-mapped (local path) | {mapped / 1e6:.2f} | 1.00 |")
+    print(f"| in place (`file://`, RangedFile, cold cache) | {ranged / 1e6:.2f} | "
+          f"{ranged / mapped:.2f}x (goal >= 0.8x) |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("read", "prepare"), default="read")
+    parser.add_argument("--sizes", default="1e5,1e6,1e7")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.part == "prepare":
+        raise SystemExit("--part prepare: the preparation bench is not in this file yet")
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as directory:
+        print("### start-up and peak RSS of one host\n")
+        bench_startup(sizes, directory)
+        print("\n### bytes fetched by host 1 of 4 in 100 steps (in place, `ram://`)\n")
+        bench_bytes_read(directory, quick=args.quick)
+        print("\n### input throughput, in place against memory-mapped\n")
+        bench_throughput(directory, quick=args.quick)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == _WORKER:
+        _startup_worker(sys.argv[2])
+    else:
+        main()

@@ -1,0 +1,407 @@
+"""Store files read in place through ``tf.io.gfile``: byte ranges, verified per block, cached.
+
+A store on a bucket (``gs://...``) or any other ``tf.io.gfile`` filesystem (``ram://``,
+``file://``, ``s3://`` with tensorflow-io) is never copied whole: ``RangedFile`` fetches the
+blocks a read needs with ``seek`` + ``read`` range reads, adjacent missing blocks coalesced into
+one read, and checks each fetched block against the CRC32C the shard's manifest records before
+any byte of it is used. A mismatch is a ``StoreError`` naming the file, the block and its byte
+offset.
+
+Fetched blocks go to one process-wide LRU ``BlockCache`` (``block_cache()``; its size is the
+``store_cache_bytes`` setting, 0 = no cache), keyed by (file, size, block, CRC), so a store
+rebuilt at the same path never serves a stale block. ``RangedFile.prefetch(ranges)`` hands the
+byte ranges of the next steps to a background thread that fills the cache ahead of the reads;
+a prefetch's error is kept and raised by the next ``read``/``take`` of that file.
+
+TensorFlow is imported on first fetch only (``data`` imports no TensorFlow at module level).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import google_crc32c
+import numpy as np
+from absl import logging
+
+from highnoon.data.blocks import check_range, crc_mismatch
+from highnoon.data.store_errors import StoreError
+from highnoon.utils.validation import check_int
+
+DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: the `store_cache_bytes` setting's default
+PREFETCH_QUEUE = 8  # pending prefetch requests per file; more are dropped (a hint, not a need)
+
+
+class BlockCache:
+    """A bounded, thread-safe LRU of verified blocks (uint8 arrays), shared by every file.
+
+    ``max_bytes=0`` caches nothing. Blocks larger than the whole cache are never kept.
+    Counters: ``hits``, ``misses``, ``evictions``; ``bytes_held`` is the current size.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = check_int("store_cache_bytes", max_bytes, minimum=0)
+        self._blocks: collections.OrderedDict[tuple[Any, ...], np.ndarray] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self.bytes_held = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def get(self, key: tuple[Any, ...]) -> np.ndarray | None:
+        with self._lock:
+            block = self._blocks.get(key)
+            if block is None:
+                self.misses += 1
+                return None
+            self._blocks.move_to_end(key)
+            self.hits += 1
+            return block
+
+    def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
+        if block.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._blocks.pop(key, None)
+            if old is not None:
+                self.bytes_held -= old.nbytes
+            self._blocks[key] = block
+            self.bytes_held += block.nbytes
+            self._evict()
+
+    def resize(self, max_bytes: int) -> None:
+        """A new bound (evicting the least recently used blocks past it)."""
+        max_bytes = check_int("store_cache_bytes", max_bytes, minimum=0)
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._evict()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self.bytes_held = 0
+
+    def _evict(self) -> None:
+        while self.bytes_held > self.max_bytes and self._blocks:
+            _, block = self._blocks.popitem(last=False)
+            self.bytes_held -= block.nbytes
+            self.evictions += 1
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+_CACHE = BlockCache(DEFAULT_CACHE_BYTES)
+
+
+def block_cache() -> BlockCache:
+    """The process-wide cache every ``RangedFile`` uses unless given its own."""
+    return _CACHE
+
+
+def configure_block_cache(max_bytes: int) -> BlockCache:
+    """Set the process-wide cache's bound (the ``store_cache_bytes`` setting); returns it."""
+    _CACHE.resize(max_bytes)
+    return _CACHE
+
+
+_READAHEAD_ENV = "GCS_READ_CACHE_BLOCK_SIZE_MB"
+_warned_readahead = False
+
+
+def _warn_gcs_readahead(path: str) -> None:
+    """TensorFlow's ``gs://`` client reads 64 MiB ahead of every read that misses its buffer
+    unless ``GCS_READ_CACHE_BLOCK_SIZE_MB`` was set before TensorFlow started (measured against
+    a fake GCS: docs/design.md, "Reading in place"); say so once per process."""
+    global _warned_readahead
+    if _warned_readahead or not path.startswith("gs://") or _READAHEAD_ENV in os.environ:
+        return
+    _warned_readahead = True
+    logging.warning(
+        "reading the store %s in place: TensorFlow's gs:// client fetches 64 MiB from each read "
+        "position unless %s is set before TensorFlow starts; set %s=0 (exact ranges) or =1 in "
+        "the job's environment so scattered blocks do not fetch 64 MiB each",
+        path, _READAHEAD_ENV, _READAHEAD_ENV,
+    )  # fmt: skip
+
+
+def _range_stream(path: str, size: int) -> Any:
+    """A TensorFlow input stream over ``path`` whose buffer is ``size`` bytes (``seek`` +
+    ``read``). TensorFlow's own stream class (what ``GFile`` wraps with a fixed 512 KiB buffer);
+    ``GFile`` where that private class is missing."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.lib.io import _pywrap_file_io
+
+        return _pywrap_file_io.BufferedInputStream(path, max(1, size))
+    except (ImportError, AttributeError):  # pragma: no cover (another TensorFlow layout)
+        return tf.io.gfile.GFile(path, "rb")
+
+
+def _runs(blocks: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique block indices as ``[first, last + 1)`` runs of consecutive blocks."""
+    if blocks.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [blocks.size]])
+    return [(int(blocks[s]), int(blocks[e - 1]) + 1) for s, e in zip(starts, ends)]
+
+
+class RangedFile:
+    """One store file read by byte range through ``tf.io.gfile`` (the ``BlockFile`` protocol).
+
+    Args:
+      path: the file (any ``tf.io.gfile`` path: ``gs://``, ``ram://``, ``file://``, local).
+      size: its size in bytes, from the shard's manifest.
+      block_bytes: the block size its checksums cover.
+      crc32c: one CRC32C per block (the last block short), from the shard's manifest.
+      label: names the file in errors (``"store S, shard-00001-of-00004/tokens.bin"``).
+      cache: the block cache (default: the process-wide ``block_cache()``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        size: int,
+        block_bytes: int,
+        crc32c: Sequence[int],
+        *,
+        label: str,
+        cache: BlockCache | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.size = check_int("size", size, minimum=0)
+        self.block_bytes = check_int("block_bytes", block_bytes, minimum=1)
+        self.num_blocks = -(-self.size // self.block_bytes)
+        self.crc32c = [int(c) for c in crc32c]
+        self.label = label
+        if len(self.crc32c) != self.num_blocks:
+            raise StoreError(
+                f"{label}: the manifest records {len(self.crc32c)} block checksums, but a file "
+                f"of {self.size} bytes in blocks of {self.block_bytes} has {self.num_blocks}; "
+                "the manifest is corrupt, rebuild the store"
+            )
+        self.cache = cache if cache is not None else block_cache()
+        self.bytes_read = 0  # bytes fetched from storage
+        self.reads = 0  # range reads issued
+        self._verified = np.zeros(self.num_blocks, dtype=bool)  # checked by this process
+        self._fetch_lock = threading.Lock()  # one fetch at a time: no block fetched twice
+        self._prefetch_queue: queue.Queue[list[tuple[int, int]]] | None = None
+        self._prefetch_error: BaseException | None = None
+        self._prefetch_dropped = 0
+
+    # -- reads ------------------------------------------------------------------------------
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Bytes ``[start, stop)`` as a uint8 array; every block they touch is verified."""
+        start, stop = int(start), int(stop)
+        check_range(self.label, self.size, start, stop)
+        if start == stop:
+            return np.zeros(0, dtype=np.uint8)
+        first, last = start // self.block_bytes, (stop - 1) // self.block_bytes
+        blocks = self._blocks(np.arange(first, last + 1))
+        data = np.concatenate([blocks[b] for b in range(first, last + 1)])
+        offset = first * self.block_bytes
+        return data[start - offset : stop - offset]
+
+    def take(self, positions: np.ndarray, dtype: Any) -> np.ndarray:
+        """Elements of ``dtype`` at element ``positions`` (any shape; same shape out)."""
+        dtype = np.dtype(dtype)
+        pos = np.asarray(positions, dtype=np.int64)
+        count = self.size // dtype.itemsize
+        if pos.size and (pos.min() < 0 or pos.max() >= count):
+            low, high = int(pos.min()), int(pos.max())
+            check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
+        flat = pos.reshape(-1)
+        out = np.empty(flat.size, dtype=dtype)
+        if flat.size == 0:
+            return out.reshape(pos.shape)
+        first_byte = flat * dtype.itemsize
+        block = first_byte // self.block_bytes
+        last_block = (first_byte + dtype.itemsize - 1) // self.block_bytes
+        blocks = self._blocks(np.unique(np.concatenate([block, last_block])))
+        whole = block == last_block
+        order = np.argsort(block, kind="stable")
+        sorted_blocks = block[order]
+        bounds = np.flatnonzero(np.diff(sorted_blocks)) + 1
+        for group in np.split(order, bounds):
+            group = group[whole[group]]
+            if group.size == 0:
+                continue
+            b = int(block[group[0]])
+            data = blocks[b]
+            local = first_byte[group] - b * self.block_bytes
+            if self.block_bytes % dtype.itemsize == 0:
+                view = data[: data.size - data.size % dtype.itemsize].view(dtype)
+                out[group] = view[local // dtype.itemsize]
+            else:
+                idx = local[:, None] + np.arange(dtype.itemsize)
+                out[group] = np.ascontiguousarray(data[idx]).view(dtype).reshape(-1)
+        for i in np.flatnonzero(~whole):  # elements across a block boundary (odd block sizes)
+            raw = self.read(int(first_byte[i]), int(first_byte[i]) + dtype.itemsize)
+            out[i] = raw.view(dtype)[0]
+        return out.reshape(pos.shape)
+
+    # -- prefetch ---------------------------------------------------------------------------
+    @property
+    def prefetches(self) -> bool:
+        """Whether ``prefetch`` does anything (it needs the cache to keep what it fetches)."""
+        return self.cache.enabled
+
+    def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Fetch the blocks of these byte ranges into the cache on a background thread.
+
+        A hint: with the cache off, or with more than ``PREFETCH_QUEUE`` requests pending, it
+        does nothing. An error it meets (a checksum mismatch, a failed read) is raised by the
+        next ``read``/``take`` of this file.
+        """
+        if not self.cache.enabled:
+            return
+        spans = [(int(a), int(b)) for a, b in ranges if int(b) > int(a)]
+        if not spans:
+            return
+        if self._prefetch_queue is None:
+            with self._fetch_lock:
+                if self._prefetch_queue is None:
+                    self._prefetch_queue = queue.Queue(maxsize=PREFETCH_QUEUE)
+                    worker = threading.Thread(
+                        target=self._prefetch_loop,
+                        args=(self._prefetch_queue,),
+                        name=f"prefetch {self.label}",
+                        daemon=True,
+                    )
+                    worker.start()
+        try:
+            self._prefetch_queue.put_nowait(spans)
+        except queue.Full:
+            self._prefetch_dropped += 1
+
+    def _prefetch_loop(self, requests: queue.Queue[list[tuple[int, int]]]) -> None:
+        while True:
+            spans = requests.get()
+            try:
+                parts = [
+                    np.arange(
+                        a // self.block_bytes, (min(b, self.size) - 1) // self.block_bytes + 1
+                    )
+                    for a, b in spans
+                    if 0 <= a < min(b, self.size)
+                ]
+                if parts:
+                    self._blocks(np.unique(np.concatenate(parts)), raise_pending=False)
+            except BaseException as err:  # kept for the next read: never lost
+                self._prefetch_error = err
+            finally:
+                requests.task_done()
+
+    def wait_prefetch(self) -> None:
+        """Block until every queued prefetch finished (tests and benches)."""
+        if self._prefetch_queue is not None:
+            self._prefetch_queue.join()
+
+    # -- blocks -----------------------------------------------------------------------------
+    def _key(self, b: int) -> tuple[Any, ...]:
+        return (self.path, self.size, self.block_bytes, b, self.crc32c[b])
+
+    def _blocks(self, wanted: np.ndarray, *, raise_pending: bool = True) -> dict[int, np.ndarray]:
+        """The verified blocks ``wanted`` (sorted unique indices): cached, or fetched."""
+        if raise_pending and self._prefetch_error is not None:
+            err, self._prefetch_error = self._prefetch_error, None
+            raise err
+        found: dict[int, np.ndarray] = {}
+        missing = []
+        for b in wanted.tolist():
+            block = self.cache.get(self._key(b)) if self.cache.enabled else None
+            if block is None:
+                missing.append(b)
+            else:
+                found[b] = block
+        if not missing:
+            return found
+        with self._fetch_lock:
+            still = []
+            for b in missing:  # another thread (a prefetch) may have fetched it meanwhile
+                block = self.cache.get(self._key(b)) if self.cache.enabled else None
+                if block is None:
+                    still.append(b)
+                else:
+                    found[b] = block
+            for first, end in _runs(np.asarray(still, dtype=np.int64)):
+                found.update(self._fetch(first, end))
+        return found
+
+    def _fetch(self, first: int, end: int) -> dict[int, np.ndarray]:
+        """One range read of blocks ``[first, end)``, each verified; caller holds the lock."""
+        start = first * self.block_bytes
+        stop = min(end * self.block_bytes, self.size)
+        _warn_gcs_readahead(self.path)
+        raw = self._read_range(start, stop)
+        self.reads += 1
+        self.bytes_read += len(raw)
+        if len(raw) != stop - start:
+            raise StoreError(
+                f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; the "
+                f"file is shorter than the {self.size} bytes its manifest records (truncated), "
+                "rebuild the store"
+            )
+        data = np.frombuffer(raw, dtype=np.uint8)
+        blocks = {}
+        for b in range(first, end):
+            lo = (b - first) * self.block_bytes
+            block = data[lo : lo + self.block_bytes]
+            actual = google_crc32c.value(block)
+            if actual != self.crc32c[b]:
+                raise crc_mismatch(
+                    self.label, b, self.block_bytes, self.size, actual, self.crc32c[b]
+                )
+            self._verified[b] = True
+            if self.cache.enabled:
+                block = block.copy()  # own its memory: the range read may be far larger
+                self.cache.put(self._key(b), block)
+            blocks[b] = block
+        return blocks
+
+    def _read_range(self, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` in one read through a stream buffered to exactly that size.
+
+        ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
+        stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
+        """
+        import tensorflow as tf
+
+        try:
+            stream = _range_stream(self.path, stop - start)
+            stream.seek(start)
+            return stream.read(stop - start)
+        except tf.errors.OpError as err:
+            raise StoreError(
+                f"{self.label}: reading bytes [{start}, {stop}) of {self.path!r} failed "
+                f"({type(err).__name__}: {err.message}); check the path and access, or rebuild "
+                "the store"
+            ) from err
+
+    def verify(self) -> None:
+        """Fetch and check every block (``TokenStore.verify``), a few blocks per range read."""
+        step = max(1, (64 << 20) // self.block_bytes)  # about 64 MB per read
+        for first in range(0, self.num_blocks, step):
+            self._blocks(np.arange(first, min(first + step, self.num_blocks)))
+
+    @property
+    def verified_blocks(self) -> int:
+        """How many of the file's blocks this object has checked so far."""
+        return int(self._verified.sum())
+
+    def __repr__(self) -> str:
+        return f"RangedFile({self.path!r}, size={self.size}, block_bytes={self.block_bytes})"

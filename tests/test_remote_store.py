@@ -1,0 +1,265 @@
+"""A store read in place from a tf.io.gfile path (``ram://``, ``file://``, ``gs://`` through a
+fake GCS): the same batches as the memory-mapped store, only the rows' byte ranges fetched, no
+copy, corruption caught at the read, and several processes reading one store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from highnoon.data import (
+    StoreError,
+    TokenStore,
+    make_host_dataset,
+    make_packed_host_dataset,
+    pack_epoch,
+)
+from highnoon.data import shards as shards_lib
+from highnoon.data.blocks import MappedFile
+from highnoon.data.pipeline import HostBatcher
+from highnoon.data.remote_blocks import BlockCache, RangedFile, block_cache
+from tests.remote_store_helpers import copy_tree, manifest_bytes, ram_copy, write_store
+
+tf = pytest.importorskip("tensorflow")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "workers", "remote_read_worker.py")
+SEQ_LEN = 48
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """600 samples of 5..80 ids in 3 shards, 64-byte blocks (many blocks per shard)."""
+    lengths = np.random.default_rng(3).integers(5, 81, size=600)
+    return write_store(str(tmp_path_factory.mktemp("remote") / "store"), lengths)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """Host rows of 30 steps of 4 rows, drawn from every shard."""
+    return np.random.default_rng(5).permutation(600)[:120].reshape(30, 4)
+
+
+def _batches(dataset) -> list[dict[str, np.ndarray]]:
+    return [{k: v.numpy() for k, v in b.items()} for b in dataset]
+
+
+def _assert_same(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("scheme", ["ram", "file"])
+def test_in_place_batches_equal_the_memory_mapped_ones(local, rows, scheme):
+    url = ram_copy(local) if scheme == "ram" else f"file://{local}"
+    remote, mapped = TokenStore.open(url), TokenStore.open(local)
+    assert {type(f) for f in remote.block_files()} == {RangedFile}
+    assert {type(f) for f in mapped.block_files()} == {MappedFile}
+    assert remote.fingerprint == mapped.fingerprint
+    for overflow in ("truncate", "window"):
+        _assert_same(
+            _batches(make_host_dataset(remote, rows, SEQ_LEN, overflow=overflow, seed=3)),
+            _batches(make_host_dataset(mapped, rows, SEQ_LEN, overflow=overflow, seed=3)),
+        )
+    lengths = np.asarray(mapped.features.lengths)
+    np.testing.assert_array_equal(remote.features.lengths, lengths)
+    np.testing.assert_array_equal(remote.features.surprisal_sum, mapped.features.surprisal_sum)
+    packed = pack_epoch(np.arange(200), lengths, 16, 8)
+    _assert_same(
+        _batches(make_packed_host_dataset(remote, packed, host_id=1, num_hosts=2)),
+        _batches(make_packed_host_dataset(mapped, packed, host_id=1, num_hosts=2)),
+    )
+
+
+def test_opening_reads_manifests_only_and_nothing_is_copied(local, rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("HIGHNOON_CACHE_DIR", str(tmp_path / "cache"))
+    store = TokenStore.open(ram_copy(local), verify=True)
+    assert store.bytes_read == 0
+    _batches(make_host_dataset(store, rows[:2], SEQ_LEN))
+    assert 0 < store.bytes_read < os.path.getsize(os.path.join(local, "shard-00000-of-00003",
+                                                               "tokens.bin"))  # fmt: skip
+    assert not (tmp_path / "cache").exists()  # no local copy of any file
+
+
+def test_one_host_of_four_fetches_its_rows_bytes_plus_manifests(tmp_path):
+    """Host 1 of 4, 100 steps: the bytes fetched (tokens and offsets) are at most 1.2x the
+    bytes of its rows' tokens, plus the manifests read at open. Samples are read whole
+    (seq_len above every length) and blocks are small next to them (32 bytes, samples of
+    400-800 bytes)."""
+    lengths = np.random.default_rng(1).integers(200, 400, size=1000)
+    local = write_store(str(tmp_path / "s"), lengths, num_shards=4, block_bytes=32)
+    block_cache().clear()
+    store = TokenStore.open(ram_copy(local))
+    order = np.random.default_rng(2).permutation(1000)[:800].reshape(100, 8)
+    host_rows = order[:, 2:4]  # host 1 of 4: rows 2-3 of every global batch of 8
+    _batches(make_host_dataset(store, host_rows, 512))
+    fetched = {}
+    for f in store.block_files():
+        name = f.label.rsplit("/", 1)[-1]
+        fetched[name] = fetched.get(name, 0) + f.bytes_read
+    rows_bytes = int((lengths[host_rows.reshape(-1)] + 1).sum()) * 2  # uint16 ids with EOS
+    assert fetched[shards_lib.LENGTHS] == fetched[shards_lib.SURPRISAL] == 0
+    assert fetched[shards_lib.TOKENS] >= rows_bytes
+    total = fetched[shards_lib.TOKENS] + fetched[shards_lib.OFFSETS]
+    assert total <= 1.2 * rows_bytes, (total / rows_bytes, fetched)
+    assert total + manifest_bytes(local) <= 1.2 * rows_bytes + manifest_bytes(local)
+
+
+def _flip(url: str, name: str, offset: int) -> None:
+    path = f"{url}/shard-00001-of-00003/{name}"
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = bytearray(f.read())
+    data[offset] ^= 0x01
+    tf.io.gfile.remove(path)  # ram:// appends on "wb" to an existing file
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_a_flipped_byte_in_a_remote_shard_is_refused_at_the_read(local):
+    url = ram_copy(local)
+    _flip(url, "tokens.bin", 200)  # block 3 of shard 1's tokens (bytes [192, 256))
+    store = TokenStore.open(url, verify=True)  # manifests only: opens fine
+    first = store._shards[1].first_sample
+    expected = (
+        rf"store '{url}', shard-00001-of-00003/tokens\.bin: block 3 \(byte offset 192, bytes "
+        r"\[192, 256\)\) has CRC32C 0x[0-9a-f]{8}, the shard manifest records 0x[0-9a-f]{8}; "
+        "the store is corrupt, rebuild it"
+    )
+    with pytest.raises(StoreError, match=expected):
+        store.verify()
+    batcher = HostBatcher(TokenStore.open(url), np.array([[first], [first + 1]]), 200)
+    with pytest.raises(StoreError, match=r"block 3 \(byte offset 192"):
+        for step in range(2):
+            batcher.batch(step)
+    with pytest.raises(Exception, match=r"shard-00001-of-00003/tokens\.bin: block 3"):
+        _batches(make_host_dataset(TokenStore.open(url), np.arange(first, first + 8)[:, None],
+                                   200))  # fmt: skip
+
+
+def test_missing_and_truncated_remote_shards_are_refused_at_open(local):
+    url = ram_copy(local)
+    tf.io.gfile.remove(f"{url}/shard-00002-of-00003/offsets.bin")
+    with pytest.raises(StoreError, match=r"shard-00002-of-00003/offsets\.bin: the file is missing"):
+        TokenStore.open(url)
+    url = ram_copy(local)
+    path = f"{url}/shard-00000-of-00003/tokens.bin"
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    tf.io.gfile.remove(path)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(data[:-10])
+    with pytest.raises(StoreError, match=r"shard-00000-of-00003/tokens\.bin: file has size"):
+        TokenStore.open(url)
+
+
+def test_the_pipeline_prefetches_the_next_steps_blocks(local, rows):
+    """``HostBatcher.prefetch`` fetches what the next steps read, so building them then fetches
+    nothing; the batches are the ones read without prefetching."""
+    url = ram_copy(local)
+    block_cache().clear()
+    store = TokenStore.open(url)
+    batcher = HostBatcher(store, rows, SEQ_LEN)
+    batcher.prefetch(4, 3)
+    for f in store.block_files():
+        if isinstance(f, RangedFile):
+            f.wait_prefetch()
+    before = store.bytes_read
+    assert before > 0
+    got = batcher.batches(4, 3)
+    assert store.bytes_read == before
+    expected = HostBatcher(TokenStore.open(local), rows, SEQ_LEN).batches(4, 3)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_with_no_cache_every_read_fetches_and_nothing_is_prefetched(local, rows):
+    store = TokenStore.open(ram_copy(local))
+    for f in store.block_files():
+        f.cache = BlockCache(0)
+    batcher = HostBatcher(store, rows, SEQ_LEN)
+    batcher.prefetch(0, 2)
+    assert store.bytes_read == 0  # nowhere to keep prefetched blocks
+    batcher.batches(0, 2)
+    once = store.bytes_read
+    batcher.batches(0, 2)
+    assert store.bytes_read == 2 * once
+
+
+def _run_workers(urls: list[str], local: str, rows: np.ndarray, tmp_path, env: dict):
+    """Two worker processes (hosts 0 and 1) read each of ``urls``; checks every batch against
+    the memory-mapped store's; returns each host's per-URL info."""
+    procs = []
+    for host in range(2):
+        rows_path = str(tmp_path / f"rows{host}.npy")
+        np.save(rows_path, rows[:, host::2])
+        out = str(tmp_path / f"out{host}.npz")
+        procs.append((subprocess.Popen(
+            [sys.executable, WORKER, rows_path, str(SEQ_LEN), out, *urls],
+            env={**os.environ, "PYTHONPATH": ROOT, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ), out, rows[:, host::2]))  # fmt: skip
+    infos = []
+    for proc, out, host_rows in procs:
+        try:
+            _, err = proc.communicate(timeout=240)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err[-3000:]
+        expected = HostBatcher(TokenStore.open(local), host_rows, SEQ_LEN)
+        with np.load(out) as data:
+            for i in range(len(urls)):
+                for step in range(host_rows.shape[0]):
+                    for key, value in expected.batch(step).items():
+                        np.testing.assert_array_equal(
+                            data[f"{i}/{key}"][step], value, err_msg=f"{urls[i]} {key} {step}"
+                        )
+            infos.append(json.loads(str(data["info"])))
+    return infos
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_read_one_store_in_place_from_file_urls_and_a_fake_gcs(local, rows, tmp_path):
+    """Two hosts (worker processes) read one store through ``file://`` (no memory map) and
+    through TensorFlow's own ``gs://`` client pointed at a fake GCS by an HTTPS proxy
+    (tests/fake_gcs.py; without the ``cryptography`` package, ``file://`` only). Each host gets
+    its batches; the object bytes the server sent for tokens.bin are what the hosts' reads
+    fetched plus one byte per range read (the probe ``seek`` makes), never a whole file."""
+    urls, env, fake = [f"file://{local}"], {}, None
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from tests.fake_gcs import FakeGcs
+
+        copy_tree(local, str(tmp_path / "gcs" / "bucket" / "store"))
+        fake = FakeGcs(str(tmp_path / "gcs"), str(tmp_path))
+        urls.append("gs://bucket/store")
+        env = fake.env(GCS_READ_CACHE_BLOCK_SIZE_MB="0")
+    try:
+        infos = _run_workers(urls, local, rows, tmp_path, env)
+    finally:
+        if fake is not None:
+            fake.close()
+    for host in infos:
+        for info in host:
+            assert info["kinds"] == ["RangedFile"]  # never memory-mapped
+            assert info["opened"] == 0 and info["fetched"]["tokens.bin"] > 0
+    if fake is None:
+        pytest.skip("file:// checked; the fake GCS needs the cryptography package")
+    fetched = sum(host[1]["fetched"]["tokens.bin"] for host in infos)
+    served = fake.bytes_served("/tokens.bin")
+    reads = sum(1 for r in fake.requests if r["what"].startswith("media ")
+                and r["what"].endswith("tokens.bin"))  # fmt: skip
+    assert fetched <= served <= fetched + reads
+    size = os.path.getsize(os.path.join(local, "shard-00000-of-00003", "tokens.bin"))
+    assert max(r["bytes"] for r in fake.requests if r["what"].endswith("tokens.bin")) < size
