@@ -9,13 +9,18 @@ same (fingerprint, features, curriculum scores) before it prints any ratio. Two 
 byte tokenizer (cheap per byte: reading, serialisation and writing dominate) and a SentencePiece
 BPE model trained on the corpus first (about what C4-scale preparation pays per byte).
 
-    python bench/bench_corpus.py --part prepare [--mb 64] [--sp_mb 16] [--repeats 1]
+    python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1]
+
+CPU seconds (this process and its finished child processes, Beam's workers) are printed beside
+the wall times: on a machine whose cores other work also uses, they say what the wall ratio
+cannot, how much more work the pipeline does than the one process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -49,24 +54,34 @@ def write_corpus(directory: str, total_mb: float, files: int = 8, seed: int = 0)
     return size / 1e6
 
 
-def _one_process(source, tokenizer, path: str, max_shard_tokens: int) -> float:
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (Beam's worker processes)."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _one_process(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the one-process build."""
     from highnoon.data.store import build_token_store
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     build_token_store(
         source.iter_samples(), tokenizer, path, progress=False, max_shard_tokens=max_shard_tokens
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
-def _beam(source, tokenizer, path: str, max_shard_tokens: int) -> float:
+def _beam(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds with the workers') of the Beam preparation."""
     from highnoon.data.beam_prepare import build_store_on_beam
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     build_store_on_beam(
         source, tokenizer, path, beam_options=BEAM_OPTIONS, max_shard_tokens=max_shard_tokens
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
 def shard_tokens_for(data: str, tokenizer, shards: int, files: int = 8) -> int:
@@ -108,12 +123,13 @@ def compare(label: str, data: str, tokenizer, mb: float, work: str, repeats: int
         _same_store(one_path, beam_path)
         shutil.rmtree(one_path)
         shutil.rmtree(beam_path)
-    one, beam = min(one_times), min(beam_times)
+    (one, one_cpu), (beam, beam_cpu) = min(one_times), min(beam_times)
     print(
-        f"{label}: {mb:.1f} MB of text; one process {mb / one:.2f} MB/s ({one:.1f} s), "
-        f"DirectRunner x2 {mb / beam:.2f} MB/s ({beam:.1f} s): {one / beam:.2f}x "
-        f"(best of {repeats}) "
-        "(goal >= 1.7x); stores identical (fingerprint, features, scores)",
+        f"{label}: {mb:.1f} MB of text; one process {mb / one:.2f} MB/s ({one:.1f} s, "
+        f"{one_cpu:.1f} CPU-s), DirectRunner x2 {mb / beam:.2f} MB/s ({beam:.1f} s, "
+        f"{beam_cpu:.1f} CPU-s with its workers): {one / beam:.2f}x (best of {repeats}; goal "
+        f">= 1.7x); load average {os.getloadavg()[0]:.1f}; stores identical (fingerprint, "
+        "features, scores)",
         flush=True,
     )
 
@@ -126,7 +142,7 @@ def startup_seconds(work: str, tokenizer) -> float:
     data = os.path.join(work, "tiny")
     write_corpus(data, 0.1, seed=2)
     source = resolve_dataset(os.path.join(data, "*.jsonl"))
-    seconds = _beam(source, tokenizer, os.path.join(work, "tiny-store"), 1 << 28)
+    seconds, _ = _beam(source, tokenizer, os.path.join(work, "tiny-store"), 1 << 28)
     shutil.rmtree(os.path.join(work, "tiny-store"))
     return seconds
 
