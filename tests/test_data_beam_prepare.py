@@ -63,7 +63,20 @@ def test_prepare_datasets_refuses_bad_runner_and_options_before_any_work(tmp_pat
         prepare_datasets(["arithmetic"], str(out), runner="none", num_shards=2)
     with pytest.raises(InvalidArgumentError, match="num_shards"):
         prepare_datasets(["arithmetic"], str(out), num_shards=0)
+    with pytest.raises(InvalidArgumentError, match="runs its workers on other machines"):
+        prepare_datasets(["arithmetic"], str(out), runner="DataflowRunner")
     assert not out.exists()  # nothing was created, let alone read
+
+
+def test_without_apache_beam_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+
+    from highnoon.data.registry import resolve_dataset
+
+    monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if not installed
+    with pytest.raises(InvalidArgumentError, match=r"pip install highnoon\[beam\]"):
+        bp.build_store_on_beam(resolve_dataset("arithmetic"), "byte", str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
 
 
 # --- the index and the shard boundaries -----------------------------------------------------

@@ -64,6 +64,7 @@ BEAM_RUNNERS = (
     "PortableRunner",
 )
 RUNNERS = (ONE_PROCESS, *BEAM_RUNNERS)
+REMOTE_RUNNERS = ("DataflowRunner",)  # workers on other machines: the output must be shared
 CHUNK_CHARS = 1 << 22  # text read and encoded per chunk (about 4 MB, as build_token_store)
 _OPTION = re.compile(r"^--[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)
 
@@ -678,6 +679,7 @@ def build_store_on_beam(
             f"runner={ONE_PROCESS!r} is the one-process build (store.build_token_store), "
             f"not a Beam runner; use one of {list(BEAM_RUNNERS)}"
         )
+    import_beam()  # installed? (before anything is read or written)
     options = parse_beam_options(beam_options)
     num_shards = check_positive_int("num_shards", num_shards, allow_none=True)
     if max_shard_tokens is None:

@@ -32,7 +32,7 @@ from highnoon.data.stage_data import prepare_stage_store, source_store_path
 from highnoon.data.store import StoreError, TokenStore
 from highnoon.data.tokenizer_json import train_tokenizer_json
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
-from highnoon.utils.files import atomic_write_text
+from highnoon.utils.files import atomic_write_text, is_remote, isdir
 from highnoon.utils.validation import (
     InvalidArgumentError,
     check_positive_int,
@@ -84,7 +84,14 @@ def prepare_datasets(
             )
         options: list[str] = []
     else:
+        beam_prepare.import_beam()  # installed? (before a tokenizer is trained or data read)
         options = beam_prepare.parse_beam_options(beam_options)
+        if runner in beam_prepare.REMOTE_RUNNERS and not is_remote(str(output_dir)):
+            raise InvalidArgumentError(
+                f"output_dir={output_dir!r} is a local path, but runner={runner!r} runs its "
+                "workers on other machines, which write the shards themselves; give an "
+                "output_dir they can all write (gs://...)"
+            )
     if not datasets:
         raise InvalidArgumentError("datasets must list at least one dataset entry")
     check_str("output_dir", output_dir)
@@ -158,10 +165,10 @@ def _beam_store(
     """The entry's store where ``prepare_stage_store`` keeps it: reused when complete with the
     asked sharding, else prepared on Beam (an interrupted or differently sharded one replaced)."""
     source = resolve_dataset(entry, data_dir=data_dir)
-    path, _ = source_store_path(
-        source, tokenizer, os.path.abspath(output_dir), max_samples=max_samples
-    )
-    if os.path.exists(path):
+    root = output_dir if is_remote(output_dir) else os.path.abspath(output_dir)
+    path, _ = source_store_path(source, tokenizer, root, max_samples=max_samples)
+    exists = isdir(path)
+    if exists:
         try:
             store = TokenStore.open(path)
         except StoreError as err:
@@ -179,5 +186,5 @@ def _beam_store(
         beam_options=options,
         num_shards=num_shards,
         max_samples=max_samples,
-        overwrite=os.path.exists(path),
+        overwrite=exists,
     )
