@@ -8,7 +8,7 @@
     highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data \
         --tokenizer=/models/llama/tokenizer.json
     highnoon-prepare-data --gin_file=my_data.gin --gin.prepare_datasets.max_samples=1000
-    highnoon-prepare-data --datasets='c4/*.json' --output_dir=/data/c4 --num_shards=64 \
+    highnoon-prepare-data --datasets='c4/*.jsonl' --output_dir=/data/c4 --num_shards=64 \
         --beam_options="--direct_num_workers=8 --direct_running_mode=multi_processing"
     highnoon-prepare-data --datasets='gs://b/c4/*.jsonl' --output_dir=gs://b/stores \
         --runner=DataflowRunner --num_shards=1024 \
