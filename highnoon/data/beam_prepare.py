@@ -12,17 +12,21 @@ local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster
    file (in its sorted order), anything else (``tfds:``, registered callables, embedded data, or
    any source capped by ``max_samples``) is one unit. A unit is read by one worker and cut into
    chunks of about 4 MB of text, keyed ``(unit, chunk)``.
-2. *Tokenise.* Chunks are spread over the workers (a reshuffle) and encoded; empty samples stay
-   in the chunk with length 0 (they are skipped and counted where the store writes them).
-3. *Count.* Two global combines: the corpus unigram counts (what surprisal needs: a sum of
-   per-chunk counts, an exact integer sum whatever the grouping), and the chunks' sample counts.
-4. *Index.* Sorting the chunk counts by key gives every chunk's first sample index: sample
-   ``i`` of the store is the ``i``-th non-empty sample of the entry in source order, the
-   definition ``build_token_store`` has, whatever the runner, the workers or the bundle sizes.
-   The same side input fixes the shard boundaries (``shards.shard_bounds``).
-5. *Write.* Each chunk is split at the boundaries; a shard's pieces are grouped, sorted by key
-   and written by one worker with ``shards.ShardWriter``, then ``shards.write_shard_features``
-   with the corpus counts (so scores equal a one-process build's exactly).
+2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
+   read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
+   chunk is saved beside the store (``chunk_file``: ids and lengths, empty samples as 0), and
+   only its metadata goes on through Beam: no token crosses the runner's shuffle.
+3. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of the
+   chunks' count vectors: an exact integer sum whatever the grouping.
+4. *Index.* The chunks' non-empty counts, gathered and sorted by key, give every chunk its first
+   sample index (``chunk_starts``): sample ``i`` of the store is the ``i``-th non-empty sample of
+   the entry in source order, the definition ``build_token_store`` has, whatever the runner,
+   the workers or the bundle sizes. The same side input fixes the shard boundaries
+   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule).
+5. *Write.* Each shard is written by one worker from the chunk files overlapping its range
+   (``shard_chunks``, ``split_chunk``) with ``shards.ShardWriter``, then
+   ``shards.write_shard_features`` with the corpus counts (so scores equal a one-process
+   build's exactly).
 6. *Publish.* Back in the launching process: the top ``manifest.json`` from the shards'
    ``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
    ``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a
