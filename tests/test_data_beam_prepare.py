@@ -137,6 +137,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "workers", "prepare_worker.py")
 
 
+def test_prepare_lock_refuses_a_second_preparation_naming_the_first(tmp_path):
+    from highnoon.launch.prepare_lock import PrepareLock
+    from highnoon.training.run_lock import ModelDirLockedError
+
+    with PrepareLock(str(tmp_path)) as first:
+        assert os.path.basename(first.path) == "prepare.lock"
+        with pytest.raises(ModelDirLockedError) as err:
+            PrepareLock(str(tmp_path)).acquire()
+    message = str(err.value)
+    assert "is being written by another preparation" in message
+    assert f"pid={os.getpid()}" in message and "use another output_dir" in message
+    with PrepareLock(str(tmp_path)):  # released on exit: free again
+        pass
+
+
 def _worker(marker, stall: bool, out, *flags: str):
     import subprocess
     import sys
@@ -183,7 +198,7 @@ def test_second_preparation_refuses_and_a_killed_one_restarts_cleanly(tmp_path):
     rerun = _worker(tmp_path / "marker3", False, out)
     _, err = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, err[-3000:]
-    assert "taking over the lock" in err  # the killed run's lock, named
+    assert "taking over the lock of a preparation that is gone" in err  # the killed one
     names = sorted(p.name for p in (out / "sources").iterdir())
     assert len(names) == 1 and ".tmp-" not in names[0], names  # the temporary is gone
     (item,) = json.loads((out / "datasets.json").read_text())["datasets"]

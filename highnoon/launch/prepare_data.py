@@ -32,7 +32,8 @@ from absl import app, flags, logging
 from highnoon.data import beam_prepare
 from highnoon.launch import flags as hn_flags  # defines --gin_file and --gin_bindings
 from highnoon.launch import program
-from highnoon.training.run_lock import ModelDirLockedError, RunLock, describe_holder
+from highnoon.launch.prepare_lock import PrepareLock
+from highnoon.training.run_lock import ModelDirLockedError
 from highnoon.utils import validation
 
 FLAGS = flags.FLAGS
@@ -81,25 +82,6 @@ program.check_flag("max_samples", validation.check_positive_int)
 program.check_flag("num_shards", validation.check_positive_int)
 program.check_flag("runner", lambda name, value: beam_prepare.check_runner(value))
 program.check_flag("beam_options", lambda name, value: beam_prepare.parse_beam_options(value))
-
-LOCK_FILE = "prepare.lock"
-
-
-class PrepareLock(RunLock):
-    """One preparation per output directory: ``RunLock``'s flock (local) or lease (``gs://``)
-    on ``<output_dir>/prepare.lock``; the second preparation refuses, naming the first."""
-
-    def __init__(self, output_dir: str, **options: Any) -> None:
-        super().__init__(output_dir, **options)
-        self.path = self.model_dir.rstrip("/") + "/" + LOCK_FILE
-
-    def _locked_message(self, holder: dict[str, Any] | None) -> str:
-        who = describe_holder(holder) if holder else "another process (details not written yet)"
-        return (
-            f"output_dir={self.model_dir!r} is being written by another preparation ({who}; "
-            f"lock file {self.path}). Two preparations into one directory would mix their "
-            "shards: wait for it to finish or stop it, or use another output_dir"
-        )
 
 
 def main(argv: list[str]) -> None:
