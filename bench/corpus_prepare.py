@@ -68,8 +68,14 @@ def _one_process(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[f
 
     start, cpu = time.perf_counter(), _cpu_seconds()
     build_token_store(
-        source.iter_samples(), tokenizer, path, progress=False, max_shard_tokens=max_shard_tokens
-    )
+        source.iter_samples(),
+        tokenizer,
+        path,
+        progress=False,
+        max_shard_tokens=max_shard_tokens,
+        sources=[source.describe()],
+        skipped=source.stats,
+    )  # fmt: skip  (as prepare_stage_store calls it: the files' hashes in the manifest)
     return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
@@ -100,6 +106,7 @@ def _same_store(a: str, b: str) -> None:
 
     one, other = TokenStore.open(a), TokenStore.open(b)
     assert one.fingerprint == other.fingerprint, (one.fingerprint, other.fingerprint)
+    assert one.manifest["sources"] == other.manifest["sources"]
     for name in ("lengths", "surprisal_sum"):
         assert np.array_equal(getattr(one.features, name), getattr(other.features, name)), name
     for strategy in ("size_based", "difficulty_based", "mixed"):
@@ -134,7 +141,7 @@ def compare(label: str, data: str, tokenizer, mb: float, work: str, repeats: int
     )
 
 
-def startup_seconds(work: str, tokenizer) -> float:
+def startup_seconds(work: str, tokenizer) -> tuple[float, float]:
     """A Beam preparation of a 0.1 MB corpus: the pipeline's fixed cost (construction, worker
     processes, the runner's bookkeeping), which larger corpora amortise."""
     from highnoon.data.registry import resolve_dataset
@@ -142,7 +149,7 @@ def startup_seconds(work: str, tokenizer) -> float:
     data = os.path.join(work, "tiny")
     write_corpus(data, 0.1, seed=2)
     source = resolve_dataset(os.path.join(data, "*.jsonl"))
-    seconds, _ = _beam(source, tokenizer, os.path.join(work, "tiny-store"), 1 << 28)
+    seconds = _beam(source, tokenizer, os.path.join(work, "tiny-store"), 1 << 28)
     shutil.rmtree(os.path.join(work, "tiny-store"))
     return seconds
 
@@ -156,9 +163,9 @@ def bench_prepare(mb: float = 64.0, sp_mb: float = 16.0, repeats: int = 1) -> No
 
     print(f"cores: {os.cpu_count()}; Beam options: {BEAM_OPTIONS}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as work:
+        wall, cpu = startup_seconds(work, load_tokenizer("byte"))
         print(
-            f"fixed cost of a Beam preparation (0.1 MB corpus): "
-            f"{startup_seconds(work, load_tokenizer('byte')):.1f} s",
+            f"fixed cost of a Beam preparation (0.1 MB corpus): {wall:.1f} s, {cpu:.1f} CPU-s",
             flush=True,
         )
         data = os.path.join(work, "byte-data")
