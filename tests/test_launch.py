@@ -87,7 +87,7 @@ def _listed_flags(help_text: str) -> list[str]:
             [
                 "beam_options", "data_dir", "datasets", "gin_bindings", "gin_file",
                 "gin_search_paths", "max_samples", "num_shards", "output_dir", "runner",
-                "tokenizer", "train_sentencepiece_vocab", "train_tokenizer_json_vocab",
+                "tokenizer", "train_sentencepiece_vocab", "train_tokenizer_json_vocab", "verify",
             ],
         ),
         (
@@ -547,3 +547,25 @@ def test_wheel_contents_declared_in_setup_py():
         with open(os.path.join(ROOT, *module.split(".")) + ".py", encoding="utf-8") as handle:
             tree = ast.parse(handle.read())
         assert function in [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+
+
+def test_prepare_data_verify_checks_every_block(tmp_path):
+    from highnoon.data import build_token_store
+
+    clean, damaged = str(tmp_path / "clean"), str(tmp_path / "damaged")
+    for path in (clean, damaged):
+        build_token_store(["abc", "defg"], "byte", path, progress=False)
+    tokens = os.path.join(damaged, "shard-00000-of-00001", "tokens.bin")
+    with open(tokens, "r+b") as handle:
+        handle.seek(3)
+        handle.write(b"\xff")
+    proc = _launch("launch.prepare_data", f"--verify={clean}")
+    assert proc.returncode == 0, proc.stderr
+    (checked,) = json.loads(proc.stdout)["verified"]
+    assert (checked["path"], checked["num_samples"], checked["shards"]) == (clean, 2, 1)
+    proc = _launch("launch.prepare_data", f"--verify={clean},{damaged}")
+    assert proc.returncode != 0
+    assert (
+        f"StoreError: store {damaged!r}, shard-00000-of-00001/tokens.bin: block 0 (byte offset 0, "
+        "bytes [0, 18)) has CRC32C"
+    ) in proc.stderr

@@ -3,9 +3,12 @@ exact resume in the middle of a mixed epoch."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
+from highnoon.data import prepare_datasets
 from tests.trainer_helpers import make_trainer, nano_model, write_jsonl
 
 
@@ -75,3 +78,24 @@ def test_a_mixed_stage_resumes_mid_epoch_bit_identical(tmp_path, mixture, monkey
     )
     for got, want in zip(_weights(resumed.model), _weights(reference.model)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow  # two trainings: about 30 s on 2 cores
+def test_a_prepared_store_by_path_trains_as_its_raw_source(tmp_path, mixture):
+    """highnoon-prepare-data's store of ``a``, named by path in a weighted mixture, trains
+    exactly as ``a`` itself: the same samples, scores, batches and weights, with no rebuild."""
+    index = prepare_datasets([mixture[0][0]], str(tmp_path / "prepared"), progress=False)
+    prepared = index["datasets"][0]["path"]
+    runs = {}
+    for name, first in (("raw", mixture[0][0]), ("prepared", prepared)):
+        trainer = make_trainer(tmp_path / name)
+        trainer.add_curriculum_stage("mix", [(first, 0.5), *mixture[1:]], epochs=1)
+        summary = trainer.train(save_checkpoints=False)
+        runs[name] = (summary["stages_completed"][0]["samples_per_dataset"], trainer.model)
+    (raw_counts, raw_model), (prepared_counts, prepared_model) = runs["raw"], runs["prepared"]
+    assert list(prepared_counts.values()) == list(raw_counts.values()) == [10, 6, 4]
+    assert list(prepared_counts) == [prepared, mixture[1][0], mixture[2][0]]
+    for got, want in zip(_weights(prepared_model), _weights(raw_model)):
+        np.testing.assert_array_equal(got, want)
+    assert len(os.listdir(tmp_path / "raw" / "cache" / "sources")) == 3
+    assert len(os.listdir(tmp_path / "prepared" / "cache" / "sources")) == 2  # a: read in place

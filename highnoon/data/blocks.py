@@ -165,17 +165,26 @@ class MappedFile:
         view = self._view(dtype)
         if positions.size == 0:
             return np.zeros(positions.shape, dtype=dtype)
+        if self._unverified or positions.min() < 0:  # np.take itself refuses positions >= size
+            self._check_take(positions, view.size, dtype)
+        try:
+            values = np.take(view, positions)
+        except IndexError:
+            self._check_take(positions, view.size, dtype)
+            raise
+        self.bytes_read += positions.size * dtype.itemsize
+        return values
+
+    def _check_take(self, positions: np.ndarray, count: int, dtype: np.dtype) -> None:
+        """Positions inside the file, and their blocks checked (the slow path of ``take``)."""
         low, high = int(positions.min()), int(positions.max())
-        if low < 0 or high >= view.size:
-            check_range(self.label, self.size, low * dtype.itemsize,
-                        (high + 1) * dtype.itemsize)  # fmt: skip
+        if low < 0 or high >= count:
+            check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
         if self._unverified:
             blocks = positions.reshape(-1) * dtype.itemsize // self.block_bytes
             assert self._verified is not None
             if not self._verified[blocks].all():
                 self._verify_blocks(np.unique(blocks))
-        self.bytes_read += positions.size * dtype.itemsize
-        return np.take(view, positions)
 
     def _view(self, dtype: np.dtype) -> np.ndarray:
         """The file as a plain ndarray of ``dtype`` (fancy indexing skips np.memmap's overhead)."""

@@ -105,11 +105,12 @@ class _Gather:
             w[over] = (h % (spare[over] + 1).astype(np.uint64)).astype(np.int64)
         return w
 
-    def _read(self, starts: np.ndarray, lengths: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """int32 ids at store ``positions`` (broadcast with ``starts``/``lengths``), each kept
-        inside its own sample: a position outside it (BOS, padding) reads the sample's edge,
-        which the caller overwrites, so no byte beyond the sample is fetched."""
-        np.clip(positions, starts, starts + lengths - 1, out=positions)
+    def _read(self, positions: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """int32 ids at store ``positions`` (each at or after its sample's start), each kept
+        inside its sample (``ends``: its last id, broadcast): a position past it (padding)
+        reads the sample's last id, which the caller overwrites, so no byte beyond the rows'
+        samples is fetched."""
+        np.minimum(positions, ends, out=positions)
         return self.store.read_tokens(positions).astype(np.int32)
 
     def prefetch(self, first: int, count: int) -> None:
@@ -129,7 +130,7 @@ class _Gather:
 
     def _full_tokens(self, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray) -> np.ndarray:
         """``full[k]`` for samples at ``starts`` of ``lengths`` stored ids (k=0 is BOS)."""
-        tokens = self._read(starts, lengths, starts + k - 1)
+        tokens = self._read(starts + np.maximum(k - 1, 0), starts + lengths - 1)
         return np.where(k == 0, self.bos_id, tokens)
 
 
@@ -202,7 +203,9 @@ class HostBatcher(_Gather):
         t1 = self.seq_len + 1
         row_len = np.minimum(full_len - w, t1)
         k = w[:, None] + self._arange
-        row = self._read(starts[:, None], stored[:, None], starts[:, None] - 1 + k)
+        positions = starts[:, None] - 1 + k
+        positions[:, 0] = np.maximum(positions[:, 0], starts)  # only k = 0 (BOS) is before it
+        row = self._read(positions, (starts + stored - 1)[:, None])
         row[:, 0] = np.where(w == 0, self.bos_id, row[:, 0])
         valid = self._arange < row_len[:, None]
         row[~valid] = self.pad_id

@@ -307,6 +307,12 @@ class TokenStore:
         self._shards = list(shards)
         self._sample_base = np.array([s.first_sample for s in self._shards], dtype=np.int64)
         self._token_base = np.array([s.first_token for s in self._shards], dtype=np.int64)
+        first = self._shards[0]
+        self._one_whole_file = (
+            len(self._shards) == 1
+            and first.first_token == 0
+            and (first.num_tokens * self.dtype.itemsize == first.files[TOKENS].size)
+        )
         self._features: SampleFeatures | None = None
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_of = tokenizer_of  # a concatenation reads its first part's tokenizer
@@ -478,6 +484,8 @@ class TokenStore:
         """The ids (store dtype) at store token ``positions`` (any shape; ``sample_bounds``
         gives where samples are). Blocks read for the first time are checked."""
         pos = np.asarray(positions, dtype=np.int64)
+        if self._one_whole_file:  # the hot path: the file's own bounds are the store's
+            return self._shards[0].files[TOKENS].take(pos, self.dtype)
         if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
             raise IndexError(
                 f"token positions must be in [0, {self.num_tokens}), got values in "

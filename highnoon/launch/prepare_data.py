@@ -14,6 +14,7 @@
         --runner=DataflowRunner --num_shards=1024 \
         --beam_options="--project=P --region=us-central1 --temp_location=gs://b/tmp"
     highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data --runner=none
+    highnoon-prepare-data --verify=/data/stores/c4-en,gs://bucket/stores/code  # check, no build
 
 (In a checkout, `python -m launch.prepare_data ...` is the same program.) Flags given on the
 command line override the gin bindings of ``prepare_datasets``; gin files can also register
@@ -74,6 +75,12 @@ flags.DEFINE_string(
     "Options for Beam's PipelineOptions, shell-quoted, e.g. \"--direct_num_workers=2 "
     '--direct_running_mode=multi_processing" or "--project=P --region=R --temp_location=gs://.."',
 )
+flags.DEFINE_list(
+    "verify",
+    None,
+    "Prepared stores to check block by block (CRC32C of every block of every shard); prepares "
+    "nothing. A damaged block is an error naming its shard, file, block and byte offset.",
+)
 
 program.check_flag("output_dir", validation.check_str)
 program.check_flag("train_sentencepiece_vocab", validation.check_positive_int)
@@ -89,6 +96,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from highnoon.launch import configurables
 
+    if FLAGS.verify:
+        _verify(FLAGS.verify)
+        return
     hn_flags.parse_gin_from_flags()
     configurables.register_datasets()  # datasets a gin file registered, if any
     overrides: dict[str, Any] = {}
@@ -112,6 +122,20 @@ def main(argv: list[str]) -> None:
             item["entry"], item["num_samples"], item["num_tokens"], item["path"],
         )  # fmt: skip
     print(json.dumps(index, indent=2))
+
+
+def _verify(paths: list[str]) -> None:
+    """Check every block of the stores at ``paths``; print what was checked."""
+    from highnoon.data.store import TokenStore
+
+    checked = []
+    for path in paths:
+        store = TokenStore.open(path, verify=True)
+        store.verify()
+        checked.append({"path": path, "num_samples": store.num_samples,
+                        "shards": store.num_shards, "fingerprint": store.fingerprint})  # fmt: skip
+        logging.info("%s: %d shards verified", path, store.num_shards)
+    print(json.dumps({"verified": checked}, indent=2))
 
 
 def run() -> None:

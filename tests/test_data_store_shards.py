@@ -1,0 +1,255 @@
+"""Sharded stores read in place: reads across shard boundaries, batches equal to a one-shard
+store's, every bad input of a prepared store as a clear error (missing or truncated shard, a
+manifest naming an absent file, a flipped byte caught at the read that would feed a batch,
+another tokenizer, another vocabulary), and a prepared store used by path as a dataset entry,
+alone, capped, and in a weighted mixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from highnoon.data import (
+    ByteTokenizer,
+    StoreError,
+    TokenStore,
+    VocabularyMismatchError,
+    build_token_store,
+    pack_epoch,
+    prepare_stage_store,
+    resolve_dataset,
+    train_tokenizer_json,
+)
+from highnoon.data.pipeline import HostBatcher, PackedBatcher, make_host_dataset
+from highnoon.data.sources import StoreSource
+from highnoon.utils.validation import InvalidArgumentError
+from tests.trainer_helpers import corpus, write_jsonl
+
+TEXTS = corpus(seed=3, count=60, min_len=1, max_len=12)
+SHARD_TOKENS = 300  # 7 shards of the 60 texts (2258 ids)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """The same texts as one shard and as several (built once; tests copy before damaging)."""
+    root = tmp_path_factory.mktemp("stores")
+    one = build_token_store(TEXTS, "byte", str(root / "one"), progress=False)
+    many = build_token_store(
+        TEXTS, "byte", str(root / "many"), progress=False, max_shard_tokens=SHARD_TOKENS
+    )
+    return one, many
+
+
+def _copy(store: TokenStore, tmp_path) -> str:
+    target = str(tmp_path / "copy")
+    shutil.copytree(store.path, target)
+    return target
+
+
+def test_a_sharded_store_holds_the_same_samples_and_features(stores):
+    one, many = stores
+    assert many.num_shards == 7 and one.num_shards == 1
+    assert (many.num_samples, many.num_tokens) == (one.num_samples, one.num_tokens)
+    every = np.arange(one.num_samples)
+    assert [s.tolist() for s in many.samples(every)] == [s.tolist() for s in one.samples(every)]
+    # scores see the corpus, not the shard: features equal the one-shard store's
+    np.testing.assert_array_equal(many.features.lengths, one.features.lengths)
+    np.testing.assert_array_equal(many.features.surprisal_sum, one.features.surprisal_sum)
+    assert many.fingerprint != one.fingerprint  # another layout of the bytes
+
+
+def test_no_sample_spans_two_shards_and_gathers_cross_boundaries(stores):
+    one, many = stores
+    eos = ByteTokenizer().eos_id
+    first = [s["num_samples"] for s in many.manifest["shards"]]
+    boundaries = np.cumsum(first)[:-1]
+    for entry in many.manifest["shards"]:
+        tokens = np.fromfile(os.path.join(many.path, entry["name"], "tokens.bin"), "<u2")
+        assert tokens.size == entry["num_tokens"] and tokens[-1] == eos
+    around = np.concatenate([boundaries - 1, boundaries])[::-1]  # last/first of each shard
+    flat, offsets = many.gather(around)
+    want_flat, want_offsets = one.gather(around)
+    np.testing.assert_array_equal(flat, want_flat)
+    np.testing.assert_array_equal(offsets, want_offsets)
+    starts, lengths = many.sample_bounds(around.reshape(2, -1))
+    assert starts.shape == (2, boundaries.size)
+    np.testing.assert_array_equal(lengths.ravel(), np.diff(want_offsets))
+    with pytest.raises(IndexError, match=r"sample indices must be in \[0, 60\)"):
+        many.gather([60])
+
+
+def test_batches_from_a_sharded_store_equal_a_one_shard_stores(stores):
+    one, many = stores
+    rows = np.arange(one.num_samples)[::-1].reshape(15, 4)
+    for overflow in ("truncate", "window"):
+        a = HostBatcher(one, rows, 16, overflow=overflow, seed=5).batches(0, 15)
+        b = HostBatcher(many, rows, 16, overflow=overflow, seed=5).batches(0, 15)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    packed = pack_epoch(np.arange(one.num_samples)[::-1], one.features.lengths, 24, 4)
+    a = PackedBatcher(one, packed, overflow="window").batches(0, packed.num_steps)
+    b = PackedBatcher(many, packed, overflow="window").batches(0, packed.num_steps)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_a_missing_shard_is_an_error_naming_it(stores, tmp_path):
+    path = _copy(stores[1], tmp_path)
+    shutil.rmtree(os.path.join(path, "shard-00002-of-00007"))
+    with pytest.raises(
+        StoreError,
+        match=r"shard-00002-of-00007: the shard is missing \(shard-00002-of-00007/shard\.json "
+        r"does not exist\); the store is incomplete, rebuild it",
+    ):
+        TokenStore.open(path)
+
+
+def test_a_truncated_shard_is_an_error_naming_the_file(stores, tmp_path):
+    path = _copy(stores[1], tmp_path)
+    tokens = os.path.join(path, "shard-00001-of-00007", "tokens.bin")
+    size = os.path.getsize(tokens)
+    os.truncate(tokens, size - 2)
+    with pytest.raises(
+        StoreError,
+        match=rf"shard-00001-of-00007/tokens\.bin: file has size {size - 2}, shard\.json "
+        rf"records {size} .*the shard is truncated or was modified, rebuild the store",
+    ):
+        TokenStore.open(path)
+    os.remove(tokens)
+    with pytest.raises(StoreError, match=r"00007/tokens\.bin: the file is missing; .* rebuild"):
+        TokenStore.open(path)
+
+
+def test_a_manifest_naming_an_absent_file_is_an_error(stores, tmp_path):
+    path = _copy(stores[0], tmp_path)
+    with open(os.path.join(path, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    manifest["files"]["tokenizer.model"] = {"size": 10, "sha256": "0" * 64}
+    with open(os.path.join(path, "manifest.json"), "w") as handle:
+        json.dump(manifest, handle)
+    with pytest.raises(
+        StoreError,
+        match=r"file tokenizer\.model is missing, the manifest records 10 bytes; the store is "
+        "incomplete or was modified, rebuild it",
+    ):
+        TokenStore.open(path)
+
+
+def test_an_edited_shard_manifest_is_an_error(stores, tmp_path):
+    path = _copy(stores[1], tmp_path)
+    shard_json = os.path.join(path, "shard-00000-of-00007", "shard.json")
+    with open(shard_json) as handle:
+        meta = json.load(handle)
+    meta["skipped_empty"] += 1
+    with open(shard_json, "w") as handle:
+        json.dump(meta, handle)
+    with pytest.raises(StoreError, match=r"shard\.json has sha256 [0-9a-f]{64}, the manifest"):
+        TokenStore.open(path)
+
+
+def _flip(path: str, offset: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ 0x04]))
+
+
+def test_a_flipped_byte_is_caught_at_the_read_that_would_feed_a_batch(stores, tmp_path):
+    path = _copy(stores[1], tmp_path)
+    _flip(os.path.join(path, "shard-00003-of-00007", "tokens.bin"), 7)
+    store = TokenStore.open(path, verify=True)  # manifests and sizes are fine
+    first = store.manifest["shards"][3]
+    base = sum(s["num_samples"] for s in store.manifest["shards"][:3])
+    clean = np.arange(base).reshape(-1, 1)[:8]  # samples of shards 0-2 read fine
+    assert HostBatcher(store, clean, 16).batch(0)["inputs"].shape == (1, 16)
+    message = (
+        rf"^store '.*copy', shard-00003-of-00007/tokens\.bin: block 0 \(byte offset 0, bytes "
+        rf"\[0, {first['num_tokens'] * 2}\)\) has CRC32C 0x[0-9a-f]{{8}}, the shard manifest "
+        r"records 0x[0-9a-f]{8}; the store is corrupt, rebuild it$"
+    )
+    with pytest.raises(StoreError, match=message):
+        HostBatcher(store, np.array([[base]]), 16).batch(0)
+    dataset = make_host_dataset(store, np.array([[0], [base]]), 16, steps_per_call=1)
+    iterator = iter(dataset)
+    next(iterator)  # step 0 reads shard 0 only
+    with pytest.raises(Exception, match="shard-00003-of-00007/tokens.bin: block 0 .*rebuild it"):
+        next(iterator)
+
+
+def test_a_store_of_another_tokenizer_is_refused(stores, tmp_path):
+    other = train_tokenizer_json(TEXTS, str(tmp_path / "tok.json"), 300)
+    with pytest.raises(InvalidArgumentError) as info:
+        prepare_stage_store(stores[0].path, other, str(tmp_path / "cache"), progress=False)
+    message = str(info.value)
+    assert message.startswith(
+        f'the prepared store {stores[0].path!r} was tokenised with {{"type": "byte"}}, '
+        'but this run\'s tokenizer is {"bos_token": "<s>"'
+    )
+    assert message.endswith(
+        "train with the tokenizer the store was prepared with (a file-based one is kept in the "
+        "store: none here), or prepare the data again with this tokenizer"
+    )
+
+
+def test_a_store_beyond_the_models_vocabulary_is_refused(stores, tmp_path):
+    with pytest.raises(
+        VocabularyMismatchError, match=r"holds token ids up to \d+, but vocab_size=100"
+    ):
+        prepare_stage_store(
+            stores[0].path, "byte", str(tmp_path / "cache"), progress=False, vocab_size=100
+        )
+
+
+# --- a prepared store as a dataset entry ------------------------------------------------------
+
+
+def test_a_prepared_store_is_read_in_place_by_path(stores, tmp_path):
+    one = stores[0]
+    source = resolve_dataset(one.path)
+    assert isinstance(source, StoreSource)
+    assert source.describe() == {"type": "store", "path": one.path, "fingerprint": one.fingerprint}
+    cache = tmp_path / "cache"
+    store = prepare_stage_store(one.path, ByteTokenizer(), str(cache), progress=False)
+    assert store.path == one.path and store.fingerprint == one.fingerprint
+    assert not (cache / "sources").exists() or not os.listdir(cache / "sources")  # no rebuild
+    capped = prepare_stage_store(one.path, "byte", str(cache), max_samples=7, progress=False)
+    assert capped.num_samples == 7 and capped.fingerprint != one.fingerprint
+    assert [s.tolist() for s in capped.samples(range(7))] == [
+        s.tolist() for s in one.samples(range(7))
+    ]
+    np.testing.assert_array_equal(capped.features.lengths, one.features.lengths[:7])
+    with pytest.raises(InvalidArgumentError, match="options .*apply to raw sources only"):
+        from highnoon.data import register_dataset, unregister_dataset
+
+        register_dataset("prepared", one.path, text_field="body")
+        try:
+            resolve_dataset("prepared")
+        finally:
+            unregister_dataset("prepared")
+
+
+def test_a_weighted_mixture_reads_a_prepared_store_and_a_raw_source(stores, tmp_path):
+    many = stores[1]
+    raw = write_jsonl(str(tmp_path / "raw.jsonl"), ["raw one", "raw two"])
+    cache = str(tmp_path / "cache")
+    mixed = prepare_stage_store([(many.path, 0.75), (raw, 0.25)], "byte", cache, progress=False)
+    assert mixed.num_samples == many.num_samples + 2
+    assert mixed.manifest["mixing"]["weights"] == [0.75, 0.25]
+    assert mixed.manifest["mixing"]["part_counts"] == [many.num_samples, 2]
+    assert mixed.manifest["sources"][0] == {
+        "weight": 0.75, "name": many.path, "type": "store", "path": many.path,
+        "fingerprint": many.fingerprint,
+    }  # fmt: skip
+    tok = ByteTokenizer()
+    tail = [tok.decode(s) for s in mixed.samples([mixed.num_samples - 2, mixed.num_samples - 1])]
+    assert tail == ["raw one", "raw two"]
+    np.testing.assert_array_equal(mixed.features.lengths[: many.num_samples], many.features.lengths)
+    assert not os.path.exists(os.path.join(cache, "stages"))  # no mixed copy is written
