@@ -237,3 +237,49 @@ def test_concurrent_readers_get_the_right_bytes(payload):
         t.join()
     assert errors == []
     assert f.bytes_read == 1000  # each block fetched once
+
+
+def test_verify_checks_every_block_in_few_reads(payload):
+    data, _, crcs = payload
+    f = _file(payload)
+    f.verify()
+    assert (f.verified_blocks, f.reads, f.bytes_read) == (16, 1, 1000)
+    bad = bytearray(data)
+    bad[999] ^= 4  # the short last block
+    g = RangedFile(_write(bytes(bad)), len(data), BLOCK, crcs, label="v", cache=BlockCache(0))
+    with pytest.raises(StoreError, match=r"v: block 15 \(byte offset 960, bytes \[960, 1000\)\)"):
+        g.verify()
+
+
+def test_prefetches_of_many_files_share_the_process_threads(payload):
+    from highnoon.data.remote_blocks import PREFETCH_THREADS
+
+    files = [_file(payload) for _ in range(6)]
+    for f in files:
+        f.prefetch([(0, 1000)])
+    for f in files:
+        f.wait_prefetch()
+        assert (f.reads, f.bytes_read, f.prefetch_dropped) == (1, 1000, 0)
+    names = [t.name for t in threading.enumerate() if t.name.startswith("store prefetch")]
+    assert len(names) == PREFETCH_THREADS
+
+
+def test_reading_gs_without_the_read_ahead_setting_warns_once(monkeypatch, caplog):
+    from highnoon.data import remote_blocks
+
+    monkeypatch.setattr(remote_blocks, "_warned_readahead", False)
+    monkeypatch.delenv("GCS_READ_CACHE_BLOCK_SIZE_MB", raising=False)
+    with caplog.at_level("WARNING"):
+        remote_blocks._warn_gcs_readahead("ram://not-gcs")
+        assert caplog.records == []
+        remote_blocks._warn_gcs_readahead("gs://b/s/shard-00000-of-00001/tokens.bin")
+        remote_blocks._warn_gcs_readahead("gs://b/s/shard-00000-of-00001/offsets.bin")
+    (record,) = caplog.records
+    assert "fetches 64 MiB from each read position unless GCS_READ_CACHE_BLOCK_SIZE_MB" in (
+        record.getMessage()
+    )
+    monkeypatch.setattr(remote_blocks, "_warned_readahead", False)
+    monkeypatch.setenv("GCS_READ_CACHE_BLOCK_SIZE_MB", "0")
+    caplog.clear()
+    remote_blocks._warn_gcs_readahead("gs://b/s/x")
+    assert caplog.records == []

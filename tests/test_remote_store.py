@@ -263,3 +263,21 @@ def test_two_processes_read_one_store_in_place_from_file_urls_and_a_fake_gcs(loc
     assert fetched <= served <= fetched + reads
     size = os.path.getsize(os.path.join(local, "shard-00000-of-00003", "tokens.bin"))
     assert max(r["bytes"] for r in fake.requests if r["what"].endswith("tokens.bin")) < size
+
+
+def test_a_trainer_stage_reads_a_file_url_store_in_place_with_the_cache_setting(local, tmp_path):
+    """A prepared store named by a ``file://`` URL is a stage's dataset, read in place; the
+    ``store_cache_bytes`` setting bounds the process-wide block cache when stages are planned."""
+    from tests.trainer_helpers import make_trainer
+
+    cache = block_cache()
+    before = cache.max_bytes
+    try:
+        trainer = make_trainer(tmp_path, store_cache_bytes=3 << 20, curriculum_strategy=None)
+        trainer.add_curriculum_stage("remote", [f"file://{local}"], epochs=1)
+        (plan,) = trainer.plan()
+        assert cache.max_bytes == 3 << 20
+        assert {type(f) for f in plan.store.block_files()} == {RangedFile}
+        assert plan.store.fingerprint == TokenStore.open(local).fingerprint
+    finally:
+        cache.resize(before)

@@ -34,7 +34,8 @@ from highnoon.data.store_errors import StoreError
 from highnoon.utils.validation import check_int
 
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: the `store_cache_bytes` setting's default
-PREFETCH_QUEUE = 8  # pending prefetch requests per file; more are dropped (a hint, not a need)
+PREFETCH_QUEUE = 64  # prefetch requests pending in the process; more are dropped (hints)
+PREFETCH_THREADS = 2  # fetch for several files at once (one file's fetches are serial)
 
 
 class BlockCache:
@@ -103,6 +104,47 @@ class BlockCache:
 
 
 _CACHE = BlockCache(DEFAULT_CACHE_BYTES)
+
+
+class _Prefetcher:
+    """The process' prefetch threads: one bounded queue of (file, byte spans) requests shared by
+    every ``RangedFile``, so a store of many shards starts ``PREFETCH_THREADS`` threads, not one
+    per file. Started on first use."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[RangedFile, list[tuple[int, int]]]] = queue.Queue(
+            maxsize=PREFETCH_QUEUE
+        )
+        self._lock = threading.Lock()
+        self._started = False
+
+    def submit(self, file: RangedFile, spans: list[tuple[int, int]]) -> bool:
+        """Queue a request; False (dropped) when the queue is full."""
+        with self._lock:
+            if not self._started:
+                for i in range(PREFETCH_THREADS):
+                    threading.Thread(target=self._loop, name=f"store prefetch {i}",
+                                     daemon=True).start()  # fmt: skip
+                self._started = True
+        with file._pending_done:
+            file._pending += 1
+        try:
+            self._queue.put_nowait((file, spans))
+        except queue.Full:
+            file._finish_pending()
+            return False
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            file, spans = self._queue.get()
+            try:
+                file._prefetch_now(spans)
+            finally:
+                file._finish_pending()
+
+
+_PREFETCHER = _Prefetcher()
 
 
 def block_cache() -> BlockCache:
@@ -199,9 +241,10 @@ class RangedFile:
         self.reads = 0  # range reads issued
         self._verified = np.zeros(self.num_blocks, dtype=bool)  # checked by this process
         self._fetch_lock = threading.Lock()  # one fetch at a time: no block fetched twice
-        self._prefetch_queue: queue.Queue[list[tuple[int, int]]] | None = None
         self._prefetch_error: BaseException | None = None
-        self._prefetch_dropped = 0
+        self._pending = 0  # prefetch requests queued or running
+        self._pending_done = threading.Condition()
+        self.prefetch_dropped = 0  # requests dropped because the queue was full
 
     # -- reads ------------------------------------------------------------------------------
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -228,31 +271,35 @@ class RangedFile:
         out = np.empty(flat.size, dtype=dtype)
         if flat.size == 0:
             return out.reshape(pos.shape)
-        first_byte = flat * dtype.itemsize
-        block = first_byte // self.block_bytes
-        last_block = (first_byte + dtype.itemsize - 1) // self.block_bytes
-        blocks = self._blocks(np.unique(np.concatenate([block, last_block])))
-        whole = block == last_block
-        order = np.argsort(block, kind="stable")
-        sorted_blocks = block[order]
-        bounds = np.flatnonzero(np.diff(sorted_blocks)) + 1
-        for group in np.split(order, bounds):
-            group = group[whole[group]]
-            if group.size == 0:
-                continue
-            b = int(block[group[0]])
-            data = blocks[b]
-            local = first_byte[group] - b * self.block_bytes
-            if self.block_bytes % dtype.itemsize == 0:
-                view = data[: data.size - data.size % dtype.itemsize].view(dtype)
-                out[group] = view[local // dtype.itemsize]
-            else:
-                idx = local[:, None] + np.arange(dtype.itemsize)
-                out[group] = np.ascontiguousarray(data[idx]).view(dtype).reshape(-1)
-        for i in np.flatnonzero(~whole):  # elements across a block boundary (odd block sizes)
-            raw = self.read(int(first_byte[i]), int(first_byte[i]) + dtype.itemsize)
-            out[i] = raw.view(dtype)[0]
+        if self.block_bytes % dtype.itemsize:  # elements may straddle blocks: byte reads
+            for i, p in enumerate(flat.tolist()):
+                out[i] = self.read(p * dtype.itemsize, (p + 1) * dtype.itemsize).view(dtype)[0]
+            return out.reshape(pos.shape)
+        per_block = self.block_bytes // dtype.itemsize
+        block = flat // per_block
+        local = flat - block * per_block
+        present = np.zeros(self.num_blocks, dtype=bool)  # O(n), cheaper than np.unique
+        present[block] = True
+        wanted = np.flatnonzero(present)
+        blocks = self._blocks(wanted)
+        if wanted.size == 1:
+            out[:] = self._view(blocks[int(wanted[0])], dtype)[local]
+            return out.reshape(pos.shape)
+        # group positions by block: a stable sort of small ranks (radix sort when they fit 16 bits)
+        rank = (np.cumsum(present) - 1)[block]
+        rank = rank.astype(np.uint16 if wanted.size <= 1 << 16 else np.int64)
+        order = np.argsort(rank, kind="stable")
+        bounds = np.cumsum(np.bincount(rank, minlength=wanted.size))
+        begin = 0
+        for b, stop in zip(wanted.tolist(), bounds.tolist()):
+            group = order[begin:stop]
+            begin = stop
+            out[group] = self._view(blocks[b], dtype)[local[group]]
         return out.reshape(pos.shape)
+
+    @staticmethod
+    def _view(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return block[: block.size - block.size % dtype.itemsize].view(dtype)
 
     # -- prefetch ---------------------------------------------------------------------------
     @property
@@ -263,53 +310,38 @@ class RangedFile:
     def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Fetch the blocks of these byte ranges into the cache on a background thread.
 
-        A hint: with the cache off, or with more than ``PREFETCH_QUEUE`` requests pending, it
-        does nothing. An error it meets (a checksum mismatch, a failed read) is raised by the
-        next ``read``/``take`` of this file.
+        A hint: with the cache off, or with ``PREFETCH_QUEUE`` requests of the process already
+        pending, it does nothing. An error it meets (a checksum mismatch, a failed read) is
+        raised by the next ``read``/``take`` of this file.
         """
         if not self.cache.enabled:
             return
         spans = [(int(a), int(b)) for a, b in ranges if int(b) > int(a)]
-        if not spans:
-            return
-        if self._prefetch_queue is None:
-            with self._fetch_lock:
-                if self._prefetch_queue is None:
-                    self._prefetch_queue = queue.Queue(maxsize=PREFETCH_QUEUE)
-                    worker = threading.Thread(
-                        target=self._prefetch_loop,
-                        args=(self._prefetch_queue,),
-                        name=f"prefetch {self.label}",
-                        daemon=True,
-                    )
-                    worker.start()
-        try:
-            self._prefetch_queue.put_nowait(spans)
-        except queue.Full:
-            self._prefetch_dropped += 1
+        if spans and not _PREFETCHER.submit(self, spans):
+            self.prefetch_dropped += 1
 
-    def _prefetch_loop(self, requests: queue.Queue[list[tuple[int, int]]]) -> None:
-        while True:
-            spans = requests.get()
-            try:
-                parts = [
-                    np.arange(
-                        a // self.block_bytes, (min(b, self.size) - 1) // self.block_bytes + 1
-                    )
-                    for a, b in spans
-                    if 0 <= a < min(b, self.size)
-                ]
-                if parts:
-                    self._blocks(np.unique(np.concatenate(parts)), raise_pending=False)
-            except BaseException as err:  # kept for the next read: never lost
-                self._prefetch_error = err
-            finally:
-                requests.task_done()
+    def _prefetch_now(self, spans: list[tuple[int, int]]) -> None:
+        """Fetch the blocks of ``spans`` (on a prefetch thread); errors kept for the next read."""
+        try:
+            parts = [
+                np.arange(a // self.block_bytes, (min(b, self.size) - 1) // self.block_bytes + 1)
+                for a, b in spans
+                if 0 <= a < min(b, self.size)
+            ]
+            if parts:
+                self._blocks(np.unique(np.concatenate(parts)), raise_pending=False)
+        except BaseException as err:  # kept for the next read: never lost
+            self._prefetch_error = err
 
     def wait_prefetch(self) -> None:
-        """Block until every queued prefetch finished (tests and benches)."""
-        if self._prefetch_queue is not None:
-            self._prefetch_queue.join()
+        """Block until this file's queued prefetches finished (tests and benches)."""
+        with self._pending_done:
+            self._pending_done.wait_for(lambda: self._pending == 0)
+
+    def _finish_pending(self) -> None:
+        with self._pending_done:
+            self._pending -= 1
+            self._pending_done.notify_all()
 
     # -- blocks -----------------------------------------------------------------------------
     def _key(self, b: int) -> tuple[Any, ...]:
