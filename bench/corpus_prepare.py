@@ -135,8 +135,9 @@ def compare(label: str, data: str, tokenizer, mb: float, work: str, repeats: int
         f"{label}: {mb:.1f} MB of text; one process {mb / one:.2f} MB/s ({one:.1f} s, "
         f"{one_cpu:.1f} CPU-s), DirectRunner x2 {mb / beam:.2f} MB/s ({beam:.1f} s, "
         f"{beam_cpu:.1f} CPU-s with its workers): {one / beam:.2f}x (best of {repeats}; goal "
-        f">= 1.7x); load average {os.getloadavg()[0]:.1f}; stores identical (fingerprint, "
-        "features, scores)",
+        f">= 1.7x); CPU-s {beam_cpu / one_cpu:.2f}x the one process's, so at best "
+        f"{2 * one_cpu / beam_cpu:.2f}x on 2 idle cores; load average "
+        f"{os.getloadavg()[0]:.1f}; stores identical (fingerprint, features, scores)",
         flush=True,
     )
 
