@@ -47,6 +47,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -437,6 +438,13 @@ def _write_text(path: str, text: str) -> None:
     _write_bytes(path, text.encode("utf-8"))
 
 
+def _count_cpu(beam: Any, step: str, started: float) -> None:
+    """Add this thread's CPU time since ``started`` to the Beam counter ``<step>_cpu_ms``: what
+    the pipeline's own work cost, apart from the runner's (``PipelineResult.metrics``)."""
+    elapsed = round((time.thread_time() - started) * 1000)
+    beam.metrics.Metrics.counter("highnoon", f"{step}_cpu_ms").inc(elapsed)
+
+
 def _transforms(beam: Any) -> dict[str, Any]:
     """The pipeline's DoFns and CombineFns (defined once Beam is imported)."""
 
@@ -463,8 +471,13 @@ def _transforms(beam: Any) -> dict[str, Any]:
 
         def process(self, unit_index: int) -> Iterator[Any]:
             unit = self.units[unit_index]
-            chunks = iter_chunks(unit, self.max_samples, self.chunk_chars)
-            for number, samples in enumerate(chunks):
+            chunks = enumerate(iter_chunks(unit, self.max_samples, self.chunk_chars))
+            while True:
+                started = time.thread_time()
+                number, samples = next(chunks, (None, None))
+                _count_cpu(beam, "read", started)
+                if samples is None:
+                    break
                 if self.tokenise is None:
                     yield (unit_index, number), samples
                 else:
@@ -486,12 +499,14 @@ def _transforms(beam: Any) -> dict[str, Any]:
         def process(self, element: tuple[Any, list[Any]]) -> Iterator[Any]:
             from highnoon.data.shards import token_dtype
 
+            started = time.thread_time()
             key, samples = element
             tokenizer = self.tokenizer
             flat, lengths = encode_chunk(samples, tokenizer)
             stored = flat.astype(token_dtype(tokenizer.vocab_size))
             _save_chunk(chunk_file(self.staging, key), stored, lengths)
             counts = chunk_counts(stored, lengths, tokenizer.vocab_size, tokenizer.eos_id)
+            _count_cpu(beam, "tokenise", started)
             yield key, int(np.count_nonzero(lengths)), lengths, counts
 
     class SumCounts(beam.CombineFn):
@@ -527,6 +542,7 @@ def _transforms(beam: Any) -> dict[str, Any]:
         def process(self, shard: int, plan: dict[str, Any], counts: np.ndarray) -> Iterator:
             from highnoon.data.shards import ShardWriter, write_shard_features
 
+            started = time.thread_time()
             tokenizer = load_tokenizer(self.tokenizer_config)
             name = plan["names"][shard]
             remote = is_remote(self.staging)
@@ -548,6 +564,7 @@ def _transforms(beam: Any) -> dict[str, Any]:
             if remote:
                 _copy_tree_out(directory, f"{self.staging.rstrip('/')}/{name}")
                 shutil.rmtree(local, ignore_errors=True)
+            _count_cpu(beam, "write_shards", started)
             yield shard, manifest
 
     return {"Read": Read, "Tokenise": Tokenise, "SumCounts": SumCounts, "WriteShard": WriteShard}
@@ -576,79 +593,97 @@ def run_pipeline(
     config = tokenizer.to_config()
     tokenise = parts["Tokenise"](config, staging)
     singleton = beam.pvalue.AsSingleton
-    with beam.Pipeline(options=pipeline_options(runner, beam_options)) as pipeline:
-        unit_indices = pipeline | "Units" >> beam.Create(list(range(len(units))))
-        if len(units) > 1:  # one file per worker at a time: read and tokenise together
-            read = (
-                unit_indices
-                | "SpreadUnits" >> beam.Reshuffle()
-                | "ReadTokenise"
-                >> beam.ParDo(
-                    parts["Read"](units, max_samples, chunk_chars, tokenise)
-                ).with_outputs("stats", main="chunks")
-            )
-            tokenised = read.chunks
-        else:  # one stream: its text chunks are spread over the workers to tokenise
-            read = unit_indices | "Read" >> beam.ParDo(
-                parts["Read"](units, max_samples, chunk_chars)
-            ).with_outputs("stats", main="chunks")
-            tokenised = (
-                read.chunks
-                | "SpreadChunks" >> beam.Reshuffle()
-                | "Tokenise" >> beam.ParDo(tokenise)
-            )
-        counts = (
-            tokenised
-            | "ChunkCounts" >> beam.Map(lambda t: t[3])
-            | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
-        )
-        keep_lengths = num_shards is None
-        plan = (
-            tokenised
-            | "Meta" >> beam.Map(lambda t: (t[0], t[1], t[2] if keep_lengths else None))
-            | "Metas" >> beam.combiners.ToList()
-            | "Plan" >> beam.Map(_plan, num_shards, max_shard_tokens)
-        )
-        written = (
-            plan
-            | "Shards" >> beam.FlatMap(lambda p: range(len(p["names"])))
-            | "SpreadShards" >> beam.Reshuffle()
-            | "WriteShard"
-            >> beam.ParDo(
-                parts["WriteShard"](staging, config, block_bytes),
-                plan=singleton(plan),
-                counts=singleton(counts),
+    pipeline = beam.Pipeline(options=pipeline_options(runner, beam_options))
+    unit_indices = pipeline | "Units" >> beam.Create(list(range(len(units))))
+    if len(units) > 1:  # one file per worker at a time: read and tokenise together
+        read = (
+            unit_indices
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "ReadTokenise"
+            >> beam.ParDo(parts["Read"](units, max_samples, chunk_chars, tokenise)).with_outputs(
+                "stats", main="chunks"
             )
         )
+        tokenised = read.chunks
+    else:  # one stream: its text chunks are spread over the workers to tokenise
+        read = unit_indices | "Read" >> beam.ParDo(
+            parts["Read"](units, max_samples, chunk_chars)
+        ).with_outputs("stats", main="chunks")
+        tokenised = (
+            read.chunks | "SpreadChunks" >> beam.Reshuffle() | "Tokenise" >> beam.ParDo(tokenise)
+        )
+    counts = (
+        tokenised
+        | "ChunkCounts" >> beam.Map(lambda t: t[3])
+        | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
+    )
+    keep_lengths = num_shards is None
+    plan = (
+        tokenised
+        | "Meta" >> beam.Map(lambda t: (t[0], t[1], t[2] if keep_lengths else None))
+        | "Metas" >> beam.combiners.ToList()
+        | "Plan" >> beam.Map(_plan, num_shards, max_shard_tokens)
+    )
+    written = (
+        plan
+        | "Shards" >> beam.FlatMap(lambda p: range(len(p["names"])))
+        | "SpreadShards" >> beam.Reshuffle()
+        | "WriteShard"
+        >> beam.ParDo(
+            parts["WriteShard"](staging, config, block_bytes),
+            plan=singleton(plan),
+            counts=singleton(counts),
+        )
+    )
 
-        def summary(_: Any, plan: dict[str, Any], stats: list, shards: list) -> None:
-            done = sorted(shard for shard, _ in shards)
-            if done != list(range(len(plan["names"]))):
-                raise InvalidDataError(f"shards written {done} do not match {plan['names']}")
-            text = json.dumps(
-                {
-                    "names": plan["names"],
-                    "num_samples": plan["num_samples"],
-                    "stats": _merge_stats(stats),
-                },
-                sort_keys=True,
-            )
-            _write_text(f"{staging.rstrip('/')}/{SUMMARY}", text)
-
-        _ = (
-            pipeline
-            | "Once" >> beam.Create([None])
-            | "Summary"
-            >> beam.Map(
-                summary,
-                plan=singleton(plan),
-                stats=beam.pvalue.AsList(read.stats),
-                shards=beam.pvalue.AsList(written),
-            )
+    def summary(_: Any, plan: dict[str, Any], stats: list, shards: list) -> None:
+        done = sorted(shard for shard, _ in shards)
+        if done != list(range(len(plan["names"]))):
+            raise InvalidDataError(f"shards written {done} do not match {plan['names']}")
+        text = json.dumps(
+            {
+                "names": plan["names"],
+                "num_samples": plan["num_samples"],
+                "stats": _merge_stats(stats),
+            },
+            sort_keys=True,
         )
+        _write_text(f"{staging.rstrip('/')}/{SUMMARY}", text)
+
+    _ = (
+        pipeline
+        | "Once" >> beam.Create([None])
+        | "Summary"
+        >> beam.Map(
+            summary,
+            plan=singleton(plan),
+            stats=beam.pvalue.AsList(read.stats),
+            shards=beam.pvalue.AsList(written),
+        )
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
     from highnoon.utils.files import read_text
 
-    return json.loads(read_text(f"{staging.rstrip('/')}/{SUMMARY}"))
+    summary = json.loads(read_text(f"{staging.rstrip('/')}/{SUMMARY}"))
+    summary["cpu_seconds"] = _cpu_counters(result)
+    return summary
+
+
+def _cpu_counters(result: Any) -> dict[str, float]:
+    """{step: CPU seconds} from the run's ``<step>_cpu_ms`` counters (``_count_cpu``); empty
+    where the runner reports no metrics."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # a runner without metrics support
+        return {}
+    out: dict[str, float] = {}
+    for counter in counters:
+        name = counter.key.metric.name
+        if counter.key.metric.namespace == "highnoon" and name.endswith("_cpu_ms"):
+            value = counter.committed if counter.committed is not None else counter.attempted
+            out[name[: -len("_cpu_ms")]] = out.get(name[: -len("_cpu_ms")], 0.0) + value / 1000
+    return dict(sorted(out.items()))
 
 
 def build_store_on_beam(
@@ -714,6 +749,7 @@ def build_store_on_beam(
         remove_stale_build_dirs(parent, base=os.path.basename(path))
         staging = _temp_name(path, "tmp")
         os.makedirs(staging)
+    started = time.perf_counter()
     try:
         summary = run_pipeline(
             source,
@@ -742,6 +778,14 @@ def build_store_on_beam(
             sources=[description],
             skipped=summary["stats"],
             top_files=top_files,
+            extra={
+                "build_seconds": round(time.perf_counter() - started, 3),
+                "preparation": {  # who did the work: not part of the fingerprint
+                    "runner": runner,
+                    "beam_options": options,
+                    "cpu_seconds": summary["cpu_seconds"],
+                },
+            },
         )
         if remote:
             tf.io.gfile.remove(f"{staging}/{SUMMARY}")
