@@ -14,7 +14,7 @@ local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster
    chunks of about 4 MB of text, keyed ``(unit, chunk)``.
 2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
    read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
-   chunk is saved beside the store (``chunk_file``: ids and lengths, empty samples as 0), and
+   chunk is saved beside the store (``chunk_file``: lengths, empty samples as 0, and ids), and
    only its metadata goes on through Beam: no token crosses the runner's shuffle.
 3. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of the
    chunks' count vectors: an exact integer sum whatever the grouping.
@@ -322,25 +322,28 @@ CHUNKS = "_chunks"  # tokenised chunks, between the tokenising and the shard-wri
 
 def chunk_file(staging: str, key: tuple[int, int]) -> str:
     """Where a tokenised chunk waits for its shard writer (inside the staging directory)."""
-    return f"{staging.rstrip('/')}/{CHUNKS}/u{key[0]:06d}-c{key[1]:06d}.npz"
+    return f"{staging.rstrip('/')}/{CHUNKS}/u{key[0]:06d}-c{key[1]:06d}.bin"
 
 
 def _save_chunk(path: str, flat: np.ndarray, lengths: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, flat=flat, lengths=lengths)
-    _write_bytes(path, buffer.getvalue())
+    """Raw little-endian bytes: the sample count (``<i8``), the lengths (``<i8``), the ids (the
+    store's dtype). No container: written once, read back without a copy."""
+    head = np.array([lengths.size], dtype="<i8").tobytes()
+    _write_bytes(path, head + lengths.astype("<i8").tobytes() + flat.tobytes())
 
 
-def _load_chunk(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_chunk(path: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     if is_remote(path):
         import tensorflow as tf
 
         with tf.io.gfile.GFile(path, "rb") as handle:
-            data: Any = io.BytesIO(handle.read())
+            data = handle.read()
     else:
-        data = path
-    with np.load(data, allow_pickle=False) as arrays:
-        return arrays["flat"], arrays["lengths"]
+        with open(path, "rb") as handle:
+            data = handle.read()
+    count = int(np.frombuffer(data, "<i8", count=1)[0])
+    lengths = np.frombuffer(data, "<i8", count=count, offset=8)
+    return np.frombuffer(data, dtype, offset=8 * (count + 1)), lengths
 
 
 def _plan(
@@ -553,7 +556,7 @@ def _transforms(beam: Any) -> dict[str, Any]:
                 directory, tokenizer.vocab_size, tokenizer.eos_id, block_bytes=self.block_bytes
             )
             for key, first in shard_chunks(plan, shard):
-                flat, lengths = _load_chunk(chunk_file(self.staging, key))
+                flat, lengths = _load_chunk(chunk_file(self.staging, key), writer.dtype)
                 for piece_shard, part, part_lengths in split_chunk(
                     first, flat, lengths, plan["bounds"]
                 ):
