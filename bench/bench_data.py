@@ -14,6 +14,10 @@ CRC32C of every block of every shard file, what a first read of all the data add
 plain sequential read of the shards' tokens.bin in the same process, both with the files in the
 page cache, and a second ``verify()`` in the same process (blocks already checked are skipped).
 A cold read from disk adds the disk's time.
+
+``--gather`` compares the numpy gather of unpacked batches (``HostBatcher.batches``, through the
+store's reads: offsets, per-sample clamping, block checks) with format 1's arithmetic on the raw
+arrays of the same one-shard store, in the same process (best of 15 interleaved rounds).
 """
 
 from __future__ import annotations
@@ -140,7 +144,66 @@ def bench_verify(megabytes: int) -> None:
     print(f"| open + verify() again in the same process | {again * 1e3:.1f} ms |")
 
 
+def _raw_plain(tokens: np.ndarray, offsets: np.ndarray, idx: np.ndarray, seq_len: int) -> dict:
+    """Format 1's ``HostBatcher._plain`` (truncate) on raw arrays: the baseline of --gather."""
+    arange = np.arange(seq_len + 1)
+    starts = offsets[idx]
+    full_len = offsets[idx + 1] - starts + 1
+    w = np.zeros_like(full_len)  # the truncate rule's windows
+    row_len = np.minimum(full_len - w, seq_len + 1)
+    k = w[:, None] + arange
+    positions = starts[:, None] - 1 + k
+    np.clip(positions, 0, tokens.size - 1, out=positions)
+    row = np.take(tokens, positions).astype(np.int32)
+    row[:, 0] = np.where(w == 0, 1, row[:, 0])
+    valid = arange < row_len[:, None]
+    row[~valid] = 0
+    return {
+        "inputs": row[:, :-1],
+        "targets": row[:, 1:],
+        "loss_mask": valid[:, 1:].astype(np.int32),
+    }
+
+
+def bench_gather() -> None:
+    from highnoon.data.pipeline import HostBatcher
+
+    with tempfile.TemporaryDirectory() as directory:
+        store = build_token_store(synthetic_texts(20), "byte", os.path.join(directory, "s"),
+                                  progress=False)  # fmt: skip
+        (shard,) = store.manifest["shards"]
+        shard_dir = os.path.join(store.path, shard["name"])
+        tokens = np.fromfile(os.path.join(shard_dir, "tokens.bin"), dtype=store.dtype)
+        offsets = np.fromfile(os.path.join(shard_dir, "offsets.bin"), dtype="<i8")
+        rows = np.random.Generator(np.random.PCG64(1)).integers(0, store.num_samples, (800, 8))
+        print(
+            "| gather, 8 steps of 8 rows per call | store reads | format 1 arithmetic | speed (format 1 time / store time) |"
+        )
+        print("|---|---|---|---|")
+        for seq_len in (256, 1024):
+            batcher = HostBatcher(store, rows, seq_len)
+            want = _raw_plain(tokens, offsets, rows[:8].reshape(-1), seq_len)
+            got = batcher.batches(0, 8)
+            for key, value in want.items():  # the same batches
+                np.testing.assert_array_equal(got[key].reshape(value.shape), value)
+            new, old = [], []
+            for _ in range(15):
+                start = time.perf_counter()
+                for s in range(0, 800, 8):
+                    batcher.batches(s, 8)
+                new.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                for s in range(0, 800, 8):
+                    _raw_plain(tokens, offsets, rows[s : s + 8].reshape(-1), seq_len)
+                old.append(time.perf_counter() - start)
+            print(f"| T={seq_len} | {min(new) * 1e3:.1f} ms | {min(old) * 1e3:.1f} ms | "
+                  f"{min(old) / min(new):.2f}x |")  # fmt: skip
+
+
 def main() -> None:
+    if "--gather" in sys.argv:
+        bench_gather()
+        return
     if "--verify_mb" in sys.argv:
         bench_verify(int(sys.argv[sys.argv.index("--verify_mb") + 1]))
         return

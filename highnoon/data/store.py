@@ -467,6 +467,11 @@ class TokenStore:
         the samples ``indices`` (any shape; reads their offsets only)."""
         idx = np.asarray(indices, dtype=np.int64)
         self._check_index(idx)
+        if len(self._shards) == 1:  # the hot path: no masks, no copies
+            shard = self._shards[0]
+            local = idx - shard.first_sample
+            both = shard.files[OFFSETS].take(np.stack([local, local + 1]), "<i8")
+            return both[0] + shard.first_token, both[1] - both[0]
         starts = np.empty(idx.shape, dtype=np.int64)
         lengths = np.empty(idx.shape, dtype=np.int64)
         for s, mask in self._by_shard(self._sample_base, idx):
