@@ -116,6 +116,7 @@ def test_lru_evicts_least_recently_used_blocks_within_its_bound():
     assert cache.get(("b",)) is None
     assert [cache.get((k,)) is not None for k in "acd"] == [True, True, True]
     assert (cache.bytes_held, cache.evictions) == (30, 1)
+    assert (cache.hits, cache.misses) == (4, 1)
     cache.resize(10)
     assert cache.bytes_held == 10 and cache.get(("d",)) is not None  # only the newest kept
     cache.put(("big",), np.zeros(11, np.uint8))  # larger than the whole cache: not kept

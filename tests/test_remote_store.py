@@ -281,3 +281,20 @@ def test_a_trainer_stage_reads_a_file_url_store_in_place_with_the_cache_setting(
         assert plan.store.fingerprint == TokenStore.open(local).fingerprint
     finally:
         cache.resize(before)
+
+
+def test_a_mixture_of_remote_stores_reads_each_in_place(local, rows, tmp_path):
+    """A mixed stage's view over two stores on ``ram://`` (``store.concatenate``) reads each
+    part from its own store: the batches equal the view over the memory-mapped parts'."""
+    from highnoon.data.store import concatenate
+
+    other = write_store(str(tmp_path / "other"), np.arange(1, 301) % 50 + 5, seed=9)
+    remote = concatenate([TokenStore.open(ram_copy(local)), TokenStore.open(ram_copy(other))],
+                         "ram://mix", {})  # fmt: skip
+    mapped = concatenate([TokenStore.open(local), TokenStore.open(other)], "mix", {})
+    mixed_rows = np.concatenate([rows, rows[:, :2] % 300 + 600], axis=1)  # both parts each step
+    assert remote.reads_ahead and not mapped.reads_ahead
+    _assert_same(
+        _batches(make_host_dataset(remote, mixed_rows, SEQ_LEN)),
+        _batches(make_host_dataset(mapped, mixed_rows, SEQ_LEN)),
+    )

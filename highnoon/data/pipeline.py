@@ -116,7 +116,7 @@ class _Gather:
     def prefetch(self, first: int, count: int) -> None:
         """Fetch the token bytes of steps ``[first, first + count)`` in the background (a store
         read in place; a memory map needs nothing): their offsets are read now, their tokens
-        into the block cache on the files' threads. The batches do not change."""
+        into the block cache on the process' prefetch threads. The batches do not change."""
         count = min(count, self.num_steps - first)
         if count <= 0 or first < 0 or not self.store.reads_ahead:
             return

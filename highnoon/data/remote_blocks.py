@@ -9,9 +9,14 @@ offset.
 
 Fetched blocks go to one process-wide LRU ``BlockCache`` (``block_cache()``; its size is the
 ``store_cache_bytes`` setting, 0 = no cache), keyed by (file, size, block, CRC), so a store
-rebuilt at the same path never serves a stale block. ``RangedFile.prefetch(ranges)`` hands the
-byte ranges of the next steps to a background thread that fills the cache ahead of the reads;
-a prefetch's error is kept and raised by the next ``read``/``take`` of that file.
+rebuilt at the same path never serves a stale block. ``RangedFile.prefetch(ranges)`` queues the
+byte ranges of the next steps for the process' prefetch threads (``PREFETCH_THREADS``, one
+bounded queue for every file), which fill the cache ahead of the reads; a prefetch's error is
+kept and raised by the next ``read``/``take`` of that file.
+
+On ``gs://``, TensorFlow's client reads 64 MiB ahead of every read position unless
+``GCS_READ_CACHE_BLOCK_SIZE_MB`` is set before TensorFlow starts (docs/design.md, "Reading a
+store in place"); a warning says so once.
 
 TensorFlow is imported on first fetch only (``data`` imports no TensorFlow at module level).
 """
@@ -60,14 +65,16 @@ class BlockCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def get(self, key: tuple[Any, ...]) -> np.ndarray | None:
+    def get(self, key: tuple[Any, ...], *, count: bool = True) -> np.ndarray | None:
+        """The block under ``key`` (now the most recently used), or None; ``count=False`` for a
+        second look that should not count as another hit or miss."""
         with self._lock:
             block = self._blocks.get(key)
-            if block is None:
-                self.misses += 1
-                return None
-            self._blocks.move_to_end(key)
-            self.hits += 1
+            if block is not None:
+                self._blocks.move_to_end(key)
+            if count:
+                self.hits += block is not None
+                self.misses += block is None
             return block
 
     def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
@@ -365,7 +372,7 @@ class RangedFile:
         with self._fetch_lock:
             still = []
             for b in missing:  # another thread (a prefetch) may have fetched it meanwhile
-                block = self.cache.get(self._key(b)) if self.cache.enabled else None
+                block = self.cache.get(self._key(b), count=False) if self.cache.enabled else None
                 if block is None:
                     still.append(b)
                 else:

@@ -198,7 +198,9 @@ def _load_manifest(root: str, path: str) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(f"store {path!r}: {MANIFEST} is not valid JSON ({err}); rebuild it") from err
+        raise StoreError(
+            f"store {path!r}: {MANIFEST} is not valid JSON ({err}); rebuild it"
+        ) from err
     if not isinstance(manifest, dict):
         raise StoreError(f"store {path!r}: {MANIFEST} is not a JSON object; rebuild it")
     version = manifest.get("format_version")
@@ -256,7 +258,9 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
             actual = _size(_join(root, name, file_name))
             label = f"store {path!r}, {name}/{file_name}"
             if actual is None:
-                raise StoreError(f"{label}: the file is missing; the store is incomplete, rebuild it")
+                raise StoreError(
+                    f"{label}: the file is missing; the store is incomplete, rebuild it"
+                )
             if actual != recorded["size"] or actual != expected[file_name]:
                 raise StoreError(
                     f"{label}: file has size {actual}, {SHARD_MANIFEST} records "
@@ -642,4 +646,3 @@ def check_enough_samples(store: TokenStore, global_batch_size: int) -> None:
             f"the dataset at {store.path!r} has {store.num_samples} samples, fewer than one "
             f"global batch (global_batch_size={global_batch_size}); add data or lower the batch size"
         )
-
