@@ -13,9 +13,11 @@
   ``file://``, no memory map) against the same store memory-mapped, in one process (goal
   >= 0.8x).
 
-``--part prepare`` is the preparation side (Beam against a one-process build).
+``--part prepare`` is the preparation side (Beam against a one-process build), in
+``bench/corpus_prepare.py``.
 
     python bench/bench_corpus.py --part read [--sizes 1e5,1e6,1e7] [--quick]
+    python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -270,9 +272,15 @@ def main() -> None:
     parser.add_argument("--part", choices=("read", "prepare"), default="read")
     parser.add_argument("--sizes", default="1e5,1e6,1e7")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--mb", type=float, default=256.0, help="prepare: MB of text (byte)")
+    parser.add_argument("--sp_mb", type=float, default=32.0, help="prepare: MB (SentencePiece)")
+    parser.add_argument("--repeats", type=int, default=1, help="prepare: best of this many")
     args = parser.parse_args()
     if args.part == "prepare":
-        raise SystemExit("--part prepare: the preparation bench is not in this file yet")
+        from corpus_prepare import bench_prepare  # this file's directory is on sys.path
+
+        bench_prepare(args.mb, args.sp_mb, args.repeats)
+        return
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as directory:
         print("### start-up and peak RSS of one host\n")

@@ -15,13 +15,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_prepare_datasets_builds_reusable_stores(tmp_path):
-    index = prepare_datasets(["arithmetic"], str(tmp_path), max_samples=7, progress=False)
+    index = prepare_datasets(
+        ["arithmetic"], str(tmp_path), max_samples=7, progress=False, runner="none"
+    )
     (item,) = index["datasets"]
     assert item["num_samples"] == 7
     assert json.loads((tmp_path / "datasets.json").read_text()) == index
     assert TokenStore.open(item["path"], verify=True).fingerprint == item["fingerprint"]
     with pytest.raises(ValueError, match="no_such"):
-        prepare_datasets(["no_such"], str(tmp_path), progress=False)
+        prepare_datasets(["no_such"], str(tmp_path), progress=False, runner="none")
 
 
 def test_launcher_with_gin_registered_dataset(tmp_path):
@@ -35,7 +37,7 @@ def test_launcher_with_gin_registered_dataset(tmp_path):
         [
             sys.executable, "-m", "launch.prepare_data", "--datasets=mine,brackets",
             f"--output_dir={tmp_path / 'out'}", f"--gin_file={gin_file}",
-            "--gin_bindings=prepare_datasets.max_samples=5",
+            "--gin_bindings=prepare_datasets.max_samples=5", "--runner=none",
         ],
         capture_output=True, text=True, cwd=REPO, timeout=120,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},

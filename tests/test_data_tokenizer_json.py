@@ -214,9 +214,9 @@ def test_trainer_trains_saves_and_loads_with_a_tokenizer_json_path(tmp_path, tra
 def test_prepare_datasets_trains_a_tokenizer_json_deterministically(tmp_path):
     data = write_jsonl(str(tmp_path / "d.jsonl"), corpus(1, 40))
     first = prepare_datasets([data], str(tmp_path / "a"), train_tokenizer_json_vocab=300,
-                             progress=False)  # fmt: skip
+                             progress=False, runner="none")  # fmt: skip
     second = prepare_datasets([data], str(tmp_path / "b"), train_tokenizer_json_vocab=300,
-                              progress=False)  # fmt: skip
+                              progress=False, runner="none")  # fmt: skip
     a, b = (tmp_path / n / "tokenizer.json" for n in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()
     assert first["tokenizer"]["type"] == "tokenizer_json"

@@ -85,9 +85,9 @@ def _listed_flags(help_text: str) -> list[str]:
         (
             "launch.prepare_data",
             [
-                "data_dir", "datasets", "gin_bindings", "gin_file", "gin_search_paths",
-                "max_samples", "output_dir", "tokenizer", "train_sentencepiece_vocab",
-                "train_tokenizer_json_vocab", "verify",
+                "beam_options", "data_dir", "datasets", "gin_bindings", "gin_file",
+                "gin_search_paths", "max_samples", "num_shards", "output_dir", "runner",
+                "tokenizer", "train_sentencepiece_vocab", "train_tokenizer_json_vocab", "verify",
             ],
         ),
         (

@@ -1,10 +1,19 @@
 """Offline data preparation: tokenise dataset entries into token stores ahead of training.
 
 ``prepare_datasets`` (used by ``highnoon.launch.prepare_data``, which binds it in gin) optionally
-trains a SentencePiece model or a byte-level BPE ``tokenizer.json`` on the datasets' texts, then builds one store per entry with
-``prepare_stage_store(cache_dir=output_dir)``: a training run given the same ``cache_dir`` and
-tokenizer reuses these stores instead of tokenising again. ``output_dir/datasets.json`` lists
-what was built.
+trains a SentencePiece model or a byte-level BPE ``tokenizer.json`` on the datasets' texts, then
+builds one store per entry where ``prepare_stage_store(cache_dir=output_dir)`` keeps it
+(``stage_data.source_store_path``): a training run given the same ``cache_dir`` and tokenizer
+reuses these stores instead of tokenising again, and each store's path is a dataset entry of its
+own. ``output_dir/datasets.json`` lists what was built.
+
+Who builds: ``runner="DirectRunner"`` (the default) or any other Apache Beam runner runs one
+pipeline per entry (``beam_prepare.build_store_on_beam``: parallel reading and tokenising,
+``num_shards`` shards by sample range, ``beam_options`` for Beam's ``PipelineOptions``);
+``runner="none"`` is the one-process ``build_token_store``. Both write the same store for the
+same data (same samples at the same indices, features, shard boundaries and fingerprint) when
+``num_shards`` is not given. A store already complete in ``output_dir`` is reused, so a re-run
+after a kill only builds what is missing.
 """
 
 from __future__ import annotations
@@ -15,11 +24,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from highnoon.data.registry import resolve_datasets, validate_dataset_entry
-from highnoon.data.stage_data import prepare_stage_store
+from absl import logging
+
+from highnoon.data import beam_prepare
+from highnoon.data.registry import resolve_dataset, resolve_datasets, validate_dataset_entry
+from highnoon.data.stage_data import prepare_stage_store, source_store_path
+from highnoon.data.store import StoreError, TokenStore
 from highnoon.data.tokenizer_json import train_tokenizer_json
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
-from highnoon.utils.files import atomic_write_text
+from highnoon.utils.files import atomic_write_text, is_remote, isdir
 from highnoon.utils.validation import (
     InvalidArgumentError,
     check_positive_int,
@@ -43,6 +56,9 @@ def prepare_datasets(
     seed: int = 0,
     data_dir: str | None = None,
     progress: bool = True,
+    runner: str = "DirectRunner",
+    num_shards: int | None = None,
+    beam_options: str | Sequence[str] = "",
 ) -> dict[str, Any]:
     """Build the stores of ``datasets`` under ``output_dir``; returns the index written to
     ``output_dir/datasets.json``.
@@ -53,7 +69,29 @@ def prepare_datasets(
     does the same with a byte-level BPE ``tokenizer.json`` (``train_tokenizer_json``), saved as
     ``output_dir/tokenizer.json``; ``sentencepiece_max_texts`` caps its texts too. Both trainers
     are deterministic, so the same data gives the same tokenizer file.
+
+    ``runner``, ``num_shards`` and ``beam_options``: who builds the stores (module docstring);
+    all three are checked before any data is read.
     """
+    runner = beam_prepare.check_runner(runner)
+    num_shards = check_positive_int("num_shards", num_shards, allow_none=True)
+    if runner == beam_prepare.ONE_PROCESS:
+        if num_shards is not None or beam_options:
+            raise InvalidArgumentError(
+                f"num_shards={num_shards!r} and beam_options={beam_options!r} need a Beam "
+                f"runner, but runner={runner!r} is the one-process build; use "
+                "runner='DirectRunner' (or another Beam runner) or drop them"
+            )
+        options: list[str] = []
+    else:
+        beam_prepare.import_beam()  # installed? (before a tokenizer is trained or data read)
+        options = beam_prepare.parse_beam_options(beam_options)
+        if runner in beam_prepare.REMOTE_RUNNERS and not is_remote(str(output_dir)):
+            raise InvalidArgumentError(
+                f"output_dir={output_dir!r} is a local path, but runner={runner!r} runs its "
+                "workers on other machines, which write the shards themselves; give an "
+                "output_dir they can all write (gs://...)"
+            )
     if not datasets:
         raise InvalidArgumentError("datasets must list at least one dataset entry")
     check_str("output_dir", output_dir)
@@ -90,10 +128,14 @@ def prepare_datasets(
         tok = load_tokenizer(tokenizer)
     index: dict[str, Any] = {"tokenizer": tok.to_config(), "datasets": []}
     for entry in datasets:
-        store = prepare_stage_store(
-            [entry], tok, output_dir, max_samples=max_samples, seed=seed, data_dir=data_dir,
-            progress=progress,
-        )  # fmt: skip
+        if runner == beam_prepare.ONE_PROCESS:
+            store = prepare_stage_store(
+                [entry], tok, output_dir, max_samples=max_samples, seed=seed, data_dir=data_dir,
+                progress=progress,
+            )  # fmt: skip
+        else:
+            store = _beam_store(entry, tok, output_dir, runner, options, num_shards, max_samples,
+                                data_dir)  # fmt: skip
         index["datasets"].append(
             {
                 "entry": entry if isinstance(entry, str) else list(entry),
@@ -108,3 +150,41 @@ def prepare_datasets(
         os.path.join(output_dir, INDEX_FILE), json.dumps(index, indent=2, sort_keys=True)
     )
     return index
+
+
+def _beam_store(
+    entry: Any,
+    tokenizer: Tokenizer,
+    output_dir: str,
+    runner: str,
+    options: list[str],
+    num_shards: int | None,
+    max_samples: int | None,
+    data_dir: str | None,
+) -> TokenStore:
+    """The entry's store where ``prepare_stage_store`` keeps it: reused when complete with the
+    asked sharding, else prepared on Beam (an interrupted or differently sharded one replaced)."""
+    source = resolve_dataset(entry, data_dir=data_dir)
+    root = output_dir if is_remote(output_dir) else os.path.abspath(output_dir)
+    path, _ = source_store_path(source, tokenizer, root, max_samples=max_samples)
+    exists = isdir(path)
+    if exists:
+        try:
+            store = TokenStore.open(path)
+        except StoreError as err:
+            logging.warning("store %s is unusable and is prepared again: %s", path, err)
+        else:
+            if num_shards is None or len(store.manifest["shards"]) == min(
+                num_shards, store.num_samples
+            ):
+                return store
+    return beam_prepare.build_store_on_beam(
+        source,
+        tokenizer,
+        path,
+        runner=runner,
+        beam_options=options,
+        num_shards=num_shards,
+        max_samples=max_samples,
+        overwrite=exists,
+    )

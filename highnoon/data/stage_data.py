@@ -144,16 +144,12 @@ def _warn_invalid_utf8(name: str, store: TokenStore) -> None:
         )
 
 
-def source_store(
-    source: DataSource,
-    tokenizer: Tokenizer,
-    cache_dir: str,
-    *,
-    max_samples: int | None = None,
-    progress: bool = True,
-    verify: bool = True,
-) -> TokenStore:
-    """The (cached) store of one source's first ``max_samples`` samples."""
+def source_store_path(
+    source: DataSource, tokenizer: Tokenizer, cache_dir: str, *, max_samples: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(where ``cache_dir`` keeps the store of ``source``'s first ``max_samples`` samples, the
+    source's description): keyed by the description, the tokenizer, ``max_samples`` and the
+    format, so a preparation writing there (``prepare.py``, on Beam or not) is found by runs."""
     with remembered_in(os.path.join(cache_dir, "file_hashes")):
         description = source.describe()
     key = _key(
@@ -164,7 +160,20 @@ def source_store(
             "max_samples": max_samples,
         }
     )
-    path = os.path.join(cache_dir, "sources", f"{_safe(source.name)}-{key[:20]}")
+    return os.path.join(cache_dir, "sources", f"{_safe(source.name)}-{key[:20]}"), description
+
+
+def source_store(
+    source: DataSource,
+    tokenizer: Tokenizer,
+    cache_dir: str,
+    *,
+    max_samples: int | None = None,
+    progress: bool = True,
+    verify: bool = True,
+) -> TokenStore:
+    """The (cached) store of one source's first ``max_samples`` samples."""
+    path, description = source_store_path(source, tokenizer, cache_dir, max_samples=max_samples)
     store = _open_or_none(path, verify)
     if store is None:
         samples = source.iter_samples()

@@ -56,10 +56,21 @@ prepare_stage_store = gin.external_configurable(
     _stage_data.prepare_stage_store, name="prepare_stage_store", module="highnoon.data.stage_data"
 )
 
+
+def prepare_datasets_output_dir() -> str | None:
+    """``prepare_datasets.output_dir`` as the parsed gin files bind it (None when unbound): the
+    launch program locks it before preparing."""
+    try:
+        return gin.query_parameter("highnoon.data.prepare.prepare_datasets.output_dir")
+    except ValueError:
+        return None
+
+
 __all__ = [
     "create_model",
     "create_strategy",
     "prepare_datasets",
+    "prepare_datasets_output_dir",
     "prepare_stage_store",
     "register_dataset",
     "register_datasets",

@@ -8,6 +8,12 @@
     highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data \
         --tokenizer=/models/llama/tokenizer.json
     highnoon-prepare-data --gin_file=my_data.gin --gin.prepare_datasets.max_samples=1000
+    highnoon-prepare-data --datasets='c4/*.jsonl' --output_dir=/data/c4 --num_shards=64 \
+        --beam_options="--direct_num_workers=8 --direct_running_mode=multi_processing"
+    highnoon-prepare-data --datasets='gs://b/c4/*.jsonl' --output_dir=gs://b/stores \
+        --runner=DataflowRunner --num_shards=1024 \
+        --beam_options="--project=P --region=us-central1 --temp_location=gs://b/tmp"
+    highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data --runner=none
     highnoon-prepare-data --verify=/data/stores/c4-en,gs://bucket/stores/code  # check, no build
 
 (In a checkout, `python -m launch.prepare_data ...` is the same program.) Flags given on the
@@ -18,13 +24,17 @@ and the same tokenizer reuses the stores built here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 from absl import app, flags, logging
 
+from highnoon.data import beam_prepare
 from highnoon.launch import flags as hn_flags  # defines --gin_file and --gin_bindings
 from highnoon.launch import program
+from highnoon.launch.prepare_lock import PrepareLock
+from highnoon.training.run_lock import ModelDirLockedError
 from highnoon.utils import validation
 
 FLAGS = flags.FLAGS
@@ -47,6 +57,24 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("max_samples", None, "Read at most this many samples per dataset.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding datasets prepared offline.")
+flags.DEFINE_string(
+    "runner",
+    None,
+    "Who prepares the stores: an Apache Beam runner (DirectRunner, the default; DataflowRunner, "
+    "FlinkRunner, SparkRunner, PrismRunner, PortableRunner) or 'none' (one process, no Beam).",
+)
+flags.DEFINE_integer(
+    "num_shards",
+    None,
+    "Shards per store, of equal sample counts (Beam runners; default: a new shard every 2**28 "
+    "tokens, as the one-process build).",
+)
+flags.DEFINE_string(
+    "beam_options",
+    None,
+    "Options for Beam's PipelineOptions, shell-quoted, e.g. \"--direct_num_workers=2 "
+    '--direct_running_mode=multi_processing" or "--project=P --region=R --temp_location=gs://.."',
+)
 flags.DEFINE_list(
     "verify",
     None,
@@ -58,6 +86,9 @@ program.check_flag("output_dir", validation.check_str)
 program.check_flag("train_sentencepiece_vocab", validation.check_positive_int)
 program.check_flag("train_tokenizer_json_vocab", validation.check_positive_int)
 program.check_flag("max_samples", validation.check_positive_int)
+program.check_flag("num_shards", validation.check_positive_int)
+program.check_flag("runner", lambda name, value: beam_prepare.check_runner(value))
+program.check_flag("beam_options", lambda name, value: beam_prepare.parse_beam_options(value))
 
 
 def main(argv: list[str]) -> None:
@@ -72,13 +103,18 @@ def main(argv: list[str]) -> None:
     configurables.register_datasets()  # datasets a gin file registered, if any
     overrides: dict[str, Any] = {}
     for name in ("datasets", "output_dir", "tokenizer", "train_sentencepiece_vocab",
-                 "train_tokenizer_json_vocab", "max_samples", "data_dir"):  # fmt: skip
+                 "train_tokenizer_json_vocab", "max_samples", "data_dir", "runner",
+                 "num_shards", "beam_options"):  # fmt: skip
         value = getattr(FLAGS, name)
         if value is not None:
             overrides[name] = value
+    output_dir = overrides.get("output_dir") or configurables.prepare_datasets_output_dir()
     try:
-        index = configurables.prepare_datasets(**overrides)
-    except validation.InvalidArgumentError as error:  # e.g. --output_dir naming a file
+        if output_dir:
+            validation.check_writable_dir("output_dir", output_dir)
+        with PrepareLock(output_dir) if output_dir else contextlib.nullcontext():
+            index = configurables.prepare_datasets(**overrides)
+    except (validation.InvalidArgumentError, ModelDirLockedError) as error:
         raise app.UsageError(str(error).splitlines()[0]) from None  # without gin's "In call"
     for item in index["datasets"]:
         logging.info(

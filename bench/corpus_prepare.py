@@ -1,0 +1,185 @@
+"""The preparation side of ``bench/bench_corpus.py`` (``--part prepare``): a corpus prepared on
+Apache Beam's ``DirectRunner`` with 2 worker processes against today's one-process build of the
+same files, in the same process run (goal >= 1.7x on 2 cores).
+
+Both read the same JSONL files (8 files, synthetic words) through the same registry source and
+write format-2 stores of about 4 shards (the same ``max_shard_tokens`` for both, so the same
+boundaries); the bench asserts that the two stores are the
+same (fingerprint, features, curriculum scores) before it prints any ratio. Two tokenizers: the
+byte tokenizer (cheap per byte: reading, serialisation and writing dominate) and a SentencePiece
+BPE model trained on the corpus first (about what C4-scale preparation pays per byte).
+
+    python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1]
+
+CPU seconds (this process and its finished child processes, Beam's workers) are printed beside
+the wall times: on a machine whose cores other work also uses, they say what the wall ratio
+cannot, how much more work the pipeline does than the one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+BEAM_OPTIONS = os.environ.get(
+    "BENCH_BEAM_OPTIONS", "--direct_num_workers=2 --direct_running_mode=multi_processing"
+)
+SHARDS = 4  # shards per store in both builds (Beam writes them in parallel)
+WORDS = np.array(
+    ["alpha", "beta", "gamma", "delta", "def", "return", "x = 1", "é", "lambda", "yield", "42"]
+)
+
+
+def write_corpus(directory: str, total_mb: float, files: int = 8, seed: int = 0) -> float:
+    """``files`` JSONL files of texts of 40..800 words, about ``total_mb`` MB of text in all;
+    returns the MB of text written (UTF-8)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    os.makedirs(directory, exist_ok=True)
+    size, n = 0, 0
+    lines: list[list[str]] = [[] for _ in range(files)]
+    while size < total_mb * 1e6:
+        text = " ".join(WORDS[rng.integers(0, len(WORDS), int(rng.integers(40, 800)))])
+        lines[n % files].append(json.dumps({"text": text}) + "\n")
+        size += len(text.encode())
+        n += 1
+    for i, part in enumerate(lines):
+        with open(os.path.join(directory, f"part-{i:02d}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(part)
+    return size / 1e6
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (Beam's worker processes)."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _one_process(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the one-process build."""
+    from highnoon.data.store import build_token_store
+
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    build_token_store(
+        source.iter_samples(),
+        tokenizer,
+        path,
+        progress=False,
+        max_shard_tokens=max_shard_tokens,
+        sources=[source.describe()],
+        skipped=source.stats,
+    )  # fmt: skip  (as prepare_stage_store calls it: the files' hashes in the manifest)
+    return time.perf_counter() - start, _cpu_seconds() - cpu
+
+
+def _beam(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds with the workers', CPU seconds of the pipeline's own steps as
+    its Beam counters report them) of the Beam preparation."""
+    from highnoon.data.beam_prepare import build_store_on_beam
+
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    store = build_store_on_beam(
+        source, tokenizer, path, beam_options=BEAM_OPTIONS, max_shard_tokens=max_shard_tokens
+    )
+    steps = store.manifest["preparation"]["cpu_seconds"]
+    return time.perf_counter() - start, _cpu_seconds() - cpu, sum(steps.values())
+
+
+def shard_tokens_for(data: str, tokenizer, shards: int, files: int = 8) -> int:
+    """``max_shard_tokens`` giving about ``shards`` shards: the first file's ids times the files
+    (the files are alike), so both builds write several shards with the same boundaries."""
+    with open(os.path.join(data, "part-00.jsonl"), encoding="utf-8") as handle:
+        texts = [json.loads(line)["text"] for line in handle]
+    flat, _ = tokenizer.encode_batch(texts)
+    return max(1, (flat.size + len(texts)) * files // shards)
+
+
+def _same_store(a: str, b: str) -> None:
+    """The two stores hold the same data: fingerprint, features and scores (or AssertionError)."""
+    from highnoon.curriculum.scoring import scores_from_features
+    from highnoon.data.store import TokenStore
+
+    one, other = TokenStore.open(a), TokenStore.open(b)
+    assert one.fingerprint == other.fingerprint, (one.fingerprint, other.fingerprint)
+    assert one.manifest["sources"] == other.manifest["sources"]
+    for name in ("lengths", "surprisal_sum"):
+        assert np.array_equal(getattr(one.features, name), getattr(other.features, name)), name
+    for strategy in ("size_based", "difficulty_based", "mixed"):
+        assert np.array_equal(
+            scores_from_features(one.features, strategy),
+            scores_from_features(other.features, strategy),
+        ), strategy
+
+
+def compare(label: str, data: str, tokenizer, mb: float, work: str, repeats: int) -> None:
+    """Time both builds ``repeats`` times (alternating), check the stores, print the ratio."""
+    from highnoon.data.registry import resolve_dataset
+
+    source = resolve_dataset(os.path.join(data, "*.jsonl"))
+    max_shard_tokens = shard_tokens_for(data, tokenizer, SHARDS)
+    one_times, beam_times = [], []
+    for r in range(repeats):
+        one_path, beam_path = os.path.join(work, f"one-{r}"), os.path.join(work, f"beam-{r}")
+        one_times.append(_one_process(source, tokenizer, one_path, max_shard_tokens))
+        beam_times.append(_beam(source, tokenizer, beam_path, max_shard_tokens))
+        _same_store(one_path, beam_path)
+        shutil.rmtree(one_path)
+        shutil.rmtree(beam_path)
+    (one, one_cpu), (beam, beam_cpu, steps_cpu) = min(one_times), min(beam_times)
+    print(
+        f"{label}: {mb:.1f} MB of text; one process {mb / one:.2f} MB/s ({one:.1f} s, "
+        f"{one_cpu:.1f} CPU-s), DirectRunner x2 {mb / beam:.2f} MB/s ({beam:.1f} s, "
+        f"{beam_cpu:.1f} CPU-s with its workers): {one / beam:.2f}x (best of {repeats}; goal "
+        f">= 1.7x); CPU-s {beam_cpu / one_cpu:.2f}x the one process's, so at best "
+        f"{2 * one_cpu / beam_cpu:.2f}x on 2 idle cores; the pipeline's own steps "
+        f"{steps_cpu:.1f} CPU-s ({steps_cpu / one_cpu:.2f}x); load average "
+        f"{os.getloadavg()[0]:.1f}; stores identical (fingerprint, features, scores)",
+        flush=True,
+    )
+
+
+def startup_seconds(work: str, tokenizer) -> tuple[float, float]:
+    """A Beam preparation of a 0.1 MB corpus: the pipeline's fixed cost (construction, worker
+    processes, the runner's bookkeeping), which larger corpora amortise."""
+    from highnoon.data.registry import resolve_dataset
+
+    data = os.path.join(work, "tiny")
+    write_corpus(data, 0.1, seed=2)
+    source = resolve_dataset(os.path.join(data, "*.jsonl"))
+    wall, cpu, _ = _beam(source, tokenizer, os.path.join(work, "tiny-store"), 1 << 28)
+    shutil.rmtree(os.path.join(work, "tiny-store"))
+    return wall, cpu
+
+
+def bench_prepare(mb: float = 64.0, sp_mb: float = 16.0, repeats: int = 1) -> None:
+    """Both comparisons (module docstring) in a temporary directory. Beam is imported before
+    any timing (about 4 s once per process, whatever the corpus)."""
+    import apache_beam  # noqa: F401  (its import is a per-process constant, timed by no one)
+
+    from highnoon.data.tokenizers import load_tokenizer, train_sentencepiece
+
+    print(f"cores: {os.cpu_count()}; Beam options: {BEAM_OPTIONS}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as work:
+        wall, cpu = startup_seconds(work, load_tokenizer("byte"))
+        print(
+            f"fixed cost of a Beam preparation (0.1 MB corpus): {wall:.1f} s, {cpu:.1f} CPU-s",
+            flush=True,
+        )
+        data = os.path.join(work, "byte-data")
+        written = write_corpus(data, mb)
+        compare("byte tokenizer", data, load_tokenizer("byte"), written, work, repeats)
+        if sp_mb <= 0:
+            return
+        data = os.path.join(work, "sp-data")
+        written = write_corpus(data, sp_mb, seed=1)
+        with open(os.path.join(data, "part-00.jsonl"), encoding="utf-8") as handle:
+            texts = [json.loads(line)["text"] for _, line in zip(range(2000), handle)]
+        model = train_sentencepiece(texts, os.path.join(work, "sp"), 2000, seed=0)
+        compare("SentencePiece BPE 2000", data, model, written, work, repeats)

@@ -1,0 +1,806 @@
+"""One dataset entry's token store, prepared by an Apache Beam pipeline.
+
+``build_store_on_beam(source, tokenizer, path, runner=..., beam_options=[...])`` writes the same
+store as the one-process ``store.build_token_store``: the same samples at the same indices, the
+same features, shard boundaries and fingerprint. Only who does the work changes: on
+``DirectRunner`` with ``--direct_num_workers=2 --direct_running_mode=multi_processing`` two
+local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster.
+
+**The pipeline.**
+
+1. *Read.* A source is cut into read units: a file source with several files gives one unit per
+   file (in its sorted order), anything else (``tfds:``, registered callables, embedded data, or
+   any source capped by ``max_samples``) is one unit. A unit is read by one worker and cut into
+   chunks of about 4 MB of text, keyed ``(unit, chunk)``.
+2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
+   read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
+   chunk is saved beside the store (``chunk_file``: lengths, empty samples as 0, and ids), and
+   only its metadata goes on through Beam: no token crosses the runner's shuffle.
+3. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of the
+   chunks' count vectors: an exact integer sum whatever the grouping.
+4. *Index.* The chunks' non-empty counts, gathered and sorted by key, give every chunk its first
+   sample index (``chunk_starts``): sample ``i`` of the store is the ``i``-th non-empty sample of
+   the entry in source order, the definition ``build_token_store`` has, whatever the runner,
+   the workers or the bundle sizes. The same side input fixes the shard boundaries
+   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule).
+5. *Write.* Each shard is written by one worker from the chunk files overlapping its range
+   (``shard_chunks``, ``split_chunk``) with ``shards.ShardWriter``, then
+   ``shards.write_shard_features`` with the corpus counts (so scores equal a one-process
+   build's exactly).
+6. *Publish.* Back in the launching process: the top ``manifest.json`` from the shards'
+   ``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
+   ``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a
+   temporary that the next one removes); a ``gs://`` store is written in place, manifest last,
+   so an interrupted one never opens.
+
+Apache Beam is imported only when a pipeline runs: ``pip install highnoon[beam]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from highnoon.data.sources import DataSource, FileSource
+from highnoon.data.tokenizers import Tokenizer, load_tokenizer
+from highnoon.utils.files import is_remote
+from highnoon.utils.validation import InvalidArgumentError, InvalidDataError, check_positive_int
+
+# Runners ``--runner`` accepts: "none" is the one-process build, the rest are Beam's.
+ONE_PROCESS = "none"
+BEAM_RUNNERS = (
+    "DirectRunner",
+    "PrismRunner",
+    "DataflowRunner",
+    "FlinkRunner",
+    "SparkRunner",
+    "PortableRunner",
+)
+RUNNERS = (ONE_PROCESS, *BEAM_RUNNERS)
+REMOTE_RUNNERS = ("DataflowRunner",)  # workers on other machines: the output must be shared
+CHUNK_CHARS = 1 << 22  # text read and encoded per chunk (about 4 MB, as build_token_store)
+_OPTION = re.compile(r"^--[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)
+
+
+def import_beam() -> Any:
+    """``apache_beam``, or an error saying how to install it."""
+    try:
+        import apache_beam
+    except ImportError as err:
+        raise InvalidArgumentError(
+            "preparing data on Apache Beam needs the 'beam' extra: pip install highnoon[beam] "
+            f"(or use runner={ONE_PROCESS!r} for the one-process build); ({err})"
+        ) from err
+    return apache_beam
+
+
+def check_runner(runner: Any) -> str:
+    """``runner`` as given when it is one of ``RUNNERS`` (case-insensitive), else an error
+    listing them."""
+    if isinstance(runner, str):
+        for known in RUNNERS:
+            if runner.lower() == known.lower():
+                return known
+    raise InvalidArgumentError(
+        f"runner={runner!r} is not a known runner; use one of {list(RUNNERS)} "
+        f"({ONE_PROCESS!r}: the one-process build; the others are Apache Beam runners)"
+    )
+
+
+def parse_beam_options(text: Any) -> list[str]:
+    """``--beam_options`` ("--name=value --name value ...", shell quoting) as the argument list
+    Beam's ``PipelineOptions`` takes. A token that is no option (and no option's value), an
+    unbalanced quote, an option Beam does not know or a value of the wrong type is an error
+    naming it, before any data is read (Beam itself would ignore unknown options silently)."""
+    if text is None or text == "":
+        return []
+    if isinstance(text, list | tuple):
+        tokens = [str(t) for t in text]
+    elif isinstance(text, str):
+        try:
+            tokens = shlex.split(text)
+        except ValueError as err:
+            raise InvalidArgumentError(
+                f"beam_options={text!r} is malformed ({err}); quote values with spaces, e.g. "
+                "--beam_options=\"--project=p --labels='a=b'\""
+            ) from err
+    else:
+        raise InvalidArgumentError(
+            f"beam_options={text!r} must be a string of Beam options, e.g. "
+            "'--direct_num_workers=2 --direct_running_mode=multi_processing'"
+        )
+    value_allowed = False
+    for token in tokens:
+        if _OPTION.match(token):
+            value_allowed = "=" not in token
+        elif value_allowed and not token.startswith("-"):
+            value_allowed = False
+        else:
+            raise InvalidArgumentError(
+                f"beam_options: {token!r} is not a Beam option; write each as --name=value "
+                "(e.g. --direct_num_workers=2)"
+            )
+    _check_known_options(tokens)
+    return tokens
+
+
+def _check_known_options(tokens: list[str]) -> None:
+    """Beam's own parser over ``tokens``: unknown names and bad values become our errors."""
+    beam = import_beam()
+    options_class = beam.options.pipeline_options.PipelineOptions
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            known = options_class(tokens).get_all_options(drop_default=True)
+            every = options_class(tokens).get_all_options(
+                drop_default=True, retain_unknown_options=True
+            )
+    except SystemExit:  # argparse's way of refusing a value
+        lines = [ln for ln in errors.getvalue().splitlines() if "error:" in ln]
+        detail = lines[-1].split("error:", 1)[1].strip() if lines else "invalid value"
+        raise InvalidArgumentError(
+            f"beam_options: {detail}; write each option as --name=value (e.g. "
+            "--direct_num_workers=2)"
+        ) from None
+    unknown = sorted(set(every) - set(known))
+    if unknown:
+        raise InvalidArgumentError(
+            f"beam_options: unknown Beam option(s) {['--' + n for n in unknown]}; see "
+            "`python -m apache_beam.examples.wordcount --help` for the options Beam knows"
+        )
+
+
+def pipeline_options(runner: str, beam_options: Sequence[str]) -> Any:
+    """Beam ``PipelineOptions`` for ``runner`` and the parsed ``beam_options``."""
+    beam = import_beam()
+    args = [f"--runner={runner}", *beam_options]
+    if runner == "DirectRunner" and not any(a.startswith("--direct_num_workers") for a in args):
+        args.append("--direct_num_workers=1")
+    return beam.options.pipeline_options.PipelineOptions(args)
+
+
+# --- read units and chunks -------------------------------------------------------------------
+
+
+def read_units(source: DataSource, max_samples: int | None = None) -> list[DataSource]:
+    """The source cut into units read independently, in source order: one per file of a file
+    source (``max_samples`` needs the count across files, so it keeps one unit)."""
+    if max_samples is None and isinstance(source, FileSource) and len(source.paths) > 1:
+        units = []
+        for path in source.paths:
+            unit = copy.copy(source)
+            unit.paths = [path]
+            unit.stats = {}
+            units.append(unit)
+        return units
+    return [source]
+
+
+def iter_chunks(
+    unit: DataSource, max_samples: int | None = None, chunk_chars: int = CHUNK_CHARS
+) -> Iterator[list[Any]]:
+    """The unit's samples in order, in lists of about ``chunk_chars`` characters (a token sample
+    counts its length)."""
+    samples = unit.iter_samples()
+    if max_samples is not None:
+        samples = itertools.islice(samples, int(max_samples))
+    chunk: list[Any] = []
+    size = 0
+    for sample in samples:
+        chunk.append(sample)
+        size += len(sample) if isinstance(sample, str) else int(np.size(sample))
+        if size >= chunk_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def encode_chunk(samples: Sequence[Any], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """(flat ids without EOS, int64 lengths with empty samples as 0), in the chunk's order."""
+    flats: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    texts: list[str] = []
+
+    def flush() -> None:
+        if texts:
+            flat, lens = tokenizer.encode_batch(texts)
+            flats.append(np.asarray(flat, np.int64))
+            lengths.append(np.asarray(lens, np.int64))
+            texts.clear()
+
+    for sample in samples:
+        if isinstance(sample, str):
+            texts.append(sample)
+            continue
+        flush()
+        ids = np.asarray(sample)
+        if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise InvalidDataError(
+                "a sample must be a str or a 1-D integer token array, got "
+                f"{type(sample).__name__} with shape {ids.shape}"
+            )
+        flats.append(ids.astype(np.int64))
+        lengths.append(np.array([ids.size], np.int64))
+    flush()
+    flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= tokenizer.vocab_size):
+        raise InvalidDataError(
+            f"token ids must be in [0, {tokenizer.vocab_size}) for {tokenizer!r}, got values in "
+            f"[{flat.min()}, {flat.max()}]"
+        )
+    return flat, (np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+
+
+def chunk_counts(flat: np.ndarray, lengths: np.ndarray, vocab_size: int, eos_id: int) -> np.ndarray:
+    """Unigram counts of a chunk as stored: its ids plus one EOS per non-empty sample."""
+    counts = np.bincount(flat, minlength=vocab_size).astype(np.int64)
+    counts[eos_id] += int(np.count_nonzero(lengths))
+    return counts
+
+
+# --- the index: chunk keys -> first sample, shard boundaries ---------------------------------
+
+
+def chunk_starts(metas: Sequence[tuple[Any, int]]) -> tuple[dict[Any, int], int]:
+    """({chunk key: global index of its first non-empty sample}, total samples) from the
+    chunks' ``(key, non-empty samples)``, in key order (= source order)."""
+    starts: dict[Any, int] = {}
+    total = 0
+    for key, count in sorted(metas, key=lambda m: m[0]):
+        starts[key] = total
+        total += int(count)
+    return starts, total
+
+
+def split_chunk(
+    first: int, flat: np.ndarray, lengths: np.ndarray, bounds: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The chunk's pieces per shard: (shard, flat ids, lengths with its empty samples).
+
+    A chunk's non-empty samples are store indices ``first, first + 1, ...``; shard ``s`` holds
+    indices ``[bounds[s], bounds[s + 1])``. An empty sample stays with the non-empty sample
+    before it (the first shard's when none precedes), as ``build_token_store`` counts it.
+    """
+    if lengths.size == 0:
+        return
+    nonempty = lengths > 0
+    before = np.cumsum(nonempty) - nonempty  # non-empty samples before each sample
+    index = first + before - (~nonempty)  # an empty one: the previous sample's index
+    index = np.clip(index, 0, bounds[-1] - 1)
+    shard = np.searchsorted(bounds, index, side="right") - 1
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    for s in np.unique(shard):
+        where = np.flatnonzero(shard == s)
+        lo, hi = int(where[0]), int(where[-1]) + 1  # a contiguous run (shards are ranges)
+        yield int(s), flat[starts[lo] : ends[hi - 1]], lengths[lo:hi]
+
+
+def even_bounds(total: int, num_shards: int) -> np.ndarray:
+    """Boundaries of ``num_shards`` shards of ``total`` samples as even as can be (at most
+    ``total`` shards: none is empty)."""
+    count = max(1, min(int(num_shards), int(total)))
+    return np.array([k * int(total) // count for k in range(count + 1)], dtype=np.int64)
+
+
+def token_bounds(lengths: np.ndarray, max_shard_tokens: int) -> np.ndarray:
+    """Boundaries by ``build_token_store``'s rule: a shard is closed once it holds at least
+    ``max_shard_tokens`` tokens (EOS included) and the next sample has tokens. ``lengths``: the
+    non-empty samples' token counts (without EOS)."""
+    ends = np.cumsum(np.asarray(lengths, np.int64) + 1)
+    bounds = [0]
+    base = 0
+    while True:
+        # the first sample whose end reaches base + max_shard_tokens closes the shard
+        cut = int(np.searchsorted(ends, base + int(max_shard_tokens), side="left")) + 1
+        if cut >= ends.size:
+            break
+        bounds.append(cut)
+        base = int(ends[cut - 1])
+    bounds.append(int(ends.size))
+    return np.array(bounds, dtype=np.int64)
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+SUMMARY = "_beam_summary.json"  # the pipeline's last output, read by the launching process
+CHUNKS = "_chunks"  # tokenised chunks, between the tokenising and the shard-writing workers
+
+
+def chunk_file(staging: str, key: tuple[int, int]) -> str:
+    """Where a tokenised chunk waits for its shard writer (inside the staging directory)."""
+    return f"{staging.rstrip('/')}/{CHUNKS}/u{key[0]:06d}-c{key[1]:06d}.bin"
+
+
+def _save_chunk(path: str, flat: np.ndarray, lengths: np.ndarray) -> None:
+    """Raw little-endian bytes: the sample count (``<i8``), the lengths (``<i8``), the ids (the
+    store's dtype). No container: written once, read back without a copy."""
+    head = np.array([lengths.size], dtype="<i8").tobytes()
+    _write_bytes(path, head + lengths.astype("<i8").tobytes() + flat.tobytes())
+
+
+def _load_chunk(path: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    if is_remote(path):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            data = handle.read()
+    else:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    count = int(np.frombuffer(data, "<i8", count=1)[0])
+    lengths = np.frombuffer(data, "<i8", count=count, offset=8)
+    return np.frombuffer(data, dtype, offset=8 * (count + 1)), lengths
+
+
+def _plan(
+    metas: list[tuple[Any, int, np.ndarray | None]],
+    num_shards: int | None,
+    max_shard_tokens: int,
+) -> dict[str, Any]:
+    """The side input every writer shares: chunk starts and sizes, shard boundaries, names."""
+    from highnoon.data.shards import shard_name
+
+    starts, total = chunk_starts([(key, count) for key, count, _ in metas])
+    if total == 0:
+        raise InvalidDataError(
+            "the dataset is empty: no sample had any token; check the entry's files"
+        )
+    ordered = sorted(metas, key=lambda m: m[0])
+    if num_shards is None:
+        lengths = np.concatenate([m[2][m[2] > 0] for m in ordered])
+        bounds = token_bounds(lengths, max_shard_tokens)
+    else:
+        bounds = even_bounds(total, num_shards)
+    count = bounds.size - 1
+    return {
+        "chunks": [(m[0], starts[m[0]], int(m[1])) for m in ordered],  # key, first, samples
+        "bounds": bounds,
+        "names": [shard_name(i, count) for i in range(count)],
+        "num_samples": total,
+    }
+
+
+def shard_chunks(plan: dict[str, Any], shard: int) -> list[tuple[Any, int]]:
+    """(key, first sample) of the chunks that may hold samples (or skipped empty ones) of
+    ``shard``, in source order."""
+    lo, hi = int(plan["bounds"][shard]), int(plan["bounds"][shard + 1])
+    last = int(plan["num_samples"]) - 1
+    # a chunk's samples map to indices first - 1 (its leading empty samples, which go with the
+    # sample before them) .. first + count - 1 (``split_chunk``)
+    return [
+        (key, first)
+        for key, first, count in plan["chunks"]
+        if max(first - 1, 0) < hi and min(max(first + count - 1, 0), last) >= lo
+    ]
+
+
+def _merge_stats(stats: Sequence[dict[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for item in stats:
+        for name, count in item.items():
+            merged[name] = merged.get(name, 0) + int(count)
+    return dict(sorted(merged.items()))
+
+
+def _copy_tree_out(local: str, remote: str) -> None:
+    """Copy a local shard directory to a ``tf.io.gfile`` path (shard.json last)."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(remote)
+    names = sorted(os.listdir(local), key=lambda n: (n == "shard.json", n))
+    for name in names:
+        tf.io.gfile.copy(os.path.join(local, name), f"{remote}/{name}", overwrite=True)
+
+
+def _copy_tokenizer_out(tokenizer: Tokenizer, directory: str) -> dict[str, dict[str, Any]]:
+    """``shards.copy_tokenizer_file`` for a ``tf.io.gfile`` store directory."""
+    if not tokenizer.store_file:
+        return {}
+    import tensorflow as tf
+
+    from highnoon.utils.hashing import sha256_file
+
+    tf.io.gfile.copy(tokenizer.model_path, f"{directory}/{tokenizer.store_file}", overwrite=True)
+    return {
+        tokenizer.store_file: {
+            "size": os.path.getsize(tokenizer.model_path),
+            "sha256": sha256_file(tokenizer.model_path),
+        }
+    }
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """A file inside the staging directory (local or ``tf.io.gfile``), its directory made."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+        with tf.io.gfile.GFile(path, "wb") as handle:
+            handle.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _write_text(path: str, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _count_cpu(beam: Any, step: str, started: float) -> None:
+    """Add this thread's CPU time since ``started`` to the Beam counter ``<step>_cpu_ms``: what
+    the pipeline's own work cost, apart from the runner's (``PipelineResult.metrics``)."""
+    elapsed = round((time.thread_time() - started) * 1000)
+    beam.metrics.Metrics.counter("highnoon", f"{step}_cpu_ms").inc(elapsed)
+
+
+def _transforms(beam: Any) -> dict[str, Any]:
+    """The pipeline's DoFns and CombineFns (defined once Beam is imported)."""
+
+    class Read(beam.DoFn):
+        """unit index -> ((unit, chunk), samples) in order; the unit's source stats tagged.
+        With ``tokenise``, each chunk is tokenised here (a file per worker needs no shuffle
+        of its text) and only its ``Tokenised`` record is emitted."""
+
+        def __init__(
+            self,
+            units: list[DataSource],
+            max_samples: int | None,
+            chunk_chars: int,
+            tokenise: Any = None,
+        ):
+            self.units = units
+            self.max_samples = max_samples
+            self.chunk_chars = chunk_chars
+            self.tokenise = tokenise
+
+        def setup(self) -> None:
+            if self.tokenise is not None:
+                self.tokenise.setup()
+
+        def process(self, unit_index: int) -> Iterator[Any]:
+            unit = self.units[unit_index]
+            chunks = enumerate(iter_chunks(unit, self.max_samples, self.chunk_chars))
+            while True:
+                started = time.thread_time()
+                number, samples = next(chunks, (None, None))
+                _count_cpu(beam, "read", started)
+                if samples is None:
+                    break
+                if self.tokenise is None:
+                    yield (unit_index, number), samples
+                else:
+                    yield from self.tokenise.process(((unit_index, number), samples))
+            yield beam.pvalue.TaggedOutput("stats", dict(unit.stats))
+
+    class Tokenise(beam.DoFn):
+        """((unit, chunk), samples) -> the chunk's ids saved beside the store (``chunk_file``);
+        emits (key, non-empty samples, lengths, unigram counts)."""
+
+        def __init__(self, tokenizer_config: dict[str, Any], staging: str):
+            self.tokenizer_config = tokenizer_config
+            self.staging = staging
+            self.tokenizer: Tokenizer | None = None
+
+        def setup(self) -> None:
+            self.tokenizer = load_tokenizer(self.tokenizer_config)
+
+        def process(self, element: tuple[Any, list[Any]]) -> Iterator[Any]:
+            from highnoon.data.shards import token_dtype
+
+            started = time.thread_time()
+            key, samples = element
+            tokenizer = self.tokenizer
+            flat, lengths = encode_chunk(samples, tokenizer)
+            stored = flat.astype(token_dtype(tokenizer.vocab_size))
+            _save_chunk(chunk_file(self.staging, key), stored, lengths)
+            counts = chunk_counts(stored, lengths, tokenizer.vocab_size, tokenizer.eos_id)
+            _count_cpu(beam, "tokenise", started)
+            yield key, int(np.count_nonzero(lengths)), lengths, counts
+
+    class SumCounts(beam.CombineFn):
+        """Element-wise sum of int64 count vectors: exact, whatever the grouping."""
+
+        def __init__(self, size: int):
+            self.size = size
+
+        def create_accumulator(self) -> np.ndarray:
+            return np.zeros(self.size, np.int64)
+
+        def add_input(self, total: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            total += counts
+            return total
+
+        def merge_accumulators(self, totals: Any) -> np.ndarray:
+            out = np.zeros(self.size, np.int64)
+            for total in totals:
+                out += total
+            return out
+
+        def extract_output(self, total: np.ndarray) -> np.ndarray:
+            return total
+
+    class WriteShard(beam.DoFn):
+        """shard index -> its directory written from the chunk files, its shard.json returned."""
+
+        def __init__(self, staging: str, tokenizer_config: dict[str, Any], block_bytes: int):
+            self.staging = staging
+            self.tokenizer_config = tokenizer_config
+            self.block_bytes = block_bytes
+
+        def process(self, shard: int, plan: dict[str, Any], counts: np.ndarray) -> Iterator:
+            from highnoon.data.shards import ShardWriter, write_shard_features
+
+            started = time.thread_time()
+            tokenizer = load_tokenizer(self.tokenizer_config)
+            name = plan["names"][shard]
+            remote = is_remote(self.staging)
+            local = tempfile.mkdtemp(prefix="highnoon-shard-") if remote else None
+            directory = os.path.join(local, name) if remote else os.path.join(self.staging, name)
+            os.makedirs(directory, exist_ok=True)
+            writer = ShardWriter(
+                directory, tokenizer.vocab_size, tokenizer.eos_id, block_bytes=self.block_bytes
+            )
+            for key, first in shard_chunks(plan, shard):
+                flat, lengths = _load_chunk(chunk_file(self.staging, key), writer.dtype)
+                for piece_shard, part, part_lengths in split_chunk(
+                    first, flat, lengths, plan["bounds"]
+                ):
+                    if piece_shard == shard:
+                        writer.add(part, part_lengths)
+            writer.close()
+            manifest = write_shard_features(directory, counts, int(plan["bounds"][shard]))
+            if remote:
+                _copy_tree_out(directory, f"{self.staging.rstrip('/')}/{name}")
+                shutil.rmtree(local, ignore_errors=True)
+            _count_cpu(beam, "write_shards", started)
+            yield shard, manifest
+
+    return {"Read": Read, "Tokenise": Tokenise, "SumCounts": SumCounts, "WriteShard": WriteShard}
+
+
+def run_pipeline(
+    source: DataSource,
+    tokenizer: Tokenizer,
+    staging: str,
+    *,
+    runner: str,
+    beam_options: Sequence[str],
+    num_shards: int | None,
+    max_shard_tokens: int,
+    max_samples: int | None,
+    chunk_chars: int,
+    block_bytes: int,
+) -> dict[str, Any]:
+    """Run the pipeline writing ``source``'s shards into ``staging``; returns its summary
+    (shard names, sample count, the sources' merged stats)."""
+    import json
+
+    beam = import_beam()
+    parts = _transforms(beam)
+    units = read_units(source, max_samples)
+    config = tokenizer.to_config()
+    tokenise = parts["Tokenise"](config, staging)
+    singleton = beam.pvalue.AsSingleton
+    pipeline = beam.Pipeline(options=pipeline_options(runner, beam_options))
+    unit_indices = pipeline | "Units" >> beam.Create(list(range(len(units))))
+    if len(units) > 1:  # one file per worker at a time: read and tokenise together
+        read = (
+            unit_indices
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "ReadTokenise"
+            >> beam.ParDo(parts["Read"](units, max_samples, chunk_chars, tokenise)).with_outputs(
+                "stats", main="chunks"
+            )
+        )
+        tokenised = read.chunks
+    else:  # one stream: its text chunks are spread over the workers to tokenise
+        read = unit_indices | "Read" >> beam.ParDo(
+            parts["Read"](units, max_samples, chunk_chars)
+        ).with_outputs("stats", main="chunks")
+        tokenised = (
+            read.chunks | "SpreadChunks" >> beam.Reshuffle() | "Tokenise" >> beam.ParDo(tokenise)
+        )
+    counts = (
+        tokenised
+        | "ChunkCounts" >> beam.Map(lambda t: t[3])
+        | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
+    )
+    keep_lengths = num_shards is None
+    plan = (
+        tokenised
+        | "Meta" >> beam.Map(lambda t: (t[0], t[1], t[2] if keep_lengths else None))
+        | "Metas" >> beam.combiners.ToList()
+        | "Plan" >> beam.Map(_plan, num_shards, max_shard_tokens)
+    )
+    written = (
+        plan
+        | "Shards" >> beam.FlatMap(lambda p: range(len(p["names"])))
+        | "SpreadShards" >> beam.Reshuffle()
+        | "WriteShard"
+        >> beam.ParDo(
+            parts["WriteShard"](staging, config, block_bytes),
+            plan=singleton(plan),
+            counts=singleton(counts),
+        )
+    )
+
+    def summary(_: Any, plan: dict[str, Any], stats: list, shards: list) -> None:
+        done = sorted(shard for shard, _ in shards)
+        if done != list(range(len(plan["names"]))):
+            raise InvalidDataError(f"shards written {done} do not match {plan['names']}")
+        text = json.dumps(
+            {
+                "names": plan["names"],
+                "num_samples": plan["num_samples"],
+                "stats": _merge_stats(stats),
+            },
+            sort_keys=True,
+        )
+        _write_text(f"{staging.rstrip('/')}/{SUMMARY}", text)
+
+    _ = (
+        pipeline
+        | "Once" >> beam.Create([None])
+        | "Summary"
+        >> beam.Map(
+            summary,
+            plan=singleton(plan),
+            stats=beam.pvalue.AsList(read.stats),
+            shards=beam.pvalue.AsList(written),
+        )
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    from highnoon.utils.files import read_text
+
+    summary = json.loads(read_text(f"{staging.rstrip('/')}/{SUMMARY}"))
+    summary["cpu_seconds"] = _cpu_counters(result)
+    return summary
+
+
+def _cpu_counters(result: Any) -> dict[str, float]:
+    """{step: CPU seconds} from the run's ``<step>_cpu_ms`` counters (``_count_cpu``); empty
+    where the runner reports no metrics."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # a runner without metrics support
+        return {}
+    out: dict[str, float] = {}
+    for counter in counters:
+        name = counter.key.metric.name
+        if counter.key.metric.namespace == "highnoon" and name.endswith("_cpu_ms"):
+            value = counter.committed if counter.committed is not None else counter.attempted
+            out[name[: -len("_cpu_ms")]] = out.get(name[: -len("_cpu_ms")], 0.0) + value / 1000
+    return dict(sorted(out.items()))
+
+
+def build_store_on_beam(
+    source: DataSource,
+    tokenizer: Tokenizer | str | dict,
+    path: str,
+    *,
+    runner: str = "DirectRunner",
+    beam_options: Sequence[str] | str = (),
+    num_shards: int | None = None,
+    max_shard_tokens: int | None = None,
+    max_samples: int | None = None,
+    overwrite: bool = False,
+    chunk_chars: int = CHUNK_CHARS,
+) -> Any:
+    """``source``'s store at ``path``, prepared on Beam (module docstring); the opened store.
+
+    Shards: ``num_shards`` of (nearly) equal sample counts, or by default a new shard once one
+    holds ``max_shard_tokens`` tokens (``build_token_store``'s rule and default: the same
+    boundaries). An existing store at ``path`` is an error unless ``overwrite``.
+    """
+    import json
+
+    from highnoon.data import shards as shard_format
+    from highnoon.data.store import MANIFEST, StoreExistsError, TokenStore
+    from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
+    from highnoon.utils.files import publish_directory
+
+    runner = check_runner(runner)
+    if runner == ONE_PROCESS:
+        raise InvalidArgumentError(
+            f"runner={ONE_PROCESS!r} is the one-process build (store.build_token_store), "
+            f"not a Beam runner; use one of {list(BEAM_RUNNERS)}"
+        )
+    import_beam()  # installed? (before anything is read or written)
+    options = parse_beam_options(beam_options)
+    num_shards = check_positive_int("num_shards", num_shards, allow_none=True)
+    if max_shard_tokens is None:
+        from highnoon.data.store_build import MAX_SHARD_TOKENS
+
+        max_shard_tokens = MAX_SHARD_TOKENS
+    max_shard_tokens = check_positive_int("max_shard_tokens", max_shard_tokens)
+    max_samples = check_positive_int("max_samples", max_samples, allow_none=True)
+    tokenizer = load_tokenizer(tokenizer)
+    description = source.describe()
+    remote = is_remote(path)
+    if remote:
+        import tensorflow as tf
+
+        path = path.rstrip("/")
+        if tf.io.gfile.exists(f"{path}/{MANIFEST}") and not overwrite:
+            raise StoreExistsError(f"path={path!r} already holds a store; pass overwrite=True")
+        if tf.io.gfile.exists(path):  # an interrupted preparation's shards (no manifest)
+            tf.io.gfile.rmtree(path)
+        tf.io.gfile.makedirs(path)
+        staging = path
+    else:
+        path = os.path.abspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise StoreExistsError(f"path={path!r} already exists; pass overwrite=True")
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        remove_stale_build_dirs(parent, base=os.path.basename(path))
+        staging = _temp_name(path, "tmp")
+        os.makedirs(staging)
+    started = time.perf_counter()
+    try:
+        summary = run_pipeline(
+            source,
+            tokenizer,
+            staging,
+            runner=runner,
+            beam_options=options,
+            num_shards=num_shards,
+            max_shard_tokens=max_shard_tokens,
+            max_samples=max_samples,
+            chunk_chars=chunk_chars,
+            block_bytes=shard_format.BLOCK_BYTES,
+        )
+        from highnoon.utils.files import read_text
+
+        names = summary["names"]
+        manifests = [json.loads(read_text(f"{staging}/{n}/shard.json")) for n in names]
+        if remote:
+            top_files = _copy_tokenizer_out(tokenizer, staging)
+        else:
+            top_files = shard_format.copy_tokenizer_file(tokenizer, staging)
+        manifest = shard_format.store_manifest(
+            manifests,
+            names,
+            tokenizer,
+            sources=[description],
+            skipped=summary["stats"],
+            top_files=top_files,
+            extra={
+                "build_seconds": round(time.perf_counter() - started, 3),
+                "preparation": {  # who did the work: not part of the fingerprint
+                    "runner": runner,
+                    "beam_options": options,
+                    "cpu_seconds": summary["cpu_seconds"],
+                },
+            },
+        )
+        if remote:
+            tf.io.gfile.remove(f"{staging}/{SUMMARY}")
+            tf.io.gfile.rmtree(f"{staging}/{CHUNKS}")
+        else:
+            os.unlink(os.path.join(staging, SUMMARY))
+            shutil.rmtree(os.path.join(staging, CHUNKS))
+        _write_text(f"{staging}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True))
+        if not remote:
+            publish_directory(staging, path, _temp_name(path, "old"))
+    except BaseException:
+        if not remote:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return TokenStore.open(path)

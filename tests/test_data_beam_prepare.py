@@ -1,0 +1,402 @@
+"""Preparation on Apache Beam (``highnoon.data.beam_prepare``): its index and shard arithmetic,
+its checks, and the store it writes against the one-process ``build_token_store``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from highnoon.data import beam_prepare as bp
+from highnoon.utils.validation import InvalidArgumentError
+
+# --- checks, before any work ----------------------------------------------------------------
+
+
+def test_check_runner_accepts_known_names_and_lists_them_otherwise():
+    assert bp.check_runner("directrunner") == "DirectRunner"
+    assert bp.check_runner("DataflowRunner") == "DataflowRunner"
+    assert bp.check_runner("NONE") == "none"
+    with pytest.raises(InvalidArgumentError) as err:
+        bp.check_runner("SparkRunnr")
+    message = str(err.value)
+    assert "runner='SparkRunnr'" in message
+    for name in ("'none'", "'DirectRunner'", "'DataflowRunner'", "'FlinkRunner'", "'SparkRunner'"):
+        assert name in message
+
+
+def test_parse_beam_options_gives_beam_its_arguments():
+    assert bp.parse_beam_options("") == []
+    assert bp.parse_beam_options(
+        "--direct_num_workers=2 --direct_running_mode=multi_processing --project 'my p'"
+    ) == ["--direct_num_workers=2", "--direct_running_mode=multi_processing", "--project", "my p"]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("--direct_num_workers=2 direct_running_mode=multi_processing", "'direct_running_mode="),
+        ("--project='unclosed", "malformed"),
+        ("--direct_num_workrs=2", "--direct_num_workrs"),
+        ("--direct_num_workers=two", "invalid int value: 'two'"),
+        ("--direct_running_mode=many", "invalid choice: 'many'"),
+        ("-x", "'-x'"),
+    ],
+)
+def test_parse_beam_options_names_the_bad_token(text, named):
+    with pytest.raises(InvalidArgumentError, match="beam_options") as err:
+        bp.parse_beam_options(text)
+    assert named in str(err.value)
+
+
+def test_prepare_datasets_refuses_bad_runner_and_options_before_any_work(tmp_path):
+    from highnoon.data.prepare import prepare_datasets
+
+    out = tmp_path / "out"
+    with pytest.raises(InvalidArgumentError, match="runner='Dataflow'"):
+        prepare_datasets(["arithmetic"], str(out), runner="Dataflow")
+    with pytest.raises(InvalidArgumentError, match="--direct_num_workers: expected one argument"):
+        prepare_datasets(["arithmetic"], str(out), beam_options="--direct_num_workers")
+    with pytest.raises(InvalidArgumentError, match="need a Beam runner"):
+        prepare_datasets(["arithmetic"], str(out), runner="none", num_shards=2)
+    with pytest.raises(InvalidArgumentError, match="num_shards"):
+        prepare_datasets(["arithmetic"], str(out), num_shards=0)
+    with pytest.raises(InvalidArgumentError, match="runs its workers on other machines"):
+        prepare_datasets(["arithmetic"], str(out), runner="DataflowRunner")
+    assert not out.exists()  # nothing was created, let alone read
+
+
+def test_without_apache_beam_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+
+    from highnoon.data.registry import resolve_dataset
+
+    monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if not installed
+    with pytest.raises(InvalidArgumentError, match=r"pip install highnoon\[beam\]"):
+        bp.build_store_on_beam(resolve_dataset("arithmetic"), "byte", str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
+
+
+# --- the index and the shard boundaries -----------------------------------------------------
+
+
+def test_chunk_starts_number_samples_in_source_order_whatever_the_arrival_order():
+    metas = [((1, 0), 4), ((0, 1), 2), ((0, 0), 3), ((2, 0), 0), ((2, 1), 5)]
+    starts, total = bp.chunk_starts(metas)
+    assert starts == {(0, 0): 0, (0, 1): 3, (1, 0): 5, (2, 0): 9, (2, 1): 9}
+    assert total == 14
+
+
+def test_even_and_token_bounds():
+    assert bp.even_bounds(10, 3).tolist() == [0, 3, 6, 10]
+    assert bp.even_bounds(2, 5).tolist() == [0, 1, 2]  # never an empty shard
+    # stored lengths are lengths + 1 (EOS): 3, 5, 2, 4, 1 -> ends 3, 8, 10, 14, 15
+    lengths = np.array([2, 4, 1, 3, 0])
+    assert bp.token_bounds(lengths, 8).tolist() == [0, 2, 5]  # 8 | 7
+    assert bp.token_bounds(lengths, 6).tolist() == [0, 2, 4, 5]  # 8 | 6 | 1
+    assert bp.token_bounds(lengths, 100).tolist() == [0, 5]
+    assert bp.token_bounds(lengths, 1).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_split_chunk_cuts_at_shard_bounds_and_keeps_empty_samples_with_the_previous():
+    # a chunk of samples [e, a(2), b(1), e, c(3), e] whose first non-empty sample is index 4
+    lengths = np.array([0, 2, 1, 0, 3, 0])
+    flat = np.array([10, 11, 20, 30, 31, 32])
+    bounds = np.array([0, 4, 5, 6, 9])
+    pieces = list(bp.split_chunk(4, flat, lengths, bounds))
+    assert [p[0] for p in pieces] == [0, 1, 2, 3]
+    # the leading empty one goes with sample 3 (in the chunk before): shard 0
+    assert pieces[0][1].tolist() == [] and pieces[0][2].tolist() == [0]
+    assert pieces[1][1].tolist() == [10, 11] and pieces[1][2].tolist() == [2]
+    assert pieces[2][1].tolist() == [20] and pieces[2][2].tolist() == [1, 0]
+    assert pieces[3][1].tolist() == [30, 31, 32] and pieces[3][2].tolist() == [3, 0]
+    # at the very start of the corpus, empty samples go with the first shard
+    (piece,) = bp.split_chunk(0, np.array([5]), np.array([0, 0, 1]), np.array([0, 1]))
+    assert piece[0] == 0 and piece[2].tolist() == [0, 0, 1]
+
+
+def test_read_units_split_files_in_sorted_order(tmp_path):
+    from highnoon.data.registry import resolve_dataset
+
+    for name in ("b.jsonl", "a.jsonl", "c.txt"):
+        (tmp_path / name).write_text('{"text": "x"}\n' if name.endswith("jsonl") else "x")
+    source = resolve_dataset(str(tmp_path))
+    units = bp.read_units(source)
+    assert [u.paths for u in units] == [
+        [str(tmp_path / n)] for n in ("a.jsonl", "b.jsonl", "c.txt")
+    ]
+    assert bp.read_units(source, max_samples=2) == [source]  # a cap counts across files
+    assert [len(c) for c in bp.iter_chunks(units[0], chunk_chars=1)] == [1]
+
+
+# --- the output directory: one preparation at a time, a killed one restarts cleanly ----------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "workers", "prepare_worker.py")
+
+
+def test_prepare_lock_refuses_a_second_preparation_naming_the_first(tmp_path):
+    from highnoon.launch.prepare_lock import PrepareLock
+    from highnoon.training.run_lock import ModelDirLockedError
+
+    with PrepareLock(str(tmp_path)) as first:
+        assert os.path.basename(first.path) == "prepare.lock"
+        with pytest.raises(ModelDirLockedError) as err:
+            PrepareLock(str(tmp_path)).acquire()
+    message = str(err.value)
+    assert "is being written by another preparation" in message
+    assert f"pid={os.getpid()}" in message and "use another output_dir" in message
+    with PrepareLock(str(tmp_path)):  # released on exit: free again
+        pass
+
+
+def _worker(marker, stall: bool, out, *flags: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, WORKER, str(marker), "1" if stall else "0", f"--output_dir={out}",
+         *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_second_preparation_refuses_and_a_killed_one_restarts_cleanly(tmp_path):
+    import time
+
+    from highnoon.data.prepare import prepare_datasets
+    from highnoon.data.registry import register_dataset, unregister_dataset
+    from highnoon.data.store import TokenStore
+
+    out = tmp_path / "out"
+    marker = tmp_path / "marker"
+    first = _worker(marker, True, out)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the preparation never reached its stall"
+            time.sleep(0.2)
+        # mid-run: a staging directory, no store, no manifest anywhere
+        staged = sorted(p.name for p in (out / "sources").iterdir())
+        assert len(staged) == 1 and ".tmp-" in staged[0], staged
+        assert not list(out.rglob("manifest.json")) and not (out / "datasets.json").exists()
+        second = _worker(tmp_path / "marker2", False, out)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode != 0
+        assert "is being written by another preparation" in err
+        assert f"pid={first.pid}" in err
+        assert not (tmp_path / "marker2").exists()  # refused before reading any sample
+    finally:
+        first.kill()
+        first.communicate()
+    rerun = _worker(tmp_path / "marker3", False, out)
+    _, err = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, err[-3000:]
+    assert "taking over the lock of a preparation that is gone" in err  # the killed one
+    names = sorted(p.name for p in (out / "sources").iterdir())
+    assert len(names) == 1 and ".tmp-" not in names[0], names  # the temporary is gone
+    (item,) = json.loads((out / "datasets.json").read_text())["datasets"]
+    assert item["num_samples"] == 397 and item["skipped"]["empty"] == 3
+    store = TokenStore.open(item["path"], verify=True)
+
+    # the same store as the one-process build of the same data
+    from tests.workers.prepare_worker import samples
+
+    register_dataset("counted", lambda: samples(str(tmp_path / "marker4"), False))
+    try:
+        index = prepare_datasets(["counted"], str(tmp_path / "one"), runner="none", progress=False)
+    finally:
+        unregister_dataset("counted")
+    assert index["datasets"][0]["fingerprint"] == store.fingerprint
+
+
+# --- the store: the same as the one-process build's -----------------------------------------
+
+SHARD_TOKENS = 700  # 4 or 5 shards of the corpus below
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """3 JSONL files of short texts (every 7th empty, one line with invalid UTF-8)."""
+    directory = tmp_path_factory.mktemp("corpus")
+    rng = np.random.Generator(np.random.PCG64(0))
+    for f in range(3):
+        lines = []
+        for i in range(60):
+            n = int(rng.integers(1, 40)) if i % 7 else 0
+            text = "".join(chr(97 + int(c)) for c in rng.integers(0, 26, n))
+            lines.append(json.dumps({"text": text}).encode())
+        lines[5] = b'{"text": "bad \xff byte"}'
+        (directory / f"part-{f}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    return str(directory / "*.jsonl")
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory):
+    """The reference: ``build_token_store`` in one process, as ``prepare_stage_store`` calls it."""
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.store import build_token_store
+
+    source = resolve_dataset(corpus)
+    path = str(tmp_path_factory.mktemp("one") / "store")
+    return build_token_store(
+        source.iter_samples(), "byte", path, sources=[source.describe()], skipped=source.stats,
+        max_shard_tokens=SHARD_TOKENS, progress=False,
+    )  # fmt: skip
+
+
+def _on_beam(corpus, path, **options):
+    from highnoon.data.registry import resolve_dataset
+
+    return bp.build_store_on_beam(resolve_dataset(corpus), "byte", str(path), **options)
+
+
+def _assert_same_data(store, reference):
+    from highnoon.curriculum.scoring import scores_from_features
+
+    assert store.num_samples == reference.num_samples
+    everything = np.arange(reference.num_samples)
+    for got, want in zip(store.gather(everything), reference.gather(everything)):
+        np.testing.assert_array_equal(got, want)
+    for name in ("lengths", "surprisal_sum"):
+        np.testing.assert_array_equal(
+            getattr(store.features, name), getattr(reference.features, name)
+        )
+    for strategy in ("size_based", "difficulty_based", "mixed"):
+        np.testing.assert_array_equal(
+            scores_from_features(store.features, strategy),
+            scores_from_features(reference.features, strategy),
+        )
+    assert store.manifest["skipped"] == reference.manifest["skipped"]
+    assert store.manifest["sources"] == reference.manifest["sources"]
+
+
+def test_beam_store_is_the_one_process_store(corpus, one_process, tmp_path):
+    # small chunks: every file is cut in several, and shards cut through chunks
+    store = _on_beam(corpus, tmp_path / "s", max_shard_tokens=SHARD_TOKENS, chunk_chars=150)
+    bounds = bp.token_bounds(one_process.features.lengths - 1, SHARD_TOKENS)  # minus EOS
+    assert [s["num_samples"] for s in one_process.manifest["shards"]] == np.diff(bounds).tolist()
+    assert len(bounds) - 1 >= 4  # several shards, cut inside files and chunks
+    assert one_process.manifest["skipped"]["empty"] == 3 * 9
+    assert one_process.manifest["skipped"]["invalid_utf8_replaced"] == 3
+    assert store.fingerprint == one_process.fingerprint
+    assert store.manifest["shards"] == one_process.manifest["shards"]
+    _assert_same_data(store, one_process)
+    assert not [n for n in os.listdir(tmp_path) if n != "s"]  # no temporaries left
+    assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json"] + [
+        m["name"] for m in one_process.manifest["shards"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def even_store(corpus, tmp_path_factory):
+    """The corpus prepared on Beam into 4 shards of equal sample counts."""
+    return _on_beam(corpus, tmp_path_factory.mktemp("even") / "s", num_shards=4)
+
+
+def test_num_shards_cuts_even_sample_ranges_of_the_same_data(even_store, one_process):
+    store = even_store
+    n = one_process.num_samples
+    assert [s["num_samples"] for s in store.manifest["shards"]] == [
+        (k + 1) * n // 4 - k * n // 4 for k in range(4)
+    ]
+    assert [s["name"] for s in store.manifest["shards"]] == [
+        f"shard-{k:05d}-of-00004" for k in range(4)
+    ]
+    _assert_same_data(store, one_process)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_worker_processes_write_the_same_store(corpus, one_process, tmp_path):
+    store = _on_beam(
+        corpus, tmp_path / "s", max_shard_tokens=SHARD_TOKENS, chunk_chars=150,
+        beam_options="--direct_num_workers=2 --direct_running_mode=multi_processing",
+    )  # fmt: skip
+    assert store.fingerprint == one_process.fingerprint
+
+
+def test_same_training_batches_from_either_store(even_store, one_process):
+    from highnoon.curriculum.scheduler import CurriculumScheduler
+    from highnoon.curriculum.scoring import scores_from_features
+    from highnoon.data import make_host_dataset
+
+    batches = []
+    for each in (one_process, even_store):
+        scheduler = CurriculumScheduler(
+            "difficulty_based", verbose=False, global_batch_size=8, seed=3
+        )
+        scheduler.prepare_curriculum_from_scores(
+            scores_from_features(each.features, "difficulty_based")
+        )
+        rows = scheduler.host_epoch_indices(2, 1, 2)
+        batches.append([b["inputs"].numpy() for b in make_host_dataset(each, rows, 16)])
+    assert len(batches[0]) > 1
+    for got, want in zip(batches[1], batches[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_prepare_datasets_on_beam_and_in_one_process_agree_and_reuse(tmp_path, monkeypatch):
+    """A single stream (an embedded dataset) takes the other path: its text chunks are spread to
+    be tokenised. The store lands where a run's data_cache_dir finds it; a second preparation
+    reuses it."""
+    from highnoon.data.prepare import prepare_datasets
+
+    one = prepare_datasets(["arithmetic"], str(tmp_path / "one"), max_samples=300, runner="none",
+                           progress=False)  # fmt: skip
+    beam = prepare_datasets(["arithmetic"], str(tmp_path / "beam"), max_samples=300)
+    (a,), (b,) = one["datasets"], beam["datasets"]
+    assert a["fingerprint"] == b["fingerprint"] and b["num_samples"] == 300
+    assert os.path.relpath(a["path"], tmp_path / "one") == os.path.relpath(
+        b["path"], tmp_path / "beam"
+    )
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a complete store was prepared again")
+
+    monkeypatch.setattr(bp, "build_store_on_beam", no_build)
+    again = prepare_datasets(["arithmetic"], str(tmp_path / "beam"), max_samples=300)
+    assert again["datasets"] == beam["datasets"]
+
+
+def test_launcher_refuses_an_unknown_runner_and_malformed_beam_options(tmp_path):
+    import subprocess
+    import sys
+
+    def launch(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "launch.prepare_data", "--datasets=arithmetic",
+             f"--output_dir={tmp_path / 'out'}", *flags],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+
+    bad_runner = launch("--runner=Sparky")
+    assert bad_runner.returncode != 0
+    assert "runner='Sparky' is not a known runner" in bad_runner.stderr
+    assert "'SparkRunner'" in bad_runner.stderr
+    bad_options = launch("--beam_options=--direct_num_workers=2 direct_running_mode=x")
+    assert bad_options.returncode != 0
+    assert "'direct_running_mode=x' is not a Beam option" in bad_options.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_remote_output_gets_the_same_shards(corpus, one_process):
+    """Shards written through tf.io.gfile (``ram://`` here, ``gs://`` on a cluster): the same
+    shard.json files, manifest last, no staging files left."""
+    import tensorflow as tf
+
+    path = "ram://beam-prepare-test/store"
+    store = _on_beam(corpus, path, max_shard_tokens=SHARD_TOKENS, chunk_chars=150)
+    assert store.fingerprint == one_process.fingerprint
+    _assert_same_data(store, one_process)
+    assert sorted(tf.io.gfile.listdir(path)) == sorted(
+        ["manifest.json"] + [m["name"] for m in one_process.manifest["shards"]]
+    )
+    tf.io.gfile.rmtree("ram://beam-prepare-test")
