@@ -17,6 +17,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance
 
 import highnoon as hn
+from highnoon.data import ByteTokenizer
 from highnoon.evaluation import evaluate_run, flat_scores
 from highnoon.evaluation.decoding import greedy_batch
 from highnoon.evaluation.lm_eval_model import HighNoonEvalLM, cut_at_stop
@@ -147,7 +148,7 @@ def test_batched_cached_greedy_decoding_equals_uncached_decoding_per_prompt(spre
 
 
 def test_generate_until_stops_at_the_first_until_string(spread_model):
-    tokenizer = hn.data.ByteTokenizer()
+    tokenizer = ByteTokenizer()
     lm = HighNoonEvalLM(model=spread_model, tokenizer=tokenizer, batch_size=2)
     prompt = "alpha"
     ids = [1, *tokenizer.encode(prompt)]
@@ -271,3 +272,92 @@ def test_bad_input_is_refused_naming_the_problem(tmp_path, run_dir, task_dir):
     with pytest.raises(InvalidArgumentError, match="records no tokenizer"):
         HighNoonEvalLM(model_dir=str(copied))
     assert HighNoonEvalLM(model_dir=str(copied), tokenizer="byte").tokenizer.vocab_size == 259
+
+
+# -- in-loop evaluation ---------------------------------------------------------------------
+def test_in_loop_lm_eval_scores_the_live_weights_into_events_tensorboard_and_summary(
+    tmp_path, task_dir
+):
+    from highnoon.training.history import _read_summaries
+
+    data = write_jsonl(str(tmp_path / "d.jsonl"), _texts(40))
+    trainer = make_trainer(
+        tmp_path,
+        model=hn.create_model("highnoon-nano", max_seq_length=SEQ),
+        lm_eval_tasks=["hn_choice"],
+        lm_eval_include_path=task_dir,
+        eval_interval=5,
+        checkpoint_interval=5,
+    )
+    assert trainer.options.lm_eval_tasks == ("hn_choice",)
+    events = []
+    trainer.add_callback(lambda e: events.append(e) if e["event"] == "lm_eval" else None)
+    trainer.add_curriculum_stage("s", [data], epochs=1)  # 40 samples / 4 = 10 steps
+    model_dir = str(tmp_path / "model")
+    summary = trainer.train(checkpoint_dir=model_dir)
+    assert [(e["step"], e["stage"], e["tasks"]) for e in events] == [
+        (5, "s", ["hn_choice"]),
+        (10, "s", ["hn_choice"]),
+    ]
+    # the scores are those of the weights at that step: the checkpoint saved there, scored anew
+    for event in events:
+        results = evaluate_run(
+            model_dir, ["hn_choice"], include_path=task_dir, checkpoint=f"ckpt-{event['step']}"
+        )
+        assert event["scores"] == flat_scores(results)
+    saved = json.loads((tmp_path / "model" / "summary.json").read_text())
+    strip = [{k: x for k, x in e.items() if k != "event"} for e in events]
+    assert summary["lm_eval"] == strip and saved["lm_eval"] == strip
+    scalars, _ = _read_summaries(os.path.join(model_dir, "summaries"))
+    assert scalars["lm_eval/hn_choice/acc"] == {
+        e["step"]: pytest.approx(e["scores"]["hn_choice/acc"]) for e in events
+    }
+
+
+def test_in_loop_settings_are_checked_at_the_trainer_call(task_dir):
+    model = hn.create_model("highnoon-nano", max_seq_length=SEQ)
+    with pytest.raises(InvalidArgumentError, match=r"\['hn_nope'\] not found in"):
+        hn.Trainer(model, lm_eval_tasks=["hn_nope"], lm_eval_include_path=task_dir, verbose=False)
+    with pytest.raises(InvalidArgumentError, match="must be a list of lm-eval task names"):
+        hn.Trainer(model, lm_eval_tasks="hn_choice", verbose=False)
+    with pytest.raises(InvalidArgumentError, match="lm_eval_limit=0"):
+        hn.Trainer(model, lm_eval_tasks=["hn_choice"], lm_eval_limit=0, verbose=False)
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        hn.Trainer(model, lm_eval_tasks=["x"], lm_eval_include_path="/no/such/dir", verbose=False)
+
+
+# -- the run's tokenizer travels with the run -----------------------------------------------
+def test_a_saved_trainer_keeps_a_copy_of_its_tokenizer_and_loads_after_a_move(tmp_path):
+    from highnoon.data import train_tokenizer_json
+    from highnoon.launch.generate import load_for_generation
+    from highnoon.training.trainer import Trainer
+
+    source = tmp_path / "user" / "tokenizer.json"
+    source.parent.mkdir()
+    tokenizer = train_tokenizer_json(_texts(60), str(source), vocab_size=300)
+    model = hn.create_model("highnoon-nano", max_seq_length=SEQ, tokenizer=tokenizer)
+    trainer = make_trainer(tmp_path, model=model, tokenizer=tokenizer)
+    trainer.save(str(tmp_path / "saved"))
+    state = json.loads((tmp_path / "saved" / "trainer.json").read_text())
+    assert state["tokenizer"]["model_path"] == "tokenizer.json"  # relative to the directory
+    assert state["tokenizer"]["model_sha256"] == tokenizer.model_sha256
+    shutil.move(str(tmp_path / "saved"), str(tmp_path / "moved"))
+    shutil.rmtree(source.parent)  # the user's file is gone too
+    moved = str(tmp_path / "moved")
+    fresh = hn.create_model("highnoon-nano", max_seq_length=SEQ, tokenizer=tokenizer)
+    loaded = Trainer.load(moved, fresh, verbose=False)
+    assert loaded.tokenizer.model_path == os.path.join(moved, "tokenizer.json")
+    assert loaded.tokenizer.encode("alphabeta") == tokenizer.encode("alphabeta")
+    # highnoon-generate --checkpoint reads the run's tokenizer
+    _, generating = load_for_generation(moved, "highnoon-tiny")
+    assert generating.to_config()["model_sha256"] == tokenizer.model_sha256
+    _, explicit = load_for_generation(moved, "highnoon-tiny", "byte")
+    assert explicit.vocab_size == 259
+
+
+def test_a_training_run_records_its_tokenizer(run_dir):
+    from highnoon.data.saved_tokenizer import load_saved_tokenizer
+
+    with open(os.path.join(run_dir, "highnoon_tokenizer.json"), encoding="utf-8") as handle:
+        assert json.load(handle) == {"type": "byte"}
+    assert isinstance(load_saved_tokenizer(run_dir), ByteTokenizer)
