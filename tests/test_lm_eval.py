@@ -243,8 +243,9 @@ def test_simple_evaluate_on_local_multiple_choice_and_generation_tasks(run_dir, 
     assert scores["hn_gen/exact_match"] == 0.5  # the model's own answer, and not the other
 
 
-@pytest.mark.slow  # lm-eval's CLI indexes its thousands of built-in task files (~10 s)
-def test_the_cli_registers_highnoon_and_runs_lm_evals_command_line(run_dir, task_dir, capsys):
+def test_the_cli_registers_highnoon_and_runs_lm_evals_command_line(
+    run_dir, task_dir, capsys, no_catalogue
+):
     from highnoon.launch.evaluate import main
 
     main(["--model", "highnoon", "--model_args", f"model_dir={run_dir}", "--batch_size", "2",
@@ -256,7 +257,33 @@ def test_the_cli_registers_highnoon_and_runs_lm_evals_command_line(run_dir, task
               "--tasks", "hn_missing", "--include_path", task_dir])  # fmt: skip
 
 
-def test_bad_input_is_refused_naming_the_problem(tmp_path, run_dir, task_dir):
+@pytest.fixture
+def no_catalogue(monkeypatch):
+    """lm-eval's built-in task catalogue left out (indexing its ~14,700 names takes about 10 s):
+    a name not under the include path is then unknown at once."""
+    import lm_eval.tasks
+
+    from highnoon.evaluation import tasks as task_lib
+
+    plain = lm_eval.tasks.TaskManager
+
+    def without_catalogue(*args, **kwargs):
+        return plain(*args, **{**kwargs, "include_defaults": False})
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", without_catalogue)
+    monkeypatch.setattr(task_lib, "_MANAGERS", {})
+
+
+@pytest.mark.slow  # indexes lm-eval's whole built-in catalogue (about 10 s)
+def test_built_in_task_names_are_found_and_unknown_ones_named():
+    from highnoon.evaluation import check_tasks
+
+    assert check_tasks(["hellaswag", "arc_easy"]) == ("hellaswag", "arc_easy")
+    with pytest.raises(InvalidArgumentError, match=r"\['hellaswagg'\] not found among"):
+        check_tasks(["hellaswag", "hellaswagg"])
+
+
+def test_bad_input_is_refused_naming_the_problem(tmp_path, run_dir, task_dir, no_catalogue):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InvalidArgumentError, match=f"model_dir='{empty}' holds no checkpoint"):
@@ -314,7 +341,7 @@ def test_in_loop_lm_eval_scores_the_live_weights_into_events_tensorboard_and_sum
     }
 
 
-def test_in_loop_settings_are_checked_at_the_trainer_call(task_dir):
+def test_in_loop_settings_are_checked_at_the_trainer_call(task_dir, no_catalogue):
     model = hn.create_model("highnoon-nano", max_seq_length=SEQ)
     with pytest.raises(InvalidArgumentError, match=r"\['hn_nope'\] not found in"):
         hn.Trainer(model, lm_eval_tasks=["hn_nope"], lm_eval_include_path=task_dir, verbose=False)
