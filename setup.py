@@ -10,7 +10,7 @@ TensorFlow is chosen through an extra so each kind of host installs the right bu
     pip install -e '.[cpu,hf]'    # plus `tokenizers`, to read or train Hugging Face tokenizer.json
     pip install -e '.[cpu,beam]'  # plus Apache Beam, for highnoon-prepare-data --runner=...
     pip install -e '.[cpu,kerashub]'  # plus keras-hub, to train KerasHub causal LMs
-    pip install -e '.[cpu,eval]'  # plus lm-evaluation-harness (lm_eval --model highnoon)
+    pip install -e '.[cpu,eval]'  # plus lm-evaluation-harness (highnoon-lm-eval --model highnoon)
 
 Everything installs under the `highnoon` namespace: the launch programs are
 `highnoon.launch.*` (console scripts below) and the repository's `gin/` directory ships as the
@@ -84,6 +84,7 @@ setup(
             "highnoon-prepare-data=highnoon.launch.prepare_data:run",
             "highnoon-generate=highnoon.launch.generate:run",
             "highnoon-curriculum-report=highnoon.launch.curriculum_report:run",
+            "highnoon-lm-eval=highnoon.launch.evaluate:run",
         ]
     },
 )

@@ -15,14 +15,17 @@ import pytest
 from highnoon.training import settings as settings_lib
 
 # What each subpackage may import from highnoon: utils <- data <- curriculum <- training,
-# with models and distribute beside (they may use utils only).
+# with models and distribute beside (they may use utils only), and evaluation (lm-eval) between
+# data/models and training.
 ALLOWED = {
     "utils": {"utils"},
     "data": {"utils", "data"},
     "curriculum": {"utils", "data", "curriculum"},
     "models": {"utils", "models"},
     "distribute": {"utils", "distribute"},
-    "training": {"utils", "data", "curriculum", "models", "distribute", "training"},
+    "training": {"utils", "data", "curriculum", "models", "distribute", "training", "evaluation"},
+    # lm-eval's model and the in-loop evaluation's parts: training uses them, not the reverse
+    "evaluation": {"utils", "data", "models", "evaluation"},
 }
 
 _PROBE = """

@@ -540,6 +540,7 @@ def test_wheel_contents_declared_in_setup_py():
         "highnoon-prepare-data",
         "highnoon-generate",
         "highnoon-curriculum-report",
+        "highnoon-lm-eval",
     ]
     for _, module, function in scripts:
         assert module.startswith("highnoon.launch.")

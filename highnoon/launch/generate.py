@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import os
+
 from absl import flags, logging
 
 from highnoon.launch import program
@@ -27,8 +29,9 @@ flags.DEFINE_string("model", "highnoon-tiny", "Preset used when --checkpoint is 
 flags.DEFINE_string("prompt", "", "Text to continue.")
 flags.DEFINE_string(
     "tokenizer",
-    "byte",
-    "'byte', a SentencePiece .model path or a Hugging Face tokenizer.json path.",
+    None,
+    "'byte', a SentencePiece .model path or a Hugging Face tokenizer.json path (default: the "
+    "tokenizer the --checkpoint run recorded, else 'byte').",
 )
 flags.DEFINE_integer("max_length", 256, "Total tokens, prompt included.")
 flags.DEFINE_float("temperature", 1.0, "0 is greedy decoding.")
@@ -48,12 +51,30 @@ CHECKPOINT_HINT = (
 )
 
 
-def load_for_generation(checkpoint: str | None, model_name: str, tokenizer_spec: str = "byte"):
-    """(model, tokenizer) from a checkpoint, or a fresh preset when `checkpoint` is None."""
+def run_tokenizer(checkpoint: str):
+    """The tokenizer the run of `checkpoint` (its model_dir, a prefix or a .keras file in it)
+    recorded, or None (a run written before runs kept their tokenizer)."""
+    import tensorflow as tf
+
+    from highnoon.data.saved_tokenizer import load_saved_tokenizer
+
+    directory = checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
+    return load_saved_tokenizer(directory or ".")
+
+
+def load_for_generation(checkpoint: str | None, model_name: str, tokenizer_spec: str | None = None):
+    """(model, tokenizer) from a checkpoint, or a fresh preset when `checkpoint` is None. The
+    tokenizer is `tokenizer_spec` when given, else the checkpoint run's own, else bytes."""
     from highnoon.data.tokenizers import check_vocab_fits, load_tokenizer
     from highnoon.models import create_model, load_model
 
-    tokenizer = load_tokenizer(tokenizer_spec)
+    tokenizer = None
+    if tokenizer_spec is None and checkpoint:
+        tokenizer = run_tokenizer(checkpoint)
+        if tokenizer is None:
+            logging.warning("%s records no tokenizer: using 'byte'", checkpoint)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(tokenizer_spec or "byte")
     if checkpoint:
         model = load_model(checkpoint)
         check_vocab_fits(tokenizer, model.config.vocab_size)

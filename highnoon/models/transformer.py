@@ -238,15 +238,26 @@ class HighNoonLM(keras.Model):
             x = run(block.name, segments[block.name], block_fn, x)
         return run("head", segments["head"], self._logits, x)
 
-    def decode_step(self, token_ids, index, cache):
-        """Logits [B,V] of one new token per row at position `index` (int32 scalar tensor),
-        attending to the key/value `cache` (list of (k, v) [B, L, KV, hd]) for positions
-        0..index; returns (logits, updated cache). Static shapes: compiles once for any index."""
+    def decode_step(self, token_ids, index, cache, positions=None, visible=None):
+        """Logits [B,V] of one new token per row at cache slot `index` (int32 scalar tensor),
+        attending to the key/value `cache` (list of (k, v) [B, L, KV, hd]) for slots
+        0..index; returns (logits, updated cache). Static shapes: compiles once for any index.
+
+        Batched decoding of prompts of different lengths left-pads them; such rows pass
+        `positions` (int32 [B], each row's rotary position of the new token: `index` minus the
+        row's padding) and `visible` (bool [B, L], the slots each row attends to: its own
+        tokens up to `index`, not its padding). Both default to the unpadded case."""
         b = ops.shape(token_ids)[0]
         length = cache[0][0].shape[1]
-        positions = ops.broadcast_to(ops.reshape(ops.cast(index, "int32"), (1, 1)), (b, 1))
+        if positions is None:
+            positions = ops.broadcast_to(ops.reshape(ops.cast(index, "int32"), (1, 1)), (b, 1))
+        else:
+            positions = ops.reshape(ops.cast(positions, "int32"), (b, 1))
         cos, sin = rotary_cos_sin(positions, self._config.head_dim, self._config.rope_theta)
-        mask = ops.reshape(ops.arange(length, dtype="int32") <= index, (1, 1, length))
+        if visible is None:
+            mask = ops.reshape(ops.arange(length, dtype="int32") <= index, (1, 1, length))
+        else:
+            mask = ops.reshape(ops.cast(visible, "bool"), (b, 1, length))
         x = self._embed(ops.reshape(token_ids, (b, 1)))
         new_cache = []
         for block, (k_cache, v_cache) in zip(self.blocks, cache):

@@ -39,6 +39,7 @@ from highnoon.training.devices import device_memory_bytes
 from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
+from highnoon.training.lm_eval_loop import LmEvalLoop
 from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer, schedule_phase
 from highnoon.training.position import DataPosition
 from highnoon.training.preemption import PreemptionWatcher
@@ -150,6 +151,7 @@ def run_training_job(
         set_schedule_phase(spec.options, built.schedule, plans, position, resumed)
         if run_dir is not None:  # after the restore checked the saved config
             run_dir.write_model_config(spec.model_config)
+            run_dir.write_tokenizer(spec.tokenizer)  # generate and lm-eval read it back
         controller = make_controller(
             spec,
             built,
@@ -455,9 +457,15 @@ def make_controller(
         jit_compile=options.jit_compile,
         multi_host=num_hosts(spec.strategy) > 1,
     )
+    lm_evaluator = (
+        LmEvalLoop(built.step, spec.strategy, spec.tokenizer, options)
+        if options.lm_eval_tasks
+        else None
+    )
     return Controller(
         runner=runner,
         evaluator=Evaluator(built.step, spec.strategy, options.eval_batches),
+        lm_evaluator=lm_evaluator,
         checkpointer=checkpointer,
         events=EventHub(builtin, spec.callbacks),
         goodput=goodput,

@@ -46,6 +46,12 @@ class Evaluates(Protocol):
     def evaluate(self, plan: Any, global_step: int) -> dict[str, Any]: ...
 
 
+class LmEvaluates(Protocol):
+    """In-loop lm-eval (``lm_eval_loop.LmEvalLoop``): scores of named tasks at a step."""
+
+    def evaluate(self, stage: str, global_step: int) -> dict[str, Any]: ...
+
+
 class StopSignal(Protocol):
     """The preemption watcher as the loop uses it."""
 
@@ -122,6 +128,7 @@ class Controller:
         options: LoopOptions,
         position: DataPosition,
         progress: Progress | None = None,
+        lm_evaluator: LmEvaluates | None = None,  # None: no in-loop lm-eval
     ) -> None:
         self.runner = runner
         self.evaluator = evaluator
@@ -135,6 +142,8 @@ class Controller:
         self.progress = progress
         self.seq_length = 0  # row length of the segment being trained
         self.eval_history: list[dict[str, Any]] = []
+        self.lm_evaluator = lm_evaluator
+        self.lm_eval_history: list[dict[str, Any]] = []
 
     # -- the run --------------------------------------------------------------------------
     def run(self, plans: Sequence[Any], appended: Sequence[str] = ()) -> dict[str, Any]:
@@ -321,6 +330,8 @@ class Controller:
             window.reset()
         if step % self.intervals.eval == 0 and plan.eval_indices.size:
             self.evaluate(plan)
+        if step % self.intervals.eval == 0 and self.lm_evaluator is not None:
+            self.lm_evaluate(plan)
         if step % self.intervals.checkpoint == 0:
             self.save()
 
@@ -357,6 +368,14 @@ class Controller:
         self.events.emit("eval", **result)
         return result
 
+    def lm_evaluate(self, plan: Any) -> dict[str, Any]:
+        """The in-loop lm-eval tasks at this step: an ``lm_eval`` event, kept for the summary."""
+        with self.goodput.measure("evaluation"):
+            result = self.lm_evaluator.evaluate(plan.name, self.position.global_step)
+        self.lm_eval_history.append(result)
+        self.events.emit("lm_eval", **result)
+        return result
+
     def save(self) -> None:
         """Saves at the current step unless saving is off or that step is already saved."""
         if self.checkpointer is None:
@@ -373,7 +392,9 @@ class Controller:
     def _summary(self, wall_time: float) -> dict[str, Any]:
         pos = self.position
         checkpointer = self.checkpointer
+        lm_eval = {"lm_eval": list(self.lm_eval_history)} if self.lm_evaluator else {}
         return {
+            **lm_eval,
             "total_steps": pos.global_step,
             "stages_completed": list(pos.completed_stages),
             "tokens_seen": pos.tokens_seen,

@@ -143,6 +143,10 @@ class ProgressDisplay:
             )
         )
 
+    def _on_lm_eval(self, event: Event) -> None:
+        scores = ", ".join(f"{name} {value:.4f}" for name, value in event["scores"].items())
+        self._print(f"{event['stage']} lm-eval at step {event['step']}: {scores}")
+
     def _on_stage_complete(self, event: Event) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -185,7 +189,8 @@ def _duration(seconds: float) -> str:
 class SummaryListener:
     """Writes scalar summaries for TensorBoard (chief only) under ``directory``: the log and eval
     scalars as they come (the held-out loss of difficulty bucket ``b``, easiest ``0``, as
-    ``eval/eval_loss_difficulty_b``), and at the end where the wall time went (``goodput/*``)."""
+    ``eval/eval_loss_difficulty_b``; each in-loop lm-eval score as ``lm_eval/TASK/METRIC``), and
+    at the end where the wall time went (``goodput/*``)."""
 
     SCALARS: ClassVar[dict[str, tuple[str, ...]]] = {
         "log": (
@@ -211,6 +216,11 @@ class SummaryListener:
                 for name, value in summary.get("goodput", {}).items():
                     tf.summary.scalar(f"goodput/{name}", value)
             self.writer.flush()
+            return
+        if kind == "lm_eval":  # one scalar per task and metric: lm_eval/TASK/METRIC
+            with self.writer.as_default(step=event["step"]):
+                for name, value in event["scores"].items():
+                    tf.summary.scalar(f"lm_eval/{name}", value)
             return
         names = self.SCALARS.get(kind)
         if names is None:

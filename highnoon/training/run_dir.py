@@ -2,7 +2,8 @@
 
 A run writes everything into one directory (``model_dir`` to the launcher, ``checkpoint_dir`` to
 ``Trainer.train``, ``path`` to ``Trainer.save``): checkpoints, ``summary.json``, ``goodput.json``,
-``run.lock``, ``summaries/``, ``model_config.json``, ``trainer.json`` and ``config.gin``. Their
+``run.lock``, ``summaries/``, ``model_config.json``, ``trainer.json``, ``config.gin`` and the
+run's tokenizer (``highnoon_tokenizer.json`` and the copy of a tokenizer file). Their
 names live here and nowhere else, and every collaborator that touches the directory receives
 this object at construction. It is frozen: which directory, which task writes there (the chief)
 and where this task writes checkpoint files (the chief: the directory itself; another worker:
@@ -101,6 +102,16 @@ class RunDir:
         if not files.isfile(self.model_config_json):
             return None
         return json.loads(files.read_text(self.model_config_json))
+
+    def write_tokenizer(self, tokenizer: Any) -> dict[str, Any] | None:
+        """Chief only: the run's tokenizer, a copy of its file and its config with the file
+        named relative to the directory (``highnoon.data.saved_tokenizer``), so a moved run
+        still loads; returns that config."""
+        if not self.chief:
+            return None
+        from highnoon.data.saved_tokenizer import save_tokenizer
+
+        return save_tokenizer(tokenizer, self.path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Chief only: the finished run's summary."""

@@ -117,11 +117,29 @@ def _peak_flops(name: str, value: Any) -> float | str | None:
     return v.check_positive_float(name, value)
 
 
+def _task_names(name: str, value: Any) -> tuple[str, ...]:
+    """A list or tuple of non-empty task names (JSON and gin give lists), as a tuple."""
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(item, str) and item.strip() for item in value
+    ):
+        raise v.InvalidArgumentTypeError(
+            f"{name}={value!r} must be a list of lm-eval task names, e.g. ['hellaswag']"
+        )
+    return tuple(value)
+
+
+def _limit(name: str, value: Any) -> int | float:
+    """lm-eval's ``limit``: a positive count, or a share of each task's documents in (0, 1)."""
+    if isinstance(value, float) and not value.is_integer():
+        return v.check_fraction(name, value, allow_zero=False, allow_one=False)
+    return v.check_positive_int(name, int(value) if isinstance(value, float) else value)
+
+
 def _validate(instance: Any) -> None:
     """Runs every field's validator; normalises ints/floats in place (frozen-safe)."""
     for item in dataclasses.fields(instance):
         value = item.metadata["check"](item.name, getattr(instance, item.name))
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float | tuple) and not isinstance(value, bool):
             object.__setattr__(instance, item.name, value)
 
 
@@ -319,6 +337,26 @@ class RunOptions:
         False, "`tf.config.experimental.enable_op_determinism()` (bit-exact resume)", v.check_bool
     )
     eval_batches: int = setting(8, "eval batches per evaluation", v.check_positive_int)
+    lm_eval_tasks: tuple[str, ...] = setting(
+        (),
+        "lm-evaluation-harness tasks scored on the live weights every `eval_interval` steps "
+        "(`lm_eval` events, TensorBoard `lm_eval/*`, `summary.json`); names are checked at the "
+        "Trainer call; needs `highnoon[eval]`",
+        _task_names,
+    )
+    lm_eval_include_path: str | None = setting(
+        None,
+        "directory of your own lm-eval task YAML files (e.g. tasks on local JSONL files)",
+        _optional(v.check_str),
+    )
+    lm_eval_limit: int | float | None = setting(
+        None,
+        "documents per lm-eval task and evaluation: a count, or a share in (0, 1) (`None`: all)",
+        _optional(_limit),
+    )
+    lm_eval_batch_size: int = setting(
+        8, "rows per model call of the in-loop lm-eval", v.check_positive_int
+    )
     max_checkpoints_to_keep: int = setting(3, "checkpoints kept on disk", v.check_positive_int)
     resume_existing: bool = setting(
         True,

@@ -23,11 +23,13 @@ import tensorflow as tf
 from absl import logging
 
 from highnoon import data as hn_data
+from highnoon.data.saved_tokenizer import resolve_config as resolve_tokenizer_config
 from highnoon.training import assembly, saved_state
 from highnoon.training.assembly import Built, Loaded, RunSpec, model_config
 from highnoon.training.checkpointing import checkpoint_candidates
 from highnoon.training.controller import NonFiniteLossError
 from highnoon.training.events import Callback
+from highnoon.training.lm_eval_loop import check_lm_eval_settings
 from highnoon.training.position import DataPosition
 from highnoon.training.run_dir import RunDir
 from highnoon.training.settings import (
@@ -90,6 +92,7 @@ class Trainer:
             )
         _check_mixed_precision(model, self.options.mixed_precision)
         hn_data.check_vocab_fits(self.tokenizer, model_config(model).get("vocab_size"))
+        check_lm_eval_settings(self.options, model)  # task names exist, before any build
         self.stages: list[CurriculumStage] = []
         self._callbacks: list[Callback] = []
         self._built: Built | None = None  # weights, optimizer, step: built once
@@ -208,7 +211,8 @@ class Trainer:
                     "settings": self.settings.to_json(),
                     "run_options": self.options.to_json(),
                     "loop": self.loop.to_json(),
-                    "tokenizer": self.tokenizer.to_config(),
+                    # a copy of the tokenizer's file in ``path``, named relative to it
+                    "tokenizer": run_dir.write_tokenizer(self.tokenizer),
                     "stages": [stage.to_json() for stage in self.stages],
                 },
             )
@@ -225,7 +229,9 @@ class Trainer:
         saved = {**state["settings"], **state["run_options"], **state.get("loop", {})}
         try:
             if tokenizer is None:
-                tokenizer = hn_data.tokenizer_from_config(state["tokenizer"])
+                tokenizer = hn_data.tokenizer_from_config(
+                    resolve_tokenizer_config(state["tokenizer"], path)
+                )
             trainer = cls(model, tokenizer=tokenizer, **{**saved, **overrides})
             for stage in map(CurriculumStage.from_json, state["stages"]):
                 trainer.add_curriculum_stage(
