@@ -247,6 +247,7 @@ def plan_stages(spec: RunSpec, epochs_per_stage: int | None) -> list[StagePlan]:
                     settings.learning_rate / spec.settings.learning_rate * stage.weight
                 ),
                 datasets=stage.datasets,
+                mixture_schedule=stage.mixture_schedule,
             )
         )
     return plans

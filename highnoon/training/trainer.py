@@ -106,16 +106,27 @@ class Trainer:
         datasets: str | Sequence[Any],
         epochs: int | None = None,
         weight: float = 1.0,
+        mixture_schedule: Any = None,
         **config_overrides: Any,
     ) -> Trainer:
         """Adds a stage; validates everything cheap now (not an hour into training).
 
-        ``weight`` multiplies the stage's learning rate. ``config_overrides`` may set any of
-        ``STAGE_OVERRIDABLE`` for this stage only. Returns ``self`` for chaining.
+        ``weight`` multiplies the stage's learning rate. ``mixture_schedule`` (a
+        ``highnoon.data.MixtureSchedule`` or ``{'points': [[w, ...], ...], 'shape':
+        'linear' | 'steps'}``) changes the weights of unweighted entries from epoch to epoch.
+        ``config_overrides`` may set any of ``STAGE_OVERRIDABLE`` for this stage only. Returns
+        ``self`` for chaining.
         """
         self.stages.append(
             checked_stage(
-                name, datasets, epochs, weight, config_overrides, self.settings, self.stages
+                name,
+                datasets,
+                epochs,
+                weight,
+                config_overrides,
+                self.settings,
+                self.stages,
+                mixture_schedule,
             )
         )
         return self
