@@ -81,6 +81,7 @@ SECOND = {
     "seq_length_warmup_steps": 4,
     "lr_schedule": "wsd",
     "lr_decay_stage": "docs",
+    "weight_average": 0.99,
 }
 
 

@@ -28,6 +28,7 @@ from highnoon.distribute.hosts import is_chief, num_hosts
 from highnoon.models.config import ModelConfig
 from highnoon.models.memory import check_sharding_fits
 from highnoon.training import resume
+from highnoon.training.averaging import WeightAverage
 from highnoon.training.checkpointing import (
     Checkpointer,
     checkpoint_candidates,
@@ -82,6 +83,7 @@ class Built:
     schedule: WarmupCosineSchedule
     optimizer: keras.optimizers.Optimizer
     step: TrainStep
+    average: WeightAverage | None = None  # ``weight_average``: the optimizer's moving average
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,8 @@ def build(spec: RunSpec, plans: Sequence[StagePlan] | None) -> Built:
     step = TrainStep(
         model, optimizer, spec.strategy, sharding=spec.sharding, collectives=options.collectives
     )
-    return Built(schedule, optimizer, step)
+    average = WeightAverage(model, optimizer) if options.weight_average is not None else None
+    return Built(schedule, optimizer, step, average)
 
 
 def make_checkpointer(
@@ -499,7 +502,7 @@ def make_controller(
     )
     return Controller(
         runner=runner,
-        evaluator=Evaluator(built.step, spec.strategy, options.eval_batches),
+        evaluator=Evaluator(built.step, spec.strategy, options.eval_batches, average=built.average),
         checkpointer=checkpointer,
         events=EventHub(builtin, spec.callbacks),
         goodput=goodput,

@@ -200,12 +200,16 @@ def make_optimizer(
 ) -> keras.optimizers.Optimizer:
     """The run's optimizer, as ``options`` (a ``RunOptions``, default settings when None)
     declare it: ``optimizer`` names it, ``weight_decay``, ``beta_1``, ``beta_2``, ``epsilon``
-    and ``momentum`` are its hyper-parameters (settings like every other, so gin binds them as
+    and ``momentum`` are its hyper-parameters, ``weight_average`` its moving average of the
+    weights (Keras' ``use_ema``) (settings like every other, so gin binds them as
     ``Trainer.weight_decay`` and ``trainer.json`` keeps them).
 
     ``loss_scaling`` wraps it in Keras' ``LossScaleOptimizer`` (needed for ``mixed_float16``).
     """
     o = options if options is not None else RunOptions()
+    average: dict = {}
+    if o.weight_average is not None:  # Keras' own moving average (``averaging.py``)
+        average = {"use_ema": True, "ema_momentum": o.weight_average}
     if o.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(
             learning_rate=schedule,
@@ -213,14 +217,15 @@ def make_optimizer(
             beta_1=o.beta_1,
             beta_2=o.beta_2,
             epsilon=o.epsilon,
+            **average,
         )
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAME_PARTS))
     elif o.optimizer == "adam":
         optimizer = keras.optimizers.Adam(
-            learning_rate=schedule, beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon
+            learning_rate=schedule, beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon, **average
         )
     else:  # "sgd": RunOptions allows no other name
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum)
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum, **average)
     if loss_scaling:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

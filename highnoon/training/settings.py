@@ -332,6 +332,13 @@ class RunOptions:
         "instead of the last `lr_decay_steps`",
         _optional(v.check_str),
     )
+    weight_average: float | None = setting(
+        None,
+        "an exponential moving average of the weights, with this decay per optimizer step "
+        "(e.g. 0.999), kept by the step and checkpointed: evaluated beside the live weights "
+        "(`eval_loss_average`) and exported by `export_model()`; `None`: off; not with `sharding`",
+        _optional(lambda n, x: v.check_fraction(n, x, allow_zero=False, allow_one=False)),
+    )
     seed: int = setting(
         0,
         f"seeds curriculum shuffles, eval split and weight initialisation, in [0, {MAX_SEED}]",
@@ -424,6 +431,12 @@ class RunOptions:
                 f"lr_decay_stage={self.lr_decay_stage!r} with lr_schedule={self.lr_schedule!r}: "
                 "only the 'wsd' schedule places its decay on a stage; set lr_schedule='wsd' or "
                 "lr_decay_stage=None"
+            )
+        if self.weight_average is not None and self.sharding is not None:
+            raise v.InvalidArgumentError(
+                f"weight_average={self.weight_average!r} with sharding={self.sharding!r}: the "
+                "sharded step updates weight shares with its own AdamW arithmetic, which keeps "
+                "no average; use sharding=None or weight_average=None"
             )
         # Refused on any replica count (one replica trains unsharded), so a config that runs on
         # one replica never fails only when moved to several.
