@@ -144,3 +144,15 @@ def test_a_stage_without_epochs_is_checked_when_planned(sources):
     )
     with pytest.raises(InvalidArgumentError, match="the stage has 1 epoch; give it epochs >= 2"):
         trainer.plan(epochs_per_stage=1)
+
+
+def test_a_saved_trainer_loads_its_stages_schedule(sources, tmp_path):
+    from highnoon.training.trainer import Trainer
+    from tests.trainer_helpers import nano_model
+
+    trainer = make_trainer(tmp_path, curriculum_strategy=None, batch_size=8, max_seq_length=8)
+    schedule = {"points": [[1, 0], [0, 1]], "shape": "steps"}
+    trainer.add_curriculum_stage("mix", ["bulk", "clean"], epochs=2, mixture_schedule=schedule)
+    trainer.save(str(tmp_path / "saved"))
+    loaded = Trainer.load(str(tmp_path / "saved"), nano_model())
+    assert loaded.stages[0].mixture_schedule == MixtureSchedule(((1.0, 0.0), (0.0, 1.0)), "steps")
