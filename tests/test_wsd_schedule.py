@@ -146,3 +146,23 @@ def test_a_resume_mid_decay_gives_the_rates_and_weights_of_an_uninterrupted_run(
     assert [got[s] for s in (11, 12)] == pytest.approx([want[11], want[12]], rel=1e-6)
     for mine, theirs in zip(resumed.model.weights, reference.model.weights):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
+def test_the_anneal_recipe_decays_over_its_anneal_stage_with_a_mixture_schedule(tmp_path):
+    import gin
+
+    from highnoon.launch.flags import parse_gin
+    from highnoon.training import run as run_lib
+
+    gin.clear_config()
+    try:
+        parse_gin(["runs/pretrain.gin", "curricula/anneal.gin"], finalize=False)
+        stages = gin.query_parameter("run_training.stages")
+        assert gin.query_parameter("Trainer.lr_schedule") == "wsd"
+        assert gin.query_parameter("Trainer.lr_decay_stage") == "anneal"
+    finally:
+        gin.clear_config()
+    trainer = make_trainer(tmp_path, lr_schedule="wsd", lr_decay_stage="anneal")
+    run_lib.add_stages(trainer, stages)
+    assert [s.name for s in trainer.stages] == ["bulk", "anneal"]
+    assert trainer.stages[1].mixture_schedule.points == ((3.0, 1.0), (1.0, 3.0))
