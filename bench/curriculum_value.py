@@ -615,6 +615,7 @@ ROUND2_COMMON = {  # as the first round's COMMON, with the decay the second roun
 CLEAN_LAST = 5  # arm q: the last 1/CLEAN_LAST of the epochs draws 3/4 of its samples clean,
 # and the WSD decay covers exactly those epochs
 NOISE = 0.3
+EPOCH_TOLERANCE = 0.97  # an arm's planned tokens may fall this far below the budget
 
 
 @dataclass(frozen=True)
@@ -742,8 +743,10 @@ def _round2_trainer(task: QualityTask, arm: str, settings: dict, seed: int, cach
 
 
 def round2_epochs(task: QualityTask, arm: str, settings: dict, seed: int, cache_dir, budget):
-    """The fewest epochs whose planned tokens reach ``budget`` (at least 2 for arm q, whose
-    mixture changes between epochs)."""
+    """The fewest epochs whose planned tokens reach ``budget`` within ``EPOCH_TOLERANCE`` (at
+    least 2 for arm q, whose mixture changes between epochs): the budget is the baseline's
+    whole stage, and an arm whose epochs hold a few tokens fewer (another mix of the same
+    generator) should not train a whole epoch more."""
     from highnoon.training.report import stage_report
 
     epochs = 2 if ROUND2_ARMS[arm][1].get("mixture") else 1
@@ -754,7 +757,7 @@ def round2_epochs(task: QualityTask, arm: str, settings: dict, seed: int, cache_
         trainer = _round2_trainer(task, arm, settings, seed, cache_dir, epochs)
         (plan,) = trainer.plan(epochs_per_stage=None)
         tokens = stage_report(plan, samples=0)["total_tokens"]
-        if tokens >= budget:
+        if tokens >= EPOCH_TOLERANCE * budget:
             return epochs
         epochs = max(epochs + 1, math.ceil(epochs * budget / max(tokens, 1)))
 

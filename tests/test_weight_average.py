@@ -35,6 +35,32 @@ def _averages(trainer):
     return [a.numpy() for a in trainer._built.average.averages]
 
 
+def _recorded(trainer):
+    """The live weights after every step, recorded by a callback (log_interval=1)."""
+    after_step: list = []
+    trainer.add_callback(
+        lambda e: after_step.append(_live(trainer)) if e["event"] == "log" else None
+    )
+    return after_step
+
+
+def _recurrence(after_step):
+    want = after_step[0]  # the first step's weights, then d * a + (1 - d) * w
+    for weights in after_step[1:]:
+        want = [DECAY * a + (1 - DECAY) * w for a, w in zip(want, weights)]
+    return want
+
+
+@pytest.mark.slow
+def test_two_replicas_keep_the_same_average(tmp_path, source, mirrored):
+    trainer = _trainer(tmp_path, source, strategy=mirrored)
+    after_step = _recorded(trainer)
+    trainer.train(save_checkpoints=False, log_interval=1)
+    assert len(after_step) == 10
+    for got, expected in zip(_averages(trainer), _recurrence(after_step)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_the_average_follows_its_recurrence_and_is_evaluated_and_exported(tmp_path, source):
     trainer = _trainer(tmp_path, source)
     after_step, evals = [], []
@@ -48,10 +74,7 @@ def test_the_average_follows_its_recurrence_and_is_evaluated_and_exported(tmp_pa
     trainer.add_callback(record)
     trainer.train(save_checkpoints=False, log_interval=1, eval_interval=5)
     assert len(after_step) == 10
-    want = after_step[0]  # the first step's weights, then d * a + (1 - d) * w
-    for weights in after_step[1:]:
-        want = [DECAY * a + (1 - DECAY) * w for a, w in zip(want, weights)]
-    for got, expected in zip(_averages(trainer), want):
+    for got, expected in zip(_averages(trainer), _recurrence(after_step)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     # evaluated beside the live weights, which the evaluation leaves exactly as they were
     assert [e["step"] for e in evals] == [5, 10]
