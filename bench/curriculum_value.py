@@ -256,10 +256,12 @@ def summarize_task(
                 continue
             for axis, values in reached.items():
                 values.append(first_crossing([p[axis] for p in run["curve"]], losses, target))
-        at_budget = [interpolate(*curve(run), budget) for run in arm_runs]
+        at_budget = [interpolate(*curve(run), _at_budget(run, budget)) for run in arm_runs]
         buckets = []
         for b in range(max(len(run["curve"][0]["buckets"]) for run in arm_runs)):
-            values = [interpolate(*_bucket_curve(run, b), budget) for run in arm_runs]
+            values = [
+                interpolate(*_bucket_curve(run, b), _at_budget(run, budget)) for run in arm_runs
+            ]
             buckets.append(mean_std([v for v in values if v is not None])[0])
         summary.arms.append(
             ArmSummary(
@@ -296,6 +298,14 @@ def summarize_task(
     if target is not None and not any(a.reached for a in summary.arms):
         summary.notes.append(f"no arm reached the target loss {target:.4f}")
     return summary
+
+
+def _at_budget(run: dict[str, Any], budget: float) -> float:
+    """Where a run's "loss at B" is read: at B; a second-round run, which trains its whole
+    planned stage (the epochs closest to B), at its end when that comes before B."""
+    if run.get("round") == 2:
+        return min(budget, run["curve"][-1]["tokens"])
+    return budget
 
 
 def _bucket_curve(run: dict[str, Any], bucket: int) -> tuple[list[float], list[float]]:
@@ -615,7 +625,6 @@ ROUND2_COMMON = {  # as the first round's COMMON, with the decay the second roun
 CLEAN_LAST = 5  # arm q: the last 1/CLEAN_LAST of the epochs draws 3/4 of its samples clean,
 # and the WSD decay covers exactly those epochs
 NOISE = 0.3
-EPOCH_TOLERANCE = 0.97  # an arm's planned tokens may fall this far below the budget
 
 
 @dataclass(frozen=True)
@@ -743,23 +752,27 @@ def _round2_trainer(task: QualityTask, arm: str, settings: dict, seed: int, cach
 
 
 def round2_epochs(task: QualityTask, arm: str, settings: dict, seed: int, cache_dir, budget):
-    """The fewest epochs whose planned tokens reach ``budget`` within ``EPOCH_TOLERANCE`` (at
-    least 2 for arm q, whose mixture changes between epochs): the budget is the baseline's
-    whole stage, and an arm whose epochs hold a few tokens fewer (another mix of the same
-    generator) should not train a whole epoch more."""
+    """The epochs whose planned tokens come closest to ``budget`` (ties: more; at least 2 for
+    arm q, whose mixture changes between epochs). The budget is the baseline's whole stage, so
+    every arm's schedule ends near it: one whole epoch more or less would move it by a fifth
+    or more (an arm whose rows are cut during a warm-up holds a few percent fewer tokens)."""
     from highnoon.training.report import stage_report
 
-    epochs = 2 if ROUND2_ARMS[arm][1].get("mixture") else 1
-    if settings.get("seq_length_warmup_steps"):
-        plain = {**settings, "seq_length_warmup_steps": 0}
-        epochs = round2_epochs(task, arm, plain, seed, cache_dir, budget)
-    while True:
+    def tokens(epochs: int) -> int:
         trainer = _round2_trainer(task, arm, settings, seed, cache_dir, epochs)
         (plan,) = trainer.plan(epochs_per_stage=None)
-        tokens = stage_report(plan, samples=0)["total_tokens"]
-        if tokens >= EPOCH_TOLERANCE * budget:
-            return epochs
-        epochs = max(epochs + 1, math.ceil(epochs * budget / max(tokens, 1)))
+        return int(stage_report(plan, samples=0)["total_tokens"])
+
+    epochs = 2 if ROUND2_ARMS[arm][1].get("mixture") else 1
+    planned = tokens(epochs)
+    while planned < budget:
+        epochs += 1
+        planned = tokens(epochs)
+    if epochs > 1 and not (ROUND2_ARMS[arm][1].get("mixture") and epochs == 2):
+        fewer = tokens(epochs - 1)
+        if budget - fewer < planned - budget:
+            return epochs - 1
+    return epochs
 
 
 def round2_tokens_per_step(task: QualityTask, cache_dir: str | None) -> float:

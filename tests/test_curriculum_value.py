@@ -197,3 +197,15 @@ def test_round2_command_lines(tmp_path, capsys):
     assert "unknown arm(s) ['f']" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="curriculum_value_round2_quick.jsonl"):
         cv.main(["--round", "2", "--quick", "--analyze", "--output", str(tmp_path)])
+
+
+def test_a_second_round_run_ending_short_of_b_reads_its_loss_at_its_end(runs):
+    short = _run("s", 0, [(0, 4.0), (50, 3.0), (90, 2.5)])
+    summary = cv.summarize_task("t", [*runs[:2], short])
+    assert {a.arm: a.loss_at_budget[0] for a in summary.arms}["s"] is None  # first round: none
+    short["round"] = 2
+    summary = cv.summarize_task("t", [*runs[:2], short], arms_table=cv.ROUND2_ARMS)
+    arms = {a.arm: a for a in summary.arms}
+    assert arms["s"].loss_at_budget[0] == pytest.approx(2.5)  # its end, at 90 of B = 100
+    assert arms["s"].name == "seq_warmup_1x" and arms["a"].name == "uniform_cosine"
+    assert arms["s"].tokens[0] == pytest.approx(25)  # 3.5 reached half-way to 50
