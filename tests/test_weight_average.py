@@ -51,7 +51,6 @@ def _recurrence(after_step):
     return want
 
 
-@pytest.mark.slow
 def test_two_replicas_keep_the_same_average(tmp_path, source, mirrored):
     trainer = _trainer(tmp_path, source, strategy=mirrored)
     after_step = _recorded(trainer)
