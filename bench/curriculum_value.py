@@ -217,8 +217,11 @@ def summarize_task(
     runs: list[dict[str, Any]],
     target_fraction: float = 0.5,
     target_loss: float | None = None,
+    arms_table: dict[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> TaskSummary:
-    """Per-arm figures for one task's runs (see the module docstring)."""
+    """Per-arm figures for one task's runs (see the module docstring); ``arms_table`` names
+    the arms (the first round's by default)."""
+    table = ARMS if arms_table is None else arms_table
     budget = min(run["budget_tokens"] for run in runs)
     by_arm: dict[str, list[dict]] = {}
     for run in runs:
@@ -253,15 +256,17 @@ def summarize_task(
                 continue
             for axis, values in reached.items():
                 values.append(first_crossing([p[axis] for p in run["curve"]], losses, target))
-        at_budget = [interpolate(*curve(run), budget) for run in arm_runs]
+        at_budget = [interpolate(*curve(run), _at_budget(run, budget)) for run in arm_runs]
         buckets = []
         for b in range(max(len(run["curve"][0]["buckets"]) for run in arm_runs)):
-            values = [interpolate(*_bucket_curve(run, b), budget) for run in arm_runs]
+            values = [
+                interpolate(*_bucket_curve(run, b), _at_budget(run, budget)) for run in arm_runs
+            ]
             buckets.append(mean_std([v for v in values if v is not None])[0])
         summary.arms.append(
             ArmSummary(
                 arm=arm,
-                name=ARMS[arm][0] if arm in ARMS else arm,
+                name=table[arm][0] if arm in table else arm,
                 seeds=len(arm_runs),
                 reached=len(reached["tokens"]),
                 tokens=mean_std(reached["tokens"]),
@@ -293,6 +298,14 @@ def summarize_task(
     if target is not None and not any(a.reached for a in summary.arms):
         summary.notes.append(f"no arm reached the target loss {target:.4f}")
     return summary
+
+
+def _at_budget(run: dict[str, Any], budget: float) -> float:
+    """Where a run's "loss at B" is read: at B; a second-round run, which trains its whole
+    planned stage (the epochs closest to B), at its end when that comes before B."""
+    if run.get("round") == 2:
+        return min(budget, run["curve"][-1]["tokens"])
+    return budget
 
 
 def _bucket_curve(run: dict[str, Any], bucket: int) -> tuple[list[float], list[float]]:
@@ -365,15 +378,21 @@ def format_task(summary: TaskSummary) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs_by_task: dict[str, list[dict]], summaries: dict[str, TaskSummary], path: str) -> str:
+def plot(
+    runs_by_task: dict[str, list[dict]],
+    summaries: dict[str, TaskSummary],
+    path: str,
+    arms_table: dict[str, tuple[str, dict[str, Any]]] | None = None,
+) -> str:
     """Held-out loss against tokens, a panel per task, every arm (mean over seeds on the union
     of their evaluation points; band = min..max)."""
+    table = ARMS if arms_table is None else arms_table
     from highnoon.utils.plotting import pyplot, save_figure
 
     plt = pyplot()
     tasks = list(runs_by_task)
     figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    colors = dict(zip(ARMS, plt.cm.tab10.colors))
+    colors = dict(zip(table, plt.cm.tab20.colors))
     for axis, task in zip(axes[0], tasks):
         by_arm: dict[str, list[dict]] = {}
         for run in runs_by_task[task]:
@@ -387,7 +406,7 @@ def plot(runs_by_task: dict[str, list[dict]], summaries: dict[str, TaskSummary],
             xs = [x / 1000 for x, _ in keep]
             axis.plot(
                 xs, [sum(r) / len(r) for _, r in keep], color=colors.get(arm),
-                label=f"{arm} {ARMS.get(arm, (arm,))[0]}",
+                label=f"{arm} {table.get(arm, (arm,))[0]}",
             )  # fmt: skip
             axis.fill_between(
                 xs, [min(r) for _, r in keep], [max(r) for _, r in keep],
@@ -572,11 +591,316 @@ def run_one(
     }
 
 
+# -- second round (issue 23): schedules over which data is seen when ------------------------
+# Each task is a noisy bulk (a keyed 30% of wrong answers or scrambled brackets) and a clean,
+# curated fifth of its size, both trained on; every arm is evaluated on the same clean held-out
+# set (a third seed of the clean generator), so "best data last" can show. Letters a and b keep
+# their roles (the baseline and the random-order control) for the tables.
+ROUND2_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "a": ("uniform_cosine", {}),
+    "b": ("random_cosine", {"curriculum_strategy": "random"}),
+    "w": ("wsd", {"lr_schedule": "wsd"}),
+    "q": ("wsd_clean_decay", {"lr_schedule": "wsd", "mixture": "clean_last"}),
+    "k": ("e2h_constant", {"curriculum_strategy": "size_based", "lr_schedule": "constant"}),
+    "c": ("e2h_cosine", {"curriculum_strategy": "size_based"}),
+    "e": ("e2h_wsd", {"curriculum_strategy": "size_based", "lr_schedule": "wsd"}),
+    "s": ("seq_warmup_1x", {"seq_length_warmup_steps": "quarter", "scale": 1}),
+    "t": ("seq_warmup_2x", {"seq_length_warmup_steps": "quarter", "scale": 2}),
+    "u": ("seq_warmup_4x", {"seq_length_warmup_steps": "quarter", "scale": 4}),
+    "m": ("ema_constant", {"lr_schedule": "constant", "weight_average": 0.99}),
+    "n": (
+        "e2h_ema_constant",
+        {"curriculum_strategy": "size_based", "lr_schedule": "constant", "weight_average": 0.99},
+    ),
+}
+ROUND2_COMMON = {  # as the first round's COMMON, with the decay the second round studies
+    **{k: x for k, x in COMMON.items() if k not in ("eval_batches",)},
+    "lr_schedule": "cosine",
+    "min_learning_rate_ratio": 0.0,
+    "lr_decay_steps": 0.2,  # WSD: the last fifth (MiniCPM: ~10% suffices, 2.5% does not)
+    "lr_decay_shape": "1-sqrt",
+    "eval_fraction": 0.0,  # every arm is evaluated on the clean held-out set instead
+    "eval_difficulty_buckets": 0,
+}
+CLEAN_LAST = 5  # arm q: the last 1/CLEAN_LAST of the epochs draws 3/4 of its samples clean,
+# and the WSD decay covers exactly those epochs
+NOISE = 0.3
+
+
+@dataclass(frozen=True)
+class QualityTask:
+    """A second-round task: a noisy bulk, a clean curated set, a clean held-out set."""
+
+    kind: str  # the embedded generator: arithmetic or brackets
+    max_seq_length: int
+    warmup_start: int
+    budget_steps: int  # B = this many baseline steps' worth of tokens
+    bulk: int  # noisy samples
+    clean: int  # clean curated samples
+    held_out: int = 512  # clean evaluation samples
+
+    def datasets(self) -> list[str]:
+        return [f"{self.kind}_bulk", f"{self.kind}_clean"]
+
+    def register(self) -> None:
+        """The task's three datasets under their names (keyed, built on this machine)."""
+        from highnoon.data import EmbeddedSource, register_dataset
+
+        bulk, clean = self.datasets()
+        register_dataset(
+            bulk, EmbeddedSource(self.kind, seed=0, noise=NOISE, max_samples=self.bulk)
+        )
+        register_dataset(clean, EmbeddedSource(self.kind, seed=1, max_samples=self.clean))
+
+    def held_out_texts(self) -> list[str]:
+        from highnoon.data import EmbeddedSource
+
+        return list(EmbeddedSource(self.kind, seed=2, max_samples=self.held_out).iter_samples())
+
+
+ROUND2_TASKS = {
+    "arithmetic": QualityTask("arithmetic", 32, 8, 1200, bulk=10000, clean=2000),
+    "brackets": QualityTask("brackets", 64, 8, 1000, bulk=10000, clean=2000),
+}
+ROUND2_QUICK = {
+    "arithmetic": QualityTask("arithmetic", 32, 8, 400, bulk=3000, clean=600, held_out=256),
+}
+
+
+def clean_epochs(epochs: int) -> int:
+    """Arm q's clean-heavy epochs at the end of a stage of ``epochs``: about the last fifth
+    (Blakeney et al. 2024: best over the last 10-20%), at least one."""
+    return max(1, round(epochs / CLEAN_LAST))
+
+
+def clean_schedule(task: QualityTask, epochs: int) -> dict[str, Any]:
+    """Arm q's mixture: the concatenation's shares (bulk : clean by their sizes) until the
+    last ``clean_epochs``, which draw a quarter bulk and three quarters clean."""
+    same = [float(task.bulk), float(task.clean)]
+    last = clean_epochs(epochs)
+    return {"points": [same] * (epochs - last) + [[1.0, 3.0]] * last, "shape": "steps"}
+
+
+def round2_settings(arm: str, task: QualityTask, budget_steps: int) -> dict[str, Any]:
+    """The Trainer settings of a second-round arm (without the stage's mixture)."""
+    settings = {**ROUND2_COMMON, "max_seq_length": task.max_seq_length}
+    for key, value in ROUND2_ARMS[arm][1].items():
+        if key in ("mixture", "scale"):
+            continue
+        settings[key] = value
+    scale = ROUND2_ARMS[arm][1].get("scale", 1)
+    settings["batch_size"] = COMMON["batch_size"] * scale
+    settings["learning_rate"] = COMMON["learning_rate"] * scale
+    settings["warmup_steps"] = max(COMMON["warmup_steps"] // scale, 1)
+    if settings.get("seq_length_warmup_steps") == "quarter":
+        settings["seq_length_warmup_steps"] = max(budget_steps // scale // 4, 1)
+        settings["seq_length_warmup_start"] = task.warmup_start
+    return settings
+
+
+class CleanEvaluator:
+    """Held-out loss of a model on a fixed clean set, overall and per length quartile (the
+    same rows, in the same batches, for every arm): rows as the pipeline makes them (BOS, the
+    sample's bytes, EOS; cut to the row length), ranked by length with the index as tie-break."""
+
+    def __init__(self, texts: Sequence[str], seq_len: int, batch: int = 32, buckets: int = 4):
+        import numpy as np
+
+        from highnoon.data import ByteTokenizer
+
+        tokenizer = ByteTokenizer()
+        encoded = [[tokenizer.bos_id, *tokenizer.encode(t), tokenizer.eos_id] for t in texts]
+        order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+        usable = len(order) // (batch * buckets) * batch * buckets
+        rows = np.zeros((usable, seq_len + 1), np.int32)
+        valid = np.zeros((usable, seq_len + 1), bool)
+        for r, i in enumerate(order[:usable]):
+            ids = encoded[i][: seq_len + 1]
+            rows[r, : len(ids)] = ids
+            valid[r, : len(ids)] = True
+        self.inputs, self.targets = rows[:, :-1], rows[:, 1:]
+        self.mask = valid[:, 1:].astype(np.float32)
+        self.batch, self.buckets = batch, buckets
+
+    def __call__(self, model: Any) -> tuple[float, list[float]]:
+        import tensorflow as tf
+
+        from highnoon.training.losses import masked_token_loss_sum
+
+        sums, counts = [], []
+        for first in range(0, self.inputs.shape[0], self.batch):
+            part = slice(first, first + self.batch)
+            logits = model(tf.constant(self.inputs[part]), training=False)
+            sums.append(float(masked_token_loss_sum(self.targets[part], logits, self.mask[part])))
+            counts.append(float(self.mask[part].sum()))
+        per_bucket = len(sums) // self.buckets
+        buckets = [
+            sum(sums[b * per_bucket : (b + 1) * per_bucket])
+            / max(sum(counts[b * per_bucket : (b + 1) * per_bucket]), 1.0)
+            for b in range(self.buckets)
+        ]
+        return sum(sums) / max(sum(counts), 1.0), buckets
+
+
+def _round2_trainer(task: QualityTask, arm: str, settings: dict, seed: int, cache_dir, epochs):
+    trainer = _trainer(task, settings, seed, cache_dir)  # type: ignore[arg-type]
+    schedule = clean_schedule(task, epochs) if ROUND2_ARMS[arm][1].get("mixture") else None
+    trainer.add_curriculum_stage(
+        task.kind, task.datasets(), epochs=epochs, mixture_schedule=schedule
+    )
+    return trainer
+
+
+def round2_epochs(task: QualityTask, arm: str, settings: dict, seed: int, cache_dir, budget):
+    """The epochs whose planned tokens come closest to ``budget`` (ties: more; at least 2 for
+    arm q, whose mixture changes between epochs). The budget is the baseline's whole stage, so
+    every arm's schedule ends near it: one whole epoch more or less would move it by a fifth
+    or more (an arm whose rows are cut during a warm-up holds a few percent fewer tokens)."""
+    from highnoon.training.report import stage_report
+
+    def tokens(epochs: int) -> int:
+        trainer = _round2_trainer(task, arm, settings, seed, cache_dir, epochs)
+        (plan,) = trainer.plan(epochs_per_stage=None)
+        return int(stage_report(plan, samples=0)["total_tokens"])
+
+    epochs = 2 if ROUND2_ARMS[arm][1].get("mixture") else 1
+    planned = tokens(epochs)
+    while planned < budget:
+        epochs += 1
+        planned = tokens(epochs)
+    if epochs > 1 and not (ROUND2_ARMS[arm][1].get("mixture") and epochs == 2):
+        fewer = tokens(epochs - 1)
+        if budget - fewer < planned - budget:
+            return epochs - 1
+    return epochs
+
+
+def round2_tokens_per_step(task: QualityTask, cache_dir: str | None) -> float:
+    """Target tokens of an average baseline step over the bulk and the clean set together."""
+    from highnoon.training.report import stage_report
+
+    settings = round2_settings("a", task, 1)
+    trainer = _round2_trainer(task, "a", settings, 0, cache_dir, 1)
+    (plan,) = trainer.plan(epochs_per_stage=None)
+    report = stage_report(plan, samples=0)
+    return report["total_tokens"] / report["total_steps"]
+
+
+def round2_planned_tokens(task: QualityTask, budget: int, cache_dir: str | None) -> int:
+    """Target tokens of the baseline's stage at the fewest epochs that reach ``budget``."""
+    from highnoon.training.report import stage_report
+
+    settings = round2_settings("a", task, task.budget_steps)
+    epochs = round2_epochs(task, "a", settings, 0, cache_dir, budget)
+    (plan,) = _round2_trainer(task, "a", settings, 0, cache_dir, epochs).plan(epochs_per_stage=None)
+    return int(stage_report(plan, samples=0)["total_tokens"])
+
+
+def run_one_round2(
+    task_name: str, task: QualityTask, arm: str, seed: int, options: argparse.Namespace,
+    budget: int, evaluator: CleanEvaluator,
+) -> dict[str, Any]:  # fmt: skip
+    """Trains one second-round (task, arm, seed) through its whole planned stage (so every
+    schedule reaches its end), evaluating the clean held-out set about ``EVALS_PER_RUN``
+    times; the averaging arms are evaluated on their averaged weights."""
+    import gc
+
+    import keras
+
+    from highnoon.curriculum import SequenceLengthWarmup
+
+    settings = round2_settings(arm, task, task.budget_steps)
+    epochs = round2_epochs(task, arm, settings, seed, options.cache_dir, budget)
+    if ROUND2_ARMS[arm][1].get("mixture"):  # the decay covers the clean-heavy epochs exactly
+        settings["lr_decay_steps"] = clean_epochs(epochs) / epochs
+    trainer = _round2_trainer(task, arm, settings, seed, options.cache_dir, epochs)
+    scale = ROUND2_ARMS[arm][1].get("scale", 1)
+    interval = max(task.budget_steps // scale // EVALS_PER_RUN, 1)
+    points: list[dict[str, Any]] = []
+    clock = {"start": 0.0, "eval": 0.0}
+    warmup = SequenceLengthWarmup(
+        task.max_seq_length,
+        settings.get("seq_length_warmup_steps", 0),
+        settings.get("seq_length_warmup_start", task.max_seq_length),
+    )
+    row_tokens = _row_tokens_counter(warmup, settings["batch_size"])
+
+    def evaluate(step: int) -> None:
+        began = time.perf_counter()
+        average = trainer._built.average
+        with average.swapped() if average is not None else contextlib.nullcontext():
+            loss, buckets = evaluator(trainer.model)
+        points.append(
+            {
+                "step": step,
+                "tokens": trainer._position.tokens_seen,
+                "loss": loss,
+                "buckets": buckets,
+                "seconds": began - clock["start"] - clock["eval"],
+                "row_tokens": row_tokens(step),
+            }
+        )
+        clock["eval"] += time.perf_counter() - began
+
+    def record(event: dict[str, Any]) -> None:
+        if event["event"] == "train_begin":
+            clock["start"] = time.perf_counter()
+        elif event["event"] == "log":
+            evaluate(event["step"])
+        elif event["event"] == "stage_complete" and trainer._position.global_step % interval:
+            evaluate(trainer._position.global_step)
+
+    trainer.add_callback(record)
+    trainer.train(save_checkpoints=False, log_interval=interval, eval_interval=10**9)
+    trainer.stages = []  # the model and data go with this frame; free the Keras graph now
+    keras.backend.clear_session()
+    gc.collect()
+    return {
+        "round": 2,
+        "task": task_name,
+        "arm": arm,
+        "seed": seed,
+        "settings": settings,
+        "epochs": epochs,
+        "budget_tokens": budget,
+        "eval_interval": interval,
+        "curve": points,
+    }
+
+
+def run_round2(names: Sequence[str], tasks: dict, arms: Sequence[str], options, path: str):
+    """Every (task, seed, arm) of the second round not yet in the results file."""
+    done = {(r["task"], r["arm"], r["seed"]) for r in read_results(path)}
+    for name in names:
+        task = tasks[name]
+        task.register()
+        # B: the tokens of the baseline's whole planned stage (its fewest epochs reaching
+        # budget_steps' worth), so its schedule ends at B and the loss at B is its last
+        budget = int(task.budget_steps * round2_tokens_per_step(task, options.cache_dir))
+        budget = round2_planned_tokens(task, budget, options.cache_dir)
+        evaluator = CleanEvaluator(task.held_out_texts(), task.max_seq_length)
+        for seed in range(options.seeds):
+            for arm in arms:
+                if (name, arm, seed) in done:
+                    continue
+                started = time.time()
+                record = run_one_round2(name, task, arm, seed, options, budget, evaluator)
+                record["wall_seconds"] = time.time() - started
+                append_result(path, record)
+                print(
+                    f"{name} {arm} seed {seed}: clean held-out {record['curve'][-1]['loss']:.4f} "
+                    f"at {record['curve'][-1]['tokens']:,} tokens "
+                    f"({record['wall_seconds']:.0f} s)",
+                    flush=True,
+                )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--round", type=int, choices=(1, 2), default=1, help="which study")
     parser.add_argument("--quick", action="store_true", help="arithmetic only, small budget")
     parser.add_argument("--tasks", default=None, help="comma-separated subset of the tasks")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm letters")
+    parser.add_argument("--arms", default=None, help="comma-separated arm letters (default all)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pacing", default=COMMON["pacing"], help="pacing of arms b-e")
     parser.add_argument("--initial_fraction", type=float, default=COMMON["initial_fraction"])
@@ -588,23 +912,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--analyze", action="store_true", help="only analyse the results file")
     options = parser.parse_args(argv)
 
-    tasks_table = QUICK_TASKS if options.quick else TASKS
+    second = options.round == 2
+    table = ROUND2_ARMS if second else ARMS
+    if second:
+        tasks_table: dict[str, Any] = ROUND2_QUICK if options.quick else ROUND2_TASKS
+    else:
+        tasks_table = QUICK_TASKS if options.quick else TASKS
     names = options.tasks.split(",") if options.tasks else list(tasks_table)
     unknown = [n for n in names if n not in tasks_table]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; known: {list(tasks_table)}")
-    arms = options.arms.split(",")
-    bad_arms = [a for a in arms if a not in ARMS]
+    arms = options.arms.split(",") if options.arms else list(table)
+    bad_arms = [a for a in arms if a not in table]
     if bad_arms:
-        parser.error(f"unknown arm(s) {bad_arms}; known: {list(ARMS)}")
+        parser.error(f"unknown arm(s) {bad_arms}; known: {list(table)}")
     if options.seeds < 1:
         parser.error(f"--seeds={options.seeds} must be >= 1")
     if not 0 < options.target_fraction <= 1:
         parser.error(f"--target_fraction={options.target_fraction} must be in (0, 1]")
-    stem = options.name or ("curriculum_value_quick" if options.quick else "curriculum_value")
+    stem = options.name or (
+        "curriculum_value" + ("_round2" if second else "") + ("_quick" if options.quick else "")
+    )
     results_path = os.path.join(options.output, stem + ".jsonl")
 
-    if not options.analyze:
+    if not options.analyze and second:
+        _check_round2_settings(names, tasks_table, arms)
+        run_round2(names, tasks_table, arms, options, results_path)
+    elif not options.analyze:
         _check_settings(names, tasks_table, arms, options)
         done = {(r["task"], r["arm"], r["seed"]) for r in read_results(results_path)}
         for name in names:
@@ -625,7 +959,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"({record['wall_seconds']:.0f} s)",
                         flush=True,
                     )
-    analyze(results_path, names, options)
+    analyze(results_path, names, options, table)
+
+
+def _check_round2_settings(names, tasks_table, arms) -> None:
+    """Every second-round arm's settings are valid Trainer settings before anything trains."""
+    from highnoon.training.settings import split_settings
+
+    for name in names:
+        for arm in arms:
+            settings = round2_settings(arm, tasks_table[name], tasks_table[name].budget_steps)
+            try:
+                split_settings(settings)
+            except ValueError as error:
+                raise SystemExit(f"arm {arm} on {name}: {error}") from None
 
 
 def _check_settings(names, tasks_table, arms, options) -> None:
@@ -645,7 +992,12 @@ def _check_settings(names, tasks_table, arms, options) -> None:
                 raise SystemExit(f"arm {arm} on {name}: {error}") from None
 
 
-def analyze(results_path: str, names: Sequence[str], options: argparse.Namespace) -> None:
+def analyze(
+    results_path: str,
+    names: Sequence[str],
+    options: argparse.Namespace,
+    arms_table: dict[str, tuple[str, dict[str, Any]]] | None = None,
+) -> None:
     """Tables (stdout and .md) and the plot from the results file."""
     runs = read_results(results_path)
     if not runs:
@@ -655,7 +1007,9 @@ def analyze(results_path: str, names: Sequence[str], options: argparse.Namespace
         if run["task"] in names:
             by_task.setdefault(run["task"], []).append(run)
     summaries = {
-        task: summarize_task(task, task_runs, options.target_fraction, options.target_loss)
+        task: summarize_task(
+            task, task_runs, options.target_fraction, options.target_loss, arms_table
+        )
         for task, task_runs in by_task.items()
     }
     text = "\n".join(format_task(summary) for summary in summaries.values())
@@ -665,7 +1019,7 @@ def analyze(results_path: str, names: Sequence[str], options: argparse.Namespace
     atomic_write_text(stem + ".md", text)
     print(text)
     try:
-        print("plot:", plot(by_task, summaries, stem + ".png"))
+        print("plot:", plot(by_task, summaries, stem + ".png", arms_table))
     except ImportError as error:
         print(f"no plot: {error}", file=sys.stderr)
 

@@ -151,3 +151,61 @@ def test_results_are_appended_and_read_back(tmp_path, runs):
     for run in runs[:2]:
         cv.append_result(path, run)
     assert cv.read_results(path) == [json.loads(json.dumps(r)) for r in runs[:2]]
+
+
+# -- second round ------------------------------------------------------------------------------
+def test_round2_arms_settings_scale_batch_and_rate_and_place_the_clean_epochs():
+    task = cv.ROUND2_QUICK["arithmetic"]
+    base = cv.round2_settings("a", task, 400)
+    assert (base["lr_schedule"], base["batch_size"], base["learning_rate"]) == ("cosine", 32, 3e-3)
+    assert base["eval_fraction"] == 0.0 and base["min_learning_rate_ratio"] == 0.0
+    four = cv.round2_settings("u", task, 400)
+    assert (four["batch_size"], four["learning_rate"], four["warmup_steps"]) == (128, 1.2e-2, 7)
+    assert four["seq_length_warmup_steps"] == 25 and four["seq_length_warmup_start"] == 8
+    assert cv.round2_settings("s", task, 400)["seq_length_warmup_steps"] == 100
+    assert cv.round2_settings("n", task, 400)["weight_average"] == 0.99
+    assert "mixture" not in cv.round2_settings("q", task, 400)
+    assert [cv.clean_epochs(e) for e in (1, 2, 4, 5, 8, 10)] == [1, 1, 1, 1, 2, 2]
+    schedule = cv.clean_schedule(task, 4)
+    assert schedule == {
+        "points": [[3000.0, 600.0]] * 3 + [[1.0, 3.0]],
+        "shape": "steps",
+    }
+    for arm in cv.ROUND2_ARMS:  # every arm is a valid Trainer configuration
+        cv._check_round2_settings(["arithmetic"], cv.ROUND2_QUICK, [arm])
+
+
+def test_the_clean_evaluator_ranks_rows_by_length_and_averages_per_token():
+    import numpy as np
+    import tensorflow as tf
+
+    texts = [f"{'9' * (i % 7)}+1={i}" for i in range(20)]
+    evaluator = cv.CleanEvaluator(texts, seq_len=8, batch=3, buckets=2)
+    assert evaluator.inputs.shape == (18, 8)  # 20 rows: whole batches of 3 in 2 buckets
+    lengths = evaluator.mask.sum(axis=1)
+    assert list(lengths) == sorted(lengths)  # shortest first
+    assert evaluator.inputs[0, 0] == 1  # rows start with BOS, as the pipeline's
+    uniform = lambda inputs, training: tf.zeros([*inputs.shape, 259])  # noqa: E731
+    loss, buckets = evaluator(uniform)
+    assert loss == pytest.approx(np.log(259), rel=1e-6)
+    assert buckets == [pytest.approx(np.log(259), rel=1e-6)] * 2
+
+
+def test_round2_command_lines(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cv.main(["--round", "2", "--arms", "a,f", "--analyze", "--output", str(tmp_path)])
+    assert "unknown arm(s) ['f']" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="curriculum_value_round2_quick.jsonl"):
+        cv.main(["--round", "2", "--quick", "--analyze", "--output", str(tmp_path)])
+
+
+def test_a_second_round_run_ending_short_of_b_reads_its_loss_at_its_end(runs):
+    short = _run("s", 0, [(0, 4.0), (50, 3.0), (90, 2.5)])
+    summary = cv.summarize_task("t", [*runs[:2], short])
+    assert {a.arm: a.loss_at_budget[0] for a in summary.arms}["s"] is None  # first round: none
+    short["round"] = 2
+    summary = cv.summarize_task("t", [*runs[:2], short], arms_table=cv.ROUND2_ARMS)
+    arms = {a.arm: a for a in summary.arms}
+    assert arms["s"].loss_at_budget[0] == pytest.approx(2.5)  # its end, at 90 of B = 100
+    assert arms["s"].name == "seq_warmup_1x" and arms["a"].name == "uniform_cosine"
+    assert arms["s"].tokens[0] == pytest.approx(25)  # 3.5 reached half-way to 50

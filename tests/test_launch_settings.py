@@ -49,6 +49,8 @@ FIRST = {
     "warmup_fraction": 0.1,
     "lr_schedule": "constant",
     "min_learning_rate_ratio": 0.2,
+    "lr_decay_steps": 0.2,
+    "lr_decay_shape": "linear",
     "seed": 5,
     "steps_per_call": 2,
     "mixed_precision": "mixed_bfloat16",
@@ -74,7 +76,14 @@ FIRST = {
     "log_interval": 3,
     "eval_interval": 5,
 }
-SECOND = {"optimizer": "sgd", "momentum": 0.5, "seq_length_warmup_steps": 4}
+SECOND = {
+    "optimizer": "sgd",
+    "momentum": 0.5,
+    "seq_length_warmup_steps": 4,
+    "lr_schedule": "wsd",
+    "lr_decay_stage": "docs",
+    "weight_average": 0.99,
+}
 
 
 def _resolved_run(tmp_path, monkeypatch, values: dict) -> dict:

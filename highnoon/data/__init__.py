@@ -11,6 +11,7 @@ it when used). The embedded datasets (``stdlib_code``, ``stdlib_docs``, ``stdlib
 from __future__ import annotations
 
 from highnoon.data.embedded import EmbeddedSource
+from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
     StepCounts,
@@ -69,6 +70,7 @@ __all__ = [
     "EmbeddedSource",
     "FileSource",
     "HostBatcher",
+    "MixtureSchedule",
     "PackedBatcher",
     "PackedEpoch",
     "SentencePieceTokenizer",

@@ -20,6 +20,14 @@ Registered by name when ``highnoon.data`` is imported and built lazily when iter
 * ``brackets``: balanced sequences over ``()[]{}<>``; sample ``i`` has nesting depth exactly
   ``1 + i % max_depth`` (difficulty = depth), shape drawn from a seeded generator.
 
+**Data quality.** ``arithmetic`` and ``brackets`` take ``noise`` (default 0): that share of the
+samples is corrupted, the rest is exactly what ``noise=0`` gives (the corruption draws from its
+own keyed hash of the sample index, never from the generator). A corrupted ``arithmetic`` sample
+has a wrong answer (the true one moved by 1 to ``10 ** digits``, up or down); a corrupted
+``brackets`` sequence has its characters in a keyed shuffled order, reversed when the shuffle
+left it balanced (a reversed balanced sequence never is). A noisy bulk and a small clean set are
+the two qualities of data a "best data last" schedule mixes (``bench/curriculum_value.py``).
+
 The stdlib datasets depend only on the Python version installed (recorded in ``describe()``);
 the synthetic ones only on their options. ``max_samples`` caps every dataset (tests stay small).
 """
@@ -37,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from highnoon.data.sources import DataSource
-from highnoon.utils.validation import InvalidArgumentError
+from highnoon.utils.hashing import KeyedPermutation, keyed_hash
+from highnoon.utils.validation import InvalidArgumentError, check_fraction
 
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
 
@@ -171,6 +180,8 @@ class EmbeddedSource(DataSource):
             raise InvalidArgumentError(
                 f"max_samples={max_samples} must be a positive integer or None"
             )
+        if "noise" in self.options:
+            self.options["noise"] = check_fraction(f"{kind} noise", self.options["noise"])
 
     def iter_samples(self) -> Iterator[str]:
         self.stats.clear()
@@ -178,7 +189,10 @@ class EmbeddedSource(DataSource):
         yield from _limit(generator(), self.options["max_samples"])
 
     def describe(self) -> dict[str, Any]:
-        description = {"type": "embedded", "name": self.kind, "options": dict(self.options)}
+        options = dict(self.options)
+        if options.get("noise") == 0.0:  # clean data keeps the description it always had
+            options.pop("noise")
+        description = {"type": "embedded", "name": self.kind, "options": options}
         if self.kind.startswith("stdlib"):
             description["python"] = sys.version.split()[0]
         return description
@@ -230,6 +244,9 @@ class EmbeddedSource(DataSource):
             b = int(rng.integers(low, 10**digits))
             op = ops[int(rng.integers(0, len(ops)))]
             result = a + b if op == "+" else a - b if op == "-" else a * b
+            if self._noisy(index):
+                shift = 1 + int(self._corruption(index) % np.uint64(10**digits))
+                result += shift if self._corruption(index) >> np.uint64(63) else -shift
             yield f"{a}{op}{b}={result}"
             index += 1
 
@@ -253,16 +270,40 @@ class EmbeddedSource(DataSource):
 
         index = 0
         while True:
-            yield build(1 + index % max_depth)
+            sequence = build(1 + index % max_depth)
+            if self._noisy(index):
+                sequence = _scrambled(sequence, int(self.options["seed"]), index)
+            yield sequence
             index += 1
+
+    def _noisy(self, index: int) -> bool:
+        """Is sample ``index`` corrupted: a keyed draw below ``noise`` (module docstring)."""
+        noise = float(self.options.get("noise", 0.0))
+        if noise == 0.0:
+            return False
+        draw = int(keyed_hash(np.array([index]), "noise", self.kind, self.options["seed"])[0])
+        return draw / 2.0**64 < noise
+
+    def _corruption(self, index: int) -> np.uint64:
+        """A keyed 64-bit draw that sets how sample ``index`` is corrupted."""
+        return keyed_hash(np.array([index]), "corrupt", self.kind, self.options["seed"])[0]
+
+
+def _scrambled(sequence: str, seed: int, index: int) -> str:
+    """``sequence``'s characters in a keyed order; reversed if that is still balanced."""
+    order = KeyedPermutation(len(sequence), "brackets_noise", seed, index)(
+        np.arange(len(sequence), dtype=np.int64)
+    )
+    out = "".join(sequence[int(i)] for i in order)
+    return out[::-1] if is_balanced(out) else out
 
 
 EMBEDDED_DEFAULTS: dict[str, dict[str, Any]] = {
     "stdlib_code": {"max_samples": None, "max_chars": 8000},
     "stdlib_docs": {"max_samples": None, "min_chars": 40},
     "stdlib_instructions": {"max_samples": None, "min_chars": 20},
-    "arithmetic": {"max_samples": 10000, "seed": 0, "max_digits": 6},
-    "brackets": {"max_samples": 10000, "seed": 0, "max_depth": 8},
+    "arithmetic": {"max_samples": 10000, "seed": 0, "max_digits": 6, "noise": 0.0},
+    "brackets": {"max_samples": 10000, "seed": 0, "max_depth": 8, "noise": 0.0},
 }
 
 
@@ -273,3 +314,14 @@ def max_depth_of(sequence: str) -> int:
         depth += 1 if char in "([{<" else -1
         best = max(best, depth)
     return best
+
+
+def is_balanced(sequence: str) -> bool:
+    """Does every bracket of ``sequence`` close the last one opened (and all close)?"""
+    stack = []
+    for char in sequence:
+        if char in "([{<":
+            stack.append(")]}>"["([{<".index(char)])
+        elif not stack or stack.pop() != char:
+            return False
+    return not stack

@@ -242,10 +242,19 @@ def mixture_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
 
 
 def mixture_epoch(
-    groups: Sequence[np.ndarray], counts: Sequence[int], seed: int, epoch: int
+    groups: Sequence[np.ndarray],
+    counts: Sequence[int],
+    seed: int,
+    epoch: int,
+    starts: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Epoch ``epoch`` of a mixture (module docstring rule): int64 items of ``groups`` (each
-    source's items, e.g. its sample indices), ``counts[i]`` of source ``i``, interleaved."""
+    source's items, e.g. its sample indices), ``counts[i]`` of source ``i``, interleaved.
+
+    ``starts[i]``: where source ``i``'s window of its keyed permutation begins (default
+    ``epoch * (counts[i] % n_i)``, the rule for counts that stay the same every epoch; a mixture
+    schedule, whose counts change, passes the sum of the earlier epochs' windows, so every
+    sample is still seen once before any is seen twice)."""
     parts, keys, sources = [], [], []
     for i, (items, count) in enumerate(zip(groups, counts)):
         items = np.asarray(items, dtype=np.int64)
@@ -257,7 +266,7 @@ def mixture_epoch(
                 f"source {i} of the mixture has no samples but a share of {count}"
             )
         full, rest = divmod(int(count), n)
-        start = (int(epoch) * rest) % n
+        start = (int(epoch) * rest if starts is None else int(starts[i])) % n
         window = (start + np.arange(rest, dtype=np.int64)) % n
         chosen = np.concatenate(
             [

@@ -29,6 +29,7 @@ from highnoon.distribute.hosts import is_chief, num_hosts
 from highnoon.models.config import ModelConfig
 from highnoon.models.memory import check_sharding_fits
 from highnoon.training import resume
+from highnoon.training.averaging import WeightAverage
 from highnoon.training.checkpointing import (
     Checkpointer,
     checkpoint_candidates,
@@ -40,7 +41,12 @@ from highnoon.training.evaluation import Evaluator
 from highnoon.training.events import EventHub, ProgressDisplay, SummaryListener
 from highnoon.training.goodput import Goodput, flops_per_token, peak_flops
 from highnoon.training.lm_eval_loop import LmEvalLoop
-from highnoon.training.optimization import WarmupCosineSchedule, make_optimizer, schedule_phase
+from highnoon.training.optimization import (
+    Phase,
+    WarmupCosineSchedule,
+    make_optimizer,
+    schedule_phase,
+)
 from highnoon.training.position import DataPosition
 from highnoon.training.preemption import PreemptionWatcher
 from highnoon.training.run_dir import RunDir
@@ -79,6 +85,7 @@ class Built:
     schedule: WarmupCosineSchedule
     optimizer: keras.optimizers.Optimizer
     step: TrainStep
+    average: WeightAverage | None = None  # ``weight_average``: the optimizer's moving average
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,7 @@ def run_training_job(
         PreemptionWatcher(spec.options.preemption_grace_seconds) as watcher,
         run_lock(spec.strategy, writes) as lock,
     ):
+        check_decay_stage(spec.options, spec.stages)
         check_memory(spec)
         goodput = Goodput(writes.path if writes else None, writer=is_chief(spec.strategy))
         with goodput.measure("data"):
@@ -246,6 +254,7 @@ def plan_stages(spec: RunSpec, epochs_per_stage: int | None) -> list[StagePlan]:
                     settings.learning_rate / spec.settings.learning_rate * stage.weight
                 ),
                 datasets=stage.datasets,
+                mixture_schedule=stage.mixture_schedule,
             )
         )
     return plans
@@ -311,12 +320,7 @@ def build(spec: RunSpec, plans: Sequence[StagePlan] | None) -> Built:
     after the restore (``set_schedule_phase``), so steps traced earlier follow it.
     """
     options = spec.options
-    total, warmup = schedule_phase(
-        [plan.planned_steps() for plan in plans or []],
-        0,
-        options.warmup_steps,
-        options.warmup_fraction,
-    )
+    phase_steps = phase_of(options, plans or [], 0)
     model = spec.model
     with spec.strategy.scope():
         if not model.built:
@@ -325,15 +329,30 @@ def build(spec: RunSpec, plans: Sequence[StagePlan] | None) -> Built:
                 length = min(spec.settings.max_seq_length, 8)
                 model(tf.zeros([1, length], tf.int32))
         multiplier = tf.Variable(1.0, trainable=False, name="lr_multiplier")
-        phase = tf.Variable([0, total, warmup], trainable=False, dtype=tf.int64, name="lr_phase")
+        phase = tf.Variable(
+            [0, phase_steps.total, phase_steps.warmup],
+            trainable=False,
+            dtype=tf.int64,
+            name="lr_phase",
+        )
+        decay = tf.Variable(
+            [phase_steps.decay_start, phase_steps.decay_steps],
+            trainable=False,
+            dtype=tf.int64,
+            name="lr_decay",
+        )
         schedule = WarmupCosineSchedule(
             peak=spec.settings.learning_rate,
-            total_steps=total,
-            warmup_steps=warmup,
+            total_steps=phase_steps.total,
+            warmup_steps=phase_steps.warmup,
             min_ratio=options.min_learning_rate_ratio,
             kind=options.lr_schedule,
             multiplier=multiplier,
             phase=phase,
+            decay_start=phase_steps.decay_start,
+            decay_steps=phase_steps.decay_steps,
+            decay_shape=options.lr_decay_shape,
+            decay=decay,
         )
         optimizer = make_optimizer(
             schedule, options, loss_scaling=options.mixed_precision == "mixed_float16"
@@ -343,7 +362,8 @@ def build(spec: RunSpec, plans: Sequence[StagePlan] | None) -> Built:
     step = TrainStep(
         model, optimizer, spec.strategy, sharding=spec.sharding, collectives=options.collectives
     )
-    return Built(schedule, optimizer, step)
+    average = WeightAverage(model, optimizer) if options.weight_average is not None else None
+    return Built(schedule, optimizer, step, average)
 
 
 def make_checkpointer(
@@ -423,13 +443,41 @@ def set_schedule_phase(
         position.start_schedule_phase()
     elif resumed.appended:
         logging.info("stages %s continue the run's learning-rate schedule", resumed.appended)
-    total, warmup = schedule_phase(
+    steps = phase_of(options, plans, position.schedule_start_stage)
+    schedule.set_phase(
+        position.schedule_start_step,
+        steps.total,
+        steps.warmup,
+        steps.decay_start,
+        steps.decay_steps,
+    )
+
+
+def phase_of(options: RunOptions, plans: Sequence[StagePlan], start_stage: int) -> Phase:
+    """The schedule phase over ``plans`` from ``start_stage`` on, as ``options`` shape it: one
+    function of the plans, so a resume at any step sets the same phase (``lr_decay_stage``
+    names a stage; ``check_decay_stage`` refused unknown names before any plan was made)."""
+    names = [plan.name for plan in plans]
+    decay_stage = options.lr_decay_stage
+    return schedule_phase(
         [plan.planned_steps() for plan in plans],
-        position.schedule_start_stage,
+        start_stage,
         options.warmup_steps,
         options.warmup_fraction,
+        decay_steps=options.lr_decay_steps,
+        decay_stage=names.index(decay_stage) if decay_stage in names else None,
     )
-    schedule.set_phase(position.schedule_start_step, total, warmup)
+
+
+def check_decay_stage(options: RunOptions, stages: Sequence[Any]) -> None:
+    """``lr_decay_stage`` names one of the run's stages (checked before any data is read)."""
+    names = [stage.name for stage in stages]
+    if options.lr_decay_stage is not None and options.lr_decay_stage not in names:
+        raise v.InvalidArgumentError(
+            f"lr_decay_stage={options.lr_decay_stage!r} is not a stage of this run (stages: "
+            f"{names}); name the stage the decay should cover, or None for the last "
+            "lr_decay_steps"
+        )
 
 
 def make_controller(
@@ -464,7 +512,7 @@ def make_controller(
     )
     return Controller(
         runner=runner,
-        evaluator=Evaluator(built.step, spec.strategy, options.eval_batches),
+        evaluator=Evaluator(built.step, spec.strategy, options.eval_batches, average=built.average),
         lm_evaluator=lm_evaluator,
         checkpointer=checkpointer,
         events=EventHub(builtin, spec.callbacks),

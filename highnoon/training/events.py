@@ -137,6 +137,11 @@ class ProgressDisplay:
             f"{event['stage']} eval at step {event['step']}: loss {event['eval_loss']:.4f} "
             f"perplexity {event['perplexity']:.2f}"
             + (
+                f" (averaged weights {event['eval_loss_average']:.4f})"
+                if "eval_loss_average" in event
+                else ""
+            )
+            + (
                 " by difficulty (easy to hard) " + " / ".join(f"{x:.3f}" for x in buckets)
                 if buckets and len(buckets) > 1
                 else ""
@@ -202,7 +207,7 @@ class SummaryListener:
             "seq_length",
             "mfu",
         ),
-        "eval": ("eval_loss", "perplexity"),
+        "eval": ("eval_loss", "perplexity", "eval_loss_average"),
     }
 
     def __init__(self, directory: str) -> None:

@@ -1,7 +1,8 @@
 """Optimizer and learning-rate schedule of a training run.
 
 The schedule is a pure function of the optimizer step (linear warm-up, then cosine decay to
-``min_learning_rate_ratio`` of the peak by the last step, or constant) times a per-stage
+``min_learning_rate_ratio`` of the peak by the last step, constant, or warmup-stable-decay:
+flat at the peak, then a decay of a chosen length and shape to the floor) times a per-stage
 multiplier. Its phase (the step it starts at, its horizon and warm-up) lives in a variable, so a
 compiled step follows a phase set after it was traced: each ``train()`` sets it from its plans,
 and stages appended after a finished run start a phase of their own (docs/design.md, "The loop
@@ -14,6 +15,7 @@ scaled loss).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
@@ -27,11 +29,19 @@ NO_DECAY_NAME_PARTS = ("norm", "bias")
 @keras.saving.register_keras_serializable(package="highnoon")
 class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """``peak * multiplier * shape(step - start_step)``: linear warm-up over ``warmup_steps``,
-    then cosine decay to ``min_ratio * peak`` at ``total_steps`` (or flat when
-    ``kind='constant'``). Steps before ``start_step`` count as the phase's first.
+    then, by ``kind``:
+
+    * ``cosine``: cosine decay to ``min_ratio * peak`` at ``total_steps``;
+    * ``constant``: flat at the peak;
+    * ``wsd`` (warmup-stable-decay, MiniCPM 2024): flat at the peak until ``decay_start``, then
+      down to ``min_ratio * peak`` over ``decay_steps`` steps, along ``decay_shape`` (``linear``,
+      ``cosine`` or ``1-sqrt``); flat at the floor after it.
+
+    Steps before ``start_step`` count as the phase's first; ``decay_start`` counts from it.
 
     With ``phase`` (an int64 variable of 3 values) the start, horizon and warm-up are read from
-    it, so ``set_phase`` reaches functions traced earlier; without, from the Python attributes.
+    it, and with ``decay`` (an int64 variable of 2 values) the decay's start and length, so
+    ``set_phase`` reaches functions traced earlier; without, from the Python attributes.
     """
 
     def __init__(
@@ -44,24 +54,47 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
         multiplier: tf.Variable | None = None,
         phase: tf.Variable | None = None,
         start_step: int = 0,
+        *,
+        decay_start: int | None = None,
+        decay_steps: int | None = None,
+        decay_shape: str = "1-sqrt",
+        decay: tf.Variable | None = None,
     ) -> None:
         self.peak = float(peak)
         self.min_ratio = float(min_ratio)
         self.kind = kind
+        self.decay_shape = decay_shape
         self.multiplier = multiplier
         self.phase = phase
-        self.set_phase(start_step, total_steps, warmup_steps)
+        self.decay = decay
+        self.set_phase(start_step, total_steps, warmup_steps, decay_start, decay_steps)
 
-    def set_phase(self, start_step: int, total_steps: int, warmup_steps: int) -> None:
+    def set_phase(
+        self,
+        start_step: int,
+        total_steps: int,
+        warmup_steps: int,
+        decay_start: int | None = None,
+        decay_steps: int | None = None,
+    ) -> None:
         """The phase that begins at optimizer step ``start_step`` and decays over
-        ``total_steps`` steps after a warm-up of ``warmup_steps``."""
+        ``total_steps`` steps after a warm-up of ``warmup_steps``; a ``wsd`` phase decays over
+        ``decay_steps`` steps from phase step ``decay_start`` (default: the phase's last tenth)."""
         self.start_step = max(int(start_step), 0)
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = max(int(warmup_steps), 0)
+        if decay_steps is None:
+            decay_steps = max(self.total_steps // 10, 1)
+        self.decay_steps = max(int(decay_steps), 1)
+        if decay_start is None:
+            decay_start = self.total_steps - self.decay_steps
+        self.decay_start = max(int(decay_start), 0)
         if self.phase is not None:
             self.phase.assign(
                 tf.constant([self.start_step, self.total_steps, self.warmup_steps], tf.int64)
             )
+        if self.decay is not None:
+            self.decay.assign(tf.constant([self.decay_start, self.decay_steps], tf.int64))
 
     def _phase(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         if self.phase is None:
@@ -70,11 +103,29 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
         values = tf.cast(tf.convert_to_tensor(self.phase), tf.float32)
         return values[0], values[1], values[2]
 
+    def _decay(self) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.decay is None:
+            return tf.constant(float(self.decay_start)), tf.constant(float(self.decay_steps))
+        values = tf.cast(tf.convert_to_tensor(self.decay), tf.float32)
+        return values[0], values[1]
+
+    def _remaining(self, progress: tf.Tensor) -> tf.Tensor:
+        """Share of the way from the peak to the floor still left at decay ``progress``."""
+        if self.decay_shape == "linear":
+            return 1.0 - progress
+        if self.decay_shape == "cosine":
+            return 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return 1.0 - tf.sqrt(progress)  # "1-sqrt"
+
     def shape(self, step: tf.Tensor) -> tf.Tensor:
         start, total, warmup = self._phase()
         step = tf.maximum(tf.cast(step, tf.float32) - start, 0.0)
         if self.kind == "constant":
             factor = tf.constant(1.0)
+        elif self.kind == "wsd":
+            decay_start, decay_steps = self._decay()
+            progress = tf.clip_by_value((step - decay_start) / decay_steps, 0.0, 1.0)
+            factor = self.min_ratio + (1.0 - self.min_ratio) * self._remaining(progress)
         else:
             span = tf.maximum(total - warmup, 1.0)
             progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
@@ -97,18 +148,48 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "min_ratio": self.min_ratio,
             "kind": self.kind,
             "start_step": self.start_step,
+            "decay_start": self.decay_start,
+            "decay_steps": self.decay_steps,
+            "decay_shape": self.decay_shape,
         }
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A schedule phase's shape in steps counted from its start: horizon, warm-up, and where
+    a ``wsd`` decay starts and how long it lasts."""
+
+    total: int
+    warmup: int
+    decay_start: int
+    decay_steps: int
+
+
 def schedule_phase(
-    planned_steps: list[int], start_stage: int, warmup_steps: int | None, warmup_fraction: float
-) -> tuple[int, int]:
-    """``(total, warmup)`` of a phase covering the stages from ``start_stage`` on, given every
-    stage's planned steps: the horizon is their sum; the warm-up ``warmup_steps``, else
-    ``warmup_fraction`` of the horizon."""
+    planned_steps: list[int],
+    start_stage: int,
+    warmup_steps: int | None,
+    warmup_fraction: float,
+    *,
+    decay_steps: int | float = 0.1,
+    decay_stage: int | None = None,
+) -> Phase:
+    """The phase covering the stages from ``start_stage`` on, given every stage's planned
+    steps: the horizon is their sum; the warm-up ``warmup_steps``, else ``warmup_fraction`` of
+    the horizon. A ``wsd`` decay covers stage ``decay_stage`` and every stage after it when
+    that stage is in the phase; else the phase's last ``decay_steps`` steps (an int), or that
+    share of the horizon (a float), at least one step and at most the horizon."""
     total = max(sum(planned_steps[start_stage:]), 1)
     warmup = int(total * warmup_fraction) if warmup_steps is None else int(warmup_steps)
-    return total, warmup
+    if decay_stage is not None and decay_stage >= start_stage:
+        decay_start = sum(planned_steps[start_stage:decay_stage])
+        return Phase(total, warmup, decay_start, max(total - decay_start, 1))
+    if isinstance(decay_steps, float):
+        length = int(total * decay_steps)
+    else:
+        length = int(decay_steps)
+    length = min(max(length, 1), total)
+    return Phase(total, warmup, total - length, length)
 
 
 def make_optimizer(
@@ -119,12 +200,16 @@ def make_optimizer(
 ) -> keras.optimizers.Optimizer:
     """The run's optimizer, as ``options`` (a ``RunOptions``, default settings when None)
     declare it: ``optimizer`` names it, ``weight_decay``, ``beta_1``, ``beta_2``, ``epsilon``
-    and ``momentum`` are its hyper-parameters (settings like every other, so gin binds them as
+    and ``momentum`` are its hyper-parameters, ``weight_average`` its moving average of the
+    weights (Keras' ``use_ema``) (settings like every other, so gin binds them as
     ``Trainer.weight_decay`` and ``trainer.json`` keeps them).
 
     ``loss_scaling`` wraps it in Keras' ``LossScaleOptimizer`` (needed for ``mixed_float16``).
     """
     o = options if options is not None else RunOptions()
+    average: dict = {}
+    if o.weight_average is not None:  # Keras' own moving average (``averaging.py``)
+        average = {"use_ema": True, "ema_momentum": o.weight_average}
     if o.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(
             learning_rate=schedule,
@@ -132,14 +217,15 @@ def make_optimizer(
             beta_1=o.beta_1,
             beta_2=o.beta_2,
             epsilon=o.epsilon,
+            **average,
         )
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAME_PARTS))
     elif o.optimizer == "adam":
         optimizer = keras.optimizers.Adam(
-            learning_rate=schedule, beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon
+            learning_rate=schedule, beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon, **average
         )
     else:  # "sgd": RunOptions allows no other name
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum)
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum, **average)
     if loss_scaling:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -110,11 +110,31 @@ def stage_report(plan: StagePlan, samples: int = 3, max_chars: int = 160) -> dic
         total_tokens=total_tokens,
         steps_by_length={str(k): v for k, v in sorted(steps_by_length.items())},
     )
+    if plan.mixture is not None:
+        report["mixture"] = _mixture_rows(plan)
     if s.adaptive:
         report.update(_adaptive_levels(plan, difficulty, order))
     else:
         report["epochs_table"] = rows
     return report
+
+
+def _mixture_rows(plan: StagePlan) -> list[dict[str, Any]]:
+    """A mixed stage's epochs: each dataset entry's weight (a share of the epoch, as the
+    entries or the mixture schedule give it; None for unweighted entries) and the samples
+    it trains on."""
+    rows = []
+    for epoch in range(plan.epochs):
+        weights = plan.epoch_weights(epoch)
+        shares: dict[str, float] | None = None
+        if weights is not None:  # a name given twice sums, as its samples do
+            shares = {}
+            for name, weight in zip(plan.dataset_names, weights):
+                shares[name] = shares.get(name, 0.0) + weight / sum(weights)
+        rows.append(
+            {"epoch": epoch, "shares": shares, "samples": plan.epoch_samples_per_dataset(epoch)}
+        )
+    return rows
 
 
 def _adaptive_levels(plan: StagePlan, difficulty: np.ndarray, order: np.ndarray) -> dict:
@@ -256,6 +276,17 @@ def format_report(reports: list[dict], estimate: dict[str, float] | None = None)
                     + ",".join(map(str, row["seq_lengths"]))
                 )
             lines.append(f"  total: {r['total_steps']:,} steps, {r['total_tokens']:,} tokens")
+        if r.get("mixture"):
+            lines.append("  mixture: samples per dataset entry (share of the epoch)")
+            for row in r["mixture"]:
+                shares = row["shares"] or {}
+                lines.append(
+                    f"  {row['epoch']:>5}  "
+                    + ", ".join(
+                        f"{name} {count:,}" + (f" ({shares[name]:.3f})" if name in shares else "")
+                        for name, count in row["samples"].items()
+                    )
+                )
         for end in ("easiest", "hardest"):
             lines.append(f"  {end}:")
             lines += [f"    {json.dumps(text)}" for text in r[end]]

@@ -22,7 +22,7 @@ from highnoon.models import create_model
 from highnoon.training.trainer import Trainer
 from highnoon.utils import validation as v
 
-STAGE_KEYS = ("name", "datasets", "epochs", "weight")
+STAGE_KEYS = ("name", "datasets", "epochs", "weight", "mixture_schedule")
 
 
 def check_stage_specs(stages: Any) -> None:
@@ -42,8 +42,8 @@ def check_stage_specs(stages: Any) -> None:
 
 
 def add_stages(trainer: Trainer, stages: Sequence[dict[str, Any]]) -> None:
-    """Adds stages given as dicts: ``name``, ``datasets``, optional ``epochs`` and ``weight``;
-    every other key is a per-stage config override."""
+    """Adds stages given as dicts: ``name``, ``datasets``, optional ``epochs``, ``weight`` and
+    ``mixture_schedule``; every other key is a per-stage config override."""
     check_stage_specs(stages)
     for spec in stages:
         spec = dict(spec)

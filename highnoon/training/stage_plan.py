@@ -8,7 +8,9 @@ job except the slice a host takes (docs/design.md, "Determinism").
 
 A mixed stage (``(entry, weight)`` datasets) draws each epoch's samples by the sources' shares
 (``highnoon.data.stage_data``, "Mixing rule"): the plan groups the training samples by source and
-hands the scheduler a per-epoch draw; pools, packing and the warm-up work on that draw.
+hands the scheduler a per-epoch draw; pools, packing and the warm-up work on that draw. With a
+mixture schedule (``highnoon.data.mixture_schedule``) the shares are the schedule's weights of
+each epoch; each source's window continues where its previous epochs' windows ended.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler
 from highnoon.curriculum.order import order_from_scores
 from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
 from highnoon.data.features import SampleFeatures
+from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
     StepCounts,
@@ -74,6 +77,7 @@ class StagePlan:
         *,
         learning_rate_multiplier: float = 1.0,
         datasets: Any = None,
+        mixture_schedule: MixtureSchedule | None = None,
     ) -> None:
         self.index = index
         self.name = name
@@ -91,9 +95,13 @@ class StagePlan:
         )
         self.dataset_names = _dataset_names(datasets, store)
         self.mixture = mixture_of(store)
+        self.mixture_schedule = mixture_schedule
         self.scheduler = self._make_scheduler(verbose)
         self._mixture_groups: list[np.ndarray] = []
         self._mixture_counts: list[int] = []
+        self._scheduled: list[tuple[list[int], list[int]]] = []  # per epoch: counts, starts
+        if mixture_schedule is not None:
+            self._check_schedule(mixture_schedule)
         if self.mixture is not None:
             self._plan_mixture()
         self._lengths: np.ndarray | None = None
@@ -174,23 +182,77 @@ class StagePlan:
                 )
         self.scheduler.set_epoch_selection(self.mixture_epoch)
 
+    def _check_schedule(self, schedule: MixtureSchedule) -> None:
+        """A schedule mixes an unweighted mixed store's entries over two or more epochs."""
+        parts = len(self.mixture["part_counts"]) if self.mixture is not None else 1
+        if self.mixture is None or self.mixture["weights"] is not None:
+            raise v.InvalidArgumentError(
+                f"stage {self.name!r}: a mixture schedule needs two or more unweighted dataset "
+                f"entries (the store holds {parts} source(s)); give the weights in the schedule"
+            )
+        if len(schedule.points[0]) != parts:
+            raise v.InvalidArgumentError(
+                f"stage {self.name!r}: the mixture schedule has {len(schedule.points[0])} "
+                f"weights per point but the stage's store holds {parts} sources"
+            )
+        if self.epochs < 2:
+            raise v.InvalidArgumentError(
+                f"stage {self.name!r}: a mixture schedule changes the weights between epochs but "
+                f"the stage has {self.epochs} epoch; give it epochs >= 2"
+            )
+
+    def epoch_weights(self, epoch: int) -> tuple[float, ...] | None:
+        """The mixture weights of ``epoch`` (None: a concatenation, every sample once)."""
+        if self.mixture is None:
+            return None
+        if self.mixture_schedule is not None:
+            return self.mixture_schedule.weights_at(epoch, self.epochs)
+        weights = self.mixture["weights"]
+        return None if weights is None else tuple(float(w) for w in weights)
+
+    def _scheduled_epoch(self, epoch: int) -> tuple[list[int], list[int]]:
+        """Counts and window starts of a scheduled mixture's ``epoch`` (made once per epoch,
+        in order: each start is the previous epoch's start plus its window)."""
+        sizes = [group.size for group in self._mixture_groups]
+        while len(self._scheduled) <= epoch:
+            e = len(self._scheduled)
+            counts = mixture_counts(sizes, self.epoch_weights(e))
+            if e == 0:
+                starts = [0] * len(sizes)
+            else:
+                before, previous = self._scheduled[-1]
+                starts = [
+                    (start + count % n) % n if n else 0
+                    for start, count, n in zip(previous, before, sizes)
+                ]
+            self._scheduled.append((counts, starts))
+        return self._scheduled[epoch]
+
     def mixture_epoch(self, epoch: int) -> np.ndarray:
         """Positions in ``train_indices`` that a weighted mixture's ``epoch`` draws (its shares)."""
-        return mixture_epoch(self._mixture_groups, self._mixture_counts, self.seed, epoch)
+        if self.mixture_schedule is None:
+            return mixture_epoch(self._mixture_groups, self._mixture_counts, self.seed, epoch)
+        counts, starts = self._scheduled_epoch(epoch)
+        return mixture_epoch(self._mixture_groups, counts, self.seed, epoch, starts)
 
     def samples_per_dataset(self) -> dict[str, int]:
         """Samples the stage's epochs train on, per dataset entry (its name as given); a name
         given twice sums. Recomputed from the plan, so a resumed stage counts exactly."""
-        if self.mixture is None:  # one entry: every trained sample is its own
-            trained = sum(self._epoch_samples(epoch) for epoch in range(self.epochs))
-            return {self.dataset_names[0]: int(trained)}
-        counts = np.zeros(len(self.dataset_names), dtype=np.int64)
+        out: dict[str, int] = {}
         for epoch in range(self.epochs):
-            if self.settings.pack:
-                trained = self.epoch_stream(epoch)
-            else:
-                trained = self.host_rows(epoch, 0, 1).reshape(-1)
-            counts += np.bincount(self._source_of[trained], minlength=counts.size)
+            for name, count in self.epoch_samples_per_dataset(epoch).items():
+                out[name] = out.get(name, 0) + count
+        return out
+
+    def epoch_samples_per_dataset(self, epoch: int) -> dict[str, int]:
+        """Samples ``epoch`` trains on, per dataset entry (a name given twice sums)."""
+        if self.mixture is None:  # one entry: every trained sample is its own
+            return {self.dataset_names[0]: int(self._epoch_samples(epoch))}
+        if self.settings.pack:
+            trained = self.epoch_stream(epoch)
+        else:
+            trained = self.host_rows(epoch, 0, 1).reshape(-1)
+        counts = np.bincount(self._source_of[trained], minlength=len(self.dataset_names))
         out: dict[str, int] = {}
         for name, count in zip(self.dataset_names, counts.tolist()):
             out[name] = out.get(name, 0) + int(count)
@@ -367,6 +429,8 @@ class StagePlan:
         stream: dict[str, Any] = {"settings": shaping, "epochs": self.epochs, "seed": self.seed}
         if self.mixture is not None:  # only mixed stages: single-source fingerprints unchanged
             stream["mixture"] = {k: self.mixture[k] for k in ("rule", "weights", "part_counts")}
+            if self.mixture_schedule is not None:  # only scheduled: other mixtures unchanged
+                stream["mixture"]["schedule"] = self.mixture_schedule.to_json()
         return {
             "name": self.name,
             "data": str(self.store.fingerprint),

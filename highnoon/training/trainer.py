@@ -109,16 +109,27 @@ class Trainer:
         datasets: str | Sequence[Any],
         epochs: int | None = None,
         weight: float = 1.0,
+        mixture_schedule: Any = None,
         **config_overrides: Any,
     ) -> Trainer:
         """Adds a stage; validates everything cheap now (not an hour into training).
 
-        ``weight`` multiplies the stage's learning rate. ``config_overrides`` may set any of
-        ``STAGE_OVERRIDABLE`` for this stage only. Returns ``self`` for chaining.
+        ``weight`` multiplies the stage's learning rate. ``mixture_schedule`` (a
+        ``highnoon.data.MixtureSchedule`` or ``{'points': [[w, ...], ...], 'shape':
+        'linear' | 'steps'}``) changes the weights of unweighted entries from epoch to epoch.
+        ``config_overrides`` may set any of ``STAGE_OVERRIDABLE`` for this stage only. Returns
+        ``self`` for chaining.
         """
         self.stages.append(
             checked_stage(
-                name, datasets, epochs, weight, config_overrides, self.settings, self.stages
+                name,
+                datasets,
+                epochs,
+                weight,
+                config_overrides,
+                self.settings,
+                self.stages,
+                mixture_schedule,
             )
         )
         return self
@@ -184,10 +195,22 @@ class Trainer:
 
     plan.__signature__ = loop_signature(plan)
 
-    def export_model(self) -> keras.Model:
+    def export_model(self, average: bool | None = None) -> keras.Model:
         """The trained model, for inference: the model itself, or, with ``sharding='full'``
         (whose model holds only shares), a whole copy gathered from them. Under a multi-worker
-        strategy every worker must call it (the gather is a collective)."""
+        strategy every worker must call it (the gather is a collective).
+
+        With ``weight_average`` on, a copy holding the averaged weights (``average=None`` or
+        ``True``; ``average=False``: the live model); ``average=True`` without it is refused."""
+        average = v.check_bool("average", average) if average is not None else None
+        kept = self._built.average if self._built is not None else None
+        if average and self.options.weight_average is None:
+            raise v.InvalidArgumentError(
+                "export_model(average=True) but this Trainer keeps no weight average; set "
+                "weight_average (e.g. 0.999) before training, or export the live weights"
+            )
+        if kept is not None and average is not False:
+            return kept.export_model()
         if self._built is None:
             return self.model
         return self._built.step.export_model()
@@ -235,7 +258,12 @@ class Trainer:
             trainer = cls(model, tokenizer=tokenizer, **{**saved, **overrides})
             for stage in map(CurriculumStage.from_json, state["stages"]):
                 trainer.add_curriculum_stage(
-                    stage.name, stage.datasets, stage.epochs, stage.weight, **stage.config_overrides
+                    stage.name,
+                    stage.datasets,
+                    stage.epochs,
+                    stage.weight,
+                    mixture_schedule=stage.mixture_schedule,
+                    **stage.config_overrides,
                 )
         except (ValueError, TypeError) as error:
             raise saved_state.TrainerStateError(
