@@ -1,0 +1,197 @@
+"""KerasHub causal LMs trained by the Trainer as they are (highnoon/models/kerashub.py).
+
+A tiny GPT-2 (and a tiny Llama) built from a config, no download: two curriculum stages with
+checkpoints, an interrupted run resumed to the uninterrupted run's exact weights, the same
+weights under the in-process 2-replica MirroredStrategy with and without ZeRO sharding, export,
+a saved preset that loads back to the same logits, and KerasHub's own generation; and every
+KerasHub misuse refused before anything is built. Two workers: test_kerashub_multiworker.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub")
+
+from highnoon.data import load_tokenizer  # noqa: E402
+from highnoon.models import kerashub  # noqa: E402
+from highnoon.models.contract import ModelContractError  # noqa: E402
+from highnoon.utils.validation import InvalidArgumentError  # noqa: E402
+from tests.trainer_helpers import corpus, make_trainer, write_jsonl  # noqa: E402
+
+RTOL, ATOL = 1e-4, 5e-5  # sums in another order (the step's multi-replica tolerance)
+GPT2 = dict(
+    num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64, max_sequence_length=32,
+    dropout=0.0,
+)  # fmt: skip
+LLAMA = dict(num_layers=1, num_query_heads=2, num_key_value_heads=1, hidden_dim=32,
+             intermediate_dim=64)  # fmt: skip
+
+
+def gpt2(vocabulary_size: int = 259):
+    return kerashub.causal_lm("GPT2CausalLM", backbone={**GPT2, "vocabulary_size": vocabulary_size})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    files = tmp_path_factory.mktemp("data")
+    return {
+        "a": write_jsonl(str(files / "a.jsonl"), corpus(0, 40)),
+        "b": write_jsonl(str(files / "b.jsonl"), corpus(1, 24)),
+    }
+
+
+def _two_stages(trainer, data):
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=2)
+    trainer.add_curriculum_stage("second", [data["b"]], epochs=1, learning_rate=1e-3, weight=2.0)
+    return trainer
+
+
+def _weights(model) -> list[np.ndarray]:
+    return [np.asarray(w.numpy()) for w in model.trainable_variables]
+
+
+def _losses(trainer) -> dict[int, float]:
+    logs: dict[int, float] = {}
+    trainer.add_callback(
+        lambda e: logs.update({e["step"]: e["loss"]}) if e["event"] == "log" else None
+    )
+    return logs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    """An uninterrupted one-device run: summary, final weights, loss per step."""
+    tmp = tmp_path_factory.mktemp("reference")
+    model = gpt2()
+    trainer = _two_stages(make_trainer(tmp, model=model), data)
+    losses = _losses(trainer)
+    summary = trainer.train(checkpoint_dir=str(tmp / "run"), log_interval=1, checkpoint_interval=5)
+    assert trainer.export_model() is model  # the KerasHub model itself, trained in place
+    return summary, _weights(model), losses
+
+
+# -- refusals ---------------------------------------------------------------------------------
+def test_kerashub_misuse_is_refused_naming_the_fix(tmp_path, data, mirrored):
+    model = gpt2()
+    attached = keras_hub.models.GPT2CausalLM(
+        backbone=model.backbone,
+        preprocessor=keras_hub.models.GPT2CausalLMPreprocessor(tokenizer=None),
+    )
+    with pytest.raises(
+        ModelContractError,
+        match=r"GPT2CausalLM has a preprocessor attached \(GPT2CausalLMPreprocessor\), so it "
+        r"expects text.*GPT2CausalLM\(backbone=model.backbone, preprocessor=None\)",
+    ):
+        make_trainer(tmp_path, model=attached)
+    with pytest.raises(ModelContractError, match=r"KerasHub GPT2Backbone, not a CausalLM"):
+        make_trainer(tmp_path, model=model.backbone)
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"model_vocab_size=200 is smaller than the tokenizer's vocab_size=259",
+    ):
+        make_trainer(tmp_path, model=gpt2(vocabulary_size=200))
+    with pytest.raises(
+        ModelContractError,
+        match=r"pack=True needs .*a KerasHub CausalLM takes only token_ids and padding_mask.*"
+        r"Train GPT2CausalLM with pack=False",
+    ):
+        make_trainer(tmp_path, model=model, pack=True)
+    trainer = make_trainer(tmp_path, model=model)
+    with pytest.raises(ModelContractError, match=r"pack=True needs"):
+        trainer.add_curriculum_stage("first", [data["a"]], epochs=1, pack=True)
+    with pytest.raises(
+        ModelContractError,
+        match=r"sharding='full' cannot train GPT2CausalLM: a KerasHub backbone is one functional "
+        r"model.*Use sharding='gradients'",
+    ):
+        make_trainer(tmp_path, model=model, strategy=mirrored, sharding="full")
+    with pytest.raises(InvalidArgumentError, match=r"task='GPT2Backbone' is not a CausalLM class"):
+        kerashub.causal_lm("GPT2Backbone", backbone=GPT2)
+    assert not (tmp_path / "cache").exists()  # refused before any store was built
+
+
+# -- training -----------------------------------------------------------------------------------
+class _StopAt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_an_interrupted_gpt2_run_resumes_to_the_uninterrupted_weights(tmp_path, data, reference):
+    expected_summary, expected, expected_losses = reference
+    stop_step = 9  # inside stage one's second epoch; the last checkpoint before it is step 5
+
+    def stop(event):
+        if event["event"] == "log" and event["step"] == stop_step:
+            raise _StopAt()
+
+    cut = _two_stages(make_trainer(tmp_path, model=gpt2()), data)
+    cut.add_callback(stop)
+    with pytest.raises(_StopAt):
+        cut.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1, checkpoint_interval=5)
+    assert os.path.exists(tmp_path / "cut" / f"ckpt-{stop_step}.index")  # final checkpoint
+
+    model = gpt2()  # fresh initial weights: everything comes back from the checkpoint
+    resumed = _two_stages(make_trainer(tmp_path, model=model), data)
+    losses = _losses(resumed)
+    summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    assert summary["total_steps"] == expected_summary["total_steps"] > stop_step
+    assert [s["name"] for s in summary["stages_completed"]] == ["first", "second"]
+    assert sorted(losses) == list(range(stop_step + 1, summary["total_steps"] + 1))
+    assert losses == {step: expected_losses[step] for step in losses}
+    for got, want in zip(_weights(model), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", [None, "optimizer", "gradients"])
+def test_two_replicas_train_gpt2_to_the_one_device_weights(tmp_path, data, mirrored, reference,
+                                                           sharding):  # fmt: skip
+    expected_summary, expected, _ = reference
+    with mirrored.scope():  # KerasHub builds at construction: the variables must be mirrored
+        model = gpt2()
+    trainer = _two_stages(make_trainer(tmp_path, model=model, sharding=sharding), data)
+    summary = trainer.train(checkpoint_dir=str(tmp_path / "run"), checkpoint_interval=5)
+    assert trainer.strategy is mirrored
+    assert summary["total_steps"] == expected_summary["total_steps"]
+    exported = trainer.export_model()
+    assert exported is model
+    for got, want in zip(_weights(exported), expected):
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_llama_trains_saves_a_preset_that_loads_back_and_generates(tmp_path, data):
+    tokenizer = load_tokenizer("byte")
+    model = kerashub.causal_lm("LlamaCausalLM", backbone=LLAMA, tokenizer=tokenizer)
+    before = _weights(model)
+    trainer = make_trainer(tmp_path, model=model, max_seq_length=32)
+    trainer.add_curriculum_stage("first", [data["a"]], epochs=1)
+    summary = trainer.train(checkpoint_dir=str(tmp_path / "run"))
+    assert summary["total_steps"] == 10  # 40 samples in batches of 4
+    trained = trainer.export_model()
+    assert trained is model
+    assert all(not np.array_equal(a, b) for a, b in zip(before, _weights(trained)))
+
+    preset = str(tmp_path / "preset")
+    trained.save_to_preset(preset)
+    loaded = kerashub.causal_lm("LlamaCausalLM", preset=preset, load_weights=True)
+    ids = np.array([[1, 72, 104, 108, 108, 111]], np.int32)
+    inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    logits = np.asarray(trained(inputs))
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)), logits)
+
+    # KerasHub's cached greedy generation continues with the trained model's argmax.
+    out = kerashub.generate(loaded, ids[0].tolist(), max_length=10, tokenizer=tokenizer, stop=False)
+    assert out[:6] == ids[0].tolist() and len(out) == 10
+    assert out[6] == int(np.argmax(logits[0, -1]))
+    text = kerashub.generate(loaded, "hello", max_length=10, tokenizer=tokenizer)
+    assert text.startswith("hello")
+
+    # The preset (weights included) fine-tunes further from the checkpoint's weights.
+    again = make_trainer(tmp_path, model=loaded, max_seq_length=32)
+    again.add_curriculum_stage("first", [data["b"]], epochs=1)
+    assert again.train(save_checkpoints=False)["total_steps"] == 6
