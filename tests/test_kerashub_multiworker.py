@@ -17,12 +17,12 @@ import tensorflow as tf
 
 pytest.importorskip("keras_hub")
 
-from highnoon.launch import configurables  # noqa: E402
-from highnoon.launch.flags import parse_gin  # noqa: E402
-from highnoon.launch.local_cluster import run_local_cluster  # noqa: E402
-from highnoon.training import run as _run  # noqa: E402
-from tests.multiworker_helpers import ATOL, HARD_TIMEOUT, ROOT, RTOL  # noqa: E402
-from tests.trainer_helpers import corpus, write_jsonl  # noqa: E402
+from highnoon.launch import configurables
+from highnoon.launch.flags import parse_gin
+from highnoon.launch.local_cluster import run_local_cluster
+from highnoon.training import run as _run
+from tests.multiworker_helpers import ATOL, HARD_TIMEOUT, ROOT, RTOL
+from tests.trainer_helpers import corpus, write_jsonl
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
