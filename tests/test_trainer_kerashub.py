@@ -9,7 +9,9 @@ KerasHub misuse refused before anything is built. Two workers: test_kerashub_mul
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -195,3 +197,52 @@ def test_llama_trains_saves_a_preset_that_loads_back_and_generates(tmp_path, dat
     again = make_trainer(tmp_path, model=loaded, max_seq_length=32)
     again.add_curriculum_stage("first", [data["b"]], epochs=1)
     assert again.train(save_checkpoints=False)["total_steps"] == 6
+
+
+@pytest.mark.slow
+def test_the_readme_kerashub_snippet_runs(tmp_path, monkeypatch):
+    """README "Fine-tune a KerasHub model with a curriculum", run as written on the embedded
+    datasets cut small."""
+    from highnoon import data as hn_data
+    from tests.test_documented_flows import REPO
+
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        section = handle.read().split("### Fine-tune a KerasHub model with a curriculum", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    for name in ("stdlib_docs", "stdlib_code"):
+        hn_data.register_dataset(name, hn_data.EmbeddedSource(name, max_samples=32))
+    monkeypatch.setenv("HIGHNOON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        scope: dict = {}
+        exec(compile(code, "README.md", "exec"), scope)
+    finally:
+        hn_data.register_embedded_datasets()
+    assert scope["trained"] is scope["model"]
+    summary = json.loads((tmp_path / "kerashub_run" / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages_completed"]] == ["foundation", "code"]
+    loaded = keras_hub.models.GPT2CausalLM.from_preset("./gpt2_finetuned", preprocessor=None)
+    for got, want in zip(_weights(loaded), _weights(scope["trained"])):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_gin_run_builds_a_kerashub_gpt2_sized_by_the_tokenizer():
+    import gin
+
+    from highnoon.launch import configurables
+    from highnoon.launch.flags import parse_gin
+    from highnoon.training import run  # noqa: F401  (registers run_training and Trainer)
+
+    gin.clear_config()
+    try:
+        parse_gin(["runs/kerashub_gpt2.gin"], finalize=False)
+        assert [s["name"] for s in gin.query_parameter("run_training.stages")] == [
+            "foundation", "code", "instruction"
+        ]  # fmt: skip
+        assert gin.query_parameter("Trainer.pack") is False
+        model = configurables.create_model(tokenizer=load_tokenizer("byte"))
+    finally:
+        gin.clear_config()
+    assert type(model) is keras_hub.models.GPT2CausalLM and model.preprocessor is None
+    assert model.backbone.vocabulary_size == 259  # the byte tokenizer's
+    assert (model.backbone.num_layers, model.backbone.hidden_dim) == (2, 128)
