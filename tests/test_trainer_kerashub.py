@@ -18,6 +18,7 @@ import pytest
 
 keras_hub = pytest.importorskip("keras_hub")
 
+import highnoon as hn  # noqa: E402
 from highnoon.data import load_tokenizer  # noqa: E402
 from highnoon.models import kerashub  # noqa: E402
 from highnoon.models.contract import ModelContractError  # noqa: E402
@@ -178,6 +179,17 @@ def test_llama_trains_saves_a_preset_that_loads_back_and_generates(tmp_path, dat
     assert trained is model
     assert all(not np.array_equal(a, b) for a, b in zip(before, _weights(trained)))
 
+    # The Trainer's checkpoint loads back as the KerasHub model, alone or with its Trainer.
+    from_checkpoint = hn.models.load_model(str(tmp_path / "run"))
+    assert type(from_checkpoint) is keras_hub.models.LlamaCausalLM
+    fresh = kerashub.causal_lm("LlamaCausalLM", backbone=LLAMA, tokenizer=tokenizer, seed=1)
+    trainer.save(str(tmp_path / "saved"))
+    reloaded = hn.Trainer.load(str(tmp_path / "saved"), fresh)
+    assert reloaded.export_model() is fresh
+    for restored in (from_checkpoint, fresh):
+        for got, want in zip(_weights(restored), _weights(trained)):
+            np.testing.assert_array_equal(got, want)
+
     preset = str(tmp_path / "preset")
     trained.save_to_preset(preset)
     loaded = kerashub.causal_lm("LlamaCausalLM", preset=preset, load_weights=True)
@@ -192,6 +204,27 @@ def test_llama_trains_saves_a_preset_that_loads_back_and_generates(tmp_path, dat
     assert out[6] == int(np.argmax(logits[0, -1]))
     text = kerashub.generate(loaded, "hello", max_length=10, tokenizer=tokenizer)
     assert text.startswith("hello")
+    sampled = [
+        kerashub.generate(
+            loaded,
+            ids[0],
+            max_length=10,
+            tokenizer=tokenizer,
+            stop=False,
+            temperature=1.0,
+            top_k=20,
+            top_p=0.9,
+            seed=seed,
+        )
+        for seed in (3, 3)
+    ]
+    assert sampled[0] == sampled[1] and len(sampled[0]) == 10  # the same seed, the same tokens
+
+    # highnoon-generate loads the run's checkpoint as the KerasHub model.
+    from highnoon.launch.generate import load_for_generation
+
+    for_generation, _ = load_for_generation(str(tmp_path / "run"), "unused")
+    assert type(for_generation) is keras_hub.models.LlamaCausalLM
 
     # The preset (weights included) fine-tunes further from the checkpoint's weights.
     again = make_trainer(tmp_path, model=loaded, max_seq_length=32)

@@ -167,6 +167,40 @@ def causal_lm(
     return cls(backbone=cls.backbone_cls(**arguments), preprocessor=None)
 
 
+def from_model_config(config: dict[str, Any]) -> keras.Model:
+    """The CausalLM (no preprocessor, fresh weights) that ``KerasHubLM.config`` describes: the
+    architecture ``model_config.json`` records beside a checkpoint."""
+    keras_hub = import_keras_hub()
+    task = getattr(keras_hub.models, str(config.get("task")), None)
+    backbone_cls = getattr(keras_hub.models, str(config.get("backbone_class")), None)
+    if task is None or backbone_cls is None or not isinstance(config.get("backbone"), dict):
+        raise ModelContractError(
+            f"model config names task={config.get('task')!r} and "
+            f"backbone_class={config.get('backbone_class')!r}, which this keras-hub "
+            f"({keras_hub.__version__}) does not have, or holds no backbone config; it was "
+            f"written by the Trainer for a KerasHub model ({INSTALL_HINT})"
+        )
+    return task(backbone=backbone_cls.from_config(config["backbone"]), preprocessor=None)
+
+
+def load_checkpoint(prefix: str, config: dict[str, Any], source: str) -> keras.Model:
+    """The KerasHub CausalLM of a Trainer checkpoint: rebuilt from ``config`` (read from
+    ``source``), its weights restored from ``prefix`` through the object graph; a checkpoint
+    that does not hold exactly those weights is refused, naming both."""
+    import tensorflow as tf
+
+    causal = from_model_config(config)
+    status = tf.train.Checkpoint(model=KerasHubLM(causal)).restore(prefix).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ModelContractError(
+            f"checkpoint {prefix!r} does not hold the weights of the {config.get('task')} that "
+            f"{source} describes ({str(error).splitlines()[0][:200]})"
+        ) from error
+    return causal
+
+
 def is_kerashub_causal_lm_class(cls: type) -> bool:
     return any(
         base.__name__ == "CausalLM" and base.__module__.startswith("keras_hub")
@@ -180,13 +214,26 @@ def generate(
     *,
     max_length: int,
     tokenizer: Any,
+    temperature: float = 0.0,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    seed: int | None = None,
     stop: bool = True,
 ) -> str | list[int]:
-    """Greedy continuation of ``prompt`` by a KerasHub CausalLM (its own ``generate``, KV cache
-    included), on highnoon's tokens: a text prompt is encoded with BOS first, as training rows
+    """Continue ``prompt`` with a KerasHub CausalLM through its own ``generate`` (its key/value
+    cache), on highnoon's tokens: a text prompt is encoded with BOS first, as training rows
     start, and the result decoded; ids come back as ids (prompt + continuation, up to and with
-    the tokenizer's EOS when ``stop``)."""
+    the tokenizer's EOS when ``stop``).
+
+    ``temperature=0`` is greedy; otherwise KerasHub's top-p sampler (``top_p``, among the
+    ``top_k`` most likely; 0 disables the cut) with ``seed``. The model is re-compiled with that
+    sampler (KerasHub keeps the sampler in ``compile``)."""
+    keras_hub = import_keras_hub()
     v.check_int("max_length", max_length, minimum=2)
+    v.check_float("temperature", temperature, minimum=0.0)
+    v.check_int("top_k", top_k, minimum=0)
+    v.check_float("top_p", top_p, minimum=0.0, exclusive_minimum=True, maximum=1.0)
+    v.check_int("seed", seed, allow_none=True)
     is_text = isinstance(prompt, str)
     ids = (
         [int(tokenizer.bos_id), *tokenizer.encode(prompt)] if is_text else [int(i) for i in prompt]
@@ -200,7 +247,13 @@ def generate(
     token_ids[0, : len(ids)] = ids
     padding_mask = np.zeros((1, max_length), bool)
     padding_mask[0, : len(ids)] = True
-    model.compile(sampler="greedy")
+    if temperature == 0:
+        sampler = keras_hub.samplers.GreedySampler()
+    else:
+        sampler = keras_hub.samplers.TopPSampler(
+            p=top_p, k=top_k or None, seed=seed, temperature=temperature
+        )
+    model.compile(sampler=sampler)
     out = model.generate(
         {"token_ids": token_ids, "padding_mask": padding_mask},
         stop_token_ids=[int(tokenizer.eos_id)] if stop else None,
