@@ -117,6 +117,22 @@ def test_kerashub_misuse_is_refused_naming_the_fix(tmp_path, data, mirrored):
     assert not (tmp_path / "cache").exists()  # refused before any store was built
 
 
+def test_gemma_keeps_the_contract_through_the_wrapper():
+    from highnoon.models.contract import adapt, check_outputs, unwrap
+
+    gemma = kerashub.causal_lm(
+        "GemmaCausalLM",
+        backbone={"vocabulary_size": 300, "num_layers": 1, "num_query_heads": 2,
+                  "num_key_value_heads": 1, "hidden_dim": 32, "intermediate_dim": 64,
+                  "head_dim": 16},
+    )  # fmt: skip
+    wrapped = adapt(gemma)
+    assert unwrap(wrapped) is gemma and wrapped.trainable_variables == gemma.trainable_variables
+    assert check_outputs(wrapped, 259) == 300
+    assert wrapped.config["vocab_size"] == 300 and wrapped.config["max_seq_length"] is None
+    assert wrapped.config["task"] == "GemmaCausalLM"
+
+
 # -- training -----------------------------------------------------------------------------------
 class _StopAt(Exception):
     pass
