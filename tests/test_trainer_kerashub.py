@@ -166,20 +166,30 @@ def test_an_interrupted_gpt2_run_resumes_to_the_uninterrupted_weights(tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding", [None, "optimizer", "gradients"])
-def test_two_replicas_train_gpt2_to_the_one_device_weights(tmp_path, data, mirrored, reference,
-                                                           sharding):  # fmt: skip
+@pytest.mark.parametrize(
+    "sharding, save",
+    [(None, False), ("optimizer", False), ("gradients", True)],  # one sharded checkpoint
+)
+def test_two_replicas_train_gpt2_to_the_one_device_weights(
+    tmp_path, data, mirrored, reference, sharding, save
+):
     expected_summary, expected, _ = reference
     with mirrored.scope():  # KerasHub builds at construction: the variables must be mirrored
         model = gpt2()
     trainer = _two_stages(make_trainer(tmp_path, model=model, sharding=sharding), data)
-    summary = trainer.train(checkpoint_dir=str(tmp_path / "run"), checkpoint_interval=5)
+    summary = trainer.train(
+        save_checkpoints=save, checkpoint_dir=str(tmp_path / "run"), checkpoint_interval=10
+    )
     assert trainer.strategy is mirrored
     assert summary["total_steps"] == expected_summary["total_steps"]
     exported = trainer.export_model()
     assert exported is model
     for got, want in zip(_weights(exported), expected):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    if save:  # whole tensors under the unsharded names: a model on one device restores them
+        restored = hn.models.load_model(str(tmp_path / "run"))
+        for got, want in zip(_weights(restored), _weights(exported)):
+            np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.slow
