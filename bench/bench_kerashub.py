@@ -17,8 +17,14 @@ Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one 
 The two run interleaved window by window (after each Trainer ``log`` event, ``fit`` trains the
 window the Trainer just trained), the first window of each (compilation) is discarded, and
 ratio = Trainer tokens/s / fit tokens/s with a 95% bootstrap interval over windows
-(``bench_trainer.bootstrap_interval``). Packing is not measured: a KerasHub model takes no
-per-document attention mask, so the Trainer refuses ``pack=True`` for it.
+(``bench_trainer.bootstrap_interval``).
+
+    python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
+
+``--packing`` runs ``bench_packing.py``'s three arms (``Trainer(pack=True)``, ``fit`` on padded
+rows, ``fit`` on length buckets; useful tokens/s, interleaved) with its model swapped for a
+KerasHub GPT-2 (4 layers, width 128) behind ``KerasHubLM``, whose unpacked call is the
+CausalLM's own (``token_ids`` and an all-true ``padding_mask``). Only GPT-2 packs.
 """
 
 from __future__ import annotations
@@ -177,10 +183,40 @@ def bench_case(case: Case, cache_dir: str) -> dict[str, Any]:
     return result
 
 
+def packing(quick: bool, seq: int) -> None:
+    """``bench_packing``'s arms on a KerasHub GPT-2 (its model and FLOP count swapped)."""
+    import bench_packing
+
+    from highnoon.models.kerashub import KerasHubLM
+
+    backbone = {**GPT2_SMALL, "max_sequence_length": max(seq, 256)}
+
+    def make_model(case: Any) -> keras.Model:
+        return KerasHubLM(make_model_of("GPT2CausalLM", backbone))
+
+    layers, width = backbone["num_layers"], backbone["hidden_dim"]
+    params = make_model(None).count_params()
+    bench_packing.make_model = make_model
+    bench_packing.flops_per_token = lambda config, s: 6.0 * params + 12.0 * layers * width * s
+    names = ["stdlib_docs", "quickstart"]
+    bench_packing.main(
+        [*(["--quick"] if quick else []), f"--seq={seq}", f"--cases={','.join(names)}"]
+    )
+
+
+def make_model_of(task: str, backbone: dict[str, Any]) -> keras.Model:
+    return kerashub.causal_lm(task, backbone=backbone, seed=0, tokenizer=load_tokenizer("byte"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the small GPT-2 only, few steps")
+    parser.add_argument("--packing", action="store_true", help="GPT-2 packed (bench_packing)")
+    parser.add_argument("--seq", type=int, default=256, help="--packing: max_seq_length")
     args = parser.parse_args(argv)
+    if args.packing:
+        packing(args.quick, args.seq)
+        return
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -97,13 +97,14 @@ def test_kerashub_misuse_is_refused_naming_the_fix(tmp_path, data, mirrored):
         match=r"model_vocab_size=200 is smaller than the tokenizer's vocab_size=259",
     ):
         make_trainer(tmp_path, model=gpt2(vocabulary_size=200))
+    llama = kerashub.causal_lm("LlamaCausalLM", backbone={**LLAMA, "vocabulary_size": 259})
     with pytest.raises(
         ModelContractError,
         match=r"pack=True needs .*a KerasHub CausalLM takes only token_ids and padding_mask.*"
-        r"Train GPT2CausalLM with pack=False",
+        r"packing is supported for GPT2Backbone only.*Train LlamaCausalLM with pack=False",
     ):
-        make_trainer(tmp_path, model=model, pack=True)
-    trainer = make_trainer(tmp_path, model=model)
+        make_trainer(tmp_path, model=llama, pack=True)
+    trainer = make_trainer(tmp_path, model=llama)
     with pytest.raises(ModelContractError, match=r"pack=True needs"):
         trainer.add_curriculum_stage("first", [data["a"]], epochs=1, pack=True)
     with pytest.raises(
@@ -131,6 +132,25 @@ def test_gemma_keeps_the_contract_through_the_wrapper():
     assert check_outputs(wrapped, 259) == 300
     assert wrapped.config["vocab_size"] == 300 and wrapped.config["max_seq_length"] is None
     assert wrapped.config["task"] == "GemmaCausalLM"
+
+
+def test_gpt2_packed_documents_see_only_themselves_at_their_own_positions():
+    from highnoon.models.contract import adapt
+
+    wrapped = adapt(gpt2())
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(3, 259, 5), rng.integers(3, 259, 7)
+    row = np.zeros((1, 16), np.int32)
+    row[0, :12] = np.concatenate([first, second])
+    positions = np.concatenate([np.arange(5), np.arange(7), np.arange(4)])[None]
+    segments = np.array([[1] * 5 + [2] * 7 + [0] * 4])
+    packed = np.asarray(wrapped(row, positions=positions, segment_ids=segments))
+    for doc, cols in ((first, slice(0, 5)), (second, slice(5, 12))):
+        alone = np.asarray(wrapped(doc[None].astype(np.int32)))  # the public CausalLM call
+        np.testing.assert_allclose(packed[0, cols], alone[0], rtol=1e-5, atol=1e-6)
+    # One segment from position 0 is the public call itself.
+    whole = wrapped(row, positions=np.arange(16)[None], segment_ids=np.ones((1, 16), np.int32))
+    np.testing.assert_array_equal(np.asarray(whole), np.asarray(wrapped(row)))
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -305,3 +325,18 @@ def test_the_gin_run_builds_a_kerashub_gpt2_sized_by_the_tokenizer():
     assert type(model) is keras_hub.models.GPT2CausalLM and model.preprocessor is None
     assert model.backbone.vocabulary_size == 259  # the byte tokenizer's
     assert (model.backbone.num_layers, model.backbone.hidden_dim) == (2, 128)
+
+
+@pytest.mark.slow
+def test_gpt2_trains_packed_rows_with_less_padding(tmp_path):
+    short = write_jsonl(str(tmp_path / "short.jsonl"), corpus(0, 40, 1, 3))
+    runs = {}
+    for pack in (False, True):
+        trainer = make_trainer(tmp_path, model=gpt2(), pack=pack)
+        trainer.add_curriculum_stage("first", [short], epochs=1)
+        runs[pack] = trainer.train(save_checkpoints=False)["stages_completed"][0]
+    # The same 40 samples and 402 real tokens, in 4 packed steps instead of 10 padded ones.
+    assert runs[True]["samples_seen"] == runs[False]["samples_seen"] == 40
+    assert runs[True]["tokens_seen"] == runs[False]["tokens_seen"]
+    assert (runs[False]["steps"], runs[True]["steps"]) == (10, 4)
+    assert runs[False]["padding_fraction"] > 0.6 > 0.25 > runs[True]["padding_fraction"]

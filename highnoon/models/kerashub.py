@@ -8,13 +8,14 @@ wrapper owns no variable of its own: the step trains the KerasHub model's variab
 ``Trainer.export_model()`` returns the KerasHub model itself, which saves (``save_to_preset``,
 ``.keras``) and generates (``generate`` on token ids, or ``generate`` below) as KerasHub's do.
 
-What a KerasHub model cannot do here, and why (refused before anything is built):
+Packing: ``CausalLM.call`` takes only ``token_ids`` and ``padding_mask``; the backbone builds a
+causal mask over the whole row and numbers positions 0..seq-1, so packed documents would attend
+to each other. GPT-2's layers take per-document positions and attention masks through their own
+call arguments, so a packed GPT-2 row runs through them layer by layer (``_packed_gpt2``; the
+same logits as each document alone). Other backbones are refused with ``pack=True``.
 
-* packing: ``CausalLM.call`` takes only ``token_ids`` and ``padding_mask``; the backbone builds
-  a causal mask over the whole row and numbers positions 0..seq-1, so packed documents would
-  attend to each other (the public API has no per-document attention mask or positions);
-* ``sharding='full'``: the backbone is a functional model called whole; it has no weight
-  segments to gather one block at a time.
+``sharding='full'`` is refused: the backbone is a functional model called whole; it has no
+weight segments to gather one block at a time.
 
 keras_hub is imported only when a function here needs it (``causal_lm``); a model object of
 its classes can only exist if it is installed.
@@ -35,11 +36,16 @@ from highnoon.utils import validation as v
 
 INSTALL_HINT = "pip install 'highnoon[kerashub]' (keras-hub>=0.32,<0.33)"
 
+# Backbones whose layers take per-document positions and attention masks through their own
+# call arguments (PositionEmbedding(positions=), TransformerDecoder(decoder_attention_mask=)):
+# packed rows run through them layer by layer (``_packed_gpt2``).
+PACKABLE = ("GPT2Backbone",)
+
 LIMITS = {
     "pack": (
         "a KerasHub CausalLM takes only token_ids and padding_mask, and its backbone masks "
         "the whole row causally with positions 0..seq-1, so packed documents would attend to "
-        "each other"
+        f"each other (packing is supported for {', '.join(PACKABLE)} only)"
     ),
     "full": (
         "a KerasHub backbone is one functional model called whole, with no weight segments "
@@ -66,8 +72,6 @@ class KerasHubLM(keras.Model):
     CausalLM must have no preprocessor (the Trainer feeds token ids, not text).
     """
 
-    contract_limits = LIMITS
-
     def __init__(self, causal_lm: keras.Model, **kwargs: Any) -> None:
         if not is_kerashub_causal_lm(causal_lm):
             raise v.InvalidArgumentTypeError(
@@ -84,6 +88,18 @@ class KerasHubLM(keras.Model):
         super().__init__(name=kwargs.pop("name", f"highnoon_{causal_lm.name}"), **kwargs)
         self.causal_lm = causal_lm
         self.built = True  # the CausalLM holds every weight already
+
+    @property
+    def contract_limits(self) -> dict[str, str]:
+        """What this model cannot do, with the reason (``contract.check_features``)."""
+        limits = dict(LIMITS)
+        if self.packable:
+            del limits["pack"]
+        return limits
+
+    @property
+    def packable(self) -> bool:
+        return type(self.causal_lm.backbone).__name__ in PACKABLE
 
     @property
     def wrapped_model(self) -> keras.Model:
@@ -111,10 +127,43 @@ class KerasHubLM(keras.Model):
         }
         return json.loads(json.dumps(config, default=str))  # as model_config.json reads back
 
-    def call(self, input_ids: Any, training: bool = False) -> Any:
+    def call(
+        self,
+        input_ids: Any,
+        training: bool = False,
+        positions: Any = None,
+        segment_ids: Any = None,
+    ) -> Any:
+        """Logits of ``input_ids``; packed rows (``positions``, ``segment_ids``: only for a
+        backbone in ``PACKABLE``, which ``check_features`` enforces) run layer by layer with
+        per-document positions and attention."""
         ids = ops.cast(input_ids, "int32")
-        inputs = {"token_ids": ids, "padding_mask": ops.ones_like(ids, dtype="int32")}
-        return self.causal_lm(inputs, training=training)
+        if positions is None and segment_ids is None:
+            inputs = {"token_ids": ids, "padding_mask": ops.ones_like(ids, dtype="int32")}
+            return self.causal_lm(inputs, training=training)
+        return _packed_gpt2(self.causal_lm.backbone, ids, positions, segment_ids, training)
+
+
+def _packed_gpt2(backbone: Any, ids: Any, positions: Any, segment_ids: Any, training: bool) -> Any:
+    """GPT2CausalLM's forward pass (``GPT2Backbone.__init__``'s graph, then the tied head)
+    with each token's own position and attention only within its segment: the layers' public
+    ``positions=`` and ``decoder_attention_mask=`` arguments, merged by the decoder with its
+    causal mask."""
+    x = backbone.token_embedding(ids)
+    if positions is None:
+        position_embeddings = backbone.position_embedding(x)
+    else:
+        position_embeddings = backbone.position_embedding(x, positions=ops.cast(positions, "int32"))
+    x = backbone.embeddings_add((x, position_embeddings))
+    x = backbone.embeddings_dropout(x, training=training)
+    mask = None
+    if segment_ids is not None:
+        same = ops.equal(segment_ids[:, :, None], segment_ids[:, None, :])
+        mask = ops.cast(same, "int32")
+    for layer in backbone.transformer_layers:
+        x = layer(x, decoder_attention_mask=mask, training=training)
+    x = backbone.layer_norm(x)
+    return backbone.token_embedding(x, reverse=True)
 
 
 def causal_lm(
