@@ -1,6 +1,6 @@
 """The Trainer on a KerasHub causal LM against KerasHub's own ``fit(jit_compile=True)``.
 
-    python bench/bench_kerashub.py            # GPT-2 and Llama, ~1-3M parameters
+    python bench/bench_kerashub.py            # GPT-2 and Llama, 4 layers x 128 (~0.9M parameters)
     python bench/bench_kerashub.py --quick    # the small GPT-2 only, few steps (smoke run)
 
 Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one process,
@@ -94,7 +94,7 @@ def make_model(case: Case) -> keras.Model:
     )
 
 
-def make_trainer(case: Case, cache_dir: str) -> Trainer:
+def make_trainer(case: Case, cache_dir: str, steps_per_call: int = 1) -> Trainer:
     trainer = Trainer(
         make_model(case),
         learning_rate=LEARNING_RATE,
@@ -102,6 +102,7 @@ def make_trainer(case: Case, cache_dir: str) -> Trainer:
         max_seq_length=case.seq,
         clip_norm=CLIP_NORM,
         jit_compile=True,
+        steps_per_call=steps_per_call,
         eval_fraction=0.0,
         max_samples=case.max_samples,
         data_cache_dir=cache_dir,
@@ -152,8 +153,8 @@ class KerasHubFit:
         return self._span.end - self._span.begin
 
 
-def bench_case(case: Case, cache_dir: str) -> dict[str, Any]:
-    trainer = make_trainer(case, cache_dir)
+def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str, Any]:
+    trainer = make_trainer(case, cache_dir, steps_per_call)
     batches = planned_batches(case, trainer, cache_dir)
     fit = KerasHubFit(case, batches)
     windows = interleaved_windows(trainer, fit, case.log_interval)
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the small GPT-2 only, few steps")
     parser.add_argument("--packing", action="store_true", help="GPT-2 packed (bench_packing)")
     parser.add_argument("--seq", type=int, default=256, help="--packing: max_seq_length")
+    parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
     args = parser.parse_args(argv)
     if args.packing:
         packing(args.quick, args.seq)
@@ -221,14 +223,17 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases(args.quick):
-            result = bench_case(case, os.path.join(tmp, "cache"))
+            result = bench_case(case, os.path.join(tmp, "cache"), args.steps_per_call)
             results.append(result)
             print(
                 f"{case.label}: {result['steps']} steps, {result['windows']} timed windows; "
                 f"Trainer traces {result['traces']}",
                 flush=True,
             )
-    print("\nTrainer(jit_compile=True) against KerasHub fit(jit_compile=True), same batches\n")
+    print(
+        f"\nTrainer(jit_compile=True, steps_per_call={args.steps_per_call}) against KerasHub "
+        "fit(jit_compile=True), same batches\n"
+    )
     print(
         "| model | params | batch x seq | timed steps | Trainer tokens/s | fit tokens/s | ratio "
         "| 95% interval | ratio per CPU-second |"
