@@ -3,8 +3,9 @@
 A tiny GPT-2 (and a tiny Llama) built from a config, no download: two curriculum stages with
 checkpoints, an interrupted run resumed to the uninterrupted run's exact weights, the same
 weights under the in-process 2-replica MirroredStrategy with and without ZeRO sharding, export,
-a saved preset that loads back to the same logits, and KerasHub's own generation; and every
-KerasHub misuse refused before anything is built. Two workers: test_kerashub_multiworker.py.
+checkpoints and a saved preset that load back, KerasHub's own generation, GPT-2's packed rows
+(each document sees only itself); and every KerasHub misuse refused before anything is built.
+Two workers: test_kerashub_multiworker.py.
 """
 
 from __future__ import annotations
