@@ -214,7 +214,7 @@ def test_two_replicas_train_gpt2_to_the_one_device_weights(
 
 
 @pytest.mark.slow
-def test_llama_trains_saves_a_preset_that_loads_back_and_generates(tmp_path, data):
+def test_llama_trains_saves_a_preset_that_loads_back_and_generates(tmp_path, data, capsys):
     tokenizer = load_tokenizer("byte")
     model = kerashub.causal_lm("LlamaCausalLM", backbone=LLAMA, tokenizer=tokenizer)
     before = _weights(model)
@@ -272,6 +272,21 @@ def test_llama_trains_saves_a_preset_that_loads_back_and_generates(tmp_path, dat
 
     for_generation, _ = load_for_generation(str(tmp_path / "run"), "unused")
     assert type(for_generation) is keras_hub.models.LlamaCausalLM
+    from absl import flags
+
+    from highnoon.launch import generate as generate_program
+
+    flags.FLAGS([
+        "generate", f"--checkpoint={tmp_path / 'run'}", "--prompt=hello", "--max_length=10",
+        "--temperature=0",
+    ])  # fmt: skip
+    try:
+        generate_program.main(["generate"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    printed = capsys.readouterr().out
+    expected = kerashub.generate(trained, "hello", max_length=10, tokenizer=tokenizer)
+    assert printed == expected + "\n"
 
     # The preset (weights included) fine-tunes further from the checkpoint's weights.
     again = make_trainer(tmp_path, model=loaded, max_seq_length=32)
