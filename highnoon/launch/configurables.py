@@ -24,6 +24,7 @@ from highnoon.data import registry as _registry
 from highnoon.data import stage_data as _stage_data
 from highnoon.distribute import strategy as _strategy
 from highnoon.models import factory as _factory
+from highnoon.models import kerashub as _kerashub
 from highnoon.utils.validation import InvalidArgumentError
 
 
@@ -36,7 +37,16 @@ def create_model(name_or_config: Any = None, **options: Any) -> Any:
             "highnoon.models.create_model.name_or_config is required but unbound: include one of "
             "gin/models/*.gin or bind it to a preset name"
         )
+    if callable(name_or_config):  # another model factory, e.g. @kerashub_causal_lm
+        return name_or_config(**options)
     return _factory.create_model(name_or_config, **options)
+
+
+# A KerasHub causal LM as the run's model: `create_model.name_or_config = @kerashub_causal_lm`
+# (gin/runs/kerashub_gpt2.gin).
+kerashub_causal_lm = gin.external_configurable(
+    _kerashub.causal_lm, name="kerashub_causal_lm", module="highnoon.models"
+)
 
 
 # Each keeps the module it was registered under before (its full gin name is unchanged).
@@ -69,6 +79,7 @@ def prepare_datasets_output_dir() -> str | None:
 __all__ = [
     "create_model",
     "create_strategy",
+    "kerashub_causal_lm",
     "prepare_datasets",
     "prepare_datasets_output_dir",
     "prepare_stage_store",

@@ -67,6 +67,7 @@ def load_for_generation(checkpoint: str | None, model_name: str, tokenizer_spec:
     tokenizer is `tokenizer_spec` when given, else the checkpoint run's own, else bytes."""
     from highnoon.data.tokenizers import check_vocab_fits, load_tokenizer
     from highnoon.models import create_model, load_model
+    from highnoon.models.contract import is_kerashub_causal_lm
 
     tokenizer = None
     if tokenizer_spec is None and checkpoint:
@@ -77,6 +78,9 @@ def load_for_generation(checkpoint: str | None, model_name: str, tokenizer_spec:
         tokenizer = load_tokenizer(tokenizer_spec or "byte")
     if checkpoint:
         model = load_model(checkpoint)
+        if is_kerashub_causal_lm(model):
+            check_vocab_fits(tokenizer, model.backbone.vocabulary_size)
+            return model, tokenizer
         check_vocab_fits(tokenizer, model.config.vocab_size)
     else:
         logging.warning("no --checkpoint: %s has untrained weights", model_name)
@@ -89,22 +93,29 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"generate: unexpected arguments {argv[1:]}")
     try:
-        model, _ = load_for_generation(FLAGS.checkpoint, FLAGS.model, FLAGS.tokenizer)
+        model, tokenizer = load_for_generation(FLAGS.checkpoint, FLAGS.model, FLAGS.tokenizer)
     except (ValueError, OSError) as error:
         if not FLAGS.checkpoint:
             raise SystemExit(f"generate: {error}") from None
         raise SystemExit(
             f"generate: cannot load --checkpoint={FLAGS.checkpoint}: {error}; {CHECKPOINT_HINT}"
         ) from None
+    from highnoon.models.contract import is_kerashub_causal_lm
+
+    options = {
+        "max_length": FLAGS.max_length,
+        "temperature": FLAGS.temperature,
+        "top_k": FLAGS.top_k,
+        "top_p": FLAGS.top_p,
+        "seed": FLAGS.seed,
+    }
     try:
-        text = model.generate(
-            FLAGS.prompt,
-            max_length=FLAGS.max_length,
-            temperature=FLAGS.temperature,
-            top_k=FLAGS.top_k,
-            top_p=FLAGS.top_p,
-            seed=FLAGS.seed,
-        )
+        if is_kerashub_causal_lm(model):  # a KerasHub model's own generate, on our tokens
+            from highnoon.models import kerashub
+
+            text = kerashub.generate(model, FLAGS.prompt, tokenizer=tokenizer, **options)
+        else:
+            text = model.generate(FLAGS.prompt, **options)
     except ValueError as error:  # e.g. --max_length beyond the model's max_seq_length
         raise SystemExit(f"generate: {error}") from None
     print(text)

@@ -97,6 +97,9 @@ def create_model(
 def load_model(path: str, *, compile: bool = False, device_memory_gib: float | None = None):
     """Load a model saved as `.keras` or as a `tf.train.Checkpoint` with `model_config.json`.
 
+    A checkpoint of a KerasHub model (its `model_config.json` names `model_type: keras_hub`)
+    loads as that KerasHub CausalLM, without a preprocessor (`models/kerashub.py`).
+
     `path` may be a `.keras` file, a checkpoint directory (latest checkpoint; the config is in
     the directory) or a checkpoint prefix like `dir/ckpt-3` (config next to it); local or any
     `tf.io.gfile` path (`gs://...`). The checkpoint must hold the model under the key `model`
@@ -142,6 +145,10 @@ def load_model(path: str, *, compile: bool = False, device_memory_gib: float | N
             f"load_model: {directory}/{MODEL_CONFIG_FILENAME} does not exist; a checkpoint is "
             "loaded with the model config saved beside it (the Trainer writes it)"
         )
+    if _is_kerashub_config(config_path):  # a KerasHub model the Trainer trained
+        from highnoon.models import kerashub
+
+        return kerashub.load_checkpoint(prefix, _read_json(config_path), config_path)
     config = load_model_config(config_path)
     check_model_fits(config, device_memory_gib, source=config_path)
     model = HighNoonLM(config)
@@ -159,6 +166,22 @@ def load_model(path: str, *, compile: bool = False, device_memory_gib: float | N
             "save with tf.train.Checkpoint(model=model, ...)"
         ) from error
     return model
+
+
+def _read_json(path: str) -> Any:
+    import json
+
+    from highnoon.utils import files
+
+    try:
+        return json.loads(files.read_text(path))
+    except json.JSONDecodeError:
+        return None  # load_model_config names the error
+
+
+def _is_kerashub_config(path: str) -> bool:
+    data = _read_json(path)
+    return isinstance(data, dict) and data.get("model_type") == "keras_hub"
 
 
 def check_model_fits(

@@ -26,6 +26,7 @@ from absl import logging
 from highnoon import data as hn_data
 from highnoon.data.remote_blocks import configure_block_cache
 from highnoon.distribute.hosts import is_chief, num_hosts
+from highnoon.models import contract
 from highnoon.models.config import ModelConfig
 from highnoon.models.memory import check_sharding_fits
 from highnoon.training import resume
@@ -326,8 +327,10 @@ def build(spec: RunSpec, plans: Sequence[StagePlan] | None) -> Built:
         if not model.built:
             keras.utils.set_random_seed(options.seed)
             if spec.sharding is None or not spec.sharding.shards_weights:  # else: the step does
+                # The first call builds the weights; its logits are checked against the model
+                # contract before the step is built.
                 length = min(spec.settings.max_seq_length, 8)
-                model(tf.zeros([1, length], tf.int32))
+                contract.check_outputs(model, spec.tokenizer.vocab_size, seq_length=length)
         multiplier = tf.Variable(1.0, trainable=False, name="lr_multiplier")
         phase = tf.Variable(
             [0, phase_steps.total, phase_steps.warmup],

@@ -8,6 +8,7 @@ the loop's intervals and ``mixed_precision`` included, has one gin name, ``Train
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +19,8 @@ import tensorflow as tf
 
 from highnoon import data as hn_data
 from highnoon.distribute.hosts import is_chief
-from highnoon.models import create_model
+from highnoon.models import create_model, kerashub
+from highnoon.models.contract import is_kerashub_causal_lm
 from highnoon.training.trainer import Trainer
 from highnoon.utils import validation as v
 
@@ -78,7 +80,10 @@ def build_trainer(
         names = (
             () if model is None else (model,)
         )  # None: the factory's default (or its gin binding)
-        lm = model_factory(*names, tokenizer=tokenizer_obj)
+        # Under the strategy: a model built at construction (KerasHub's) creates its
+        # variables there; an unbuilt HighNoonLM creates none yet.
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            lm = model_factory(*names, tokenizer=tokenizer_obj)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     trainer = Trainer(lm, strategy=strategy, tokenizer=tokenizer_obj)
@@ -137,7 +142,12 @@ def run_training(
     summary = trainer.train(checkpoint_dir=model_dir)
     if sample_prompt is not None:
         lm = trainer.export_model()  # every worker: a "full"-sharded model gathers its shares
-        if is_chief(trainer.strategy):
+        if is_chief(trainer.strategy) and is_kerashub_causal_lm(lm):
+            sample = kerashub.generate(
+                lm, sample_prompt, max_length=sample_length, tokenizer=trainer.tokenizer
+            )
+            summary["sample"] = {"prompt": sample_prompt, "text": sample}
+        elif is_chief(trainer.strategy):
             sample = lm.generate(
                 sample_prompt,
                 max_length=sample_length,

@@ -24,6 +24,7 @@ from absl import logging
 
 from highnoon import data as hn_data
 from highnoon.data.saved_tokenizer import resolve_config as resolve_tokenizer_config
+from highnoon.models import contract
 from highnoon.training import assembly, saved_state
 from highnoon.training.assembly import Built, Loaded, RunSpec, model_config
 from highnoon.training.checkpointing import checkpoint_candidates
@@ -77,13 +78,21 @@ class Trainer:
         given = _named(args, settings)
         self.settings, self.options, self.loop = split_settings(given)
         self.model = model
+        # What the step trains: the model itself, or a KerasHub CausalLM under the model
+        # contract (docs/design.md, "The model contract").
+        self._network = contract.adapt(model)
         self.tokenizer = hn_data.load_tokenizer(tokenizer if tokenizer is not None else "byte")
-        self.settings = _cap_seq_length(self.settings, model, asked="max_seq_length" in given)
+        self.settings = _cap_seq_length(
+            self.settings, self._network, asked="max_seq_length" in given
+        )
         self.strategy = strategy or _strategy_for(model)
         self._sharding = resolve_level(self.options.sharding, self.strategy.num_replicas_in_sync)
         # Checked on one replica too (where nothing is sharded): a config must not fail only
         # when moved to several.
         resolve_collectives(self.options.collectives, self.strategy)
+        contract.check_features(
+            self._network, pack=self.settings.pack, shards_weights=self.options.sharding == "full"
+        )
         if self._sharding is not None and self._sharding.shards_weights and model.built:
             raise v.InvalidArgumentError(
                 "sharding='full' stores the weights only as per-replica shares, so the model "
@@ -91,7 +100,11 @@ class Trainer:
                 "generating or loading weights into it); or use sharding='optimizer'/'gradients'"
             )
         _check_mixed_precision(model, self.options.mixed_precision)
-        hn_data.check_vocab_fits(self.tokenizer, model_config(model).get("vocab_size"))
+        vocab_size = model_config(self._network).get("vocab_size")
+        if vocab_size is not None:
+            hn_data.check_vocab_fits(self.tokenizer, vocab_size)
+        if self._network.built:  # probed now; an unbuilt model once it is built
+            contract.check_outputs(self._network, self.tokenizer.vocab_size)
         check_lm_eval_settings(self.options, model)  # task names exist, before any build
         self.stages: list[CurriculumStage] = []
         self._callbacks: list[Callback] = []
@@ -120,18 +133,19 @@ class Trainer:
         ``config_overrides`` may set any of ``STAGE_OVERRIDABLE`` for this stage only. Returns
         ``self`` for chaining.
         """
-        self.stages.append(
-            checked_stage(
-                name,
-                datasets,
-                epochs,
-                weight,
-                config_overrides,
-                self.settings,
-                self.stages,
-                mixture_schedule,
-            )
+        stage = checked_stage(
+            name,
+            datasets,
+            epochs,
+            weight,
+            config_overrides,
+            self.settings,
+            self.stages,
+            mixture_schedule,
         )
+        if self.settings.with_overrides(stage.config_overrides).pack:
+            contract.check_features(self._network, pack=True, shards_weights=False)
+        self.stages.append(stage)
         return self
 
     def add_callback(self, callback: Callback) -> Trainer:
@@ -210,10 +224,10 @@ class Trainer:
                 "weight_average (e.g. 0.999) before training, or export the live weights"
             )
         if kept is not None and average is not False:
-            return kept.export_model()
+            return contract.unwrap(kept.export_model())
         if self._built is None:
             return self.model
-        return self._built.step.export_model()
+        return contract.unwrap(self._built.step.export_model())
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str) -> str:
@@ -225,7 +239,7 @@ class Trainer:
         checkpointer = assembly.make_checkpointer(
             self._spec(), self._build(None), run_dir, self._position
         )
-        run_dir.write_model_config(model_config(self.model))
+        run_dir.write_model_config(model_config(self._network))
         saved = checkpointer.save(self._position.global_step)
         if run_dir.chief:
             saved_state.write_trainer_state(
@@ -274,14 +288,14 @@ class Trainer:
         checkpointer = assembly.make_checkpointer(
             trainer._spec(), trainer._build(None), run_dir, position
         )
-        checkpointer.restore(path, model_config(model))
+        checkpointer.restore(path, model_config(trainer._network))
         trainer._keep(position=position, loaded=Loaded(path, position))
         return trainer
 
     # -- internals -----------------------------------------------------------------------
     def _spec(self) -> RunSpec:
         return RunSpec(
-            model=self.model,
+            model=self._network,
             tokenizer=self.tokenizer,
             strategy=self.strategy,
             settings=self.settings,

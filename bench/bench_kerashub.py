@@ -1,0 +1,255 @@
+"""The Trainer on a KerasHub causal LM against KerasHub's own ``fit(jit_compile=True)``.
+
+    python bench/bench_kerashub.py            # GPT-2 and Llama, 4 layers x 128 (~0.9M parameters)
+    python bench/bench_kerashub.py --quick    # the small GPT-2 only, few steps (smoke run)
+
+Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one process,
+
+1. the Trainer trains a KerasHub ``CausalLM`` (``preprocessor=None``) as it is, one stage on the
+   embedded ``stdlib_code`` dataset with a size-based curriculum, ``jit_compile=True``, AdamW,
+   global-norm clipping, no eval and no checkpoints;
+2. a second instance of the same model (same seed, same initial weights), compiled by KerasHub's
+   ``CausalLM.compile`` with the same AdamW and ``global_clipnorm``, a from-logits sparse
+   cross-entropy and ``jit_compile=True``, ``fit``s the exact global batches the Trainer feeds,
+   in the same order (``{"token_ids", "padding_mask"}`` in, targets out, the loss mask as
+   per-token sample weights).
+
+The two run interleaved window by window (after each Trainer ``log`` event, ``fit`` trains the
+window the Trainer just trained), the first window of each (compilation) is discarded, and
+ratio = Trainer tokens/s / fit tokens/s with a 95% bootstrap interval over windows
+(``bench_trainer.bootstrap_interval``).
+
+    python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
+
+``--packing`` runs ``bench_packing.py``'s three arms (``Trainer(pack=True)``, ``fit`` on padded
+rows, ``fit`` on length buckets; useful tokens/s, interleaved) with its model swapped for a
+KerasHub GPT-2 (4 layers, width 128) behind ``KerasHubLM``, whose unpacked call is the
+CausalLM's own (``token_ids`` and an all-true ``padding_mask``). Only GPT-2 packs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_trainer import (
+    CLIP_NORM,
+    DATASET,
+    LEARNING_RATE,
+    bootstrap_interval,
+    interleaved_windows,
+    planned_batches,
+    trace_count,
+)
+
+from highnoon.data import load_tokenizer
+from highnoon.models import kerashub
+from highnoon.training.trainer import Trainer
+
+
+@dataclass
+class Case:
+    """One KerasHub model's benchmark setting (``planned_batches`` reads batch, seq,
+    max_samples and epochs)."""
+
+    label: str
+    task: str
+    backbone: dict[str, Any] = field(default_factory=dict)
+    batch: int = 8
+    seq: int = 128
+    max_samples: int = 480
+    epochs: int = 2
+    log_interval: int = 3
+
+
+GPT2_SMALL = {"num_layers": 4, "num_heads": 4, "hidden_dim": 128, "intermediate_dim": 512,
+              "max_sequence_length": 256, "dropout": 0.0}  # fmt: skip
+LLAMA_SMALL = {"num_layers": 4, "num_query_heads": 4, "num_key_value_heads": 2, "hidden_dim": 128,
+               "intermediate_dim": 384}  # fmt: skip
+
+
+def cases(quick: bool) -> list[Case]:
+    if quick:
+        return [Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL, max_samples=120)]
+    return [
+        Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL),
+        Case("Llama 4x128", "LlamaCausalLM", LLAMA_SMALL),
+    ]
+
+
+def make_model(case: Case) -> keras.Model:
+    """The same initial weights on every call (``causal_lm`` seeds them)."""
+    return kerashub.causal_lm(
+        case.task, backbone=case.backbone, seed=0, tokenizer=load_tokenizer("byte")
+    )
+
+
+def make_trainer(case: Case, cache_dir: str, steps_per_call: int = 1) -> Trainer:
+    trainer = Trainer(
+        make_model(case),
+        learning_rate=LEARNING_RATE,
+        batch_size=case.batch,
+        max_seq_length=case.seq,
+        clip_norm=CLIP_NORM,
+        jit_compile=True,
+        steps_per_call=steps_per_call,
+        eval_fraction=0.0,
+        max_samples=case.max_samples,
+        data_cache_dir=cache_dir,
+        write_summaries=False,
+        verbose=False,
+        seed=0,
+        curriculum_strategy="size_based",
+    )
+    return trainer.add_curriculum_stage("bench", [DATASET], epochs=case.epochs)
+
+
+class KerasHubFit:
+    """KerasHub's ``fit(jit_compile=True)`` on a fresh copy of the model, one window at a time."""
+
+    class _Span(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if batch == 0:
+                self.begin = np.array([time.perf_counter(), time.process_time()])
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.end = np.array([time.perf_counter(), time.process_time()])
+
+    def __init__(self, case: Case, batches: dict[str, np.ndarray]) -> None:
+        self.case, self.batches = case, batches
+        self.model = make_model(case)
+        self.model.compile(
+            optimizer=keras.optimizers.AdamW(LEARNING_RATE, global_clipnorm=CLIP_NORM),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[],
+            jit_compile=True,
+        )
+        self._span = self._Span()
+
+    def run(self, first_step: int, last_step: int) -> np.ndarray:
+        """Trains on global batches [first_step, last_step); returns [wall, CPU] seconds."""
+        rows = slice(first_step * self.case.batch, last_step * self.case.batch)
+        ids = self.batches["inputs"][rows]
+        self.model.fit(
+            {"token_ids": ids, "padding_mask": np.ones_like(ids)},
+            self.batches["targets"][rows],
+            sample_weight=self.batches["loss_mask"][rows].astype(np.float32),
+            batch_size=self.case.batch,
+            shuffle=False,
+            epochs=1,
+            verbose=0,
+            callbacks=[self._span],
+        )
+        return self._span.end - self._span.begin
+
+
+def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str, Any]:
+    trainer = make_trainer(case, cache_dir, steps_per_call)
+    batches = planned_batches(case, trainer, cache_dir)
+    fit = KerasHubFit(case, batches)
+    windows = interleaved_windows(trainer, fit, case.log_interval)
+    total = trainer._position.global_step
+    if len(batches["inputs"]) != total * case.batch:
+        raise RuntimeError(f"planned {len(batches['inputs'])} rows, the Trainer fed {total}")
+    if not windows:
+        raise RuntimeError(f"{total} steps give no timed window of {case.log_interval} steps")
+    tokens = sum(w.steps for w in windows) * case.batch * case.seq
+    trainer_seconds = sum(w.trainer for w in windows)
+    fit_seconds = sum(w.fit for w in windows)
+    result = {
+        "case": case,
+        "params": trainer.model.count_params(),
+        "steps": total,
+        "timed_steps": sum(w.steps for w in windows),
+        "windows": len(windows),
+        "traces": trace_count(trainer),
+        "trainer": tokens / trainer_seconds[0],
+        "fit": tokens / fit_seconds[0],
+        "ratio": fit_seconds[0] / trainer_seconds[0],
+        "ratio_cpu": fit_seconds[1] / trainer_seconds[1],
+        "interval": bootstrap_interval(windows),
+    }
+    del trainer, fit
+    keras.backend.clear_session()
+    return result
+
+
+def packing(quick: bool, seq: int) -> None:
+    """``bench_packing``'s arms on a KerasHub GPT-2 (its model and FLOP count swapped)."""
+    import bench_packing
+
+    from highnoon.models.kerashub import KerasHubLM
+
+    backbone = {**GPT2_SMALL, "max_sequence_length": max(seq, 256)}
+
+    def make_model(case: Any) -> keras.Model:
+        return KerasHubLM(make_model_of("GPT2CausalLM", backbone))
+
+    layers, width = backbone["num_layers"], backbone["hidden_dim"]
+    params = make_model(None).count_params()
+    bench_packing.make_model = make_model
+    bench_packing.flops_per_token = lambda config, s: 6.0 * params + 12.0 * layers * width * s
+    names = ["stdlib_docs", "quickstart"]
+    bench_packing.main(
+        [*(["--quick"] if quick else []), f"--seq={seq}", f"--cases={','.join(names)}"]
+    )
+
+
+def make_model_of(task: str, backbone: dict[str, Any]) -> keras.Model:
+    return kerashub.causal_lm(task, backbone=backbone, seed=0, tokenizer=load_tokenizer("byte"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the small GPT-2 only, few steps")
+    parser.add_argument("--packing", action="store_true", help="GPT-2 packed (bench_packing)")
+    parser.add_argument("--seq", type=int, default=256, help="--packing: max_seq_length")
+    parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
+    args = parser.parse_args(argv)
+    if args.packing:
+        packing(args.quick, args.seq)
+        return
+    started = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases(args.quick):
+            result = bench_case(case, os.path.join(tmp, "cache"), args.steps_per_call)
+            results.append(result)
+            print(
+                f"{case.label}: {result['steps']} steps, {result['windows']} timed windows; "
+                f"Trainer traces {result['traces']}",
+                flush=True,
+            )
+    print(
+        f"\nTrainer(jit_compile=True, steps_per_call={args.steps_per_call}) against KerasHub "
+        "fit(jit_compile=True), same batches\n"
+    )
+    print(
+        "| model | params | batch x seq | timed steps | Trainer tokens/s | fit tokens/s | ratio "
+        "| 95% interval | ratio per CPU-second |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        c = r["case"]
+        low, high = r["interval"]
+        print(
+            f"| {c.label} | {r['params'] / 1e6:.2f}M | {c.batch} x {c.seq} | {r['timed_steps']} "
+            f"| {r['trainer']:,.0f} | {r['fit']:,.0f} | {r['ratio']:.3f} "
+            f"| [{low:.3f}, {high:.3f}] | {r['ratio_cpu']:.3f} |"
+        )
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    tf.get_logger().setLevel("ERROR")
+    main()
