@@ -6,6 +6,8 @@ handed to the loop, without training it."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 
 import gin
 import pytest
@@ -76,7 +78,13 @@ FIRST = {
     "log_interval": 3,
     "eval_interval": 5,
 }
+# A local lm-eval task (names are checked when the Trainer is made; nothing is evaluated here).
+LM_EVAL_TASKS = os.path.join(tempfile.gettempdir(), f"highnoon-settings-tasks-{os.getpid()}")
 SECOND = {
+    "lm_eval_tasks": ("hn_settings",),
+    "lm_eval_include_path": LM_EVAL_TASKS,
+    "lm_eval_limit": 2,
+    "lm_eval_batch_size": 4,
     "optimizer": "sgd",
     "momentum": 0.5,
     "seq_length_warmup_steps": 4,
@@ -84,6 +92,17 @@ SECOND = {
     "lr_decay_stage": "docs",
     "weight_average": 0.99,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _lm_eval_task():
+    os.makedirs(LM_EVAL_TASKS, exist_ok=True)
+    with open(os.path.join(LM_EVAL_TASKS, "hn_settings.yaml"), "w", encoding="utf-8") as f:
+        f.write(
+            "task: hn_settings\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+            "    test: none.jsonl\ntest_split: test\noutput_type: loglikelihood\n"
+            "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        )
 
 
 def _resolved_run(tmp_path, monkeypatch, values: dict) -> dict:
