@@ -174,3 +174,6 @@ def test_opening_a_remote_store_reads_manifests_only(tmp_path, monkeypatch):
     assert sorted(os.path.basename(p) for p in calls) == [  # first reads of shard 7's files
         "offsets.bin", "sample_crc32c.bin", "tokens.bin"
     ]  # fmt: skip
+    tf.io.gfile.remove(f"{url}/shard-00005-of-00008/shard.json")
+    with pytest.raises(StoreError, match=r"shard-00005-of-00008: the shard is missing"):
+        TokenStore.open(url)

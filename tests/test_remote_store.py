@@ -281,7 +281,7 @@ def test_two_processes_read_one_store_in_place_from_file_urls_and_a_fake_gcs(loc
             fake.close()
     for host in infos:
         for info in host:
-            assert info["kinds"] == ["RangedFile"]  # never memory-mapped
+            assert info["kinds"] == ["RangedFile", "SampleRangedFile"]  # never memory-mapped
             assert info["opened"] == 0 and info["fetched"]["tokens.bin"] > 0
     if fake is None:
         pytest.skip("file:// checked; the fake GCS needs the cryptography package")
