@@ -77,6 +77,8 @@ def test_take_reads_exactly_the_samples_it_needs(shard):
     got = f.take(np.array([offsets[3], offsets[4] + 4, offsets[6] + 1]), "<u2")
     np.testing.assert_array_equal(got, ids[[offsets[3], offsets[4] + 4, offsets[6] + 1]])
     assert (f.reads, f.bytes_read) == (4, 200 + 20 + 4)
+    span = np.concatenate([np.arange(offsets[1], offsets[4] + 2), [offsets[4] + 1] * 3, [0]])
+    np.testing.assert_array_equal(f.take(span, "<u2"), ids[span])  # runs across samples 1..4
     with pytest.raises(StoreError, match=r"read of bytes \[290, 292\) outside the file"):
         f.take(np.array([145]), "<u2")
 

@@ -39,6 +39,23 @@ from highnoon.utils.validation import check_int
 GAP_BYTES = 256
 
 
+def _samples_of(flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted samples holding positions ``flat``, each position's index into them).
+
+    A row's positions rise by 0 or 1 inside one sample, so the samples are looked up once per
+    such run (its first and last position), not per position; if some run spans two samples
+    (two adjacent samples read back to back), per position."""
+    step = np.diff(flat)
+    heads = np.flatnonzero(np.concatenate([[True], (step != 0) & (step != 1)]))
+    tails = np.append(heads[1:], flat.size) - 1
+    first = np.searchsorted(offsets, flat[heads], side="right") - 1
+    if not np.array_equal(first, np.searchsorted(offsets, flat[tails], side="right") - 1):
+        heads, tails = np.arange(flat.size), np.arange(flat.size)
+        first = np.searchsorted(offsets, flat, side="right") - 1
+    wanted, run_inverse = np.unique(first, return_inverse=True)
+    return wanted, np.repeat(run_inverse, tails - heads + 1)
+
+
 class SampleRangedFile(RangedFile):
     """A shard's ``tokens.bin`` at any ``tf.io.gfile`` path, read and checked per sample.
 
@@ -113,10 +130,9 @@ class SampleRangedFile(RangedFile):
             check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
         offsets, _ = self._metadata()
         flat = pos.reshape(-1)
-        sample = np.searchsorted(offsets, flat, side="right") - 1
-        wanted, inverse = np.unique(sample, return_inverse=True)
+        wanted, inverse = _samples_of(flat, offsets)
         data, base = self._gathered(wanted)
-        out = data[base[inverse] + flat - offsets[sample]]
+        out = data[(base - offsets[wanted])[inverse] + flat]
         return out.reshape(pos.shape)
 
     def read(self, start: int, stop: int) -> np.ndarray:
