@@ -179,3 +179,28 @@ def test_opening_a_remote_store_reads_manifests_only(tmp_path, monkeypatch):
     tf.io.gfile.remove(f"{url}/shard-00005-of-00008/shard.json")
     with pytest.raises(StoreError, match=r"shard-00005-of-00008: the shard is missing"):
         TokenStore.open(url)
+
+
+def test_a_store_written_before_sample_crcs_is_refused_with_rebuild(tmp_path):
+    import json
+
+    from highnoon.data import shards
+    from highnoon.data.tokenizers import load_tokenizer
+
+    local = write_store(str(tmp_path / "s"), np.arange(6) + 3, num_shards=1)
+    name = shards.shard_name(0, 1)
+    meta = json.loads((tmp_path / "s" / name / "shard.json").read_bytes())
+    del meta["files"]["sample_crc32c.bin"]
+    (tmp_path / "s" / name / "shard.json").write_bytes(shards.canonical_json(meta))
+    os.remove(tmp_path / "s" / name / "sample_crc32c.bin")
+    manifest = shards.store_manifest(
+        [meta], [name], load_tokenizer("byte"), sources=[], skipped=None, top_files={}
+    )
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    for url in (local, ram_copy(local)):
+        with pytest.raises(
+            StoreError,
+            match=rf"{name}/sample_crc32c\.bin: shard\.json lists no such file \(a store written "
+            r"before per-sample checksums\); rebuild the store",
+        ):
+            TokenStore.open(url)
