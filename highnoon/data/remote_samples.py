@@ -91,29 +91,27 @@ class SampleRangedFile(RangedFile):
         self._offsets_file = offsets
         self._crc_file = sample_crc32c
         self._offsets: np.ndarray | None = None
-        self._sample_crcs: np.ndarray | None = None
         self.samples_verified = 0  # samples checked against their CRC by this object
 
     # -- metadata ---------------------------------------------------------------------------
-    def _metadata(self) -> tuple[np.ndarray, np.ndarray]:
-        """The shard's offsets (ids, int64) and sample CRCs, read whole on first use."""
+    def _metadata(self) -> np.ndarray:
+        """The shard's offsets (ids, ``<i8``), read whole on first use; the sample CRCs are
+        read by block as samples need them (``_samples``)."""
         if self._offsets is None:
             with self._fetch_lock:
                 if self._offsets is None:
-                    crcs = self._crc_file.read(0, self._crc_file.size).view("<u4")
                     offsets = self._offsets_file.read(0, self._offsets_file.size).view("<i8")
-                    if offsets.size != crcs.size + 1 or int(offsets[-1]) * self.dtype.itemsize != (
+                    num_crcs = self._crc_file.size // 4
+                    if offsets.size != num_crcs + 1 or int(offsets[-1]) * self.dtype.itemsize != (
                         self.size
                     ):
                         raise StoreError(
                             f"{self.label}: offsets.bin ({offsets.size} entries) and "
-                            f"sample_crc32c.bin ({crcs.size}) do not describe a tokens file of "
+                            f"sample_crc32c.bin ({num_crcs}) do not describe a tokens file of "
                             f"{self.size} bytes; rebuild the store"
                         )
-                    self._sample_crcs = crcs.astype(np.int64)
-                    self._offsets = offsets.astype(np.int64)
-        assert self._sample_crcs is not None
-        return self._offsets, self._sample_crcs
+                    self._offsets = offsets
+        return self._offsets
 
     # -- reads ------------------------------------------------------------------------------
     def take(self, positions: np.ndarray, dtype: Any) -> np.ndarray:
@@ -128,7 +126,7 @@ class SampleRangedFile(RangedFile):
         if pos.min() < 0 or pos.max() >= count:
             low, high = int(pos.min()), int(pos.max())
             check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
-        offsets, _ = self._metadata()
+        offsets = self._metadata()
         flat = pos.reshape(-1)
         wanted, inverse = _samples_of(flat, offsets)
         data, base = self._gathered(wanted)
@@ -141,7 +139,7 @@ class SampleRangedFile(RangedFile):
         check_range(self.label, self.size, start, stop)
         if start == stop:
             return np.zeros(0, dtype=np.uint8)
-        offsets, _ = self._metadata()
+        offsets = self._metadata()
         item = self.dtype.itemsize
         first = int(np.searchsorted(offsets, start // item, side="right")) - 1
         last = int(np.searchsorted(offsets, (stop - 1) // item, side="right")) - 1
@@ -164,7 +162,7 @@ class SampleRangedFile(RangedFile):
     def _prefetch_now(self, spans: list[tuple[int, int]]) -> None:
         """Fetch the samples of ``spans`` (on a prefetch thread); errors kept for the next read."""
         try:
-            offsets, _ = self._metadata()
+            offsets = self._metadata()
             item = self.dtype.itemsize
             spans = [(a, min(b, self.size)) for a, b in spans if 0 <= a < min(b, self.size)]
             if not spans:
@@ -189,12 +187,14 @@ class SampleRangedFile(RangedFile):
         if raise_pending and self._prefetch_error is not None:
             err, self._prefetch_error = self._prefetch_error, None
             raise err
-        offsets, crcs = self._metadata()
+        offsets = self._metadata()
+        wanted_list = wanted.tolist()
+        crcs = dict(zip(wanted_list, self._crc_file.take(wanted, "<u4").tolist()))
         use_cache = self.cache.enabled
         found: dict[int, np.ndarray] = {}
         missing = []
-        for s in wanted.tolist():
-            ids = self.cache.get(self._sample_key(s, int(crcs[s]))) if use_cache else None
+        for s in wanted_list:
+            ids = self.cache.get(self._sample_key(s, crcs[s])) if use_cache else None
             if ids is None:
                 missing.append(s)
             else:
@@ -204,7 +204,7 @@ class SampleRangedFile(RangedFile):
         with self._fetch_lock:
             still = []
             for s in missing:  # a prefetch may have fetched it meanwhile
-                key = self._sample_key(s, int(crcs[s]))
+                key = self._sample_key(s, crcs[s])
                 ids = self.cache.get(key, count=False) if use_cache else None
                 if ids is None:
                     still.append(s)
@@ -224,7 +224,7 @@ class SampleRangedFile(RangedFile):
         return np.split(samples, np.flatnonzero(gaps > self.gap_bytes) + 1)
 
     def _fetch_samples(
-        self, group: np.ndarray, offsets: np.ndarray, crcs: np.ndarray
+        self, group: np.ndarray, offsets: np.ndarray, crcs: dict[int, int]
     ) -> dict[int, np.ndarray]:
         """One range read from the first sample of ``group`` to the end of its last, each
         sample checked against its CRC32C; caller holds the fetch lock."""
@@ -236,17 +236,17 @@ class SampleRangedFile(RangedFile):
             lo, hi = int(offsets[s]) * item - start, int(offsets[s + 1]) * item - start
             raw = data[lo:hi]
             actual = google_crc32c.value(raw)
-            if actual != int(crcs[s]):
+            if actual != crcs[s]:
                 raise StoreError(
                     f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
                     f"offset {start + lo}, bytes [{start + lo}, {start + hi})) has CRC32C "
-                    f"{actual:#010x}, sample_crc32c.bin records {int(crcs[s]):#010x}; the store "
+                    f"{actual:#010x}, sample_crc32c.bin records {crcs[s]:#010x}; the store "
                     "is corrupt, rebuild it"
                 )
             ids = raw.view(self.dtype)
             if self.cache.enabled:
                 ids = ids.copy()  # own its memory: the range read may hold other samples
-                self.cache.put(self._sample_key(s, int(crcs[s])), ids)
+                self.cache.put(self._sample_key(s, crcs[s]), ids)
             out[s] = ids
         self.samples_verified += len(out)
         return out
