@@ -13,10 +13,11 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
 * checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``), keyed by
   (file, size, sample, CRC), and ``prefetch`` fetches samples ahead on the prefetch threads.
 
-The shard's offsets (8 bytes a sample) and sample CRCs (4 bytes) are read whole, through their
-own block-checked ``RangedFile``s, on the first read of its tokens: metadata of the same kind
-and size as the features the curriculum already loads for every sample; issue 21 (an O(rows)
-data path) removes both. ``verify()`` still checks every block of the file (the inherited
+The shard's offsets (8 bytes a sample) are read whole, through their own block-checked
+``RangedFile``, on the first read of its tokens (positions are mapped to samples by a binary
+search in them), and its sample CRCs by block as samples need them: metadata of the same kind
+as the features the curriculum already loads for every sample; issue 21 (an O(rows) data path)
+removes both. ``verify()`` still checks every block of the file (the inherited
 per-block CRCs), so ``highnoon-prepare-data --verify`` is unchanged.
 """
 
