@@ -13,7 +13,7 @@ import google_crc32c
 import numpy as np
 import pytest
 
-from highnoon.data import ByteTokenizer, blocks
+from highnoon.data import ByteTokenizer, blocks, shards
 from highnoon.data.blocks import MappedFile
 from highnoon.data.features import features_from_flat, token_counts
 from highnoon.data.shards import (
@@ -224,3 +224,18 @@ def test_reads_outside_the_file_and_wrong_sizes(block_file):
     short = MappedFile(path, 264, 64, [*crc, 0], label="L")
     with pytest.raises(StoreError, match="file has size 200, the shard manifest records 264"):
         short.read(0, 1)
+
+
+def test_features_computed_in_chunks_of_samples_equal_one_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "_FEATURE_TOKENS", 7)  # a few samples per chunk, one if longer
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(3, VOCAB, int(n)) for n in rng.integers(1, 12, 40)]
+    written, finish = _write(tmp_path / "s", samples, block_bytes=64)
+    finish(written.counts)
+    stored = np.fromfile(tmp_path / "s" / "tokens.bin", "<u2")
+    offsets = np.fromfile(tmp_path / "s" / "offsets.bin", "<i8")
+    whole = features_from_flat(stored, offsets)
+    assert np.fromfile(tmp_path / "s" / "lengths.bin", "<i8").tolist() == whole.lengths.tolist()
+    assert np.fromfile(tmp_path / "s" / "surprisal_sum.bin", "<i8").tolist() == (
+        whole.surprisal_sum.tolist()
+    )

@@ -226,6 +226,16 @@ def test_a_prepared_store_is_read_in_place_by_path(stores, tmp_path):
         s.tolist() for s in one.samples(range(7))
     ]
     np.testing.assert_array_equal(capped.features.lengths, one.features.lengths[:7])
+    many = stores[1]
+    cut = many.manifest["shards"][0]["num_samples"] + 3  # inside the second shard
+    head = prepare_stage_store(many.path, "byte", str(cache), max_samples=cut, progress=False)
+    assert (head.num_samples, head.num_shards) == (cut, 2)
+    assert head.num_tokens == int(np.sum(one.features.lengths[:cut]))
+    assert [s.tolist() for s in head.samples(range(cut))] == [
+        s.tolist() for s in one.samples(range(cut))
+    ]
+    with pytest.raises(IndexError, match=rf"token positions must be in \[0, {head.num_tokens}\)"):
+        head.read_tokens(np.array([head.num_tokens]))  # the cut shard's later ids are not its
     with pytest.raises(InvalidArgumentError, match="options .*apply to raw sources only"):
         from highnoon.data import register_dataset, unregister_dataset
 
@@ -274,3 +284,36 @@ def test_a_trainer_stage_and_gin_name_a_prepared_store(stores, tmp_path):
     assert [p.store.path for p in plans] == [many.path, many.path]
     assert [p.stream_fingerprint()["data"] for p in plans] == [many.fingerprint] * 2
     assert not os.path.exists(tmp_path / "cache" / "sources")  # nothing tokenised or copied
+
+
+def test_shards_written_apart_make_one_store_an_empty_shard_included(stores, tmp_path):
+    """As a preparation spread over workers writes it: a ShardWriter per sample range (one of
+    them empty), the counts summed, features per shard, the manifest last."""
+    from highnoon.data.shards import (
+        MANIFEST,
+        ShardWriter,
+        canonical_json,
+        shard_name,
+        store_manifest,
+        write_shard_features,
+    )
+
+    one, tok = stores[0], ByteTokenizer()
+    ranges, root = [(0, 20), (20, 20), (20, 60)], tmp_path / "apart"
+    names = [shard_name(i, len(ranges)) for i in range(len(ranges))]
+    written = []
+    for name, (a, b) in zip(names, ranges):
+        writer = ShardWriter(str(root / name), tok.vocab_size, tok.eos_id)
+        if b > a:
+            writer.add(*tok.encode_batch(TEXTS[a:b]))
+        written.append(writer.close())
+    counts = np.sum([w.counts for w in written], axis=0)
+    manifests = [write_shard_features(str(root / n), counts, a) for n, (a, _) in zip(names, ranges)]
+    manifest = store_manifest(manifests, names, tok, sources=[], skipped={}, top_files={})
+    (root / MANIFEST).write_bytes(canonical_json(manifest))
+    store = TokenStore.open(str(root))
+    assert (store.num_shards, store.num_samples) == (3, 60)
+    every = np.arange(60)
+    assert [s.tolist() for s in store.samples(every)] == [s.tolist() for s in one.samples(every)]
+    np.testing.assert_array_equal(store.features.surprisal_sum, one.features.surprisal_sum)
+    store.verify()

@@ -38,7 +38,7 @@ from highnoon.data.registry import (
     unregister_dataset,
     validate_dataset_entry,
 )
-from highnoon.data.sources import DataSource, FileSource, TfdsSource
+from highnoon.data.sources import DataSource, FileSource, StoreSource, TfdsSource
 from highnoon.data.stage_data import prepare_stage_store
 from highnoon.data.store import (
     StoreError,
@@ -75,6 +75,7 @@ __all__ = [
     "StepCounts",
     "StoreError",
     "StoreExistsError",
+    "StoreSource",
     "TfdsSource",
     "TokenBatch",
     "TokenStore",

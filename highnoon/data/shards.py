@@ -57,6 +57,7 @@ SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 _WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
 _CRC_READ = 64  # blocks read at a time when checksumming a file
+_FEATURE_TOKENS = 1 << 24  # ids whose features are computed at once (bounds temporary memory)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -269,12 +270,10 @@ def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample
             f"corpus_counts has {counts.size} entries, but the shard holds token id "
             f"{state['max_token_id']}; pass the sum of every shard's ShardTokens.counts"
         )
-    features = features_from_flat(tokens, offsets, counts=counts)
+    lengths, surprisal = _features_in_chunks(tokens, offsets, counts)
     del tokens
-    _write_synced(os.path.join(directory, LENGTHS), features.lengths.astype("<i8").tobytes())
-    _write_synced(
-        os.path.join(directory, SURPRISAL), features.surprisal_sum.astype("<i8").tobytes()
-    )
+    _write_synced(os.path.join(directory, LENGTHS), lengths.astype("<i8").tobytes())
+    _write_synced(os.path.join(directory, SURPRISAL), surprisal.astype("<i8").tobytes())
     files = {}
     for name in SHARD_FILES:
         path = os.path.join(directory, name)
@@ -294,6 +293,28 @@ def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample
     _write_synced(os.path.join(directory, SHARD_MANIFEST), canonical_json(manifest))
     os.remove(state_path)
     return manifest
+
+
+def _features_in_chunks(
+    tokens: np.ndarray, offsets: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``features_from_flat`` over runs of whole samples of about ``_FEATURE_TOKENS`` ids, so a
+    shard of 2^28 ids needs no 2 GB prefix array (integer sums: the result is the same)."""
+    lengths, surprisal = [], []
+    first, n = 0, offsets.size - 1
+    while first < n:
+        last = int(np.searchsorted(offsets, offsets[first] + _FEATURE_TOKENS, side="right")) - 1
+        last = min(max(last, first + 1), n)
+        base = int(offsets[first])
+        part = features_from_flat(
+            tokens[base : int(offsets[last])], offsets[first : last + 1] - base, counts=counts
+        )
+        lengths.append(part.lengths)
+        surprisal.append(part.surprisal_sum)
+        first = last
+    if not lengths:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(lengths), np.concatenate(surprisal)
 
 
 def store_fingerprint(shard_manifests: list[dict]) -> str:

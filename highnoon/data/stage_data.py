@@ -1,15 +1,21 @@
-"""One token store per curriculum stage, built from the stage's dataset entries and cached.
+"""One token store per curriculum stage, from the stage's dataset entries, read in place.
 
 ``prepare_stage_store(entries, tokenizer, cache_dir)``:
 
 1. resolves every entry (``registry.resolve_dataset``);
-2. builds (or reuses) one store per source under ``cache_dir/sources/`` keyed by a sha256 of the
-   source description, the tokenizer config, ``max_samples`` and the store format: the same data
-   is tokenised once and shared by stages;
-3. with one entry that store *is* the stage store; otherwise the stage store (under
-   ``cache_dir/stages/``, keyed by the parts, the weights and the mixing rule) holds every sample
-   of every source once, source after source, and records the mixture in its manifest
-   (``mixing``: rule, weights, per-source sample counts).
+2. a prepared store given by path (``StoreSource``: a directory holding a store manifest, local
+   or ``gs://``...) is opened in place: no cache entry, no copy, no raw sources; its tokenizer
+   must be the run's (``check_store_tokenizer``), and ``max_samples`` takes its first samples
+   (``store.head``);
+3. any other source gets one store under ``cache_dir/sources/`` keyed by a sha256 of the source
+   description, the tokenizer config, ``max_samples`` and the store format, built once and
+   shared by stages;
+4. with one entry that store *is* the stage store; otherwise the stage store is a view over the
+   parts' stores (``store.concatenate``: every sample of every source once, source after source,
+   read from the parts' own shards, nothing written), recording the mixture in its manifest
+   (``mixing``: rule, weights, per-source sample counts; ``parts``: the stores' paths). Its
+   fingerprint is a hash of the parts' fingerprints in order; each sample keeps the features of
+   its own store (surprisal under its dataset's unigram counts).
 
 **Mixing rule** (``MIXING_RULE``; weights are *shares* of the stage's samples, as in seqio and
 Megatron-LM blending). The store holds each sample once; which samples an epoch trains on is
@@ -35,17 +41,17 @@ drawn per epoch by the stage plan (``mixture_epoch``), so no weight is baked int
   and keyed epoch orders from it as from any stage (``CurriculumScheduler.set_epoch_selection``).
 
 Everything is computed from (data, weights, seed, epoch) alone, so every host draws the same
-epoch and a resume at any step redraws it exactly. The stage store's features are computed over
-the stored samples (each once).
+epoch and a resume at any step redraws it exactly.
 
 ``max_samples`` caps each source: only its first ``max_samples`` samples are read.
 
 **Integrity.** A local source file is keyed by the sha256 of its bytes (``sources.py``), so an
 edit that keeps size and mtime still rebuilds (the hash of an unchanged file is remembered in
-``cache_dir/file_hashes/``, ``file_hashes.py``). With ``verify=True`` (the default; what training
-uses) every store is checked against its manifest's content hashes when opened (once per process,
-see ``store.py``); a corrupt store (bytes changed in place) is rebuilt with a warning, never
-returned. ``vocab_size`` (the model's) makes a token id the model cannot embed a
+``cache_dir/file_hashes/``, ``file_hashes.py``). Every store's blocks are checked against their
+CRC32C when first read (``blocks.py``). With ``verify=True`` (the default; what training uses)
+a store in the cache is also checked in full when prepared (once per process and file version);
+a corrupt one (bytes changed in place) is rebuilt with a warning, never returned. A prepared
+store given by path cannot be rebuilt here: its blocks are checked as the run reads them. ``vocab_size`` (the model's) makes a token id the model cannot embed a
 ``VocabularyMismatchError`` here, before training. Temporaries of killed builds in the cache are
 removed at the start (``remove_stale_build_dirs``), and a source whose samples had invalid UTF-8
 is reported with a warning naming the count.
@@ -278,7 +284,8 @@ def prepare_stage_store(
     vocab_size: int | None = None,
     verify: bool = True,
 ) -> TokenStore:
-    """The token store of a stage's dataset entries (built once, then reused from ``cache_dir``).
+    """The token store of a stage's dataset entries: prepared stores read in place, other
+    sources built once into ``cache_dir`` and reused, several entries as a view (no copy).
 
     ``entries``: one entry or a list (see ``registry``); ``(entry, weight)`` tuples mix sources
     (their weights are shares of each epoch, drawn by the stage plan: module docstring).
@@ -286,7 +293,8 @@ def prepare_stage_store(
     keyed by the stage's seed in the plan.
     ``cache_dir`` defaults to ``$HIGHNOON_CACHE_DIR`` or ``~/.cache/highnoon``.
     ``vocab_size``: the model's vocabulary; a stored id >= it is a ``VocabularyMismatchError``.
-    ``verify``: check every store's content hashes (module docstring); a corrupt one is rebuilt.
+    ``verify``: check every block of the cached stores now (module docstring); a corrupt one
+    is rebuilt. A prepared store's blocks are checked when read.
     """
     max_samples = check_positive_int("max_samples", max_samples, allow_none=True)
     vocab_size = check_positive_int("vocab_size", vocab_size, allow_none=True)
