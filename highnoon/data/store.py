@@ -190,28 +190,27 @@ def _shard_files(
 
 def _read_shard_manifests(root: str, names: list[str]) -> list[bytes | None]:
     """Every shard's ``shard.json`` bytes (None: missing). A remote store's are read by
-    TensorFlow's own threads, up to ``OPEN_THREADS`` requests at once (a ``tf.data`` map of
-    ``tf.io.read_file``, one request per shard: Python threads would queue on the GIL, which
-    TensorFlow's Python file reads hold). tf.data's thread pool bounds the concurrency by the
-    cores (about 2x faster than one by one on 2 cores; BENCHMARKS.md, "Opening a store on
-    gs://")."""
+    ``OPEN_THREADS`` threads at once, one ``tf.io.read_file`` request per shard (``GFile``
+    would make two, and holds the GIL while it waits); BENCHMARKS.md, "Opening a store on
+    gs://"."""
     paths = [_join(root, name, SHARD_MANIFEST) for name in names]
     if not is_remote(root) or len(paths) == 1:
         return [_read_bytes(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(OPEN_THREADS, len(paths))) as pool:
+        return list(pool.map(_read_file_op, paths))
+
+
+def _read_file_op(path: str) -> bytes | None:
+    """The bytes of a remote file through the ``tf.io.read_file`` op (which, unlike
+    ``GFile``, waits on the request without holding the GIL), None when it is missing."""
     import tensorflow as tf
 
-    threads = min(OPEN_THREADS, len(paths))
-    options = tf.data.Options()
-    options.autotune.enabled = False  # WORKSPACE.md: no autotuning thread in input pipelines
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(paths)
-        .map(tf.io.read_file, num_parallel_calls=threads, deterministic=True)
-        .with_options(options)
-    )
     try:
-        return [bytes(raw.numpy()) for raw in dataset]
-    except tf.errors.NotFoundError:  # some shard is missing: say which, one by one
-        return [_read_bytes(p) for p in paths]
+        return bytes(tf.io.read_file(path).numpy())
+    except tf.errors.NotFoundError:
+        return None
 
 
 # --- the reader -------------------------------------------------------------------------------
