@@ -7,16 +7,21 @@
   features the curriculum scores (``store.features``: two int64 per sample of the whole store)
   are loaded and timed separately: they still grow with the corpus (issue 21).
 * **bytes read**: what one host of 4 fetches from an in-place store (``ram://``) during 100
-  steps, against the bytes of its rows' tokens (goal <= 1.2x plus manifests), for the default
-  1 MiB blocks and for small blocks, since every fetched block is checked whole.
-* **input throughput**: the host pipeline from an in-place store (``RangedFile`` over
-  ``file://``, no memory map) against the same store memory-mapped, in one process (goal
-  >= 0.8x).
+  steps, against the bytes of its rows' tokens (goal <= 1.2x plus manifests): tokens read per
+  sample (``SampleRangedFile``) and, the baseline, per 1 MiB block; batches asserted equal to
+  the memory-mapped store's.
+* **input throughput**: the host pipeline from an in-place store (``file://``, no memory map;
+  per sample, and per block as the baseline) against the same store memory-mapped, in one
+  process (goal >= 0.8x).
 
+``--part open``: requests and time to open stores of 8 and 64 shards on ``gs://`` (TensorFlow's
+client against tests/fake_gcs.py, 50 ms a request), manifests read by 32 threads and by one.
+``--part write``: the shard writer with and without its per-sample CRC32C.
 ``--part prepare`` is the preparation side (Beam against a one-process build), in
 ``bench/corpus_prepare.py``.
 
     python bench/bench_corpus.py --part read [--sizes 1e5,1e6,1e7] [--quick]
+    python bench/bench_corpus.py --part open | --part write
     python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1]
 """
 
@@ -39,6 +44,7 @@ from highnoon.data import shards
 
 VOCAB = "byte"
 _WORKER = "--startup_worker"
+_OPEN_WORKER = "--open_worker"
 
 
 # -- synthetic stores -------------------------------------------------------------------------
@@ -179,51 +185,167 @@ def rows_token_bytes(lengths: np.ndarray, rows: np.ndarray, seq_len: int, itemsi
     return int(np.minimum(lengths[np.unique(rows)], seq_len).sum()) * itemsize
 
 
+def _per_block_tokens(store) -> None:
+    """Read ``store``'s tokens per 1 MiB block, as before per-sample reads (the baseline)."""
+    from highnoon.data.remote_blocks import RangedFile
+
+    for shard in store._shards:
+        f = shard.files[shards.TOKENS]
+        shard.files[shards.TOKENS] = RangedFile(f.path, f.size, f.block_bytes, f.crc32c,
+                                                label=f.label)  # fmt: skip
+
+
 def bench_bytes_read(directory: str, *, steps: int = 100, quick: bool = False) -> None:
     """Host 1 of 4 reads its rows of ``steps`` global batches of 16 rows (samples read whole:
-    ``seq_len`` above every length) from an in-place ``ram://`` copy, with a cold cache."""
-    from highnoon.data import TokenStore, make_host_dataset
+    ``seq_len`` above every length) from an in-place ``ram://`` copy, with a cold cache; per
+    sample (``SampleRangedFile``, the default) and per block (the baseline), batches checked
+    against the memory-mapped store's."""
+    from highnoon.data import TokenStore
+    from highnoon.data.pipeline import HostBatcher
     from highnoon.data.remote_blocks import block_cache
+    from highnoon.data.remote_samples import GAP_BYTES
 
-    print("| samples (ids each) | block bytes | rows' token bytes | tokens fetched | ratio | "
-          "offsets fetched | features fetched | manifests |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"Tokens read per sample (gap bound {GAP_BYTES} bytes) and, the baseline, per 1 MiB "
+          "block.\n")  # fmt: skip
+    print("| samples (ids each) | rows' token bytes | tokens fetched per sample (reads) | ratio | "
+          "per block (baseline) | ratio | offsets fetched | sample CRCs fetched | manifests |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     global_batch = 16
-    cases = [  # (samples, shortest, longest, block bytes)
-        (20_000, 64, 512, shards.BLOCK_BYTES),
-        (20_000, 64, 512, 4096),
-        (20_000, 64, 512, 64),
-        (2_000, 2048, 8192, shards.BLOCK_BYTES),
-        (2_000, 2048, 8192, 4096),
-    ]
+    cases = [(20_000, 64, 512), (2_000, 2048, 8192), (100_000, 8, 64)]  # (samples, ids)
     if quick:
-        cases = cases[1:3]
-    for n, lo, hi, block in cases:
-        path = os.path.join(directory, f"bytes-{n}-{lo}-{block}")
-        synthetic_store(path, n, min_len=lo, max_len=hi, block_bytes=block)
+        cases = cases[:1]
+    for n, lo, hi in cases:
+        path = os.path.join(directory, f"bytes-{n}-{lo}")
+        synthetic_store(path, n, min_len=lo, max_len=hi)
         remote = _copy_to_ram(path)
-        block_cache().clear()
-        store = TokenStore.open(remote)
+        local = TokenStore.open(path)
         rows = host_rows(n, steps, global_batch, 1, 4)
-        for _ in make_host_dataset(store, rows, hi + 1):
-            pass
-        fetched: dict[str, int] = {}
-        for f in _ranged_files(store):
-            kind = os.path.basename(f.path)
-            fetched[kind] = fetched.get(kind, 0) + f.bytes_read
+        expected = HostBatcher(local, rows, hi + 1).batches(0, steps)
+        fetched: dict[str, dict[str, int]] = {}
+        for mode in ("sample", "block"):
+            block_cache().clear()
+            store = TokenStore.open(remote)
+            if mode == "block":
+                _per_block_tokens(store)
+            got = HostBatcher(store, rows, hi + 1).batches(0, steps)
+            for key in expected:
+                np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+            counts = fetched[mode] = {}
+            for f in _ranged_files(store):
+                kind = os.path.basename(f.path)
+                counts[kind] = counts.get(kind, 0) + f.bytes_read
+                counts["reads " + kind] = counts.get("reads " + kind, 0) + f.reads
         manifest_bytes = sum(  # manifest.json and every shard.json, read at open
             os.path.getsize(os.path.join(root, f))
             for root, _, fs in os.walk(path)
             for f in fs
             if f.endswith(".json")
         )
-        local = TokenStore.open(path)
         need = rows_token_bytes(local.features.lengths, rows, hi + 1, local.dtype.itemsize)
-        tokens = fetched.get(shards.TOKENS, 0)
-        feats = fetched.get(shards.LENGTHS, 0) + fetched.get(shards.SURPRISAL, 0)
-        print(f"| {n:.0e} ({lo}..{hi}) | {block} | {need / 1e6:.3f} MB | {tokens / 1e6:.3f} MB | "
-              f"{tokens / need:.2f}x | {fetched.get(shards.OFFSETS, 0) / 1e6:.3f} MB | "
-              f"{feats / 1e6:.3f} MB | {manifest_bytes / 1e3:.1f} kB |")  # fmt: skip
+        per_sample, per_block = fetched["sample"], fetched["block"]
+        tokens = per_sample[shards.TOKENS]
+        print(f"| {n:.0e} ({lo}..{hi}) | {need / 1e6:.3f} MB | {tokens / 1e6:.3f} MB "
+              f"({per_sample['reads ' + shards.TOKENS]}) | {tokens / need:.3f}x | "
+              f"{per_block[shards.TOKENS] / 1e6:.3f} MB | {per_block[shards.TOKENS] / need:.2f}x | "
+              f"{per_sample[shards.OFFSETS] / 1e6:.3f} MB | "
+              f"{per_sample[shards.SAMPLE_CRC] / 1e6:.3f} MB | {manifest_bytes / 1e3:.1f} kB |")  # fmt: skip
+
+
+# -- opening a store on gs:// -----------------------------------------------------------------
+def _open_worker(url: str, threads: int) -> None:
+    """In a fresh process pointed at the fake GCS: open ``url`` and read one sample; JSON."""
+    import tensorflow as tf  # noqa: F401 (its start-up is no part of the open)
+
+    from highnoon.data import TokenStore
+    from highnoon.data import store as store_module
+
+    store_module.OPEN_THREADS = threads
+    started = time.perf_counter()
+    store = TokenStore.open(url, verify=True)
+    opened = time.perf_counter()
+    store.samples([store.num_samples - 1])
+    print(json.dumps({"open_s": opened - started, "first_sample_s": time.perf_counter() - opened,
+                      "shards": store.num_shards}))  # fmt: skip
+
+
+def bench_open(directory: str, *, latency_s: float = 0.05) -> None:
+    """Requests and time to open a store of 8 and of 64 shards on ``gs://`` (TensorFlow's own
+    client against tests/fake_gcs.py, every answer delayed ``latency_s``), shard manifests read
+    by 32 threads (the default) and by one (sequential, the baseline)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.fake_gcs import FakeGcs
+
+    root = os.path.join(directory, "gcs")
+    fake = FakeGcs(root, directory, latency_s=latency_s)
+    print(f"Fake GCS answering after {latency_s * 1e3:.0f} ms per request.\n")
+    print("| shards | manifests read by | requests at open | open s | then first sample: "
+          "requests, s |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+           **fake.env(GCS_READ_CACHE_BLOCK_SIZE_MB="0")}  # fmt: skip
+    times: dict[tuple[int, int], float] = {}
+    try:
+        for count in (8, 64):
+            synthetic_store(os.path.join(root, "bucket", f"s{count}"), 64 * 100, num_shards=count)
+            for threads in (32, 1):
+                before = len(fake.requests)
+                out = subprocess.run(
+                    [sys.executable, __file__, _OPEN_WORKER, f"gs://bucket/s{count}",
+                     str(threads)], capture_output=True, text=True, env=env, check=True,
+                ).stdout  # fmt: skip
+                r = json.loads(out.strip().splitlines()[-1])
+                log = fake.requests[before:]
+                at_open = next(
+                    (i for i, q in enumerate(log) if q["what"].startswith("media ")
+                     and not q["what"].endswith(".json")), len(log),
+                )  # fmt: skip
+                times[count, threads] = r["open_s"]
+                print(f"| {count} | {threads} thread{'s' * (threads > 1)} | {at_open} | "
+                      f"{r['open_s']:.3f} | {len(log) - at_open}, {r['first_sample_s']:.3f} |")  # fmt: skip
+    finally:
+        fake.close()
+    print(f"\n64/8 shards, open time: {times[64, 32] / times[8, 32]:.2f}x with 32 threads, "
+          f"{times[64, 1] / times[8, 1]:.2f}x sequential")  # fmt: skip
+
+
+# -- the shard writer's per-sample CRCs -------------------------------------------------------
+def bench_write(directory: str, *, num_samples: int = 1_000_000) -> None:
+    """``ShardWriter`` on ``num_samples`` samples of 64..512 ids with its per-sample CRC32C
+    against the same writer with that step stubbed out (the baseline), rounds interleaved."""
+    from unittest import mock
+
+    rng = np.random.Generator(np.random.PCG64(0))
+    lengths = rng.integers(64, 513, size=num_samples)
+    flat = rng.integers(3, 259, size=int(lengths.sum()))
+    chunks = np.array_split(np.arange(num_samples), 16)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+
+    def write(name: str) -> float:
+        writer = shards.ShardWriter(os.path.join(directory, name), 259, 2)
+        started = time.perf_counter()
+        for c in chunks:
+            writer.add(flat[bounds[c[0]] : bounds[c[-1] + 1]], lengths[c])
+        writer.close()
+        elapsed = time.perf_counter() - started
+        subprocess.run(["rm", "-rf", os.path.join(directory, name)], check=True)
+        return elapsed
+
+    def no_crcs(raw: bytes, ends: np.ndarray) -> np.ndarray:
+        return np.zeros(ends.size, dtype="<u4")
+
+    rounds = []
+    for i in range(3):
+        with_crc = write(f"w{i}")
+        with mock.patch.object(shards, "_sample_crcs", no_crcs):
+            without = write(f"n{i}")
+        rounds.append((with_crc, without))
+    with_crc, without = (float(np.median([r[k] for r in rounds])) for k in range(2))
+    per_sample = (with_crc - without) / num_samples * 1e6
+    print(f"| ShardWriter, {num_samples:.0e} samples of 64..512 ids | s | ratio |")
+    print("|---|---:|---:|")
+    print(f"| without per-sample CRCs (baseline) | {without:.2f} | 1.00 |")
+    print(f"| with per-sample CRCs | {with_crc:.2f} | {with_crc / without:.2f}x |")
+    print(f"\nper-sample CRC32C: {per_sample:.2f} us a sample (medians of 3 interleaved rounds)")
 
 
 # -- input throughput -------------------------------------------------------------------------
@@ -251,25 +373,42 @@ def bench_throughput(directory: str, *, quick: bool = False) -> None:
     seq_len, steps = 256, 400 if quick else 1000
     rows = host_rows(50_000, steps, 32, 0, 4)
     rounds = []
+
+    def per_block() -> TokenStore:
+        store = TokenStore.open(f"file://{path}")
+        _per_block_tokens(store)
+        return store
+
     for _ in range(3 if quick else 5):
         mapped = _tokens_per_second(TokenStore.open(path), rows, seq_len)
-        block_cache().clear()  # cold: every block fetched and checked during the pass
+        block_cache().clear()  # cold: every sample fetched and checked during the pass
         cold = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len)
         warm = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len)
-        rounds.append((mapped, cold, warm))
-    mapped, cold, warm = (float(np.median([r[i] for r in rounds])) for i in range(3))
+        block_cache().clear()
+        block_cold = _tokens_per_second(per_block(), rows, seq_len)
+        block_warm = _tokens_per_second(per_block(), rows, seq_len)
+        rounds.append((mapped, cold, warm, block_cold, block_warm))
+    mapped, cold, warm, block_cold, block_warm = (
+        float(np.median([r[i] for r in rounds])) for i in range(5)
+    )
     print("| pipeline B=8 T=256, 50K samples of 64..1024 ids | M tokens/s | ratio |")
     print("|---|---:|---:|")
     print(f"| memory-mapped (local path) | {mapped / 1e6:.2f} | 1.00 |")
-    print(f"| in place (`file://`), cold cache | {cold / 1e6:.2f} | {cold / mapped:.2f}x |")
-    print(f"| in place (`file://`), blocks cached | {warm / 1e6:.2f} | {warm / mapped:.2f}x |")
+    print(
+        f"| in place (`file://`) per sample, cold cache | {cold / 1e6:.2f} | {cold / mapped:.2f}x |"
+    )
+    print(f"| in place per sample, samples cached | {warm / 1e6:.2f} | {warm / mapped:.2f}x |")
+    print(f"| in place per 1 MiB block (before), cold | {block_cold / 1e6:.2f} | "
+          f"{block_cold / mapped:.2f}x |")  # fmt: skip
+    print(f"| in place per 1 MiB block (before), cached | {block_warm / 1e6:.2f} | "
+          f"{block_warm / mapped:.2f}x |")  # fmt: skip
     ratios = [r[1] / r[0] for r in rounds]
     print(f"\ncold/mapped per round: {', '.join(f'{x:.2f}' for x in ratios)} (goal >= 0.8x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("read", "prepare"), default="read")
+    parser.add_argument("--part", choices=("read", "open", "write", "prepare"), default="read")
     parser.add_argument("--sizes", default="1e5,1e6,1e7")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--mb", type=float, default=256.0, help="prepare: MB of text (byte)")
@@ -281,8 +420,16 @@ def main() -> None:
 
         bench_prepare(args.mb, args.sp_mb, args.repeats)
         return
-    sizes = [int(float(s)) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as directory:
+        if args.part == "open":
+            print("### opening a store on gs:// (fake GCS), 8 and 64 shards\n")
+            bench_open(directory)
+            return
+        if args.part == "write":
+            print("### the shard writer's per-sample CRC32C\n")
+            bench_write(directory, num_samples=200_000 if args.quick else 1_000_000)
+            return
+        sizes = [int(float(s)) for s in args.sizes.split(",")]
         print("### start-up and peak RSS of one host\n")
         bench_startup(sizes, directory)
         print("\n### bytes fetched by host 1 of 4 in 100 steps (in place, `ram://`)\n")
@@ -294,5 +441,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == _WORKER:
         _startup_worker(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == _OPEN_WORKER:
+        _open_worker(sys.argv[2], int(sys.argv[3]))
     else:
         main()

@@ -23,6 +23,7 @@ import os
 import socketserver
 import ssl
 import threading
+import time
 import urllib.parse
 from typing import Any
 
@@ -157,6 +158,8 @@ class _Api(http.server.BaseHTTPRequestHandler):
         return self._reply(206, part, name, extra)
 
     def _reply(self, code: int, body: bytes, what: str, headers: dict | None = None) -> None:
+        if self.fake.latency_s:
+            time.sleep(self.fake.latency_s)  # a bucket's round trip (benches)
         with self.fake.lock:
             self.fake.requests.append({"what": what, "code": code, "bytes": len(body)})
         self.send_response(code)
@@ -196,10 +199,11 @@ class _ProxyServer(socketserver.ThreadingTCPServer):
 class FakeGcs:
     """Serves ``root/<bucket>/<object>`` as ``gs://<bucket>/<object>`` to a client whose
     environment holds ``env()``; ``requests`` logs what it answered (``what``, ``code``,
-    ``bytes``)."""
+    ``bytes``). ``latency_s`` delays every answer (a bucket's round trip, for benches)."""
 
-    def __init__(self, root: str, cert_dir: str) -> None:
+    def __init__(self, root: str, cert_dir: str, *, latency_s: float = 0.0) -> None:
         self.root = root
+        self.latency_s = float(latency_s)
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.ca, cert, key = _certificates(cert_dir)

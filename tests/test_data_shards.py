@@ -70,8 +70,14 @@ def test_shard_files_byte_for_byte(tmp_path):
     expected = features_from_flat(stored, np.array([0, 4, 6, 9]), token_counts(stored, VOCAB))
     assert np.fromfile(d / "surprisal_sum.bin", "<i8").tolist() == (expected.surprisal_sum.tolist())
     assert sorted(os.listdir(d)) == [
-        "lengths.bin", "offsets.bin", "shard.json", "surprisal_sum.bin", "tokens.bin"
+        "lengths.bin", "offsets.bin", "sample_crc32c.bin", "shard.json", "surprisal_sum.bin",
+        "tokens.bin",
     ]  # fmt: skip
+    raw = stored.tobytes()  # one CRC32C per stored sample (EOS included), <u4
+    assert np.fromfile(d / "sample_crc32c.bin", "<u4").tolist() == [
+        google_crc32c.value(raw[a:b]) for a, b in ((0, 8), (8, 12), (12, 18))
+    ]
+    assert manifest["files"]["sample_crc32c.bin"]["size"] == 12
     assert json.loads((d / "shard.json").read_text()) == manifest
     assert manifest["num_samples"] == 3 and manifest["first_sample"] == 0
     assert manifest["skipped_empty"] == 1 and manifest["max_token_id"] == 100

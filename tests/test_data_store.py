@@ -87,7 +87,8 @@ def test_token_samples_and_manifest(tmp_path):
     assert [s["name"] for s in manifest["shards"]] == ["shard-00000-of-00001"]
     assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json", "shard-00000-of-00001"]
     assert sorted(os.listdir(tmp_path / "s" / "shard-00000-of-00001")) == [
-        "lengths.bin", "offsets.bin", "shard.json", "surprisal_sum.bin", "tokens.bin"
+        "lengths.bin", "offsets.bin", "sample_crc32c.bin", "shard.json", "surprisal_sum.bin",
+        "tokens.bin",
     ]  # fmt: skip
     assert store.manifest == manifest
     reopened = TokenStore.open(str(tmp_path / "s"), verify=True)

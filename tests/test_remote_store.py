@@ -23,6 +23,7 @@ from highnoon.data import shards as shards_lib
 from highnoon.data.blocks import MappedFile
 from highnoon.data.pipeline import HostBatcher
 from highnoon.data.remote_blocks import BlockCache, RangedFile, block_cache
+from highnoon.data.remote_samples import SampleRangedFile
 from tests.remote_store_helpers import copy_tree, manifest_bytes, ram_copy, write_store
 
 tf = pytest.importorskip("tensorflow")
@@ -61,7 +62,8 @@ def _assert_same(got, expected):
 def test_in_place_batches_equal_the_memory_mapped_ones(local, rows, scheme):
     url = ram_copy(local) if scheme == "ram" else f"file://{local}"
     remote, mapped = TokenStore.open(url), TokenStore.open(local)
-    assert {type(f) for f in remote.block_files()} == {RangedFile}
+    assert {type(f) for f in remote.block_files()} == {RangedFile, SampleRangedFile}
+    assert {type(s.files["tokens.bin"]) for s in remote._shards} == {SampleRangedFile}
     assert {type(f) for f in mapped.block_files()} == {MappedFile}
     assert remote.fingerprint == mapped.fingerprint
     for overflow in ("truncate", "window"):
@@ -124,7 +126,13 @@ def _flip(url: str, name: str, offset: int) -> None:
 
 
 def test_a_flipped_byte_in_a_remote_shard_is_refused_at_the_read(local):
+    """A flipped id inside one sample: ``verify()`` names its block; a read names the sample
+    (per-sample CRC32C) before any of its ids reaches a batch; its neighbours read fine."""
     url = ram_copy(local)
+    shard = TokenStore.open(local)._shards[1]
+    offsets = np.fromfile(os.path.join(local, shard.name, "offsets.bin"), "<i8")
+    k = int(np.searchsorted(offsets, 100, side="right")) - 1  # the sample holding byte 200
+    lo, hi = int(offsets[k]) * 2, int(offsets[k + 1]) * 2
     _flip(url, "tokens.bin", 200)  # block 3 of shard 1's tokens (bytes [192, 256))
     store = TokenStore.open(url, verify=True)  # manifests only: opens fine
     first = store._shards[1].first_sample
@@ -135,20 +143,34 @@ def test_a_flipped_byte_in_a_remote_shard_is_refused_at_the_read(local):
     )
     with pytest.raises(StoreError, match=expected):
         store.verify()
-    batcher = HostBatcher(TokenStore.open(url), np.array([[first], [first + 1]]), 200)
-    with pytest.raises(StoreError, match=r"block 3 \(byte offset 192"):
-        for step in range(2):
-            batcher.batch(step)
-    with pytest.raises(Exception, match=r"shard-00001-of-00003/tokens\.bin: block 3"):
+    sample = (
+        rf"store '{url}', shard-00001-of-00003/tokens\.bin: sample {first + k} \(sample {k} of "
+        rf"the shard, byte offset {lo}, bytes \[{lo}, {hi}\)\) has CRC32C 0x[0-9a-f]{{8}}, "
+        r"sample_crc32c\.bin records 0x[0-9a-f]{8}; the store is corrupt, rebuild it"
+    )
+    fresh = TokenStore.open(url)
+    neighbours = [first + k - 1, first + k + 1]
+    for got, want in zip(fresh.samples(neighbours), TokenStore.open(local).samples(neighbours)):
+        np.testing.assert_array_equal(got, want)
+    batcher = HostBatcher(fresh, np.array([[first + k - 1], [first + k]]), 200)
+    batcher.batch(0)
+    with pytest.raises(StoreError, match=sample):
+        batcher.batch(1)
+    with pytest.raises(Exception, match=rf"shard-00001-of-00003/tokens\.bin: sample {first + k} "):
         _batches(make_host_dataset(TokenStore.open(url), np.arange(first, first + 8)[:, None],
                                    200))  # fmt: skip
 
 
-def test_missing_and_truncated_remote_shards_are_refused_at_open(local):
+def test_missing_and_truncated_remote_files_are_refused_at_their_first_read(local):
+    """Opening a remote store reads its manifests only (no request per file); a missing or
+    truncated file is a StoreError naming the shard and file at its first read, before any of
+    its bytes is used, even bytes the short file still holds."""
     url = ram_copy(local)
     tf.io.gfile.remove(f"{url}/shard-00002-of-00003/offsets.bin")
+    store = TokenStore.open(url)
+    store.samples([0, 1])  # shard 0 reads fine
     with pytest.raises(StoreError, match=r"shard-00002-of-00003/offsets\.bin: the file is missing"):
-        TokenStore.open(url)
+        store.samples([store._shards[2].first_sample])
     url = ram_copy(local)
     path = f"{url}/shard-00000-of-00003/tokens.bin"
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -156,8 +178,14 @@ def test_missing_and_truncated_remote_shards_are_refused_at_open(local):
     tf.io.gfile.remove(path)
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(data[:-10])
-    with pytest.raises(StoreError, match=r"shard-00000-of-00003/tokens\.bin: file has size"):
-        TokenStore.open(url)
+    store = TokenStore.open(url)
+    with pytest.raises(
+        StoreError,
+        match=rf"store '{url}', shard-00000-of-00003/tokens\.bin: file has size {len(data) - 10}, "
+        rf"the shard manifest records {len(data)}; the shard is truncated",
+    ):
+        store.samples([0])  # sample 0 is intact, but its file is not
+    assert store._shards[0].files["tokens.bin"].bytes_read == 0
 
 
 def test_the_pipeline_prefetches_the_next_steps_blocks(local, rows):
@@ -187,10 +215,11 @@ def test_with_no_cache_every_read_fetches_and_nothing_is_prefetched(local, rows)
     batcher = HostBatcher(store, rows, SEQ_LEN)
     batcher.prefetch(0, 2)
     assert store.bytes_read == 0  # nowhere to keep prefetched blocks
+    tokens = [s.files["tokens.bin"] for s in store._shards]
     batcher.batches(0, 2)
-    once = store.bytes_read
+    once = sum(f.bytes_read for f in tokens)
     batcher.batches(0, 2)
-    assert store.bytes_read == 2 * once
+    assert once > 0 and sum(f.bytes_read for f in tokens) == 2 * once
 
 
 def _run_workers(urls: list[str], local: str, rows: np.ndarray, tmp_path, env: dict):
@@ -252,7 +281,7 @@ def test_two_processes_read_one_store_in_place_from_file_urls_and_a_fake_gcs(loc
             fake.close()
     for host in infos:
         for info in host:
-            assert info["kinds"] == ["RangedFile"]  # never memory-mapped
+            assert info["kinds"] == ["RangedFile", "SampleRangedFile"]  # never memory-mapped
             assert info["opened"] == 0 and info["fetched"]["tokens.bin"] > 0
     if fake is None:
         pytest.skip("file:// checked; the fake GCS needs the cryptography package")
@@ -277,7 +306,7 @@ def test_a_trainer_stage_reads_a_file_url_store_in_place_with_the_cache_setting(
         trainer.add_curriculum_stage("remote", [f"file://{local}"], epochs=1)
         (plan,) = trainer.plan()
         assert cache.max_bytes == 3 << 20
-        assert {type(f) for f in plan.store.block_files()} == {RangedFile}
+        assert {type(f) for f in plan.store.block_files()} == {RangedFile, SampleRangedFile}
         assert plan.store.fingerprint == TokenStore.open(local).fingerprint
     finally:
         cache.resize(before)

@@ -246,6 +246,8 @@ class RangedFile:
         self.cache = cache if cache is not None else block_cache()
         self.bytes_read = 0  # bytes fetched from storage
         self.reads = 0  # range reads issued
+        self.stats = 0  # size checks issued (one per object, before its first range read)
+        self._size_checked = False
         self._verified = np.zeros(self.num_blocks, dtype=bool)  # checked by this process
         self._fetch_lock = threading.Lock()  # one fetch at a time: no block fetched twice
         self._prefetch_error: BaseException | None = None
@@ -384,18 +386,7 @@ class RangedFile:
     def _fetch(self, first: int, end: int) -> dict[int, np.ndarray]:
         """One range read of blocks ``[first, end)``, each verified; caller holds the lock."""
         start = first * self.block_bytes
-        stop = min(end * self.block_bytes, self.size)
-        _warn_gcs_readahead(self.path)
-        raw = self._read_range(start, stop)
-        self.reads += 1
-        self.bytes_read += len(raw)
-        if len(raw) != stop - start:
-            raise StoreError(
-                f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; the "
-                f"file is shorter than the {self.size} bytes its manifest records (truncated), "
-                "rebuild the store"
-            )
-        data = np.frombuffer(raw, dtype=np.uint8)
+        data = self._fetch_range(start, min(end * self.block_bytes, self.size))
         blocks = {}
         for b in range(first, end):
             lo = (b - first) * self.block_bytes
@@ -411,6 +402,50 @@ class RangedFile:
                 self.cache.put(self._key(b), block)
             blocks[b] = block
         return blocks
+
+    def _fetch_range(self, start: int, stop: int) -> np.ndarray:
+        """Bytes ``[start, stop)`` fetched in one range read, not yet verified (the caller
+        checks them); the file's size is checked first (once). Counted in ``bytes_read``."""
+        _warn_gcs_readahead(self.path)
+        self._check_size()
+        raw = self._read_range(start, stop)
+        self.reads += 1
+        self.bytes_read += len(raw)
+        if len(raw) != stop - start:
+            raise StoreError(
+                f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; the "
+                f"file is shorter than the {self.size} bytes its manifest records (truncated), "
+                "rebuild the store"
+            )
+        return np.frombuffer(raw, dtype=np.uint8)
+
+    def _check_size(self) -> None:
+        """The file exists with the size its manifest records: checked by one ``stat`` before
+        the first range read, not at open (opening a store of many shards on a bucket costs no
+        request per file). A truncated or missing file is a ``StoreError`` naming it before any
+        of its bytes is used."""
+        if self._size_checked:
+            return
+        import tensorflow as tf
+
+        try:
+            actual = int(tf.io.gfile.stat(self.path).length)
+        except tf.errors.NotFoundError:
+            raise StoreError(
+                f"{self.label}: the file is missing; the store is incomplete, rebuild it"
+            ) from None
+        except tf.errors.OpError as err:
+            raise StoreError(
+                f"{self.label}: cannot stat {self.path!r} ({type(err).__name__}: {err.message}); "
+                "check the path and access, or rebuild the store"
+            ) from err
+        self.stats += 1
+        if actual != self.size:
+            raise StoreError(
+                f"{self.label}: file has size {actual}, the shard manifest records {self.size}; "
+                "the shard is truncated or was modified, rebuild the store"
+            )
+        self._size_checked = True
 
     def _read_range(self, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` in one read through a stream buffered to exactly that size.

@@ -9,6 +9,9 @@ headers, so any byte range of them can be read on its own:
 * ``lengths.bin``, ``surprisal_sum.bin``  ``<i8 [num_samples]``, the features
   (``features.features_from_flat``) under the *corpus'* unigram counts, so a sample's score does
   not depend on which shard holds it or how many shards there are;
+* ``sample_crc32c.bin``  ``<u4 [num_samples]``, the CRC32C of each sample's stored bytes in
+  ``tokens.bin`` (EOS included): a reader fetching single samples by range checks each one
+  without fetching the whole block around it (``remote_samples.py``);
 * ``shard.json``         counts, ``first_sample`` (global index of its first sample), largest id,
   empty samples skipped, and per file its size and the CRC32C of every ``block_bytes`` block
   (the last one short), which readers check the first time they read a block (``blocks.py``).
@@ -49,7 +52,8 @@ TOKENS = "tokens.bin"
 OFFSETS = "offsets.bin"
 LENGTHS = "lengths.bin"
 SURPRISAL = "surprisal_sum.bin"
-SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL)
+SAMPLE_CRC = "sample_crc32c.bin"
+SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 _WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
 _CRC_READ = 64  # blocks read at a time when checksumming a file
@@ -121,7 +125,8 @@ class ShardTokens:
 
 
 class ShardWriter:
-    """Writes one shard's ``tokens.bin`` + ``offsets.bin`` into ``directory`` (local path).
+    """Writes one shard's ``tokens.bin``, ``offsets.bin`` and ``sample_crc32c.bin`` into
+    ``directory`` (local path).
 
     ``add`` takes samples in source order as flat ids + lengths, *without* EOS (the writer
     appends ``eos_id``); empty samples are skipped and counted. Ids outside
@@ -138,6 +143,7 @@ class ShardWriter:
         self.dtype = token_dtype(self.vocab_size)
         os.makedirs(self.directory, exist_ok=True)
         self._file = open(os.path.join(self.directory, TOKENS), "wb")  # noqa: SIM115 (close())
+        self._crc_file = open(os.path.join(self.directory, SAMPLE_CRC), "wb")  # noqa: SIM115
         self._lengths: list[np.ndarray] = []
         self._counts = np.zeros(self.vocab_size, dtype=np.int64)
         self.num_tokens = 0
@@ -172,20 +178,24 @@ class ShardWriter:
         is_token[eos_pos] = False
         out[is_token] = flat
         out[eos_pos] = self.eos_id
-        self._file.write(out.tobytes())
+        raw = out.tobytes()
+        self._file.write(raw)
+        self._crc_file.write(_sample_crcs(raw, (eos_pos + 1) * out.itemsize).tobytes())
         self._counts += np.bincount(out, minlength=self.vocab_size).astype(np.int64)
         self._lengths.append(out_lengths)
         self.num_tokens += out.size
         self.max_id = max(self.max_id, int(out.max()))
 
     def close(self) -> ShardTokens:
-        """Flush and sync ``tokens.bin``, write ``offsets.bin``; the shard's ``ShardTokens``."""
+        """Flush and sync ``tokens.bin`` and ``sample_crc32c.bin``, write ``offsets.bin``; the
+        shard's ``ShardTokens``."""
         if self._closed:
             raise InvalidArgumentError(f"the ShardWriter of {self.directory!r} is already closed")
         self._closed = True
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        for handle in (self._file, self._crc_file):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         offsets = np.zeros(lengths.size + 1, dtype="<i8")
         np.cumsum(lengths, out=offsets[1:])
@@ -204,6 +214,19 @@ class ShardWriter:
             counts=self._counts.copy(),
             skipped_empty=self.skipped_empty,
         )
+
+
+def _sample_crcs(raw: bytes, ends: np.ndarray) -> np.ndarray:
+    """CRC32C of each sample's stored bytes (``raw[previous end : end]``, EOS included), as
+    ``<u4``; a little over 1 us a sample of a few hundred ids (BENCHMARKS.md, "Per-sample
+    reads")."""
+    import google_crc32c
+
+    stops = ends.tolist()
+    value = google_crc32c.value
+    return np.fromiter(
+        (value(raw[a:b]) for a, b in zip([0, *stops[:-1]], stops)), dtype="<u4", count=len(stops)
+    )
 
 
 def _write_synced(path: str, data: bytes) -> None:

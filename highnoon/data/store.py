@@ -55,6 +55,7 @@ from highnoon.data.shards import (
     LENGTHS,
     MANIFEST,
     OFFSETS,
+    SAMPLE_CRC,
     SAMPLE_FORMAT,
     SHARD_FILES,
     SHARD_MANIFEST,
@@ -96,6 +97,8 @@ __all__ = [
     "remove_stale_build_dirs",
     "token_dtype",
 ]
+
+OPEN_THREADS = 32  # shard manifests of a remote store read at once
 
 _REQUIRED = ("format_version", "tokenizer", "num_samples", "num_tokens", "dtype", "fingerprint",
              "shards", "files", "max_token_id")  # fmt: skip
@@ -154,20 +157,60 @@ def is_store(path: str) -> bool:
     return bool(tf.io.gfile.exists(_join(path, MANIFEST)))
 
 
-def _block_file(path: str, meta: dict[str, Any], label: str) -> BlockFile:
-    """The ``BlockFile`` reading one store file: a memory map locally, range reads otherwise."""
-    size, block_bytes, crc = int(meta["size"]), int(meta["block_bytes"]), meta["crc32c"]
-    if not is_remote(path):
-        return MappedFile(path, size, block_bytes, crc, label=label)
-    # --- remote reads (remote_blocks.py) ---
+def _shard_files(
+    root: str, name: str, meta: dict[str, Any], label: str, dtype: np.dtype
+) -> dict[str, BlockFile]:
+    """The ``BlockFile`` of every file of shard ``name``: memory maps for a local store (blocks
+    checked on first touch); for a path with a scheme, range reads (``remote_blocks.py``), the
+    tokens read and checked sample by sample (``remote_samples.py``)."""
+    args = {
+        file_name: (
+            _join(root, name, file_name),
+            int(m["size"]),
+            int(m["block_bytes"]),
+            m["crc32c"],
+        )
+        for file_name, m in meta["files"].items()
+        if file_name in SHARD_FILES
+    }
+    if not is_remote(root):
+        return {f: MappedFile(*a, label=f"{label}/{f}") for f, a in args.items()}
+    from highnoon.data.remote_blocks import RangedFile
+    from highnoon.data.remote_samples import SampleRangedFile
+
+    files: dict[str, BlockFile] = {
+        f: RangedFile(*a, label=f"{label}/{f}", cache=None) for f, a in args.items() if f != TOKENS
+    }
+    files[TOKENS] = SampleRangedFile(
+        *args[TOKENS], label=f"{label}/{TOKENS}", dtype=dtype, offsets=files[OFFSETS],
+        sample_crc32c=files[SAMPLE_CRC], first_sample=int(meta["first_sample"]),
+    )  # fmt: skip
+    return {f: files[f] for f in SHARD_FILES}
+
+
+def _read_shard_manifests(root: str, names: list[str]) -> list[bytes | None]:
+    """Every shard's ``shard.json`` bytes (None: missing). A remote store's are read by
+    ``OPEN_THREADS`` threads at once, one ``tf.io.read_file`` request per shard (``GFile``
+    would make two, and holds the GIL while it waits); BENCHMARKS.md, "Opening a store on
+    gs://"."""
+    paths = [_join(root, name, SHARD_MANIFEST) for name in names]
+    if not is_remote(root) or len(paths) == 1:
+        return [_read_bytes(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(OPEN_THREADS, len(paths))) as pool:
+        return list(pool.map(_read_file_op, paths))
+
+
+def _read_file_op(path: str) -> bytes | None:
+    """The bytes of a remote file through the ``tf.io.read_file`` op (which, unlike
+    ``GFile``, waits on the request without holding the GIL), None when it is missing."""
+    import tensorflow as tf
+
     try:
-        from highnoon.data.remote_blocks import RangedFile
-    except ImportError as err:
-        raise StoreError(
-            f"{label}: reading a store at a URL needs highnoon.data.remote_blocks; copy the "
-            "store to a local directory"
-        ) from err
-    return RangedFile(path, size, block_bytes, crc, label=label, cache=None)
+        return bytes(tf.io.read_file(path).numpy())
+    except tf.errors.NotFoundError:
+        return None
 
 
 # --- the reader -------------------------------------------------------------------------------
@@ -223,13 +266,15 @@ def _is_remote_dir(root: str) -> bool:
 
 
 def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]:
-    """Every shard's ``shard.json``, checked against the manifest, and its files' sizes."""
-    itemsize = np.dtype(manifest["dtype"]).itemsize
+    """Every shard's ``shard.json``, checked against the manifest, and its files' sizes (a
+    local store's now; a remote store's by each file's first read, ``RangedFile``)."""
+    dtype = np.dtype(manifest["dtype"])
+    itemsize = dtype.itemsize
     shards, first_sample, first_token, metas = [], 0, 0, []
-    for entry in manifest["shards"]:
+    names = [entry["name"] for entry in manifest["shards"]]
+    for entry, raw in zip(manifest["shards"], _read_shard_manifests(root, names)):
         name = entry["name"]
         where = f"store {path!r}, {name}"
-        raw = _read_bytes(_join(root, name, SHARD_MANIFEST))
         if raw is None:
             raise StoreError(
                 f"{where}: the shard is missing ({name}/{SHARD_MANIFEST} does not exist); the "
@@ -251,23 +296,29 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
                 f"{meta['first_sample']}, the manifest {entry['num_samples']} from {first_sample}; "
                 "rebuild the store"
             )
-        expected = {TOKENS: t * itemsize, OFFSETS: (n + 1) * 8, LENGTHS: n * 8, SURPRISAL: n * 8}
-        files: dict[str, BlockFile] = {}
+        expected = {TOKENS: t * itemsize, OFFSETS: (n + 1) * 8, LENGTHS: n * 8, SURPRISAL: n * 8,
+                    SAMPLE_CRC: n * 4}  # fmt: skip
         for file_name in SHARD_FILES:
-            recorded = meta["files"][file_name]
-            actual = _size(_join(root, name, file_name))
+            recorded = meta["files"].get(file_name)
             label = f"store {path!r}, {name}/{file_name}"
-            if actual is None:
+            if recorded is None:
+                raise StoreError(
+                    f"{label}: {SHARD_MANIFEST} lists no such file (a store written before "
+                    "per-sample checksums); rebuild the store"
+                )
+            actual = None if is_remote(root) else _size(_join(root, name, file_name))
+            if actual is None and not is_remote(root):
                 raise StoreError(
                     f"{label}: the file is missing; the store is incomplete, rebuild it"
                 )
-            if actual != recorded["size"] or actual != expected[file_name]:
+            if recorded["size"] != expected[file_name] or actual not in (None, recorded["size"]):
                 raise StoreError(
-                    f"{label}: file has size {actual}, {SHARD_MANIFEST} records "
-                    f"{recorded['size']} ({expected[file_name]} for {n} samples of {t} ids); the "
-                    "shard is truncated or was modified, rebuild the store"
+                    f"{label}: file has size {recorded['size'] if actual is None else actual}, "
+                    f"{SHARD_MANIFEST} records {recorded['size']} ({expected[file_name]} for {n} "
+                    f"samples of {t} ids); the shard is truncated or was modified, rebuild the "
+                    "store"
                 )
-            files[file_name] = _block_file(_join(root, name, file_name), recorded, label)
+        files = _shard_files(root, name, meta, f"store {path!r}, {name}", dtype)
         shards.append(_Shard(name, first_sample, n, first_token, t, files))
         first_sample += n
         first_token += t

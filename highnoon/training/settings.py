@@ -457,7 +457,7 @@ class RunOptions:
     data_dir: str | None = setting(None, "TFDS `data_dir`", _optional(v.check_str))
     store_cache_bytes: int = setting(
         2 << 30,
-        "bytes of verified store blocks a host keeps in memory when it reads a store in place "
+        "bytes of verified store blocks and samples a host keeps in memory when it reads a store in place "
         "from a path with a scheme (`gs://`, `file://`; one LRU per process); `0`: no cache "
         "(every read fetches, and nothing is prefetched). Local paths are memory-mapped",
         _non_negative_int,

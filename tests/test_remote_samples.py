@@ -1,0 +1,206 @@
+"""SampleRangedFile: a shard's tokens read in place sample by sample (here ``ram://``): exact
+byte ranges, nearby samples coalesced, each sample checked against its CRC32C, cached; and a
+remote store opened on its manifests alone."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+
+import google_crc32c
+import numpy as np
+import pytest
+
+from highnoon.data import StoreError, TokenStore
+from highnoon.data.remote_blocks import BlockCache, RangedFile
+from highnoon.data.remote_samples import SampleRangedFile
+from tests.remote_store_helpers import ram_copy, write_store
+
+tf = pytest.importorskip("tensorflow")
+
+BLOCK = 64
+# 8 samples of uint16 ids (EOS included): lengths 10, 3, 40, 5, 5, 60, 2, 20 ids
+LENGTHS = np.array([10, 3, 40, 5, 5, 60, 2, 20])
+
+
+def _write(data: bytes) -> str:
+    path = f"ram://remote-samples/{uuid.uuid4().hex}.bin"
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _ranged(data: bytes, cache: BlockCache) -> RangedFile:
+    crcs = [google_crc32c.value(data[i : i + BLOCK]) for i in range(0, len(data), BLOCK)]
+    return RangedFile(_write(data), len(data), BLOCK, crcs, label="meta", cache=cache)
+
+
+@pytest.fixture(scope="module")
+def shard():
+    """(ids, offsets, tokens bytes, offsets file bytes, sample CRC file bytes) of one shard."""
+    offsets = np.concatenate([[0], np.cumsum(LENGTHS)]).astype("<i8")
+    ids = np.random.default_rng(4).integers(0, 300, int(offsets[-1])).astype("<u2")
+    raw = ids.tobytes()
+    crcs = np.array(
+        [google_crc32c.value(raw[2 * a : 2 * b]) for a, b in itertools.pairwise(offsets)],
+        dtype="<u4",
+    )
+    return ids, offsets, raw, offsets.tobytes(), crcs.tobytes()
+
+
+def _file(shard, *, cache_bytes=1 << 20, gap_bytes=0, tokens=None):
+    """The shard's tokens file over ``tokens`` (default: its own bytes); the manifests' CRCs are
+    always those of the shard's true bytes."""
+    _, _, raw, offsets_raw, crcs_raw = shard
+    cache = BlockCache(cache_bytes)
+    tokens = raw if tokens is None else tokens
+    blocks = [google_crc32c.value(raw[i : i + BLOCK]) for i in range(0, len(raw), BLOCK)]
+    return SampleRangedFile(
+        _write(tokens), len(tokens), BLOCK, blocks, label="store S, shard-00001-of-00002/tokens.bin",
+        dtype="<u2", offsets=_ranged(offsets_raw, cache), sample_crc32c=_ranged(crcs_raw, cache),
+        first_sample=100, cache=cache, gap_bytes=gap_bytes,
+    )  # fmt: skip
+
+
+def test_take_reads_exactly_the_samples_it_needs(shard):
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    pos = np.array([[offsets[2] + 3, offsets[2]], [offsets[5] + 59, offsets[2] + 39]])
+    np.testing.assert_array_equal(f.take(pos, "<u2"), ids[pos])  # samples 2 and 5
+    assert (f.reads, f.bytes_read) == (2, (40 + 60) * 2)
+    assert f.samples_verified == 2
+    np.testing.assert_array_equal(f.take(pos, "<u2"), ids[pos])  # cached: nothing fetched
+    assert (f.reads, f.bytes_read) == (2, 200)
+    np.testing.assert_array_equal(f.take(pos[0], "<u2"), ids[pos[0]])
+    # samples 3 and 4 touch: one range read of both; 6 is 120 bytes past 4's end
+    got = f.take(np.array([offsets[3], offsets[4] + 4, offsets[6] + 1]), "<u2")
+    np.testing.assert_array_equal(got, ids[[offsets[3], offsets[4] + 4, offsets[6] + 1]])
+    assert (f.reads, f.bytes_read) == (4, 200 + 20 + 4)
+    span = np.concatenate([np.arange(offsets[1], offsets[4] + 2), [offsets[4] + 1] * 3, [0]])
+    np.testing.assert_array_equal(f.take(span, "<u2"), ids[span])  # runs across samples 1..4
+    with pytest.raises(StoreError, match=r"read of bytes \[290, 292\) outside the file"):
+        f.take(np.array([145]), "<u2")
+
+
+def test_samples_within_the_gap_are_one_read_and_the_gap_is_counted(shard):
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard, gap_bytes=2 * 60)  # sample 5 (60 ids) lies between 4 and 6; 7 touches 6
+    pos = np.array([offsets[7] + 3, offsets[4], offsets[6] + 1])
+    np.testing.assert_array_equal(f.take(pos, "<u2"), ids[pos])
+    # samples 4..7 in one read: 10 + 120 (the gap) + 4 + 40 bytes
+    assert (f.reads, f.bytes_read) == (1, 10 + 120 + 4 + 40)
+    assert f.samples_verified == 3  # the gap's sample is neither checked nor cached
+    f = _file(shard, gap_bytes=2 * 60 - 1)
+    np.testing.assert_array_equal(f.take(pos, "<u2"), ids[pos])
+    assert (f.reads, f.bytes_read) == (2, 10 + 4 + 40)
+
+
+def test_read_returns_bytes_through_their_samples(shard):
+    raw, offsets = shard[2], shard[1]
+    f = _file(shard, cache_bytes=0)
+    start, stop = int(offsets[1]) * 2 + 3, int(offsets[3]) * 2 + 1  # inside 1 .. inside 3
+    assert f.read(start, stop).tobytes() == raw[start:stop]
+    assert f.bytes_read == (3 + 40 + 5) * 2  # samples 1, 2 and 3, whole
+    assert f.read(7, 7).size == 0
+
+
+def test_a_flipped_byte_names_the_sample_and_is_never_returned(shard):
+    ids, offsets, raw = shard[0], shard[1], shard[2]
+    bad = bytearray(raw)
+    bad[int(offsets[5]) * 2 + 7] ^= 0x10  # inside sample 5
+    f = _file(shard, tokens=bytes(bad))
+    np.testing.assert_array_equal(f.take(np.arange(offsets[4], offsets[5]), "<u2"),
+                                  ids[offsets[4] : offsets[5]])  # fmt: skip
+    lo, hi = int(offsets[5]) * 2, int(offsets[6]) * 2
+    with pytest.raises(
+        StoreError,
+        match=rf"store S, shard-00001-of-00002/tokens\.bin: sample 105 \(sample 5 of the shard, "
+        rf"byte offset {lo}, bytes \[{lo}, {hi}\)\) has CRC32C 0x[0-9a-f]{{8}}, "
+        r"sample_crc32c\.bin records 0x[0-9a-f]{8}; the store is corrupt, rebuild it",
+    ):
+        f.take(np.array([offsets[4], offsets[5] + 50]), "<u2")
+    with pytest.raises(StoreError, match="sample 105"):  # nothing of it was cached
+        f.take(np.array([offsets[5] + 50]), "<u2")
+    with pytest.raises(StoreError, match=r"block \d+ \(byte offset"):
+        f.verify()  # the per-block CRCs still cover the whole file
+
+
+def test_prefetch_fills_the_cache_and_keeps_its_error_for_the_next_read(shard):
+    ids, offsets, raw = shard[0], shard[1], shard[2]
+    f = _file(shard)
+    f.prefetch([(int(offsets[2]) * 2, int(offsets[2]) * 2 + 4), (int(offsets[7]) * 2, len(raw))])
+    f.wait_prefetch()
+    assert (f.reads, f.bytes_read) == (2, (40 + 20) * 2)
+    pos = np.array([offsets[7] + 19, offsets[2]])
+    np.testing.assert_array_equal(f.take(pos, "<u2"), ids[pos])
+    assert f.reads == 2
+    bad = bytearray(raw)
+    bad[int(offsets[1]) * 2] ^= 1
+    f = _file(shard, tokens=bytes(bad))
+    f.prefetch([(int(offsets[1]) * 2, int(offsets[1]) * 2 + 2)])
+    f.wait_prefetch()
+    with pytest.raises(StoreError, match="sample 101 "):
+        f.take(np.array([0]), "<u2")  # sample 0 is fine, but the prefetch's error comes first
+
+
+def test_metadata_that_does_not_match_the_tokens_is_refused(shard):
+    _, _, raw, offsets_raw, crcs_raw = shard
+    cache = BlockCache(0)
+    f = SampleRangedFile(
+        _write(raw), len(raw), BLOCK,
+        [google_crc32c.value(raw[i : i + BLOCK]) for i in range(0, len(raw), BLOCK)],
+        label="t", dtype="<u2", offsets=_ranged(offsets_raw, cache),
+        sample_crc32c=_ranged(crcs_raw[:-4], cache), cache=cache,
+    )  # fmt: skip
+    with pytest.raises(StoreError, match=r"t: offsets\.bin \(9 entries\) and sample_crc32c\.bin "
+                                         r"\(7\) do not describe a tokens file of 290 bytes"):  # fmt: skip
+        f.take(np.array([0]), "<u2")
+
+
+def test_opening_a_remote_store_reads_manifests_only(tmp_path, monkeypatch):
+    """No stat or read of any shard data file at open, whatever the shard count; the shard
+    manifests are read by a pool of threads (``OPEN_THREADS`` at once)."""
+    from highnoon.data import store as store_module
+
+    local = write_store(str(tmp_path / "s"), np.arange(40) % 7 + 3, num_shards=8)
+    url = ram_copy(local)
+    calls: list[str] = []
+    real_stat = tf.io.gfile.stat
+    monkeypatch.setattr(tf.io.gfile, "stat", lambda p: calls.append(p) or real_stat(p))
+    monkeypatch.setattr(store_module, "OPEN_THREADS", 3)
+    store = TokenStore.open(url, verify=True)
+    assert calls == [] and store.bytes_read == 0
+    assert store.fingerprint == TokenStore.open(local).fingerprint
+    np.testing.assert_array_equal(store.samples([39])[0], TokenStore.open(local).samples([39])[0])
+    assert sorted(os.path.basename(p) for p in calls) == [  # first reads of shard 7's files
+        "offsets.bin", "sample_crc32c.bin", "tokens.bin"
+    ]  # fmt: skip
+    tf.io.gfile.remove(f"{url}/shard-00005-of-00008/shard.json")
+    with pytest.raises(StoreError, match=r"shard-00005-of-00008: the shard is missing"):
+        TokenStore.open(url)
+
+
+def test_a_store_written_before_sample_crcs_is_refused_with_rebuild(tmp_path):
+    import json
+
+    from highnoon.data import shards
+    from highnoon.data.tokenizers import load_tokenizer
+
+    local = write_store(str(tmp_path / "s"), np.arange(6) + 3, num_shards=1)
+    name = shards.shard_name(0, 1)
+    meta = json.loads((tmp_path / "s" / name / "shard.json").read_bytes())
+    del meta["files"]["sample_crc32c.bin"]
+    (tmp_path / "s" / name / "shard.json").write_bytes(shards.canonical_json(meta))
+    os.remove(tmp_path / "s" / name / "sample_crc32c.bin")
+    manifest = shards.store_manifest(
+        [meta], [name], load_tokenizer("byte"), sources=[], skipped=None, top_files={}
+    )
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    for url in (local, ram_copy(local)):
+        with pytest.raises(
+            StoreError,
+            match=rf"{name}/sample_crc32c\.bin: shard\.json lists no such file \(a store written "
+            r"before per-sample checksums\); rebuild the store",
+        ):
+            TokenStore.open(url)
