@@ -55,6 +55,7 @@ def build_without_storage(model: keras.Model, strategy: tf.distribute.Strategy) 
     """Builds ``model``'s variables with no storage (see the module docstring)."""
     with strategy.scope(), keras.StatelessScope(initialize_variables=False):
         model.build()
+    _forget_deferred_initialization(model)
     extra = [v.path for v in model.non_trainable_weights]
     if extra:
         raise ShardingModelError(
@@ -68,6 +69,21 @@ def build_without_storage(model: keras.Model, strategy: tf.distribute.Strategy) 
             f"sharding='full': the weights {missing} belong to no segment of "
             f"{type(model).__name__}.weight_segments(), so they could never be gathered"
         )
+
+
+def _forget_deferred_initialization(model: keras.Model) -> None:
+    """Takes ``model``'s storage-less variables off Keras' process-wide list of variables to
+    initialise later. Keras initialises that whole list when the next stateless scope that may
+    initialise closes (e.g. any other model's symbolic build in the same process), which would
+    read these variables' refusing initialisers (``refuse_reads``) and fail an unrelated model.
+    Relies on the private ``uninitialized_variables`` attribute of Keras 3's global state."""
+    from keras.src.backend.common import global_state
+
+    pending = global_state.get_global_attribute("uninitialized_variables")
+    if pending:
+        ours = {id(v) for v in model.weights}
+        kept = [v for v in pending if id(v) not in ours]
+        global_state.set_global_attribute("uninitialized_variables", kept)
 
 
 def refuse_reads(model: keras.Model) -> None:
