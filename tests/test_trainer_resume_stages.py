@@ -165,7 +165,7 @@ def test_a_notebook_calling_train_again_sees_no_retracing_and_complete_runs(
 def test_the_host_check_is_traced_once_per_table_shape(mirrored):
     parts = {"config": "c", "data": "d", "curriculum": "k"}
     consistency.verify_consistent(mirrored, parts)
-    gather = consistency._gather_fn(mirrored)
+    gather = consistency.all_gather_fn(mirrored)
     traced = gather.experimental_get_tracing_count()
     for _ in range(5):
         consistency.verify_consistent(mirrored, parts)

@@ -8,34 +8,14 @@ calls it at the same point (it is a collective), and each gets the same value ba
 from __future__ import annotations
 
 import json
-import weakref
 from typing import Any
 
 import numpy as np
 
+from highnoon.distribute.consistency import all_gather_fn
 from highnoon.utils.validation import InvalidArgumentError
 
 MAX_BYTES = 1 << 16  # scores of a few hundred metrics fit many times over
-
-_GATHERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def _gather_fn(strategy: Any) -> Any:
-    import tensorflow as tf
-
-    gather = _GATHERS.get(strategy)
-    if gather is None:
-
-        @tf.function
-        def gather(value: tf.Tensor) -> Any:
-            def replica_fn(local: tf.Tensor) -> tf.Tensor:
-                context = tf.distribute.get_replica_context()
-                return context.all_gather(tf.identity(local), axis=0)
-
-            return strategy.run(replica_fn, args=(value,))
-
-        _GATHERS[strategy] = gather
-    return gather
 
 
 def broadcast_json(strategy: Any, value: Any, *, chief: bool) -> Any:
@@ -53,7 +33,7 @@ def broadcast_json(strategy: Any, value: Any, *, chief: bool) -> Any:
         row[0, 0] = len(data)
         row[0, 1 : len(data) + 1] = np.frombuffer(data, np.uint8)
     with strategy.scope():
-        result = _gather_fn(strategy)(tf.constant(row))
+        result = all_gather_fn(strategy)(tf.constant(row))
     gathered = strategy.experimental_local_results(result)[0].numpy()
     sent = gathered[0]  # replica 0 lives on the chief
     return json.loads(sent[1 : int(sent[0]) + 1].astype(np.uint8).tobytes().decode("utf-8"))

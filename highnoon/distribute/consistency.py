@@ -38,8 +38,9 @@ def fingerprint(text: str) -> np.ndarray:
 _GATHERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def _gather_fn(strategy: Any) -> Any:
-    """The cached ``tf.function`` that all-gathers a [1, parts, CHUNKS] table under ``strategy``."""
+def all_gather_fn(strategy: Any) -> Any:
+    """The cached ``tf.function`` that all-gathers a table (int32, first axis one row per
+    replica) under ``strategy``: the cross-host fingerprint check and ``broadcast``."""
     import tensorflow as tf
 
     gather = _GATHERS.get(strategy)
@@ -64,7 +65,7 @@ def _gather(strategy: Any, table: np.ndarray) -> np.ndarray:
 
     value = tf.constant(table[None, ...], dtype=tf.int32)
     with strategy.scope():
-        result = _gather_fn(strategy)(value)
+        result = all_gather_fn(strategy)(value)
     return strategy.experimental_local_results(result)[0].numpy()
 
 
