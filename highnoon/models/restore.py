@@ -26,9 +26,10 @@ _VALUE = "VARIABLE_VALUE"
 _SHOWN = 6  # paths listed in a message before "... (N in all)"
 
 
-def checkpoint_values(prefix: str, root: str = "model") -> dict[str, tuple[int, ...]] | None:
-    """``{path: shape}`` of every variable value under the checkpoint's ``root`` entry, or None
-    when the checkpoint has no object graph or no such entry."""
+def checkpoint_keys(prefix: str, root: str = "model") -> dict[str, str] | None:
+    """``{path: checkpoint key}`` of every variable value under the checkpoint's ``root``
+    entry, or None when the checkpoint has no object graph or no such entry. The key reads the
+    value (``reader.get_tensor(key)``); the path is how the model names the variable."""
     # The reader of the prefix itself: load_checkpoint would take a ram:// prefix for a directory.
     reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     if not reader.has_tensor(_GRAPH_KEY):
@@ -38,8 +39,7 @@ def checkpoint_values(prefix: str, root: str = "model") -> dict[str, tuple[int, 
     start = next((c.node_id for c in graph.nodes[0].children if c.local_name == root), None)
     if start is None:
         return None
-    shapes = reader.get_variable_to_shape_map()
-    values: dict[str, tuple[int, ...]] = {}
+    keys: dict[str, str] = {}
     stack, seen = [(start, root)], set()
     while stack:
         node_id, path = stack.pop()
@@ -49,14 +49,24 @@ def checkpoint_values(prefix: str, root: str = "model") -> dict[str, tuple[int, 
         node = graph.nodes[node_id]
         for attribute in node.attributes:
             if attribute.name == _VALUE:
-                values[path] = tuple(shapes[attribute.checkpoint_key])
+                keys[path] = attribute.checkpoint_key
         stack.extend((c.node_id, f"{path}/{c.local_name}") for c in node.children)
-    return values
+    return keys
 
 
-def model_weights(model: Any, root: str = "model") -> dict[str, tuple[int, ...]]:
-    """``{path: shape}`` of a built model's variables, named as a checkpoint names them."""
-    weights: dict[str, tuple[int, ...]] = {}
+def checkpoint_values(prefix: str, root: str = "model") -> dict[str, tuple[int, ...]] | None:
+    """``{path: shape}`` of every variable value under the checkpoint's ``root`` entry, or None
+    when the checkpoint has no object graph or no such entry."""
+    keys = checkpoint_keys(prefix, root)
+    if keys is None:
+        return None
+    shapes = tf.compat.v1.train.NewCheckpointReader(prefix).get_variable_to_shape_map()
+    return {path: tuple(shapes[key]) for path, key in keys.items()}
+
+
+def model_variables(model: Any, root: str = "model") -> dict[str, Any]:
+    """``{path: variable}`` of a built model, each named as a checkpoint names it."""
+    variables: dict[str, Any] = {}
     stack, seen = [(model, root)], set()
     while stack:
         obj, path = stack.pop()
@@ -64,11 +74,19 @@ def model_weights(model: Any, root: str = "model") -> dict[str, tuple[int, ...]]
             continue
         seen.add(id(obj))
         if isinstance(obj, keras.Variable | tf.Variable):
-            weights[path] = tuple(int(d) for d in obj.shape)
+            variables[path] = obj
             continue
         children = tf.train.TrackableView.children(obj)
         stack.extend((child, f"{path}/{name}") for name, child in children.items())
-    return weights
+    return variables
+
+
+def model_weights(model: Any, root: str = "model") -> dict[str, tuple[int, ...]]:
+    """``{path: shape}`` of a built model's variables, named as a checkpoint names them."""
+    return {
+        path: tuple(int(d) for d in variable.shape)
+        for path, variable in model_variables(model, root).items()
+    }
 
 
 def check_checkpoint_matches(

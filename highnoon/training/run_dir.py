@@ -3,7 +3,8 @@
 A run writes everything into one directory (``model_dir`` to the launcher, ``checkpoint_dir`` to
 ``Trainer.train``, ``path`` to ``Trainer.save``): checkpoints, ``summary.json``, ``goodput.json``,
 ``run.lock``, ``summaries/``, ``model_config.json``, ``trainer.json``, ``config.gin`` and the
-run's tokenizer (``highnoon_tokenizer.json`` and the copy of a tokenizer file). Their
+run's tokenizer (``highnoon_tokenizer.json`` and the copy of a tokenizer file); an averaged
+export's directory (``checkpoint_average.py``) adds ``average.json``. Their
 names live here and nowhere else, and every collaborator that touches the directory receives
 this object at construction. It is frozen: which directory, which task writes there (the chief)
 and where this task writes checkpoint files (the chief: the directory itself; another worker:
@@ -30,6 +31,7 @@ LOCK_FILE = "run.lock"
 SUMMARIES_DIR = "summaries"
 TRAINER_STATE_FILE = "trainer.json"
 GIN_CONFIG_FILE = "config.gin"
+AVERAGE_FILE = "average.json"  # an averaged export's record of the checkpoints it averaged
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class RunDir:
     @property
     def config_gin(self) -> str:
         return self.join(GIN_CONFIG_FILE)
+
+    @property
+    def average_json(self) -> str:
+        return self.join(AVERAGE_FILE)
 
     # -- files -------------------------------------------------------------------------------
     def cleanup_write_dir(self) -> None:
