@@ -85,6 +85,7 @@ setup(
             "highnoon-generate=highnoon.launch.generate:run",
             "highnoon-curriculum-report=highnoon.launch.curriculum_report:run",
             "highnoon-lm-eval=highnoon.launch.evaluate:run",
+            "highnoon-average-checkpoints=highnoon.launch.average_checkpoints:run",
         ]
     },
 )
