@@ -150,9 +150,9 @@ def test_the_exported_keras_file_loads_with_the_average(run, tmp_path):
     assert len(got) == len(expected) == len(saved[0])
     for value, want in zip(got, expected):
         np.testing.assert_array_equal(value, want)
-    assert loaded.generate("ab", max_length=10, temperature=0.0, jit_compile=False) == model.generate(
+    assert loaded.generate(
         "ab", max_length=10, temperature=0.0, jit_compile=False
-    )
+    ) == model.generate("ab", max_length=10, temperature=0.0, jit_compile=False)
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -258,3 +258,72 @@ def test_outputs_that_would_mix_with_checkpoints_are_refused(run, tmp_path):
         f"output={str(tmp_path / 'avg')!r} already holds checkpoints (ckpt-8); pass a new "
         "directory or a .keras file"
     )
+
+
+# -- a sharded run, and the console script ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sharded_run_averages_like_its_checkpoints_load(tmp_path, mirrored):
+    """sharding='full' keeps only per-replica shares of the weights, but its checkpoints hold
+    whole tensors under the unsharded names: the average is the mean of what load_model reads
+    from each checkpoint, and loads on one device."""
+    from tests.trainer_helpers import corpus, make_trainer, write_jsonl
+
+    data = write_jsonl(str(tmp_path / "a.jsonl"), corpus(0, 24))
+    trainer = make_trainer(
+        tmp_path,
+        model=hn.create_model("highnoon-nano", max_seq_length=32),  # unbuilt, as 'full' needs
+        strategy=mirrored,
+        sharding="full",
+        curriculum_strategy=None,
+        max_checkpoints_to_keep=3,
+    )
+    trainer.add_curriculum_stage("a", [data], epochs=1)  # 6 steps of 4 rows
+    path = str(tmp_path / "run")
+    trainer.train(checkpoint_dir=path, checkpoint_interval=2)
+    kept = last_checkpoints(path, 3)
+    assert [os.path.basename(p) for p in kept] == ["ckpt-2", "ckpt-4", "ckpt-6"]
+    saved = [
+        {p: v.numpy() for p, v in model_variables(load_model(prefix)).items()} for prefix in kept
+    ]
+    assert any(
+        not np.array_equal(saved[0][p], saved[-1][p]) for p in saved[0]
+    )  # the run trained between the checkpoints
+    _assert_weights(average_checkpoints(path, 3).weights, _mean(saved))
+    written = export_average(path, 3, str(tmp_path / "avg"))
+    loaded = load_model(os.path.dirname(written))
+    _assert_weights({p: v.numpy() for p, v in model_variables(loaded).items()}, _mean(saved))
+
+
+@pytest.mark.slow
+def test_the_console_script_writes_the_average_and_refuses_with_a_message(run, tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": "-1"}
+    path, saved = run
+
+    def launch(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "launch.average_checkpoints", f"--model_dir={path}", *args],
+            cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    output = str(tmp_path / "avg")
+    done = launch("--last=2", f"--output={output}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == os.path.join(output, "ckpt-8") + "\n"
+    loaded = load_model(output)
+    _assert_weights({p: v.numpy() for p, v in model_variables(loaded).items()}, _mean(saved[-2:]))
+
+    refused = launch("--last=7", f"--output={tmp_path / 'other'}")
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"average_checkpoints: last=7 but {path} keeps 4 checkpoint(s) (ckpt-2, ckpt-4, "
+        "ckpt-6, ckpt-8); pass last <= 4, or train with max_checkpoints_to_keep >= 7 (a run "
+        "keeps only that many newest checkpoints)"
+    )
+    assert not (tmp_path / "other").exists()
