@@ -104,6 +104,7 @@ def _listed_flags(help_text: str) -> list[str]:
                 "output", "samples",
             ],
         ),
+        ("launch.average_checkpoints", ["last", "model_dir", "output"]),
     ],
 )  # fmt: skip
 def test_help_lists_the_programs_own_flags(module, expected):
@@ -175,6 +176,11 @@ def test_help_lists_the_programs_own_flags(module, expected):
             "launch.prepare_data",
             ["--max_samples=0"],
             "flag --max_samples=0: max_samples=0 must be an integer >= 1",
+        ),
+        (
+            "launch.average_checkpoints",
+            ["--model_dir=/nonexistent", "--output=/nonexistent.keras", "--last=0"],
+            "flag --last=0: last=0 must be an integer >= 1",
         ),
     ],
 )
@@ -541,6 +547,7 @@ def test_wheel_contents_declared_in_setup_py():
         "highnoon-generate",
         "highnoon-curriculum-report",
         "highnoon-lm-eval",
+        "highnoon-average-checkpoints",
     ]
     for _, module, function in scripts:
         assert module.startswith("highnoon.launch.")
