@@ -17,13 +17,9 @@ import highnoon as hn
 from highnoon.data import load_tokenizer
 from highnoon.models import load_model
 from highnoon.models.restore import model_variables
+from highnoon.training import averaged_model, export_average  # the public names
 from highnoon.training.assembly import model_config
-from highnoon.training.checkpoint_average import (
-    average_checkpoints,
-    averaged_model,
-    export_average,
-    last_checkpoints,
-)
+from highnoon.training.checkpoint_average import average_checkpoints, last_checkpoints
 from highnoon.training.run_dir import RunDir
 from highnoon.utils.validation import InvalidArgumentError, InvalidArgumentTypeError
 

@@ -109,19 +109,19 @@ def check_checkpoint_matches(
     if mismatched:
         problems.append(
             "checkpoint values that do not fit the model's weights: "
-            + _listed(
+            + listed(
                 f"{p} {list(values[p])} vs model weight {list(weights[p])}" for p in mismatched
             )
         )
     if unused:
         problems.append(
             "checkpoint values the model would not consume: "
-            + _listed(f"{p} {list(values[p])}" for p in unused)
+            + listed(f"{p} {list(values[p])}" for p in unused)
         )
     if missing:
         problems.append(
             "model weights the checkpoint holds no value for: "
-            + _listed(f"{p} {list(weights[p])}" for p in missing)
+            + listed(f"{p} {list(weights[p])}" for p in missing)
         )
     implied = _implied_fields(values, config)
     hint = f"; the checkpoint implies {implied}" if implied else ""
@@ -133,7 +133,8 @@ def check_checkpoint_matches(
     )
 
 
-def _listed(items: Any) -> str:
+def listed(items: Any) -> str:
+    """The first few items of a message's list, then how many there are in all."""
     items = list(items)
     shown = ", ".join(items[:_SHOWN])
     return shown + (f", ... ({len(items)} in all)" if len(items) > _SHOWN else "")

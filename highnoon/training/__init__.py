@@ -24,6 +24,9 @@ _EXPORTS = {
     "RunLockLostError": "highnoon.training.run_lock",
     "Preempted": "highnoon.training.preemption",
     "DataChangedError": "highnoon.training.resume",
+    "average_checkpoints": "highnoon.training.checkpoint_average",
+    "averaged_model": "highnoon.training.checkpoint_average",
+    "export_average": "highnoon.training.checkpoint_average",
     **_CURRICULUM_ALIASES,
 }
 

@@ -36,8 +36,12 @@ import numpy as np
 import tensorflow as tf
 
 from highnoon.models import contract
-from highnoon.models.restore import checkpoint_keys, model_variables
-from highnoon.training.checkpointing import CheckpointError, checkpoint_candidates
+from highnoon.models.restore import checkpoint_keys, listed, model_variables
+from highnoon.training.checkpointing import (
+    CheckpointError,
+    checkpoint_candidates,
+    checkpoint_number,
+)
 from highnoon.training.run_dir import RunDir
 from highnoon.utils import files
 from highnoon.utils import validation as v
@@ -50,8 +54,6 @@ __all__ = [
     "last_checkpoints",
 ]
 
-_SHOWN = 4  # differing values named in a message
-
 
 @dataclass(frozen=True)
 class CheckpointAverage:
@@ -63,7 +65,7 @@ class CheckpointAverage:
     @property
     def step(self) -> int:
         """The newest averaged checkpoint's number (``ckpt-N``)."""
-        return _number(self.checkpoints[-1])
+        return checkpoint_number(self.checkpoints[-1])
 
 
 def last_checkpoints(model_dir: str, last: int) -> tuple[str, ...]:
@@ -134,11 +136,6 @@ def export_average(
 
 
 # -- internals ---------------------------------------------------------------------------------
-def _number(prefix: str) -> int:
-    tail = prefix.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
 def _reader(prefix: str) -> Any:
     try:
         return tf.compat.v1.train.NewCheckpointReader(prefix)
@@ -167,8 +164,7 @@ def _differences(older: dict[str, Any], newer: dict[str, Any]) -> str:
              for p in sorted(set(older) & set(newer)) if older[p] != newer[p]]  # fmt: skip
     items += [f"{p} only in the older" for p in sorted(set(older) - set(newer))]
     items += [f"{p} only in the newer" for p in sorted(set(newer) - set(older))]
-    shown = ", ".join(items[:_SHOWN])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > _SHOWN else "")
+    return listed(items)
 
 
 def _average(chosen: tuple[str, ...]) -> CheckpointAverage:
@@ -256,4 +252,4 @@ def _write_checkpoint_dir(
     target.write_text(target.average_json, json.dumps(record, indent=2) + "\n")
     checkpoint = tf.train.Checkpoint(model=contract.adapt(model))
     manager = tf.train.CheckpointManager(checkpoint, output, max_to_keep=1)
-    return manager.save(checkpoint_number=average.step)
+    return manager.save(checkpoint_number=max(average.step, 0))

@@ -31,6 +31,7 @@ __all__ = [
     "Checkpointer",
     "DataPosition",
     "checkpoint_candidates",
+    "checkpoint_number",
     "remove_stale_checkpoint_temporaries",
 ]
 
@@ -152,10 +153,11 @@ def checkpoint_candidates(path_or_dir: str) -> list[str]:
             p[: -len(".index")] for p in tf.io.gfile.glob(os.path.join(path_or_dir, "*.index"))
         ]
     # get_checkpoint_state already joins relative entries to the directory: no second join.
-    return sorted(set(listed), key=_checkpoint_number, reverse=True)
+    return sorted(set(listed), key=checkpoint_number, reverse=True)
 
 
-def _checkpoint_number(prefix: str) -> int:
+def checkpoint_number(prefix: str) -> int:
+    """N of a prefix ``.../ckpt-N`` (-1 for a prefix without one)."""
     tail = prefix.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
 
