@@ -323,3 +323,21 @@ def test_the_console_script_writes_the_average_and_refuses_with_a_message(run, t
         "keeps only that many newest checkpoints)"
     )
     assert not (tmp_path / "other").exists()
+
+
+def test_a_kerashub_run_exports_its_average_as_the_kerashub_model(tmp_path):
+    """A KerasHub CausalLM is checkpointed through its wrapper (models/kerashub.py): the
+    average is assigned through the same paths and loads back as the KerasHub model."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from highnoon.models import contract, kerashub
+
+    backbone = dict(num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
+                    max_sequence_length=32, dropout=0.0, vocabulary_size=259)  # fmt: skip
+    network = contract.adapt(kerashub.causal_lm("GPT2CausalLM", backbone=backbone))
+    path = str(tmp_path / "run")
+    saved = _save_run(path, network, (1, 2, 3), seed=3)
+    export_average(path, 2, str(tmp_path / "avg"))
+    loaded = load_model(str(tmp_path / "avg"))
+    assert type(loaded) is keras_hub.models.GPT2CausalLM
+    got = {p: v.numpy() for p, v in model_variables(contract.adapt(loaded)).items()}
+    _assert_weights(got, _mean(saved[-2:]))
