@@ -237,6 +237,29 @@ def test_an_unreadable_checkpoint_is_refused_before_averaging(run, tmp_path):
     assert str(caught.value).endswith(
         "); average fewer checkpoints (a smaller last) or remove the damaged one"
     )
+    # a damaged value (its CRC fails) is found when the values are read
+    data = os.path.join(path, "ckpt-8.data-00000-of-00001")
+    with open(data, "r+b") as handle:
+        middle = os.path.getsize(data) // 2  # a model value (the object graph is last)
+        handle.seek(middle)
+        byte = handle.read(1)
+        handle.seek(middle)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    assert len(last_checkpoints(path, 1)) == 1
+    with pytest.raises(InvalidArgumentError) as caught:
+        average_checkpoints(path, 1)
+    assert str(caught.value).startswith(f"checkpoint {path}/ckpt-8 is unreadable (")
+    # a truncated data file (it holds the object graph too) is found by the checks as well
+    data = os.path.join(path, "ckpt-6.data-00000-of-00001")
+    with open(data, "r+b") as handle:
+        handle.truncate(64)
+    assert len(last_checkpoints(path, 1)) == 1
+    with pytest.raises(InvalidArgumentError) as caught:
+        last_checkpoints(path, 2)
+    assert str(caught.value).startswith(f"checkpoint {path}/ckpt-6 is unreadable (")
+    assert str(caught.value).endswith(
+        "); average fewer checkpoints (a smaller last) or remove the damaged one"
+    )
 
 
 def test_outputs_that_would_mix_with_checkpoints_are_refused(run, tmp_path):

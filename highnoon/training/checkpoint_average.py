@@ -140,16 +140,30 @@ def _reader(prefix: str) -> Any:
     try:
         return tf.compat.v1.train.NewCheckpointReader(prefix)
     except Exception as error:  # TF reports a damaged index as DataLossError, OpError, ...
-        raise CheckpointError(
-            f"checkpoint {prefix} is unreadable ({str(error).strip().splitlines()[0][:200]}); "
-            "average fewer checkpoints (a smaller last) or remove the damaged one"
-        ) from None
+        raise _unreadable(prefix, error) from None
+
+
+def _value(reader: Any, key: str, prefix: str) -> np.ndarray:
+    try:
+        return np.asarray(reader.get_tensor(key))
+    except Exception as error:  # a damaged or truncated data file shows only here
+        raise _unreadable(prefix, error) from None
+
+
+def _unreadable(prefix: str, error: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {prefix} is unreadable ({str(error).strip().splitlines()[0][:200]}); "
+        "average fewer checkpoints (a smaller last) or remove the damaged one"
+    )
 
 
 def _layout(prefix: str) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{path: (shape, dtype name)}`` of the checkpoint's model values."""
     reader = _reader(prefix)
-    keys = checkpoint_keys(prefix)
+    try:
+        keys = checkpoint_keys(prefix)  # the object graph is a value of the data file
+    except Exception as error:  # a truncated data file: IndexError, DataLossError, ...
+        raise _unreadable(prefix, error) from None
     if not keys:
         raise CheckpointError(
             f"checkpoint {prefix} holds no model entry; it was not written by a highnoon run "
@@ -176,11 +190,11 @@ def _average(chosen: tuple[str, ...]) -> CheckpointAverage:
     for path in sorted(keys[-1]):
         dtype = dtypes[keys[-1][path]]
         if not dtype.is_floating:  # a counter or seed: the newest value
-            weights[path] = readers[-1].get_tensor(keys[-1][path])
+            weights[path] = _value(readers[-1], keys[-1][path], chosen[-1])
             continue
         total = None
-        for reader, names in zip(readers, keys):
-            value = np.asarray(reader.get_tensor(names[path]))
+        for prefix, reader, names in zip(chosen, readers, keys):
+            value = _value(reader, names[path], prefix)
             if total is None:
                 total = np.zeros(value.shape, np.promote_types(np.float32, value.dtype))
             total += value.astype(total.dtype)
