@@ -204,3 +204,23 @@ def test_a_store_written_before_sample_crcs_is_refused_with_rebuild(tmp_path):
             r"before per-sample checksums\); rebuild the store",
         ):
             TokenStore.open(url)
+
+
+def test_metadata_is_read_by_block_for_the_samples_read_only(shard):
+    """Given each position's sample, the file reads the offsets and CRC blocks of those samples
+    and nothing else (no whole offsets array); a search without the hint reads the blocks on
+    its binary search's path, and a wrong hint is refused."""
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    pos = np.arange(offsets[5], offsets[6])  # sample 5: offsets entries 5, 6 (bytes 40..55)
+    np.testing.assert_array_equal(f.take(pos, "<u2", samples=5), ids[pos])
+    assert f._offsets_file.bytes_read == BLOCK  # block 0 of 72 bytes: entries 0..7
+    assert f._crc_file.bytes_read == 32  # the whole 32-byte CRC file is one block
+    assert f.cache.bytes_held == BLOCK + 32 + 60 * 2  # two metadata blocks and the sample
+    np.testing.assert_array_equal(f.take(pos[:3], "<u2", samples=[5, 5, 5]), ids[pos[:3]])
+    assert (f._offsets_file.reads, f._crc_file.reads, f.reads) == (1, 1, 1)  # all cached
+    with pytest.raises(StoreError, match=r"a position read lies outside the sample it was given"):
+        f.take(pos, "<u2", samples=4)
+    g = _file(shard)  # no hint: the search reads entries 4, 6, 7 (block 0), the bounds 8 (block 1)
+    np.testing.assert_array_equal(g.take(np.array([offsets[7] + 1]), "<u2"), ids[[offsets[7] + 1]])
+    assert (g._offsets_file.reads, g._offsets_file.bytes_read) == (2, 72)

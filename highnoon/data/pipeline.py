@@ -105,13 +105,14 @@ class _Gather:
             w[over] = (h % (spare[over] + 1).astype(np.uint64)).astype(np.int64)
         return w
 
-    def _read(self, positions: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    def _read(self, positions: np.ndarray, ends: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """int32 ids at store ``positions`` (each at or after its sample's start), each kept
         inside its sample (``ends``: its last id, broadcast): a position past it (padding)
         reads the sample's last id, which the caller overwrites, so no byte beyond the rows'
-        samples is fetched."""
+        samples is fetched. ``samples`` (broadcast): the sample of each position, so a store
+        read in place needs no search for it."""
         np.minimum(positions, ends, out=positions)
-        return self.store.read_tokens(positions).astype(np.int32)
+        return self.store.read_tokens(positions, samples=samples).astype(np.int32)
 
     def prefetch(self, first: int, count: int) -> None:
         """Fetch the token bytes of steps ``[first, first + count)`` in the background (a store
@@ -125,12 +126,15 @@ class _Gather:
         w = self._windows(idx, stored + 1)
         # full[k] (k=0 BOS) is stored id k-1: the ids of full[w + lo : w + hi]
         self.store.prefetch_tokens(
-            starts + np.clip(w + lo - 1, 0, stored), starts + np.clip(w + hi - 1, 0, stored)
+            starts + np.clip(w + lo - 1, 0, stored), starts + np.clip(w + hi - 1, 0, stored),
+            samples=idx,
         )
 
-    def _full_tokens(self, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """``full[k]`` for samples at ``starts`` of ``lengths`` stored ids (k=0 is BOS)."""
-        tokens = self._read(starts + np.maximum(k - 1, 0), starts + lengths - 1)
+    def _full_tokens(
+        self, samples: np.ndarray, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray
+    ) -> np.ndarray:
+        """``full[k]`` for ``samples`` at ``starts`` of ``lengths`` stored ids (k=0 is BOS)."""
+        tokens = self._read(starts + np.maximum(k - 1, 0), starts + lengths - 1, samples)
         return np.where(k == 0, self.bos_id, tokens)
 
 
@@ -205,7 +209,7 @@ class HostBatcher(_Gather):
         k = w[:, None] + self._arange
         positions = starts[:, None] - 1 + k
         positions[:, 0] = np.maximum(positions[:, 0], starts)  # only k = 0 (BOS) is before it
-        row = self._read(positions, (starts + stored - 1)[:, None])
+        row = self._read(positions, (starts + stored - 1)[:, None], idx[:, None])
         row[:, 0] = np.where(w == 0, self.bos_id, row[:, 0])
         valid = self._arange < row_len[:, None]
         row[~valid] = self.pad_id
@@ -299,8 +303,9 @@ class PackedBatcher(_Gather):
             c = np.repeat(p.column[seg], lengths) + local
             k = np.repeat(w, lengths) + local
             s, n = np.repeat(starts, lengths), np.repeat(stored, lengths)
-            out["inputs"][r, c] = self._full_tokens(s, n, k)
-            out["targets"][r, c] = self._full_tokens(s, n, k + 1)
+            which = np.repeat(idx, lengths)
+            out["inputs"][r, c] = self._full_tokens(which, s, n, k)
+            out["targets"][r, c] = self._full_tokens(which, s, n, k + 1)
             out["loss_mask"][r, c] = 1
             out["positions"][r, c] = local
             out["segment_ids"][r, c] = np.repeat(seg - lo[out_row] + 1, lengths)

@@ -119,14 +119,13 @@ class _Prefetcher:
     per file. Started on first use."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[RangedFile, list[tuple[int, int]]]] = queue.Queue(
-            maxsize=PREFETCH_QUEUE
-        )
+        self._queue: queue.Queue[tuple[RangedFile, Any]] = queue.Queue(maxsize=PREFETCH_QUEUE)
         self._lock = threading.Lock()
         self._started = False
 
-    def submit(self, file: RangedFile, spans: list[tuple[int, int]]) -> bool:
-        """Queue a request; False (dropped) when the queue is full."""
+    def submit(self, file: RangedFile, request: Any) -> bool:
+        """Queue a request (what the file's ``_prefetch_now`` takes: byte spans, or a
+        ``SampleRangedFile``'s samples); False (dropped) when the queue is full."""
         with self._lock:
             if not self._started:
                 for i in range(PREFETCH_THREADS):
@@ -136,7 +135,7 @@ class _Prefetcher:
         with file._pending_done:
             file._pending += 1
         try:
-            self._queue.put_nowait((file, spans))
+            self._queue.put_nowait((file, request))
         except queue.Full:
             file._finish_pending()
             return False
@@ -144,14 +143,19 @@ class _Prefetcher:
 
     def _loop(self) -> None:
         while True:
-            file, spans = self._queue.get()
+            file, request = self._queue.get()
             try:
-                file._prefetch_now(spans)
+                file._prefetch_now(request)
             finally:
                 file._finish_pending()
 
 
 _PREFETCHER = _Prefetcher()
+
+
+def _prefetcher() -> _Prefetcher:
+    """The process' prefetch queue and threads (``SampleRangedFile.prefetch_samples``)."""
+    return _PREFETCHER
 
 
 def block_cache() -> BlockCache:
@@ -268,8 +272,9 @@ class RangedFile:
         offset = first * self.block_bytes
         return data[start - offset : stop - offset]
 
-    def take(self, positions: np.ndarray, dtype: Any) -> np.ndarray:
-        """Elements of ``dtype`` at element ``positions`` (any shape; same shape out)."""
+    def take(self, positions: np.ndarray, dtype: Any, samples: Any = None) -> np.ndarray:
+        """Elements of ``dtype`` at element ``positions`` (any shape; same shape out).
+        ``samples`` (a tokens file's hint, ``SampleRangedFile``) is not needed here."""
         dtype = np.dtype(dtype)
         pos = np.asarray(positions, dtype=np.int64)
         count = self.size // dtype.itemsize

@@ -540,12 +540,17 @@ class TokenStore:
                 starts[mask], lengths[mask] = start, length
         return starts, lengths
 
-    def read_tokens(self, positions: np.ndarray) -> np.ndarray:
+    def read_tokens(self, positions: np.ndarray, samples: Any = None) -> np.ndarray:
         """The ids (store dtype) at store token ``positions`` (any shape; ``sample_bounds``
-        gives where samples are). Blocks read for the first time are checked."""
+        gives where samples are). Blocks read for the first time are checked. ``samples``
+        (broadcastable to ``positions``), when the caller knows them: the store index of the
+        sample holding each position, so a store read in place looks up those samples' offsets
+        only instead of searching for them (``remote_samples.py``)."""
         pos = np.asarray(positions, dtype=np.int64)
+        if samples is not None:
+            samples = np.broadcast_to(np.asarray(samples, dtype=np.int64), pos.shape)
         if self._one_whole_file:  # the hot path: the file's own bounds are the store's
-            return self._shards[0].files[TOKENS].take(pos, self.dtype)
+            return self._shards[0].files[TOKENS].take(pos, self.dtype, samples=samples)
         if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
             raise IndexError(
                 f"token positions must be in [0, {self.num_tokens}), got values in "
@@ -555,7 +560,10 @@ class TokenStore:
         for s, mask in self._by_shard(self._token_base, pos):
             shard = self._shards[s]
             local = (pos if mask is None else pos[mask]) - shard.first_token
-            values = shard.files[TOKENS].take(local, self.dtype)
+            local_samples = None
+            if samples is not None:
+                local_samples = (samples if mask is None else samples[mask]) - shard.first_sample
+            values = shard.files[TOKENS].take(local, self.dtype, samples=local_samples)
             if mask is None:
                 out[...] = values
             else:
@@ -590,7 +598,8 @@ class TokenStore:
         out_offsets = np.zeros(idx.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=out_offsets[1:])
         positions = np.repeat(starts - out_offsets[:-1], lengths) + np.arange(out_offsets[-1])
-        return self.read_tokens(positions).astype(np.int64), out_offsets
+        tokens = self.read_tokens(positions, samples=np.repeat(idx, lengths))
+        return tokens.astype(np.int64), out_offsets
 
     # --- reading ahead, for stores read in place (remote_blocks.py) ----------------------------
 
@@ -604,18 +613,28 @@ class TokenStore:
         scheme) into a block cache (``RangedFile.prefetches``)."""
         return any(getattr(shard.files[TOKENS], "prefetches", False) for shard in self._shards)
 
-    def prefetch_tokens(self, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Fetch store token positions ``[starts[i], stops[i])`` (each within one sample) in the
-        background, into the block cache; a hint: memory-mapped files ignore it."""
+    def prefetch_tokens(
+        self, starts: np.ndarray, stops: np.ndarray, samples: Any = None
+    ) -> None:
+        """Fetch store token positions ``[starts[i], stops[i])`` (each within one sample, the
+        sample ``samples[i]`` when given) in the background, into the block cache; a hint:
+        memory-mapped files ignore it."""
         starts = np.asarray(starts, dtype=np.int64).reshape(-1)
         stops = np.asarray(stops, dtype=np.int64).reshape(-1)
         keep = stops > starts
         starts, stops = starts[keep], stops[keep]
+        if samples is not None:
+            samples = np.asarray(samples, dtype=np.int64).reshape(-1)[keep]
         if starts.size == 0:
             return
         for s, mask in self._by_shard(self._token_base, starts):
             shard = self._shards[s]
             tokens = shard.files[TOKENS]
+            if samples is not None and hasattr(tokens, "prefetch_samples"):
+                tokens.prefetch_samples(
+                    (samples if mask is None else samples[mask]) - shard.first_sample
+                )
+                continue
             if not hasattr(tokens, "prefetch"):
                 continue
             lo = (starts if mask is None else starts[mask]) - shard.first_token
