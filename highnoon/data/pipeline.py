@@ -126,7 +126,8 @@ class _Gather:
         w = self._windows(idx, stored + 1)
         # full[k] (k=0 BOS) is stored id k-1: the ids of full[w + lo : w + hi]
         self.store.prefetch_tokens(
-            starts + np.clip(w + lo - 1, 0, stored), starts + np.clip(w + hi - 1, 0, stored),
+            starts + np.clip(w + lo - 1, 0, stored),
+            starts + np.clip(w + hi - 1, 0, stored),
             samples=idx,
         )
 

@@ -121,7 +121,7 @@ class SampleRangedFile(RangedFile):
         vectorised binary search over the offsets file, one ``take`` a level, so only the
         blocks on the search paths are read (no caller hint: ``read``, byte-span prefetches)."""
         self._check_metadata()
-        heads, sizes = _runs_of(flat)
+        heads, _ = _runs_of(flat)
         values = np.unique(flat[heads])
         lo = np.zeros(values.size, dtype=np.int64)  # offsets[lo] <= value
         hi = np.full(values.size, self.num_samples, dtype=np.int64)  # offsets[hi] > value
@@ -258,7 +258,9 @@ class SampleRangedFile(RangedFile):
             still = []
             for i in missing:  # a prefetch may have fetched it meanwhile
                 s = wanted_list[i]
-                ids = self.cache.get(self._sample_key(s, crcs[s]), count=False) if use_cache else None
+                ids = (
+                    self.cache.get(self._sample_key(s, crcs[s]), count=False) if use_cache else None
+                )
                 if ids is None:
                     still.append(i)
                 else:

@@ -613,9 +613,7 @@ class TokenStore:
         scheme) into a block cache (``RangedFile.prefetches``)."""
         return any(getattr(shard.files[TOKENS], "prefetches", False) for shard in self._shards)
 
-    def prefetch_tokens(
-        self, starts: np.ndarray, stops: np.ndarray, samples: Any = None
-    ) -> None:
+    def prefetch_tokens(self, starts: np.ndarray, stops: np.ndarray, samples: Any = None) -> None:
         """Fetch store token positions ``[starts[i], stops[i])`` (each within one sample, the
         sample ``samples[i]`` when given) in the background, into the block cache; a hint:
         memory-mapped files ignore it."""
