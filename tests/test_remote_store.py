@@ -384,3 +384,64 @@ def test_a_bounded_cache_bounds_what_a_host_holds(local, rows):
     # outside the cache a file keeps one flag a block (which blocks it checked), no data
     assert all(v.nbytes <= f.num_blocks for f in store.block_files() for v in vars(f).values()
                if isinstance(v, np.ndarray))  # fmt: skip
+
+
+def _edit_manifest(url: str, edit) -> None:
+    path = f"{url}/manifest.json"
+    with tf.io.gfile.GFile(path, "rb") as f:
+        manifest = json.loads(f.read())
+    edit(manifest)
+    tf.io.gfile.remove(path)  # ram:// appends on "wb" to an existing file
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(json.dumps(manifest))
+
+
+def test_shard_manifests_read_lazily_are_checked_and_old_stores_open_as_before(local, monkeypatch):
+    """A lazily read ``shard.json`` that is not the one the manifest records is refused at the
+    shard's first read; ``verify()`` reads every shard and checks the fingerprint; a manifest
+    without shard summaries (a store written before them) opens by reading every shard
+    manifest, as before, with the same fingerprint and samples; a summary that contradicts the
+    counts is refused at open."""
+    from highnoon.data import store as store_module
+
+    mapped = TokenStore.open(local)
+    url = ram_copy(local)
+    with tf.io.gfile.GFile(f"{url}/shard-00001-of-00003/shard.json", "rb") as f:
+        meta = json.loads(f.read())
+    meta["skipped_empty"] += 1
+    tf.io.gfile.remove(f"{url}/shard-00001-of-00003/shard.json")
+    with tf.io.gfile.GFile(f"{url}/shard-00001-of-00003/shard.json", "wb") as f:
+        f.write(shards_lib.canonical_json(meta))
+    store = TokenStore.open(url)
+    np.testing.assert_array_equal(store.samples([0])[0], mapped.samples([0])[0])
+    with pytest.raises(StoreError, match=r"shard-00001-of-00003: shard\.json has sha256 [0-9a-f]+, "
+                                         r"the manifest records [0-9a-f]+; the store is corrupt"):  # fmt: skip
+        store.samples([store._shards[1].first_sample])
+    with pytest.raises(StoreError, match=r"shard-00001-of-00003: shard\.json has sha256"):
+        TokenStore.open(url).verify()
+
+    url = ram_copy(local)
+    _edit_manifest(url, lambda m: m.update(fingerprint="0" * 64))
+    store = TokenStore.open(url)  # the fingerprint needs every shard manifest: not at open
+    with pytest.raises(StoreError, match=r"the shards' fingerprint [0-9a-f]+ does not match the "
+                                         r"manifest fingerprint 0{64}; rebuild the store"):  # fmt: skip
+        store.verify()
+    assert all(s.files.loaded for s in store._shards)
+
+    url = ram_copy(local)
+    _edit_manifest(url, lambda m: [(e.pop("files"), e.pop("first_sample")) for e in m["shards"]])
+    reads: list[str] = []
+    real = store_module._read_file_op
+    monkeypatch.setattr(store_module, "_read_file_op", lambda p: reads.append(p) or real(p))
+    old = TokenStore.open(url)
+    assert sorted(r.rsplit("/", 2)[-2] for r in reads) == [s.name for s in mapped._shards]
+    assert all(s.files.loaded for s in old._shards)
+    assert old.fingerprint == mapped.fingerprint
+    last = mapped.num_samples - 1
+    np.testing.assert_array_equal(old.samples([last])[0], mapped.samples([last])[0])
+
+    url = ram_copy(local)
+    _edit_manifest(url, lambda m: m["shards"][2]["files"].update({"offsets.bin": 8}))
+    with pytest.raises(StoreError, match=r"shard-00002-of-00003/offsets\.bin: manifest\.json "
+                                         r"records size 8, \d+ for \d+ samples"):  # fmt: skip
+        TokenStore.open(url)

@@ -385,6 +385,8 @@ def store_manifest(
                 "name": name,
                 "num_samples": int(shard["num_samples"]),
                 "num_tokens": int(shard["num_tokens"]),
+                "first_sample": int(shard["first_sample"]),
+                "files": {f: int(m["size"]) for f, m in shard["files"].items()},
                 "sha256": sha256_hex(canonical_json(shard)),
             }
             for name, shard in zip(shard_names, shard_manifests)
