@@ -15,7 +15,8 @@
   process (goal >= 0.8x).
 
 ``--part open``: requests and time to open stores of 8 and 64 shards on ``gs://`` (TensorFlow's
-client against tests/fake_gcs.py, 50 ms a request), manifests read by 32 threads and by one.
+client against tests/fake_gcs.py, 50 ms a request), on the manifest alone (shard manifests read
+at first use) and, the baseline, without the manifest's shard summaries (all read at open).
 ``--part write``: the shard writer with and without its per-sample CRC32C.
 ``--part prepare`` is the preparation side (Beam against a one-process build), in
 ``bench/corpus_prepare.py``.
@@ -252,14 +253,12 @@ def bench_bytes_read(directory: str, *, steps: int = 100, quick: bool = False) -
 
 
 # -- opening a store on gs:// -----------------------------------------------------------------
-def _open_worker(url: str, threads: int) -> None:
+def _open_worker(url: str) -> None:
     """In a fresh process pointed at the fake GCS: open ``url`` and read one sample; JSON."""
     import tensorflow as tf  # noqa: F401 (its start-up is no part of the open)
 
     from highnoon.data import TokenStore
-    from highnoon.data import store as store_module
 
-    store_module.OPEN_THREADS = threads
     started = time.perf_counter()
     store = TokenStore.open(url, verify=True)
     opened = time.perf_counter()
@@ -268,44 +267,74 @@ def _open_worker(url: str, threads: int) -> None:
                       "shards": store.num_shards}))  # fmt: skip
 
 
-def bench_open(directory: str, *, latency_s: float = 0.05) -> None:
+def _without_summaries(path: str, target: str) -> None:
+    """A copy of the store at ``path`` whose manifest lacks the shard summaries: a store
+    written before them, which opens by reading every ``shard.json`` (the baseline)."""
+    import shutil
+
+    shutil.copytree(path, target)
+    with open(os.path.join(target, shards.MANIFEST), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    for entry in manifest["shards"]:
+        del entry["files"], entry["first_sample"]
+    with open(os.path.join(target, shards.MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+
+
+def bench_open(directory: str, *, latency_s: float = 0.05, rounds: int = 3) -> None:
     """Requests and time to open a store of 8 and of 64 shards on ``gs://`` (TensorFlow's own
-    client against tests/fake_gcs.py, every answer delayed ``latency_s``), shard manifests read
-    by 32 threads (the default) and by one (sequential, the baseline)."""
+    client against tests/fake_gcs.py, every answer delayed ``latency_s``): on its manifest
+    alone (shard manifests read at first use), and, the baseline, the same store without the
+    shard summaries (every shard manifest read at open by ``OPEN_THREADS`` threads). Each open
+    in a fresh process, ``rounds`` interleaved rounds, medians."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.fake_gcs import FakeGcs
 
     root = os.path.join(directory, "gcs")
     fake = FakeGcs(root, directory, latency_s=latency_s)
-    print(f"Fake GCS answering after {latency_s * 1e3:.0f} ms per request.\n")
-    print("| shards | manifests read by | requests at open | open s | then first sample: "
-          "requests, s |")  # fmt: skip
+    print(f"Fake GCS answering after {latency_s * 1e3:.0f} ms per request; medians of {rounds} "
+          "interleaved rounds.\n")  # fmt: skip
+    print("| shards | manifest | requests at open | open s | then last sample: requests, s |")
     print("|---:|---|---:|---:|---:|")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
            **fake.env(GCS_READ_CACHE_BLOCK_SIZE_MB="0")}  # fmt: skip
-    times: dict[tuple[int, int], float] = {}
+    cases = [(count, kind) for count in (8, 64) for kind in ("summaries", "before")]
+    for count in (8, 64):
+        path = os.path.join(root, "bucket", f"s{count}")
+        synthetic_store(path, 64 * 100, num_shards=count)
+        _without_summaries(path, os.path.join(root, "bucket", f"s{count}-before"))
+    runs: dict[tuple[int, str], list[tuple[int, float, int, float]]] = {c: [] for c in cases}
     try:
-        for count in (8, 64):
-            synthetic_store(os.path.join(root, "bucket", f"s{count}"), 64 * 100, num_shards=count)
-            for threads in (32, 1):
+        for _ in range(rounds):
+            for count, kind in cases:
                 before = len(fake.requests)
+                url = f"gs://bucket/s{count}" + ("-before" if kind == "before" else "")
                 out = subprocess.run(
-                    [sys.executable, __file__, _OPEN_WORKER, f"gs://bucket/s{count}",
-                     str(threads)], capture_output=True, text=True, env=env, check=True,
+                    [sys.executable, __file__, _OPEN_WORKER, url], capture_output=True, text=True,
+                    env=env, check=True,
                 ).stdout  # fmt: skip
                 r = json.loads(out.strip().splitlines()[-1])
                 log = fake.requests[before:]
                 at_open = next(
                     (i for i, q in enumerate(log) if q["what"].startswith("media ")
-                     and not q["what"].endswith(".json")), len(log),
+                     and q["what"].endswith(".bin")), len(log),
                 )  # fmt: skip
-                times[count, threads] = r["open_s"]
-                print(f"| {count} | {threads} thread{'s' * (threads > 1)} | {at_open} | "
-                      f"{r['open_s']:.3f} | {len(log) - at_open}, {r['first_sample_s']:.3f} |")  # fmt: skip
+                at_open -= kind == "summaries"  # the first sample's shard.json, read lazily
+                runs[count, kind].append((at_open, r["open_s"], len(log) - at_open,
+                                          r["first_sample_s"]))  # fmt: skip
     finally:
         fake.close()
-    print(f"\n64/8 shards, open time: {times[64, 32] / times[8, 32]:.2f}x with 32 threads, "
-          f"{times[64, 1] / times[8, 1]:.2f}x sequential")  # fmt: skip
+    med = {c: [float(np.median([r[i] for r in runs[c]])) for i in range(4)] for c in cases}
+    for count, kind in cases:
+        m = med[count, kind]
+        label = "summaries (shard.json at first use)" if kind == "summaries" else (
+            "without summaries (before: every shard.json at open, 32 threads)")  # fmt: skip
+        print(f"| {count} | {label} | {m[0]:.0f} | {m[1]:.3f} | {m[2]:.0f}, {m[3]:.3f} |")
+    print(f"\n64/8 shards, open time: {med[64, 'summaries'][1] / med[8, 'summaries'][1]:.2f}x with "
+          f"summaries (goal: flat), {med[64, 'before'][1] / med[8, 'before'][1]:.2f}x before; "
+          f"per round (64/8, summaries): "
+          + ", ".join(f"{a[1] / b[1]:.2f}" for a, b in zip(runs[64, 'summaries'],
+                                                          runs[8, 'summaries'])))  # fmt: skip
 
 
 # -- the shard writer's per-sample CRCs -------------------------------------------------------
@@ -441,7 +470,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == _WORKER:
         _startup_worker(sys.argv[2])
-    elif len(sys.argv) == 4 and sys.argv[1] == _OPEN_WORKER:
-        _open_worker(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == _OPEN_WORKER:
+        _open_worker(sys.argv[2])
     else:
         main()
