@@ -59,6 +59,11 @@ OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")
 _PACKED_KEYS = (*_PLAIN_KEYS, "positions", "segment_ids")
 _TOKENS_PER_CALL = 1 << 16
+# A store read in place fetches this many calls ahead of the one being built (the first ones
+# at the start): tf.data's parallel map builds about as many calls at once as there are cores,
+# so the call after those is the first whose reads can overlap (BENCHMARKS.md, "Input
+# throughput").
+_CALLS_AHEAD = 2
 
 
 def per_replica_rows(host_rows: np.ndarray, num_local_replicas: int) -> np.ndarray:
@@ -396,14 +401,15 @@ def _dataset(
     ahead = batcher.store.reads_ahead  # read the next call's bytes while this one trains
 
     def produce(first: np.ndarray) -> list[np.ndarray]:
+        if ahead:  # past the calls the parallel map may be building already
+            batcher.prefetch(int(first) + _CALLS_AHEAD * per_call, per_call)
         count = min(int(first) + per_call, end) - int(first)
         stacked = batcher.batches(int(first), count)
-        if ahead:
-            batcher.prefetch(int(first) + per_call, per_call)
         return [stacked[key] for key in keys]
 
     if ahead:
-        batcher.prefetch(start_step, per_call)
+        for call in range(_CALLS_AHEAD):
+            batcher.prefetch(start_step + call * per_call, per_call)
 
     def to_dict(first: Any) -> dict[str, Any]:
         values = tf.numpy_function(produce, [first], [tf.int32] * len(keys), stateful=False)

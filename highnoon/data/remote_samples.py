@@ -159,16 +159,14 @@ class SampleRangedFile(RangedFile):
             owner = np.broadcast_to(np.asarray(samples, dtype=np.int64), pos.shape).reshape(-1)
         wanted, inverse = _unique_by_runs(owner)
         starts, ends = self._bounds(wanted)
-        if samples is not None and not (
-            (flat >= starts[inverse]).all() and (flat < ends[inverse]).all()
-        ):
+        rel = flat - starts[inverse]  # each position's place in its sample
+        if samples is not None and (rel.min() < 0 or (rel >= (ends - starts)[inverse]).any()):
             raise StoreError(
                 f"{self.label}: a position read lies outside the sample it was given with "
                 "(samples= must be the sample holding each position, as sample_bounds gives)"
             )
         data, base = self._gathered(wanted, starts, ends)
-        out = data[(base - starts)[inverse] + flat]
-        return out.reshape(pos.shape)
+        return data[base[inverse] + rel].reshape(pos.shape)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)``, read through the samples they touch (each checked)."""
@@ -245,26 +243,22 @@ class SampleRangedFile(RangedFile):
         crcs = dict(zip(wanted_list, self._crc_file.take(wanted, "<u4").tolist()))
         use_cache = self.cache.enabled
         found: dict[int, np.ndarray] = {}
-        missing = []
-        for i, s in enumerate(wanted_list):
-            ids = self.cache.get(self._sample_key(s, crcs[s])) if use_cache else None
-            if ids is None:
-                missing.append(i)
-            else:
-                found[s] = ids
+        missing = list(range(len(wanted_list)))
+        if use_cache:  # one lock for the whole call's samples
+            cached = self.cache.get_many([self._sample_key(s, crcs[s]) for s in wanted_list])
+            missing = [i for i, ids in enumerate(cached) if ids is None]
+            found = {s: ids for s, ids in zip(wanted_list, cached) if ids is not None}
         if not missing:
             return found
         with self._fetch_lock:
-            still = []
-            for i in missing:  # a prefetch may have fetched it meanwhile
-                s = wanted_list[i]
-                ids = (
-                    self.cache.get(self._sample_key(s, crcs[s]), count=False) if use_cache else None
+            still = missing
+            if use_cache:  # a prefetch may have fetched some meanwhile
+                again = self.cache.get_many(
+                    [self._sample_key(wanted_list[i], crcs[wanted_list[i]]) for i in missing]
                 )
-                if ids is None:
-                    still.append(i)
-                else:
-                    found[s] = ids
+                still = [i for i, ids in zip(missing, again) if ids is None]
+                found.update((wanted_list[i], ids) for i, ids in zip(missing, again)
+                             if ids is not None)  # fmt: skip
             rows = np.asarray(still, dtype=np.int64)
             for group in self._ranges(starts[rows], ends[rows]):
                 found.update(self._fetch_samples(wanted[rows[group]], starts[rows[group]],
@@ -287,24 +281,24 @@ class SampleRangedFile(RangedFile):
         sample checked against its CRC32C; caller holds the fetch lock."""
         item = self.dtype.itemsize
         start = int(starts[0]) * item
-        data = self._fetch_range(start, int(ends[-1]) * item)
-        out = {}
-        for s, a, b in zip(group.tolist(), starts.tolist(), ends.tolist()):
-            lo, hi = a * item - start, b * item - start
-            raw = data[lo:hi]
-            actual = google_crc32c.value(raw)
-            if actual != crcs[s]:
+        data = self._fetch_bytes(start, int(ends[-1]) * item)
+        samples, los, his = group.tolist(), (starts * item - start).tolist(), (
+            ends * item - start).tolist()  # fmt: skip
+        chunks = [data[lo:hi] for lo, hi in zip(los, his)]  # bytes: each owns its memory
+        value = google_crc32c.value
+        actual = [value(c) for c in chunks]
+        for s, lo, hi, crc in zip(samples, los, his, actual):
+            if crc != crcs[s]:
                 raise StoreError(
                     f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
                     f"offset {start + lo}, bytes [{start + lo}, {start + hi})) has CRC32C "
-                    f"{actual:#010x}, sample_crc32c.bin records {crcs[s]:#010x}; the store "
+                    f"{crc:#010x}, sample_crc32c.bin records {crcs[s]:#010x}; the store "
                     "is corrupt, rebuild it"
                 )
-            ids = raw.view(self.dtype)
-            if self.cache.enabled:
-                ids = ids.copy()  # own its memory: the range read may hold other samples
-                self.cache.put(self._sample_key(s, crcs[s]), ids)
-            out[s] = ids
+        dtype = self.dtype
+        out = {s: np.frombuffer(c, dtype=dtype) for s, c in zip(samples, chunks)}
+        if self.cache.enabled:
+            self.cache.put_many([(self._sample_key(s, crcs[s]), out[s]) for s in samples])
         self.samples_verified += len(out)
         return out
 

@@ -694,7 +694,7 @@ class TokenStore:
         if len(self._shards) == 1:
             return [(0, None)]
         which = np.searchsorted(bases, values, side="right") - 1
-        present = np.unique(which)
+        present = np.flatnonzero(np.bincount(which.reshape(-1), minlength=bases.size))
         if present.size == 1:
             return [(int(present[0]), None)]
         return [(int(s), which == s) for s in present]
