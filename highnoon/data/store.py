@@ -17,12 +17,16 @@ sample indices are positions in the sources' order (empty samples skipped and co
 many shards or processes wrote the store. Its ids are ``encode(text) + [eos_id]`` (no BOS: the
 pipeline prepends ``bos_id``); a token sample is stored as given plus ``eos_id``.
 
-**Opening** reads ``manifest.json`` and every ``shard.json`` (one small file per shard, nothing
-that grows with the samples) and checks: the format, every shard present with the sha256 the
-manifest records, every file present with its recorded size (a truncated shard, a missing
-shard, a manifest naming an absent file are ``StoreError``s naming the shard or file and saying
-"rebuild"), and the fingerprint. ``verify=True`` also hashes the top-level files (the tokenizer
-copy). No token is read.
+**Opening** reads ``manifest.json``, which summarises every shard (counts, first sample, file
+sizes, the sha256 of its ``shard.json``), and checks the summaries against each other. A local
+store (and a store written before the summaries) also reads every ``shard.json`` now and
+checks: every shard present with the sha256 the manifest records, every file present with its
+recorded size (a truncated shard, a missing shard, a manifest naming an absent file are
+``StoreError``s naming the shard or file and saying "rebuild"), and the fingerprint. A remote
+store reads a shard's ``shard.json`` at the shard's first read and makes the same checks then,
+so opening costs the same requests for 8 shards or 64; ``verify()`` reads every shard and the
+fingerprint. ``verify=True`` also hashes the top-level files (the tokenizer copy). No token is
+read.
 
 **Reading** goes through one ``BlockFile`` per shard file (``blocks.py``): ``MappedFile`` (a
 memory map) for a local path, ``RangedFile`` (``remote_blocks.py``: range reads through
@@ -30,7 +34,8 @@ memory map) for a local path, ``RangedFile`` (``remote_blocks.py``: range reads 
 checked against its CRC32C the first time the process reads it: a flipped byte is a
 ``StoreError`` naming the store, shard, file, block and byte offset, before any token of that
 block reaches a batch. ``verify()`` checks every block now (``highnoon-prepare-data --verify``).
-``sample_bounds`` and ``read_tokens`` (global token positions) are what the pipeline reads
+``sample_bounds`` and ``read_tokens`` (global token positions; the pipeline passes the sample
+of each, so an in-place store reads those samples' offsets only) are what the pipeline reads
 through; ``gather``/``samples``/``sample`` return whole samples; ``features`` (lengths,
 surprisal) are read from every shard on first use.
 
