@@ -68,17 +68,12 @@ class BlockCache:
     def get(self, key: tuple[Any, ...], *, count: bool = True) -> np.ndarray | None:
         """The block under ``key`` (now the most recently used), or None; ``count=False`` for a
         second look that should not count as another hit or miss."""
-        with self._lock:
-            block = self._blocks.get(key)
-            if block is not None:
-                self._blocks.move_to_end(key)
-            if count:
-                self.hits += block is not None
-                self.misses += block is None
-            return block
+        return self.get_many([key], count=count)[0]
 
-    def get_many(self, keys: Sequence[tuple[Any, ...]]) -> list[np.ndarray | None]:
-        """``get`` of several keys under one lock (a call's samples), each counted."""
+    def get_many(
+        self, keys: Sequence[tuple[Any, ...]], *, count: bool = True
+    ) -> list[np.ndarray | None]:
+        """``get`` of several keys under one lock (a call's samples)."""
         with self._lock:
             out = []
             for key in keys:
@@ -86,9 +81,10 @@ class BlockCache:
                 if block is not None:
                     self._blocks.move_to_end(key)
                 out.append(block)
-            hits = sum(b is not None for b in out)
-            self.hits += hits
-            self.misses += len(out) - hits
+            if count:
+                hits = sum(b is not None for b in out)
+                self.hits += hits
+                self.misses += len(out) - hits
             return out
 
     def put_many(self, items: Sequence[tuple[tuple[Any, ...], np.ndarray]]) -> None:
@@ -105,15 +101,7 @@ class BlockCache:
             self._evict()
 
     def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
-        if block.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            old = self._blocks.pop(key, None)
-            if old is not None:
-                self.bytes_held -= old.nbytes
-            self._blocks[key] = block
-            self.bytes_held += block.nbytes
-            self._evict()
+        self.put_many([(key, block)])
 
     def resize(self, max_bytes: int) -> None:
         """A new bound (evicting the least recently used blocks past it)."""

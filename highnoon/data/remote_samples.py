@@ -254,7 +254,8 @@ class SampleRangedFile(RangedFile):
             still = missing
             if use_cache:  # a prefetch may have fetched some meanwhile
                 again = self.cache.get_many(
-                    [self._sample_key(wanted_list[i], crcs[wanted_list[i]]) for i in missing]
+                    [self._sample_key(wanted_list[i], crcs[wanted_list[i]]) for i in missing],
+                    count=False,
                 )
                 still = [i for i, ids in zip(missing, again) if ids is None]
                 found.update((wanted_list[i], ids) for i, ids in zip(missing, again)
