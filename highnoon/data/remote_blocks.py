@@ -274,7 +274,7 @@ class RangedFile:
         self._pending = 0  # prefetch requests queued or running
         self._pending_done = threading.Condition()
         self.prefetch_dropped = 0  # requests dropped because the queue was full
-        self._fd: int | None = None  # a file:// path's descriptor (``_pread``)
+        self._fd: int | None = None  # a file:// path's descriptor (``_pread_many``)
         self._fd_lock = threading.Lock()
 
     # -- reads ------------------------------------------------------------------------------
@@ -433,18 +433,27 @@ class RangedFile:
 
     def _fetch_bytes(self, start: int, stop: int) -> bytes:
         """``_fetch_range`` as ``bytes``."""
+        return self._fetch_many([(start, stop)])[0]
+
+    def _fetch_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``[start, stop)`` span, one range read each (a call's scattered
+        samples: the per-read Python work done once for all of them); size checked first."""
         _warn_gcs_readahead(self.path)
         self._check_size()
-        raw = self._read_range(start, stop)
-        self.reads += 1
-        self.bytes_read += len(raw)
-        if len(raw) != stop - start:
-            raise StoreError(
-                f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; the "
-                f"file is shorter than the {self.size} bytes its manifest records (truncated), "
-                "rebuild the store"
-            )
-        return raw
+        if self.path.startswith(_FILE_SCHEME):
+            out = self._pread_many(spans)
+        else:
+            out = [self._read_range(a, b) for a, b in spans]
+        self.reads += len(out)
+        self.bytes_read += sum(map(len, out))
+        for (start, stop), raw in zip(spans, out):
+            if len(raw) != stop - start:
+                raise StoreError(
+                    f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; "
+                    f"the file is shorter than the {self.size} bytes its manifest records "
+                    "(truncated), rebuild the store"
+                )
+        return out
 
     def _check_size(self) -> None:
         """The file exists with the size its manifest records: checked by one ``stat`` before
@@ -479,10 +488,8 @@ class RangedFile:
 
         ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
         stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
-        A ``file://`` path is read by ``os.pread`` on a descriptor kept open (``_pread``).
+        A ``file://`` path is read by ``os.pread`` instead (``_pread_many``).
         """
-        if self.path.startswith(_FILE_SCHEME):
-            return self._pread(start, stop)
         import tensorflow as tf
 
         try:
@@ -496,21 +503,21 @@ class RangedFile:
                 "the store"
             ) from err
 
-    def _pread(self, start: int, stop: int) -> bytes:
-        """Bytes ``[start, stop)`` of a ``file://`` path by one ``os.pread`` (positional, so
-        threads share the descriptor): the syscall TensorFlow's local filesystem makes, without
-        a stream object opened per read (3x the Python time per sample read; BENCHMARKS.md,
-        "Input throughput")."""
+    def _pread_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The spans of a ``file://`` path by ``os.pread`` on a descriptor kept open
+        (positional, so threads share it): the syscall TensorFlow's local filesystem makes,
+        without a stream object opened per read (which cost more than the read)."""
         try:
             if self._fd is None:
                 with self._fd_lock:
                     if self._fd is None:
                         self._fd = os.open(self.path[len(_FILE_SCHEME) :], os.O_RDONLY)
-            return os.pread(self._fd, stop - start, start)
+            fd, pread = self._fd, os.pread
+            return [pread(fd, b - a, a) for a, b in spans]
         except OSError as err:
             raise StoreError(
-                f"{self.label}: reading bytes [{start}, {stop}) of {self.path!r} failed ({err}); "
-                "check the path and access, or rebuild the store"
+                f"{self.label}: reading {self.path!r} failed ({err}); check the path and access, "
+                "or rebuild the store"
             ) from err
 
     def __del__(self) -> None:

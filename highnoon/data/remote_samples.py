@@ -261,46 +261,51 @@ class SampleRangedFile(RangedFile):
                 found.update((wanted_list[i], ids) for i, ids in zip(missing, again)
                              if ids is not None)  # fmt: skip
             rows = np.asarray(still, dtype=np.int64)
-            for group in self._ranges(starts[rows], ends[rows]):
-                found.update(self._fetch_samples(wanted[rows[group]], starts[rows[group]],
-                                                 ends[rows[group]], crcs))  # fmt: skip
+            found.update(self._fetch_samples(wanted[rows], starts[rows], ends[rows], crcs))
         return found
 
-    def _ranges(self, starts: np.ndarray, ends: np.ndarray) -> list[np.ndarray]:
-        """Indices into sorted samples of these bounds, split into groups fetched by one
-        range read each: a sample starting at most ``gap_bytes`` after the previous one's end
-        joins its group."""
-        if starts.size == 0:
-            return []
+    def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """For sorted samples of these bounds, the index of the range read fetching each: a
+        sample starting at most ``gap_bytes`` after the previous one's end joins its read."""
         gaps = (starts[1:] - ends[:-1]) * self.dtype.itemsize
-        return np.split(np.arange(starts.size), np.flatnonzero(gaps > self.gap_bytes) + 1)
+        return np.concatenate([[0], np.cumsum(gaps > self.gap_bytes)]).astype(np.int64)
 
     def _fetch_samples(
-        self, group: np.ndarray, starts: np.ndarray, ends: np.ndarray, crcs: dict[int, int]
+        self, samples: np.ndarray, starts: np.ndarray, ends: np.ndarray, crcs: dict[int, int]
     ) -> dict[int, np.ndarray]:
-        """One range read from the first sample of ``group`` to the end of its last, each
-        sample checked against its CRC32C; caller holds the fetch lock."""
+        """Fetch ``samples`` (sorted, bounds ``starts``/``ends``): one range read per group of
+        near samples (``_groups``), all issued together, then every sample checked against its
+        CRC32C; the good ones are cached, and a bad one raises. Caller holds the fetch lock."""
+        if samples.size == 0:
+            return {}
         item = self.dtype.itemsize
-        start = int(starts[0]) * item
-        data = self._fetch_bytes(start, int(ends[-1]) * item)
-        samples, los, his = group.tolist(), (starts * item - start).tolist(), (
-            ends * item - start).tolist()  # fmt: skip
-        chunks = [data[lo:hi] for lo, hi in zip(los, his)]  # bytes: each owns its memory
+        group = self._groups(starts, ends)
+        first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
+        last = np.append(first[1:], samples.size) - 1
+        begin = starts[first] * item
+        datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
+        los = (starts * item - begin[group]).tolist()
+        his = (ends * item - begin[group]).tolist()
+        chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]  # own bytes
         value = google_crc32c.value
+        names = samples.tolist()
+        expected = [crcs[s] for s in names]
         actual = [value(c) for c in chunks]
-        for s, lo, hi, crc in zip(samples, los, his, actual):
-            if crc != crcs[s]:
-                raise StoreError(
-                    f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
-                    f"offset {start + lo}, bytes [{start + lo}, {start + hi})) has CRC32C "
-                    f"{crc:#010x}, sample_crc32c.bin records {crcs[s]:#010x}; the store "
-                    "is corrupt, rebuild it"
-                )
         dtype = self.dtype
-        out = {s: np.frombuffer(c, dtype=dtype) for s, c in zip(samples, chunks)}
+        good = [i for i, (a, e) in enumerate(zip(actual, expected)) if a == e]
+        out = {names[i]: np.frombuffer(chunks[i], dtype=dtype) for i in good}
         if self.cache.enabled:
-            self.cache.put_many([(self._sample_key(s, crcs[s]), out[s]) for s in samples])
+            self.cache.put_many([(self._sample_key(s, crcs[s]), ids) for s, ids in out.items()])
         self.samples_verified += len(out)
+        if len(good) < len(names):
+            i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
+            s, offset = names[i], int(starts[i]) * item
+            raise StoreError(
+                f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
+                f"offset {offset}, bytes [{offset}, {int(ends[i]) * item})) has CRC32C "
+                f"{actual[i]:#010x}, sample_crc32c.bin records {expected[i]:#010x}; the store "
+                "is corrupt, rebuild it"
+            )
         return out
 
     def __repr__(self) -> str:
