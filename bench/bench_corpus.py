@@ -209,16 +209,21 @@ def bench_bytes_read(directory: str, *, steps: int = 100, quick: bool = False) -
 
     print(f"Tokens read per sample (gap bound {GAP_BYTES} bytes) and, the baseline, per 1 MiB "
           "block.\n")  # fmt: skip
-    print("| samples (ids each) | rows' token bytes | tokens fetched per sample (reads) | ratio | "
-          "per block (baseline) | ratio | offsets fetched | sample CRCs fetched | manifests |")  # fmt: skip
+    print("| samples (ids each), blocks | rows' token bytes | tokens fetched per sample (reads) | ratio | "
+          "per block (baseline) | ratio | offsets fetched (of) | sample CRCs fetched (of) | "
+          "manifests |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     global_batch = 16
-    cases = [(20_000, 64, 512), (2_000, 2048, 8192), (100_000, 8, 64)]  # (samples, ids)
+    mib = shards.BLOCK_BYTES
+    # (samples, ids, block bytes): the last store's 4 KiB blocks show the metadata fetched
+    # growing with the rows read, not with the store (its offsets are 200 KB a shard)
+    cases = [(20_000, 64, 512, mib), (2_000, 2048, 8192, mib), (100_000, 8, 64, mib),
+             (100_000, 8, 64, 4096)]  # fmt: skip
     if quick:
         cases = cases[:1]
-    for n, lo, hi in cases:
-        path = os.path.join(directory, f"bytes-{n}-{lo}")
-        synthetic_store(path, n, min_len=lo, max_len=hi)
+    for n, lo, hi, block in cases:
+        path = os.path.join(directory, f"bytes-{n}-{lo}-{block}")
+        synthetic_store(path, n, min_len=lo, max_len=hi, block_bytes=block)
         remote = _copy_to_ram(path)
         local = TokenStore.open(path)
         rows = host_rows(n, steps, global_batch, 1, 4)
@@ -244,13 +249,16 @@ def bench_bytes_read(directory: str, *, steps: int = 100, quick: bool = False) -
             if f.endswith(".json")
         )
         need = rows_token_bytes(local.features.lengths, rows, hi + 1, local.dtype.itemsize)
+        whole = {kind: sum(os.path.getsize(os.path.join(path, s.name, kind)) for s in local._shards)
+                 for kind in (shards.OFFSETS, shards.SAMPLE_CRC)}  # fmt: skip
         per_sample, per_block = fetched["sample"], fetched["block"]
         tokens = per_sample[shards.TOKENS]
-        print(f"| {n:.0e} ({lo}..{hi}) | {need / 1e6:.3f} MB | {tokens / 1e6:.3f} MB "
+        print(f"| {n:.0e} ({lo}..{hi}), {block >> 10} KiB blocks | {need / 1e6:.3f} MB | {tokens / 1e6:.3f} MB "
               f"({per_sample['reads ' + shards.TOKENS]}) | {tokens / need:.3f}x | "
               f"{per_block[shards.TOKENS] / 1e6:.3f} MB | {per_block[shards.TOKENS] / need:.2f}x | "
-              f"{per_sample[shards.OFFSETS] / 1e6:.3f} MB | "
-              f"{per_sample[shards.SAMPLE_CRC] / 1e6:.3f} MB | {manifest_bytes / 1e3:.1f} kB |")  # fmt: skip
+              f"{per_sample[shards.OFFSETS] / 1e6:.3f} MB ({whole[shards.OFFSETS] / 1e6:.3f}) | "
+              f"{per_sample[shards.SAMPLE_CRC] / 1e6:.3f} MB ({whole[shards.SAMPLE_CRC] / 1e6:.3f}) | "
+              f"{manifest_bytes / 1e3:.1f} kB |")  # fmt: skip
 
 
 # -- opening a store on gs:// -----------------------------------------------------------------

@@ -35,6 +35,7 @@ import numpy as np
 from highnoon.data.blocks import check_range
 from highnoon.data.remote_blocks import BlockCache, RangedFile, _prefetcher
 from highnoon.data.store_errors import StoreError
+from highnoon.utils.hashing import sha256_hex
 from highnoon.utils.validation import check_int
 
 # Samples closer than this are fetched in one range read, the gap's bytes included: a request
@@ -92,6 +93,7 @@ class SampleRangedFile(RangedFile):
         self._offsets_file = offsets
         self._crc_file = sample_crc32c
         self.num_samples = self._crc_file.size // 4
+        self._version = sha256_hex(np.asarray(self.crc32c, dtype="<u4").tobytes(), chars=16)
         self.samples_verified = 0  # samples checked against their CRC by this object
 
     # -- metadata (read by block through the cache, never whole) ------------------------------
@@ -188,7 +190,7 @@ class SampleRangedFile(RangedFile):
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ids of the samples ``wanted`` (sorted unique local indices, their bounds
         ``starts``/``ends``), back to back, and where each one starts in them."""
-        samples = self._samples(wanted, starts, ends)
+        samples = self._samples(wanted, (starts, ends))
         parts = [samples[s] for s in wanted.tolist()]
         sizes = ends - starts
         base = np.cumsum(sizes) - sizes
@@ -221,31 +223,32 @@ class SampleRangedFile(RangedFile):
                     np.array([p for a, b in spans for p in (a // item, (b - 1) // item)])
                 ).reshape(-1, 2)
                 wanted = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in ends.tolist()]))
-            starts, stops = self._bounds(wanted)
-            self._samples(wanted, starts, stops, raise_pending=False)
+            self._samples(wanted, None, raise_pending=False)  # bounds only of what is missing
         except BaseException as err:  # kept for the next read: never lost
             self._prefetch_error = err
 
     # -- samples ----------------------------------------------------------------------------
-    def _sample_key(self, s: int, crc: int) -> tuple[Any, ...]:
-        return (self.path, self.size, "sample", s, crc)
+    def _sample_key(self, s: int) -> tuple[Any, ...]:
+        """A sample's cache key: the file's path, size and version (its block CRCs, which cover
+        every byte), so a store rebuilt at the same path never serves an old sample; a cached
+        sample is found without reading its CRC (that is read to check a fetched one)."""
+        return (self.path, self.size, self._version, "sample", s)
 
     def _samples(
-        self, wanted: np.ndarray, starts: np.ndarray, ends: np.ndarray, *,
+        self, wanted: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None, *,
         raise_pending: bool = True,
     ) -> dict[int, np.ndarray]:  # fmt: skip
-        """The verified ids of the samples ``wanted`` (sorted unique, bounds ``starts``/
-        ``ends``): cached, or fetched."""
+        """The verified ids of the samples ``wanted`` (sorted unique; ``bounds``: their
+        (starts, ends), or None to read them for the ones fetched): cached, or fetched."""
         if raise_pending and self._prefetch_error is not None:
             err, self._prefetch_error = self._prefetch_error, None
             raise err
         wanted_list = wanted.tolist()
-        crcs = dict(zip(wanted_list, self._crc_file.take(wanted, "<u4").tolist()))
         use_cache = self.cache.enabled
         found: dict[int, np.ndarray] = {}
         missing = list(range(len(wanted_list)))
         if use_cache:  # one lock for the whole call's samples
-            cached = self.cache.get_many([self._sample_key(s, crcs[s]) for s in wanted_list])
+            cached = self.cache.get_many([self._sample_key(s) for s in wanted_list])
             missing = [i for i, ids in enumerate(cached) if ids is None]
             found = {s: ids for s, ids in zip(wanted_list, cached) if ids is not None}
         if not missing:
@@ -254,14 +257,17 @@ class SampleRangedFile(RangedFile):
             still = missing
             if use_cache:  # a prefetch may have fetched some meanwhile
                 again = self.cache.get_many(
-                    [self._sample_key(wanted_list[i], crcs[wanted_list[i]]) for i in missing],
-                    count=False,
+                    [self._sample_key(wanted_list[i]) for i in missing], count=False
                 )
                 still = [i for i, ids in zip(missing, again) if ids is None]
                 found.update((wanted_list[i], ids) for i, ids in zip(missing, again)
                              if ids is not None)  # fmt: skip
             rows = np.asarray(still, dtype=np.int64)
-            found.update(self._fetch_samples(wanted[rows], starts[rows], ends[rows], crcs))
+            fetch = wanted[rows]
+            starts, ends = self._bounds(fetch) if bounds is None else (
+                bounds[0][rows], bounds[1][rows])  # fmt: skip
+            crcs = dict(zip(fetch.tolist(), self._crc_file.take(fetch, "<u4").tolist()))
+            found.update(self._fetch_samples(fetch, starts, ends, crcs))
         return found
 
     def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -295,7 +301,7 @@ class SampleRangedFile(RangedFile):
         good = [i for i, (a, e) in enumerate(zip(actual, expected)) if a == e]
         out = {names[i]: np.frombuffer(chunks[i], dtype=dtype) for i in good}
         if self.cache.enabled:
-            self.cache.put_many([(self._sample_key(s, crcs[s]), ids) for s, ids in out.items()])
+            self.cache.put_many([(self._sample_key(s), ids) for s, ids in out.items()])
         self.samples_verified += len(out)
         if len(good) < len(names):
             i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
