@@ -11,7 +11,11 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
 * checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``), keyed by
-  (file, size, sample, CRC), and ``prefetch`` fetches samples ahead on the prefetch threads.
+  (file, size, version, sample): the version hashes the file's block CRCs, so a hit needs no
+  read of the sample's CRC; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
+  prefetch threads;
+* a call's missing samples are fetched together (``_fetch_samples``): their range reads, then
+  their CRCs, then one cache insert.
 
 Metadata is read the same way, so a host holds O(its rows + the cache bound), never O(shard):
 the shard's offsets (8 bytes a sample) and sample CRCs (4) are read through their own
