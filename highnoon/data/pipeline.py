@@ -120,21 +120,14 @@ class _Gather:
         return self.store.read_tokens(positions, samples=samples).astype(np.int32)
 
     def prefetch(self, first: int, count: int) -> None:
-        """Fetch the token bytes of steps ``[first, first + count)`` in the background (a store
-        read in place; a memory map needs nothing): their offsets are read now, their tokens
-        into the block cache on the process' prefetch threads. The batches do not change."""
+        """Fetch the samples of steps ``[first, first + count)`` into the block cache on the
+        process' prefetch threads (a store read in place; a memory map needs nothing). Whole
+        samples: a sample is what an in-place store reads and checks. The batches do not
+        change."""
         count = min(count, self.num_steps - first)
         if count <= 0 or first < 0 or not self.store.reads_ahead:
             return
-        idx, lo, hi = self._spans(first, count)
-        starts, stored = self.store.sample_bounds(idx)
-        w = self._windows(idx, stored + 1)
-        # full[k] (k=0 BOS) is stored id k-1: the ids of full[w + lo : w + hi]
-        self.store.prefetch_tokens(
-            starts + np.clip(w + lo - 1, 0, stored),
-            starts + np.clip(w + hi - 1, 0, stored),
-            samples=idx,
-        )
+        self.store.prefetch_samples(self._step_samples(first, count))
 
     def _full_tokens(
         self, samples: np.ndarray, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray
@@ -199,11 +192,9 @@ class HostBatcher(_Gather):
         shape = (count, self.batch_rows, self.seq_len)
         return {key: value.reshape(shape) for key, value in flat.items()}
 
-    def _spans(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample, first, end) of the window positions ``[first, end)`` each row of steps
-        ``[first, first + count)`` takes (``prefetch``)."""
-        idx = self.rows[first : first + count].reshape(-1)
-        return idx, np.zeros_like(idx), np.full_like(idx, self.seq_len + 1)
+    def _step_samples(self, first: int, count: int) -> np.ndarray:
+        """The samples of steps ``[first, first + count)`` (``prefetch``)."""
+        return self.rows[first : first + count].reshape(-1)
 
     def _plain(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Unpacked rows for the sample indices ``idx`` (one row each)."""
@@ -282,12 +273,9 @@ class PackedBatcher(_Gather):
                                                   count_in_row)  # fmt: skip
         return rows, lo, out_row, seg
 
-    def _spans(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample, first, end) of the window positions each segment of steps ``[first, first
-        + count)`` takes: inputs ``full[w : w + length]``, targets one further (``prefetch``)."""
-        seg = self._segments(first, count)[3]
-        idx = self.packed.sample[seg]
-        return idx, np.zeros_like(idx), self.packed.length[seg].astype(np.int64) + 1
+    def _step_samples(self, first: int, count: int) -> np.ndarray:
+        """The samples of the segments of steps ``[first, first + count)`` (``prefetch``)."""
+        return self.packed.sample[self._segments(first, count)[3]]
 
     def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
         """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``."""

@@ -204,7 +204,7 @@ class SampleRangedFile(RangedFile):
     # -- prefetch ---------------------------------------------------------------------------
     def prefetch_samples(self, samples: np.ndarray) -> None:
         """Fetch the local ``samples`` into the cache on a prefetch thread (a hint, as
-        ``prefetch``; what ``TokenStore.prefetch_tokens`` uses when it knows the samples)."""
+        ``prefetch``; what ``TokenStore.prefetch_samples`` uses)."""
         if not self.cache.enabled:
             return
         wanted = np.unique(np.asarray(samples, dtype=np.int64))

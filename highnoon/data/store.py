@@ -742,32 +742,25 @@ class TokenStore:
         return any(getattr(shard.files[TOKENS], "prefetches", False) for shard in self._shards
                    if shard.files.loaded)  # fmt: skip
 
-    def prefetch_tokens(self, starts: np.ndarray, stops: np.ndarray, samples: Any = None) -> None:
-        """Fetch store token positions ``[starts[i], stops[i])`` (each within one sample, the
-        sample ``samples[i]`` when given) in the background, into the block cache; a hint:
-        memory-mapped files ignore it."""
-        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-        stops = np.asarray(stops, dtype=np.int64).reshape(-1)
-        keep = stops > starts
-        starts, stops = starts[keep], stops[keep]
-        if samples is not None:
-            samples = np.asarray(samples, dtype=np.int64).reshape(-1)[keep]
-        if starts.size == 0:
+    def prefetch_samples(self, indices: np.ndarray) -> None:
+        """Fetch the samples ``indices`` whole in the background, into the block cache (a hint:
+        memory-mapped files ignore it). A tokens file read by sample takes the samples as they
+        are (no offsets read here: a cached sample costs one cache look-up); one read by block
+        gets their byte ranges."""
+        idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+        self._check_index(idx)
+        if idx.size == 0:
             return
-        for s, mask in self._by_shard(self._token_base, starts):
+        for s, mask in self._by_shard(self._sample_base, idx):
             shard = self._shards[s]
             tokens = shard.files[TOKENS]
-            if samples is not None and hasattr(tokens, "prefetch_samples"):
-                tokens.prefetch_samples(
-                    (samples if mask is None else samples[mask]) - shard.first_sample
-                )
-                continue
-            if not hasattr(tokens, "prefetch"):
-                continue
-            lo = (starts if mask is None else starts[mask]) - shard.first_token
-            hi = (stops if mask is None else stops[mask]) - shard.first_token
-            tokens.prefetch(zip((lo * self.dtype.itemsize).tolist(),
-                                (hi * self.dtype.itemsize).tolist()))  # fmt: skip
+            local = (idx if mask is None else idx[mask]) - shard.first_sample
+            if hasattr(tokens, "prefetch_samples"):
+                tokens.prefetch_samples(local)
+            elif hasattr(tokens, "prefetch"):
+                both = shard.files[OFFSETS].take(np.stack([local, local + 1]), "<i8")
+                item = self.dtype.itemsize
+                tokens.prefetch(zip((both[0] * item).tolist(), (both[1] * item).tolist()))
 
     def __len__(self) -> int:
         return self.num_samples
