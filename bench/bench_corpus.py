@@ -11,11 +11,12 @@
   sample (``SampleRangedFile``) and, the baseline, per 1 MiB block; batches asserted equal to
   the memory-mapped store's.
 * **input throughput**: the host pipeline from an in-place store (``file://``, no memory map;
-  per sample, and per block as the baseline) against the same store memory-mapped, in one
-  process (goal >= 0.8x).
+  cold and warm cache, and cold as before this change) against the same store memory-mapped,
+  in one process (goal >= 0.8x).
 
 ``--part open``: requests and time to open stores of 8 and 64 shards on ``gs://`` (TensorFlow's
-client against tests/fake_gcs.py, 50 ms a request), manifests read by 32 threads and by one.
+client against tests/fake_gcs.py, 50 ms a request), on the manifest alone (shard manifests read
+at first use) and, the baseline, without the manifest's shard summaries (all read at open).
 ``--part write``: the shard writer with and without its per-sample CRC32C.
 ``--part prepare`` is the preparation side (Beam against a one-process build), in
 ``bench/corpus_prepare.py``.
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -207,16 +209,21 @@ def bench_bytes_read(directory: str, *, steps: int = 100, quick: bool = False) -
 
     print(f"Tokens read per sample (gap bound {GAP_BYTES} bytes) and, the baseline, per 1 MiB "
           "block.\n")  # fmt: skip
-    print("| samples (ids each) | rows' token bytes | tokens fetched per sample (reads) | ratio | "
-          "per block (baseline) | ratio | offsets fetched | sample CRCs fetched | manifests |")  # fmt: skip
+    print("| samples (ids each), blocks | rows' token bytes | tokens fetched per sample (reads) | ratio | "
+          "per block (baseline) | ratio | offsets fetched (of) | sample CRCs fetched (of) | "
+          "manifests |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     global_batch = 16
-    cases = [(20_000, 64, 512), (2_000, 2048, 8192), (100_000, 8, 64)]  # (samples, ids)
+    mib = shards.BLOCK_BYTES
+    # (samples, ids, block bytes): the last store's 4 KiB blocks show the metadata fetched
+    # growing with the rows read, not with the store (its offsets are 200 KB a shard)
+    cases = [(20_000, 64, 512, mib), (2_000, 2048, 8192, mib), (100_000, 8, 64, mib),
+             (100_000, 8, 64, 4096)]  # fmt: skip
     if quick:
         cases = cases[:1]
-    for n, lo, hi in cases:
-        path = os.path.join(directory, f"bytes-{n}-{lo}")
-        synthetic_store(path, n, min_len=lo, max_len=hi)
+    for n, lo, hi, block in cases:
+        path = os.path.join(directory, f"bytes-{n}-{lo}-{block}")
+        synthetic_store(path, n, min_len=lo, max_len=hi, block_bytes=block)
         remote = _copy_to_ram(path)
         local = TokenStore.open(path)
         rows = host_rows(n, steps, global_batch, 1, 4)
@@ -242,24 +249,25 @@ def bench_bytes_read(directory: str, *, steps: int = 100, quick: bool = False) -
             if f.endswith(".json")
         )
         need = rows_token_bytes(local.features.lengths, rows, hi + 1, local.dtype.itemsize)
+        whole = {kind: sum(os.path.getsize(os.path.join(path, s.name, kind)) for s in local._shards)
+                 for kind in (shards.OFFSETS, shards.SAMPLE_CRC)}  # fmt: skip
         per_sample, per_block = fetched["sample"], fetched["block"]
         tokens = per_sample[shards.TOKENS]
-        print(f"| {n:.0e} ({lo}..{hi}) | {need / 1e6:.3f} MB | {tokens / 1e6:.3f} MB "
+        print(f"| {n:.0e} ({lo}..{hi}), {block >> 10} KiB blocks | {need / 1e6:.3f} MB | {tokens / 1e6:.3f} MB "
               f"({per_sample['reads ' + shards.TOKENS]}) | {tokens / need:.3f}x | "
               f"{per_block[shards.TOKENS] / 1e6:.3f} MB | {per_block[shards.TOKENS] / need:.2f}x | "
-              f"{per_sample[shards.OFFSETS] / 1e6:.3f} MB | "
-              f"{per_sample[shards.SAMPLE_CRC] / 1e6:.3f} MB | {manifest_bytes / 1e3:.1f} kB |")  # fmt: skip
+              f"{per_sample[shards.OFFSETS] / 1e6:.3f} MB ({whole[shards.OFFSETS] / 1e6:.3f}) | "
+              f"{per_sample[shards.SAMPLE_CRC] / 1e6:.3f} MB ({whole[shards.SAMPLE_CRC] / 1e6:.3f}) | "
+              f"{manifest_bytes / 1e3:.1f} kB |")  # fmt: skip
 
 
 # -- opening a store on gs:// -----------------------------------------------------------------
-def _open_worker(url: str, threads: int) -> None:
+def _open_worker(url: str) -> None:
     """In a fresh process pointed at the fake GCS: open ``url`` and read one sample; JSON."""
     import tensorflow as tf  # noqa: F401 (its start-up is no part of the open)
 
     from highnoon.data import TokenStore
-    from highnoon.data import store as store_module
 
-    store_module.OPEN_THREADS = threads
     started = time.perf_counter()
     store = TokenStore.open(url, verify=True)
     opened = time.perf_counter()
@@ -268,44 +276,74 @@ def _open_worker(url: str, threads: int) -> None:
                       "shards": store.num_shards}))  # fmt: skip
 
 
-def bench_open(directory: str, *, latency_s: float = 0.05) -> None:
+def _without_summaries(path: str, target: str) -> None:
+    """A copy of the store at ``path`` whose manifest lacks the shard summaries: a store
+    written before them, which opens by reading every ``shard.json`` (the baseline)."""
+    import shutil
+
+    shutil.copytree(path, target)
+    with open(os.path.join(target, shards.MANIFEST), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    for entry in manifest["shards"]:
+        del entry["files"], entry["first_sample"]
+    with open(os.path.join(target, shards.MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+
+
+def bench_open(directory: str, *, latency_s: float = 0.05, rounds: int = 3) -> None:
     """Requests and time to open a store of 8 and of 64 shards on ``gs://`` (TensorFlow's own
-    client against tests/fake_gcs.py, every answer delayed ``latency_s``), shard manifests read
-    by 32 threads (the default) and by one (sequential, the baseline)."""
+    client against tests/fake_gcs.py, every answer delayed ``latency_s``): on its manifest
+    alone (shard manifests read at first use), and, the baseline, the same store without the
+    shard summaries (every shard manifest read at open by ``OPEN_THREADS`` threads). Each open
+    in a fresh process, ``rounds`` interleaved rounds, medians."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.fake_gcs import FakeGcs
 
     root = os.path.join(directory, "gcs")
     fake = FakeGcs(root, directory, latency_s=latency_s)
-    print(f"Fake GCS answering after {latency_s * 1e3:.0f} ms per request.\n")
-    print("| shards | manifests read by | requests at open | open s | then first sample: "
-          "requests, s |")  # fmt: skip
+    print(f"Fake GCS answering after {latency_s * 1e3:.0f} ms per request; medians of {rounds} "
+          "interleaved rounds.\n")  # fmt: skip
+    print("| shards | manifest | requests at open | open s | then last sample: requests, s |")
     print("|---:|---|---:|---:|---:|")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
            **fake.env(GCS_READ_CACHE_BLOCK_SIZE_MB="0")}  # fmt: skip
-    times: dict[tuple[int, int], float] = {}
+    cases = [(count, kind) for count in (8, 64) for kind in ("summaries", "before")]
+    for count in (8, 64):
+        path = os.path.join(root, "bucket", f"s{count}")
+        synthetic_store(path, 64 * 100, num_shards=count)
+        _without_summaries(path, os.path.join(root, "bucket", f"s{count}-before"))
+    runs: dict[tuple[int, str], list[tuple[int, float, int, float]]] = {c: [] for c in cases}
     try:
-        for count in (8, 64):
-            synthetic_store(os.path.join(root, "bucket", f"s{count}"), 64 * 100, num_shards=count)
-            for threads in (32, 1):
+        for _ in range(rounds):
+            for count, kind in cases:
                 before = len(fake.requests)
+                url = f"gs://bucket/s{count}" + ("-before" if kind == "before" else "")
                 out = subprocess.run(
-                    [sys.executable, __file__, _OPEN_WORKER, f"gs://bucket/s{count}",
-                     str(threads)], capture_output=True, text=True, env=env, check=True,
+                    [sys.executable, __file__, _OPEN_WORKER, url], capture_output=True, text=True,
+                    env=env, check=True,
                 ).stdout  # fmt: skip
                 r = json.loads(out.strip().splitlines()[-1])
                 log = fake.requests[before:]
                 at_open = next(
                     (i for i, q in enumerate(log) if q["what"].startswith("media ")
-                     and not q["what"].endswith(".json")), len(log),
+                     and q["what"].endswith(".bin")), len(log),
                 )  # fmt: skip
-                times[count, threads] = r["open_s"]
-                print(f"| {count} | {threads} thread{'s' * (threads > 1)} | {at_open} | "
-                      f"{r['open_s']:.3f} | {len(log) - at_open}, {r['first_sample_s']:.3f} |")  # fmt: skip
+                at_open -= kind == "summaries"  # the first sample's shard.json, read lazily
+                runs[count, kind].append((at_open, r["open_s"], len(log) - at_open,
+                                          r["first_sample_s"]))  # fmt: skip
     finally:
         fake.close()
-    print(f"\n64/8 shards, open time: {times[64, 32] / times[8, 32]:.2f}x with 32 threads, "
-          f"{times[64, 1] / times[8, 1]:.2f}x sequential")  # fmt: skip
+    med = {c: [float(np.median([r[i] for r in runs[c]])) for i in range(4)] for c in cases}
+    for count, kind in cases:
+        m = med[count, kind]
+        label = "summaries (shard.json at first use)" if kind == "summaries" else (
+            "without summaries (before: every shard.json at open, 32 threads)")  # fmt: skip
+        print(f"| {count} | {label} | {m[0]:.0f} | {m[1]:.3f} | {m[2]:.0f}, {m[3]:.3f} |")
+    print(f"\n64/8 shards, open time: {med[64, 'summaries'][1] / med[8, 'summaries'][1]:.2f}x with "
+          f"summaries (goal: flat), {med[64, 'before'][1] / med[8, 'before'][1]:.2f}x before; "
+          f"per round (64/8, summaries): "
+          + ", ".join(f"{a[1] / b[1]:.2f}" for a, b in zip(runs[64, 'summaries'],
+                                                          runs[8, 'summaries'])))  # fmt: skip
 
 
 # -- the shard writer's per-sample CRCs -------------------------------------------------------
@@ -349,22 +387,43 @@ def bench_write(directory: str, *, num_samples: int = 1_000_000) -> None:
 
 
 # -- input throughput -------------------------------------------------------------------------
-def _tokens_per_second(store, rows: np.ndarray, seq_len: int) -> float:
+def _tokens_per_second(store, rows: np.ndarray, seq_len: int, per_cpu_second: bool = False) -> Any:
+    """Tokens per second of the host pipeline over ``rows`` (and, with ``per_cpu_second``,
+    tokens per second of the process' CPU time too)."""
     from highnoon.data import make_host_dataset
 
     dataset = make_host_dataset(store, rows, seq_len)
     for _ in dataset.take(2):  # tracing and threads
         pass
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for element in dataset:
         tokens += int(np.prod(element["inputs"].shape))
+    if per_cpu_second:  # the process' CPU time, every thread: steadier on a loaded machine
+        return tokens / (time.perf_counter() - started), tokens / (time.process_time() - cpu)
     return tokens / (time.perf_counter() - started)
+
+
+def _as_before():
+    """Context: the in-place reader as before this change (the baseline in the same process):
+    ``file://`` read through a TensorFlow stream per range read, and the pipeline reading one
+    call ahead. What else changed (batched cache locks, bytes kept per sample, the shard split
+    by bincount, metadata by block) is not undone by it, so the gap it shows is a lower bound."""
+    import contextlib
+    from unittest import mock
+
+    from highnoon.data import pipeline, remote_blocks
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(remote_blocks, "_FILE_SCHEME", "no-such-scheme://"))
+    stack.enter_context(mock.patch.object(pipeline, "_CALLS_AHEAD", 1))
+    return stack
 
 
 def bench_throughput(directory: str, *, quick: bool = False) -> None:
     """The host pipeline over one store, memory-mapped (local path) and in place (``file://``:
-    range reads, CRC32C per block, the block cache), rounds interleaved, medians."""
+    range reads, CRC32C per sample, the block cache) with a cold and a warm cache, and in place
+    cold as before this change (``_as_before``), rounds interleaved, medians."""
     from highnoon.data import TokenStore
     from highnoon.data.remote_blocks import block_cache
 
@@ -373,37 +432,30 @@ def bench_throughput(directory: str, *, quick: bool = False) -> None:
     seq_len, steps = 256, 400 if quick else 1000
     rows = host_rows(50_000, steps, 32, 0, 4)
     rounds = []
-
-    def per_block() -> TokenStore:
-        store = TokenStore.open(f"file://{path}")
-        _per_block_tokens(store)
-        return store
-
-    for _ in range(3 if quick else 5):
-        mapped = _tokens_per_second(TokenStore.open(path), rows, seq_len)
+    for _ in range(3 if quick else 7):
+        mapped = _tokens_per_second(TokenStore.open(path), rows, seq_len, True)
         block_cache().clear()  # cold: every sample fetched and checked during the pass
-        cold = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len)
-        warm = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len)
+        cold = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len, True)
+        warm = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len, True)
         block_cache().clear()
-        block_cold = _tokens_per_second(per_block(), rows, seq_len)
-        block_warm = _tokens_per_second(per_block(), rows, seq_len)
-        rounds.append((mapped, cold, warm, block_cold, block_warm))
-    mapped, cold, warm, block_cold, block_warm = (
-        float(np.median([r[i] for r in rounds])) for i in range(5)
-    )
-    print("| pipeline B=8 T=256, 50K samples of 64..1024 ids | M tokens/s | ratio |")
-    print("|---|---:|---:|")
-    print(f"| memory-mapped (local path) | {mapped / 1e6:.2f} | 1.00 |")
-    print(
-        f"| in place (`file://`) per sample, cold cache | {cold / 1e6:.2f} | {cold / mapped:.2f}x |"
-    )
-    print(f"| in place per sample, samples cached | {warm / 1e6:.2f} | {warm / mapped:.2f}x |")
-    print(f"| in place per 1 MiB block (before), cold | {block_cold / 1e6:.2f} | "
-          f"{block_cold / mapped:.2f}x |")  # fmt: skip
-    print(f"| in place per 1 MiB block (before), cached | {block_warm / 1e6:.2f} | "
-          f"{block_warm / mapped:.2f}x |")  # fmt: skip
-    ratios = [r[1] / r[0] for r in rounds]
-    print(f"\ncold/mapped per round: {', '.join(f'{x:.2f}' for x in ratios)} (goal >= 0.8x)")
+        with _as_before():
+            before = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len, True)
+        rounds.append((mapped, cold, warm, before))
+    wall = [float(np.median([r[i][0] for r in rounds])) for i in range(4)]
+    cpu = [float(np.median([r[i][1] for r in rounds])) for i in range(4)]
+    print("| pipeline B=8 T=256, 50K samples of 64..1024 ids | M tokens/s | ratio | M tokens "
+          "per CPU s | ratio |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
+    names = ("memory-mapped (local path)", "in place (`file://`), cold cache",
+             "in place, samples cached",
+             "in place, cold, as before (TF stream per read, 1 call ahead)")  # fmt: skip
+    for i, name in enumerate(names):
+        print(f"| {name} | {wall[i] / 1e6:.2f} | {wall[i] / wall[0]:.2f}x | {cpu[i] / 1e6:.2f} | "
+              f"{cpu[i] / cpu[0]:.2f}x |")  # fmt: skip
+    for i, name in ((1, "cold"), (2, "cached"), (3, "cold as before")):
+        per_round = ", ".join(f"{r[i][0] / r[0][0]:.2f}" for r in rounds)
+        print(f"\n{name}/mapped per round: {per_round}", end="")
+    print(" (goal >= 0.8x)")
 
 
 def main() -> None:
@@ -441,7 +493,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == _WORKER:
         _startup_worker(sys.argv[2])
-    elif len(sys.argv) == 4 and sys.argv[1] == _OPEN_WORKER:
-        _open_worker(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == _OPEN_WORKER:
+        _open_worker(sys.argv[2])
     else:
         main()

@@ -129,6 +129,8 @@ def test_store_manifest_fingerprint_and_order(tmp_path):
     raw = [(tmp_path / s / "shard.json").read_bytes() for s in ("a", "b")]
     assert manifest["shards"] == [
         {"name": n, "num_samples": m["num_samples"], "num_tokens": m["num_tokens"],
+         "first_sample": m["first_sample"],
+         "files": {f: m["files"][f]["size"] for f in shards.SHARD_FILES},
          "sha256": hashlib.sha256(r).hexdigest()}
         for n, m, r in zip(names, [ma, mb], raw)
     ]  # fmt: skip

@@ -158,27 +158,32 @@ def test_metadata_that_does_not_match_the_tokens_is_refused(shard):
         f.take(np.array([0]), "<u2")
 
 
-def test_opening_a_remote_store_reads_manifests_only(tmp_path, monkeypatch):
-    """No stat or read of any shard data file at open, whatever the shard count; the shard
-    manifests are read by a pool of threads (``OPEN_THREADS`` at once)."""
+def test_opening_a_remote_store_reads_its_manifest_only(tmp_path, monkeypatch):
+    """A remote store opens on ``manifest.json`` alone (it summarises every shard): no shard
+    manifest, stat or data read, whatever the shard count. A shard's ``shard.json`` is read at
+    its first use and checked then: a missing one is an error naming the shard at that read."""
     from highnoon.data import store as store_module
 
     local = write_store(str(tmp_path / "s"), np.arange(40) % 7 + 3, num_shards=8)
     url = ram_copy(local)
     calls: list[str] = []
-    real_stat = tf.io.gfile.stat
+    real_stat, real_read = tf.io.gfile.stat, store_module._read_file_op
     monkeypatch.setattr(tf.io.gfile, "stat", lambda p: calls.append(p) or real_stat(p))
-    monkeypatch.setattr(store_module, "OPEN_THREADS", 3)
+    monkeypatch.setattr(store_module, "_read_file_op", lambda p: calls.append(p) or real_read(p))
     store = TokenStore.open(url, verify=True)
     assert calls == [] and store.bytes_read == 0
     assert store.fingerprint == TokenStore.open(local).fingerprint
     np.testing.assert_array_equal(store.samples([39])[0], TokenStore.open(local).samples([39])[0])
-    assert sorted(os.path.basename(p) for p in calls) == [  # first reads of shard 7's files
-        "offsets.bin", "sample_crc32c.bin", "tokens.bin"
+    assert sorted(p[len(url) + 1 :] for p in calls) == [  # shard 7's manifest, first reads
+        "shard-00007-of-00008/offsets.bin", "shard-00007-of-00008/sample_crc32c.bin",
+        "shard-00007-of-00008/shard.json", "shard-00007-of-00008/tokens.bin",
     ]  # fmt: skip
+    assert [s.files.loaded for s in store._shards] == [False] * 7 + [True]
     tf.io.gfile.remove(f"{url}/shard-00005-of-00008/shard.json")
+    store = TokenStore.open(url)
+    store.samples([0])
     with pytest.raises(StoreError, match=r"shard-00005-of-00008: the shard is missing"):
-        TokenStore.open(url)
+        store.samples([store._shards[5].first_sample])
 
 
 def test_a_store_written_before_sample_crcs_is_refused_with_rebuild(tmp_path):
@@ -200,7 +205,27 @@ def test_a_store_written_before_sample_crcs_is_refused_with_rebuild(tmp_path):
     for url in (local, ram_copy(local)):
         with pytest.raises(
             StoreError,
-            match=rf"{name}/sample_crc32c\.bin: shard\.json lists no such file \(a store written "
+            match=rf"{name}/sample_crc32c\.bin: (shard|manifest)\.json lists no such file \(a store written "
             r"before per-sample checksums\); rebuild the store",
         ):
             TokenStore.open(url)
+
+
+def test_metadata_is_read_by_block_for_the_samples_read_only(shard):
+    """Given each position's sample, the file reads the offsets and CRC blocks of those samples
+    and nothing else (no whole offsets array); a search without the hint reads the blocks on
+    its binary search's path, and a wrong hint is refused."""
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    pos = np.arange(offsets[5], offsets[6])  # sample 5: offsets entries 5, 6 (bytes 40..55)
+    np.testing.assert_array_equal(f.take(pos, "<u2", samples=5), ids[pos])
+    assert f._offsets_file.bytes_read == BLOCK  # block 0 of 72 bytes: entries 0..7
+    assert f._crc_file.bytes_read == 32  # the whole 32-byte CRC file is one block
+    assert f.cache.bytes_held == BLOCK + 32 + 60 * 2  # two metadata blocks and the sample
+    np.testing.assert_array_equal(f.take(pos[:3], "<u2", samples=[5, 5, 5]), ids[pos[:3]])
+    assert (f._offsets_file.reads, f._crc_file.reads, f.reads) == (1, 1, 1)  # all cached
+    with pytest.raises(StoreError, match=r"a position read lies outside the sample it was given"):
+        f.take(pos, "<u2", samples=4)
+    g = _file(shard)  # no hint: the search reads entries 4, 6, 7 (block 0), the bounds 8 (block 1)
+    np.testing.assert_array_equal(g.take(np.array([offsets[7] + 1]), "<u2"), ids[[offsets[7] + 1]])
+    assert (g._offsets_file.reads, g._offsets_file.bytes_read) == (2, 72)

@@ -327,3 +327,121 @@ def test_a_mixture_of_remote_stores_reads_each_in_place(local, rows, tmp_path):
         _batches(make_host_dataset(remote, mixed_rows, SEQ_LEN)),
         _batches(make_host_dataset(mapped, mixed_rows, SEQ_LEN)),
     )
+
+
+def _block_bytes(size: int, block: int, byte_offsets: np.ndarray) -> int:
+    """Bytes of the blocks of a ``size``-byte file (blocks of ``block``) holding these bytes."""
+    blocks = np.unique(np.asarray(byte_offsets) // block)
+    return int(np.minimum(block, size - blocks * block).sum())
+
+
+def test_a_host_fetches_its_rows_samples_and_only_their_metadata_blocks(tmp_path):
+    """Host 1 of 4, 100 steps through the pipeline (reads ahead included): per shard, exactly
+    its rows' samples of tokens (no gap coalescing here) and exactly the blocks of offsets and
+    sample CRCs that hold their entries; never a shard's whole offsets (O(rows), not
+    O(corpus))."""
+    lengths = np.random.default_rng(1).integers(3, 12, size=4000)
+    local = write_store(str(tmp_path / "s"), lengths, num_shards=4, block_bytes=64)
+    block_cache().clear()
+    store = TokenStore.open(ram_copy(local))
+    for shard in store._shards:
+        shard.files[shards_lib.TOKENS].gap_bytes = 0
+    host_rows = np.random.default_rng(2).permutation(4000)[:800].reshape(100, 8)[:, 2:4]
+    _batches(make_host_dataset(store, host_rows, 16))
+    for shard in store._shards:
+        mine = np.unique(host_rows)
+        mine = mine[(mine >= shard.first_sample) & (mine < shard.first_sample + shard.num_samples)]
+        local_idx = mine - shard.first_sample
+        files = shard.files
+        assert files[shards_lib.TOKENS].bytes_read == int((lengths[mine] + 1).sum()) * 2
+        offsets = files[shards_lib.OFFSETS]
+        assert offsets.bytes_read == _block_bytes(
+            offsets.size, 64, np.concatenate([local_idx, local_idx + 1]) * 8
+        )
+        assert offsets.bytes_read < offsets.size / 2
+        crcs = files[shards_lib.SAMPLE_CRC]
+        assert crcs.bytes_read == _block_bytes(crcs.size, 64, local_idx * 4)
+        assert files[shards_lib.LENGTHS].bytes_read == files[shards_lib.SURPRISAL].bytes_read == 0
+
+
+def test_a_bounded_cache_bounds_what_a_host_holds(local, rows):
+    """Every block and sample a host keeps (offsets, sample CRCs, tokens) is in the block cache,
+    whose bound holds throughout; what is evicted is fetched again, and the batches are the
+    memory-mapped store's."""
+    store = TokenStore.open(ram_copy(local))
+    cache = BlockCache(1024)
+    for f in store.block_files():
+        f.cache = cache
+    batcher = HostBatcher(store, rows, SEQ_LEN)
+    expected = HostBatcher(TokenStore.open(local), rows, SEQ_LEN)
+    held = []
+    for step in range(rows.shape[0]):
+        got = batcher.batch(step)
+        held.append(cache.bytes_held)
+        for key, value in expected.batch(step).items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{key} {step}")
+    assert 0 < max(held) <= 1024 and cache.evictions > 0
+    # outside the cache a file keeps one flag a block (which blocks it checked), no data
+    assert all(v.nbytes <= f.num_blocks for f in store.block_files() for v in vars(f).values()
+               if isinstance(v, np.ndarray))  # fmt: skip
+
+
+def _edit_manifest(url: str, edit) -> None:
+    path = f"{url}/manifest.json"
+    with tf.io.gfile.GFile(path, "rb") as f:
+        manifest = json.loads(f.read())
+    edit(manifest)
+    tf.io.gfile.remove(path)  # ram:// appends on "wb" to an existing file
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(json.dumps(manifest))
+
+
+def test_shard_manifests_read_lazily_are_checked_and_old_stores_open_as_before(local, monkeypatch):
+    """A lazily read ``shard.json`` that is not the one the manifest records is refused at the
+    shard's first read; ``verify()`` reads every shard and checks the fingerprint; a manifest
+    without shard summaries (a store written before them) opens by reading every shard
+    manifest, as before, with the same fingerprint and samples; a summary that contradicts the
+    counts is refused at open."""
+    from highnoon.data import store as store_module
+
+    mapped = TokenStore.open(local)
+    url = ram_copy(local)
+    with tf.io.gfile.GFile(f"{url}/shard-00001-of-00003/shard.json", "rb") as f:
+        meta = json.loads(f.read())
+    meta["skipped_empty"] += 1
+    tf.io.gfile.remove(f"{url}/shard-00001-of-00003/shard.json")
+    with tf.io.gfile.GFile(f"{url}/shard-00001-of-00003/shard.json", "wb") as f:
+        f.write(shards_lib.canonical_json(meta))
+    store = TokenStore.open(url)
+    np.testing.assert_array_equal(store.samples([0])[0], mapped.samples([0])[0])
+    with pytest.raises(StoreError, match=r"shard-00001-of-00003: shard\.json has sha256 [0-9a-f]+, "
+                                         r"the manifest records [0-9a-f]+; the store is corrupt"):  # fmt: skip
+        store.samples([store._shards[1].first_sample])
+    with pytest.raises(StoreError, match=r"shard-00001-of-00003: shard\.json has sha256"):
+        TokenStore.open(url).verify()
+
+    url = ram_copy(local)
+    _edit_manifest(url, lambda m: m.update(fingerprint="0" * 64))
+    store = TokenStore.open(url)  # the fingerprint needs every shard manifest: not at open
+    with pytest.raises(StoreError, match=r"the shards' fingerprint [0-9a-f]+ does not match the "
+                                         r"manifest fingerprint 0{64}; rebuild the store"):  # fmt: skip
+        store.verify()
+    assert all(s.files.loaded for s in store._shards)
+
+    url = ram_copy(local)
+    _edit_manifest(url, lambda m: [(e.pop("files"), e.pop("first_sample")) for e in m["shards"]])
+    reads: list[str] = []
+    real = store_module._read_file_op
+    monkeypatch.setattr(store_module, "_read_file_op", lambda p: reads.append(p) or real(p))
+    old = TokenStore.open(url)
+    assert sorted(r.rsplit("/", 2)[-2] for r in reads) == [s.name for s in mapped._shards]
+    assert all(s.files.loaded for s in old._shards)
+    assert old.fingerprint == mapped.fingerprint
+    last = mapped.num_samples - 1
+    np.testing.assert_array_equal(old.samples([last])[0], mapped.samples([last])[0])
+
+    url = ram_copy(local)
+    _edit_manifest(url, lambda m: m["shards"][2]["files"].update({"offsets.bin": 8}))
+    with pytest.raises(StoreError, match=r"shard-00002-of-00003/offsets\.bin: manifest\.json "
+                                         r"records size 8, \d+ for \d+ samples"):  # fmt: skip
+        TokenStore.open(url)

@@ -45,8 +45,10 @@ class BlockFile(Protocol):
         the store, shard, file, block index and byte offset, before any byte is returned."""
         ...
 
-    def take(self, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        """The elements (of ``dtype``) at element ``positions``, blocks checked as ``read``."""
+    def take(self, positions: np.ndarray, dtype: np.dtype, samples: Any = None) -> np.ndarray:
+        """The elements (of ``dtype``) at element ``positions``, blocks checked as ``read``.
+        ``samples``: for a tokens file, the shard-local sample holding each position (a hint
+        that spares a file read by sample its search; others ignore it)."""
         ...
 
 
@@ -159,7 +161,7 @@ class MappedFile:
         self.bytes_read += stop - start
         return np.array(data[start:stop])
 
-    def take(self, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    def take(self, positions: np.ndarray, dtype: np.dtype, samples: Any = None) -> np.ndarray:
         dtype = np.dtype(dtype)
         positions = np.asarray(positions, dtype=np.int64)
         view = self._view(dtype)

@@ -59,6 +59,11 @@ OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")
 _PACKED_KEYS = (*_PLAIN_KEYS, "positions", "segment_ids")
 _TOKENS_PER_CALL = 1 << 16
+# A store read in place fetches this many calls ahead of the one being built (the first ones
+# at the start): tf.data's parallel map builds about as many calls at once as there are cores,
+# so the call after those is the first whose reads can overlap (BENCHMARKS.md, "Input
+# throughput").
+_CALLS_AHEAD = 2
 
 
 def per_replica_rows(host_rows: np.ndarray, num_local_replicas: int) -> np.ndarray:
@@ -105,32 +110,30 @@ class _Gather:
             w[over] = (h % (spare[over] + 1).astype(np.uint64)).astype(np.int64)
         return w
 
-    def _read(self, positions: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    def _read(self, positions: np.ndarray, ends: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """int32 ids at store ``positions`` (each at or after its sample's start), each kept
         inside its sample (``ends``: its last id, broadcast): a position past it (padding)
         reads the sample's last id, which the caller overwrites, so no byte beyond the rows'
-        samples is fetched."""
+        samples is fetched. ``samples`` (broadcast): the sample of each position, so a store
+        read in place needs no search for it."""
         np.minimum(positions, ends, out=positions)
-        return self.store.read_tokens(positions).astype(np.int32)
+        return self.store.read_tokens(positions, samples=samples).astype(np.int32)
 
     def prefetch(self, first: int, count: int) -> None:
-        """Fetch the token bytes of steps ``[first, first + count)`` in the background (a store
-        read in place; a memory map needs nothing): their offsets are read now, their tokens
-        into the block cache on the process' prefetch threads. The batches do not change."""
+        """Fetch the samples of steps ``[first, first + count)`` into the block cache on the
+        process' prefetch threads (a store read in place; a memory map needs nothing). Whole
+        samples: a sample is what an in-place store reads and checks. The batches do not
+        change."""
         count = min(count, self.num_steps - first)
         if count <= 0 or first < 0 or not self.store.reads_ahead:
             return
-        idx, lo, hi = self._spans(first, count)
-        starts, stored = self.store.sample_bounds(idx)
-        w = self._windows(idx, stored + 1)
-        # full[k] (k=0 BOS) is stored id k-1: the ids of full[w + lo : w + hi]
-        self.store.prefetch_tokens(
-            starts + np.clip(w + lo - 1, 0, stored), starts + np.clip(w + hi - 1, 0, stored)
-        )
+        self.store.prefetch_samples(self._step_samples(first, count))
 
-    def _full_tokens(self, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """``full[k]`` for samples at ``starts`` of ``lengths`` stored ids (k=0 is BOS)."""
-        tokens = self._read(starts + np.maximum(k - 1, 0), starts + lengths - 1)
+    def _full_tokens(
+        self, samples: np.ndarray, starts: np.ndarray, lengths: np.ndarray, k: np.ndarray
+    ) -> np.ndarray:
+        """``full[k]`` for ``samples`` at ``starts`` of ``lengths`` stored ids (k=0 is BOS)."""
+        tokens = self._read(starts + np.maximum(k - 1, 0), starts + lengths - 1, samples)
         return np.where(k == 0, self.bos_id, tokens)
 
 
@@ -189,11 +192,9 @@ class HostBatcher(_Gather):
         shape = (count, self.batch_rows, self.seq_len)
         return {key: value.reshape(shape) for key, value in flat.items()}
 
-    def _spans(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample, first, end) of the window positions ``[first, end)`` each row of steps
-        ``[first, first + count)`` takes (``prefetch``)."""
-        idx = self.rows[first : first + count].reshape(-1)
-        return idx, np.zeros_like(idx), np.full_like(idx, self.seq_len + 1)
+    def _step_samples(self, first: int, count: int) -> np.ndarray:
+        """The samples of steps ``[first, first + count)`` (``prefetch``)."""
+        return self.rows[first : first + count].reshape(-1)
 
     def _plain(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Unpacked rows for the sample indices ``idx`` (one row each)."""
@@ -205,7 +206,7 @@ class HostBatcher(_Gather):
         k = w[:, None] + self._arange
         positions = starts[:, None] - 1 + k
         positions[:, 0] = np.maximum(positions[:, 0], starts)  # only k = 0 (BOS) is before it
-        row = self._read(positions, (starts + stored - 1)[:, None])
+        row = self._read(positions, (starts + stored - 1)[:, None], idx[:, None])
         row[:, 0] = np.where(w == 0, self.bos_id, row[:, 0])
         valid = self._arange < row_len[:, None]
         row[~valid] = self.pad_id
@@ -272,12 +273,9 @@ class PackedBatcher(_Gather):
                                                   count_in_row)  # fmt: skip
         return rows, lo, out_row, seg
 
-    def _spans(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample, first, end) of the window positions each segment of steps ``[first, first
-        + count)`` takes: inputs ``full[w : w + length]``, targets one further (``prefetch``)."""
-        seg = self._segments(first, count)[3]
-        idx = self.packed.sample[seg]
-        return idx, np.zeros_like(idx), self.packed.length[seg].astype(np.int64) + 1
+    def _step_samples(self, first: int, count: int) -> np.ndarray:
+        """The samples of the segments of steps ``[first, first + count)`` (``prefetch``)."""
+        return self.packed.sample[self._segments(first, count)[3]]
 
     def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
         """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``."""
@@ -299,8 +297,9 @@ class PackedBatcher(_Gather):
             c = np.repeat(p.column[seg], lengths) + local
             k = np.repeat(w, lengths) + local
             s, n = np.repeat(starts, lengths), np.repeat(stored, lengths)
-            out["inputs"][r, c] = self._full_tokens(s, n, k)
-            out["targets"][r, c] = self._full_tokens(s, n, k + 1)
+            which = np.repeat(idx, lengths)
+            out["inputs"][r, c] = self._full_tokens(which, s, n, k)
+            out["targets"][r, c] = self._full_tokens(which, s, n, k + 1)
             out["loss_mask"][r, c] = 1
             out["positions"][r, c] = local
             out["segment_ids"][r, c] = np.repeat(seg - lo[out_row] + 1, lengths)
@@ -390,14 +389,15 @@ def _dataset(
     ahead = batcher.store.reads_ahead  # read the next call's bytes while this one trains
 
     def produce(first: np.ndarray) -> list[np.ndarray]:
+        if ahead:  # past the calls the parallel map may be building already
+            batcher.prefetch(int(first) + _CALLS_AHEAD * per_call, per_call)
         count = min(int(first) + per_call, end) - int(first)
         stacked = batcher.batches(int(first), count)
-        if ahead:
-            batcher.prefetch(int(first) + per_call, per_call)
         return [stacked[key] for key in keys]
 
     if ahead:
-        batcher.prefetch(start_step, per_call)
+        for call in range(_CALLS_AHEAD):
+            batcher.prefetch(start_step + call * per_call, per_call)
 
     def to_dict(first: Any) -> dict[str, Any]:
         values = tf.numpy_function(produce, [first], [tf.int32] * len(keys), stateful=False)

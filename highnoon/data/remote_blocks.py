@@ -68,25 +68,40 @@ class BlockCache:
     def get(self, key: tuple[Any, ...], *, count: bool = True) -> np.ndarray | None:
         """The block under ``key`` (now the most recently used), or None; ``count=False`` for a
         second look that should not count as another hit or miss."""
+        return self.get_many([key], count=count)[0]
+
+    def get_many(
+        self, keys: Sequence[tuple[Any, ...]], *, count: bool = True
+    ) -> list[np.ndarray | None]:
+        """``get`` of several keys under one lock (a call's samples)."""
         with self._lock:
-            block = self._blocks.get(key)
-            if block is not None:
-                self._blocks.move_to_end(key)
+            out = []
+            for key in keys:
+                block = self._blocks.get(key)
+                if block is not None:
+                    self._blocks.move_to_end(key)
+                out.append(block)
             if count:
-                self.hits += block is not None
-                self.misses += block is None
-            return block
+                hits = sum(b is not None for b in out)
+                self.hits += hits
+                self.misses += len(out) - hits
+            return out
+
+    def put_many(self, items: Sequence[tuple[tuple[Any, ...], np.ndarray]]) -> None:
+        """``put`` of several blocks under one lock."""
+        with self._lock:
+            for key, block in items:
+                if block.nbytes > self.max_bytes:
+                    continue
+                old = self._blocks.pop(key, None)
+                if old is not None:
+                    self.bytes_held -= old.nbytes
+                self._blocks[key] = block
+                self.bytes_held += block.nbytes
+            self._evict()
 
     def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
-        if block.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            old = self._blocks.pop(key, None)
-            if old is not None:
-                self.bytes_held -= old.nbytes
-            self._blocks[key] = block
-            self.bytes_held += block.nbytes
-            self._evict()
+        self.put_many([(key, block)])
 
     def resize(self, max_bytes: int) -> None:
         """A new bound (evicting the least recently used blocks past it)."""
@@ -119,14 +134,13 @@ class _Prefetcher:
     per file. Started on first use."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[RangedFile, list[tuple[int, int]]]] = queue.Queue(
-            maxsize=PREFETCH_QUEUE
-        )
+        self._queue: queue.Queue[tuple[RangedFile, Any]] = queue.Queue(maxsize=PREFETCH_QUEUE)
         self._lock = threading.Lock()
         self._started = False
 
-    def submit(self, file: RangedFile, spans: list[tuple[int, int]]) -> bool:
-        """Queue a request; False (dropped) when the queue is full."""
+    def submit(self, file: RangedFile, request: Any) -> bool:
+        """Queue a request (what the file's ``_prefetch_now`` takes: byte spans, or a
+        ``SampleRangedFile``'s samples); False (dropped) when the queue is full."""
         with self._lock:
             if not self._started:
                 for i in range(PREFETCH_THREADS):
@@ -136,7 +150,7 @@ class _Prefetcher:
         with file._pending_done:
             file._pending += 1
         try:
-            self._queue.put_nowait((file, spans))
+            self._queue.put_nowait((file, request))
         except queue.Full:
             file._finish_pending()
             return False
@@ -144,14 +158,19 @@ class _Prefetcher:
 
     def _loop(self) -> None:
         while True:
-            file, spans = self._queue.get()
+            file, request = self._queue.get()
             try:
-                file._prefetch_now(spans)
+                file._prefetch_now(request)
             finally:
                 file._finish_pending()
 
 
 _PREFETCHER = _Prefetcher()
+
+
+def _prefetcher() -> _Prefetcher:
+    """The process' prefetch queue and threads (``SampleRangedFile.prefetch_samples``)."""
+    return _PREFETCHER
 
 
 def block_cache() -> BlockCache:
@@ -165,6 +184,7 @@ def configure_block_cache(max_bytes: int) -> BlockCache:
     return _CACHE
 
 
+_FILE_SCHEME = "file://"
 _READAHEAD_ENV = "GCS_READ_CACHE_BLOCK_SIZE_MB"
 _warned_readahead = False
 
@@ -254,6 +274,8 @@ class RangedFile:
         self._pending = 0  # prefetch requests queued or running
         self._pending_done = threading.Condition()
         self.prefetch_dropped = 0  # requests dropped because the queue was full
+        self._fd: int | None = None  # a file:// path's descriptor (``_pread_many``)
+        self._fd_lock = threading.Lock()
 
     # -- reads ------------------------------------------------------------------------------
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -268,8 +290,9 @@ class RangedFile:
         offset = first * self.block_bytes
         return data[start - offset : stop - offset]
 
-    def take(self, positions: np.ndarray, dtype: Any) -> np.ndarray:
-        """Elements of ``dtype`` at element ``positions`` (any shape; same shape out)."""
+    def take(self, positions: np.ndarray, dtype: Any, samples: Any = None) -> np.ndarray:
+        """Elements of ``dtype`` at element ``positions`` (any shape; same shape out).
+        ``samples`` (a tokens file's hint, ``SampleRangedFile``) is not needed here."""
         dtype = np.dtype(dtype)
         pos = np.asarray(positions, dtype=np.int64)
         count = self.size // dtype.itemsize
@@ -406,18 +429,31 @@ class RangedFile:
     def _fetch_range(self, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)`` fetched in one range read, not yet verified (the caller
         checks them); the file's size is checked first (once). Counted in ``bytes_read``."""
+        return np.frombuffer(self._fetch_bytes(start, stop), dtype=np.uint8)
+
+    def _fetch_bytes(self, start: int, stop: int) -> bytes:
+        """``_fetch_range`` as ``bytes``."""
+        return self._fetch_many([(start, stop)])[0]
+
+    def _fetch_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``[start, stop)`` span, one range read each (a call's scattered
+        samples: the per-read Python work done once for all of them); size checked first."""
         _warn_gcs_readahead(self.path)
         self._check_size()
-        raw = self._read_range(start, stop)
-        self.reads += 1
-        self.bytes_read += len(raw)
-        if len(raw) != stop - start:
-            raise StoreError(
-                f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; the "
-                f"file is shorter than the {self.size} bytes its manifest records (truncated), "
-                "rebuild the store"
-            )
-        return np.frombuffer(raw, dtype=np.uint8)
+        if self.path.startswith(_FILE_SCHEME):
+            out = self._pread_many(spans)
+        else:
+            out = [self._read_range(a, b) for a, b in spans]
+        self.reads += len(out)
+        self.bytes_read += sum(map(len, out))
+        for (start, stop), raw in zip(spans, out):
+            if len(raw) != stop - start:
+                raise StoreError(
+                    f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; "
+                    f"the file is shorter than the {self.size} bytes its manifest records "
+                    "(truncated), rebuild the store"
+                )
+        return out
 
     def _check_size(self) -> None:
         """The file exists with the size its manifest records: checked by one ``stat`` before
@@ -452,6 +488,7 @@ class RangedFile:
 
         ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
         stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
+        A ``file://`` path is read by ``os.pread`` instead (``_pread_many``).
         """
         import tensorflow as tf
 
@@ -465,6 +502,28 @@ class RangedFile:
                 f"({type(err).__name__}: {err.message}); check the path and access, or rebuild "
                 "the store"
             ) from err
+
+    def _pread_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The spans of a ``file://`` path by ``os.pread`` on a descriptor kept open
+        (positional, so threads share it): the syscall TensorFlow's local filesystem makes,
+        without a stream object opened per read (which cost more than the read)."""
+        try:
+            if self._fd is None:
+                with self._fd_lock:
+                    if self._fd is None:
+                        self._fd = os.open(self.path[len(_FILE_SCHEME) :], os.O_RDONLY)
+            fd, pread = self._fd, os.pread
+            return [pread(fd, b - a, a) for a, b in spans]
+        except OSError as err:
+            raise StoreError(
+                f"{self.label}: reading {self.path!r} failed ({err}); check the path and access, "
+                "or rebuild the store"
+            ) from err
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
     def verify(self) -> None:
         """Fetch and check every block (``TokenStore.verify``), a few blocks per range read."""

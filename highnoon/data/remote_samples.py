@@ -11,14 +11,21 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
 * checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``), keyed by
-  (file, size, sample, CRC), and ``prefetch`` fetches samples ahead on the prefetch threads.
+  (file, size, version, sample): the version hashes the file's block CRCs, so a hit needs no
+  read of the sample's CRC; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
+  prefetch threads;
+* a call's missing samples are fetched together (``_fetch_samples``): their range reads, then
+  their CRCs, then one cache insert.
 
-The shard's offsets (8 bytes a sample) are read whole, through their own block-checked
-``RangedFile``, on the first read of its tokens (positions are mapped to samples by a binary
-search in them), and its sample CRCs by block as samples need them: metadata of the same kind
-as the features the curriculum already loads for every sample; issue 21 (an O(rows) data path)
-removes both. ``verify()`` still checks every block of the file (the inherited
-per-block CRCs), so ``highnoon-prepare-data --verify`` is unchanged.
+Metadata is read the same way, so a host holds O(its rows + the cache bound), never O(shard):
+the shard's offsets (8 bytes a sample) and sample CRCs (4) are read through their own
+block-checked ``RangedFile`` objects, block by block as samples need them, into the same bounded
+cache. A caller that knows which sample each position lies in (the pipeline does:
+``sample_bounds`` gave the positions) passes it (``take(..., samples=)``) and the file reads the
+offsets of those samples only, blocks ``sample_bounds`` just fetched; without it a position is
+found by a binary search over the offsets file (``_locate``: about 13 blocks for a shard of
+1e9 samples in 1 MiB blocks, mostly cached). ``verify()`` still checks every block of the file
+(the inherited per-block CRCs), so ``highnoon-prepare-data --verify`` is unchanged.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ import google_crc32c
 import numpy as np
 
 from highnoon.data.blocks import check_range
-from highnoon.data.remote_blocks import BlockCache, RangedFile
+from highnoon.data.remote_blocks import BlockCache, RangedFile, _prefetcher
 from highnoon.data.store_errors import StoreError
+from highnoon.utils.hashing import sha256_hex
 from highnoon.utils.validation import check_int
 
 # Samples closer than this are fetched in one range read, the gap's bytes included: a request
@@ -40,21 +48,18 @@ from highnoon.utils.validation import check_int
 GAP_BYTES = 256
 
 
-def _samples_of(flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the sorted samples holding positions ``flat``, each position's index into them).
+def _runs_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first index, length) of each run of equal consecutive ``values`` (1-D)."""
+    heads = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return heads, np.diff(np.append(heads, values.size))
 
-    A row's positions rise by 0 or 1 inside one sample, so the samples are looked up once per
-    such run (its first and last position), not per position; if some run spans two samples
-    (two adjacent samples read back to back), per position."""
-    step = np.diff(flat)
-    heads = np.flatnonzero(np.concatenate([[True], (step != 0) & (step != 1)]))
-    tails = np.append(heads[1:], flat.size) - 1
-    first = np.searchsorted(offsets, flat[heads], side="right") - 1
-    if not np.array_equal(first, np.searchsorted(offsets, flat[tails], side="right") - 1):
-        heads, tails = np.arange(flat.size), np.arange(flat.size)
-        first = np.searchsorted(offsets, flat, side="right") - 1
-    wanted, run_inverse = np.unique(first, return_inverse=True)
-    return wanted, np.repeat(run_inverse, tails - heads + 1)
+
+def _unique_by_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)``, sorting one value per run of equal
+    consecutive values (a row's positions share their sample: runs of hundreds)."""
+    heads, sizes = _runs_of(values)
+    wanted, run_inverse = np.unique(values[heads], return_inverse=True)
+    return wanted, np.repeat(run_inverse, sizes)
 
 
 class SampleRangedFile(RangedFile):
@@ -91,32 +96,58 @@ class SampleRangedFile(RangedFile):
         self.gap_bytes = check_int("gap_bytes", gap_bytes, minimum=0)
         self._offsets_file = offsets
         self._crc_file = sample_crc32c
-        self._offsets: np.ndarray | None = None
+        self.num_samples = self._crc_file.size // 4
+        self._version = sha256_hex(np.asarray(self.crc32c, dtype="<u4").tobytes(), chars=16)
         self.samples_verified = 0  # samples checked against their CRC by this object
 
-    # -- metadata ---------------------------------------------------------------------------
-    def _metadata(self) -> np.ndarray:
-        """The shard's offsets (ids, ``<i8``), read whole on first use; the sample CRCs are
-        read by block as samples need them (``_samples``)."""
-        if self._offsets is None:
-            with self._fetch_lock:
-                if self._offsets is None:
-                    offsets = self._offsets_file.read(0, self._offsets_file.size).view("<i8")
-                    num_crcs = self._crc_file.size // 4
-                    if offsets.size != num_crcs + 1 or int(offsets[-1]) * self.dtype.itemsize != (
-                        self.size
-                    ):
-                        raise StoreError(
-                            f"{self.label}: offsets.bin ({offsets.size} entries) and "
-                            f"sample_crc32c.bin ({num_crcs}) do not describe a tokens file of "
-                            f"{self.size} bytes; rebuild the store"
-                        )
-                    self._offsets = offsets
-        return self._offsets
+    # -- metadata (read by block through the cache, never whole) ------------------------------
+    def _check_metadata(self) -> None:
+        """The offsets and sample CRC files describe the same samples (sizes only: no read)."""
+        if self._offsets_file.size != (self.num_samples + 1) * 8:
+            raise self._metadata_error(self._offsets_file.size // 8)
+
+    def _metadata_error(self, entries: int) -> StoreError:
+        return StoreError(
+            f"{self.label}: offsets.bin ({entries} entries) and sample_crc32c.bin "
+            f"({self.num_samples}) do not describe a tokens file of {self.size} bytes; rebuild "
+            "the store"
+        )
+
+    def _bounds(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first id, end) of the samples ``wanted`` (local indices), from their offsets'
+        blocks; a sample ending past the file is the metadata's fault, named as such."""
+        self._check_metadata()
+        both = self._offsets_file.take(np.stack([wanted, wanted + 1]), "<i8")
+        if both.size and int(both[1].max()) * self.dtype.itemsize > self.size:
+            raise self._metadata_error(self._offsets_file.size // 8)
+        return both[0], both[1]
+
+    def _locate(self, flat: np.ndarray) -> np.ndarray:
+        """The local sample holding each position of ``flat`` (1-D, inside the file): a
+        vectorised binary search over the offsets file, one ``take`` a level, so only the
+        blocks on the search paths are read (no caller hint: ``read``, byte-span prefetches)."""
+        self._check_metadata()
+        heads, _ = _runs_of(flat)
+        values = np.unique(flat[heads])
+        lo = np.zeros(values.size, dtype=np.int64)  # offsets[lo] <= value
+        hi = np.full(values.size, self.num_samples, dtype=np.int64)  # offsets[hi] > value
+        while True:
+            open_ = hi - lo > 1
+            if not open_.any():
+                break
+            mid = (lo + hi) // 2
+            at = self._offsets_file.take(mid[open_], "<i8")
+            below = np.zeros(values.size, dtype=bool)
+            below[open_] = at <= values[open_]
+            lo = np.where(open_ & below, mid, lo)
+            hi = np.where(open_ & ~below, mid, hi)
+        return lo[np.searchsorted(values, flat)]
 
     # -- reads ------------------------------------------------------------------------------
-    def take(self, positions: np.ndarray, dtype: Any) -> np.ndarray:
-        """Ids at element ``positions`` (any shape), read through the samples holding them."""
+    def take(self, positions: np.ndarray, dtype: Any, samples: Any = None) -> np.ndarray:
+        """Ids at element ``positions`` (any shape), read through the samples holding them;
+        ``samples`` (broadcastable to ``positions``): the local sample of each position, when
+        the caller knows it (spares the search; checked against the offsets)."""
         dtype = np.dtype(dtype)
         if dtype != self.dtype:
             return super().take(positions, dtype)  # not the store's ids: per-block reads
@@ -127,12 +158,21 @@ class SampleRangedFile(RangedFile):
         if pos.min() < 0 or pos.max() >= count:
             low, high = int(pos.min()), int(pos.max())
             check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
-        offsets = self._metadata()
         flat = pos.reshape(-1)
-        wanted, inverse = _samples_of(flat, offsets)
-        data, base = self._gathered(wanted)
-        out = data[(base - offsets[wanted])[inverse] + flat]
-        return out.reshape(pos.shape)
+        if samples is None:
+            owner = self._locate(flat)
+        else:
+            owner = np.broadcast_to(np.asarray(samples, dtype=np.int64), pos.shape).reshape(-1)
+        wanted, inverse = _unique_by_runs(owner)
+        starts, ends = self._bounds(wanted)
+        rel = flat - starts[inverse]  # each position's place in its sample
+        if samples is not None and (rel.min() < 0 or (rel >= (ends - starts)[inverse]).any()):
+            raise StoreError(
+                f"{self.label}: a position read lies outside the sample it was given with "
+                "(samples= must be the sample holding each position, as sample_bounds gives)"
+            )
+        data, base = self._gathered(wanted, starts, ends)
+        return data[base[inverse] + rel].reshape(pos.shape)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)``, read through the samples they touch (each checked)."""
@@ -140,116 +180,142 @@ class SampleRangedFile(RangedFile):
         check_range(self.label, self.size, start, stop)
         if start == stop:
             return np.zeros(0, dtype=np.uint8)
-        offsets = self._metadata()
         item = self.dtype.itemsize
-        first = int(np.searchsorted(offsets, start // item, side="right")) - 1
-        last = int(np.searchsorted(offsets, (stop - 1) // item, side="right")) - 1
-        data, _ = self._gathered(np.arange(first, last + 1))
+        first, last = self._locate(np.array([start // item, (stop - 1) // item])).tolist()
+        wanted = np.arange(first, last + 1)
+        starts, ends = self._bounds(wanted)
+        data, _ = self._gathered(wanted, starts, ends)
         raw = data.view(np.uint8)  # consecutive samples: the bytes from sample `first` on
-        lo = start - int(offsets[first]) * item
+        lo = start - int(starts[0]) * item
         return raw[lo : lo + stop - start].copy()
 
-    def _gathered(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ids of the samples ``wanted`` (sorted unique local indices), back to back, and
-        where each one starts in them."""
-        samples = self._samples(wanted)
+    def _gathered(
+        self, wanted: np.ndarray, starts: np.ndarray, ends: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the samples ``wanted`` (sorted unique local indices, their bounds
+        ``starts``/``ends``), back to back, and where each one starts in them."""
+        samples = self._samples(wanted, (starts, ends))
         parts = [samples[s] for s in wanted.tolist()]
-        sizes = np.fromiter((p.size for p in parts), dtype=np.int64, count=len(parts))
+        sizes = ends - starts
         base = np.cumsum(sizes) - sizes
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return data, base
 
-    # -- prefetch (``RangedFile.prefetch`` queues byte ranges; they are fetched here) --------
-    def _prefetch_now(self, spans: list[tuple[int, int]]) -> None:
-        """Fetch the samples of ``spans`` (on a prefetch thread); errors kept for the next read."""
+    # -- prefetch ---------------------------------------------------------------------------
+    def prefetch_samples(self, samples: np.ndarray) -> None:
+        """Fetch the local ``samples`` into the cache on a prefetch thread (a hint, as
+        ``prefetch``; what ``TokenStore.prefetch_samples`` uses)."""
+        if not self.cache.enabled:
+            return
+        wanted = np.unique(np.asarray(samples, dtype=np.int64))
+        if wanted.size and not _prefetcher().submit(self, wanted):
+            self.prefetch_dropped += 1
+
+    def _prefetch_now(self, request: Any) -> None:
+        """Fetch the samples of ``request`` (on a prefetch thread): sorted unique local sample
+        indices (``prefetch_samples``) or byte spans (``prefetch``); errors kept for the next
+        read."""
         try:
-            offsets = self._metadata()
-            item = self.dtype.itemsize
-            spans = [(a, min(b, self.size)) for a, b in spans if 0 <= a < min(b, self.size)]
-            if not spans:
-                return
-            lo = np.array([a for a, _ in spans], dtype=np.int64) // item
-            hi = (np.array([b for _, b in spans], dtype=np.int64) - 1) // item
-            first = np.searchsorted(offsets, lo, side="right") - 1
-            last = np.searchsorted(offsets, hi, side="right") - 1
-            wanted = np.unique(
-                np.concatenate([np.arange(a, b + 1) for a, b in zip(first.tolist(), last.tolist())])
-            )
-            self._samples(wanted, raise_pending=False)
+            if isinstance(request, np.ndarray):
+                wanted = request
+            else:
+                item = self.dtype.itemsize
+                spans = [(a, min(b, self.size)) for a, b in request if 0 <= a < min(b, self.size)]
+                if not spans:
+                    return
+                ends = self._locate(
+                    np.array([p for a, b in spans for p in (a // item, (b - 1) // item)])
+                ).reshape(-1, 2)
+                wanted = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in ends.tolist()]))
+            self._samples(wanted, None, raise_pending=False)  # bounds only of what is missing
         except BaseException as err:  # kept for the next read: never lost
             self._prefetch_error = err
 
     # -- samples ----------------------------------------------------------------------------
-    def _sample_key(self, s: int, crc: int) -> tuple[Any, ...]:
-        return (self.path, self.size, "sample", s, crc)
+    def _sample_key(self, s: int) -> tuple[Any, ...]:
+        """A sample's cache key: the file's path, size and version (its block CRCs, which cover
+        every byte), so a store rebuilt at the same path never serves an old sample; a cached
+        sample is found without reading its CRC (that is read to check a fetched one)."""
+        return (self.path, self.size, self._version, "sample", s)
 
-    def _samples(self, wanted: np.ndarray, *, raise_pending: bool = True) -> dict[int, np.ndarray]:
-        """The verified ids of the samples ``wanted`` (sorted unique): cached, or fetched."""
+    def _samples(
+        self, wanted: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None, *,
+        raise_pending: bool = True,
+    ) -> dict[int, np.ndarray]:  # fmt: skip
+        """The verified ids of the samples ``wanted`` (sorted unique; ``bounds``: their
+        (starts, ends), or None to read them for the ones fetched): cached, or fetched."""
         if raise_pending and self._prefetch_error is not None:
             err, self._prefetch_error = self._prefetch_error, None
             raise err
-        offsets = self._metadata()
         wanted_list = wanted.tolist()
-        crcs = dict(zip(wanted_list, self._crc_file.take(wanted, "<u4").tolist()))
         use_cache = self.cache.enabled
         found: dict[int, np.ndarray] = {}
-        missing = []
-        for s in wanted_list:
-            ids = self.cache.get(self._sample_key(s, crcs[s])) if use_cache else None
-            if ids is None:
-                missing.append(s)
-            else:
-                found[s] = ids
+        missing = list(range(len(wanted_list)))
+        if use_cache:  # one lock for the whole call's samples
+            cached = self.cache.get_many([self._sample_key(s) for s in wanted_list])
+            missing = [i for i, ids in enumerate(cached) if ids is None]
+            found = {s: ids for s, ids in zip(wanted_list, cached) if ids is not None}
         if not missing:
             return found
         with self._fetch_lock:
-            still = []
-            for s in missing:  # a prefetch may have fetched it meanwhile
-                key = self._sample_key(s, crcs[s])
-                ids = self.cache.get(key, count=False) if use_cache else None
-                if ids is None:
-                    still.append(s)
-                else:
-                    found[s] = ids
-            for group in self._ranges(np.asarray(still, dtype=np.int64), offsets):
-                found.update(self._fetch_samples(group, offsets, crcs))
+            still = missing
+            if use_cache:  # a prefetch may have fetched some meanwhile
+                again = self.cache.get_many(
+                    [self._sample_key(wanted_list[i]) for i in missing], count=False
+                )
+                still = [i for i, ids in zip(missing, again) if ids is None]
+                found.update((wanted_list[i], ids) for i, ids in zip(missing, again)
+                             if ids is not None)  # fmt: skip
+            rows = np.asarray(still, dtype=np.int64)
+            fetch = wanted[rows]
+            starts, ends = self._bounds(fetch) if bounds is None else (
+                bounds[0][rows], bounds[1][rows])  # fmt: skip
+            crcs = dict(zip(fetch.tolist(), self._crc_file.take(fetch, "<u4").tolist()))
+            found.update(self._fetch_samples(fetch, starts, ends, crcs))
         return found
 
-    def _ranges(self, samples: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-        """``samples`` (sorted) split into groups fetched by one range read each: a sample
-        starting at most ``gap_bytes`` after the previous one's end joins its group."""
-        if samples.size == 0:
-            return []
-        item = self.dtype.itemsize
-        gaps = (offsets[samples[1:]] - offsets[samples[:-1] + 1]) * item
-        return np.split(samples, np.flatnonzero(gaps > self.gap_bytes) + 1)
+    def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """For sorted samples of these bounds, the index of the range read fetching each: a
+        sample starting at most ``gap_bytes`` after the previous one's end joins its read."""
+        gaps = (starts[1:] - ends[:-1]) * self.dtype.itemsize
+        return np.concatenate([[0], np.cumsum(gaps > self.gap_bytes)]).astype(np.int64)
 
     def _fetch_samples(
-        self, group: np.ndarray, offsets: np.ndarray, crcs: dict[int, int]
+        self, samples: np.ndarray, starts: np.ndarray, ends: np.ndarray, crcs: dict[int, int]
     ) -> dict[int, np.ndarray]:
-        """One range read from the first sample of ``group`` to the end of its last, each
-        sample checked against its CRC32C; caller holds the fetch lock."""
+        """Fetch ``samples`` (sorted, bounds ``starts``/``ends``): one range read per group of
+        near samples (``_groups``), all issued together, then every sample checked against its
+        CRC32C; the good ones are cached, and a bad one raises. Caller holds the fetch lock."""
+        if samples.size == 0:
+            return {}
         item = self.dtype.itemsize
-        start = int(offsets[group[0]]) * item
-        data = self._fetch_range(start, int(offsets[group[-1] + 1]) * item)
-        out = {}
-        for s in group.tolist():
-            lo, hi = int(offsets[s]) * item - start, int(offsets[s + 1]) * item - start
-            raw = data[lo:hi]
-            actual = google_crc32c.value(raw)
-            if actual != crcs[s]:
-                raise StoreError(
-                    f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
-                    f"offset {start + lo}, bytes [{start + lo}, {start + hi})) has CRC32C "
-                    f"{actual:#010x}, sample_crc32c.bin records {crcs[s]:#010x}; the store "
-                    "is corrupt, rebuild it"
-                )
-            ids = raw.view(self.dtype)
-            if self.cache.enabled:
-                ids = ids.copy()  # own its memory: the range read may hold other samples
-                self.cache.put(self._sample_key(s, crcs[s]), ids)
-            out[s] = ids
+        group = self._groups(starts, ends)
+        first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
+        last = np.append(first[1:], samples.size) - 1
+        begin = starts[first] * item
+        datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
+        los = (starts * item - begin[group]).tolist()
+        his = (ends * item - begin[group]).tolist()
+        chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]  # own bytes
+        value = google_crc32c.value
+        names = samples.tolist()
+        expected = [crcs[s] for s in names]
+        actual = [value(c) for c in chunks]
+        dtype = self.dtype
+        good = [i for i, (a, e) in enumerate(zip(actual, expected)) if a == e]
+        out = {names[i]: np.frombuffer(chunks[i], dtype=dtype) for i in good}
+        if self.cache.enabled:
+            self.cache.put_many([(self._sample_key(s), ids) for s, ids in out.items()])
         self.samples_verified += len(out)
+        if len(good) < len(names):
+            i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
+            s, offset = names[i], int(starts[i]) * item
+            raise StoreError(
+                f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
+                f"offset {offset}, bytes [{offset}, {int(ends[i]) * item})) has CRC32C "
+                f"{actual[i]:#010x}, sample_crc32c.bin records {expected[i]:#010x}; the store "
+                "is corrupt, rebuild it"
+            )
         return out
 
     def __repr__(self) -> str:

@@ -22,7 +22,10 @@ How a store is written, in one process or spread over many (Beam workers):
    order and writes ``tokens.bin`` + ``offsets.bin``; ``close`` returns its ``ShardTokens``;
 2. the shards' unigram counts are summed (the corpus counts);
 3. ``write_shard_features`` per shard writes the features and ``shard.json``;
-4. ``store_manifest`` builds the top manifest from the shards' manifests, written last.
+4. ``store_manifest`` builds the top manifest from the shards' manifests, written last; it
+   summarises every shard (counts, ``first_sample``, file sizes, the sha256 of its
+   ``shard.json``) so a remote store opens on it alone (``store.py``). The fingerprint is over
+   the shard manifests only: the summaries do not change it.
 
 The writer keeps what ``write_shard_features`` needs later (dtype, largest id, skips) in a small
 ``writer.json`` inside the shard, removed once ``shard.json`` exists, so step 3 may run in
@@ -385,6 +388,8 @@ def store_manifest(
                 "name": name,
                 "num_samples": int(shard["num_samples"]),
                 "num_tokens": int(shard["num_tokens"]),
+                "first_sample": int(shard["first_sample"]),
+                "files": {f: int(m["size"]) for f, m in shard["files"].items()},
                 "sha256": sha256_hex(canonical_json(shard)),
             }
             for name, shard in zip(shard_names, shard_manifests)

@@ -17,12 +17,16 @@ sample indices are positions in the sources' order (empty samples skipped and co
 many shards or processes wrote the store. Its ids are ``encode(text) + [eos_id]`` (no BOS: the
 pipeline prepends ``bos_id``); a token sample is stored as given plus ``eos_id``.
 
-**Opening** reads ``manifest.json`` and every ``shard.json`` (one small file per shard, nothing
-that grows with the samples) and checks: the format, every shard present with the sha256 the
-manifest records, every file present with its recorded size (a truncated shard, a missing
-shard, a manifest naming an absent file are ``StoreError``s naming the shard or file and saying
-"rebuild"), and the fingerprint. ``verify=True`` also hashes the top-level files (the tokenizer
-copy). No token is read.
+**Opening** reads ``manifest.json``, which summarises every shard (counts, first sample, file
+sizes, the sha256 of its ``shard.json``), and checks the summaries against each other. A local
+store (and a store written before the summaries) also reads every ``shard.json`` now and
+checks: every shard present with the sha256 the manifest records, every file present with its
+recorded size (a truncated shard, a missing shard, a manifest naming an absent file are
+``StoreError``s naming the shard or file and saying "rebuild"), and the fingerprint. A remote
+store reads a shard's ``shard.json`` at the shard's first read and makes the same checks then,
+so opening costs the same requests for 8 shards or 64; ``verify()`` reads every shard and the
+fingerprint. ``verify=True`` also hashes the top-level files (the tokenizer copy). No token is
+read.
 
 **Reading** goes through one ``BlockFile`` per shard file (``blocks.py``): ``MappedFile`` (a
 memory map) for a local path, ``RangedFile`` (``remote_blocks.py``: range reads through
@@ -30,7 +34,8 @@ memory map) for a local path, ``RangedFile`` (``remote_blocks.py``: range reads 
 checked against its CRC32C the first time the process reads it: a flipped byte is a
 ``StoreError`` naming the store, shard, file, block and byte offset, before any token of that
 block reaches a batch. ``verify()`` checks every block now (``highnoon-prepare-data --verify``).
-``sample_bounds`` and ``read_tokens`` (global token positions) are what the pipeline reads
+``sample_bounds`` and ``read_tokens`` (global token positions; the pipeline passes the sample
+of each, so an in-place store reads those samples' offsets only) are what the pipeline reads
 through; ``gather``/``samples``/``sample`` return whole samples; ``features`` (lengths,
 surprisal) are read from every shard on first use.
 
@@ -42,7 +47,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -225,7 +231,64 @@ class _Shard:
     num_samples: int
     first_token: int  # position of its first id in the store's token positions
     num_tokens: int
-    files: dict[str, BlockFile]
+    files: _ShardFiles
+
+
+class _ShardFiles(MutableMapping):
+    """A shard's ``BlockFile`` by file name. Made from the checked ``shard.json`` (``meta``), or
+    lazily (a remote store whose manifest summarises its shards): ``shard.json`` is then read on
+    the first access, checked against the sha256 and summary the store's manifest records, and
+    the files made; ``sizes`` (from the summary) needs no read."""
+
+    def __init__(self, root: str, path: str, entry: dict[str, Any], first_sample: int,
+                 dtype: np.dtype, meta: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self._args = (root, path, entry, first_sample, dtype)
+        self.root = root
+        self._lock = threading.Lock()
+        self.meta: dict[str, Any] | None = None
+        self._files: dict[str, BlockFile] | None = None
+        if meta is not None:
+            self._made(meta)
+        self.sizes = {f: int(entry["files"][f]) for f in SHARD_FILES} if meta is None else {
+            f: int(meta["files"][f]["size"]) for f in SHARD_FILES}  # fmt: skip
+
+    def _made(self, meta: dict[str, Any]) -> dict[str, BlockFile]:
+        root, path, entry, _, dtype = self._args
+        self.meta = meta
+        self._files = _shard_files(root, entry["name"], meta, f"store {path!r}, {entry['name']}",
+                                   dtype)  # fmt: skip
+        return self._files
+
+    def _loaded(self) -> dict[str, BlockFile]:
+        if self._files is None:
+            with self._lock:
+                if self._files is None:
+                    root, path, entry, first_sample, dtype = self._args
+                    raw = _read_file_op(_join(root, entry["name"], SHARD_MANIFEST))
+                    return self._made(
+                        _check_shard_manifest(raw, entry, first_sample, root, path, dtype)
+                    )
+        return self._files
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the shard's manifest was read (its files exist)."""
+        return self._files is not None
+
+    def __getitem__(self, name: str) -> BlockFile:
+        return self._loaded()[name]
+
+    def __setitem__(self, name: str, file: BlockFile) -> None:  # benches swap a reader in
+        self._loaded()[name] = file
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("a shard's files cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SHARD_FILES)
+
+    def __len__(self) -> int:
+        return len(SHARD_FILES)
 
 
 def _load_manifest(root: str, path: str) -> dict[str, Any]:
@@ -265,61 +328,110 @@ def _is_remote_dir(root: str) -> bool:
     return bool(tf.io.gfile.isdir(root))
 
 
+def _expected_sizes(n: int, t: int, itemsize: int) -> dict[str, int]:
+    """The size of every shard file for ``n`` samples of ``t`` ids in total."""
+    return {TOKENS: t * itemsize, OFFSETS: (n + 1) * 8, LENGTHS: n * 8, SURPRISAL: n * 8,
+            SAMPLE_CRC: n * 4}  # fmt: skip
+
+
+def _summarised(entries: list[dict[str, Any]]) -> bool:
+    """Whether the manifest summarises every shard (stores written since lazy opening)."""
+    return all(isinstance(e.get("files"), dict) and "first_sample" in e for e in entries)
+
+
+def _check_summary(entry: dict[str, Any], first_sample: int, path: str, itemsize: int) -> None:
+    """A shard's summary in the manifest agrees with the shards before it and its counts."""
+    name, n, t = entry["name"], int(entry["num_samples"]), int(entry["num_tokens"])
+    if int(entry["first_sample"]) != first_sample:
+        raise StoreError(
+            f"store {path!r}, {name}: {MANIFEST} records its first sample as "
+            f"{entry['first_sample']}, the shards before it hold {first_sample}; rebuild the store"
+        )
+    for file_name, size in _expected_sizes(n, t, itemsize).items():
+        if file_name not in entry["files"]:
+            raise StoreError(
+                f"store {path!r}, {name}/{file_name}: {MANIFEST} lists no such file (a store "
+                "written before per-sample checksums); rebuild the store"
+            )
+        if int(entry["files"][file_name]) != size:
+            raise StoreError(
+                f"store {path!r}, {name}/{file_name}: {MANIFEST} records size "
+                f"{entry['files'].get(file_name)}, {size} for {n} samples of {t} ids; the manifest "
+                "is corrupt, rebuild the store"
+            )
+
+
+def _check_shard_manifest(
+    raw: bytes | None, entry: dict[str, Any], first_sample: int, root: str, path: str,
+    dtype: np.dtype,
+) -> dict[str, Any]:  # fmt: skip
+    """Shard ``entry``'s ``shard.json`` (``raw``, None: missing) checked against the manifest's
+    sha256 and counts and, for a local store, its files' sizes; returns it parsed."""
+    name = entry["name"]
+    where = f"store {path!r}, {name}"
+    if raw is None:
+        raise StoreError(
+            f"{where}: the shard is missing ({name}/{SHARD_MANIFEST} does not exist); the "
+            "store is incomplete, rebuild it"
+        )
+    if sha256_hex(raw) != entry["sha256"]:
+        raise StoreError(
+            f"{where}: {SHARD_MANIFEST} has sha256 {sha256_hex(raw)}, the manifest records "
+            f"{entry['sha256']}; the store is corrupt or mixes two builds, rebuild it"
+        )
+    meta = json.loads(raw)
+    n, t = int(meta["num_samples"]), int(meta["num_tokens"])
+    if (n, t, int(meta["first_sample"])) != (
+        int(entry["num_samples"]), int(entry["num_tokens"]), first_sample
+    ):  # fmt: skip
+        raise StoreError(
+            f"{where}: {SHARD_MANIFEST} records {n} samples from sample "
+            f"{meta['first_sample']}, the manifest {entry['num_samples']} from {first_sample}; "
+            "rebuild the store"
+        )
+    expected = _expected_sizes(n, t, dtype.itemsize)
+    for file_name in SHARD_FILES:
+        recorded = meta["files"].get(file_name)
+        label = f"store {path!r}, {name}/{file_name}"
+        if recorded is None:
+            raise StoreError(
+                f"{label}: {SHARD_MANIFEST} lists no such file (a store written before "
+                "per-sample checksums); rebuild the store"
+            )
+        actual = None if is_remote(root) else _size(_join(root, name, file_name))
+        if actual is None and not is_remote(root):
+            raise StoreError(f"{label}: the file is missing; the store is incomplete, rebuild it")
+        if recorded["size"] != expected[file_name] or actual not in (None, recorded["size"]):
+            raise StoreError(
+                f"{label}: file has size {recorded['size'] if actual is None else actual}, "
+                f"{SHARD_MANIFEST} records {recorded['size']} ({expected[file_name]} for {n} "
+                f"samples of {t} ids); the shard is truncated or was modified, rebuild the "
+                "store"
+            )
+    return meta
+
+
 def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]:
-    """Every shard's ``shard.json``, checked against the manifest, and its files' sizes (a
-    local store's now; a remote store's by each file's first read, ``RangedFile``)."""
+    """The store's shards. A remote store whose manifest summarises its shards opens on that
+    alone, each ``shard.json`` read at the shard's first use (``_ShardFiles``): open time does
+    not grow with the shards. Otherwise (a local store, or one written before the summaries)
+    every ``shard.json`` is read and checked now, and the fingerprint against them. A local
+    store's file sizes are checked now, a remote one's by each file's first read."""
     dtype = np.dtype(manifest["dtype"])
-    itemsize = dtype.itemsize
+    entries = manifest["shards"]
+    lazy = is_remote(root) and _summarised(entries)
+    raws = None if lazy else _read_shard_manifests(root, [e["name"] for e in entries])
     shards, first_sample, first_token, metas = [], 0, 0, []
-    names = [entry["name"] for entry in manifest["shards"]]
-    for entry, raw in zip(manifest["shards"], _read_shard_manifests(root, names)):
-        name = entry["name"]
-        where = f"store {path!r}, {name}"
-        if raw is None:
-            raise StoreError(
-                f"{where}: the shard is missing ({name}/{SHARD_MANIFEST} does not exist); the "
-                "store is incomplete, rebuild it"
-            )
-        if sha256_hex(raw) != entry["sha256"]:
-            raise StoreError(
-                f"{where}: {SHARD_MANIFEST} has sha256 {sha256_hex(raw)}, the manifest records "
-                f"{entry['sha256']}; the store is corrupt or mixes two builds, rebuild it"
-            )
-        meta = json.loads(raw)
-        metas.append(meta)
-        n, t = int(meta["num_samples"]), int(meta["num_tokens"])
-        if (n, t, int(meta["first_sample"])) != (
-            int(entry["num_samples"]), int(entry["num_tokens"]), first_sample
-        ):  # fmt: skip
-            raise StoreError(
-                f"{where}: {SHARD_MANIFEST} records {n} samples from sample "
-                f"{meta['first_sample']}, the manifest {entry['num_samples']} from {first_sample}; "
-                "rebuild the store"
-            )
-        expected = {TOKENS: t * itemsize, OFFSETS: (n + 1) * 8, LENGTHS: n * 8, SURPRISAL: n * 8,
-                    SAMPLE_CRC: n * 4}  # fmt: skip
-        for file_name in SHARD_FILES:
-            recorded = meta["files"].get(file_name)
-            label = f"store {path!r}, {name}/{file_name}"
-            if recorded is None:
-                raise StoreError(
-                    f"{label}: {SHARD_MANIFEST} lists no such file (a store written before "
-                    "per-sample checksums); rebuild the store"
-                )
-            actual = None if is_remote(root) else _size(_join(root, name, file_name))
-            if actual is None and not is_remote(root):
-                raise StoreError(
-                    f"{label}: the file is missing; the store is incomplete, rebuild it"
-                )
-            if recorded["size"] != expected[file_name] or actual not in (None, recorded["size"]):
-                raise StoreError(
-                    f"{label}: file has size {recorded['size'] if actual is None else actual}, "
-                    f"{SHARD_MANIFEST} records {recorded['size']} ({expected[file_name]} for {n} "
-                    f"samples of {t} ids); the shard is truncated or was modified, rebuild the "
-                    "store"
-                )
-        files = _shard_files(root, name, meta, f"store {path!r}, {name}", dtype)
-        shards.append(_Shard(name, first_sample, n, first_token, t, files))
+    for i, entry in enumerate(entries):
+        if lazy:
+            _check_summary(entry, first_sample, path, dtype.itemsize)
+            files = _ShardFiles(root, path, entry, first_sample, dtype)
+        else:
+            meta = _check_shard_manifest(raws[i], entry, first_sample, root, path, dtype)
+            metas.append(meta)
+            files = _ShardFiles(root, path, entry, first_sample, dtype, meta=meta)
+        n, t = int(entry["num_samples"]), int(entry["num_tokens"])
+        shards.append(_Shard(entry["name"], first_sample, n, first_token, t, files))
         first_sample += n
         first_token += t
     if (first_sample, first_token) != (manifest["num_samples"], manifest["num_tokens"]):
@@ -328,11 +440,8 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
             f"manifest records {manifest['num_samples']} of {manifest['num_tokens']}; the "
             "tokens/offsets/features do not match the manifest, rebuild it"
         )
-    if store_fingerprint(metas) != manifest["fingerprint"]:
-        raise StoreError(
-            f"store {path!r}: the shards' fingerprint {store_fingerprint(metas)} does not match the "
-            f"manifest fingerprint {manifest['fingerprint']}; rebuild the store"
-        )
+    if not lazy:
+        _check_fingerprint(metas, manifest, path)
     for name, meta in manifest["files"].items():
         actual = _size(_join(root, name))
         if actual != meta["size"]:
@@ -342,6 +451,15 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
                 "the store is incomplete or was modified, rebuild it"
             )
     return shards
+
+
+def _check_fingerprint(metas: list[dict[str, Any]], manifest: dict[str, Any], path: str) -> None:
+    """The manifest's fingerprint is the one of these shard manifests."""
+    if store_fingerprint(metas) != manifest["fingerprint"]:
+        raise StoreError(
+            f"store {path!r}: the shards' fingerprint {store_fingerprint(metas)} does not match the "
+            f"manifest fingerprint {manifest['fingerprint']}; rebuild the store"
+        )
 
 
 class TokenStore:
@@ -366,12 +484,13 @@ class TokenStore:
         self._one_whole_file = (
             len(self._shards) == 1
             and first.first_token == 0
-            and (first.num_tokens * self.dtype.itemsize == first.files[TOKENS].size)
+            and (first.num_tokens * self.dtype.itemsize == first.files.sizes[TOKENS])
         )
         self._features: SampleFeatures | None = None
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_of = tokenizer_of  # a concatenation reads its first part's tokenizer
         self._cache_dir = cache_dir
+        self._opened_lazily = False  # set by open: verify() then checks the fingerprint
 
     @classmethod
     def open(
@@ -396,6 +515,7 @@ class TokenStore:
         root = path.rstrip("/") if is_remote(path) else os.path.abspath(os.path.expanduser(path))
         manifest = _load_manifest(root, path)
         store = cls(root, manifest, _open_shards(root, path, manifest), cache_dir=cache_dir)
+        store._opened_lazily = not all(s.files.loaded for s in store._shards)
         if verify:
             store._verify_files()
         if vocab_size is not None:
@@ -422,11 +542,14 @@ class TokenStore:
         for shard in self._shards:
             for name in SHARD_FILES:
                 shard.files[name].verify()  # type: ignore[attr-defined]
+        if self._opened_lazily:  # the shard manifests were read one by one: their fingerprint
+            _check_fingerprint([s.files.meta for s in self._shards], self.manifest, self.path)
 
     @property
     def bytes_read(self) -> int:
-        """Bytes this object's files fetched from storage so far (benches and tests)."""
-        return sum(f.bytes_read for s in self._shards for f in s.files.values())
+        """Bytes this object's files fetched from storage so far (benches and tests; shards
+        not read yet count nothing and are not opened by asking)."""
+        return sum(f.bytes_read for s in self._shards if s.files.loaded for f in s.files.values())
 
     @property
     def max_token_id(self) -> int:
@@ -540,12 +663,17 @@ class TokenStore:
                 starts[mask], lengths[mask] = start, length
         return starts, lengths
 
-    def read_tokens(self, positions: np.ndarray) -> np.ndarray:
+    def read_tokens(self, positions: np.ndarray, samples: Any = None) -> np.ndarray:
         """The ids (store dtype) at store token ``positions`` (any shape; ``sample_bounds``
-        gives where samples are). Blocks read for the first time are checked."""
+        gives where samples are). Blocks read for the first time are checked. ``samples``
+        (broadcastable to ``positions``), when the caller knows them: the store index of the
+        sample holding each position, so a store read in place looks up those samples' offsets
+        only instead of searching for them (``remote_samples.py``)."""
         pos = np.asarray(positions, dtype=np.int64)
+        if samples is not None:
+            samples = np.broadcast_to(np.asarray(samples, dtype=np.int64), pos.shape)
         if self._one_whole_file:  # the hot path: the file's own bounds are the store's
-            return self._shards[0].files[TOKENS].take(pos, self.dtype)
+            return self._shards[0].files[TOKENS].take(pos, self.dtype, samples=samples)
         if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
             raise IndexError(
                 f"token positions must be in [0, {self.num_tokens}), got values in "
@@ -555,7 +683,10 @@ class TokenStore:
         for s, mask in self._by_shard(self._token_base, pos):
             shard = self._shards[s]
             local = (pos if mask is None else pos[mask]) - shard.first_token
-            values = shard.files[TOKENS].take(local, self.dtype)
+            local_samples = None
+            if samples is not None:
+                local_samples = (samples if mask is None else samples[mask]) - shard.first_sample
+            values = shard.files[TOKENS].take(local, self.dtype, samples=local_samples)
             if mask is None:
                 out[...] = values
             else:
@@ -568,7 +699,7 @@ class TokenStore:
         if len(self._shards) == 1:
             return [(0, None)]
         which = np.searchsorted(bases, values, side="right") - 1
-        present = np.unique(which)
+        present = np.flatnonzero(np.bincount(which.reshape(-1), minlength=bases.size))
         if present.size == 1:
             return [(int(present[0]), None)]
         return [(int(s), which == s) for s in present]
@@ -590,7 +721,8 @@ class TokenStore:
         out_offsets = np.zeros(idx.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=out_offsets[1:])
         positions = np.repeat(starts - out_offsets[:-1], lengths) + np.arange(out_offsets[-1])
-        return self.read_tokens(positions).astype(np.int64), out_offsets
+        tokens = self.read_tokens(positions, samples=np.repeat(idx, lengths))
+        return tokens.astype(np.int64), out_offsets
 
     # --- reading ahead, for stores read in place (remote_blocks.py) ----------------------------
 
@@ -602,26 +734,33 @@ class TokenStore:
     def reads_ahead(self) -> bool:
         """Whether reading ahead pays: some tokens file is read by range (a path with a
         scheme) into a block cache (``RangedFile.prefetches``)."""
-        return any(getattr(shard.files[TOKENS], "prefetches", False) for shard in self._shards)
+        if any(is_remote(s.files.root) and not s.files.loaded for s in self._shards):
+            from highnoon.data.remote_blocks import block_cache
 
-    def prefetch_tokens(self, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Fetch store token positions ``[starts[i], stops[i])`` (each within one sample) in the
-        background, into the block cache; a hint: memory-mapped files ignore it."""
-        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-        stops = np.asarray(stops, dtype=np.int64).reshape(-1)
-        keep = stops > starts
-        starts, stops = starts[keep], stops[keep]
-        if starts.size == 0:
+            if block_cache().enabled:  # an unread remote shard will read ahead into it
+                return True
+        return any(getattr(shard.files[TOKENS], "prefetches", False) for shard in self._shards
+                   if shard.files.loaded)  # fmt: skip
+
+    def prefetch_samples(self, indices: np.ndarray) -> None:
+        """Fetch the samples ``indices`` whole in the background, into the block cache (a hint:
+        memory-mapped files ignore it). A tokens file read by sample takes the samples as they
+        are (no offsets read here: a cached sample costs one cache look-up); one read by block
+        gets their byte ranges."""
+        idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+        self._check_index(idx)
+        if idx.size == 0:
             return
-        for s, mask in self._by_shard(self._token_base, starts):
+        for s, mask in self._by_shard(self._sample_base, idx):
             shard = self._shards[s]
             tokens = shard.files[TOKENS]
-            if not hasattr(tokens, "prefetch"):
-                continue
-            lo = (starts if mask is None else starts[mask]) - shard.first_token
-            hi = (stops if mask is None else stops[mask]) - shard.first_token
-            tokens.prefetch(zip((lo * self.dtype.itemsize).tolist(),
-                                (hi * self.dtype.itemsize).tolist()))  # fmt: skip
+            local = (idx if mask is None else idx[mask]) - shard.first_sample
+            if hasattr(tokens, "prefetch_samples"):
+                tokens.prefetch_samples(local)
+            elif hasattr(tokens, "prefetch"):
+                both = shard.files[OFFSETS].take(np.stack([local, local + 1]), "<i8")
+                item = self.dtype.itemsize
+                tokens.prefetch(zip((both[0] * item).tolist(), (both[1] * item).tolist()))
 
     def __len__(self) -> int:
         return self.num_samples
