@@ -72,7 +72,9 @@ def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if is_remote(root) else os.path.join(root, name)
 
 
-def _check_strategies(strategies: Sequence[str]) -> list[str]:
+def check_strategies(strategies: Sequence[str]) -> list[str]:
+    """The strategies to store, each once (a comma-separated string is accepted); refuses
+    ``random`` and unknown names."""
     if isinstance(strategies, str):
         strategies = [s for s in strategies.split(",") if s]
     out: list[str] = []
@@ -121,7 +123,7 @@ def write_orders(
     fresh. An existing order is replaced: its ``.json`` is removed first, so a write killed
     half way leaves the order absent, never stale.
     """
-    wanted = _check_strategies(strategies)
+    wanted = check_strategies(strategies)
     chunk_samples = check_positive_int("chunk_samples", chunk_samples)
     block_bytes = check_positive_int("block_bytes", block_bytes)
     store = _open(store_or_path)
