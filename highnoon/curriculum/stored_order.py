@@ -52,7 +52,7 @@ FORMAT = "highnoon.order/1"
 ORDERS_DIR = "orders"
 BUILT_IN = ("size_based", "difficulty_based", "mixed")  # the strategies preparation stores
 STORABLE = tuple(s for s in STRATEGIES if s != "random")
-DEFAULT_CHUNK = 1 << 23  # samples scored at a time; a bucket sorted in memory is at most this
+DEFAULT_CHUNK = 1 << 22  # samples scored at a time; a bucket sorted in memory is at most this
 SPLITTER_SAMPLES = 1 << 16  # evenly spaced samples whose keys choose the bucket splitters
 FIX = "re-run highnoon-prepare-data --orders_only={path} to write the orders again"
 

@@ -490,10 +490,16 @@ class TokenStore:
                 continue
             for name, chunks in parts.items():
                 chunks.append(shard.files[name].read(lo * 8, hi * 8).view("<i8"))
-        empty = np.zeros(0, dtype=np.int64)
+
+        def joined(chunks: list[np.ndarray]) -> np.ndarray:  # "<i8" is int64: no more copies
+            if len(chunks) == 1:
+                return chunks[0].astype(np.int64, copy=False)
+            return np.concatenate(chunks or [np.zeros(0, dtype=np.int64)]).astype(
+                np.int64, copy=False
+            )
+
         return SampleFeatures(
-            lengths=np.concatenate(parts[LENGTHS] or [empty]).astype(np.int64),
-            surprisal_sum=np.concatenate(parts[SURPRISAL] or [empty]).astype(np.int64),
+            lengths=joined(parts[LENGTHS]), surprisal_sum=joined(parts[SURPRISAL])
         )
 
     def features_at(self, indices: Sequence[int] | np.ndarray) -> SampleFeatures:
