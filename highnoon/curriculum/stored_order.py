@@ -251,24 +251,35 @@ def _scatter(
 
 def _emit(path: str, count: int, record: np.dtype, budget: int, out: Any, tmp: str) -> None:
     """Append the indices of bucket file ``path`` to ``out`` sorted by (key, index); a bucket
-    larger than ``budget`` of more than one key is split again first."""
-    data = np.memmap(path, dtype=record, mode="r", shape=(count,))
-    lo = min(int(data["key"][s : s + budget].min()) for s in range(0, count, budget))
-    hi = max(int(data["key"][s : s + budget].max()) for s in range(0, count, budget))
-    if lo == hi:  # one key: already in index order
-        for s in range(0, count, budget):
-            out.write(_raw(data["index"][s : s + budget]))
-    elif count <= budget:
-        records = np.array(data)
-        out.write(_raw(records["index"][order_from_keys(records["key"])]))
+    larger than ``budget`` of more than one key is split again first. Read with plain file
+    reads (no memory map), so resident memory stays O(budget)."""
+
+    def parts() -> Iterator[np.ndarray]:
+        for start in range(0, count, budget):
+            yield np.fromfile(path, dtype=record, count=min(budget, count - start),
+                              offset=start * record.itemsize)  # fmt: skip
+
+    if count <= budget:
+        records = np.fromfile(path, dtype=record, count=count)
+        keys = records["key"]
+        if keys.min() == keys.max():  # one key: already in index order
+            out.write(_raw(records["index"]))
+        else:
+            out.write(_raw(records["index"][order_from_keys(keys)]))
     else:
-        stride = max(count // SPLITTER_SAMPLES, 1)
-        splitters = _splitters(np.array(data["key"][::stride]), -(-2 * count // budget))
-        parts = ((np.array(data["key"][s : s + budget]), np.array(data["index"][s : s + budget]))
-                 for s in range(0, count, budget))  # fmt: skip
-        for sub, sub_count in _scatter(parts, splitters, record, tmp):
-            _emit(sub, sub_count, record, budget, out, tmp)
-    del data
+        low = min(int(p["key"].min()) for p in parts())
+        high = max(int(p["key"].max()) for p in parts())
+        if low == high:
+            for part in parts():
+                out.write(_raw(part["index"]))
+        else:
+            stride = max(count // SPLITTER_SAMPLES, 1)
+            sample = np.concatenate([p["key"][(-i * budget) % stride :: stride]
+                                     for i, p in enumerate(parts())])  # fmt: skip
+            splitters = _splitters(sample, -(-2 * count // budget))
+            pairs = ((p["key"].copy(), p["index"].copy()) for p in parts())
+            for sub, sub_count in _scatter(pairs, splitters, record, tmp):
+                _emit(sub, sub_count, record, budget, out, tmp)
     os.remove(path)
 
 
