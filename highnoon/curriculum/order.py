@@ -113,7 +113,8 @@ def _packed_order(
     (``keys_of(start, stop)``) and at positions (``keys_at``).
 
     Each key is shifted right by the trailing zero bits all keys share (after subtracting the
-    minimum) and packed with the position into one uint64 ``key << b | position`` (``b``
+    minimum). When what is left fits 16 bits (integer scores of a small range: lengths), a
+    stable radix argsort of those ranks is the order. Otherwise each key is packed with the position into one uint64 ``key << b | position`` (``b``
     position bits), which a plain (unstable, vectorised) value sort orders exactly by (key,
     position). When the keys need more than ``64 - b`` bits, the low bits are dropped for the
     packed sort and only the positions whose truncated keys collide are re-sorted exactly with
@@ -130,6 +131,12 @@ def _packed_order(
         return np.arange(n, dtype=np.int64)
     zeros = (spread_or & -spread_or).bit_length() - 1
     width = (spread_max >> zeros).bit_length()
+    if width <= 16:  # few distinct keys (lengths): numpy's stable radix sort of 16-bit ranks
+        ranks = np.empty(n, dtype=np.uint16)
+        for s in chunks:
+            d = keys_of(s, s + _SORT_CHUNK) - _U(kmin)
+            ranks[s : s + d.size] = d >> _U(zeros)
+        return np.argsort(ranks, kind="stable").astype(np.int64, copy=False)
     index_bits = (n - 1).bit_length()
     exact = width + index_bits <= 64
     shift = _U(zeros + max(0, width + index_bits - 64))
