@@ -232,3 +232,14 @@ def test_orders_of_a_store_on_a_gfile_filesystem_are_written_and_read_by_range(t
         order.take(np.array([[5, 80]])), _expected(local, "size_based")[[[5, 80]]]
     )
     assert not os.path.exists(os.path.join(local.path, "orders"))
+
+
+def test_any_number_of_threads_writes_the_same_bytes(tmp_path):
+    store = _store(tmp_path, 300)
+    written = {}
+    for threads in (1, 3):
+        path = write_orders(store, ["mixed"], chunk_samples=16, threads=threads)["mixed"]
+        with open(path, "rb") as handle:
+            written[threads] = handle.read()
+    assert written[1] == written[3]
+    assert np.frombuffer(written[1], "<u4").tolist() == _expected(store, "mixed").tolist()
