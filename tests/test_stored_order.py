@@ -17,6 +17,7 @@ from highnoon.curriculum.stored_order import open_stored_order, store_score_scal
 from highnoon.data.features import SampleFeatures
 from highnoon.data.shards import crc32c_file
 from highnoon.data.store import StoreError, TokenStore, head
+from highnoon.utils.processes import host_key
 from highnoon.utils.validation import InvalidArgumentError
 from tests.remote_store_helpers import ram_copy, write_store
 
@@ -147,10 +148,16 @@ def test_a_killed_write_leaves_no_json_and_the_order_absent(tmp_path, monkeypatc
     assert sorted(os.listdir(orders)) == ["size_based.bin"]  # json gone, temporaries removed
     assert open_stored_order(store, "size_based") is None
     monkeypatch.undo()
+    # a writer killed outright (no cleanup) leaves its bucket files, named after it: removed by
+    # the next write once that process is gone
+    dead = orders / f"mixed.tmp-{host_key()}-999999999-0-0badcafe"
+    (dead / "buckets-x").mkdir(parents=True)
+    (dead / "buckets-x" / "bucket-0.key").write_bytes(b"12345678")
     assert write_orders(store, ["size_based"], only_missing=True, chunk_samples=8)
     np.testing.assert_array_equal(
         open_stored_order(store, "size_based")[:], _expected(store, "size_based")
     )
+    assert not dead.exists()
 
 
 def test_only_missing_keeps_fresh_orders_and_rewrites_stale_ones(tmp_path):

@@ -47,6 +47,7 @@ from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, sco
 from highnoon.data.blocks import BlockFile, MappedFile
 from highnoon.data.shards import BLOCK_BYTES, crc32c_file
 from highnoon.data.store import StoreError, TokenStore, file_size
+from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
 from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_text
 from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
 
@@ -119,10 +120,11 @@ def write_orders(
     """Write ``orders/<strategy>.bin`` and ``.json`` of each strategy into the store; returns
     ``{strategy: path of the .bin}``.
 
-    Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it), whatever the
-    store's size; the bucket files (12 or 16 bytes per sample) go to a temporary directory inside
-    ``orders/`` (local store) or in ``work_dir`` (default the system's; a remote store, whose
-    files are copied up when complete). ``only_missing``: keep orders already present and
+    Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it per thread),
+    whatever the store's size; the bucket files (12 or 16 bytes per sample) go to a temporary
+    directory named after this process inside ``orders/`` (local store; a killed write's is
+    removed by the next) or in ``work_dir`` (default the system's; a remote store, whose files
+    are copied up when complete). ``only_missing``: keep orders already present and
     fresh. ``threads``: chunks scored and buckets sorted at once (the output is the same for
     any number). An existing order is replaced: its ``.json`` is removed first, so a write killed
     half way leaves the order absent, never stale.
@@ -138,12 +140,13 @@ def write_orders(
         return {}
     scale = _store_scale(store, chunk_samples)
     remote = is_remote(store.path)
-    if not remote:
-        os.makedirs(_join(store.path, ORDERS_DIR), exist_ok=True)
-    tmp_root = work_dir if remote else _join(store.path, ORDERS_DIR)
+    tmp_root = (work_dir or tempfile.gettempdir()) if remote else _join(store.path, ORDERS_DIR)
+    os.makedirs(tmp_root, exist_ok=True)
+    remove_stale_build_dirs(tmp_root)  # the bucket files of killed writes
     written = {}
     for strategy in wanted:
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{strategy}-", dir=tmp_root)
+        tmp = _temp_name(os.path.join(tmp_root, strategy), "tmp")  # names its owner process
+        os.makedirs(tmp)
         try:
             written[strategy] = _write_one(
                 store, strategy, scale, chunk_samples, block_bytes, tmp, threads
