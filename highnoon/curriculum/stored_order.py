@@ -45,6 +45,7 @@ import numpy as np
 from highnoon.curriculum.order import ScoresDigest, order_from_keys, sort_keys
 from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, scores_from_features
 from highnoon.data.blocks import BlockFile, MappedFile
+from highnoon.data.features import SampleFeatures
 from highnoon.data.shards import BLOCK_BYTES, crc32c_file
 from highnoon.data.store import StoreError, TokenStore, file_size
 from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
@@ -138,7 +139,7 @@ def write_orders(
         wanted = [s for s in wanted if _fresh(store, s) is None]
     if not wanted:
         return {}
-    scale = _store_scale(store, chunk_samples)
+    scale, probes = _scan(store, chunk_samples)
     remote = is_remote(store.path)
     tmp_root = (work_dir or tempfile.gettempdir()) if remote else _join(store.path, ORDERS_DIR)
     os.makedirs(tmp_root, exist_ok=True)
@@ -149,7 +150,7 @@ def write_orders(
         os.makedirs(tmp)
         try:
             written[strategy] = _write_one(
-                store, strategy, scale, chunk_samples, block_bytes, tmp, threads
+                store, strategy, scale, probes, chunk_samples, block_bytes, tmp, threads
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -158,17 +159,33 @@ def write_orders(
 
 def _store_scale(store: TokenStore, chunk_samples: int) -> ScoreScale:
     """The whole store's ``ScoreScale``, read chunk by chunk."""
-    scale = ScoreScale(0, 0.0)
-    for start in range(0, store.num_samples, chunk_samples):
-        part = store.features_range(start, min(start + chunk_samples, store.num_samples))
+    return _scan(store, chunk_samples)[0]
+
+
+def _scan(store: TokenStore, chunk_samples: int) -> tuple[ScoreScale, SampleFeatures]:
+    """One pass over the features: the store's ``ScoreScale`` and the features of about
+    ``SPLITTER_SAMPLES`` evenly spaced samples (for the splitters; taken on the way, so no
+    random reads)."""
+    n = store.num_samples
+    stride = max(n // SPLITTER_SAMPLES, 1)
+    scale, lengths, sums = ScoreScale(0, 0.0), [], []
+    for start in range(0, n, chunk_samples):
+        part = store.features_range(start, min(start + chunk_samples, n))
         scale = scale.combine(score_scale(part))
-    return scale
+        first = -start % stride  # the next multiple of stride at or after start
+        lengths.append(part.lengths[first::stride].copy())
+        sums.append(part.surprisal_sum[first::stride].copy())
+    empty = np.zeros(0, dtype=np.int64)
+    return scale, SampleFeatures(
+        np.concatenate(lengths or [empty]), np.concatenate(sums or [empty])
+    )
 
 
 def _write_one(
     store: TokenStore,
     strategy: str,
     scale: ScoreScale,
+    probes: SampleFeatures,
     chunk: int,
     block_bytes: int,
     tmp: str,
@@ -179,11 +196,8 @@ def _write_one(
     bin_path, json_path = order_paths(store.path, strategy)
     _remove(json_path)  # from now on the order is absent until its json is back
 
-    def keys_at(indices: np.ndarray) -> np.ndarray:
-        return sort_keys(scores_from_features(store.features_at(indices), strategy, scale=scale))
-
-    probes = min(n, SPLITTER_SAMPLES)
-    splitters = _splitters(keys_at(np.arange(probes) * n // probes), -(-2 * n // chunk))
+    probe_keys = sort_keys(scores_from_features(probes, strategy, scale=scale))
+    splitters = _splitters(probe_keys, -(-2 * n // chunk))
     digest = ScoresDigest()
 
     def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
