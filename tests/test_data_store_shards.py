@@ -317,3 +317,51 @@ def test_shards_written_apart_make_one_store_an_empty_shard_included(stores, tmp
     assert [s.tolist() for s in store.samples(every)] == [s.tolist() for s in one.samples(every)]
     np.testing.assert_array_equal(store.features.surprisal_sum, one.features.surprisal_sum)
     store.verify()
+
+
+def test_features_of_a_range_or_of_given_samples_read_only_those(stores):
+    """``features_range``/``features_at`` equal slices of ``features`` across shard boundaries,
+    in the order asked."""
+    one, many = stores
+    whole = one.features
+    n = one.num_samples
+    for start, stop in [(0, n), (0, 0), (5, 6), (7, 41), (n - 1, n), (13, 13)]:
+        part = many.features_range(start, stop)
+        np.testing.assert_array_equal(part.lengths, whole.lengths[start:stop])
+        np.testing.assert_array_equal(part.surprisal_sum, whole.surprisal_sum[start:stop])
+    idx = np.array([59, 0, 8, 8, 31, 1, 58])
+    picked = many.features_at(idx)
+    np.testing.assert_array_equal(picked.lengths, whole.lengths[idx])
+    np.testing.assert_array_equal(picked.surprisal_sum, whole.surprisal_sum[idx])
+    assert many.features_at(np.zeros(0, dtype=np.int64)).lengths.shape == (0,)
+    with pytest.raises(IndexError, match=r"sample indices must be in \[0, 60\)"):
+        many.features_at([60])
+    with pytest.raises(InvalidArgumentError, match="stop"):
+        many.features_range(5, 61)
+    with pytest.raises(InvalidArgumentError, match="stop"):
+        many.features_range(5, 4)
+
+
+def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkeypatch):
+    """``MappedFile.read`` of a range of at least ``RELEASE_BYTES`` drops the pages it mapped
+    (a scan keeps O(read) resident memory); the bytes read before and after are the same."""
+    from highnoon.data import blocks
+    from highnoon.data.shards import crc32c_blocks
+
+    data = np.arange(3 * 4096 + 100, dtype=np.uint8)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data.tobytes())
+    released = []
+    monkeypatch.setattr(blocks, "RELEASE_BYTES", 4096)
+    real = blocks.MappedFile._release
+    monkeypatch.setattr(
+        blocks.MappedFile,
+        "_release",
+        lambda self, a, b: released.append((a, b)) or real(self, a, b),
+    )
+    mapped = blocks.MappedFile(str(path), data.size, 4096, crc32c_blocks(data, 4096), label="f")
+    np.testing.assert_array_equal(mapped.read(10, data.size), data[10:])
+    np.testing.assert_array_equal(mapped.read(0, 100), data[:100])  # small: kept mapped
+    np.testing.assert_array_equal(mapped.read(0, data.size), data)
+    np.testing.assert_array_equal(mapped.take(np.array([5, 12000]), np.uint8), data[[5, 12000]])
+    assert released == [(10, data.size), (0, data.size)]

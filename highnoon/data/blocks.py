@@ -16,6 +16,7 @@ any byte of that block reaches a batch, and a store's start-up costs no pass ove
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ import numpy as np
 from highnoon.data.store_errors import StoreError
 
 RACY_SECONDS = 2.0
+RELEASE_BYTES = 16 << 20  # reads at least this large unmap their pages afterwards
 
 # file version -> bitmap of verified blocks, shared by the MappedFiles of one process
 _BITMAPS: dict[tuple[Any, ...], np.ndarray] = {}
@@ -136,13 +138,15 @@ class MappedFile:
         """Check the not yet verified ``blocks`` (sorted block indices) against their CRCs."""
         import google_crc32c
 
-        data = self._data()
+        self._data()
         assert self._verified is not None
-        with self._lock:
+        with self._lock, open(self.path, "rb") as handle:
             for block in blocks[~self._verified[blocks]]:
                 block = int(block)
                 start = block * self.block_bytes
-                chunk = data[start : start + self.block_bytes].tobytes()
+                # read, not through the map: checking a block maps none of its pages into this
+                # process (a spread of small takes over a big file stays small in RSS)
+                chunk = os.pread(handle.fileno(), min(self.block_bytes, self.size - start), start)
                 self.bytes_read += len(chunk)
                 actual = int(google_crc32c.value(chunk))
                 if actual != self.crc32c[block]:
@@ -159,7 +163,22 @@ class MappedFile:
             first, last = start // self.block_bytes, (stop - 1) // self.block_bytes
             self._verify_blocks(np.arange(first, last + 1))
         self.bytes_read += stop - start
-        return np.array(data[start:stop])
+        out = np.array(data[start:stop])
+        if stop - start >= RELEASE_BYTES:
+            self._release(start, stop)
+        return out
+
+    def _release(self, start: int, stop: int) -> None:
+        """Unmap the pages of ``[start, stop)`` a large read just copied (the kernel keeps them
+        in its page cache), so a scan of a big file through ``read`` (a stored order's features
+        pass) keeps O(read) resident memory, not O(file)."""
+        mapped = getattr(self._map, "_mmap", None)
+        if mapped is None or not hasattr(mapped, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, stop // page * page
+        if last > first:
+            mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def take(self, positions: np.ndarray, dtype: np.dtype, samples: Any = None) -> np.ndarray:
         dtype = np.dtype(dtype)
