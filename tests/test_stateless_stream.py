@@ -166,7 +166,7 @@ def test_every_pool_index_exactly_once_per_epoch_on_any_host_count(n, batch, hos
         pacing="constant", initial_fraction=fraction, global_batch_size=batch, seed=seed
     )
     view = PermutedOrder(n, "random_order", seed)
-    scheduler.prepare_curriculum_from_order(view, "sha256:x:%d" % n)
+    scheduler.prepare_curriculum_from_order(view, f"sha256:x:{n}")
     pool = scheduler.pool_size(0)
     steps = scheduler.steps_per_epoch(0)
     parts = [scheduler.host_epoch_indices(0, h, hosts) for h in range(hosts)]
