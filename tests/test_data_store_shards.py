@@ -317,3 +317,26 @@ def test_shards_written_apart_make_one_store_an_empty_shard_included(stores, tmp
     assert [s.tolist() for s in store.samples(every)] == [s.tolist() for s in one.samples(every)]
     np.testing.assert_array_equal(store.features.surprisal_sum, one.features.surprisal_sum)
     store.verify()
+
+
+def test_features_of_a_range_or_of_given_samples_read_only_those(stores):
+    """``features_range``/``features_at`` equal slices of ``features`` across shard boundaries,
+    in the order asked."""
+    one, many = stores
+    whole = one.features
+    n = one.num_samples
+    for start, stop in [(0, n), (0, 0), (5, 6), (7, 41), (n - 1, n), (13, 13)]:
+        part = many.features_range(start, stop)
+        np.testing.assert_array_equal(part.lengths, whole.lengths[start:stop])
+        np.testing.assert_array_equal(part.surprisal_sum, whole.surprisal_sum[start:stop])
+    idx = np.array([59, 0, 8, 8, 31, 1, 58])
+    picked = many.features_at(idx)
+    np.testing.assert_array_equal(picked.lengths, whole.lengths[idx])
+    np.testing.assert_array_equal(picked.surprisal_sum, whole.surprisal_sum[idx])
+    assert many.features_at(np.zeros(0, dtype=np.int64)).lengths.shape == (0,)
+    with pytest.raises(IndexError, match=r"sample indices must be in \[0, 60\)"):
+        many.features_at([60])
+    with pytest.raises(InvalidArgumentError, match="stop"):
+        many.features_range(5, 61)
+    with pytest.raises(InvalidArgumentError, match="stop"):
+        many.features_range(5, 4)

@@ -14,9 +14,18 @@ Scores (float64, higher = harder), from the features the token store records
 
 The combination uses only IEEE-exact operations (+, -, *, /, sqrt) on integer-valued features, so
 scores are bit-identical on every machine.
+
+The maxima the normalised strategies divide by are a ``ScoreScale``. Given the scale of a whole
+store (``score_scale(store.features)``, or the maximum of the chunks' scales,
+``ScoreScale.combine``), ``scores_from_features(chunk, strategy, scale=...)`` of any chunk of its
+samples equals the same slice of the whole array's scores bit for bit: every score is an
+element-wise function of the sample's features and the two maxima. That is what lets a store's
+order be computed chunk by chunk at preparation (``stored_order.py``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,6 +36,35 @@ from highnoon.utils.validation import InvalidArgumentError
 STRATEGIES = ("size_based", "difficulty_based", "mixed", "random")
 DIFFICULTY_RARITY_WEIGHT = 0.7
 MIXED_SIZE_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """The maxima scores are normalised by: the largest length and the largest mean surprisal
+    (``rarity``) of every sample scored together (a whole store)."""
+
+    max_length: int
+    max_rarity: float
+
+    def combine(self, other: ScoreScale) -> ScoreScale:
+        """The scale of the union of two sets of samples (the larger of each maximum)."""
+        return ScoreScale(max(self.max_length, other.max_length),
+                          max(self.max_rarity, other.max_rarity))  # fmt: skip
+
+    def to_json(self) -> dict[str, int | float]:
+        """``{"max_length": int, "max_rarity": float}`` (a float64 round-trips through JSON)."""
+        return {"max_length": int(self.max_length), "max_rarity": float(self.max_rarity)}
+
+    @classmethod
+    def from_json(cls, value: dict) -> ScoreScale:
+        return cls(int(value["max_length"]), float(value["max_rarity"]))
+
+
+def score_scale(features: SampleFeatures) -> ScoreScale:
+    """The ``ScoreScale`` of ``features`` (zeros for no samples)."""
+    return ScoreScale(
+        int(features.lengths.max(initial=0)), float(features.mean_surprisal.max(initial=0.0))
+    )
 
 
 def random_scores(indices: np.ndarray, seed: int) -> np.ndarray:
@@ -45,11 +83,13 @@ def scores_from_features(
     *,
     seed: int = 0,
     indices: np.ndarray | None = None,
+    scale: ScoreScale | None = None,
 ) -> np.ndarray:
     """Curriculum scores (float64, higher = harder) from stored features; see the module docstring.
 
     ``seed`` and ``indices`` (the samples' indices in their store, default ``0..n-1``) only
-    matter for ``random``."""
+    matter for ``random``. ``scale`` (default: ``score_scale(features)``) gives the maxima of
+    the whole set the samples belong to, so a chunk scores as it would in the whole array."""
     if strategy not in STRATEGIES:
         raise InvalidArgumentError(
             f"strategy={strategy!r} is not a known scoring strategy; use one of {STRATEGIES} or a callable"
@@ -60,9 +100,11 @@ def scores_from_features(
     lengths = features.lengths.astype(np.float64)
     if strategy == "size_based":
         return lengths
-    max_length = max(float(lengths.max(initial=0.0)), 1.0)
+    if scale is None:
+        scale = score_scale(features)
+    max_length = max(float(scale.max_length), 1.0)
     rarity = features.mean_surprisal
-    max_rarity = float(rarity.max(initial=0.0))
+    max_rarity = float(scale.max_rarity)
     rarity_norm = rarity / max_rarity if max_rarity > 0 else np.zeros_like(rarity)
     difficulty = DIFFICULTY_RARITY_WEIGHT * rarity_norm + (
         1.0 - DIFFICULTY_RARITY_WEIGHT

@@ -32,7 +32,8 @@ checked against its CRC32C the first time the process reads it: a flipped byte i
 block reaches a batch. ``verify()`` checks every block now (``highnoon-prepare-data --verify``).
 ``sample_bounds`` and ``read_tokens`` (global token positions) are what the pipeline reads
 through; ``gather``/``samples``/``sample`` return whole samples; ``features`` (lengths,
-surprisal) are read from every shard on first use.
+surprisal) are read from every shard on first use; ``features_range``/``features_at`` read
+those of a range or of given samples only.
 
 A mixed stage reads its parts in place too: ``concatenate(stores, manifest)`` is a store made of
 the parts' shards, sample after sample, part after part (``stage_data.py``).
@@ -75,7 +76,7 @@ from highnoon.data.store_errors import StoreError, StoreExistsError, VocabularyM
 from highnoon.data.tokenizers import Tokenizer, tokenizer_from_config
 from highnoon.utils.files import is_remote
 from highnoon.utils.hashing import sha256_file, sha256_hex
-from highnoon.utils.validation import InvalidArgumentError, check_positive_int
+from highnoon.utils.validation import InvalidArgumentError, check_int, check_positive_int
 
 __all__ = [
     "FORMAT_VERSION",
@@ -473,15 +474,47 @@ class TokenStore:
     def features(self) -> SampleFeatures:
         """Every sample's features, read from the shards on first use."""
         if self._features is None:
-            parts = {LENGTHS: [], SURPRISAL: []}
-            for shard in self._shards:
-                for name, chunks in parts.items():
-                    chunks.append(shard.files[name].read(0, shard.num_samples * 8).view("<i8"))
-            self._features = SampleFeatures(
-                lengths=np.concatenate(parts[LENGTHS]).astype(np.int64),
-                surprisal_sum=np.concatenate(parts[SURPRISAL]).astype(np.int64),
-            )
+            self._features = self.features_range(0, self.num_samples)
         return self._features
+
+    def features_range(self, start: int, stop: int) -> SampleFeatures:
+        """Features of samples ``[start, stop)`` only, read by range from the shards holding them
+        (memory and reads O(stop - start); chunked scoring and ordering of a big store)."""
+        start = check_int("start", start, minimum=0, maximum=self.num_samples)
+        stop = check_int("stop", stop, minimum=start, maximum=self.num_samples)
+        parts: dict[str, list[np.ndarray]] = {LENGTHS: [], SURPRISAL: []}
+        for shard in self._shards:
+            lo = max(start, shard.first_sample) - shard.first_sample
+            hi = min(stop, shard.first_sample + shard.num_samples) - shard.first_sample
+            if hi <= lo:
+                continue
+            for name, chunks in parts.items():
+                chunks.append(shard.files[name].read(lo * 8, hi * 8).view("<i8"))
+        empty = np.zeros(0, dtype=np.int64)
+        return SampleFeatures(
+            lengths=np.concatenate(parts[LENGTHS] or [empty]).astype(np.int64),
+            surprisal_sum=np.concatenate(parts[SURPRISAL] or [empty]).astype(np.int64),
+        )
+
+    def features_at(self, indices: Sequence[int] | np.ndarray) -> SampleFeatures:
+        """Features of the samples ``indices`` (1-D, any order, repeats allowed), in that order,
+        read element by element (memory and reads O(len(indices)), not O(store))."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        self._check_index(idx)
+        lengths = np.empty(idx.shape, dtype=np.int64)
+        surprisal = np.empty(idx.shape, dtype=np.int64)
+        if idx.size == 0:
+            return SampleFeatures(lengths=lengths, surprisal_sum=surprisal)
+        for s, mask in self._by_shard(self._sample_base, idx):
+            shard = self._shards[s]
+            local = (idx if mask is None else idx[mask]) - shard.first_sample
+            for name, out in ((LENGTHS, lengths), (SURPRISAL, surprisal)):
+                values = shard.files[name].take(local, "<i8")
+                if mask is None:
+                    out[...] = values
+                else:
+                    out[mask] = values
+        return SampleFeatures(lengths=lengths, surprisal_sum=surprisal)
 
     @property
     def tokenizer(self) -> Tokenizer:
