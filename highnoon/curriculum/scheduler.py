@@ -146,6 +146,7 @@ class CurriculumScheduler:
         self.order: OrderView | None = None
         self._scores: np.ndarray | None = None
         self._select: Callable[[int], np.ndarray] | None = None
+        self._select_ordered = False
         self._epoch_order: tuple[int, np.ndarray] | None = None
         self._fingerprint: str | None = None
         self._expected_fingerprint: str | None = None
@@ -263,19 +264,23 @@ class CurriculumScheduler:
                 f"{self._expected_fingerprint}; restore with the same scores"
             )
 
-    def set_epoch_selection(self, select: Callable[[int], np.ndarray] | None) -> None:
+    def set_epoch_selection(
+        self, select: Callable[[int], np.ndarray] | None, *, ordered: bool = False
+    ) -> None:
         """Draw each epoch from its own multiset of samples (a mixture's shares): ``select(epoch)``
         returns ``num_samples`` int64 indices (repeats allowed), the same for the same epoch:
         indices into the scores when prepared from scores, the epoch's order being that multiset
         sorted stably by (score, position); positions of the order when prepared from an order,
         the epoch's order being the order at those positions sorted ascending (easy-to-hard, as
-        the order is). Pools and keyed epoch orders are taken from it. ``None`` restores the
-        fixed order."""
+        the order is). ``ordered=True``: the draw is already in the epoch's order and is taken
+        as it is (a stage without a curriculum keeps a mixture's interleave). Pools and keyed
+        epoch orders are taken from it. ``None`` restores the fixed order."""
         if select is not None and not callable(select):
             raise InvalidArgumentError(
                 f"select={select!r} must be a callable epoch -> indices, or None"
             )
         self._select = select
+        self._select_ordered = bool(ordered)
         self._epoch_order = None
 
     def order_at(self, epoch: int) -> OrderView:
@@ -291,7 +296,9 @@ class CurriculumScheduler:
                     f"the epoch selection of epoch {epoch} has shape {chosen.shape}; it must hold "
                     f"num_samples={len(order)} indices"
                 )
-            if self._scores is not None:
+            if self._select_ordered:
+                drawn = take(order, chosen)
+            elif self._scores is not None:
                 drawn = chosen[order_from_scores(self._scores[chosen])]
             else:
                 drawn = take(order, np.sort(chosen, kind="stable"))
