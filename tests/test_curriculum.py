@@ -97,6 +97,8 @@ def test_order_from_scores_packed_paths_equal_stable_argsort() -> None:
         rng.normal(size=3000) * 10.0 ** rng.integers(-300, 300, 3000),
         np.round(rng.random(4000), 2) * 1e-9 + 1.0,
         np.full(100, 3.5),
+        rng.integers(1024, 2048, 5000).astype(np.float64),  # 16-bit ranks: the radix path
+        1.0 + rng.integers(0, 1000, 5000) * 2.0**-40,  # shared trailing zeros, then radix
     ]
     for scores in cases:
         got = order_from_scores(scores, composite_min=0)

@@ -47,3 +47,64 @@ def test_launcher_with_gin_registered_dataset(tmp_path):
     assert [d["entry"] for d in index["datasets"]] == ["mine", "brackets"]
     assert [d["num_samples"] for d in index["datasets"]] == [2, 5]
     assert index["tokenizer"] == {"type": "byte"}
+
+
+def _prepare(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch.prepare_data", *flags],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+
+
+def _orders_in(path: str) -> list[str]:
+    folder = os.path.join(path, "orders")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+@pytest.mark.slow
+def test_prepare_writes_the_orders_after_the_store_and_orders_only_adds_them(tmp_path):
+    """``--orders`` (one process here; the Beam runner's stores take the same step in the
+    launching process) writes each store's orders, equal to the in-memory order; ``--orders=``
+    writes none; ``--orders_only`` adds orders to a store prepared earlier, keeping fresh ones."""
+    from highnoon.curriculum.order import order_from_scores
+    from highnoon.curriculum.scoring import scores_from_features
+    from highnoon.curriculum.stored_order import open_stored_order
+
+    out = str(tmp_path / "out")
+    done = _prepare("--datasets=arithmetic", f"--output_dir={out}", "--runner=none",
+                    "--gin_bindings=prepare_datasets.max_samples=40",
+                    "--orders=size_based,mixed")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (item,) = json.loads(done.stdout)["datasets"]
+    assert item["orders"] == ["size_based", "mixed"]
+    store = TokenStore.open(item["path"])
+    assert _orders_in(store.path) == [
+        "mixed.bin",
+        "mixed.json",
+        "size_based.bin",
+        "size_based.json",
+    ]
+    for strategy in ("size_based", "mixed"):
+        expected = order_from_scores(scores_from_features(store.features, strategy))
+        assert open_stored_order(store, strategy)[:].tolist() == expected.tolist()
+    mixed_json = os.path.join(store.path, "orders", "mixed.json")
+    before = os.stat(mixed_json).st_mtime_ns
+
+    added = _prepare(f"--orders_only={store.path}", "--orders=difficulty_based,mixed")
+    assert added.returncode == 0, added.stderr[-2000:]
+    (report,) = json.loads(added.stdout)["orders"]
+    assert report == {"path": store.path, "orders": ["difficulty_based", "mixed"],
+                      "written": ["difficulty_based"]}  # fmt: skip
+    assert os.stat(mixed_json).st_mtime_ns == before  # fresh: kept
+
+    none = str(tmp_path / "none")
+    done = _prepare("--datasets=arithmetic", f"--output_dir={none}", "--runner=none",
+                    "--gin_bindings=prepare_datasets.max_samples=5", "--orders=")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (item,) = json.loads(done.stdout)["datasets"]
+    assert item["orders"] == [] and _orders_in(item["path"]) == []
+
+    refused = _prepare(f"--orders_only={store.path}", "--orders=random")
+    assert refused.returncode != 0
+    assert "strategy='random' cannot be stored" in refused.stderr

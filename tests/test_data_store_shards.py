@@ -340,3 +340,28 @@ def test_features_of_a_range_or_of_given_samples_read_only_those(stores):
         many.features_range(5, 61)
     with pytest.raises(InvalidArgumentError, match="stop"):
         many.features_range(5, 4)
+
+
+def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkeypatch):
+    """``MappedFile.read`` of a range of at least ``RELEASE_BYTES`` drops the pages it mapped
+    (a scan keeps O(read) resident memory); the bytes read before and after are the same."""
+    from highnoon.data import blocks
+    from highnoon.data.shards import crc32c_blocks
+
+    data = np.arange(3 * 4096 + 100, dtype=np.uint8)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data.tobytes())
+    released = []
+    monkeypatch.setattr(blocks, "RELEASE_BYTES", 4096)
+    real = blocks.MappedFile._release
+    monkeypatch.setattr(
+        blocks.MappedFile,
+        "_release",
+        lambda self, a, b: released.append((a, b)) or real(self, a, b),
+    )
+    mapped = blocks.MappedFile(str(path), data.size, 4096, crc32c_blocks(data, 4096), label="f")
+    np.testing.assert_array_equal(mapped.read(10, data.size), data[10:])
+    np.testing.assert_array_equal(mapped.read(0, 100), data[:100])  # small: kept mapped
+    np.testing.assert_array_equal(mapped.read(0, data.size), data)
+    np.testing.assert_array_equal(mapped.take(np.array([5, 12000]), np.uint8), data[[5, 12000]])
+    assert released == [(10, data.size), (0, data.size)]

@@ -3,11 +3,22 @@ for bit; the stored order equals ``order_from_scores`` of the whole store's scor
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+
 import numpy as np
 import pytest
 
+from highnoon.curriculum import stored_order
+from highnoon.curriculum.order import order_from_scores, scores_fingerprint
 from highnoon.curriculum.scoring import ScoreScale, score_scale, scores_from_features
+from highnoon.curriculum.stored_order import open_stored_order, store_score_scale, write_orders
 from highnoon.data.features import SampleFeatures
+from highnoon.data.shards import crc32c_file
+from highnoon.data.store import StoreError, TokenStore, head
+from highnoon.utils.validation import InvalidArgumentError
+from tests.remote_store_helpers import ram_copy, write_store
 
 NORMALISED = ("size_based", "difficulty_based", "mixed")
 
@@ -58,3 +69,166 @@ def test_score_scale_round_trips_through_json_and_handles_empty_and_zero_surpris
 
 def _slice(features: SampleFeatures, start: int, stop: int) -> SampleFeatures:
     return SampleFeatures(features.lengths[start:stop], features.surprisal_sum[start:stop])
+
+
+# --- stored orders ------------------------------------------------------------------------------
+
+
+def _store(tmp_path, n: int, *, num_shards: int = 3, seed: int = 0, name: str = "s") -> TokenStore:
+    """A store of ``n`` samples of few distinct lengths (exact ties under every strategy's
+    length part), tiny blocks so every CRC check is its own."""
+    lengths = np.random.default_rng(seed).integers(1, 6, size=n)
+    path = write_store(str(tmp_path / name), lengths, num_shards=min(num_shards, n), seed=seed)
+    return TokenStore.open(path)
+
+
+def _expected(store: TokenStore, strategy: str) -> np.ndarray:
+    return order_from_scores(scores_from_features(store.features, strategy))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 31, 257, 600])
+def test_the_stored_order_equals_the_in_memory_order_of_the_whole_store(tmp_path, n, monkeypatch):
+    """With a chunk of 4 samples the external path really runs (buckets, and buckets split
+    again); the result is exactly ``order_from_scores`` of the whole store's scores."""
+    store = _store(tmp_path, n, seed=n)
+    scatters = []
+    real = stored_order._scatter
+    monkeypatch.setattr(stored_order, "_scatter", lambda *a: scatters.append(1) or real(*a))
+    paths = write_orders(store, chunk_samples=4, block_bytes=64)
+    assert sorted(paths) == sorted(NORMALISED)
+    if n >= 257:
+        assert len(scatters) > len(NORMALISED)  # some bucket was larger than 4 and split again
+    for strategy in NORMALISED:
+        order = open_stored_order(store, strategy)
+        expected = _expected(store, strategy)
+        assert len(order) == n and order.strategy == strategy
+        np.testing.assert_array_equal(order[:], expected)
+        assert order.scores_fingerprint == scores_fingerprint(
+            scores_from_features(store.features, strategy)
+        )
+        assert order.scale == score_scale(store.features)
+        positions = np.arange(n)[::-1].reshape(-1, 1)
+        np.testing.assert_array_equal(order.take(positions), expected[positions])
+        np.testing.assert_array_equal(order[n // 3 : n : 2], expected[n // 3 : n : 2])
+        np.testing.assert_array_equal(order[np.array([n - 1, 0])], expected[[n - 1, 0]])
+        meta = json.loads((tmp_path / "s" / "orders" / f"{strategy}.json").read_text())
+        assert (meta["format"], meta["dtype"], meta["num_samples"]) == (
+            "highnoon.order/1",
+            "<u4",
+            n,
+        )
+        assert meta["store_fingerprint"] == store.fingerprint
+        assert meta["block_crc32c"] == crc32c_file(paths[strategy], 64)
+    assert sorted(os.listdir(tmp_path / "s" / "orders")) == sorted(
+        f"{s}.{e}" for s in NORMALISED for e in ("bin", "json")
+    )  # no temporaries left
+    with pytest.raises(IndexError, match=rf"order positions must be in \[0, {n}\)"):
+        order.take(np.array([n]))
+
+
+def test_a_big_chunk_and_a_sharded_store_give_the_same_order(tmp_path):
+    one = _store(tmp_path, 200, num_shards=1, name="one")
+    write_orders(one, ["mixed"], chunk_samples=1 << 20)
+    np.testing.assert_array_equal(open_stored_order(one, "mixed")[:], _expected(one, "mixed"))
+
+
+def test_a_killed_write_leaves_no_json_and_the_order_absent(tmp_path, monkeypatch):
+    store = _store(tmp_path, 50)
+    write_orders(store, ["size_based"], chunk_samples=8)
+    assert open_stored_order(store, "size_based") is not None
+
+    def killed(local, target):
+        raise KeyboardInterrupt  # the process dies between the bin and its json
+
+    monkeypatch.setattr(stored_order, "_publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_orders(store, ["size_based"], chunk_samples=8)
+    orders = tmp_path / "s" / "orders"
+    assert sorted(os.listdir(orders)) == ["size_based.bin"]  # json gone, temporaries removed
+    assert open_stored_order(store, "size_based") is None
+    monkeypatch.undo()
+    assert write_orders(store, ["size_based"], only_missing=True, chunk_samples=8)
+    np.testing.assert_array_equal(
+        open_stored_order(store, "size_based")[:], _expected(store, "size_based")
+    )
+
+
+def test_only_missing_keeps_fresh_orders_and_rewrites_stale_ones(tmp_path):
+    store = _store(tmp_path, 40)
+    write_orders(store, ["size_based", "mixed"])
+    assert write_orders(store, ["size_based", "mixed"], only_missing=True) == {}
+    meta_path = tmp_path / "s" / "orders" / "mixed.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "store_fingerprint": "other"}))
+    assert list(write_orders(store, ["size_based", "mixed"], only_missing=True)) == ["mixed"]
+    assert open_stored_order(store, "mixed").scores_fingerprint == meta["scores_fingerprint"]
+
+
+def test_stale_and_corrupt_orders_are_refused_with_the_fix(tmp_path):
+    store = _store(tmp_path, 60)
+    other = _store(tmp_path, 60, seed=9, name="other")
+    write_orders(store, ["difficulty_based"], block_bytes=64)
+    shutil.copytree(tmp_path / "s" / "orders", tmp_path / "other" / "orders")
+    fix = r"re-run highnoon-prepare-data --orders_only=.*other to write the orders again"
+    with pytest.raises(
+        StoreError, match=rf"the order is stale: computed from store fingerprint .*{fix}"
+    ):
+        open_stored_order(other, "difficulty_based")
+    fix = fix.replace("other", "s")
+    bin_path = tmp_path / "s" / "orders" / "difficulty_based.bin"
+    raw = bytearray(bin_path.read_bytes())
+    raw[70] ^= 1  # block 1 of 64-byte blocks
+    bin_path.write_bytes(bytes(raw))
+    order = open_stored_order(store, "difficulty_based")
+    assert order.take(np.array([3])).shape == (1,)  # block 0 is intact
+    with pytest.raises(StoreError, match=rf"difficulty_based.bin: block 1 \(byte offset 64.*{fix}"):
+        order.take(np.array([20]))
+    bin_path.write_bytes(bytes(raw[:-4]))
+    with pytest.raises(
+        StoreError, match=rf"the order has 236 bytes, its json records 240 bytes; {fix}"
+    ):
+        open_stored_order(store, "difficulty_based")
+    (tmp_path / "s" / "orders" / "difficulty_based.json").write_text("{")
+    with pytest.raises(StoreError, match=rf"not valid JSON .*{fix}"):
+        open_stored_order(store, "difficulty_based")
+
+
+def test_what_is_never_stored(tmp_path):
+    store = _store(tmp_path, 20)
+    assert open_stored_order(store, "size_based") is None  # not written
+    assert open_stored_order(store, "random") is None  # keyed by the stage seed
+    assert open_stored_order(head(store, 5), "size_based") is None
+    with pytest.raises(InvalidArgumentError, match="strategy='random' cannot be stored"):
+        write_orders(store, ["random"])
+    with pytest.raises(InvalidArgumentError, match="strategies='hardest'"):
+        write_orders(store, ["hardest"])
+    with pytest.raises(InvalidArgumentError, match="chunk_samples"):
+        write_orders(store, chunk_samples=0)
+    with pytest.raises(InvalidArgumentError, match="first 5 samples of a store"):
+        write_orders(head(store, 5))
+    assert not (tmp_path / "s" / "orders").exists()  # refused before any work
+
+
+def test_store_score_scale_from_the_json_or_the_features(tmp_path, monkeypatch):
+    store = _store(tmp_path, 70)
+    expected = score_scale(store.features)
+    assert store_score_scale(store, chunk_samples=8) == expected
+    write_orders(store, ["mixed"])
+    reopened = TokenStore.open(store.path)
+    monkeypatch.setattr(TokenStore, "features_range", None)  # no feature is read
+    assert store_score_scale(reopened) == expected
+
+
+def test_orders_of_a_store_on_a_gfile_filesystem_are_written_and_read_by_range(tmp_path):
+    """A store on ``ram://`` (read in place through ``tf.io.gfile``): the order is written
+    beside it and read back with ranged, CRC-checked reads."""
+    local = _store(tmp_path, 90)
+    remote = TokenStore.open(ram_copy(local.path))
+    write_orders(remote, ["size_based"], work_dir=str(tmp_path), block_bytes=64)
+    order = open_stored_order(TokenStore.open(remote.path), "size_based")
+    assert type(order._file).__name__ == "RangedFile"
+    np.testing.assert_array_equal(order[:], _expected(local, "size_based"))
+    np.testing.assert_array_equal(
+        order.take(np.array([[5, 80]])), _expected(local, "size_based")[[[5, 80]]]
+    )
+    assert not os.path.exists(os.path.join(local.path, "orders"))

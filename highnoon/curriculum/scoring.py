@@ -103,12 +103,22 @@ def scores_from_features(
     if scale is None:
         scale = score_scale(features)
     max_length = max(float(scale.max_length), 1.0)
-    rarity = features.mean_surprisal
     max_rarity = float(scale.max_rarity)
-    rarity_norm = rarity / max_rarity if max_rarity > 0 else np.zeros_like(rarity)
-    difficulty = DIFFICULTY_RARITY_WEIGHT * rarity_norm + (
-        1.0 - DIFFICULTY_RARITY_WEIGHT
-    ) * np.sqrt(lengths / max_length)
+    # In place, in the order of the formula (IEEE: the same values as the plain expression):
+    # difficulty = 0.7 * rarity / max_rarity + 0.3 * sqrt(length / max_length)
+    scaled = lengths / max_length
+    difficulty = features.mean_surprisal
+    if max_rarity > 0:
+        difficulty /= max_rarity
+    else:
+        difficulty.fill(0.0)
+    difficulty *= DIFFICULTY_RARITY_WEIGHT
+    root = np.sqrt(scaled)
+    root *= 1.0 - DIFFICULTY_RARITY_WEIGHT
+    difficulty += root
     if strategy == "difficulty_based":
         return difficulty
-    return MIXED_SIZE_WEIGHT * (lengths / max_length) + (1.0 - MIXED_SIZE_WEIGHT) * difficulty
+    scaled *= MIXED_SIZE_WEIGHT  # mixed = 0.5 * length / max_length + 0.5 * difficulty
+    difficulty *= 1.0 - MIXED_SIZE_WEIGHT
+    scaled += difficulty
+    return scaled

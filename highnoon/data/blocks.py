@@ -16,6 +16,7 @@ any byte of that block reaches a batch, and a store's start-up costs no pass ove
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ import numpy as np
 from highnoon.data.store_errors import StoreError
 
 RACY_SECONDS = 2.0
+RELEASE_BYTES = 16 << 20  # reads at least this large unmap their pages afterwards
 
 # file version -> bitmap of verified blocks, shared by the MappedFiles of one process
 _BITMAPS: dict[tuple[Any, ...], np.ndarray] = {}
@@ -157,7 +159,22 @@ class MappedFile:
             first, last = start // self.block_bytes, (stop - 1) // self.block_bytes
             self._verify_blocks(np.arange(first, last + 1))
         self.bytes_read += stop - start
-        return np.array(data[start:stop])
+        out = np.array(data[start:stop])
+        if stop - start >= RELEASE_BYTES:
+            self._release(start, stop)
+        return out
+
+    def _release(self, start: int, stop: int) -> None:
+        """Unmap the pages of ``[start, stop)`` a large read just copied (the kernel keeps them
+        in its page cache), so a scan of a big file through ``read`` (a stored order's features
+        pass) keeps O(read) resident memory, not O(file)."""
+        mapped = getattr(self._map, "_mmap", None)
+        if mapped is None or not hasattr(mapped, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, stop // page * page
+        if last > first:
+            mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def take(self, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
         dtype = np.dtype(dtype)

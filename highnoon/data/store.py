@@ -135,7 +135,7 @@ def _read_bytes(path: str) -> bytes | None:
         return handle.read()
 
 
-def _size(path: str) -> int | None:
+def file_size(path: str) -> int | None:
     """The size of the file ``path`` in bytes, or None when it does not exist."""
     if not is_remote(path):
         return os.path.getsize(path) if os.path.isfile(path) else None
@@ -307,7 +307,7 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
                     f"{label}: {SHARD_MANIFEST} lists no such file (a store written before "
                     "per-sample checksums); rebuild the store"
                 )
-            actual = None if is_remote(root) else _size(_join(root, name, file_name))
+            actual = None if is_remote(root) else file_size(_join(root, name, file_name))
             if actual is None and not is_remote(root):
                 raise StoreError(
                     f"{label}: the file is missing; the store is incomplete, rebuild it"
@@ -335,7 +335,7 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
             f"manifest fingerprint {manifest['fingerprint']}; rebuild the store"
         )
     for name, meta in manifest["files"].items():
-        actual = _size(_join(root, name))
+        actual = file_size(_join(root, name))
         if actual != meta["size"]:
             state = "is missing" if actual is None else f"has size {actual}"
             raise StoreError(
@@ -490,10 +490,16 @@ class TokenStore:
                 continue
             for name, chunks in parts.items():
                 chunks.append(shard.files[name].read(lo * 8, hi * 8).view("<i8"))
-        empty = np.zeros(0, dtype=np.int64)
+
+        def joined(chunks: list[np.ndarray]) -> np.ndarray:  # "<i8" is int64: no more copies
+            if len(chunks) == 1:
+                return chunks[0].astype(np.int64, copy=False)
+            return np.concatenate(chunks or [np.zeros(0, dtype=np.int64)]).astype(
+                np.int64, copy=False
+            )
+
         return SampleFeatures(
-            lengths=np.concatenate(parts[LENGTHS] or [empty]).astype(np.int64),
-            surprisal_sum=np.concatenate(parts[SURPRISAL] or [empty]).astype(np.int64),
+            lengths=joined(parts[LENGTHS]), surprisal_sum=joined(parts[SURPRISAL])
         )
 
     def features_at(self, indices: Sequence[int] | np.ndarray) -> SampleFeatures:

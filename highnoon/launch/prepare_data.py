@@ -15,11 +15,18 @@
         --beam_options="--project=P --region=us-central1 --temp_location=gs://b/tmp"
     highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data --runner=none
     highnoon-prepare-data --verify=/data/stores/c4-en,gs://bucket/stores/code  # check, no build
+    highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data --orders=size_based
+    highnoon-prepare-data --orders_only=/data/stores/c4-en  # add the orders to existing stores
 
 (In a checkout, `python -m launch.prepare_data ...` is the same program.) Flags given on the
 command line override the gin bindings of ``prepare_datasets``; gin files can also register
 datasets (``register_datasets.mapping = {...}``). A training run with ``cache_dir=<output_dir>``
 and the same tokenizer reuses the stores built here.
+
+After the stores (whichever runner built them, so after their manifests), this process writes
+each store's easy-to-hard orders into it (``--orders``, default the three built-in strategies;
+``--orders=`` writes none; ``highnoon.curriculum.stored_order``), keeping orders already there
+and fresh. ``--orders_only=PATHS`` writes them into stores prepared earlier and builds nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from highnoon.curriculum import stored_order
 from highnoon.data import beam_prepare
 from highnoon.launch import flags as hn_flags  # defines --gin_file and --gin_bindings
 from highnoon.launch import program
@@ -82,6 +90,20 @@ flags.DEFINE_list(
     "nothing. A damaged block is an error naming its shard, file, block and byte offset.",
 )
 
+flags.DEFINE_list(
+    "orders",
+    list(stored_order.BUILT_IN),
+    "Easy-to-hard orders written into each store after it is prepared (orders/<strategy>.bin, "
+    "read by range at training): any of size_based, difficulty_based, mixed; --orders= writes "
+    "none.",
+)
+flags.DEFINE_list(
+    "orders_only",
+    None,
+    "Prepared stores to write the --orders into (missing or stale ones); prepares nothing.",
+)
+
+program.check_flag("orders", lambda name, value: stored_order.check_strategies(value))
 program.check_flag("output_dir", validation.check_str)
 program.check_flag("train_sentencepiece_vocab", validation.check_positive_int)
 program.check_flag("train_tokenizer_json_vocab", validation.check_positive_int)
@@ -99,6 +121,9 @@ def main(argv: list[str]) -> None:
     if FLAGS.verify:
         _verify(FLAGS.verify)
         return
+    if FLAGS.orders_only:
+        print(json.dumps({"orders": _write_orders(FLAGS.orders_only, FLAGS.orders)}, indent=2))
+        return
     hn_flags.parse_gin_from_flags()
     configurables.register_datasets()  # datasets a gin file registered, if any
     overrides: dict[str, Any] = {}
@@ -114,14 +139,26 @@ def main(argv: list[str]) -> None:
             validation.check_writable_dir("output_dir", output_dir)
         with PrepareLock(output_dir) if output_dir else contextlib.nullcontext():
             index = configurables.prepare_datasets(**overrides)
+            orders = _write_orders([item["path"] for item in index["datasets"]], FLAGS.orders)
     except (validation.InvalidArgumentError, ModelDirLockedError) as error:
         raise app.UsageError(str(error).splitlines()[0]) from None  # without gin's "In call"
-    for item in index["datasets"]:
+    for item, written in zip(index["datasets"], orders):
+        item["orders"] = written["orders"]
         logging.info(
             "%s: %d samples, %d tokens -> %s",
             item["entry"], item["num_samples"], item["num_tokens"], item["path"],
         )  # fmt: skip
     print(json.dumps(index, indent=2))
+
+
+def _write_orders(paths: list[str], strategies: list[str]) -> list[dict[str, Any]]:
+    """Write the missing or stale ``strategies`` orders into each store; what each now has."""
+    done = []
+    for path in paths:
+        written = stored_order.write_orders(path, strategies, only_missing=True)
+        logging.info("%s: orders %s written", path, sorted(written) or "(all present)")
+        done.append({"path": path, "orders": list(strategies), "written": sorted(written)})
+    return done
 
 
 def _verify(paths: list[str]) -> None:

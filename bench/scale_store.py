@@ -1,0 +1,152 @@
+"""Synthetic format-2 token stores of N samples (up to 1e9), written fast and small on disk.
+
+A store the real reader opens and checks (``TokenStore.open``: manifests, sizes, fingerprint;
+every block a read touches is CRC-checked), with realistic features and no real text:
+
+* ``lengths.bin`` / ``surprisal_sum.bin`` / ``offsets.bin`` / ``sample_crc32c.bin`` hold real
+  data: lengths (EOS included) log-normal around ~600 ids, clipped to [2, 8192]; mean surprisal
+  per id normal around 7 nats, clipped to [0.5, 15], as the writer's fixed point
+  (``features.SURPRISAL_SCALE``); drawn from a fixed seed, chunk by chunk;
+* ``tokens.bin`` is a sparse file of zeros of the right size (about 1.2 TB apparent at 1e9
+  samples, nothing on disk): its per-block CRC32Cs are those of zero blocks and its per-sample
+  CRC32Cs those of ``2 * length`` zero bytes, computed without writing or reading it.
+
+CRC32Cs of the real files are computed while they are written (``BlockCrc``), so nothing is read
+back. Shard names, ``shard.json`` (``canonical_json``) and the manifest (``store_manifest``,
+fingerprint included) come from the store's own writer (``highnoon.data.shards``).
+
+    python bench/scale_store.py --num_samples=10000000 --path=/tmp/scale/1e7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import google_crc32c
+import numpy as np
+
+from highnoon.data import shards
+from highnoon.data.features import SURPRISAL_SCALE
+from highnoon.data.tokenizers import load_tokenizer
+
+SHARD_SAMPLES = 1 << 26  # samples per shard (~4e10 ids: the reader has no limit per shard)
+CHUNK = 1 << 22  # samples generated at a time
+MAX_LENGTH = 8192
+
+
+class BlockCrc:
+    """A file written in pieces with the CRC32C of every ``block_bytes`` block computed on the
+    way (the last block short), as ``shards.crc32c_file`` would compute them afterwards."""
+
+    def __init__(self, path: str, block_bytes: int = shards.BLOCK_BYTES) -> None:
+        self.block_bytes = block_bytes
+        self.crcs: list[int] = []
+        self._tail = b""
+        self._file = open(path, "wb")  # noqa: SIM115 (close())
+
+    def write(self, data: np.ndarray) -> None:
+        new = np.ascontiguousarray(data).tobytes()
+        self._file.write(new)
+        raw = self._tail + new
+        whole = len(raw) - len(raw) % self.block_bytes
+        if whole:
+            self.crcs.extend(shards.crc32c_blocks(raw[:whole], self.block_bytes))
+        self._tail = raw[whole:]
+
+    def close(self) -> dict[str, object]:
+        if self._tail:
+            self.crcs.append(int(google_crc32c.value(self._tail)))
+        self._file.close()
+        size = os.path.getsize(self._file.name)
+        return {"size": size, "block_bytes": self.block_bytes, "crc32c": self.crcs}
+
+
+def _zero_crcs(num_bytes: int, block_bytes: int) -> list[int]:
+    """Per-block CRC32Cs of ``num_bytes`` zero bytes."""
+    full, rest = divmod(num_bytes, block_bytes)
+    crcs = [int(google_crc32c.value(bytes(block_bytes)))] * full
+    return crcs + ([int(google_crc32c.value(bytes(rest)))] if rest else [])
+
+
+def synthetic_features(start: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, surprisal_sum) of samples ``[start, start + size)``: a function of (seed,
+    start), so any chunking of the same store gives the same features."""
+    rng = np.random.Generator(np.random.PCG64([seed, start]))
+    lengths = np.clip(rng.lognormal(6.2, 0.9, size), 2, MAX_LENGTH).astype(np.int64)
+    per_id = np.clip(rng.normal(7.0, 1.5, size), 0.5, 15.0)
+    surprisal = np.round(lengths * per_id * SURPRISAL_SCALE).astype(np.int64)
+    return lengths, surprisal
+
+
+def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: bool = True) -> str:
+    """Write the synthetic store of ``num_samples`` samples at ``path`` (manifest last)."""
+    tokenizer = load_tokenizer("byte")
+    dtype = shards.token_dtype(tokenizer.vocab_size)
+    block = shards.BLOCK_BYTES
+    # CRC32C of a sample of L ids (all zero bytes), for every L the generator can draw
+    sample_crc = np.array(
+        [int(google_crc32c.value(bytes(n * dtype.itemsize))) for n in range(MAX_LENGTH + 1)],
+        dtype="<u4",
+    )
+    num_shards = -(-num_samples // SHARD_SAMPLES)
+    names = [shards.shard_name(i, num_shards) for i in range(num_shards)]
+    metas = []
+    max_id = 0
+    started = time.perf_counter()
+    for s, name in enumerate(names):
+        directory = os.path.join(path, name)
+        os.makedirs(directory, exist_ok=True)
+        first, last = s * SHARD_SAMPLES, min((s + 1) * SHARD_SAMPLES, num_samples)
+        files = {f: BlockCrc(os.path.join(directory, f), block)
+                 for f in (shards.OFFSETS, shards.LENGTHS, shards.SURPRISAL, shards.SAMPLE_CRC)}  # fmt: skip
+        position = 0
+        for start in range(first, last, CHUNK):
+            lengths, surprisal = synthetic_features(start, min(CHUNK, last - start), seed)
+            offsets = np.cumsum(lengths) - lengths + position
+            position += int(lengths.sum())
+            files[shards.OFFSETS].write(offsets.astype("<i8"))
+            files[shards.LENGTHS].write(lengths.astype("<i8"))
+            files[shards.SURPRISAL].write(surprisal.astype("<i8"))
+            files[shards.SAMPLE_CRC].write(sample_crc[lengths])
+        files[shards.OFFSETS].write(np.array([position], dtype="<i8"))
+        tokens_bytes = position * dtype.itemsize
+        with open(os.path.join(directory, shards.TOKENS), "wb") as handle:
+            handle.truncate(tokens_bytes)  # sparse: zeros, nothing on disk
+        file_meta = {f: w.close() for f, w in files.items()}
+        file_meta[shards.TOKENS] = {"size": tokens_bytes, "block_bytes": block,
+                                    "crc32c": _zero_crcs(tokens_bytes, block)}  # fmt: skip
+        meta = {"num_samples": last - first, "num_tokens": position, "first_sample": first,
+                "max_token_id": max_id, "skipped_empty": 0,
+                "files": {f: file_meta[f] for f in shards.SHARD_FILES}}  # fmt: skip
+        with open(os.path.join(directory, shards.SHARD_MANIFEST), "wb") as handle:
+            handle.write(shards.canonical_json(meta))
+        metas.append(meta)
+        if progress:
+            print(
+                f"  shard {s + 1}/{num_shards} ({time.perf_counter() - started:.0f} s)", flush=True
+            )
+    manifest = shards.store_manifest(
+        metas, names, tokenizer, sources=[{"synthetic": num_samples, "seed": seed}],
+        skipped=None, top_files={},
+    )  # fmt: skip
+    with open(os.path.join(path, shards.MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, sort_keys=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num_samples", type=int, required=True)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    write_scale_store(args.path, args.num_samples, seed=args.seed)
+    print(f"{args.num_samples} samples at {args.path} in {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""The easy-to-hard order as data: computed once at preparation, stored with the store, read by
+range (numpy only; docs/design.md, "Stored orders").
+
+A store's scores are a property of the store alone (normalised by the whole store's maxima, a
+``ScoreScale``), so its order under a strategy is too: ``order_from_scores(scores_from_features(
+store.features, strategy))``. Computing that in memory on every host costs O(N) time and memory
+per host, every start; here it is computed once, in bounded memory, and written beside the
+shards:
+
+* ``orders/<strategy>.bin``: raw little-endian sample indices, easy to hard, ties to the lower
+  index (``<u4`` when N <= 2**32, else ``<u8``);
+* ``orders/<strategy>.json``, written last and atomically: ``format`` (``highnoon.order/1``),
+  ``strategy``, ``num_samples``, ``dtype``, ``store_fingerprint`` (the store it was computed
+  from), ``scores_fingerprint`` (``order.scores_fingerprint`` of the whole store's scores),
+  ``scale`` (the maxima the scores were normalised by), ``block_bytes`` and ``block_crc32c``
+  (CRC32C per block, checked on first read as a shard's files are).
+
+A ``.bin`` without its ``.json`` is an interrupted write: the order is absent. The store's own
+manifest and fingerprint do not change (orders are derived data). ``random`` is never stored:
+its order depends on the stage's seed.
+
+``write_orders`` is an external sort: the store's features are read chunk by chunk, each
+chunk's scores turned into order-preserving uint64 keys (``order.sort_keys``) and scattered into
+bucket files by key range (splitters from the keys of evenly spaced samples, so equal keys share
+a bucket and buckets come out in key order); each bucket is then sorted by (key, index) in
+memory (``order.order_from_keys``; a bucket's records are in index order) and appended to the
+output. A bucket larger than the memory budget is split again the same way (always separating
+its smallest key, so every split makes progress); a bucket of one key is already in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from highnoon.curriculum.order import ScoresDigest, order_from_keys, sort_keys
+from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, scores_from_features
+from highnoon.data.blocks import BlockFile, MappedFile
+from highnoon.data.shards import BLOCK_BYTES, crc32c_file
+from highnoon.data.store import StoreError, TokenStore, file_size
+from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_text
+from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
+
+FORMAT = "highnoon.order/1"
+ORDERS_DIR = "orders"
+BUILT_IN = ("size_based", "difficulty_based", "mixed")  # the strategies preparation stores
+STORABLE = tuple(s for s in STRATEGIES if s != "random")
+DEFAULT_CHUNK = 1 << 22  # samples scored at a time; a bucket sorted in memory is at most this
+SPLITTER_SAMPLES = 1 << 16  # evenly spaced samples whose keys choose the bucket splitters
+FIX = "re-run highnoon-prepare-data --orders_only={path} to write the orders again"
+
+
+def order_dtype(num_samples: int) -> np.dtype:
+    """``<u4`` when every index fits (N <= 2**32), else ``<u8``."""
+    return np.dtype("<u4") if num_samples <= 1 << 32 else np.dtype("<u8")
+
+
+def order_paths(store_path: str, strategy: str) -> tuple[str, str]:
+    """(``.bin``, ``.json``) of ``strategy``'s stored order in the store at ``store_path``."""
+    root = _join(store_path, ORDERS_DIR)
+    return _join(root, f"{strategy}.bin"), _join(root, f"{strategy}.json")
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}" if is_remote(root) else os.path.join(root, name)
+
+
+def check_strategies(strategies: Sequence[str]) -> list[str]:
+    """The strategies to store, each once (a comma-separated string is accepted); refuses
+    ``random`` and unknown names."""
+    if isinstance(strategies, str):
+        strategies = [s for s in strategies.split(",") if s]
+    out: list[str] = []
+    for strategy in strategies:
+        if strategy == "random":
+            raise InvalidArgumentError(
+                "strategy='random' cannot be stored: its order depends on the stage's seed "
+                f"(computed on the fly); store one of {STORABLE}"
+            )
+        check_choice("strategies", strategy, STORABLE)
+        if strategy not in out:
+            out.append(strategy)
+    return out
+
+
+def _open(store_or_path: TokenStore | str) -> TokenStore:
+    store = store_or_path if isinstance(store_or_path, TokenStore) else TokenStore.open(
+        str(store_or_path))  # fmt: skip
+    if "head" in store.manifest:
+        raise InvalidArgumentError(
+            f"store {store.path!r} is a view of the first {store.manifest['head']['count']} "
+            "samples of a store; orders are stored for whole prepared stores only"
+        )
+    return store
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def write_orders(
+    store_or_path: TokenStore | str,
+    strategies: Sequence[str] = BUILT_IN,
+    *,
+    chunk_samples: int = DEFAULT_CHUNK,
+    block_bytes: int = BLOCK_BYTES,
+    only_missing: bool = False,
+    work_dir: str | None = None,
+) -> dict[str, str]:
+    """Write ``orders/<strategy>.bin`` and ``.json`` of each strategy into the store; returns
+    ``{strategy: path of the .bin}``.
+
+    Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it), whatever the
+    store's size; the bucket files (12 or 16 bytes per sample) go to a temporary directory inside
+    ``orders/`` (local store) or in ``work_dir`` (default the system's; a remote store, whose
+    files are copied up when complete). ``only_missing``: keep orders already present and
+    fresh. An existing order is replaced: its ``.json`` is removed first, so a write killed
+    half way leaves the order absent, never stale.
+    """
+    wanted = check_strategies(strategies)
+    chunk_samples = check_positive_int("chunk_samples", chunk_samples)
+    block_bytes = check_positive_int("block_bytes", block_bytes)
+    store = _open(store_or_path)
+    if only_missing:
+        wanted = [s for s in wanted if _fresh(store, s) is None]
+    if not wanted:
+        return {}
+    scale = _store_scale(store, chunk_samples)
+    remote = is_remote(store.path)
+    if not remote:
+        os.makedirs(_join(store.path, ORDERS_DIR), exist_ok=True)
+    tmp_root = work_dir if remote else _join(store.path, ORDERS_DIR)
+    written = {}
+    for strategy in wanted:
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{strategy}-", dir=tmp_root)
+        try:
+            written[strategy] = _write_one(store, strategy, scale, chunk_samples, block_bytes, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+def _store_scale(store: TokenStore, chunk_samples: int) -> ScoreScale:
+    """The whole store's ``ScoreScale``, read chunk by chunk."""
+    scale = ScoreScale(0, 0.0)
+    for start in range(0, store.num_samples, chunk_samples):
+        part = store.features_range(start, min(start + chunk_samples, store.num_samples))
+        scale = scale.combine(score_scale(part))
+    return scale
+
+
+def _write_one(
+    store: TokenStore,
+    strategy: str,
+    scale: ScoreScale,
+    chunk: int,
+    block_bytes: int,
+    tmp: str,
+) -> str:
+    n = store.num_samples
+    dtype = order_dtype(n)
+    record = np.dtype([("key", "<u8"), ("index", dtype)])
+    bin_path, json_path = order_paths(store.path, strategy)
+    _remove(json_path)  # from now on the order is absent until its json is back
+
+    def keys_at(indices: np.ndarray) -> np.ndarray:
+        return sort_keys(scores_from_features(store.features_at(indices), strategy, scale=scale))
+
+    probes = min(n, SPLITTER_SAMPLES)
+    splitters = _splitters(keys_at(np.arange(probes) * n // probes), -(-2 * n // chunk))
+    digest = ScoresDigest()
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, n, chunk):
+            features = store.features_range(start, min(start + chunk, n))
+            scores = scores_from_features(features, strategy, scale=scale)
+            digest.update(scores)
+            yield sort_keys(scores), np.arange(start, start + scores.size, dtype=dtype)
+
+    buckets = _scatter(chunks(), splitters, record, tmp)
+    local_bin = os.path.join(tmp, "order.bin")
+    with open(local_bin, "wb") as out:
+        for path, count in buckets:
+            _emit(path, count, record, chunk, out, tmp)
+        out.flush()
+        os.fsync(out.fileno())
+    meta = {
+        "format": FORMAT,
+        "strategy": strategy,
+        "num_samples": n,
+        "dtype": dtype.str,
+        "store_fingerprint": store.fingerprint,
+        "scores_fingerprint": digest.fingerprint(),
+        "scale": scale.to_json(),
+        "block_bytes": block_bytes,
+        "block_crc32c": crc32c_file(local_bin, block_bytes),
+    }
+    _publish(local_bin, bin_path)
+    atomic_write_text(json_path, json.dumps(meta, sort_keys=True))
+    return bin_path
+
+
+def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Bucket splitters: the smallest key (so a bucket of more than one key always splits) and
+    quantiles of ``sample_keys``; key ``k`` goes to bucket ``searchsorted(splitters, k, "left")``
+    (keys in ``(s[i-1], s[i]]``), so equal keys share a bucket and buckets ascend."""
+    ordered = np.sort(sample_keys)
+    quantiles = ordered[(np.arange(1, max(num_buckets, 1)) * ordered.size) // max(num_buckets, 1)]
+    return np.unique(np.concatenate([ordered[:1], quantiles]))
+
+
+def _scatter(
+    chunks: Iterator[tuple[np.ndarray, np.ndarray]],
+    splitters: np.ndarray,
+    record: np.dtype,
+    directory: str,
+) -> list[tuple[str, int]]:
+    """Append each (keys, indices) chunk's records to the bucket files their keys fall in (in
+    chunk order, so every bucket stays in index order); the buckets' (path, count), ascending."""
+    num = splitters.size + 1
+    counts = np.zeros(num, dtype=np.int64)
+    handles: dict[int, Any] = {}
+    directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
+    paths = [os.path.join(directory, f"bucket-{b}") for b in range(num)]
+    try:
+        for keys, indices in chunks:
+            bucket = np.searchsorted(splitters, keys, side="left")
+            bucket = bucket.astype(np.uint8 if num <= 256 else np.uint16)
+            perm = np.argsort(bucket, kind="stable")  # a radix sort of small ints
+            sizes = np.bincount(bucket, minlength=num)
+            records = np.empty(keys.size, dtype=record)
+            records["key"] = keys[perm]
+            records["index"] = indices[perm]
+            edges = np.concatenate([[0], np.cumsum(sizes)])
+            for b in np.flatnonzero(sizes).tolist():
+                if b not in handles:
+                    handles[b] = open(paths[b], "ab")  # noqa: SIM115 (closed below)
+                handles[b].write(_raw(records[edges[b] : edges[b + 1]]))
+            counts += sizes
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return [(paths[b], int(counts[b])) for b in range(num) if counts[b]]
+
+
+def _emit(path: str, count: int, record: np.dtype, budget: int, out: Any, tmp: str) -> None:
+    """Append the indices of bucket file ``path`` to ``out`` sorted by (key, index); a bucket
+    larger than ``budget`` of more than one key is split again first. Read with plain file
+    reads (no memory map), so resident memory stays O(budget)."""
+
+    def parts() -> Iterator[np.ndarray]:
+        for start in range(0, count, budget):
+            yield np.fromfile(path, dtype=record, count=min(budget, count - start),
+                              offset=start * record.itemsize)  # fmt: skip
+
+    if count <= budget:
+        records = np.fromfile(path, dtype=record, count=count)
+        keys = records["key"]
+        if keys.min() == keys.max():  # one key: already in index order
+            out.write(_raw(records["index"]))
+        else:
+            out.write(_raw(records["index"][order_from_keys(keys)]))
+    else:
+        low = min(int(p["key"].min()) for p in parts())
+        high = max(int(p["key"].max()) for p in parts())
+        if low == high:
+            for part in parts():
+                out.write(_raw(part["index"]))
+        else:
+            stride = max(count // SPLITTER_SAMPLES, 1)
+            sample = np.concatenate([p["key"][(-i * budget) % stride :: stride]
+                                     for i, p in enumerate(parts())])  # fmt: skip
+            splitters = _splitters(sample, -(-2 * count // budget))
+            pairs = ((p["key"].copy(), p["index"].copy()) for p in parts())
+            for sub, sub_count in _scatter(pairs, splitters, record, tmp):
+                _emit(sub, sub_count, record, budget, out, tmp)
+    os.remove(path)
+
+
+def _raw(array: np.ndarray) -> memoryview:
+    """The bytes of ``array`` (contiguous copy when it is a strided view) for ``write``."""
+    return np.ascontiguousarray(array).view(np.uint8).data
+
+
+def _publish(local: str, target: str) -> None:
+    """Put the complete local file at ``target`` (local: a rename; remote: a copy then a rename
+    on the target's filesystem)."""
+    if not is_remote(target):
+        os.replace(local, target)
+        return
+    import tensorflow as tf
+
+    tmp = f"{target}.tmp-{os.getpid()}"
+    tf.io.gfile.copy(local, tmp, overwrite=True)
+    tf.io.gfile.rename(tmp, target, overwrite=True)
+
+
+def _remove(path: str) -> None:
+    if not is_remote(path):
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+class StoredOrder:
+    """A stored order read by range: ``take(positions)`` (any shape) and ``[slice]`` return
+    int64 sample indices; memory O(positions asked). Every block read is checked against its
+    CRC32C the first time (``MappedFile`` locally, ``RangedFile`` on any ``tf.io.gfile`` path).
+    A numpy int64 array is the same duck type (``len``, ``arr[positions]``)."""
+
+    def __init__(self, bin_path: str, meta: dict[str, Any], file: BlockFile) -> None:
+        self.path = bin_path
+        self.strategy = str(meta["strategy"])
+        self.num_samples = int(meta["num_samples"])
+        self.scores_fingerprint = str(meta["scores_fingerprint"])
+        self.scale = ScoreScale.from_json(meta["scale"])
+        self.dtype = np.dtype(meta["dtype"])
+        self._file = file
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The sample indices at order ``positions`` (int64, same shape)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= self.num_samples):
+            raise IndexError(
+                f"order positions must be in [0, {self.num_samples}), got values in "
+                f"[{pos.min()}, {pos.max()}]"
+            )
+        with self._fix_hint():
+            return self._file.take(pos, self.dtype).astype(np.int64)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.num_samples)
+            if step == 1:  # one range read
+                size = self.dtype.itemsize
+                with self._fix_hint():
+                    raw = self._file.read(start * size, max(stop, start) * size)
+                return raw.view(self.dtype).astype(np.int64)
+            return self.take(np.arange(start, stop, step, dtype=np.int64))
+        return self.take(key)
+
+    @contextlib.contextmanager
+    def _fix_hint(self) -> Iterator[None]:
+        """A corrupt block's ``StoreError`` says how to write the order again."""
+        try:
+            yield
+        except StoreError as err:
+            store = os.path.dirname(os.path.dirname(self.path.rstrip("/")))
+            raise StoreError(f"{err}; or {FIX.format(path=store)}") from err
+
+    def __repr__(self) -> str:
+        return f"StoredOrder({self.path!r}, strategy={self.strategy!r}, num_samples={len(self)})"
+
+
+def open_stored_order(store: TokenStore, strategy: str) -> StoredOrder | None:
+    """The stored order of ``strategy`` in ``store``; None when it is not stored (no ``.json``:
+    never written or interrupted; ``random``; a ``head`` view of a store). A ``StoreError``
+    naming the fix when it is stale (another store fingerprint or sample count) or corrupt."""
+    check_choice("strategy", strategy, STRATEGIES)
+    if strategy == "random" or "head" in store.manifest:
+        return None
+    return _fresh(store, strategy, raise_errors=True)
+
+
+def _fresh(store: TokenStore, strategy: str, *, raise_errors: bool = False) -> StoredOrder | None:
+    """The order when present and valid for ``store``; else None, or (``raise_errors``) a
+    ``StoreError`` for one present but stale or corrupt."""
+    bin_path, json_path = order_paths(store.path, strategy)
+    if not isfile(json_path):
+        return None
+    try:
+        meta = _check_meta(store, strategy, read_text(json_path), json_path)
+        size = file_size(bin_path)
+        expected = int(meta["num_samples"]) * np.dtype(meta["dtype"]).itemsize
+        if size != expected:
+            state = "is missing" if size is None else f"has {size} bytes"
+            raise StoreError(
+                f"{bin_path}: the order {state}, its json records {expected} bytes; "
+                + FIX.format(path=store.path)
+            )
+        label = f"store {store.path!r}, {ORDERS_DIR}/{strategy}.bin"
+        args = (bin_path, expected, int(meta["block_bytes"]), meta["block_crc32c"])
+        if is_remote(bin_path):
+            from highnoon.data.remote_blocks import RangedFile
+
+            file: BlockFile = RangedFile(*args, label=label)
+        else:
+            file = MappedFile(*args, label=label)
+    except StoreError:
+        if raise_errors:
+            raise
+        return None
+    return StoredOrder(bin_path, meta, file)
+
+
+def _check_meta(store: TokenStore, strategy: str, text: str, path: str) -> dict[str, Any]:
+    fix = FIX.format(path=store.path)
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path}: not valid JSON ({err}); {fix}") from err
+    keys = ("format", "strategy", "num_samples", "dtype", "store_fingerprint",
+            "scores_fingerprint", "scale", "block_bytes", "block_crc32c")  # fmt: skip
+    missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise StoreError(f"{path}: missing keys {missing}; {fix}")
+    if meta["format"] != FORMAT or meta["strategy"] != strategy:
+        raise StoreError(
+            f"{path}: format {meta['format']!r} of strategy {meta['strategy']!r}, expected "
+            f"{FORMAT!r} of {strategy!r}; {fix}"
+        )
+    if meta["store_fingerprint"] != store.fingerprint or meta["num_samples"] != store.num_samples:
+        raise StoreError(
+            f"{path}: the order is stale: computed from store fingerprint "
+            f"{meta['store_fingerprint']} ({meta['num_samples']} samples), the store is now "
+            f"{store.fingerprint} ({store.num_samples} samples); {fix}"
+        )
+    if meta["dtype"] != order_dtype(store.num_samples).str:
+        raise StoreError(f"{path}: dtype {meta['dtype']!r} is not this format's; {fix}")
+    return meta
+
+
+def store_score_scale(store: TokenStore, *, chunk_samples: int = DEFAULT_CHUNK) -> ScoreScale:
+    """The maxima the store's scores are normalised by: from a fresh stored order's json when
+    there is one (no feature is read), else computed from the features chunk by chunk."""
+    if "head" not in store.manifest:
+        for strategy in BUILT_IN:
+            order = _fresh(store, strategy)
+            if order is not None:
+                return order.scale
+    return _store_scale(store, check_positive_int("chunk_samples", chunk_samples))
