@@ -31,6 +31,7 @@ from highnoon.curriculum.order_views import (
     SplitOrder,
 )
 from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
+from highnoon.curriculum.stored_order import open_stored_order, store_score_scale
 from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
@@ -122,7 +123,7 @@ class StagePlan:
             return IdentityOrder(n), f"identity:{n}"
         if strategy == "random":
             return PermutedOrder(n, "random_order", self.seed), f"random_order:{self.seed}:{n}"
-        stored = _stored_order(self.store, strategy)
+        stored = open_stored_order(self.store, strategy)
         if stored is not None:
             return stored, stored.scores_fingerprint
         scores = scoring.scores_from_features(self.store.features, strategy)
@@ -431,7 +432,7 @@ class StagePlan:
     @functools.cached_property
     def score_scale(self) -> scoring.ScoreScale:
         """The whole store's score maxima (from a stored order's json when there is one)."""
-        return _store_score_scale(self.store)
+        return store_score_scale(self.store)
 
     def eval_batches(self, max_batches: int) -> int:
         """Eval batches per evaluation: whole micro-batches (``batch_size`` rows, the size one
@@ -515,16 +516,6 @@ class StagePlan:
             "tokenizer": json.dumps(self.store.tokenizer.to_config(), sort_keys=True),
             "stream": json.dumps(stream, sort_keys=True),
         }
-
-
-def _stored_order(store: Any, strategy: str) -> OrderView | None:
-    """The store's stored order of ``strategy`` (``curriculum.stored_order``), or None."""
-    return None
-
-
-def _store_score_scale(store: Any) -> scoring.ScoreScale:
-    """The whole store's score maxima."""
-    return scoring.score_scale(store.features)
 
 
 def _dataset_names(datasets: Any, store: Any) -> list[str]:
