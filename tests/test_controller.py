@@ -41,7 +41,8 @@ class FakePlan:
     def segment_at(self, step_in_epoch: int, steps: int, stage_step: int) -> tuple[int, int]:
         return 8, steps  # one row length for the whole epoch
 
-    def step_totals(self, epoch: int, first: int, end: int, seq_length: int) -> dict[str, int]:
+    def step_totals(self, epoch, first, end, seq_length, step_tokens) -> dict[str, int]:
+        assert list(step_tokens) == [10.0] * (end - first)  # the runner's own token counts
         return {
             "samples": 2 * (end - first),
             "tokens": 10 * (end - first),

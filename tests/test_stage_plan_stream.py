@@ -108,6 +108,8 @@ def test_step_totals_and_eval_rows_come_from_the_rows_asked(store_path):
     counts = batch_counts(plan.host_rows(2, 0, 1), store.features.lengths, 16)
     for first, last in [(0, 1), (2, 5), (0, plan.steps_per_epoch(2))]:
         assert plan.step_totals(2, first, last, 16) == counts.total(first, last)
+        step_tokens = counts.tokens[first:last].astype(np.float32)  # as the step reduces them
+        assert plan.step_totals(2, first, last, 16, step_tokens) == counts.total(first, last)
     table = plan.eval_table(3)  # 3 batches of 6 of the 30 held-out samples
     ranks = np.arange(18) * 30 // 18  # evenly spread held-out ranks
     picked = np.sort(plan.held_out[ranks])

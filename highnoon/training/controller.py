@@ -269,7 +269,8 @@ class Controller:
             bucket = "compilation" if out.compiled else "productive_step"
             self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
             self._check_finite(out.losses, plan)
-            fed = plan.step_totals(epoch, pos.step_in_epoch, pos.step_in_epoch + count, seq_length)
+            first = pos.step_in_epoch
+            fed = plan.step_totals(epoch, first, first + count, seq_length, out.tokens)
             pos.record_steps(count, out.losses, out.tokens)
             pos.count(samples=fed["samples"], tokens=fed["tokens"], slots=fed["slots"])
             window.add(out.losses, out.tokens, fed["slots"])

@@ -320,18 +320,34 @@ class StagePlan:
         return self.scheduler.host_range_indices(epoch, first_step, last_step, host_id, num_hosts)
 
     def step_totals(
-        self, epoch: int, first_step: int, last_step: int, seq_length: int | None = None
+        self,
+        epoch: int,
+        first_step: int,
+        last_step: int,
+        seq_length: int | None = None,
+        step_tokens: np.ndarray | None = None,
     ) -> dict[str, int | float]:
         """Samples, real tokens, slots and padding of the global steps ``[first_step,
         last_step)`` of ``epoch`` on rows of ``seq_length`` tokens (``StepCounts.total``).
-        Unpacked: from those steps' global rows and their lengths alone (``features_at``), so
-        a host call costs its own steps, whatever the corpus size."""
+
+        Unpacked: samples and slots are whole global batches; the tokens are ``step_tokens``
+        when given (the steps' own global loss-mask sums, which the step reduces anyway: a
+        host call then reads no feature at all), else the lengths of those steps' global rows
+        (``features_at``). Either way a call costs its own steps, whatever the corpus size.
+        Packed: the epoch's packing (O(epoch), built once per epoch)."""
         length = self.settings.max_seq_length if seq_length is None else seq_length
         if self.settings.pack:
             return self.step_counts(epoch, length).total(first_step, last_step)
-        rows = self.host_rows_at(epoch, first_step, last_step, 0, 1)
-        lengths = self.store.features_at(rows.reshape(-1)).lengths.reshape(rows.shape)
-        return row_counts(lengths, length).total()
+        if step_tokens is None:
+            rows = self.host_rows_at(epoch, first_step, last_step, 0, 1)
+            lengths = self.store.features_at(rows.reshape(-1)).lengths.reshape(rows.shape)
+            return row_counts(lengths, length).total()
+        steps, g = last_step - first_step, self.settings.global_batch_size
+        return StepCounts(
+            samples=np.full(steps, g, dtype=np.int64),
+            tokens=np.rint(np.asarray(step_tokens, dtype=np.float64)).astype(np.int64),
+            slots=np.full(steps, g * length, dtype=np.int64),
+        ).total()
 
     @property
     def lengths(self) -> np.ndarray:
