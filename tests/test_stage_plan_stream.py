@@ -110,11 +110,13 @@ def test_step_totals_and_eval_rows_come_from_the_rows_asked(store_path):
         assert plan.step_totals(2, first, last, 16) == counts.total(first, last)
         step_tokens = counts.tokens[first:last].astype(np.float32)  # as the step reduces them
         assert plan.step_totals(2, first, last, 16, step_tokens) == counts.total(first, last)
-    table = plan.eval_table(3)  # 3 batches of 6 of the 30 held-out samples
-    ranks = np.arange(18) * 30 // 18  # evenly spread held-out ranks
-    picked = np.sort(plan.held_out[ranks])
-    scores = plan.difficulty_scores()
-    np.testing.assert_array_equal(
-        table.reshape(-1), picked[np.lexsort((picked, scores[picked]))]
-    )  # by (difficulty score, index)
-    np.testing.assert_array_equal(plan.difficulty_of(table), scores[table])
+    # The curriculum's own difficulty (ranks already in order) and another one (scored).
+    for held in (plan, _plan(store, eval_difficulty_strategy="size_based")):
+        table = held.eval_table(3)  # 3 batches of 6 of the 30 held-out samples
+        ranks = np.arange(18) * 30 // 18  # evenly spread held-out ranks
+        picked = np.sort(held.held_out[ranks])
+        scores = held.difficulty_scores()
+        np.testing.assert_array_equal(
+            table.reshape(-1), picked[np.lexsort((picked, scores[picked]))]
+        )  # by (difficulty score, index)
+        np.testing.assert_array_equal(held.difficulty_of(table), scores[table])

@@ -462,14 +462,21 @@ class StagePlan:
         (rank ``floor(j * held_out / count)``; all of them when they fit). Held-out samples are
         one keyed choice per stratum of the stage's order, so the rows span the stage's whole
         difficulty range; they are ordered by (difficulty score, index) so that each difficulty
-        bucket is a run of whole batches. The loss over all of them does not depend on that
-        order. Costs O(rows), whatever the held-out set's size."""
+        bucket is a run of whole batches (when the difficulty is the curriculum's own
+        strategy, the held-out ranks already are in that order and no feature is read). The
+        loss over all of them does not depend on that order. Costs O(rows), whatever the
+        held-out set's size."""
         size = self.settings.batch_size
         count = self.eval_batches(max_batches) * size
         if self._eval_table is None or self._eval_table[0] != count:
             ranks = np.arange(count, dtype=np.int64) * self.num_eval // max(count, 1)
-            picked = np.sort(self.held_out[ranks])
-            ranked = picked[order_from_scores(self.difficulty_of(picked))]
+            if self.difficulty_strategy() == self.settings.curriculum_strategy:
+                # Ranks ascend the stage's own order: already by (difficulty score, index),
+                # so no feature is read.
+                ranked = self.held_out[ranks]
+            else:
+                picked = np.sort(self.held_out[ranks])
+                ranked = picked[order_from_scores(self.difficulty_of(picked))]
             self._eval_table = (count, ranked.reshape(-1, size))
         return self._eval_table[1]
 
