@@ -9,8 +9,9 @@ bytes, ``sha256_file`` of a file's bytes (streamed), ``new_sha256`` for a digest
   derivation: stage seeds, permutation keys and per-sample hash keys all come from it.
 * ``keyed_hash(indices, *parts)``: a uint64 per index under a key, the SplitMix64 mix of
   ``index ^ key`` (overflow windows, mixture subsamples).
-* ``KeyedPermutation(n, *parts)``: a bijection of ``[0, n)`` evaluable at any positions without
-  materialising the whole permutation (curriculum epoch orders of 10^8 samples), and
+* ``KeyedPermutation(n, *parts)``: a bijection of ``[0, n)`` evaluable at any positions (and
+  inverted at any values) without materialising the whole permutation (curriculum epoch orders,
+  the ``random`` strategy's order, of 10^9 samples), and
   ``keyed_permutation(n, *parts)``, the whole of it as an array (eval splits, mixtures).
 
 The same parts give the same values on every machine and run, so hosts agree without talking
@@ -118,7 +119,8 @@ class KeyedPermutation:
     A Feistel network over ``Z_a x Z_b`` (``a = ceil(sqrt(n))``, ``b = ceil(n / a)``; rounds
     alternate the two moduli; the round function is SplitMix64 of the half xor a round key),
     with cycle-walking back into ``[0, n)``. Vectorised uint64 numpy: one host's share of an
-    epoch costs only its own positions.
+    epoch costs only its own positions. ``inverse`` undoes it (the rounds in reverse, walking
+    the same way), so a value's position is as cheap as a position's value.
     """
 
     def __init__(self, n: int, *parts: Any) -> None:
