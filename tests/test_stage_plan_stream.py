@@ -113,7 +113,7 @@ def test_step_totals_and_eval_rows_come_from_the_rows_asked(store_path):
     # The curriculum's own difficulty (ranks already in order) and another one (scored).
     for held in (plan, _plan(store, eval_difficulty_strategy="size_based")):
         table = held.eval_table(3)  # 3 batches of 6 of the 30 held-out samples
-        ranks = np.arange(18) * 30 // 18  # evenly spread held-out ranks
+        ranks = np.arange(18) * 30 // 18  # 18 runs of one rank each, evenly spread
         picked = np.sort(held.held_out[ranks])
         scores = held.difficulty_scores()
         np.testing.assert_array_equal(

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from highnoon.curriculum import CurriculumScheduler, order_from_scores, scores_fingerprint
-from highnoon.curriculum.heldout import HeldOutSplit, eval_count
+from highnoon.curriculum.heldout import HeldOutSplit, eval_count, spread_ranks
 from highnoon.curriculum.order_views import IdentityOrder, PermutedOrder, SplitOrder, take
 from highnoon.utils.hashing import KeyedPermutation, keyed_hash
 from highnoon.utils.validation import InvalidArgumentError
@@ -89,6 +89,26 @@ def test_eval_count_is_whole_global_batches_and_leaves_one_to_train():
     assert eval_count(40, 0.9, 8) == 32  # 8 left: one global batch trains
     assert eval_count(39, 0.9, 8) == 0  # 35 // 8 * 8 = 32 would leave 7 < 8
     assert eval_count(10**9, 0.01, 1024) == 10**7 // 1024 * 1024
+
+
+@SETTINGS
+@given(total=st.integers(0, 5000), share=st.floats(0.0, 1.0), bands=st.integers(1, 80))
+def test_spread_ranks_are_runs_over_the_whole_range(total, share, bands):
+    count = int(total * share)
+    ranks = spread_ranks(count, total, bands)
+    assert ranks.size == count and (np.diff(ranks) > 0).all()
+    assert count == 0 or (ranks.min() == 0 and ranks.max() < total)
+    runs = np.flatnonzero(np.diff(ranks) > 1).size + 1 if count else 0
+    assert runs <= min(bands, count)  # few blocks of a stored order
+    if count == total:
+        np.testing.assert_array_equal(ranks, np.arange(total))  # all of them when they fit
+    k = min(bands, count)
+    if k:  # floor(b * (total - count) / k) ranks left out before run b: the whole range
+        b = np.arange(k + 1)
+        sizes = np.diff(b * count // k)
+        starts = b[:-1] * (total - count) // k + np.cumsum(sizes) - sizes
+        assert set(starts.tolist()) <= set(ranks.tolist())
+        assert ranks.max() - ranks.min() + 1 >= total - (total - count) // k - 1
 
 
 def test_bad_splits_are_refused_with_the_fix():

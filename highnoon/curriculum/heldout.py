@@ -29,6 +29,7 @@ from highnoon.utils.hashing import keyed_hash
 from highnoon.utils.validation import InvalidArgumentError, check_int
 
 _LIMIT = 1 << 63  # (E + 1) * N must stay below it: int64 arithmetic throughout
+EVAL_BANDS = 64  # runs of consecutive held-out ranks the eval rows are read in
 
 
 def eval_count(num_samples: int, eval_fraction: float, global_batch: int) -> int:
@@ -38,6 +39,25 @@ def eval_count(num_samples: int, eval_fraction: float, global_batch: int) -> int
     if n_eval == 0 or num_samples - n_eval < global_batch:
         return 0
     return n_eval
+
+
+def spread_ranks(count: int, total: int, bands: int = EVAL_BANDS) -> np.ndarray:
+    """``count`` of ``total`` ranks spread over the whole range in ``k = min(bands, count)``
+    runs of consecutive ranks: run ``b`` holds ``floor((b+1) * count / k) - floor(b * count /
+    k)`` ranks and the ``total - count`` ranks left out are spread between the runs, ``floor(b
+    * (total - count) / k)`` of them before run ``b`` (so rank ``j`` of the result is ``j +
+    floor(b * (total - count) / k)``, ``b`` its run; all ranks when ``count == total``).
+    Sorted, distinct. Runs rather than evenly spaced single ranks so the samples they
+    name share few blocks of a stored order: a host reads (and CRC-checks) about ``bands``
+    blocks for its eval rows, not the whole order."""
+    total = check_int("total", total, minimum=0)
+    count = check_int("count", count, minimum=0, maximum=total)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    b = np.arange(min(check_int("bands", bands, minimum=1), count) + 1, dtype=np.int64)
+    sizes = np.diff(b * count // b[-1])
+    skipped = b[:-1] * (total - count) // b[-1]  # ranks left out before each run
+    return np.repeat(skipped, sizes) + np.arange(count, dtype=np.int64)
 
 
 class HeldOutSplit:

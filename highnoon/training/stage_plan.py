@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler, scoring
-from highnoon.curriculum.heldout import HeldOutSplit, eval_count
+from highnoon.curriculum.heldout import HeldOutSplit, eval_count, spread_ranks
 from highnoon.curriculum.order import order_from_scores, scores_fingerprint
 from highnoon.curriculum.order_views import (
     IdentityOrder,
@@ -458,8 +458,9 @@ class StagePlan:
     def eval_table(self, max_batches: int) -> np.ndarray:
         """Store indices of every eval batch, ``[batches, batch_size]``, easiest rows first.
 
-        The evaluated rows are ``count`` held-out ranks spread evenly over the held-out set
-        (rank ``floor(j * held_out / count)``; all of them when they fit). Held-out samples are
+        The evaluated rows are ``count`` held-out ranks spread over the whole held-out set in
+        64 runs of consecutive ranks (``heldout.spread_ranks``; all of them when they fit), so
+        a stored order is read in about 64 blocks. Held-out samples are
         one keyed choice per stratum of the stage's order, so the rows span the stage's whole
         difficulty range; they are ordered by (difficulty score, index) so that each difficulty
         bucket is a run of whole batches (when the difficulty is the curriculum's own
@@ -469,7 +470,7 @@ class StagePlan:
         size = self.settings.batch_size
         count = self.eval_batches(max_batches) * size
         if self._eval_table is None or self._eval_table[0] != count:
-            ranks = np.arange(count, dtype=np.int64) * self.num_eval // max(count, 1)
+            ranks = spread_ranks(count, self.num_eval)
             if self.difficulty_strategy() == self.settings.curriculum_strategy:
                 # Ranks ascend the stage's own order: already by (difficulty score, index),
                 # so no feature is read.
