@@ -9,12 +9,13 @@ run wrote is deleted at the end: the disk is shared).
 
 Parts:
 
-* ``order``: ``stored_order.write_orders`` of the three built-in strategies (the preparation
+* ``order``: ``stored_order.write_orders`` of the three built-in strategies (``--strategies``) (the preparation
   step: an external sort in bounded memory) vs ``order_from_scores(scores_from_features(
   store.features, s))`` for each strategy (what every host computes at start today), and the
   first read of a stored order (``open_stored_order`` + 1 024 positions).
 
     python bench/bench_scale.py --part order                      # 1e6, 1e7, 1e8
+    python bench/bench_scale.py --part order --sizes 1e9 --in_memory_max 0 --strategies mixed
     python bench/bench_scale.py --part order --sizes 1e6,1e7,1e8,1e9
 
 * ``host``: one host of 256 of an unpacked single-source stage (``mixed`` curriculum, linear
@@ -46,6 +47,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 MIB = float(1 << 20)
+STRATEGIES = os.environ.get("BENCH_STRATEGIES", "size_based,difficulty_based,mixed").split(",")
 
 
 def _reset_peak() -> float:
@@ -83,23 +85,22 @@ def _measured(fn: Callable[[], Any]) -> dict[str, Any]:
 
 
 def _child_write_orders(path: str) -> dict[str, Any]:
-    from highnoon.curriculum.stored_order import BUILT_IN, write_orders
+    from highnoon.curriculum.stored_order import write_orders
     from highnoon.data.store import TokenStore
 
     store = TokenStore.open(path)
-    return _measured(lambda: write_orders(store, BUILT_IN))
+    return _measured(lambda: write_orders(store, STRATEGIES))
 
 
 def _child_in_memory(path: str) -> dict[str, Any]:
     from highnoon.curriculum.order import order_from_scores
     from highnoon.curriculum.scoring import scores_from_features
-    from highnoon.curriculum.stored_order import BUILT_IN
     from highnoon.data.store import TokenStore
 
     store = TokenStore.open(path)
 
     def run() -> None:
-        for strategy in BUILT_IN:
+        for strategy in STRATEGIES:
             order_from_scores(scores_from_features(store.features, strategy))
 
     return _measured(run)
@@ -112,7 +113,7 @@ def _child_first_read(path: str) -> dict[str, Any]:
     from highnoon.data.store import TokenStore
 
     def run() -> None:
-        order = open_stored_order(TokenStore.open(path), "mixed")
+        order = open_stored_order(TokenStore.open(path), STRATEGIES[-1])
         order.take(np.arange(1024, dtype=np.int64) * (len(order) // 1024))
 
     return _measured(run)
@@ -256,8 +257,8 @@ def part_order(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def format_order(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| samples | write_orders (3 strategies): wall / CPU | peak RSS above baseline | in "
-        "memory today (3 strategies): wall / CPU | its peak RSS | CPU ratio stored / in memory "
+        "| samples | write_orders: wall / CPU | peak RSS above baseline | in "
+        "memory today: wall / CPU | its peak RSS | CPU ratio stored / in memory "
         "| open + first read of 1 024 positions |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -342,12 +343,15 @@ def main() -> None:
                         help="largest size today's in-memory path is run at")  # fmt: skip
     parser.add_argument("--root", default="/tmp/highnoon_scale", help="where stores are written")
     parser.add_argument("--keep", action="store_true", help="keep the stores this run wrote")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="the orders written and computed (default the three built-in)")  # fmt: skip
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](args.store)))
         return
+    os.environ["BENCH_STRATEGIES"] = args.strategies  # for the children
     run, fmt = PARTS[args.part]
     created: list[str] = []
     rows = []

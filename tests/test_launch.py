@@ -86,7 +86,8 @@ def _listed_flags(help_text: str) -> list[str]:
             "launch.prepare_data",
             [
                 "beam_options", "data_dir", "datasets", "gin_bindings", "gin_file",
-                "gin_search_paths", "max_samples", "num_shards", "output_dir", "runner",
+                "gin_search_paths", "max_samples", "num_shards", "orders", "orders_only",
+                "output_dir", "runner",
                 "tokenizer", "train_sentencepiece_vocab", "train_tokenizer_json_vocab", "verify",
             ],
         ),

@@ -17,6 +17,7 @@ from highnoon.curriculum.stored_order import open_stored_order, store_score_scal
 from highnoon.data.features import SampleFeatures
 from highnoon.data.shards import crc32c_file
 from highnoon.data.store import StoreError, TokenStore, head
+from highnoon.utils.processes import host_key
 from highnoon.utils.validation import InvalidArgumentError
 from tests.remote_store_helpers import ram_copy, write_store
 
@@ -147,10 +148,16 @@ def test_a_killed_write_leaves_no_json_and_the_order_absent(tmp_path, monkeypatc
     assert sorted(os.listdir(orders)) == ["size_based.bin"]  # json gone, temporaries removed
     assert open_stored_order(store, "size_based") is None
     monkeypatch.undo()
+    # a writer killed outright (no cleanup) leaves its bucket files, named after it: removed by
+    # the next write once that process is gone
+    dead = orders / f"mixed.tmp-{host_key()}-999999999-0-0badcafe"
+    (dead / "buckets-x").mkdir(parents=True)
+    (dead / "buckets-x" / "bucket-0.key").write_bytes(b"12345678")
     assert write_orders(store, ["size_based"], only_missing=True, chunk_samples=8)
     np.testing.assert_array_equal(
         open_stored_order(store, "size_based")[:], _expected(store, "size_based")
     )
+    assert not dead.exists()
 
 
 def test_only_missing_keeps_fresh_orders_and_rewrites_stale_ones(tmp_path):
@@ -232,3 +239,14 @@ def test_orders_of_a_store_on_a_gfile_filesystem_are_written_and_read_by_range(t
         order.take(np.array([[5, 80]])), _expected(local, "size_based")[[[5, 80]]]
     )
     assert not os.path.exists(os.path.join(local.path, "orders"))
+
+
+def test_any_number_of_threads_writes_the_same_bytes(tmp_path):
+    store = _store(tmp_path, 300)
+    written = {}
+    for threads in (1, 3):
+        path = write_orders(store, ["mixed"], chunk_samples=16, threads=threads)["mixed"]
+        with open(path, "rb") as handle:
+            written[threads] = handle.read()
+    assert written[1] == written[3]
+    assert np.frombuffer(written[1], "<u4").tolist() == _expected(store, "mixed").tolist()

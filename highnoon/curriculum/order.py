@@ -91,8 +91,13 @@ def order_from_scores(scores: np.ndarray, composite_min: int = _COMPOSITE_MIN) -
 
 
 def sort_keys(scores: np.ndarray) -> np.ndarray:
-    """uint64 keys whose unsigned order is the order of the float ``scores`` (-0.0 == 0.0)."""
-    return _sort_keys(np.asarray(scores, dtype=np.float64))
+    """uint64 keys whose unsigned order is the order of the float ``scores`` (-0.0 == 0.0).
+    Scores without a negative one (every built-in strategy's) keep their bits: for
+    non-negative floats the bit patterns already ascend with the values."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size and scores.min() >= 0.0:
+        return (scores + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into 0.0
+    return _sort_keys(scores)
 
 
 def order_from_keys(keys: np.ndarray, composite_min: int = _COMPOSITE_MIN) -> np.ndarray:

@@ -30,12 +30,14 @@ its smallest key, so every split makes progress); a bucket of one key is already
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,8 +45,10 @@ import numpy as np
 from highnoon.curriculum.order import ScoresDigest, order_from_keys, sort_keys
 from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, scores_from_features
 from highnoon.data.blocks import BlockFile, MappedFile
+from highnoon.data.features import SampleFeatures
 from highnoon.data.shards import BLOCK_BYTES, crc32c_file
 from highnoon.data.store import StoreError, TokenStore, file_size
+from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
 from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_text
 from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
 
@@ -112,35 +116,42 @@ def write_orders(
     block_bytes: int = BLOCK_BYTES,
     only_missing: bool = False,
     work_dir: str | None = None,
+    threads: int = 2,
 ) -> dict[str, str]:
     """Write ``orders/<strategy>.bin`` and ``.json`` of each strategy into the store; returns
     ``{strategy: path of the .bin}``.
 
-    Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it), whatever the
-    store's size; the bucket files (12 or 16 bytes per sample) go to a temporary directory inside
-    ``orders/`` (local store) or in ``work_dir`` (default the system's; a remote store, whose
-    files are copied up when complete). ``only_missing``: keep orders already present and
-    fresh. An existing order is replaced: its ``.json`` is removed first, so a write killed
+    Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it per thread),
+    whatever the store's size; the bucket files (12 or 16 bytes per sample) go to a temporary
+    directory named after this process inside ``orders/`` (local store; a killed write's is
+    removed by the next) or in ``work_dir`` (default the system's; a remote store, whose files
+    are copied up when complete). ``only_missing``: keep orders already present and
+    fresh. ``threads``: chunks scored and buckets sorted at once (the output is the same for
+    any number). An existing order is replaced: its ``.json`` is removed first, so a write killed
     half way leaves the order absent, never stale.
     """
     wanted = check_strategies(strategies)
     chunk_samples = check_positive_int("chunk_samples", chunk_samples)
     block_bytes = check_positive_int("block_bytes", block_bytes)
+    threads = check_positive_int("threads", threads)
     store = _open(store_or_path)
     if only_missing:
         wanted = [s for s in wanted if _fresh(store, s) is None]
     if not wanted:
         return {}
-    scale = _store_scale(store, chunk_samples)
+    scale, probes = _scan(store, chunk_samples)
     remote = is_remote(store.path)
-    if not remote:
-        os.makedirs(_join(store.path, ORDERS_DIR), exist_ok=True)
-    tmp_root = work_dir if remote else _join(store.path, ORDERS_DIR)
+    tmp_root = (work_dir or tempfile.gettempdir()) if remote else _join(store.path, ORDERS_DIR)
+    os.makedirs(tmp_root, exist_ok=True)
+    remove_stale_build_dirs(tmp_root)  # the bucket files of killed writes
     written = {}
     for strategy in wanted:
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{strategy}-", dir=tmp_root)
+        tmp = _temp_name(os.path.join(tmp_root, strategy), "tmp")  # names its owner process
+        os.makedirs(tmp)
         try:
-            written[strategy] = _write_one(store, strategy, scale, chunk_samples, block_bytes, tmp)
+            written[strategy] = _write_one(
+                store, strategy, scale, probes, chunk_samples, block_bytes, tmp, threads
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return written
@@ -148,46 +159,61 @@ def write_orders(
 
 def _store_scale(store: TokenStore, chunk_samples: int) -> ScoreScale:
     """The whole store's ``ScoreScale``, read chunk by chunk."""
-    scale = ScoreScale(0, 0.0)
-    for start in range(0, store.num_samples, chunk_samples):
-        part = store.features_range(start, min(start + chunk_samples, store.num_samples))
+    return _scan(store, chunk_samples)[0]
+
+
+def _scan(store: TokenStore, chunk_samples: int) -> tuple[ScoreScale, SampleFeatures]:
+    """One pass over the features: the store's ``ScoreScale`` and the features of about
+    ``SPLITTER_SAMPLES`` evenly spaced samples (for the splitters; taken on the way, so no
+    random reads)."""
+    n = store.num_samples
+    stride = max(n // SPLITTER_SAMPLES, 1)
+    scale, lengths, sums = ScoreScale(0, 0.0), [], []
+    for start in range(0, n, chunk_samples):
+        part = store.features_range(start, min(start + chunk_samples, n))
         scale = scale.combine(score_scale(part))
-    return scale
+        first = -start % stride  # the next multiple of stride at or after start
+        lengths.append(part.lengths[first::stride].copy())
+        sums.append(part.surprisal_sum[first::stride].copy())
+    empty = np.zeros(0, dtype=np.int64)
+    return scale, SampleFeatures(
+        np.concatenate(lengths or [empty]), np.concatenate(sums or [empty])
+    )
 
 
 def _write_one(
     store: TokenStore,
     strategy: str,
     scale: ScoreScale,
+    probes: SampleFeatures,
     chunk: int,
     block_bytes: int,
     tmp: str,
+    threads: int,
 ) -> str:
     n = store.num_samples
     dtype = order_dtype(n)
-    record = np.dtype([("key", "<u8"), ("index", dtype)])
     bin_path, json_path = order_paths(store.path, strategy)
     _remove(json_path)  # from now on the order is absent until its json is back
 
-    def keys_at(indices: np.ndarray) -> np.ndarray:
-        return sort_keys(scores_from_features(store.features_at(indices), strategy, scale=scale))
-
-    probes = min(n, SPLITTER_SAMPLES)
-    splitters = _splitters(keys_at(np.arange(probes) * n // probes), -(-2 * n // chunk))
+    probe_keys = sort_keys(scores_from_features(probes, strategy, scale=scale))
+    splitters = _splitters(probe_keys, -(-2 * n // chunk))
     digest = ScoresDigest()
 
-    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, n, chunk):
-            features = store.features_range(start, min(start + chunk, n))
-            scores = scores_from_features(features, strategy, scale=scale)
-            digest.update(scores)
-            yield sort_keys(scores), np.arange(start, start + scores.size, dtype=dtype)
+    def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
+        features = store.features_range(start, min(start + chunk, n))
+        scores = scores_from_features(features, strategy, scale=scale)
+        return scores, _bucketize(sort_keys(scores), start, splitters, dtype)
 
-    buckets = _scatter(chunks(), splitters, record, tmp)
+    def chunks() -> Iterator[Bucketed]:
+        for scores, bucketed in _ordered(chunk_task, range(0, n, chunk), threads):
+            digest.update(scores)  # in order: the fingerprint of the whole array
+            yield bucketed
+
+    buckets = _scatter(chunks(), splitters.size + 1, tmp)
     local_bin = os.path.join(tmp, "order.bin")
     with open(local_bin, "wb") as out:
-        for path, count in buckets:
-            _emit(path, count, record, chunk, out, tmp)
+        _emit_all(buckets, dtype, chunk, out, tmp, threads)
         out.flush()
         os.fsync(out.fileno())
     meta = {
@@ -215,77 +241,124 @@ def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:
     return np.unique(np.concatenate([ordered[:1], quantiles]))
 
 
-def _scatter(
-    chunks: Iterator[tuple[np.ndarray, np.ndarray]],
-    splitters: np.ndarray,
-    record: np.dtype,
-    directory: str,
-) -> list[tuple[str, int]]:
-    """Append each (keys, indices) chunk's records to the bucket files their keys fall in (in
-    chunk order, so every bucket stays in index order); the buckets' (path, count), ascending."""
+Bucketed = tuple[np.ndarray, np.ndarray, np.ndarray]  # keys, indices (by bucket), bucket sizes
+
+
+def _bucketize(
+    keys: np.ndarray, indices: np.ndarray | int, splitters: np.ndarray, dtype: np.dtype
+) -> Bucketed:
+    """A chunk's keys and indices (an int: ``indices + arange``) grouped by bucket, in index
+    order within each, and the bucket sizes."""
     num = splitters.size + 1
+    bucket = np.searchsorted(splitters, keys, side="left")
+    bucket = bucket.astype(np.uint8 if num <= 256 else np.uint16)
+    perm = np.argsort(bucket, kind="stable")  # a radix sort of small ints
+    sizes = np.bincount(bucket, minlength=num)
+    if isinstance(indices, int):
+        perm_indices = (perm + indices).astype(dtype, copy=False)
+    else:
+        perm_indices = indices[perm].astype(dtype, copy=False)
+    return keys[perm], perm_indices, sizes
+
+
+def _scatter(chunks: Iterable[Bucketed], num: int, directory: str) -> list[tuple[str, int]]:
+    """Append each bucketed chunk to the bucket files (``.key``: ``<u8``, ``.idx``: the order's
+    dtype), in chunk order, so every bucket stays in index order; the buckets' (path without
+    suffix, count), ascending."""
     counts = np.zeros(num, dtype=np.int64)
-    handles: dict[int, Any] = {}
+    handles: dict[int, tuple[Any, Any]] = {}
     directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
     paths = [os.path.join(directory, f"bucket-{b}") for b in range(num)]
     try:
-        for keys, indices in chunks:
-            bucket = np.searchsorted(splitters, keys, side="left")
-            bucket = bucket.astype(np.uint8 if num <= 256 else np.uint16)
-            perm = np.argsort(bucket, kind="stable")  # a radix sort of small ints
-            sizes = np.bincount(bucket, minlength=num)
-            records = np.empty(keys.size, dtype=record)
-            records["key"] = keys[perm]
-            records["index"] = indices[perm]
-            edges = np.concatenate([[0], np.cumsum(sizes)])
+        for keys, indices, sizes in chunks:
+            edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
             for b in np.flatnonzero(sizes).tolist():
                 if b not in handles:
-                    handles[b] = open(paths[b], "ab")  # noqa: SIM115 (closed below)
-                handles[b].write(_raw(records[edges[b] : edges[b + 1]]))
+                    handles[b] = (open(paths[b] + ".key", "ab"), open(paths[b] + ".idx", "ab"))  # noqa: SIM115
+                handles[b][0].write(keys[edges[b] : edges[b + 1]].data)
+                handles[b][1].write(indices[edges[b] : edges[b + 1]].data)
             counts += sizes
     finally:
-        for handle in handles.values():
-            handle.close()
+        for pair in handles.values():
+            for handle in pair:
+                handle.close()
     return [(paths[b], int(counts[b])) for b in range(num) if counts[b]]
 
 
-def _emit(path: str, count: int, record: np.dtype, budget: int, out: Any, tmp: str) -> None:
-    """Append the indices of bucket file ``path`` to ``out`` sorted by (key, index); a bucket
-    larger than ``budget`` of more than one key is split again first. Read with plain file
-    reads (no memory map), so resident memory stays O(budget)."""
+def _parts(
+    path: str, count: int, dtype: np.dtype, budget: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A bucket's (keys, indices), ``budget`` at a time, by plain file reads (no memory map:
+    resident memory stays O(budget))."""
+    for start in range(0, count, budget):
+        size = min(budget, count - start)
+        yield (np.fromfile(path + ".key", dtype="<u8", count=size, offset=start * 8),
+               np.fromfile(path + ".idx", dtype=dtype, count=size, offset=start * dtype.itemsize))  # fmt: skip
 
-    def parts() -> Iterator[np.ndarray]:
-        for start in range(0, count, budget):
-            yield np.fromfile(path, dtype=record, count=min(budget, count - start),
-                              offset=start * record.itemsize)  # fmt: skip
 
-    if count <= budget:
-        records = np.fromfile(path, dtype=record, count=count)
-        keys = records["key"]
-        if keys.min() == keys.max():  # one key: already in index order
-            out.write(_raw(records["index"]))
-        else:
-            out.write(_raw(records["index"][order_from_keys(keys)]))
-    else:
-        low = min(int(p["key"].min()) for p in parts())
-        high = max(int(p["key"].max()) for p in parts())
-        if low == high:
-            for part in parts():
-                out.write(_raw(part["index"]))
+def _sorted_bucket(path: str, count: int, dtype: np.dtype) -> np.ndarray:
+    """The indices of a bucket that fits in memory, sorted by (key, index); its files removed."""
+    ((keys, indices),) = _parts(path, count, dtype, count)
+    _remove_bucket(path)
+    if keys.min() == keys.max():  # one key: already in index order
+        return indices
+    return indices[order_from_keys(keys)]
+
+
+def _emit_all(
+    buckets: list[tuple[str, int]], dtype: np.dtype, budget: int, out: Any, tmp: str, threads: int
+) -> None:
+    """Append the buckets' indices to ``out``, bucket after bucket, each sorted by (key, index):
+    those of at most ``budget`` sorted by ``threads`` threads, the larger ones split again."""
+    run: list[tuple[str, int]] = []
+
+    def flush() -> None:
+        for indices in _ordered(lambda b: _sorted_bucket(b[0], b[1], dtype), run, threads):
+            out.write(indices.data)
+        run.clear()
+
+    for path, count in buckets:
+        if count <= budget:
+            run.append((path, count))
+            continue
+        flush()
+        low = min(int(k.min()) for k, _ in _parts(path, count, dtype, budget))
+        high = max(int(k.max()) for k, _ in _parts(path, count, dtype, budget))
+        if low == high:  # one key: already in index order
+            for _, indices in _parts(path, count, dtype, budget):
+                out.write(indices.data)
         else:
             stride = max(count // SPLITTER_SAMPLES, 1)
-            sample = np.concatenate([p["key"][(-i * budget) % stride :: stride]
-                                     for i, p in enumerate(parts())])  # fmt: skip
+            sample = np.concatenate([k[(-i * budget) % stride :: stride]
+                                     for i, (k, _) in enumerate(_parts(path, count, dtype, budget))])  # fmt: skip
             splitters = _splitters(sample, -(-2 * count // budget))
-            pairs = ((p["key"].copy(), p["index"].copy()) for p in parts())
-            for sub, sub_count in _scatter(pairs, splitters, record, tmp):
-                _emit(sub, sub_count, record, budget, out, tmp)
-    os.remove(path)
+            parts = (
+                _bucketize(k, i, splitters, dtype) for k, i in _parts(path, count, dtype, budget)
+            )
+            _emit_all(_scatter(parts, splitters.size + 1, tmp), dtype, budget, out, tmp, threads)
+        _remove_bucket(path)
+    flush()
 
 
-def _raw(array: np.ndarray) -> memoryview:
-    """The bytes of ``array`` (contiguous copy when it is a strided view) for ``write``."""
-    return np.ascontiguousarray(array).view(np.uint8).data
+def _remove_bucket(path: str) -> None:
+    os.remove(path + ".key")
+    os.remove(path + ".idx")
+
+
+def _ordered(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, with up to ``threads`` calls running at once (numpy's sorts,
+    ufuncs and file reads release the GIL); at most ``threads`` results are held."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        window: collections.deque = collections.deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= threads:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def _publish(local: str, target: str) -> None:
