@@ -16,6 +16,18 @@ Parts:
 
     python bench/bench_scale.py --part order                      # 1e6, 1e7, 1e8
     python bench/bench_scale.py --part order --sizes 1e9 --in_memory_max 0 --strategies mixed
+    python bench/bench_scale.py --part order --sizes 1e6,1e7,1e8,1e9
+
+* ``host``: one host of 256 of an unpacked single-source stage (``mixed`` curriculum, linear
+  pacing, eval_fraction 0.01, 4 rows per host, global batch 1 024): from ``TokenStore.open`` to
+  its first call's rows (``StagePlan`` on the store's stored order, then ``host_rows_at`` of 1
+  step), then the rows of a call of 1 step and of 100 steps at later positions, and the eval
+  table (16 batches). Beside it, the previous commit's path (``_today_first_rows``, kept here:
+  the keyed split of every sample, scores of the training subset, the in-memory order, the
+  host's rows of the whole epoch and the step counts of the whole epoch).
+
+    python bench/bench_scale.py --part host                       # 1e6, 1e7, 1e8
+    python bench/bench_scale.py --part host --sizes 1e6,1e7,1e8,1e9
 """
 
 from __future__ import annotations
@@ -107,10 +119,94 @@ def _child_first_read(path: str) -> dict[str, Any]:
     return _measured(run)
 
 
+HOSTS, ROWS_PER_HOST, HOST_ID = 256, 4, 17
+EVAL_FRACTION = 0.01
+
+
+def _host_plan(store: Any) -> Any:
+    """The benchmarked stage on ``store``."""
+    from highnoon.training.settings import StageSettings
+    from highnoon.training.stage_plan import StagePlan
+
+    settings = StageSettings(
+        batch_size=HOSTS * ROWS_PER_HOST,
+        max_seq_length=2048,
+        eval_fraction=EVAL_FRACTION,
+        curriculum_strategy="mixed",
+        pacing="linear",
+        initial_fraction=0.3,
+    )
+    return StagePlan(0, "scale", settings, 4, store, seed=0)
+
+
+def _child_host(path: str) -> dict[str, Any]:
+    """Open -> first call's rows, then calls of 1 and 100 steps and the eval table."""
+    from highnoon.data.store import TokenStore
+
+    state: dict[str, Any] = {}
+
+    def first_rows() -> None:
+        plan = _host_plan(TokenStore.open(path))
+        state["plan"] = plan
+        state["rows"] = plan.host_rows_at(0, 0, 1, HOST_ID, HOSTS)
+
+    out = {"first_rows": _measured(first_rows)}
+    plan = state["plan"]
+    steps = plan.steps_per_epoch(1)
+    out["steps_per_epoch"] = steps
+    for count in (1, 100):
+        take = min(count, steps)
+        firsts = [min(f, steps - take) for f in (steps // 2, steps // 3, steps - take)]
+        start = time.perf_counter()
+        for first in firsts:
+            rows = plan.host_rows_at(1, first, first + take, HOST_ID, HOSTS)
+            assert rows.shape == (take, ROWS_PER_HOST)
+        out[f"call_{count}"] = (time.perf_counter() - start) / len(firsts)
+    out["eval_table"] = _measured(lambda: plan.eval_rows(HOST_ID, HOSTS, 16))
+    return out
+
+
+def _today_first_rows(store: Any) -> Any:
+    """The previous commit's per-host start of the same stage, O(N) (kept for comparison):
+    a keyed permutation of every sample for the split, the training subset's scores, their
+    order, this host's rows of the whole first epoch and that epoch's step counts."""
+    import numpy as np
+
+    from highnoon.curriculum import CurriculumScheduler, scoring
+    from highnoon.data.features import SampleFeatures
+    from highnoon.data.packing import batch_counts, stored_lengths
+    from highnoon.utils.hashing import derive_seed, keyed_permutation
+
+    n, g = store.num_samples, HOSTS * ROWS_PER_HOST
+    n_eval = int(n * EVAL_FRACTION) // g * g
+    chosen = np.zeros(n, dtype=bool)
+    chosen[keyed_permutation(n, "eval", derive_seed(0, "eval", 0))[:n_eval]] = True
+    train = np.flatnonzero(~chosen)
+    features = store.features
+    subset = SampleFeatures(features.lengths[train], features.surprisal_sum[train])
+    scores = scoring.scores_from_features(subset, "mixed")
+    scheduler = CurriculumScheduler(
+        "mixed", pacing="linear", initial_fraction=0.3, total_epochs=3, verbose=False,
+        seed=derive_seed(0, "stage", 0), global_batch_size=g,
+    )  # fmt: skip
+    scheduler.prepare_curriculum_from_scores(scores)
+    rows = train[scheduler.host_epoch_indices(0, HOST_ID, HOSTS)]
+    batch_counts(train[scheduler.host_epoch_indices(0, 0, 1)], stored_lengths(store), 2048)
+    return rows
+
+
+def _child_host_today(path: str) -> dict[str, Any]:
+    from highnoon.data.store import TokenStore
+
+    return {"first_rows": _measured(lambda: _today_first_rows(TokenStore.open(path)))}
+
+
 CHILDREN: dict[str, Callable[[str], dict[str, Any]]] = {
     "write_orders": _child_write_orders,
     "in_memory": _child_in_memory,
     "first_read": _child_first_read,
+    "host": _child_host,
+    "host_today": _child_host_today,
 }
 
 
@@ -189,8 +285,53 @@ def format_order(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def part_host(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The host's figures on the store's stored order (written first, not timed here: the
+    ``order`` part times it), and today's path up to ``--in_memory_max``."""
+    from highnoon.curriculum.stored_order import open_stored_order, write_orders
+    from highnoon.data.store import TokenStore
+
+    if open_stored_order(TokenStore.open(path), "mixed") is None:
+        write_orders(path, ("mixed",))
+    row: dict[str, Any] = {"n": n, "host": run_child("host", path)}
+    if n <= args.in_memory_max:
+        row["today"] = run_child("host_today", path)
+    return row
+
+
+def format_host(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"| samples | open -> first rows (1 host of {HOSTS}) | its peak RSS above baseline | "
+        "rows of a 1-step call | of a 100-step call | eval rows (16 batches) | today: open -> "
+        "first rows | today's peak RSS | time ratio today / now |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        h, t = row["host"], row.get("today")
+        if "error" in h:
+            lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | |")
+            continue
+        first = h["first_rows"]
+        if t is None:
+            today, today_peak, ratio = "not run", "-", "-"
+        elif "error" in t:
+            today, today_peak, ratio = t["error"], "-", "-"
+        else:
+            tf_ = t["first_rows"]
+            today = f"{tf_['seconds']:.2f} s"
+            today_peak = f"{tf_['peak_mib']:.0f} MiB"
+            ratio = f"{tf_['seconds'] / first['seconds']:.0f}x"
+        lines.append(
+            f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
+            f"| {h['call_1'] * 1e3:.2f} ms | {h['call_100'] * 1e3:.2f} ms "
+            f"| {h['eval_table']['seconds'] * 1e3:.1f} ms | {today} | {today_peak} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
 PARTS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[list], str]]] = {
     "order": (part_order, format_order),
+    "host": (part_host, format_host),
 }
 
 

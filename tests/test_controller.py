@@ -30,7 +30,7 @@ class FakePlan:
         self.settings = SimpleNamespace(adaptive=False)
         self.scheduler = None
         self.learning_rate_multiplier = 0.5 * (index + 1)
-        self.eval_indices = np.arange(4 if held_out else 0)
+        self.num_eval = 4 if held_out else 0
 
     def planned_steps(self) -> int:
         return self.epochs * self.steps
@@ -41,15 +41,13 @@ class FakePlan:
     def segment_at(self, step_in_epoch: int, steps: int, stage_step: int) -> tuple[int, int]:
         return 8, steps  # one row length for the whole epoch
 
-    def step_counts(self, epoch: int, seq_length: int) -> SimpleNamespace:
-        def total(first: int, end: int) -> dict[str, int]:
-            return {
-                "samples": 2 * (end - first),
-                "tokens": 10 * (end - first),
-                "slots": 16 * (end - first),
-            }
-
-        return SimpleNamespace(total=total)
+    def step_totals(self, epoch, first, end, seq_length, step_tokens) -> dict[str, int]:
+        assert list(step_tokens) == [10.0] * (end - first)  # the runner's own token counts
+        return {
+            "samples": 2 * (end - first),
+            "tokens": 10 * (end - first),
+            "slots": 16 * (end - first),
+        }
 
     def samples_dropped(self, epoch: int) -> int:
         return 0

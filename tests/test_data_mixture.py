@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from highnoon.curriculum.heldout import HeldOutSplit, eval_count
 from highnoon.data import prepare_stage_store, register_dataset, unregister_dataset
 from highnoon.data.stage_data import mixture_counts, mixture_epoch
 from highnoon.training.settings import StageSettings
-from highnoon.training.stage_plan import StagePlan, split_eval
+from highnoon.training.stage_plan import StagePlan
 from highnoon.utils.hashing import derive_seed
 from tests.trainer_helpers import make_trainer, write_jsonl
 
@@ -90,7 +91,7 @@ def test_the_draw_is_the_same_for_any_host_count_and_keyed_by_the_seed(sources):
     assert not np.array_equal(_plan(store, seed=1).mixture_epoch(0), plan.mixture_epoch(0))
     # curriculum pools come from the epoch's draw: the first epoch's pool is its easiest samples
     pool = plan.host_rows(0, 0, 1).ravel()
-    drawn = plan.train_indices[plan.mixture_epoch(0)]
+    drawn = plan.train_order[plan.mixture_epoch(0)]  # the draw: training ranks
     assert pool.size < drawn.size and set(pool.tolist()) <= set(drawn.tolist())
 
 
@@ -121,7 +122,11 @@ def test_a_source_left_without_training_samples_is_refused(tmp_path):
     write_jsonl(str(tmp_path / "one.jsonl"), ["only"])
     entries = [(str(tmp_path / "big.jsonl"), 0.5), (str(tmp_path / "one.jsonl"), 0.5)]
     store = prepare_stage_store(entries, "byte", str(tmp_path / "cache"), progress=False)
-    held = [40 in split_eval(41, 0.5, 8, derive_seed(s, "eval", 0))[1] for s in range(20)]
+    # Without a curriculum the order is the index order: sample 40 ("only") is position 40.
+    splits = [
+        HeldOutSplit(41, eval_count(41, 0.5, 8), derive_seed(s, "eval", 0)) for s in range(20)
+    ]
+    held = [bool(split.is_eval(40)) for split in splits]
     lost, kept = held.index(True), held.index(False)
     assert _plan(store, kept, 1, entries, eval_fraction=0.5).samples_per_dataset() == {
         entries[0][0]: 12,

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import highnoon as hn
+from highnoon.training import stage_plan
 from highnoon.training.resume import DataChangedError
 from highnoon.training.saved_state import TrainerStateError
 from highnoon.training.trainer import NonFiniteLossError
@@ -91,6 +92,35 @@ def test_allow_data_change_restarts_the_stage_on_the_new_data(tmp_path, data):
     assert change["stage"] == "first" and change["step"] == 5 and change["changed"] == ["data"]
     with open(os.path.join(run_dir, "summary.json")) as handle:
         assert json.load(handle)["data_changes"] == summary["data_changes"]
+
+
+def test_a_checkpoint_of_the_previous_stream_rule_refuses_to_resume_silently(
+    tmp_path, data, monkeypatch
+):
+    """Issue 21 changed the stream of small data (whole-store scores, the split in order
+    space): a checkpoint written under the previous rule (its stream fingerprint had no
+    format key) is refused, and allow_data_change restarts the stage on the new stream."""
+    run_dir = str(tmp_path / "run")
+    current = stage_plan.StagePlan.stream_fingerprint
+
+    def previous_rule(plan):
+        stream = json.loads(current(plan)["stream"])
+        del stream["format"]  # what stage plans wrote before the key existed
+        return {**current(plan), "stream": json.dumps(stream, sort_keys=True)}
+
+    monkeypatch.setattr(stage_plan.StagePlan, "stream_fingerprint", previous_rule)
+    _interrupted_run(tmp_path, data, run_dir)
+    monkeypatch.undo()
+    again = make_trainer(tmp_path)
+    again.add_curriculum_stage("first", [data["a"]], epochs=2)
+    with pytest.raises(
+        DataChangedError, match=r"stream .* \(format: None -> 'highnoon.stream/2'\)"
+    ):
+        again.train(checkpoint_dir=run_dir)
+    allowed = make_trainer(tmp_path, allow_data_change=True)
+    allowed.add_curriculum_stage("first", [data["a"]], epochs=2)
+    (change,) = allowed.train(checkpoint_dir=run_dir)["data_changes"]
+    assert change["changed"] == ["stream"] and change["step"] == 5
 
 
 def test_a_stage_not_yet_begun_may_change(tmp_path, data):

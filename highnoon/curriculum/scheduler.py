@@ -34,6 +34,7 @@ import numpy as np
 from highnoon.curriculum import pacing as pacing_lib
 from highnoon.curriculum import scoring
 from highnoon.curriculum.order import check_scores, order_from_scores, scores_fingerprint
+from highnoon.curriculum.order_views import OrderView, take
 from highnoon.data import features as features_lib
 from highnoon.utils.hashing import KeyedPermutation
 from highnoon.utils.validation import InvalidArgumentError, check_int
@@ -142,9 +143,10 @@ class CurriculumScheduler:
         self.seed = check_int("seed", seed)
         self.shuffle = bool(shuffle)
         self.global_batch_size = check_int("global_batch_size", global_batch_size, minimum=1)
-        self.order: np.ndarray | None = None
+        self.order: OrderView | None = None
         self._scores: np.ndarray | None = None
         self._select: Callable[[int], np.ndarray] | None = None
+        self._select_ordered = False
         self._epoch_order: tuple[int, np.ndarray] | None = None
         self._fingerprint: str | None = None
         self._expected_fingerprint: str | None = None
@@ -216,50 +218,91 @@ class CurriculumScheduler:
     def prepare_curriculum_from_scores(self, scores: Any) -> np.ndarray:
         """Set the curriculum from a precomputed 1-D score array; return the order (int64)."""
         scores = check_scores(scores)
-        if scores.size < self.global_batch_size:
+        self._check_size(scores.size)
+        fingerprint = scores_fingerprint(scores)
+        self._check_fingerprint(fingerprint)
+        order = order_from_scores(scores)
+        self.prepare_curriculum_from_order(order, fingerprint)
+        self._scores = scores
+        return order
+
+    def prepare_curriculum_from_order(self, order: OrderView, scores_fingerprint: str) -> None:
+        """Set the curriculum from an easy-to-hard order without its scores: any order view
+        (``len`` and ``order[positions]``: a numpy int64 array, a stored order, or a view of
+        ``curriculum.order_views``), and the fingerprint of the scores it was sorted from (what
+        a restored state is checked against). Nothing here reads the whole order: pools, epoch
+        orders and host rows evaluate it at the positions they need. With an epoch selection,
+        ``select(epoch)`` then returns positions of the order (see ``set_epoch_selection``)."""
+        if not hasattr(order, "__len__") or not hasattr(order, "__getitem__"):
+            raise InvalidArgumentError(
+                f"order={order!r} must be an order view (len(order) and order[positions]), "
+                "e.g. a numpy int64 array"
+            )
+        self._check_size(len(order))
+        if not isinstance(scores_fingerprint, str) or not scores_fingerprint:
+            raise InvalidArgumentError(
+                f"scores_fingerprint={scores_fingerprint!r} must be a non-empty string "
+                "(curriculum.order.scores_fingerprint of the scores the order sorts)"
+            )
+        self._check_fingerprint(scores_fingerprint)
+        self.order = order
+        self._scores = None
+        self._epoch_order = None
+        self._fingerprint = scores_fingerprint
+
+    def _check_size(self, size: int) -> None:
+        if size < self.global_batch_size:
             raise InvalidArgumentError(
                 f"global_batch_size={self.global_batch_size} is larger than the data "
-                f"({scores.size} samples); it must be <= the number of samples"
+                f"({size} samples); it must be <= the number of samples"
             )
-        fingerprint = scores_fingerprint(scores)
+
+    def _check_fingerprint(self, fingerprint: str) -> None:
         if self._expected_fingerprint is not None and fingerprint != self._expected_fingerprint:
             raise InvalidArgumentError(
                 f"scores fingerprint {fingerprint} does not match the restored state's "
                 f"{self._expected_fingerprint}; restore with the same scores"
             )
-        self.order = order_from_scores(scores)
-        self._scores = scores
-        self._epoch_order = None
-        self._fingerprint = fingerprint
-        return self.order
 
-    def set_epoch_selection(self, select: Callable[[int], np.ndarray] | None) -> None:
+    def set_epoch_selection(
+        self, select: Callable[[int], np.ndarray] | None, *, ordered: bool = False
+    ) -> None:
         """Draw each epoch from its own multiset of samples (a mixture's shares): ``select(epoch)``
-        returns ``num_samples`` int64 indices into the scores (repeats allowed), the same for the
-        same epoch. The epoch's order is that multiset sorted stably by (score, position), and
-        pools and keyed epoch orders are taken from it. ``None`` restores the fixed order."""
+        returns ``num_samples`` int64 indices (repeats allowed), the same for the same epoch:
+        indices into the scores when prepared from scores, the epoch's order being that multiset
+        sorted stably by (score, position); positions of the order when prepared from an order,
+        the epoch's order being the order at those positions sorted ascending (easy-to-hard, as
+        the order is). ``ordered=True``: the draw is already in the epoch's order and is taken
+        as it is (a stage without a curriculum keeps a mixture's interleave). Pools and keyed
+        epoch orders are taken from it. ``None`` restores the fixed order."""
         if select is not None and not callable(select):
             raise InvalidArgumentError(
                 f"select={select!r} must be a callable epoch -> indices, or None"
             )
         self._select = select
+        self._select_ordered = bool(ordered)
         self._epoch_order = None
 
-    def order_at(self, epoch: int) -> np.ndarray:
-        """The easy-to-hard order the pools of ``epoch`` are taken from (int64 indices into the
-        scores): ``order``, or with an epoch selection that epoch's ordered draw (cached)."""
+    def order_at(self, epoch: int) -> OrderView:
+        """The easy-to-hard order the pools of ``epoch`` are taken from (an order view of sample
+        indices): ``order``, or with an epoch selection that epoch's ordered draw (cached)."""
         order = self._require_order()
         if self._select is None:
             return order
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             chosen = np.asarray(self._select(epoch), dtype=np.int64)
-            if chosen.shape != order.shape:
+            if chosen.shape != (len(order),):
                 raise InvalidArgumentError(
                     f"the epoch selection of epoch {epoch} has shape {chosen.shape}; it must hold "
-                    f"num_samples={order.size} indices"
+                    f"num_samples={len(order)} indices"
                 )
-            assert self._scores is not None
-            self._epoch_order = (epoch, chosen[order_from_scores(self._scores[chosen])])
+            if self._select_ordered:
+                drawn = take(order, chosen)
+            elif self._scores is not None:
+                drawn = chosen[order_from_scores(self._scores[chosen])]
+            else:
+                drawn = take(order, np.sort(chosen, kind="stable"))
+            self._epoch_order = (epoch, drawn)
         return self._epoch_order[1]
 
     @property
@@ -269,9 +312,9 @@ class CurriculumScheduler:
 
     @property
     def num_samples(self) -> int:
-        return 0 if self.order is None else int(self.order.size)
+        return 0 if self.order is None else len(self.order)
 
-    def _require_order(self) -> np.ndarray:
+    def _require_order(self) -> OrderView:
         if self.order is None:
             raise InvalidArgumentError(
                 "the curriculum is not prepared; call prepare_curriculum(samples) or "
@@ -339,7 +382,7 @@ class CurriculumScheduler:
         epoch = check_int("epoch", epoch, minimum=0)
         order = self.order_at(epoch)
         n = self.pool_size(epoch)
-        indices = order[self._permute(epoch, n, np.arange(n, dtype=np.int64))]
+        indices = take(order, self._permute(epoch, n, np.arange(n, dtype=np.int64)))
         self._note_epoch(epoch)
         return indices
 
@@ -365,7 +408,7 @@ class CurriculumScheduler:
         if self.pacing.unit == "step":
             return self.host_epoch_indices(epoch, 0, 1).reshape(-1)
         n = self.exposed_size(epoch)
-        return order[self._permute(epoch, n, np.arange(n, dtype=np.int64))]
+        return take(order, self._permute(epoch, n, np.arange(n, dtype=np.int64)))
 
     def samples_dropped(self, epoch: int, pack: bool) -> int:
         """Samples the epoch leaves out of what the pacing exposes. Epoch pacing: 0 when packed
@@ -437,14 +480,14 @@ class CurriculumScheduler:
         if self.pacing.unit == "epoch":
             n = self.pool_size(epoch)
             positions = steps[:, None] * g + cols[None, :]
-            out[:] = order[self._permute(epoch, n, positions)]
+            out[:] = take(order, self._permute(epoch, n, positions))
             return out
         sizes = np.array([self.pool_size(epoch, int(k)) for k in steps], dtype=np.int64)
         for n in np.unique(sizes):
             rows = np.flatnonzero(sizes == n)
             starts = (steps[rows] * g) % n  # whole batches: n is a multiple of G
             positions = (starts[:, None] + cols[None, :]) % n
-            out[rows] = order[self._permute(epoch, int(n), positions)]
+            out[rows] = take(order, self._permute(epoch, int(n), positions))
         return out
 
     def host_batch_indices(
@@ -470,6 +513,20 @@ class CurriculumScheduler:
         epoch, host_id, num_hosts = self._host_args(epoch, host_id, num_hosts, g)
         steps = self.steps_per_epoch(epoch, g)
         return self._rows(epoch, np.arange(steps, dtype=np.int64), host_id, num_hosts, g)
+
+    def host_range_indices(
+        self, epoch: int, first_step: int, last_step: int, host_id: int, num_hosts: int
+    ) -> np.ndarray:
+        """This host's sample indices for global batches ``[first_step, last_step)`` of
+        ``epoch``: int64 ``[last_step - first_step, G // H]``, rows
+        ``host_epoch_indices(...)[first_step:last_step]`` at the cost of those rows only (one
+        host call's worth, whatever the corpus size)."""
+        g = self.global_batch_size
+        epoch, host_id, num_hosts = self._host_args(epoch, host_id, num_hosts, g)
+        steps = self.steps_per_epoch(epoch, g)
+        first = check_int("first_step", first_step, minimum=0, maximum=steps)
+        last = check_int("last_step", last_step, minimum=first, maximum=steps)
+        return self._rows(epoch, np.arange(first, last, dtype=np.int64), host_id, num_hosts, g)
 
     # -- state ------------------------------------------------------------------------------
 

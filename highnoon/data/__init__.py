@@ -23,6 +23,7 @@ from highnoon.data.packing import (
 from highnoon.data.pipeline import (
     HostBatcher,
     PackedBatcher,
+    StepRows,
     make_host_dataset,
     make_packed_host_dataset,
     packing_plan,
@@ -75,6 +76,7 @@ __all__ = [
     "PackedEpoch",
     "SentencePieceTokenizer",
     "StepCounts",
+    "StepRows",
     "StoreError",
     "StoreExistsError",
     "StoreSource",

@@ -199,8 +199,15 @@ def batch_counts(table: np.ndarray, lengths: np.ndarray, seq_len: int) -> StepCo
         raise InvalidArgumentError(
             f"table must be 2-D [steps, global_batch], got shape {table.shape}"
         )
-    tokens = segment_lengths(np.asarray(lengths, dtype=np.int64)[table], seq_len).sum(axis=1)
-    steps, batch = table.shape
+    return row_counts(np.asarray(lengths, dtype=np.int64)[table], seq_len)
+
+
+def row_counts(row_lengths: np.ndarray, seq_len: int) -> StepCounts:
+    """Counts of unpacked global batches given their rows' stored lengths ``[steps, G]`` (one
+    sample per row): what ``batch_counts`` computes, from just the rows asked about."""
+    row_lengths = np.asarray(row_lengths, dtype=np.int64)
+    tokens = segment_lengths(row_lengths, seq_len).sum(axis=1)
+    steps, batch = row_lengths.shape
     return StepCounts(
         samples=np.full(steps, batch, dtype=np.int64),
         tokens=tokens.astype(np.int64),

@@ -39,6 +39,8 @@ Python op: fine on CPU/GPU hosts and TPU VMs, not for remote TPU-node workers).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,6 +83,19 @@ def per_replica_rows(host_rows: np.ndarray, num_local_replicas: int) -> np.ndarr
             f"(host_rows shape {rows.shape})"
         )
     return rows.reshape(rows.shape[0] * replicas, rows.shape[1] // replicas)
+
+
+@dataclass(frozen=True)
+class StepRows:
+    """A host's rows computed on demand, call by call: ``rows_at(first, last)`` returns the
+    int64 sample indices ``[last - first, rows_per_step]`` of steps ``[first, last)`` of
+    ``num_steps``. ``make_host_dataset`` accepts it wherever it accepts a rows array, so a
+    pipeline holds only the rows of the steps it is building (a billion-sample epoch costs a
+    host one call's rows)."""
+
+    num_steps: int
+    rows_per_step: int
+    rows_at: Callable[[int, int], np.ndarray]
 
 
 class _Gather:
@@ -159,42 +174,61 @@ class HostBatcher(_Gather):
                 "batches; pack the epoch's global stream with highnoon.data.pack_epoch and feed "
                 "it with make_packed_host_dataset (docs/design.md, 'Packing')"
             )
-        rows = check_sample_indices(
+        super().__init__(store, seq_len, overflow, seed, epoch)
+        if isinstance(rows, StepRows):
+            self._steps = check_int("rows.num_steps", rows.num_steps, minimum=0)
+            self._width = check_int("rows.rows_per_step", rows.rows_per_step, minimum=1)
+            self._rows_at = rows.rows_at
+        else:
+            table = self._checked(rows).copy()  # the caller's array may change later
+            self._steps, self._width = table.shape
+            self._rows_at = lambda first, last: table[first:last]
+        self._arange = np.arange(self.seq_len + 1)
+
+    def _checked(self, rows: Any) -> np.ndarray:
+        return check_sample_indices(
             "rows",
             rows,
-            store.num_samples,
+            self.store.num_samples,
             ndim=2,
             shape="[steps, rows_per_step]",
             owner="the store",
         )
-        super().__init__(store, seq_len, overflow, seed, epoch)
-        self.rows = rows.copy()  # the caller's array may change later
-        self._arange = np.arange(self.seq_len + 1)
+
+    def _rows(self, first: int, last: int) -> np.ndarray:
+        """Rows of steps ``[first, last)``, checked (a ``StepRows`` is asked only for these)."""
+        rows = self._checked(self._rows_at(first, last))
+        if rows.shape != (last - first, self._width):
+            raise InvalidArgumentError(
+                f"rows of steps [{first}, {last}) have shape {rows.shape}; expected "
+                f"{(last - first, self._width)}"
+            )
+        return rows
 
     @property
     def num_steps(self) -> int:
-        return int(self.rows.shape[0])
+        return int(self._steps)
 
     @property
     def batch_rows(self) -> int:
-        return int(self.rows.shape[1])
+        return int(self._width)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """The batch of ``step`` as int32 numpy arrays ``[batch_rows, seq_len]``."""
         step = check_int("step", step, minimum=0, maximum=self.num_steps - 1)
-        return self._plain(self.rows[step])
+        return self._plain(self._rows(step, step + 1)[0])
 
     def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
         """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``,
         gathered in one vectorised pass."""
         _check_span(first, count, self.num_steps)
-        flat = self._plain(self.rows[first : first + count].reshape(-1))
+        flat = self._plain(self._rows(first, first + count).reshape(-1))
         shape = (count, self.batch_rows, self.seq_len)
         return {key: value.reshape(shape) for key, value in flat.items()}
 
     def _step_samples(self, first: int, count: int) -> np.ndarray:
         """The samples of steps ``[first, first + count)`` (``prefetch``)."""
-        return self.rows[first : first + count].reshape(-1)
+        return self._rows(first, first + count).reshape(-1)
 
     def _plain(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Unpacked rows for the sample indices ``idx`` (one row each)."""
@@ -320,7 +354,7 @@ def packing_plan(packed: PackedEpoch, step: int) -> list[tuple[int, int, int, in
 
 def make_host_dataset(
     store: TokenStore,
-    rows: np.ndarray,
+    rows: np.ndarray | StepRows,
     seq_len: int,
     *,
     start_step: int = 0,

@@ -204,7 +204,7 @@ class Controller:
             **pos.stage_report(),
             "samples_per_dataset": plan.samples_per_dataset(),
         }
-        if plan.eval_indices.size:
+        if plan.num_eval:
             last = self.eval_history[-1] if self.eval_history else None
             if last is not None and (last["step"], last["stage"]) == (pos.global_step, plan.name):
                 result = last  # the eval interval already evaluated this very step
@@ -257,7 +257,6 @@ class Controller:
         pos = self.position
         epoch = pos.epoch
         iterator = self.runner.segment(plan, epoch, pos.step_in_epoch, end, seq_length)
-        counts = plan.step_counts(epoch, seq_length)
         self.seq_length = seq_length
         while pos.step_in_epoch < end:
             count = min(
@@ -270,7 +269,8 @@ class Controller:
             bucket = "compilation" if out.compiled else "productive_step"
             self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
             self._check_finite(out.losses, plan)
-            fed = counts.total(pos.step_in_epoch, pos.step_in_epoch + count)
+            first = pos.step_in_epoch
+            fed = plan.step_totals(epoch, first, first + count, seq_length, out.tokens)
             pos.record_steps(count, out.losses, out.tokens)
             pos.count(samples=fed["samples"], tokens=fed["tokens"], slots=fed["slots"])
             window.add(out.losses, out.tokens, fed["slots"])
@@ -328,7 +328,7 @@ class Controller:
                 mfu=self._mfu(tokens_per_second, self.seq_length),
             )
             window.reset()
-        if step % self.intervals.eval == 0 and plan.eval_indices.size:
+        if step % self.intervals.eval == 0 and plan.num_eval:
             self.evaluate(plan)
         if step % self.intervals.eval == 0 and self.lm_evaluator is not None:
             self.lm_evaluate(plan)

@@ -3,7 +3,8 @@
 Every host turns its own rows of each global batch into a ``tf.data`` pipeline of fixed-shape
 batches, split into its local replicas' consecutive shares, so replica ``r`` of host ``h`` always
 sees the same rows for a given global step whatever the host count (docs/design.md,
-"Determinism"). Training rows come from the curriculum (``StagePlan.host_rows``) or, with
+"Determinism"). Training rows come from the curriculum call by call (``StagePlan.host_rows_at``
+through a ``StepRows``: a pipeline call computes only its own steps' rows) or, with
 packing, from the epoch's packing (``StagePlan.packed_epoch``); evaluation rows are the stage's
 held-out samples, never packed (a per-token loss does not need it).
 """
@@ -48,9 +49,15 @@ def training_dataset(
                 seed=plan.seed,
                 epoch=epoch,
             )
+        steps = plan.steps_per_epoch(epoch) if end is None else end
+        rows = hn_data.StepRows(  # each pipeline call computes its own steps' rows only
+            num_steps=steps,
+            rows_per_step=s.global_batch_size // num_hosts,
+            rows_at=lambda first, last: plan.host_rows_at(epoch, first, last, host_id, num_hosts),
+        )
         return hn_data.make_host_dataset(
             plan.store,
-            plan.host_rows(epoch, host_id, num_hosts)[:end],
+            rows,
             seq_length,
             start_step=start_step,
             overflow=s.overflow,

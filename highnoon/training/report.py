@@ -58,8 +58,8 @@ def stage_report(plan: StagePlan, samples: int = 3, max_chars: int = 160) -> dic
     """A planned stage, as plain JSON-able data (see the module docstring)."""
     s = plan.settings
     scheduler = plan.scheduler
-    difficulty = plan.difficulty_scores()[plan.train_indices]
-    order = scheduler.order  # positions in train_indices, the curriculum's order
+    train = plan.train_order[:]  # store indices of the training samples, the curriculum's order
+    difficulty = plan.difficulty_scores()[train]  # in the curriculum's order
     ranked = order_from_scores(difficulty)  # easy-to-hard by the difficulty scores
     report: dict[str, Any] = {
         "stage": plan.name,
@@ -68,8 +68,8 @@ def stage_report(plan: StagePlan, samples: int = 3, max_chars: int = 160) -> dic
         "curriculum_strategy": s.curriculum_strategy,
         "pacing": "adaptive" if s.adaptive else (s.pacing if s.curriculum_strategy else "off"),
         "difficulty": plan.difficulty_strategy(),
-        "train_samples": int(plan.train_indices.size),
-        "eval_samples": int(plan.eval_indices.size),
+        "train_samples": int(plan.split.num_train),
+        "eval_samples": int(plan.num_eval),
         "global_batch_size": s.global_batch_size,
         "max_seq_length": s.max_seq_length,
         "seq_length_warmup": (
@@ -81,8 +81,8 @@ def stage_report(plan: StagePlan, samples: int = 3, max_chars: int = 160) -> dic
             if plan.seq_warmup.enabled
             else None
         ),
-        "easiest": _texts(plan, plan.train_indices[ranked[:samples]], max_chars),
-        "hardest": _texts(plan, plan.train_indices[ranked[::-1][:samples]], max_chars),
+        "easiest": _texts(plan, train[ranked[:samples]], max_chars),
+        "hardest": _texts(plan, train[ranked[::-1][:samples]], max_chars),
     }
     rows, previous, step, total_tokens = [], 0, 0, 0
     steps_by_length: dict[int, int] = {}
@@ -96,7 +96,7 @@ def stage_report(plan: StagePlan, samples: int = 3, max_chars: int = 160) -> dic
                 "pool": pool,
                 "fraction": plan.fraction(epoch),
                 "added": pool - previous,
-                "added_difficulty": _quantiles(difficulty[order[previous:pool]]),
+                "added_difficulty": _quantiles(difficulty[previous:pool]),
                 "steps": steps,
                 "tokens": tokens,
                 "seq_lengths": sorted(by_length),
@@ -113,7 +113,7 @@ def stage_report(plan: StagePlan, samples: int = 3, max_chars: int = 160) -> dic
     if plan.mixture is not None:
         report["mixture"] = _mixture_rows(plan)
     if s.adaptive:
-        report.update(_adaptive_levels(plan, difficulty, order))
+        report.update(_adaptive_levels(plan, difficulty, train))
     else:
         report["epochs_table"] = rows
     return report
@@ -137,8 +137,9 @@ def _mixture_rows(plan: StagePlan) -> list[dict[str, Any]]:
     return rows
 
 
-def _adaptive_levels(plan: StagePlan, difficulty: np.ndarray, order: np.ndarray) -> dict:
-    """An adaptive stage: its pool levels and the upper end of its totals."""
+def _adaptive_levels(plan: StagePlan, difficulty: np.ndarray, train: np.ndarray) -> dict:
+    """An adaptive stage: its pool levels and the upper end of its totals (``train``: the
+    training samples in the curriculum's order, ``difficulty`` their scores)."""
     scheduler = plan.scheduler
     pacing = scheduler.pacing
     s = plan.settings
@@ -146,14 +147,14 @@ def _adaptive_levels(plan: StagePlan, difficulty: np.ndarray, order: np.ndarray)
     for level in range(scheduler.num_stages + 1):
         fraction = pacing.stage_fraction(level)
         pool = pacing_lib.pool_size(fraction, scheduler.num_samples, s.global_batch_size)
-        lengths = plan.store.features.lengths[plan.train_indices[order[:pool]]]
+        lengths = plan.store.features.lengths[train[:pool]]
         levels.append(
             {
                 "level": level,
                 "pool": pool,
                 "fraction": fraction,
                 "added": pool - previous,
-                "added_difficulty": _quantiles(difficulty[order[previous:pool]]),
+                "added_difficulty": _quantiles(difficulty[previous:pool]),
                 "steps_per_epoch": pool // s.global_batch_size,
                 "tokens_per_epoch": int(np.minimum(lengths, s.max_seq_length).sum()),
             }

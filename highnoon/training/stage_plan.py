@@ -22,9 +22,16 @@ from typing import Any
 import numpy as np
 
 from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler, scoring
-from highnoon.curriculum.order import order_from_scores
+from highnoon.curriculum.heldout import HeldOutSplit, eval_count, spread_ranks
+from highnoon.curriculum.order import order_from_scores, scores_fingerprint
+from highnoon.curriculum.order_views import (
+    IdentityOrder,
+    OrderView,
+    PermutedOrder,
+    SplitOrder,
+)
 from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
-from highnoon.data.features import SampleFeatures
+from highnoon.curriculum.stored_order import open_stored_order, store_score_scale
 from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
@@ -32,12 +39,13 @@ from highnoon.data.packing import (
     batch_counts,
     pack_epoch,
     packed_row_count,
+    row_counts,
     stored_lengths,
 )
 from highnoon.data.stage_data import mixture_counts, mixture_epoch, mixture_of
 from highnoon.training.settings import StageSettings
 from highnoon.utils import validation as v
-from highnoon.utils.hashing import derive_seed, keyed_permutation
+from highnoon.utils.hashing import derive_seed, sha256_hex
 
 # Settings that never change the stream of global batches (a resume may change them), and new
 # stream settings that leave it unchanged while off (so runs checkpointed before they existed
@@ -46,20 +54,11 @@ _NOT_STREAM = ("learning_rate", "clip_norm", "eval_difficulty_buckets", "eval_di
 _STREAM_WHEN_ON = {
     "seq_length_warmup_steps": ("seq_length_warmup_steps", "seq_length_warmup_start")
 }
-
-
-def split_eval(num_samples: int, eval_fraction: float, global_batch: int, seed: int):
-    """Held-out split: ``(train_indices, eval_indices)``, both sorted.
-
-    The eval set is a keyed random choice of ``floor(n * eval_fraction)`` samples, rounded down to
-    whole global batches; it is empty when that leaves fewer than one global batch to train on.
-    """
-    n_eval = int(num_samples * eval_fraction) // global_batch * global_batch
-    if n_eval == 0 or num_samples - n_eval < global_batch:
-        return np.arange(num_samples, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    chosen = np.zeros(num_samples, dtype=bool)
-    chosen[keyed_permutation(num_samples, "eval", seed)[:n_eval]] = True
-    return np.flatnonzero(~chosen).astype(np.int64), np.flatnonzero(chosen).astype(np.int64)
+# The rule that turns (data, seed, settings) into the stream, recorded in every stage's stream
+# fingerprint: a checkpoint of an older rule refuses to resume onto this one. Format 2 (issue
+# 21): scores over the whole store, the held-out split in order space, `random` as a keyed
+# bijection, mixtures drawn over training ranks.
+STREAM_FORMAT = "highnoon.stream/2"
 
 
 class StagePlan:
@@ -87,12 +86,12 @@ class StagePlan:
         # Scales the run's schedule for this stage: stage LR / base LR * stage weight.
         self.learning_rate_multiplier = learning_rate_multiplier
         self.seed = derive_seed(seed, "stage", index)
-        self.train_indices, self.eval_indices = split_eval(
-            store.num_samples,
-            settings.eval_fraction,
-            settings.global_batch_size,
-            derive_seed(seed, "eval", index),
-        )
+        num_eval = eval_count(store.num_samples, settings.eval_fraction, settings.global_batch_size)
+        self.split = HeldOutSplit(store.num_samples, num_eval, derive_seed(seed, "eval", index))
+        self.order, self._order_fingerprint = self._stage_order()
+        # Training and held-out ranks, easy-to-hard, as store indices (evaluated on demand).
+        self.train_order = SplitOrder(self.order, self.split, "train")
+        self.held_out = SplitOrder(self.order, self.split, "eval")
         self.dataset_names = _dataset_names(datasets, store)
         self.mixture = mixture_of(store)
         self.mixture_schedule = mixture_schedule
@@ -109,22 +108,54 @@ class StagePlan:
         self.seq_warmup = settings.seq_length_warmup(self.planned_steps())
         self.seq_warmup.check_stage(name, self.planned_steps())
         self._difficulty: np.ndarray | None = None
-        self._eval_order: np.ndarray | None = None
+        self._eval_table: tuple[int, np.ndarray] | None = None
+
+    # -- the order and the split ---------------------------------------------------------
+    def _stage_order(self) -> tuple[OrderView, str]:
+        """The stage's easy-to-hard order of every stored sample, as an order view, and the
+        fingerprint of what it was sorted from. Curriculum off: the index order; ``random``: a
+        keyed bijection (stateless, ``KeyedPermutation(N, "random_order", stage seed)``); a
+        scored strategy: the store's stored order when it has one (``highnoon-prepare
+        --orders``), else sorted here from the whole store's scores (O(N) memory, once)."""
+        strategy = self.settings.curriculum_strategy
+        n = self.store.num_samples
+        if strategy is None:
+            return IdentityOrder(n), f"identity:{n}"
+        if strategy == "random":
+            return PermutedOrder(n, "random_order", self.seed), f"random_order:{self.seed}:{n}"
+        stored = open_stored_order(self.store, strategy)
+        if stored is not None:
+            return stored, stored.scores_fingerprint
+        scores = scoring.scores_from_features(self.store.features, strategy)
+        return order_from_scores(scores), scores_fingerprint(scores)
+
+    def _train_fingerprint(self) -> str:
+        """What the scheduler's order (the training ranks) is made from: the order's
+        fingerprint and the split, as ``sha256:<hex>:<training samples>``."""
+        split = self.split
+        made_of = json.dumps([self._order_fingerprint, split.num_eval, split.seed])
+        return f"sha256:{sha256_hex(made_of)}:{split.num_train}"
+
+    @property
+    def num_eval(self) -> int:
+        """Held-out samples of the stage."""
+        return self.split.num_eval
+
+    @functools.cached_property
+    def train_indices(self) -> np.ndarray:
+        """Every training sample's store index, sorted (O(N): for mixtures, reports, tests)."""
+        return np.sort(self.train_order[:])
+
+    @functools.cached_property
+    def eval_indices(self) -> np.ndarray:
+        """Every held-out sample's store index, sorted (O(held-out))."""
+        return np.sort(self.held_out[:])
 
     def _make_scheduler(self, verbose: bool) -> CurriculumScheduler:
         s = self.settings
         if s.curriculum_strategy is None:  # curriculum off: every sample, index order
-            scores = np.zeros(self.train_indices.size, dtype=np.float64)
             kwargs: dict[str, Any] = {"pacing": "constant", "initial_fraction": 1.0}
         else:
-            features = self.store.features
-            subset = SampleFeatures(
-                lengths=features.lengths[self.train_indices],
-                surprisal_sum=features.surprisal_sum[self.train_indices],
-            )
-            scores = scoring.scores_from_features(
-                subset, s.curriculum_strategy, seed=self.seed, indices=self.train_indices
-            )
             kwargs = {
                 "pacing": s.pacing,
                 "initial_fraction": s.initial_fraction,
@@ -153,7 +184,7 @@ class StagePlan:
             )
         else:
             scheduler = CurriculumScheduler(**common)
-        scheduler.prepare_curriculum_from_scores(scores)
+        scheduler.prepare_curriculum_from_order(self.train_order, self._train_fingerprint())
         return scheduler
 
     # -- mixtures ----------------------------------------------------------------------------
@@ -168,7 +199,7 @@ class StagePlan:
         """Group the training samples by source and make each epoch draw its shares of them
         (unweighted entries: every sample once, interleaved)."""
         weights = self.mixture["weights"]
-        sources = self._source_of[self.train_indices]
+        sources = self._source_of[self.train_order[:]]  # of every training rank (O(N))
         parts = len(self.mixture["part_counts"])
         self._mixture_groups = [np.flatnonzero(sources == i) for i in range(parts)]
         sizes = [group.size for group in self._mixture_groups]
@@ -180,7 +211,9 @@ class StagePlan:
                     f"the held-out split (eval_fraction={self.settings.eval_fraction}); lower "
                     "eval_fraction or give it more data"
                 )
-        self.scheduler.set_epoch_selection(self.mixture_epoch)
+        # Without a curriculum every sample ties: the epoch keeps the draw's interleave.
+        ordered = self.settings.curriculum_strategy is None
+        self.scheduler.set_epoch_selection(self.mixture_epoch, ordered=ordered)
 
     def _check_schedule(self, schedule: MixtureSchedule) -> None:
         """A schedule mixes an unweighted mixed store's entries over two or more epochs."""
@@ -229,7 +262,8 @@ class StagePlan:
         return self._scheduled[epoch]
 
     def mixture_epoch(self, epoch: int) -> np.ndarray:
-        """Positions in ``train_indices`` that a weighted mixture's ``epoch`` draws (its shares)."""
+        """Training ranks (positions of ``train_order``) a mixture's ``epoch`` draws (its
+        shares)."""
         if self.mixture_schedule is None:
             return mixture_epoch(self._mixture_groups, self._mixture_counts, self.seed, epoch)
         counts, starts = self._scheduled_epoch(epoch)
@@ -275,8 +309,45 @@ class StagePlan:
 
     def host_rows(self, epoch: int, host_id: int, num_hosts: int) -> np.ndarray:
         """Store indices this host feeds in ``epoch``: [steps, global_batch // num_hosts]."""
-        positions = self.scheduler.host_epoch_indices(epoch, host_id, num_hosts)
-        return self.train_indices[positions]
+        return self.scheduler.host_epoch_indices(epoch, host_id, num_hosts)
+
+    def host_rows_at(
+        self, epoch: int, first_step: int, last_step: int, host_id: int, num_hosts: int
+    ) -> np.ndarray:
+        """Store indices this host feeds at epoch steps ``[first_step, last_step)``:
+        ``[last_step - first_step, global_batch // num_hosts]``, computed for those rows only
+        (one host call's worth; ``host_rows(...)[first_step:last_step]``)."""
+        return self.scheduler.host_range_indices(epoch, first_step, last_step, host_id, num_hosts)
+
+    def step_totals(
+        self,
+        epoch: int,
+        first_step: int,
+        last_step: int,
+        seq_length: int | None = None,
+        step_tokens: np.ndarray | None = None,
+    ) -> dict[str, int | float]:
+        """Samples, real tokens, slots and padding of the global steps ``[first_step,
+        last_step)`` of ``epoch`` on rows of ``seq_length`` tokens (``StepCounts.total``).
+
+        Unpacked: samples and slots are whole global batches; the tokens are ``step_tokens``
+        when given (the steps' own global loss-mask sums, which the step reduces anyway: a
+        host call then reads no feature at all), else the lengths of those steps' global rows
+        (``features_at``). Either way a call costs its own steps, whatever the corpus size.
+        Packed: the epoch's packing (O(epoch), built once per epoch)."""
+        length = self.settings.max_seq_length if seq_length is None else seq_length
+        if self.settings.pack:
+            return self.step_counts(epoch, length).total(first_step, last_step)
+        if step_tokens is None:
+            rows = self.host_rows_at(epoch, first_step, last_step, 0, 1)
+            lengths = self.store.features_at(rows.reshape(-1)).lengths.reshape(rows.shape)
+            return row_counts(lengths, length).total()
+        steps, g = last_step - first_step, self.settings.global_batch_size
+        return StepCounts(
+            samples=np.full(steps, g, dtype=np.int64),
+            tokens=np.rint(np.asarray(step_tokens, dtype=np.float64)).astype(np.int64),
+            slots=np.full(steps, g * length, dtype=np.int64),
+        ).total()
 
     @property
     def lengths(self) -> np.ndarray:
@@ -287,7 +358,7 @@ class StagePlan:
 
     def epoch_stream(self, epoch: int) -> np.ndarray:
         """Store indices of every sample a packed ``epoch`` trains on, in visiting order."""
-        return self.train_indices[self.scheduler.epoch_stream(epoch)]
+        return self.scheduler.epoch_stream(epoch)
 
     def packed_epoch(self, epoch: int) -> PackedEpoch:
         """The packing of ``epoch`` (``pack=True``): the same on every host."""
@@ -356,32 +427,59 @@ class StagePlan:
         return "size_based" if chosen in (None, "random") else chosen
 
     def difficulty_scores(self) -> np.ndarray:
-        """``difficulty_strategy`` scores of every sample of the stage's store (float64)."""
+        """``difficulty_strategy`` scores of every sample of the stage's store (float64; O(N):
+        the curriculum report's)."""
         if self._difficulty is None:
             self._difficulty = scoring.scores_from_features(
                 self.store.features, self.difficulty_strategy()
             )
         return self._difficulty
 
+    def difficulty_of(self, indices: np.ndarray) -> np.ndarray:
+        """``difficulty_strategy`` scores of the samples ``indices`` only (any shape), equal to
+        ``difficulty_scores()[indices]``: their features read by range, normalised by the whole
+        store's maxima (``store_score_scale``)."""
+        strategy = self.difficulty_strategy()
+        flat = np.asarray(indices, dtype=np.int64).reshape(-1)
+        scale = None if strategy == "size_based" else self.score_scale
+        scores = scoring.scores_from_features(self.store.features_at(flat), strategy, scale=scale)
+        return scores.reshape(np.shape(indices))
+
+    @functools.cached_property
+    def score_scale(self) -> scoring.ScoreScale:
+        """The whole store's score maxima (from a stored order's json when there is one)."""
+        return store_score_scale(self.store)
+
     def eval_batches(self, max_batches: int) -> int:
         """Eval batches per evaluation: whole micro-batches (``batch_size`` rows, the size one
         replica step already fits in memory) of the held-out set, at most ``max_batches``."""
-        return min(self.eval_indices.size // self.settings.batch_size, max_batches)
+        return min(self.num_eval // self.settings.batch_size, max_batches)
 
     def eval_table(self, max_batches: int) -> np.ndarray:
         """Store indices of every eval batch, ``[batches, batch_size]``, easiest rows first.
 
-        The evaluated rows are a keyed random choice among the held-out samples (all of them
-        when they fit), so they span the stage's whole difficulty range, ordered by (difficulty
-        score, index) so that each difficulty bucket is a run of whole batches. The loss over
-        all of them does not depend on that order."""
+        The evaluated rows are ``count`` held-out ranks spread over the whole held-out set in
+        64 runs of consecutive ranks (``heldout.spread_ranks``; all of them when they fit), so
+        a stored order is read in about 64 blocks. Held-out samples are
+        one keyed choice per stratum of the stage's order, so the rows span the stage's whole
+        difficulty range; they are ordered by (difficulty score, index) so that each difficulty
+        bucket is a run of whole batches (when the difficulty is the curriculum's own
+        strategy, the held-out ranks already are in that order and no feature is read). The
+        loss over all of them does not depend on that order. Costs O(rows), whatever the
+        held-out set's size."""
         size = self.settings.batch_size
         count = self.eval_batches(max_batches) * size
-        if self._eval_order is None:  # a keyed order of the held-out samples, made once
-            self._eval_order = keyed_permutation(self.eval_indices.size, "eval_rows", self.seed)
-        picked = self.eval_indices[np.sort(self._eval_order[:count])]
-        ranked = picked[order_from_scores(self.difficulty_scores()[picked])]
-        return ranked.reshape(-1, size)
+        if self._eval_table is None or self._eval_table[0] != count:
+            ranks = spread_ranks(count, self.num_eval)
+            if self.difficulty_strategy() == self.settings.curriculum_strategy:
+                # Ranks ascend the stage's own order: already by (difficulty score, index),
+                # so no feature is read.
+                ranked = self.held_out[ranks]
+            else:
+                picked = np.sort(self.held_out[ranks])
+                ranked = picked[order_from_scores(self.difficulty_of(picked))]
+            self._eval_table = (count, ranked.reshape(-1, size))
+        return self._eval_table[1]
 
     def eval_rows(self, host_id: int, num_hosts: int, max_batches: int) -> np.ndarray:
         """Store indices of this host's eval batches: [batches, batch_size // num_hosts]."""
@@ -402,7 +500,7 @@ class StagePlan:
         buckets = self.eval_buckets(max_batches)
         if not buckets:
             return []
-        scores = self.difficulty_scores()[self.eval_table(max_batches)]
+        scores = self.difficulty_of(self.eval_table(max_batches))
         return [float(scores[first, 0]) for first, _ in buckets] + [float(scores[-1, -1])]
 
     def planned_steps(self) -> int:
@@ -426,7 +524,12 @@ class StagePlan:
             if not shaping[switch]:
                 for name in names:
                     shaping.pop(name)
-        stream: dict[str, Any] = {"settings": shaping, "epochs": self.epochs, "seed": self.seed}
+        stream: dict[str, Any] = {
+            "format": STREAM_FORMAT,
+            "settings": shaping,
+            "epochs": self.epochs,
+            "seed": self.seed,
+        }
         if self.mixture is not None:  # only mixed stages: single-source fingerprints unchanged
             stream["mixture"] = {k: self.mixture[k] for k in ("rule", "weights", "part_counts")}
             if self.mixture_schedule is not None:  # only scheduled: other mixtures unchanged

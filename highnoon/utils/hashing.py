@@ -9,8 +9,9 @@ bytes, ``sha256_file`` of a file's bytes (streamed), ``new_sha256`` for a digest
   derivation: stage seeds, permutation keys and per-sample hash keys all come from it.
 * ``keyed_hash(indices, *parts)``: a uint64 per index under a key, the SplitMix64 mix of
   ``index ^ key`` (overflow windows, mixture subsamples).
-* ``KeyedPermutation(n, *parts)``: a bijection of ``[0, n)`` evaluable at any positions without
-  materialising the whole permutation (curriculum epoch orders of 10^8 samples), and
+* ``KeyedPermutation(n, *parts)``: a bijection of ``[0, n)`` evaluable at any positions (and
+  inverted at any values) without materialising the whole permutation (curriculum epoch orders,
+  the ``random`` strategy's order, of 10^9 samples), and
   ``keyed_permutation(n, *parts)``, the whole of it as an array (eval splits, mixtures).
 
 The same parts give the same values on every machine and run, so hosts agree without talking
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -117,7 +119,8 @@ class KeyedPermutation:
     A Feistel network over ``Z_a x Z_b`` (``a = ceil(sqrt(n))``, ``b = ceil(n / a)``; rounds
     alternate the two moduli; the round function is SplitMix64 of the half xor a round key),
     with cycle-walking back into ``[0, n)``. Vectorised uint64 numpy: one host's share of an
-    epoch costs only its own positions.
+    epoch costs only its own positions. ``inverse`` undoes it (the rounds in reverse, walking
+    the same way), so a value's position is as cheap as a position's value.
     """
 
     def __init__(self, n: int, *parts: Any) -> None:
@@ -148,20 +151,47 @@ class KeyedPermutation:
             size_left, size_right = size_right, size_left
         return left * _U(self.b) + right  # an even number of rounds ends back in Z_a x Z_b
 
-    def __call__(self, positions: np.ndarray) -> np.ndarray:
-        """``pi(positions)`` as int64 (positions must lie in ``[0, n)``)."""
-        flat = np.asarray(positions).reshape(-1)
+    def _feistel_inverse(self, y: np.ndarray) -> np.ndarray:
+        """The inverse of ``_feistel``: the rounds undone last to first."""
+        size_left, size_right = _U(self.a), _U(self.b)
+        left = y // size_right  # in Z_a
+        right = y - left * size_right  # in Z_b
+        for key in self.keys[::-1]:
+            # The round made (l, r) in Z_q x Z_p into (r, (l + F(r)) mod q): sizes now (p, q).
+            f = left ^ key
+            splitmix64_finalise_(f)
+            f >>= _U(32)
+            f *= size_right
+            f >>= _U(32)  # F(r) reduced into [0, q)
+            f = right + size_right - f  # (R' - F(r)) mod q, kept non-negative
+            f -= np.where(f >= size_right, size_right, _U(0))
+            left, right = f, left
+            size_left, size_right = size_right, size_left
+        return left * _U(self.b) + right
+
+    def _walk(self, values: Any, step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``step`` over ``values`` in chunks, cycle-walking back into ``[0, n)``; int64."""
+        flat = np.asarray(values).reshape(-1)
         out = np.empty(flat.size, dtype=np.int64)
         n = _U(self.n)
         for start in range(0, flat.size, _CHUNK):
-            y = self._feistel(flat[start : start + _CHUNK].astype(np.uint64))
+            y = step(flat[start : start + _CHUNK].astype(np.uint64))
             outside = np.flatnonzero(y >= n)
             while outside.size:  # cycle-walk back into [0, n); a*b - n < a, so rarely needed
-                walked = self._feistel(y[outside])
+                walked = step(y[outside])
                 y[outside] = walked
                 outside = outside[walked >= n]
             out[start : start + y.size] = y.view(np.int64)
-        return out.reshape(np.shape(positions))
+        return out.reshape(np.shape(values))
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """``pi(positions)`` as int64 (positions must lie in ``[0, n)``)."""
+        return self._walk(positions, self._feistel)
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        """``pi^-1(values)`` as int64 (values in ``[0, n)``): the position each value is at.
+        Cycle-walking inverts too: walk the inverse network until it lands in ``[0, n)``."""
+        return self._walk(values, self._feistel_inverse)
 
 
 def keyed_permutation(n: int, *parts: Any) -> np.ndarray:

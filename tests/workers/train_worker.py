@@ -70,7 +70,10 @@ def _record_fed_rows(fed: dict[str, Any], task: int) -> None:
 
     def recording(store, rows, seq_len, *, start_step=0, epoch=0, **kwargs):
         key = f"rows_s{current_stage['index']}_e{epoch}_from{start_step}"
-        fed[key] = rows[start_step:].copy()
+        if isinstance(rows, hn_data.StepRows):  # computed call by call: record what it gives
+            fed[key] = rows.rows_at(start_step, rows.num_steps).copy()
+        else:
+            fed[key] = rows[start_step:].copy()
         return original(store, rows, seq_len, start_step=start_step, epoch=epoch, **kwargs)
 
     assert trainer_lib.hn_data is hn_data

@@ -1,0 +1,106 @@
+"""Orders evaluated at positions: what the scheduler reads its easy-to-hard order through (numpy
+only).
+
+An *order view* is anything with ``len(view)`` and ``view[positions]`` (an int64 array of any
+shape -> the sample indices at those positions, same shape; a slice too). A numpy int64 array is
+one (the in-memory order); a stored order (``curriculum.stored_order.StoredOrder``) is one; and
+these are the others a stage needs, each costing only the positions asked for:
+
+* ``IdentityOrder(n)``: position ``p`` is sample ``p`` (a stage without a curriculum);
+* ``PermutedOrder(n, *parts)``: a keyed bijection (``KeyedPermutation``), the ``random``
+  strategy's order, stateless;
+* ``SplitOrder(order, split, part)``: the training (or held-out) ranks of a ``HeldOutSplit``
+  mapped through ``order``: rank ``t`` -> ``order[split.train_positions(t)]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from highnoon.curriculum.heldout import HeldOutSplit
+from highnoon.utils.hashing import KeyedPermutation
+from highnoon.utils.validation import InvalidArgumentError
+
+
+class OrderView(Protocol):
+    """The duck type: ``len`` and ``[positions]`` (see the module docstring)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, positions: Any) -> np.ndarray: ...
+
+
+def positions_of(key: Any, size: int) -> np.ndarray:
+    """A view's key as int64 positions: a slice becomes its range (steps allowed), an array
+    keeps its shape."""
+    if isinstance(key, slice):
+        return np.arange(*key.indices(size), dtype=np.int64)
+    return np.asarray(key, dtype=np.int64)
+
+
+def take(order: OrderView, positions: Any) -> np.ndarray:
+    """``order[positions]`` as an int64 array of the positions' shape (for any order view)."""
+    return np.asarray(order[np.asarray(positions, dtype=np.int64)], dtype=np.int64)
+
+
+class IdentityOrder:
+    """Position ``p`` is sample ``p``: ``n`` samples in index order."""
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return _checked(positions_of(key, self.n), self.n).copy()
+
+
+class PermutedOrder:
+    """A keyed bijection of ``[0, n)`` as an order (``KeyedPermutation(n, *parts)``)."""
+
+    def __init__(self, n: int, *parts: Any) -> None:
+        self.permutation = KeyedPermutation(n, *parts)
+
+    def __len__(self) -> int:
+        return self.permutation.n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.permutation(_checked(positions_of(key, len(self)), len(self)))
+
+
+class SplitOrder:
+    """The training (``part="train"``) or held-out (``"eval"``) ranks of ``split`` through
+    ``order``: rank ``r`` -> ``order[split.<part>_positions(r)]``, easy-to-hard."""
+
+    def __init__(self, order: OrderView, split: HeldOutSplit, part: str) -> None:
+        if part not in ("train", "eval"):
+            raise InvalidArgumentError(f"part={part!r} must be 'train' or 'eval'")
+        if len(order) != split.num_samples:
+            raise InvalidArgumentError(
+                f"the order has {len(order)} positions but the split {split.num_samples}"
+            )
+        self.order, self.split, self.part = order, split, part
+        self.n = split.num_train if part == "train" else split.num_eval
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        ranks = positions_of(key, self.n)
+        if self.part == "train":
+            positions = self.split.train_positions(ranks)
+        else:
+            positions = self.split.eval_positions(ranks)
+        return take(self.order, positions)
+
+
+def _checked(positions: np.ndarray, n: int) -> np.ndarray:
+    if positions.size and (int(positions.min()) < 0 or int(positions.max()) >= n):
+        raise InvalidArgumentError(
+            f"positions must lie in [0, {n}); got values in [{int(positions.min())}, "
+            f"{int(positions.max())}]"
+        )
+    return positions
