@@ -42,6 +42,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kerashub import CLIP_NORM, CallClocks, KerasHubFit, cases, make_trainer, planned_batches
+from bench_trainer import _clock
 from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 
 from highnoon import data as hn_data
@@ -49,10 +50,6 @@ from highnoon.training.inputs import training_dataset
 from highnoon.training.step import StepConfig
 
 Pair = tuple[str, Callable[[], Any], str, Callable[[], Any]]
-
-
-def _clock() -> np.ndarray:
-    return np.array([time.perf_counter(), time.process_time()])
 
 
 def _fetch(out: Any) -> None:
