@@ -14,6 +14,9 @@ its step is compiled) and builds ``fit``'s model beside it, then times, in inter
 2. ``host call``: one step through each arm's whole compiled host call (the Trainer's
    ``TrainStep.train_fn`` loop with its token count and reductions, fit's
    ``train_function``), both reading the same in-memory ``tf.data`` batches, results fetched.
+   ``host call, own input``: the same, each arm reading its own input pipeline (repeated, so
+   no epoch change falls in a call): the Trainer's production ``training_dataset``, fit's
+   array adapter, as ``bench_kerashub.py`` feeds them.
 3. ``input batch``: one batch from each arm's own input pipeline, iterated alone: the
    Trainer's ``training_dataset`` against the dataset Keras' array adapter makes for ``fit``.
 4. ``new epoch input``: what a new epoch costs the Trainer before its first batch
@@ -105,6 +108,18 @@ def pairs(case: Any, cache_dir: str) -> list[Pair]:
 
     streams = {"trainer": trainer_input(), "fit": fit_input()}
 
+    # 2b. whole host calls, each reading its own pipeline (repeated: no epoch change timed)
+    own = {
+        "trainer": iter(
+            training_dataset(trainer.strategy, plan, epoch=epoch, seq_length=case.seq).repeat()
+        ),
+        "fit": iter(
+            ArrayDataAdapter(*fit_inputs(batches, slice(0, steps * b)), batch_size=b, shuffle=False)
+            .get_tf_dataset()
+            .repeat()
+        ),
+    }
+
     def next_batch(arm: str, make: Callable[[], Any]) -> Any:
         try:
             return next(streams[arm])
@@ -126,6 +141,8 @@ def pairs(case: Any, cache_dir: str) -> list[Pair]:
          "Trainer", lambda: _fetch(update(batch, denominator, 1, CLIP_NORM))),
         ("host call: fit", lambda: _fetch(fit.model.train_function(fit_rows)),
          "Trainer", lambda: _fetch(train_fn(trainer_rows, 1))),
+        ("host call, own input: fit", lambda: _fetch(fit.model.train_function(own["fit"])),
+         "Trainer", lambda: _fetch(train_fn(own["trainer"], 1))),
         ("input batch: fit", lambda: next_batch("fit", fit_input),
          "Trainer", lambda: next_batch("trainer", trainer_input)),
         ("new epoch input: host dataset alone", host_only,
