@@ -25,7 +25,9 @@ Where the time goes: each arm's compiled call (the Trainer's ``TrainStep.train_f
 window, so the second table splits each arm's milliseconds per step into the compiled call and
 the host loop around it (the Trainer's controller, events, learning-rate read-out and the new
 ``tf.data`` pipeline of every epoch; fit's callbacks), and gives the ratio of the compiled calls
-alone. ``--hlo`` prints the op counts of the two XLA step computations (optimised HLO) side by
+alone; the GC columns are the milliseconds per step Python's garbage collector took inside
+each arm's timed spans (a full collection here takes about a third of a second, so wherever one
+falls it moves that window). ``--hlo`` prints the op counts of the two XLA step computations (optimised HLO) side by
 side instead of training.
 
     python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import os
 import re
 import sys
@@ -134,6 +137,22 @@ class CallClocks:
     def __init__(self) -> None:
         self.inside = {"trainer": 0.0, "fit": 0.0}
         self.windows: list[dict[str, float]] = []  # one per fit window, the Trainer's before it
+        # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one
+        # takes a third of a second in this process, so one inside a window moves its ratio.
+        self.gc_total = 0.0
+        self._gc_window = 0.0  # gc_total when the Trainer's window began
+        self.fit_gc = 0.0  # collections inside fit's timed span, this window
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_total += time.perf_counter() - self._gc_started
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_gc)
 
     def wrap(self, arm: str, call: Any) -> Any:
         def timed(*args: Any) -> Any:
@@ -159,9 +178,16 @@ class CallClocks:
     def close_window(self) -> None:
         """The Trainer's window ended; fit's starts: keep the Trainer's seconds, reset."""
         if self.windows:
-            self.windows[-1]["fit"] = self.inside["fit"]
-        self.windows.append({"trainer": self.inside["trainer"]})
+            self.windows[-1].update(fit=self.inside["fit"], fit_gc=self.fit_gc)
+        self.windows.append(
+            {"trainer": self.inside["trainer"], "trainer_gc": self.gc_total - self._gc_window}
+        )
         self.inside = {"trainer": 0.0, "fit": 0.0}
+        self.fit_gc = 0.0
+
+    def open_trainer_window(self) -> None:
+        """fit returned: the Trainer's next window starts."""
+        self._gc_window = self.gc_total
 
     def timed(self) -> list[dict[str, float]]:
         """Both arms' seconds inside calls per window, the first (compilation) dropped as
@@ -174,12 +200,18 @@ class KerasHubFit:
     """KerasHub's ``fit(jit_compile=True)`` on a fresh copy of the model, one window at a time."""
 
     class _Span(keras.callbacks.Callback):
+        def __init__(self, calls: CallClocks) -> None:
+            super().__init__()
+            self.calls = calls
+
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
             if batch == 0:
                 self.begin = np.array([time.perf_counter(), time.process_time()])
+                self.gc_begin = self.calls.gc_total
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.end = np.array([time.perf_counter(), time.process_time()])
+            self.calls.fit_gc = self.calls.gc_total - self.gc_begin
 
     def __init__(self, case: Case, batches: dict[str, np.ndarray], calls: CallClocks) -> None:
         self.case, self.batches, self.calls = case, batches, calls
@@ -192,7 +224,7 @@ class KerasHubFit:
         )
         self.model.make_train_function()  # fit reuses it: timed from here on
         self.model.train_function = calls.wrap("fit", self.model.train_function)
-        self._span = self._Span()
+        self._span = self._Span(calls)
 
     def run(self, first_step: int, last_step: int) -> np.ndarray:
         """Trains on global batches [first_step, last_step); returns [wall, CPU] seconds."""
@@ -209,6 +241,7 @@ class KerasHubFit:
             verbose=0,
             callbacks=[self._span],
         )
+        self.calls.open_trainer_window()
         return self._span.end - self._span.begin
 
 
@@ -220,6 +253,7 @@ def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str,
     fit = KerasHubFit(case, batches, calls)
     windows = interleaved_windows(trainer, fit, case.log_interval)
     inside = calls.timed()
+    calls.close()
     total = trainer._position.global_step
     if len(batches["inputs"]) != total * case.batch:
         raise RuntimeError(f"planned {len(batches['inputs'])} rows, the Trainer fed {total}")
@@ -259,6 +293,7 @@ def breakdown(windows: list[Any], inside: list[dict[str, float]]) -> dict[str, f
         calls = sum(i[arm] for i in inside)
         result[f"{arm}_call"] = 1e3 * calls / steps
         result[f"{arm}_host"] = 1e3 * (total - calls) / steps
+        result[f"{arm}_gc"] = 1e3 * sum(i[f"{arm}_gc"] for i in inside) / steps
     result["call_ratio"] = result["fit_call"] / result["trainer_call"]
     return result
 
@@ -382,13 +417,17 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "\nmilliseconds per step: inside the compiled calls (results on the host) and around them\n"
     )
-    print("| model | Trainer call | Trainer host | fit call | fit host | call ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| model | Trainer call | Trainer host | Trainer GC | fit call | fit host | fit GC "
+        "| call ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         b = r["ms_per_step"]
         print(
             f"| {r['case'].label} | {b['trainer_call']:.2f} | {b['trainer_host']:.2f} "
-            f"| {b['fit_call']:.2f} | {b['fit_host']:.2f} | {b['call_ratio']:.3f} |"
+            f"| {b['trainer_gc']:.2f} | {b['fit_call']:.2f} | {b['fit_host']:.2f} "
+            f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
