@@ -26,8 +26,8 @@ window, so the second table splits each arm's milliseconds per step into the com
 the host loop around it (the Trainer's controller, events, learning-rate read-out and the new
 ``tf.data`` pipeline of every epoch; fit's callbacks), and gives the ratio of the compiled calls
 alone; the GC columns are the milliseconds per step Python's garbage collector took inside
-each arm's timed spans (a full collection here takes about a third of a second, so wherever one
-falls it moves that window). ``--hlo`` prints the op counts of the two XLA step computations (optimised HLO) side by
+each arm's timed spans (a full collection in a process this size can take a good part of a second,
+so one inside a timed span would move that window). ``--hlo`` prints the op counts of the two XLA step computations (optimised HLO) side by
 side instead of training.
 
     python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
@@ -137,8 +137,8 @@ class CallClocks:
     def __init__(self) -> None:
         self.inside = {"trainer": 0.0, "fit": 0.0}
         self.windows: list[dict[str, float]] = []  # one per fit window, the Trainer's before it
-        # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one
-        # takes a third of a second in this process, so one inside a window moves its ratio.
+        # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one can
+        # take a good part of a second here, so one inside a timed span moves its window.
         self.gc_total = 0.0
         self._gc_window = 0.0  # gc_total when the Trainer's window began
         self.fit_gc = 0.0  # collections inside fit's timed span, this window
