@@ -26,9 +26,9 @@ window, so the second table splits each arm's milliseconds per step into the com
 the host loop around it (the Trainer's controller, events, learning-rate read-out and the new
 ``tf.data`` pipeline of every epoch; fit's callbacks), and gives the ratio of the compiled calls
 alone; the GC columns are the milliseconds per step Python's garbage collector took inside
-each arm's timed spans (a full collection in a process this size can take a good part of a second,
-so one inside a timed span would move that window). ``--hlo`` prints the op counts of the two XLA step computations (optimised HLO) side by
-side instead of training.
+each arm's timed spans (a full collection in a process this size can take a good part of a
+second, so one inside a timed span would move that window). ``--hlo`` prints the op counts of
+the two XLA step computations (optimised HLO) side by side instead of training.
 
     python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
 
