@@ -2,6 +2,7 @@
 
     python bench/bench_kerashub.py            # GPT-2 and Llama, 4 layers x 128 (~0.9M parameters)
     python bench/bench_kerashub.py --quick    # the small GPT-2 only, few steps (smoke run)
+    python bench/bench_kerashub.py --hlo      # both arms' XLA steps: optimised HLO op counts
 
 Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one process,
 
@@ -19,6 +20,16 @@ window the Trainer just trained), the first window of each (compilation) is disc
 ratio = Trainer tokens/s / fit tokens/s with a 95% bootstrap interval over windows
 (``bench_trainer.bootstrap_interval``).
 
+Where the time goes: each arm's compiled call (the Trainer's ``TrainStep.train_fn``, fit's
+``train_function``; the step's results brought to the host included) is timed inside every
+window, so the second table splits each arm's milliseconds per step into the compiled call and
+the host loop around it (the Trainer's controller, events, learning-rate read-out and the new
+``tf.data`` pipeline of every epoch; fit's callbacks), and gives the ratio of the compiled calls
+alone; the GC columns are the milliseconds per step Python's garbage collector took inside
+each arm's timed spans (a full collection in a process this size can take a good part of a
+second, so one inside a timed span would move that window). ``--hlo`` prints the op counts of
+the two XLA step computations (optimised HLO) side by side instead of training.
+
     python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
 
 ``--packing`` runs ``bench_packing.py``'s three arms (``Trainer(pack=True)``, ``fit`` on padded
@@ -30,7 +41,10 @@ CausalLM's own (``token_ids`` and an all-true ``padding_mask``). Only GPT-2 pack
 from __future__ import annotations
 
 import argparse
+import collections
+import gc
 import os
+import re
 import sys
 import tempfile
 import time
@@ -114,19 +128,93 @@ def make_trainer(case: Case, cache_dir: str, steps_per_call: int = 1) -> Trainer
     return trainer.add_curriculum_stage("bench", [DATASET], epochs=case.epochs)
 
 
+class CallClocks:
+    """Wall seconds each arm spends inside its compiled calls, per interleaved window.
+
+    A wrapped call returns only once its results are on the host (``fetch``), as both loops
+    need them then anyway, so a window's remainder is host work around the calls."""
+
+    def __init__(self) -> None:
+        self.inside = {"trainer": 0.0, "fit": 0.0}
+        self.windows: list[dict[str, float]] = []  # one per fit window, the Trainer's before it
+        # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one can
+        # take a good part of a second here, so one inside a timed span moves its window.
+        self.gc_total = 0.0
+        self._gc_window = 0.0  # gc_total when the Trainer's window began
+        self.fit_gc = 0.0  # collections inside fit's timed span, this window
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_total += time.perf_counter() - self._gc_started
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def wrap(self, arm: str, call: Any) -> Any:
+        def timed(*args: Any) -> Any:
+            started = time.perf_counter()
+            out = call(*args)
+            tf.nest.map_structure(lambda t: t.numpy(), out)  # the results on the host
+            self.inside[arm] += time.perf_counter() - started
+            return out
+
+        return timed
+
+    def watch_trainer(self, trainer: Trainer) -> None:
+        """Times the Trainer's compiled calls (its step exists once ``train_begin`` fires)."""
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["event"] == "train_begin":
+                step = trainer._step
+                build = step.train_fn
+                step.train_fn = lambda *a, **k: self.wrap("trainer", build(*a, **k))
+
+        trainer.add_callback(on_event)
+
+    def close_window(self) -> None:
+        """The Trainer's window ended; fit's starts: keep the Trainer's seconds, reset."""
+        if self.windows:
+            self.windows[-1].update(fit=self.inside["fit"], fit_gc=self.fit_gc)
+        self.windows.append(
+            {"trainer": self.inside["trainer"], "trainer_gc": self.gc_total - self._gc_window}
+        )
+        self.inside = {"trainer": 0.0, "fit": 0.0}
+        self.fit_gc = 0.0
+
+    def open_trainer_window(self) -> None:
+        """fit returned: the Trainer's next window starts."""
+        self._gc_window = self.gc_total
+
+    def timed(self) -> list[dict[str, float]]:
+        """Both arms' seconds inside calls per window, the first (compilation) dropped as
+        ``interleaved_windows`` drops it."""
+        self.close_window()
+        return self.windows[1:-1]
+
+
 class KerasHubFit:
     """KerasHub's ``fit(jit_compile=True)`` on a fresh copy of the model, one window at a time."""
 
     class _Span(keras.callbacks.Callback):
+        def __init__(self, calls: CallClocks) -> None:
+            super().__init__()
+            self.calls = calls
+
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
             if batch == 0:
                 self.begin = np.array([time.perf_counter(), time.process_time()])
+                self.gc_begin = self.calls.gc_total
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.end = np.array([time.perf_counter(), time.process_time()])
+            self.calls.fit_gc = self.calls.gc_total - self.gc_begin
 
-    def __init__(self, case: Case, batches: dict[str, np.ndarray]) -> None:
-        self.case, self.batches = case, batches
+    def __init__(self, case: Case, batches: dict[str, np.ndarray], calls: CallClocks) -> None:
+        self.case, self.batches, self.calls = case, batches, calls
         self.model = make_model(case)
         self.model.compile(
             optimizer=keras.optimizers.AdamW(LEARNING_RATE, global_clipnorm=CLIP_NORM),
@@ -134,10 +222,13 @@ class KerasHubFit:
             weighted_metrics=[],
             jit_compile=True,
         )
-        self._span = self._Span()
+        self.model.make_train_function()  # fit reuses it: timed from here on
+        self.model.train_function = calls.wrap("fit", self.model.train_function)
+        self._span = self._Span(calls)
 
     def run(self, first_step: int, last_step: int) -> np.ndarray:
         """Trains on global batches [first_step, last_step); returns [wall, CPU] seconds."""
+        self.calls.close_window()  # the Trainer's window just ended (its log event called us)
         rows = slice(first_step * self.case.batch, last_step * self.case.batch)
         ids = self.batches["inputs"][rows]
         self.model.fit(
@@ -150,14 +241,19 @@ class KerasHubFit:
             verbose=0,
             callbacks=[self._span],
         )
+        self.calls.open_trainer_window()
         return self._span.end - self._span.begin
 
 
 def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str, Any]:
     trainer = make_trainer(case, cache_dir, steps_per_call)
     batches = planned_batches(case, trainer, cache_dir)
-    fit = KerasHubFit(case, batches)
+    calls = CallClocks()
+    calls.watch_trainer(trainer)
+    fit = KerasHubFit(case, batches, calls)
     windows = interleaved_windows(trainer, fit, case.log_interval)
+    inside = calls.timed()
+    calls.close()
     total = trainer._position.global_step
     if len(batches["inputs"]) != total * case.batch:
         raise RuntimeError(f"planned {len(batches['inputs'])} rows, the Trainer fed {total}")
@@ -178,9 +274,27 @@ def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str,
         "ratio": fit_seconds[0] / trainer_seconds[0],
         "ratio_cpu": fit_seconds[1] / trainer_seconds[1],
         "interval": bootstrap_interval(windows),
+        "ms_per_step": breakdown(windows, inside),
     }
     del trainer, fit
     keras.backend.clear_session()
+    return result
+
+
+def breakdown(windows: list[Any], inside: list[dict[str, float]]) -> dict[str, float]:
+    """Milliseconds per timed step inside each arm's compiled calls and around them, and the
+    compiled calls' ratio (fit seconds / Trainer seconds, as the main ratio)."""
+    if len(inside) != len(windows):
+        raise RuntimeError(f"{len(inside)} timed call windows for {len(windows)} windows")
+    steps = sum(w.steps for w in windows)
+    result = {}
+    for arm in ("trainer", "fit"):
+        total = sum(getattr(w, arm)[0] for w in windows)
+        calls = sum(i[arm] for i in inside)
+        result[f"{arm}_call"] = 1e3 * calls / steps
+        result[f"{arm}_host"] = 1e3 * (total - calls) / steps
+        result[f"{arm}_gc"] = 1e3 * sum(i[f"{arm}_gc"] for i in inside) / steps
+    result["call_ratio"] = result["fit_call"] / result["trainer_call"]
     return result
 
 
@@ -205,6 +319,55 @@ def packing(quick: bool, seq: int) -> None:
     )
 
 
+def hlo_op_counts(case: Case, cache_dir: str) -> dict[str, collections.Counter]:
+    """Op counts of the optimised HLO of both arms' XLA step on the same batch: the Trainer's
+    whole one-replica step (``UnshardedEngine``'s compiled update) and the step fit compiles
+    (``train_step`` under ``jit_compile=True``; fit adds only its strategy's identity reduce)."""
+    import dataclasses
+
+    case = dataclasses.replace(case, epochs=1)
+    trainer = make_trainer(case, cache_dir)
+    batches = planned_batches(case, trainer, cache_dir)
+    trainer.train(save_checkpoints=False, checkpoint_dir=None, log_interval=case.log_interval)
+    fit = KerasHubFit(case, batches, CallClocks())
+    fit.run(0, 1)  # builds the optimizer and metrics, as fit does before its first step
+    rows = batches["inputs"][: case.batch]
+    batch = {k: tf.constant(batches[k][: case.batch]) for k in ("inputs", "targets", "loss_mask")}
+    denominator = tf.reduce_sum(tf.cast(batch["loss_mask"], tf.float32))
+    update = trainer._step.engine._xla[("update", 1, CLIP_NORM)]
+    fit_data = (
+        {"token_ids": tf.constant(rows), "padding_mask": tf.ones_like(rows)},
+        tf.constant(batches["targets"][: case.batch]),
+        tf.constant(batches["loss_mask"][: case.batch].astype(np.float32)),
+    )
+    fit_step = tf.function(fit.model.train_step, jit_compile=True)
+    texts = {
+        "trainer": update.experimental_get_compiler_ir(batch, denominator, 1, CLIP_NORM)(
+            stage="optimized_hlo"
+        ),
+        "fit": fit_step.experimental_get_compiler_ir(fit_data)(stage="optimized_hlo"),
+    }
+    opcode = re.compile(r"= (?:\S+|\([^)]*\)) ([a-z][a-z0-9\-]*)\(")
+    return {
+        arm: collections.Counter(m.group(1) for m in map(opcode.search, text.splitlines()) if m)
+        for arm, text in texts.items()
+    }
+
+
+def print_hlo(quick: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases(quick):
+            counts = hlo_op_counts(case, os.path.join(tmp, "cache"))
+            keras.backend.clear_session()
+            t, f = counts["trainer"], counts["fit"]
+            print(f"\n{case.label}: optimised HLO instructions, Trainer {sum(t.values())}, "
+                  f"fit {sum(f.values())} (fused computations' bodies included)")  # fmt: skip
+            print("| op | Trainer | fit |\n|---|---:|---:|")
+            for op in sorted(set(t) | set(f), key=lambda op: (-(t[op] + f[op]), op)):
+                if t[op] != f[op]:
+                    print(f"| {op} | {t[op]} | {f[op]} |")
+
+
 def make_model_of(task: str, backbone: dict[str, Any]) -> keras.Model:
     return kerashub.causal_lm(task, backbone=backbone, seed=0, tokenizer=load_tokenizer("byte"))
 
@@ -215,7 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--packing", action="store_true", help="GPT-2 packed (bench_packing)")
     parser.add_argument("--seq", type=int, default=256, help="--packing: max_seq_length")
     parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
+    parser.add_argument("--hlo", action="store_true", help="HLO op counts of both XLA steps")
     args = parser.parse_args(argv)
+    if args.hlo:
+        print_hlo(args.quick)
+        return
     if args.packing:
         packing(args.quick, args.seq)
         return
@@ -246,6 +413,21 @@ def main(argv: list[str] | None = None) -> None:
             f"| {c.label} | {r['params'] / 1e6:.2f}M | {c.batch} x {c.seq} | {r['timed_steps']} "
             f"| {r['trainer']:,.0f} | {r['fit']:,.0f} | {r['ratio']:.3f} "
             f"| [{low:.3f}, {high:.3f}] | {r['ratio_cpu']:.3f} |"
+        )
+    print(
+        "\nmilliseconds per step: inside the compiled calls (results on the host) and around them\n"
+    )
+    print(
+        "| model | Trainer call | Trainer host | Trainer GC | fit call | fit host | fit GC "
+        "| call ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        b = r["ms_per_step"]
+        print(
+            f"| {r['case'].label} | {b['trainer_call']:.2f} | {b['trainer_host']:.2f} "
+            f"| {b['trainer_gc']:.2f} | {b['fit_call']:.2f} | {b['fit_host']:.2f} "
+            f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

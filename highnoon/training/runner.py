@@ -54,6 +54,27 @@ class StepRunner(Protocol):
         says whether this host got a preemption signal (``StepOutputs.stop``: agreed)."""
 
 
+def _compiled_schedule(schedule: Any) -> Callable[[Any], Any]:
+    """``schedule(step)`` as one graph call, for the learning rate every ``log`` event reports.
+
+    Evaluated eagerly the schedule is some 30 small ops: 1.2 ms per log event against
+    0.42 ms as one call, host time spent between two steps (docs/design.md, "KerasHub models",
+    per step against fit; BENCHMARKS.md). The graph reads the schedule's phase and stage multiplier
+    from their variables (``assembly.build`` makes them), so it follows ``set_phase`` and
+    ``begin_stage``; a schedule whose phase is plain Python attributes would be frozen into the
+    trace, so it stays eager.
+    """
+    import tensorflow as tf
+
+    if getattr(schedule, "phase", None) is None or getattr(schedule, "decay", None) is None:
+        return schedule
+    return tf.function(
+        lambda step: schedule(step),
+        input_signature=[tf.TensorSpec([], tf.int64)],
+        autograph=False,
+    )
+
+
 class TrainStepRunner:
     """``StepRunner`` over a ``TrainStep`` under a ``tf.distribute`` strategy."""
 
@@ -75,12 +96,15 @@ class TrainStepRunner:
         self.multi_host = multi_host  # hosts agree on preemption inside every host call
         self.fatal_errors = (tf.errors.OpError,)
         self._compiled: set[tuple] = set()  # (step config, row length) whose first call ran
+        self._rate = _compiled_schedule(schedule)
 
     def begin_stage(self, plan: Any) -> None:
         self.schedule.multiplier.assign(plan.learning_rate_multiplier)
 
     def learning_rate(self, step: int) -> float:
-        return float(self.schedule(step))
+        import tensorflow as tf
+
+        return float(self._rate(tf.constant(step, tf.int64)))
 
     def segment(self, plan: Any, epoch: int, start: int, end: int, seq_length: int) -> Iterator:
         from highnoon.training.inputs import training_dataset
