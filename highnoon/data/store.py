@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -235,7 +235,7 @@ class _Shard:
     files: _ShardFiles
 
 
-class _ShardFiles(MutableMapping):
+class _ShardFiles(Mapping):
     """A shard's ``BlockFile`` by file name. Made from the checked ``shard.json`` (``meta``), or
     lazily (a remote store whose manifest summarises its shards): ``shard.json`` is then read on
     the first access, checked against the sha256 and summary the store's manifest records, and
@@ -281,9 +281,6 @@ class _ShardFiles(MutableMapping):
 
     def __setitem__(self, name: str, file: BlockFile) -> None:  # benches swap a reader in
         self._loaded()[name] = file
-
-    def __delitem__(self, name: str) -> None:
-        raise TypeError("a shard's files cannot be removed")
 
     def __iter__(self) -> Iterator[str]:
         return iter(SHARD_FILES)

@@ -96,6 +96,8 @@ def _distribute(strategy: tf.distribute.Strategy, host_dataset: HostDatasetFn):
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         host_id, num_hosts = context.input_pipeline_id, context.num_input_pipelines
         local_replicas = context.num_replicas_in_sync // num_hosts
+        if local_replicas == 1:  # the host's batch is the replica's: no reshape, no unbatch
+            return host_dataset(host_id, num_hosts)
         # One host step [rows, T] -> its local replicas' consecutive shares.
         return (
             host_dataset(host_id, num_hosts)
