@@ -74,17 +74,22 @@ def uninterrupted(workdir) -> list[Outcome]:
     return [Outcome(spec, task) for task in (0, 1)]
 
 
-# One job preempted at every moment in turn: attempt k stops at CHAIN[k] (the signalled task
-# alternates), attempt k + 1 resumes there. One relaunched job instead of a fresh job per moment
-# proves the same per moment (both workers stop at one agreed, saved step and say so; the
-# relaunch starts there) and, at the end, the uninterrupted weights bitwise after five restarts.
+# One job preempted at every moment in turn: attempt k stops at CHAIN[k] (on the task given),
+# attempt k + 1 resumes there. One relaunched job instead of a fresh job per moment proves the
+# same per moment (both workers stop at one agreed, saved step and say so; the relaunch starts
+# there) and, at the end, the uninterrupted weights bitwise after five restarts. The moments
+# come in the order a run meets them (14 steps: a quarter of each store is held out): step 1, a
+# host call, the periodic save at step 8, the end of stage "first" (step 10, after its
+# evaluation), then the evaluation at EVAL_INTERVAL (step 11, inside stage "second": a stage-end
+# evaluation of the last stage leaves no step to stop at).
 CHAIN = (
     ("first_step", 1),
     ("inside_step", 0),
     ("save", 0),
-    ("eval", 1),
     ("stage_boundary", 1),
+    ("eval", 1),
 )
+EVAL_INTERVAL = 11
 
 
 @pytest.mark.timeout(900)  # six attempts of a 2-worker job (each under HARD_TIMEOUT)
@@ -93,13 +98,18 @@ def test_sigterm_to_one_worker_at_each_moment_stops_both_at_one_saved_step_and_r
 ):
     marker = os.path.join(workdir["root"], "marker-chain")
     chain = [{"task": task, "at": moment} for moment, task in CHAIN]
-    spec = _spec(workdir, "preempt-chain", preempt={"marker": marker, "chain": chain})
+    spec = _spec(
+        workdir,
+        "preempt-chain",
+        preempt={"marker": marker, "chain": chain},
+        eval_interval=EVAL_INTERVAL,  # evaluations leave the weights alone: same as uninterrupted
+    )
     attempts = _run(spec, max_restarts=len(CHAIN))
     assert [a.exit_codes for a in attempts] == [[EXIT_RESTART] * 2] * len(CHAIN) + [[0, 0]], [
         a.outputs for a in attempts
     ]
     ckpt = os.path.join(workdir["root"], "preempt-chain", "ckpt")
-    start = 0
+    start, stops = 0, []
     for (moment, task), first in zip(CHAIN, attempts):
         assert f"SIGTERM-SELF at={moment}" in first.outputs[task], moment
         for out in first.outputs:
@@ -120,6 +130,8 @@ def test_sigterm_to_one_worker_at_each_moment_stops_both_at_one_saved_step_and_r
             int(t == task) for t in (0, 1)
         ], moment
         start = stop0["step"]
+        stops.append(start)
+    print("agreed stops", stops)
     for out in attempts[-1].outputs:
         (begin,) = _events(out, "train_begin")
         assert begin["start_step"] == start
