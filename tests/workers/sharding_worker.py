@@ -43,6 +43,9 @@ def _atomic_npz(path: str, arrays: dict[str, Any]) -> None:
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as handle:
         spec = json.load(handle)
+    from tests.workers.train_worker import skip_unused_keras_extras
+
+    skip_unused_keras_extras()
     from highnoon.distribute import create_strategy, peer_failure_guard, task_info
 
     collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
