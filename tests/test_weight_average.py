@@ -104,7 +104,7 @@ def test_a_resume_continues_the_average_exactly(tmp_path, source, monkeypatch):
         if event["event"] == "log" and event["step"] == 7:
             raise Stop()
 
-    cut = _trainer(tmp_path, source)  # a failing callback stops the run after a save (step 7)
+    cut = _trainer(tmp_path, source, checkpoint_interval=1)
     cut.add_callback(stop)
     with pytest.raises(Stop):
         cut.train(checkpoint_dir="./cut", log_interval=1)

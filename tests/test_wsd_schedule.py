@@ -135,8 +135,7 @@ def test_a_resume_mid_decay_gives_the_rates_and_weights_of_an_uninterrupted_run(
         if event["event"] == "log" and event["step"] == 10:  # two steps into the decay
             raise _Stop()
 
-    # No periodic checkpoints needed: a failing callback stops the run after a save (step 10).
-    cut = _wsd_trainer(tmp_path, sources, lr_decay_stage="anneal")
+    cut = _wsd_trainer(tmp_path, sources, lr_decay_stage="anneal", checkpoint_interval=1)
     cut.add_callback(stop)
     with pytest.raises(_Stop):
         cut.train(checkpoint_dir="./cut", log_interval=1)
