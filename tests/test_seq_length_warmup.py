@@ -189,9 +189,10 @@ def test_the_stream_fingerprint_is_unchanged_while_the_warmup_is_off(store):
 
 
 # -- through the Trainer ----------------------------------------------------------------------
-@pytest.fixture()
-def data(tmp_path):
-    return {"a": write_jsonl(str(tmp_path / "a.jsonl"), corpus(0, 48))}
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm_data")
+    return {"a": write_jsonl(str(root / "a.jsonl"), corpus(0, 48))}
 
 
 def _warm_trainer(tmp_path, data, **kwargs):
@@ -239,12 +240,22 @@ class _StopAt(Exception):
     pass
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data):
+    """The uninterrupted run every interrupted one is compared with: (summary, weights)."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    reference = _warm_trainer(tmp_path, data, model=nano_model(), steps_per_call=4)
+    summary = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=2)
+    return summary, _weights(reference.model)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_step", [4, 6, 14])  # before the change to 16; at it; inside 16
-def test_a_run_interrupted_around_a_length_change_resumes_bit_identical(tmp_path, data, stop_step):
+def test_a_run_interrupted_around_a_length_change_resumes_bit_identical(
+    tmp_path, data, uninterrupted, stop_step
+):
     # Calls of up to 2 steps (the log interval): the call that reaches step 6 ends at the change.
-    reference = _warm_trainer(tmp_path, data, model=nano_model(), steps_per_call=4)
-    expected_summary = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=2)
+    expected_summary, expected_weights = uninterrupted
 
     def stop(event):
         if event["event"] == "log" and event["step"] == stop_step:
@@ -258,5 +269,5 @@ def test_a_run_interrupted_around_a_length_change_resumes_bit_identical(tmp_path
     resumed = _warm_trainer(tmp_path, data, model=nano_model(), steps_per_call=4)
     summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=2)
     assert summary["tokens_seen"] == expected_summary["tokens_seen"]
-    for got, want in zip(_weights(resumed.model), _weights(reference.model)):
+    for got, want in zip(_weights(resumed.model), expected_weights, strict=True):
         np.testing.assert_array_equal(got, want)

@@ -553,6 +553,34 @@ def test_a_checkpoint_of_another_shape_is_refused(mirrored, tmp_path):
     )
 
 
+class _PlusOnes(keras.layers.Layer):
+    """A layer without ``compute_output_shape``: called on a symbolic input, Keras infers its
+    output inside a stateless scope, whose exit initialises every deferred Keras variable of the
+    process (as KerasHub's Llama and Gemma layers do when their backbone is built)."""
+
+    def build(self, input_shape):
+        self.offset = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x + self.offset
+
+
+def test_a_model_built_after_a_storage_less_one_initialises_its_variables(mirrored):
+    """Level "full" builds its model storage-less and makes reading a weight an error; those
+    variables must not stay on Keras' process-wide list of variables to initialise later, or the
+    next model built symbolically in the process reads their refusing initialisers and fails
+    (commit bdb8690)."""
+    step, _ = H.build(mirrored, "full")
+    assert not any(has_storage(v) for v in step.model.weights)
+    inputs = keras.Input((4,))
+    other = keras.Model(inputs, _PlusOnes()(inputs))
+    np.testing.assert_array_equal(other.weights[0].numpy(), np.ones(4, "float32"))
+    np.testing.assert_array_equal(other(np.zeros((1, 4), "float32")), np.ones((1, 4)))
+    # The storage-less model still refuses reads rather than giving its initialiser's value.
+    with pytest.raises(ShardingModelError, match="has no value of its own: with sharding='full'"):
+        step.model.weights[0].numpy()
+
+
 @pytest.mark.slow
 def test_full_level_starts_from_the_unsharded_weights_and_evaluates_alike(mirrored):
     """The shares are cut from the seeded initialisers' values: gathered, they are the

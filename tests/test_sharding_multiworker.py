@@ -92,7 +92,13 @@ def reference(root) -> Outcome:
 
 @pytest.fixture(scope="module")
 def full_two(root) -> Outcome:
-    return _run(root, "full2", 2, level="full")[0]
+    """ "full" on 2 workers, all 24 steps; its checkpoint after step 10 (mid stage 0) is what
+    the resume test continues from (the same run: no second cluster trains steps 1-10)."""
+    return _run(root, "full2", 2, level="full", save_at=10, save_to=_resume_checkpoint(root))[0]
+
+
+def _resume_checkpoint(root: str) -> str:
+    return os.path.join(root, "resume-ckpt")
 
 
 def _check_bytes(outcome: Outcome, level: str, replicas: int) -> None:
@@ -124,11 +130,10 @@ def test_full_on_two_workers_ends_with_the_unsharded_weights(reference, full_two
 
 
 def test_sharded_checkpoint_resumes_on_one_two_and_three_workers(root, reference, full_two):
-    """'full' on 2 workers to step 10 (mid stage 0), checkpointed; resumed on 1 worker (which
-    trains unsharded), on 2 and on 3 workers (sharded, each holding a half or a third): each
-    ends with the uninterrupted run's weights."""
-    ckpt = os.path.join(root, "resume-ckpt")
-    _run(root, "resume-first", 2, level="full", last_step=10, save_to=ckpt)
+    """'full' on 2 workers checkpointed after step 10 (mid stage 0; ``full_two``); resumed on 1
+    worker (which trains unsharded), on 2 and on 3 workers (sharded, each holding a half or a
+    third): each ends with the uninterrupted run's weights."""
+    ckpt = _resume_checkpoint(root)
     for workers in (1, 2, 3):
         outcome = _run(root, f"resume-on-{workers}", workers, level="full", restore_from=ckpt)[0]
         assert outcome.facts["first_step"] == 11

@@ -8,6 +8,9 @@ Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec f
   restore_from  optional checkpoint directory to resume from (its global step + 1 is the first)
   save_to       optional checkpoint directory written after ``last_step`` (every worker saves;
                 the chief's copy is kept)
+  save_at       optional step before ``last_step``: ``save_to`` is written after it instead,
+                and training goes on to ``last_step`` (one run gives a mid-run checkpoint and
+                the uninterrupted weights)
   out_dir       where each worker writes ``worker<task>.npz`` (the whole weights, gathered)
                 and ``worker<task>.json`` (losses, bytes held and sent per replica)
 
@@ -40,6 +43,9 @@ def _atomic_npz(path: str, arrays: dict[str, Any]) -> None:
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as handle:
         spec = json.load(handle)
+    from tests.workers.train_worker import skip_unused_keras_extras
+
+    skip_unused_keras_extras()
     from highnoon.distribute import create_strategy, peer_failure_guard, task_info
 
     collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
@@ -70,14 +76,17 @@ def main() -> None:
             restorer = checkpointer(spec["restore_from"])
             restorer.restore(spec["restore_from"], step.model.config.to_dict())
             first = restorer.position.global_step + 1
-        losses = H.train(
-            step, multiplier, first, spec["last_step"], jit_compile=spec["jit_compile"]
-        )
+        save_at = spec.get("save_at") or spec["last_step"]
+        losses = H.train(step, multiplier, first, save_at, jit_compile=spec["jit_compile"])
         if spec.get("save_to"):
             saver = checkpointer(spec["save_to"])
-            saver.position.global_step = spec["last_step"]
+            saver.position.global_step = save_at
             saver.write_model_config(step.model.config.to_dict())
-            saver.save(spec["last_step"])
+            saver.save(save_at)
+        if save_at < spec["last_step"]:
+            losses += H.train(
+                step, multiplier, save_at + 1, spec["last_step"], jit_compile=spec["jit_compile"]
+            )
         weights = step.full_weights()
 
     facts: dict[str, Any] = {

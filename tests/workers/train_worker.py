@@ -18,7 +18,10 @@ Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec f
                     checkpoint save begins; ``eval``: as an evaluation begins;
                     ``stage_boundary``: as a stage completes), at most ``times`` times over all
                     attempts (counted in the ``marker`` file); ``slow_save_seconds`` makes the
-                    save after the signal take that long (to outlast the grace period)
+                    save after the signal take that long (to outlast the grace period).
+                    Or {"marker", "chain": [{"task", "at", "call"}, ...]}: attempt ``k`` of the
+                    relaunched job fires entry ``k`` of the chain (each a preemption as above,
+                    once), so one job is preempted at every moment in turn
 
 Environment: ``HN_COLLECTIVE_TIMEOUT`` (s) bounds every collective.
 
@@ -80,6 +83,14 @@ def _record_fed_rows(fed: dict[str, Any], task: int) -> None:
     hn_data.make_host_dataset = recording
 
 
+def _fired_count(marker: str) -> int:
+    """How many preemptions the ``marker`` file has counted over the job's attempts."""
+    if not os.path.exists(marker):
+        return 0
+    with open(marker, encoding="utf-8") as handle:
+        return int(handle.read())
+
+
 def _preemption(spec: dict[str, Any], task: int, events: list[dict[str, Any]]) -> Any:
     """Installs the ``preempt`` hooks of the spec on this task; returns an event callback."""
     import threading
@@ -88,17 +99,21 @@ def _preemption(spec: dict[str, Any], task: int, events: list[dict[str, Any]]) -
     from highnoon.training import checkpointing, evaluation, step
 
     plan = spec.get("preempt")
+    if plan and "chain" in plan:
+        # Read before the first collective of this attempt, so every task sees the same count
+        # (the firing task only bumps it after train_begin, which needs every task).
+        attempt = _fired_count(plan["marker"])
+        if attempt >= len(plan["chain"]):
+            return lambda event: None
+        plan = {**plan["chain"][attempt], "marker": plan["marker"], "times": attempt + 1}
     if not plan or plan["task"] != task:
         return lambda event: None
     marker, times, at = plan["marker"], plan.get("times", 1), plan["at"]
     fired = {"here": False}
 
     def fire() -> None:
-        count = 0
-        if os.path.exists(marker):
-            with open(marker, encoding="utf-8") as handle:
-                count = int(handle.read())
-        if count >= times:
+        count = _fired_count(marker)
+        if count >= times or fired["here"]:
             return
         _atomic_json(marker, count + 1)
         fired["here"] = True
@@ -150,9 +165,19 @@ def _preemption(spec: dict[str, Any], task: int, events: list[dict[str, Any]]) -
     return on_event
 
 
+def skip_unused_keras_extras() -> None:
+    """Keras imports pandas, scikit-learn and matplotlib when they are installed (the ``eval``
+    and ``plot`` extras bring them), about 1.4 s of CPU per process, for data adapters,
+    wrappers and plots no worker uses; marking them absent before Keras loads skips that."""
+    for name in ("pandas", "sklearn", "matplotlib"):
+        sys.modules.setdefault(name, None)
+
+
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as handle:
         spec = json.load(handle)
+    if not spec["trainer"].get("lm_eval_tasks"):  # lm-eval itself needs pandas and friends
+        skip_unused_keras_extras()
     collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
     strategy = create_strategy(
         "multi_worker",
