@@ -69,15 +69,28 @@ def _status_mib(field: str) -> float:
     raise KeyError(field)
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read through read/pread system calls (``/proc/self/io``
+    ``rchar``: what it asked of files, page cache or not; memory-mapped pages are not counted)."""
+    with open("/proc/self/io") as handle:
+        for line in handle:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise KeyError("rchar")
+
+
 def _measured(fn: Callable[[], Any]) -> dict[str, Any]:
-    """Wall and CPU seconds of ``fn()`` and its peak RSS above the baseline before it."""
+    """Wall and CPU seconds of ``fn()``, its peak RSS above the baseline before it and the
+    bytes it read."""
     base = _reset_peak()
+    read = _bytes_read()
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return {
         "seconds": time.perf_counter() - wall,
         "cpu_seconds": time.process_time() - cpu,
         "peak_mib": _status_mib("VmHWM") - base,
+        "read_mib": (_bytes_read() - read) / 2**20,
     }
 
 
@@ -326,6 +339,14 @@ def format_host(rows: list[dict[str, Any]]) -> str:
             f"| {h['call_1'] * 1e3:.2f} ms | {h['call_100'] * 1e3:.2f} ms "
             f"| {h['eval_table']['seconds'] * 1e3:.1f} ms | {today} | {today_peak} | {ratio} |"
         )
+    lines += ["", "| samples | read: open -> first rows | read: eval rows |", "|---|---|---|"]
+    for row in rows:
+        h = row["host"]
+        if "error" not in h:
+            lines.append(
+                f"| {row['n']:.0e} | {h['first_rows']['read_mib']:.2f} MiB "
+                f"| {h['eval_table']['read_mib']:.2f} MiB |"
+            )
     return "\n".join(lines)
 
 
