@@ -395,20 +395,41 @@ class CurriculumScheduler:
             self.fraction_at(epoch), self.num_samples, self.global_batch_size
         )
 
-    def epoch_stream(self, epoch: int) -> np.ndarray:
-        """Every sample a *packed* epoch visits, in order (int64 indices into the scores).
+    def epoch_stream_size(self, epoch: int) -> int:
+        """Samples a *packed* epoch visits (``epoch_stream``'s length), in O(1).
 
         Epoch pacing: the exposed pool (``exposed_size``, not rounded to whole global batches:
-        packed steps are made of rows, not samples) in the epoch's keyed order; when the pool is
-        whole batches this is ``host_epoch_indices(epoch, 0, 1)`` flattened. Step pacing: the
-        epoch's global batches back to back. Every host computes the same stream.
-        """
+        packed steps are made of rows, not samples). Step pacing: the epoch's whole global
+        batches."""
         epoch = check_int("epoch", epoch, minimum=0)
-        order = self.order_at(epoch)
+        self._require_order()
         if self.pacing.unit == "step":
-            return self.host_epoch_indices(epoch, 0, 1).reshape(-1)
-        n = self.exposed_size(epoch)
-        return take(order, self._permute(epoch, n, np.arange(n, dtype=np.int64)))
+            return self.steps_per_epoch(epoch) * self.global_batch_size
+        return self.exposed_size(epoch)
+
+    def epoch_stream_range(self, epoch: int, first: int, last: int) -> np.ndarray:
+        """Store indices at positions ``[first, last)`` of a packed epoch's stream (int64, in
+        visiting order): ``epoch_stream(epoch)[first:last]`` computed for those positions only
+        (the keyed permutation evaluated there), whatever the pool's size.
+
+        Epoch pacing: the exposed pool in the epoch's keyed order. Step pacing: the epoch's
+        global batches back to back. Every host computes the same stream."""
+        size = self.epoch_stream_size(epoch)
+        first = check_int("first", first, minimum=0, maximum=size)
+        last = check_int("last", last, minimum=first, maximum=size)
+        if self.pacing.unit == "step":
+            g = self.global_batch_size
+            steps = np.arange(first // g, -(-last // g), dtype=np.int64)
+            rows = self._rows(epoch, steps, 0, 1, g).reshape(-1)
+            return rows[first - int(steps[0]) * g : last - int(steps[0]) * g] if steps.size else rows
+        positions = np.arange(first, last, dtype=np.int64)
+        return take(self.order_at(epoch), self._permute(epoch, size, positions))
+
+    def epoch_stream(self, epoch: int) -> np.ndarray:
+        """Every sample a *packed* epoch visits, in order (int64 indices into the scores):
+        ``epoch_stream_range(epoch, 0, epoch_stream_size(epoch))``; when the pool is whole
+        batches this is ``host_epoch_indices(epoch, 0, 1)`` flattened."""
+        return self.epoch_stream_range(epoch, 0, self.epoch_stream_size(epoch))
 
     def samples_dropped(self, epoch: int, pack: bool) -> int:
         """Samples the epoch leaves out of what the pacing exposes. Epoch pacing: 0 when packed

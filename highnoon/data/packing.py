@@ -32,6 +32,9 @@ operations in ``window`` vectorised iterations; ``PackedEpoch`` keeps 16 bytes p
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +52,12 @@ from highnoon.utils.validation import (
 # and cost time in proportion.
 MIN_WINDOW = 512
 ROWS_PER_WINDOW = 64
+# PackedStream: windows packed per FFD pass at least (a pass costs about as much for one window
+# as for many: its loop runs once per sample of a window) and at most; packed windows it keeps
+# (in samples) for the batches asked about again.
+GROUP_WINDOWS = 16
+MAX_GROUP_WINDOWS = 1024
+CACHE_SAMPLES = 1 << 22
 
 
 def stored_lengths(store) -> np.ndarray:
@@ -75,14 +84,29 @@ def _check_stream(stream: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return stream
 
 
-def packing_window(segments: np.ndarray, seq_len: int) -> int:
-    """The default window for these segment lengths: ``max(MIN_WINDOW, ceil(ROWS_PER_WINDOW x
-    seq_len / mean segment length))`` samples, in integer arithmetic (the same on every host)."""
-    segments = np.asarray(segments, dtype=np.int64)
-    total = int(segments.sum())
-    if total == 0:
+def _window_for(samples: int, tokens: int, seq_len: int) -> int:
+    """``max(MIN_WINDOW, ceil(ROWS_PER_WINDOW x seq_len x samples / tokens))``, integers only."""
+    if tokens <= 0:
         return MIN_WINDOW
-    return max(MIN_WINDOW, -(-ROWS_PER_WINDOW * int(seq_len) * segments.size // total))
+    return max(MIN_WINDOW, -(-ROWS_PER_WINDOW * int(seq_len) * int(samples) // int(tokens)))
+
+
+def packing_window(segments: np.ndarray, seq_len: int) -> int:
+    """The window for these segment lengths (``pack_epoch``'s default): ``max(MIN_WINDOW,
+    ceil(ROWS_PER_WINDOW x seq_len / mean segment length))`` samples, in integer arithmetic (the
+    same on every host). O(len(segments)): a stage uses ``store_packing_window``."""
+    segments = np.asarray(segments, dtype=np.int64)
+    return _window_for(segments.size, int(segments.sum()), seq_len)
+
+
+def store_packing_window(num_samples: int, num_tokens: int, seq_len: int) -> int:
+    """The window of a stage's packing, in O(1) from the store's figures: ``max(MIN_WINDOW,
+    ceil(ROWS_PER_WINDOW x seq_len / mean stored length))``. The stored mean (EOS included, not
+    capped at ``seq_len``) stands in for the epoch's mean segment length, which only the whole
+    epoch's lengths would give; it never makes a window larger than the epoch's mean would."""
+    num_samples = check_int("num_samples", num_samples, minimum=0)
+    num_tokens = check_int("num_tokens", num_tokens, minimum=0)
+    return _window_for(num_samples, num_tokens, check_positive_int("seq_len", seq_len))
 
 
 def first_fit_decreasing(
@@ -270,6 +294,21 @@ class PackedEpoch:
         hi = self.row_ptr[min(last * self.rows_per_step, self.num_rows)]
         return self.sample[lo:hi]
 
+    def row_table(self, first_row: int, last_row: int) -> PackedEpoch:
+        """Rows ``[first_row, last_row)`` as a packing of their own (rows renumbered from 0);
+        rows past the end are left out (a batcher feeds them empty)."""
+        first = min(check_int("first_row", first_row, minimum=0), self.num_rows)
+        last = min(check_int("last_row", last_row, minimum=first), self.num_rows)
+        lo, hi = int(self.row_ptr[first]), int(self.row_ptr[last])
+        return PackedEpoch(
+            seq_len=self.seq_len,
+            rows_per_step=self.rows_per_step,
+            sample=self.sample[lo:hi],
+            column=self.column[lo:hi],
+            length=self.length[lo:hi],
+            row_ptr=self.row_ptr[first : last + 1] - lo,
+        )
+
     def counts(self) -> StepCounts:
         """Per-step samples, real tokens and computed slots (``rows_per_step x seq_len``)."""
         steps = self.num_steps
@@ -283,26 +322,15 @@ class PackedEpoch:
         )
 
 
-def pack_epoch(
-    stream: np.ndarray,
-    lengths: np.ndarray,
-    seq_len: int,
-    rows_per_step: int,
-    *,
-    window: int | None = None,
-) -> PackedEpoch:
-    """Pack the global ``stream`` (sample indices in visiting order; ``lengths[i]`` = stored
-    tokens of sample ``i``, e.g. ``stored_lengths(store)``) into steps of ``rows_per_step`` rows
-    of ``seq_len`` (module docstring). Deterministic: a function of its arguments only."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    stream = _check_stream(stream, lengths)
-    seq_len = check_positive_int("seq_len", seq_len)
-    rows_per_step = check_positive_int("rows_per_step", rows_per_step)
-    seg = segment_lengths(lengths[stream], seq_len)
-    window = packing_window(seg, seq_len) if window is None else window
-    window = check_positive_int("window", window)
+def _pack_segments(
+    seg: np.ndarray, seq_len: int, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The packing of segment lengths ``seg`` (stream order) in windows of ``window``:
+    ``(order, column, length, row_ptr)``: stream positions row by row in column order, their
+    columns and lengths, and each row's first segment (module docstring)."""
     window_row, used = first_fit_decreasing(seg, seq_len, window)
-    n = stream.size
+    n = seg.size
+    window = min(window, max(n, 1))
     position = np.arange(n, dtype=np.int64)
     which = position // window
     # Row key inside its window: the earliest stream position among the row's samples. Rows of
@@ -322,11 +350,301 @@ def pack_epoch(
     np.cumsum(np.bincount(row, minlength=first_pos.size), out=row_ptr[1:])
     ends = np.cumsum(length)
     column = ends - length - (np.concatenate([[0], ends])[row_ptr[:-1]])[row]
+    return order, column.astype(np.int32), length.astype(np.int32), row_ptr
+
+
+def pack_epoch(
+    stream: np.ndarray,
+    lengths: np.ndarray,
+    seq_len: int,
+    rows_per_step: int,
+    *,
+    window: int | None = None,
+) -> PackedEpoch:
+    """Pack the global ``stream`` (sample indices in visiting order; ``lengths[i]`` = stored
+    tokens of sample ``i``, e.g. ``stored_lengths(store)``) into steps of ``rows_per_step`` rows
+    of ``seq_len`` (module docstring). Deterministic: a function of its arguments only. This
+    packs the whole stream in one pass (O(stream)); ``PackedStream`` packs it window by window,
+    on demand, with the same result."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    stream = _check_stream(stream, lengths)
+    seq_len = check_positive_int("seq_len", seq_len)
+    rows_per_step = check_positive_int("rows_per_step", rows_per_step)
+    seg = segment_lengths(lengths[stream], seq_len)
+    window = packing_window(seg, seq_len) if window is None else window
+    window = check_positive_int("window", window)
+    order, column, length, row_ptr = _pack_segments(seg, seq_len, window)
     return PackedEpoch(
         seq_len=seq_len,
         rows_per_step=rows_per_step,
         sample=stream[order],
-        column=column.astype(np.int32),
-        length=length.astype(np.int32),
+        column=column,
+        length=length,
+        row_ptr=row_ptr,
+    )
+
+
+@dataclass(frozen=True)
+class PackingCursor:
+    """Where a packed epoch stands at epoch step ``step``: window ``window`` begins at the
+    epoch's row ``row`` and holds row ``step x rows_per_step``. Past the stream's end,
+    ``window`` is the window count and ``row`` the epoch's row count. Saved with the data
+    position, so a resume (on any host count) packs no window before ``window``."""
+
+    window: int = 0
+    row: int = 0
+    step: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"window": self.window, "row": self.row, "step": self.step}
+
+    @classmethod
+    def from_json(cls, value: dict[str, int]) -> PackingCursor:
+        return cls(int(value["window"]), int(value["row"]), int(value["step"]))
+
+
+class PackedStream:
+    """A packed epoch, packed window by window as its rows are asked for (docs/design.md,
+    "Packing"): the rows of ``pack_epoch(stream, lengths, seq_len, rows_per_step,
+    window=window)``, at the cost of the windows asked about.
+
+    Window ``w`` is stream positions ``[w * window, (w + 1) * window)``; its rows are a
+    function of those positions' samples only, so ``stream_range(first, last)`` (store indices
+    of stream positions) and ``lengths_at(indices)`` (their stored lengths) are asked for the
+    windows packed and nothing else. What is not known until the stream is packed up to a row is
+    where that row's window begins: windows are packed in order from ``cursor`` on (their row
+    counts kept), and ``cursor_at(step)`` moves the start forward, forgetting the windows
+    before it. The epoch's row count, hence its steps, is known once the last window is packed.
+    Thread-safe (tf.data builds several calls' batches at once).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        stream_range: Callable[[int, int], np.ndarray],
+        lengths_at: Callable[[np.ndarray], np.ndarray],
+        seq_len: int,
+        rows_per_step: int,
+        window: int,
+        *,
+        cursor: PackingCursor | None = None,
+    ) -> None:
+        self.size = check_int("size", size, minimum=0)
+        self.seq_len = check_positive_int("seq_len", seq_len)
+        self.rows_per_step = check_positive_int("rows_per_step", rows_per_step)
+        self.window = check_positive_int("window", window)
+        self.num_windows = -(-self.size // self.window)
+        cursor = PackingCursor() if cursor is None else cursor
+        check_int("cursor.window", cursor.window, minimum=0, maximum=self.num_windows)
+        check_int("cursor.row", cursor.row, minimum=0, maximum=self.size)
+        check_int("cursor.step", cursor.step, minimum=0)
+        self._stream_range = stream_range
+        self._lengths_at = lengths_at
+        self._base = cursor.window  # the first window whose first row is known
+        self._first_rows = np.array([cursor.row], dtype=np.int64)  # of windows base, base+1, ...
+        self._known = 1  # entries of _first_rows in use: windows [base, base + known - 1) packed
+        self._tables: OrderedDict[int, PackedEpoch] = OrderedDict()
+        self._cached = 0  # samples held in _tables
+        self._lock = threading.RLock()
+
+    @property
+    def max_steps(self) -> int:
+        """Steps the epoch has at most (a row holds at least one sample): the range a batcher
+        serves; steps past the real end are empty and never trained."""
+        return -(-self.size // self.rows_per_step)
+
+    # -- windows -------------------------------------------------------------------------
+    @property
+    def _frontier(self) -> int:
+        """The first window not packed yet (its first row is known)."""
+        return self._base + self._known - 1
+
+    def _pack(self, first: int, last: int) -> list[PackedEpoch]:
+        """Windows ``[first, last)`` packed in one FFD pass, each as its own ``PackedEpoch``."""
+        w = self.window
+        lo, hi = first * w, min(last * w, self.size)
+        samples = np.asarray(self._stream_range(lo, hi), dtype=np.int64)
+        lengths = np.asarray(self._lengths_at(samples), dtype=np.int64)
+        if samples.shape != (hi - lo,) or lengths.shape != samples.shape:
+            raise InvalidArgumentError(
+                f"stream positions [{lo}, {hi}) gave {samples.shape} samples and "
+                f"{lengths.shape} lengths; expected {hi - lo} of each"
+            )
+        if lengths.size and lengths.min() < 1:
+            raise InvalidArgumentError(
+                "every streamed sample must have at least one token (stored with EOS)"
+            )
+        order, column, length, row_ptr = _pack_segments(
+            segment_lengths(lengths, self.seq_len), self.seq_len, w
+        )
+        # A row's first segment is its earliest position, so it names the row's window.
+        row_window = order[row_ptr[:-1]] // w
+        bounds = np.searchsorted(row_window, np.arange(last - first + 1))
+        tables = []
+        for k in range(last - first):
+            r0, r1 = int(bounds[k]), int(bounds[k + 1])
+            s0, s1 = int(row_ptr[r0]), int(row_ptr[r1])
+            tables.append(
+                PackedEpoch(
+                    seq_len=self.seq_len,
+                    rows_per_step=self.rows_per_step,
+                    sample=samples[order[s0:s1]],
+                    column=column[s0:s1],
+                    length=length[s0:s1],
+                    row_ptr=row_ptr[r0 : r1 + 1] - s0,
+                )
+            )
+        return tables
+
+    def _keep(self, first: int, tables: list[PackedEpoch]) -> None:
+        """Cache freshly packed windows, forgetting the least recently used beyond
+        ``CACHE_SAMPLES`` (but never the ones just packed)."""
+        for k, table in enumerate(tables):
+            self._tables[first + k] = table
+            self._cached += table.num_samples
+        while self._cached > CACHE_SAMPLES and len(self._tables) > len(tables):
+            _, old = self._tables.popitem(last=False)
+            self._cached -= old.num_samples
+
+    def _extend(self, windows: int) -> None:
+        """Pack the next ``windows`` windows past the frontier (fewer at the stream's end)."""
+        first = self._frontier
+        last = min(first + windows, self.num_windows)
+        tables = self._pack(first, last)
+        rows = np.cumsum([t.num_rows for t in tables], dtype=np.int64)
+        needed = self._known + rows.size
+        if needed > self._first_rows.size:
+            grown = np.zeros(max(needed, 2 * self._first_rows.size), dtype=np.int64)
+            grown[: self._known] = self._first_rows[: self._known]
+            self._first_rows = grown
+        self._first_rows[self._known : needed] = self._first_rows[self._known - 1] + rows
+        self._known = needed
+        self._keep(first, tables)
+
+    def _table(self, w: int) -> PackedEpoch:
+        """Window ``w`` (packed before; packed again if the cache let it go)."""
+        table = self._tables.get(w)
+        if table is None:
+            table = self._pack(w, w + 1)[0]
+            self._keep(w, [table])
+        else:
+            self._tables.move_to_end(w)
+        return table
+
+    def _window_of_row(self, row: int) -> int | None:
+        """The window holding the epoch's row ``row`` (None: past the stream's end), packing
+        windows up to it."""
+        start = int(self._first_rows[0])
+        if row < start:
+            raise InvalidArgumentError(
+                f"row {row} lies before the packing cursor (window {self._base} begins at row "
+                f"{start}); a packed epoch is read forward from its cursor"
+            )
+        while row >= self._first_rows[self._known - 1]:
+            if self._frontier == self.num_windows:
+                return None
+            done = self._known - 1
+            per_window = (
+                (self._first_rows[self._known - 1] - start) / done if done else ROWS_PER_WINDOW
+            )
+            ahead = row - int(self._first_rows[self._known - 1]) + 1
+            want = int(ahead / max(per_window, 1.0)) + 1
+            self._extend(min(max(want, GROUP_WINDOWS), MAX_GROUP_WINDOWS))
+        index = int(np.searchsorted(self._first_rows[: self._known], row, side="right")) - 1
+        return self._base + index
+
+    # -- what a batcher and the loop ask -------------------------------------------------
+    def total_rows(self) -> int | None:
+        """The epoch's row count once its last window is packed, else None."""
+        with self._lock:
+            if self._frontier < self.num_windows:
+                return None
+            return int(self._first_rows[self._known - 1])
+
+    def row_table(self, first_row: int, last_row: int) -> PackedEpoch:
+        """The epoch's rows ``[first_row, last_row)`` as a packing of their own (rows
+        renumbered from 0; rows past the stream's end left out), packing the windows they
+        lie in."""
+        first_row = check_int("first_row", first_row, minimum=0)
+        last_row = check_int("last_row", last_row, minimum=first_row)
+        with self._lock:
+            parts, row = [], first_row
+            while row < last_row:
+                w = self._window_of_row(row)
+                if w is None:
+                    break
+                begin = int(self._first_rows[w - self._base])
+                table = self._table(w)
+                parts.append(table.row_table(row - begin, last_row - begin))
+                row = begin + table.num_rows
+        return _concatenate(parts, self.seq_len, self.rows_per_step)
+
+    def steps_available(self, step: int, limit: int) -> int:
+        """How many of the epoch steps ``[step, step + limit)`` exist (the epoch ends where
+        its stream does): ``limit`` unless the stream ends first. Every host gets the same
+        answer (it is a function of the global stream), so no collective is needed."""
+        step = check_int("step", step, minimum=0)
+        limit = check_int("limit", limit, minimum=0)
+        if limit == 0:
+            return 0
+        with self._lock:
+            if self._window_of_row((step + limit - 1) * self.rows_per_step) is not None:
+                return limit
+            total = int(self._first_rows[self._known - 1])
+        return max(0, min(limit, -(-total // self.rows_per_step) - step))
+
+    def cursor_at(self, step: int) -> PackingCursor:
+        """The cursor of epoch step ``step`` (its first row's window), forgetting the windows
+        before it: the packing restarts from here on a resume."""
+        step = check_int("step", step, minimum=0)
+        with self._lock:
+            w = self._window_of_row(step * self.rows_per_step)
+            if w is None:
+                w = self._frontier  # past the end: the window count and the epoch's rows
+            drop = w - self._base
+            self._first_rows = self._first_rows[drop : self._known].copy()
+            self._known -= drop
+            self._base = w
+            for old in [k for k in self._tables if k < w]:
+                self._cached -= self._tables.pop(old).num_samples
+            return PackingCursor(w, int(self._first_rows[0]), step)
+
+    def step_counts(self, first_step: int, last_step: int) -> StepCounts:
+        """Samples, real tokens and slots (``rows_per_step x seq_len``) of the epoch steps
+        ``[first_step, last_step)``."""
+        first = check_int("first_step", first_step, minimum=0)
+        last = check_int("last_step", last_step, minimum=first)
+        r = self.rows_per_step
+        table = self.row_table(first * r, last * r)
+        rows = np.minimum(np.arange(last - first + 1) * r, table.num_rows)
+        seg = table.row_ptr[rows]
+        cum = np.concatenate([[0], np.cumsum(table.length, dtype=np.int64)])
+        return StepCounts(
+            samples=np.diff(seg).astype(np.int64),
+            tokens=np.diff(cum[seg]).astype(np.int64),
+            slots=np.full(last - first, r * self.seq_len, dtype=np.int64),
+        )
+
+
+def _concatenate(parts: list[PackedEpoch], seq_len: int, rows_per_step: int) -> PackedEpoch:
+    """Consecutive row ranges as one packing (rows back to back)."""
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return PackedEpoch(
+            seq_len, rows_per_step, empty, empty.astype(np.int32), empty.astype(np.int32),
+            np.zeros(1, dtype=np.int64),
+        )  # fmt: skip
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [p.num_samples for p in parts[:-1]])
+    row_ptr = np.concatenate(
+        [parts[0].row_ptr[:1]] + [p.row_ptr[1:] + o for p, o in zip(parts, offsets)]
+    )
+    return PackedEpoch(
+        seq_len=seq_len,
+        rows_per_step=rows_per_step,
+        sample=np.concatenate([p.sample for p in parts]),
+        column=np.concatenate([p.column for p in parts]),
+        length=np.concatenate([p.length for p in parts]),
         row_ptr=row_ptr,
     )
