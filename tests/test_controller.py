@@ -27,7 +27,7 @@ class FakePlan:
 
     def __init__(self, index: int, name: str, epochs: int, steps: int, held_out: bool = True):
         self.index, self.name, self.epochs, self.steps = index, name, epochs, steps
-        self.settings = SimpleNamespace(adaptive=False)
+        self.settings = SimpleNamespace(adaptive=False, pack=False)
         self.scheduler = None
         self.learning_rate_multiplier = 0.5 * (index + 1)
         self.num_eval = 4 if held_out else 0

@@ -648,3 +648,42 @@ def _concatenate(parts: list[PackedEpoch], seq_len: int, rows_per_step: int) -> 
         length=np.concatenate([p.length for p in parts]),
         row_ptr=row_ptr,
     )
+
+
+def estimate_packed_rows(
+    size: int,
+    stream_range: Callable[[int, int], np.ndarray],
+    lengths_at: Callable[[np.ndarray], np.ndarray],
+    seq_len: int,
+    window: int,
+    samples: int = 16,
+) -> int:
+    """Rows a stream of ``size`` positions packs into, estimated from ``samples`` of its full
+    windows spread evenly over it (the window at the middle of each of ``samples`` equal
+    parts) and its last, partial window: exact when the stream has at most ``samples + 1``
+    windows, else the sampled windows' mean row count times the full windows, rounded up, plus
+    the partial window's rows. Deterministic; costs ``samples`` windows whatever ``size``."""
+    size = check_int("size", size, minimum=0)
+    window = check_positive_int("window", window)
+    samples = check_positive_int("samples", samples)
+    full, partial = divmod(size, window)
+    chosen = np.arange(full) if full <= samples else (2 * np.arange(samples) + 1) * full // (
+        2 * samples
+    )
+    ranges = [(int(w) * window, (int(w) + 1) * window) for w in chosen]
+    if partial:
+        ranges.append((full * window, size))  # last: the one window shorter than the rest
+    if not ranges:
+        return 0
+    idx = np.concatenate([np.asarray(stream_range(a, b), dtype=np.int64) for a, b in ranges])
+    lengths = np.asarray(lengths_at(idx), dtype=np.int64)
+    if lengths.size and lengths.min() < 1:
+        raise InvalidArgumentError(
+            "every streamed sample must have at least one token (stored with EOS)"
+        )
+    _, used = first_fit_decreasing(segment_lengths(lengths, seq_len), seq_len, window)
+    tail = int(used[-1]) if partial else 0
+    sampled = int(used[: chosen.size].sum())
+    if full <= samples:
+        return sampled + tail
+    return -(-sampled * full // samples) + tail

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from highnoon.data.packing import PackedEpoch
+from highnoon.data.packing import PackedEpoch, PackedStream
 from highnoon.data.store import TokenStore
 from highnoon.utils.hashing import keyed_hash
 from highnoon.utils.validation import (
@@ -252,14 +252,16 @@ class HostBatcher(_Gather):
 
 
 class PackedBatcher(_Gather):
-    """This host's rows of a ``PackedEpoch``, step by step (``make_packed_host_dataset``)."""
+    """This host's rows of a ``PackedEpoch`` or a ``PackedStream`` (packed window by window
+    as its steps are asked for), step by step (``make_packed_host_dataset``). A stream's steps
+    past its end (its ``max_steps`` bound the range) are empty rows, never trained."""
 
     keys = _PACKED_KEYS
 
     def __init__(
         self,
         store: TokenStore,
-        packed: PackedEpoch,
+        packed: PackedEpoch | PackedStream,
         *,
         host_id: int = 0,
         num_hosts: int = 1,
@@ -267,13 +269,14 @@ class PackedBatcher(_Gather):
         seed: int = 0,
         epoch: int = 0,
     ) -> None:
-        if not isinstance(packed, PackedEpoch):
+        if not isinstance(packed, PackedEpoch | PackedStream):
             raise InvalidArgumentTypeError(
-                f"packed must be a PackedEpoch (highnoon.data.pack_epoch), got "
-                f"{type(packed).__name__}"
+                f"packed must be a PackedEpoch (highnoon.data.pack_epoch) or a PackedStream, "
+                f"got {type(packed).__name__}"
             )
         super().__init__(store, packed.seq_len, overflow, seed, epoch)
-        if packed.sample.size and packed.sample.max() >= store.num_samples:
+        whole = isinstance(packed, PackedEpoch)
+        if whole and packed.sample.size and packed.sample.max() >= store.num_samples:
             raise InvalidArgumentError(
                 f"the packing holds sample index {packed.sample.max()}, but the store has "
                 f"{store.num_samples} samples; pack with this store's lengths"
@@ -281,23 +284,32 @@ class PackedBatcher(_Gather):
         self.packed = packed
         self.num_hosts = check_positive_int("num_hosts", num_hosts)
         self.host_id = check_int("host_id", host_id, minimum=0, maximum=self.num_hosts - 1)
-        self.batch_rows = packed.host_rows(self.num_hosts)
+        if packed.rows_per_step % self.num_hosts:
+            raise InvalidArgumentError(
+                f"rows_per_step={packed.rows_per_step} does not divide by "
+                f"num_hosts={self.num_hosts}; the packed rows of a step are split evenly among "
+                "hosts"
+            )
+        self.batch_rows = packed.rows_per_step // self.num_hosts
+        self._num_steps = packed.num_steps if whole else packed.max_steps
 
     @property
     def num_steps(self) -> int:
-        return self.packed.num_steps
+        return self._num_steps
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This host's rows of ``step`` as int32 numpy arrays ``[batch_rows, seq_len]``."""
         step = check_int("step", step, minimum=0, maximum=self.num_steps - 1)
         return {key: value[0] for key, value in self.batches(step, 1).items()}
 
-    def _segments(self, first: int, count: int) -> tuple[np.ndarray, ...]:
-        """(this host's global row ids, each row's first segment, each segment's output row,
-        segment ids) of steps ``[first, first + count)``; rows past the end are empty."""
-        p, per_host = self.packed, self.batch_rows
-        steps = np.arange(first, first + count, dtype=np.int64)
-        rows = steps[:, None] * p.rows_per_step + self.host_id * per_host + np.arange(per_host)
+    def _segments(self, first: int, count: int) -> tuple[Any, ...]:
+        """(the steps' rows as a packing of their own, this host's rows of it, each row's
+        first segment, each segment's output row, segment ids) of steps ``[first, first +
+        count)``; rows past the end are empty."""
+        per_host, r = self.batch_rows, self.packed.rows_per_step
+        p = self.packed.row_table(first * r, (first + count) * r)  # every host's rows
+        steps = np.arange(count, dtype=np.int64)
+        rows = steps[:, None] * r + self.host_id * per_host + np.arange(per_host)
         rows = np.minimum(rows.reshape(-1), p.num_rows)
         lo = p.row_ptr[rows]
         hi = p.row_ptr[np.minimum(rows + 1, p.num_rows)]
@@ -305,17 +317,18 @@ class PackedBatcher(_Gather):
         out_row = np.repeat(np.arange(rows.size), count_in_row)
         seg = np.arange(out_row.size) + np.repeat(lo - (np.cumsum(count_in_row) - count_in_row),
                                                   count_in_row)  # fmt: skip
-        return rows, lo, out_row, seg
+        return p, rows, lo, out_row, seg
 
     def _step_samples(self, first: int, count: int) -> np.ndarray:
         """The samples of the segments of steps ``[first, first + count)`` (``prefetch``)."""
-        return self.packed.sample[self._segments(first, count)[3]]
+        p, *_, seg = self._segments(first, count)
+        return p.sample[seg]
 
     def batches(self, first: int, count: int) -> dict[str, np.ndarray]:
         """Steps ``[first, first + count)`` stacked: arrays ``[count, batch_rows, seq_len]``."""
         _check_span(first, count, self.num_steps)
-        p, per_host = self.packed, self.batch_rows
-        rows, lo, out_row, seg = self._segments(first, count)
+        per_host = self.batch_rows
+        p, rows, lo, out_row, seg = self._segments(first, count)
         shape = (rows.size, self.seq_len)
         out = {key: np.zeros(shape, dtype=np.int32) for key in _PACKED_KEYS}
         out["inputs"][:] = self.pad_id
@@ -381,7 +394,7 @@ def make_host_dataset(
 
 def make_packed_host_dataset(
     store: TokenStore,
-    packed: PackedEpoch,
+    packed: PackedEpoch | PackedStream,
     *,
     host_id: int = 0,
     num_hosts: int = 1,

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from absl import logging
 
+from highnoon.data.packing import PackingCursor
 from highnoon.training.position import DataPosition
 from highnoon.training.preemption import Preempted
 from highnoon.training.runner import StepRunner
@@ -243,27 +244,52 @@ class Controller:
         """The epoch from the current position, one segment of equal row length at a time
         (a single segment unless the stage's sequence-length warm-up changes the length)."""
         pos = self.position
-        steps = plan.steps_per_epoch(pos.epoch)
         window = LossWindow()
+        if plan.settings.pack:  # full rows (no warm-up); the epoch ends where its stream does
+            self._begin_packed_epoch(plan)
+            self._run_segment(plan, None, plan.settings.max_seq_length, window)
+            return
+        steps = plan.steps_per_epoch(pos.epoch)
         while pos.step_in_epoch < steps:
             seq_length, end = plan.segment_at(
                 pos.step_in_epoch, steps, pos.global_step - pos.stage_start_step
             )
             self._run_segment(plan, end, seq_length, window)
 
-    def _run_segment(self, plan: Any, end: int, seq_length: int, window: LossWindow) -> None:
+    def _begin_packed_epoch(self, plan: Any) -> None:
+        """Packing restarts at the saved cursor (a resume packs no earlier window)."""
+        pos = self.position
+        saved = pos.packing_cursor
+        cursor = None if saved is None else PackingCursor.from_json(saved)
+        if cursor is not None and cursor.step != pos.step_in_epoch:
+            raise ValueError(
+                f"the checkpoint's packing cursor is at step {cursor.step} of epoch {pos.epoch} "
+                f"but its data position at step {pos.step_in_epoch}; the checkpoint is "
+                "inconsistent, resume from an earlier one"
+            )
+        plan.begin_packed_epoch(pos.epoch, cursor)
+
+    def _call_steps(self, plan: Any, end: int | None) -> int:
+        """Steps of the next host call: up to ``steps_per_call`` and the next log, eval or
+        checkpoint boundary, within ``end`` (None: a packed epoch, whose stream says how many
+        of them exist; 0 once it has ended)."""
+        pos = self.position
+        count = min(self.options.steps_per_call, self.intervals.steps_to_next(pos.global_step))
+        if end is None:
+            return plan.steps_available(pos.epoch, pos.step_in_epoch, count)
+        return max(0, min(count, end - pos.step_in_epoch))
+
+    def _run_segment(
+        self, plan: Any, end: int | None, seq_length: int, window: LossWindow
+    ) -> None:
         """Epoch steps ``[step_in_epoch, end)`` on rows of ``seq_length`` tokens: one static
-        input shape, so a host call never straddles a length change."""
+        input shape, so a host call never straddles a length change. ``end`` None: a packed
+        epoch, run until its stream ends."""
         pos = self.position
         epoch = pos.epoch
         iterator = self.runner.segment(plan, epoch, pos.step_in_epoch, end, seq_length)
         self.seq_length = seq_length
-        while pos.step_in_epoch < end:
-            count = min(
-                self.options.steps_per_call,
-                end - pos.step_in_epoch,
-                self.intervals.steps_to_next(pos.global_step),
-            )
+        while count := self._call_steps(plan, end):
             started = time.time()
             out = self.runner.run(iterator, count, plan, seq_length, self._stop_requested)
             bucket = "compilation" if out.compiled else "productive_step"
@@ -272,6 +298,8 @@ class Controller:
             first = pos.step_in_epoch
             fed = plan.step_totals(epoch, first, first + count, seq_length, out.tokens)
             pos.record_steps(count, out.losses, out.tokens)
+            if end is None:
+                pos.packing_cursor = plan.packing_cursor(epoch, pos.step_in_epoch).to_json()
             pos.count(samples=fed["samples"], tokens=fed["tokens"], slots=fed["slots"])
             window.add(out.losses, out.tokens, fed["slots"])
             if self.progress is not None:

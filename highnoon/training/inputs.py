@@ -5,7 +5,8 @@ batches, split into its local replicas' consecutive shares, so replica ``r`` of 
 sees the same rows for a given global step whatever the host count (docs/design.md,
 "Determinism"). Training rows come from the curriculum call by call (``StagePlan.host_rows_at``
 through a ``StepRows``: a pipeline call computes only its own steps' rows) or, with
-packing, from the epoch's packing (``StagePlan.packed_epoch``); evaluation rows are the stage's
+packing, from the epoch's ``PackedStream`` (``StagePlan.packed_stream``: windows packed as a
+pipeline call reaches them); evaluation rows are the stage's
 held-out samples, never packed (a per-token loss does not need it).
 """
 
@@ -33,7 +34,8 @@ def training_dataset(
     """The stage's training batches of ``epoch``, steps ``[start_step, end)``, as rows of
     ``seq_length`` tokens (default: the stage's ``max_seq_length``; the sequence-length warm-up
     feeds shorter rows in segments of one length). Packed epochs always use full rows (the
-    settings refuse packing with a warm-up)."""
+    settings refuse packing with a warm-up) and run until their stream ends (``end`` unused:
+    the loop stops asking for steps there)."""
     s = plan.settings
     seq_length = s.max_seq_length if seq_length is None else seq_length
 
@@ -41,7 +43,7 @@ def training_dataset(
         if s.pack:
             return hn_data.make_packed_host_dataset(
                 plan.store,
-                plan.packed_epoch(epoch),
+                plan.packed_stream(epoch),
                 host_id=host_id,
                 num_hosts=num_hosts,
                 start_step=start_step,

@@ -44,9 +44,13 @@ class DataPosition:
     # stage's start (0, 0 for a run's planned stages; later for stages appended after it ended).
     schedule_start_stage: int = 0
     schedule_start_step: int = 0
+    # A packed epoch's packing cursor at ``step_in_epoch`` (``PackingCursor.to_json``: window,
+    # its first row, step), so a resume packs no window before it; None when not packed.
+    packing_cursor: dict[str, int] | None = None
 
     def enter_stage(self, index: int) -> None:
         self.stage, self.epoch, self.step_in_epoch = index, 0, 0
+        self.packing_cursor = None
         self.stage_start_step = self.global_step
         self.epoch_loss_sum = self.epoch_token_sum = 0.0
         self.stage_counts = {}
@@ -80,6 +84,7 @@ class DataPosition:
         self.last_epoch_loss = epoch_loss
         self.epoch += 1
         self.step_in_epoch = 0
+        self.packing_cursor = None
         self.epoch_loss_sum = self.epoch_token_sum = 0.0
 
     def complete_stage(

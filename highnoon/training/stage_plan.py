@@ -35,11 +35,14 @@ from highnoon.curriculum.stored_order import open_stored_order, store_score_scal
 from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
+    PackedStream,
+    PackingCursor,
     StepCounts,
     batch_counts,
+    estimate_packed_rows,
     pack_epoch,
-    packed_row_count,
     row_counts,
+    store_packing_window,
     stored_lengths,
 )
 from highnoon.data.stage_data import mixture_counts, mixture_epoch, mixture_of
@@ -57,8 +60,11 @@ _STREAM_WHEN_ON = {
 # The rule that turns (data, seed, settings) into the stream, recorded in every stage's stream
 # fingerprint: a checkpoint of an older rule refuses to resume onto this one. Format 2 (issue
 # 21): scores over the whole store, the held-out split in order space, `random` as a keyed
-# bijection, mixtures drawn over training ranks.
-STREAM_FORMAT = "highnoon.stream/2"
+# bijection, mixtures drawn over training ranks. Format 3 (issue 21): packing windows sized from
+# the store's mean stored length (not the epoch's), so a host packs only the windows it feeds.
+STREAM_FORMAT = "highnoon.stream/3"
+# Windows the packed step estimate (the schedule's horizon) packs per epoch.
+ESTIMATE_WINDOWS = 16
 
 
 class StagePlan:
@@ -105,6 +111,8 @@ class StagePlan:
             self._plan_mixture()
         self._lengths: np.ndarray | None = None
         self._epoch_cache: tuple[tuple[int, ...], PackedEpoch | None, StepCounts] | None = None
+        self._stream: tuple[tuple[int, int], PackedStream] | None = None
+        self._estimates: dict[tuple[int, int], int] = {}
         self.seq_warmup = settings.seq_length_warmup(self.planned_steps())
         self.seq_warmup.check_stage(name, self.planned_steps())
         self._difficulty: np.ndarray | None = None
@@ -283,7 +291,7 @@ class StagePlan:
         if self.mixture is None:  # one entry: every trained sample is its own
             return {self.dataset_names[0]: int(self._epoch_samples(epoch))}
         if self.settings.pack:
-            trained = self.epoch_stream(epoch)
+            trained = self.epoch_stream(epoch)  # O(epoch): mixtures only
         else:
             trained = self.host_rows(epoch, 0, 1).reshape(-1)
         counts = np.bincount(self._source_of[trained], minlength=len(self.dataset_names))
@@ -295,14 +303,25 @@ class StagePlan:
     def _epoch_samples(self, epoch: int) -> int:
         """Samples ``epoch`` trains on: its whole global batches, or every packed sample."""
         if self.settings.pack:
-            return int(self.epoch_stream(epoch).size)
+            return self.epoch_stream_size(epoch)
         return self.scheduler.steps_per_epoch(epoch) * self.settings.global_batch_size
 
     # -- what the run loop asks ----------------------------------------------------------
     def steps_per_epoch(self, epoch: int) -> int:
+        """Global steps of ``epoch``. Packed: exact, from the whole epoch's packing (O(epoch):
+        the report's and the tests'); the run loop asks ``steps_available`` instead and learns
+        a packed epoch's end when its stream ends."""
         if self.settings.pack:
             return self.packed_epoch(epoch).num_steps
         return self.scheduler.steps_per_epoch(epoch)
+
+    def steps_available(self, epoch: int, step: int, limit: int) -> int:
+        """How many of the epoch steps ``[step, step + limit)`` exist: a packed epoch packs its
+        stream up to them (``PackedStream.steps_available``); else its whole batches. The same
+        on every host."""
+        if self.settings.pack:
+            return self.packed_stream(epoch).steps_available(step, limit)
+        return max(0, min(limit, self.scheduler.steps_per_epoch(epoch) - step))
 
     def fraction(self, epoch: int) -> float:
         return float(self.scheduler.get_stage_info(epoch)["fraction"])
@@ -334,10 +353,10 @@ class StagePlan:
         when given (the steps' own global loss-mask sums, which the step reduces anyway: a
         host call then reads no feature at all), else the lengths of those steps' global rows
         (``features_at``). Either way a call costs its own steps, whatever the corpus size.
-        Packed: the epoch's packing (O(epoch), built once per epoch)."""
+        Packed: those steps' rows of the epoch's ``PackedStream`` (windows packed on demand)."""
         length = self.settings.max_seq_length if seq_length is None else seq_length
         if self.settings.pack:
-            return self.step_counts(epoch, length).total(first_step, last_step)
+            return self.packed_stream(epoch).step_counts(first_step, last_step).total()
         if step_tokens is None:
             rows = self.host_rows_at(epoch, first_step, last_step, 0, 1)
             lengths = self.store.features_at(rows.reshape(-1)).lengths.reshape(rows.shape)
@@ -351,14 +370,65 @@ class StagePlan:
 
     @property
     def lengths(self) -> np.ndarray:
-        """Stored tokens of every sample of the store (read once)."""
+        """Stored tokens of every sample of the store (read once; O(N): the report's exact
+        packing, never the run's)."""
         if self._lengths is None:
             self._lengths = stored_lengths(self.store)
         return self._lengths
 
+    def epoch_stream_size(self, epoch: int) -> int:
+        """Samples a packed ``epoch`` trains on (O(1))."""
+        return self.scheduler.epoch_stream_size(epoch)
+
+    def epoch_stream_range(self, epoch: int, first: int, last: int) -> np.ndarray:
+        """Store indices at stream positions ``[first, last)`` of a packed ``epoch``, in
+        visiting order, at the cost of those positions."""
+        return self.scheduler.epoch_stream_range(epoch, first, last)
+
     def epoch_stream(self, epoch: int) -> np.ndarray:
-        """Store indices of every sample a packed ``epoch`` trains on, in visiting order."""
-        return self.scheduler.epoch_stream(epoch)
+        """Store indices of every sample a packed ``epoch`` trains on, in visiting order
+        (O(epoch))."""
+        return self.epoch_stream_range(epoch, 0, self.epoch_stream_size(epoch))
+
+    @functools.cached_property
+    def packing_window(self) -> int:
+        """Samples per packing window, from the store's figures (``store_packing_window``)."""
+        store = self.store
+        return store_packing_window(
+            store.num_samples, store.num_tokens, self.settings.max_seq_length
+        )
+
+    def _lengths_at(self, indices: np.ndarray) -> np.ndarray:
+        """Stored lengths of the samples ``indices`` only."""
+        return self.store.features_at(indices).lengths
+
+    def begin_packed_epoch(self, epoch: int, cursor: PackingCursor | None = None) -> PackedStream:
+        """A fresh ``PackedStream`` of ``epoch`` starting at ``cursor`` (None: the epoch's
+        start): what the run loop and its pipeline read from this epoch on."""
+        s = self.settings
+        stream = PackedStream(
+            self.epoch_stream_size(epoch),
+            functools.partial(self.epoch_stream_range, epoch),
+            self._lengths_at,
+            s.max_seq_length,
+            s.global_batch_size,
+            self.packing_window,
+            cursor=cursor,
+        )
+        self._stream = ((epoch, self.scheduler.exposed_size(epoch)), stream)
+        return stream
+
+    def packed_stream(self, epoch: int) -> PackedStream:
+        """``epoch``'s packing, window by window on demand (``pack=True``): the one
+        ``begin_packed_epoch`` made, or a new one from the epoch's start."""
+        key = (epoch, self.scheduler.exposed_size(epoch))
+        if self._stream is None or self._stream[0] != key:
+            return self.begin_packed_epoch(epoch)
+        return self._stream[1]
+
+    def packing_cursor(self, epoch: int, step: int) -> PackingCursor:
+        """The packed ``epoch``'s cursor at epoch step ``step`` (for the data position)."""
+        return self.packed_stream(epoch).cursor_at(step)
 
     def packed_epoch(self, epoch: int) -> PackedEpoch:
         """The packing of ``epoch`` (``pack=True``): the same on every host."""
@@ -384,7 +454,11 @@ class StagePlan:
         if self._epoch_cache is None or self._epoch_cache[0] != key:
             if s.pack:
                 packed = pack_epoch(
-                    self.epoch_stream(epoch), self.lengths, s.max_seq_length, s.global_batch_size
+                    self.epoch_stream(epoch),
+                    self.lengths,
+                    s.max_seq_length,
+                    s.global_batch_size,
+                    window=self.packing_window,
                 )
                 counts = packed.counts()
             else:
@@ -504,15 +578,30 @@ class StagePlan:
         return [float(scores[first, 0]) for first, _ in buckets] + [float(scores[-1, -1])]
 
     def planned_steps(self) -> int:
-        """Optimizer steps of the whole stage under the planned (non-adaptive) pacing."""
+        """Optimizer steps of the whole stage under the planned (non-adaptive) pacing. Packed:
+        an estimate (``estimated_epoch_steps``), since a packed epoch's steps are known only
+        when its stream ends; past it the learning-rate schedule holds its final value."""
         if not self.settings.pack:
             return sum(self.steps_per_epoch(epoch) for epoch in range(self.epochs))
-        rows = self.settings.global_batch_size
-        return sum(
-            -(-packed_row_count(self.epoch_stream(e), self.lengths, self.settings.max_seq_length)
-              // rows)
-            for e in range(self.epochs)
-        )  # fmt: skip
+        return sum(self.estimated_epoch_steps(e) for e in range(self.epochs))
+
+    def estimated_epoch_steps(self, epoch: int) -> int:
+        """A packed ``epoch``'s steps estimated from ``ESTIMATE_WINDOWS`` of its windows spread
+        over the stream (``estimate_packed_rows``; exact for an epoch of that few windows), the
+        same on every host, at the cost of those windows."""
+        size = self.epoch_stream_size(epoch)
+        key = (epoch, size)
+        if key not in self._estimates:
+            rows = estimate_packed_rows(
+                size,
+                functools.partial(self.epoch_stream_range, epoch),
+                self._lengths_at,
+                self.settings.max_seq_length,
+                self.packing_window,
+                ESTIMATE_WINDOWS,
+            )
+            self._estimates[key] = -(-rows // self.settings.global_batch_size)
+        return self._estimates[key]
 
     def stream_fingerprint(self) -> dict[str, str]:
         """What this stage's stream of global batches is made from: the stage's name, its data
