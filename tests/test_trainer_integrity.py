@@ -114,7 +114,7 @@ def test_a_checkpoint_of_the_previous_stream_rule_refuses_to_resume_silently(
     again = make_trainer(tmp_path)
     again.add_curriculum_stage("first", [data["a"]], epochs=2)
     with pytest.raises(
-        DataChangedError, match=r"stream .* \(format: None -> 'highnoon.stream/2'\)"
+        DataChangedError, match=rf"stream .* \(format: None -> '{stage_plan.STREAM_FORMAT}'\)"
     ):
         again.train(checkpoint_dir=run_dir)
     allowed = make_trainer(tmp_path, allow_data_change=True)

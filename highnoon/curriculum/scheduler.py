@@ -421,7 +421,9 @@ class CurriculumScheduler:
             g = self.global_batch_size
             steps = np.arange(first // g, -(-last // g), dtype=np.int64)
             rows = self._rows(epoch, steps, 0, 1, g).reshape(-1)
-            return rows[first - int(steps[0]) * g : last - int(steps[0]) * g] if steps.size else rows
+            return (
+                rows[first - int(steps[0]) * g : last - int(steps[0]) * g] if steps.size else rows
+            )
         positions = np.arange(first, last, dtype=np.int64)
         return take(self.order_at(epoch), self._permute(epoch, size, positions))
 

@@ -667,8 +667,8 @@ def estimate_packed_rows(
     window = check_positive_int("window", window)
     samples = check_positive_int("samples", samples)
     full, partial = divmod(size, window)
-    chosen = np.arange(full) if full <= samples else (2 * np.arange(samples) + 1) * full // (
-        2 * samples
+    chosen = (
+        np.arange(full) if full <= samples else (2 * np.arange(samples) + 1) * full // (2 * samples)
     )
     ranges = [(int(w) * window, (int(w) + 1) * window) for w in chosen]
     if partial:

@@ -279,9 +279,7 @@ class Controller:
             return plan.steps_available(pos.epoch, pos.step_in_epoch, count)
         return max(0, min(count, end - pos.step_in_epoch))
 
-    def _run_segment(
-        self, plan: Any, end: int | None, seq_length: int, window: LossWindow
-    ) -> None:
+    def _run_segment(self, plan: Any, end: int | None, seq_length: int, window: LossWindow) -> None:
         """Epoch steps ``[step_in_epoch, end)`` on rows of ``seq_length`` tokens: one static
         input shape, so a host call never straddles a length change. ``end`` None: a packed
         epoch, run until its stream ends."""
