@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler
-from highnoon.data import PackedBatcher, build_token_store, pack_epoch, stored_lengths
-from highnoon.data import packing
+from highnoon.data import PackedBatcher, build_token_store, pack_epoch, packing, stored_lengths
 from highnoon.data.packing import (
     PackedStream,
     PackingCursor,
