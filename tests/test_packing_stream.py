@@ -217,3 +217,37 @@ def test_every_host_count_feeds_the_same_global_rows_and_every_sample_once(store
             (segments[:, :, 1:] != 0) & (expected["positions"][:, :, 1:] == 1)
         ]
         assert sorted((first_tokens - 3).tolist()) == sorted(stream.tolist())
+
+
+def test_a_cursor_saved_on_one_host_resumes_on_three(store) -> None:
+    """The cursor is global: one host's cursor at step k, read by three hosts' fresh streams,
+    gives the one-host batches of steps k on."""
+    sched = _schedulers()[0]
+    stream = sched.epoch_stream(2)
+    want = pack_epoch(stream, stored_lengths(store), SEQ, 6, window=12)
+
+    def fresh(cursor=None):
+        return PackedStream(
+            stream.size,
+            lambda a, b: sched.epoch_stream_range(2, a, b),
+            lambda idx: store.features_at(idx).lengths,
+            SEQ,
+            6,
+            12,
+            cursor=cursor,
+        )
+
+    one = fresh()
+    PackedBatcher(store, one, seed=3, epoch=2).batches(0, 5)
+    cursor = one.cursor_at(5)
+    assert cursor.window > 0
+    rest = want.num_steps - 5
+    expected = PackedBatcher(store, want, seed=3, epoch=2).batches(5, rest)
+    hosts = [
+        PackedBatcher(store, fresh(cursor), host_id=h, num_hosts=3, seed=3, epoch=2).batches(
+            5, rest
+        )
+        for h in range(3)
+    ]
+    for key, value in expected.items():
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in hosts], 1), value)
