@@ -28,6 +28,18 @@ Parts:
 
     python bench/bench_scale.py --part host                       # 1e6, 1e7, 1e8
     python bench/bench_scale.py --part host --sizes 1e6,1e7,1e8,1e9
+
+* ``pack``: the same host and stage packed (``pack=True``, rows of ``PACK_SEQ`` tokens, the
+  synthetic lengths): from ``TokenStore.open`` to its first call's rows (the ``StagePlan``, its
+  schedule horizon estimated from 16 windows per epoch, the epoch's ``PackedStream`` and the
+  rows of step 0), then calls of 1 step and of 100 steps of the last epoch (the whole pool) as
+  the loop makes them (consecutive from its start, the cursor advanced after each), and the
+  peak RSS of the 100-step calls. Beside it, the
+  previous commit's path (``_today_packed_first_rows``: every sample's length, each epoch's
+  whole stream packed for the horizon, then epoch 0 packed whole) up to ``--in_memory_max``.
+
+    python bench/bench_scale.py --part pack --in_memory_max 1e7   # 1e6, 1e7, 1e8
+    python bench/bench_scale.py --part pack --sizes 1e6,1e7,1e8,1e9 --in_memory_max 1e7
 """
 
 from __future__ import annotations
@@ -136,18 +148,21 @@ HOSTS, ROWS_PER_HOST, HOST_ID = 256, 4, 17
 EVAL_FRACTION = 0.01
 
 
-def _host_plan(store: Any) -> Any:
-    """The benchmarked stage on ``store``."""
+def _host_plan(store: Any, **settings: Any) -> Any:
+    """The benchmarked stage on ``store`` (``settings`` override, e.g. packing)."""
     from highnoon.training.settings import StageSettings
     from highnoon.training.stage_plan import StagePlan
 
     settings = StageSettings(
-        batch_size=HOSTS * ROWS_PER_HOST,
-        max_seq_length=2048,
-        eval_fraction=EVAL_FRACTION,
-        curriculum_strategy="mixed",
-        pacing="linear",
-        initial_fraction=0.3,
+        **{
+            "batch_size": HOSTS * ROWS_PER_HOST,
+            "max_seq_length": 2048,
+            "eval_fraction": EVAL_FRACTION,
+            "curriculum_strategy": "mixed",
+            "pacing": "linear",
+            "initial_fraction": 0.3,
+            **settings,
+        }
     )
     return StagePlan(0, "scale", settings, 4, store, seed=0)
 
@@ -214,12 +229,92 @@ def _child_host_today(path: str) -> dict[str, Any]:
     return {"first_rows": _measured(lambda: _today_first_rows(TokenStore.open(path)))}
 
 
+PACK_SEQ = 2048  # packed rows: a few synthetic samples (~600 ids) per row
+
+
+def _packed_host_rows(stream: Any, first: int, last: int) -> Any:
+    """This host's packed rows of steps ``[first, last)``: the samples of each of its rows
+    (the global rows' packing, then its slice of every step)."""
+    import numpy as np
+
+    g = HOSTS * ROWS_PER_HOST
+    table = stream.row_table(first * g, last * g)
+    rows = (np.arange(last - first)[:, None] * g + HOST_ID * ROWS_PER_HOST
+            + np.arange(ROWS_PER_HOST)).reshape(-1)  # fmt: skip
+    rows = np.minimum(rows, table.num_rows)
+    ptr = table.row_ptr
+    return [table.sample[ptr[r] : ptr[min(r + 1, table.num_rows)]] for r in rows]
+
+
+def _child_pack(path: str) -> dict[str, Any]:
+    """Open -> first call's packed rows, then consecutive calls of 1 and 100 steps."""
+    from highnoon.data.store import TokenStore
+
+    state: dict[str, Any] = {}
+
+    def first_rows() -> None:
+        plan = _host_plan(TokenStore.open(path), pack=True, max_seq_length=PACK_SEQ)
+        state["plan"] = plan
+        state["stream"] = plan.begin_packed_epoch(0)
+        state["rows"] = _packed_host_rows(state["stream"], 0, 1)
+        plan.packing_cursor(0, 1)
+
+    out = {"first_rows": _measured(first_rows)}
+    plan = state["plan"]
+    out["planned_steps"] = plan.planned_steps()
+    out["window"] = plan.packing_window
+    # Calls in the last epoch (the whole pool: 264 steps at 1e6), from its start as a run
+    # makes them: consecutive, the cursor advanced after each.
+    epoch = plan.epochs - 1
+    stream = plan.begin_packed_epoch(epoch)
+    step = 0
+    for count, repeats in ((1, 3), (100, 2)):
+        times = []
+
+        def calls(count: int = count, repeats: int = repeats) -> None:
+            nonlocal step
+            for _ in range(repeats):
+                start = time.perf_counter()
+                take = stream.steps_available(step, count)
+                assert take == count, (take, count)
+                _packed_host_rows(stream, step, step + take)
+                plan.step_totals(epoch, step, step + take)
+                step += take
+                plan.packing_cursor(epoch, step)
+                times.append(time.perf_counter() - start)
+
+        out[f"calls_{count}"] = _measured(calls)
+        out[f"call_{count}"] = sum(times) / len(times)
+    return out
+
+
+def _today_packed_first_rows(store: Any) -> Any:
+    """The previous commit's packed start, O(N) (kept for comparison): every sample's length,
+    each epoch's stream packed whole for the schedule's horizon, then epoch 0 packed whole."""
+    from highnoon.data.packing import pack_epoch, packed_row_count, stored_lengths
+
+    plan = _host_plan(store, max_seq_length=PACK_SEQ)  # the same stream, no packed estimate
+    lengths = stored_lengths(store)
+    for epoch in range(plan.epochs):
+        packed_row_count(plan.epoch_stream(epoch), lengths, PACK_SEQ)
+    packed = pack_epoch(plan.epoch_stream(0), lengths, PACK_SEQ, HOSTS * ROWS_PER_HOST)
+    return packed.step_samples(0, 1)
+
+
+def _child_pack_today(path: str) -> dict[str, Any]:
+    from highnoon.data.store import TokenStore
+
+    return {"first_rows": _measured(lambda: _today_packed_first_rows(TokenStore.open(path)))}
+
+
 CHILDREN: dict[str, Callable[[str], dict[str, Any]]] = {
     "write_orders": _child_write_orders,
     "in_memory": _child_in_memory,
     "first_read": _child_first_read,
     "host": _child_host,
     "host_today": _child_host_today,
+    "pack": _child_pack,
+    "pack_today": _child_pack_today,
 }
 
 
@@ -350,9 +445,52 @@ def format_host(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def part_pack(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The packed host's figures on the stored order (written first, untimed), and the
+    previous commit's packed start up to ``--in_memory_max``."""
+    from highnoon.curriculum.stored_order import open_stored_order, write_orders
+    from highnoon.data.store import TokenStore
+
+    if open_stored_order(TokenStore.open(path), "mixed") is None:
+        write_orders(path, ("mixed",))
+    row: dict[str, Any] = {"n": n, "pack": run_child("pack", path)}
+    if n <= args.in_memory_max:
+        row["today"] = run_child("pack_today", path)
+    return row
+
+
+def format_pack(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"| samples | packed: open -> first rows (1 host of {HOSTS}) | its peak RSS above "
+        "baseline | 1-step call | 100-step call | peak RSS of the 100-step calls | today: open "
+        "-> first rows | today's peak RSS | time ratio today / now |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        h, t = row["pack"], row.get("today")
+        if "error" in h:
+            lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | |")
+            continue
+        first = h["first_rows"]
+        today, today_peak, ratio = "not run", "-", "-"
+        if t is not None and "error" in t:
+            today = t["error"]
+        elif t is not None:
+            tf_ = t["first_rows"]
+            today, today_peak = f"{tf_['seconds']:.2f} s", f"{tf_['peak_mib']:.0f} MiB"
+            ratio = f"{tf_['seconds'] / first['seconds']:.0f}x"
+        lines.append(
+            f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
+            f"| {h['call_1'] * 1e3:.1f} ms | {h['call_100'] * 1e3:.0f} ms "
+            f"| {h['calls_100']['peak_mib']:.1f} MiB | {today} | {today_peak} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
 PARTS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[list], str]]] = {
     "order": (part_order, format_order),
     "host": (part_host, format_host),
+    "pack": (part_pack, format_pack),
 }
 
 
