@@ -271,7 +271,7 @@ def _child_pack(path: str) -> dict[str, Any]:
     for count, repeats in ((1, 3), (100, 2)):
         times = []
 
-        def calls(count: int = count, repeats: int = repeats) -> None:
+        def calls(count: int = count, repeats: int = repeats, times: list = times) -> None:
             nonlocal step
             for _ in range(repeats):
                 start = time.perf_counter()
