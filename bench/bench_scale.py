@@ -302,9 +302,20 @@ def _today_packed_first_rows(store: Any) -> Any:
 
 
 def _child_pack_today(path: str) -> dict[str, Any]:
+    """Today's packed start, then (untimed) the exact steps of every epoch at the stage's
+    window, to check the estimated horizon against."""
+    from highnoon.data.packing import packed_row_count, stored_lengths
     from highnoon.data.store import TokenStore
 
-    return {"first_rows": _measured(lambda: _today_packed_first_rows(TokenStore.open(path)))}
+    out = {"first_rows": _measured(lambda: _today_packed_first_rows(TokenStore.open(path)))}
+    store = TokenStore.open(path)
+    plan = _host_plan(store, pack=True, max_seq_length=PACK_SEQ)
+    lengths, g = stored_lengths(store), HOSTS * ROWS_PER_HOST
+    out["exact_steps"] = sum(
+        -(-packed_row_count(plan.epoch_stream(e), lengths, PACK_SEQ, plan.packing_window) // g)
+        for e in range(plan.epochs)
+    )
+    return out
 
 
 CHILDREN: dict[str, Callable[[str], dict[str, Any]]] = {
@@ -463,16 +474,20 @@ def format_pack(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"| samples | packed: open -> first rows (1 host of {HOSTS}) | its peak RSS above "
         "baseline | 1-step call | 100-step call | peak RSS of the 100-step calls | today: open "
-        "-> first rows | today's peak RSS | time ratio today / now |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "-> first rows | today's peak RSS | time ratio today / now | planned steps: estimate / "
+        "exact |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         h, t = row["pack"], row.get("today")
         if "error" in h:
-            lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | |")
+            lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | | |")
             continue
         first = h["first_rows"]
         today, today_peak, ratio = "not run", "-", "-"
+        steps = f"{h['planned_steps']} / " + (
+            str(t["exact_steps"]) if t and "error" not in t else "-"
+        )
         if t is not None and "error" in t:
             today = t["error"]
         elif t is not None:
@@ -482,7 +497,8 @@ def format_pack(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
             f"| {h['call_1'] * 1e3:.1f} ms | {h['call_100'] * 1e3:.0f} ms "
-            f"| {h['calls_100']['peak_mib']:.1f} MiB | {today} | {today_peak} | {ratio} |"
+            f"| {h['calls_100']['peak_mib']:.1f} MiB | {today} | {today_peak} | {ratio} "
+            f"| {steps} |"
         )
     return "\n".join(lines)
 
