@@ -251,3 +251,14 @@ def test_a_cursor_saved_on_one_host_resumes_on_three(store) -> None:
     ]
     for key, value in expected.items():
         np.testing.assert_array_equal(np.concatenate([b[key] for b in hosts], 1), value)
+
+
+def test_lengths_at_reads_the_lengths_of_those_samples(store) -> None:
+    idx = np.array([5, 0, 149, 5, 77])
+    np.testing.assert_array_equal(store.lengths_at(idx), store.features_at(idx).lengths)
+    np.testing.assert_array_equal(store.lengths_at(idx), stored_lengths(store)[idx])
+    assert store.lengths_at(np.zeros(0, np.int64)).shape == (0,)
+    with pytest.raises(
+        IndexError, match=r"sample indices must be in \[0, 150\), got values in \[150, 150\]"
+    ):
+        store.lengths_at(np.array([150]))

@@ -626,21 +626,31 @@ class TokenStore:
         """Features of the samples ``indices`` (1-D, any order, repeats allowed), in that order,
         read element by element (memory and reads O(len(indices)), not O(store))."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return SampleFeatures(
+            lengths=self._feature_at(LENGTHS, idx), surprisal_sum=self._feature_at(SURPRISAL, idx)
+        )
+
+    def lengths_at(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored lengths (EOS included) of the samples ``indices`` only: ``features_at(
+        indices).lengths`` without reading the other feature file (packing needs lengths
+        alone, and each sample read checks its file's block once)."""
+        return self._feature_at(LENGTHS, np.asarray(indices, dtype=np.int64).reshape(-1))
+
+    def _feature_at(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """The int64 feature file ``name`` at the 1-D samples ``idx``."""
         self._check_index(idx)
-        lengths = np.empty(idx.shape, dtype=np.int64)
-        surprisal = np.empty(idx.shape, dtype=np.int64)
+        out = np.empty(idx.shape, dtype=np.int64)
         if idx.size == 0:
-            return SampleFeatures(lengths=lengths, surprisal_sum=surprisal)
+            return out
         for s, mask in self._by_shard(self._sample_base, idx):
             shard = self._shards[s]
             local = (idx if mask is None else idx[mask]) - shard.first_sample
-            for name, out in ((LENGTHS, lengths), (SURPRISAL, surprisal)):
-                values = shard.files[name].take(local, "<i8")
-                if mask is None:
-                    out[...] = values
-                else:
-                    out[mask] = values
-        return SampleFeatures(lengths=lengths, surprisal_sum=surprisal)
+            values = shard.files[name].take(local, "<i8")
+            if mask is None:
+                out[...] = values
+            else:
+                out[mask] = values
+        return out
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -399,8 +399,8 @@ class StagePlan:
         )
 
     def _lengths_at(self, indices: np.ndarray) -> np.ndarray:
-        """Stored lengths of the samples ``indices`` only."""
-        return self.store.features_at(indices).lengths
+        """Stored lengths of the samples ``indices`` only (the lengths file alone)."""
+        return self.store.lengths_at(indices)
 
     def begin_packed_epoch(self, epoch: int, cursor: PackingCursor | None = None) -> PackedStream:
         """A fresh ``PackedStream`` of ``epoch`` starting at ``cursor`` (None: the epoch's
