@@ -404,18 +404,34 @@ def format_order(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def part_host(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The host's figures on the store's stored order (written first, not timed here: the
-    ``order`` part times it), and today's path up to ``--in_memory_max``."""
+def _on_stored_order(path: str, n: int, args: argparse.Namespace, child: str) -> dict[str, Any]:
+    """Child ``child``'s figures on the store's stored order (written first, not timed here:
+    the ``order`` part times it), and ``<child>_today`` up to ``--in_memory_max``."""
     from highnoon.curriculum.stored_order import open_stored_order, write_orders
     from highnoon.data.store import TokenStore
 
     if open_stored_order(TokenStore.open(path), "mixed") is None:
         write_orders(path, ("mixed",))
-    row: dict[str, Any] = {"n": n, "host": run_child("host", path)}
+    row: dict[str, Any] = {"n": n, child: run_child(child, path)}
     if n <= args.in_memory_max:
-        row["today"] = run_child("host_today", path)
+        row["today"] = run_child(f"{child}_today", path)
     return row
+
+
+def part_host(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The unpacked host's figures, beside today's path."""
+    return _on_stored_order(path, n, args, "host")
+
+
+def _today_cells(today: dict[str, Any] | None, first: dict[str, Any]) -> tuple[str, str, str]:
+    """Today's time to first rows, its peak RSS and the ratio to ``first`` (table cells)."""
+    if today is None:
+        return "not run", "-", "-"
+    if "error" in today:
+        return today["error"], "-", "-"
+    t = today["first_rows"]
+    ratio = f"{t['seconds'] / first['seconds']:.0f}x"
+    return f"{t['seconds']:.2f} s", f"{t['peak_mib']:.0f} MiB", ratio
 
 
 def format_host(rows: list[dict[str, Any]]) -> str:
@@ -431,15 +447,7 @@ def format_host(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | |")
             continue
         first = h["first_rows"]
-        if t is None:
-            today, today_peak, ratio = "not run", "-", "-"
-        elif "error" in t:
-            today, today_peak, ratio = t["error"], "-", "-"
-        else:
-            tf_ = t["first_rows"]
-            today = f"{tf_['seconds']:.2f} s"
-            today_peak = f"{tf_['peak_mib']:.0f} MiB"
-            ratio = f"{tf_['seconds'] / first['seconds']:.0f}x"
+        today, today_peak, ratio = _today_cells(t, first)
         lines.append(
             f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
             f"| {h['call_1'] * 1e3:.2f} ms | {h['call_100'] * 1e3:.2f} ms "
@@ -457,17 +465,8 @@ def format_host(rows: list[dict[str, Any]]) -> str:
 
 
 def part_pack(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The packed host's figures on the stored order (written first, untimed), and the
-    previous commit's packed start up to ``--in_memory_max``."""
-    from highnoon.curriculum.stored_order import open_stored_order, write_orders
-    from highnoon.data.store import TokenStore
-
-    if open_stored_order(TokenStore.open(path), "mixed") is None:
-        write_orders(path, ("mixed",))
-    row: dict[str, Any] = {"n": n, "pack": run_child("pack", path)}
-    if n <= args.in_memory_max:
-        row["today"] = run_child("pack_today", path)
-    return row
+    """The packed host's figures, beside the previous commit's packed start."""
+    return _on_stored_order(path, n, args, "pack")
 
 
 def format_pack(rows: list[dict[str, Any]]) -> str:
@@ -484,16 +483,10 @@ def format_pack(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | | |")
             continue
         first = h["first_rows"]
-        today, today_peak, ratio = "not run", "-", "-"
+        today, today_peak, ratio = _today_cells(t, first)
         steps = f"{h['planned_steps']} / " + (
             str(t["exact_steps"]) if t and "error" not in t else "-"
         )
-        if t is not None and "error" in t:
-            today = t["error"]
-        elif t is not None:
-            tf_ = t["first_rows"]
-            today, today_peak = f"{tf_['seconds']:.2f} s", f"{tf_['peak_mib']:.0f} MiB"
-            ratio = f"{tf_['seconds'] / first['seconds']:.0f}x"
         lines.append(
             f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
             f"| {h['call_1'] * 1e3:.1f} ms | {h['call_100'] * 1e3:.0f} ms "
