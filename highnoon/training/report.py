@@ -12,6 +12,11 @@ trained run's history is read by ``history.py``; ``report_plots.py`` draws both.
 An adaptive stage's pool grows when the training loss plateaus, so its epochs cannot be listed in
 advance: its report lists the pool's levels instead, and its totals are a range, from never
 growing (what ``StagePlan.planned_steps`` counts) to growing every ``min_epochs_per_stage``.
+
+A packed stage's steps here are exact: the report packs each epoch whole from every sample's
+length (``StagePlan.steps_per_epoch``, O(N), an offline tool's cost). A run packs window by
+window and plans its schedule on an estimate (``StagePlan.estimated_epoch_steps``), so the
+steps a packed run reports may differ from its schedule's horizon, never from this count.
 """
 
 from __future__ import annotations
