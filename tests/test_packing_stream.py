@@ -262,3 +262,30 @@ def test_lengths_at_reads_the_lengths_of_those_samples(store) -> None:
         IndexError, match=r"sample indices must be in \[0, 150\), got values in \[150, 150\]"
     ):
         store.lengths_at(np.array([150]))
+
+
+def test_a_checkpoint_whose_cursor_and_step_disagree_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from highnoon.training.controller import Controller, Intervals, LoopOptions
+    from highnoon.training.position import DataPosition
+
+    position = DataPosition(epoch=1, step_in_epoch=2)
+    position.packing_cursor = PackingCursor(1, 4, 3).to_json()
+    loop = Controller(
+        runner=None, evaluator=None, checkpointer=None, events=None, goodput=None,
+        watcher=None, options=LoopOptions(Intervals(1, 1, 1)), position=position,
+    )  # fmt: skip
+    begun = []
+    plan = SimpleNamespace(begin_packed_epoch=lambda epoch, cursor: begun.append(cursor))
+    with pytest.raises(
+        ValueError,
+        match=r"the checkpoint's packing cursor is at step 3 of epoch 1 but its data position at "
+        r"step 2; the checkpoint is inconsistent, resume from an earlier one",
+    ):
+        loop._begin_packed_epoch(plan)
+    position.step_in_epoch = 3
+    loop._begin_packed_epoch(plan)
+    assert begun == [PackingCursor(1, 4, 3)]
+    position.next_epoch(0.0)  # a new epoch packs from its start
+    assert position.packing_cursor is None
