@@ -1,5 +1,6 @@
 """Data: dataset registry and sources, embedded datasets, tokenizers, the token store, packing
-(``pack_epoch``: an epoch's global stream into rows, nothing dropped) and the per-host
+(``pack_epoch``: an epoch's global stream into rows, nothing dropped; ``PackedStream``: the
+same rows packed window by window on demand) and the per-host
 ``tf.data`` pipeline.
 
 Importing this package does not import TensorFlow (nor ``tokenizers``, until a tokenizer.json is
@@ -14,6 +15,8 @@ from highnoon.data.embedded import EmbeddedSource
 from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
+    PackedStream,
+    PackingCursor,
     StepCounts,
     batch_counts,
     pack_epoch,
@@ -74,6 +77,8 @@ __all__ = [
     "MixtureSchedule",
     "PackedBatcher",
     "PackedEpoch",
+    "PackedStream",
+    "PackingCursor",
     "SentencePieceTokenizer",
     "StepCounts",
     "StepRows",

@@ -28,6 +28,12 @@ the loss (token sum / global token count) does not depend on which row a sample 
 
 **Cost.** One FFD pass over an epoch costs ``O(samples x rows per window)`` numpy element
 operations in ``window`` vectorised iterations; ``PackedEpoch`` keeps 16 bytes per sample.
+
+**On demand.** A run does not pack whole epochs (docs/design.md, "Packing on demand"):
+``PackedStream`` packs the windows of the rows asked for, from a ``PackingCursor`` on, with
+exactly ``pack_epoch``'s rows; the window comes from the store's figures
+(``store_packing_window``, O(1)) and the steps of an epoch, known only when its stream ends, are
+estimated for the schedule from a few windows (``estimate_packed_rows``).
 """
 
 from __future__ import annotations
