@@ -150,3 +150,37 @@ def test_a_packed_checkpoint_of_the_previous_stream_rule_is_refused(tmp_path, da
     assert json.loads(again._plans[0].stream_fingerprint()["stream"])["format"] == (
         "highnoon.stream/3"
     )
+
+
+@pytest.mark.slow
+def test_a_resume_across_a_packed_stage_boundary_is_bit_identical(tmp_path, data, small_windows):
+    """Stopped two steps into the second packed stage: the new stage's cursor started afresh
+    (not the first stage's last one), and the resumed run ends where an uninterrupted one does."""
+
+    def trainer(model):
+        t = make_trainer(tmp_path, model=model, pack=True, max_seq_length=32)
+        t.add_curriculum_stage("one", [data], epochs=1)
+        t.add_curriculum_stage("two", [data], epochs=2)
+        return t
+
+    reference = trainer(nano_model())
+    expected = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
+    boundary = expected["stages_completed"][0]["steps"]
+
+    class Stop(Exception):
+        pass
+
+    def stop(event):
+        if event["event"] == "log" and event["step"] == boundary + 2:
+            raise Stop
+
+    cut = trainer(nano_model())
+    cut.add_callback(stop)
+    with pytest.raises(Stop):
+        cut.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    resumed = trainer(nano_model())
+    summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    assert summary["total_steps"] == expected["total_steps"]
+    assert summary["stages_completed"] == expected["stages_completed"]
+    for got, want in zip(_weights(resumed.model), _weights(reference.model)):
+        np.testing.assert_array_equal(got, want)
