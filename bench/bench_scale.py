@@ -28,6 +28,16 @@ Parts:
 
     python bench/bench_scale.py --part host                       # 1e6, 1e7, 1e8
     python bench/bench_scale.py --part host --sizes 1e6,1e7,1e8,1e9
+
+* ``mixture``: the same host of 256 on a ``--mixture 3`` mixed stage: three synthetic stores of
+  60%, 25% and 15% of the size (each with its stored ``mixed`` order, written first, untimed),
+  weighted 0.5 / 0.3 / 0.2 (``prepare_stage_store`` on the stores' paths): from opening them
+  to the first call's rows, peak RSS, and calls of 1 and 100 steps. Beside it, the main
+  checkout's code (``--today_root``, default ``/work/main``: the ``shares/1`` rule, one order
+  over the concatenation, each epoch's draw materialised and sorted) runs the same child up to
+  ``--in_memory_max``.
+
+    python bench/bench_scale.py --part mixture --mixture 3 --in_memory_max 1e7
 """
 
 from __future__ import annotations
@@ -42,7 +52,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A child may run another checkout's highnoon (``BENCH_HIGHNOON_ROOT``: today's code, beside).
+ROOT = os.environ.get("BENCH_HIGHNOON_ROOT") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -214,7 +227,58 @@ def _child_host_today(path: str) -> dict[str, Any]:
     return {"first_rows": _measured(lambda: _today_first_rows(TokenStore.open(path)))}
 
 
+MIX_SHARES = (0.6, 0.25, 0.15)  # each store's part of the total size
+MIX_WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def _mixture_paths(path: str) -> list[str]:
+    """The mixture's store paths, ``path`` holding them as ``part0``, ``part1``, ..."""
+    return sorted(os.path.join(path, name) for name in os.listdir(path) if name.startswith("part"))
+
+
+def _child_mixture(path: str) -> dict[str, Any]:
+    """Open the mixture's stores -> the first call's rows of the mixed stage, then calls of 1
+    and 100 steps (run with whichever highnoon ``ROOT`` is)."""
+    import tempfile
+
+    from highnoon.data.stage_data import prepare_stage_store
+    from highnoon.data.store import TokenStore
+    from highnoon.training.settings import StageSettings
+    from highnoon.training.stage_plan import StagePlan
+
+    paths = _mixture_paths(path)
+    entries = list(zip(paths, MIX_WEIGHTS))
+    state: dict[str, Any] = {}
+
+    def first_rows() -> None:
+        tokenizer = TokenStore.open(paths[0]).tokenizer
+        with tempfile.TemporaryDirectory() as cache:
+            store = prepare_stage_store(entries, tokenizer, cache, progress=False, verify=False)
+        settings = StageSettings(
+            batch_size=HOSTS * ROWS_PER_HOST, max_seq_length=2048, eval_fraction=EVAL_FRACTION,
+            curriculum_strategy="mixed", pacing="linear", initial_fraction=0.3,
+        )  # fmt: skip
+        plan = StagePlan(0, "scale", settings, 4, store, seed=0, datasets=entries)
+        state["plan"] = plan
+        state["rows"] = plan.host_rows_at(0, 0, 1, HOST_ID, HOSTS)
+
+    out = {"first_rows": _measured(first_rows)}
+    plan = state["plan"]
+    steps = plan.steps_per_epoch(1)
+    for count in (1, 100):
+        take = min(count, steps)
+        firsts = [min(f, steps - take) for f in (steps // 2, steps // 3, steps - take)]
+        start = time.perf_counter()
+        for first in firsts:
+            rows = plan.host_rows_at(1, first, first + take, HOST_ID, HOSTS)
+            assert rows.shape == (take, ROWS_PER_HOST)
+        out[f"call_{count}"] = (time.perf_counter() - start) / len(firsts)
+    out["samples_per_dataset"] = list(plan.epoch_samples_per_dataset(1).values())
+    return out
+
+
 CHILDREN: dict[str, Callable[[str], dict[str, Any]]] = {
+    "mixture": _child_mixture,
     "write_orders": _child_write_orders,
     "in_memory": _child_in_memory,
     "first_read": _child_first_read,
@@ -223,11 +287,13 @@ CHILDREN: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
-def run_child(name: str, path: str) -> dict[str, Any]:
-    """Run child ``name`` on the store at ``path`` in a fresh process; its JSON result."""
+def run_child(name: str, path: str, root: str = ROOT) -> dict[str, Any]:
+    """Run child ``name`` on the store at ``path`` in a fresh process, on the highnoon of
+    ``root`` (default this checkout); its JSON result."""
+    env = {**os.environ, "PYTHONPATH": root, "BENCH_HIGHNOON_ROOT": root}
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--store={path}"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True, text=True, cwd=root, env=env,
     )  # fmt: skip
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["killed"])[-1]}
@@ -350,9 +416,76 @@ def format_host(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ensure_mixture(root: str, n: int, parts: int, created: list[str]) -> str:
+    """``parts`` synthetic stores of ``n`` samples together (``MIX_SHARES``; seeds 1, 2, ...)
+    under ``root/mix{parts}-n{n}``, each with its stored ``mixed`` order; written unless
+    present."""
+    from scale_store import write_scale_store
+
+    from highnoon.curriculum.stored_order import open_stored_order, write_orders
+    from highnoon.data.store import TokenStore, is_store
+
+    shares = MIX_SHARES[:parts]
+    path = os.path.join(root, f"mix{parts}-n{n}")
+    for i, share in enumerate(shares):
+        part = os.path.join(path, f"part{i}")
+        if not is_store(part):
+            shutil.rmtree(part, ignore_errors=True)
+            start = time.perf_counter()
+            size = int(n * share / sum(shares))
+            write_scale_store(part, size, seed=i + 1, progress=False)
+            print(f"part of {size:.2e} samples written in {time.perf_counter() - start:.1f} s")
+            if path not in created:
+                created.append(path)
+        if open_stored_order(TokenStore.open(part), "mixed") is None:
+            write_orders(part, ("mixed",))
+    return path
+
+
+def part_mixture(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The host's figures on the mixed stage, and today's (``--today_root``) up to
+    ``--in_memory_max``."""
+    row: dict[str, Any] = {"n": n, "now": run_child("mixture", path)}
+    if n <= args.in_memory_max:
+        row["today"] = run_child("mixture", path, root=args.today_root)
+    return row
+
+
+def format_mixture(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"| samples (3 stores) | open -> first rows (1 host of {HOSTS}) | its peak RSS above "
+        "baseline | rows of a 1-step call | of a 100-step call | today: open -> first rows | "
+        "today's peak RSS | today: 100-step call | time ratio today / now |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        now, today = row["now"], row.get("today")
+        if "error" in now:
+            lines.append(f"| {row['n']:.0e} | {now['error']} | | | | | | | |")
+            continue
+        first = now["first_rows"]
+        cells = ["not run", "-", "-", "-"]
+        if today is not None and "error" in today:
+            cells = [today["error"], "-", "-", "-"]
+        elif today is not None:
+            t = today["first_rows"]
+            cells = [
+                f"{t['seconds']:.2f} s", f"{t['peak_mib']:.0f} MiB",
+                f"{today['call_100'] * 1e3:.1f} ms", f"{t['seconds'] / first['seconds']:.1f}x",
+            ]  # fmt: skip
+        lines.append(
+            f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
+            f"| {now['call_1'] * 1e3:.2f} ms | {now['call_100'] * 1e3:.1f} ms | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 PARTS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[list], str]]] = {
     "order": (part_order, format_order),
     "host": (part_host, format_host),
+    "mixture": (part_mixture, format_mixture),
 }
 
 
@@ -366,6 +499,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the stores this run wrote")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="the orders written and computed (default the three built-in)")  # fmt: skip
+    parser.add_argument("--mixture", type=int, default=3, choices=(2, 3),
+                        help="--part mixture: the stores mixed")  # fmt: skip
+    parser.add_argument("--today_root", default="/work/main",
+                        help="--part mixture: the checkout whose code is 'today'")  # fmt: skip
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -378,7 +515,11 @@ def main() -> None:
     rows = []
     try:
         for size in [int(float(s)) for s in args.sizes.split(",") if s]:
-            rows.append(run(ensure_store(args.root, size, created), size, args))
+            if args.part == "mixture":
+                path = ensure_mixture(args.root, size, args.mixture, created)
+            else:
+                path = ensure_store(args.root, size, created)
+            rows.append(run(path, size, args))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         if not args.keep:
