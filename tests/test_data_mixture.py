@@ -12,7 +12,6 @@ from highnoon.data import prepare_stage_store, register_dataset, unregister_data
 from highnoon.data.mixture_draw import mixture_counts
 from highnoon.training.settings import StageSettings
 from highnoon.training.stage_plan import StagePlan
-from highnoon.utils.hashing import derive_seed
 from tests.trainer_helpers import make_trainer, write_jsonl
 
 SIZES = {"a": 960, "b": 96, "c": 480}  # the example

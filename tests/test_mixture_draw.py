@@ -57,7 +57,9 @@ def test_the_interleave_at_positions_is_the_sorted_merge(counts):
 def test_bad_positions_and_counts_are_refused():
     with pytest.raises(InvalidArgumentError, match=r"positions must lie in \[0, 5\); got"):
         interleave_at([2, 3], [5])
-    with pytest.raises(InvalidArgumentError, match=r"counts=\[-1\] must be >= 0 and sum to at most"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"counts=\[-1\] must be >= 0 and sum to at most"
+    ):
         interleave_at([-1], [0])
     with pytest.raises(InvalidArgumentError, match="source 1 of the mixture has an empty pool"):
         MixtureDraw([3, 0], [2, 2], [0, 0], [0, 3], seed=0)
