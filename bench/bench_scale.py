@@ -165,6 +165,22 @@ def _host_plan(store: Any) -> Any:
     return StagePlan(0, "scale", settings, 4, store, seed=0)
 
 
+def _timed_calls(plan: Any) -> dict[str, Any]:
+    """Seconds per call of the host's rows of 1 and of 100 steps of epoch 1 (the mean of three
+    positions: the middle, a third, the end)."""
+    steps = plan.steps_per_epoch(1)
+    out: dict[str, Any] = {"steps_per_epoch": steps}
+    for count in (1, 100):
+        take = min(count, steps)
+        firsts = [min(f, steps - take) for f in (steps // 2, steps // 3, steps - take)]
+        start = time.perf_counter()
+        for first in firsts:
+            rows = plan.host_rows_at(1, first, first + take, HOST_ID, HOSTS)
+            assert rows.shape == (take, ROWS_PER_HOST)
+        out[f"call_{count}"] = (time.perf_counter() - start) / len(firsts)
+    return out
+
+
 def _child_host(path: str) -> dict[str, Any]:
     """Open -> first call's rows, then calls of 1 and 100 steps and the eval table."""
     from highnoon.data.store import TokenStore
@@ -176,18 +192,8 @@ def _child_host(path: str) -> dict[str, Any]:
         state["plan"] = plan
         state["rows"] = plan.host_rows_at(0, 0, 1, HOST_ID, HOSTS)
 
-    out = {"first_rows": _measured(first_rows)}
+    out = {"first_rows": _measured(first_rows), **_timed_calls(state["plan"])}
     plan = state["plan"]
-    steps = plan.steps_per_epoch(1)
-    out["steps_per_epoch"] = steps
-    for count in (1, 100):
-        take = min(count, steps)
-        firsts = [min(f, steps - take) for f in (steps // 2, steps // 3, steps - take)]
-        start = time.perf_counter()
-        for first in firsts:
-            rows = plan.host_rows_at(1, first, first + take, HOST_ID, HOSTS)
-            assert rows.shape == (take, ROWS_PER_HOST)
-        out[f"call_{count}"] = (time.perf_counter() - start) / len(firsts)
     out["eval_table"] = _measured(lambda: plan.eval_rows(HOST_ID, HOSTS, 16))
     return out
 
@@ -262,18 +268,8 @@ def _child_mixture(path: str) -> dict[str, Any]:
         state["plan"] = plan
         state["rows"] = plan.host_rows_at(0, 0, 1, HOST_ID, HOSTS)
 
-    out = {"first_rows": _measured(first_rows)}
-    plan = state["plan"]
-    steps = plan.steps_per_epoch(1)
-    for count in (1, 100):
-        take = min(count, steps)
-        firsts = [min(f, steps - take) for f in (steps // 2, steps // 3, steps - take)]
-        start = time.perf_counter()
-        for first in firsts:
-            rows = plan.host_rows_at(1, first, first + take, HOST_ID, HOSTS)
-            assert rows.shape == (take, ROWS_PER_HOST)
-        out[f"call_{count}"] = (time.perf_counter() - start) / len(firsts)
-    out["samples_per_dataset"] = list(plan.epoch_samples_per_dataset(1).values())
+    out = {"first_rows": _measured(first_rows), **_timed_calls(state["plan"])}
+    out["samples_per_dataset"] = list(state["plan"].epoch_samples_per_dataset(1).values())
     return out
 
 
@@ -451,35 +447,36 @@ def part_mixture(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+MIXTURE_COLUMNS = (
+    "samples (3 stores)", f"open -> first rows (1 host of {HOSTS})",
+    "its peak RSS above baseline", "rows of a 1-step call", "of a 100-step call",
+    "today: open -> first rows", "today's peak RSS", "today: 100-step call",
+    "time ratio today / now",
+)  # fmt: skip
+
+
+def _mixture_cells(row: dict[str, Any]) -> list[str]:
+    """One size's cells of the mixture table (``MIXTURE_COLUMNS``)."""
+    now, today = row["now"], row.get("today")
+    if "error" in now:
+        return [f"{row['n']:.0e}", now["error"]] + [""] * (len(MIXTURE_COLUMNS) - 2)
+    first = now["first_rows"]
+    cells = [
+        f"{row['n']:.0e}", f"{first['seconds']:.3f} s", f"{first['peak_mib']:.1f} MiB",
+        f"{now['call_1'] * 1e3:.2f} ms", f"{now['call_100'] * 1e3:.1f} ms",
+    ]  # fmt: skip
+    if today is None or "error" in today:
+        return [*cells, today["error"] if today else "not run", "-", "-", "-"]
+    t = today["first_rows"]
+    return [
+        *cells, f"{t['seconds']:.2f} s", f"{t['peak_mib']:.0f} MiB", f"{today['call_100'] * 1e3:.1f} ms",
+        f"{t['seconds'] / first['seconds']:.1f}x",
+    ]  # fmt: skip
+
+
 def format_mixture(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"| samples (3 stores) | open -> first rows (1 host of {HOSTS}) | its peak RSS above "
-        "baseline | rows of a 1-step call | of a 100-step call | today: open -> first rows | "
-        "today's peak RSS | today: 100-step call | time ratio today / now |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        now, today = row["now"], row.get("today")
-        if "error" in now:
-            lines.append(f"| {row['n']:.0e} | {now['error']} | | | | | | | |")
-            continue
-        first = now["first_rows"]
-        cells = ["not run", "-", "-", "-"]
-        if today is not None and "error" in today:
-            cells = [today["error"], "-", "-", "-"]
-        elif today is not None:
-            t = today["first_rows"]
-            cells = [
-                f"{t['seconds']:.2f} s", f"{t['peak_mib']:.0f} MiB",
-                f"{today['call_100'] * 1e3:.1f} ms", f"{t['seconds'] / first['seconds']:.1f}x",
-            ]  # fmt: skip
-        lines.append(
-            f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
-            f"| {now['call_1'] * 1e3:.2f} ms | {now['call_100'] * 1e3:.1f} ms | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return "\n".join(lines)
+    table = [MIXTURE_COLUMNS, ["---"] * len(MIXTURE_COLUMNS), *map(_mixture_cells, rows)]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in table)
 
 
 PARTS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[list], str]]] = {
