@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from highnoon.curriculum.order_views import ComposedOrder, ConcatOrder
 from highnoon.data import prepare_stage_store
 from highnoon.data.mixture_draw import (
     MixtureDraw,
@@ -249,3 +250,14 @@ def test_a_checkpoint_of_the_shares_1_rule_is_refused_and_allow_change_restarts(
         reconcile(position, [plan], allow_change=False)
     reconcile(position, [plan], allow_change=True)
     assert position.data_changes[0]["changed"] == ["stream"]
+
+
+def test_concatenated_and_composed_order_views_read_only_their_positions():
+    first, second = np.array([4, 0, 2]), np.array([1, 0])
+    view = ConcatOrder([first, second], [10, 20])
+    assert len(view) == 5 and view[:].tolist() == [14, 10, 12, 21, 20]
+    assert view[np.array([[4, 0], [2, 3]])].tolist() == [[20, 14], [12, 21]]
+    with pytest.raises(InvalidArgumentError, match=r"positions must lie in \[0, 5\)"):
+        view[[5]]
+    composed = ComposedOrder(view, np.array([3, 3, 0]))
+    assert len(composed) == 3 and composed[:].tolist() == [21, 21, 14]
