@@ -272,6 +272,7 @@ def _child_mixture(path: str) -> dict[str, Any]:
 
     out = {"first_rows": _measured(first_rows), **_timed_calls(state["plan"])}
     out["samples_per_dataset"] = list(state["plan"].epoch_samples_per_dataset(1).values())
+    out["eval_table"] = _measured(lambda: state["plan"].eval_rows(HOST_ID, HOSTS, 16))
     # the part of the first rows' time that is the stores' own open (their shards' CRC lists)
     out["open_stores"] = _measured(lambda: [TokenStore.open(p) for p in paths])
     return out
@@ -454,7 +455,7 @@ def part_mixture(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
 MIXTURE_COLUMNS = (
     "samples (3 stores)", f"open -> first rows (1 host of {HOSTS})",
     "of which the stores' open (warm)", "its peak RSS above baseline", "rows of a 1-step call",
-    "of a 100-step call: cold / warm",
+    "of a 100-step call: cold / warm", "eval rows (16 batches)",
     "today: open -> first rows", "today's peak RSS",
     "today: 1-step call (mean of 3; the first draws epoch 1)", "today: 100-step call",
     "time ratio today / now",
@@ -472,6 +473,7 @@ def _mixture_cells(row: dict[str, Any]) -> list[str]:
         f"{now['open_stores']['seconds']:.3f} s", f"{first['peak_mib']:.1f} MiB",
         f"{now['call_1'] * 1e3:.2f} ms",
         f"{now['call_100'] * 1e3:.1f} ms / {now['call_100_warm'] * 1e3:.1f} ms",
+        f"{now['eval_table']['seconds'] * 1e3:.1f} ms",
     ]  # fmt: skip
     if today is None or "error" in today:
         return [*cells, today["error"] if today else "not run", "-", "-", "-", "-"]
