@@ -180,9 +180,22 @@ def test_eval_rows_are_the_sources_held_out_samples_together(mixed):
     assert _per_source(store, plan.eval_indices) == [7, 2, 4]
     table = plan.eval_table(max_batches=2)
     assert table.shape == (2, 6) and set(table.ravel().tolist()) <= held
-    scores = plan.difficulty_of(table).ravel()
-    assert np.all(np.diff(scores) >= 0)  # easiest rows first: buckets are runs of batches
-    np.testing.assert_array_equal(scores, plan.difficulty_scores()[table.ravel()])
+    # each source on its own scale: rows by their quantile in their source's held-out set
+    firsts = np.cumsum([0] + [split.num_eval for split in plan.splits])
+    rank_of = {int(plan.held_out[[r]][0]): r for r in range(plan.num_eval)}
+    ranks = np.array([rank_of[int(x)] for x in table.ravel()])
+    source = np.searchsorted(firsts, ranks, side="right") - 1
+    keys = [
+        Fraction(2 * int(r - firsts[i]) + 1, 2 * plan.splits[i].num_eval)
+        for r, i in zip(ranks, source)
+    ]
+    assert list(zip(keys, source)) == sorted(zip(keys, source))
+    other = _plan(store, entries, eval_difficulty_strategy="difficulty_based")
+    scores = other.difficulty_of(other.eval_table(max_batches=2)).ravel()
+    assert np.all(np.diff(scores) >= 0)  # another strategy: by its scores, read per source
+    np.testing.assert_array_equal(
+        scores, other.difficulty_scores()[other.eval_table(max_batches=2).ravel()]
+    )
 
 
 class _Counting:

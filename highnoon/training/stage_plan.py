@@ -36,7 +36,7 @@ from highnoon.curriculum.order_views import (
 )
 from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
 from highnoon.curriculum.stored_order import open_stored_order, store_score_scale
-from highnoon.data.mixture_draw import MixtureDraw, apportion, interleave_prefix
+from highnoon.data.mixture_draw import MixtureDraw, apportion, interleave_prefix, interleave_rank
 from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
@@ -525,9 +525,10 @@ class StagePlan:
         one keyed choice per stratum of the stage's order, so the rows span the stage's whole
         difficulty range; they are ordered by (difficulty score, index) so that each difficulty
         bucket is a run of whole batches (when the difficulty is the curriculum's own
-        strategy, the held-out ranks already are in that order and no feature is read). The
-        loss over all of them does not depend on that order. Costs O(rows), whatever the
-        held-out set's size."""
+        strategy, the held-out ranks already are in that order and no feature is read; a
+        mixture's sources are each on their own scale, so its rows are then ordered by their
+        quantile in their source's held-out set, ``_by_source_quantile``). The loss over all of
+        them does not depend on that order. Costs O(rows), whatever the held-out set's size."""
         size = self.settings.batch_size
         count = self.eval_batches(max_batches) * size
         if self._eval_table is None or self._eval_table[0] != count:
@@ -537,11 +538,24 @@ class StagePlan:
                 # Ranks ascend the stage's own order: already by (difficulty score, index),
                 # so no feature is read.
                 ranked = self.held_out[ranks]
+            elif own:
+                ranked = self.held_out[self._by_source_quantile(ranks)]
             else:
                 picked = np.sort(self.held_out[ranks])
                 ranked = picked[order_from_scores(self.difficulty_of(picked))]
             self._eval_table = (count, ranked.reshape(-1, size))
         return self._eval_table[1]
+
+    def _by_source_quantile(self, ranks: np.ndarray) -> np.ndarray:
+        """A mixture's held-out ranks (sources end to end, each easy to hard) ordered by their
+        quantile in their own source, ``(r + 0.5) / E_i``, then by source: the sources'
+        difficulty scales are not comparable, their quantiles are. That is the order of the
+        mixture's interleave with counts ``E_i`` (``interleave_rank``, exact integers)."""
+        sizes = [split.num_eval for split in self.splits]
+        firsts = np.cumsum(sizes) - np.asarray(sizes)
+        source = np.searchsorted(firsts, ranks, side="right") - 1  # an empty source: skipped
+        merged = interleave_rank(sizes, source, ranks - firsts[source])
+        return ranks[np.argsort(merged, kind="stable")]
 
     def eval_rows(self, host_id: int, num_hosts: int, max_batches: int) -> np.ndarray:
         """Store indices of this host's eval batches: [batches, batch_size // num_hosts]."""
