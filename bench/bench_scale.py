@@ -251,6 +251,7 @@ def _child_mixture(path: str) -> dict[str, Any]:
 
     from highnoon.data.stage_data import prepare_stage_store
     from highnoon.data.store import TokenStore
+    from highnoon.data.tokenizers import load_tokenizer
     from highnoon.training.settings import StageSettings
     from highnoon.training.stage_plan import StagePlan
 
@@ -259,7 +260,8 @@ def _child_mixture(path: str) -> dict[str, Any]:
     state: dict[str, Any] = {}
 
     def first_rows() -> None:
-        tokenizer = TokenStore.open(paths[0]).tokenizer
+        with open(os.path.join(paths[0], "manifest.json")) as handle:  # each store opens once
+            tokenizer = load_tokenizer(json.load(handle)["tokenizer"])
         with tempfile.TemporaryDirectory() as cache:
             store = prepare_stage_store(entries, tokenizer, cache, progress=False, verify=False)
         settings = StageSettings(
