@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from highnoon.data import prepare_stage_store, register_dataset, unregister_dataset
-from highnoon.data.mixture_draw import mixture_counts
+from highnoon.data.mixture_draw import apportion
 from highnoon.training.settings import StageSettings
 from highnoon.training.stage_plan import StagePlan
 from tests.trainer_helpers import make_trainer, write_jsonl
@@ -44,11 +44,11 @@ def _per_source(rows: np.ndarray) -> list[int]:
 
 
 def test_counts_are_largest_remainder_shares_of_the_sources_total():
-    assert mixture_counts([960, 96, 480], [0.5, 0.3, 0.2]) == [768, 461, 307]  # of 1536
-    assert mixture_counts([5, 5], [1.0, 1.0]) == [5, 5]  # equal weights: equal shares
-    assert mixture_counts([10, 0, 1], [1.0, 1.0, 1.0]) == [4, 4, 3]  # ties to the earlier entry
+    assert apportion(1536, [0.5, 0.3, 0.2]) == [768, 461, 307]  # of 960 + 96 + 480
+    assert apportion(10, [1.0, 1.0]) == [5, 5]  # equal weights: equal shares
+    assert apportion(11, [1.0, 1.0, 1.0]) == [4, 4, 3]  # ties to the earlier entry
     for sizes, weights in [([7, 3, 11], [0.1, 0.6, 0.3]), ([1, 1000], [2.0, 1.0])]:
-        counts = mixture_counts(sizes, weights)
+        counts = apportion(sum(sizes), weights)
         targets = np.array(weights) / sum(weights) * sum(sizes)
         assert sum(counts) == sum(sizes)
         assert np.all(np.abs(np.array(counts) - targets) < 1)

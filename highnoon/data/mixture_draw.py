@@ -47,12 +47,6 @@ def apportion(total: int, weights: Sequence[float]) -> list[int]:
     return counts
 
 
-def mixture_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
-    """Samples each source contributes to one epoch of ``sum(sizes)`` samples: the shares
-    ``w_i / sum(w)`` of it, rounded by largest remainder (ties to the earlier source)."""
-    return apportion(sum(int(n) for n in sizes), weights)
-
-
 def _counts(counts: Sequence[int]) -> np.ndarray:
     c = np.asarray(counts, dtype=np.int64).reshape(-1)
     if c.size and (int(c.min()) < 0 or int(c.sum()) > _MAX_COUNT):
