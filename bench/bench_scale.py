@@ -40,6 +40,15 @@ Parts:
 
     python bench/bench_scale.py --part pack --in_memory_max 1e7   # 1e6, 1e7, 1e8
     python bench/bench_scale.py --part pack --sizes 1e6,1e7,1e8,1e9 --in_memory_max 1e7
+* ``mixture``: the same host of 256 on a ``--mixture 3`` mixed stage: three synthetic stores of
+  60%, 25% and 15% of the size (each with its stored ``mixed`` order, written first, untimed),
+  weighted 0.5 / 0.3 / 0.2 (``prepare_stage_store`` on the stores' paths): from opening them
+  to the first call's rows, peak RSS, and calls of 1 and 100 steps. Beside it, an earlier
+  checkout's code (``--today_root``, e.g. a worktree of commit 710f366; not run without it: the
+  ``shares/1`` rule, one order over the concatenation, each epoch's draw materialised and
+  sorted) runs the same child up to ``--in_memory_max``.
+
+    python bench/bench_scale.py --part mixture --mixture 3 --in_memory_max 1e7 --today_root /tmp/before
 """
 
 from __future__ import annotations
@@ -54,7 +63,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A child may run another checkout's highnoon (``BENCH_HIGHNOON_ROOT``: today's code, beside).
+ROOT = os.environ.get("BENCH_HIGHNOON_ROOT") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,6 +179,24 @@ def _host_plan(store: Any, **settings: Any) -> Any:
     return StagePlan(0, "scale", settings, 4, store, seed=0)
 
 
+def _timed_calls(plan: Any) -> dict[str, Any]:
+    """Seconds per call of the host's rows of 1 and of 100 steps of epoch 1 (the mean of three
+    positions: the middle, a third, the end), cold, then the same calls again (``_warm``: the
+    order's blocks already read and checked)."""
+    steps = plan.steps_per_epoch(1)
+    out: dict[str, Any] = {"steps_per_epoch": steps}
+    for count in (1, 100):
+        take = min(count, steps)
+        firsts = [min(f, steps - take) for f in (steps // 2, steps // 3, steps - take)]
+        for name in (f"call_{count}", f"call_{count}_warm"):
+            start = time.perf_counter()
+            for first in firsts:
+                rows = plan.host_rows_at(1, first, first + take, HOST_ID, HOSTS)
+                assert rows.shape == (take, ROWS_PER_HOST)
+            out[name] = (time.perf_counter() - start) / len(firsts)
+    return out
+
+
 def _child_host(path: str) -> dict[str, Any]:
     """Open -> first call's rows, then calls of 1 and 100 steps and the eval table."""
     from highnoon.data.store import TokenStore
@@ -178,18 +208,8 @@ def _child_host(path: str) -> dict[str, Any]:
         state["plan"] = plan
         state["rows"] = plan.host_rows_at(0, 0, 1, HOST_ID, HOSTS)
 
-    out = {"first_rows": _measured(first_rows)}
+    out = {"first_rows": _measured(first_rows), **_timed_calls(state["plan"])}
     plan = state["plan"]
-    steps = plan.steps_per_epoch(1)
-    out["steps_per_epoch"] = steps
-    for count in (1, 100):
-        take = min(count, steps)
-        firsts = [min(f, steps - take) for f in (steps // 2, steps // 3, steps - take)]
-        start = time.perf_counter()
-        for first in firsts:
-            rows = plan.host_rows_at(1, first, first + take, HOST_ID, HOSTS)
-            assert rows.shape == (take, ROWS_PER_HOST)
-        out[f"call_{count}"] = (time.perf_counter() - start) / len(firsts)
     out["eval_table"] = _measured(lambda: plan.eval_rows(HOST_ID, HOSTS, 16))
     return out
 
@@ -316,10 +336,55 @@ def _child_pack_today(path: str) -> dict[str, Any]:
         -(-packed_row_count(plan.epoch_stream(e), lengths, PACK_SEQ, plan.packing_window) // g)
         for e in range(plan.epochs)
     )
+
+
+MIX_SHARES = (0.6, 0.25, 0.15)  # each store's part of the total size
+MIX_WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def _mixture_paths(path: str) -> list[str]:
+    """The mixture's store paths, ``path`` holding them as ``part0``, ``part1``, ..."""
+    return sorted(os.path.join(path, name) for name in os.listdir(path) if name.startswith("part"))
+
+
+def _child_mixture(path: str) -> dict[str, Any]:
+    """Open the mixture's stores -> the first call's rows of the mixed stage, then calls of 1
+    and 100 steps (run with whichever highnoon ``ROOT`` is)."""
+    import tempfile
+
+    from highnoon.data.stage_data import prepare_stage_store
+    from highnoon.data.store import TokenStore
+    from highnoon.data.tokenizers import load_tokenizer
+    from highnoon.training.settings import StageSettings
+    from highnoon.training.stage_plan import StagePlan
+
+    paths = _mixture_paths(path)
+    entries = list(zip(paths, MIX_WEIGHTS))
+    state: dict[str, Any] = {}
+
+    def first_rows() -> None:
+        with open(os.path.join(paths[0], "manifest.json")) as handle:  # each store opens once
+            tokenizer = load_tokenizer(json.load(handle)["tokenizer"])
+        with tempfile.TemporaryDirectory() as cache:
+            store = prepare_stage_store(entries, tokenizer, cache, progress=False, verify=False)
+        settings = StageSettings(
+            batch_size=HOSTS * ROWS_PER_HOST, max_seq_length=2048, eval_fraction=EVAL_FRACTION,
+            curriculum_strategy="mixed", pacing="linear", initial_fraction=0.3,
+        )  # fmt: skip
+        plan = StagePlan(0, "scale", settings, 4, store, seed=0, datasets=entries)
+        state["plan"] = plan
+        state["rows"] = plan.host_rows_at(0, 0, 1, HOST_ID, HOSTS)
+
+    out = {"first_rows": _measured(first_rows), **_timed_calls(state["plan"])}
+    out["samples_per_dataset"] = list(state["plan"].epoch_samples_per_dataset(1).values())
+    out["eval_table"] = _measured(lambda: state["plan"].eval_rows(HOST_ID, HOSTS, 16))
+    # the part of the first rows' time that is the stores' own open (their shards' CRC lists)
+    out["open_stores"] = _measured(lambda: [TokenStore.open(p) for p in paths])
     return out
 
 
 CHILDREN: dict[str, Callable[[str], dict[str, Any]]] = {
+    "mixture": _child_mixture,
     "write_orders": _child_write_orders,
     "in_memory": _child_in_memory,
     "first_read": _child_first_read,
@@ -330,11 +395,13 @@ CHILDREN: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
-def run_child(name: str, path: str) -> dict[str, Any]:
-    """Run child ``name`` on the store at ``path`` in a fresh process; its JSON result."""
+def run_child(name: str, path: str, root: str = ROOT) -> dict[str, Any]:
+    """Run child ``name`` on the store at ``path`` in a fresh process, on the highnoon of
+    ``root`` (default this checkout); its JSON result."""
+    env = {**os.environ, "PYTHONPATH": root, "BENCH_HIGHNOON_ROOT": root}
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--store={path}"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True, text=True, cwd=root, env=env,
     )  # fmt: skip
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["killed"])[-1]}
@@ -503,10 +570,84 @@ def format_pack(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ensure_mixture(root: str, n: int, parts: int, created: list[str]) -> str:
+    """``parts`` synthetic stores of ``n`` samples together (``MIX_SHARES``; seeds 1, 2, ...)
+    under ``root/mix{parts}-n{n}``, each with its stored ``mixed`` order; written unless
+    present."""
+    from scale_store import write_scale_store
+
+    from highnoon.curriculum.stored_order import open_stored_order, write_orders
+    from highnoon.data.store import TokenStore, is_store
+
+    shares = MIX_SHARES[:parts]
+    path = os.path.join(root, f"mix{parts}-n{n}")
+    for i, share in enumerate(shares):
+        part = os.path.join(path, f"part{i}")
+        if not is_store(part):
+            shutil.rmtree(part, ignore_errors=True)
+            start = time.perf_counter()
+            size = int(n * share / sum(shares))
+            write_scale_store(part, size, seed=i + 1, progress=False)
+            print(f"part of {size:.2e} samples written in {time.perf_counter() - start:.1f} s")
+            if path not in created:
+                created.append(path)
+        if open_stored_order(TokenStore.open(part), "mixed") is None:
+            write_orders(part, ("mixed",))
+    return path
+
+
+def part_mixture(path: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The host's figures on the mixed stage, and today's (``--today_root``) up to
+    ``--in_memory_max``."""
+    row: dict[str, Any] = {"n": n, "now": run_child("mixture", path)}
+    if args.today_root and n <= args.in_memory_max:
+        row["today"] = run_child("mixture", path, root=args.today_root)
+    return row
+
+
+MIXTURE_COLUMNS = (
+    "samples (3 stores)", f"open -> first rows (1 host of {HOSTS})",
+    "of which the stores' open (warm)", "its peak RSS above baseline", "rows of a 1-step call",
+    "of a 100-step call: cold / warm", "eval rows (16 batches)",
+    "today: open -> first rows", "today's peak RSS",
+    "today: 1-step call (mean of 3; the first draws epoch 1)", "today: 100-step call",
+    "time ratio today / now",
+)  # fmt: skip
+
+
+def _mixture_cells(row: dict[str, Any]) -> list[str]:
+    """One size's cells of the mixture table (``MIXTURE_COLUMNS``)."""
+    now, today = row["now"], row.get("today")
+    if "error" in now:
+        return [f"{row['n']:.0e}", now["error"]] + [""] * (len(MIXTURE_COLUMNS) - 2)
+    first = now["first_rows"]
+    cells = [
+        f"{row['n']:.0e}", f"{first['seconds']:.3f} s",
+        f"{now['open_stores']['seconds']:.3f} s", f"{first['peak_mib']:.1f} MiB",
+        f"{now['call_1'] * 1e3:.2f} ms",
+        f"{now['call_100'] * 1e3:.1f} ms / {now['call_100_warm'] * 1e3:.1f} ms",
+        f"{now['eval_table']['seconds'] * 1e3:.1f} ms",
+    ]  # fmt: skip
+    if today is None or "error" in today:
+        return [*cells, today["error"] if today else "not run", "-", "-", "-", "-"]
+    t = today["first_rows"]
+    return [
+        *cells, f"{t['seconds']:.2f} s", f"{t['peak_mib']:.0f} MiB",
+        f"{today['call_1'] * 1e3:.0f} ms", f"{today['call_100'] * 1e3:.1f} ms",
+        f"{t['seconds'] / first['seconds']:.1f}x",
+    ]  # fmt: skip
+
+
+def format_mixture(rows: list[dict[str, Any]]) -> str:
+    table = [MIXTURE_COLUMNS, ["---"] * len(MIXTURE_COLUMNS), *map(_mixture_cells, rows)]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in table)
+
+
 PARTS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[list], str]]] = {
     "order": (part_order, format_order),
     "host": (part_host, format_host),
     "pack": (part_pack, format_pack),
+    "mixture": (part_mixture, format_mixture),
 }
 
 
@@ -520,6 +661,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the stores this run wrote")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="the orders written and computed (default the three built-in)")  # fmt: skip
+    parser.add_argument("--mixture", type=int, default=3, choices=(2, 3),
+                        help="--part mixture: the stores mixed")  # fmt: skip
+    parser.add_argument("--today_root", default=None,
+                        help="--part mixture: a checkout of the code to run beside as 'today' "
+                             "(e.g. `git worktree add /tmp/before 710f366`; default: none)")  # fmt: skip
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -532,7 +678,11 @@ def main() -> None:
     rows = []
     try:
         for size in [int(float(s)) for s in args.sizes.split(",") if s]:
-            rows.append(run(ensure_store(args.root, size, created), size, args))
+            if args.part == "mixture":
+                path = ensure_mixture(args.root, size, args.mixture, created)
+            else:
+                path = ensure_store(args.root, size, created)
+            rows.append(run(path, size, args))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         if not args.keep:

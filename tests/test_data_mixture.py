@@ -1,4 +1,5 @@
-"""Mixture weights are shares of each epoch: counts, per-epoch draws, hosts, fingerprints."""
+"""Mixture weights are shares of each epoch: counts, per-epoch draws, hosts, fingerprints, each
+source's own order, split and pools (rule ``shares/2``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from highnoon.curriculum.heldout import HeldOutSplit, eval_count
 from highnoon.data import prepare_stage_store, register_dataset, unregister_dataset
-from highnoon.data.stage_data import mixture_counts, mixture_epoch
+from highnoon.data.mixture_draw import apportion
 from highnoon.training.settings import StageSettings
 from highnoon.training.stage_plan import StagePlan
-from highnoon.utils.hashing import derive_seed
 from tests.trainer_helpers import make_trainer, write_jsonl
 
 SIZES = {"a": 960, "b": 96, "c": 480}  # the issue's example
@@ -45,11 +44,11 @@ def _per_source(rows: np.ndarray) -> list[int]:
 
 
 def test_counts_are_largest_remainder_shares_of_the_sources_total():
-    assert mixture_counts([960, 96, 480], [0.5, 0.3, 0.2]) == [768, 461, 307]  # of 1536
-    assert mixture_counts([5, 5], [1.0, 1.0]) == [5, 5]  # equal weights: equal shares
-    assert mixture_counts([10, 0, 1], [1.0, 1.0, 1.0]) == [4, 4, 3]  # ties to the earlier entry
+    assert apportion(1536, [0.5, 0.3, 0.2]) == [768, 461, 307]  # of 960 + 96 + 480
+    assert apportion(10, [1.0, 1.0]) == [5, 5]  # equal weights: equal shares
+    assert apportion(11, [1.0, 1.0, 1.0]) == [4, 4, 3]  # ties to the earlier entry
     for sizes, weights in [([7, 3, 11], [0.1, 0.6, 0.3]), ([1, 1000], [2.0, 1.0])]:
-        counts = mixture_counts(sizes, weights)
+        counts = apportion(sum(sizes), weights)
         targets = np.array(weights) / sum(weights) * sum(sizes)
         assert sum(counts) == sum(sizes)
         assert np.all(np.abs(np.array(counts) - targets) < 1)
@@ -88,11 +87,19 @@ def test_the_draw_is_the_same_for_any_host_count_and_keyed_by_the_seed(sources):
         whole = plan.host_rows(epoch, 0, 1)
         halves = [host.host_rows(epoch, h, 2) for h, host in enumerate(hosts)]
         np.testing.assert_array_equal(np.concatenate(halves, axis=1), whole)
-    assert not np.array_equal(_plan(store, seed=1).mixture_epoch(0), plan.mixture_epoch(0))
-    # curriculum pools come from the epoch's draw: the first epoch's pool is its easiest samples
-    pool = plan.host_rows(0, 0, 1).ravel()
-    drawn = plan.train_order[plan.mixture_epoch(0)]  # the draw: training ranks
-    assert pool.size < drawn.size and set(pool.tolist()) <= set(drawn.tolist())
+    assert not np.array_equal(_plan(store, seed=1).mixture_draw(0)[:], plan.mixture_draw(0)[:])
+    # pools per source: epoch 0 trains each source's easiest P_i training samples only
+    pools, counts, _ = plan.mixture_shares(0)
+    assert sum(counts) == plan.scheduler.exposed_size(0) < 1536
+    assert pools == [round(sum(counts) * n / 1536) for n in SIZES.values()]
+    rows = plan.host_rows(0, 0, 1).ravel()
+    firsts = np.cumsum([0, *SIZES.values()])
+    for i, pool in enumerate(pools):
+        ranks = np.arange(firsts[i], firsts[i] + pool)  # source i's first training ranks
+        mine = rows[(rows >= firsts[i]) & (rows < firsts[i + 1])]
+        assert set(mine.tolist()) <= set(plan.train_order[ranks].tolist())
+        easiest = plan.store.parts[i].features_at(plan.train_order[ranks] - firsts[i]).lengths
+        assert easiest.max() <= plan.store.features_at(mine).lengths.max()
 
 
 def test_a_packed_mixed_epoch_holds_every_drawn_sample(sources):
@@ -105,7 +112,7 @@ def test_the_stream_fingerprint_names_the_rule_and_the_weights(sources):
     store = _store(sources)
     stream = json.loads(_plan(store).stream_fingerprint()["stream"])
     assert stream["mixture"] == {
-        "rule": "shares/1",
+        "rule": "shares/2",
         "weights": [0.5, 0.3, 0.2],
         "part_counts": [960, 96, 480],
     }
@@ -117,30 +124,20 @@ def test_the_stream_fingerprint_names_the_rule_and_the_weights(sources):
     assert "mixture" not in json.loads(_plan(single, datasets=["a"]).stream_fingerprint()["stream"])
 
 
-def test_a_source_left_without_training_samples_is_refused(tmp_path):
+def test_each_source_holds_out_its_own_share_and_a_one_sample_source_keeps_it(tmp_path):
     write_jsonl(str(tmp_path / "big.jsonl"), [f"s{i}" for i in range(40)])
     write_jsonl(str(tmp_path / "one.jsonl"), ["only"])
     entries = [(str(tmp_path / "big.jsonl"), 0.5), (str(tmp_path / "one.jsonl"), 0.5)]
     store = prepare_stage_store(entries, "byte", str(tmp_path / "cache"), progress=False)
-    # Without a curriculum the order is the index order: sample 40 ("only") is position 40.
-    splits = [
-        HeldOutSplit(41, eval_count(41, 0.5, 8), derive_seed(s, "eval", 0)) for s in range(20)
-    ]
-    held = [bool(split.is_eval(40)) for split in splits]
-    lost, kept = held.index(True), held.index(False)
-    assert _plan(store, kept, 1, entries, eval_fraction=0.5).samples_per_dataset() == {
-        entries[0][0]: 12,
-        entries[1][0]: 12,
-    }  # the one sample repeats to its share of the 24 training samples (3 steps of 8)
-    with pytest.raises(ValueError, match=r"one.jsonl' has no training samples left after the"):
-        _plan(store, lost, 1, entries, eval_fraction=0.5)
-
-
-def test_mixture_epoch_of_empty_and_unit_groups():
-    groups = [np.array([10, 11, 12]), np.array([20])]
-    drawn = mixture_epoch(groups, [2, 2], seed=0, epoch=0)
-    assert sorted(drawn.tolist())[2:] == [20, 20] and drawn.size == 4
-    assert mixture_epoch(groups, [0, 0], seed=0, epoch=0).size == 0
+    plan = _plan(store, 0, 1, entries, eval_fraction=0.5)
+    assert [split.num_eval for split in plan.splits] == [20, 0]  # floor(n_i / 2), one kept
+    assert plan.num_eval == 20 and set(plan.eval_indices.tolist()) < set(range(40))
+    # 21 training samples: 2 steps of 8, half each; the one sample repeats to its share
+    assert plan.samples_per_dataset() == {entries[0][0]: 8, entries[1][0]: 8}
+    rows = plan.host_rows(0, 0, 1).ravel()
+    assert (rows == 40).sum() == 8 and set(rows[rows < 40].tolist()) <= set(
+        plan.train_order[np.arange(20)].tolist()
+    )
 
 
 def test_unweighted_entries_are_a_concatenation_and_a_mix_of_both_is_refused(sources):

@@ -277,7 +277,7 @@ def test_prepare_stage_store_caches_and_mixes(tmp_path, files):
     decoded = [ByteTokenizer().decode(s) for s in mixed.samples(range(mixed.num_samples))]
     assert decoded == [ByteTokenizer().decode(single.sample(i)) for i in range(10)] + ["b file"]
     assert mixed.manifest["mixing"] == {
-        "rule": "shares/1",
+        "rule": "shares/2",
         "weights": [1.0, 3.0],
         "part_fingerprints": [single.fingerprint, mixed.manifest["mixing"]["part_fingerprints"][1]],
         "part_counts": [10, 1],

@@ -28,6 +28,23 @@ def _weights(model) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _train_until(trainer, stop_step: int, checkpoint_dir: str) -> None:
+    """Train (logging every step) until the log of ``stop_step``, then stop as a crash would,
+    leaving the checkpoints written so far."""
+
+    def stop(event):
+        if event["event"] == "log" and event["step"] == stop_step:
+            raise _Stop()
+
+    trainer.add_callback(stop)
+    with pytest.raises(_Stop):
+        trainer.train(checkpoint_dir=checkpoint_dir, log_interval=1)
+
+
 def test_samples_per_dataset_in_the_summary_and_stage_complete(tmp_path, mixture):
     trainer = make_trainer(tmp_path, curriculum_strategy=None)
     trainer.add_curriculum_stage("mix", mixture, epochs=2)
@@ -56,18 +73,7 @@ def test_a_mixed_stage_resumes_mid_epoch_bit_identical(tmp_path, mixture, monkey
     expected = reference.train(checkpoint_dir="./full", log_interval=1)
     stop_step = ends[0] + 2  # inside the second epoch
     assert stop_step < ends[1]
-
-    class Stop(Exception):
-        pass
-
-    def stop(event):
-        if event["event"] == "log" and event["step"] == stop_step:
-            raise Stop()
-
-    cut = trainer()
-    cut.add_callback(stop)
-    with pytest.raises(Stop):
-        cut.train(checkpoint_dir="./checkpoints", log_interval=1)
+    _train_until(trainer(), stop_step, "./checkpoints")
     resumed = trainer()
     summary = resumed.train(checkpoint_dir="./checkpoints", log_interval=1)
     assert summary["total_steps"] == expected["total_steps"]
@@ -99,3 +105,35 @@ def test_a_prepared_store_by_path_trains_as_its_raw_source(tmp_path, mixture):
         np.testing.assert_array_equal(got, want)
     assert len(os.listdir(tmp_path / "raw" / "cache" / "sources")) == 3
     assert len(os.listdir(tmp_path / "prepared" / "cache" / "sources")) == 2  # a: read in place
+
+
+@pytest.mark.slow  # three short trainings per case
+@pytest.mark.parametrize("where", ["stage_boundary", "mixed_epoch_1"])
+def test_a_curriculum_mixture_after_a_stage_resumes_bit_identical(tmp_path, mixture, where):
+    """A single-source stage, then a mixed stage with a curriculum (pools per source): cut at the
+    mixed stage's first step, or inside its second epoch, and resumed, the run ends with the
+    uninterrupted run's weights and per-dataset counts."""
+
+    def trainer():
+        t = make_trainer(tmp_path, model=nano_model(), curriculum_strategy="size_based")
+        t.add_curriculum_stage("warm", [mixture[0][0]], epochs=1)
+        t.add_curriculum_stage("mix", mixture, epochs=3, pacing="linear", initial_fraction=0.5)
+        return t
+
+    reference = trainer()
+    ends = []
+    reference.add_callback(
+        lambda e: ends.append((e["stage"], e["step"])) if e["event"] == "epoch_end" else None
+    )
+    expected = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
+    warm_end = ends[0][1]
+    mixed_ends = [step for stage, step in ends if stage == "mix"]
+    stop_step = warm_end + 1 if where == "stage_boundary" else mixed_ends[0] + 1
+    assert stop_step < mixed_ends[-1]
+    _train_until(trainer(), stop_step, str(tmp_path / where))
+    resumed = trainer()
+    summary = resumed.train(checkpoint_dir=str(tmp_path / where), log_interval=1)
+    assert summary["total_steps"] == expected["total_steps"]
+    assert summary["stages_completed"] == expected["stages_completed"]
+    for got, want in zip(_weights(resumed.model), _weights(reference.model)):
+        np.testing.assert_array_equal(got, want)

@@ -10,7 +10,11 @@ these are the others a stage needs, each costing only the positions asked for:
 * ``PermutedOrder(n, *parts)``: a keyed bijection (``KeyedPermutation``), the ``random``
   strategy's order, stateless;
 * ``SplitOrder(order, split, part)``: the training (or held-out) ranks of a ``HeldOutSplit``
-  mapped through ``order``: rank ``t`` -> ``order[split.train_positions(t)]``.
+  mapped through ``order``: rank ``t`` -> ``order[split.train_positions(t)]``;
+* ``ConcatOrder(views, value_offsets)``: several views laid end to end, each one's values
+  shifted (a mixed stage's sources, each in its own order, as store indices);
+* ``ComposedOrder(order, positions)``: ``order[positions[q]]`` (an epoch's order of positions,
+  e.g. a mixture's draw, read through the stage's order).
 """
 
 from __future__ import annotations
@@ -95,6 +99,46 @@ class SplitOrder:
         else:
             positions = self.split.eval_positions(ranks)
         return take(self.order, positions)
+
+
+class ConcatOrder:
+    """``views`` end to end: position ``p`` in view ``i``'s range reads ``views[i][p - start_i]
+    + value_offsets[i]``; costs the positions asked for (``K`` lookups of a boundary each)."""
+
+    def __init__(self, views: list[OrderView], value_offsets: list[int]) -> None:
+        if len(views) != len(value_offsets):
+            raise InvalidArgumentError(
+                f"{len(views)} views but {len(value_offsets)} value offsets; give one per view"
+            )
+        self.views = list(views)
+        self.value_offsets = [int(o) for o in value_offsets]
+        self.starts = np.cumsum([0] + [len(view) for view in self.views]).astype(np.int64)
+        self.n = int(self.starts[-1])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        positions = _checked(positions_of(key, self.n), self.n)
+        part = np.searchsorted(self.starts, positions, side="right") - 1
+        out = np.empty(positions.shape, dtype=np.int64)
+        for i in np.unique(part).tolist():
+            hit = part == i
+            out[hit] = take(self.views[i], positions[hit] - self.starts[i]) + self.value_offsets[i]
+        return out
+
+
+class ComposedOrder:
+    """``order[positions[q]]``: an order read at the positions another view gives."""
+
+    def __init__(self, order: OrderView, positions: OrderView) -> None:
+        self.order, self.positions = order, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return take(self.order, self.positions[positions_of(key, len(self))])
 
 
 def _checked(positions: np.ndarray, n: int) -> np.ndarray:

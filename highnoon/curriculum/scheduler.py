@@ -5,9 +5,11 @@ Every host computes the same stream from (scores, parameters, seed) alone:
 
 * **Order**: a stable sort on (score, sample index); ties go to the lower index
   (``highnoon.curriculum.order``).
-* **Epoch draw** (optional, ``set_epoch_selection``): a mixture's epoch is its own multiset of
-  samples (``highnoon.data.stage_data``, "Mixing rule"); its order is the drawn multiset sorted
-  stably on (score, position), and everything below takes that order in place of the fixed one.
+* **Epoch order** (optional, ``set_epoch_order``): a mixture's epoch is its own sequence of
+  positions of the order (``highnoon.data.stage_data``, "Mixing rule"), evaluated at the
+  positions asked for; pools are its prefixes and everything below reads it in place of the
+  fixed order. (``set_epoch_selection``, the in-memory form: a drawn multiset sorted stably on
+  (score, position).)
 * **Pool** at epoch ``e``: the easiest ``n`` samples of the order, ``n`` from the pacing
   (``highnoon.curriculum.pacing``) rounded down to whole global batches, at least one.
 * **Epoch order**: a keyed bijection of the pool positions ``[0, n)`` keyed by (seed, epoch)
@@ -34,7 +36,7 @@ import numpy as np
 from highnoon.curriculum import pacing as pacing_lib
 from highnoon.curriculum import scoring
 from highnoon.curriculum.order import check_scores, order_from_scores, scores_fingerprint
-from highnoon.curriculum.order_views import OrderView, take
+from highnoon.curriculum.order_views import ComposedOrder, OrderView, take
 from highnoon.data import features as features_lib
 from highnoon.utils.hashing import KeyedPermutation
 from highnoon.utils.validation import InvalidArgumentError, check_int
@@ -147,7 +149,8 @@ class CurriculumScheduler:
         self._scores: np.ndarray | None = None
         self._select: Callable[[int], np.ndarray] | None = None
         self._select_ordered = False
-        self._epoch_order: tuple[int, np.ndarray] | None = None
+        self._order_for: Callable[[int, int], OrderView] | None = None
+        self._epoch_order: tuple[tuple[int, int], OrderView] | None = None
         self._fingerprint: str | None = None
         self._expected_fingerprint: str | None = None
         self._epoch = 0
@@ -281,15 +284,49 @@ class CurriculumScheduler:
             )
         self._select = select
         self._select_ordered = bool(ordered)
+        self._order_for = None
+        self._epoch_order = None
+
+    def set_epoch_order(self, order_for: Callable[[int, int], OrderView] | None) -> None:
+        """Take each epoch's order from ``order_for(epoch, size)``: an order view of at least
+        ``size`` positions of the order (``size`` is the epoch's ``exposed_size``), the same
+        for the same arguments, already in the epoch's easy-to-hard order (its prefixes are the
+        pools). Nothing is materialised: pools, epoch orders and host rows read it at the
+        positions they need (a mixture's draw, ``data.mixture_draw.MixtureDraw``). Epoch pacing
+        only (a pool that grows inside an epoch would need prefixes of several draws). ``None``
+        restores the fixed order."""
+        if order_for is not None and not callable(order_for):
+            raise InvalidArgumentError(
+                f"order_for={order_for!r} must be a callable (epoch, size) -> order view, or None"
+            )
+        if order_for is not None and self.pacing.unit != "epoch":
+            raise InvalidArgumentError(
+                "an epoch order needs epoch pacing (total_epochs), not total_steps: its pools "
+                "are prefixes of one epoch's order"
+            )
+        self._order_for = order_for
+        self._select = None
         self._epoch_order = None
 
     def order_at(self, epoch: int) -> OrderView:
         """The easy-to-hard order the pools of ``epoch`` are taken from (an order view of sample
-        indices): ``order``, or with an epoch selection that epoch's ordered draw (cached)."""
+        indices): ``order``, or that epoch's order (``set_epoch_order``, a view; cached per
+        epoch and exposed size) or ordered draw (``set_epoch_selection``, an array)."""
         order = self._require_order()
+        if self._order_for is not None:
+            key = (epoch, self.exposed_size(epoch))
+            if self._epoch_order is None or self._epoch_order[0] != key:
+                positions = self._order_for(epoch, key[1])
+                if len(positions) < key[1]:
+                    raise InvalidArgumentError(
+                        f"the epoch order of epoch {epoch} has {len(positions)} positions; it "
+                        f"must hold at least the epoch's exposed {key[1]}"
+                    )
+                self._epoch_order = (key, ComposedOrder(order, positions))
+            return self._epoch_order[1]
         if self._select is None:
             return order
-        if self._epoch_order is None or self._epoch_order[0] != epoch:
+        if self._epoch_order is None or self._epoch_order[0] != (epoch, -1):
             chosen = np.asarray(self._select(epoch), dtype=np.int64)
             if chosen.shape != (len(order),):
                 raise InvalidArgumentError(
@@ -302,7 +339,7 @@ class CurriculumScheduler:
                 drawn = chosen[order_from_scores(self._scores[chosen])]
             else:
                 drawn = take(order, np.sort(chosen, kind="stable"))
-            self._epoch_order = (epoch, drawn)
+            self._epoch_order = ((epoch, -1), drawn)
         return self._epoch_order[1]
 
     @property

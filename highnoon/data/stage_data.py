@@ -17,31 +17,46 @@
    fingerprint is a hash of the parts' fingerprints in order; each sample keeps the features of
    its own store (surprisal under its dataset's unigram counts).
 
-**Mixing rule** (``MIXING_RULE``; weights are *shares* of the stage's samples, as in seqio and
-Megatron-LM blending). The store holds each sample once; which samples an epoch trains on is
-drawn per epoch by the stage plan (``mixture_epoch``), so no weight is baked into the data:
+**Mixing rule** (``MIXING_RULE``, ``shares/2``; weights are *shares* of the stage's samples, as
+in seqio and Megatron-LM blending). The store holds each sample once; which samples an epoch
+trains on is drawn per epoch by the stage plan, evaluated at the positions a host reads
+(``mixture_draw.MixtureDraw``), so no weight is baked into the data and no epoch is
+materialised:
 
-* **An epoch** of a mixed stage has ``E = sum(n_i)`` samples, the sources' sizes together (their
-  training samples, after the held-out split). With weights proportional to the sizes an epoch is
-  exactly one pass over every source, as a plain concatenation would be.
-* **Counts**: source ``i`` gets ``c_i`` of the ``E`` samples, ``w_i / sum(w) * E`` rounded by
-  largest remainder (ties to the earlier entry), so the counts sum to ``E`` and each is within
-  one sample of its share (``mixture_counts``). A single entry's share is 1 whatever its weight.
-  Entries given without weights are a concatenation: ``c_i = n_i``, every sample once per epoch
-  (the manifest records ``weights: null``). A stage's entries are all weighted or none
+* **Each source on its own**: a source keeps its own easy-to-hard order (its store's stored
+  order when present, else sorted from its own scores), its own held-out split (``floor(n *
+  eval_fraction)`` keyed samples of its order, ``curriculum/heldout.py``; the stage's eval set is
+  the sources' together) and its own pools: at an epoch exposing ``X`` samples of the stage's
+  ``M`` training samples, source ``i``'s pool is its easiest ``P_i`` training samples, ``P_i``
+  its share of ``X`` by its training size (largest remainder; at least 1 when it has a share).
+  A curriculum over a mix thus paces each dataset on its own difficulty scale, and no global
+  sort of a drawn multiset is needed (none exists at a billion samples).
+* **Counts**: source ``i`` gets ``c_i`` of the epoch's ``X`` samples, ``w_i / sum(w) * X`` rounded
+  by largest remainder (ties to the earlier entry; ``mixture_draw.apportion``), so the counts sum
+  to ``X`` and each is within one sample of its share. With the curriculum off (or at its last
+  epoch) ``X`` is every training sample, so weights proportional to the sizes are exactly one
+  pass over every source. A single entry's share is 1 whatever its weight. Entries given
+  without weights are a concatenation: ``c_i = P_i``, every pool sample once per epoch (the
+  manifest records ``weights: null``). A stage's entries are all weighted or none
   (``check_mixture_weights``).
-* **Which samples**: ``c_i // n_i`` whole passes over the source, plus ``r_i = c_i % n_i``
-  samples from a window of a keyed permutation of the source (keyed by the stage's seed and the
-  source). Epoch ``e``'s window starts at ``e * r_i`` and wraps around, so a source larger than
-  its share is subsampled differently each epoch and every sample is seen once before any is
-  seen twice; a smaller one repeats, each sample ``floor`` or ``ceil`` of ``c_i / n_i`` times.
+* **Which samples**: ``c_i // P_i`` whole passes over the pool (easiest first), plus ``c_i % P_i``
+  samples from a window of a keyed permutation of the pool (keyed by the stage's seed and the
+  source): the ``j``-th of them is the permutation at ``start + j`` (mod ``P_i``). Epoch ``e``'s
+  window starts where the earlier epochs' windows ended (their sum modulo the pool), so a source
+  larger than its share is subsampled differently each epoch and, while its pool stays the same,
+  every sample is seen once before any is seen twice; a smaller one repeats, each sample
+  ``floor`` or ``ceil`` of ``c_i / P_i`` times.
 * **Layout**: the ``j``-th chosen sample of source ``i`` gets the key ``(j + 0.5) / c_i``, and the
-  epoch's samples are stably sorted by (key, source order), so the sources are spread evenly.
-  The curriculum then orders this multiset (stable on score, then position) and takes its pools
-  and keyed epoch orders from it as from any stage (``CurriculumScheduler.set_epoch_selection``).
+  epoch is the merge by (key, source), so the sources are spread evenly and any prefix holds
+  each source's share to within a sample. A position's (source, ``j``) is found by a binary
+  search per source (``mixture_draw.interleave_at``). The epoch's pool of whole global batches
+  is the merge's first ``pool_size`` positions; the stage's keyed epoch permutation then
+  shuffles them as for any stage (unshuffled, the epoch is the merge itself).
 
 Everything is computed from (data, weights, seed, epoch) alone, so every host draws the same
-epoch and a resume at any step redraws it exactly.
+epoch and a resume at any step redraws it exactly. ``shares/1`` (one order over all sources,
+the drawn multiset sorted by difficulty) needed every sample's source and a sort of the draw:
+O(N) per host; a checkpoint of that rule is refused as changed data.
 
 ``max_samples`` caps each source: only its first ``max_samples`` samples are read.
 
@@ -63,10 +78,9 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from absl import logging
 
 from highnoon.data.file_hashes import remembered_in
@@ -85,11 +99,11 @@ from highnoon.data.store import (
     remove_stale_build_dirs,
 )
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
-from highnoon.utils.hashing import KeyedPermutation, sha256_hex
+from highnoon.utils.hashing import sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_bool, check_positive_int
 
 # The mixing rule, recorded in a mixed store's manifest and in the stage's stream fingerprint.
-MIXING_RULE = "shares/1"
+MIXING_RULE = "shares/2"
 
 
 def _key(obj: Any) -> str:
@@ -226,62 +240,6 @@ def prepared_store(
     if max_samples is not None and max_samples < store.num_samples:
         store = head(store, max_samples)
     return store
-
-
-def mixture_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
-    """Samples each source contributes to one epoch of ``sum(sizes)`` samples: the shares
-    ``w_i / sum(w)`` of it, rounded by largest remainder (ties to the earlier source)."""
-    total = int(sum(int(n) for n in sizes))
-    weight_sum = float(sum(float(w) for w in weights))
-    targets = [float(w) / weight_sum * total for w in weights]
-    counts = [int(t) for t in targets]
-    by_remainder = sorted(range(len(targets)), key=lambda i: (-(targets[i] - counts[i]), i))
-    for i in by_remainder[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def mixture_epoch(
-    groups: Sequence[np.ndarray],
-    counts: Sequence[int],
-    seed: int,
-    epoch: int,
-    starts: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Epoch ``epoch`` of a mixture (module docstring rule): int64 items of ``groups`` (each
-    source's items, e.g. its sample indices), ``counts[i]`` of source ``i``, interleaved.
-
-    ``starts[i]``: where source ``i``'s window of its keyed permutation begins (default
-    ``epoch * (counts[i] % n_i)``, the rule for counts that stay the same every epoch; a mixture
-    schedule, whose counts change, passes the sum of the earlier epochs' windows, so every
-    sample is still seen once before any is seen twice)."""
-    parts, keys, sources = [], [], []
-    for i, (items, count) in enumerate(zip(groups, counts)):
-        items = np.asarray(items, dtype=np.int64)
-        n = items.size
-        if count == 0:
-            continue
-        if n == 0:
-            raise InvalidArgumentError(
-                f"source {i} of the mixture has no samples but a share of {count}"
-            )
-        full, rest = divmod(int(count), n)
-        start = (int(epoch) * rest if starts is None else int(starts[i])) % n
-        window = (start + np.arange(rest, dtype=np.int64)) % n
-        chosen = np.concatenate(
-            [
-                np.tile(np.arange(n, dtype=np.int64), full),
-                np.sort(KeyedPermutation(n, "mixture", seed, i)(window)),
-            ]
-        )
-        parts.append(items[chosen])
-        keys.append((np.arange(count) + 0.5) / count)
-        sources.append(np.full(count, i, np.int64))
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    key, source = np.concatenate(keys), np.concatenate(sources)
-    order = np.lexsort((source, key))  # by key, then source order; lexsort is stable
-    return np.concatenate(parts)[order]
 
 
 def mixture_of(store: TokenStore) -> dict[str, Any] | None:

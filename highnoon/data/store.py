@@ -487,6 +487,7 @@ class TokenStore:
         self._features: SampleFeatures | None = None
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_of = tokenizer_of  # a concatenation reads its first part's tokenizer
+        self.parts: tuple[TokenStore, ...] = ()  # a concatenation's stores, in order
         self._cache_dir = cache_dir
         self._opened_lazily = False  # set by open: verify() then checks the fingerprint
 
@@ -823,7 +824,7 @@ def concatenate(stores: Sequence[TokenStore], path: str, manifest: dict[str, Any
     """A store whose samples are those of ``stores``, one store after the other, read in place
     from their shards (nothing is copied). ``manifest`` describes it (``num_samples``,
     ``num_tokens``, ``max_token_id`` and ``dtype`` are filled in); the stores must share one
-    tokenizer (the first one's is used)."""
+    tokenizer (the first one's is used). The view's ``parts`` are ``stores``."""
     if not stores:
         raise InvalidArgumentError("concatenate needs at least one store")
     dtypes = {s.dtype.str for s in stores}
@@ -846,7 +847,9 @@ def concatenate(stores: Sequence[TokenStore], path: str, manifest: dict[str, Any
         "dtype": stores[0].dtype.str,
         "tokenizer": stores[0].manifest["tokenizer"],
     }
-    return TokenStore(path, full, shards, tokenizer_of=stores[0])
+    view = TokenStore(path, full, shards, tokenizer_of=stores[0])
+    view.parts = tuple(stores)  # each part keeps its own stored orders and score scale
+    return view
 
 
 def head(store: TokenStore, count: int) -> TokenStore:

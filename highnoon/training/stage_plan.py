@@ -6,15 +6,18 @@ at each step (the sequence-length warm-up), and which samples are held out for e
 which difficulty bucket each evaluated row falls. Nothing here depends on how many hosts run the
 job except the slice a host takes (docs/design.md, "Determinism").
 
-A mixed stage (``(entry, weight)`` datasets) draws each epoch's samples by the sources' shares
-(``highnoon.data.stage_data``, "Mixing rule"): the plan groups the training samples by source and
-hands the scheduler a per-epoch draw; pools, packing and the warm-up work on that draw. With a
-mixture schedule (``highnoon.data.mixture_schedule``) the shares are the schedule's weights of
-each epoch; each source's window continues where its previous epochs' windows ended.
+A mixed stage (several dataset entries) keeps each source apart (``highnoon.data.stage_data``,
+"Mixing rule"): its own easy-to-hard order, its own held-out split and its own pools; the
+stage's order, training and held-out views are the sources' laid end to end (``ConcatOrder``),
+and each epoch hands the scheduler the mixture's draw as an order view evaluated at positions
+(``MixtureDraw``), so a host's cost is its rows, not the corpus. With a mixture schedule
+(``highnoon.data.mixture_schedule``) the shares are the schedule's weights of each epoch; each
+source's window continues where its previous epochs' windows ended.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from typing import Any
@@ -25,6 +28,7 @@ from highnoon.curriculum import AdaptiveCurriculumScheduler, CurriculumScheduler
 from highnoon.curriculum.heldout import HeldOutSplit, eval_count, spread_ranks
 from highnoon.curriculum.order import order_from_scores, scores_fingerprint
 from highnoon.curriculum.order_views import (
+    ConcatOrder,
     IdentityOrder,
     OrderView,
     PermutedOrder,
@@ -32,6 +36,7 @@ from highnoon.curriculum.order_views import (
 )
 from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
 from highnoon.curriculum.stored_order import open_stored_order, store_score_scale
+from highnoon.data.mixture_draw import MixtureDraw, apportion, interleave_prefix, interleave_rank
 from highnoon.data.mixture_schedule import MixtureSchedule
 from highnoon.data.packing import (
     PackedEpoch,
@@ -45,7 +50,7 @@ from highnoon.data.packing import (
     store_packing_window,
     stored_lengths,
 )
-from highnoon.data.stage_data import mixture_counts, mixture_epoch, mixture_of
+from highnoon.data.stage_data import mixture_of
 from highnoon.training.settings import StageSettings
 from highnoon.utils import validation as v
 from highnoon.utils.hashing import derive_seed, sha256_hex
@@ -65,6 +70,15 @@ _STREAM_WHEN_ON = {
 STREAM_FORMAT = "highnoon.stream/3"
 # Windows the packed step estimate (the schedule's horizon) packs per epoch.
 ESTIMATE_WINDOWS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitTotals:
+    """A mixed stage's held-out split summed over its sources (each has its own split)."""
+
+    num_samples: int
+    num_train: int
+    num_eval: int
 
 
 class StagePlan:
@@ -92,19 +106,22 @@ class StagePlan:
         # Scales the run's schedule for this stage: stage LR / base LR * stage weight.
         self.learning_rate_multiplier = learning_rate_multiplier
         self.seed = derive_seed(seed, "stage", index)
-        num_eval = eval_count(store.num_samples, settings.eval_fraction, settings.global_batch_size)
-        self.split = HeldOutSplit(store.num_samples, num_eval, derive_seed(seed, "eval", index))
-        self.order, self._order_fingerprint = self._stage_order()
-        # Training and held-out ranks, easy-to-hard, as store indices (evaluated on demand).
-        self.train_order = SplitOrder(self.order, self.split, "train")
-        self.held_out = SplitOrder(self.order, self.split, "eval")
-        self.dataset_names = _dataset_names(datasets, store)
         self.mixture = mixture_of(store)
+        self.split: HeldOutSplit | SplitTotals
+        if self.mixture is None:
+            num_eval = eval_count(
+                store.num_samples, settings.eval_fraction, settings.global_batch_size
+            )
+            self.split = HeldOutSplit(store.num_samples, num_eval, derive_seed(seed, "eval", index))
+            self.order, self._order_fingerprint = self._order_of(store)
+            # Training and held-out ranks, easy-to-hard, as store indices (evaluated on demand).
+            self.train_order: OrderView = SplitOrder(self.order, self.split, "train")
+            self.held_out: OrderView = SplitOrder(self.order, self.split, "eval")
+        else:
+            self._plan_sources(seed)
+        self.dataset_names = _dataset_names(datasets, store)
         self.mixture_schedule = mixture_schedule
         self.scheduler = self._make_scheduler(verbose)
-        self._mixture_groups: list[np.ndarray] = []
-        self._mixture_counts: list[int] = []
-        self._scheduled: list[tuple[list[int], list[int]]] = []  # per epoch: counts, starts
         if mixture_schedule is not None:
             self._check_schedule(mixture_schedule)
         if self.mixture is not None:
@@ -117,31 +134,76 @@ class StagePlan:
         self.seq_warmup.check_stage(name, self.planned_steps())
         self._difficulty: np.ndarray | None = None
         self._eval_table: tuple[int, np.ndarray] | None = None
+        self._score_scales: dict[str, scoring.ScoreScale] = {}
 
     # -- the order and the split ---------------------------------------------------------
-    def _stage_order(self) -> tuple[OrderView, str]:
-        """The stage's easy-to-hard order of every stored sample, as an order view, and the
-        fingerprint of what it was sorted from. Curriculum off: the index order; ``random``: a
-        keyed bijection (stateless, ``KeyedPermutation(N, "random_order", stage seed)``); a
-        scored strategy: the store's stored order when it has one (``highnoon-prepare
-        --orders``), else sorted here from the whole store's scores (O(N) memory, once)."""
+    def _order_of(self, store: Any, *source: int) -> tuple[OrderView, str]:
+        """``store``'s easy-to-hard order of every stored sample, as an order view, and the
+        fingerprint of what it was sorted from (``source``: a mixture's source index, keying
+        its ``random`` order). Curriculum off: the index order; ``random``: a keyed bijection
+        (stateless, ``KeyedPermutation(N, "random_order", stage seed, *source)``); a scored
+        strategy: the store's stored order when it has one (``highnoon-prepare --orders``),
+        else sorted here from the whole store's scores (O(N) memory, once)."""
         strategy = self.settings.curriculum_strategy
-        n = self.store.num_samples
+        n = store.num_samples
         if strategy is None:
             return IdentityOrder(n), f"identity:{n}"
         if strategy == "random":
-            return PermutedOrder(n, "random_order", self.seed), f"random_order:{self.seed}:{n}"
-        stored = open_stored_order(self.store, strategy)
+            key = ":".join(str(k) for k in (self.seed, *source))
+            return PermutedOrder(n, "random_order", self.seed, *source), f"random_order:{key}:{n}"
+        stored = open_stored_order(store, strategy)
         if stored is not None:
             return stored, stored.scores_fingerprint
-        scores = scoring.scores_from_features(self.store.features, strategy)
+        scores = scoring.scores_from_features(store.features, strategy)
         return order_from_scores(scores), scores_fingerprint(scores)
+
+    def _plan_sources(self, run_seed: int) -> None:
+        """A mixed stage's sources, each on its own: its order (its store's stored order when
+        present), its held-out split (``floor(n_i * eval_fraction)`` keyed samples, none when
+        that leaves no training sample), laid end to end as the stage's order, training and
+        held-out views of store indices. O(K) here; views cost the positions read."""
+        parts = self.store.parts
+        if len(parts) != len(self.mixture["part_counts"]):
+            raise v.InvalidArgumentError(
+                f"stage {self.name!r}: the mixed store {self.store.path!r} does not hold its "
+                "parts' stores; make it with data.prepare_stage_store (store.concatenate)"
+            )
+        fraction = self.settings.eval_fraction
+        orders, fingerprints, self.splits = [], [], []
+        for i, part in enumerate(parts):
+            order, fingerprint = self._order_of(part, i)
+            num_eval = eval_count(part.num_samples, fraction, 1)
+            seed = derive_seed(run_seed, "eval", self.index, i)
+            orders.append(order)
+            fingerprints.append(fingerprint)
+            self.splits.append(HeldOutSplit(part.num_samples, num_eval, seed))
+        firsts = np.cumsum([0] + [part.num_samples for part in parts]).tolist()[:-1]
+        self.order = ConcatOrder(orders, firsts)
+        self.train_order = ConcatOrder(
+            [SplitOrder(o, sp, "train") for o, sp in zip(orders, self.splits)], firsts
+        )
+        self.held_out = ConcatOrder(
+            [SplitOrder(o, sp, "eval") for o, sp in zip(orders, self.splits)], firsts
+        )
+        self.split = SplitTotals(
+            self.store.num_samples,
+            sum(sp.num_train for sp in self.splits),
+            sum(sp.num_eval for sp in self.splits),
+        )
+        self._part_firsts = firsts
+        self._order_fingerprint = json.dumps(
+            [fingerprints, [[sp.num_eval, sp.seed] for sp in self.splits]]
+        )
 
     def _train_fingerprint(self) -> str:
         """What the scheduler's order (the training ranks) is made from: the order's
-        fingerprint and the split, as ``sha256:<hex>:<training samples>``."""
+        fingerprint and the split (a mixture: each source's), as
+        ``sha256:<hex>:<training samples>``."""
         split = self.split
-        made_of = json.dumps([self._order_fingerprint, split.num_eval, split.seed])
+        if isinstance(split, SplitTotals):
+            made_of = self._order_fingerprint
+        else:
+            made_of = json.dumps([self._order_fingerprint, split.num_eval, split.seed])
         return f"sha256:{sha256_hex(made_of)}:{split.num_train}"
 
     @property
@@ -196,32 +258,40 @@ class StagePlan:
         return scheduler
 
     # -- mixtures ----------------------------------------------------------------------------
-    @functools.cached_property
-    def _source_of(self) -> np.ndarray:
-        """A mixed store's source (dataset entry) of every stored sample: int64
-        ``[num_samples]`` (the store holds the sources one after another)."""
-        sizes = self.mixture["part_counts"]
-        return np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
-
     def _plan_mixture(self) -> None:
-        """Group the training samples by source and make each epoch draw its shares of them
-        (unweighted entries: every sample once, interleaved)."""
-        weights = self.mixture["weights"]
-        sources = self._source_of[self.train_order[:]]  # of every training rank (O(N))
-        parts = len(self.mixture["part_counts"])
-        self._mixture_groups = [np.flatnonzero(sources == i) for i in range(parts)]
-        sizes = [group.size for group in self._mixture_groups]
-        self._mixture_counts = sizes if weights is None else mixture_counts(sizes, weights)
-        for name, size, count in zip(self.dataset_names, sizes, self._mixture_counts):
-            if size == 0 and count:
-                raise v.InvalidArgumentError(
-                    f"stage {self.name!r}: dataset {name!r} has no training samples left after "
-                    f"the held-out split (eval_fraction={self.settings.eval_fraction}); lower "
-                    "eval_fraction or give it more data"
-                )
-        # Without a curriculum every sample ties: the epoch keeps the draw's interleave.
-        ordered = self.settings.curriculum_strategy is None
-        self.scheduler.set_epoch_selection(self.mixture_epoch, ordered=ordered)
+        """Make each epoch's order the mixture's draw over the sources' pools (unweighted
+        entries: every pool sample once, interleaved)."""
+        self.scheduler.set_epoch_order(self._mixture_order)
+
+    def mixture_shares(self, epoch: int) -> tuple[list[int], list[int], list[int]]:
+        """``(pools, counts, starts)`` of a mixed ``epoch`` (``stage_data``, "Mixing rule"):
+        each source's pool (the epoch's exposed size shared by the sources' training sizes,
+        largest remainder; at least 1 where it has a share), its samples (the exposed size
+        shared by the epoch's weights; unweighted: its pool) and its window's start (the sum
+        of its earlier epochs' windows, modulo its pool). O(epoch * K)."""
+        sizes = [sp.num_train for sp in self.splits]
+        windows = [0] * len(sizes)
+        for e in range(epoch + 1):
+            exposed = self.scheduler.exposed_size(e)
+            pools = apportion(exposed, sizes)
+            weights = self.epoch_weights(e)
+            counts = pools if weights is None else apportion(exposed, weights)
+            pools = [max(p, 1) if c else p for p, c in zip(pools, counts)]
+            if e < epoch:
+                windows = [w + (c % p if p else 0) for w, c, p in zip(windows, counts, pools)]
+        starts = [w % p if p else 0 for w, p in zip(windows, pools)]
+        return pools, counts, starts
+
+    def mixture_draw(self, epoch: int) -> MixtureDraw:
+        """The draw of a mixed ``epoch``: an order view of training ranks (positions of
+        ``train_order``), evaluated at the positions read."""
+        pools, counts, starts = self.mixture_shares(epoch)
+        firsts = np.cumsum([0] + [sp.num_train for sp in self.splits]).tolist()[:-1]
+        return MixtureDraw(pools, counts, starts, firsts, self.seed)
+
+    def _mixture_order(self, epoch: int, size: int) -> MixtureDraw:
+        """The scheduler's epoch order (``set_epoch_order``): the draw, ``size`` long."""
+        return self.mixture_draw(epoch)
 
     def _check_schedule(self, schedule: MixtureSchedule) -> None:
         """A schedule mixes an unweighted mixed store's entries over two or more epochs."""
@@ -251,32 +321,6 @@ class StagePlan:
         weights = self.mixture["weights"]
         return None if weights is None else tuple(float(w) for w in weights)
 
-    def _scheduled_epoch(self, epoch: int) -> tuple[list[int], list[int]]:
-        """Counts and window starts of a scheduled mixture's ``epoch`` (made once per epoch,
-        in order: each start is the previous epoch's start plus its window)."""
-        sizes = [group.size for group in self._mixture_groups]
-        while len(self._scheduled) <= epoch:
-            e = len(self._scheduled)
-            counts = mixture_counts(sizes, self.epoch_weights(e))
-            if e == 0:
-                starts = [0] * len(sizes)
-            else:
-                before, previous = self._scheduled[-1]
-                starts = [
-                    (start + count % n) % n if n else 0
-                    for start, count, n in zip(previous, before, sizes)
-                ]
-            self._scheduled.append((counts, starts))
-        return self._scheduled[epoch]
-
-    def mixture_epoch(self, epoch: int) -> np.ndarray:
-        """Training ranks (positions of ``train_order``) a mixture's ``epoch`` draws (its
-        shares)."""
-        if self.mixture_schedule is None:
-            return mixture_epoch(self._mixture_groups, self._mixture_counts, self.seed, epoch)
-        counts, starts = self._scheduled_epoch(epoch)
-        return mixture_epoch(self._mixture_groups, counts, self.seed, epoch, starts)
-
     def samples_per_dataset(self) -> dict[str, int]:
         """Samples the stage's epochs train on, per dataset entry (its name as given); a name
         given twice sums. Recomputed from the plan, so a resumed stage counts exactly."""
@@ -290,13 +334,11 @@ class StagePlan:
         """Samples ``epoch`` trains on, per dataset entry (a name given twice sums)."""
         if self.mixture is None:  # one entry: every trained sample is its own
             return {self.dataset_names[0]: int(self._epoch_samples(epoch))}
-        if self.settings.pack:
-            trained = self.epoch_stream(epoch)  # O(epoch): mixtures only
-        else:
-            trained = self.host_rows(epoch, 0, 1).reshape(-1)
-        counts = np.bincount(self._source_of[trained], minlength=len(self.dataset_names))
+        counts = self.mixture_shares(epoch)[1]  # a packed epoch trains every exposed sample
+        if not self.settings.pack:  # whole global batches: the draw's first pool_size samples
+            counts = interleave_prefix(counts, self.scheduler.pool_size(epoch))
         out: dict[str, int] = {}
-        for name, count in zip(self.dataset_names, counts.tolist()):
+        for name, count in zip(self.dataset_names, counts):
             out[name] = out.get(name, 0) + int(count)
         return out
 
@@ -504,9 +546,11 @@ class StagePlan:
         """``difficulty_strategy`` scores of every sample of the stage's store (float64; O(N):
         the curriculum report's)."""
         if self._difficulty is None:
-            self._difficulty = scoring.scores_from_features(
-                self.store.features, self.difficulty_strategy()
-            )
+            strategy = self.difficulty_strategy()
+            stores = self.store.parts if self.mixture is not None else (self.store,)
+            self._difficulty = np.concatenate(
+                [scoring.scores_from_features(store.features, strategy) for store in stores]
+            )  # a mixture: each source on its own scale
         return self._difficulty
 
     def difficulty_of(self, indices: np.ndarray) -> np.ndarray:
@@ -515,14 +559,31 @@ class StagePlan:
         store's maxima (``store_score_scale``)."""
         strategy = self.difficulty_strategy()
         flat = np.asarray(indices, dtype=np.int64).reshape(-1)
-        scale = None if strategy == "size_based" else self.score_scale
-        scores = scoring.scores_from_features(self.store.features_at(flat), strategy, scale=scale)
+        if self.mixture is None:
+            return self._scores_in(self.store, flat, strategy).reshape(np.shape(indices))
+        scores = np.empty(flat.shape, dtype=np.float64)
+        part = np.searchsorted(self._part_firsts, flat, side="right") - 1
+        for i in np.unique(part).tolist():  # each source on its own scale
+            hit = part == i
+            first = self._part_firsts[i]
+            scores[hit] = self._scores_in(self.store.parts[i], flat[hit] - first, strategy)
         return scores.reshape(np.shape(indices))
 
-    @functools.cached_property
+    def _scores_in(self, store: Any, indices: np.ndarray, strategy: str) -> np.ndarray:
+        """``strategy`` scores of ``store``'s samples ``indices`` by its whole store's maxima."""
+        scale = None if strategy == "size_based" else self._score_scale_of(store)
+        return scoring.scores_from_features(store.features_at(indices), strategy, scale=scale)
+
+    def _score_scale_of(self, store: Any) -> scoring.ScoreScale:
+        """A store's score maxima, once per plan (from a stored order's json when present)."""
+        if store.path not in self._score_scales:
+            self._score_scales[store.path] = store_score_scale(store)
+        return self._score_scales[store.path]
+
+    @property
     def score_scale(self) -> scoring.ScoreScale:
         """The whole store's score maxima (from a stored order's json when there is one)."""
-        return store_score_scale(self.store)
+        return self._score_scale_of(self.store)
 
     def eval_batches(self, max_batches: int) -> int:
         """Eval batches per evaluation: whole micro-batches (``batch_size`` rows, the size one
@@ -538,22 +599,37 @@ class StagePlan:
         one keyed choice per stratum of the stage's order, so the rows span the stage's whole
         difficulty range; they are ordered by (difficulty score, index) so that each difficulty
         bucket is a run of whole batches (when the difficulty is the curriculum's own
-        strategy, the held-out ranks already are in that order and no feature is read). The
-        loss over all of them does not depend on that order. Costs O(rows), whatever the
-        held-out set's size."""
+        strategy, the held-out ranks already are in that order and no feature is read; a
+        mixture's sources are each on their own scale, so its rows are then ordered by their
+        quantile in their source's held-out set, ``_by_source_quantile``). The loss over all of
+        them does not depend on that order. Costs O(rows), whatever the held-out set's size."""
         size = self.settings.batch_size
         count = self.eval_batches(max_batches) * size
         if self._eval_table is None or self._eval_table[0] != count:
             ranks = spread_ranks(count, self.num_eval)
-            if self.difficulty_strategy() == self.settings.curriculum_strategy:
+            own = self.difficulty_strategy() == self.settings.curriculum_strategy
+            if own and self.mixture is None:
                 # Ranks ascend the stage's own order: already by (difficulty score, index),
                 # so no feature is read.
                 ranked = self.held_out[ranks]
+            elif own:
+                ranked = self.held_out[self._by_source_quantile(ranks)]
             else:
                 picked = np.sort(self.held_out[ranks])
                 ranked = picked[order_from_scores(self.difficulty_of(picked))]
             self._eval_table = (count, ranked.reshape(-1, size))
         return self._eval_table[1]
+
+    def _by_source_quantile(self, ranks: np.ndarray) -> np.ndarray:
+        """A mixture's held-out ranks (sources end to end, each easy to hard) ordered by their
+        quantile in their own source, ``(r + 0.5) / E_i``, then by source: the sources'
+        difficulty scales are not comparable, their quantiles are. That is the order of the
+        mixture's interleave with counts ``E_i`` (``interleave_rank``, exact integers)."""
+        sizes = [split.num_eval for split in self.splits]
+        firsts = np.cumsum(sizes) - np.asarray(sizes)
+        source = np.searchsorted(firsts, ranks, side="right") - 1  # an empty source: skipped
+        merged = interleave_rank(sizes, source, ranks - firsts[source])
+        return ranks[np.argsort(merged, kind="stable")]
 
     def eval_rows(self, host_id: int, num_hosts: int, max_batches: int) -> np.ndarray:
         """Store indices of this host's eval batches: [batches, batch_size // num_hosts]."""
