@@ -34,7 +34,7 @@ import google_crc32c
 import numpy as np
 from absl import logging
 
-from highnoon.data.blocks import check_range, crc_mismatch
+from highnoon.data.blocks import check_range, crc_array, crc_mismatch
 from highnoon.data.store_errors import StoreError
 from highnoon.utils.validation import check_int
 
@@ -255,7 +255,7 @@ class RangedFile:
         self.size = check_int("size", size, minimum=0)
         self.block_bytes = check_int("block_bytes", block_bytes, minimum=1)
         self.num_blocks = -(-self.size // self.block_bytes)
-        self.crc32c = [int(c) for c in crc32c]
+        self.crc32c = crc_array(crc32c)
         self.label = label
         if len(self.crc32c) != self.num_blocks:
             raise StoreError(
@@ -377,7 +377,7 @@ class RangedFile:
 
     # -- blocks -----------------------------------------------------------------------------
     def _key(self, b: int) -> tuple[Any, ...]:
-        return (self.path, self.size, self.block_bytes, b, self.crc32c[b])
+        return (self.path, self.size, self.block_bytes, b, int(self.crc32c[b]))
 
     def _blocks(self, wanted: np.ndarray, *, raise_pending: bool = True) -> dict[int, np.ndarray]:
         """The verified blocks ``wanted`` (sorted unique indices): cached, or fetched."""
@@ -414,11 +414,9 @@ class RangedFile:
         for b in range(first, end):
             lo = (b - first) * self.block_bytes
             block = data[lo : lo + self.block_bytes]
-            actual = google_crc32c.value(block)
-            if actual != self.crc32c[b]:
-                raise crc_mismatch(
-                    self.label, b, self.block_bytes, self.size, actual, self.crc32c[b]
-                )
+            actual, expected = google_crc32c.value(block), int(self.crc32c[b])
+            if actual != expected:
+                raise crc_mismatch(self.label, b, self.block_bytes, self.size, actual, expected)
             self._verified[b] = True
             if self.cache.enabled:
                 block = block.copy()  # own its memory: the range read may be far larger

@@ -97,7 +97,7 @@ class SampleRangedFile(RangedFile):
         self._offsets_file = offsets
         self._crc_file = sample_crc32c
         self.num_samples = self._crc_file.size // 4
-        self._version = sha256_hex(np.asarray(self.crc32c, dtype="<u4").tobytes(), chars=16)
+        self._version = sha256_hex(self.crc32c.astype("<u4").tobytes(), chars=16)
         self.samples_verified = 0  # samples checked against their CRC by this object
 
     # -- metadata (read by block through the cache, never whole) ------------------------------
