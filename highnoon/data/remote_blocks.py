@@ -518,10 +518,10 @@ class RangedFile:
                 "or rebuild the store"
             ) from err
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Any = os.close) -> None:  # bound now: at exit `os` may be gone
         fd = getattr(self, "_fd", None)
         if fd is not None:
-            os.close(fd)
+            _close(fd)
 
     def verify(self) -> None:
         """Fetch and check every block (``TokenStore.verify``), a few blocks per range read."""

@@ -493,6 +493,18 @@ def _check_fingerprint(metas: list[dict[str, Any]], manifest: dict[str, Any], pa
         )
 
 
+def _as_rows(pos: np.ndarray, samples: np.ndarray | None) -> tuple[np.ndarray, Any]:
+    """``(positions, None)`` without ``samples``; with them, positions as rows that each lie in
+    one sample, ``[R, W]``, and those samples ``[R, 1]``: ``samples`` of shape ``[..., 1]``
+    beside positions ``[..., W]`` keep their rows (no copy), any other broadcast makes one row
+    a position."""
+    if samples is None:
+        return pos, None
+    if pos.ndim >= 1 and samples.shape == (*pos.shape[:-1], 1):
+        return pos.reshape(-1, pos.shape[-1]), samples.reshape(-1, 1)
+    return pos.reshape(-1, 1), np.broadcast_to(samples, pos.shape).reshape(-1, 1)
+
+
 class TokenStore:
     """Read side of a store: its manifest, and samples read in place from its shards."""
 
@@ -737,11 +749,13 @@ class TokenStore:
         """The ids (store dtype) at store token ``positions`` (any shape; ``sample_bounds``
         gives where samples are). Blocks read for the first time are checked. ``samples``
         (broadcastable to ``positions``), when the caller knows them: the store index of the
-        sample holding each position, so a store read in place looks up those samples' offsets
-        only instead of searching for them (``remote_samples.py``)."""
+        sample holding each position, so a store read in place looks up those samples only
+        instead of searching for them (``remote_samples.py``). Pass them compact (``[rows, 1]``
+        for ``[rows, width]`` positions of one sample a row, as the pipeline does): shards and
+        samples are then found once a row, not once a position."""
         pos = np.asarray(positions, dtype=np.int64)
         if samples is not None:
-            samples = np.broadcast_to(np.asarray(samples, dtype=np.int64), pos.shape)
+            samples = np.asarray(samples, dtype=np.int64)
         if self._one_whole_file:  # the hot path: the file's own bounds are the store's
             return self._shards[0].files[TOKENS].take(pos, self.dtype, samples=samples)
         if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
@@ -749,19 +763,22 @@ class TokenStore:
                 f"token positions must be in [0, {self.num_tokens}), got values in "
                 f"[{pos.min()}, {pos.max()}]"
             )
-        out = np.empty(pos.shape, dtype=self.dtype)
-        for s, mask in self._by_shard(self._token_base, pos):
+        rows, row_samples = _as_rows(pos, samples)
+        out = np.empty(rows.shape, dtype=self.dtype)
+        by_sample = row_samples is not None  # a row's shard from its sample: one look a row
+        keys = row_samples[:, 0] if by_sample else rows
+        for s, mask in self._by_shard(self._sample_base if by_sample else self._token_base, keys):
             shard = self._shards[s]
-            local = (pos if mask is None else pos[mask]) - shard.first_token
-            local_samples = None
-            if samples is not None:
-                local_samples = (samples if mask is None else samples[mask]) - shard.first_sample
-            values = shard.files[TOKENS].take(local, self.dtype, samples=local_samples)
+            local = (rows if mask is None else rows[mask]) - shard.first_token
+            owners = None
+            if by_sample:
+                owners = (row_samples if mask is None else row_samples[mask]) - shard.first_sample
+            values = shard.files[TOKENS].take(local, self.dtype, samples=owners)
             if mask is None:
                 out[...] = values
             else:
                 out[mask] = values
-        return out
+        return out.reshape(pos.shape)
 
     def _by_shard(self, bases: np.ndarray, values: np.ndarray) -> list[tuple[int, Any]]:
         """``(shard, mask of values in it)`` for every shard some values fall in (mask None:
