@@ -229,3 +229,30 @@ def test_metadata_is_read_by_block_for_the_samples_read_only(shard):
     g = _file(shard)  # no hint: the search reads entries 4, 6, 7 (block 0), the bounds 8 (block 1)
     np.testing.assert_array_equal(g.take(np.array([offsets[7] + 1]), "<u2"), ids[[offsets[7] + 1]])
     assert (g._offsets_file.reads, g._offsets_file.bytes_read) == (2, 72)
+
+
+def test_a_cached_sample_is_read_without_its_offsets_and_rows_take_compact_samples(shard):
+    """A cached sample carries where it starts: reading it again (the pipeline's second look,
+    after ``sample_bounds`` or a read-ahead) asks the offsets file nothing. Rows of positions
+    ``[R, W]`` take their samples as ``[R, 1]``; a position outside its row's sample, or a
+    sample outside the shard, is refused naming the file."""
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    rows = np.array([[offsets[2] + 1, offsets[2] + 7, offsets[2] + 39],
+                     [offsets[5], offsets[5] + 30, offsets[5] + 59],
+                     [offsets[2], offsets[2], offsets[2] + 2]])  # fmt: skip
+    owners = np.array([[2], [5], [2]])
+    np.testing.assert_array_equal(f.take(rows, "<u2", samples=owners), ids[rows])
+    looks = []
+    f._offsets_file.take = lambda *args, **kwargs: looks.append(args) or pytest.fail("offsets")
+    for _ in range(2):
+        np.testing.assert_array_equal(f.take(rows, "<u2", samples=owners), ids[rows])
+        np.testing.assert_array_equal(f.take(rows[1], "<u2", samples=5), ids[rows[1]])
+    assert looks == [] and (f.reads, f.samples_verified) == (2, 2)
+    bad = rows.copy()
+    bad[2, 2] = offsets[3]  # the first id of sample 3, given as sample 2's
+    with pytest.raises(StoreError, match=r"shard-00001-of-00002/tokens\.bin: a position read lies"):
+        f.take(bad, "<u2", samples=owners)
+    with pytest.raises(StoreError, match=r"samples= holds local samples in \[2, 8\], the shard "
+                       r"has 8"):  # fmt: skip
+        f.take(rows, "<u2", samples=np.array([[2], [5], [8]]))

@@ -46,6 +46,7 @@ from highnoon.utils.validation import check_int
 # to a bucket costs tens of ms, about what 1 MB of transfer does, but the bytes-read goal
 # (<= 1.2x the rows' bytes) bounds what may be read beside them (BENCHMARKS.md).
 GAP_BYTES = 256
+SMALL_UNIQUE = 4096  # samples= arrays up to this size are sorted whole, larger ones by runs
 
 
 def _runs_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,22 +168,30 @@ class SampleRangedFile(RangedFile):
         if dtype != self.dtype:
             return super().take(positions, dtype)  # not the store's ids: per-block reads
         pos = np.asarray(positions, dtype=np.int64)
-        count = self.size // dtype.itemsize
         if pos.size == 0:
             return np.zeros(pos.shape, dtype=dtype)
-        if pos.min() < 0 or pos.max() >= count:
-            low, high = int(pos.min()), int(pos.max())
-            check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
         if samples is None:
+            if pos.min() < 0 or pos.max() >= self.size // dtype.itemsize:
+                low, high = int(pos.min()) * dtype.itemsize, (int(pos.max()) + 1) * dtype.itemsize
+                check_range(self.label, self.size, low, high)
             owner = self._locate(pos.reshape(-1)).reshape(pos.shape)
-        else:
+        else:  # no range check: each position is checked inside its sample, below
             owner = np.asarray(samples, dtype=np.int64)
             np.broadcast_shapes(owner.shape, pos.shape)  # a wrong shape fails here, not later
-        wanted, inverse = _unique_by_runs(owner.reshape(-1))
+        if owner.size <= SMALL_UNIQUE:  # a call's rows: a plain sort is cheapest
+            wanted, inverse = np.unique(owner.reshape(-1), return_inverse=True)
+        else:  # positions of long runs of one sample
+            wanted, inverse = _unique_by_runs(owner.reshape(-1))
+        if wanted[0] < 0 or wanted[-1] >= self.num_samples:
+            raise StoreError(
+                f"{self.label}: samples= holds local samples in [{wanted[0]}, {wanted[-1]}], "
+                f"the shard has {self.num_samples}"
+            )
         inverse = inverse.reshape(owner.shape)
         data, base, starts, sizes = self._gathered(wanted)
         rel = pos - starts[inverse]  # each position's place in its sample
-        if rel.min() < 0 or (rel >= sizes[inverse]).any():
+        # one pass for both ends: a negative place is a huge unsigned one
+        if (rel.view(np.uint64) >= sizes[inverse].view(np.uint64)).any():
             raise StoreError(
                 f"{self.label}: a position read lies outside the sample it was given with "
                 "(samples= must be the sample holding each position, as sample_bounds gives)"
