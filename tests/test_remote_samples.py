@@ -256,3 +256,28 @@ def test_a_cached_sample_is_read_without_its_offsets_and_rows_take_compact_sampl
     with pytest.raises(StoreError, match=r"samples= holds local samples in \[2, 8\], the shard "
                        r"has 8"):  # fmt: skip
         f.take(rows, "<u2", samples=np.array([[2], [5], [8]]))
+
+
+def test_a_read_ahead_asks_a_thread_for_the_uncached_samples_only(shard, monkeypatch):
+    """``prefetch_samples`` leaves out cached samples (and repeats) before it queues anything:
+    samples all cached wake no prefetch thread."""
+    from highnoon.data import remote_samples
+
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    f.take(np.arange(offsets[2], offsets[4]), "<u2", samples=np.repeat([2, 3], [40, 5]))
+    queued = []
+    monkeypatch.setattr(remote_samples._prefetcher(), "submit",
+                        lambda file, request: queued.append(request.tolist()) or True)  # fmt: skip
+    f.prefetch_samples(np.array([3, 2, 3]))
+    assert queued == []
+    f.prefetch_samples(np.array([6, 3, 1, 6, 2]))
+    assert queued == [[1, 6]]
+    monkeypatch.undo()
+    f.prefetch_samples(np.array([6, 3, 1, 6, 2]))
+    f.wait_prefetch()
+    assert (f.reads, f.samples_verified) == (3, 4)  # samples 2, 3 read by take; 1, 6 ahead
+    np.testing.assert_array_equal(
+        f.take(np.array([offsets[6]]), "<u2", samples=6), ids[[offsets[6]]]
+    )
+    assert f.reads == 3

@@ -75,17 +75,24 @@ class BlockCache:
     ) -> list[np.ndarray | None]:
         """``get`` of several keys under one lock (a call's samples)."""
         with self._lock:
-            out = []
-            for key in keys:
-                block = self._blocks.get(key)
+            blocks = self._blocks
+            out = list(map(blocks.get, keys))
+            recent = blocks.move_to_end
+            for key, block in zip(keys, out):
                 if block is not None:
-                    self._blocks.move_to_end(key)
-                out.append(block)
+                    recent(key)
             if count:
-                hits = sum(b is not None for b in out)
-                self.hits += hits
-                self.misses += len(out) - hits
+                misses = sum(b is None for b in out)  # not count(None): arrays compare by value
+                self.hits += len(out) - misses
+                self.misses += misses
             return out
+
+    def missing(self, keys: Sequence[tuple[Any, ...]]) -> list[int]:
+        """The indices of ``keys`` not in the cache (a read-ahead's filter: no hit or miss
+        counted, no entry made recent)."""
+        with self._lock:
+            blocks = self._blocks
+            return [i for i, key in enumerate(keys) if key not in blocks]
 
     def put_many(self, items: Sequence[tuple[tuple[Any, ...], np.ndarray]]) -> None:
         """``put`` of several blocks under one lock."""

@@ -55,6 +55,18 @@ def _runs_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return heads, np.diff(np.append(heads, values.size))
 
 
+def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for a short 1-D array (a call's rows), with a
+    fast path for values all distinct (the common case: one sort, no grouping)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    if ordered.size > 1 and not (ordered[1:] != ordered[:-1]).all():
+        return np.unique(values, return_inverse=True)
+    inverse = np.empty(values.size, dtype=np.int64)
+    inverse[order] = np.arange(values.size)
+    return ordered, inverse
+
+
 def _unique_by_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True)``, sorting one value per run of equal
     consecutive values (a row's positions share their sample: runs of hundreds)."""
@@ -179,7 +191,7 @@ class SampleRangedFile(RangedFile):
             owner = np.asarray(samples, dtype=np.int64)
             np.broadcast_shapes(owner.shape, pos.shape)  # a wrong shape fails here, not later
         if owner.size <= SMALL_UNIQUE:  # a call's rows: a plain sort is cheapest
-            wanted, inverse = np.unique(owner.reshape(-1), return_inverse=True)
+            wanted, inverse = _sorted_unique(owner.reshape(-1))
         else:  # positions of long runs of one sample
             wanted, inverse = _unique_by_runs(owner.reshape(-1))
         if wanted[0] < 0 or wanted[-1] >= self.num_samples:
@@ -224,11 +236,15 @@ class SampleRangedFile(RangedFile):
     # -- prefetch ---------------------------------------------------------------------------
     def prefetch_samples(self, samples: np.ndarray) -> None:
         """Fetch the local ``samples`` into the cache on a prefetch thread (a hint, as
-        ``prefetch``; what ``TokenStore.prefetch_samples`` uses)."""
+        ``prefetch``; what ``TokenStore.prefetch_samples`` uses). Samples already cached are
+        left out here, and a request with none missing wakes no thread: a prefetch thread
+        that only finds its samples cached costs the reading threads the GIL for nothing."""
         if not self.cache.enabled:
             return
-        wanted = np.unique(np.asarray(samples, dtype=np.int64))
-        if wanted.size and not _prefetcher().submit(self, wanted):
+        wanted = np.sort(np.asarray(samples, dtype=np.int64).reshape(-1))
+        wanted = wanted[np.append(True, wanted[1:] != wanted[:-1])]  # np.unique, for few values
+        missing = self.cache.missing(self._sample_keys(wanted.tolist()))
+        if missing and not _prefetcher().submit(self, wanted[missing]):
             self.prefetch_dropped += 1
 
     def _prefetch_now(self, request: Any) -> None:

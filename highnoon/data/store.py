@@ -834,7 +834,7 @@ class TokenStore:
         memory-mapped files ignore it). A tokens file read by sample takes the samples as they
         are (no offsets read here: a cached sample costs one cache look-up); one read by block
         gets their byte ranges."""
-        idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)  # the files drop repeats
         self._check_index(idx)
         if idx.size == 0:
             return
