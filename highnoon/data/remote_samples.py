@@ -10,10 +10,11 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
 * each fetched sample is checked against its CRC32C in the shard's ``sample_crc32c.bin``
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
-* checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``), keyed by
-  (file, size, version, sample): the version hashes the file's block CRCs, so a hit needs no
-  read of the sample's CRC; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
-  prefetch threads;
+* checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``) with their
+  first id's offset (``_Sample``), keyed by (a hash of the file's path, size and version,
+  sample): the version hashes the file's block CRCs, so a hit needs no read of the sample's
+  CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
+  prefetch threads (``prefetch_samples`` queues only the samples not cached);
 * a call's missing samples are fetched together (``_fetch_samples``): their range reads, then
   their CRCs, then one cache insert.
 
@@ -21,8 +22,9 @@ Metadata is read the same way, so a host holds O(its rows + the cache bound), ne
 the shard's offsets (8 bytes a sample) and sample CRCs (4) are read through their own
 block-checked ``RangedFile`` objects, block by block as samples need them, into the same bounded
 cache. A caller that knows which sample each position lies in (the pipeline does:
-``sample_bounds`` gave the positions) passes it (``take(..., samples=)``) and the file reads the
-offsets of those samples only, blocks ``sample_bounds`` just fetched; without it a position is
+``sample_bounds`` gave the positions) passes it (``take(..., samples=)``, compact: ``[rows, 1]``
+for rows of positions) and the file reads the offsets of the samples it must fetch only (a
+cached one carries its offset); without it a position is
 found by a binary search over the offsets file (``_locate``: about 13 blocks for a shard of
 1e9 samples in 1 MiB blocks, mostly cached). ``verify()`` still checks every block of the file
 (the inherited per-block CRCs), so ``highnoon-prepare-data --verify`` is unchanged.
