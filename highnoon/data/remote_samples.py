@@ -265,7 +265,10 @@ class SampleRangedFile(RangedFile):
                     np.array([p for a, b in spans for p in (a // item, (b - 1) // item)])
                 ).reshape(-1, 2)
                 wanted = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in ends.tolist()]))
-            self._samples(wanted, raise_pending=False)  # bounds read only of what is missing
+            with self._fetch_lock:  # only what is still missing: a read may have fetched some
+                missing = self.cache.missing(self._sample_keys(wanted.tolist()))
+                if missing:
+                    self._fetch_samples(wanted[missing])
         except BaseException as err:  # kept for the next read: never lost
             self._prefetch_error = err
 
@@ -332,18 +335,18 @@ class SampleRangedFile(RangedFile):
             los = (starts * item - begin[group]).tolist()
             his = (ends * item - begin[group]).tolist()
             chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]
-        value = google_crc32c.value
-        actual = [value(c) for c in chunks]
-        ok = [a == e for a, e in zip(actual, expected)]
-        out = [_Sample(a, c) for a, c in zip(starts.tolist(), chunks)]
+        actual = list(map(google_crc32c.value, chunks))
+        out = list(map(_Sample, starts.tolist(), chunks))
         names = samples.tolist()
-        good = [(s, c) for s, c, fine in zip(names, out, ok) if fine]
+        ok = actual == expected  # one comparison of the lists in the common case
+        good = list(zip(names, out)) if ok else [
+            (s, c) for s, c, a, e in zip(names, out, actual, expected) if a == e]  # fmt: skip
         if self.cache.enabled:
             space = self._space
             self.cache.put_many([((space, s), c) for s, c in good])
         self.samples_verified += len(good)
-        if len(good) < len(out):
-            i = ok.index(False)
+        if not ok:
+            i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
             s, offset = names[i], int(starts[i]) * item
             raise StoreError(
                 f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
