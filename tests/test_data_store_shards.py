@@ -390,3 +390,25 @@ def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkey
     np.testing.assert_array_equal(mapped.read(0, data.size), data)
     np.testing.assert_array_equal(mapped.take(np.array([5, 12000]), np.uint8), data[[5, 12000]])
     assert released == [(10, data.size), (0, data.size)]
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_rows_read_with_their_samples_equal_positions_read_alone(stores, scheme):
+    """``read_tokens`` with one sample a row (``[rows, 1]``, split by shard a row at a time)
+    gives the ids the positions give alone and the one-shard store gives; empty shapes and
+    scalars keep their shape; rows given samples of other shards are refused, not read."""
+    one, many = stores
+    store = TokenStore.open(scheme + many.path)
+    idx = np.array([0, 59, 17, 31, 17, 44])  # every other shard or so, a repeat
+    starts, lengths = store.sample_bounds(idx)
+    pos = np.minimum(starts[:, None] + np.arange(5), (starts + lengths - 1)[:, None])
+    expected = one.read_tokens(pos)
+    np.testing.assert_array_equal(store.read_tokens(pos, samples=idx[:, None]), expected)
+    np.testing.assert_array_equal(store.read_tokens(pos), expected)
+    np.testing.assert_array_equal(store.read_tokens(pos[0], samples=0), expected[0])
+    assert store.read_tokens(np.int64(pos[1, 0]), samples=59) == expected[1, 0]
+    for shape in ((3, 0), (0, 5)):
+        empty = np.zeros(shape, dtype=np.int64)
+        assert store.read_tokens(empty, samples=np.zeros((shape[0], 1))).shape == shape
+    with pytest.raises((StoreError, IndexError)):
+        store.read_tokens(pos, samples=idx[::-1, None])

@@ -758,7 +758,9 @@ class TokenStore:
             samples = np.asarray(samples, dtype=np.int64)
         if self._one_whole_file:  # the hot path: the file's own bounds are the store's
             return self._shards[0].files[TOKENS].take(pos, self.dtype, samples=samples)
-        if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
+        if pos.size == 0:
+            return np.zeros(pos.shape, dtype=self.dtype)
+        if pos.min() < 0 or pos.max() >= self.num_tokens:
             raise IndexError(
                 f"token positions must be in [0, {self.num_tokens}), got values in "
                 f"[{pos.min()}, {pos.max()}]"
