@@ -168,7 +168,7 @@ def test_size_mismatch_is_always_detected(tmp_path):
         f.write(b"\x00\x00")
     with pytest.raises(
         StoreError,
-        match=r"shard-00000-of-00001/tokens\.bin: file has size 16, shard\.json records 14 ",
+        match=r"shard-00000-of-00001/tokens\.bin: file has size 16, manifest\.json records 14; ",
     ):
         TokenStore.open(str(path))
 

@@ -118,8 +118,8 @@ def test_a_truncated_shard_is_an_error_naming_the_file(stores, tmp_path):
     os.truncate(tokens, size - 2)
     with pytest.raises(
         StoreError,
-        match=rf"shard-00001-of-00007/tokens\.bin: file has size {size - 2}, shard\.json "
-        rf"records {size} .*the shard is truncated or was modified, rebuild the store",
+        match=rf"shard-00001-of-00007/tokens\.bin: file has size {size - 2}, manifest\.json "
+        rf"records {size}; the shard is truncated or was modified, rebuild the store$",
     ):
         TokenStore.open(path)
     os.remove(tokens)
@@ -150,8 +150,33 @@ def test_an_edited_shard_manifest_is_an_error(stores, tmp_path):
     meta["skipped_empty"] += 1
     with open(shard_json, "w") as handle:
         json.dump(meta, handle)
-    with pytest.raises(StoreError, match=r"shard\.json has sha256 [0-9a-f]{64}, the manifest"):
-        TokenStore.open(path)
+    # opening reads manifest.json only; the shard's first read reads and checks its shard.json
+    store = TokenStore.open(path)
+    message = r"shard-00000-of-00007: shard\.json has sha256 [0-9a-f]{64}, the manifest records"
+    with pytest.raises(StoreError, match=message):
+        store.sample(0)
+    assert TokenStore.open(path).sample(store.num_samples - 1)[-1] == store.tokenizer.eos_id
+    with pytest.raises(StoreError, match=message):
+        TokenStore.open(path).verify()
+
+
+def test_a_local_store_opens_on_its_manifest_and_reads_a_shard_json_at_first_use(stores, tmp_path):
+    """Opening reads no ``shard.json`` (their block CRCs grow with the store); a read loads the
+    shards it touches only; ``verify()`` reads every one and checks the fingerprint."""
+    store = TokenStore.open(stores[1].path)
+    assert not any(shard.files.loaded for shard in store._shards)
+    third = sum(entry["num_samples"] for entry in store.manifest["shards"][:2])
+    np.testing.assert_array_equal(store.sample(third), stores[0].sample(third))
+    assert [shard.files.loaded for shard in store._shards] == [i == 2 for i in range(7)]
+    store.verify()
+    path = _copy(stores[1], tmp_path)
+    with open(os.path.join(path, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    manifest["fingerprint"] = "0" * 64
+    with open(os.path.join(path, "manifest.json"), "w") as handle:
+        json.dump(manifest, handle)
+    with pytest.raises(StoreError, match=r"does not match the manifest fingerprint 0{64}; rebuild"):
+        TokenStore.open(path).verify()
 
 
 def _flip(path: str, offset: int) -> None:
@@ -365,3 +390,25 @@ def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkey
     np.testing.assert_array_equal(mapped.read(0, data.size), data)
     np.testing.assert_array_equal(mapped.take(np.array([5, 12000]), np.uint8), data[[5, 12000]])
     assert released == [(10, data.size), (0, data.size)]
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_rows_read_with_their_samples_equal_positions_read_alone(stores, scheme):
+    """``read_tokens`` with one sample a row (``[rows, 1]``, split by shard a row at a time)
+    gives the ids the positions give alone and the one-shard store gives; empty shapes and
+    scalars keep their shape; rows given samples of other shards are refused, not read."""
+    one, many = stores
+    store = TokenStore.open(scheme + many.path)
+    idx = np.array([0, 59, 17, 31, 17, 44])  # every other shard or so, a repeat
+    starts, lengths = store.sample_bounds(idx)
+    pos = np.minimum(starts[:, None] + np.arange(5), (starts + lengths - 1)[:, None])
+    expected = one.read_tokens(pos)
+    np.testing.assert_array_equal(store.read_tokens(pos, samples=idx[:, None]), expected)
+    np.testing.assert_array_equal(store.read_tokens(pos), expected)
+    np.testing.assert_array_equal(store.read_tokens(pos[0], samples=0), expected[0])
+    assert store.read_tokens(np.int64(pos[1, 0]), samples=59) == expected[1, 0]
+    for shape in ((3, 0), (0, 5)):
+        empty = np.zeros(shape, dtype=np.int64)
+        assert store.read_tokens(empty, samples=np.zeros((shape[0], 1))).shape == shape
+    with pytest.raises((StoreError, IndexError)):
+        store.read_tokens(pos, samples=idx[::-1, None])

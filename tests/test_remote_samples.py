@@ -229,3 +229,55 @@ def test_metadata_is_read_by_block_for_the_samples_read_only(shard):
     g = _file(shard)  # no hint: the search reads entries 4, 6, 7 (block 0), the bounds 8 (block 1)
     np.testing.assert_array_equal(g.take(np.array([offsets[7] + 1]), "<u2"), ids[[offsets[7] + 1]])
     assert (g._offsets_file.reads, g._offsets_file.bytes_read) == (2, 72)
+
+
+def test_a_cached_sample_is_read_without_its_offsets_and_rows_take_compact_samples(shard):
+    """A cached sample carries where it starts: reading it again (the pipeline's second look,
+    after ``sample_bounds`` or a read-ahead) asks the offsets file nothing. Rows of positions
+    ``[R, W]`` take their samples as ``[R, 1]``; a position outside its row's sample, or a
+    sample outside the shard, is refused naming the file."""
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    rows = np.array([[offsets[2] + 1, offsets[2] + 7, offsets[2] + 39],
+                     [offsets[5], offsets[5] + 30, offsets[5] + 59],
+                     [offsets[2], offsets[2], offsets[2] + 2]])  # fmt: skip
+    owners = np.array([[2], [5], [2]])
+    np.testing.assert_array_equal(f.take(rows, "<u2", samples=owners), ids[rows])
+    looks = []
+    f._offsets_file.take = lambda *args, **kwargs: looks.append(args) or pytest.fail("offsets")
+    for _ in range(2):
+        np.testing.assert_array_equal(f.take(rows, "<u2", samples=owners), ids[rows])
+        np.testing.assert_array_equal(f.take(rows[1], "<u2", samples=5), ids[rows[1]])
+    assert looks == [] and (f.reads, f.samples_verified) == (2, 2)
+    bad = rows.copy()
+    bad[2, 2] = offsets[3]  # the first id of sample 3, given as sample 2's
+    with pytest.raises(StoreError, match=r"shard-00001-of-00002/tokens\.bin: a position read lies"):
+        f.take(bad, "<u2", samples=owners)
+    with pytest.raises(StoreError, match=r"samples= holds local samples in \[2, 8\], the shard "
+                       r"has 8"):  # fmt: skip
+        f.take(rows, "<u2", samples=np.array([[2], [5], [8]]))
+
+
+def test_a_read_ahead_asks_a_thread_for_the_uncached_samples_only(shard, monkeypatch):
+    """``prefetch_samples`` leaves out cached samples (and repeats) before it queues anything:
+    samples all cached wake no prefetch thread."""
+    from highnoon.data import remote_samples
+
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    f.take(np.arange(offsets[2], offsets[4]), "<u2", samples=np.repeat([2, 3], [40, 5]))
+    queued = []
+    monkeypatch.setattr(remote_samples._prefetcher(), "submit",
+                        lambda file, request: queued.append(request.tolist()) or True)  # fmt: skip
+    f.prefetch_samples(np.array([3, 2, 3]))
+    assert queued == []
+    f.prefetch_samples(np.array([6, 3, 1, 6, 2]))
+    assert queued == [[1, 6]]
+    monkeypatch.undo()
+    f.prefetch_samples(np.array([6, 3, 1, 6, 2]))
+    f.wait_prefetch()
+    assert (f.reads, f.samples_verified) == (3, 4)  # samples 2, 3 read by take; 1, 6 ahead
+    np.testing.assert_array_equal(
+        f.take(np.array([offsets[6]]), "<u2", samples=6), ids[[offsets[6]]]
+    )
+    assert f.reads == 3

@@ -381,9 +381,12 @@ def test_a_bounded_cache_bounds_what_a_host_holds(local, rows):
         for key, value in expected.batch(step).items():
             np.testing.assert_array_equal(got[key], value, err_msg=f"{key} {step}")
     assert 0 < max(held) <= 1024 and cache.evictions > 0
-    # outside the cache a file keeps one flag a block (which blocks it checked), no data
-    assert all(v.nbytes <= f.num_blocks for f in store.block_files() for v in vars(f).values()
-               if isinstance(v, np.ndarray))  # fmt: skip
+    # outside the cache a file keeps its block CRCs (4 bytes a block, from shard.json) and one
+    # flag a block (which blocks it checked), no data
+    for f in store.block_files():
+        assert f.crc32c.dtype == np.uint32 and f.crc32c.nbytes == 4 * f.num_blocks
+        assert all(v.nbytes <= f.num_blocks for k, v in vars(f).items()
+                   if isinstance(v, np.ndarray) and k != "crc32c")  # fmt: skip
 
 
 def _edit_manifest(url: str, edit) -> None:

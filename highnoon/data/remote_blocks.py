@@ -34,7 +34,7 @@ import google_crc32c
 import numpy as np
 from absl import logging
 
-from highnoon.data.blocks import check_range, crc_mismatch
+from highnoon.data.blocks import check_range, crc_array, crc_mismatch
 from highnoon.data.store_errors import StoreError
 from highnoon.utils.validation import check_int
 
@@ -75,17 +75,24 @@ class BlockCache:
     ) -> list[np.ndarray | None]:
         """``get`` of several keys under one lock (a call's samples)."""
         with self._lock:
-            out = []
-            for key in keys:
-                block = self._blocks.get(key)
+            blocks = self._blocks
+            out = list(map(blocks.get, keys))
+            recent = blocks.move_to_end
+            for key, block in zip(keys, out):
                 if block is not None:
-                    self._blocks.move_to_end(key)
-                out.append(block)
+                    recent(key)
             if count:
-                hits = sum(b is not None for b in out)
-                self.hits += hits
-                self.misses += len(out) - hits
+                misses = sum(b is None for b in out)  # not count(None): arrays compare by value
+                self.hits += len(out) - misses
+                self.misses += misses
             return out
+
+    def missing(self, keys: Sequence[tuple[Any, ...]]) -> list[int]:
+        """The indices of ``keys`` not in the cache (a read-ahead's filter: no hit or miss
+        counted, no entry made recent)."""
+        with self._lock:
+            blocks = self._blocks
+            return [i for i, key in enumerate(keys) if key not in blocks]
 
     def put_many(self, items: Sequence[tuple[tuple[Any, ...], np.ndarray]]) -> None:
         """``put`` of several blocks under one lock."""
@@ -255,7 +262,7 @@ class RangedFile:
         self.size = check_int("size", size, minimum=0)
         self.block_bytes = check_int("block_bytes", block_bytes, minimum=1)
         self.num_blocks = -(-self.size // self.block_bytes)
-        self.crc32c = [int(c) for c in crc32c]
+        self.crc32c = crc_array(crc32c)
         self.label = label
         if len(self.crc32c) != self.num_blocks:
             raise StoreError(
@@ -377,7 +384,7 @@ class RangedFile:
 
     # -- blocks -----------------------------------------------------------------------------
     def _key(self, b: int) -> tuple[Any, ...]:
-        return (self.path, self.size, self.block_bytes, b, self.crc32c[b])
+        return (self.path, self.size, self.block_bytes, b, int(self.crc32c[b]))
 
     def _blocks(self, wanted: np.ndarray, *, raise_pending: bool = True) -> dict[int, np.ndarray]:
         """The verified blocks ``wanted`` (sorted unique indices): cached, or fetched."""
@@ -414,11 +421,9 @@ class RangedFile:
         for b in range(first, end):
             lo = (b - first) * self.block_bytes
             block = data[lo : lo + self.block_bytes]
-            actual = google_crc32c.value(block)
-            if actual != self.crc32c[b]:
-                raise crc_mismatch(
-                    self.label, b, self.block_bytes, self.size, actual, self.crc32c[b]
-                )
+            actual, expected = google_crc32c.value(block), int(self.crc32c[b])
+            if actual != expected:
+                raise crc_mismatch(self.label, b, self.block_bytes, self.size, actual, expected)
             self._verified[b] = True
             if self.cache.enabled:
                 block = block.copy()  # own its memory: the range read may be far larger
@@ -520,10 +525,10 @@ class RangedFile:
                 "or rebuild the store"
             ) from err
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Any = os.close) -> None:  # bound now: at exit `os` may be gone
         fd = getattr(self, "_fd", None)
         if fd is not None:
-            os.close(fd)
+            _close(fd)
 
     def verify(self) -> None:
         """Fetch and check every block (``TokenStore.verify``), a few blocks per range read."""

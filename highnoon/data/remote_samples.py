@@ -10,10 +10,11 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
 * each fetched sample is checked against its CRC32C in the shard's ``sample_crc32c.bin``
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
-* checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``), keyed by
-  (file, size, version, sample): the version hashes the file's block CRCs, so a hit needs no
-  read of the sample's CRC; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
-  prefetch threads;
+* checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``) with their
+  first id's offset (``_Sample``), keyed by (a hash of the file's path, size and version,
+  sample): the version hashes the file's block CRCs, so a hit needs no read of the sample's
+  CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
+  prefetch threads (``prefetch_samples`` queues only the samples not cached);
 * a call's missing samples are fetched together (``_fetch_samples``): their range reads, then
   their CRCs, then one cache insert.
 
@@ -21,8 +22,9 @@ Metadata is read the same way, so a host holds O(its rows + the cache bound), ne
 the shard's offsets (8 bytes a sample) and sample CRCs (4) are read through their own
 block-checked ``RangedFile`` objects, block by block as samples need them, into the same bounded
 cache. A caller that knows which sample each position lies in (the pipeline does:
-``sample_bounds`` gave the positions) passes it (``take(..., samples=)``) and the file reads the
-offsets of those samples only, blocks ``sample_bounds`` just fetched; without it a position is
+``sample_bounds`` gave the positions) passes it (``take(..., samples=)``, compact: ``[rows, 1]``
+for rows of positions) and the file reads the offsets of the samples it must fetch only (a
+cached one carries its offset); without it a position is
 found by a binary search over the offsets file (``_locate``: about 13 blocks for a shard of
 1e9 samples in 1 MiB blocks, mostly cached). ``verify()`` still checks every block of the file
 (the inherited per-block CRCs), so ``highnoon-prepare-data --verify`` is unchanged.
@@ -46,6 +48,7 @@ from highnoon.utils.validation import check_int
 # to a bucket costs tens of ms, about what 1 MB of transfer does, but the bytes-read goal
 # (<= 1.2x the rows' bytes) bounds what may be read beside them (BENCHMARKS.md).
 GAP_BYTES = 256
+SMALL_UNIQUE = 4096  # samples= arrays up to this size are sorted whole, larger ones by runs
 
 
 def _runs_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,12 +57,36 @@ def _runs_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return heads, np.diff(np.append(heads, values.size))
 
 
+def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for a short 1-D array (a call's rows), with a
+    fast path for values all distinct (the common case: one sort, no grouping)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    if ordered.size > 1 and not (ordered[1:] != ordered[:-1]).all():
+        return np.unique(values, return_inverse=True)
+    inverse = np.empty(values.size, dtype=np.int64)
+    inverse[order] = np.arange(values.size)
+    return ordered, inverse
+
+
 def _unique_by_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True)``, sorting one value per run of equal
     consecutive values (a row's positions share their sample: runs of hundreds)."""
     heads, sizes = _runs_of(values)
     wanted, run_inverse = np.unique(values[heads], return_inverse=True)
     return wanted, np.repeat(run_inverse, sizes)
+
+
+class _Sample:
+    """A checked sample as the cache holds it: its bytes and its first id's local position
+    (so a cached sample needs no read of its offsets)."""
+
+    __slots__ = ("data", "nbytes", "start")
+
+    def __init__(self, start: int, data: bytes) -> None:
+        self.start = start
+        self.data = data
+        self.nbytes = len(data)
 
 
 class SampleRangedFile(RangedFile):
@@ -97,7 +124,8 @@ class SampleRangedFile(RangedFile):
         self._offsets_file = offsets
         self._crc_file = sample_crc32c
         self.num_samples = self._crc_file.size // 4
-        self._version = sha256_hex(np.asarray(self.crc32c, dtype="<u4").tobytes(), chars=16)
+        version = sha256_hex(self.crc32c.astype("<u4").tobytes(), chars=16)
+        self._space = sha256_hex(f"{self.path}\n{self.size}\n{version}\nsample", chars=24)
         self.samples_verified = 0  # samples checked against their CRC by this object
 
     # -- metadata (read by block through the cache, never whole) ------------------------------
@@ -147,32 +175,42 @@ class SampleRangedFile(RangedFile):
     def take(self, positions: np.ndarray, dtype: Any, samples: Any = None) -> np.ndarray:
         """Ids at element ``positions`` (any shape), read through the samples holding them;
         ``samples`` (broadcastable to ``positions``): the local sample of each position, when
-        the caller knows it (spares the search; checked against the offsets)."""
+        the caller knows it (spares the search; checked against the samples' bounds). Pass it
+        as compact as it is (``[rows, 1]`` for rows of one sample each): the samples are
+        looked up once per entry of ``samples``, not once per position."""
         dtype = np.dtype(dtype)
         if dtype != self.dtype:
             return super().take(positions, dtype)  # not the store's ids: per-block reads
         pos = np.asarray(positions, dtype=np.int64)
-        count = self.size // dtype.itemsize
         if pos.size == 0:
             return np.zeros(pos.shape, dtype=dtype)
-        if pos.min() < 0 or pos.max() >= count:
-            low, high = int(pos.min()), int(pos.max())
-            check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
-        flat = pos.reshape(-1)
         if samples is None:
-            owner = self._locate(flat)
-        else:
-            owner = np.broadcast_to(np.asarray(samples, dtype=np.int64), pos.shape).reshape(-1)
-        wanted, inverse = _unique_by_runs(owner)
-        starts, ends = self._bounds(wanted)
-        rel = flat - starts[inverse]  # each position's place in its sample
-        if samples is not None and (rel.min() < 0 or (rel >= (ends - starts)[inverse]).any()):
+            if pos.min() < 0 or pos.max() >= self.size // dtype.itemsize:
+                low, high = int(pos.min()) * dtype.itemsize, (int(pos.max()) + 1) * dtype.itemsize
+                check_range(self.label, self.size, low, high)
+            owner = self._locate(pos.reshape(-1)).reshape(pos.shape)
+        else:  # no range check: each position is checked inside its sample, below
+            owner = np.asarray(samples, dtype=np.int64)
+            np.broadcast_shapes(owner.shape, pos.shape)  # a wrong shape fails here, not later
+        if owner.size <= SMALL_UNIQUE:  # a call's rows: a plain sort is cheapest
+            wanted, inverse = _sorted_unique(owner.reshape(-1))
+        else:  # positions of long runs of one sample
+            wanted, inverse = _unique_by_runs(owner.reshape(-1))
+        if wanted[0] < 0 or wanted[-1] >= self.num_samples:
+            raise StoreError(
+                f"{self.label}: samples= holds local samples in [{wanted[0]}, {wanted[-1]}], "
+                f"the shard has {self.num_samples}"
+            )
+        inverse = inverse.reshape(owner.shape)
+        data, base, starts, sizes = self._gathered(wanted)
+        rel = pos - starts[inverse]  # each position's place in its sample
+        # one pass for both ends: a negative place is a huge unsigned one
+        if (rel.view(np.uint64) >= sizes[inverse].view(np.uint64)).any():
             raise StoreError(
                 f"{self.label}: a position read lies outside the sample it was given with "
                 "(samples= must be the sample holding each position, as sample_bounds gives)"
             )
-        data, base = self._gathered(wanted, starts, ends)
-        return data[base[inverse] + rel].reshape(pos.shape)
+        return data[base[inverse] + rel]
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)``, read through the samples they touch (each checked)."""
@@ -182,33 +220,33 @@ class SampleRangedFile(RangedFile):
             return np.zeros(0, dtype=np.uint8)
         item = self.dtype.itemsize
         first, last = self._locate(np.array([start // item, (stop - 1) // item])).tolist()
-        wanted = np.arange(first, last + 1)
-        starts, ends = self._bounds(wanted)
-        data, _ = self._gathered(wanted, starts, ends)
+        data, _, starts, _ = self._gathered(np.arange(first, last + 1))
         raw = data.view(np.uint8)  # consecutive samples: the bytes from sample `first` on
         lo = start - int(starts[0]) * item
         return raw[lo : lo + stop - start].copy()
 
-    def _gathered(
-        self, wanted: np.ndarray, starts: np.ndarray, ends: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The ids of the samples ``wanted`` (sorted unique local indices, their bounds
-        ``starts``/``ends``), back to back, and where each one starts in them."""
-        samples = self._samples(wanted, (starts, ends))
-        parts = [samples[s] for s in wanted.tolist()]
-        sizes = ends - starts
-        base = np.cumsum(sizes) - sizes
-        data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return data, base
+    def _gathered(self, wanted: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(ids of the samples ``wanted`` (sorted unique local indices) back to back, where
+        each one starts in them, its first id's local position, its length in ids)."""
+        found = self._samples(wanted)
+        starts = np.fromiter((c.start for c in found), dtype=np.int64, count=len(found))
+        sizes = np.fromiter((c.nbytes for c in found), dtype=np.int64, count=len(found))
+        sizes //= self.dtype.itemsize
+        data = np.frombuffer(b"".join([c.data for c in found]), dtype=self.dtype)
+        return data, np.cumsum(sizes) - sizes, starts, sizes
 
     # -- prefetch ---------------------------------------------------------------------------
     def prefetch_samples(self, samples: np.ndarray) -> None:
         """Fetch the local ``samples`` into the cache on a prefetch thread (a hint, as
-        ``prefetch``; what ``TokenStore.prefetch_samples`` uses)."""
+        ``prefetch``; what ``TokenStore.prefetch_samples`` uses). Samples already cached are
+        left out here, and a request with none missing wakes no thread: a prefetch thread
+        that only finds its samples cached costs the reading threads the GIL for nothing."""
         if not self.cache.enabled:
             return
-        wanted = np.unique(np.asarray(samples, dtype=np.int64))
-        if wanted.size and not _prefetcher().submit(self, wanted):
+        wanted = np.sort(np.asarray(samples, dtype=np.int64).reshape(-1))
+        wanted = wanted[np.append(True, wanted[1:] != wanted[:-1])]  # np.unique, for few values
+        missing = self.cache.missing(self._sample_keys(wanted.tolist()))
+        if missing and not _prefetcher().submit(self, wanted[missing]):
             self.prefetch_dropped += 1
 
     def _prefetch_now(self, request: Any) -> None:
@@ -227,52 +265,48 @@ class SampleRangedFile(RangedFile):
                     np.array([p for a, b in spans for p in (a // item, (b - 1) // item)])
                 ).reshape(-1, 2)
                 wanted = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in ends.tolist()]))
-            self._samples(wanted, None, raise_pending=False)  # bounds only of what is missing
+            with self._fetch_lock:  # only what is still missing: a read may have fetched some
+                missing = self.cache.missing(self._sample_keys(wanted.tolist()))
+                if missing:
+                    self._fetch_samples(wanted[missing])
         except BaseException as err:  # kept for the next read: never lost
             self._prefetch_error = err
 
     # -- samples ----------------------------------------------------------------------------
-    def _sample_key(self, s: int) -> tuple[Any, ...]:
-        """A sample's cache key: the file's path, size and version (its block CRCs, which cover
-        every byte), so a store rebuilt at the same path never serves an old sample; a cached
-        sample is found without reading its CRC (that is read to check a fetched one)."""
-        return (self.path, self.size, self._version, "sample", s)
+    def _sample_keys(self, wanted: list[int]) -> list[tuple[str, int]]:
+        """The cache keys of samples ``wanted``: (the file's name space, sample). The name
+        space hashes the file's path, size and version (its block CRCs, which cover every
+        byte), so a store rebuilt at the same path never serves an old sample; a cached sample
+        is found without reading its CRC (that is read to check a fetched one)."""
+        space = self._space
+        return [(space, s) for s in wanted]
 
-    def _samples(
-        self, wanted: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None, *,
-        raise_pending: bool = True,
-    ) -> dict[int, np.ndarray]:  # fmt: skip
-        """The verified ids of the samples ``wanted`` (sorted unique; ``bounds``: their
-        (starts, ends), or None to read them for the ones fetched): cached, or fetched."""
+    def _samples(self, wanted: np.ndarray, *, raise_pending: bool = True) -> list[_Sample]:
+        """The checked samples ``wanted`` (sorted unique local indices), in that order: cached,
+        or fetched (their bounds read from the offsets, for those only)."""
         if raise_pending and self._prefetch_error is not None:
             err, self._prefetch_error = self._prefetch_error, None
             raise err
         wanted_list = wanted.tolist()
-        use_cache = self.cache.enabled
-        found: dict[int, np.ndarray] = {}
-        missing = list(range(len(wanted_list)))
-        if use_cache:  # one lock for the whole call's samples
-            cached = self.cache.get_many([self._sample_key(s) for s in wanted_list])
-            missing = [i for i, ids in enumerate(cached) if ids is None]
-            found = {s: ids for s, ids in zip(wanted_list, cached) if ids is not None}
+        if not self.cache.enabled:
+            with self._fetch_lock:
+                return self._fetch_samples(wanted)
+        keys = self._sample_keys(wanted_list)
+        found = self.cache.get_many(keys)  # one lock for the whole call's samples
+        missing = [i for i, c in enumerate(found) if c is None]
         if not missing:
-            return found
+            return found  # type: ignore[return-value]
         with self._fetch_lock:
-            still = missing
-            if use_cache:  # a prefetch may have fetched some meanwhile
-                again = self.cache.get_many(
-                    [self._sample_key(wanted_list[i]) for i in missing], count=False
-                )
-                still = [i for i, ids in zip(missing, again) if ids is None]
-                found.update((wanted_list[i], ids) for i, ids in zip(missing, again)
-                             if ids is not None)  # fmt: skip
-            rows = np.asarray(still, dtype=np.int64)
-            fetch = wanted[rows]
-            starts, ends = self._bounds(fetch) if bounds is None else (
-                bounds[0][rows], bounds[1][rows])  # fmt: skip
-            crcs = dict(zip(fetch.tolist(), self._crc_file.take(fetch, "<u4").tolist()))
-            found.update(self._fetch_samples(fetch, starts, ends, crcs))
-        return found
+            # a prefetch may have fetched some meanwhile
+            again = self.cache.get_many([keys[i] for i in missing], count=False)
+            still = [i for i, c in zip(missing, again) if c is None]
+            for i, c in zip(missing, again):
+                found[i] = c
+            if still:
+                rows = np.asarray(still, dtype=np.int64)
+                for i, c in zip(still, self._fetch_samples(wanted[rows])):
+                    found[i] = c
+        return found  # type: ignore[return-value]
 
     def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """For sorted samples of these bounds, the index of the range read fetching each: a
@@ -280,34 +314,38 @@ class SampleRangedFile(RangedFile):
         gaps = (starts[1:] - ends[:-1]) * self.dtype.itemsize
         return np.concatenate([[0], np.cumsum(gaps > self.gap_bytes)]).astype(np.int64)
 
-    def _fetch_samples(
-        self, samples: np.ndarray, starts: np.ndarray, ends: np.ndarray, crcs: dict[int, int]
-    ) -> dict[int, np.ndarray]:
-        """Fetch ``samples`` (sorted, bounds ``starts``/``ends``): one range read per group of
-        near samples (``_groups``), all issued together, then every sample checked against its
-        CRC32C; the good ones are cached, and a bad one raises. Caller holds the fetch lock."""
+    def _fetch_samples(self, samples: np.ndarray) -> list[_Sample]:
+        """Fetch ``samples`` (sorted unique): their bounds and CRCs read by block, one range
+        read per group of near samples (``_groups``), all issued together, then every sample
+        checked against its CRC32C; the good ones are cached, and a bad one raises. Caller
+        holds the fetch lock."""
         if samples.size == 0:
-            return {}
+            return []
+        starts, ends = self._bounds(samples)
+        expected = self._crc_file.take(samples, "<u4").tolist()
         item = self.dtype.itemsize
         group = self._groups(starts, ends)
         first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
         last = np.append(first[1:], samples.size) - 1
         begin = starts[first] * item
         datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
-        los = (starts * item - begin[group]).tolist()
-        his = (ends * item - begin[group]).tolist()
-        chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]  # own bytes
-        value = google_crc32c.value
+        if first.size == samples.size:  # no two samples share a read: each read is a sample
+            chunks = datas
+        else:
+            los = (starts * item - begin[group]).tolist()
+            his = (ends * item - begin[group]).tolist()
+            chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]
+        actual = list(map(google_crc32c.value, chunks))
+        out = list(map(_Sample, starts.tolist(), chunks))
         names = samples.tolist()
-        expected = [crcs[s] for s in names]
-        actual = [value(c) for c in chunks]
-        dtype = self.dtype
-        good = [i for i, (a, e) in enumerate(zip(actual, expected)) if a == e]
-        out = {names[i]: np.frombuffer(chunks[i], dtype=dtype) for i in good}
+        ok = actual == expected  # one comparison of the lists in the common case
+        good = list(zip(names, out)) if ok else [
+            (s, c) for s, c, a, e in zip(names, out, actual, expected) if a == e]  # fmt: skip
         if self.cache.enabled:
-            self.cache.put_many([(self._sample_key(s), ids) for s, ids in out.items()])
-        self.samples_verified += len(out)
-        if len(good) < len(names):
+            space = self._space
+            self.cache.put_many([((space, s), c) for s, c in good])
+        self.samples_verified += len(good)
+        if not ok:
             i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
             s, offset = names[i], int(starts[i]) * item
             raise StoreError(

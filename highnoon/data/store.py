@@ -18,15 +18,15 @@ many shards or processes wrote the store. Its ids are ``encode(text) + [eos_id]`
 pipeline prepends ``bos_id``); a token sample is stored as given plus ``eos_id``.
 
 **Opening** reads ``manifest.json``, which summarises every shard (counts, first sample, file
-sizes, the sha256 of its ``shard.json``), and checks the summaries against each other. A local
-store (and a store written before the summaries) also reads every ``shard.json`` now and
-checks: every shard present with the sha256 the manifest records, every file present with its
-recorded size (a truncated shard, a missing shard, a manifest naming an absent file are
-``StoreError``s naming the shard or file and saying "rebuild"), and the fingerprint. A remote
-store reads a shard's ``shard.json`` at the shard's first read and makes the same checks then,
-so opening costs the same requests for 8 shards or 64; ``verify()`` reads every shard and the
-fingerprint. ``verify=True`` also hashes the top-level files (the tokenizer copy). No token is
-read.
+sizes, the sha256 of its ``shard.json``), and checks the summaries against each other; a local
+store also checks every shard file's size against them (``stat`` only: a truncated shard, a
+missing shard, a manifest naming an absent file are ``StoreError``s naming the shard or file and
+saying "rebuild"). A shard's ``shard.json`` (its per-block CRC32Cs, a list that grows with the
+shard) is read at the shard's first read and checked then against the sha256 the manifest
+records, so opening costs the same time, memory and requests for a store of 1e6 samples or
+1e9, 8 shards or 64. A store written before the summaries reads and checks every
+``shard.json`` and the fingerprint at open. ``verify()`` reads every shard and the fingerprint.
+``verify=True`` also hashes the top-level files (the tokenizer copy). No token is read.
 
 **Reading** goes through one ``BlockFile`` per shard file (``blocks.py``): ``MappedFile`` (a
 memory map) for a local path, ``RangedFile`` (``remote_blocks.py``: range reads through
@@ -237,38 +237,40 @@ class _Shard:
 
 class _ShardFiles(Mapping):
     """A shard's ``BlockFile`` by file name. Made from the checked ``shard.json`` (``meta``), or
-    lazily (a remote store whose manifest summarises its shards): ``shard.json`` is then read on
-    the first access, checked against the sha256 and summary the store's manifest records, and
-    the files made; ``sizes`` (from the summary) needs no read."""
+    lazily (a store whose manifest summarises its shards): ``shard.json`` is then read on the
+    first access, checked against the sha256 and summary the store's manifest records, and the
+    files made; ``sizes`` (from the summary) needs no read. The parsed ``shard.json`` is not
+    kept: its block CRCs live in the files, as arrays (``blocks.crc_array``)."""
 
     def __init__(self, root: str, path: str, entry: dict[str, Any], first_sample: int,
                  dtype: np.dtype, meta: dict[str, Any] | None = None) -> None:  # fmt: skip
         self._args = (root, path, entry, first_sample, dtype)
         self.root = root
         self._lock = threading.Lock()
-        self.meta: dict[str, Any] | None = None
         self._files: dict[str, BlockFile] | None = None
-        if meta is not None:
-            self._made(meta)
         self.sizes = {f: int(entry["files"][f]) for f in SHARD_FILES} if meta is None else {
             f: int(meta["files"][f]["size"]) for f in SHARD_FILES}  # fmt: skip
+        if meta is not None:
+            self._made(meta)
 
     def _made(self, meta: dict[str, Any]) -> dict[str, BlockFile]:
         root, path, entry, _, dtype = self._args
-        self.meta = meta
         self._files = _shard_files(root, entry["name"], meta, f"store {path!r}, {entry['name']}",
                                    dtype)  # fmt: skip
         return self._files
+
+    def manifest(self) -> dict[str, Any]:
+        """The shard's ``shard.json``, read now and checked against the store's manifest."""
+        root, path, entry, first_sample, dtype = self._args
+        shard_json = _join(root, entry["name"], SHARD_MANIFEST)
+        raw = _read_file_op(shard_json) if is_remote(root) else _read_bytes(shard_json)
+        return _check_shard_manifest(raw, entry, first_sample, root, path, dtype)
 
     def _loaded(self) -> dict[str, BlockFile]:
         if self._files is None:
             with self._lock:
                 if self._files is None:
-                    root, path, entry, first_sample, dtype = self._args
-                    raw = _read_file_op(_join(root, entry["name"], SHARD_MANIFEST))
-                    return self._made(
-                        _check_shard_manifest(raw, entry, first_sample, root, path, dtype)
-                    )
+                    return self._made(self.manifest())
         return self._files
 
     @property
@@ -398,31 +400,62 @@ def _check_shard_manifest(
             )
         actual = None if is_remote(root) else file_size(_join(root, name, file_name))
         if actual is None and not is_remote(root):
-            raise StoreError(f"{label}: the file is missing; the store is incomplete, rebuild it")
+            raise _missing_file(label)
         if recorded["size"] != expected[file_name] or actual not in (None, recorded["size"]):
-            raise StoreError(
-                f"{label}: file has size {recorded['size'] if actual is None else actual}, "
-                f"{SHARD_MANIFEST} records {recorded['size']} ({expected[file_name]} for {n} "
-                f"samples of {t} ids); the shard is truncated or was modified, rebuild the "
-                "store"
-            )
+            raise _size_mismatch(
+                label, recorded["size"] if actual is None else actual, SHARD_MANIFEST,
+                f"{recorded['size']} ({expected[file_name]} for {n} samples of {t} ids)",
+            )  # fmt: skip
     return meta
 
 
+def _missing_file(label: str) -> StoreError:
+    return StoreError(f"{label}: the file is missing; the store is incomplete, rebuild it")
+
+
+def _size_mismatch(label: str, actual: int, source: str, recorded: str) -> StoreError:
+    return StoreError(
+        f"{label}: file has size {actual}, {source} records {recorded}; the shard is truncated "
+        "or was modified, rebuild the store"
+    )
+
+
+def _check_local_shard(root: str, path: str, entry: dict[str, Any]) -> None:
+    """A local shard opened on its summary: its ``shard.json`` and every file present, each
+    file with the size the summary records (a few ``stat`` calls, no read: a missing or
+    truncated shard is still an error at open, however big the store)."""
+    name = entry["name"]
+    if not os.path.isfile(_join(root, name, SHARD_MANIFEST)):
+        raise StoreError(
+            f"store {path!r}, {name}: the shard is missing ({name}/{SHARD_MANIFEST} does not "
+            "exist); the store is incomplete, rebuild it"
+        )
+    for file_name in SHARD_FILES:
+        label = f"store {path!r}, {name}/{file_name}"
+        actual, recorded = file_size(_join(root, name, file_name)), int(entry["files"][file_name])
+        if actual is None:
+            raise _missing_file(label)
+        if actual != recorded:
+            raise _size_mismatch(label, actual, MANIFEST, str(recorded))
+
+
 def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]:
-    """The store's shards. A remote store whose manifest summarises its shards opens on that
-    alone, each ``shard.json`` read at the shard's first use (``_ShardFiles``): open time does
-    not grow with the shards. Otherwise (a local store, or one written before the summaries)
-    every ``shard.json`` is read and checked now, and the fingerprint against them. A local
-    store's file sizes are checked now, a remote one's by each file's first read."""
+    """The store's shards. A store whose manifest summarises its shards opens on that alone,
+    each ``shard.json`` (its block CRCs: about 4 bytes per KiB of data) read at the shard's
+    first use (``_ShardFiles``): open time and memory do not grow with the store. A local
+    store's files are checked now against the summary's sizes (``stat`` only), a remote one's by
+    each file's first read. A store written before the summaries has every ``shard.json`` read
+    and checked now, and the fingerprint against them."""
     dtype = np.dtype(manifest["dtype"])
     entries = manifest["shards"]
-    lazy = is_remote(root) and _summarised(entries)
+    lazy = _summarised(entries)
     raws = None if lazy else _read_shard_manifests(root, [e["name"] for e in entries])
     shards, first_sample, first_token, metas = [], 0, 0, []
     for i, entry in enumerate(entries):
         if lazy:
             _check_summary(entry, first_sample, path, dtype.itemsize)
+            if not is_remote(root):
+                _check_local_shard(root, path, entry)
             files = _ShardFiles(root, path, entry, first_sample, dtype)
         else:
             meta = _check_shard_manifest(raws[i], entry, first_sample, root, path, dtype)
@@ -458,6 +491,18 @@ def _check_fingerprint(metas: list[dict[str, Any]], manifest: dict[str, Any], pa
             f"store {path!r}: the shards' fingerprint {store_fingerprint(metas)} does not match the "
             f"manifest fingerprint {manifest['fingerprint']}; rebuild the store"
         )
+
+
+def _as_rows(pos: np.ndarray, samples: np.ndarray | None) -> tuple[np.ndarray, Any]:
+    """``(positions, None)`` without ``samples``; with them, positions as rows that each lie in
+    one sample, ``[R, W]``, and those samples ``[R, 1]``: ``samples`` of shape ``[..., 1]``
+    beside positions ``[..., W]`` keep their rows (no copy), any other broadcast makes one row
+    a position."""
+    if samples is None:
+        return pos, None
+    if pos.ndim >= 1 and samples.shape == (*pos.shape[:-1], 1):
+        return pos.reshape(-1, pos.shape[-1]), samples.reshape(-1, 1)
+    return pos.reshape(-1, 1), np.broadcast_to(samples, pos.shape).reshape(-1, 1)
 
 
 class TokenStore:
@@ -542,7 +587,8 @@ class TokenStore:
             for name in SHARD_FILES:
                 shard.files[name].verify()  # type: ignore[attr-defined]
         if self._opened_lazily:  # the shard manifests were read one by one: their fingerprint
-            _check_fingerprint([s.files.meta for s in self._shards], self.manifest, self.path)
+            metas = [s.files.manifest() for s in self._shards]  # read again: none is kept
+            _check_fingerprint(metas, self.manifest, self.path)
 
     @property
     def bytes_read(self) -> int:
@@ -714,31 +760,38 @@ class TokenStore:
         """The ids (store dtype) at store token ``positions`` (any shape; ``sample_bounds``
         gives where samples are). Blocks read for the first time are checked. ``samples``
         (broadcastable to ``positions``), when the caller knows them: the store index of the
-        sample holding each position, so a store read in place looks up those samples' offsets
-        only instead of searching for them (``remote_samples.py``)."""
+        sample holding each position, so a store read in place looks up those samples only
+        instead of searching for them (``remote_samples.py``). Pass them compact (``[rows, 1]``
+        for ``[rows, width]`` positions of one sample a row, as the pipeline does): shards and
+        samples are then found once a row, not once a position."""
         pos = np.asarray(positions, dtype=np.int64)
         if samples is not None:
-            samples = np.broadcast_to(np.asarray(samples, dtype=np.int64), pos.shape)
+            samples = np.asarray(samples, dtype=np.int64)
         if self._one_whole_file:  # the hot path: the file's own bounds are the store's
             return self._shards[0].files[TOKENS].take(pos, self.dtype, samples=samples)
-        if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
+        if pos.size == 0:
+            return np.zeros(pos.shape, dtype=self.dtype)
+        if pos.min() < 0 or pos.max() >= self.num_tokens:
             raise IndexError(
                 f"token positions must be in [0, {self.num_tokens}), got values in "
                 f"[{pos.min()}, {pos.max()}]"
             )
-        out = np.empty(pos.shape, dtype=self.dtype)
-        for s, mask in self._by_shard(self._token_base, pos):
+        rows, row_samples = _as_rows(pos, samples)
+        out = np.empty(rows.shape, dtype=self.dtype)
+        by_sample = row_samples is not None  # a row's shard from its sample: one look a row
+        keys = row_samples[:, 0] if by_sample else rows
+        for s, mask in self._by_shard(self._sample_base if by_sample else self._token_base, keys):
             shard = self._shards[s]
-            local = (pos if mask is None else pos[mask]) - shard.first_token
-            local_samples = None
-            if samples is not None:
-                local_samples = (samples if mask is None else samples[mask]) - shard.first_sample
-            values = shard.files[TOKENS].take(local, self.dtype, samples=local_samples)
+            local = (rows if mask is None else rows[mask]) - shard.first_token
+            owners = None
+            if by_sample:
+                owners = (row_samples if mask is None else row_samples[mask]) - shard.first_sample
+            values = shard.files[TOKENS].take(local, self.dtype, samples=owners)
             if mask is None:
                 out[...] = values
             else:
                 out[mask] = values
-        return out
+        return out.reshape(pos.shape)
 
     def _by_shard(self, bases: np.ndarray, values: np.ndarray) -> list[tuple[int, Any]]:
         """``(shard, mask of values in it)`` for every shard some values fall in (mask None:
@@ -794,7 +847,7 @@ class TokenStore:
         memory-mapped files ignore it). A tokens file read by sample takes the samples as they
         are (no offsets read here: a cached sample costs one cache look-up); one read by block
         gets their byte ranges."""
-        idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)  # the files drop repeats
         self._check_index(idx)
         if idx.size == 0:
             return
