@@ -264,6 +264,8 @@ class Controller:
                 end - pos.step_in_epoch,
                 self.intervals.steps_to_next(pos.global_step),
             )
+            if pos.step_in_epoch + count == end:  # the segment's last call
+                self._prepare_next(plan, end)
             started = time.time()
             out = self.runner.run(iterator, count, plan, seq_length, self._stop_requested)
             bucket = "compilation" if out.compiled else "productive_step"
@@ -281,6 +283,25 @@ class Controller:
             if out.stop:
                 self._stop_preempted(plan)
             self._after_call(plan, window, float(out.losses[-1]))
+
+    def _prepare_next(self, plan: Any, end: int) -> None:
+        """Tells a runner that can build input ahead (``TrainStepRunner.prepare``) which
+        segment follows the call about to run, the last before ``end``, so that input is built
+        during the call instead of after it. A hint: ``segment`` uses it only if it matches.
+        Not within an adaptive stage (the epoch's end decides the next epoch) nor a packed one
+        (its next epoch's packing would be computed while this one's is still in use)."""
+        prepare = getattr(self.runner, "prepare", None)
+        if prepare is None or plan.settings.adaptive or getattr(plan.settings, "pack", False):
+            return
+        pos = self.position
+        epoch, start, steps = pos.epoch, end, plan.steps_per_epoch(pos.epoch)
+        stage_step = pos.global_step - pos.stage_start_step + (end - pos.step_in_epoch)
+        if start >= steps:  # the next epoch's first segment
+            epoch, start = epoch + 1, 0
+            steps = plan.steps_per_epoch(epoch) if epoch < plan.epochs else 0
+        if start < steps:
+            seq_length, next_end = plan.segment_at(start, steps, stage_step)
+            prepare(plan, epoch, start, next_end, seq_length)
 
     def _stop_requested(self) -> bool:
         return bool(self.watcher.requested)
@@ -336,7 +357,7 @@ class Controller:
             self.save()
 
     def _check_finite(self, losses: np.ndarray, plan: Any) -> None:
-        if np.all(np.isfinite(losses)):
+        if np.isfinite(losses).all():
             return
         bad = int(np.argmin(np.isfinite(losses)))
         kept = self.checkpointer.kept_paths() if self.checkpointer is not None else []
