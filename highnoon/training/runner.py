@@ -94,7 +94,7 @@ class _InputAhead:
     def _run(self) -> None:
         try:
             self.iterator = self._build(self.plan, *self.args)
-        except Exception:  # noqa: BLE001 - rebuilt (and raised) at the segment's start
+        except Exception:  # rebuilt (and its error raised) at the segment's start
             self.iterator = None
 
     def start(self) -> None:
