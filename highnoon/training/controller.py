@@ -141,6 +141,7 @@ class Controller:
         self.position = position  # the checkpointer saves this same object
         self.progress = progress
         self.seq_length = 0  # row length of the segment being trained
+        self._flops: dict[int, float | None] = {}  # row length -> model FLOPs per token
         self.eval_history: list[dict[str, Any]] = []
         self.lm_evaluator = lm_evaluator
         self.lm_eval_history: list[dict[str, Any]] = []
@@ -375,10 +376,12 @@ class Controller:
     def _mfu(self, tokens_per_second: float, seq_length: int) -> float | None:
         """Model FLOPs utilisation of the last log window (docs: ``goodput.py``)."""
         per_token, peak = self.options.flops_per_token, self.options.peak_flops
-        flops = per_token(seq_length) if per_token else None
-        if not flops or not peak:
+        if not per_token or not peak:
             return None
-        return tokens_per_second * flops / peak
+        if seq_length not in self._flops:  # a model config read once per row length
+            self._flops[seq_length] = per_token(seq_length)
+        flops = self._flops[seq_length]
+        return tokens_per_second * flops / peak if flops else None
 
     # -- evaluation and checkpoints ------------------------------------------------------
     def evaluate(self, plan: Any) -> dict[str, Any]:
