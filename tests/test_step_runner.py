@@ -100,6 +100,13 @@ def plan(tmp_path_factory):
     return StagePlan(0, "s", settings, 2, TokenStore.open(path), seed=3)
 
 
+def _one_replica_runner(step: FakeStep, jit_compile: bool = False) -> TrainStepRunner:
+    return TrainStepRunner(
+        step, tf.distribute.get_strategy(), _schedule("cosine"), jit_compile=jit_compile,
+        multi_host=False,
+    )  # fmt: skip
+
+
 def _probe_builds(runner: TrainStepRunner) -> tuple[list[str], threading.Event]:
     """The threads ``runner``'s segment builds ran on, and an event set when one starts."""
     threads, started = [], threading.Event()
@@ -120,10 +127,7 @@ def _batches(iterator) -> list[dict[str, np.ndarray]]:
 
 def test_the_next_segments_input_is_built_during_the_call_and_feeds_the_same_batches(plan):
     step = FakeStep()
-    runner = TrainStepRunner(
-        step, tf.distribute.get_strategy(), _schedule("cosine"), jit_compile=False,
-        multi_host=False,
-    )  # fmt: skip
+    runner = _one_replica_runner(step)
     threads, started = _probe_builds(runner)
     # The call waits until the build has begun: it runs on the helper thread meanwhile.
     step.during = lambda: started.wait(timeout=60) or pytest.fail("no build during the call")
@@ -143,10 +147,7 @@ def test_the_next_segments_input_is_built_during_the_call_and_feeds_the_same_bat
 
 
 def test_a_hint_for_another_segment_is_dropped_and_the_segment_built_in_the_loop(plan):
-    runner = TrainStepRunner(
-        FakeStep(), tf.distribute.get_strategy(), _schedule("cosine"), jit_compile=False,
-        multi_host=False,
-    )  # fmt: skip
+    runner = _one_replica_runner(FakeStep())
     threads, _ = _probe_builds(runner)
     steps = plan.steps_per_epoch(1)
     runner.prepare(plan, 1, 0, steps, 16)
@@ -158,10 +159,7 @@ def test_a_hint_for_another_segment_is_dropped_and_the_segment_built_in_the_loop
 
 
 def test_a_build_that_fails_ahead_raises_its_error_at_the_segment(plan):
-    runner = TrainStepRunner(
-        FakeStep(), tf.distribute.get_strategy(), _schedule("cosine"), jit_compile=False,
-        multi_host=False,
-    )  # fmt: skip
+    runner = _one_replica_runner(FakeStep())
     threads = []
 
     def failing(*args):
@@ -186,10 +184,7 @@ def test_several_replicas_build_their_distributed_input_in_the_loop(plan, mirror
 
 def test_the_step_config_and_host_call_are_made_once_per_stage(plan):
     step = FakeStep()
-    runner = TrainStepRunner(
-        step, tf.distribute.get_strategy(), _schedule("cosine"), jit_compile=True,
-        multi_host=False,
-    )  # fmt: skip
+    runner = _one_replica_runner(step, jit_compile=True)
     compiled = [runner.run(iter(()), 2, plan, 16, lambda: False).compiled for _ in range(3)]
     assert step.made == 1 and compiled == [True, False, False]
     # The next stage makes its own (its settings may differ); the same config and row
