@@ -5,6 +5,7 @@ failures at exact steps, without building or training a model."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +58,19 @@ class FakePlan:
 
     def fraction(self, epoch: int) -> float:
         return 1.0
+
+
+class FakePackedPlan(FakePlan):
+    """A packed stage: its epochs end where their stream does (``steps_available``)."""
+
+    def begin_packed_epoch(self, epoch: int, cursor: Any) -> None:
+        self.cursor_given = cursor
+
+    def steps_available(self, epoch: int, step: int, limit: int) -> int:
+        return max(0, min(limit, self.steps - step))
+
+    def packing_cursor(self, epoch: int, step: int) -> Any:
+        return SimpleNamespace(to_json=lambda: {"window": 0, "row": 0, "step": step})
 
 
 class FakeRunner:
@@ -299,3 +313,65 @@ def test_a_fatal_runner_error_saves_nothing_and_a_failing_callback_saves_first()
     with pytest.raises(ZeroDivisionError):
         loop.controller.run([FakePlan(0, "only", epochs=2, steps=5)])
     assert loop.checkpointer.saved == [4, 6]
+
+
+class WarmupPlan(FakePlan):
+    """Rows of 4 tokens for the stage's first 3 steps, then 8 (a sequence-length warm-up)."""
+
+    def segment_at(self, step_in_epoch: int, steps: int, stage_step: int) -> tuple[int, int]:
+        if stage_step < 3:
+            return 4, min(step_in_epoch + 3 - stage_step, steps)
+        return 8, steps
+
+
+class PreparingRunner(FakeRunner):
+    """A runner that builds input ahead: records each hint with the call it preceded."""
+
+    def __init__(self, position: DataPosition) -> None:
+        super().__init__(position)
+        self.hints: list[tuple[int, tuple]] = []  # (calls made before the hint, segment)
+
+    def prepare(self, plan, epoch: int, start: int, end: int, seq_length: int) -> None:
+        self.hints.append((len(self.calls), (plan.name, epoch, start, end, seq_length)))
+
+    def segment(self, plan, epoch: int, start: int, end: int, seq_length: int):
+        self.segments.append((plan.name, epoch, start, end, seq_length))
+        return iter(())
+
+
+def _preparing_loop(**options) -> Loop:
+    loop = make_loop(**options)
+    runner = PreparingRunner(loop.position)
+    loop.controller.runner = runner
+    loop.controller.watcher = Watcher(runner)
+    loop.runner = runner
+    return loop
+
+
+def test_the_runner_hears_of_each_next_segment_before_the_call_that_ends_its_own():
+    loop = _preparing_loop(log=100, eval=100, checkpoint=100)
+    loop.controller.run([WarmupPlan(0, "warm", epochs=2, steps=5)])
+    segments = loop.runner.segments
+    assert segments == [
+        ("warm", 0, 0, 3, 4),
+        ("warm", 0, 3, 5, 8),
+        ("warm", 1, 0, 5, 8),
+    ]
+    # Calls of 3 steps at most: [0, 3) | [3, 5) | [0, 3), [3, 5). Each hint names the segment
+    # the loop asks for next and comes right before the last call of the one before it; the
+    # stage's last segment has none (a new stage begins differently).
+    assert [steps for _, _, steps in loop.runner.calls] == [3, 2, 3, 2]
+    assert loop.runner.hints == [(0, segments[1]), (1, segments[2])]
+
+
+@pytest.mark.parametrize("setting", ["adaptive", "pack"])
+def test_no_segment_is_prepared_where_an_epoch_end_decides_or_packs_the_next(setting):
+    loop = _preparing_loop()
+    plan = (FakePackedPlan if setting == "pack" else FakePlan)(0, "only", epochs=2, steps=5)
+    plan.settings = SimpleNamespace(
+        adaptive=setting == "adaptive", pack=setting == "pack", max_seq_length=8
+    )
+    if setting == "adaptive":
+        plan.scheduler = SimpleNamespace(update_with_loss=lambda *a: False, get_state=dict)
+    loop.controller.run([plan])
+    assert len(loop.runner.segments) == 2 and loop.runner.hints == []

@@ -142,6 +142,7 @@ class Controller:
         self.position = position  # the checkpointer saves this same object
         self.progress = progress
         self.seq_length = 0  # row length of the segment being trained
+        self._flops: dict[int, float | None] = {}  # row length -> model FLOPs per token
         self.eval_history: list[dict[str, Any]] = []
         self.lm_evaluator = lm_evaluator
         self.lm_eval_history: list[dict[str, Any]] = []
@@ -288,6 +289,8 @@ class Controller:
         iterator = self.runner.segment(plan, epoch, pos.step_in_epoch, end, seq_length)
         self.seq_length = seq_length
         while count := self._call_steps(plan, end):
+            if end is not None and pos.step_in_epoch + count == end:  # the segment's last call
+                self._prepare_next(plan, end)
             started = time.time()
             out = self.runner.run(iterator, count, plan, seq_length, self._stop_requested)
             bucket = "compilation" if out.compiled else "productive_step"
@@ -307,6 +310,25 @@ class Controller:
             if out.stop:
                 self._stop_preempted(plan)
             self._after_call(plan, window, float(out.losses[-1]))
+
+    def _prepare_next(self, plan: Any, end: int) -> None:
+        """Tells a runner that can build input ahead (``TrainStepRunner.prepare``) which
+        segment follows the call about to run, the last before ``end``, so that input is built
+        during the call instead of after it. A hint: ``segment`` uses it only if it matches.
+        Not within an adaptive stage (the epoch's end decides the next epoch) nor a packed one
+        (its next epoch's packing would be computed while this one's is still in use)."""
+        prepare = getattr(self.runner, "prepare", None)
+        if prepare is None or plan.settings.adaptive or getattr(plan.settings, "pack", False):
+            return
+        pos = self.position
+        epoch, start, steps = pos.epoch, end, plan.steps_per_epoch(pos.epoch)
+        stage_step = pos.global_step - pos.stage_start_step + (end - pos.step_in_epoch)
+        if start >= steps:  # the next epoch's first segment
+            epoch, start = epoch + 1, 0
+            steps = plan.steps_per_epoch(epoch) if epoch < plan.epochs else 0
+        if start < steps:
+            seq_length, next_end = plan.segment_at(start, steps, stage_step)
+            prepare(plan, epoch, start, next_end, seq_length)
 
     def _stop_requested(self) -> bool:
         return bool(self.watcher.requested)
@@ -362,7 +384,7 @@ class Controller:
             self.save()
 
     def _check_finite(self, losses: np.ndarray, plan: Any) -> None:
-        if np.all(np.isfinite(losses)):
+        if np.isfinite(losses).all():
             return
         bad = int(np.argmin(np.isfinite(losses)))
         kept = self.checkpointer.kept_paths() if self.checkpointer is not None else []
@@ -380,10 +402,12 @@ class Controller:
     def _mfu(self, tokens_per_second: float, seq_length: int) -> float | None:
         """Model FLOPs utilisation of the last log window (docs: ``goodput.py``)."""
         per_token, peak = self.options.flops_per_token, self.options.peak_flops
-        flops = per_token(seq_length) if per_token else None
-        if not flops or not peak:
+        if not per_token or not peak:
             return None
-        return tokens_per_second * flops / peak
+        if seq_length not in self._flops:  # a model config read once per row length
+            self._flops[seq_length] = per_token(seq_length)
+        flops = self._flops[seq_length]
+        return tokens_per_second * flops / peak if flops else None
 
     # -- evaluation and checkpoints ------------------------------------------------------
     def evaluate(self, plan: Any) -> dict[str, Any]:

@@ -111,7 +111,16 @@ def _distribute(strategy: tf.distribute.Strategy, host_dataset: HostDatasetFn):
             .unbatch()
         )
 
-    if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.TPUStrategy):
+    if feeds_host_dataset(strategy):
         return dataset_fn(tf.distribute.InputContext(1, 0, 1))
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
     return strategy.distribute_datasets_from_function(dataset_fn, options)
+
+
+def feeds_host_dataset(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy``'s step reads the host pipeline itself (one replica, not a TPU): no
+    ``tf.distribute`` input wrapper, so the pipeline can be built on any thread
+    (``TrainStepRunner.prepare`` builds the next segment's while a call runs)."""
+    return strategy.num_replicas_in_sync == 1 and not isinstance(
+        strategy, tf.distribute.TPUStrategy
+    )

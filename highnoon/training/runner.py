@@ -8,6 +8,7 @@ fake runner that trains nothing.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -75,6 +76,43 @@ def _compiled_schedule(schedule: Any) -> Callable[[Any], Any]:
     )
 
 
+class _InputAhead:
+    """The input of the segment that comes next, built on a helper thread while a host call
+    runs (the compiled call releases the GIL), so an epoch change costs the loop no pipeline
+    construction (about 35-50 ms on a CPU host; BENCHMARKS.md, "Host time between calls").
+
+    The pipeline's rows are computed when it is read, not when it is built, so building it
+    early feeds exactly what a build at the segment's start would. A failed build is dropped:
+    the segment is then built at its start, where the same error is raised in the loop."""
+
+    def __init__(self, build: Callable[..., Iterator], plan: Any, args: tuple[int, ...]) -> None:
+        self.plan, self.args = plan, args
+        self.iterator: Iterator | None = None
+        self._build = build
+        self._thread = threading.Thread(target=self._run, name="highnoon-input-ahead", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.iterator = self._build(self.plan, *self.args)
+        except Exception:  # rebuilt (and its error raised) at the segment's start
+            self.iterator = None
+
+    def start(self) -> None:
+        if self._thread.ident is None:
+            self._thread.start()
+
+    def join(self) -> None:
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def take(self, plan: Any, args: tuple[int, ...]) -> Iterator | None:
+        """The built iterator if it is this segment's (the hint may have been wrong)."""
+        if plan is not self.plan or args != self.args:
+            return None
+        self.join()
+        return self.iterator
+
+
 class TrainStepRunner:
     """``StepRunner`` over a ``TrainStep`` under a ``tf.distribute`` strategy."""
 
@@ -97,6 +135,11 @@ class TrainStepRunner:
         self.fatal_errors = (tf.errors.OpError,)
         self._compiled: set[tuple] = set()  # (step config, row length) whose first call ran
         self._rate = _compiled_schedule(schedule)
+        # A log event's read-out calls the traced graph directly: the tf.function's dispatch
+        # (signature binding, cache look-up) costs as much again as the schedule itself.
+        self._rate_call: Callable[[Any], Any] | None = None
+        self._train: tuple[Any, tuple, Callable] | None = None  # (plan, config key, train fn)
+        self._ahead: _InputAhead | None = None  # the next segment's input (``prepare``)
 
     def begin_stage(self, plan: Any) -> None:
         self.schedule.multiplier.assign(plan.learning_rate_multiplier)
@@ -104,9 +147,32 @@ class TrainStepRunner:
     def learning_rate(self, step: int) -> float:
         import tensorflow as tf
 
-        return float(self._rate(tf.constant(step, tf.int64)))
+        if self._rate_call is None:
+            rate = self._rate
+            self._rate_call = (
+                rate.get_concrete_function() if hasattr(rate, "get_concrete_function") else rate
+            )
+        return float(self._rate_call(tf.constant(step, tf.int64)))
 
     def segment(self, plan: Any, epoch: int, start: int, end: int, seq_length: int) -> Iterator:
+        ahead, self._ahead = self._ahead, None
+        args = (epoch, start, end, seq_length)
+        iterator = ahead.take(plan, args) if ahead is not None else None
+        return iterator if iterator is not None else self._build_segment(plan, *args)
+
+    def prepare(self, plan: Any, epoch: int, start: int, end: int, seq_length: int) -> None:
+        """A hint from the loop: ``segment(plan, epoch, start, end, seq_length)`` comes after
+        the next host call, whose run builds that input on a helper thread. Only where the step
+        reads the host pipeline itself (one replica): a distributed input stays on the loop's
+        thread."""
+        from highnoon.training.inputs import feeds_host_dataset
+
+        if feeds_host_dataset(self.strategy):
+            self._ahead = _InputAhead(self._build_segment, plan, (epoch, start, end, seq_length))
+
+    def _build_segment(
+        self, plan: Any, epoch: int, start: int, end: int, seq_length: int
+    ) -> Iterator:
         from highnoon.training.inputs import training_dataset
 
         dataset = training_dataset(
@@ -114,14 +180,21 @@ class TrainStepRunner:
         )
         return iter(dataset)
 
-    def _config(self, plan: Any) -> Any:
-        from highnoon.training.step import StepConfig
+    def _train_fn(self, plan: Any) -> tuple[tuple, Callable]:
+        """The stage's step config (as a key) and compiled host call, made once per stage."""
+        if self._train is None or self._train[0] is not plan:
+            import dataclasses
 
-        return StepConfig(
-            accumulation_steps=plan.settings.gradient_accumulation_steps,
-            clip_norm=plan.settings.clip_norm,
-            jit_compile=self.jit_compile,
-        )
+            from highnoon.training.step import StepConfig
+
+            config = StepConfig(
+                accumulation_steps=plan.settings.gradient_accumulation_steps,
+                clip_norm=plan.settings.clip_norm,
+                jit_compile=self.jit_compile,
+            )
+            train_fn = self.step.train_fn(config, agree=self.multi_host)
+            self._train = (plan, dataclasses.astuple(config), train_fn)
+        return self._train[1], self._train[2]
 
     def run(
         self,
@@ -131,17 +204,21 @@ class TrainStepRunner:
         seq_length: int,
         stop_requested: Callable[[], bool],
     ) -> StepOutputs:
-        import dataclasses
-
-        config = self._config(plan)
-        train_fn = self.step.train_fn(config, agree=self.multi_host)
-        if self.multi_host:  # every host learns whether any host got a preemption signal
-            losses, tokens, flags = train_fn(iterator, num_steps, stop_requested())
-            stop = float(flags) > 0.0
-        else:  # one host: a signal that arrived during the call stops after it
-            losses, tokens = train_fn(iterator, num_steps)
-            stop = stop_requested()
-        key = (*dataclasses.astuple(config), seq_length)  # one compilation per input shape
+        config_key, train_fn = self._train_fn(plan)
+        ahead = self._ahead
+        if ahead is not None:  # the next segment's input is built while this call runs
+            ahead.start()
+        try:
+            if self.multi_host:  # every host learns whether any host got a preemption signal
+                losses, tokens, flags = train_fn(iterator, num_steps, stop_requested())
+                stop = float(flags) > 0.0
+            else:  # one host: a signal that arrived during the call stops after it
+                losses, tokens = train_fn(iterator, num_steps)
+                stop = stop_requested()
+        finally:
+            if ahead is not None:  # never outlives the call: no build under a callback
+                ahead.join()
+        key = (*config_key, seq_length)  # one compilation per input shape
         compiled = key not in self._compiled
         self._compiled.add(key)
         return StepOutputs(
