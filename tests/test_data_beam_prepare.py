@@ -103,18 +103,43 @@ def test_even_and_token_bounds():
 def test_split_chunk_cuts_at_shard_bounds_and_keeps_empty_samples_with_the_previous():
     # a chunk of samples [e, a(2), b(1), e, c(3), e] whose first non-empty sample is index 4
     lengths = np.array([0, 2, 1, 0, 3, 0])
-    flat = np.array([10, 11, 20, 30, 31, 32])
     bounds = np.array([0, 4, 5, 6, 9])
-    pieces = list(bp.split_chunk(4, flat, lengths, bounds))
-    assert [p[0] for p in pieces] == [0, 1, 2, 3]
     # the leading empty one goes with sample 3 (in the chunk before): shard 0
-    assert pieces[0][1].tolist() == [] and pieces[0][2].tolist() == [0]
-    assert pieces[1][1].tolist() == [10, 11] and pieces[1][2].tolist() == [2]
-    assert pieces[2][1].tolist() == [20] and pieces[2][2].tolist() == [1, 0]
-    assert pieces[3][1].tolist() == [30, 31, 32] and pieces[3][2].tolist() == [3, 0]
+    assert list(bp.split_chunk(4, lengths, bounds)) == [(0, 0, 1), (1, 1, 2), (2, 2, 4), (3, 4, 6)]
     # at the very start of the corpus, empty samples go with the first shard
-    (piece,) = bp.split_chunk(0, np.array([5]), np.array([0, 0, 1]), np.array([0, 1]))
-    assert piece[0] == 0 and piece[2].tolist() == [0, 0, 1]
+    assert list(bp.split_chunk(0, np.array([0, 0, 1]), np.array([0, 1]))) == [(0, 0, 3)]
+    assert list(bp.split_chunk(0, np.zeros(0, np.int64), np.array([0, 1]))) == []
+
+
+def test_stored_chunk_parts_are_what_the_writer_stores_for_those_samples(tmp_path):
+    """A chunk tokenised once (``stored_samples``), saved, loaded and cut at shard bounds gives
+    each shard the bytes, lengths, CRCs and skip counts ``ShardWriter.add`` gives it."""
+    from highnoon.data.shards import ShardWriter, stored_samples
+
+    lengths = np.array([0, 2, 1, 0, 3, 0])
+    flat = np.array([10, 11, 20, 30, 31, 32])
+    path = str(tmp_path / "chunk.bin")
+    bp._save_chunk(path, stored_samples(flat, lengths, 300, 1))
+    stored = bp._load_chunk(path, np.dtype("<u2"))
+    assert stored.tokens.tolist() == [10, 11, 1, 20, 1, 30, 31, 32, 1]
+    assert stored.lengths.tolist() == lengths.tolist() and stored.skipped_empty == 3
+    pieces = [(0, 0, 1), (1, 1, 2), (2, 2, 4), (3, 4, 6)]  # the cuts of the test above
+    ends = np.cumsum(lengths)
+    for shard, lo, hi in pieces:
+        part = stored.part(lo, hi)
+        direct = ShardWriter(str(tmp_path / f"direct-{shard}"), 300, 1)
+        direct.add(flat[ends[lo] - lengths[lo] : ends[hi - 1]], lengths[lo:hi])
+        cut = ShardWriter(str(tmp_path / f"cut-{shard}"), 300, 1, count_tokens=False)
+        cut.add_stored(part)
+        want, got = direct.close(), cut.close()
+        assert got.counts is None and want.counts.sum() == got.num_tokens
+        assert (got.num_samples, got.num_tokens, got.max_token_id, got.skipped_empty) == (
+            want.num_samples, want.num_tokens, want.max_token_id, want.skipped_empty
+        )  # fmt: skip
+        for name in ("tokens.bin", "offsets.bin", "sample_crc32c.bin"):
+            a, b = tmp_path / f"direct-{shard}" / name, tmp_path / f"cut-{shard}" / name
+            assert a.read_bytes() == b.read_bytes(), (shard, name)
+    assert [stored.part(lo, hi).skipped_empty for _, lo, hi in pieces] == [1, 0, 1, 1]
 
 
 def test_read_units_split_files_in_sorted_order(tmp_path):

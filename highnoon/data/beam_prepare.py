@@ -209,7 +209,8 @@ def iter_chunks(
 
 
 def encode_chunk(samples: Sequence[Any], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """(flat ids without EOS, int64 lengths with empty samples as 0), in the chunk's order."""
+    """(flat ids without EOS, int64 lengths with empty samples as 0), in the chunk's order
+    (``shards.stored_samples`` checks the ids' range)."""
     flats: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     texts: list[str] = []
@@ -236,19 +237,7 @@ def encode_chunk(samples: Sequence[Any], tokenizer: Tokenizer) -> tuple[np.ndarr
         lengths.append(np.array([ids.size], np.int64))
     flush()
     flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
-    if flat.size and (flat.min() < 0 or flat.max() >= tokenizer.vocab_size):
-        raise InvalidDataError(
-            f"token ids must be in [0, {tokenizer.vocab_size}) for {tokenizer!r}, got values in "
-            f"[{flat.min()}, {flat.max()}]"
-        )
     return flat, (np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
-
-
-def chunk_counts(flat: np.ndarray, lengths: np.ndarray, vocab_size: int, eos_id: int) -> np.ndarray:
-    """Unigram counts of a chunk as stored: its ids plus one EOS per non-empty sample."""
-    counts = np.bincount(flat, minlength=vocab_size).astype(np.int64)
-    counts[eos_id] += int(np.count_nonzero(lengths))
-    return counts
 
 
 # --- the index: chunk keys -> first sample, shard boundaries ---------------------------------
@@ -266,14 +255,16 @@ def chunk_starts(metas: Sequence[tuple[Any, int]]) -> tuple[dict[Any, int], int]
 
 
 def split_chunk(
-    first: int, flat: np.ndarray, lengths: np.ndarray, bounds: np.ndarray
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """The chunk's pieces per shard: (shard, flat ids, lengths with its empty samples).
+    first: int, lengths: np.ndarray, bounds: np.ndarray
+) -> Iterator[tuple[int, int, int]]:
+    """The chunk's samples per shard: (shard, lo, hi), samples ``lo..hi-1`` of the chunk.
 
-    A chunk's non-empty samples are store indices ``first, first + 1, ...``; shard ``s`` holds
-    indices ``[bounds[s], bounds[s + 1])``. An empty sample stays with the non-empty sample
-    before it (the first shard's when none precedes), as ``build_token_store`` counts it.
+    ``lengths``: every sample's length, empty ones as 0. A chunk's non-empty samples are store
+    indices ``first, first + 1, ...``; shard ``s`` holds indices ``[bounds[s], bounds[s + 1])``.
+    An empty sample stays with the non-empty sample before it (the first shard's when none
+    precedes), as ``build_token_store`` counts it.
     """
+    lengths = np.asarray(lengths)
     if lengths.size == 0:
         return
     nonempty = lengths > 0
@@ -281,12 +272,9 @@ def split_chunk(
     index = first + before - (~nonempty)  # an empty one: the previous sample's index
     index = np.clip(index, 0, bounds[-1] - 1)
     shard = np.searchsorted(bounds, index, side="right") - 1
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    for s in np.unique(shard):
-        where = np.flatnonzero(shard == s)
-        lo, hi = int(where[0]), int(where[-1]) + 1  # a contiguous run (shards are ranges)
-        yield int(s), flat[starts[lo] : ends[hi - 1]], lengths[lo:hi]
+    cuts = np.flatnonzero(np.diff(shard)) + 1  # shards are ranges: the runs are contiguous
+    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), int(lengths.size)]):
+        yield int(shard[lo]), lo, hi
 
 
 def even_bounds(total: int, num_shards: int) -> np.ndarray:
@@ -316,7 +304,7 @@ def token_bounds(lengths: np.ndarray, max_shard_tokens: int) -> np.ndarray:
 
 # --- the pipeline ------------------------------------------------------------------------------
 
-SUMMARY = "_beam_summary.json"  # the pipeline's last output, read by the launching process
+SUMMARY = "_beam_summary.json"  # the plan's facts, read by the launching process
 CHUNKS = "_chunks"  # tokenised chunks, between the tokenising and the shard-writing workers
 
 
@@ -325,14 +313,24 @@ def chunk_file(staging: str, key: tuple[int, int]) -> str:
     return f"{staging.rstrip('/')}/{CHUNKS}/u{key[0]:06d}-c{key[1]:06d}.bin"
 
 
-def _save_chunk(path: str, flat: np.ndarray, lengths: np.ndarray) -> None:
-    """Raw little-endian bytes: the sample count (``<i8``), the lengths (``<i8``), the ids (the
-    store's dtype). No container: written once, read back without a copy."""
-    head = np.array([lengths.size], dtype="<i8").tobytes()
-    _write_bytes(path, head + lengths.astype("<i8").tobytes() + flat.tobytes())
+def _save_chunk(path: str, stored: Any) -> None:
+    """A chunk's ``shards.StoredSamples`` as raw little-endian bytes: the sample and non-empty
+    counts (``<i8``), the lengths (``<i8``), the CRCs (``<u4``), the stored ids (the store's
+    dtype, aligned). The shard writer appends them as they are: nothing is encoded twice."""
+    head = np.array([stored.lengths.size, stored.crcs.size], dtype="<i8").tobytes()
+    _write_bytes(
+        path,
+        head
+        + stored.lengths.astype("<i8").tobytes()
+        + stored.crcs.astype("<u4").tobytes()
+        + stored.tokens.tobytes(),
+    )
 
 
-def _load_chunk(path: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _load_chunk(path: str, dtype: np.dtype) -> Any:
+    """``_save_chunk``'s ``StoredSamples`` back, as views of the file's bytes."""
+    from highnoon.data.shards import StoredSamples
+
     if is_remote(path):
         import tensorflow as tf
 
@@ -341,9 +339,11 @@ def _load_chunk(path: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     else:
         with open(path, "rb") as handle:
             data = handle.read()
-    count = int(np.frombuffer(data, "<i8", count=1)[0])
-    lengths = np.frombuffer(data, "<i8", count=count, offset=8)
-    return np.frombuffer(data, dtype, offset=8 * (count + 1)), lengths
+    count, kept = (int(v) for v in np.frombuffer(data, "<i8", count=2))
+    lengths = np.frombuffer(data, "<i8", count=count, offset=16)
+    crcs = np.frombuffer(data, "<u4", count=kept, offset=16 + 8 * count)
+    tokens = np.frombuffer(data, dtype, offset=16 + 8 * count + 4 * kept)
+    return StoredSamples(tokens, lengths, crcs)
 
 
 def _plan(
@@ -386,6 +386,21 @@ def shard_chunks(plan: dict[str, Any], shard: int) -> list[tuple[Any, int]]:
         for key, first, count in plan["chunks"]
         if max(first - 1, 0) < hi and min(max(first + count - 1, 0), last) >= lo
     ]
+
+
+def _written_shard(staging: str, name: str) -> dict[str, Any]:
+    """A shard's ``shard.json`` once the pipeline finished, or an error naming the shard."""
+    import json
+
+    from highnoon.utils.files import read_text
+
+    try:
+        return json.loads(read_text(f"{staging}/{name}/shard.json"))
+    except Exception as err:  # the runner reported success, yet the shard is not there
+        raise InvalidDataError(
+            f"the pipeline finished but shard {name} was not written in {staging!r} ({err}); "
+            "prepare the entry again"
+        ) from err
 
 
 def _merge_stats(stats: Sequence[dict[str, int]]) -> dict[str, int]:
@@ -488,8 +503,10 @@ def _transforms(beam: Any) -> dict[str, Any]:
             yield beam.pvalue.TaggedOutput("stats", dict(unit.stats))
 
     class Tokenise(beam.DoFn):
-        """((unit, chunk), samples) -> the chunk's ids saved beside the store (``chunk_file``);
-        emits (key, non-empty samples, lengths, unigram counts)."""
+        """((unit, chunk), samples) -> the chunk in its stored form (``shards.stored_samples``:
+        EOS, dtype, per-sample CRCs) saved beside the store (``chunk_file``); emits (key,
+        non-empty samples, lengths, unigram counts). The only place a Beam build encodes or
+        counts a token."""
 
         def __init__(self, tokenizer_config: dict[str, Any], staging: str):
             self.tokenizer_config = tokenizer_config
@@ -500,17 +517,17 @@ def _transforms(beam: Any) -> dict[str, Any]:
             self.tokenizer = load_tokenizer(self.tokenizer_config)
 
         def process(self, element: tuple[Any, list[Any]]) -> Iterator[Any]:
-            from highnoon.data.shards import token_dtype
+            from highnoon.data.shards import stored_samples
 
             started = time.thread_time()
             key, samples = element
             tokenizer = self.tokenizer
             flat, lengths = encode_chunk(samples, tokenizer)
-            stored = flat.astype(token_dtype(tokenizer.vocab_size))
-            _save_chunk(chunk_file(self.staging, key), stored, lengths)
-            counts = chunk_counts(stored, lengths, tokenizer.vocab_size, tokenizer.eos_id)
+            stored = stored_samples(flat, lengths, tokenizer.vocab_size, tokenizer.eos_id)
+            _save_chunk(chunk_file(self.staging, key), stored)
+            counts = np.bincount(stored.tokens, minlength=tokenizer.vocab_size).astype(np.int64)
             _count_cpu(beam, "tokenise", started)
-            yield key, int(np.count_nonzero(lengths)), lengths, counts
+            yield key, int(stored.crcs.size), lengths, counts
 
     class SumCounts(beam.CombineFn):
         """Element-wise sum of int64 count vectors: exact, whatever the grouping."""
@@ -535,7 +552,8 @@ def _transforms(beam: Any) -> dict[str, Any]:
             return total
 
     class WriteShard(beam.DoFn):
-        """shard index -> its directory written from the chunk files, its shard.json returned."""
+        """shard index -> its directory written from the chunk files (their stored bytes
+        appended as they are), its shard.json returned."""
 
         def __init__(self, staging: str, tokenizer_config: dict[str, Any], block_bytes: int):
             self.staging = staging
@@ -553,15 +571,17 @@ def _transforms(beam: Any) -> dict[str, Any]:
             directory = os.path.join(local, name) if remote else os.path.join(self.staging, name)
             os.makedirs(directory, exist_ok=True)
             writer = ShardWriter(
-                directory, tokenizer.vocab_size, tokenizer.eos_id, block_bytes=self.block_bytes
+                directory,
+                tokenizer.vocab_size,
+                tokenizer.eos_id,
+                block_bytes=self.block_bytes,
+                count_tokens=False,  # the corpus counts come from the tokenisers' combine
             )
             for key, first in shard_chunks(plan, shard):
-                flat, lengths = _load_chunk(chunk_file(self.staging, key), writer.dtype)
-                for piece_shard, part, part_lengths in split_chunk(
-                    first, flat, lengths, plan["bounds"]
-                ):
+                stored = _load_chunk(chunk_file(self.staging, key), writer.dtype)
+                for piece_shard, lo, hi in split_chunk(first, stored.lengths, plan["bounds"]):
                     if piece_shard == shard:
-                        writer.add(part, part_lengths)
+                        writer.add_stored(stored.part(lo, hi))
             writer.close()
             manifest = write_shard_features(directory, counts, int(plan["bounds"][shard]))
             if remote:
@@ -621,13 +641,22 @@ def run_pipeline(
         | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
     )
     keep_lengths = num_shards is None
+    summary_path = f"{staging.rstrip('/')}/{SUMMARY}"
+
+    def plan_and_summary(metas: list, stats: list) -> dict[str, Any]:
+        """The writers' plan; its facts for the launching process written beside the store."""
+        plan = _plan(metas, num_shards, max_shard_tokens)
+        facts = {"names": plan["names"], "num_samples": plan["num_samples"]}
+        _write_text(summary_path, json.dumps({**facts, "stats": _merge_stats(stats)}))
+        return plan
+
     plan = (
         tokenised
         | "Meta" >> beam.Map(lambda t: (t[0], t[1], t[2] if keep_lengths else None))
         | "Metas" >> beam.combiners.ToList()
-        | "Plan" >> beam.Map(_plan, num_shards, max_shard_tokens)
+        | "Plan" >> beam.Map(plan_and_summary, stats=beam.pvalue.AsList(read.stats))
     )
-    written = (
+    _ = (
         plan
         | "Shards" >> beam.FlatMap(lambda p: range(len(p["names"])))
         | "SpreadShards" >> beam.Reshuffle()
@@ -639,36 +668,11 @@ def run_pipeline(
         )
     )
 
-    def summary(_: Any, plan: dict[str, Any], stats: list, shards: list) -> None:
-        done = sorted(shard for shard, _ in shards)
-        if done != list(range(len(plan["names"]))):
-            raise InvalidDataError(f"shards written {done} do not match {plan['names']}")
-        text = json.dumps(
-            {
-                "names": plan["names"],
-                "num_samples": plan["num_samples"],
-                "stats": _merge_stats(stats),
-            },
-            sort_keys=True,
-        )
-        _write_text(f"{staging.rstrip('/')}/{SUMMARY}", text)
-
-    _ = (
-        pipeline
-        | "Once" >> beam.Create([None])
-        | "Summary"
-        >> beam.Map(
-            summary,
-            plan=singleton(plan),
-            stats=beam.pvalue.AsList(read.stats),
-            shards=beam.pvalue.AsList(written),
-        )
-    )
     result = pipeline.run()
     result.wait_until_finish()
     from highnoon.utils.files import read_text
 
-    summary = json.loads(read_text(f"{staging.rstrip('/')}/{SUMMARY}"))
+    summary = json.loads(read_text(summary_path))
     summary["cpu_seconds"] = _cpu_counters(result)
     return summary
 
@@ -766,10 +770,9 @@ def build_store_on_beam(
             chunk_chars=chunk_chars,
             block_bytes=shard_format.BLOCK_BYTES,
         )
-        from highnoon.utils.files import read_text
 
         names = summary["names"]
-        manifests = [json.loads(read_text(f"{staging}/{n}/shard.json")) for n in names]
+        manifests = [_written_shard(staging, n) for n in names]
         if remote:
             top_files = _copy_tokenizer_out(tokenizer, staging)
         else:
