@@ -236,6 +236,8 @@ def encode_chunk(samples: Sequence[Any], tokenizer: Tokenizer) -> tuple[np.ndarr
         flats.append(ids.astype(np.int64))
         lengths.append(np.array([ids.size], np.int64))
     flush()
+    if len(flats) == 1:  # all texts (the common case): no copy
+        return flats[0], lengths[0]
     flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
     return flat, (np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
 
