@@ -171,6 +171,27 @@ def pipeline_options(runner: str, beam_options: Sequence[str]) -> Any:
     return beam.options.pipeline_options.PipelineOptions(args)
 
 
+def pipeline_runner(runner: str, options: Any) -> Any:
+    """The runner a pipeline is given: for ``DirectRunner``, the runner it ends up on for this
+    pipeline (Beam's ``FnApiRunner``, which honours ``--direct_num_workers`` and
+    ``--direct_running_mode``), made directly. Beam's ``DirectRunner`` first tries
+    ``PrismRunner``, a Go binary it downloads from GitHub on first use: offline that attempt
+    fails after about a second of translating the pipeline and starting a worker pool (most of
+    the difference between the fixed costs in BENCHMARKS.md); online, it fetches a binary at
+    preparation time. Other runners: their name, resolved by Beam."""
+    if runner != "DirectRunner":
+        return runner
+    import_beam()
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    # what DirectRunner hands the FnApiRunner: the options, for the workers
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
+
+
 # --- read units and chunks -------------------------------------------------------------------
 
 
@@ -618,7 +639,8 @@ def run_pipeline(
     config = tokenizer.to_config()
     tokenise = parts["Tokenise"](config, staging)
     singleton = beam.pvalue.AsSingleton
-    pipeline = beam.Pipeline(options=pipeline_options(runner, beam_options))
+    options = pipeline_options(runner, beam_options)
+    pipeline = beam.Pipeline(runner=pipeline_runner(runner, options), options=options)
     unit_indices = pipeline | "Units" >> beam.Create(list(range(len(units))))
     if len(units) > 1:  # one file per worker at a time: read and tokenise together
         read = (
