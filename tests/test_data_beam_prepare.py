@@ -345,6 +345,19 @@ def test_two_worker_processes_write_the_same_store(corpus, one_process, tmp_path
         beam_options="--direct_num_workers=2 --direct_running_mode=multi_processing",
     )  # fmt: skip
     assert store.fingerprint == one_process.fingerprint
+    # the worker processes never imported TensorFlow (seconds of start-up each)
+    preparation = store.manifest["preparation"]
+    assert preparation["shards_with_tensorflow"] == 0, preparation
+    assert set(preparation["cpu_seconds"]) == {"read", "tokenise", "write_shards"}
+
+
+def test_direct_runner_is_the_fn_api_runner_not_a_prism_download():
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    options = bp.pipeline_options("DirectRunner", ["--direct_num_workers=2"])
+    runner = bp.pipeline_runner("DirectRunner", options)
+    assert isinstance(runner, FnApiRunner)
+    assert bp.pipeline_runner("DataflowRunner", options) == "DataflowRunner"
 
 
 def test_same_training_batches_from_either_store(even_store, one_process):

@@ -14,26 +14,33 @@ local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster
    chunks of about 4 MB of text, keyed ``(unit, chunk)``.
 2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
    read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
-   chunk is saved beside the store (``chunk_file``: lengths, empty samples as 0, and ids), and
-   only its metadata goes on through Beam: no token crosses the runner's shuffle.
+   chunk is put in its stored form once (``shards.stored_samples``: EOS appended, the store's
+   dtype, each sample's CRC32C) and its unigram counts taken from it, then saved beside the
+   store (``chunk_file``). Only its metadata goes on through Beam: no token crosses the
+   runner's shuffle, and nothing is encoded or counted twice.
 3. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of the
    chunks' count vectors: an exact integer sum whatever the grouping.
 4. *Index.* The chunks' non-empty counts, gathered and sorted by key, give every chunk its first
    sample index (``chunk_starts``): sample ``i`` of the store is the ``i``-th non-empty sample of
    the entry in source order, the definition ``build_token_store`` has, whatever the runner,
    the workers or the bundle sizes. The same side input fixes the shard boundaries
-   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule).
-5. *Write.* Each shard is written by one worker from the chunk files overlapping its range
-   (``shard_chunks``, ``split_chunk``) with ``shards.ShardWriter``, then
-   ``shards.write_shard_features`` with the corpus counts (so scores equal a one-process
-   build's exactly).
+   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule), and the
+   step writes the facts the launching process needs (shard names, counts, the sources' stats).
+5. *Write.* Each shard is written by one worker: the stored bytes of the chunk files
+   overlapping its range (``shard_chunks``, ``split_chunk``, ``StoredSamples.part``) appended
+   as they are by ``shards.ShardWriter.add_stored``, then ``shards.write_shard_features``
+   with the corpus counts (so scores equal a one-process build's exactly).
 6. *Publish.* Back in the launching process: the top ``manifest.json`` from the shards'
    ``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
    ``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a
    temporary that the next one removes); a ``gs://`` store is written in place, manifest last,
    so an interrupted one never opens.
 
-Apache Beam is imported only when a pipeline runs: ``pip install highnoon[beam]``.
+``DirectRunner`` is Beam's ``FnApiRunner`` given directly (``pipeline_runner``: Beam's own
+``DirectRunner`` would first try to fetch and start ``PrismRunner``). Its worker processes import
+Beam, numpy and ``highnoon.data``, never TensorFlow (only a ``gs://`` output or a ``tfds:``
+source needs it). Apache Beam is imported only when a pipeline runs: ``pip install
+highnoon[beam]``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -611,6 +619,9 @@ def _transforms(beam: Any) -> dict[str, Any]:
                 _copy_tree_out(directory, f"{self.staging.rstrip('/')}/{name}")
                 shutil.rmtree(local, ignore_errors=True)
             _count_cpu(beam, "write_shards", started)
+            # a worker that imported TensorFlow paid seconds for it (only gs:// needs it)
+            tensorflow = int("tensorflow" in sys.modules)
+            beam.metrics.Metrics.counter("highnoon", "shards_with_tensorflow").inc(tensorflow)
             yield shard, manifest
 
     return {"Read": Read, "Tokenise": Tokenise, "SumCounts": SumCounts, "WriteShard": WriteShard}
@@ -697,23 +708,29 @@ def run_pipeline(
     from highnoon.utils.files import read_text
 
     summary = json.loads(read_text(summary_path))
-    summary["cpu_seconds"] = _cpu_counters(result)
+    counters = _counters(result)
+    summary["cpu_seconds"] = {
+        name[: -len("_cpu_ms")]: value / 1000
+        for name, value in counters.items()
+        if name.endswith("_cpu_ms")
+    }
+    summary["shards_with_tensorflow"] = counters.get("shards_with_tensorflow")
     return summary
 
 
-def _cpu_counters(result: Any) -> dict[str, float]:
-    """{step: CPU seconds} from the run's ``<step>_cpu_ms`` counters (``_count_cpu``); empty
-    where the runner reports no metrics."""
+def _counters(result: Any) -> dict[str, int]:
+    """{name: value} of the run's ``highnoon`` counters (``<step>_cpu_ms`` from ``_count_cpu``,
+    ``shards_with_tensorflow``), sorted; empty where the runner reports no metrics."""
     try:
         counters = result.metrics().query()["counters"]
     except Exception:  # a runner without metrics support
         return {}
-    out: dict[str, float] = {}
+    out: dict[str, int] = {}
     for counter in counters:
         name = counter.key.metric.name
-        if counter.key.metric.namespace == "highnoon" and name.endswith("_cpu_ms"):
+        if counter.key.metric.namespace == "highnoon":
             value = counter.committed if counter.committed is not None else counter.attempted
-            out[name[: -len("_cpu_ms")]] = out.get(name[: -len("_cpu_ms")], 0.0) + value / 1000
+            out[name] = out.get(name, 0) + int(value)
     return dict(sorted(out.items()))
 
 
@@ -814,6 +831,8 @@ def build_store_on_beam(
                     "runner": runner,
                     "beam_options": options,
                     "cpu_seconds": summary["cpu_seconds"],
+                    # shards written by a process with TensorFlow loaded (None: no metrics)
+                    "shards_with_tensorflow": summary["shards_with_tensorflow"],
                 },
             },
         )
