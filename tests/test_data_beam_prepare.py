@@ -351,6 +351,44 @@ def test_two_worker_processes_write_the_same_store(corpus, one_process, tmp_path
     assert set(preparation["cpu_seconds"]) == {"read", "tokenise", "write_shards"}
 
 
+def test_lean_local_workers_skip_beams_unused_imports_and_keep_other_site_hooks(tmp_path):
+    """The workers' ``sitecustomize`` marks pandas & co absent, then runs the one it hides."""
+    import subprocess
+    import sys
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import builtins\nbuiltins.OTHER_SITE_RAN = True\n")
+    probe = (
+        "import builtins, sys; import apache_beam; "
+        "print(sorted(n for n in ('pandas', 'pyarrow', 'boto3', 'pymongo') if sys.modules[n]), "
+        "getattr(builtins, 'OTHER_SITE_RAN', False))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([bp.LEAN_SITE, str(other), REPO])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)  # fmt: skip
+    assert out.stdout.split() == ["[]", "True"]
+
+
+def test_lean_local_workers_only_for_local_processes_reading_files(corpus, monkeypatch):
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.sources import CallableSource
+
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    units = bp.read_units(resolve_dataset(corpus))
+    processes = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    options = bp.pipeline_options("DirectRunner", processes)
+    with bp.lean_local_workers("DirectRunner", options, units) as lean:
+        assert lean and os.environ["PYTHONPATH"] == os.pathsep.join([bp.LEAN_SITE, "/somewhere"])
+    assert os.environ["PYTHONPATH"] == "/somewhere"
+    callable_source = CallableSource("mine", lambda: iter(["text"]), {"name": "mine"})
+    in_memory = bp.pipeline_options("DirectRunner", [])
+    for runner, opts, these in [("DirectRunner", in_memory, units),
+                                ("DirectRunner", options, [callable_source])]:  # fmt: skip
+        with bp.lean_local_workers(runner, opts, these) as lean:
+            assert not lean and os.environ["PYTHONPATH"] == "/somewhere"
+
+
 def test_direct_runner_is_the_fn_api_runner_not_a_prism_download():
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
