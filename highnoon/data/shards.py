@@ -19,8 +19,11 @@ headers, so any byte range of them can be read on its own:
 How a store is written, in one process or spread over many (Beam workers):
 
 1. one ``ShardWriter`` per shard (any process, any order) takes the shard's samples in source
-   order and writes ``tokens.bin`` + ``offsets.bin``; ``close`` returns its ``ShardTokens``;
-2. the shards' unigram counts are summed (the corpus counts);
+   order and writes ``tokens.bin`` + ``offsets.bin``; ``close`` returns its ``ShardTokens``.
+   It takes flat ids (``add``) or samples already in their stored form (``add_stored``, from
+   ``stored_samples``, which ``add`` calls too): a Beam worker makes that form where it
+   tokenises and counts there, and the shard writer only appends it;
+2. the shards' (or the tokenised chunks') unigram counts are summed (the corpus counts);
 3. ``write_shard_features`` per shard writes the features and ``shard.json``;
 4. ``store_manifest`` builds the top manifest from the shards' manifests, written last; it
    summarises every shard (counts, ``first_sample``, file sizes, the sha256 of its
