@@ -1,8 +1,8 @@
 """Run first by the local Beam worker processes of a preparation (``beam_prepare``): their
 ``PYTHONPATH`` starts with this directory while the pipeline runs.
 
-Beam imports pandas, pyarrow, boto3 and pymongo whenever they are installed (for DataFrames,
-Arrow schemas, S3 and MongoDB IO), each inside ``try: import ... except ImportError``. No step
+Beam imports pandas, pyarrow and boto3 whenever they are installed (for DataFrames, Arrow
+schemas and S3 IO), each inside ``try: import ... except ImportError``. No step
 of a preparation reading files or embedded data uses them, and they are about 40% of a worker's
 start-up (BENCHMARKS.md, "Preparing a corpus on Apache Beam"), so they are marked absent here,
 as the training workers mark Keras' extras absent. Any other ``sitecustomize`` on the path still
@@ -13,7 +13,7 @@ import importlib.util
 import os
 import sys
 
-UNUSED = ("pandas", "pyarrow", "boto3", "pymongo")
+UNUSED = ("pandas", "pyarrow", "boto3")  # not pymongo: Beam logs a warning without it
 
 for _name in UNUSED:
     sys.modules.setdefault(_name, None)
