@@ -380,14 +380,9 @@ def _save_chunk(path: str, stored: Any) -> None:
     """A chunk's ``shards.StoredSamples`` as raw little-endian bytes: the sample and non-empty
     counts (``<i8``), the lengths (``<i8``), the CRCs (``<u4``), the stored ids (the store's
     dtype, aligned). The shard writer appends them as they are: nothing is encoded twice."""
-    head = np.array([stored.lengths.size, stored.crcs.size], dtype="<i8").tobytes()
-    _write_bytes(
-        path,
-        head
-        + stored.lengths.astype("<i8").tobytes()
-        + stored.crcs.astype("<u4").tobytes()
-        + stored.tokens.tobytes(),
-    )
+    head = np.array([stored.lengths.size, stored.crcs.size], dtype="<i8")
+    parts = (head, stored.lengths.astype("<i8"), stored.crcs.astype("<u4"), stored.tokens)
+    _write_bytes(path, *(np.ascontiguousarray(part) for part in parts))
 
 
 def _load_chunk(path: str, dtype: np.dtype) -> Any:
@@ -501,18 +496,22 @@ def _copy_tokenizer_out(tokenizer: Tokenizer, directory: str) -> dict[str, dict[
     }
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    """A file inside the staging directory (local or ``tf.io.gfile``), its directory made."""
+def _write_bytes(path: str, *parts: Any) -> None:
+    """A file inside the staging directory (local or ``tf.io.gfile``), its directory made: the
+    ``parts`` (bytes or contiguous arrays) back to back, each written from its own buffer (a
+    chunk's tokens are not copied into one bytes object first)."""
     if is_remote(path):
         import tensorflow as tf
 
         tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
         with tf.io.gfile.GFile(path, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part.tobytes() if isinstance(part, np.ndarray) else part)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as handle:
-        handle.write(data)
+        for part in parts:
+            handle.write(part)
 
 
 def _write_text(path: str, text: str) -> None:
