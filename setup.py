@@ -49,7 +49,11 @@ setup(
     python_requires=">=3.10",
     packages=[*find_packages(include=["highnoon", "highnoon.*"]), "highnoon.gin"],
     package_dir={"highnoon.gin": "gin"},
-    package_data={"highnoon": ["py.typed"], "highnoon.gin": ["*.gin", "*/*.gin"]},
+    package_data={
+        "highnoon": ["py.typed"],
+        "highnoon.data": ["beam_site/sitecustomize.py"],  # beam_prepare.lean_local_workers
+        "highnoon.gin": ["*.gin", "*/*.gin"],
+    },
     include_package_data=True,
     install_requires=[
         "numpy>=1.26",
@@ -74,8 +78,15 @@ setup(
         "kerashub": KERASHUB,
         "eval": EVAL,
         "test": [
-            "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6",
-            *PLOT, *HF, *BEAM, *KERASHUB, *EVAL,
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            *PLOT,
+            *HF,
+            *BEAM,
+            *KERASHUB,
+            *EVAL,
         ],  # fmt: skip
     },
     entry_points={

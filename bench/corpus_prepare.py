@@ -11,6 +11,8 @@ BPE model trained on the corpus first (about what C4-scale preparation pays per 
 
     python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1]
 
+Each comparison also extrapolates the corpus size at which 1.7x would be reached from Beam's fixed
+cost (a 0.1 MB preparation's wall time) and both builds' seconds per MB (``goal_size_mb``).
 CPU seconds (this process and its finished child processes, Beam's workers) are printed beside
 the wall times: on a machine whose cores other work also uses, they say what the wall ratio
 cannot, how much more work the pipeline does than the one process.
@@ -118,8 +120,22 @@ def _same_store(a: str, b: str) -> None:
         ), strategy
 
 
-def compare(label: str, data: str, tokenizer, mb: float, work: str, repeats: int) -> None:
-    """Time both builds ``repeats`` times (alternating), check the stores, print the ratio."""
+def goal_size_mb(mb: float, one: float, beam: float, fixed: float, goal: float = 1.7) -> float:
+    """The corpus size (MB) at which Beam's wall time reaches ``goal`` times the one process's
+    speed, extrapolated from one measurement: the one process's seconds per MB ``one / mb``,
+    Beam's ``fixed`` seconds plus ``(beam - fixed) / mb`` per MB. ``inf`` when Beam's per-MB
+    time alone is above ``1 / goal`` of the one process's (no size reaches it)."""
+    per_one, per_beam = one / mb, max(beam - fixed, 0.0) / mb
+    margin = per_one - goal * per_beam
+    return goal * fixed / margin if margin > 0 else float("inf")
+
+
+def compare(
+    label: str, data: str, tokenizer, mb: float, work: str, repeats: int, fixed: float
+) -> None:
+    """Time both builds ``repeats`` times (alternating), check the stores, print the ratio and
+    the size at which 1.7x would be reached (``goal_size_mb``, with the ``fixed`` seconds of a
+    tiny preparation)."""
     from highnoon.data.registry import resolve_dataset
 
     source = resolve_dataset(os.path.join(data, "*.jsonl"))
@@ -139,7 +155,9 @@ def compare(label: str, data: str, tokenizer, mb: float, work: str, repeats: int
         f"{beam_cpu:.1f} CPU-s with its workers): {one / beam:.2f}x (best of {repeats}; goal "
         f">= 1.7x); CPU-s {beam_cpu / one_cpu:.2f}x the one process's, so at best "
         f"{2 * one_cpu / beam_cpu:.2f}x on 2 idle cores; the pipeline's own steps "
-        f"{steps_cpu:.1f} CPU-s ({steps_cpu / one_cpu:.2f}x); load average "
+        f"{steps_cpu:.1f} CPU-s ({steps_cpu / one_cpu:.2f}x); 1.7x extrapolated at "
+        f"{goal_size_mb(mb, one, beam, fixed):.0f} MB (fixed {fixed:.1f} s, per MB "
+        f"{(beam - fixed) / mb * 1000:.1f} ms against {one / mb * 1000:.1f} ms); load average "
         f"{os.getloadavg()[0]:.1f}; stores identical (fingerprint, features, scores)",
         flush=True,
     )
@@ -174,7 +192,7 @@ def bench_prepare(mb: float = 64.0, sp_mb: float = 16.0, repeats: int = 1) -> No
         )
         data = os.path.join(work, "byte-data")
         written = write_corpus(data, mb)
-        compare("byte tokenizer", data, load_tokenizer("byte"), written, work, repeats)
+        compare("byte tokenizer", data, load_tokenizer("byte"), written, work, repeats, wall)
         if sp_mb <= 0:
             return
         data = os.path.join(work, "sp-data")
@@ -182,4 +200,4 @@ def bench_prepare(mb: float = 64.0, sp_mb: float = 16.0, repeats: int = 1) -> No
         with open(os.path.join(data, "part-00.jsonl"), encoding="utf-8") as handle:
             texts = [json.loads(line)["text"] for _, line in zip(range(2000), handle)]
         model = train_sentencepiece(texts, os.path.join(work, "sp"), 2000, seed=0)
-        compare("SentencePiece BPE 2000", data, model, written, work, repeats)
+        compare("SentencePiece BPE 2000", data, model, written, work, repeats, wall)

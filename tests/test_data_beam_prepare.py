@@ -103,18 +103,43 @@ def test_even_and_token_bounds():
 def test_split_chunk_cuts_at_shard_bounds_and_keeps_empty_samples_with_the_previous():
     # a chunk of samples [e, a(2), b(1), e, c(3), e] whose first non-empty sample is index 4
     lengths = np.array([0, 2, 1, 0, 3, 0])
-    flat = np.array([10, 11, 20, 30, 31, 32])
     bounds = np.array([0, 4, 5, 6, 9])
-    pieces = list(bp.split_chunk(4, flat, lengths, bounds))
-    assert [p[0] for p in pieces] == [0, 1, 2, 3]
     # the leading empty one goes with sample 3 (in the chunk before): shard 0
-    assert pieces[0][1].tolist() == [] and pieces[0][2].tolist() == [0]
-    assert pieces[1][1].tolist() == [10, 11] and pieces[1][2].tolist() == [2]
-    assert pieces[2][1].tolist() == [20] and pieces[2][2].tolist() == [1, 0]
-    assert pieces[3][1].tolist() == [30, 31, 32] and pieces[3][2].tolist() == [3, 0]
+    assert list(bp.split_chunk(4, lengths, bounds)) == [(0, 0, 1), (1, 1, 2), (2, 2, 4), (3, 4, 6)]
     # at the very start of the corpus, empty samples go with the first shard
-    (piece,) = bp.split_chunk(0, np.array([5]), np.array([0, 0, 1]), np.array([0, 1]))
-    assert piece[0] == 0 and piece[2].tolist() == [0, 0, 1]
+    assert list(bp.split_chunk(0, np.array([0, 0, 1]), np.array([0, 1]))) == [(0, 0, 3)]
+    assert list(bp.split_chunk(0, np.zeros(0, np.int64), np.array([0, 1]))) == []
+
+
+def test_stored_chunk_parts_are_what_the_writer_stores_for_those_samples(tmp_path):
+    """A chunk tokenised once (``stored_samples``), saved, loaded and cut at shard bounds gives
+    each shard the bytes, lengths, CRCs and skip counts ``ShardWriter.add`` gives it."""
+    from highnoon.data.shards import ShardWriter, stored_samples
+
+    lengths = np.array([0, 2, 1, 0, 3, 0])
+    flat = np.array([10, 11, 20, 30, 31, 32])
+    path = str(tmp_path / "chunk.bin")
+    bp._save_chunk(path, stored_samples(flat, lengths, 300, 1))
+    stored = bp._load_chunk(path, np.dtype("<u2"))
+    assert stored.tokens.tolist() == [10, 11, 1, 20, 1, 30, 31, 32, 1]
+    assert stored.lengths.tolist() == lengths.tolist() and stored.skipped_empty == 3
+    pieces = [(0, 0, 1), (1, 1, 2), (2, 2, 4), (3, 4, 6)]  # the cuts of the test above
+    ends = np.cumsum(lengths)
+    for shard, lo, hi in pieces:
+        part = stored.part(lo, hi)
+        direct = ShardWriter(str(tmp_path / f"direct-{shard}"), 300, 1)
+        direct.add(flat[ends[lo] - lengths[lo] : ends[hi - 1]], lengths[lo:hi])
+        cut = ShardWriter(str(tmp_path / f"cut-{shard}"), 300, 1, count_tokens=False)
+        cut.add_stored(part)
+        want, got = direct.close(), cut.close()
+        assert got.counts is None and want.counts.sum() == got.num_tokens
+        assert (got.num_samples, got.num_tokens, got.max_token_id, got.skipped_empty) == (
+            want.num_samples, want.num_tokens, want.max_token_id, want.skipped_empty
+        )  # fmt: skip
+        for name in ("tokens.bin", "offsets.bin", "sample_crc32c.bin"):
+            a, b = tmp_path / f"direct-{shard}" / name, tmp_path / f"cut-{shard}" / name
+            assert a.read_bytes() == b.read_bytes(), (shard, name)
+    assert [stored.part(lo, hi).skipped_empty for _, lo, hi in pieces] == [1, 0, 1, 1]
 
 
 def test_read_units_split_files_in_sorted_order(tmp_path):
@@ -320,6 +345,57 @@ def test_two_worker_processes_write_the_same_store(corpus, one_process, tmp_path
         beam_options="--direct_num_workers=2 --direct_running_mode=multi_processing",
     )  # fmt: skip
     assert store.fingerprint == one_process.fingerprint
+    # the worker processes never imported TensorFlow (seconds of start-up each)
+    preparation = store.manifest["preparation"]
+    assert preparation["shards_with_tensorflow"] == 0, preparation
+    assert set(preparation["cpu_seconds"]) == {"read", "tokenise", "write_shards"}
+
+
+def test_lean_local_workers_skip_beams_unused_imports_and_keep_other_site_hooks(tmp_path):
+    """The workers' ``sitecustomize`` marks pandas & co absent, then runs the one it hides."""
+    import subprocess
+    import sys
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import builtins\nbuiltins.OTHER_SITE_RAN = True\n")
+    probe = (
+        "import builtins, sys; import apache_beam; "
+        "print(sorted(n for n in ('pandas', 'pyarrow', 'boto3') if sys.modules[n]), "
+        "getattr(builtins, 'OTHER_SITE_RAN', False))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([bp.LEAN_SITE, str(other), REPO])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)  # fmt: skip
+    assert out.stdout.split() == ["[]", "True"]
+
+
+def test_lean_local_workers_only_for_local_processes_reading_files(corpus, monkeypatch):
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.sources import CallableSource
+
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    units = bp.read_units(resolve_dataset(corpus))
+    processes = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    options = bp.pipeline_options("DirectRunner", processes)
+    with bp.lean_local_workers("DirectRunner", options, units) as lean:
+        assert lean and os.environ["PYTHONPATH"] == os.pathsep.join([bp.LEAN_SITE, "/somewhere"])
+    assert os.environ["PYTHONPATH"] == "/somewhere"
+    callable_source = CallableSource("mine", lambda: iter(["text"]), {"name": "mine"})
+    in_memory = bp.pipeline_options("DirectRunner", [])
+    for runner, opts, these in [("DirectRunner", in_memory, units),
+                                ("DirectRunner", options, [callable_source])]:  # fmt: skip
+        with bp.lean_local_workers(runner, opts, these) as lean:
+            assert not lean and os.environ["PYTHONPATH"] == "/somewhere"
+
+
+def test_direct_runner_is_the_fn_api_runner_not_a_prism_download():
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    options = bp.pipeline_options("DirectRunner", ["--direct_num_workers=2"])
+    runner = bp.pipeline_runner("DirectRunner", options)
+    assert isinstance(runner, FnApiRunner)
+    assert bp.pipeline_runner("DataflowRunner", options) == "DataflowRunner"
 
 
 def test_same_training_batches_from_either_store(even_store, one_process):

@@ -14,26 +14,33 @@ local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster
    chunks of about 4 MB of text, keyed ``(unit, chunk)``.
 2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
    read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
-   chunk is saved beside the store (``chunk_file``: lengths, empty samples as 0, and ids), and
-   only its metadata goes on through Beam: no token crosses the runner's shuffle.
+   chunk is put in its stored form once (``shards.stored_samples``: EOS appended, the store's
+   dtype, each sample's CRC32C) and its unigram counts taken from it, then saved beside the
+   store (``chunk_file``). Only its metadata goes on through Beam: no token crosses the
+   runner's shuffle, and nothing is encoded or counted twice.
 3. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of the
    chunks' count vectors: an exact integer sum whatever the grouping.
 4. *Index.* The chunks' non-empty counts, gathered and sorted by key, give every chunk its first
    sample index (``chunk_starts``): sample ``i`` of the store is the ``i``-th non-empty sample of
    the entry in source order, the definition ``build_token_store`` has, whatever the runner,
    the workers or the bundle sizes. The same side input fixes the shard boundaries
-   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule).
-5. *Write.* Each shard is written by one worker from the chunk files overlapping its range
-   (``shard_chunks``, ``split_chunk``) with ``shards.ShardWriter``, then
-   ``shards.write_shard_features`` with the corpus counts (so scores equal a one-process
-   build's exactly).
+   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule), and the
+   step writes the facts the launching process needs (shard names, counts, the sources' stats).
+5. *Write.* Each shard is written by one worker: the stored bytes of the chunk files
+   overlapping its range (``shard_chunks``, ``split_chunk``, ``StoredSamples.part``) appended
+   as they are by ``shards.ShardWriter.add_stored``, then ``shards.write_shard_features``
+   with the corpus counts (so scores equal a one-process build's exactly).
 6. *Publish.* Back in the launching process: the top ``manifest.json`` from the shards'
    ``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
    ``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a
    temporary that the next one removes); a ``gs://`` store is written in place, manifest last,
    so an interrupted one never opens.
 
-Apache Beam is imported only when a pipeline runs: ``pip install highnoon[beam]``.
+``DirectRunner`` is Beam's ``FnApiRunner`` given directly (``pipeline_runner``: Beam's own
+``DirectRunner`` would first try to fetch and start ``PrismRunner``). Its worker processes import
+Beam, numpy and ``highnoon.data``, never TensorFlow (only a ``gs://`` output or a ``tfds:``
+source needs it). Apache Beam is imported only when a pipeline runs: ``pip install
+highnoon[beam]``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -171,6 +179,59 @@ def pipeline_options(runner: str, beam_options: Sequence[str]) -> Any:
     return beam.options.pipeline_options.PipelineOptions(args)
 
 
+def pipeline_runner(runner: str, options: Any) -> Any:
+    """The runner a pipeline is given: for ``DirectRunner``, the runner it ends up on for this
+    pipeline (Beam's ``FnApiRunner``, which honours ``--direct_num_workers`` and
+    ``--direct_running_mode``), made directly. Beam's ``DirectRunner`` first tries
+    ``PrismRunner``, a Go binary it downloads from GitHub on first use: offline that attempt
+    fails after about a second of translating the pipeline and starting a worker pool (most of
+    the difference between the fixed costs in BENCHMARKS.md); online, it fetches a binary at
+    preparation time. Other runners: their name, resolved by Beam."""
+    if runner != "DirectRunner":
+        return runner
+    import_beam()
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    # what DirectRunner hands the FnApiRunner: the options, for the workers
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
+
+
+LEAN_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "beam_site")
+
+
+@contextlib.contextmanager
+def lean_local_workers(runner: str, options: Any, units: Sequence[DataSource]) -> Iterator[bool]:
+    """While a ``DirectRunner`` pipeline with local worker processes runs, their ``PYTHONPATH``
+    starts with ``beam_site``, whose ``sitecustomize`` marks packages Beam imports but no step
+    uses absent (about 40% of a worker's start-up). Only when every unit is a file or embedded
+    source, whose reading needs none of them (a ``tfds:`` or registered callable source might).
+    Yields whether the workers start lean; the environment is restored afterwards."""
+    from highnoon.data.embedded import EmbeddedSource
+
+    direct = options.view_as(import_beam().options.pipeline_options.DirectOptions)
+    lean = (
+        runner == "DirectRunner"
+        and direct.direct_running_mode == "multi_processing"
+        and all(isinstance(unit, FileSource | EmbeddedSource) for unit in units)
+    )
+    if not lean:
+        yield False
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([LEAN_SITE, *([before] if before else [])])
+    try:
+        yield True
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 # --- read units and chunks -------------------------------------------------------------------
 
 
@@ -209,7 +270,8 @@ def iter_chunks(
 
 
 def encode_chunk(samples: Sequence[Any], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """(flat ids without EOS, int64 lengths with empty samples as 0), in the chunk's order."""
+    """(flat ids without EOS, int64 lengths with empty samples as 0), in the chunk's order
+    (``shards.stored_samples`` checks the ids' range)."""
     flats: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     texts: list[str] = []
@@ -235,20 +297,10 @@ def encode_chunk(samples: Sequence[Any], tokenizer: Tokenizer) -> tuple[np.ndarr
         flats.append(ids.astype(np.int64))
         lengths.append(np.array([ids.size], np.int64))
     flush()
+    if len(flats) == 1:  # all texts (the common case): no copy
+        return flats[0], lengths[0]
     flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
-    if flat.size and (flat.min() < 0 or flat.max() >= tokenizer.vocab_size):
-        raise InvalidDataError(
-            f"token ids must be in [0, {tokenizer.vocab_size}) for {tokenizer!r}, got values in "
-            f"[{flat.min()}, {flat.max()}]"
-        )
     return flat, (np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
-
-
-def chunk_counts(flat: np.ndarray, lengths: np.ndarray, vocab_size: int, eos_id: int) -> np.ndarray:
-    """Unigram counts of a chunk as stored: its ids plus one EOS per non-empty sample."""
-    counts = np.bincount(flat, minlength=vocab_size).astype(np.int64)
-    counts[eos_id] += int(np.count_nonzero(lengths))
-    return counts
 
 
 # --- the index: chunk keys -> first sample, shard boundaries ---------------------------------
@@ -266,14 +318,16 @@ def chunk_starts(metas: Sequence[tuple[Any, int]]) -> tuple[dict[Any, int], int]
 
 
 def split_chunk(
-    first: int, flat: np.ndarray, lengths: np.ndarray, bounds: np.ndarray
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """The chunk's pieces per shard: (shard, flat ids, lengths with its empty samples).
+    first: int, lengths: np.ndarray, bounds: np.ndarray
+) -> Iterator[tuple[int, int, int]]:
+    """The chunk's samples per shard: (shard, lo, hi), samples ``lo..hi-1`` of the chunk.
 
-    A chunk's non-empty samples are store indices ``first, first + 1, ...``; shard ``s`` holds
-    indices ``[bounds[s], bounds[s + 1])``. An empty sample stays with the non-empty sample
-    before it (the first shard's when none precedes), as ``build_token_store`` counts it.
+    ``lengths``: every sample's length, empty ones as 0. A chunk's non-empty samples are store
+    indices ``first, first + 1, ...``; shard ``s`` holds indices ``[bounds[s], bounds[s + 1])``.
+    An empty sample stays with the non-empty sample before it (the first shard's when none
+    precedes), as ``build_token_store`` counts it.
     """
+    lengths = np.asarray(lengths)
     if lengths.size == 0:
         return
     nonempty = lengths > 0
@@ -281,12 +335,9 @@ def split_chunk(
     index = first + before - (~nonempty)  # an empty one: the previous sample's index
     index = np.clip(index, 0, bounds[-1] - 1)
     shard = np.searchsorted(bounds, index, side="right") - 1
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    for s in np.unique(shard):
-        where = np.flatnonzero(shard == s)
-        lo, hi = int(where[0]), int(where[-1]) + 1  # a contiguous run (shards are ranges)
-        yield int(s), flat[starts[lo] : ends[hi - 1]], lengths[lo:hi]
+    cuts = np.flatnonzero(np.diff(shard)) + 1  # shards are ranges: the runs are contiguous
+    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), int(lengths.size)]):
+        yield int(shard[lo]), lo, hi
 
 
 def even_bounds(total: int, num_shards: int) -> np.ndarray:
@@ -316,7 +367,7 @@ def token_bounds(lengths: np.ndarray, max_shard_tokens: int) -> np.ndarray:
 
 # --- the pipeline ------------------------------------------------------------------------------
 
-SUMMARY = "_beam_summary.json"  # the pipeline's last output, read by the launching process
+SUMMARY = "_beam_summary.json"  # the plan's facts, read by the launching process
 CHUNKS = "_chunks"  # tokenised chunks, between the tokenising and the shard-writing workers
 
 
@@ -325,14 +376,19 @@ def chunk_file(staging: str, key: tuple[int, int]) -> str:
     return f"{staging.rstrip('/')}/{CHUNKS}/u{key[0]:06d}-c{key[1]:06d}.bin"
 
 
-def _save_chunk(path: str, flat: np.ndarray, lengths: np.ndarray) -> None:
-    """Raw little-endian bytes: the sample count (``<i8``), the lengths (``<i8``), the ids (the
-    store's dtype). No container: written once, read back without a copy."""
-    head = np.array([lengths.size], dtype="<i8").tobytes()
-    _write_bytes(path, head + lengths.astype("<i8").tobytes() + flat.tobytes())
+def _save_chunk(path: str, stored: Any) -> None:
+    """A chunk's ``shards.StoredSamples`` as raw little-endian bytes: the sample and non-empty
+    counts (``<i8``), the lengths (``<i8``), the CRCs (``<u4``), the stored ids (the store's
+    dtype, aligned). The shard writer appends them as they are: nothing is encoded twice."""
+    head = np.array([stored.lengths.size, stored.crcs.size], dtype="<i8")
+    parts = (head, stored.lengths.astype("<i8"), stored.crcs.astype("<u4"), stored.tokens)
+    _write_bytes(path, *(np.ascontiguousarray(part) for part in parts))
 
 
-def _load_chunk(path: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _load_chunk(path: str, dtype: np.dtype) -> Any:
+    """``_save_chunk``'s ``StoredSamples`` back, as views of the file's bytes."""
+    from highnoon.data.shards import StoredSamples
+
     if is_remote(path):
         import tensorflow as tf
 
@@ -341,9 +397,11 @@ def _load_chunk(path: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     else:
         with open(path, "rb") as handle:
             data = handle.read()
-    count = int(np.frombuffer(data, "<i8", count=1)[0])
-    lengths = np.frombuffer(data, "<i8", count=count, offset=8)
-    return np.frombuffer(data, dtype, offset=8 * (count + 1)), lengths
+    count, kept = (int(v) for v in np.frombuffer(data, "<i8", count=2))
+    lengths = np.frombuffer(data, "<i8", count=count, offset=16)
+    crcs = np.frombuffer(data, "<u4", count=kept, offset=16 + 8 * count)
+    tokens = np.frombuffer(data, dtype, offset=16 + 8 * count + 4 * kept)
+    return StoredSamples(tokens, lengths, crcs)
 
 
 def _plan(
@@ -388,6 +446,21 @@ def shard_chunks(plan: dict[str, Any], shard: int) -> list[tuple[Any, int]]:
     ]
 
 
+def _written_shard(staging: str, name: str) -> dict[str, Any]:
+    """A shard's ``shard.json`` once the pipeline finished, or an error naming the shard."""
+    import json
+
+    from highnoon.utils.files import read_text
+
+    try:
+        return json.loads(read_text(f"{staging}/{name}/shard.json"))
+    except Exception as err:  # the runner reported success, yet the shard is not there
+        raise InvalidDataError(
+            f"the pipeline finished but shard {name} was not written in {staging!r} ({err}); "
+            "prepare the entry again"
+        ) from err
+
+
 def _merge_stats(stats: Sequence[dict[str, int]]) -> dict[str, int]:
     merged: dict[str, int] = {}
     for item in stats:
@@ -423,18 +496,22 @@ def _copy_tokenizer_out(tokenizer: Tokenizer, directory: str) -> dict[str, dict[
     }
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    """A file inside the staging directory (local or ``tf.io.gfile``), its directory made."""
+def _write_bytes(path: str, *parts: Any) -> None:
+    """A file inside the staging directory (local or ``tf.io.gfile``), its directory made: the
+    ``parts`` (bytes or contiguous arrays) back to back, each written from its own buffer (a
+    chunk's tokens are not copied into one bytes object first)."""
     if is_remote(path):
         import tensorflow as tf
 
         tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
         with tf.io.gfile.GFile(path, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part.tobytes() if isinstance(part, np.ndarray) else part)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as handle:
-        handle.write(data)
+        for part in parts:
+            handle.write(part)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -488,8 +565,10 @@ def _transforms(beam: Any) -> dict[str, Any]:
             yield beam.pvalue.TaggedOutput("stats", dict(unit.stats))
 
     class Tokenise(beam.DoFn):
-        """((unit, chunk), samples) -> the chunk's ids saved beside the store (``chunk_file``);
-        emits (key, non-empty samples, lengths, unigram counts)."""
+        """((unit, chunk), samples) -> the chunk in its stored form (``shards.stored_samples``:
+        EOS, dtype, per-sample CRCs) saved beside the store (``chunk_file``); emits (key,
+        non-empty samples, lengths, unigram counts). The only place a Beam build encodes or
+        counts a token."""
 
         def __init__(self, tokenizer_config: dict[str, Any], staging: str):
             self.tokenizer_config = tokenizer_config
@@ -500,17 +579,17 @@ def _transforms(beam: Any) -> dict[str, Any]:
             self.tokenizer = load_tokenizer(self.tokenizer_config)
 
         def process(self, element: tuple[Any, list[Any]]) -> Iterator[Any]:
-            from highnoon.data.shards import token_dtype
+            from highnoon.data.shards import stored_samples
 
             started = time.thread_time()
             key, samples = element
             tokenizer = self.tokenizer
             flat, lengths = encode_chunk(samples, tokenizer)
-            stored = flat.astype(token_dtype(tokenizer.vocab_size))
-            _save_chunk(chunk_file(self.staging, key), stored, lengths)
-            counts = chunk_counts(stored, lengths, tokenizer.vocab_size, tokenizer.eos_id)
+            stored = stored_samples(flat, lengths, tokenizer.vocab_size, tokenizer.eos_id)
+            _save_chunk(chunk_file(self.staging, key), stored)
+            counts = np.bincount(stored.tokens, minlength=tokenizer.vocab_size).astype(np.int64)
             _count_cpu(beam, "tokenise", started)
-            yield key, int(np.count_nonzero(lengths)), lengths, counts
+            yield key, int(stored.crcs.size), lengths, counts
 
     class SumCounts(beam.CombineFn):
         """Element-wise sum of int64 count vectors: exact, whatever the grouping."""
@@ -535,7 +614,8 @@ def _transforms(beam: Any) -> dict[str, Any]:
             return total
 
     class WriteShard(beam.DoFn):
-        """shard index -> its directory written from the chunk files, its shard.json returned."""
+        """shard index -> its directory written from the chunk files (their stored bytes
+        appended as they are), its shard.json returned."""
 
         def __init__(self, staging: str, tokenizer_config: dict[str, Any], block_bytes: int):
             self.staging = staging
@@ -553,21 +633,26 @@ def _transforms(beam: Any) -> dict[str, Any]:
             directory = os.path.join(local, name) if remote else os.path.join(self.staging, name)
             os.makedirs(directory, exist_ok=True)
             writer = ShardWriter(
-                directory, tokenizer.vocab_size, tokenizer.eos_id, block_bytes=self.block_bytes
+                directory,
+                tokenizer.vocab_size,
+                tokenizer.eos_id,
+                block_bytes=self.block_bytes,
+                count_tokens=False,  # the corpus counts come from the tokenisers' combine
             )
             for key, first in shard_chunks(plan, shard):
-                flat, lengths = _load_chunk(chunk_file(self.staging, key), writer.dtype)
-                for piece_shard, part, part_lengths in split_chunk(
-                    first, flat, lengths, plan["bounds"]
-                ):
+                stored = _load_chunk(chunk_file(self.staging, key), writer.dtype)
+                for piece_shard, lo, hi in split_chunk(first, stored.lengths, plan["bounds"]):
                     if piece_shard == shard:
-                        writer.add(part, part_lengths)
+                        writer.add_stored(stored.part(lo, hi))
             writer.close()
             manifest = write_shard_features(directory, counts, int(plan["bounds"][shard]))
             if remote:
                 _copy_tree_out(directory, f"{self.staging.rstrip('/')}/{name}")
                 shutil.rmtree(local, ignore_errors=True)
             _count_cpu(beam, "write_shards", started)
+            # a worker that imported TensorFlow paid seconds for it (only gs:// needs it)
+            tensorflow = int("tensorflow" in sys.modules)
+            beam.metrics.Metrics.counter("highnoon", "shards_with_tensorflow").inc(tensorflow)
             yield shard, manifest
 
     return {"Read": Read, "Tokenise": Tokenise, "SumCounts": SumCounts, "WriteShard": WriteShard}
@@ -596,7 +681,8 @@ def run_pipeline(
     config = tokenizer.to_config()
     tokenise = parts["Tokenise"](config, staging)
     singleton = beam.pvalue.AsSingleton
-    pipeline = beam.Pipeline(options=pipeline_options(runner, beam_options))
+    options = pipeline_options(runner, beam_options)
+    pipeline = beam.Pipeline(runner=pipeline_runner(runner, options), options=options)
     unit_indices = pipeline | "Units" >> beam.Create(list(range(len(units))))
     if len(units) > 1:  # one file per worker at a time: read and tokenise together
         read = (
@@ -621,13 +707,22 @@ def run_pipeline(
         | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
     )
     keep_lengths = num_shards is None
+    summary_path = f"{staging.rstrip('/')}/{SUMMARY}"
+
+    def plan_and_summary(metas: list, stats: list) -> dict[str, Any]:
+        """The writers' plan; its facts for the launching process written beside the store."""
+        plan = _plan(metas, num_shards, max_shard_tokens)
+        facts = {"names": plan["names"], "num_samples": plan["num_samples"]}
+        _write_text(summary_path, json.dumps({**facts, "stats": _merge_stats(stats)}))
+        return plan
+
     plan = (
         tokenised
         | "Meta" >> beam.Map(lambda t: (t[0], t[1], t[2] if keep_lengths else None))
         | "Metas" >> beam.combiners.ToList()
-        | "Plan" >> beam.Map(_plan, num_shards, max_shard_tokens)
+        | "Plan" >> beam.Map(plan_and_summary, stats=beam.pvalue.AsList(read.stats))
     )
-    written = (
+    _ = (
         plan
         | "Shards" >> beam.FlatMap(lambda p: range(len(p["names"])))
         | "SpreadShards" >> beam.Reshuffle()
@@ -639,53 +734,35 @@ def run_pipeline(
         )
     )
 
-    def summary(_: Any, plan: dict[str, Any], stats: list, shards: list) -> None:
-        done = sorted(shard for shard, _ in shards)
-        if done != list(range(len(plan["names"]))):
-            raise InvalidDataError(f"shards written {done} do not match {plan['names']}")
-        text = json.dumps(
-            {
-                "names": plan["names"],
-                "num_samples": plan["num_samples"],
-                "stats": _merge_stats(stats),
-            },
-            sort_keys=True,
-        )
-        _write_text(f"{staging.rstrip('/')}/{SUMMARY}", text)
-
-    _ = (
-        pipeline
-        | "Once" >> beam.Create([None])
-        | "Summary"
-        >> beam.Map(
-            summary,
-            plan=singleton(plan),
-            stats=beam.pvalue.AsList(read.stats),
-            shards=beam.pvalue.AsList(written),
-        )
-    )
-    result = pipeline.run()
-    result.wait_until_finish()
+    with lean_local_workers(runner, options, units):
+        result = pipeline.run()
+        result.wait_until_finish()
     from highnoon.utils.files import read_text
 
-    summary = json.loads(read_text(f"{staging.rstrip('/')}/{SUMMARY}"))
-    summary["cpu_seconds"] = _cpu_counters(result)
+    summary = json.loads(read_text(summary_path))
+    counters = _counters(result)
+    summary["cpu_seconds"] = {
+        name[: -len("_cpu_ms")]: value / 1000
+        for name, value in counters.items()
+        if name.endswith("_cpu_ms")
+    }
+    summary["shards_with_tensorflow"] = counters.get("shards_with_tensorflow")
     return summary
 
 
-def _cpu_counters(result: Any) -> dict[str, float]:
-    """{step: CPU seconds} from the run's ``<step>_cpu_ms`` counters (``_count_cpu``); empty
-    where the runner reports no metrics."""
+def _counters(result: Any) -> dict[str, int]:
+    """{name: value} of the run's ``highnoon`` counters (``<step>_cpu_ms`` from ``_count_cpu``,
+    ``shards_with_tensorflow``), sorted; empty where the runner reports no metrics."""
     try:
         counters = result.metrics().query()["counters"]
     except Exception:  # a runner without metrics support
         return {}
-    out: dict[str, float] = {}
+    out: dict[str, int] = {}
     for counter in counters:
         name = counter.key.metric.name
-        if counter.key.metric.namespace == "highnoon" and name.endswith("_cpu_ms"):
+        if counter.key.metric.namespace == "highnoon":
             value = counter.committed if counter.committed is not None else counter.attempted
-            out[name[: -len("_cpu_ms")]] = out.get(name[: -len("_cpu_ms")], 0.0) + value / 1000
+            out[name] = out.get(name, 0) + int(value)
     return dict(sorted(out.items()))
 
 
@@ -766,10 +843,9 @@ def build_store_on_beam(
             chunk_chars=chunk_chars,
             block_bytes=shard_format.BLOCK_BYTES,
         )
-        from highnoon.utils.files import read_text
 
         names = summary["names"]
-        manifests = [json.loads(read_text(f"{staging}/{n}/shard.json")) for n in names]
+        manifests = [_written_shard(staging, n) for n in names]
         if remote:
             top_files = _copy_tokenizer_out(tokenizer, staging)
         else:
@@ -787,6 +863,8 @@ def build_store_on_beam(
                     "runner": runner,
                     "beam_options": options,
                     "cpu_seconds": summary["cpu_seconds"],
+                    # shards written by a process with TensorFlow loaded (None: no metrics)
+                    "shards_with_tensorflow": summary["shards_with_tensorflow"],
                 },
             },
         )

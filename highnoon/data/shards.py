@@ -19,8 +19,11 @@ headers, so any byte range of them can be read on its own:
 How a store is written, in one process or spread over many (Beam workers):
 
 1. one ``ShardWriter`` per shard (any process, any order) takes the shard's samples in source
-   order and writes ``tokens.bin`` + ``offsets.bin``; ``close`` returns its ``ShardTokens``;
-2. the shards' unigram counts are summed (the corpus counts);
+   order and writes ``tokens.bin`` + ``offsets.bin``; ``close`` returns its ``ShardTokens``.
+   It takes flat ids (``add``) or samples already in their stored form (``add_stored``, from
+   ``stored_samples``, which ``add`` calls too): a Beam worker makes that form where it
+   tokenises and counts there, and the shard writer only appends it;
+2. the shards' (or the tokenised chunks') unigram counts are summed (the corpus counts);
 3. ``write_shard_features`` per shard writes the features and ``shard.json``;
 4. ``store_manifest`` builds the top manifest from the shards' manifests, written last; it
    summarises every shard (counts, ``first_sample``, file sizes, the sha256 of its
@@ -118,13 +121,77 @@ def crc32c_file(path: str, block_bytes: int = BLOCK_BYTES) -> list[int]:
 @dataclass(frozen=True)
 class ShardTokens:
     """What a closed ``ShardWriter`` wrote: counts, largest id, unigram counts (int64
-    ``[vocab_size]``, EOS included: the corpus counts are their sum) and empty samples skipped."""
+    ``[vocab_size]``, EOS included: the corpus counts are their sum; None when the writer did
+    not count) and empty samples skipped."""
 
     num_samples: int
     num_tokens: int
     max_token_id: int
-    counts: np.ndarray
+    counts: np.ndarray | None
     skipped_empty: int
+
+
+@dataclass(frozen=True)
+class StoredSamples:
+    """Samples in the form a shard stores them, before any shard holds them.
+
+    ``tokens``: the ids in the store's dtype, each non-empty sample followed by EOS;
+    ``lengths``: every sample's length *without* EOS, int64, empty samples as 0 (so a run of
+    samples can be cut out with its skipped empty ones, ``part``); ``crcs``: the CRC32C of each
+    non-empty sample's stored bytes (``<u4``). ``stored_samples`` makes it from flat ids; a
+    Beam worker makes it where it tokenises, and the shard writer appends it unchanged
+    (``ShardWriter.add_stored``): every store's bytes come from this one function.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    crcs: np.ndarray
+
+    @property
+    def skipped_empty(self) -> int:
+        return int(self.lengths.size - self.crcs.size)
+
+    def part(self, lo: int, hi: int) -> StoredSamples:
+        """Samples ``lo..hi-1`` (empty ones included in the count)."""
+        nonempty = self.lengths > 0
+        a = int(np.count_nonzero(nonempty[:lo]))
+        b = a + int(np.count_nonzero(nonempty[lo:hi]))
+        start = int(self.lengths[:lo].sum()) + a  # ids before, plus one EOS per sample before
+        stop = start + int(self.lengths[lo:hi].sum()) + (b - a)
+        return StoredSamples(self.tokens[start:stop], self.lengths[lo:hi], self.crcs[a:b])
+
+
+def stored_samples(
+    flat: np.ndarray, lengths: np.ndarray, vocab_size: int, eos_id: int
+) -> StoredSamples:
+    """Samples given as flat ids + lengths (without EOS) in their stored form: EOS appended to
+    each non-empty one, ids in ``token_dtype(vocab_size)``, per-sample CRC32C. Ids outside
+    ``[0, vocab_size)`` or lengths that do not sum to the ids are an ``InvalidArgumentError``."""
+    flat = np.asarray(flat).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if int(lengths.sum()) != flat.size or (lengths.size and lengths.min() < 0):
+        raise InvalidArgumentError(
+            f"lengths must be >= 0 and sum to the number of ids ({flat.size}), got "
+            f"sum {int(lengths.sum())}"
+        )
+    dtype = token_dtype(vocab_size)
+    kept = lengths[lengths > 0]  # empty samples own no ids, so ``flat`` is unchanged
+    if kept.size == 0:
+        return StoredSamples(np.zeros(0, dtype), lengths, np.zeros(0, "<u4"))
+    if flat.min() < 0 or flat.max() >= vocab_size:
+        raise InvalidArgumentError(
+            f"token ids must be in [0, {vocab_size}) (the tokenizer's vocabulary), got "
+            f"values in [{flat.min()}, {flat.max()}]"
+        )
+    out_lengths = kept + 1
+    out = np.empty(int(out_lengths.sum()), dtype=dtype)
+    eos_pos = np.cumsum(out_lengths) - 1
+    is_token = np.ones(out.size, dtype=bool)
+    is_token[eos_pos] = False
+    out[is_token] = flat
+    out[eos_pos] = eos_id
+    crcs = _sample_crcs(out.tobytes(), (eos_pos + 1) * out.itemsize)
+    return StoredSamples(out, lengths, crcs)
 
 
 class ShardWriter:
@@ -132,12 +199,20 @@ class ShardWriter:
     ``directory`` (local path).
 
     ``add`` takes samples in source order as flat ids + lengths, *without* EOS (the writer
-    appends ``eos_id``); empty samples are skipped and counted. Ids outside
-    ``[0, vocab_size)`` are an ``InvalidArgumentError``.
+    appends ``eos_id``); ``add_stored`` takes them already in their stored form
+    (``stored_samples``). Empty samples are skipped and counted. Ids outside
+    ``[0, vocab_size)`` are an ``InvalidArgumentError``. With ``count_tokens`` (the one-process
+    build) the writer sums the shard's unigram counts; a Beam build counts where it tokenises.
     """
 
     def __init__(
-        self, directory: str, vocab_size: int, eos_id: int, *, block_bytes: int = BLOCK_BYTES
+        self,
+        directory: str,
+        vocab_size: int,
+        eos_id: int,
+        *,
+        block_bytes: int = BLOCK_BYTES,
+        count_tokens: bool = True,
     ) -> None:
         self.directory = str(directory)
         self.vocab_size = check_positive_int("vocab_size", vocab_size)
@@ -148,7 +223,7 @@ class ShardWriter:
         self._file = open(os.path.join(self.directory, TOKENS), "wb")  # noqa: SIM115 (close())
         self._crc_file = open(os.path.join(self.directory, SAMPLE_CRC), "wb")  # noqa: SIM115
         self._lengths: list[np.ndarray] = []
-        self._counts = np.zeros(self.vocab_size, dtype=np.int64)
+        self._counts = np.zeros(self.vocab_size, dtype=np.int64) if count_tokens else None
         self.num_tokens = 0
         self.skipped_empty = 0
         self.max_id = -1
@@ -156,36 +231,25 @@ class ShardWriter:
 
     def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
         """Append samples given as flat ids + lengths (without EOS); empty ones are skipped."""
-        flat = np.asarray(flat, dtype=np.int64).reshape(-1)
-        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-        if int(lengths.sum()) != flat.size or (lengths.size and lengths.min() < 0):
+        self.add_stored(stored_samples(flat, lengths, self.vocab_size, self.eos_id))
+
+    def add_stored(self, samples: StoredSamples) -> None:
+        """Append samples in their stored form (``stored_samples``) as they are."""
+        if samples.tokens.dtype != self.dtype:
             raise InvalidArgumentError(
-                f"lengths must be >= 0 and sum to the number of ids ({flat.size}), got "
-                f"sum {int(lengths.sum())}"
+                f"stored samples hold {samples.tokens.dtype} ids, this shard stores "
+                f"{self.dtype}; make them with stored_samples(..., vocab_size={self.vocab_size})"
             )
-        keep = lengths > 0
-        self.skipped_empty += int((~keep).sum())
-        if not keep.all():
-            lengths = lengths[keep]  # empty samples own no ids, so ``flat`` is unchanged
-        if lengths.size == 0:
+        self.skipped_empty += samples.skipped_empty
+        if samples.crcs.size == 0:
             return
-        if flat.min() < 0 or flat.max() >= self.vocab_size:
-            raise InvalidArgumentError(
-                f"token ids must be in [0, {self.vocab_size}) (the tokenizer's vocabulary), got "
-                f"values in [{flat.min()}, {flat.max()}]"
-            )
-        out_lengths = lengths + 1
-        out = np.empty(int(out_lengths.sum()), dtype=self.dtype)
-        eos_pos = np.cumsum(out_lengths) - 1
-        is_token = np.ones(out.size, dtype=bool)
-        is_token[eos_pos] = False
-        out[is_token] = flat
-        out[eos_pos] = self.eos_id
-        raw = out.tobytes()
-        self._file.write(raw)
-        self._crc_file.write(_sample_crcs(raw, (eos_pos + 1) * out.itemsize).tobytes())
-        self._counts += np.bincount(out, minlength=self.vocab_size).astype(np.int64)
-        self._lengths.append(out_lengths)
+        out = np.ascontiguousarray(samples.tokens)
+        self._file.write(out)  # the buffer itself, no copy
+        self._crc_file.write(samples.crcs.astype("<u4", copy=False).tobytes())
+        if self._counts is not None:
+            self._counts += np.bincount(out, minlength=self.vocab_size).astype(np.int64)
+        lengths = samples.lengths
+        self._lengths.append(lengths[lengths > 0] + 1)
         self.num_tokens += out.size
         self.max_id = max(self.max_id, int(out.max()))
 
@@ -214,7 +278,7 @@ class ShardWriter:
             num_samples=int(lengths.size),
             num_tokens=self.num_tokens,
             max_token_id=self.max_id,
-            counts=self._counts.copy(),
+            counts=None if self._counts is None else self._counts.copy(),
             skipped_empty=self.skipped_empty,
         )
 
