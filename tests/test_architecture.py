@@ -63,6 +63,21 @@ def test_the_curriculum_never_imports_tensorflow():
     assert probe["tensorflow_on_import"] is False and probe["tensorflow"] is False
 
 
+def test_gin_registration_and_data_preparation_import_no_tensorflow():
+    """Every launch program imports ``configurables`` before gin parses; preparing data (and
+    checking a config) builds no model, so neither that nor ``prepare_data`` may pull in
+    TensorFlow or Keras (5 s of CPU a process): the KerasHub factory imports them when called."""
+    probe = (
+        "import json, sys\n"
+        "import highnoon.launch.configurables, highnoon.launch.prepare_data\n"
+        "print(json.dumps(sorted({'tensorflow', 'keras', 'keras_hub'} & set(sys.modules))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
 def test_the_trainer_signature_derives_from_the_settings():
     from highnoon.training.trainer import Trainer
 
