@@ -28,8 +28,11 @@ ALLOWED = {
     "evaluation": {"utils", "data", "models", "evaluation"},
 }
 
+# matplotlib is made unimportable first: no module needs it to import (the plots import it
+# when they draw, and name the extra that installs it).
 _PROBE = """
 import importlib, json, pkgutil, sys
+sys.modules["matplotlib"] = None
 package = importlib.import_module(sys.argv[1])
 tensorflow_on_import = "tensorflow" in sys.modules
 for info in pkgutil.walk_packages(package.__path__, sys.argv[1] + "."):
@@ -41,7 +44,8 @@ print(json.dumps({"loaded": loaded, "tensorflow_on_import": tensorflow_on_import
 
 
 def _probe(package: str) -> dict:
-    """Imports ``highnoon.<package>`` and then every module in it, in a fresh interpreter."""
+    """Imports ``highnoon.<package>`` and then every module in it, in a fresh interpreter
+    (which TensorFlow is not in yet)."""
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, f"highnoon.{package}"],
         capture_output=True,
@@ -52,15 +56,69 @@ def _probe(package: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# Every package probed in one interpreter: TensorFlow and Keras (third-party) are imported once,
+# up front, and before each package every highnoon (and gin, whose registry highnoon's modules
+# fill) module is dropped from sys.modules, so each probe loads highnoon from nothing, as a fresh
+# interpreter would; TensorFlow's import (5 s of CPU) is paid once instead of per package.
+_LAYERS_PROBE = """
+import importlib, json, pkgutil, sys
+sys.modules["matplotlib"] = None
+import tensorflow, keras
+loaded = {}
+for name in sys.argv[1:]:
+    for module in [m for m in sys.modules if m.split(".")[0] in ("highnoon", "gin")]:
+        del sys.modules[module]
+    package = importlib.import_module(name)
+    for info in pkgutil.walk_packages(package.__path__, name + "."):
+        importlib.import_module(info.name)
+    loaded[name] = sorted({m.split(".")[1] for m in sys.modules if m.startswith("highnoon.")})
+print(json.dumps(loaded))
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded_by_package() -> dict[str, set[str]]:
+    """highnoon subpackage -> the highnoon subpackages importing it and all its modules loads."""
+    packages = [f"highnoon.{name}" for name in sorted(ALLOWED)]
+    out = subprocess.run(
+        [sys.executable, "-c", _LAYERS_PROBE, *packages],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    loaded = json.loads(out.strip().splitlines()[-1])
+    return {name.split(".")[1]: set(found) for name, found in loaded.items()}
+
+
 @pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_imports_run_one_way(package):
-    loaded = set(_probe(package)["loaded"])
+def test_imports_run_one_way(package, loaded_by_package):
+    loaded = loaded_by_package[package]
+    assert package in loaded  # the probe really imported it
     assert loaded <= ALLOWED[package], f"highnoon.{package} imports {loaded - ALLOWED[package]}"
 
 
 def test_the_curriculum_never_imports_tensorflow():
     probe = _probe("curriculum")
     assert probe["tensorflow_on_import"] is False and probe["tensorflow"] is False
+
+
+def test_gin_registration_and_data_preparation_import_no_tensorflow():
+    """Every launch program imports ``configurables`` before gin parses; preparing data (and
+    checking a config) builds no model, so neither that nor ``prepare_data`` may pull in
+    TensorFlow or Keras (5 s of CPU a process): the KerasHub factory imports them when called.
+    The report program imports without matplotlib, like every module the probes above load."""
+    probe = (
+        "import json, sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "import highnoon.launch.configurables, highnoon.launch.prepare_data\n"
+        "import highnoon.launch.curriculum_report\n"
+        "print(json.dumps(sorted({'tensorflow', 'keras', 'keras_hub'} & set(sys.modules))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []
 
 
 def test_the_trainer_signature_derives_from_the_settings():

@@ -250,24 +250,32 @@ def uninterrupted(tmp_path_factory, data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_step", [4, 6, 14])  # before the change to 16; at it; inside 16
-def test_a_run_interrupted_around_a_length_change_resumes_bit_identical(
-    tmp_path, data, uninterrupted, stop_step
+def test_a_run_interrupted_around_each_length_change_resumes_bit_identical(
+    tmp_path, data, uninterrupted
 ):
+    """One run stopped before the change to 16 (step 4), at it (step 6) and inside 16 (step
+    14), resumed after each stop: it ends with the uninterrupted run's tokens and weights. Each
+    resume continues from the checkpoint its stop wrote, so a wrong resume at any of the three
+    would change the end (one chain instead of three separate stop-and-resume pairs)."""
     # Calls of up to 2 steps (the log interval): the call that reaches step 6 ends at the change.
     expected_summary, expected_weights = uninterrupted
+    cut = str(tmp_path / "cut")
+    for stop_step in (4, 6, 14):
 
-    def stop(event):
-        if event["event"] == "log" and event["step"] == stop_step:
-            raise _StopAt()
+        def stop(event, stop_step=stop_step):
+            if event["event"] == "log" and event["step"] == stop_step:
+                raise _StopAt()
 
-    interrupted = _warm_trainer(tmp_path, data, model=nano_model(), steps_per_call=4)
-    interrupted.add_callback(stop)
-    with pytest.raises(_StopAt):
-        interrupted.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=2)
-    assert os.path.exists(tmp_path / "cut" / f"ckpt-{stop_step}.index")
+        interrupted = _warm_trainer(tmp_path, data, model=nano_model(), steps_per_call=4)
+        interrupted.add_callback(stop)
+        with pytest.raises(_StopAt):
+            interrupted.train(checkpoint_dir=cut, log_interval=2)
+        assert os.path.exists(os.path.join(cut, f"ckpt-{stop_step}.index"))
     resumed = _warm_trainer(tmp_path, data, model=nano_model(), steps_per_call=4)
-    summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=2)
+    starts = []
+    resumed.add_callback(lambda e: starts.append(e["step"]) if e["event"] == "log" else None)
+    summary = resumed.train(checkpoint_dir=cut, log_interval=2)
+    assert starts[0] == 16  # the last resume began after step 14
     assert summary["tokens_seen"] == expected_summary["tokens_seen"]
     for got, want in zip(_weights(resumed.model), expected_weights, strict=True):
         np.testing.assert_array_equal(got, want)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -50,9 +51,25 @@ def _interrupted_run(tmp_path, data, run_dir):
         trainer.train(checkpoint_dir=run_dir, log_interval=1)  # saves at step 5 on the way out
 
 
-def test_resume_refuses_a_stage_whose_data_changed(tmp_path, data):
-    run_dir = str(tmp_path / "run")
-    _interrupted_run(tmp_path, data, run_dir)
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> str:
+    """A run of stage "first" on ``data``'s "a" content stopped at step 5, shared by the tests
+    that resume a copy of it (the checkpoint records the store's content hash, not its path,
+    so each test's own copy of the sources is the same data)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    sources = {"a": write_jsonl(str(root / "a.jsonl"), corpus(0, 48))}
+    _interrupted_run(root, sources, str(root / "run"))
+    return str(root / "run")
+
+
+def _copy_of(run_dir: str, tmp_path) -> str:
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_resume_refuses_a_stage_whose_data_changed(tmp_path, data, interrupted):
+    run_dir = _copy_of(interrupted, tmp_path)
     write_jsonl(data["a"], corpus(7, 48))  # the same file, other samples
     again = make_trainer(tmp_path)
     again.add_curriculum_stage("first", [data["a"]], epochs=2)
@@ -65,9 +82,8 @@ def test_resume_refuses_a_stage_whose_data_changed(tmp_path, data):
     assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-5")  # nothing written
 
 
-def test_resume_refuses_changed_stream_settings(tmp_path, data):
-    run_dir = str(tmp_path / "run")
-    _interrupted_run(tmp_path, data, run_dir)
+def test_resume_refuses_changed_stream_settings(tmp_path, data, interrupted):
+    run_dir = _copy_of(interrupted, tmp_path)
     again = make_trainer(tmp_path)
     again.add_curriculum_stage("first", [data["a"]], epochs=2, initial_fraction=0.5)
     with pytest.raises(
@@ -77,15 +93,14 @@ def test_resume_refuses_changed_stream_settings(tmp_path, data):
         again.train(checkpoint_dir=run_dir)
 
 
-def test_allow_data_change_restarts_the_stage_on_the_new_data(tmp_path, data):
-    run_dir = str(tmp_path / "run")
-    _interrupted_run(tmp_path, data, run_dir)
+def test_allow_data_change_restarts_the_stage_on_the_new_data(tmp_path, data, interrupted):
+    run_dir = _copy_of(interrupted, tmp_path)
     write_jsonl(data["a"], corpus(7, 48))
-    reference = make_trainer(tmp_path)
-    reference.add_curriculum_stage("first", [data["a"]], epochs=2)
-    stage_steps = reference.train(save_checkpoints=False)["total_steps"]
     again = make_trainer(tmp_path, allow_data_change=True)
     again.add_curriculum_stage("first", [data["a"]], epochs=2)
+    # the whole stage's steps on the new data (planned steps are trained steps:
+    # test_curriculum_report.py)
+    stage_steps = again.plan(epochs_per_stage=None)[0].planned_steps()
     summary = again.train(checkpoint_dir=run_dir)
     assert summary["total_steps"] == 5 + stage_steps  # step count continues, stream restarts
     (change,) = summary["data_changes"]

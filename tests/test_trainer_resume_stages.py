@@ -5,6 +5,7 @@ notebook calling train() again and again never retraces the start-up check."""
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -19,15 +20,49 @@ from tests.trainer_helpers import corpus, make_trainer, nano_model, write_jsonl
 PEAK = 3e-3  # make_trainer's learning rate
 
 
-@pytest.fixture()
-def data(tmp_path, monkeypatch):
-    """Three 16-sample sources (4 steps per epoch at batch 4); the working directory is
-    ``tmp_path``, so ``./checkpoints`` is the documented relative default."""
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Three 16-sample sources (4 steps per epoch at batch 4), shared by the module."""
+    root = tmp_path_factory.mktemp("sources")
     return {
-        name: write_jsonl(str(tmp_path / f"{name}.jsonl"), corpus(seed, 16))
+        name: write_jsonl(str(root / f"{name}.jsonl"), corpus(seed, 16))
         for seed, name in enumerate("abc")
     }
+
+
+@pytest.fixture()
+def data(tmp_path, monkeypatch, sources):
+    """The sources; the working directory is ``tmp_path``, so ``./checkpoints`` is the
+    documented relative default."""
+    monkeypatch.chdir(tmp_path)
+    return sources
+
+
+def _copy_run(run: str, to: str) -> None:
+    """A module fixture's finished run, copied for one test to continue or refuse (checkpoints
+    name their files relative to their directory, so a copy resumes like the original)."""
+    shutil.copytree(run, to)
+
+
+@pytest.fixture(scope="module")
+def finished_ab(tmp_path_factory, sources) -> str:
+    """A finished run of stages a and b (8 steps): the directory tests copy and change."""
+    root = tmp_path_factory.mktemp("finished_ab")
+    first = _trainer(root, [("a", "a"), ("b", "b")], sources)
+    assert first.train(checkpoint_dir=str(root / "ck"))["total_steps"] == 8
+    return str(root / "ck")
+
+
+@pytest.fixture(scope="module")
+def finished_a(tmp_path_factory, sources) -> tuple[str, str, dict[str, list[float]]]:
+    """A finished run of stage a (4 steps) and its ``Trainer.save``: (checkpoint dir, saved
+    dir, learning rate of every step by stage)."""
+    root = tmp_path_factory.mktemp("finished_a")
+    first = _trainer(root, [("a", "a")], sources)
+    rates = _rates(first)
+    first.train(checkpoint_dir=str(root / "ck"), log_interval=1)
+    first.save(str(root / "saved"))
+    return str(root / "ck"), str(root / "saved"), rates
 
 
 def _trainer(tmp_path, stages, data, **kwargs):
@@ -51,9 +86,8 @@ def _rates(trainer):
 
 
 # -- item: another curriculum in a used directory ---------------------------------------------
-def test_a_different_curriculum_in_a_used_directory_is_refused(tmp_path, data):
-    first = _trainer(tmp_path, [("a", "a"), ("b", "b")], data)
-    assert first.train(checkpoint_dir="./ck")["total_steps"] == 8
+def test_a_different_curriculum_in_a_used_directory_is_refused(tmp_path, data, finished_ab):
+    _copy_run(finished_ab, "ck")  # stages a and b, 8 steps
     other = _trainer(tmp_path, [("x", "a"), ("y", "c"), ("z", "c")], data)
     with pytest.raises(DataChangedError) as caught:
         other.train(checkpoint_dir="./ck")
@@ -72,8 +106,8 @@ def test_a_different_curriculum_in_a_used_directory_is_refused(tmp_path, data):
     assert tf.train.latest_checkpoint("ck").endswith("ckpt-8")  # nothing written
 
 
-def test_allow_data_change_keeps_the_trained_stages_and_records_them(tmp_path, data):
-    _trainer(tmp_path, [("a", "a"), ("b", "b")], data).train(checkpoint_dir="./ck")
+def test_allow_data_change_keeps_the_trained_stages_and_records_them(tmp_path, data, finished_ab):
+    _copy_run(finished_ab, "ck")  # stages a and b, 8 steps
     other = _trainer(tmp_path, [("x", "a"), ("b", "b"), ("z", "c")], data, allow_data_change=True)
     summary = other.train(checkpoint_dir="./ck")
     assert summary["total_steps"] == 12  # only z trained
@@ -100,11 +134,12 @@ def test_allow_data_change_keeps_the_trained_stages_and_records_them(tmp_path, d
 
 
 # -- appended stages ---------------------------------------------------------------------------
-def test_a_stage_added_after_load_of_a_finished_run_gets_its_own_schedule(tmp_path, data, capsys):
-    first = _trainer(tmp_path, [("a", "a")], data)
-    first_rates = _rates(first)
-    first.train(log_interval=1)  # checkpoint_dir defaults to ./checkpoints
-    first.save("./saved")
+def test_a_stage_added_after_load_of_a_finished_run_gets_its_own_schedule(
+    tmp_path, data, finished_a, capsys
+):
+    checkpoints, saved, first_rates = finished_a
+    _copy_run(checkpoints, "checkpoints")  # train()'s default checkpoint_dir, ./checkpoints
+    _copy_run(saved, "saved")
     capsys.readouterr()
     loaded = Trainer.load("./saved", nano_model(), verbose=True)
     loaded.add_curriculum_stage("c", [data["c"]], epochs=1)
@@ -118,8 +153,10 @@ def test_a_stage_added_after_load_of_a_finished_run_gets_its_own_schedule(tmp_pa
     assert "resuming at step 4 after the finished stage(s) ['a']; appending stage(s) ['c']" in lines
 
 
-def test_continue_schedule_extends_the_old_schedule_and_dir_latest_is_the_dir(tmp_path, data):
-    _trainer(tmp_path, [("a", "a")], data).train(checkpoint_dir="./ck")
+def test_continue_schedule_extends_the_old_schedule_and_dir_latest_is_the_dir(
+    tmp_path, data, finished_a
+):
+    _copy_run(finished_a[0], "ck")  # stage a, 4 steps
     more = _trainer(tmp_path, [("a", "a"), ("c", "c")], data, continue_schedule=True)
     rates = _rates(more)
     summary = more.train(resume_from="ck/latest", checkpoint_dir="./ck2", log_interval=1)

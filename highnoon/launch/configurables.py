@@ -24,7 +24,7 @@ from highnoon.data import registry as _registry
 from highnoon.data import stage_data as _stage_data
 from highnoon.distribute import strategy as _strategy
 from highnoon.models import factory as _factory
-from highnoon.models import kerashub as _kerashub
+from highnoon.models import kerashub_factory as _kerashub
 from highnoon.utils.validation import InvalidArgumentError
 
 

@@ -17,8 +17,9 @@ same logits as each document alone). Other backbones are refused with ``pack=Tru
 ``sharding='full'`` is refused: the backbone is a functional model called whole; it has no
 weight segments to gather one block at a time.
 
-keras_hub is imported only when a function here needs it (``causal_lm``); a model object of
-its classes can only exist if it is installed.
+keras_hub is imported only when a function here needs it; a model object of its classes can
+only exist if it is installed. ``causal_lm``, the factory a gin file binds, lives in
+``kerashub_factory`` (no Keras on import) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -31,10 +32,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from highnoon.models import kerashub_factory as _factory
 from highnoon.models.contract import ModelContractError, is_kerashub_causal_lm
 from highnoon.utils import validation as v
 
-INSTALL_HINT = "pip install 'highnoon[kerashub]' (keras-hub>=0.32,<0.33)"
+# The factory and its helpers live in kerashub_factory (importable without Keras); their names
+# stay here too.
+INSTALL_HINT = _factory.INSTALL_HINT
+causal_lm = _factory.causal_lm
+import_keras_hub = _factory.import_keras_hub
+is_kerashub_causal_lm_class = _factory.is_kerashub_causal_lm_class
 
 # Backbones whose layers take per-document positions and attention masks through their own
 # call arguments (PositionEmbedding(positions=), TransformerDecoder(decoder_attention_mask=)):
@@ -52,17 +59,6 @@ LIMITS = {
         "to gather block by block"
     ),
 }
-
-
-def import_keras_hub() -> Any:
-    """keras_hub, or an error naming the extra that installs it."""
-    try:
-        import keras_hub
-    except ImportError as error:
-        raise ModelContractError(
-            f"KerasHub models need the keras-hub package: {INSTALL_HINT}"
-        ) from error
-    return keras_hub
 
 
 class KerasHubLM(keras.Model):
@@ -166,56 +162,6 @@ def _packed_gpt2(backbone: Any, ids: Any, positions: Any, segment_ids: Any, trai
     return backbone.token_embedding(x, reverse=True)
 
 
-def causal_lm(
-    task: str = "GPT2CausalLM",
-    *,
-    preset: str | None = None,
-    load_weights: bool = False,
-    backbone: dict[str, Any] | None = None,
-    seed: int = 0,
-    tokenizer: Any = None,
-) -> keras.Model:
-    """A KerasHub causal LM without a preprocessor, from a config or a local preset (no
-    download): the model factory a gin file binds (``gin/runs/kerashub_gpt2.gin``).
-
-    Args:
-      task: the class in ``keras_hub.models``, e.g. ``"GPT2CausalLM"``, ``"LlamaCausalLM"``,
-        ``"GemmaCausalLM"``.
-      preset: a preset directory (``save_to_preset``) or a preset KerasHub has cached; with
-        ``load_weights=False`` only its config is used.
-      backbone: the backbone's constructor arguments (instead of ``preset``); a missing
-        ``vocabulary_size`` is the tokenizer's.
-      seed: the initial weights' seed (every worker builds the same weights).
-      tokenizer: the run's tokenizer (``run_training`` passes it); sizes the vocabulary.
-
-    Weights are created under the strategy in scope (``build_trainer`` calls the factory
-    inside it), as ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy`` need.
-    """
-    keras_hub = import_keras_hub()
-    task = v.check_str("task", task)
-    cls = getattr(keras_hub.models, task, None)
-    if cls is None or not is_kerashub_causal_lm_class(cls):
-        known = sorted(n for n in dir(keras_hub.models) if n.endswith("CausalLM"))
-        raise v.InvalidArgumentError(
-            f"task={task!r} is not a CausalLM class of keras_hub.models; use one of {known}"
-        )
-    if (preset is None) == (backbone is None):
-        raise v.InvalidArgumentError(
-            "causal_lm: give the model as preset= (a preset directory) or as backbone= (a "
-            "dict of the backbone's arguments), exactly one"
-        )
-    v.check_int("seed", seed)
-    keras.utils.set_random_seed(seed)
-    if preset is not None:
-        v.check_str("preset", preset)
-        return cls.from_preset(preset, load_weights=v.check_bool("load_weights", load_weights),
-                               preprocessor=None)  # fmt: skip
-    arguments = dict(v.check_mapping("backbone", backbone))
-    if "vocabulary_size" not in arguments and tokenizer is not None:
-        arguments["vocabulary_size"] = int(tokenizer.vocab_size)
-    return cls(backbone=cls.backbone_cls(**arguments), preprocessor=None)
-
-
 def from_model_config(config: dict[str, Any]) -> keras.Model:
     """The CausalLM (no preprocessor, fresh weights) that ``KerasHubLM.config`` describes: the
     architecture ``model_config.json`` records beside a checkpoint."""
@@ -248,13 +194,6 @@ def load_checkpoint(prefix: str, config: dict[str, Any], source: str) -> keras.M
             f"{source} describes ({str(error).splitlines()[0][:200]})"
         ) from error
     return causal
-
-
-def is_kerashub_causal_lm_class(cls: type) -> bool:
-    return any(
-        base.__name__ == "CausalLM" and base.__module__.startswith("keras_hub")
-        for base in cls.__mro__
-    )
 
 
 def generate(
