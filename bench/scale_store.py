@@ -12,8 +12,10 @@ every block a read touches is CRC-checked), with realistic features and no real 
   CRC32Cs those of ``2 * length`` zero bytes, computed without writing or reading it.
 
 CRC32Cs of the real files are computed while they are written (``BlockCrc``), so nothing is read
-back. Shard names, ``shard.json`` (``canonical_json``) and the manifest (``store_manifest``,
-fingerprint included) come from the store's own writer (``highnoon.data.shards``).
+back; each file's block size is the writer's (``shards.file_block_bytes``: 4 KiB pages for the
+sample-indexed files, 1 MiB for ``tokens.bin``). Shard names, ``shard.json``
+(``canonical_json``) and the manifest (``store_manifest``, fingerprint included) come from the
+store's own writer (``highnoon.data.shards``).
 
     python bench/scale_store.py --num_samples=10000000 --path=/tmp/scale/1e7
 """
@@ -100,8 +102,8 @@ def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: b
         directory = os.path.join(path, name)
         os.makedirs(directory, exist_ok=True)
         first, last = s * SHARD_SAMPLES, min((s + 1) * SHARD_SAMPLES, num_samples)
-        files = {f: BlockCrc(os.path.join(directory, f), block)
-                 for f in (shards.OFFSETS, shards.LENGTHS, shards.SURPRISAL, shards.SAMPLE_CRC)}  # fmt: skip
+        files = {f: BlockCrc(os.path.join(directory, f), shards.file_block_bytes(f, block))
+                 for f in shards.SAMPLE_INDEXED}  # fmt: skip
         position = 0
         for start in range(first, last, CHUNK):
             lengths, surprisal = synthetic_features(start, min(CHUNK, last - start), seed)
@@ -116,8 +118,9 @@ def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: b
         with open(os.path.join(directory, shards.TOKENS), "wb") as handle:
             handle.truncate(tokens_bytes)  # sparse: zeros, nothing on disk
         file_meta = {f: w.close() for f, w in files.items()}
-        file_meta[shards.TOKENS] = {"size": tokens_bytes, "block_bytes": block,
-                                    "crc32c": _zero_crcs(tokens_bytes, block)}  # fmt: skip
+        token_block = shards.file_block_bytes(shards.TOKENS, block)
+        file_meta[shards.TOKENS] = {"size": tokens_bytes, "block_bytes": token_block,
+                                    "crc32c": _zero_crcs(tokens_bytes, token_block)}  # fmt: skip
         meta = {"num_samples": last - first, "num_tokens": position, "first_sample": first,
                 "max_token_id": max_id, "skipped_empty": 0,
                 "files": {f: file_meta[f] for f in shards.SHARD_FILES}}  # fmt: skip

@@ -83,13 +83,12 @@ def _file_version(path: str) -> tuple[Any, ...]:
 class MappedFile:
     """A local store file through a memory map (``BlockFile``); blocks verified on first touch."""
 
-    def __init__(
-        self, path: str, size: int, block_bytes: int, crc32c: list[int], *, label: str
-    ) -> None:
+    def __init__(self, path: str, size: int, block_bytes: int, crc32c: Any, *, label: str) -> None:
         self.path = path
         self.size = int(size)
         self.block_bytes = int(block_bytes)
-        self.crc32c = [int(c) for c in crc32c]
+        # 4 bytes a block (a list of ints costs ~36): small blocks make long lists
+        self.crc32c = np.asarray(crc32c, dtype=np.uint32).reshape(-1)
         self.label = label
         self.bytes_read = 0
         num_blocks = -(-self.size // self.block_bytes)
@@ -149,9 +148,9 @@ class MappedFile:
                 chunk = os.pread(handle.fileno(), min(self.block_bytes, self.size - start), start)
                 self.bytes_read += len(chunk)
                 actual = int(google_crc32c.value(chunk))
-                if actual != self.crc32c[block]:
+                if actual != int(self.crc32c[block]):
                     raise crc_mismatch(self.label, block, self.block_bytes, self.size, actual,
-                                       self.crc32c[block])  # fmt: skip
+                                       int(self.crc32c[block]))  # fmt: skip
                 self._verified[block] = True
                 self._unverified -= 1
 

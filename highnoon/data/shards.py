@@ -14,7 +14,8 @@ headers, so any byte range of them can be read on its own:
   without fetching the whole block around it (``remote_samples.py``);
 * ``shard.json``         counts, ``first_sample`` (global index of its first sample), largest id,
   empty samples skipped, and per file its size and the CRC32C of every ``block_bytes`` block
-  (the last one short), which readers check the first time they read a block (``blocks.py``).
+  (the last one short), which readers check the first time they read a block (``blocks.py``):
+  1 MiB for ``tokens.bin``, a 4 KiB page for the sample-indexed files (``file_block_bytes``).
 
 How a store is written, in one process or spread over many (Beam workers):
 
@@ -48,7 +49,8 @@ from highnoon.utils.hashing import sha256_file, sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_int, check_positive_int
 
 FORMAT_VERSION = 2
-BLOCK_BYTES = 1 << 20  # CRC32C granularity: 1 MiB, a cheap check per range read
+BLOCK_BYTES = 1 << 20  # CRC32C granularity of tokens.bin: 1 MiB, a cheap check per range read
+SAMPLE_BLOCK_BYTES = 1 << 12  # of the files read per sample at random: a page (file_block_bytes)
 MANIFEST = "manifest.json"
 SHARD_MANIFEST = "shard.json"
 TOKENS = "tokens.bin"
@@ -57,6 +59,7 @@ LENGTHS = "lengths.bin"
 SURPRISAL = "surprisal_sum.bin"
 SAMPLE_CRC = "sample_crc32c.bin"
 SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)
+SAMPLE_INDEXED = (OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)  # one element per sample
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 _WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
 _CRC_READ = 64  # blocks read at a time when checksumming a file
@@ -85,6 +88,17 @@ def _check_block_bytes(block_bytes: int) -> int:
     if block_bytes % 8:  # an element of any store file never straddles two blocks
         raise InvalidArgumentError(f"block_bytes={block_bytes} must be a multiple of 8")
     return block_bytes
+
+
+def file_block_bytes(name: str, block_bytes: int = BLOCK_BYTES) -> int:
+    """The CRC32C block size of shard file ``name`` in a shard written with ``block_bytes``:
+    ``block_bytes`` for ``tokens.bin`` (read in runs of whole samples), at most
+    ``SAMPLE_BLOCK_BYTES`` for the sample-indexed files, which a host reads a few elements at a
+    time at random (a packed host reads the length of every sample of a global step): a first
+    read checks a page, not a MiB. Each file's size is in its ``shard.json`` entry, so readers
+    need no rule (docs/design.md, "Block sizes per file")."""
+    block_bytes = _check_block_bytes(block_bytes)
+    return min(block_bytes, SAMPLE_BLOCK_BYTES) if name in SAMPLE_INDEXED else block_bytes
 
 
 def crc32c_blocks(data: Any, block_bytes: int = BLOCK_BYTES) -> list[int]:
@@ -280,10 +294,11 @@ def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample
     files = {}
     for name in SHARD_FILES:
         path = os.path.join(directory, name)
+        file_block = file_block_bytes(name, block_bytes)
         files[name] = {
             "size": os.path.getsize(path),
-            "block_bytes": block_bytes,
-            "crc32c": crc32c_file(path, block_bytes),
+            "block_bytes": file_block,
+            "crc32c": crc32c_file(path, file_block),
         }
     manifest = {
         "num_samples": int(offsets.size - 1),
