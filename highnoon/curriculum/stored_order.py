@@ -231,10 +231,7 @@ def _write_one(
         out.flush()
         os.fsync(out.fileno())
     local_crc = os.path.join(tmp, "order.crc32c")
-    with open(local_crc, "wb") as out:
-        out.write(np.asarray(crc32c_file(local_bin, block_bytes), dtype="<u4").tobytes())
-        out.flush()
-        os.fsync(out.fileno())
+    crc_sha256 = write_block_crcs(local_bin, block_bytes, local_crc)
     meta = {
         "format": FORMAT,
         "strategy": strategy,
@@ -244,12 +241,22 @@ def _write_one(
         "scores_fingerprint": digest.fingerprint(),
         "scale": scale.to_json(),
         "block_bytes": block_bytes,
-        "block_crc32c_sha256": sha256_file(local_crc),
+        "block_crc32c_sha256": crc_sha256,
     }
     _publish(local_bin, bin_path)
     _publish(local_crc, order_crc_path(store.path, strategy))
     atomic_write_text(json_path, json.dumps(meta, sort_keys=True))
     return bin_path
+
+
+def write_block_crcs(bin_path: str, block_bytes: int, crc_path: str) -> str:
+    """Write the CRC32C of every ``block_bytes`` block of the local ``bin_path`` to
+    ``crc_path`` (``<u4``, synced); returns its sha256 (the json's ``block_crc32c_sha256``)."""
+    with open(crc_path, "wb") as out:
+        out.write(np.asarray(crc32c_file(bin_path, block_bytes), dtype="<u4").tobytes())
+        out.flush()
+        os.fsync(out.fileno())
+    return sha256_file(crc_path)
 
 
 def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:
