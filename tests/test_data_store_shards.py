@@ -343,8 +343,9 @@ def test_features_of_a_range_or_of_given_samples_read_only_those(stores):
 
 
 def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkeypatch):
-    """``MappedFile.read`` of a range of at least ``RELEASE_BYTES`` drops the pages it mapped
-    (a scan keeps O(read) resident memory); the bytes read before and after are the same."""
+    """``MappedFile.read`` of a range of at least ``RELEASE_BYTES``, and a take spread over one,
+    drop the pages they mapped (a scan or random reads keep O(read) resident memory); the
+    bytes read before and after are the same."""
     from highnoon.data import blocks
     from highnoon.data.shards import crc32c_blocks
 
@@ -364,4 +365,8 @@ def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkey
     np.testing.assert_array_equal(mapped.read(0, 100), data[:100])  # small: kept mapped
     np.testing.assert_array_equal(mapped.read(0, data.size), data)
     np.testing.assert_array_equal(mapped.take(np.array([5, 12000]), np.uint8), data[[5, 12000]])
-    assert released == [(10, data.size), (0, data.size)]
+    np.testing.assert_array_equal(mapped.take(np.array([7, 5]), np.uint8), data[[7, 5]])  # kept
+    # a take spread over RELEASE_BYTES or more unmaps its span too (random reads map ~16 pages
+    # around each one they touch)
+    assert released == [(10, data.size), (0, data.size), (5, 12001)]
+    np.testing.assert_array_equal(mapped.take(np.array([12000, 5]), np.uint8), data[[12000, 5]])

@@ -27,7 +27,7 @@ import numpy as np
 from highnoon.data.store_errors import StoreError
 
 RACY_SECONDS = 2.0
-RELEASE_BYTES = 16 << 20  # reads at least this large unmap their pages afterwards
+RELEASE_BYTES = 16 << 20  # reads (and takes) spanning this much unmap their pages afterwards
 
 # file version -> bitmap of verified blocks, shared by the MappedFiles of one process
 _BITMAPS: dict[tuple[Any, ...], np.ndarray] = {}
@@ -185,7 +185,8 @@ class MappedFile:
         view = self._view(dtype)
         if positions.size == 0:
             return np.zeros(positions.shape, dtype=dtype)
-        if self._unverified or positions.min() < 0:  # np.take itself refuses positions >= size
+        low, high = int(positions.min()), int(positions.max())
+        if self._unverified or low < 0:  # np.take itself refuses positions >= size
             self._check_take(positions, view.size, dtype)
         try:
             values = np.take(view, positions)
@@ -193,6 +194,10 @@ class MappedFile:
             self._check_take(positions, view.size, dtype)
             raise
         self.bytes_read += positions.size * dtype.itemsize
+        if (high - low) * dtype.itemsize >= RELEASE_BYTES:
+            # spread positions (a packed step's lengths, random rows): the kernel maps ~16
+            # pages around each one touched; unmap them so RSS stays O(take), not O(file)
+            self._release(low * dtype.itemsize, (high + 1) * dtype.itemsize)
         return values
 
     def _check_take(self, positions: np.ndarray, count: int, dtype: np.dtype) -> None:
