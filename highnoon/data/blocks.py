@@ -195,8 +195,10 @@ class MappedFile:
             raise
         self.bytes_read += positions.size * dtype.itemsize
         if (high - low) * dtype.itemsize >= RELEASE_BYTES:
-            # spread positions (a packed step's lengths, random rows): the kernel maps ~16
-            # pages around each one touched; unmap them so RSS stays O(take), not O(file)
+            # spread positions (a packed step's lengths, random rows): a fault on a file map
+            # maps the page-cache folio around the page (~500 KiB each here), so the pages
+            # stayed in RSS and grew with every new page a run touched; unmapped after each
+            # take, RSS is bounded by one take's span (unmapping per chunk cost 7x the take)
             self._release(low * dtype.itemsize, (high + 1) * dtype.itemsize)
         return values
 
