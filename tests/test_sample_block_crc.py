@@ -14,7 +14,7 @@ import pytest
 from highnoon.data import shards
 from highnoon.data.store import StoreError, TokenStore
 from highnoon.data.tokenizers import load_tokenizer
-from tests.remote_store_helpers import ram_copy, write_store
+from tests.remote_store_helpers import flip_byte, ram_copy, write_store
 
 N = 1500  # 1 500 samples a shard: lengths.bin spans 3 pages (512 samples a page)
 
@@ -22,14 +22,6 @@ N = 1500  # 1 500 samples a shard: lengths.bin spans 3 pages (512 samples a page
 def _store(tmp_path, block_bytes: int = shards.BLOCK_BYTES) -> str:
     lengths = np.random.default_rng(3).integers(1, 4, size=2 * N)
     return write_store(str(tmp_path / "s"), lengths, num_shards=2, block_bytes=block_bytes)
-
-
-def _flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([byte ^ 1]))
 
 
 def test_the_block_size_of_each_file():
@@ -59,7 +51,7 @@ def test_shard_json_records_each_files_block_size_and_crcs(tmp_path):
 def test_a_flipped_length_is_found_at_read_with_shard_block_and_offset(tmp_path, where):
     path = _store(tmp_path)
     shard = shards.shard_name(1, 2)
-    _flip(os.path.join(path, shard, shards.LENGTHS), 4096 + 8 * 10)  # sample N + 522, page 1
+    flip_byte(os.path.join(path, shard, shards.LENGTHS), 4096 + 8 * 10)  # sample N + 522, page 1
     store = TokenStore.open(path if where == "local" else ram_copy(path))
     expected = np.random.default_rng(3).integers(1, 4, size=2 * N) + 1  # EOS included
     # pages 0 and 2 of the same file are intact: a page, not a MiB, is checked
@@ -77,7 +69,7 @@ def test_a_flipped_length_is_found_at_read_with_shard_block_and_offset(tmp_path,
 def test_a_flipped_offset_is_found_when_the_sample_is_read(tmp_path):
     path = _store(tmp_path)
     shard = shards.shard_name(0, 2)
-    _flip(os.path.join(path, shard, shards.OFFSETS), 8192 + 3)  # offsets of samples 1024..
+    flip_byte(os.path.join(path, shard, shards.OFFSETS), 8192 + 3)  # offsets of samples 1024..
     store = TokenStore.open(path)
     assert store.sample(3).size > 0
     with pytest.raises(StoreError, match=rf"{shard}/offsets.bin: block 2 \(byte offset 8192"):
@@ -88,7 +80,7 @@ def test_verify_checks_every_page_of_every_file(tmp_path):
     path = _store(tmp_path)
     shard = shards.shard_name(1, 2)
     TokenStore.open(path).verify()
-    _flip(os.path.join(path, shard, shards.SURPRISAL), 2 * 4096 + 1)
+    flip_byte(os.path.join(path, shard, shards.SURPRISAL), 2 * 4096 + 1)
     with pytest.raises(StoreError, match=rf"{shard}/surprisal_sum.bin: block 2 \(byte offset 8192"):
         TokenStore.open(path).verify()
 
@@ -119,6 +111,34 @@ def test_a_store_with_1_mib_blocks_everywhere_still_reads(tmp_path):
     for store in (TokenStore.open(path), TokenStore.open(ram_copy(path))):
         np.testing.assert_array_equal(store.lengths_at([0, N + 1400]), expected[[0, N + 1400]])
         store.verify()
-    _flip(os.path.join(path, names[1], shards.LENGTHS), 4096 + 80)
+    flip_byte(os.path.join(path, names[1], shards.LENGTHS), 4096 + 80)
     with pytest.raises(StoreError, match=rf"{names[1]}/lengths.bin: block 0 \(byte offset 0, "):
         TokenStore.open(path).lengths_at([N + 5])  # the whole MiB block, as recorded
+
+
+def test_a_sparse_take_reads_by_pread_the_same_values_and_checks_blocks(tmp_path, monkeypatch):
+    """A take spread over ``RELEASE_BYTES`` asking under 1/``SPARSE_RATIO`` of its bytes is
+    read by ``pread`` (a fault on the map would map ~500 KiB around each element): the values
+    are ``np.take``'s, any shape and dtype, and blocks are still checked first."""
+    from highnoon.data import blocks
+
+    data = np.random.default_rng(0).integers(0, 1 << 40, size=6000).astype("<i8")
+    path = tmp_path / "f.bin"
+    path.write_bytes(data.tobytes())
+    monkeypatch.setattr(blocks, "RELEASE_BYTES", 4096)
+    reads = []
+    real = blocks.MappedFile._pread_take
+    monkeypatch.setattr(blocks.MappedFile, "_pread_take",
+                        lambda self, p, d: reads.append(p.size) or real(self, p, d))  # fmt: skip
+    crcs = shards.crc32c_blocks(data, 4096)
+    mapped = blocks.MappedFile(str(path), data.nbytes, 4096, crcs, label="f")
+    positions = np.array([[5999, 3, 4, 3], [2000, 5, 5998, 6]])
+    np.testing.assert_array_equal(mapped.take(positions, "<i8"), data[positions])
+    halves = data.view("<i4")
+    np.testing.assert_array_equal(mapped.take(positions * 2 + 1, "<i4"), halves[positions * 2 + 1])
+    np.testing.assert_array_equal(mapped.take(np.arange(0, 6000, 3), "<i8"), data[::3])  # dense
+    assert reads == [8, 8]
+    flip_byte(str(path), 8 * 2000 + 1)  # block 3 (of 4 096 bytes)
+    fresh = blocks.MappedFile(str(path), data.nbytes, 4096, crcs, label="f")
+    with pytest.raises(StoreError, match=r"f: block 3 \(byte offset 12288"):
+        fresh.take(positions, "<i8")
