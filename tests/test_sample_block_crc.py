@@ -1,4 +1,4 @@
-"""Block sizes per shard file: tokens in 1 MiB blocks, the sample-indexed files in 4 KiB pages
+"""Block sizes per shard file: ``lengths.bin`` in 4 KiB pages, the others in 1 MiB blocks
 (``shards.file_block_bytes``). A flipped byte is still found at read, naming the shard, file,
 block and byte offset, locally and by range; stores written before (1 MiB everywhere) still
 read."""
@@ -25,11 +25,11 @@ def _store(tmp_path, block_bytes: int = shards.BLOCK_BYTES) -> str:
 
 
 def test_the_block_size_of_each_file():
-    assert shards.file_block_bytes(shards.TOKENS) == 1 << 20
-    for name in shards.SAMPLE_INDEXED:
-        assert shards.file_block_bytes(name) == 4096
-        assert shards.file_block_bytes(name, 64) == 64  # never larger than the shard's own
-    assert shards.file_block_bytes(shards.TOKENS, 64) == 64
+    assert shards.file_block_bytes(shards.LENGTHS) == 4096
+    assert shards.file_block_bytes(shards.LENGTHS, 64) == 64  # never larger than the shard's
+    for name in (shards.TOKENS, shards.OFFSETS, shards.SURPRISAL, shards.SAMPLE_CRC):
+        assert shards.file_block_bytes(name) == 1 << 20
+        assert shards.file_block_bytes(name, 64) == 64
     assert set(shards.SAMPLE_INDEXED) | {shards.TOKENS} == set(shards.SHARD_FILES)
 
 
@@ -39,7 +39,7 @@ def test_shard_json_records_each_files_block_size_and_crcs(tmp_path):
     with open(os.path.join(shard, shards.SHARD_MANIFEST), encoding="utf-8") as handle:
         files = json.load(handle)["files"]
     for name, meta in files.items():
-        block = 1 << 20 if name == shards.TOKENS else 4096
+        block = 4096 if name == shards.LENGTHS else 1 << 20
         assert meta["block_bytes"] == block
         assert meta["crc32c"] == shards.crc32c_file(os.path.join(shard, name), block)
     assert len(files[shards.LENGTHS]["crc32c"]) == 3  # 12 000 bytes in pages of 4 096
@@ -71,17 +71,17 @@ def test_a_flipped_offset_is_found_when_the_sample_is_read(tmp_path):
     shard = shards.shard_name(0, 2)
     flip_byte(os.path.join(path, shard, shards.OFFSETS), 8192 + 3)  # offsets of samples 1024..
     store = TokenStore.open(path)
-    assert store.sample(3).size > 0
-    with pytest.raises(StoreError, match=rf"{shard}/offsets.bin: block 2 \(byte offset 8192"):
-        store.sample(1030)
+    assert store.sample(N + 3).size > 0  # the other shard
+    with pytest.raises(StoreError, match=rf"{shard}/offsets.bin: block 0 \(byte offset 0, "):
+        store.sample(3)  # a 1 MiB block: the whole file
 
 
 def test_verify_checks_every_page_of_every_file(tmp_path):
     path = _store(tmp_path)
     shard = shards.shard_name(1, 2)
     TokenStore.open(path).verify()
-    flip_byte(os.path.join(path, shard, shards.SURPRISAL), 2 * 4096 + 1)
-    with pytest.raises(StoreError, match=rf"{shard}/surprisal_sum.bin: block 2 \(byte offset 8192"):
+    flip_byte(os.path.join(path, shard, shards.LENGTHS), 2 * 4096 + 1)
+    with pytest.raises(StoreError, match=rf"{shard}/lengths.bin: block 2 \(byte offset 8192"):
         TokenStore.open(path).verify()
 
 

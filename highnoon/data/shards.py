@@ -15,7 +15,7 @@ headers, so any byte range of them can be read on its own:
 * ``shard.json``         counts, ``first_sample`` (global index of its first sample), largest id,
   empty samples skipped, and per file its size and the CRC32C of every ``block_bytes`` block
   (the last one short), which readers check the first time they read a block (``blocks.py``):
-  1 MiB for ``tokens.bin``, a 4 KiB page for the sample-indexed files (``file_block_bytes``).
+  a 4 KiB page for ``lengths.bin``, 1 MiB for the others (``file_block_bytes``).
 
 How a store is written, in one process or spread over many (Beam workers):
 
@@ -60,6 +60,10 @@ SURPRISAL = "surprisal_sum.bin"
 SAMPLE_CRC = "sample_crc32c.bin"
 SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)
 SAMPLE_INDEXED = (OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)  # one element per sample
+# read at every host per sample of every global step (packing): checked in pages. The other
+# sample-indexed files are read per host row; their CRC lists would cost more at open than
+# their 1 MiB blocks cost in reads while the lists are JSON (BENCHMARKS.md, issue 21)
+RANDOM_READ = (LENGTHS,)
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 _WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
 _CRC_READ = 64  # blocks read at a time when checksumming a file
@@ -91,14 +95,14 @@ def _check_block_bytes(block_bytes: int) -> int:
 
 
 def file_block_bytes(name: str, block_bytes: int = BLOCK_BYTES) -> int:
-    """The CRC32C block size of shard file ``name`` in a shard written with ``block_bytes``:
-    ``block_bytes`` for ``tokens.bin`` (read in runs of whole samples), at most
-    ``SAMPLE_BLOCK_BYTES`` for the sample-indexed files, which a host reads a few elements at a
-    time at random (a packed host reads the length of every sample of a global step): a first
-    read checks a page, not a MiB. Each file's size is in its ``shard.json`` entry, so readers
-    need no rule (docs/design.md, "Block sizes per file")."""
+    """The CRC32C block size of shard file ``name`` in a shard written with ``block_bytes``: at
+    most ``SAMPLE_BLOCK_BYTES`` for ``lengths.bin`` (``RANDOM_READ``), which every packed host
+    reads one element at a time at random (the length of every sample of a global step): a
+    first read checks a page, not a MiB. ``block_bytes`` for the others. Each file's size is in
+    its ``shard.json`` entry, so readers need no rule (docs/design.md, "Block sizes per
+    file")."""
     block_bytes = _check_block_bytes(block_bytes)
-    return min(block_bytes, SAMPLE_BLOCK_BYTES) if name in SAMPLE_INDEXED else block_bytes
+    return min(block_bytes, SAMPLE_BLOCK_BYTES) if name in RANDOM_READ else block_bytes
 
 
 def crc32c_blocks(data: Any, block_bytes: int = BLOCK_BYTES) -> list[int]:
