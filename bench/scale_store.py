@@ -12,8 +12,8 @@ every block a read touches is CRC-checked), with realistic features and no real 
   CRC32Cs those of ``2 * length`` zero bytes, computed without writing or reading it.
 
 CRC32Cs of the real files are computed while they are written (``BlockCrc``), so nothing is read
-back; each file's block size is the writer's (``shards.file_block_bytes``: 4 KiB pages for the
-sample-indexed files, 1 MiB for ``tokens.bin``). Shard names, ``shard.json``
+back; each file's block size is the writer's (``shards.file_block_bytes``: 4 KiB pages for
+``lengths.bin``, 1 MiB for the others). Shard names, ``shard.json``
 (``canonical_json``) and the manifest (``store_manifest``, fingerprint included) come from the
 store's own writer (``highnoon.data.shards``).
 
