@@ -12,8 +12,10 @@ every block a read touches is CRC-checked), with realistic features and no real 
   CRC32Cs those of ``2 * length`` zero bytes, computed without writing or reading it.
 
 CRC32Cs of the real files are computed while they are written (``BlockCrc``), so nothing is read
-back. Shard names, ``shard.json`` (``canonical_json``) and the manifest (``store_manifest``,
-fingerprint included) come from the store's own writer (``highnoon.data.shards``).
+back; each file's block size is the writer's (``shards.file_block_bytes``: 4 KiB pages for
+``lengths.bin``, 1 MiB for the others). Shard names, ``shard.json``
+(``canonical_json``) and the manifest (``store_manifest``, fingerprint included) come from the
+store's own writer (``highnoon.data.shards``).
 
     python bench/scale_store.py --num_samples=10000000 --path=/tmp/scale/1e7
 """
@@ -100,8 +102,8 @@ def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: b
         directory = os.path.join(path, name)
         os.makedirs(directory, exist_ok=True)
         first, last = s * SHARD_SAMPLES, min((s + 1) * SHARD_SAMPLES, num_samples)
-        files = {f: BlockCrc(os.path.join(directory, f), block)
-                 for f in (shards.OFFSETS, shards.LENGTHS, shards.SURPRISAL, shards.SAMPLE_CRC)}  # fmt: skip
+        files = {f: BlockCrc(os.path.join(directory, f), shards.file_block_bytes(f, block))
+                 for f in shards.SAMPLE_INDEXED}  # fmt: skip
         position = 0
         for start in range(first, last, CHUNK):
             lengths, surprisal = synthetic_features(start, min(CHUNK, last - start), seed)
@@ -116,8 +118,9 @@ def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: b
         with open(os.path.join(directory, shards.TOKENS), "wb") as handle:
             handle.truncate(tokens_bytes)  # sparse: zeros, nothing on disk
         file_meta = {f: w.close() for f, w in files.items()}
-        file_meta[shards.TOKENS] = {"size": tokens_bytes, "block_bytes": block,
-                                    "crc32c": _zero_crcs(tokens_bytes, block)}  # fmt: skip
+        token_block = shards.file_block_bytes(shards.TOKENS, block)
+        file_meta[shards.TOKENS] = {"size": tokens_bytes, "block_bytes": token_block,
+                                    "crc32c": _zero_crcs(tokens_bytes, token_block)}  # fmt: skip
         meta = {"num_samples": last - first, "num_tokens": position, "first_sample": first,
                 "max_token_id": max_id, "skipped_empty": 0,
                 "files": {f: file_meta[f] for f in shards.SHARD_FILES}}  # fmt: skip
@@ -137,13 +140,76 @@ def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: b
     return path
 
 
+def reblock_store(source: str, path: str) -> str:
+    """A store at ``path`` with the data files of the store at ``source`` (hard links: no copy)
+    and the block CRCs of today's writer rules (``shards.file_block_bytes``; a stored order's
+    ``.crc32c`` side file, format 2), so a 1e9 store written with 1 MiB blocks everywhere is
+    measured again without writing 30 GB. ``tokens.bin`` keeps its recorded 1 MiB CRCs; every
+    other CRC is computed from the file's bytes as the writer does."""
+    from highnoon.curriculum import stored_order
+
+    with open(os.path.join(source, shards.MANIFEST), encoding="utf-8") as handle:
+        old = json.load(handle)
+    names = [entry["name"] for entry in old["shards"]]
+    metas = []
+    for name in names:
+        os.makedirs(os.path.join(path, name), exist_ok=True)
+        with open(os.path.join(source, name, shards.SHARD_MANIFEST), encoding="utf-8") as handle:
+            meta = json.load(handle)
+        for f, entry in meta["files"].items():
+            target = os.path.join(path, name, f)
+            if not os.path.exists(target):
+                os.link(os.path.join(source, name, f), target)
+            block = shards.file_block_bytes(f)
+            if block != entry["block_bytes"]:
+                entry.update(block_bytes=block, crc32c=shards.crc32c_file(target, block))
+        with open(os.path.join(path, name, shards.SHARD_MANIFEST), "wb") as handle:
+            handle.write(shards.canonical_json(meta))
+        metas.append(meta)
+    manifest = shards.store_manifest(
+        metas, names, old["tokenizer"], sources=old["sources"], skipped=None, top_files={}
+    )
+    with open(os.path.join(path, shards.MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, sort_keys=True)
+    orders = os.path.join(source, stored_order.ORDERS_DIR)
+    for name in sorted(os.listdir(orders)) if os.path.isdir(orders) else []:
+        if not name.endswith(".json"):
+            continue
+        strategy = name[: -len(".json")]
+        with open(os.path.join(orders, name), encoding="utf-8") as handle:
+            meta = json.load(handle)
+        bin_path, json_path = stored_order.order_paths(path, strategy)
+        os.makedirs(os.path.dirname(bin_path), exist_ok=True)
+        if not os.path.exists(bin_path):
+            os.link(os.path.join(orders, f"{strategy}.bin"), bin_path)
+        block = stored_order.ORDER_BLOCK_BYTES
+        meta.pop("block_crc32c", None)
+        meta.update(
+            format=stored_order.FORMAT, block_bytes=block, store_fingerprint=manifest["fingerprint"],
+            block_crc32c_sha256=stored_order.write_block_crcs(
+                bin_path, block, stored_order.order_crc_path(path, strategy)),
+        )  # fmt: skip
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, sort_keys=True)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num_samples", type=int, required=True)
+    parser.add_argument("--num_samples", type=int)
     parser.add_argument("--path", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reblock_from", help="a store whose data files --path links to, "
+                        "its CRCs recomputed with today's block sizes (reblock_store)")  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.reblock_from:
+        reblock_store(args.reblock_from, args.path)
+        print(f"{args.reblock_from} reblocked at {args.path} in "
+              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        return
+    if args.num_samples is None:
+        parser.error("--num_samples is needed (or --reblock_from)")
     write_scale_store(args.path, args.num_samples, seed=args.seed)
     print(f"{args.num_samples} samples at {args.path} in {time.perf_counter() - started:.1f} s")
 

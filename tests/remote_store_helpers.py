@@ -49,6 +49,15 @@ def write_store(
     return path
 
 
+def flip_byte(path: str, offset: int, mask: int = 0x04) -> None:
+    """Flip the bits ``mask`` of the byte at ``offset`` of the local file ``path`` in place."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ mask]))
+
+
 def copy_tree(local: str, target: str) -> str:
     """Copy the directory ``local`` to ``target`` (any ``tf.io.gfile`` URL); returns target."""
     import tensorflow as tf

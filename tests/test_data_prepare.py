@@ -81,8 +81,10 @@ def test_prepare_writes_the_orders_after_the_store_and_orders_only_adds_them(tmp
     store = TokenStore.open(item["path"])
     assert _orders_in(store.path) == [
         "mixed.bin",
+        "mixed.crc32c",
         "mixed.json",
         "size_based.bin",
+        "size_based.crc32c",
         "size_based.json",
     ]
     for strategy in ("size_based", "mixed"):

@@ -27,6 +27,7 @@ from highnoon.data import (
 from highnoon.data.pipeline import HostBatcher, PackedBatcher, make_host_dataset
 from highnoon.data.sources import StoreSource
 from highnoon.utils.validation import InvalidArgumentError
+from tests.remote_store_helpers import flip_byte
 from tests.trainer_helpers import corpus, write_jsonl
 
 TEXTS = corpus(seed=3, count=60, min_len=1, max_len=12)
@@ -179,12 +180,7 @@ def test_a_local_store_opens_on_its_manifest_and_reads_a_shard_json_at_first_use
         TokenStore.open(path).verify()
 
 
-def _flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([byte ^ 0x04]))
+_flip = flip_byte
 
 
 def test_a_flipped_byte_is_caught_at_the_read_that_would_feed_a_batch(stores, tmp_path):
@@ -368,8 +364,9 @@ def test_features_of_a_range_or_of_given_samples_read_only_those(stores):
 
 
 def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkeypatch):
-    """``MappedFile.read`` of a range of at least ``RELEASE_BYTES`` drops the pages it mapped
-    (a scan keeps O(read) resident memory); the bytes read before and after are the same."""
+    """``MappedFile.read`` of a range of at least ``RELEASE_BYTES``, and a take spread over one,
+    drop the pages they mapped (a scan or random reads keep O(read) resident memory); the
+    bytes read before and after are the same."""
     from highnoon.data import blocks
     from highnoon.data.shards import crc32c_blocks
 
@@ -389,7 +386,12 @@ def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkey
     np.testing.assert_array_equal(mapped.read(0, 100), data[:100])  # small: kept mapped
     np.testing.assert_array_equal(mapped.read(0, data.size), data)
     np.testing.assert_array_equal(mapped.take(np.array([5, 12000]), np.uint8), data[[5, 12000]])
-    assert released == [(10, data.size), (0, data.size)]
+    np.testing.assert_array_equal(mapped.take(np.array([7, 5]), np.uint8), data[[7, 5]])  # kept
+    dense = np.arange(1, 12000, 2)
+    np.testing.assert_array_equal(mapped.take(dense, np.uint8), data[dense])
+    # a dense take spread over RELEASE_BYTES or more unmaps its span too (a sparse one, [5,
+    # 12000], is read by pread: nothing mapped)
+    assert released == [(10, data.size), (0, data.size), (1, 12000)]
 
 
 @pytest.mark.parametrize("scheme", ["", "file://"])

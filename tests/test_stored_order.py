@@ -17,6 +17,7 @@ from highnoon.curriculum.stored_order import open_stored_order, store_score_scal
 from highnoon.data.features import SampleFeatures
 from highnoon.data.shards import crc32c_file
 from highnoon.data.store import StoreError, TokenStore, head
+from highnoon.utils.hashing import sha256_file
 from highnoon.utils.processes import host_key
 from highnoon.utils.validation import InvalidArgumentError
 from tests.remote_store_helpers import ram_copy, write_store
@@ -114,14 +115,16 @@ def test_the_stored_order_equals_the_in_memory_order_of_the_whole_store(tmp_path
         np.testing.assert_array_equal(order[np.array([n - 1, 0])], expected[[n - 1, 0]])
         meta = json.loads((tmp_path / "s" / "orders" / f"{strategy}.json").read_text())
         assert (meta["format"], meta["dtype"], meta["num_samples"]) == (
-            "highnoon.order/1",
+            "highnoon.order/2",
             "<u4",
             n,
         )
         assert meta["store_fingerprint"] == store.fingerprint
-        assert meta["block_crc32c"] == crc32c_file(paths[strategy], 64)
+        crc_path = tmp_path / "s" / "orders" / f"{strategy}.crc32c"
+        assert np.fromfile(crc_path, dtype="<u4").tolist() == crc32c_file(paths[strategy], 64)
+        assert meta["block_crc32c_sha256"] == sha256_file(str(crc_path))
     assert sorted(os.listdir(tmp_path / "s" / "orders")) == sorted(
-        f"{s}.{e}" for s in NORMALISED for e in ("bin", "json")
+        f"{s}.{e}" for s in NORMALISED for e in ("bin", "crc32c", "json")
     )  # no temporaries left
     with pytest.raises(IndexError, match=rf"order positions must be in \[0, {n}\)"):
         order.take(np.array([n]))
@@ -145,7 +148,8 @@ def test_a_killed_write_leaves_no_json_and_the_order_absent(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         write_orders(store, ["size_based"], chunk_samples=8)
     orders = tmp_path / "s" / "orders"
-    assert sorted(os.listdir(orders)) == ["size_based.bin"]  # json gone, temporaries removed
+    assert sorted(os.listdir(orders)) == ["size_based.bin", "size_based.crc32c"]  # json gone,
+    # temporaries removed
     assert open_stored_order(store, "size_based") is None
     monkeypatch.undo()
     # a writer killed outright (no cleanup) leaves its bucket files, named after it: removed by
@@ -250,3 +254,55 @@ def test_any_number_of_threads_writes_the_same_bytes(tmp_path):
             written[threads] = handle.read()
     assert written[1] == written[3]
     assert np.frombuffer(written[1], "<u4").tolist() == _expected(store, "mixed").tolist()
+
+
+def test_the_block_crcs_are_a_binary_file_whose_corruption_is_refused_with_the_fix(tmp_path):
+    store = _store(tmp_path, 300)
+    write_orders(store, ["mixed"])  # the default: 4 KiB blocks
+    orders = tmp_path / "s" / "orders"
+    meta = json.loads((orders / "mixed.json").read_text())
+    assert (meta["format"], meta["block_bytes"]) == ("highnoon.order/2", 4096)
+    assert "block_crc32c" not in meta
+    crc_path = orders / "mixed.crc32c"
+    assert crc_path.read_bytes() == np.array(crc32c_file(str(orders / "mixed.bin"), 4096),
+                                             dtype="<u4").tobytes()  # fmt: skip
+    np.testing.assert_array_equal(open_stored_order(store, "mixed")[:], _expected(store, "mixed"))
+    fix = r"re-run highnoon-prepare-data --orders_only=.*s to write the orders again"
+    raw = bytearray(crc_path.read_bytes())
+    raw[1] ^= 1
+    crc_path.write_bytes(bytes(raw))
+    with pytest.raises(
+        StoreError,
+        match=rf"mixed.crc32c: sha256 [0-9a-f]{{64}}, the order's json records "
+        rf"{meta['block_crc32c_sha256']}; the checksums are corrupt or of another write, {fix}",
+    ):
+        open_stored_order(store, "mixed")
+    crc_path.unlink()
+    with pytest.raises(StoreError, match=rf"mixed.crc32c: the order's block checksums are "
+                       rf"missing; {fix}"):  # fmt: skip
+        open_stored_order(store, "mixed")
+    assert store_score_scale(store) == score_scale(store.features)  # an unusable order is skipped
+
+
+def test_an_order_of_format_1_with_its_crcs_in_the_json_still_opens(tmp_path):
+    store = _store(tmp_path, 200)
+    write_orders(store, ["size_based"], block_bytes=64)
+    orders = tmp_path / "s" / "orders"
+    meta = json.loads((orders / "size_based.json").read_text())
+    del meta["block_crc32c_sha256"]
+    (orders / "size_based.crc32c").unlink()
+    old = {**meta, "format": "highnoon.order/1",
+           "block_crc32c": crc32c_file(str(orders / "size_based.bin"), 64)}  # fmt: skip
+    (orders / "size_based.json").write_text(json.dumps(old))
+    order = open_stored_order(TokenStore.open(store.path), "size_based")
+    np.testing.assert_array_equal(order[:], _expected(store, "size_based"))
+    raw = bytearray((orders / "size_based.bin").read_bytes())
+    raw[130] ^= 1  # block 2 of 64-byte blocks
+    (orders / "size_based.bin").write_bytes(bytes(raw))
+    order = open_stored_order(TokenStore.open(store.path), "size_based")
+    with pytest.raises(StoreError, match=r"size_based.bin: block 2 \(byte offset 128"):
+        order.take(np.array([40]))
+    del old["block_crc32c"]
+    (orders / "size_based.json").write_text(json.dumps(old))
+    with pytest.raises(StoreError, match=r"missing keys \['block_crc32c'\]"):
+        open_stored_order(TokenStore.open(store.path), "size_based")

@@ -9,11 +9,17 @@ shards:
 
 * ``orders/<strategy>.bin``: raw little-endian sample indices, easy to hard, ties to the lower
   index (``<u4`` when N <= 2**32, else ``<u8``);
-* ``orders/<strategy>.json``, written last and atomically: ``format`` (``highnoon.order/1``),
+* ``orders/<strategy>.crc32c``: the CRC32C of every ``block_bytes`` block of the ``.bin``
+  (``<u4``, the last block short), checked on first read as a shard's files are. Blocks are a
+  4 KiB page (``ORDER_BLOCK_BYTES``): a host takes a few positions at random, and a first read
+  checks the block around each; the list is binary, 1/1024 of the order (4 MiB at 1e9 samples),
+  read once at open and checked against its sha256;
+* ``orders/<strategy>.json``, written last and atomically: ``format`` (``highnoon.order/2``),
   ``strategy``, ``num_samples``, ``dtype``, ``store_fingerprint`` (the store it was computed
   from), ``scores_fingerprint`` (``order.scores_fingerprint`` of the whole store's scores),
-  ``scale`` (the maxima the scores were normalised by), ``block_bytes`` and ``block_crc32c``
-  (CRC32C per block, checked on first read as a shard's files are).
+  ``scale`` (the maxima the scores were normalised by), ``block_bytes`` and
+  ``block_crc32c_sha256`` (of the ``.crc32c`` file). An order of format 1 (1 MiB blocks, their
+  CRCs a JSON list ``block_crc32c`` in the ``.json``) is still read.
 
 A ``.bin`` without its ``.json`` is an interrupted write: the order is absent. The store's own
 manifest and fingerprint do not change (orders are derived data). ``random`` is never stored:
@@ -46,13 +52,16 @@ from highnoon.curriculum.order import ScoresDigest, order_from_keys, sort_keys
 from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, scores_from_features
 from highnoon.data.blocks import BlockFile, MappedFile
 from highnoon.data.features import SampleFeatures
-from highnoon.data.shards import BLOCK_BYTES, crc32c_file
+from highnoon.data.shards import SAMPLE_BLOCK_BYTES, crc32c_file
 from highnoon.data.store import StoreError, TokenStore, file_size
 from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
-from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_text
+from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_bytes, read_text
+from highnoon.utils.hashing import sha256_file, sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
 
-FORMAT = "highnoon.order/1"
+FORMAT = "highnoon.order/2"
+FORMAT_1 = "highnoon.order/1"  # block CRCs as a JSON list in the .json; still read
+ORDER_BLOCK_BYTES = SAMPLE_BLOCK_BYTES  # read at random positions, as a shard's lengths are
 ORDERS_DIR = "orders"
 BUILT_IN = ("size_based", "difficulty_based", "mixed")  # the strategies preparation stores
 STORABLE = tuple(s for s in STRATEGIES if s != "random")
@@ -70,6 +79,11 @@ def order_paths(store_path: str, strategy: str) -> tuple[str, str]:
     """(``.bin``, ``.json``) of ``strategy``'s stored order in the store at ``store_path``."""
     root = _join(store_path, ORDERS_DIR)
     return _join(root, f"{strategy}.bin"), _join(root, f"{strategy}.json")
+
+
+def order_crc_path(store_path: str, strategy: str) -> str:
+    """The ``.crc32c`` (block CRCs, ``<u4``) of ``strategy``'s stored order (format 2)."""
+    return _join(_join(store_path, ORDERS_DIR), f"{strategy}.crc32c")
 
 
 def _join(root: str, name: str) -> str:
@@ -113,7 +127,7 @@ def write_orders(
     strategies: Sequence[str] = BUILT_IN,
     *,
     chunk_samples: int = DEFAULT_CHUNK,
-    block_bytes: int = BLOCK_BYTES,
+    block_bytes: int = ORDER_BLOCK_BYTES,
     only_missing: bool = False,
     work_dir: str | None = None,
     threads: int = 2,
@@ -216,6 +230,8 @@ def _write_one(
         _emit_all(buckets, dtype, chunk, out, tmp, threads)
         out.flush()
         os.fsync(out.fileno())
+    local_crc = os.path.join(tmp, "order.crc32c")
+    crc_sha256 = write_block_crcs(local_bin, block_bytes, local_crc)
     meta = {
         "format": FORMAT,
         "strategy": strategy,
@@ -225,11 +241,22 @@ def _write_one(
         "scores_fingerprint": digest.fingerprint(),
         "scale": scale.to_json(),
         "block_bytes": block_bytes,
-        "block_crc32c": crc32c_file(local_bin, block_bytes),
+        "block_crc32c_sha256": crc_sha256,
     }
     _publish(local_bin, bin_path)
+    _publish(local_crc, order_crc_path(store.path, strategy))
     atomic_write_text(json_path, json.dumps(meta, sort_keys=True))
     return bin_path
+
+
+def write_block_crcs(bin_path: str, block_bytes: int, crc_path: str) -> str:
+    """Write the CRC32C of every ``block_bytes`` block of the local ``bin_path`` to
+    ``crc_path`` (``<u4``, synced); returns its sha256 (the json's ``block_crc32c_sha256``)."""
+    with open(crc_path, "wb") as out:
+        out.write(np.asarray(crc32c_file(bin_path, block_bytes), dtype="<u4").tobytes())
+        out.flush()
+        os.fsync(out.fileno())
+    return sha256_file(crc_path)
 
 
 def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:
@@ -468,7 +495,8 @@ def _fresh(store: TokenStore, strategy: str, *, raise_errors: bool = False) -> S
                 + FIX.format(path=store.path)
             )
         label = f"store {store.path!r}, {ORDERS_DIR}/{strategy}.bin"
-        args = (bin_path, expected, int(meta["block_bytes"]), meta["block_crc32c"])
+        crcs = _block_crcs(store, strategy, meta, expected)
+        args = (bin_path, expected, int(meta["block_bytes"]), crcs)
         if is_remote(bin_path):
             from highnoon.data.remote_blocks import RangedFile
 
@@ -482,21 +510,41 @@ def _fresh(store: TokenStore, strategy: str, *, raise_errors: bool = False) -> S
     return StoredOrder(bin_path, meta, file)
 
 
+def _block_crcs(store: TokenStore, strategy: str, meta: dict[str, Any], size: int) -> Any:
+    """The order's block CRCs: format 1's JSON list, or format 2's ``.crc32c`` file read whole
+    (4 bytes a block) and checked against the sha256 its json records."""
+    if meta["format"] == FORMAT_1:
+        return meta["block_crc32c"]
+    path = order_crc_path(store.path, strategy)
+    fix = FIX.format(path=store.path)
+    if not isfile(path):
+        raise StoreError(f"{path}: the order's block checksums are missing; {fix}")
+    raw = read_bytes(path)
+    if sha256_hex(raw) != meta["block_crc32c_sha256"]:
+        raise StoreError(
+            f"{path}: sha256 {sha256_hex(raw)}, the order's json records "
+            f"{meta['block_crc32c_sha256']}; the checksums are corrupt or of another write, {fix}"
+        )
+    return np.frombuffer(raw, dtype="<u4")
+
+
 def _check_meta(store: TokenStore, strategy: str, text: str, path: str) -> dict[str, Any]:
     fix = FIX.format(path=store.path)
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as err:
         raise StoreError(f"{path}: not valid JSON ({err}); {fix}") from err
+    version = meta.get("format") if isinstance(meta, dict) else None
+    crc_key = "block_crc32c" if version == FORMAT_1 else "block_crc32c_sha256"
     keys = ("format", "strategy", "num_samples", "dtype", "store_fingerprint",
-            "scores_fingerprint", "scale", "block_bytes", "block_crc32c")  # fmt: skip
+            "scores_fingerprint", "scale", "block_bytes", crc_key)  # fmt: skip
     missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise StoreError(f"{path}: missing keys {missing}; {fix}")
-    if meta["format"] != FORMAT or meta["strategy"] != strategy:
+    if meta["format"] not in (FORMAT, FORMAT_1) or meta["strategy"] != strategy:
         raise StoreError(
             f"{path}: format {meta['format']!r} of strategy {meta['strategy']!r}, expected "
-            f"{FORMAT!r} of {strategy!r}; {fix}"
+            f"{FORMAT!r} (or {FORMAT_1!r}) of {strategy!r}; {fix}"
         )
     if meta["store_fingerprint"] != store.fingerprint or meta["num_samples"] != store.num_samples:
         raise StoreError(

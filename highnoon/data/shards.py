@@ -14,7 +14,8 @@ headers, so any byte range of them can be read on its own:
   without fetching the whole block around it (``remote_samples.py``);
 * ``shard.json``         counts, ``first_sample`` (global index of its first sample), largest id,
   empty samples skipped, and per file its size and the CRC32C of every ``block_bytes`` block
-  (the last one short), which readers check the first time they read a block (``blocks.py``).
+  (the last one short), which readers check the first time they read a block (``blocks.py``):
+  a 4 KiB page for ``lengths.bin``, 1 MiB for the others (``file_block_bytes``).
 
 How a store is written, in one process or spread over many (Beam workers):
 
@@ -51,7 +52,8 @@ from highnoon.utils.hashing import sha256_file, sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_int, check_positive_int
 
 FORMAT_VERSION = 2
-BLOCK_BYTES = 1 << 20  # CRC32C granularity: 1 MiB, a cheap check per range read
+BLOCK_BYTES = 1 << 20  # CRC32C granularity of tokens.bin: 1 MiB, a cheap check per range read
+SAMPLE_BLOCK_BYTES = 1 << 12  # of the files read per sample at random: a page (file_block_bytes)
 MANIFEST = "manifest.json"
 SHARD_MANIFEST = "shard.json"
 TOKENS = "tokens.bin"
@@ -60,6 +62,11 @@ LENGTHS = "lengths.bin"
 SURPRISAL = "surprisal_sum.bin"
 SAMPLE_CRC = "sample_crc32c.bin"
 SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)
+SAMPLE_INDEXED = (OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)  # one element per sample
+# read at every host per sample of every global step (packing): checked in pages. The other
+# sample-indexed files are read per host row; their CRC lists would cost more at open than
+# their 1 MiB blocks cost in reads while the lists are JSON (BENCHMARKS.md, issue 21)
+RANDOM_READ = (LENGTHS,)
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 _WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
 _CRC_READ = 64  # blocks read at a time when checksumming a file
@@ -88,6 +95,17 @@ def _check_block_bytes(block_bytes: int) -> int:
     if block_bytes % 8:  # an element of any store file never straddles two blocks
         raise InvalidArgumentError(f"block_bytes={block_bytes} must be a multiple of 8")
     return block_bytes
+
+
+def file_block_bytes(name: str, block_bytes: int = BLOCK_BYTES) -> int:
+    """The CRC32C block size of shard file ``name`` in a shard written with ``block_bytes``: at
+    most ``SAMPLE_BLOCK_BYTES`` for ``lengths.bin`` (``RANDOM_READ``), which every packed host
+    reads one element at a time at random (the length of every sample of a global step): a
+    first read checks a page, not a MiB. ``block_bytes`` for the others. Each file's size is in
+    its ``shard.json`` entry, so readers need no rule (docs/design.md, "Block sizes per
+    file")."""
+    block_bytes = _check_block_bytes(block_bytes)
+    return min(block_bytes, SAMPLE_BLOCK_BYTES) if name in RANDOM_READ else block_bytes
 
 
 def crc32c_blocks(data: Any, block_bytes: int = BLOCK_BYTES) -> list[int]:
@@ -344,10 +362,11 @@ def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample
     files = {}
     for name in SHARD_FILES:
         path = os.path.join(directory, name)
+        file_block = file_block_bytes(name, block_bytes)
         files[name] = {
             "size": os.path.getsize(path),
-            "block_bytes": block_bytes,
-            "crc32c": crc32c_file(path, block_bytes),
+            "block_bytes": file_block,
+            "crc32c": crc32c_file(path, file_block),
         }
     manifest = {
         "num_samples": int(offsets.size - 1),

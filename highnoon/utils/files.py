@@ -110,6 +110,15 @@ def isfile(path: str) -> bool:
     return gfile.exists(path) and not gfile.isdir(path)
 
 
+def read_bytes(path: str) -> bytes:
+    """The bytes of ``path`` (local or any ``tf.io.gfile`` filesystem)."""
+    if not is_remote(path):
+        with open(path, "rb") as handle:
+            return handle.read()
+    with _gfile().GFile(path, "rb") as handle:
+        return handle.read()
+
+
 def read_text(path: str) -> str:
     """The UTF-8 text of ``path`` (local or any ``tf.io.gfile`` filesystem)."""
     if not is_remote(path):
