@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from highnoon.data.packing import PackingCursor
+from highnoon.training.checkpointing import CheckpointError
 from highnoon.training.position import DataPosition
 from highnoon.training.preemption import Preempted
 from highnoon.training.runner import StepRunner
@@ -263,7 +264,7 @@ class Controller:
         saved = pos.packing_cursor
         cursor = None if saved is None else PackingCursor.from_json(saved)
         if cursor is not None and cursor.step != pos.step_in_epoch:
-            raise ValueError(
+            raise CheckpointError(
                 f"the checkpoint's packing cursor is at step {cursor.step} of epoch {pos.epoch} "
                 f"but its data position at step {pos.step_in_epoch}; the checkpoint is "
                 "inconsistent, resume from an earlier one"
