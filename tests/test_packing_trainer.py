@@ -13,7 +13,7 @@ import pytest
 from highnoon.data import packing
 from highnoon.training import stage_plan
 from highnoon.training.stage_plan import StagePlan
-from tests.trainer_helpers import corpus, make_trainer, nano_model, write_jsonl
+from tests.trainer_helpers import corpus, make_trainer, nano_model, train_until, write_jsonl
 
 
 @pytest.fixture()
@@ -85,17 +85,8 @@ def test_a_resume_continues_from_the_saved_cursor_bit_identically(
     first_epoch = reference._plans[0].packed_epoch(0).num_steps
     stop_at = first_epoch + 7  # mid epoch 1, several windows in
 
-    class Stop(Exception):
-        pass
-
-    def stop(event):
-        if event["event"] == "log" and event["step"] == stop_at:
-            raise Stop
-
     cut = _trainer(tmp_path, data, nano_model())
-    cut.add_callback(stop)
-    with pytest.raises(Stop):
-        cut.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    train_until(cut, stop_at, str(tmp_path / "cut"))
 
     cursors, packed_windows = [], []
     begin, pack = StagePlan.begin_packed_epoch, packing.PackedStream._pack
@@ -167,17 +158,8 @@ def test_a_resume_across_a_packed_stage_boundary_is_bit_identical(tmp_path, data
     expected = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
     boundary = expected["stages_completed"][0]["steps"]
 
-    class Stop(Exception):
-        pass
-
-    def stop(event):
-        if event["event"] == "log" and event["step"] == boundary + 2:
-            raise Stop
-
     cut = trainer(nano_model())
-    cut.add_callback(stop)
-    with pytest.raises(Stop):
-        cut.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    train_until(cut, boundary + 2, str(tmp_path / "cut"))
     resumed = trainer(nano_model())
     summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
     assert summary["total_steps"] == expected["total_steps"]

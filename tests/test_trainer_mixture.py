@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from highnoon.data import prepare_datasets
-from tests.trainer_helpers import make_trainer, nano_model, write_jsonl
+from tests.trainer_helpers import make_trainer, nano_model, train_until, write_jsonl
 
 
 @pytest.fixture()
@@ -26,23 +26,6 @@ def mixture(tmp_path):
 
 def _weights(model) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
-
-
-class _Stop(Exception):
-    pass
-
-
-def _train_until(trainer, stop_step: int, checkpoint_dir: str) -> None:
-    """Train (logging every step) until the log of ``stop_step``, then stop as a crash would,
-    leaving the checkpoints written so far."""
-
-    def stop(event):
-        if event["event"] == "log" and event["step"] == stop_step:
-            raise _Stop()
-
-    trainer.add_callback(stop)
-    with pytest.raises(_Stop):
-        trainer.train(checkpoint_dir=checkpoint_dir, log_interval=1)
 
 
 def test_samples_per_dataset_in_the_summary_and_stage_complete(tmp_path, mixture):
@@ -73,7 +56,7 @@ def test_a_mixed_stage_resumes_mid_epoch_bit_identical(tmp_path, mixture, monkey
     expected = reference.train(checkpoint_dir="./full", log_interval=1)
     stop_step = ends[0] + 2  # inside the second epoch
     assert stop_step < ends[1]
-    _train_until(trainer(), stop_step, "./checkpoints")
+    train_until(trainer(), stop_step, "./checkpoints")
     resumed = trainer()
     summary = resumed.train(checkpoint_dir="./checkpoints", log_interval=1)
     assert summary["total_steps"] == expected["total_steps"]
@@ -130,7 +113,7 @@ def test_a_curriculum_mixture_after_a_stage_resumes_bit_identical(tmp_path, mixt
     mixed_ends = [step for stage, step in ends if stage == "mix"]
     stop_step = warm_end + 1 if where == "stage_boundary" else mixed_ends[0] + 1
     assert stop_step < mixed_ends[-1]
-    _train_until(trainer(), stop_step, str(tmp_path / where))
+    train_until(trainer(), stop_step, str(tmp_path / where))
     resumed = trainer()
     summary = resumed.train(checkpoint_dir=str(tmp_path / where), log_interval=1)
     assert summary["total_steps"] == expected["total_steps"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from highnoon.data.packing import segment_lengths
-from tests.trainer_helpers import corpus, make_trainer, nano_model, write_jsonl
+from tests.trainer_helpers import corpus, make_trainer, nano_model, train_until, write_jsonl
 
 
 @pytest.fixture()
@@ -74,17 +74,8 @@ def test_a_packed_run_interrupted_mid_epoch_resumes_bit_identically(tmp_path, da
     reference = trainer(nano_model())
     expected = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
 
-    class Stop(Exception):
-        pass
-
-    def stop(event):
-        if event["event"] == "log" and event["step"] == 5:
-            raise Stop
-
     cut = trainer(nano_model())
-    cut.add_callback(stop)
-    with pytest.raises(Stop):
-        cut.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    train_until(cut, 5, str(tmp_path / "cut"))
     resumed = trainer(nano_model())
     summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
     assert summary["total_steps"] == expected["total_steps"]

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import highnoon as hn
 from highnoon.training.trainer import Trainer
@@ -45,3 +46,20 @@ def make_trainer(tmp_path, model=None, **kwargs) -> Trainer:
     }
     options.update(kwargs)
     return Trainer(model if model is not None else nano_model(), **options)
+
+
+class StopTraining(Exception):
+    """Raised by a callback to stop a run as a crash would (``train_until``)."""
+
+
+def train_until(trainer: Trainer, stop_step: int, checkpoint_dir: str) -> None:
+    """Train ``trainer`` (logging every step) until the log of global step ``stop_step``, then
+    stop as a crash would, leaving the checkpoints written so far."""
+
+    def stop(event):
+        if event["event"] == "log" and event["step"] == stop_step:
+            raise StopTraining
+
+    trainer.add_callback(stop)
+    with pytest.raises(StopTraining):
+        trainer.train(checkpoint_dir=checkpoint_dir, log_interval=1)
