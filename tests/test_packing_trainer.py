@@ -13,7 +13,14 @@ import pytest
 from highnoon.data import packing
 from highnoon.training import stage_plan
 from highnoon.training.stage_plan import StagePlan
-from tests.trainer_helpers import corpus, make_trainer, nano_model, train_until, write_jsonl
+from tests.trainer_helpers import (
+    assert_exact_resume,
+    corpus,
+    make_trainer,
+    nano_model,
+    train_until,
+    write_jsonl,
+)
 
 
 @pytest.fixture()
@@ -154,15 +161,4 @@ def test_a_resume_across_a_packed_stage_boundary_is_bit_identical(tmp_path, data
         t.add_curriculum_stage("two", [data], epochs=2)
         return t
 
-    reference = trainer(nano_model())
-    expected = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
-    boundary = expected["stages_completed"][0]["steps"]
-
-    cut = trainer(nano_model())
-    train_until(cut, boundary + 2, str(tmp_path / "cut"))
-    resumed = trainer(nano_model())
-    summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
-    assert summary["total_steps"] == expected["total_steps"]
-    assert summary["stages_completed"] == expected["stages_completed"]
-    for got, want in zip(_weights(resumed.model), _weights(reference.model)):
-        np.testing.assert_array_equal(got, want)
+    assert_exact_resume(trainer, tmp_path, lambda whole: whole["stages_completed"][0]["steps"] + 2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from highnoon.data.packing import segment_lengths
-from tests.trainer_helpers import corpus, make_trainer, nano_model, train_until, write_jsonl
+from tests.trainer_helpers import assert_exact_resume, corpus, make_trainer, nano_model, write_jsonl
 
 
 @pytest.fixture()
@@ -71,17 +71,7 @@ def test_a_packed_run_interrupted_mid_epoch_resumes_bit_identically(tmp_path, da
         t.add_curriculum_stage("only", [data], epochs=3)
         return t
 
-    reference = trainer(nano_model())
-    expected = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
-
-    cut = trainer(nano_model())
-    train_until(cut, 5, str(tmp_path / "cut"))
-    resumed = trainer(nano_model())
-    summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
-    assert summary["total_steps"] == expected["total_steps"]
-    assert summary["stages_completed"] == expected["stages_completed"]
-    for got, want in zip(_weights(resumed.model), _weights(reference.model)):
-        np.testing.assert_array_equal(got, want)
+    assert_exact_resume(trainer, tmp_path, 5)
 
 
 def test_packing_changes_nothing_when_every_sample_fills_a_row(tmp_path):

@@ -63,3 +63,20 @@ def train_until(trainer: Trainer, stop_step: int, checkpoint_dir: str) -> None:
     trainer.add_callback(stop)
     with pytest.raises(StopTraining):
         trainer.train(checkpoint_dir=checkpoint_dir, log_interval=1)
+
+
+def assert_exact_resume(make, tmp_path, stop_at) -> dict:
+    """Train ``make(model)`` whole, then again stopped at the log of ``stop_at`` (a step, or a
+    function of the whole run's summary) and resumed by a fresh Trainer; the resumed run must end
+    with the same steps, stages and weights, bit for bit. Returns the whole run's summary."""
+    reference = make(nano_model())
+    expected = reference.train(checkpoint_dir=str(tmp_path / "full"), log_interval=1)
+    step = stop_at(expected) if callable(stop_at) else stop_at
+    train_until(make(nano_model()), step, str(tmp_path / "cut"))
+    resumed = make(nano_model())
+    summary = resumed.train(checkpoint_dir=str(tmp_path / "cut"), log_interval=1)
+    assert summary["total_steps"] == expected["total_steps"]
+    assert summary["stages_completed"] == expected["stages_completed"]
+    for got, want in zip(resumed.model.weights, reference.model.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    return expected
