@@ -115,16 +115,24 @@ def test_the_stored_order_equals_the_in_memory_order_of_the_whole_store(tmp_path
         np.testing.assert_array_equal(order[np.array([n - 1, 0])], expected[[n - 1, 0]])
         meta = json.loads((tmp_path / "s" / "orders" / f"{strategy}.json").read_text())
         assert (meta["format"], meta["dtype"], meta["num_samples"]) == (
-            "highnoon.order/2",
+            "highnoon.order/3",
             "<u4",
             n,
         )
+        # the lengths column: the stored length of the sample at each order position
+        lengths = np.asarray(store.features.lengths)
+        np.testing.assert_array_equal(order.lengths[:], lengths[expected])
+        np.testing.assert_array_equal(order.lengths[positions], lengths[expected[positions]])
+        column_crcs = tmp_path / "s" / "orders" / f"{strategy}.lengths.crc32c"
+        assert meta["lengths_crc32c_sha256"] == sha256_file(str(column_crcs))
         assert meta["store_fingerprint"] == store.fingerprint
         crc_path = tmp_path / "s" / "orders" / f"{strategy}.crc32c"
         assert np.fromfile(crc_path, dtype="<u4").tolist() == crc32c_file(paths[strategy], 64)
         assert meta["block_crc32c_sha256"] == sha256_file(str(crc_path))
     assert sorted(os.listdir(tmp_path / "s" / "orders")) == sorted(
-        f"{s}.{e}" for s in NORMALISED for e in ("bin", "crc32c", "json")
+        f"{s}.{e}"
+        for s in NORMALISED
+        for e in ("bin", "crc32c", "json", "lengths.bin", "lengths.crc32c")
     )  # no temporaries left
     with pytest.raises(IndexError, match=rf"order positions must be in \[0, {n}\)"):
         order.take(np.array([n]))
@@ -148,7 +156,10 @@ def test_a_killed_write_leaves_no_json_and_the_order_absent(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         write_orders(store, ["size_based"], chunk_samples=8)
     orders = tmp_path / "s" / "orders"
-    assert sorted(os.listdir(orders)) == ["size_based.bin", "size_based.crc32c"]  # json gone,
+    assert sorted(os.listdir(orders)) == [
+        "size_based.bin", "size_based.crc32c", "size_based.lengths.bin",
+        "size_based.lengths.crc32c",
+    ]  # fmt: skip  # json gone,
     # temporaries removed
     assert open_stored_order(store, "size_based") is None
     monkeypatch.undo()
@@ -261,7 +272,7 @@ def test_the_block_crcs_are_a_binary_file_whose_corruption_is_refused_with_the_f
     write_orders(store, ["mixed"])  # the default: 4 KiB blocks
     orders = tmp_path / "s" / "orders"
     meta = json.loads((orders / "mixed.json").read_text())
-    assert (meta["format"], meta["block_bytes"]) == ("highnoon.order/2", 4096)
+    assert (meta["format"], meta["block_bytes"]) == ("highnoon.order/3", 4096)
     assert "block_crc32c" not in meta
     crc_path = orders / "mixed.crc32c"
     assert crc_path.read_bytes() == np.array(crc32c_file(str(orders / "mixed.bin"), 4096),
@@ -306,3 +317,46 @@ def test_an_order_of_format_1_with_its_crcs_in_the_json_still_opens(tmp_path):
     (orders / "size_based.json").write_text(json.dumps(old))
     with pytest.raises(StoreError, match=r"missing keys \['block_crc32c'\]"):
         open_stored_order(TokenStore.open(store.path), "size_based")
+
+
+def test_a_corrupt_lengths_column_page_is_refused_with_the_file_and_offset(tmp_path):
+    store = _store(tmp_path, 60)
+    write_orders(store, ["mixed"], block_bytes=64)
+    column = tmp_path / "s" / "orders" / "mixed.lengths.bin"
+    raw = bytearray(column.read_bytes())
+    raw[130] ^= 1  # block 2 of 64-byte blocks: positions 32..47
+    column.write_bytes(bytes(raw))
+    order = open_stored_order(TokenStore.open(store.path), "mixed")
+    expected = np.asarray(store.features.lengths)[_expected(store, "mixed")]
+    np.testing.assert_array_equal(order.lengths[0:32], expected[:32])  # blocks 0-1 intact
+    fix = r"re-run highnoon-prepare-data --orders_only=.*s to write the orders again"
+    with pytest.raises(
+        StoreError, match=rf"orders/mixed.lengths.bin: block 2 \(byte offset 128.*{fix}"
+    ):
+        order.lengths.take(np.array([40]))
+    column.write_bytes(bytes(raw[:-4]))
+    with pytest.raises(
+        StoreError,
+        match=rf"the order's lengths column has 236 bytes, its json records 240 bytes; {fix}",
+    ):
+        open_stored_order(TokenStore.open(store.path), "mixed")
+
+
+def test_an_order_of_format_2_opens_without_its_column_and_only_missing_rewrites_it(tmp_path):
+    store = _store(tmp_path, 90)
+    write_orders(store, ["size_based"])
+    orders = tmp_path / "s" / "orders"
+    meta = json.loads((orders / "size_based.json").read_text())
+    for key in ("lengths_dtype", "lengths_crc32c_sha256"):
+        del meta[key]
+    (orders / "size_based.json").write_text(json.dumps({**meta, "format": "highnoon.order/2"}))
+    (orders / "size_based.lengths.bin").unlink()
+    (orders / "size_based.lengths.crc32c").unlink()
+    old = open_stored_order(TokenStore.open(store.path), "size_based")
+    assert old.lengths is None and old.format == "highnoon.order/2"
+    np.testing.assert_array_equal(old[:], _expected(store, "size_based"))
+    assert list(write_orders(store, ["size_based"], only_missing=True)) == ["size_based"]
+    new = open_stored_order(TokenStore.open(store.path), "size_based")
+    np.testing.assert_array_equal(
+        new.lengths[:], np.asarray(store.features.lengths)[_expected(store, "size_based")]
+    )

@@ -14,12 +14,19 @@ shards:
   4 KiB page (``ORDER_BLOCK_BYTES``): a host takes a few positions at random, and a first read
   checks the block around each; the list is binary, 1/1024 of the order (4 MiB at 1e9 samples),
   read once at open and checked against its sha256;
-* ``orders/<strategy>.json``, written last and atomically: ``format`` (``highnoon.order/2``),
+* ``orders/<strategy>.lengths.bin`` (format 3): the lengths column, the stored length of the
+  sample at each order position (``<u4``), carried through the sort beside the indices, and
+  ``orders/<strategy>.lengths.crc32c``, its 4 KiB block CRCs: a packed host reads the lengths
+  of runs of order positions ("Blocked epoch order" in docs/design.md), not one page of the
+  store's ``lengths.bin`` per sample;
+* ``orders/<strategy>.json``, written last and atomically: ``format`` (``highnoon.order/3``),
   ``strategy``, ``num_samples``, ``dtype``, ``store_fingerprint`` (the store it was computed
   from), ``scores_fingerprint`` (``order.scores_fingerprint`` of the whole store's scores),
-  ``scale`` (the maxima the scores were normalised by), ``block_bytes`` and
-  ``block_crc32c_sha256`` (of the ``.crc32c`` file). An order of format 1 (1 MiB blocks, their
-  CRCs a JSON list ``block_crc32c`` in the ``.json``) is still read.
+  ``scale`` (the maxima the scores were normalised by), ``block_bytes``,
+  ``block_crc32c_sha256`` (of the ``.crc32c`` file), ``lengths_dtype`` and
+  ``lengths_crc32c_sha256``. Orders of format 2 (no lengths column) and 1 (1 MiB blocks,
+  their CRCs a JSON list ``block_crc32c`` in the ``.json``) are still read; their
+  ``StoredOrder.lengths`` is None, and ``--orders_only`` (``only_missing``) rewrites them.
 
 A ``.bin`` without its ``.json`` is an interrupted write: the order is absent. The store's own
 manifest and fingerprint do not change (orders are derived data). ``random`` is never stored:
@@ -59,8 +66,11 @@ from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_byte
 from highnoon.utils.hashing import sha256_file, sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
 
-FORMAT = "highnoon.order/2"
+FORMAT = "highnoon.order/3"
+FORMAT_2 = "highnoon.order/2"  # no lengths column; still read (packing reads lengths.bin)
 FORMAT_1 = "highnoon.order/1"  # block CRCs as a JSON list in the .json; still read
+LENGTHS_DTYPE = np.dtype("<u4")  # the lengths column's element
+_SUFFIXES = (".key", ".idx", ".len")  # a bucket's files: sort keys, indices, lengths
 ORDER_BLOCK_BYTES = SAMPLE_BLOCK_BYTES  # read at random positions, as a shard's lengths are
 ORDERS_DIR = "orders"
 BUILT_IN = ("size_based", "difficulty_based", "mixed")  # the strategies preparation stores
@@ -84,6 +94,13 @@ def order_paths(store_path: str, strategy: str) -> tuple[str, str]:
 def order_crc_path(store_path: str, strategy: str) -> str:
     """The ``.crc32c`` (block CRCs, ``<u4``) of ``strategy``'s stored order (format 2)."""
     return _join(_join(store_path, ORDERS_DIR), f"{strategy}.crc32c")
+
+
+def lengths_paths(store_path: str, strategy: str) -> tuple[str, str]:
+    """(``.lengths.bin``, ``.lengths.crc32c``) of ``strategy``'s lengths column (format 3):
+    the stored length of the sample at each order position, and its block CRCs."""
+    root = _join(store_path, ORDERS_DIR)
+    return _join(root, f"{strategy}.lengths.bin"), _join(root, f"{strategy}.lengths.crc32c")
 
 
 def _join(root: str, name: str) -> str:
@@ -149,8 +166,8 @@ def write_orders(
     block_bytes = check_positive_int("block_bytes", block_bytes)
     threads = check_positive_int("threads", threads)
     store = _open(store_or_path)
-    if only_missing:
-        wanted = [s for s in wanted if _fresh(store, s) is None]
+    if only_missing:  # an order without its lengths column (format 1 or 2) is rewritten
+        wanted = [s for s in wanted if getattr(_fresh(store, s), "lengths", None) is None]
     if not wanted:
         return {}
     scale, probes = _scan(store, chunk_samples)
@@ -217,7 +234,8 @@ def _write_one(
     def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
         features = store.features_range(start, min(start + chunk, n))
         scores = scores_from_features(features, strategy, scale=scale)
-        return scores, _bucketize(sort_keys(scores), start, splitters, dtype)
+        lengths = _column(features.lengths, store.path)
+        return scores, _bucketize(sort_keys(scores), start, lengths, splitters, dtype)
 
     def chunks() -> Iterator[Bucketed]:
         for scores, bucketed in _ordered(chunk_task, range(0, n, chunk), threads):
@@ -226,12 +244,16 @@ def _write_one(
 
     buckets = _scatter(chunks(), splitters.size + 1, tmp)
     local_bin = os.path.join(tmp, "order.bin")
-    with open(local_bin, "wb") as out:
-        _emit_all(buckets, dtype, chunk, out, tmp, threads)
-        out.flush()
-        os.fsync(out.fileno())
+    local_len = os.path.join(tmp, "order.lengths")
+    with open(local_bin, "wb") as out, open(local_len, "wb") as out_len:
+        _emit_all(buckets, dtype, chunk, (out, out_len), tmp, threads)
+        for handle in (out, out_len):
+            handle.flush()
+            os.fsync(handle.fileno())
     local_crc = os.path.join(tmp, "order.crc32c")
     crc_sha256 = write_block_crcs(local_bin, block_bytes, local_crc)
+    local_len_crc = os.path.join(tmp, "order.lengths.crc32c")
+    len_crc_sha256 = write_block_crcs(local_len, block_bytes, local_len_crc)
     meta = {
         "format": FORMAT,
         "strategy": strategy,
@@ -242,9 +264,14 @@ def _write_one(
         "scale": scale.to_json(),
         "block_bytes": block_bytes,
         "block_crc32c_sha256": crc_sha256,
+        "lengths_dtype": LENGTHS_DTYPE.str,
+        "lengths_crc32c_sha256": len_crc_sha256,
     }
     _publish(local_bin, bin_path)
     _publish(local_crc, order_crc_path(store.path, strategy))
+    lengths_bin, lengths_crc = lengths_paths(store.path, strategy)
+    _publish(local_len, lengths_bin)
+    _publish(local_len_crc, lengths_crc)
     atomic_write_text(json_path, json.dumps(meta, sort_keys=True))
     return bin_path
 
@@ -268,14 +295,31 @@ def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:
     return np.unique(np.concatenate([ordered[:1], quantiles]))
 
 
-Bucketed = tuple[np.ndarray, np.ndarray, np.ndarray]  # keys, indices (by bucket), bucket sizes
+# keys, indices, lengths (all grouped by bucket), bucket sizes
+Bucketed = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _column(lengths: np.ndarray, store_path: str) -> np.ndarray:
+    """A chunk's stored lengths as the lengths column's dtype (``<u4``), refusing any that
+    does not fit (no real sample holds 2**32 tokens)."""
+    lengths = np.asarray(lengths)
+    if lengths.size and (int(lengths.min()) < 0 or int(lengths.max()) >= 1 << 32):
+        raise StoreError(
+            f"store {store_path!r}: a stored length of {int(lengths.max())} tokens does not fit "
+            "the order's lengths column (<u4); the store is corrupt, rebuild it"
+        )
+    return lengths.astype(LENGTHS_DTYPE)
 
 
 def _bucketize(
-    keys: np.ndarray, indices: np.ndarray | int, splitters: np.ndarray, dtype: np.dtype
+    keys: np.ndarray,
+    indices: np.ndarray | int,
+    lengths: np.ndarray,
+    splitters: np.ndarray,
+    dtype: np.dtype,
 ) -> Bucketed:
-    """A chunk's keys and indices (an int: ``indices + arange``) grouped by bucket, in index
-    order within each, and the bucket sizes."""
+    """A chunk's keys, indices (an int: ``indices + arange``) and lengths grouped by bucket,
+    in index order within each, and the bucket sizes."""
     num = splitters.size + 1
     bucket = np.searchsorted(splitters, keys, side="left")
     bucket = bucket.astype(np.uint8 if num <= 256 else np.uint16)
@@ -285,25 +329,25 @@ def _bucketize(
         perm_indices = (perm + indices).astype(dtype, copy=False)
     else:
         perm_indices = indices[perm].astype(dtype, copy=False)
-    return keys[perm], perm_indices, sizes
+    return keys[perm], perm_indices, lengths[perm], sizes
 
 
 def _scatter(chunks: Iterable[Bucketed], num: int, directory: str) -> list[tuple[str, int]]:
     """Append each bucketed chunk to the bucket files (``.key``: ``<u8``, ``.idx``: the order's
-    dtype), in chunk order, so every bucket stays in index order; the buckets' (path without
-    suffix, count), ascending."""
+    dtype, ``.len``: ``<u4``), in chunk order, so every bucket stays in index order; the
+    buckets' (path without suffix, count), ascending."""
     counts = np.zeros(num, dtype=np.int64)
-    handles: dict[int, tuple[Any, Any]] = {}
+    handles: dict[int, list[Any]] = {}
     directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
     paths = [os.path.join(directory, f"bucket-{b}") for b in range(num)]
     try:
-        for keys, indices, sizes in chunks:
+        for *columns, sizes in chunks:
             edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
             for b in np.flatnonzero(sizes).tolist():
                 if b not in handles:
-                    handles[b] = (open(paths[b] + ".key", "ab"), open(paths[b] + ".idx", "ab"))  # noqa: SIM115
-                handles[b][0].write(keys[edges[b] : edges[b + 1]].data)
-                handles[b][1].write(indices[edges[b] : edges[b + 1]].data)
+                    handles[b] = [open(paths[b] + suffix, "ab") for suffix in _SUFFIXES]  # noqa: SIM115
+                for handle, column in zip(handles[b], columns):
+                    handle.write(column[edges[b] : edges[b + 1]].data)
             counts += sizes
     finally:
         for pair in handles.values():
@@ -314,34 +358,49 @@ def _scatter(chunks: Iterable[Bucketed], num: int, directory: str) -> list[tuple
 
 def _parts(
     path: str, count: int, dtype: np.dtype, budget: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """A bucket's (keys, indices), ``budget`` at a time, by plain file reads (no memory map:
-    resident memory stays O(budget))."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A bucket's (keys, indices, lengths), ``budget`` at a time, by plain file reads (no
+    memory map: resident memory stays O(budget))."""
+    dtypes = (np.dtype("<u8"), dtype, LENGTHS_DTYPE)
     for start in range(0, count, budget):
         size = min(budget, count - start)
-        yield (np.fromfile(path + ".key", dtype="<u8", count=size, offset=start * 8),
-               np.fromfile(path + ".idx", dtype=dtype, count=size, offset=start * dtype.itemsize))  # fmt: skip
+        yield tuple(  # type: ignore[misc]
+            np.fromfile(path + suffix, dtype=d, count=size, offset=start * d.itemsize)
+            for suffix, d in zip(_SUFFIXES, dtypes)
+        )
 
 
-def _sorted_bucket(path: str, count: int, dtype: np.dtype) -> np.ndarray:
-    """The indices of a bucket that fits in memory, sorted by (key, index); its files removed."""
-    ((keys, indices),) = _parts(path, count, dtype, count)
+def _sorted_bucket(path: str, count: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The indices and lengths of a bucket that fits in memory, sorted by (key, index); its
+    files removed."""
+    ((keys, indices, lengths),) = _parts(path, count, dtype, count)
     _remove_bucket(path)
     if keys.min() == keys.max():  # one key: already in index order
-        return indices
-    return indices[order_from_keys(keys)]
+        return indices, lengths
+    order = order_from_keys(keys)
+    return indices[order], lengths[order]
 
 
 def _emit_all(
-    buckets: list[tuple[str, int]], dtype: np.dtype, budget: int, out: Any, tmp: str, threads: int
+    buckets: list[tuple[str, int]],
+    dtype: np.dtype,
+    budget: int,
+    outs: tuple[Any, Any],
+    tmp: str,
+    threads: int,
 ) -> None:
-    """Append the buckets' indices to ``out``, bucket after bucket, each sorted by (key, index):
-    those of at most ``budget`` sorted by ``threads`` threads, the larger ones split again."""
+    """Append the buckets' indices to ``outs[0]`` and their lengths to ``outs[1]``, bucket
+    after bucket, each sorted by (key, index): those of at most ``budget`` sorted by
+    ``threads`` threads, the larger ones split again."""
     run: list[tuple[str, int]] = []
+    out, out_len = outs
 
     def flush() -> None:
-        for indices in _ordered(lambda b: _sorted_bucket(b[0], b[1], dtype), run, threads):
+        for indices, lengths in _ordered(
+            lambda b: _sorted_bucket(b[0], b[1], dtype), run, threads
+        ):
             out.write(indices.data)
+            out_len.write(lengths.data)
         run.clear()
 
     for path, count in buckets:
@@ -349,27 +408,29 @@ def _emit_all(
             run.append((path, count))
             continue
         flush()
-        low = min(int(k.min()) for k, _ in _parts(path, count, dtype, budget))
-        high = max(int(k.max()) for k, _ in _parts(path, count, dtype, budget))
+        low = min(int(k.min()) for k, _, _ in _parts(path, count, dtype, budget))
+        high = max(int(k.max()) for k, _, _ in _parts(path, count, dtype, budget))
         if low == high:  # one key: already in index order
-            for _, indices in _parts(path, count, dtype, budget):
+            for _, indices, lengths in _parts(path, count, dtype, budget):
                 out.write(indices.data)
+                out_len.write(lengths.data)
         else:
             stride = max(count // SPLITTER_SAMPLES, 1)
             sample = np.concatenate([k[(-i * budget) % stride :: stride]
-                                     for i, (k, _) in enumerate(_parts(path, count, dtype, budget))])  # fmt: skip
+                                     for i, (k, _, _) in enumerate(_parts(path, count, dtype, budget))])  # fmt: skip
             splitters = _splitters(sample, -(-2 * count // budget))
             parts = (
-                _bucketize(k, i, splitters, dtype) for k, i in _parts(path, count, dtype, budget)
+                _bucketize(k, i, n, splitters, dtype)
+                for k, i, n in _parts(path, count, dtype, budget)
             )
-            _emit_all(_scatter(parts, splitters.size + 1, tmp), dtype, budget, out, tmp, threads)
+            _emit_all(_scatter(parts, splitters.size + 1, tmp), dtype, budget, outs, tmp, threads)
         _remove_bucket(path)
     flush()
 
 
 def _remove_bucket(path: str) -> None:
-    os.remove(path + ".key")
-    os.remove(path + ".idx")
+    for suffix in _SUFFIXES:
+        os.remove(path + suffix)
 
 
 def _ordered(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) -> Iterator[Any]:
@@ -415,26 +476,23 @@ def _remove(path: str) -> None:
 # --- reading ----------------------------------------------------------------------------------
 
 
-class StoredOrder:
-    """A stored order read by range: ``take(positions)`` (any shape) and ``[slice]`` return
-    int64 sample indices; memory O(positions asked). Every block read is checked against its
-    CRC32C the first time (``MappedFile`` locally, ``RangedFile`` on any ``tf.io.gfile`` path).
-    A numpy int64 array is the same duck type (``len``, ``arr[positions]``)."""
+class StoredColumn:
+    """One stored array read by range: ``take(positions)`` (any shape) and ``[slice]`` return
+    int64 values; memory O(positions asked). Every block read is checked against its CRC32C
+    the first time (``MappedFile`` locally, ``RangedFile`` on any ``tf.io.gfile`` path). A
+    numpy int64 array is the same duck type (``len``, ``arr[positions]``)."""
 
-    def __init__(self, bin_path: str, meta: dict[str, Any], file: BlockFile) -> None:
-        self.path = bin_path
-        self.strategy = str(meta["strategy"])
-        self.num_samples = int(meta["num_samples"])
-        self.scores_fingerprint = str(meta["scores_fingerprint"])
-        self.scale = ScoreScale.from_json(meta["scale"])
-        self.dtype = np.dtype(meta["dtype"])
+    def __init__(self, path: str, num_samples: int, dtype: np.dtype, file: BlockFile) -> None:
+        self.path = path
+        self.num_samples = int(num_samples)
+        self.dtype = np.dtype(dtype)
         self._file = file
 
     def __len__(self) -> int:
         return self.num_samples
 
     def take(self, positions: np.ndarray) -> np.ndarray:
-        """The sample indices at order ``positions`` (int64, same shape)."""
+        """The values at ``positions`` (int64, same shape)."""
         pos = np.asarray(positions, dtype=np.int64)
         if pos.size and (pos.min() < 0 or pos.max() >= self.num_samples):
             raise IndexError(
@@ -463,6 +521,29 @@ class StoredOrder:
         except StoreError as err:
             store = os.path.dirname(os.path.dirname(self.path.rstrip("/")))
             raise StoreError(f"{err}; or {FIX.format(path=store)}") from err
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, num_samples={len(self)})"
+
+
+class StoredOrder(StoredColumn):
+    """A stored order (sample indices, easy to hard) read by range, with its json's facts and,
+    from format 3 on, its lengths column (``lengths``: the stored length of the sample at each
+    order position, a ``StoredColumn``; None for an order of format 1 or 2)."""
+
+    def __init__(
+        self,
+        bin_path: str,
+        meta: dict[str, Any],
+        file: BlockFile,
+        lengths: StoredColumn | None = None,
+    ) -> None:
+        super().__init__(bin_path, int(meta["num_samples"]), np.dtype(meta["dtype"]), file)
+        self.strategy = str(meta["strategy"])
+        self.scores_fingerprint = str(meta["scores_fingerprint"])
+        self.scale = ScoreScale.from_json(meta["scale"])
+        self.format = str(meta["format"])
+        self.lengths = lengths
 
     def __repr__(self) -> str:
         return f"StoredOrder({self.path!r}, strategy={self.strategy!r}, num_samples={len(self)})"
@@ -494,36 +575,64 @@ def _fresh(store: TokenStore, strategy: str, *, raise_errors: bool = False) -> S
                 f"{bin_path}: the order {state}, its json records {expected} bytes; "
                 + FIX.format(path=store.path)
             )
-        label = f"store {store.path!r}, {ORDERS_DIR}/{strategy}.bin"
-        crcs = _block_crcs(store, strategy, meta, expected)
-        args = (bin_path, expected, int(meta["block_bytes"]), crcs)
-        if is_remote(bin_path):
-            from highnoon.data.remote_blocks import RangedFile
-
-            file: BlockFile = RangedFile(*args, label=label)
+        block = int(meta["block_bytes"])
+        if meta["format"] == FORMAT_1:
+            crcs = meta["block_crc32c"]
         else:
-            file = MappedFile(*args, label=label)
+            crcs = _block_crcs(store, order_crc_path(store.path, strategy),
+                               meta["block_crc32c_sha256"])  # fmt: skip
+        file = _block_file(bin_path, expected, block, crcs, f"{ORDERS_DIR}/{strategy}.bin", store)
+        lengths = None
+        if meta["format"] == FORMAT:
+            lengths = _lengths_column(store, strategy, meta)
     except StoreError:
         if raise_errors:
             raise
         return None
-    return StoredOrder(bin_path, meta, file)
+    return StoredOrder(bin_path, meta, file, lengths)
 
 
-def _block_crcs(store: TokenStore, strategy: str, meta: dict[str, Any], size: int) -> Any:
-    """The order's block CRCs: format 1's JSON list, or format 2's ``.crc32c`` file read whole
-    (4 bytes a block) and checked against the sha256 its json records."""
-    if meta["format"] == FORMAT_1:
-        return meta["block_crc32c"]
-    path = order_crc_path(store.path, strategy)
+def _block_file(
+    path: str, size: int, block_bytes: int, crcs: Any, name: str, store: TokenStore
+) -> BlockFile:
+    """A reader of one of the order's files, checking each block on first read."""
+    label = f"store {store.path!r}, {name}"
+    if is_remote(path):
+        from highnoon.data.remote_blocks import RangedFile
+
+        return RangedFile(path, size, block_bytes, crcs, label=label)
+    return MappedFile(path, size, block_bytes, crcs, label=label)
+
+
+def _lengths_column(store: TokenStore, strategy: str, meta: dict[str, Any]) -> StoredColumn:
+    """The lengths column of a format-3 order, its size and block CRCs checked."""
+    path, crc_path = lengths_paths(store.path, strategy)
+    dtype = np.dtype(meta["lengths_dtype"])
+    expected = int(meta["num_samples"]) * dtype.itemsize
+    size = file_size(path)
+    if size != expected:
+        state = "is missing" if size is None else f"has {size} bytes"
+        raise StoreError(
+            f"{path}: the order's lengths column {state}, its json records {expected} bytes; "
+            + FIX.format(path=store.path)
+        )
+    crcs = _block_crcs(store, crc_path, meta["lengths_crc32c_sha256"])
+    name = f"{ORDERS_DIR}/{strategy}.lengths.bin"
+    file = _block_file(path, expected, int(meta["block_bytes"]), crcs, name, store)
+    return StoredColumn(path, int(meta["num_samples"]), dtype, file)
+
+
+def _block_crcs(store: TokenStore, path: str, sha256: str) -> np.ndarray:
+    """A ``.crc32c`` file (``<u4``, one per block) read whole and checked against the sha256
+    the order's json records."""
     fix = FIX.format(path=store.path)
     if not isfile(path):
         raise StoreError(f"{path}: the order's block checksums are missing; {fix}")
     raw = read_bytes(path)
-    if sha256_hex(raw) != meta["block_crc32c_sha256"]:
+    if sha256_hex(raw) != sha256:
         raise StoreError(
             f"{path}: sha256 {sha256_hex(raw)}, the order's json records "
-            f"{meta['block_crc32c_sha256']}; the checksums are corrupt or of another write, {fix}"
+            f"{sha256}; the checksums are corrupt or of another write, {fix}"
         )
     return np.frombuffer(raw, dtype="<u4")
 
@@ -536,15 +645,16 @@ def _check_meta(store: TokenStore, strategy: str, text: str, path: str) -> dict[
         raise StoreError(f"{path}: not valid JSON ({err}); {fix}") from err
     version = meta.get("format") if isinstance(meta, dict) else None
     crc_key = "block_crc32c" if version == FORMAT_1 else "block_crc32c_sha256"
+    column = ("lengths_dtype", "lengths_crc32c_sha256") if version == FORMAT else ()
     keys = ("format", "strategy", "num_samples", "dtype", "store_fingerprint",
-            "scores_fingerprint", "scale", "block_bytes", crc_key)  # fmt: skip
+            "scores_fingerprint", "scale", "block_bytes", crc_key, *column)  # fmt: skip
     missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise StoreError(f"{path}: missing keys {missing}; {fix}")
-    if meta["format"] not in (FORMAT, FORMAT_1) or meta["strategy"] != strategy:
+    if meta["format"] not in (FORMAT, FORMAT_2, FORMAT_1) or meta["strategy"] != strategy:
         raise StoreError(
             f"{path}: format {meta['format']!r} of strategy {meta['strategy']!r}, expected "
-            f"{FORMAT!r} (or {FORMAT_1!r}) of {strategy!r}; {fix}"
+            f"{FORMAT!r} (or {FORMAT_2!r}, {FORMAT_1!r}) of {strategy!r}; {fix}"
         )
     if meta["store_fingerprint"] != store.fingerprint or meta["num_samples"] != store.num_samples:
         raise StoreError(
