@@ -143,7 +143,7 @@ def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: b
 def reblock_store(source: str, path: str) -> str:
     """A store at ``path`` with the data files of the store at ``source`` (hard links: no copy)
     and the block CRCs of today's writer rules (``shards.file_block_bytes``; a stored order's
-    ``.crc32c`` side file, format 2), so a 1e9 store written with 1 MiB blocks everywhere is
+    ``.crc32c`` side file and its lengths column, format 3), so a 1e9 store written with 1 MiB blocks everywhere is
     measured again without writing 30 GB. ``tokens.bin`` keeps its recorded 1 MiB CRCs; every
     other CRC is computed from the file's bytes as the writer does."""
     from highnoon.curriculum import stored_order
@@ -188,10 +188,42 @@ def reblock_store(source: str, path: str) -> str:
             format=stored_order.FORMAT, block_bytes=block, store_fingerprint=manifest["fingerprint"],
             block_crc32c_sha256=stored_order.write_block_crcs(
                 bin_path, block, stored_order.order_crc_path(path, strategy)),
+            lengths_dtype=stored_order.LENGTHS_DTYPE.str,
+            lengths_crc32c_sha256=_lengths_column(path, names, bin_path, meta["dtype"],
+                                                  stored_order.lengths_paths(path, strategy)),
         )  # fmt: skip
         with open(json_path, "w", encoding="utf-8") as handle:
             json.dump(meta, handle, sort_keys=True)
     return path
+
+
+def _lengths_column(
+    path: str, names: list[str], bin_path: str, dtype: str, targets: tuple[str, str]
+) -> str:
+    """Write an order's lengths column (format 3: the stored length at each order position)
+    from the order already on disk: every sample's length held in memory as ``<u4`` (4 bytes a
+    sample: 4 GB at 1e9, where ``write_orders`` carries the lengths through its sort in bounded
+    memory), then the order read chunk by chunk; returns the sha256 of its ``.crc32c``."""
+    from highnoon.curriculum import stored_order
+
+    lengths = np.concatenate([
+        np.fromfile(os.path.join(path, name, shards.LENGTHS), dtype="<i8").astype("<u4")
+        for name in names
+    ])  # fmt: skip
+    column_path, crc_path = targets
+    writer = BlockCrc(column_path, stored_order.ORDER_BLOCK_BYTES)
+    order_dtype = np.dtype(dtype)
+    for start in range(0, lengths.size, CHUNK):
+        count = min(CHUNK, lengths.size - start)
+        order = np.fromfile(bin_path, dtype=order_dtype, count=count,
+                            offset=start * order_dtype.itemsize)  # fmt: skip
+        writer.write(lengths[order])
+    crcs = writer.close()["crc32c"]
+    with open(crc_path, "wb") as handle:
+        handle.write(np.asarray(crcs, dtype="<u4").tobytes())
+    from highnoon.utils.hashing import sha256_file
+
+    return sha256_file(crc_path)
 
 
 def main() -> None:

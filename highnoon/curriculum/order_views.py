@@ -14,7 +14,11 @@ these are the others a stage needs, each costing only the positions asked for:
 * ``ConcatOrder(views, value_offsets)``: several views laid end to end, each one's values
   shifted (a mixed stage's sources, each in its own order, as store indices);
 * ``ComposedOrder(order, positions)``: ``order[positions[q]]`` (an epoch's order of positions,
-  e.g. a mixture's draw, read through the stage's order).
+  e.g. a mixture's draw, read through the stage's order);
+* ``LengthsThrough(order, lengths_at)``: the stored length of the sample at each position,
+  ``lengths_at(order[p])`` (a *lengths view*: the same positions as ``order``, for a packed
+  stage's lengths where no stored lengths column exists; a stored order of format 3 carries
+  its own, ``StoredOrder.lengths``).
 """
 
 from __future__ import annotations
@@ -139,6 +143,22 @@ class ComposedOrder:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return take(self.order, self.positions[positions_of(key, len(self))])
+
+
+class LengthsThrough:
+    """``lengths_at(order[p])``: the stored lengths of an order's samples, read through the
+    store at the samples' indices (one read per sample: local for the index order, random for
+    any other)."""
+
+    def __init__(self, order: OrderView, lengths_at: Any) -> None:
+        self.order, self.lengths_at = order, lengths_at
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        samples = take(self.order, positions_of(key, len(self)))
+        return np.asarray(self.lengths_at(samples.reshape(-1)), np.int64).reshape(samples.shape)
 
 
 def _checked(positions: np.ndarray, n: int) -> np.ndarray:

@@ -18,6 +18,11 @@ Every host computes the same stream from (scores, parameters, seed) alone:
 * **Global batch** ``k`` = permuted positions ``[k*G, (k+1)*G)``; host ``h`` of ``H`` takes rows
   ``[h*G/H, (h+1)*G/H)`` of it. The union over hosts of step ``k`` is the same for any ``H``
   dividing ``G``, and every host runs the same number of steps.
+* **Packed epochs** (``epoch_stream_range``/``epoch_stream_items``, epoch pacing) visit the
+  exposed pool in a *blocked* keyed order (``curriculum.packed_order``): chunks of consecutive
+  ranks permuted, then shuffled inside windows of chunks, so a packed host reads runs of the
+  order and of its lengths (``set_order_lengths``), not one page per sample. A pool of at most
+  one window is permuted exactly as an unpacked epoch is.
 
 Step-based pacing (``total_steps``, for runs shorter than an epoch): one epoch is
 ``num_samples // G`` global steps; global batch at global step ``t = epoch * steps + k`` is
@@ -37,6 +42,7 @@ from highnoon.curriculum import pacing as pacing_lib
 from highnoon.curriculum import scoring
 from highnoon.curriculum.order import check_scores, order_from_scores, scores_fingerprint
 from highnoon.curriculum.order_views import ComposedOrder, OrderView, take
+from highnoon.curriculum.packed_order import PackedOrder, packed_permutation
 from highnoon.data import features as features_lib
 from highnoon.utils.hashing import KeyedPermutation
 from highnoon.utils.validation import InvalidArgumentError, check_int
@@ -151,6 +157,8 @@ class CurriculumScheduler:
         self._select_ordered = False
         self._order_for: Callable[[int, int], OrderView] | None = None
         self._epoch_order: tuple[tuple[int, int], OrderView] | None = None
+        self._lengths: OrderView | None = None
+        self._packed: tuple[tuple[int, int], PackedOrder] | None = None
         self._fingerprint: str | None = None
         self._expected_fingerprint: str | None = None
         self._epoch = 0
@@ -251,7 +259,22 @@ class CurriculumScheduler:
         self.order = order
         self._scores = None
         self._epoch_order = None
+        self._lengths = None
+        self._packed = None
         self._fingerprint = scores_fingerprint
+
+    def set_order_lengths(self, lengths: OrderView | None) -> None:
+        """The stored length of the sample at each position of the order (a lengths view: the
+        order's positions, e.g. ``SplitOrder`` of a stored order's lengths column), which a
+        packed epoch reads beside its samples (``epoch_stream_items``); None: none known (the
+        caller reads lengths through the store)."""
+        if lengths is not None and len(lengths) != self.num_samples:
+            raise InvalidArgumentError(
+                f"the lengths view has {len(lengths)} positions but the order "
+                f"{self.num_samples}; give one length per order position"
+            )
+        self._lengths = lengths
+        self._packed = None
 
     def _check_size(self, size: int) -> None:
         if size < self.global_batch_size:
@@ -286,6 +309,7 @@ class CurriculumScheduler:
         self._select_ordered = bool(ordered)
         self._order_for = None
         self._epoch_order = None
+        self._packed = None
 
     def set_epoch_order(self, order_for: Callable[[int, int], OrderView] | None) -> None:
         """Take each epoch's order from ``order_for(epoch, size)``: an order view of at least
@@ -307,6 +331,7 @@ class CurriculumScheduler:
         self._order_for = order_for
         self._select = None
         self._epoch_order = None
+        self._packed = None
 
     def order_at(self, epoch: int) -> OrderView:
         """The easy-to-hard order the pools of ``epoch`` are taken from (an order view of sample
@@ -446,11 +471,21 @@ class CurriculumScheduler:
 
     def epoch_stream_range(self, epoch: int, first: int, last: int) -> np.ndarray:
         """Store indices at positions ``[first, last)`` of a packed epoch's stream (int64, in
-        visiting order): ``epoch_stream(epoch)[first:last]`` computed for those positions only
-        (the keyed permutation evaluated there), whatever the pool's size.
+        visiting order): ``epoch_stream(epoch)[first:last]`` computed for those positions only,
+        whatever the pool's size (``epoch_stream_items`` without the lengths)."""
+        return self.epoch_stream_items(epoch, first, last)[0]
 
-        Epoch pacing: the exposed pool in the epoch's keyed order. Step pacing: the epoch's
-        global batches back to back. Every host computes the same stream."""
+    def epoch_stream_items(
+        self, epoch: int, first: int, last: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Store indices and stored lengths at positions ``[first, last)`` of a packed epoch's
+        stream (int64, in visiting order; lengths None when no lengths view is set or the
+        epoch's order is an in-memory selection).
+
+        Epoch pacing: the exposed pool in the epoch's blocked keyed order
+        (``curriculum.packed_order``), read a shuffle window at a time. Step pacing: the
+        epoch's global batches back to back (the unpacked keyed order; lengths None). Every
+        host computes the same stream."""
         size = self.epoch_stream_size(epoch)
         first = check_int("first", first, minimum=0, maximum=size)
         last = check_int("last", last, minimum=first, maximum=size)
@@ -458,16 +493,36 @@ class CurriculumScheduler:
             g = self.global_batch_size
             steps = np.arange(first // g, -(-last // g), dtype=np.int64)
             rows = self._rows(epoch, steps, 0, 1, g).reshape(-1)
-            return (
-                rows[first - int(steps[0]) * g : last - int(steps[0]) * g] if steps.size else rows
-            )
-        positions = np.arange(first, last, dtype=np.int64)
-        return take(self.order_at(epoch), self._permute(epoch, size, positions))
+            lo = first - int(steps[0]) * g if steps.size else 0
+            return (rows[lo : lo + last - first] if steps.size else rows), None
+        return self._packed_order(epoch, size).items(first, last)
+
+    def _packed_order(self, epoch: int, size: int) -> PackedOrder:
+        """The packed epoch's ``PackedOrder`` (kept for the epoch and size: its windows are
+        read once)."""
+        key = (epoch, size)
+        if self._packed is None or self._packed[0] != key:
+            order = self.order_at(epoch)
+            lengths = self._epoch_lengths(order)
+            permutation = packed_permutation(size, self.seed, epoch) if self.shuffle else None
+            self._packed = (key, PackedOrder(permutation, order, lengths))
+        return self._packed[1]
+
+    def _epoch_lengths(self, order: OrderView) -> OrderView | None:
+        """The lengths view matching the epoch's order ``order_at`` gave: the order's own, or
+        read through a mixture's draw (``set_epoch_order``); None for an in-memory selection."""
+        if self._lengths is None or self._select is not None:
+            return None
+        if self._order_for is not None:
+            assert isinstance(order, ComposedOrder)
+            return ComposedOrder(self._lengths, order.positions)
+        return self._lengths
 
     def epoch_stream(self, epoch: int) -> np.ndarray:
         """Every sample a *packed* epoch visits, in order (int64 indices into the scores):
         ``epoch_stream_range(epoch, 0, epoch_stream_size(epoch))``; when the pool is whole
-        batches this is ``host_epoch_indices(epoch, 0, 1)`` flattened."""
+        batches of at most one shuffle window (``packed_order``), this is
+        ``host_epoch_indices(epoch, 0, 1)`` flattened."""
         return self.epoch_stream_range(epoch, 0, self.epoch_stream_size(epoch))
 
     def samples_dropped(self, epoch: int, pack: bool) -> int:

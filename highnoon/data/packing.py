@@ -417,7 +417,8 @@ class PackedStream:
     Window ``w`` is stream positions ``[w * window, (w + 1) * window)``; its rows are a
     function of those positions' samples only, so ``stream_range(first, last)`` (store indices
     of stream positions) and ``lengths_at(indices)`` (their stored lengths) are asked for the
-    windows packed and nothing else. What is not known until the stream is packed up to a row is
+    windows packed and nothing else (``lengths_at`` None: ``stream_range`` gives the pair,
+    ``stream_items``). What is not known until the stream is packed up to a row is
     where that row's window begins: windows are packed in order from ``cursor`` on (their row
     counts kept), and ``cursor_at(step)`` moves the start forward, forgetting the windows
     before it. The epoch's row count, hence its steps, is known once the last window is packed.
@@ -427,8 +428,8 @@ class PackedStream:
     def __init__(
         self,
         size: int,
-        stream_range: Callable[[int, int], np.ndarray],
-        lengths_at: Callable[[np.ndarray], np.ndarray],
+        stream_range: StreamRange,
+        lengths_at: Callable[[np.ndarray], np.ndarray] | None,
         seq_len: int,
         rows_per_step: int,
         window: int,
@@ -469,17 +470,7 @@ class PackedStream:
         """Windows ``[first, last)`` packed in one FFD pass, each as its own ``PackedEpoch``."""
         w = self.window
         lo, hi = first * w, min(last * w, self.size)
-        samples = np.asarray(self._stream_range(lo, hi), dtype=np.int64)
-        lengths = np.asarray(self._lengths_at(samples), dtype=np.int64)
-        if samples.shape != (hi - lo,) or lengths.shape != samples.shape:
-            raise InvalidArgumentError(
-                f"stream positions [{lo}, {hi}) gave {samples.shape} samples and "
-                f"{lengths.shape} lengths; expected {hi - lo} of each"
-            )
-        if lengths.size and lengths.min() < 1:
-            raise InvalidArgumentError(
-                "every streamed sample must have at least one token (stored with EOS)"
-            )
+        samples, lengths = stream_items(self._stream_range, self._lengths_at, lo, hi)
         order, column, length, row_ptr = _pack_segments(
             segment_lengths(lengths, self.seq_len), self.seq_len, w
         )
@@ -632,6 +623,37 @@ class PackedStream:
         )
 
 
+StreamRange = Callable[[int, int], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+
+
+def stream_items(
+    stream_range: StreamRange,
+    lengths_at: Callable[[np.ndarray], np.ndarray] | None,
+    first: int,
+    last: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample indices and stored lengths (int64) at stream positions ``[first, last)``: from
+    ``stream_range`` alone when ``lengths_at`` is None (it returns both: a stage reads lengths
+    along its order), else its samples and ``lengths_at`` of them."""
+    if lengths_at is None:
+        samples, lengths = stream_range(first, last)
+    else:
+        samples = stream_range(first, last)
+        lengths = lengths_at(np.asarray(samples, dtype=np.int64))
+    samples = np.asarray(samples, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if samples.shape != (last - first,) or lengths.shape != samples.shape:
+        raise InvalidArgumentError(
+            f"stream positions [{first}, {last}) gave {samples.shape} samples and "
+            f"{lengths.shape} lengths; expected {last - first} of each"
+        )
+    if lengths.size and lengths.min() < 1:
+        raise InvalidArgumentError(
+            "every streamed sample must have at least one token (stored with EOS)"
+        )
+    return samples, lengths
+
+
 def _concatenate(parts: list[PackedEpoch], seq_len: int, rows_per_step: int) -> PackedEpoch:
     """Consecutive row ranges as one packing (rows back to back)."""
     if not parts:
@@ -658,38 +680,46 @@ def _concatenate(parts: list[PackedEpoch], seq_len: int, rows_per_step: int) -> 
 
 def estimate_packed_rows(
     size: int,
-    stream_range: Callable[[int, int], np.ndarray],
-    lengths_at: Callable[[np.ndarray], np.ndarray],
+    stream_range: StreamRange,
+    lengths_at: Callable[[np.ndarray], np.ndarray] | None,
     seq_len: int,
     window: int,
     samples: int = 16,
+    *,
+    span: int | None = None,
 ) -> int:
     """Rows a stream of ``size`` positions packs into, estimated from ``samples`` of its full
-    windows spread evenly over it (the window at the middle of each of ``samples`` equal
-    parts) and its last, partial window: exact when the stream has at most ``samples + 1``
-    windows, else the sampled windows' mean row count times the full windows, rounded up, plus
-    the partial window's rows. Deterministic; costs ``samples`` windows whatever ``size``."""
+    windows spread evenly over its first ``span`` positions (default all; the window at the
+    middle of each of ``samples`` equal parts) and its last, partial window: exact when the
+    stream has at most ``samples + 1`` windows, else the sampled windows' mean row count times
+    the full windows, rounded up, plus the partial window's rows (estimated in proportion when
+    ``span`` stops short of it). Deterministic; costs ``samples`` windows whatever ``size``
+    (``lengths_at`` None: ``stream_range`` gives samples and lengths, ``stream_items``)."""
     size = check_int("size", size, minimum=0)
     window = check_positive_int("window", window)
     samples = check_positive_int("samples", samples)
+    span = size if span is None else check_int("span", span, minimum=0, maximum=size)
     full, partial = divmod(size, window)
+    # the full windows sampled from: those within the span (at least one)
+    reach = full if span == size else min(max(span // window, 1), full)
     chosen = (
-        np.arange(full) if full <= samples else (2 * np.arange(samples) + 1) * full // (2 * samples)
+        np.arange(reach)
+        if reach <= samples
+        else (2 * np.arange(samples) + 1) * reach // (2 * samples)
     )
+    read_tail = bool(partial) and (span == size or full == 0)  # else estimated in proportion
     ranges = [(int(w) * window, (int(w) + 1) * window) for w in chosen]
-    if partial:
+    if read_tail:
         ranges.append((full * window, size))  # last: the one window shorter than the rest
     if not ranges:
         return 0
-    idx = np.concatenate([np.asarray(stream_range(a, b), dtype=np.int64) for a, b in ranges])
-    lengths = np.asarray(lengths_at(idx), dtype=np.int64)
-    if lengths.size and lengths.min() < 1:
-        raise InvalidArgumentError(
-            "every streamed sample must have at least one token (stored with EOS)"
-        )
+    lengths = np.concatenate([stream_items(stream_range, lengths_at, a, b)[1] for a, b in ranges])
     _, used = first_fit_decreasing(segment_lengths(lengths, seq_len), seq_len, window)
-    tail = int(used[-1]) if partial else 0
     sampled = int(used[: chosen.size].sum())
-    if full <= samples:
+    if read_tail:
+        tail = int(used[-1])
+    else:  # the partial window in proportion to the sampled ones
+        tail = -(-sampled * partial // (chosen.size * window)) if partial else 0
+    if chosen.size == full:  # every full window was packed: exact
         return sampled + tail
-    return -(-sampled * full // samples) + tail
+    return -(-sampled * full // chosen.size) + tail

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -30,10 +31,12 @@ from highnoon.curriculum.order import order_from_scores, scores_fingerprint
 from highnoon.curriculum.order_views import (
     ConcatOrder,
     IdentityOrder,
+    LengthsThrough,
     OrderView,
     PermutedOrder,
     SplitOrder,
 )
+from highnoon.curriculum.packed_order import packed_permutation
 from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
 from highnoon.curriculum.stored_order import open_stored_order, store_score_scale
 from highnoon.data.mixture_draw import MixtureDraw, apportion, interleave_prefix, interleave_rank
@@ -55,6 +58,8 @@ from highnoon.training.settings import StageSettings
 from highnoon.utils import validation as v
 from highnoon.utils.hashing import derive_seed, sha256_hex
 
+logger = logging.getLogger("highnoon.training")
+
 # Settings that never change the stream of global batches (a resume may change them), and new
 # stream settings that leave it unchanged while off (so runs checkpointed before they existed
 # keep their fingerprints).
@@ -68,6 +73,10 @@ _STREAM_WHEN_ON = {
 # bijection, mixtures drawn over training ranks. Format 3 (issue 21): packing windows sized from
 # the store's mean stored length (not the epoch's), so a host packs only the windows it feeds.
 STREAM_FORMAT = "highnoon.stream/3"
+# Packed stages only (issue 21): the epoch visits its pool in a blocked keyed order
+# (``curriculum.packed_order``), so a packed checkpoint of format 3 is refused; unpacked stages
+# keep format 3 and their fingerprints.
+PACKED_STREAM_FORMAT = "highnoon.stream/4"
 # Windows the packed step estimate (the schedule's horizon) packs per epoch.
 ESTIMATE_WINDOWS = 16
 
@@ -113,10 +122,12 @@ class StagePlan:
                 store.num_samples, settings.eval_fraction, settings.global_batch_size
             )
             self.split = HeldOutSplit(store.num_samples, num_eval, derive_seed(seed, "eval", index))
-            self.order, self._order_fingerprint = self._order_of(store)
+            self.order, self._order_fingerprint, lengths = self._order_of(store)
             # Training and held-out ranks, easy-to-hard, as store indices (evaluated on demand).
             self.train_order: OrderView = SplitOrder(self.order, self.split, "train")
             self.held_out: OrderView = SplitOrder(self.order, self.split, "eval")
+            # the stored length at each training rank (what packing reads beside the order)
+            self.train_lengths: OrderView = SplitOrder(lengths, self.split, "train")
         else:
             self._plan_sources(seed)
         self.dataset_names = _dataset_names(datasets, store)
@@ -137,25 +148,40 @@ class StagePlan:
         self._score_scales: dict[str, scoring.ScoreScale] = {}
 
     # -- the order and the split ---------------------------------------------------------
-    def _order_of(self, store: Any, *source: int) -> tuple[OrderView, str]:
-        """``store``'s easy-to-hard order of every stored sample, as an order view, and the
+    def _order_of(self, store: Any, *source: int) -> tuple[OrderView, str, OrderView]:
+        """``store``'s easy-to-hard order of every stored sample, as an order view, the
         fingerprint of what it was sorted from (``source``: a mixture's source index, keying
-        its ``random`` order). Curriculum off: the index order; ``random``: a keyed bijection
-        (stateless, ``KeyedPermutation(N, "random_order", stage seed, *source)``); a scored
-        strategy: the store's stored order when it has one (``highnoon-prepare --orders``),
-        else sorted here from the whole store's scores (O(N) memory, once)."""
+        its ``random`` order), and its lengths view (the stored length at each position).
+        Curriculum off: the index order (lengths: the store's ``lengths.bin`` itself);
+        ``random``: a keyed bijection (stateless, ``KeyedPermutation(N, "random_order", stage
+        seed, *source)``; lengths read through the store); a scored strategy: the store's
+        stored order when it has one (``highnoon-prepare --orders``; lengths: its column, or
+        through the store for an order of format 2), else sorted here from the whole store's
+        scores (O(N) memory, once; lengths through the store, in memory for small data)."""
         strategy = self.settings.curriculum_strategy
         n = store.num_samples
         if strategy is None:
-            return IdentityOrder(n), f"identity:{n}"
+            order: OrderView = IdentityOrder(n)
+            return order, f"identity:{n}", LengthsThrough(order, store.lengths_at)
         if strategy == "random":
             key = ":".join(str(k) for k in (self.seed, *source))
-            return PermutedOrder(n, "random_order", self.seed, *source), f"random_order:{key}:{n}"
+            order = PermutedOrder(n, "random_order", self.seed, *source)
+            return order, f"random_order:{key}:{n}", LengthsThrough(order, store.lengths_at)
         stored = open_stored_order(store, strategy)
         if stored is not None:
-            return stored, stored.scores_fingerprint
+            if stored.lengths is not None:
+                return stored, stored.scores_fingerprint, stored.lengths
+            if self.settings.pack:
+                logger.warning(
+                    "stage %r: the stored %s order of %s has no lengths column (%s), so packing "
+                    "reads lengths.bin once per sample; re-run highnoon-prepare-data "
+                    "--orders_only=%s to add it",
+                    self.name, strategy, store.path, stored.format, store.path,
+                )  # fmt: skip
+            return stored, stored.scores_fingerprint, LengthsThrough(stored, store.lengths_at)
         scores = scoring.scores_from_features(store.features, strategy)
-        return order_from_scores(scores), scores_fingerprint(scores)
+        order = order_from_scores(scores)
+        return order, scores_fingerprint(scores), LengthsThrough(order, store.lengths_at)
 
     def _plan_sources(self, run_seed: int) -> None:
         """A mixed stage's sources, each on its own: its order (its store's stored order when
@@ -169,13 +195,14 @@ class StagePlan:
                 "parts' stores; make it with data.prepare_stage_store (store.concatenate)"
             )
         fraction = self.settings.eval_fraction
-        orders, fingerprints, self.splits = [], [], []
+        orders, fingerprints, lengths, self.splits = [], [], [], []
         for i, part in enumerate(parts):
-            order, fingerprint = self._order_of(part, i)
+            order, fingerprint, part_lengths = self._order_of(part, i)
             num_eval = eval_count(part.num_samples, fraction, 1)
             seed = derive_seed(run_seed, "eval", self.index, i)
             orders.append(order)
             fingerprints.append(fingerprint)
+            lengths.append(part_lengths)
             self.splits.append(HeldOutSplit(part.num_samples, num_eval, seed))
         firsts = np.cumsum([0] + [part.num_samples for part in parts]).tolist()[:-1]
         self.order = ConcatOrder(orders, firsts)
@@ -184,6 +211,9 @@ class StagePlan:
         )
         self.held_out = ConcatOrder(
             [SplitOrder(o, sp, "eval") for o, sp in zip(orders, self.splits)], firsts
+        )
+        self.train_lengths = ConcatOrder(
+            [SplitOrder(n, sp, "train") for n, sp in zip(lengths, self.splits)], [0] * len(parts)
         )
         self.split = SplitTotals(
             self.store.num_samples,
@@ -255,6 +285,7 @@ class StagePlan:
         else:
             scheduler = CurriculumScheduler(**common)
         scheduler.prepare_curriculum_from_order(self.train_order, self._train_fingerprint())
+        scheduler.set_order_lengths(self.train_lengths)
         return scheduler
 
     # -- mixtures ----------------------------------------------------------------------------
@@ -440,9 +471,15 @@ class StagePlan:
             store.num_samples, store.num_tokens, self.settings.max_seq_length
         )
 
-    def _lengths_at(self, indices: np.ndarray) -> np.ndarray:
-        """Stored lengths of the samples ``indices`` only (the lengths file alone)."""
-        return self.store.lengths_at(indices)
+    def _stream_items(self, epoch: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Store indices and stored lengths at stream positions ``[first, last)`` of a packed
+        ``epoch``: the lengths from the order's lengths view, read a shuffle window at a time
+        (``CurriculumScheduler.epoch_stream_items``), or through the store where the epoch has
+        none (step pacing, an in-memory selection)."""
+        samples, lengths = self.scheduler.epoch_stream_items(epoch, first, last)
+        if lengths is None:
+            lengths = self.store.lengths_at(samples)
+        return samples, lengths
 
     def begin_packed_epoch(self, epoch: int, cursor: PackingCursor | None = None) -> PackedStream:
         """A fresh ``PackedStream`` of ``epoch`` starting at ``cursor`` (None: the epoch's
@@ -450,8 +487,8 @@ class StagePlan:
         s = self.settings
         stream = PackedStream(
             self.epoch_stream_size(epoch),
-            functools.partial(self.epoch_stream_range, epoch),
-            self._lengths_at,
+            functools.partial(self._stream_items, epoch),
+            None,
             s.max_seq_length,
             s.global_batch_size,
             self.packing_window,
@@ -670,14 +707,23 @@ class StagePlan:
         if key not in self._estimates:
             rows = estimate_packed_rows(
                 size,
-                functools.partial(self.epoch_stream_range, epoch),
-                self._lengths_at,
+                functools.partial(self._stream_items, epoch),
+                None,
                 self.settings.max_seq_length,
                 self.packing_window,
                 ESTIMATE_WINDOWS,
+                span=self._estimate_span(epoch, size),
             )
             self._estimates[key] = -(-rows // self.settings.global_batch_size)
         return self._estimates[key]
+
+    def _estimate_span(self, epoch: int, size: int) -> int:
+        """The stream positions the horizon estimate samples its windows from: the epoch's
+        first shuffle window (``packed_order``; a random sample of the pool's chunks, read once
+        and read again by the epoch's first steps), the whole stream when it is one window."""
+        if size == 0 or not self.settings.shuffle or self.scheduler.pacing.unit == "step":
+            return size
+        return packed_permutation(size, self.scheduler.seed, epoch).window_size(0)
 
     def stream_fingerprint(self) -> dict[str, str]:
         """What this stage's stream of global batches is made from: the stage's name, its data
@@ -690,7 +736,7 @@ class StagePlan:
                 for name in names:
                     shaping.pop(name)
         stream: dict[str, Any] = {
-            "format": STREAM_FORMAT,
+            "format": PACKED_STREAM_FORMAT if self.settings.pack else STREAM_FORMAT,
             "settings": shaping,
             "epochs": self.epochs,
             "seed": self.seed,

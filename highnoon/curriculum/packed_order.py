@@ -1,0 +1,94 @@
+"""A packed epoch's order: the pool in blocked keyed order, read a shuffle window at a time
+(numpy only; docs/design.md, "Blocked epoch order").
+
+A packed host packs the *global* stream, so it reads the sample and the stored length of every
+position of every step. ``BlockedPermutation`` keeps a shuffle window's positions inside
+``WINDOW_CHUNKS`` runs of ``CHUNK_SAMPLES`` consecutive pool ranks; ``PackedOrder`` reads a
+window's samples and lengths once, run by run (the order view and the lengths view at the
+window's ranks), and answers every position of that window from memory. A few windows are
+kept (``KEEP_WINDOWS``), so a host holds O(window), whatever the pool.
+
+Constants (measured in BENCHMARKS.md, "Blocked epoch order"): a chunk of 1 024 ranks is one
+4 KiB page of a ``<u4`` stored order and of its lengths column; a window of 256 chunks holds
+262 144 samples, about 70 global steps of 1 024 rows of 2 048 tokens. A pool of at most one
+window (``CHUNK_SAMPLES x WINDOW_CHUNKS``) is permuted exactly as before
+(``KeyedPermutation(n, "epoch", seed, epoch)``), so small data keeps its streams.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from highnoon.curriculum.order_views import OrderView, take
+from highnoon.utils.blocked_permutation import BlockedPermutation
+
+CHUNK_SAMPLES = 1024
+WINDOW_CHUNKS = 256
+KEEP_WINDOWS = 4  # shuffle windows held (16 bytes a sample: 16 MiB at the default sizes)
+
+
+def packed_permutation(n: int, seed: int, epoch: int) -> BlockedPermutation:
+    """The packed epoch order of a pool of ``n``: ranks at stream positions, keyed by (seed,
+    epoch), blocked by the module's constants (read when called, so tests can shrink them)."""
+    return BlockedPermutation(n, CHUNK_SAMPLES, WINDOW_CHUNKS, "epoch", seed, epoch)
+
+
+class PackedOrder:
+    """One packed epoch's stream read by position: ``items(first, last)`` -> (sample indices,
+    stored lengths or None) at stream positions ``[first, last)``.
+
+    Args:
+      permutation: the epoch's ``BlockedPermutation`` of the pool (None: no shuffle, the
+        pool in order).
+      order: the pool's order view (rank -> store index).
+      lengths: its lengths view (rank -> stored length), or None (the caller reads lengths
+        through the store).
+    """
+
+    def __init__(
+        self,
+        permutation: BlockedPermutation | None,
+        order: OrderView,
+        lengths: OrderView | None,
+    ) -> None:
+        self.permutation, self.order, self.lengths = permutation, order, lengths
+        self._windows: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _window(self, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Window ``w``'s samples and lengths in its index order, read once (runs of ranks)."""
+        with self._lock:
+            hit = self._windows.get(w)
+            if hit is not None:
+                self._windows.move_to_end(w)
+                return hit
+        assert self.permutation is not None
+        ranks = self.permutation.window_values(w)
+        lengths = None if self.lengths is None else take(self.lengths, ranks)
+        entry = (take(self.order, ranks), lengths)
+        with self._lock:
+            self._windows[w] = entry
+            while len(self._windows) > KEEP_WINDOWS:
+                self._windows.popitem(last=False)
+        return entry
+
+    def items(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Samples (int64) and their stored lengths (int64, or None without a lengths view) at
+        stream positions ``[first, last)``."""
+        positions = np.arange(first, last, dtype=np.int64)
+        if self.permutation is None:  # no shuffle: the pool's ranks in order
+            lengths = None if self.lengths is None else take(self.lengths, positions)
+            return take(self.order, positions), lengths
+        window, index = self.permutation.locate(positions)
+        samples = np.empty(positions.shape, dtype=np.int64)
+        lengths_out = None if self.lengths is None else np.empty(positions.shape, np.int64)
+        for w in np.unique(window).tolist():
+            hit = window == w
+            window_samples, window_lengths = self._window(w)
+            samples[hit] = window_samples[index[hit]]
+            if lengths_out is not None and window_lengths is not None:
+                lengths_out[hit] = window_lengths[index[hit]]
+        return samples, lengths_out
