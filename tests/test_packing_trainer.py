@@ -132,22 +132,28 @@ def test_a_resume_continues_from_the_saved_cursor_bit_identically(
 
 @pytest.mark.slow
 def test_a_packed_checkpoint_of_the_previous_stream_rule_is_refused(tmp_path, data, monkeypatch):
-    """Packing windows moved from the epoch's mean to the store's (``highnoon.stream/3``): a
-    packed run checkpointed under ``highnoon.stream/2`` does not resume silently."""
+    """Packed epochs moved to the blocked keyed order (``highnoon.stream/4``, packed stages
+    only): a packed run checkpointed under ``highnoon.stream/3`` does not resume silently, and
+    ``allow_data_change`` restarts the stage on the new stream."""
     from highnoon.training.resume import DataChangedError
 
-    monkeypatch.setattr(stage_plan, "STREAM_FORMAT", "highnoon.stream/2")
+    monkeypatch.setattr(stage_plan, "PACKED_STREAM_FORMAT", "highnoon.stream/3")
     old = _trainer(tmp_path, data)
     old.train(checkpoint_dir=str(tmp_path / "run"), log_interval=1)
     monkeypatch.undo()
     again = _trainer(tmp_path, data)
     with pytest.raises(
-        DataChangedError, match=r"format: 'highnoon.stream/2' -> 'highnoon.stream/3'"
+        DataChangedError, match=r"format: 'highnoon.stream/3' -> 'highnoon.stream/4'"
     ):
         again.train(checkpoint_dir=str(tmp_path / "run"))
     assert json.loads(again._plans[0].stream_fingerprint()["stream"])["format"] == (
-        "highnoon.stream/3"
+        "highnoon.stream/4"
     )
+    restarted = make_trainer(tmp_path, pack=True, max_seq_length=32, allow_data_change=True)
+    restarted.add_curriculum_stage("only", [data], epochs=3)
+    summary = restarted.train(checkpoint_dir=str(tmp_path / "run"), log_interval=1)
+    (change,) = summary["data_changes"]
+    assert change["stage"] == "only" and change["changed"] == ["stream"]
 
 
 @pytest.mark.slow
