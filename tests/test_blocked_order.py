@@ -207,3 +207,26 @@ def test_an_order_without_its_lengths_column_gives_the_same_stream_and_warns(
     for epoch in range(3):
         np.testing.assert_array_equal(old.epoch_stream(epoch), new.epoch_stream(epoch))
         assert old.estimated_epoch_steps(epoch) == new.estimated_epoch_steps(epoch)
+
+
+def test_a_packed_mixture_reads_each_drawn_sample_once_with_its_length(
+    tmp_path, small_blocks
+) -> None:
+    from highnoon.data import prepare_stage_store
+    from tests.trainer_helpers import write_jsonl
+
+    entries = [(write_jsonl(str(tmp_path / "a.jsonl"), corpus(1, 150, max_len=10)), 0.7),
+               (write_jsonl(str(tmp_path / "b.jsonl"), corpus(2, 40, max_len=10)), 0.3)]  # fmt: skip
+    store = prepare_stage_store(entries, "byte", str(tmp_path / "cache"), progress=False)
+    settings = StageSettings(batch_size=6, max_seq_length=SEQ, pack=True, eval_fraction=0.1,
+                             curriculum_strategy="size_based", initial_fraction=1.0,
+                             pacing="constant")  # fmt: skip
+    plan = StagePlan(0, "mix", settings, 2, store, seed=1, datasets=entries)
+    lengths = stored_lengths(store)
+    for epoch in range(2):
+        size = plan.epoch_stream_size(epoch)
+        assert size > 20 * 2  # several shuffle windows
+        samples, got = plan.scheduler.epoch_stream_items(epoch, 0, size)
+        drawn = plan.scheduler.order_at(epoch)[np.arange(size)]
+        assert sorted(samples.tolist()) == sorted(drawn.tolist())  # the draw, permuted
+        np.testing.assert_array_equal(got, lengths[samples])

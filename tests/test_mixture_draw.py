@@ -221,7 +221,7 @@ def test_a_hosts_call_reads_the_sources_orders_at_its_rows_only(mixed, monkeypat
     monkeypatch.setattr(
         StagePlan,
         "_order_of",
-        lambda self, s, *k: (_Counting(order_of(self, s, *k)[0]), order_of(self, s, *k)[1]),
+        lambda self, s, *k: (_Counting(order_of(self, s, *k)[0]), *order_of(self, s, *k)[1:]),
     )
     plan = _plan(store, entries)
     _Counting.read = 0
