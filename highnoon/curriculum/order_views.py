@@ -81,28 +81,46 @@ class PermutedOrder:
 
 class SplitOrder:
     """The training (``part="train"``) or held-out (``"eval"``) ranks of ``split`` through
-    ``order``: rank ``r`` -> ``order[split.<part>_positions(r)]``, easy-to-hard."""
+    ``order``: rank ``r`` -> ``order[split.<part>_positions(r)]``, easy-to-hard.
 
-    def __init__(self, order: OrderView, split: HeldOutSplit, part: str) -> None:
+    ``like``: another ``SplitOrder`` of the same split and part (an order's, when this one
+    reads its lengths): the two share the last ranks mapped, so one array of ranks read through
+    both (a packed shuffle window's samples, then their lengths) is mapped once."""
+
+    def __init__(
+        self, order: OrderView, split: HeldOutSplit, part: str, *, like: SplitOrder | None = None
+    ) -> None:
         if part not in ("train", "eval"):
             raise InvalidArgumentError(f"part={part!r} must be 'train' or 'eval'")
         if len(order) != split.num_samples:
             raise InvalidArgumentError(
                 f"the order has {len(order)} positions but the split {split.num_samples}"
             )
+        if like is not None and (like.split is not split or like.part != part):
+            raise InvalidArgumentError("like= must be a SplitOrder of the same split and part")
         self.order, self.split, self.part = order, split, part
         self.n = split.num_train if part == "train" else split.num_eval
+        self._shared = self if like is None else like._shared
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        ranks = positions_of(key, self.n)
+    def positions(self, ranks: np.ndarray) -> np.ndarray:
+        """The order positions of ``ranks`` (the same array object asked again in a row, by
+        this view or one made ``like`` it, is not mapped again)."""
+        last = self._shared._last
+        if last is not None and last[0] is ranks:
+            return last[1]
         if self.part == "train":
             positions = self.split.train_positions(ranks)
         else:
             positions = self.split.eval_positions(ranks)
-        return take(self.order, positions)
+        self._shared._last = (ranks, positions)
+        return positions
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return take(self.order, self.positions(positions_of(key, self.n)))
 
 
 class ConcatOrder:

@@ -127,7 +127,9 @@ class StagePlan:
             self.train_order: OrderView = SplitOrder(self.order, self.split, "train")
             self.held_out: OrderView = SplitOrder(self.order, self.split, "eval")
             # the stored length at each training rank (what packing reads beside the order)
-            self.train_lengths: OrderView = SplitOrder(lengths, self.split, "train")
+            self.train_lengths: OrderView = SplitOrder(
+                lengths, self.split, "train", like=self.train_order
+            )
         else:
             self._plan_sources(seed)
         self.dataset_names = _dataset_names(datasets, store)
@@ -206,14 +208,14 @@ class StagePlan:
             self.splits.append(HeldOutSplit(part.num_samples, num_eval, seed))
         firsts = np.cumsum([0] + [part.num_samples for part in parts]).tolist()[:-1]
         self.order = ConcatOrder(orders, firsts)
-        self.train_order = ConcatOrder(
-            [SplitOrder(o, sp, "train") for o, sp in zip(orders, self.splits)], firsts
-        )
+        train = [SplitOrder(o, sp, "train") for o, sp in zip(orders, self.splits)]
+        self.train_order = ConcatOrder(train, firsts)
         self.held_out = ConcatOrder(
             [SplitOrder(o, sp, "eval") for o, sp in zip(orders, self.splits)], firsts
         )
         self.train_lengths = ConcatOrder(
-            [SplitOrder(n, sp, "train") for n, sp in zip(lengths, self.splits)], [0] * len(parts)
+            [SplitOrder(n, sp, "train", like=t) for n, sp, t in zip(lengths, self.splits, train)],
+            [0] * len(parts),
         )
         self.split = SplitTotals(
             self.store.num_samples,

@@ -11,8 +11,9 @@ randomness for locality, the way Megatron's, MosaicML streaming's and Grain's sh
 * a keyed permutation of the chunks (``KeyedPermutation(K, *parts, "chunks")``) lays them out
   one after the other; the short chunk takes whatever place that permutation gives it, so no
   part of the range is favoured;
-* the laid-out chunks are cut into shuffle windows of ``S`` chunks; window ``w``'s positions
-  take its chunks' values in the order of ``KeyedPermutation(size_w, *parts, "window", w)``.
+* the laid-out chunks are cut into shuffle windows of ``S`` chunks; window ``w``'s values are
+  its chunks' values in ascending order (a reader fetches them in file order), and its
+  positions take them in the order of ``KeyedPermutation(size_w, *parts, "window", w)``.
 
 Position ``q`` -> its window, its offset there -> the window's permutation -> the chunk and the
 value: vectorised, O(positions), nothing of size ``n`` is built. A window touches ``S`` chunks,
@@ -49,6 +50,7 @@ class BlockedPermutation:
         self.num_chunks = -(-self.n // self.chunk)
         self.single = self.num_chunks <= self.window_chunks
         self._windows: dict[int, KeyedPermutation] = {}
+        self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.single:  # one window: exactly the plain keyed permutation
             self.whole = KeyedPermutation(self.n, *parts)
             self.num_windows = 1
@@ -115,19 +117,34 @@ class BlockedPermutation:
             index[hit] = self._window_perm(w)(flat[hit] - self.starts[w])
         return window.reshape(q.shape), index.reshape(q.shape)
 
+    def _layout(self, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window ``w``'s chunks in ascending order and where each begins among the window's
+        values (its indices): the values are its chunks' values, ascending."""
+        layout = self._layouts.get(w)
+        if layout is None:
+            c, s = self.chunk, self.window_chunks
+            ids = np.sort(self.chunks(np.arange(w * s, min((w + 1) * s, self.num_chunks))))
+            sizes = np.where(ids == self.num_chunks - 1, self.last, c)
+            layout = (ids, np.cumsum(sizes) - sizes)
+            if len(self._layouts) >= _KEEP_WINDOWS:
+                self._layouts.clear()
+            self._layouts[w] = layout
+        return layout
+
     def values(self, window: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """The values at ``index`` of windows ``window`` (arrays of one shape): the chunk laid
-        out there and the offset in it."""
+        """The values at ``index`` of windows ``window`` (arrays of one shape): a window's
+        values are its chunks' values in ascending order (``window_values``)."""
         w = np.asarray(window, dtype=np.int64)
         i = np.asarray(index, dtype=np.int64)
         if self.single:
             return i.copy()
-        c, s = self.chunk, self.window_chunks
-        first = w * s
-        short_in = (first <= self.short_at) & (self.short_at < first + s)
-        past_short = short_in & (i >= (self.short_at - first) * c + self.last)
-        padded = i + self.short * past_short
-        return self.chunks(first + padded // c) * c + padded % c
+        out = np.empty(i.shape, dtype=np.int64)
+        for k in np.unique(w).tolist():
+            hit = w == k
+            ids, firsts = self._layout(k)
+            at = np.searchsorted(firsts, i[hit], side="right") - 1
+            out[hit] = ids[at] * self.chunk + (i[hit] - firsts[at])
+        return out
 
     def __call__(self, positions: Any) -> np.ndarray:
         """The values at ``positions`` (int64, same shape)."""
@@ -135,15 +152,13 @@ class BlockedPermutation:
         return self.values(window, index)
 
     def window_values(self, w: int) -> np.ndarray:
-        """Window ``w``'s values in index order: its chunks' values, chunk after chunk (a few
-        runs of consecutive values: what a reader of the window fetches)."""
+        """Window ``w``'s values in index order: its chunks' values, ascending (a few runs of
+        consecutive values, in file order: what a reader of the window fetches)."""
         if not 0 <= int(w) < self.num_windows:
             raise InvalidArgumentError(f"window={w!r} must lie in [0, {self.num_windows})")
         if self.single:
             return np.arange(self.n, dtype=np.int64)
-        c, s = self.chunk, self.window_chunks
-        ids = self.chunks(np.arange(w * s, min((w + 1) * s, self.num_chunks), dtype=np.int64))
-        sizes = np.where(ids == self.num_chunks - 1, self.last, c)
-        firsts = np.cumsum(sizes) - sizes  # each chunk's first index in the window
+        ids, firsts = self._layout(int(w))
+        sizes = np.diff(np.append(firsts, self.window_size(int(w))))
         offsets = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(firsts, sizes)
-        return np.repeat(ids * c, sizes) + offsets
+        return np.repeat(ids * self.chunk, sizes) + offsets
