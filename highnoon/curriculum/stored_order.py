@@ -396,9 +396,7 @@ def _emit_all(
     out, out_len = outs
 
     def flush() -> None:
-        for indices, lengths in _ordered(
-            lambda b: _sorted_bucket(b[0], b[1], dtype), run, threads
-        ):
+        for indices, lengths in _ordered(lambda b: _sorted_bucket(b[0], b[1], dtype), run, threads):
             out.write(indices.data)
             out_len.write(lengths.data)
         run.clear()

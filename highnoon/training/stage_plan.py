@@ -36,8 +36,8 @@ from highnoon.curriculum.order_views import (
     PermutedOrder,
     SplitOrder,
 )
-from highnoon.curriculum.packed_order import packed_permutation
 from highnoon.curriculum.pacing import WARMUP_STAIRCASE, canonical_pacing
+from highnoon.curriculum.packed_order import packed_permutation
 from highnoon.curriculum.stored_order import open_stored_order, store_score_scale
 from highnoon.data.mixture_draw import MixtureDraw, apportion, interleave_prefix, interleave_rank
 from highnoon.data.mixture_schedule import MixtureSchedule
