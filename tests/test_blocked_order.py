@@ -230,3 +230,12 @@ def test_a_packed_mixture_reads_each_drawn_sample_once_with_its_length(
         drawn = plan.scheduler.order_at(epoch)[np.arange(size)]
         assert sorted(samples.tolist()) == sorted(drawn.tolist())  # the draw, permuted
         np.testing.assert_array_equal(got, lengths[samples])
+
+
+def test_an_unpacked_stage_never_opens_the_lengths_column(store) -> None:
+    plan = _plan(store, pack=False)
+    plan.host_rows_at(1, 0, 2, 0, 1)
+    assert "lengths" not in vars(plan.order)  # its checksums were never read
+    packed = _plan(store)
+    packed.packed_stream(0).row_table(0, 6)
+    assert vars(packed.order)["lengths"] is not None

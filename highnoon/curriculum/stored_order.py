@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -167,7 +168,7 @@ def write_orders(
     threads = check_positive_int("threads", threads)
     store = _open(store_or_path)
     if only_missing:  # an order without its lengths column (format 1 or 2) is rewritten
-        wanted = [s for s in wanted if getattr(_fresh(store, s), "lengths", None) is None]
+        wanted = [s for s in wanted if not _complete(store, s)]
     if not wanted:
         return {}
     scale, probes = _scan(store, chunk_samples)
@@ -527,21 +528,51 @@ class StoredColumn:
 class StoredOrder(StoredColumn):
     """A stored order (sample indices, easy to hard) read by range, with its json's facts and,
     from format 3 on, its lengths column (``lengths``: the stored length of the sample at each
-    order position, a ``StoredColumn``; None for an order of format 1 or 2)."""
+    order position, a ``StoredColumn`` opened at first use, so an unpacked stage never reads
+    its checksums; None for an order of format 1 or 2)."""
 
     def __init__(
         self,
         bin_path: str,
         meta: dict[str, Any],
         file: BlockFile,
-        lengths: StoredColumn | None = None,
+        lengths: Callable[[], StoredColumn] | None = None,
     ) -> None:
         super().__init__(bin_path, int(meta["num_samples"]), np.dtype(meta["dtype"]), file)
         self.strategy = str(meta["strategy"])
         self.scores_fingerprint = str(meta["scores_fingerprint"])
         self.scale = ScoreScale.from_json(meta["scale"])
         self.format = str(meta["format"])
-        self.lengths = lengths
+        self._open_lengths = lengths
+
+    @property
+    def has_lengths(self) -> bool:
+        """Whether the order carries its lengths column (format 3)."""
+        return self._open_lengths is not None
+
+    @functools.cached_property
+    def lengths(self) -> StoredColumn | None:
+        """The lengths column (its block checksums read and checked now), or None."""
+        return None if self._open_lengths is None else self._open_lengths()
+
+    def lengths_view(self) -> Any:
+        """The lengths column as an order view (``len``, ``[positions]``) that opens the column
+        at its first read, or None without one: a stage hands it to its scheduler whether or
+        not it packs, and only a packed one reads it."""
+        return _LazyLengths(self) if self.has_lengths else None
+
+
+class _LazyLengths:
+    """``order.lengths[positions]``, the column opened at the first read."""
+
+    def __init__(self, order: StoredOrder) -> None:
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.order.lengths[key]
 
     def __repr__(self) -> str:
         return f"StoredOrder({self.path!r}, strategy={self.strategy!r}, num_samples={len(self)})"
@@ -555,6 +586,16 @@ def open_stored_order(store: TokenStore, strategy: str) -> StoredOrder | None:
     if strategy == "random" or "head" in store.manifest:
         return None
     return _fresh(store, strategy, raise_errors=True)
+
+
+def _complete(store: TokenStore, strategy: str) -> bool:
+    """Whether the order is present, fresh and has a sound lengths column (its checksums
+    read): what ``only_missing`` keeps."""
+    order = _fresh(store, strategy)
+    try:
+        return order is not None and order.lengths is not None
+    except StoreError:
+        return False
 
 
 def _fresh(store: TokenStore, strategy: str, *, raise_errors: bool = False) -> StoredOrder | None:
@@ -602,8 +643,11 @@ def _block_file(
     return MappedFile(path, size, block_bytes, crcs, label=label)
 
 
-def _lengths_column(store: TokenStore, strategy: str, meta: dict[str, Any]) -> StoredColumn:
-    """The lengths column of a format-3 order, its size and block CRCs checked."""
+def _lengths_column(
+    store: TokenStore, strategy: str, meta: dict[str, Any]
+) -> Callable[[], StoredColumn]:
+    """The lengths column of a format-3 order, its size checked now; opened (its block CRCs
+    read and checked against the json's sha256) when first used."""
     path, crc_path = lengths_paths(store.path, strategy)
     dtype = np.dtype(meta["lengths_dtype"])
     expected = int(meta["num_samples"]) * dtype.itemsize
@@ -614,10 +658,14 @@ def _lengths_column(store: TokenStore, strategy: str, meta: dict[str, Any]) -> S
             f"{path}: the order's lengths column {state}, its json records {expected} bytes; "
             + FIX.format(path=store.path)
         )
-    crcs = _block_crcs(store, crc_path, meta["lengths_crc32c_sha256"])
-    name = f"{ORDERS_DIR}/{strategy}.lengths.bin"
-    file = _block_file(path, expected, int(meta["block_bytes"]), crcs, name, store)
-    return StoredColumn(path, int(meta["num_samples"]), dtype, file)
+
+    def column() -> StoredColumn:
+        crcs = _block_crcs(store, crc_path, meta["lengths_crc32c_sha256"])
+        name = f"{ORDERS_DIR}/{strategy}.lengths.bin"
+        file = _block_file(path, expected, int(meta["block_bytes"]), crcs, name, store)
+        return StoredColumn(path, int(meta["num_samples"]), dtype, file)
+
+    return column
 
 
 def _block_crcs(store: TokenStore, path: str, sha256: str) -> np.ndarray:

@@ -171,8 +171,8 @@ class StagePlan:
             return order, f"random_order:{key}:{n}", LengthsThrough(order, store.lengths_at)
         stored = open_stored_order(store, strategy)
         if stored is not None:
-            if stored.lengths is not None:
-                return stored, stored.scores_fingerprint, stored.lengths
+            if stored.has_lengths:
+                return stored, stored.scores_fingerprint, stored.lengths_view()
             if self.settings.pack:
                 logger.warning(
                     "stage %r: the stored %s order of %s has no lengths column (%s), so packing "
