@@ -58,7 +58,7 @@ def test_epochs_run_until_their_stream_ends_without_reading_every_length(
     monkeypatch.setattr(stage_plan, "stored_lengths", refuse)
     estimate = stage_plan.estimate_packed_rows
     # A horizon far off the real steps: the loop must not rely on it.
-    monkeypatch.setattr(stage_plan, "estimate_packed_rows", lambda *a: estimate(*a) // 2)
+    monkeypatch.setattr(stage_plan, "estimate_packed_rows", lambda *a, **k: estimate(*a, **k) // 2)
     trainer = _trainer(tmp_path, data)
     events = []
     trainer.add_callback(events.append)
