@@ -40,6 +40,7 @@ Parts:
 
     python bench/bench_scale.py --part pack --in_memory_max 1e7   # 1e6, 1e7, 1e8
     python bench/bench_scale.py --part pack --sizes 1e6,1e7,1e8,1e9 --in_memory_max 1e7
+    python bench/bench_scale.py --part pack --sizes 1e6,1e9 --in_memory_max 0 --cold  # cold cache
 * ``mixture``: the same host of 256 on a ``--mixture 3`` mixed stage: three synthetic stores of
   60%, 25% and 15% of the size (each with its stored ``mixed`` order, written first, untimed),
   weighted 0.5 / 0.3 / 0.2 (``prepare_stage_store`` on the stores' paths): from opening them
