@@ -80,16 +80,15 @@ def test_prepare_writes_the_orders_after_the_store_and_orders_only_adds_them(tmp
     assert item["orders"] == ["size_based", "mixed"]
     store = TokenStore.open(item["path"])
     assert _orders_in(store.path) == [
-        "mixed.bin",
-        "mixed.crc32c",
-        "mixed.json",
-        "size_based.bin",
-        "size_based.crc32c",
-        "size_based.json",
+        f"{s}.{e}"
+        for s in ("mixed", "size_based")
+        for e in ("bin", "crc32c", "json", "lengths.bin", "lengths.crc32c")
     ]
     for strategy in ("size_based", "mixed"):
         expected = order_from_scores(scores_from_features(store.features, strategy))
-        assert open_stored_order(store, strategy)[:].tolist() == expected.tolist()
+        stored = open_stored_order(store, strategy)
+        assert stored[:].tolist() == expected.tolist()
+        assert stored.lengths[:].tolist() == store.features.lengths[expected].tolist()
     mixed_json = os.path.join(store.path, "orders", "mixed.json")
     before = os.stat(mixed_json).st_mtime_ns
 
