@@ -6,7 +6,9 @@ position of every step. ``BlockedPermutation`` keeps a shuffle window's position
 ``WINDOW_CHUNKS`` runs of ``CHUNK_SAMPLES`` consecutive pool ranks; ``PackedOrder`` reads a
 window's samples and lengths once, run by run (the order view and the lengths view at the
 window's ranks), and answers every position of that window from memory. A few windows are
-kept (``KEEP_WINDOWS``), so a host holds O(window), whatever the pool.
+kept (``KEEP_WINDOWS``, in a ``WindowCache`` a scheduler shares between its epochs: the horizon
+estimate's window of the first epoch is still there when that epoch starts), so a host holds
+O(window), whatever the pool.
 
 Constants (measured in BENCHMARKS.md, "Blocked epoch order"): a chunk of 1 024 ranks is one
 4 KiB page of a ``<u4`` stored order and of its lengths column; a window of 256 chunks holds
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +39,28 @@ def packed_permutation(n: int, seed: int, epoch: int) -> BlockedPermutation:
     return BlockedPermutation(n, CHUNK_SAMPLES, WINDOW_CHUNKS, "epoch", seed, epoch)
 
 
+class WindowCache:
+    """The ``KEEP_WINDOWS`` shuffle windows read last, by key (an epoch's identity and the
+    window), least recently used first out; thread-safe."""
+
+    def __init__(self) -> None:
+        self._windows: OrderedDict[Any, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> tuple[np.ndarray, np.ndarray | None] | None:
+        with self._lock:
+            hit = self._windows.get(key)
+            if hit is not None:
+                self._windows.move_to_end(key)
+            return hit
+
+    def put(self, key: Any, entry: tuple[np.ndarray, np.ndarray | None]) -> None:
+        with self._lock:
+            self._windows[key] = entry
+            while len(self._windows) > KEEP_WINDOWS:
+                self._windows.popitem(last=False)
+
+
 class PackedOrder:
     """One packed epoch's stream read by position: ``items(first, last)`` -> (sample indices,
     stored lengths or None) at stream positions ``[first, last)``.
@@ -46,6 +71,8 @@ class PackedOrder:
       order: the pool's order view (rank -> store index).
       lengths: its lengths view (rank -> stored length), or None (the caller reads lengths
         through the store).
+      cache, key: where its windows are kept (under ``(key, window)``): a cache shared by a
+        scheduler's epochs, or its own.
     """
 
     def __init__(
@@ -53,26 +80,24 @@ class PackedOrder:
         permutation: BlockedPermutation | None,
         order: OrderView,
         lengths: OrderView | None,
+        *,
+        cache: WindowCache | None = None,
+        key: Any = None,
     ) -> None:
         self.permutation, self.order, self.lengths = permutation, order, lengths
-        self._windows: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = WindowCache() if cache is None else cache
+        self._key = key
 
     def _window(self, w: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Window ``w``'s samples and lengths in its index order, read once (runs of ranks)."""
-        with self._lock:
-            hit = self._windows.get(w)
-            if hit is not None:
-                self._windows.move_to_end(w)
-                return hit
+        hit = self._cache.get((self._key, w))
+        if hit is not None:
+            return hit
         assert self.permutation is not None
         ranks = self.permutation.window_values(w)
         lengths = None if self.lengths is None else take(self.lengths, ranks)
         entry = (take(self.order, ranks), lengths)
-        with self._lock:
-            self._windows[w] = entry
-            while len(self._windows) > KEEP_WINDOWS:
-                self._windows.popitem(last=False)
+        self._cache.put((self._key, w), entry)
         return entry
 
     def items(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray | None]:

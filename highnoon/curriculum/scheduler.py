@@ -42,7 +42,7 @@ from highnoon.curriculum import pacing as pacing_lib
 from highnoon.curriculum import scoring
 from highnoon.curriculum.order import check_scores, order_from_scores, scores_fingerprint
 from highnoon.curriculum.order_views import ComposedOrder, OrderView, take
-from highnoon.curriculum.packed_order import PackedOrder, packed_permutation
+from highnoon.curriculum.packed_order import PackedOrder, WindowCache, packed_permutation
 from highnoon.data import features as features_lib
 from highnoon.utils.hashing import KeyedPermutation
 from highnoon.utils.validation import InvalidArgumentError, check_int
@@ -158,7 +158,8 @@ class CurriculumScheduler:
         self._order_for: Callable[[int, int], OrderView] | None = None
         self._epoch_order: tuple[tuple[int, int], OrderView] | None = None
         self._lengths: OrderView | None = None
-        self._packed: tuple[tuple[int, int], PackedOrder] | None = None
+        self._packed: dict[tuple[int, int], PackedOrder] = {}
+        self._windows = WindowCache()  # shuffle windows read, shared by the epochs
         self._fingerprint: str | None = None
         self._expected_fingerprint: str | None = None
         self._epoch = 0
@@ -260,7 +261,7 @@ class CurriculumScheduler:
         self._scores = None
         self._epoch_order = None
         self._lengths = None
-        self._packed = None
+        self._reset_packed()
         self._fingerprint = scores_fingerprint
 
     def set_order_lengths(self, lengths: OrderView | None) -> None:
@@ -274,7 +275,7 @@ class CurriculumScheduler:
                 f"{self.num_samples}; give one length per order position"
             )
         self._lengths = lengths
-        self._packed = None
+        self._reset_packed()
 
     def _check_size(self, size: int) -> None:
         if size < self.global_batch_size:
@@ -309,7 +310,7 @@ class CurriculumScheduler:
         self._select_ordered = bool(ordered)
         self._order_for = None
         self._epoch_order = None
-        self._packed = None
+        self._reset_packed()
 
     def set_epoch_order(self, order_for: Callable[[int, int], OrderView] | None) -> None:
         """Take each epoch's order from ``order_for(epoch, size)``: an order view of at least
@@ -331,7 +332,7 @@ class CurriculumScheduler:
         self._order_for = order_for
         self._select = None
         self._epoch_order = None
-        self._packed = None
+        self._reset_packed()
 
     def order_at(self, epoch: int) -> OrderView:
         """The easy-to-hard order the pools of ``epoch`` are taken from (an order view of sample
@@ -497,16 +498,25 @@ class CurriculumScheduler:
             return (rows[lo : lo + last - first] if steps.size else rows), None
         return self._packed_order(epoch, size).items(first, last)
 
+    def _reset_packed(self) -> None:
+        """Forget the packed epochs' orders and the windows read (the order changed)."""
+        self._packed = {}
+        self._windows = WindowCache()
+
     def _packed_order(self, epoch: int, size: int) -> PackedOrder:
-        """The packed epoch's ``PackedOrder`` (kept for the epoch and size: its windows are
-        read once)."""
+        """The packed epoch's ``PackedOrder``, kept per (epoch, size); their windows share one
+        cache, so the window the horizon estimate read is still there when the epoch starts."""
         key = (epoch, size)
-        if self._packed is None or self._packed[0] != key:
+        if key not in self._packed:
             order = self.order_at(epoch)
             lengths = self._epoch_lengths(order)
             permutation = packed_permutation(size, self.seed, epoch) if self.shuffle else None
-            self._packed = (key, PackedOrder(permutation, order, lengths))
-        return self._packed[1]
+            if len(self._packed) >= 64:  # a few a run; bounded all the same
+                self._packed.clear()
+            self._packed[key] = PackedOrder(
+                permutation, order, lengths, cache=self._windows, key=key
+            )
+        return self._packed[key]
 
     def _epoch_lengths(self, order: OrderView) -> OrderView | None:
         """The lengths view matching the epoch's order ``order_at`` gave: the order's own, or
