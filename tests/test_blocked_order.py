@@ -239,3 +239,20 @@ def test_an_unpacked_stage_never_opens_the_lengths_column(store) -> None:
     packed = _plan(store)
     packed.packed_stream(0).row_table(0, 6)
     assert vars(packed.order)["lengths"] is not None
+
+
+def test_the_window_the_estimate_read_serves_the_epochs_first_steps(
+    store, small_blocks, monkeypatch
+) -> None:
+    reads = []
+    real = BlockedPermutation.window_values
+
+    def counted(self, w):
+        reads.append((self.parts[-1], w))  # (epoch, window)
+        return real(self, w)
+
+    monkeypatch.setattr(BlockedPermutation, "window_values", counted)
+    plan = _plan(store)  # the horizon estimate reads each epoch's first window
+    assert {(e, 0) for e in range(3)} <= set(reads)
+    plan.begin_packed_epoch(0).row_table(0, 6)
+    assert reads.count((0, 0)) == 1  # read once, for the estimate and the first steps
