@@ -39,7 +39,7 @@ class BlockedPermutation:
 
     ``perm(positions)`` gives the values; ``locate(positions)`` the (window, index in the
     window's values) of each; ``window_values(w)`` the values of window ``w`` in index order
-    (its chunks laid out), so ``perm(q) == window_values(w)[i]`` for ``(w, i) = locate(q)``.
+    (its chunks' values, ascending), so ``perm(q) == window_values(w)[i]`` for ``(w, i) = locate(q)``.
     """
 
     def __init__(self, n: int, chunk: int, window_chunks: int, *parts: Any) -> None:
