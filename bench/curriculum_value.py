@@ -698,12 +698,35 @@ def round2_settings(arm: str, task: QualityTask, budget_steps: int) -> dict[str,
     return settings
 
 
+ANSWER_CHARACTERS = {"arithmetic": None, "brackets": ")]}>"}  # None: everything after "="
+
+
+def answer_targets(kind: str, ids: Sequence[int], text: str) -> list[bool]:
+    """Which targets of a row ``ids`` (BOS, ``text``'s bytes, EOS) the task's rule decides from
+    the prefix: arithmetic, the result after ``=`` and the EOS; brackets, each closing bracket
+    (its kind is the innermost open one's). The held-out loss also counts the random operands
+    and bracket shapes, which no data can teach; this loss counts only the learnable skill, the
+    part the noisy bulk corrupts and the clean set teaches."""
+    targets = ids[1:]
+    closing = ANSWER_CHARACTERS[kind]
+    if closing is None:
+        equals = 1 + text.index("=")  # the row position of "=" (after BOS)
+        return [position + 1 > equals for position in range(len(targets))]
+    wanted = {ord(c) for c in closing}
+    return [position <= len(text) - 1 and ord(text[position]) in wanted
+            for position in range(len(targets))]  # fmt: skip
+
+
 class CleanEvaluator:
     """Held-out loss of a model on a fixed clean set, overall and per length quartile (the
     same rows, in the same batches, for every arm): rows as the pipeline makes them (BOS, the
-    sample's bytes, EOS; cut to the row length), ranked by length with the index as tie-break."""
+    sample's bytes, EOS; cut to the row length), ranked by length with the index as tie-break.
+    With ``kind``, also the loss on the answer targets alone (``answer_targets``)."""
 
-    def __init__(self, texts: Sequence[str], seq_len: int, batch: int = 32, buckets: int = 4):
+    def __init__(
+        self, texts: Sequence[str], seq_len: int, batch: int = 32, buckets: int = 4,
+        kind: str | None = None,
+    ):  # fmt: skip
         import numpy as np
 
         from highnoon.data import ByteTokenizer
@@ -714,32 +737,43 @@ class CleanEvaluator:
         usable = len(order) // (batch * buckets) * batch * buckets
         rows = np.zeros((usable, seq_len + 1), np.int32)
         valid = np.zeros((usable, seq_len + 1), bool)
+        answer = np.zeros((usable, seq_len), bool)
         for r, i in enumerate(order[:usable]):
             ids = encoded[i][: seq_len + 1]
             rows[r, : len(ids)] = ids
             valid[r, : len(ids)] = True
+            if kind is not None:
+                answer[r, : len(ids) - 1] = answer_targets(kind, encoded[i], texts[i])[:seq_len]
         self.inputs, self.targets = rows[:, :-1], rows[:, 1:]
         self.mask = valid[:, 1:].astype(np.float32)
+        self.answer_mask = (answer & valid[:, 1:]).astype(np.float32) if kind else None
         self.batch, self.buckets = batch, buckets
 
-    def __call__(self, model: Any) -> tuple[float, list[float]]:
+    def __call__(self, model: Any) -> tuple[float, list[float], float | None]:
+        """The held-out loss, its per-quartile values and the answer loss (None without
+        ``kind``)."""
         import tensorflow as tf
 
         from highnoon.training.losses import masked_token_loss_sum
 
-        sums, counts = [], []
+        sums, counts, answer_sum, answer_count = [], [], 0.0, 0.0
         for first in range(0, self.inputs.shape[0], self.batch):
             part = slice(first, first + self.batch)
             logits = model(tf.constant(self.inputs[part]), training=False)
             sums.append(float(masked_token_loss_sum(self.targets[part], logits, self.mask[part])))
             counts.append(float(self.mask[part].sum()))
+            if self.answer_mask is not None:
+                mask = self.answer_mask[part]
+                answer_sum += float(masked_token_loss_sum(self.targets[part], logits, mask))
+                answer_count += float(mask.sum())
         per_bucket = len(sums) // self.buckets
         buckets = [
             sum(sums[b * per_bucket : (b + 1) * per_bucket])
             / max(sum(counts[b * per_bucket : (b + 1) * per_bucket]), 1.0)
             for b in range(self.buckets)
         ]
-        return sum(sums) / max(sum(counts), 1.0), buckets
+        answer = answer_sum / max(answer_count, 1.0) if self.answer_mask is not None else None
+        return sum(sums) / max(sum(counts), 1.0), buckets, answer
 
 
 def _round2_trainer(task: QualityTask, arm: str, settings: dict, seed: int, cache_dir, epochs):
@@ -829,12 +863,13 @@ def run_one_round2(
         began = time.perf_counter()
         average = trainer._built.average
         with average.swapped() if average is not None else contextlib.nullcontext():
-            loss, buckets = evaluator(trainer.model)
+            loss, buckets, answer = evaluator(trainer.model)
         points.append(
             {
                 "step": step,
                 "tokens": trainer._position.tokens_seen,
                 "loss": loss,
+                "answer_loss": answer,
                 "buckets": buckets,
                 "seconds": began - clock["start"] - clock["eval"],
                 "row_tokens": row_tokens(step),
@@ -878,7 +913,7 @@ def run_round2(names: Sequence[str], tasks: dict, arms: Sequence[str], options, 
         # budget_steps' worth), so its schedule ends at B and the loss at B is its last
         budget = int(task.budget_steps * round2_tokens_per_step(task, options.cache_dir))
         budget = round2_planned_tokens(task, budget, options.cache_dir)
-        evaluator = CleanEvaluator(task.held_out_texts(), task.max_seq_length)
+        evaluator = CleanEvaluator(task.held_out_texts(), task.max_seq_length, kind=task.kind)
         for seed in range(options.seeds):
             for arm in arms:
                 if (name, arm, seed) in done:
@@ -992,6 +1027,18 @@ def _check_settings(names, tasks_table, arms, options) -> None:
                 raise SystemExit(f"arm {arm} on {name}: {error}") from None
 
 
+def answer_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs with their answer loss as the loss (per-quartile values dropped), for the same
+    tables; empty unless every evaluation of every run has one."""
+    points = [p for run in runs for p in run["curve"]]
+    if not points or any(p.get("answer_loss") is None for p in points):
+        return []
+    return [
+        {**run, "curve": [{**p, "loss": p["answer_loss"], "buckets": []} for p in run["curve"]]}
+        for run in runs
+    ]
+
+
 def analyze(
     results_path: str,
     names: Sequence[str],
@@ -1012,6 +1059,13 @@ def analyze(
         )
         for task, task_runs in by_task.items()
     }
+    for task, task_runs in list(by_task.items()):  # the second round's skill-only metric
+        answers = answer_runs(task_runs)
+        if answers:
+            label = f"{task}, answer tokens only"
+            by_answer = summarize_task(label, answers, options.target_fraction, None, arms_table)
+            by_answer.target_source += " (loss on the results / closing brackets alone)"
+            summaries[label] = by_answer
     text = "\n".join(format_task(summary) for summary in summaries.values())
     stem = os.path.splitext(results_path)[0]
     from highnoon.utils.files import atomic_write_text

@@ -375,3 +375,13 @@ def test_no_segment_is_prepared_where_an_epoch_end_decides_or_packs_the_next(set
         plan.scheduler = SimpleNamespace(update_with_loss=lambda *a: False, get_state=dict)
     loop.controller.run([plan])
     assert len(loop.runner.segments) == 2 and loop.runner.hints == []
+
+
+def test_a_saved_position_keeps_each_stage_s_dataset_order():
+    """A resumed run reports ``samples_per_dataset`` in the stage's dataset order, as the
+    fresh run did (the position file is not key-sorted)."""
+    position = DataPosition()
+    position.complete_stage("mix", 1, 4, {"web": 70, "code": 30, "books": 5})
+    restored = DataPosition.from_json(position.to_json())
+    assert list(restored.completed_stages[0]["samples_per_dataset"]) == ["web", "code", "books"]
+    assert restored == position

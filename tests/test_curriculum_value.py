@@ -186,9 +186,47 @@ def test_the_clean_evaluator_ranks_rows_by_length_and_averages_per_token():
     assert list(lengths) == sorted(lengths)  # shortest first
     assert evaluator.inputs[0, 0] == 1  # rows start with BOS, as the pipeline's
     uniform = lambda inputs, training: tf.zeros([*inputs.shape, 259])  # noqa: E731
-    loss, buckets = evaluator(uniform)
+    loss, buckets, answer = evaluator(uniform)
     assert loss == pytest.approx(np.log(259), rel=1e-6)
     assert buckets == [pytest.approx(np.log(259), rel=1e-6)] * 2
+    assert answer is None  # no task kind, no answer targets
+
+
+def test_answer_targets_are_the_results_and_the_closing_brackets():
+    from highnoon.data import ByteTokenizer
+
+    tokenizer = ByteTokenizer()
+
+    def targets(kind, text):
+        ids = [tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id]
+        return cv.answer_targets(kind, ids, text)
+
+    # targets of "12+3=15": 1 2 + 3 = 1 5 EOS; the result and the EOS are decided
+    assert targets("arithmetic", "12+3=15") == [False] * 5 + [True] * 3
+    # targets of "(<>)": ( < > ) EOS; the closing brackets are decided, not the shape or EOS
+    assert targets("brackets", "(<>)") == [False, False, True, True, False]
+
+
+def test_the_answer_loss_counts_only_answer_targets():
+    import numpy as np
+    import tensorflow as tf
+
+    texts = ["1+1=2", "2+2=4", "3+3=6", "4+4=8"]
+    evaluator = cv.CleanEvaluator(texts, seq_len=8, batch=2, buckets=2, kind="arithmetic")
+    assert evaluator.answer_mask.sum() == 8  # per row: the digit and the EOS
+    known = {tuple(row): (t, a) for row, t, a in zip(
+        evaluator.inputs, evaluator.targets, evaluator.answer_mask)}  # fmt: skip
+
+    def sure_of_answers(inputs, training):
+        """Certain (and right) on the answer targets, uniform elsewhere."""
+        rows = [known[tuple(row)] for row in inputs.numpy()]
+        sure = np.stack([tf.one_hot(t, 259).numpy() * 60.0 * a[:, None] for t, a in rows])
+        return tf.constant(sure, tf.float32)
+
+    loss, _, answer = evaluator(sure_of_answers)
+    assert answer == pytest.approx(0.0, abs=1e-6)
+    other = evaluator.mask.sum() - evaluator.answer_mask.sum()
+    assert loss == pytest.approx(other * np.log(259) / evaluator.mask.sum(), rel=1e-5)
 
 
 def test_round2_command_lines(tmp_path, capsys):
@@ -209,3 +247,21 @@ def test_a_second_round_run_ending_short_of_b_reads_its_loss_at_its_end(runs):
     assert arms["s"].loss_at_budget[0] == pytest.approx(2.5)  # its end, at 90 of B = 100
     assert arms["s"].name == "seq_warmup_1x" and arms["a"].name == "uniform_cosine"
     assert arms["s"].tokens[0] == pytest.approx(25)  # 3.5 reached half-way to 50
+
+
+def test_answer_losses_get_their_own_tables(tmp_path, runs, capsys):
+    path = str(tmp_path / "r.jsonl")
+    for run in runs:  # the answer loss: a quarter of the held-out loss
+        for point in run["curve"]:
+            point["answer_loss"] = point["loss"] / 4
+        cv.append_result(path, run)
+    assert cv.answer_runs(runs)[0]["curve"][0]["loss"] == runs[0]["curve"][0]["loss"] / 4
+    import argparse
+
+    cv.analyze(path, ["t"], argparse.Namespace(target_fraction=0.5, target_loss=None))
+    text = capsys.readouterr().out
+    held_out = cv.summarize_task("t", runs).target
+    assert "### t, answer tokens only" in text
+    assert f"target held-out loss {held_out / 4:.4f}" in text
+    runs[0]["curve"][0]["answer_loss"] = None  # one evaluation without it: no answer tables
+    assert cv.answer_runs(runs) == []

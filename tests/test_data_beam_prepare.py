@@ -34,6 +34,14 @@ def test_parse_beam_options_gives_beam_its_arguments():
     ) == ["--direct_num_workers=2", "--direct_running_mode=multi_processing", "--project", "my p"]
 
 
+def test_local_workers_log_warnings_only_unless_the_user_says_otherwise():
+    level = lambda options: options.get_all_options()["default_sdk_harness_log_level"]  # noqa: E731
+    assert level(bp.pipeline_options("DirectRunner", [])) == "WARNING"
+    given = ["--default_sdk_harness_log_level=DEBUG"]
+    assert level(bp.pipeline_options("DirectRunner", given)) == "DEBUG"
+    assert level(bp.pipeline_options("DataflowRunner", [])) is None  # Beam's own default
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [

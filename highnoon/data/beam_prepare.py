@@ -49,6 +49,7 @@ import contextlib
 import copy
 import io
 import itertools
+import logging
 import os
 import re
 import shlex
@@ -176,7 +177,20 @@ def pipeline_options(runner: str, beam_options: Sequence[str]) -> Any:
     args = [f"--runner={runner}", *beam_options]
     if runner == "DirectRunner" and not any(a.startswith("--direct_num_workers") for a in args):
         args.append("--direct_num_workers=1")
+    if runner == "DirectRunner" and not any(a.startswith(LOG_LEVEL_OPTION) for a in args):
+        args.append(f"{LOG_LEVEL_OPTION}=WARNING")  # local workers: no per-worker INFO chatter
+    quiet_type_hint_logs()
     return beam.options.pipeline_options.PipelineOptions(args)
+
+
+LOG_LEVEL_OPTION = "--default_sdk_harness_log_level"
+
+
+def quiet_type_hint_logs() -> None:
+    """Beam logs an INFO line per string type hint it cannot resolve (our annotations are
+    strings under ``from __future__ import annotations``); they say nothing to a user. Other
+    Beam INFO logs stay: Dataflow's job link is one of them."""
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
 
 
 def pipeline_runner(runner: str, options: Any) -> Any:

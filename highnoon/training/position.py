@@ -105,7 +105,10 @@ class DataPosition:
         self.enter_stage(self.stage + 1)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The position as JSON, in field order: not ``sort_keys``, so a finished stage's
+        ``samples_per_dataset`` keeps the stage's dataset order when a resumed run reports it
+        (every host writes the same bytes either way: the order is the plan's)."""
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> DataPosition:
