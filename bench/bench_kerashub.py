@@ -25,7 +25,8 @@ Where the time goes: each arm's compiled call (the Trainer's ``TrainStep.train_f
 window, so the second table splits each arm's milliseconds per step into the compiled call and
 the host loop around it (the Trainer's controller, events, learning-rate read-out and the new
 ``tf.data`` pipeline of every epoch; fit's callbacks), and gives the ratio of the compiled calls
-alone; the GC columns are the milliseconds per step Python's garbage collector took inside
+alone, in wall time and in this process's CPU time (all threads) inside the calls, the steadier
+figure on a shared machine; the GC columns are the milliseconds per step Python's garbage collector took inside
 each arm's timed spans (a full collection in a process this size can take a good part of a
 second, so one inside a timed span would move that window). ``--hlo`` prints the op counts of
 the two XLA step computations (optimised HLO) side by side instead of training.
@@ -136,6 +137,7 @@ class CallClocks:
 
     def __init__(self) -> None:
         self.inside = {"trainer": 0.0, "fit": 0.0}
+        self.cpu = {"trainer": 0.0, "fit": 0.0}  # this process's CPU seconds in the same spans
         self.windows: list[dict[str, float]] = []  # one per fit window, the Trainer's before it
         # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one can
         # take a good part of a second here, so one inside a timed span moves its window.
@@ -156,10 +158,11 @@ class CallClocks:
 
     def wrap(self, arm: str, call: Any) -> Any:
         def timed(*args: Any) -> Any:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             out = call(*args)
             tf.nest.map_structure(lambda t: t.numpy(), out)  # the results on the host
             self.inside[arm] += time.perf_counter() - started
+            self.cpu[arm] += time.process_time() - cpu
             return out
 
         return timed
@@ -178,11 +181,18 @@ class CallClocks:
     def close_window(self) -> None:
         """The Trainer's window ended; fit's starts: keep the Trainer's seconds, reset."""
         if self.windows:
-            self.windows[-1].update(fit=self.inside["fit"], fit_gc=self.fit_gc)
+            self.windows[-1].update(
+                fit=self.inside["fit"], fit_cpu=self.cpu["fit"], fit_gc=self.fit_gc
+            )
         self.windows.append(
-            {"trainer": self.inside["trainer"], "trainer_gc": self.gc_total - self._gc_window}
+            {
+                "trainer": self.inside["trainer"],
+                "trainer_cpu": self.cpu["trainer"],
+                "trainer_gc": self.gc_total - self._gc_window,
+            }
         )
         self.inside = {"trainer": 0.0, "fit": 0.0}
+        self.cpu = {"trainer": 0.0, "fit": 0.0}
         self.fit_gc = 0.0
 
     def open_trainer_window(self) -> None:
@@ -294,7 +304,9 @@ def breakdown(windows: list[Any], inside: list[dict[str, float]]) -> dict[str, f
         result[f"{arm}_call"] = 1e3 * calls / steps
         result[f"{arm}_host"] = 1e3 * (total - calls) / steps
         result[f"{arm}_gc"] = 1e3 * sum(i[f"{arm}_gc"] for i in inside) / steps
+        result[f"{arm}_call_cpu"] = 1e3 * sum(i[f"{arm}_cpu"] for i in inside) / steps
     result["call_ratio"] = result["fit_call"] / result["trainer_call"]
+    result["call_cpu_ratio"] = result["fit_call_cpu"] / result["trainer_call_cpu"]
     return result
 
 
@@ -419,15 +431,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| model | Trainer call | Trainer host | Trainer GC | fit call | fit host | fit GC "
-        "| call ratio |"
+        "| call ratio | call CPU, Trainer / fit | call CPU ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         b = r["ms_per_step"]
         print(
             f"| {r['case'].label} | {b['trainer_call']:.2f} | {b['trainer_host']:.2f} "
             f"| {b['trainer_gc']:.2f} | {b['fit_call']:.2f} | {b['fit_host']:.2f} "
-            f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} |"
+            f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} "
+            f"| {b['trainer_call_cpu']:.2f} / {b['fit_call_cpu']:.2f} | {b['call_cpu_ratio']:.3f} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
