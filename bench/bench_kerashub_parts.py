@@ -92,7 +92,7 @@ def pairs(case: Any, cache_dir: str) -> list[Pair]:
 
     trainer_rows = repeat({k: batches[k] for k in ("inputs", "targets", "loss_mask")})
     fit_rows = repeat(fit_inputs(batches, slice(None)))
-    train_fn = step.train_fn(StepConfig(1, CLIP_NORM, True))
+    train_fn = step.train_fn(StepConfig(1, CLIP_NORM, True, steps_per_call=1))  # as a run
 
     # 3. each arm's own input pipeline
     epoch = plan.epochs - 1
