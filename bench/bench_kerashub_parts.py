@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     case = cases(False)[1 if args.llama else 0]
     if args.tiny:
-        case = dataclasses.replace(case, label="Llama 4x16", backbone=TINY_LLAMA, batch=2, seq=16)
+        case = dataclasses.replace(
+            case, label="Llama 4x16", task="LlamaCausalLM", backbone=TINY_LLAMA, batch=2, seq=16
+        )
     case.epochs = 1
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
