@@ -119,7 +119,7 @@ class TrainStep:
         the compiled function as a tensor, so a shorter call (an epoch's last) does not retrace.
         With ``config.steps_per_call == 1`` and a step that is one XLA computation
         (``whole_step_in_xla``), every call is that step with no in-graph loop around it: the
-        loop's control flow costs host CPU on every call, 0.7-1.2 ms measured here (docs/design.md,
+        loop's control flow costs about 1 ms of host CPU on every call (docs/design.md,
         "KerasHub models"). A call of more steps than ``config.steps_per_call`` is refused.
 
         ``agree=True`` (multi-host runs): ``fn(iterator, num_steps, flag) -> (losses, tokens,
