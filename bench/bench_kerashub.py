@@ -25,10 +25,13 @@ Where the time goes: each arm's compiled call (the Trainer's ``TrainStep.train_f
 window, so the second table splits each arm's milliseconds per step into the compiled call and
 the host loop around it (the Trainer's controller, events, learning-rate read-out and the new
 ``tf.data`` pipeline of every epoch; fit's callbacks), and gives the ratio of the compiled calls
-alone; the GC columns are the milliseconds per step Python's garbage collector took inside
+alone, in wall time and in this process's CPU time (all threads) inside the calls, the steadier
+figure on a shared machine; the GC columns are the milliseconds per step Python's garbage collector took inside
 each arm's timed spans (a full collection in a process this size can take a good part of a
 second, so one inside a timed span would move that window). ``--hlo`` prints the op counts of
-the two XLA step computations (optimised HLO) side by side instead of training.
+the two XLA step computations (optimised HLO) side by side instead of training, then what each
+executes: the entry computation's instructions (dots, fusions with their bodies' opcodes,
+copies) present in one arm's step and not in the other's.
 
     python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
 
@@ -136,6 +139,7 @@ class CallClocks:
 
     def __init__(self) -> None:
         self.inside = {"trainer": 0.0, "fit": 0.0}
+        self.cpu = {"trainer": 0.0, "fit": 0.0}  # this process's CPU seconds in the same spans
         self.windows: list[dict[str, float]] = []  # one per fit window, the Trainer's before it
         # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one can
         # take a good part of a second here, so one inside a timed span moves its window.
@@ -156,10 +160,11 @@ class CallClocks:
 
     def wrap(self, arm: str, call: Any) -> Any:
         def timed(*args: Any) -> Any:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             out = call(*args)
             tf.nest.map_structure(lambda t: t.numpy(), out)  # the results on the host
             self.inside[arm] += time.perf_counter() - started
+            self.cpu[arm] += time.process_time() - cpu
             return out
 
         return timed
@@ -178,11 +183,18 @@ class CallClocks:
     def close_window(self) -> None:
         """The Trainer's window ended; fit's starts: keep the Trainer's seconds, reset."""
         if self.windows:
-            self.windows[-1].update(fit=self.inside["fit"], fit_gc=self.fit_gc)
+            self.windows[-1].update(
+                fit=self.inside["fit"], fit_cpu=self.cpu["fit"], fit_gc=self.fit_gc
+            )
         self.windows.append(
-            {"trainer": self.inside["trainer"], "trainer_gc": self.gc_total - self._gc_window}
+            {
+                "trainer": self.inside["trainer"],
+                "trainer_cpu": self.cpu["trainer"],
+                "trainer_gc": self.gc_total - self._gc_window,
+            }
         )
         self.inside = {"trainer": 0.0, "fit": 0.0}
+        self.cpu = {"trainer": 0.0, "fit": 0.0}
         self.fit_gc = 0.0
 
     def open_trainer_window(self) -> None:
@@ -294,7 +306,9 @@ def breakdown(windows: list[Any], inside: list[dict[str, float]]) -> dict[str, f
         result[f"{arm}_call"] = 1e3 * calls / steps
         result[f"{arm}_host"] = 1e3 * (total - calls) / steps
         result[f"{arm}_gc"] = 1e3 * sum(i[f"{arm}_gc"] for i in inside) / steps
+        result[f"{arm}_call_cpu"] = 1e3 * sum(i[f"{arm}_cpu"] for i in inside) / steps
     result["call_ratio"] = result["fit_call"] / result["trainer_call"]
+    result["call_cpu_ratio"] = result["fit_call_cpu"] / result["trainer_call_cpu"]
     return result
 
 
@@ -319,9 +333,9 @@ def packing(quick: bool, seq: int) -> None:
     )
 
 
-def hlo_op_counts(case: Case, cache_dir: str) -> dict[str, collections.Counter]:
-    """Op counts of the optimised HLO of both arms' XLA step on the same batch: the Trainer's
-    whole one-replica step (``UnshardedEngine``'s compiled update) and the step fit compiles
+def hlo_texts(case: Case, cache_dir: str) -> dict[str, str]:
+    """The optimised HLO of both arms' XLA step on the same batch: the Trainer's whole
+    one-replica step (``UnshardedEngine``'s compiled update) and the step fit compiles
     (``train_step`` under ``jit_compile=True``; fit adds only its strategy's identity reduce)."""
     import dataclasses
 
@@ -341,31 +355,75 @@ def hlo_op_counts(case: Case, cache_dir: str) -> dict[str, collections.Counter]:
         tf.constant(batches["loss_mask"][: case.batch].astype(np.float32)),
     )
     fit_step = tf.function(fit.model.train_step, jit_compile=True)
-    texts = {
+    return {
         "trainer": update.experimental_get_compiler_ir(batch, denominator, 1, CLIP_NORM)(
             stage="optimized_hlo"
         ),
         "fit": fit_step.experimental_get_compiler_ir(fit_data)(stage="optimized_hlo"),
     }
+
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
+
+
+def hlo_computations(text: str) -> tuple[dict[str, list[tuple[str, str, str]]], str]:
+    """Each computation's instructions ``(shape, opcode, rest of line)``, and the entry's name."""
+    computations: dict[str, list[tuple[str, str, str]]] = {}
+    current, entry = None, ""
+    for line in text.splitlines():
+        header = re.match(r"^(ENTRY )?%?(\S+) .*\{\s*$", line)
+        if header:
+            current = header.group(2)
+            computations[current] = []
+            entry = current if header.group(1) else entry
+        elif line.startswith("}"):
+            current = None
+        elif current is not None and (m := _INSTRUCTION.match(line)):
+            computations[current].append((m.group(1), m.group(2), m.group(3)))
+    return computations, entry
+
+
+def hlo_kernels(text: str) -> collections.Counter:
+    """What the step executes: the entry computation's instructions, each as (opcode, shape
+    without layout, and for a fusion its kind and the sorted opcodes of its body)."""
+    computations, entry = hlo_computations(text)
+    kernels: collections.Counter = collections.Counter()
+    for shape, op, rest in computations[entry]:
+        body = ""
+        called = re.search(r"calls=%([^,\s]+)", rest)
+        if op == "fusion" and called:
+            kind = re.search(r"kind=(\w+)", rest)
+            ops = sorted(o for _, o, _ in computations[called.group(1)] if o != "parameter")
+            body = f"{kind.group(1) if kind else '?'}: {','.join(ops)}"
+        kernels[(op, re.sub(r"\{[^}]*\}", "", shape), body)] += 1
+    return kernels
+
+
+def hlo_op_counts(text: str) -> collections.Counter:
+    """Every instruction's opcode, fused computations' bodies included."""
     opcode = re.compile(r"= (?:\S+|\([^)]*\)) ([a-z][a-z0-9\-]*)\(")
-    return {
-        arm: collections.Counter(m.group(1) for m in map(opcode.search, text.splitlines()) if m)
-        for arm, text in texts.items()
-    }
+    return collections.Counter(m.group(1) for m in map(opcode.search, text.splitlines()) if m)
 
 
 def print_hlo(quick: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases(quick):
-            counts = hlo_op_counts(case, os.path.join(tmp, "cache"))
+            texts = hlo_texts(case, os.path.join(tmp, "cache"))
             keras.backend.clear_session()
-            t, f = counts["trainer"], counts["fit"]
+            t, f = hlo_op_counts(texts["trainer"]), hlo_op_counts(texts["fit"])
             print(f"\n{case.label}: optimised HLO instructions, Trainer {sum(t.values())}, "
                   f"fit {sum(f.values())} (fused computations' bodies included)")  # fmt: skip
             print("| op | Trainer | fit |\n|---|---:|---:|")
             for op in sorted(set(t) | set(f), key=lambda op: (-(t[op] + f[op]), op)):
                 if t[op] != f[op]:
                     print(f"| {op} | {t[op]} | {f[op]} |")
+            kt, kf = hlo_kernels(texts["trainer"]), hlo_kernels(texts["fit"])
+            print(f"\nexecuted (entry) instructions: Trainer {sum(kt.values())}, fit "
+                  f"{sum(kf.values())}; the same (opcode, shape, fused body) in both: "
+                  f"{sum((kt & kf).values())}; the rest, by arm:")  # fmt: skip
+            for arm, extra in (("Trainer", kt - kf), ("fit", kf - kt)):
+                for (op, shape, body), n in sorted(extra.items(), key=lambda item: item[0][1]):
+                    print(f"  {arm}: {n} x {op} {shape[:60]} {body[:160]}")
 
 
 def make_model_of(task: str, backbone: dict[str, Any]) -> keras.Model:
@@ -419,15 +477,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| model | Trainer call | Trainer host | Trainer GC | fit call | fit host | fit GC "
-        "| call ratio |"
+        "| call ratio | call CPU, Trainer / fit | call CPU ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         b = r["ms_per_step"]
         print(
             f"| {r['case'].label} | {b['trainer_call']:.2f} | {b['trainer_host']:.2f} "
             f"| {b['trainer_gc']:.2f} | {b['fit_call']:.2f} | {b['fit_host']:.2f} "
-            f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} |"
+            f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} "
+            f"| {b['trainer_call_cpu']:.2f} / {b['fit_call_cpu']:.2f} | {b['call_cpu_ratio']:.3f} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

@@ -2,6 +2,7 @@
 
     python bench/bench_kerashub_parts.py            # GPT-2 4x128 (bench_kerashub's model)
     python bench/bench_kerashub_parts.py --llama    # Llama 4x128
+    python bench/bench_kerashub_parts.py --tiny     # Llama 4x16: the same variables, a tiny step
 
 ``bench_kerashub.py`` times whole windows of steps; this bench splits a step into its parts to
 say where a difference comes from. It trains ``bench_kerashub``'s Trainer one short epoch (so
@@ -12,11 +13,14 @@ its step is compiled) and builds ``fit``'s model beside it, then times, in inter
    memory): the Trainer's ``UnshardedEngine`` update against ``train_step`` compiled with
    ``jit_compile=True`` as ``fit`` compiles it.
 2. ``host call``: one step through each arm's whole compiled host call (the Trainer's
-   ``TrainStep.train_fn`` loop with its token count and reductions, fit's
+   ``TrainStep.train_fn`` one-step call with its token count and reductions, fit's
    ``train_function``), both reading the same in-memory ``tf.data`` batches, results fetched.
    ``host call, own input``: the same, each arm reading its own input pipeline (repeated, so
    no epoch change falls in a call): the Trainer's production ``training_dataset``, fit's
-   array adapter, as ``bench_kerashub.py`` feeds them.
+   array adapter, as ``bench_kerashub.py`` feeds them. ``host call: Trainer, loop``: the
+   Trainer's host call as an in-graph loop (``StepConfig(steps_per_call=None)``, what every
+   run compiled before) against the one-step call a run of ``steps_per_call=1`` compiles now
+   (``--tiny`` makes the step negligible, so the difference is the loop's own cost).
 3. ``input batch``: one batch from each arm's own input pipeline, iterated alone: the
    Trainer's ``training_dataset`` against the dataset Keras' array adapter makes for ``fit``.
 4. ``new epoch input``: what a new epoch costs the Trainer before its first batch
@@ -33,6 +37,7 @@ lowest and highest round. CPU time is the steadier figure on a shared machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -53,6 +58,9 @@ from highnoon.training.inputs import training_dataset
 from highnoon.training.step import StepConfig
 
 Pair = tuple[str, Callable[[], Any], str, Callable[[], Any]]
+# bench_kerashub's Llama at width 16: the same 122 variables, a step of a few milliseconds.
+TINY_LLAMA = {"num_layers": 4, "num_query_heads": 2, "num_key_value_heads": 1, "hidden_dim": 16,
+              "intermediate_dim": 32}  # fmt: skip
 
 
 def _fetch(out: Any) -> None:
@@ -92,7 +100,9 @@ def pairs(case: Any, cache_dir: str) -> list[Pair]:
 
     trainer_rows = repeat({k: batches[k] for k in ("inputs", "targets", "loss_mask")})
     fit_rows = repeat(fit_inputs(batches, slice(None)))
-    train_fn = step.train_fn(StepConfig(1, CLIP_NORM, True))
+    train_fn = step.train_fn(StepConfig(1, CLIP_NORM, True, steps_per_call=1))  # as a run
+    loop_fn = step.train_fn(StepConfig(1, CLIP_NORM, True))  # any steps per call: the loop
+    loop_rows = repeat({k: batches[k] for k in ("inputs", "targets", "loss_mask")})
 
     # 3. each arm's own input pipeline
     epoch = plan.epochs - 1
@@ -141,6 +151,8 @@ def pairs(case: Any, cache_dir: str) -> list[Pair]:
          "Trainer", lambda: _fetch(update(batch, denominator, 1, CLIP_NORM))),
         ("host call: fit", lambda: _fetch(fit.model.train_function(fit_rows)),
          "Trainer", lambda: _fetch(train_fn(trainer_rows, 1))),
+        ("host call: Trainer, loop", lambda: _fetch(loop_fn(loop_rows, 1)),
+         "one step, no loop", lambda: _fetch(train_fn(trainer_rows, 1))),
         ("host call, own input: fit", lambda: _fetch(fit.model.train_function(own["fit"])),
          "Trainer", lambda: _fetch(train_fn(own["trainer"], 1))),
         ("input batch: fit", lambda: next_batch("fit", fit_input),
@@ -186,10 +198,15 @@ def measure(pair: Pair, rounds: int, calls: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--llama", action="store_true", help="the Llama 4x128 case")
+    parser.add_argument("--tiny", action="store_true", help="a Llama 4x16 (its step negligible)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=5, help="calls per arm per round")
     args = parser.parse_args(argv)
     case = cases(False)[1 if args.llama else 0]
+    if args.tiny:
+        case = dataclasses.replace(
+            case, label="Llama 4x16", task="LlamaCausalLM", backbone=TINY_LLAMA, batch=2, seq=16
+        )
     case.epochs = 1
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

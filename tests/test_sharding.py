@@ -116,8 +116,8 @@ def test_a_recorder_refuses_a_step_it_has_not_seen_traced():
     with pytest.raises(InvalidArgumentError) as error:
         StepRecorder().bytes_sent_per_step(StepConfig(accumulation_steps=2))
     assert str(error.value) == (
-        "config=StepConfig(accumulation_steps=2, clip_norm=1.0, jit_compile=False) names a step "
-        "that has not been traced yet; run it once first"
+        "config=StepConfig(accumulation_steps=2, clip_norm=1.0, jit_compile=False, "
+        "steps_per_call=None) names a step that has not been traced yet; run it once first"
     )
 
 

@@ -73,9 +73,11 @@ class FakeStep:
     def __init__(self, during=None) -> None:
         self.made = 0  # train_fn calls (one per stage expected)
         self.during = during
+        self.configs = []
 
     def train_fn(self, config, agree=False):
         self.made += 1
+        self.configs.append(config)
 
         def call(iterator, num_steps):
             if self.during is not None:
@@ -191,3 +193,17 @@ def test_the_step_config_and_host_call_are_made_once_per_stage(plan):
     # length compile nothing new.
     assert not runner.run(iter(()), 1, copy.copy(plan), 16, lambda: False).compiled
     assert step.made == 2
+
+
+def test_the_step_is_compiled_for_the_runs_steps_per_call(plan):
+    """The run's steps_per_call reaches the step config: 1 compiles a host call without a loop
+    (``TrainStep.train_fn``)."""
+    from highnoon.training.step import StepConfig
+
+    step = FakeStep()
+    runner = TrainStepRunner(
+        step, tf.distribute.get_strategy(), _schedule("cosine"), jit_compile=True,
+        multi_host=False, steps_per_call=1,
+    )  # fmt: skip
+    runner.run(iter(()), 1, plan, 16, lambda: False)
+    assert step.configs == [StepConfig(1, plan.settings.clip_norm, True, steps_per_call=1)]

@@ -507,6 +507,7 @@ def make_controller(
         built.schedule,
         jit_compile=options.jit_compile,
         multi_host=num_hosts(spec.strategy) > 1,
+        steps_per_call=options.steps_per_call,
     )
     lm_evaluator = (
         LmEvalLoop(built.step, spec.strategy, spec.tokenizer, options)

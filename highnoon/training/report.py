@@ -181,16 +181,19 @@ def _adaptive_levels(plan: StagePlan, difficulty: np.ndarray, train: np.ndarray)
 # -- time -----------------------------------------------------------------------------------
 def measure_step_seconds(trainer: Any, plan: StagePlan, seq_length: int, steps: int = 3) -> dict:
     """Seconds of the first call (tracing and compiling) and of one optimizer step after it, on
-    real batches of ``plan`` cut to ``seq_length``. It trains the model for ``steps + 1`` steps:
-    measure on a throw-away Trainer (the report never saves it)."""
+    real batches of ``plan`` cut to ``seq_length``, through the host call a run compiles (its
+    ``steps_per_call``). It trains the model for ``steps + 1`` steps: measure on a throw-away
+    Trainer (the report never saves it)."""
     from highnoon.training.inputs import training_dataset
     from highnoon.training.step import StepConfig
 
     trainer._build([plan])
+    per_call = trainer.options.steps_per_call
     config = StepConfig(
         accumulation_steps=plan.settings.gradient_accumulation_steps,
         clip_norm=plan.settings.clip_norm,
         jit_compile=trainer.options.jit_compile,
+        steps_per_call=per_call,
     )
     train_fn = trainer._step.train_fn(config)
     # The first epoch's real batches; a short epoch times fewer steps (at least the first call).
@@ -202,7 +205,8 @@ def measure_step_seconds(trainer: Any, plan: StagePlan, seq_length: int, steps: 
     if steps < 1:
         return {"first_call": first, "step": first}  # an upper bound: a one-step epoch
     started = time.perf_counter()
-    train_fn(iterator, steps)[0].numpy()
+    for done in range(0, steps, per_call):
+        train_fn(iterator, min(per_call, steps - done))[0].numpy()
     return {"first_call": first, "step": (time.perf_counter() - started) / steps}
 
 

@@ -124,6 +124,7 @@ class TrainStepRunner:
         *,
         jit_compile: bool,
         multi_host: bool,
+        steps_per_call: int | None = None,
     ) -> None:
         import tensorflow as tf
 
@@ -131,6 +132,8 @@ class TrainStepRunner:
         self.strategy = strategy
         self.schedule = schedule
         self.jit_compile = jit_compile
+        # The loop's most steps per host call (None: any): 1 compiles a call with no loop.
+        self.steps_per_call = steps_per_call
         self.multi_host = multi_host  # hosts agree on preemption inside every host call
         self.fatal_errors = (tf.errors.OpError,)
         self._compiled: set[tuple] = set()  # (step config, row length) whose first call ran
@@ -191,6 +194,7 @@ class TrainStepRunner:
                 accumulation_steps=plan.settings.gradient_accumulation_steps,
                 clip_norm=plan.settings.clip_norm,
                 jit_compile=self.jit_compile,
+                steps_per_call=self.steps_per_call,
             )
             train_fn = self.step.train_fn(config, agree=self.multi_host)
             self._train = (plan, dataclasses.astuple(config), train_fn)

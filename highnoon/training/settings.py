@@ -363,7 +363,10 @@ class RunOptions:
         _seed,
     )
     steps_per_call: int = setting(
-        1, "optimizer steps per host call (keeps TPUs busy)", v.check_positive_int
+        1,
+        "optimizer steps per host call (keeps TPUs busy); 1 with `jit_compile` on one replica: "
+        "the call is the XLA step alone, with no loop around it",
+        v.check_positive_int,
     )
     mixed_precision: str | None = setting(
         None,

@@ -25,6 +25,7 @@ import tensorflow as tf
 from highnoon.training.losses import Batch, masked_token_loss_sum
 from highnoon.training.sharding.levels import ShardingLevel, resolve_level
 from highnoon.training.step_engine import StepConfig, StepEngine, UnshardedEngine
+from highnoon.utils.validation import InvalidArgumentError
 
 if TYPE_CHECKING:
     from highnoon.training.sharding.recorder import StepRecorder
@@ -116,24 +117,50 @@ class TrainStep:
         """``fn(iterator, num_steps) -> (losses [num_steps], tokens [num_steps])``: ``num_steps``
         optimizer steps in one host call (several per call keep TPUs busy). ``num_steps`` enters
         the compiled function as a tensor, so a shorter call (an epoch's last) does not retrace.
+        With ``config.steps_per_call == 1`` and a step that is one XLA computation
+        (``whole_step_in_xla``), every call is that step with no in-graph loop around it: the
+        loop's control flow costs about 1 ms of host CPU on every call (docs/design.md,
+        "KerasHub models"). A call of more steps than ``config.steps_per_call`` is refused.
 
         ``agree=True`` (multi-host runs): ``fn(iterator, num_steps, flag) -> (losses, tokens,
         flags)``, where ``flags`` is the sum over every replica of its host's ``flag`` (1.0: a
         preemption signal arrived). The flag rides in the reduction that already sums each
         step's loss and token count, so every host learns whether any host must stop at no extra
         collective and no extra host round trip."""
+        single = config.steps_per_call == 1 and self.whole_step_in_xla(config)
         key = ("train", config.accumulation_steps, config.clip_norm, config.jit_compile, agree)
+        key += ("single",) if single else ()
         if key not in self._train_fns:
-            self._train_fns[key] = self._build_train_fn(config, agree)
+            build = self._build_single_step_fn if single else self._build_train_fn
+            self._train_fns[key] = build(config, agree)
         compiled = self._train_fns[key]
+        limit = config.steps_per_call
+
+        def steps(num_steps: int) -> tf.Tensor:
+            if (single and num_steps != 1) or (limit is not None and num_steps > limit):
+                raise InvalidArgumentError(
+                    f"a host call of {num_steps} steps, but this step was compiled for calls of "
+                    f"1 to steps_per_call={limit} steps; build it with "
+                    "StepConfig(steps_per_call=None) for calls of any length"
+                )
+            return tf.constant(num_steps, tf.int32)
+
         if agree:
             return lambda iterator, num_steps, flag: compiled(
-                iterator, tf.constant(num_steps, tf.int32), tf.constant(float(flag), tf.float32)
+                iterator, steps(num_steps), tf.constant(float(flag), tf.float32)
             )
-        return lambda iterator, num_steps: compiled(iterator, tf.constant(num_steps, tf.int32))
+        return lambda iterator, num_steps: compiled(iterator, steps(num_steps))
 
-    def _build_train_fn(self, config: StepConfig, agree: bool) -> Callable:
-        strategy = self.strategy
+    def whole_step_in_xla(self, config: StepConfig) -> bool:
+        """Whether a step of ``config`` is one XLA computation (one replica, unsharded, jit).
+        Only then does a host call without the loop train bit for bit as the loop: what is
+        left outside XLA is the token count and one-replica reductions, which are exact.
+        Ops outside XLA are optimised by Grappler one way inside a loop body and another at
+        the top of a graph, and their results differ in the last bits."""
+        return config.jit_compile and self.level is None and self.strategy.num_replicas_in_sync == 1
+
+    def _replica_step_totals(self, config: StepConfig) -> Callable:
+        """One replica's step as ``[loss, tokens, flag]`` (the reduction's one tensor)."""
 
         def replica_step(batch: Batch, flag: tf.Tensor) -> tf.Tensor:
             loss, tokens = self._replica_train_step(batch, config)
@@ -141,9 +168,41 @@ class TrainStep:
             # the flag this replica's device; a bare argument has none).
             return tf.stack([loss, tokens, tf.identity(flag)])
 
+        return replica_step
+
+    def _one_step(self, config: StepConfig) -> Callable:
+        """``one_step(batch, flag) -> [loss, tokens, flags]`` summed over every replica."""
+        strategy, replica_step = self.strategy, self._replica_step_totals(config)
+
         def one_step(batch: Batch, flag: tf.Tensor) -> tf.Tensor:
             per_replica = strategy.run(replica_step, args=(batch, flag))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        return one_step
+
+    def _build_single_step_fn(self, config: StepConfig, agree: bool) -> Callable:
+        """The host call of a run whose calls are one step each: the step alone, its results
+        shaped as the loop's (``[1]`` losses and tokens). ``num_steps`` is taken (always 1) so
+        both builds are called alike."""
+        one_step = self._one_step(config)
+
+        def step(iterator, flag: tf.Tensor):
+            totals = one_step(next(iterator), flag)
+            return totals[0:1], totals[1:2], totals[2]
+
+        if agree:
+            return tf.function(lambda iterator, num_steps, flag: step(iterator, flag))
+
+        @tf.function
+        def fn(iterator, num_steps: tf.Tensor):
+            losses, tokens, _ = step(iterator, tf.constant(0.0))
+            return losses, tokens
+
+        return fn
+
+    def _build_train_fn(self, config: StepConfig, agree: bool) -> Callable:
+        """The host call of up to any number of steps: an in-graph loop over ``one_step``."""
+        one_step = self._one_step(config)
 
         def steps(iterator, num_steps: tf.Tensor, flag: tf.Tensor):
             losses = tf.TensorArray(tf.float32, size=num_steps)

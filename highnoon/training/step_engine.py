@@ -30,6 +30,10 @@ class StepConfig:
     accumulation_steps: int = 1
     clip_norm: float | None = 1.0
     jit_compile: bool = False
+    # The most optimizer steps one host call runs, when the run fixes it (None: any number).
+    # 1, on a step that is one XLA computation, compiles the host call without the in-graph
+    # loop (``TrainStep.train_fn``).
+    steps_per_call: int | None = None
 
 
 class StepEngine(abc.ABC):
