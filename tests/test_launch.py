@@ -224,6 +224,18 @@ def test_a_missing_gin_file_names_every_directory_searched(tmp_path):
     )
 
 
+def test_launch_train_names_the_closest_gin_name_for_a_typo(tmp_path):
+    proc = _launch(
+        "launch.train",
+        "--gin_file=runs/quickstart.gin",
+        f"--model_dir={tmp_path}",
+        "--gin.Trainer.learning_rat=0.1",
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "learning_rate" in proc.stderr
+
+
 USER_GIN_FILES = {"my_data.gin"}  # examples of the user's own files, not shipped ones
 
 
@@ -511,6 +523,7 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     assert module_file.startswith(site_packages) and gin_dir == f"{site_packages}/highnoon/gin"
     assert no_launch == "no launch"
 
+    # The README's main job (the quickstart config, shrunk by gin bindings) end to end.
     model_dir = tmp_path / "run"
     train = _run(
         [str(bin_dir / "highnoon-train"), "--gin_file=runs/quickstart.gin",
@@ -521,9 +534,23 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     summary = json.loads((model_dir / "summary.json").read_text())
     assert [s["name"] for s in summary["stages_completed"]] == ["foundation", "code", "instruction"]
-    assert "Path not found" not in train.stderr
+    assert "Path not found" not in train.stderr  # gin's search-path misses stay quiet
     assert os.listdir(elsewhere) == []  # nothing written to the working directory
+    # stdout: the brief summary (with eval and wall time), then the sample, once.
+    brief, sample = train.stdout.split("\n\nSample from the trained model:\n")
+    assert list(json.loads(brief)) == [
+        "total_steps", "stages_completed", "tokens_seen", "eval", "wall_time_seconds"
+    ]  # fmt: skip
+    assert json.loads(brief)["wall_time_seconds"] == summary["wall_time_seconds"]
+    assert sample.startswith("def ")  # the quickstart's prompt, continued
+    assert "sample from the trained model" not in train.stderr  # the sample is shown once
+    assert "stage 'foundation': 2 epoch(s)" in train.stderr  # the chief's progress lines
+    assert "Trainer.max_samples = 48" in (model_dir / "config.gin").read_text()
+    assert (model_dir / "model_config.json").exists()
+    assert list((model_dir / "summaries").glob("events.out.tfevents.*"))
 
+    # The trained checkpoint generates (greedy: deterministic) what the library generates from
+    # it in this process.
     generate = _run(
         [str(bin_dir / "highnoon-generate"), f"--checkpoint={model_dir}", "--prompt=def ",
          "--max_length=12", "--temperature=0"],
@@ -532,6 +559,11 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     )  # fmt: skip
     assert generate.returncode == 0, generate.stderr[-3000:]
     assert generate.stdout.startswith("def ")
+    from highnoon.launch.generate import load_for_generation
+
+    model, _ = load_for_generation(str(model_dir), "highnoon-tiny")
+    greedy = model.generate("def ", max_length=12, temperature=0, top_k=50, top_p=1.0, seed=0)
+    assert generate.stdout == greedy + "\n"
 
 
 def test_wheel_contents_declared_in_setup_py():
