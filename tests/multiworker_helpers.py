@@ -120,11 +120,30 @@ class Outcome:
 
 
 def run_ok(spec: str, num_workers: int) -> list[Outcome]:
-    result = run_cluster(spec, num_workers)
+    return run_ok_together([spec], num_workers)[0]
+
+
+def run_ok_together(specs: list[str], num_workers: int) -> list[list[Outcome]]:
+    """The runs of ``specs`` one after the other in one cluster of ``num_workers`` (one cluster
+    start instead of one per run: each worker imports TensorFlow and joins the strategy once);
+    returns each run's outcomes, one per worker."""
+    path = specs[0]
+    if len(specs) > 1:  # the list goes beside the first run's own spec
+        runs = []
+        for spec in specs:
+            with open(spec, encoding="utf-8") as handle:
+                runs.append(json.load(handle))
+        path = os.path.join(os.path.dirname(specs[0]), "runs.json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(runs, handle)
+    result = run_cluster(path, num_workers)
     assert result.exit_codes == [0] * num_workers, result.outputs
-    outcomes = [Outcome(spec, task) for task in range(num_workers)]
-    assert [o.facts["replicas"] for o in outcomes] == [num_workers] * num_workers
-    return outcomes
+    found = []
+    for spec in specs:
+        outcomes = [Outcome(spec, task) for task in range(num_workers)]
+        assert [o.facts["replicas"] for o in outcomes] == [num_workers] * num_workers
+        found.append(outcomes)
+    return found
 
 
 def assert_weights_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
