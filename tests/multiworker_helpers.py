@@ -19,7 +19,7 @@ from tests.trainer_helpers import corpus, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "train_worker.py")
-HARD_TIMEOUT = 150  # seconds per cluster; a hang is killed and fails the test
+HARD_TIMEOUT = 150  # seconds per run of a cluster; a hang is killed and fails the test
 # 2 stages: "first" 2 epochs (size-based curriculum, linear pacing: 2 + 10 steps), "second" 1
 # epoch with its own learning rate (6 steps). Global batch 4, checkpoints every 4 steps.
 TOTAL_STEPS = 18
@@ -81,13 +81,18 @@ def write_spec(
 
 
 def run_cluster(
-    spec: str, num_workers: int, *, worker_env: list[dict[str, str]] | None = None, **kwargs
+    spec: str,
+    num_workers: int,
+    *,
+    worker_env: list[dict[str, str]] | None = None,
+    timeout: float = HARD_TIMEOUT,
+    **kwargs,
 ) -> ClusterResult:
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="1")
     return run_local_cluster(
         [sys.executable, WORKER, spec],
         num_workers,
-        timeout=HARD_TIMEOUT,
+        timeout=timeout,
         env=env,
         extra_env_per_worker=worker_env,
         echo=lambda line: None,
@@ -136,7 +141,7 @@ def run_ok_together(specs: list[str], num_workers: int) -> list[list[Outcome]]:
         path = os.path.join(os.path.dirname(specs[0]), "runs.json")
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(runs, handle)
-    result = run_cluster(path, num_workers)
+    result = run_cluster(path, num_workers, timeout=HARD_TIMEOUT * len(specs))
     assert result.exit_codes == [0] * num_workers, result.outputs
     found = []
     for spec in specs:

@@ -52,7 +52,9 @@ from tests.multiworker_helpers import (
     write_spec,
 )
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+# A test's first use of a shared cluster pays for all its runs (at most five, each under
+# HARD_TIMEOUT): the session's 300 s per test does not cover that on loaded cores.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
