@@ -124,6 +124,19 @@ class Outcome:
         return {k: v for k, v in self.arrays.items() if k.startswith("rows_")}
 
 
+def write_runs(specs: list[str]) -> str:
+    """One worker spec file listing the runs of ``specs`` (trained in that order by one
+    cluster), beside the first run's own spec; returns its path."""
+    runs = []
+    for spec in specs:
+        with open(spec, encoding="utf-8") as handle:
+            runs.append(json.load(handle))
+    path = os.path.join(os.path.dirname(specs[0]), "runs.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(runs, handle)
+    return path
+
+
 def run_ok(spec: str, num_workers: int) -> list[Outcome]:
     return run_ok_together([spec], num_workers)[0]
 
@@ -132,15 +145,7 @@ def run_ok_together(specs: list[str], num_workers: int) -> list[list[Outcome]]:
     """The runs of ``specs`` one after the other in one cluster of ``num_workers`` (one cluster
     start instead of one per run: each worker imports TensorFlow and joins the strategy once);
     returns each run's outcomes, one per worker."""
-    path = specs[0]
-    if len(specs) > 1:  # the list goes beside the first run's own spec
-        runs = []
-        for spec in specs:
-            with open(spec, encoding="utf-8") as handle:
-                runs.append(json.load(handle))
-        path = os.path.join(os.path.dirname(specs[0]), "runs.json")
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(runs, handle)
+    path = specs[0] if len(specs) == 1 else write_runs(specs)
     result = run_cluster(path, num_workers, timeout=HARD_TIMEOUT * len(specs))
     assert result.exit_codes == [0] * num_workers, result.outputs
     found = []

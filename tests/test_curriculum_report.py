@@ -195,7 +195,7 @@ def test_bad_configs_are_clear_report_errors(tmp_path, stages, extra, message):
 
 
 @pytest.mark.slow
-def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path):
+def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path, monkeypatch):
     config = tmp_path / "tiny.gin"
     config.write_text(
         "include 'models/highnoon-nano.gin'\n"
@@ -233,9 +233,18 @@ def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path):
     run_dir = tmp_path / "run"
     trained = launch("launch.train", f"--gin_file={config}", f"--model_dir={run_dir}")
     assert f'"tokens_seen": {stage["total_tokens"]}' in trained.stdout
+    # The report on the finished run, in this process (the program is the one launched above;
+    # its flags at their defaults: no gin bindings or search paths).
     again = tmp_path / "again"
-    launch("launch.curriculum_report", f"--model_dir={run_dir}", f"--output={again}",
-           "--measure_steps=0")  # fmt: skip
+    monkeypatch.setenv("HIGHNOON_CACHE_DIR", env["HIGHNOON_CACHE_DIR"])
+    flag_values = program.FLAGS
+    was_parsed = flag_values.is_parsed()
+    flag_values.mark_as_parsed()
+    try:
+        program.make_report(str(again), str(run_dir), measure_steps=0, samples=3)
+    finally:
+        if not was_parsed:
+            flag_values.unparse_flags()
     assert (again / "run.png").read_bytes()[:8] == PNG
     history = json.loads((again / "report.json").read_text())["run"]
     assert history["eval"]["stage"] and set(history["eval"]["stage"]) == {"sums"}

@@ -349,26 +349,47 @@ def test_report_shows_the_summary_with_eval_and_wall_time_and_the_sample_once():
 
 @pytest.mark.slow
 def test_generate_with_a_bad_checkpoint_is_a_message_not_a_traceback(tmp_path):
+    """The program exits 1 with the message as its last line (launched once); the message for
+    each kind of bad checkpoint comes from its main (in this process)."""
+    from absl.testing import flagsaver
+
+    from highnoon.launch import generate
+
+    hint = (
+        "; pass the --model_dir of a highnoon-train run, a checkpoint prefix in it "
+        "(<model_dir>/ckpt-N) or a .keras file"
+    )
+    proc = _launch(
+        "launch.generate", f"--checkpoint={tmp_path / 'nope'}", "--prompt=hi", env=_env(tmp_path)
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
     (tmp_path / "empty").mkdir()
-    for checkpoint, reason in [
-        (tmp_path / "nope", "is neither a .keras file, a checkpoint directory nor a checkpoint"),
-        (tmp_path / "empty", "load_model: no checkpoint in directory path="),
-    ]:
-        proc = _launch(
-            "launch.generate",
-            f"--checkpoint={checkpoint}",
-            "--prompt=hi",
-            env=_env(tmp_path),
-        )
-        assert proc.returncode == 1
-        assert "Traceback" not in proc.stderr
-        last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"generate: cannot load --checkpoint={checkpoint}: ")
-        assert reason in last
-        assert last.endswith(
-            "; pass the --model_dir of a highnoon-train run, a checkpoint prefix in it "
-            "(<model_dir>/ckpt-N) or a .keras file"
-        )
+    flag_values = hn_flags.FLAGS
+    was_parsed = flag_values.is_parsed()
+    flag_values.mark_as_parsed()
+    try:
+        for checkpoint, reason in [
+            (
+                tmp_path / "nope",
+                "is neither a .keras file, a checkpoint directory nor a checkpoint",
+            ),
+            (tmp_path / "empty", "load_model: no checkpoint in directory path="),
+        ]:
+            with (
+                flagsaver.flagsaver(checkpoint=str(checkpoint), prompt="hi"),
+                pytest.raises(SystemExit) as exited,
+            ):
+                generate.main(["generate"])
+            message = str(exited.value)
+            assert message.startswith(f"generate: cannot load --checkpoint={checkpoint}: ")
+            assert reason in message and message.endswith(hint)
+            if checkpoint.name == "nope":
+                assert last == message
+    finally:
+        if not was_parsed:
+            flag_values.unparse_flags()
 
 
 # -- two workers ----------------------------------------------------------------------------------
