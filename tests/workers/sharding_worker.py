@@ -99,19 +99,10 @@ def train_one(strategy, task: int, spec: dict[str, Any]) -> None:
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as handle:
         specs = json.load(handle)
-    from tests.workers.train_worker import skip_unused_keras_extras
+    from tests.workers.train_worker import join_cluster, skip_unused_keras_extras
 
     skip_unused_keras_extras()
-    from highnoon.distribute import create_strategy, task_info
-
-    collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
-    strategy = create_strategy(
-        "multi_worker",
-        peer_timeout_seconds=60,
-        collective_timeout_seconds=float(collective) if collective else None,
-    )
-    task = task_info(strategy).task_id
-    print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
+    strategy, task = join_cluster()
     for spec in specs:
         train_one(strategy, task, spec)
     print("DONE", flush=True)

@@ -245,12 +245,9 @@ def train_one(strategy, task: int, spec: dict[str, Any], fed: dict[str, Any]) ->
     _atomic_json(base + ".json", facts)
 
 
-def main() -> None:
-    with open(sys.argv[1], encoding="utf-8") as handle:
-        loaded = json.load(handle)
-    specs = loaded if isinstance(loaded, list) else [loaded]
-    if not any(spec["trainer"].get("lm_eval_tasks") for spec in specs):
-        skip_unused_keras_extras()  # lm-eval itself needs pandas and friends
+def join_cluster() -> tuple[Any, int]:
+    """(MultiWorkerMirroredStrategy of TF_CONFIG's cluster, this task's index); prints READY.
+    ``HN_COLLECTIVE_TIMEOUT`` (s) bounds every collective."""
     collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
     strategy = create_strategy(
         "multi_worker",
@@ -259,7 +256,16 @@ def main() -> None:
     )
     task = task_info(strategy).task_id
     print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
+    return strategy, task
 
+
+def main() -> None:
+    with open(sys.argv[1], encoding="utf-8") as handle:
+        loaded = json.load(handle)
+    specs = loaded if isinstance(loaded, list) else [loaded]
+    if not any(spec["trainer"].get("lm_eval_tasks") for spec in specs):
+        skip_unused_keras_extras()  # lm-eval itself needs pandas and friends
+    strategy, task = join_cluster()
     fed: dict[str, Any] = {}
     _record_fed_rows(fed, task)
     for spec in specs:
