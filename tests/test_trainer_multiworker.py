@@ -268,21 +268,14 @@ def test_elastic_resume_one_worker_then_two_then_one(workdir, reference, one_wor
     assert_weights_close(third[0].weights, reference[0].weights)
 
 
-@pytest.mark.parametrize(
-    ("num_workers", "odd_flag", "parts", "groups"),
-    [
-        # A Trainer setting that shapes the stream: part of the config and of every stage's
-        # stream settings.
-        (2, "--gin.Trainer.initial_fraction=0.5", "'config', 'curriculum'", ("[0]", "[1]")),
-        # A launch setting outside the Trainer: caught through gin's operative config.
-        (3, "--gin.Trainer.checkpoint_interval=2", "'config'", ("[0, 1]", "[2]")),
-    ],
-)
-def test_one_worker_with_another_gin_binding_stops_all_before_the_first_step(
-    workdir, num_workers, odd_flag, parts, groups
-):
-    """Through the real launch program: one worker gets an extra gin binding; every worker
-    (the odd one and the majority alike) stops with ConfigMismatchError naming the parts."""
+def test_workers_with_other_gin_bindings_stop_all_before_the_first_step(workdir):
+    """Through the real launch program, 3 workers: worker 1 gets another Trainer setting that
+    shapes the stream (part of the config and of every stage's stream settings), worker 2
+    another launch setting outside the Trainer (caught through gin's operative config). Every
+    worker (the odd ones and the plain one alike) stops with ConfigMismatchError naming the
+    parts and the groups of replicas that agree. (One cluster shows both kinds of binding.)"""
+    num_workers = 3
+    odd_flags = ["--gin.Trainer.initial_fraction=0.5", "--gin.Trainer.checkpoint_interval=2"]
     model_dir = os.path.join(workdir["root"], f"mismatch{num_workers}")
     stages = [{"name": "first", "datasets": [workdir["a"]], "epochs": 2}]
     script = (
@@ -299,7 +292,7 @@ def test_one_worker_with_another_gin_binding_stops_all_before_the_first_step(
         f"Trainer.data_cache_dir = {json.dumps(workdir['cache'])}",
         f"Trainer.batch_size = {2 * num_workers}",  # divides across the replicas
     ]
-    extra = [{"HN_EXTRA_FLAGS": ""}] * (num_workers - 1) + [{"HN_EXTRA_FLAGS": odd_flag}]
+    extra = [{"HN_EXTRA_FLAGS": flag} for flag in ["", *odd_flags]]
     result = run_local_cluster(
         command,
         num_workers,
@@ -315,9 +308,11 @@ def test_one_worker_with_another_gin_binding_stops_all_before_the_first_step(
     assert result.exit_codes == [1] * num_workers, result.outputs
     for out in result.outputs:
         found = re.findall(r"ConfigMismatchError: hosts disagree on (.*?) \(fingerprints", out)
-        assert found == [parts], out
-        assert f"'config': replicas {groups[0]} have" in out
-        assert f"; replicas {groups[1]} have" in out
+        assert found == ["'config', 'curriculum'"], out
+        (config,) = re.findall(r"'config': (replicas .*?) \|", out)
+        assert re.findall(r"replicas (\[.*?\]) have", config) == ["[0]", "[1]", "[2]"]
+        (curriculum,) = re.findall(r"'curriculum': (replicas .*?)\); every host", out)
+        assert re.findall(r"replicas (\[.*?\]) have", curriculum) == ["[0, 2]", "[1]"]
     # Stopped before the first step: no checkpoint, no training summary.
     assert checkpoint_candidates(model_dir) == []
     assert not os.path.exists(os.path.join(model_dir, "summary.json"))
