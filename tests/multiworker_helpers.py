@@ -19,7 +19,7 @@ from tests.trainer_helpers import corpus, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "train_worker.py")
-HARD_TIMEOUT = 150  # seconds per cluster; a hang is killed and fails the test
+HARD_TIMEOUT = 150  # seconds per run of a cluster; a hang is killed and fails the test
 # 2 stages: "first" 2 epochs (size-based curriculum, linear pacing: 2 + 10 steps), "second" 1
 # epoch with its own learning rate (6 steps). Global batch 4, checkpoints every 4 steps.
 TOTAL_STEPS = 18
@@ -81,13 +81,18 @@ def write_spec(
 
 
 def run_cluster(
-    spec: str, num_workers: int, *, worker_env: list[dict[str, str]] | None = None, **kwargs
+    spec: str,
+    num_workers: int,
+    *,
+    worker_env: list[dict[str, str]] | None = None,
+    timeout: float = HARD_TIMEOUT,
+    **kwargs,
 ) -> ClusterResult:
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="1")
     return run_local_cluster(
         [sys.executable, WORKER, spec],
         num_workers,
-        timeout=HARD_TIMEOUT,
+        timeout=timeout,
         env=env,
         extra_env_per_worker=worker_env,
         echo=lambda line: None,
@@ -119,12 +124,36 @@ class Outcome:
         return {k: v for k, v in self.arrays.items() if k.startswith("rows_")}
 
 
+def write_runs(specs: list[str]) -> str:
+    """One worker spec file listing the runs of ``specs`` (trained in that order by one
+    cluster), beside the first run's own spec; returns its path."""
+    runs = []
+    for spec in specs:
+        with open(spec, encoding="utf-8") as handle:
+            runs.append(json.load(handle))
+    path = os.path.join(os.path.dirname(specs[0]), "runs.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(runs, handle)
+    return path
+
+
 def run_ok(spec: str, num_workers: int) -> list[Outcome]:
-    result = run_cluster(spec, num_workers)
+    return run_ok_together([spec], num_workers)[0]
+
+
+def run_ok_together(specs: list[str], num_workers: int) -> list[list[Outcome]]:
+    """The runs of ``specs`` one after the other in one cluster of ``num_workers`` (one cluster
+    start instead of one per run: each worker imports TensorFlow and joins the strategy once);
+    returns each run's outcomes, one per worker."""
+    path = specs[0] if len(specs) == 1 else write_runs(specs)
+    result = run_cluster(path, num_workers, timeout=HARD_TIMEOUT * len(specs))
     assert result.exit_codes == [0] * num_workers, result.outputs
-    outcomes = [Outcome(spec, task) for task in range(num_workers)]
-    assert [o.facts["replicas"] for o in outcomes] == [num_workers] * num_workers
-    return outcomes
+    found = []
+    for spec in specs:
+        outcomes = [Outcome(spec, task) for task in range(num_workers)]
+        assert [o.facts["replicas"] for o in outcomes] == [num_workers] * num_workers
+        found.append(outcomes)
+    return found
 
 
 def assert_weights_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:

@@ -1,7 +1,8 @@
 """Averaging a run's last K checkpoints: the mean of exactly the weights each checkpoint saved
 (recorded here when it was written), K=1 the newest checkpoint bit for bit, float32 sums for
-bfloat16 weights, exports that load and generate like the average, a sharded run averaged like
-an unsharded one, and every bad input refused by name before anything is read."""
+bfloat16 weights, exports that load and generate like the average, and every bad input refused
+by name before anything is read. A sharded run's checkpoints average as they load
+(test_trainer_sharding.py, on its "full" run)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def run(tmp_path_factory):
     return path, _save_run(path, model, STEPS, seed=0)
 
 
-def _mean(saved: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def mean_weights(saved: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The mean computed here: float32 sums, oldest first, then one division."""
     mean = {}
     for path in saved[0]:
@@ -63,7 +64,7 @@ def _mean(saved: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return mean
 
 
-def _assert_weights(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+def assert_weights_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
     assert sorted(got) == sorted(want)
     for path in want:
         np.testing.assert_array_equal(got[path], want[path], err_msg=path)
@@ -77,7 +78,7 @@ def test_the_average_is_the_mean_of_the_last_checkpoints(run, last):
         f"ckpt-{s}" for s in STEPS[-last:]
     ]
     assert average.step == STEPS[-1]
-    _assert_weights(average.weights, _mean(saved[-last:]))
+    assert_weights_equal(average.weights, mean_weights(saved[-last:]))
     for path_, value in average.weights.items():
         float64_mean = np.mean([w[path_].astype(np.float64) for w in saved[-last:]], axis=0)
         np.testing.assert_allclose(value, float64_mean, rtol=1e-5, atol=1e-8, err_msg=path_)
@@ -115,14 +116,14 @@ def test_bfloat16_weights_are_summed_in_float32(tmp_path):
 
 def test_the_exported_checkpoint_loads_and_generates_like_the_average(run, tmp_path):
     path, saved = run
-    mean = _mean(saved[-3:])
+    mean = mean_weights(saved[-3:])
     written = export_average(path, 3, str(tmp_path / "avg"))
     assert written == str(tmp_path / "avg" / "ckpt-8")
     record = json.loads((tmp_path / "avg" / "average.json").read_text())
     assert record == {"model_dir": path, "last": 3, "checkpoints": ["ckpt-4", "ckpt-6", "ckpt-8"]}
     assert (tmp_path / "avg" / "highnoon_tokenizer.json").exists()
     loaded = load_model(str(tmp_path / "avg"))
-    _assert_weights({p: v.numpy() for p, v in model_variables(loaded).items()}, mean)
+    assert_weights_equal({p: v.numpy() for p, v in model_variables(loaded).items()}, mean)
     reference = hn.create_model("highnoon-nano", max_seq_length=32)  # built here, independently
     reference.build()
     for p, variable in model_variables(reference).items():
@@ -141,7 +142,9 @@ def test_the_exported_keras_file_loads_with_the_average(run, tmp_path):
     assert written == str(tmp_path / "avg2.keras")
     loaded = load_model(written)
     model = averaged_model(path, 2)
-    _assert_weights({p: v.numpy() for p, v in model_variables(model).items()}, _mean(saved[-2:]))
+    assert_weights_equal(
+        {p: v.numpy() for p, v in model_variables(model).items()}, mean_weights(saved[-2:])
+    )
     got, expected = loaded.get_weights(), model.get_weights()
     assert len(got) == len(expected) == len(saved[0])
     for value, want in zip(got, expected):
@@ -279,40 +282,7 @@ def test_outputs_that_would_mix_with_checkpoints_are_refused(run, tmp_path):
     )
 
 
-# -- a sharded run, and the console script ---------------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_sharded_run_averages_like_its_checkpoints_load(tmp_path, mirrored):
-    """sharding='full' keeps only per-replica shares of the weights, but its checkpoints hold
-    whole tensors under the unsharded names: the average is the mean of what load_model reads
-    from each checkpoint, and loads on one device."""
-    from tests.trainer_helpers import corpus, make_trainer, write_jsonl
-
-    data = write_jsonl(str(tmp_path / "a.jsonl"), corpus(0, 24))
-    trainer = make_trainer(
-        tmp_path,
-        model=hn.create_model("highnoon-nano", max_seq_length=32),  # unbuilt, as 'full' needs
-        strategy=mirrored,
-        sharding="full",
-        curriculum_strategy=None,
-        max_checkpoints_to_keep=3,
-    )
-    trainer.add_curriculum_stage("a", [data], epochs=1)  # 6 steps of 4 rows
-    path = str(tmp_path / "run")
-    trainer.train(checkpoint_dir=path, checkpoint_interval=2)
-    kept = last_checkpoints(path, 3)
-    assert [os.path.basename(p) for p in kept] == ["ckpt-2", "ckpt-4", "ckpt-6"]
-    saved = [
-        {p: v.numpy() for p, v in model_variables(load_model(prefix)).items()} for prefix in kept
-    ]
-    assert any(
-        not np.array_equal(saved[0][p], saved[-1][p]) for p in saved[0]
-    )  # the run trained between the checkpoints
-    _assert_weights(average_checkpoints(path, 3).weights, _mean(saved))
-    written = export_average(path, 3, str(tmp_path / "avg"))
-    loaded = load_model(os.path.dirname(written))
-    _assert_weights({p: v.numpy() for p, v in model_variables(loaded).items()}, _mean(saved))
+# -- the console script ---------------------------------------------------
 
 
 @pytest.mark.slow
@@ -335,7 +305,9 @@ def test_the_console_script_writes_the_average_and_refuses_with_a_message(run, t
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == os.path.join(output, "ckpt-8") + "\n"
     loaded = load_model(output)
-    _assert_weights({p: v.numpy() for p, v in model_variables(loaded).items()}, _mean(saved[-2:]))
+    assert_weights_equal(
+        {p: v.numpy() for p, v in model_variables(loaded).items()}, mean_weights(saved[-2:])
+    )
 
     refused = launch("--last=7", f"--output={tmp_path / 'other'}")
     assert refused.returncode == 1
@@ -363,4 +335,4 @@ def test_a_kerashub_run_exports_its_average_as_the_kerashub_model(tmp_path):
     loaded = load_model(str(tmp_path / "avg"))
     assert type(loaded) is keras_hub.models.GPT2CausalLM
     got = {p: v.numpy() for p, v in model_variables(contract.adapt(loaded)).items()}
-    _assert_weights(got, _mean(saved[-2:]))
+    assert_weights_equal(got, mean_weights(saved[-2:]))

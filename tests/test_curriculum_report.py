@@ -12,12 +12,13 @@ import sys
 import gin
 import pytest
 
-from highnoon.launch import configurables as _configurables  # noqa: F401  (registers create_model)
+from highnoon.launch import configurables  # registers create_model
 from highnoon.launch import curriculum_report as program
+from highnoon.launch import flags as hn_flags
 from highnoon.training import history as history_lib
 from highnoon.training import report as report_lib
 from highnoon.training import report_plots
-from highnoon.training import run as _run_lib  # noqa: F401  (registers run_training)
+from highnoon.training import run as run_lib  # registers run_training
 from tests.trainer_helpers import corpus, make_trainer, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,7 +196,7 @@ def test_bad_configs_are_clear_report_errors(tmp_path, stages, extra, message):
 
 
 @pytest.mark.slow
-def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path):
+def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path, monkeypatch):
     config = tmp_path / "tiny.gin"
     config.write_text(
         "include 'models/highnoon-nano.gin'\n"
@@ -211,17 +212,13 @@ def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": ROOT, "HIGHNOON_CACHE_DIR": str(tmp_path / "cache")}
 
-    def launch(*args):
-        done = subprocess.run(
-            [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done
-
     out = tmp_path / "report"
-    done = launch("launch.curriculum_report", f"--gin_file={config}", f"--output={out}",
-                  "--measure_steps=1")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.curriculum_report", f"--gin_file={config}",
+         f"--output={out}", "--measure_steps=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     assert "stage 0 'sums': 2 epoch(s), 128 train / 32 held-out samples" in done.stdout
     assert "time estimate" in done.stdout
     report = json.loads((out / "report.json").read_text())
@@ -230,12 +227,29 @@ def test_the_program_on_a_tiny_config_and_on_its_finished_run(tmp_path):
     assert {t["seq_length"] for t in report["step_seconds"]} == {16, 32}
     for name in ("plan.png", "stage_0.png"):
         assert (out / name).read_bytes()[:8] == PNG
-    run_dir = tmp_path / "run"
-    trained = launch("launch.train", f"--gin_file={config}", f"--model_dir={run_dir}")
-    assert f'"tokens_seen": {stage["total_tokens"]}' in trained.stdout
+    # Trained and reported on in this process (no more program starts): what highnoon-train
+    # runs (run_training with the gin config, its operative config written), then the report
+    # program's make_report on the finished run, its flags at their defaults.
+    run_dir = str(tmp_path / "run")
+    monkeypatch.setenv("HIGHNOON_CACHE_DIR", env["HIGHNOON_CACHE_DIR"])
+    hn_flags.parse_gin([str(config)])
+    configurables.register_datasets()
+    summary = run_lib.run_training(
+        run_dir,
+        config_writer=lambda: hn_flags.write_operative_config(run_dir, True),
+        model_factory=configurables.create_model,
+    )
+    assert summary["tokens_seen"] == stage["total_tokens"]
+    gin.clear_config()
     again = tmp_path / "again"
-    launch("launch.curriculum_report", f"--model_dir={run_dir}", f"--output={again}",
-           "--measure_steps=0")  # fmt: skip
+    flag_values = program.FLAGS
+    was_parsed = flag_values.is_parsed()
+    flag_values.mark_as_parsed()
+    try:
+        program.make_report(str(again), run_dir, measure_steps=0, samples=3)
+    finally:
+        if not was_parsed:
+            flag_values.unparse_flags()
     assert (again / "run.png").read_bytes()[:8] == PNG
     history = json.loads((again / "report.json").read_text())["run"]
     assert history["eval"]["stage"] and set(history["eval"]["stage"]) == {"sums"}

@@ -20,7 +20,6 @@ import pytest
 from highnoon.launch import configurables as _configurables  # noqa: F401  (registers gin knobs)
 from highnoon.launch import flags as hn_flags
 from highnoon.launch import train as train_lib
-from highnoon.launch.local_cluster import run_local_cluster
 from highnoon.training import run as _run_lib  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,6 +223,15 @@ def test_a_missing_gin_file_names_every_directory_searched(tmp_path):
     )
 
 
+def test_launch_train_names_the_closest_gin_name_for_a_typo():
+    """highnoon-train's path for a mistyped Trainer setting, in this process (no program start):
+    the shorthand flag becomes a binding, which parse_gin refuses naming the closest setting."""
+    (flag,) = hn_flags.expand_gin_shorthand(["--gin.Trainer.learning_rat=0.1"])
+    assert flag == "--gin_bindings=Trainer.learning_rat=0.1"
+    with pytest.raises(ValueError, match=r"'learning_rat'; did you mean 'learning_rate'\?"):
+        hn_flags.parse_gin(["runs/quickstart.gin"], [flag.split("=", 1)[1]], finalize=False)
+
+
 USER_GIN_FILES = {"my_data.gin"}  # examples of the user's own files, not shipped ones
 
 
@@ -340,65 +348,52 @@ def test_report_shows_the_summary_with_eval_and_wall_time_and_the_sample_once():
 
 @pytest.mark.slow
 def test_generate_with_a_bad_checkpoint_is_a_message_not_a_traceback(tmp_path):
+    """The program exits 1 with the message as its last line (launched once); the message for
+    each kind of bad checkpoint comes from its main (in this process)."""
+    from absl.testing import flagsaver
+
+    from highnoon.launch import generate
+
+    hint = (
+        "; pass the --model_dir of a highnoon-train run, a checkpoint prefix in it "
+        "(<model_dir>/ckpt-N) or a .keras file"
+    )
+    proc = _launch(
+        "launch.generate", f"--checkpoint={tmp_path / 'nope'}", "--prompt=hi", env=_env(tmp_path)
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
     (tmp_path / "empty").mkdir()
-    for checkpoint, reason in [
-        (tmp_path / "nope", "is neither a .keras file, a checkpoint directory nor a checkpoint"),
-        (tmp_path / "empty", "load_model: no checkpoint in directory path="),
-    ]:
-        proc = _launch(
-            "launch.generate",
-            f"--checkpoint={checkpoint}",
-            "--prompt=hi",
-            env=_env(tmp_path),
-        )
-        assert proc.returncode == 1
-        assert "Traceback" not in proc.stderr
-        last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"generate: cannot load --checkpoint={checkpoint}: ")
-        assert reason in last
-        assert last.endswith(
-            "; pass the --model_dir of a highnoon-train run, a checkpoint prefix in it "
-            "(<model_dir>/ckpt-N) or a .keras file"
-        )
+    flag_values = hn_flags.FLAGS
+    was_parsed = flag_values.is_parsed()
+    flag_values.mark_as_parsed()
+    try:
+        for checkpoint, reason in [
+            (
+                tmp_path / "nope",
+                "is neither a .keras file, a checkpoint directory nor a checkpoint",
+            ),
+            (tmp_path / "empty", "load_model: no checkpoint in directory path="),
+        ]:
+            with (
+                flagsaver.flagsaver(checkpoint=str(checkpoint), prompt="hi"),
+                pytest.raises(SystemExit) as exited,
+            ):
+                generate.main(["generate"])
+            message = str(exited.value)
+            assert message.startswith(f"generate: cannot load --checkpoint={checkpoint}: ")
+            assert reason in message and message.endswith(hint)
+            if checkpoint.name == "nope":
+                assert last == message
+    finally:
+        if not was_parsed:
+            flag_values.unparse_flags()
 
 
-# -- two workers ----------------------------------------------------------------------------------
-
-_PYTHON_INFO = re.compile(r"^I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\]", re.MULTILINE)
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_two_workers_the_chief_logs_and_the_other_only_warns(tmp_path):
-    data = tmp_path / "a.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"text": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(64)
-        )
-    )
-    stages = [{"name": "a", "datasets": [str(data)], "epochs": 1}]
-    command = [
-        sys.executable, "-m", "launch.train", "--gin_file=runs/multiworker_test.gin",
-        f"--model_dir={tmp_path / 'run'}",
-        f"--gin_bindings=run_training.stages = {json.dumps(stages)}",
-    ]  # fmt: skip
-    result = run_local_cluster(
-        command,
-        2,
-        timeout=HARD_TIMEOUT,
-        env=_env(tmp_path, TF_CPP_MIN_LOG_LEVEL="1"),
-        echo=lambda line: None,
-        cwd=ROOT,
-    )
-    assert result.exit_codes == [0, 0], result.outputs
-    chief, other = result.outputs
-    assert "stage 'a': 1 epoch(s), 16 steps" in chief and _PYTHON_INFO.search(chief)
-    assert _PYTHON_INFO.findall(other) == []
-    assert "stage 'a': 1 epoch(s)" not in other and '"total_steps": 16' not in other
-    assert '"total_steps": 16' in chief
-    for output in result.outputs:  # TensorFlow's INFO lines are off (--logger_levels)
-        assert "Collective all_reduce tensors" not in output
-        assert "Path not found" not in output
+# -- worker logging ------------------------------------------------------------------------------
+# What two real workers log (the chief logs, the other only warns) is asserted on the run of
+# test_launch_signals.py (two workers of highnoon-train under local_cluster).
 
 
 def test_worker_verbosity_quiets_only_non_chief_workers_unless_asked():
@@ -511,6 +506,7 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     assert module_file.startswith(site_packages) and gin_dir == f"{site_packages}/highnoon/gin"
     assert no_launch == "no launch"
 
+    # The README's main job (the quickstart config, shrunk by gin bindings) end to end.
     model_dir = tmp_path / "run"
     train = _run(
         [str(bin_dir / "highnoon-train"), "--gin_file=runs/quickstart.gin",
@@ -521,9 +517,23 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     summary = json.loads((model_dir / "summary.json").read_text())
     assert [s["name"] for s in summary["stages_completed"]] == ["foundation", "code", "instruction"]
-    assert "Path not found" not in train.stderr
+    assert "Path not found" not in train.stderr  # gin's search-path misses stay quiet
     assert os.listdir(elsewhere) == []  # nothing written to the working directory
+    # stdout: the brief summary (with eval and wall time), then the sample, once.
+    brief, sample = train.stdout.split("\n\nSample from the trained model:\n")
+    assert list(json.loads(brief)) == [
+        "total_steps", "stages_completed", "tokens_seen", "eval", "wall_time_seconds"
+    ]  # fmt: skip
+    assert json.loads(brief)["wall_time_seconds"] == summary["wall_time_seconds"]
+    assert sample.startswith("def ")  # the quickstart's prompt, continued
+    assert "sample from the trained model" not in train.stderr  # the sample is shown once
+    assert "stage 'foundation': 2 epoch(s)" in train.stderr  # the chief's progress lines
+    assert "Trainer.max_samples = 48" in (model_dir / "config.gin").read_text()
+    assert (model_dir / "model_config.json").exists()
+    assert list((model_dir / "summaries").glob("events.out.tfevents.*"))
 
+    # The trained checkpoint generates (greedy: deterministic) what the library generates from
+    # it in this process.
     generate = _run(
         [str(bin_dir / "highnoon-generate"), f"--checkpoint={model_dir}", "--prompt=def ",
          "--max_length=12", "--temperature=0"],
@@ -532,6 +542,11 @@ def test_the_wheel_trains_from_another_directory(tmp_path):
     )  # fmt: skip
     assert generate.returncode == 0, generate.stderr[-3000:]
     assert generate.stdout.startswith("def ")
+    from highnoon.launch.generate import load_for_generation
+
+    model, _ = load_for_generation(str(model_dir), "highnoon-tiny")
+    greedy = model.generate("def ", max_length=12, temperature=0, top_k=50, top_p=1.0, seed=0)
+    assert generate.stdout == greedy + "\n"
 
 
 def test_wheel_contents_declared_in_setup_py():

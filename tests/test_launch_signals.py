@@ -1,11 +1,13 @@
 """A stop signal after the last step ends a finished job with success, never as a failure or a
 preemption to relaunch: in one small process (no TensorFlow), through the launcher, and under
-``local_cluster --max_restarts=1`` with the real launch program."""
+``local_cluster --max_restarts=1`` with the real launch program (whose two workers' logs also
+show that only the chief logs)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,6 +19,7 @@ from highnoon.distribute.errors import EXIT_RESTART
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "complete_signal_worker.py")
 HARD_TIMEOUT = 150
+_PYTHON_INFO = re.compile(r"^I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\]")  # an absl INFO line
 
 
 def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -92,7 +95,8 @@ def test_a_signal_inside_train_after_its_last_step_is_no_preemption():
 def test_signals_after_the_last_step_under_local_cluster_end_the_job_with_success(tmp_path):
     """Two workers of highnoon-train under ``local_cluster --max_restarts=1``: worker 1 gets
     SIGTERM once ``train()`` returned, the chief at interpreter exit. Both exit 0, the launcher
-    reports no failure and relaunches nothing."""
+    reports no failure and relaunches nothing. Only the chief logs its progress and INFO lines;
+    the other worker only warns."""
     data = tmp_path / "a.jsonl"
     data.write_text(
         "".join(json.dumps({"text": f"def f{i}(x): return x * {i}"}) + "\n" for i in range(32))
@@ -127,5 +131,14 @@ def test_signals_after_the_last_step_under_local_cluster_end_the_job_with_succes
     assert "[worker 0] SIGTERM-SELF at=exit" in lines  # ignored: the chief exits 0 as well
     assert not any("before training began" in line or "restart code" in line for line in lines)
     assert '[worker 0]   "total_steps": 8,' in lines  # the chief's summary: trained once
+    # The chief logs (its progress lines and Python INFO lines); the other worker only warns.
+    chief, other = ([line[len(f"[worker {i}] ") :] for line in lines
+                     if line.startswith(f"[worker {i}] ")] for i in (0, 1))  # fmt: skip
+    assert "stage 'a': 1 epoch(s), 8 steps" in "\n".join(chief)
+    assert [line for line in chief if _PYTHON_INFO.match(line)]
+    assert [line for line in other if _PYTHON_INFO.match(line)] == []
+    assert not [line for line in other if "stage 'a'" in line or "total_steps" in line]
+    for line in lines:  # TensorFlow's INFO lines are off (--logger_levels)
+        assert "Collective all_reduce tensors" not in line and "Path not found" not in line
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["total_steps"] == 8 and summary["goodput"]["restarts"] == 0

@@ -25,6 +25,7 @@ from tests.multiworker_helpers import (
     Outcome,
     assert_bitwise_equal,
     make_workdir,
+    write_runs,
     write_spec,
 )
 
@@ -43,12 +44,14 @@ def _spec(workdir, name: str, trainer_extra: dict | None = None, **extra) -> str
     )
 
 
-def _run(spec: str, max_restarts: int, restart_grace: float = 60) -> list[ClusterResult]:
+def _run(
+    spec: str, max_restarts: int, restart_grace: float = 60, runs: int = 1
+) -> list[ClusterResult]:
     return run_with_restarts(
         [sys.executable, WORKER, spec],
         2,
         max_restarts=max_restarts,
-        timeout=HARD_TIMEOUT,
+        timeout=HARD_TIMEOUT * runs,
         env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="1"),
         echo=lambda line: None,
         cwd=ROOT,
@@ -67,11 +70,23 @@ def _events(output: str, name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(workdir) -> list[Outcome]:
+def uninterrupted_then_nan(workdir) -> tuple[list[Outcome], list[ClusterResult]]:
+    """One job (one cluster start for two runs): the uninterrupted run every relaunched job is
+    compared with, then, in the same processes, a run whose loss turns NaN at step 3, which
+    ends the job; relaunches allowed (the NaN must not use them). (outcomes, attempts)."""
     spec = _spec(workdir, "uninterrupted")
-    (result,) = _run(spec, max_restarts=0)
-    assert result.exit_codes == [0, 0], result.outputs
-    return [Outcome(spec, task) for task in (0, 1)]
+    nan = _spec(workdir, "nan", poison_at_step=3)
+    attempts = _run(write_runs([spec, nan]), max_restarts=3, runs=2)
+    outcomes = [Outcome(spec, task) for task in (0, 1)]
+    for outcome in outcomes:  # the first run ended cleanly before the second began
+        assert not outcome.facts["stopped"], attempts[0].outputs
+        assert outcome.facts["events"][-1]["event"] == "train_end"
+    return outcomes, attempts
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_then_nan) -> list[Outcome]:
+    return uninterrupted_then_nan[0]
 
 
 # One job preempted at every moment in turn: attempt k stops at CHAIN[k] (on the task given),
@@ -175,8 +190,7 @@ def test_a_save_that_outlasts_the_grace_period_leaves_the_previous_checkpoint(
     assert checkpoint_candidates(ckpt)
 
 
-def test_a_nan_loss_is_not_relaunched(workdir):
-    spec = _spec(workdir, "nan", poison_at_step=3)
-    attempts = _run(spec, max_restarts=3)
+def test_a_nan_loss_is_not_relaunched(uninterrupted_then_nan):
+    _, attempts = uninterrupted_then_nan
     assert len(attempts) == 1 and attempts[0].exit_code == 1, attempts[0].outputs
     assert "NonFiniteLossError" in attempts[0].outputs[0]

@@ -1,7 +1,8 @@
 """One run per model_dir: ``highnoon.training.run_lock.RunLock``.
 
-Real processes contend for one directory (flock on a local disk, and the lease through
-``tf.io.gfile`` on a local path); the lease's timing logic runs on ``ram://`` with a fake clock.
+A holder process and the test process contend for one directory (flock on a local disk, and
+the lease through ``tf.io.gfile`` on a local path); the lease's timing logic runs on ``ram://``
+with a fake clock.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _env() -> dict[str, str]:
 
 def _hold(model_dir: str, mode: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
-        [*WORKER, model_dir, mode, "hold"],
+        [*WORKER, model_dir, mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -48,53 +49,56 @@ def _hold(model_dir: str, mode: str) -> tuple[subprocess.Popen, int]:
     return proc, int(line.split()[1])
 
 
-def _try(model_dir: str, mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*WORKER, model_dir, mode, "try"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=HARD_TIMEOUT,
-    )
-
-
-def _contend(tmp_path, mode: str) -> None:
+def _contend(tmp_path, mode: str, caplog) -> None:
+    """A holder process keeps the lock; this process (another process, already running, so the
+    lease mode's TensorFlow is not imported twice more) is refused, then, once the holder is
+    SIGKILLed, takes the lock over with a warning naming the gone holder."""
+    caplog.set_level(logging.WARNING)
     model_dir = str(tmp_path / "run")
+
+    def contender() -> RunLock:  # the worker's settings
+        return RunLock(
+            model_dir, mode=mode, lease_seconds=30.0, heartbeat_seconds=0.5, settle_seconds=0.2
+        )
+
     holder, holder_pid = _hold(model_dir, mode)
     try:
-        refused = _try(model_dir, mode)
-        assert refused.returncode == 3, refused.stderr
-        assert "ACQUIRED" not in refused.stdout
+        with pytest.raises(ModelDirLockedError) as refused:
+            contender().acquire()
         assert (
-            f"ModelDirLockedError: model_dir={model_dir!r} is in use by another run "
+            f"model_dir={model_dir!r} is in use by another run "
             f"(host={processes.hostname()}, pid={holder_pid}, since 20"
-        ) in refused.stderr
-        assert f"lock file {model_dir}/{LOCK_FILE}). Two runs in one model_dir" in refused.stderr
+        ) in str(refused.value)
+        assert f"lock file {model_dir}/{LOCK_FILE}). Two runs in one model_dir" in str(
+            refused.value
+        )
+        assert caplog.records == []
 
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=HARD_TIMEOUT)  # reaped: the pid is gone
-        took_over = _try(model_dir, mode)
+        with contender() as took_over:
+            assert took_over.held
     finally:
         holder.kill()
         holder.wait(timeout=HARD_TIMEOUT)
-    assert took_over.returncode == 0, took_over.stderr
-    assert took_over.stdout.split() == ["ACQUIRED", "RELEASED"]
-    assert (
+    assert not took_over.held
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(
         f"model_dir={model_dir!r}: taking over the lock of a run that is gone "
         f"(host={processes.hostname()}, pid={holder_pid}, since 20"
-    ) in took_over.stderr
+    )
 
 
 @pytest.mark.multiprocess
-def test_two_processes_flock_second_refuses_killed_holder_is_taken_over(tmp_path):
-    _contend(tmp_path, "flock")
+def test_two_processes_flock_second_refuses_killed_holder_is_taken_over(tmp_path, caplog):
+    _contend(tmp_path, "flock", caplog)
 
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_two_processes_lease_second_refuses_killed_holder_is_taken_over(tmp_path):
+def test_two_processes_lease_second_refuses_killed_holder_is_taken_over(tmp_path, caplog):
     pytest.importorskip("tensorflow")
-    _contend(tmp_path, "lease")
+    _contend(tmp_path, "lease", caplog)
 
 
 def test_released_on_exit_also_on_exceptions(tmp_path, caplog):

@@ -346,9 +346,19 @@ def test_remat_gives_the_same_gradients_and_is_saved_in_the_config():
 
 # -- training under MirroredStrategy (2 logical CPUs) -----------------------------------------
 @pytest.fixture(scope="module")
-def unsharded(mirrored):
+def unsharded_run(mirrored):
+    """The unsharded run, all 24 steps, and its weights after step 4 (taken on the way: one run
+    serves the level tests and the XLA tests). (step, losses, weights after 4 steps)."""
     step, multiplier = H.build(mirrored, None)
-    losses = H.train(step, multiplier)
+    losses = H.train(step, multiplier, 1, 4)
+    four_steps = step.full_weights()
+    losses += H.train(step, multiplier, 5, H.TOTAL_STEPS)
+    return step, losses, four_steps
+
+
+@pytest.fixture(scope="module")
+def unsharded(unsharded_run):
+    step, losses, _ = unsharded_run
     return step, losses
 
 
@@ -397,16 +407,14 @@ def test_optimizer_level_is_bitwise_the_unsharded_step_when_grappler_keeps_the_a
 
 
 @pytest.fixture(scope="module")
-def unsharded_four_steps(mirrored) -> list[np.ndarray]:
-    step, multiplier = H.build(mirrored, None)
-    H.train(step, multiplier, 1, 4)
-    return step.full_weights()
+def unsharded_four_steps(unsharded_run) -> list[np.ndarray]:
+    return unsharded_run[2]
 
 
 @pytest.fixture(scope="module")
 def full_four_steps_xla(mirrored) -> TrainStep:
     """Level "full" after 4 XLA-compiled steps (one trace of the 'full' step takes ~20 s here,
-    so the XLA and the checkpoint tests share it)."""
+    so the XLA and the checkpoint tests share it; the other-shape test saves it too)."""
     step, multiplier = H.build(mirrored, "full")
     H.train(step, multiplier, 1, 4, jit_compile=True)
     return step
@@ -539,9 +547,8 @@ def test_sharded_checkpoints_have_the_unsharded_names_and_restore_anywhere(
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_another_shape_is_refused(mirrored, tmp_path):
-    step, _ = H.build(mirrored, "full")
-    _checkpointer(step, str(tmp_path / "ckpt"), mirrored).save(1)
+def test_a_checkpoint_of_another_shape_is_refused(mirrored, full_four_steps_xla, tmp_path):
+    _checkpointer(full_four_steps_xla, str(tmp_path / "ckpt"), mirrored).save(1)
     with mirrored.scope():
         wider = hn.create_model("highnoon-nano", max_seq_length=H.SEQ, d_ff=128)
         optimizer = make_optimizer(WarmupCosineSchedule(3e-3, 20, 2))

@@ -9,9 +9,13 @@ and clip norm). Every run is compared with one unsharded worker on the same glob
   tolerance ``sharding_helpers.RTOL/ATOL``: sums run in another order), identical on every
   worker; each worker holds 1/N of the optimizer state (and of the carried gradients and the
   weights, by level), and the traffic its traced step logs is ``step_traffic``'s;
-* a "full" run checkpointed at step 10 on 2 workers resumes on 1 worker (unsharded) and on 3
-  workers (sharded) and ends with the weights of the uninterrupted run;
+* a "full" run checkpointed at step 10 on 2 workers resumes on 1 worker (unsharded), on 2 and
+  on 3 workers (sharded) and ends with the weights of the uninterrupted run;
 * the "optimizer" level compiles its pieces with XLA (``jit_compile``) between real collectives.
+
+A cluster start (each worker imports TensorFlow and Keras and joins the strategy) is the
+costly part, so runs with the same worker count share one: the worker trains its list of runs
+one after the other, each on a fresh ``TrainStep`` (four clusters for nine runs).
 
 Bitwise equality where the order of sums is the same is shown in-process
 (``tests/test_sharding.py``). Every cluster runs under a hard kill timeout.
@@ -33,11 +37,13 @@ from highnoon.models.memory import share_elements
 from highnoon.training.sharding import step_traffic
 from tests import sharding_helpers as H
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+# A test's first use of a shared cluster pays for all its runs (at most three; the cluster
+# runs under HARD_TIMEOUT): the session's 300 s per test does not cover that on loaded cores.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "sharding_worker.py")
-HARD_TIMEOUT = 900  # seconds per cluster (tracing the "full" step is slow on 2 loaded cores)
+HARD_TIMEOUT = 1500  # seconds per cluster of up to 3 runs (tracing "full" is slow on loaded cores)
 CONFIG = get_preset("highnoon-nano").replace(max_seq_length=H.SEQ)
 WEIGHT_BYTES = CONFIG.num_parameters() * 4
 
@@ -53,14 +59,18 @@ class Outcome:
             self.facts: dict[str, Any] = json.load(handle)
 
 
-def _run(tmp_root: str, name: str, num_workers: int, **spec: Any) -> list[Outcome]:
-    out_dir = os.path.join(tmp_root, name)
-    os.makedirs(out_dir)
-    spec = {"level": None, "last_step": H.TOTAL_STEPS, "jit_compile": False, **spec}
-    spec["out_dir"] = out_dir
-    path = os.path.join(out_dir, "spec.json")
+def _cluster(tmp_root: str, name: str, num_workers: int, runs: dict[str, dict]) -> dict:
+    """One cluster of ``num_workers`` training ``runs`` (name: run spec) one after the other
+    (one cluster start serves them all); returns each run's outcomes, one per worker."""
+    specs = []
+    for run, spec in runs.items():
+        out_dir = os.path.join(tmp_root, run)
+        os.makedirs(out_dir)
+        specs.append({"level": None, "last_step": H.TOTAL_STEPS, "jit_compile": False, **spec,
+                      "out_dir": out_dir})  # fmt: skip
+    path = os.path.join(tmp_root, f"{name}.json")
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(spec, handle)
+        json.dump(specs, handle)
     result = run_local_cluster(
         [sys.executable, WORKER, path],
         num_workers,
@@ -70,11 +80,14 @@ def _run(tmp_root: str, name: str, num_workers: int, **spec: Any) -> list[Outcom
         cwd=ROOT,
     )
     assert result.exit_codes == [0] * num_workers, result.outputs
-    outcomes = [Outcome(out_dir, task) for task in range(num_workers)]
-    assert [o.facts["replicas"] for o in outcomes] == [num_workers] * num_workers
-    for other in outcomes[1:]:  # every worker ends with the same bits
-        assert all(np.array_equal(a, b) for a, b in zip(outcomes[0].weights, other.weights))
-    return outcomes
+    found = {}
+    for run, spec in zip(runs, specs):
+        outcomes = [Outcome(spec["out_dir"], task) for task in range(num_workers)]
+        assert [o.facts["replicas"] for o in outcomes] == [num_workers] * num_workers
+        for other in outcomes[1:]:  # every worker ends with the same bits
+            assert all(np.array_equal(a, b) for a, b in zip(outcomes[0].weights, other.weights))
+        found[run] = outcomes
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -82,23 +95,55 @@ def root(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("sharding"))
 
 
+def _resume_checkpoint(root: str) -> str:
+    return os.path.join(root, "resume-ckpt")
+
+
 @pytest.fixture(scope="module")
-def reference(root) -> Outcome:
-    """One worker, unsharded: the run every other run is compared with."""
-    (outcome,) = _run(root, "reference", 1)
+def full_pair(root) -> dict:
+    """Two workers: "full" for all 24 steps, writing its checkpoint after step 10 (mid stage 0)
+    on the way; then, in the same processes on a fresh step, "full" resumed from that
+    checkpoint (no second cluster trains steps 1-10, and none starts for the resume on 2)."""
+    ckpt = _resume_checkpoint(root)
+    runs = {
+        "full2": {"level": "full", "save_at": 10, "save_to": ckpt},
+        "resume-on-2": {"level": "full", "restore_from": ckpt},
+    }
+    return _cluster(root, "two-full", 2, runs)
+
+
+@pytest.fixture(scope="module")
+def full_two(full_pair) -> Outcome:
+    return full_pair["full2"][0]
+
+
+@pytest.fixture(scope="module")
+def one_worker(root, full_pair) -> dict:
+    """One worker: the unsharded reference every other run is compared with, then the resume
+    from ``full_pair``'s checkpoint (unsharded: one replica)."""
+    runs = {
+        "reference": {},
+        "resume-on-1": {"level": "full", "restore_from": _resume_checkpoint(root)},
+    }
+    return _cluster(root, "one", 1, runs)
+
+
+@pytest.fixture(scope="module")
+def reference(one_worker) -> Outcome:
+    (outcome,) = one_worker["reference"]
     assert outcome.facts["sharding"] is None and len(outcome.facts["losses"]) == H.TOTAL_STEPS
     return outcome
 
 
 @pytest.fixture(scope="module")
-def full_two(root) -> Outcome:
-    """ "full" on 2 workers, all 24 steps; its checkpoint after step 10 (mid stage 0) is what
-    the resume test continues from (the same run: no second cluster trains steps 1-10)."""
-    return _run(root, "full2", 2, level="full", save_at=10, save_to=_resume_checkpoint(root))[0]
-
-
-def _resume_checkpoint(root: str) -> str:
-    return os.path.join(root, "resume-ckpt")
+def two_levels(root) -> dict:
+    """Two workers: "optimizer", "gradients", then "optimizer" compiled with XLA."""
+    runs = {
+        "optimizer2": {"level": "optimizer"},
+        "gradients2": {"level": "gradients"},
+        "optimizer2-jit": {"level": "optimizer", "jit_compile": True},
+    }
+    return _cluster(root, "two-levels", 2, runs)
 
 
 def _check_bytes(outcome: Outcome, level: str, replicas: int) -> None:
@@ -116,8 +161,8 @@ def _check_bytes(outcome: Outcome, level: str, replicas: int) -> None:
 
 
 @pytest.mark.parametrize("level", ["optimizer", "gradients"])
-def test_level_on_two_workers_ends_with_the_unsharded_weights(root, reference, level):
-    (outcome, _) = _run(root, f"{level}2", 2, level=level)
+def test_level_on_two_workers_ends_with_the_unsharded_weights(two_levels, reference, level):
+    outcome = two_levels[f"{level}2"][0]
     np.testing.assert_allclose(outcome.facts["losses"], reference.facts["losses"], rtol=1e-5)
     H.assert_weights_close(outcome.weights, reference.weights)
     _check_bytes(outcome, level, 2)
@@ -129,13 +174,21 @@ def test_full_on_two_workers_ends_with_the_unsharded_weights(reference, full_two
     _check_bytes(full_two, "full", 2)
 
 
-def test_sharded_checkpoint_resumes_on_one_two_and_three_workers(root, reference, full_two):
+def test_sharded_checkpoint_resumes_on_one_two_and_three_workers(
+    root, reference, full_two, full_pair, one_worker
+):
     """'full' on 2 workers checkpointed after step 10 (mid stage 0; ``full_two``); resumed on 1
     worker (which trains unsharded), on 2 and on 3 workers (sharded, each holding a half or a
     third): each ends with the uninterrupted run's weights."""
     ckpt = _resume_checkpoint(root)
-    for workers in (1, 2, 3):
-        outcome = _run(root, f"resume-on-{workers}", workers, level="full", restore_from=ckpt)[0]
+    resumed = {
+        1: one_worker["resume-on-1"][0],
+        2: full_pair["resume-on-2"][0],
+        3: _cluster(root, "three", 3, {"resume-on-3": {"level": "full", "restore_from": ckpt}})[
+            "resume-on-3"
+        ][0],
+    }
+    for workers, outcome in resumed.items():
         assert outcome.facts["first_step"] == 11
         assert outcome.facts["sharding"] == (None if workers == 1 else "full")
         np.testing.assert_allclose(
@@ -149,7 +202,7 @@ def test_sharded_checkpoint_resumes_on_one_two_and_three_workers(root, reference
             _check_bytes(outcome, "full", workers)
 
 
-def test_optimizer_level_with_xla_on_two_workers(root, reference):
-    outcome = _run(root, "optimizer2-jit", 2, level="optimizer", jit_compile=True)[0]
+def test_optimizer_level_with_xla_on_two_workers(two_levels, reference):
+    outcome = two_levels["optimizer2-jit"][0]
     H.assert_weights_close(outcome.weights, reference.weights)
     _check_bytes(outcome, "optimizer", 2)

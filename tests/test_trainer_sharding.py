@@ -1,17 +1,26 @@
 """Sharding through the Trainer: each level trains two stages with accumulation and
 clipping to the unsharded Trainer's weights, resumes unsharded from a sharded checkpoint, and
-every bad setting is refused before anything is built. Two logical CPUs under MirroredStrategy;
+every bad setting is refused before anything is built; a "full" run's checkpoints average as
+they load. Two logical CPUs under MirroredStrategy;
 the multi-worker proofs of the step are in test_sharding_multiworker.py, the Trainer on real
 workers in test_trainer_multiworker.py."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
 import highnoon as hn
+from highnoon.models import load_model
 from highnoon.models.memory import ModelDoesNotFitError, estimate_memory
+from highnoon.models.restore import model_variables
+from highnoon.training import export_average
+from highnoon.training.checkpoint_average import average_checkpoints, last_checkpoints
 from highnoon.utils.validation import InvalidArgumentError
+from tests.test_checkpoint_average import assert_weights_equal, mean_weights
 from tests.trainer_helpers import corpus, make_trainer, write_jsonl
 
 RTOL, ATOL = 1e-4, 5e-5  # sums in another order (the step's multi-replica tolerance)
@@ -52,16 +61,31 @@ def unsharded(tmp_path_factory, data, mirrored):
     return summary, _weights(trainer)
 
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data, mirrored):
+    """Level "full" through both stages, a checkpoint every 5 steps (its trace is the slowest of
+    the levels): the level test and the averaging test read it. (directory, summary, weights)."""
+    tmp = tmp_path_factory.mktemp("full")
+    trainer = _trainer(tmp, data, mirrored, "full")
+    summary = trainer.train(checkpoint_dir=str(tmp / "run"), checkpoint_interval=5)
+    return tmp / "run", summary, _weights(trainer)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("level", ["optimizer", "gradients", "full"])
 def test_each_level_trains_two_stages_to_the_unsharded_weights(
-    tmp_path, data, mirrored, unsharded, level
+    tmp_path, data, mirrored, unsharded, level, request
 ):
     expected_summary, expected = unsharded
-    trainer = _trainer(tmp_path, data, mirrored, level)
-    summary = trainer.train(checkpoint_dir=str(tmp_path / "run"), checkpoint_interval=5)
+    if level == "full":  # a copy: the resume below writes into the run
+        run_dir, summary, weights = request.getfixturevalue("full_run")
+        shutil.copytree(run_dir, tmp_path / "run")
+    else:
+        trainer = _trainer(tmp_path, data, mirrored, level)
+        summary = trainer.train(checkpoint_dir=str(tmp_path / "run"), checkpoint_interval=5)
+        weights = _weights(trainer)
     assert summary["total_steps"] == expected_summary["total_steps"] >= 20
-    for got, want in zip(_weights(trainer), expected):
+    for got, want in zip(weights, expected):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     # The sharded checkpoint restores into an unsharded Trainer on one device.
     single = make_trainer(tmp_path, model=hn.create_model("highnoon-nano", max_seq_length=32),
@@ -72,6 +96,30 @@ def test_each_level_trains_two_stages_to_the_unsharded_weights(
     assert resumed["total_steps"] == summary["total_steps"]  # nothing left: restored at the end
     for got, want in zip(_weights(single), expected):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_a_full_sharded_run_averages_like_its_checkpoints_load(full_run, tmp_path):
+    """sharding='full' keeps only per-replica shares of the weights, but its checkpoints hold
+    whole tensors under the unsharded names: the average is the mean of what load_model reads
+    from each checkpoint, and loads on one device."""
+    run_dir, summary, _ = full_run
+    path = str(run_dir)
+    kept = last_checkpoints(path, 3)
+    last = summary["total_steps"]
+    assert [os.path.basename(p) for p in kept] == ["ckpt-15", "ckpt-20", f"ckpt-{last}"]
+    saved = [
+        {p: v.numpy() for p, v in model_variables(load_model(prefix)).items()} for prefix in kept
+    ]
+    assert any(
+        not np.array_equal(saved[0][p], saved[-1][p]) for p in saved[0]
+    )  # the run trained between the checkpoints
+    assert_weights_equal(average_checkpoints(path, 3).weights, mean_weights(saved))
+    written = export_average(path, 3, str(tmp_path / "avg"))
+    loaded = load_model(os.path.dirname(written))
+    assert_weights_equal(
+        {p: v.numpy() for p, v in model_variables(loaded).items()}, mean_weights(saved)
+    )
 
 
 def test_bad_sharding_settings_are_refused_before_anything_is_built(tmp_path, data, mirrored):

@@ -35,6 +35,9 @@ def _signal_self(moment: str) -> None:
 
 
 def main() -> None:
+    from tests.workers.train_worker import skip_unused_keras_extras
+
+    skip_unused_keras_extras()  # the program uses none of them; Keras would import them
     moment = _moment()
     if moment == "exit":
         # Registered before the launch program's own exit hook, so it runs after it (LIFO).

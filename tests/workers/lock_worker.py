@@ -1,11 +1,10 @@
 """A process that takes the run lock of a model_dir, for the multi-process lock tests.
 
-    python lock_worker.py MODEL_DIR MODE ACTION
+    python lock_worker.py MODEL_DIR MODE
 
-MODE is a ``RunLock`` mode (``flock``/``lease``). ACTION:
-  hold  acquire, print "HELD <pid>", keep the lock until stdin closes, release, print "RELEASED"
-  try   acquire, print "ACQUIRED", release; if the lock is held elsewhere print the error to
-        stderr and exit 3
+MODE is a ``RunLock`` mode (``flock``/``lease``): acquire, print "HELD <pid>", keep the lock
+until stdin closes, release, print "RELEASED"; if the lock is held elsewhere print the error to
+stderr and exit 3. The contender is the test process itself.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from highnoon.training.run_lock import ModelDirLockedError, RunLock
 
 
 def main() -> None:
-    model_dir, mode, action = sys.argv[1:4]
+    model_dir, mode = sys.argv[1:3]
     lock = RunLock(
         model_dir, mode=mode, lease_seconds=30.0, heartbeat_seconds=0.5, settle_seconds=0.2
     )
@@ -26,11 +25,8 @@ def main() -> None:
         print(f"ModelDirLockedError: {err}", file=sys.stderr, flush=True)
         sys.exit(3)
     try:
-        if action == "hold":
-            print(f"HELD {lock.record['pid']}", flush=True)
-            sys.stdin.read()  # until the test closes stdin (or kills this process)
-        else:
-            print("ACQUIRED", flush=True)
+        print(f"HELD {lock.record['pid']}", flush=True)
+        sys.stdin.read()  # until the test closes stdin (or kills this process)
     finally:
         lock.release()
     print("RELEASED", flush=True)

@@ -72,6 +72,9 @@ def _train(strategy, steps: int, die_after: int | None = None) -> float:
 
 def main() -> None:
     mode = sys.argv[1]
+    from tests.workers.train_worker import skip_unused_keras_extras
+
+    skip_unused_keras_extras()  # before _train imports Keras
     strategy = _strategy()
     print(f"READY replicas={strategy.num_replicas_in_sync}", flush=True)
     if mode == "train":

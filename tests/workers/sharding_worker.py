@@ -1,6 +1,9 @@
 """Worker for the sharding multi-process tests: ``TrainStep`` driven directly under a real cluster.
 
-Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec file:
+Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON file holding a list
+of run specs, trained one after the other under one strategy (a fresh ``TrainStep`` each, so
+every run traces and, if asked, restores on its own): one cluster start, with its TensorFlow
+imports and strategy setup, serves several runs. A run spec:
 
   level         None, "optimizer", "gradients" or "full" (on one worker: unsharded, warned)
   last_step     train global steps up to this one (tests/sharding_helpers.py batches and stages)
@@ -40,23 +43,9 @@ def _atomic_npz(path: str, arrays: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
-    with open(sys.argv[1], encoding="utf-8") as handle:
-        spec = json.load(handle)
-    from tests.workers.train_worker import skip_unused_keras_extras
-
-    skip_unused_keras_extras()
-    from highnoon.distribute import create_strategy, peer_failure_guard, task_info
-
-    collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
-    strategy = create_strategy(
-        "multi_worker",
-        peer_timeout_seconds=60,
-        collective_timeout_seconds=float(collective) if collective else None,
-    )
-    task = task_info(strategy).task_id
-    print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
-
+def train_one(strategy, task: int, spec: dict[str, Any]) -> None:
+    """One run of ``spec`` on a fresh ``TrainStep``; writes its outputs to ``spec['out_dir']``."""
+    from highnoon.distribute import peer_failure_guard
     from highnoon.training.checkpointing import Checkpointer
     from highnoon.training.sharding.recorder import StepRecorder
     from tests import sharding_helpers as H
@@ -105,6 +94,17 @@ def main() -> None:
     base = os.path.join(spec["out_dir"], f"worker{task}")
     _atomic_npz(base + ".npz", {f"w{i:03d}": w for i, w in enumerate(weights)})
     _atomic_json(base + ".json", facts)
+
+
+def main() -> None:
+    with open(sys.argv[1], encoding="utf-8") as handle:
+        specs = json.load(handle)
+    from tests.workers.train_worker import join_cluster, skip_unused_keras_extras
+
+    skip_unused_keras_extras()
+    strategy, task = join_cluster()
+    for spec in specs:
+        train_one(strategy, task, spec)
     print("DONE", flush=True)
 
 

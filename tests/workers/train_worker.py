@@ -1,6 +1,9 @@
 """Worker for the Trainer multi-process tests: the real ``Trainer`` under a real cluster.
 
-Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec file:
+Run under TF_CONFIG (see ``launch.local_cluster``); ``argv[1]`` is a JSON spec file, or a JSON
+list of specs trained one after the other under one strategy, each with a fresh model and
+Trainer (one cluster start, with its TensorFlow imports and strategy setup, serves several
+runs; a run that kills or preempts its process is alone in its file). A spec:
 
   stages            [[name, [jsonl paths], epochs, {overrides}], ...]
   trainer           Trainer keyword arguments (no model/strategy)
@@ -173,27 +176,17 @@ def skip_unused_keras_extras() -> None:
         sys.modules.setdefault(name, None)
 
 
-def main() -> None:
-    with open(sys.argv[1], encoding="utf-8") as handle:
-        spec = json.load(handle)
-    if not spec["trainer"].get("lm_eval_tasks"):  # lm-eval itself needs pandas and friends
-        skip_unused_keras_extras()
-    collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
-    strategy = create_strategy(
-        "multi_worker",
-        peer_timeout_seconds=60,
-        collective_timeout_seconds=float(collective) if collective else None,
-    )
-    task = task_info(strategy).task_id
-    print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
-
+def train_one(strategy, task: int, spec: dict[str, Any], fed: dict[str, Any]) -> None:
+    """Trains the run of ``spec`` with a fresh model and Trainer; writes its outputs to
+    ``spec['out_dir']``. ``fed`` is ``_record_fed_rows``'s record, emptied for this run."""
     import numpy as np
 
     import highnoon as hn
     from highnoon.training.trainer import Trainer
 
-    fed: dict[str, Any] = {}
-    _record_fed_rows(fed, task)
+    for key in [k for k in fed if k.startswith("rows_")]:
+        del fed[key]
+    fed["_stage"]["index"] = 0
     options = dict(spec["trainer"])
     model = hn.create_model("highnoon-nano", max_seq_length=spec["seq"])
     trainer = Trainer(model, strategy=strategy, **options)
@@ -250,6 +243,33 @@ def main() -> None:
         "weights_checksum": float(sum(np.abs(a).sum() for k, a in arrays.items() if k[0] == "w")),
     }
     _atomic_json(base + ".json", facts)
+
+
+def join_cluster() -> tuple[Any, int]:
+    """(MultiWorkerMirroredStrategy of TF_CONFIG's cluster, this task's index); prints READY.
+    ``HN_COLLECTIVE_TIMEOUT`` (s) bounds every collective."""
+    collective = os.environ.get("HN_COLLECTIVE_TIMEOUT")
+    strategy = create_strategy(
+        "multi_worker",
+        peer_timeout_seconds=60,
+        collective_timeout_seconds=float(collective) if collective else None,
+    )
+    task = task_info(strategy).task_id
+    print(f"READY task={task} replicas={strategy.num_replicas_in_sync}", flush=True)
+    return strategy, task
+
+
+def main() -> None:
+    with open(sys.argv[1], encoding="utf-8") as handle:
+        loaded = json.load(handle)
+    specs = loaded if isinstance(loaded, list) else [loaded]
+    if not any(spec["trainer"].get("lm_eval_tasks") for spec in specs):
+        skip_unused_keras_extras()  # lm-eval itself needs pandas and friends
+    strategy, task = join_cluster()
+    fed: dict[str, Any] = {}
+    _record_fed_rows(fed, task)
+    for spec in specs:
+        train_one(strategy, task, spec, fed)
     print("DONE", flush=True)
 
 
