@@ -57,4 +57,5 @@ def test_pretrain_requires_a_model_and_a_curriculum():
     )
     assert gin.query_parameter("highnoon.models.create_model.name_or_config") == "highnoon-3b"
     assert gin.query_parameter("Trainer.jit_compile") is True
+    assert gin.query_parameter("Trainer.curriculum_strategy") is None  # the study's evidence
     assert len(gin.query_parameter("run_training.stages")) == 3

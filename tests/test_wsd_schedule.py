@@ -166,3 +166,7 @@ def test_the_anneal_recipe_decays_over_its_anneal_stage_with_a_mixture_schedule(
     run_lib.add_stages(trainer, stages)
     assert [s.name for s in trainer.stages] == ["bulk", "anneal"]
     assert trainer.stages[1].mixture_schedule.points == ((3.0, 1.0), (1.0, 3.0))
+    # the study's one setting ahead on both tasks: the bulk stage warms its row length up
+    assert (
+        stages[0]["seq_length_warmup_steps"] == 0.25 and stages[0]["seq_length_warmup_start"] == 16
+    )
