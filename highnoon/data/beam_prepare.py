@@ -171,6 +171,9 @@ def _check_known_options(tokens: list[str]) -> None:
         )
 
 
+LOG_LEVEL_OPTION = "--default_sdk_harness_log_level"  # Beam workers' log level
+
+
 def pipeline_options(runner: str, beam_options: Sequence[str]) -> Any:
     """Beam ``PipelineOptions`` for ``runner`` and the parsed ``beam_options``."""
     beam = import_beam()
@@ -181,9 +184,6 @@ def pipeline_options(runner: str, beam_options: Sequence[str]) -> Any:
         args.append(f"{LOG_LEVEL_OPTION}=WARNING")  # local workers: no per-worker INFO chatter
     quiet_type_hint_logs()
     return beam.options.pipeline_options.PipelineOptions(args)
-
-
-LOG_LEVEL_OPTION = "--default_sdk_harness_log_level"
 
 
 def quiet_type_hint_logs() -> None:
