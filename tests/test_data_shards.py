@@ -241,3 +241,22 @@ def test_features_computed_in_chunks_of_samples_equal_one_pass(tmp_path, monkeyp
     assert np.fromfile(tmp_path / "s" / "surprisal_sum.bin", "<i8").tolist() == (
         whole.surprisal_sum.tolist()
     )
+
+
+def test_scattered_blocks_are_announced_to_the_kernel_before_they_are_read(block_file, monkeypatch):
+    # a cold first read of scattered runs (a packed host's first windows of a big order) asks
+    # for every run at once, so the disk serves them in parallel, not one latency after another
+    path, data = block_file
+    asked = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(
+        os,
+        "posix_fadvise",
+        lambda fd, a, n, advice: asked.append((a, n, advice)) or real(fd, a, n, advice),
+    )
+    f = MappedFile(path, 200, 64, crc32c_blocks(data, 64), label="L")
+    assert f.take(np.array([1, 70]), "<u2").tolist() == [1, 70]  # blocks 0 and 2: two runs
+    assert asked == [(0, 64, os.POSIX_FADV_WILLNEED), (128, 64, os.POSIX_FADV_WILLNEED)]
+    asked.clear()
+    assert f.read(64, 66).tolist() == list(data.view(np.uint8)[64:66])  # one run: no hint
+    assert asked == []

@@ -83,6 +83,18 @@ def check_range(label: str, size: int, start: int, stop: int) -> None:
         )
 
 
+def _read_ahead(fd: int, spans: Sequence[tuple[int, int]]) -> None:
+    """Ask the kernel for every byte span a loop of ``pread`` calls is about to read
+    (``POSIX_FADV_WILLNEED``: queued at once, not waited for), so scattered runs of a cold
+    file arrive in parallel, not one disk latency after another (a packed host's first stream
+    windows: thousands of single pages of a 4 GB order; BENCHMARKS.md, "Cold start"). A
+    no-op for one span, or where the call is missing."""
+    if len(spans) < 2 or not hasattr(os, "posix_fadvise"):
+        return
+    for start, stop in spans:
+        os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+
+
 def _file_version(path: str) -> tuple[Any, ...]:
     st = os.stat(path)
     return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
@@ -158,6 +170,8 @@ class MappedFile:
             most = max(RELEASE_BYTES // step, 1)  # blocks one read holds at most
             parts = [todo[lo : min(b, lo + most)] for a, b in zip(starts, ends) if b > a
                      for lo in range(a, b, most)]  # fmt: skip
+            _read_ahead(handle.fileno(), [(int(p[0]) * step, int(p[-1] + 1) * step)
+                                          for p in parts])  # fmt: skip
             for part in parts:
                 first = int(part[0]) * step
                 # read, not through the map: checking a block maps none of its pages into this
