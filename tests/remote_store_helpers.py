@@ -1,5 +1,6 @@
-"""Small format-2 stores for the in-place reading tests, written with the shared shard writer,
-and copies of them on other ``tf.io.gfile`` filesystems."""
+"""Small stores for the in-place reading tests, written with the shared shard writer (format
+3), the same stores as format 2 wrote them (``as_format_2``), and copies of them on other
+``tf.io.gfile`` filesystems."""
 
 from __future__ import annotations
 
@@ -49,6 +50,38 @@ def write_store(
     return path
 
 
+def as_format_2(path: str, block_bytes: int | None = None) -> str:
+    """Rewrite the local store at ``path`` as format 2 wrote it: each file's block CRCs as a
+    list in its ``shard.json`` (``block_bytes``: recomputed for that block size, else the
+    recorded size), no side files, the manifest of format 2."""
+    with open(os.path.join(path, shards.MANIFEST), encoding="utf-8") as handle:
+        top = json.load(handle)
+    names = [entry["name"] for entry in top["shards"]]
+    metas = []
+    for name in names:
+        manifest_path = os.path.join(path, name, shards.SHARD_MANIFEST)
+        with open(manifest_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+        for file_name, entry in meta["files"].items():
+            block = block_bytes or entry["block_bytes"]
+            entry.pop("crc32c_pages", None)
+            entry["block_bytes"] = block
+            entry["crc32c"] = shards.crc32c_file(os.path.join(path, name, file_name), block)
+            side = os.path.join(path, name, shards.sidecar_name(file_name))
+            if os.path.exists(side):
+                os.remove(side)
+        with open(manifest_path, "wb") as handle:
+            handle.write(shards.canonical_json(meta))
+        metas.append(meta)
+    new = shards.store_manifest(
+        metas, names, load_tokenizer("byte"), sources=[], skipped=None, top_files={}
+    )
+    assert new["format_version"] == 2
+    with open(os.path.join(path, shards.MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(new, handle, sort_keys=True)
+    return path
+
+
 def flip_byte(path: str, offset: int, mask: int = 0x04) -> None:
     """Flip the bits ``mask`` of the byte at ``offset`` of the local file ``path`` in place."""
     with open(path, "r+b") as handle:
@@ -76,9 +109,11 @@ def ram_copy(local: str) -> str:
 
 
 def manifest_bytes(local: str) -> int:
-    """Bytes of a store's manifests (``manifest.json`` and every ``shard.json``)."""
+    """Bytes of a store's manifests (``manifest.json``, every ``shard.json`` and the side files
+    of block CRCs, which a reader fetches by page)."""
     total = os.path.getsize(os.path.join(local, shards.MANIFEST))
     for root, _, files in os.walk(local):
         total += sum(os.path.getsize(os.path.join(root, n)) for n in files
-                     if n == shards.SHARD_MANIFEST)  # fmt: skip
+                     if n == shards.SHARD_MANIFEST
+                     or n.endswith(shards.SIDECAR_SUFFIX))  # fmt: skip
     return total

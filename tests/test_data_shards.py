@@ -70,8 +70,9 @@ def test_shard_files_byte_for_byte(tmp_path):
     expected = features_from_flat(stored, np.array([0, 4, 6, 9]), token_counts(stored, VOCAB))
     assert np.fromfile(d / "surprisal_sum.bin", "<i8").tolist() == (expected.surprisal_sum.tolist())
     assert sorted(os.listdir(d)) == [
-        "lengths.bin", "offsets.bin", "sample_crc32c.bin", "shard.json", "surprisal_sum.bin",
-        "tokens.bin",
+        "lengths.bin", "lengths.crc32c", "offsets.bin", "offsets.crc32c", "sample_crc32c.bin",
+        "sample_crc32c.crc32c", "shard.json", "surprisal_sum.bin", "surprisal_sum.crc32c",
+        "tokens.bin", "tokens.crc32c",
     ]  # fmt: skip
     raw = stored.tobytes()  # one CRC32C per stored sample (EOS included), <u4
     assert np.fromfile(d / "sample_crc32c.bin", "<u4").tolist() == [
@@ -81,13 +82,16 @@ def test_shard_files_byte_for_byte(tmp_path):
     assert json.loads((d / "shard.json").read_text()) == manifest
     assert manifest["num_samples"] == 3 and manifest["first_sample"] == 0
     assert manifest["skipped_empty"] == 1 and manifest["max_token_id"] == 100
+    # the block CRCs in a side file (<u4), its pages' CRC32Cs in shard.json
+    side = (d / "tokens.crc32c").read_bytes()
+    assert np.frombuffer(side, "<u4").tolist() == crc32c_blocks((d / "tokens.bin").read_bytes(), 16)
+    assert len(side) == 8  # 16 bytes, then the short last block of 2: two CRCs
     tokens = manifest["files"]["tokens.bin"]
-    assert tokens == {
-        "size": 18,
-        "block_bytes": 16,
-        "crc32c": crc32c_blocks((d / "tokens.bin").read_bytes(), 16),
-    }
-    assert len(tokens["crc32c"]) == 2  # 16 bytes, then the short last block of 2
+    assert tokens == {"size": 18, "block_bytes": 16, "crc32c_pages": [google_crc32c.value(side)]}
+    for name in shards.SHARD_FILES:
+        side = (d / shards.sidecar_name(name)).read_bytes()
+        assert side == np.array(crc32c_blocks((d / name).read_bytes(), 16), "<u4").tobytes()
+        assert manifest["files"][name]["crc32c_pages"] == crc32c_blocks(side, 4096)
 
 
 def test_features_use_the_corpus_counts_not_the_shards(tmp_path):
@@ -122,7 +126,7 @@ def test_store_manifest_fingerprint_and_order(tmp_path):
     manifest = store_manifest(
         [ma, mb], names, ByteTokenizer(), sources=[{"x": 1}], skipped={"bad": 2}, top_files={}
     )
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert (manifest["num_samples"], manifest["num_tokens"], manifest["max_token_id"]) == (3, 9, 6)
     assert manifest["dtype"] == "<u2" and manifest["block_bytes"] == 16
     assert manifest["skipped"] == {"empty": 0, "bad": 2}
@@ -130,7 +134,9 @@ def test_store_manifest_fingerprint_and_order(tmp_path):
     assert manifest["shards"] == [
         {"name": n, "num_samples": m["num_samples"], "num_tokens": m["num_tokens"],
          "first_sample": m["first_sample"],
-         "files": {f: m["files"][f]["size"] for f in shards.SHARD_FILES},
+         "files": {**{f: m["files"][f]["size"] for f in shards.SHARD_FILES},
+                   **{shards.sidecar_name(f): 4 * -(-m["files"][f]["size"] // 16)
+                      for f in shards.SHARD_FILES}},
          "sha256": hashlib.sha256(r).hexdigest()}
         for n, m, r in zip(names, [ma, mb], raw)
     ]  # fmt: skip

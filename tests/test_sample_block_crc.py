@@ -13,8 +13,7 @@ import pytest
 
 from highnoon.data import shards
 from highnoon.data.store import StoreError, TokenStore
-from highnoon.data.tokenizers import load_tokenizer
-from tests.remote_store_helpers import flip_byte, ram_copy, write_store
+from tests.remote_store_helpers import as_format_2, flip_byte, ram_copy, write_store
 
 N = 1500  # 1 500 samples a shard: lengths.bin spans 3 pages (512 samples a page)
 
@@ -41,8 +40,10 @@ def test_shard_json_records_each_files_block_size_and_crcs(tmp_path):
     for name, meta in files.items():
         block = 4096 if name == shards.LENGTHS else 1 << 20
         assert meta["block_bytes"] == block
-        assert meta["crc32c"] == shards.crc32c_file(os.path.join(shard, name), block)
-    assert len(files[shards.LENGTHS]["crc32c"]) == 3  # 12 000 bytes in pages of 4 096
+        side = np.fromfile(os.path.join(shard, shards.sidecar_name(name)), "<u4").tolist()
+        assert side == shards.crc32c_file(os.path.join(shard, name), block)
+    side = os.path.join(shard, shards.sidecar_name(shards.LENGTHS))
+    assert os.path.getsize(side) == 3 * 4  # 12 000 bytes in pages of 4 096: three CRCs
     with open(os.path.join(path, shards.MANIFEST), encoding="utf-8") as handle:
         assert json.load(handle)["block_bytes"] == 4096  # the smallest of the files'
 
@@ -88,25 +89,10 @@ def test_verify_checks_every_page_of_every_file(tmp_path):
 def test_a_store_with_1_mib_blocks_everywhere_still_reads(tmp_path):
     """Stores written before the per-file rule: shard.json records 1 MiB for every file; each
     reader honours the recorded size."""
-    path = _store(tmp_path)
+    path = as_format_2(_store(tmp_path), block_bytes=1 << 20)  # CRC lists in shard.json too
     names = [shards.shard_name(i, 2) for i in range(2)]
-    metas = []
-    for name in names:
-        manifest_path = os.path.join(path, name, shards.SHARD_MANIFEST)
-        with open(manifest_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-        for file_name, entry in meta["files"].items():
-            entry["block_bytes"] = 1 << 20
-            entry["crc32c"] = shards.crc32c_file(os.path.join(path, name, file_name), 1 << 20)
-        with open(manifest_path, "wb") as handle:
-            handle.write(shards.canonical_json(meta))
-        metas.append(meta)
-    top = shards.store_manifest(
-        metas, names, load_tokenizer("byte"), sources=[], skipped=None, top_files={}
-    )
-    assert top["block_bytes"] == 1 << 20
-    with open(os.path.join(path, shards.MANIFEST), "w", encoding="utf-8") as handle:
-        json.dump(top, handle, sort_keys=True)
+    with open(os.path.join(path, shards.MANIFEST), encoding="utf-8") as handle:
+        assert json.load(handle)["block_bytes"] == 1 << 20
     expected = np.random.default_rng(3).integers(1, 4, size=2 * N) + 1
     for store in (TokenStore.open(path), TokenStore.open(ram_copy(path))):
         np.testing.assert_array_equal(store.lengths_at([0, N + 1400]), expected[[0, N + 1400]])

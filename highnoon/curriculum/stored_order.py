@@ -277,6 +277,28 @@ def _write_one(
     return bin_path
 
 
+def restamp_orders(store_path: str, old_fingerprint: str, new_fingerprint: str) -> list[str]:
+    """Stamp the orders of a store whose manifests were rewritten without a change of data
+    (``data.store_upgrade``) with its new fingerprint: each ``orders/<strategy>.json`` that
+    records ``old_fingerprint`` is written again (beside, then renamed) with
+    ``new_fingerprint``; any other is left stale (``--orders_only`` writes it again). Returns
+    the strategies stamped."""
+    root = _join(store_path, ORDERS_DIR)
+    if not os.path.isdir(root):
+        return []
+    stamped = []
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(root, name)
+        meta = json.loads(read_text(path))
+        if isinstance(meta, dict) and meta.get("store_fingerprint") == old_fingerprint:
+            meta["store_fingerprint"] = new_fingerprint
+            atomic_write_text(path, json.dumps(meta, sort_keys=True))
+            stamped.append(name[: -len(".json")])
+    return stamped
+
+
 def write_block_crcs(bin_path: str, block_bytes: int, crc_path: str) -> str:
     """Write the CRC32C of every ``block_bytes`` block of the local ``bin_path`` to
     ``crc_path`` (``<u4``, synced); returns its sha256 (the json's ``block_crc32c_sha256``)."""

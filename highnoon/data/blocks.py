@@ -1,7 +1,8 @@
 """How a store file is read and verified: by byte range, each block checked once.
 
-Every ``.bin`` file of a store shard carries the CRC32C of each ``block_bytes`` block in its
-``shard.json`` (``shards.py``). A ``BlockFile`` returns bytes or elements of such a file and
+Every ``.bin`` file of a store shard carries the CRC32C of each ``block_bytes`` block, in a
+binary side file beside it read by page (``SidecarCrcs``; format 3), or as a list in its
+``shard.json`` (format 2; ``shards.py``). A ``BlockFile`` returns bytes or elements of such a file and
 checks every block a read touches against its CRC the first time this process reads it, so a
 flipped byte is a ``StoreError`` naming the store, shard, file, block and byte offset before
 any byte of that block reaches a batch, and a store's start-up costs no pass over its data.
@@ -57,10 +58,61 @@ class BlockFile(Protocol):
         ...
 
 
-def crc_array(crc32c: Sequence[int]) -> np.ndarray:
-    """A file's block CRC32Cs as a ``uint32`` array: 4 bytes a block, where a list of Python
-    ints costs about 36 (a 1e9-sample store has over a million blocks)."""
+class SidecarCrcs:
+    """A file's block CRC32Cs read from its side file (``<file>.crc32c``, ``<u4``) by page.
+
+    ``file`` is the side file as a ``BlockFile`` whose blocks are its pages, each checked
+    against the CRC32C ``shard.json`` records for it (``crc32c_pages``) the first time it is
+    read: a corrupt side file is a ``StoreError`` naming it, the page and its byte offset, and
+    no block of data is checked against an unchecked CRC. A local side file is a
+    ``MappedFile`` (pages checked once per process), a remote one a ``RangedFile`` (pages in
+    the bounded block cache). Indexed like the ``uint32`` array it replaces: ``len`` and
+    ``crcs[blocks]``, reading only the pages those blocks' CRCs are in.
+    """
+
+    def __init__(self, file: BlockFile, num_blocks: int, pages: Sequence[int]) -> None:
+        self.file = file
+        self.num_blocks = int(num_blocks)
+        self.pages = np.asarray(pages, dtype="<u4").reshape(-1)
+        if file.size != 4 * self.num_blocks:
+            raise StoreError(
+                f"{file.label}: the shard manifest records {file.size} bytes for the CRCs of "
+                f"{self.num_blocks} blocks (4 bytes each); the manifest is corrupt, rebuild "
+                "the store"
+            )
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitem__(self, blocks: Any) -> Any:
+        idx = np.asarray(blocks, dtype=np.int64)
+        if idx.ndim == 0:
+            return self.file.take(idx.reshape(1), "<u4")[0]
+        return self.file.take(idx, "<u4")
+
+    @property
+    def bytes_read(self) -> int:
+        return self.file.bytes_read
+
+    def verify(self) -> None:
+        """Check every page of the side file (``TokenStore.verify``)."""
+        self.file.verify()  # type: ignore[attr-defined]
+
+
+def crc_array(crc32c: Sequence[int] | SidecarCrcs) -> Any:
+    """A file's block CRC32Cs as a ``uint32`` array (4 bytes a block, where a list of Python
+    ints costs about 36), or its ``SidecarCrcs`` as they are (read by page)."""
+    if isinstance(crc32c, SidecarCrcs):
+        return crc32c
     return np.asarray(crc32c, dtype=np.uint32).reshape(-1)
+
+
+def crc_version(crcs: np.ndarray | SidecarCrcs) -> bytes:
+    """Bytes that change with any of a file's block CRCs (a cache key's file version): the
+    CRCs themselves, or for a side file the CRCs of its pages (which cover every CRC)."""
+    if isinstance(crcs, SidecarCrcs):
+        return np.int64(crcs.num_blocks).tobytes() + crcs.pages.tobytes()
+    return np.asarray(crcs, dtype="<u4").tobytes()
 
 
 def crc_mismatch(label: str, block: int, block_bytes: int, size: int, actual: int,
@@ -105,7 +157,13 @@ class MappedFile:
     """A local store file through a memory map (``BlockFile``); blocks verified on first touch."""
 
     def __init__(
-        self, path: str, size: int, block_bytes: int, crc32c: Sequence[int], *, label: str
+        self,
+        path: str,
+        size: int,
+        block_bytes: int,
+        crc32c: Sequence[int] | SidecarCrcs,
+        *,
+        label: str,
     ) -> None:
         self.path = path
         self.size = int(size)
@@ -181,7 +239,7 @@ class MappedFile:
                 self.bytes_read += len(data)
                 value = google_crc32c.value
                 actual = [value(data[k : k + step]) for k in range(0, len(data), step)]
-                expected = self.crc32c[part]
+                expected = np.asarray(self.crc32c[part])
                 for block, got, want in zip(part.tolist(), actual, expected.tolist()):
                     if got != want:
                         raise crc_mismatch(self.label, block, step, size, got, want)
@@ -301,7 +359,10 @@ class MappedFile:
         return view
 
     def verify(self) -> None:
-        """Check every block not yet checked (``TokenStore.verify``)."""
+        """Check every block not yet checked (``TokenStore.verify``), and every page of a
+        side file holding the CRCs."""
+        if isinstance(self.crc32c, SidecarCrcs):
+            self.crc32c.verify()
         self._data()
         if self._unverified:
             self._verify_blocks(np.arange(len(self.crc32c)))

@@ -8,8 +8,10 @@ any byte of it is used. A mismatch is a ``StoreError`` naming the file, the bloc
 offset.
 
 Fetched blocks go to one process-wide LRU ``BlockCache`` (``block_cache()``; its size is the
-``store_cache_bytes`` setting, 0 = no cache), keyed by (file, size, block, CRC), so a store
-rebuilt at the same path never serves a stale block. ``RangedFile.prefetch(ranges)`` queues the
+``store_cache_bytes`` setting, 0 = no cache), keyed by (file, size, a hash of its block CRCs,
+block), so a store rebuilt at the same path never serves a stale block; a cache hit needs no
+CRC (block CRCs kept in a side file are read by page, through the same cache, only for the
+blocks fetched). ``RangedFile.prefetch(ranges)`` queues the
 byte ranges of the next steps for the process' prefetch threads (``PREFETCH_THREADS``, one
 bounded queue for every file), which fill the cache ahead of the reads; a prefetch's error is
 kept and raised by the next ``read``/``take`` of that file.
@@ -34,8 +36,9 @@ import google_crc32c
 import numpy as np
 from absl import logging
 
-from highnoon.data.blocks import check_range, crc_array, crc_mismatch
+from highnoon.data.blocks import SidecarCrcs, check_range, crc_array, crc_mismatch, crc_version
 from highnoon.data.store_errors import StoreError
+from highnoon.utils.hashing import sha256_hex
 from highnoon.utils.validation import check_int
 
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: the `store_cache_bytes` setting's default
@@ -243,7 +246,8 @@ class RangedFile:
       path: the file (any ``tf.io.gfile`` path: ``gs://``, ``ram://``, ``file://``, local).
       size: its size in bytes, from the shard's manifest.
       block_bytes: the block size its checksums cover.
-      crc32c: one CRC32C per block (the last block short), from the shard's manifest.
+      crc32c: one CRC32C per block (the last block short), from the shard's manifest, or the
+        ``SidecarCrcs`` of its side file.
       label: names the file in errors (``"store S, shard-00001-of-00004/tokens.bin"``).
       cache: the block cache (default: the process-wide ``block_cache()``).
     """
@@ -253,7 +257,7 @@ class RangedFile:
         path: str,
         size: int,
         block_bytes: int,
-        crc32c: Sequence[int],
+        crc32c: Sequence[int] | SidecarCrcs,
         *,
         label: str,
         cache: BlockCache | None = None,
@@ -271,6 +275,7 @@ class RangedFile:
                 "the manifest is corrupt, rebuild the store"
             )
         self.cache = cache if cache is not None else block_cache()
+        self.version = sha256_hex(crc_version(self.crc32c), chars=16)  # the CRCs' identity
         self.bytes_read = 0  # bytes fetched from storage
         self.reads = 0  # range reads issued
         self.stats = 0  # size checks issued (one per object, before its first range read)
@@ -384,7 +389,7 @@ class RangedFile:
 
     # -- blocks -----------------------------------------------------------------------------
     def _key(self, b: int) -> tuple[Any, ...]:
-        return (self.path, self.size, self.block_bytes, b, int(self.crc32c[b]))
+        return (self.path, self.size, self.block_bytes, self.version, b)
 
     def _blocks(self, wanted: np.ndarray, *, raise_pending: bool = True) -> dict[int, np.ndarray]:
         """The verified blocks ``wanted`` (sorted unique indices): cached, or fetched."""
@@ -417,11 +422,12 @@ class RangedFile:
         """One range read of blocks ``[first, end)``, each verified; caller holds the lock."""
         start = first * self.block_bytes
         data = self._fetch_range(start, min(end * self.block_bytes, self.size))
+        crcs = np.asarray(self.crc32c[np.arange(first, end)]).tolist()  # side-file pages once
         blocks = {}
-        for b in range(first, end):
+        for b, expected in zip(range(first, end), crcs):
             lo = (b - first) * self.block_bytes
             block = data[lo : lo + self.block_bytes]
-            actual, expected = google_crc32c.value(block), int(self.crc32c[b])
+            actual = google_crc32c.value(block)
             if actual != expected:
                 raise crc_mismatch(self.label, b, self.block_bytes, self.size, actual, expected)
             self._verified[b] = True
@@ -531,7 +537,10 @@ class RangedFile:
             _close(fd)
 
     def verify(self) -> None:
-        """Fetch and check every block (``TokenStore.verify``), a few blocks per range read."""
+        """Fetch and check every block (``TokenStore.verify``), a few blocks per range read,
+        and every page of a side file holding the CRCs."""
+        if isinstance(self.crc32c, SidecarCrcs):
+            self.crc32c.verify()
         step = max(1, (64 << 20) // self.block_bytes)  # about 64 MB per read
         for first in range(0, self.num_blocks, step):
             self._blocks(np.arange(first, min(first + step, self.num_blocks)))

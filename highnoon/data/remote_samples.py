@@ -38,7 +38,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-from highnoon.data.blocks import check_range
+from highnoon.data.blocks import SidecarCrcs, check_range
 from highnoon.data.remote_blocks import BlockCache, RangedFile, _prefetcher
 from highnoon.data.store_errors import StoreError
 from highnoon.utils.hashing import sha256_hex
@@ -107,7 +107,7 @@ class SampleRangedFile(RangedFile):
         path: str,
         size: int,
         block_bytes: int,
-        crc32c: Sequence[int],
+        crc32c: Sequence[int] | SidecarCrcs,
         *,
         label: str,
         dtype: Any,
@@ -124,8 +124,7 @@ class SampleRangedFile(RangedFile):
         self._offsets_file = offsets
         self._crc_file = sample_crc32c
         self.num_samples = self._crc_file.size // 4
-        version = sha256_hex(self.crc32c.astype("<u4").tobytes(), chars=16)
-        self._space = sha256_hex(f"{self.path}\n{self.size}\n{version}\nsample", chars=24)
+        self._space = sha256_hex(f"{self.path}\n{self.size}\n{self.version}\nsample", chars=24)
         self.samples_verified = 0  # samples checked against their CRC by this object
 
     # -- metadata (read by block through the cache, never whole) ------------------------------

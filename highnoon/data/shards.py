@@ -12,10 +12,17 @@ headers, so any byte range of them can be read on its own:
 * ``sample_crc32c.bin``  ``<u4 [num_samples]``, the CRC32C of each sample's stored bytes in
   ``tokens.bin`` (EOS included): a reader fetching single samples by range checks each one
   without fetching the whole block around it (``remote_samples.py``);
+* ``<file>.crc32c``      beside each file above (``tokens.crc32c``...), ``<u4``: the CRC32C of every ``block_bytes``
+  block of it (the last one short), which readers check the first time they read a block
+  (``blocks.py``): a 4 KiB page for ``lengths.bin``, 1 MiB for the others
+  (``file_block_bytes``). Binary and read by page, so a reader holds and parses the CRCs of
+  the blocks it reads, not the shard's (format 3; format 2 kept them as JSON lists in
+  ``shard.json``, O(corpus) to parse at a shard's first read);
 * ``shard.json``         counts, ``first_sample`` (global index of its first sample), largest id,
-  empty samples skipped, and per file its size and the CRC32C of every ``block_bytes`` block
-  (the last one short), which readers check the first time they read a block (``blocks.py``):
-  a 4 KiB page for ``lengths.bin``, 1 MiB for the others (``file_block_bytes``).
+  empty samples skipped, and per file its size, block size and ``crc32c_pages``: the CRC32C
+  of every 4 KiB page of its ``.crc32c`` side file (``SIDECAR_PAGE_BYTES``: one per 1 024
+  blocks), so a side-file page is checked when read and the fingerprint over the shard
+  manifests still covers every byte.
 
 How a store is written, in one process or spread over many (Beam workers):
 
@@ -48,10 +55,15 @@ import numpy as np
 
 from highnoon.data.features import features_from_flat
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
+from highnoon.utils.files import atomic_write_bytes
 from highnoon.utils.hashing import sha256_file, sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_int, check_positive_int
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # block CRCs in side files; 2 (CRCs as JSON lists) is still read
+READ_FORMATS = (2, 3)
+# the store format as cache keys and mixed stages' fingerprints name it: 3 stores the same
+# contents as 2, so a cached store of either is found and a mixture keeps its fingerprint
+KEY_FORMAT = 2
 BLOCK_BYTES = 1 << 20  # CRC32C granularity of tokens.bin: 1 MiB, a cheap check per range read
 SAMPLE_BLOCK_BYTES = 1 << 12  # of the files read per sample at random: a page (file_block_bytes)
 MANIFEST = "manifest.json"
@@ -62,6 +74,8 @@ LENGTHS = "lengths.bin"
 SURPRISAL = "surprisal_sum.bin"
 SAMPLE_CRC = "sample_crc32c.bin"
 SHARD_FILES = (TOKENS, OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)
+SIDECAR_SUFFIX = ".crc32c"  # a shard file's block CRCs: ``tokens.bin`` -> ``tokens.crc32c``
+SIDECAR_PAGE_BYTES = 1 << 12  # the side file's own check unit: 1 024 block CRCs a page
 SAMPLE_INDEXED = (OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)  # one element per sample
 # read at every host per sample of every global step (packing): checked in pages. The other
 # sample-indexed files are read per host row; their CRC lists would cost more at open than
@@ -134,6 +148,37 @@ def crc32c_file(path: str, block_bytes: int = BLOCK_BYTES) -> list[int]:
         while chunk := handle.read(block_bytes * _CRC_READ):
             out.extend(crc32c_blocks(chunk, block_bytes))
     return out
+
+
+def sidecar_name(name: str) -> str:
+    """The side file holding the block CRCs of shard file ``name``: ``tokens.bin`` ->
+    ``tokens.crc32c``, as a stored order's (``orders/<strategy>.crc32c``). Not
+    ``tokens.bin.crc32c``: no file name is another's prefix, which TensorFlow's ``ram://``
+    filesystem mishandles (a copy onto ``a.bin`` once ``a.bin.crc32c`` exists writes nothing)."""
+    return name.removesuffix(".bin") + SIDECAR_SUFFIX
+
+
+def write_file_checksums(path: str, block_bytes: int, crcs: Any = None) -> dict[str, Any]:
+    """Write the block CRCs of the shard file ``path`` (local) to its side file
+    (``sidecar_name``, synced) and return its ``shard.json`` entry: ``size``, ``block_bytes``
+    and ``crc32c_pages`` (the CRC32C of every ``SIDECAR_PAGE_BYTES`` page of the side file).
+    ``crcs``: the block CRCs when the caller has them (a writer that computed them on the way),
+    else they are computed from the file. Every writer of a store goes through here."""
+    block_bytes = _check_block_bytes(block_bytes)
+    size = os.path.getsize(path)
+    if crcs is None:
+        crcs = crc32c_file(path, block_bytes)
+    raw = np.asarray(crcs, dtype="<u4").tobytes()
+    if len(raw) != 4 * -(-size // block_bytes):
+        raise InvalidArgumentError(
+            f"{path!r}: {len(raw) // 4} block CRCs for {size} bytes in blocks of {block_bytes}; "
+            "pass one CRC per block (the last one short)"
+        )
+    # beside, then renamed: a store upgraded in place may share its files by hard links
+    atomic_write_bytes(os.path.join(os.path.dirname(path), sidecar_name(os.path.basename(path))),
+                       raw)  # fmt: skip
+    pages = crc32c_blocks(raw, SIDECAR_PAGE_BYTES)
+    return {"size": size, "block_bytes": block_bytes, "crc32c_pages": pages}
 
 
 @dataclass(frozen=True)
@@ -325,8 +370,8 @@ def _write_synced(path: str, data: bytes) -> None:
 def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample: int) -> dict:
     """Features of the shard's samples under the corpus' unigram counts
     (``features.features_from_flat`` with ``counts=corpus_counts``: scores equal a one-process
-    build's), ``lengths.bin``/``surprisal_sum.bin``, then ``shard.json`` (CRCs of all four
-    files); returns the ``shard.json`` dict."""
+    build's), ``lengths.bin``/``surprisal_sum.bin``, the block CRCs of every file in their side
+    files, then ``shard.json``; returns the ``shard.json`` dict."""
     directory = str(directory)
     first_sample = check_int("first_sample", first_sample, minimum=0)
     state_path = os.path.join(directory, _WRITER_STATE)
@@ -359,15 +404,12 @@ def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample
     del tokens
     _write_synced(os.path.join(directory, LENGTHS), lengths.astype("<i8").tobytes())
     _write_synced(os.path.join(directory, SURPRISAL), surprisal.astype("<i8").tobytes())
-    files = {}
-    for name in SHARD_FILES:
-        path = os.path.join(directory, name)
-        file_block = file_block_bytes(name, block_bytes)
-        files[name] = {
-            "size": os.path.getsize(path),
-            "block_bytes": file_block,
-            "crc32c": crc32c_file(path, file_block),
-        }
+    files = {
+        name: write_file_checksums(
+            os.path.join(directory, name), file_block_bytes(name, block_bytes)
+        )
+        for name in SHARD_FILES
+    }
     manifest = {
         "num_samples": int(offsets.size - 1),
         "num_tokens": num_tokens,
@@ -405,7 +447,8 @@ def _features_in_chunks(
 
 def store_fingerprint(shard_manifests: list[dict]) -> str:
     """sha256 over the shards' ``shard.json`` contents (canonical JSON), in order, each followed
-    by a newline: the CRCs it covers change with any byte of the store."""
+    by a newline: the CRCs it covers (the block CRCs, or the pages of their side files) change
+    with any byte of the store."""
     return sha256_hex(b"".join(canonical_json(m) + b"\n" for m in shard_manifests))
 
 
@@ -417,6 +460,32 @@ def copy_tokenizer_file(tokenizer: Tokenizer, directory: str) -> dict[str, dict[
     target = os.path.join(directory, tokenizer.store_file)
     shutil.copyfile(tokenizer.model_path, target)
     return {tokenizer.store_file: {"size": os.path.getsize(target), "sha256": sha256_file(target)}}
+
+
+def shards_format(shard_manifests: list[dict]) -> int:
+    """The store format these shard manifests make: 3 when their block CRCs are in side files
+    (``crc32c_pages``), 2 when ``shard.json`` lists them (stores written before)."""
+    inline = any("crc32c" in f for s in shard_manifests for f in s["files"].values())
+    return 2 if inline else FORMAT_VERSION
+
+
+def shard_summary(name: str, shard: dict) -> dict[str, Any]:
+    """Shard ``name``'s entry in the store's ``manifest.json``: its counts, first sample, the
+    size of every file (side files included, so a local store checks them by ``stat`` at open)
+    and the sha256 of its ``shard.json``."""
+    files = {}
+    for file_name, meta in shard["files"].items():
+        files[file_name] = int(meta["size"])
+        if "crc32c_pages" in meta:
+            files[sidecar_name(file_name)] = 4 * -(-int(meta["size"]) // int(meta["block_bytes"]))
+    return {
+        "name": name,
+        "num_samples": int(shard["num_samples"]),
+        "num_tokens": int(shard["num_tokens"]),
+        "first_sample": int(shard["first_sample"]),
+        "files": files,
+        "sha256": sha256_hex(canonical_json(shard)),
+    }
 
 
 def store_manifest(
@@ -458,7 +527,7 @@ def store_manifest(
     block_sizes = {f["block_bytes"] for s in shard_manifests for f in s["files"].values()}
     empty = sum(int(s["skipped_empty"]) for s in shard_manifests)
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": shards_format(shard_manifests),
         "tokenizer": config,
         "num_samples": expected_first,
         "num_tokens": sum(int(s["num_tokens"]) for s in shard_manifests),
@@ -466,17 +535,7 @@ def store_manifest(
         "block_bytes": int(min(block_sizes)),
         "max_token_id": max(int(s["max_token_id"]) for s in shard_manifests),
         "fingerprint": store_fingerprint(shard_manifests),
-        "shards": [
-            {
-                "name": name,
-                "num_samples": int(shard["num_samples"]),
-                "num_tokens": int(shard["num_tokens"]),
-                "first_sample": int(shard["first_sample"]),
-                "files": {f: int(m["size"]) for f, m in shard["files"].items()},
-                "sha256": sha256_hex(canonical_json(shard)),
-            }
-            for name, shard in zip(shard_names, shard_manifests)
-        ],
+        "shards": [shard_summary(name, shard) for name, shard in zip(shard_names, shard_manifests)],
         "files": dict(top_files),
         "sources": list(sources or []),
         "skipped": {"empty": empty, **(skipped or {})},

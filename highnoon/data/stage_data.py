@@ -85,6 +85,7 @@ from absl import logging
 
 from highnoon.data.file_hashes import remembered_in
 from highnoon.data.registry import resolve_datasets
+from highnoon.data.shards import KEY_FORMAT
 from highnoon.data.sources import DataSource, StoreSource
 from highnoon.data.store import (
     FORMAT_VERSION,
@@ -168,7 +169,7 @@ def source_store_path(
         description = source.describe()
     key = _key(
         {
-            "format": FORMAT_VERSION,
+            "format": KEY_FORMAT,
             "source": description,
             "tokenizer": tokenizer.fingerprint_config(),
             "max_samples": max_samples,
@@ -313,7 +314,7 @@ def prepare_stage_store(
     }
     # the data's identity: the parts in order (the weights and the rule shape the stream, and
     # the stage plan's stream fingerprint holds them), so a reweighted stage reads the same data
-    fingerprint = _key({"format": FORMAT_VERSION, "concatenation": mixing["part_fingerprints"]})
+    fingerprint = _key({"format": KEY_FORMAT, "concatenation": mixing["part_fingerprints"]})
     manifest = {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,

@@ -55,19 +55,22 @@ from typing import Any
 
 import numpy as np
 
-from highnoon.data.blocks import BlockFile, MappedFile
+from highnoon.data.blocks import BlockFile, MappedFile, SidecarCrcs
 from highnoon.data.features import SampleFeatures
 from highnoon.data.shards import (
     FORMAT_VERSION,
     LENGTHS,
     MANIFEST,
     OFFSETS,
+    READ_FORMATS,
     SAMPLE_CRC,
     SAMPLE_FORMAT,
     SHARD_FILES,
     SHARD_MANIFEST,
+    SIDECAR_PAGE_BYTES,
     SURPRISAL,
     TOKENS,
+    sidecar_name,
     store_fingerprint,
     token_dtype,
 )
@@ -164,18 +167,36 @@ def is_store(path: str) -> bool:
     return bool(tf.io.gfile.exists(_join(path, MANIFEST)))
 
 
+def _block_crcs(root: str, name: str, file_name: str, m: dict[str, Any], label: str) -> Any:
+    """A shard file's block CRCs: the list of a format-2 ``shard.json``, or (format 3) its side
+    file read by page (``SidecarCrcs``), as a memory map locally or by range reads."""
+    if "crc32c" in m:
+        return m["crc32c"]
+    blocks = -(-int(m["size"]) // int(m["block_bytes"]))
+    path, label = _join(root, name, sidecar_name(file_name)), f"{label}/{sidecar_name(file_name)}"
+    if is_remote(root):
+        from highnoon.data.remote_blocks import RangedFile
+
+        file: BlockFile = RangedFile(path, 4 * blocks, SIDECAR_PAGE_BYTES, m["crc32c_pages"],
+                                     label=label)  # fmt: skip
+    else:
+        file = MappedFile(path, 4 * blocks, SIDECAR_PAGE_BYTES, m["crc32c_pages"], label=label)
+    return SidecarCrcs(file, blocks, m["crc32c_pages"])
+
+
 def _shard_files(
     root: str, name: str, meta: dict[str, Any], label: str, dtype: np.dtype
 ) -> dict[str, BlockFile]:
     """The ``BlockFile`` of every file of shard ``name``: memory maps for a local store (blocks
     checked on first touch); for a path with a scheme, range reads (``remote_blocks.py``), the
-    tokens read and checked sample by sample (``remote_samples.py``)."""
+    tokens read and checked sample by sample (``remote_samples.py``). Block CRCs come from
+    ``shard.json`` or from side files read by page (``_block_crcs``)."""
     args = {
         file_name: (
             _join(root, name, file_name),
             int(m["size"]),
             int(m["block_bytes"]),
-            m["crc32c"],
+            _block_crcs(root, name, file_name, m, label),
         )
         for file_name, m in meta["files"].items()
         if file_name in SHARD_FILES
@@ -310,11 +331,11 @@ def _load_manifest(root: str, path: str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise StoreError(f"store {path!r}: {MANIFEST} is not a JSON object; rebuild it")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_FORMATS:
         raise StoreError(
             f"store {path!r} has format_version={version!r}, this code reads "
-            f"format_version={FORMAT_VERSION} (sharded, verified per block); rebuild the store "
-            "(highnoon-prepare-data, or delete it from data_cache_dir)"
+            f"format_version {' or '.join(map(str, READ_FORMATS))} (sharded, verified per "
+            "block); rebuild the store (highnoon-prepare-data, or delete it from data_cache_dir)"
         )
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
@@ -406,7 +427,29 @@ def _check_shard_manifest(
                 label, recorded["size"] if actual is None else actual, SHARD_MANIFEST,
                 f"{recorded['size']} ({expected[file_name]} for {n} samples of {t} ids)",
             )  # fmt: skip
+        _check_checksums(recorded, entry, file_name, label)
     return meta
+
+
+def _check_checksums(recorded: dict[str, Any], entry: dict[str, Any], file_name: str,
+                     label: str) -> None:  # fmt: skip
+    """A file's entry in ``shard.json`` holds its block CRCs (format 2) or the page CRCs of a
+    side file whose size the store's manifest records (format 3)."""
+    if "crc32c" in recorded:
+        return
+    pages = recorded.get("crc32c_pages")
+    blocks = -(-int(recorded["size"]) // int(recorded.get("block_bytes") or 1))
+    side = sidecar_name(file_name)
+    if not isinstance(pages, list) or len(pages) != -(-4 * blocks // SIDECAR_PAGE_BYTES):
+        raise StoreError(
+            f"{label}: {SHARD_MANIFEST} records neither its block CRCs nor the page CRCs of "
+            f"{side} ({blocks} blocks); the manifest is corrupt, rebuild the store"
+        )
+    if entry.get("files", {}).get(side, 4 * blocks) != 4 * blocks:
+        raise StoreError(
+            f"{label}: {MANIFEST} records {entry['files'][side]} bytes for {side}, "
+            f"{SHARD_MANIFEST} {4 * blocks} ({blocks} blocks); rebuild the store"
+        )
 
 
 def _missing_file(label: str) -> StoreError:
@@ -430,7 +473,8 @@ def _check_local_shard(root: str, path: str, entry: dict[str, Any]) -> None:
             f"store {path!r}, {name}: the shard is missing ({name}/{SHARD_MANIFEST} does not "
             "exist); the store is incomplete, rebuild it"
         )
-    for file_name in SHARD_FILES:
+    side_files = [f for f in entry["files"] if f not in SHARD_FILES]  # block CRCs (format 3)
+    for file_name in [*SHARD_FILES, *side_files]:
         label = f"store {path!r}, {name}/{file_name}"
         actual, recorded = file_size(_join(root, name, file_name)), int(entry["files"][file_name])
         if actual is None:
@@ -482,6 +526,12 @@ def _open_shards(root: str, path: str, manifest: dict[str, Any]) -> list[_Shard]
                 "the store is incomplete or was modified, rebuild it"
             )
     return shards
+
+
+def _crc_bytes_read(file: BlockFile) -> int:
+    """Bytes a file's side file of block CRCs fetched (0 for CRCs kept in ``shard.json``)."""
+    crcs = getattr(file, "crc32c", None)
+    return crcs.bytes_read if isinstance(crcs, SidecarCrcs) else 0
 
 
 def _check_fingerprint(metas: list[dict[str, Any]], manifest: dict[str, Any], path: str) -> None:
@@ -594,7 +644,8 @@ class TokenStore:
     def bytes_read(self) -> int:
         """Bytes this object's files fetched from storage so far (benches and tests; shards
         not read yet count nothing and are not opened by asking)."""
-        return sum(f.bytes_read for s in self._shards if s.files.loaded for f in s.files.values())
+        files = [f for s in self._shards if s.files.loaded for f in s.files.values()]
+        return sum(f.bytes_read + _crc_bytes_read(f) for f in files)
 
     @property
     def max_token_id(self) -> int:

@@ -17,6 +17,7 @@
     highnoon-prepare-data --verify=/data/stores/c4-en,gs://bucket/stores/code  # check, no build
     highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data --orders=size_based
     highnoon-prepare-data --orders_only=/data/stores/c4-en  # add the orders to existing stores
+    highnoon-prepare-data --upgrade_stores=/data/stores/c4-en  # format 2 -> 3, manifests only
 
 (In a checkout, `python -m launch.prepare_data ...` is the same program.) Flags given on the
 command line override the gin bindings of ``prepare_datasets``; gin files can also register
@@ -91,6 +92,13 @@ flags.DEFINE_list(
 )
 
 flags.DEFINE_list(
+    "upgrade_stores",
+    None,
+    "Local stores of format 2 (block CRCs as JSON lists in each shard.json) to rewrite in place "
+    "as format 3 (CRCs in binary side files, read by page), their orders stamped with the new "
+    "fingerprint; reads and writes no data, prepares nothing.",
+)
+flags.DEFINE_list(
     "orders",
     list(stored_order.BUILT_IN),
     "Easy-to-hard orders written into each store after it is prepared (orders/<strategy>.bin, "
@@ -123,6 +131,9 @@ def main(argv: list[str]) -> None:
         return
     if FLAGS.orders_only:
         print(json.dumps({"orders": _write_orders(FLAGS.orders_only, FLAGS.orders)}, indent=2))
+        return
+    if FLAGS.upgrade_stores:
+        print(json.dumps({"upgraded": [_upgrade(p) for p in FLAGS.upgrade_stores]}, indent=2))
         return
     hn_flags.parse_gin_from_flags()
     configurables.register_datasets()  # datasets a gin file registered, if any
@@ -158,6 +169,18 @@ def _write_orders(paths: list[str], strategies: list[str]) -> list[dict[str, Any
         written = stored_order.write_orders(path, strategies, only_missing=True)
         logging.info("%s: orders %s written", path, sorted(written) or "(all present)")
         done.append({"path": path, "orders": list(strategies), "written": sorted(written)})
+    return done
+
+
+def _upgrade(path: str) -> dict[str, Any]:
+    """Rewrite the store at ``path`` as format 3 and stamp its orders; what was done."""
+    from highnoon.data.store_upgrade import upgrade_store
+
+    done = upgrade_store(path)
+    done["orders"] = stored_order.restamp_orders(
+        done["path"], done["old_fingerprint"], done["fingerprint"]
+    )
+    logging.info("%s: %d shards upgraded, orders %s", path, done["upgraded"], done["orders"])
     return done
 
 
