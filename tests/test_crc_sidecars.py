@@ -48,7 +48,8 @@ def test_shard_json_holds_page_crcs_not_block_crcs(tmp_path):
         meta = json.load(handle)
     for name, entry in meta["files"].items():
         assert "crc32c" not in entry
-        side = open(_side(path, name), "rb").read()
+        with open(_side(path, name), "rb") as handle:
+            side = handle.read()
         assert entry["crc32c_pages"] == shards.crc32c_blocks(side, shards.SIDECAR_PAGE_BYTES)
     with open(os.path.join(path, shards.MANIFEST), encoding="utf-8") as handle:
         top = json.load(handle)
@@ -185,8 +186,10 @@ def test_upgrade_moves_the_recorded_crcs_and_keeps_every_read(tmp_path):
     assert restamp_orders(linked, old_fp, done["fingerprint"]) == ["size_based"]
     after = TokenStore.open(linked)
     assert after.manifest["format_version"] == 3
-    metas = [json.load(open(os.path.join(linked, s, shards.SHARD_MANIFEST))) for s in
-             (shards.shard_name(0, 2), SHARD)]  # fmt: skip
+    metas = []
+    for name in (shards.shard_name(0, 2), SHARD):
+        with open(os.path.join(linked, name, shards.SHARD_MANIFEST), encoding="utf-8") as handle:
+            metas.append(json.load(handle))
     assert after.fingerprint == done["fingerprint"] == shards.store_fingerprint(metas) != old_fp
     assert all("crc32c" not in f for m in metas for f in m["files"].values())
     for a, b in zip(after.samples(range(2 * N)), before.samples(range(2 * N)), strict=True):

@@ -83,12 +83,13 @@ def test_token_samples_and_manifest(tmp_path):
     assert manifest["sources"] == [{"type": "test"}]
     assert manifest["dtype"] == "<u2"
     assert manifest["fingerprint"] == store.fingerprint
-    assert manifest["format_version"] == 2 and manifest["files"] == {}
+    assert manifest["format_version"] == 3 and manifest["files"] == {}
     assert [s["name"] for s in manifest["shards"]] == ["shard-00000-of-00001"]
     assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json", "shard-00000-of-00001"]
     assert sorted(os.listdir(tmp_path / "s" / "shard-00000-of-00001")) == [
-        "lengths.bin", "offsets.bin", "sample_crc32c.bin", "shard.json", "surprisal_sum.bin",
-        "tokens.bin",
+        "lengths.bin", "lengths.crc32c", "offsets.bin", "offsets.crc32c", "sample_crc32c.bin",
+        "sample_crc32c.crc32c", "shard.json", "surprisal_sum.bin", "surprisal_sum.crc32c",
+        "tokens.bin", "tokens.crc32c",
     ]  # fmt: skip
     assert store.manifest == manifest
     reopened = TokenStore.open(str(tmp_path / "s"), verify=True)

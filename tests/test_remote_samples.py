@@ -174,9 +174,12 @@ def test_opening_a_remote_store_reads_its_manifest_only(tmp_path, monkeypatch):
     assert calls == [] and store.bytes_read == 0
     assert store.fingerprint == TokenStore.open(local).fingerprint
     np.testing.assert_array_equal(store.samples([39])[0], TokenStore.open(local).samples([39])[0])
-    assert sorted(p[len(url) + 1 :] for p in calls) == [  # shard 7's manifest, first reads
-        "shard-00007-of-00008/offsets.bin", "shard-00007-of-00008/sample_crc32c.bin",
-        "shard-00007-of-00008/shard.json", "shard-00007-of-00008/tokens.bin",
+    # shard 7's manifest, then a stat before each file's first read, the side files of block
+    # CRCs included (not the tokens': a sample is checked against its own CRC)
+    assert sorted(p[len(url) + 1 :] for p in calls) == [
+        f"shard-00007-of-00008/{name}" for name in (
+            "offsets.bin", "offsets.crc32c", "sample_crc32c.bin", "sample_crc32c.crc32c",
+            "shard.json", "tokens.bin")
     ]  # fmt: skip
     assert [s.files.loaded for s in store._shards] == [False] * 7 + [True]
     tf.io.gfile.remove(f"{url}/shard-00005-of-00008/shard.json")

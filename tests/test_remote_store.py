@@ -372,6 +372,7 @@ def test_a_bounded_cache_bounds_what_a_host_holds(local, rows):
     cache = BlockCache(1024)
     for f in store.block_files():
         f.cache = cache
+        f.crc32c.file.cache = cache  # the pages of its side file of block CRCs too
     batcher = HostBatcher(store, rows, SEQ_LEN)
     expected = HostBatcher(TokenStore.open(local), rows, SEQ_LEN)
     held = []
@@ -381,12 +382,14 @@ def test_a_bounded_cache_bounds_what_a_host_holds(local, rows):
         for key, value in expected.batch(step).items():
             np.testing.assert_array_equal(got[key], value, err_msg=f"{key} {step}")
     assert 0 < max(held) <= 1024 and cache.evictions > 0
-    # outside the cache a file keeps its block CRCs (4 bytes a block, from shard.json) and one
-    # flag a block (which blocks it checked), no data
+    # outside the cache a file keeps one flag a block (which blocks it checked) and the CRCs of
+    # its side file's pages (4 bytes a page of 1 024 block CRCs), no data and no block CRCs
     for f in store.block_files():
-        assert f.crc32c.dtype == np.uint32 and f.crc32c.nbytes == 4 * f.num_blocks
-        assert all(v.nbytes <= f.num_blocks for k, v in vars(f).items()
-                   if isinstance(v, np.ndarray) and k != "crc32c")  # fmt: skip
+        pages = f.crc32c.pages
+        assert pages.dtype == np.uint32 and pages.size == -(-4 * f.num_blocks // 4096)
+        for file in (f, f.crc32c.file):  # (the side file's own CRCs are the pages above)
+            assert all(v.nbytes <= file.num_blocks for k, v in vars(file).items()
+                       if isinstance(v, np.ndarray) and k != "crc32c")  # fmt: skip
 
 
 def _edit_manifest(url: str, edit) -> None:
