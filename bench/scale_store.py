@@ -1,4 +1,4 @@
-"""Synthetic format-2 token stores of N samples (up to 1e9), written fast and small on disk.
+"""Synthetic token stores (format 3) of N samples (up to 1e9), written fast and small on disk.
 
 A store the real reader opens and checks (``TokenStore.open``: manifests, sizes, fingerprint;
 every block a read touches is CRC-checked), with realistic features and no real text:
@@ -12,7 +12,8 @@ every block a read touches is CRC-checked), with realistic features and no real 
   CRC32Cs those of ``2 * length`` zero bytes, computed without writing or reading it.
 
 CRC32Cs of the real files are computed while they are written (``BlockCrc``), so nothing is read
-back; each file's block size is the writer's (``shards.file_block_bytes``: 4 KiB pages for
+back, and go to the side files of the store's own writer (``shards.write_file_checksums``);
+each file's block size is the writer's (``shards.file_block_bytes``: 4 KiB pages for
 ``lengths.bin``, 1 MiB for the others). Shard names, ``shard.json``
 (``canonical_json``) and the manifest (``store_manifest``, fingerprint included) come from the
 store's own writer (``highnoon.data.shards``).
@@ -59,11 +60,11 @@ class BlockCrc:
         self._tail = raw[whole:]
 
     def close(self) -> dict[str, object]:
+        """Close the file and write its side file of block CRCs; its ``shard.json`` entry."""
         if self._tail:
             self.crcs.append(int(google_crc32c.value(self._tail)))
         self._file.close()
-        size = os.path.getsize(self._file.name)
-        return {"size": size, "block_bytes": self.block_bytes, "crc32c": self.crcs}
+        return shards.write_file_checksums(self._file.name, self.block_bytes, self.crcs)
 
 
 def _zero_crcs(num_bytes: int, block_bytes: int) -> list[int]:
@@ -119,8 +120,10 @@ def write_scale_store(path: str, num_samples: int, *, seed: int = 0, progress: b
             handle.truncate(tokens_bytes)  # sparse: zeros, nothing on disk
         file_meta = {f: w.close() for f, w in files.items()}
         token_block = shards.file_block_bytes(shards.TOKENS, block)
-        file_meta[shards.TOKENS] = {"size": tokens_bytes, "block_bytes": token_block,
-                                    "crc32c": _zero_crcs(tokens_bytes, token_block)}  # fmt: skip
+        file_meta[shards.TOKENS] = shards.write_file_checksums(
+            os.path.join(directory, shards.TOKENS), token_block,
+            _zero_crcs(tokens_bytes, token_block),
+        )  # fmt: skip
         meta = {"num_samples": last - first, "num_tokens": position, "first_sample": first,
                 "max_token_id": max_id, "skipped_empty": 0,
                 "files": {f: file_meta[f] for f in shards.SHARD_FILES}}  # fmt: skip
@@ -145,11 +148,16 @@ def reblock_store(source: str, path: str) -> str:
     and the block CRCs of today's writer rules (``shards.file_block_bytes``; a stored order's
     ``.crc32c`` side file and its lengths column, format 3), so a 1e9 store written with 1 MiB blocks everywhere is
     measured again without writing 30 GB. ``tokens.bin`` keeps its recorded 1 MiB CRCs; every
-    other CRC is computed from the file's bytes as the writer does."""
+    other CRC is computed from the file's bytes as the writer does. ``source`` is a format-2
+    store (CRC lists in ``shard.json``); the result is upgraded to format 3 last
+    (``store_upgrade``)."""
     from highnoon.curriculum import stored_order
+    from highnoon.data.store_upgrade import upgrade_store
 
     with open(os.path.join(source, shards.MANIFEST), encoding="utf-8") as handle:
         old = json.load(handle)
+    if old["format_version"] != 2:
+        raise SystemExit(f"{source} is a format-{old['format_version']} store; reblock takes 2")
     names = [entry["name"] for entry in old["shards"]]
     metas = []
     for name in names:
@@ -194,6 +202,8 @@ def reblock_store(source: str, path: str) -> str:
         )  # fmt: skip
         with open(json_path, "w", encoding="utf-8") as handle:
             json.dump(meta, handle, sort_keys=True)
+    done = upgrade_store(path)  # the CRC lists into side files
+    stored_order.restamp_orders(path, done["old_fingerprint"], done["fingerprint"])
     return path
 
 
