@@ -275,13 +275,21 @@ def _child_pack(path: str) -> dict[str, Any]:
     state: dict[str, Any] = {}
 
     def first_rows() -> None:
-        plan = _host_plan(TokenStore.open(path), pack=True, max_seq_length=PACK_SEQ)
-        state["plan"] = plan
+        store = TokenStore.open(path)
+        plan = _host_plan(store, pack=True, max_seq_length=PACK_SEQ)
+        state["store"], state["plan"] = store, plan
         state["stream"] = plan.begin_packed_epoch(0)
         state["rows"] = _packed_host_rows(state["stream"], 0, 1)
         plan.packing_cursor(0, 1)
 
-    out = {"first_rows": _measured(first_rows)}
+    def first_tokens() -> None:
+        """The tokens of those rows' samples: the first read of each shard they fall in (its
+        ``shard.json``, its block CRCs), what a run's first batch costs next."""
+        import numpy as np
+
+        state["store"].gather(np.concatenate(state["rows"]))
+
+    out = {"first_rows": _measured(first_rows), "first_tokens": _measured(first_tokens)}
     plan = state["plan"]
     out["planned_steps"] = plan.planned_steps()
     out["window"] = plan.packing_window
@@ -564,23 +572,24 @@ def _call_cell(h: dict[str, Any], steps: int) -> str:
 def format_pack(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"| samples | packed: open -> first rows (1 host of {HOSTS}) | its peak RSS above "
-        "baseline | 1-step call: wall (CPU) | 100-step call: wall (CPU) | peak RSS of the 100-step calls | today: open "
-        "-> first rows | today's peak RSS | time ratio today / now | planned steps: estimate / "
-        "exact |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "baseline | their tokens: wall (CPU) | 1-step call: wall (CPU) | 100-step call: wall "
+        "(CPU) | peak RSS of the 100-step calls | today: open -> first rows | today's peak RSS | "
+        "time ratio today / now | planned steps: estimate / exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         h, t = row["pack"], row.get("today")
         if "error" in h:
-            lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | | |")
+            lines.append(f"| {row['n']:.0e} | {h['error']} | | | | | | | | | |")
             continue
-        first = h["first_rows"]
+        first, tokens = h["first_rows"], h["first_tokens"]
         today, today_peak, ratio = _today_cells(t, first)
         steps = f"{h['planned_steps']} / " + (
             str(t["exact_steps"]) if t and "error" not in t else "-"
         )
         lines.append(
             f"| {row['n']:.0e} | {first['seconds']:.3f} s | {first['peak_mib']:.1f} MiB "
+            f"| {tokens['seconds'] * 1e3:.0f} ms ({tokens['cpu_seconds'] * 1e3:.0f} ms CPU) "
             f"| {_call_cell(h, 1)} | {_call_cell(h, 100)} "
             f"| {h['calls_100']['peak_mib']:.1f} MiB | {today} | {today_peak} | {ratio} "
             f"| {steps} |"
