@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from highnoon.data import TokenStore, prepare_datasets
@@ -109,3 +110,30 @@ def test_prepare_writes_the_orders_after_the_store_and_orders_only_adds_them(tmp
     refused = _prepare(f"--orders_only={store.path}", "--orders=random")
     assert refused.returncode != 0
     assert "strategy='random' cannot be stored" in refused.stderr
+
+
+def test_upgrade_stores_rewrites_a_format_2_store_and_stamps_its_orders(tmp_path):
+    """``--upgrade_stores`` (the program ``as_format_2``'s stores meet in the field): format 3,
+    the same samples, the orders stamped with the new fingerprint and still read."""
+    from highnoon.curriculum.stored_order import open_stored_order, write_orders
+    from tests.remote_store_helpers import as_format_2, write_store
+
+    path = as_format_2(write_store(str(tmp_path / "s"), np.arange(300) % 9 + 1, num_shards=2))
+    write_orders(path, ("size_based",))
+    before = TokenStore.open(path)
+    samples = before.samples(range(300))
+    order = open_stored_order(before, "size_based")[:].tolist()
+    done = _prepare(f"--upgrade_stores={path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (report,) = json.loads(done.stdout)["upgraded"]
+    after = TokenStore.open(path)
+    assert (report["upgraded"], report["orders"], report["fingerprint"]) == (
+        2,
+        ["size_based"],
+        after.fingerprint,
+    )
+    assert report["old_fingerprint"] == before.fingerprint != after.fingerprint
+    assert after.manifest["format_version"] == 3
+    for a, b in zip(after.samples(range(300)), samples, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert open_stored_order(after, "size_based")[:].tolist() == order

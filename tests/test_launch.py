@@ -87,7 +87,8 @@ def _listed_flags(help_text: str) -> list[str]:
                 "beam_options", "data_dir", "datasets", "gin_bindings", "gin_file",
                 "gin_search_paths", "max_samples", "num_shards", "orders", "orders_only",
                 "output_dir", "runner",
-                "tokenizer", "train_sentencepiece_vocab", "train_tokenizer_json_vocab", "verify",
+                "tokenizer", "train_sentencepiece_vocab", "train_tokenizer_json_vocab",
+                "upgrade_stores", "verify",
             ],
         ),
         (
