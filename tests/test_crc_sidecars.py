@@ -222,6 +222,9 @@ def test_an_interrupted_upgrade_is_finished_by_running_it_again(tmp_path):
     with open(os.path.join(path, shards.MANIFEST), encoding="utf-8") as handle:
         entry = json.load(handle)["shards"][0]
     store_upgrade._upgraded_shard(path, entry)  # killed after the first shard.json
+    with pytest.raises(StoreError, match=r"a format upgrade was interrupted: run "
+                       r"highnoon-prepare-data --upgrade_stores=.*/s again"):  # fmt: skip
+        TokenStore.open(path).sample(0)
     done = upgrade_store(path)
     assert (done["upgraded"], done["fingerprint"]) == (1, expected)
     TokenStore.open(path).verify()

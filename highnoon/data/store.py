@@ -396,9 +396,15 @@ def _check_shard_manifest(
             "store is incomplete, rebuild it"
         )
     if sha256_hex(raw) != entry["sha256"]:
+        upgrading = b'"crc32c_pages"' in raw and sidecar_name(TOKENS) not in entry["files"]
+        fix = (
+            "a format upgrade was interrupted: run highnoon-prepare-data --upgrade_stores="
+            f"{path} again" if upgrading
+            else "the store is corrupt or mixes two builds, rebuild it"
+        )  # fmt: skip
         raise StoreError(
             f"{where}: {SHARD_MANIFEST} has sha256 {sha256_hex(raw)}, the manifest records "
-            f"{entry['sha256']}; the store is corrupt or mixes two builds, rebuild it"
+            f"{entry['sha256']}; {fix}"
         )
     meta = json.loads(raw)
     n, t = int(meta["num_samples"]), int(meta["num_tokens"])
