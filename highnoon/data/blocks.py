@@ -99,7 +99,10 @@ class SidecarCrcs:
         self.file.verify()  # type: ignore[attr-defined]
 
 
-def crc_array(crc32c: Sequence[int] | SidecarCrcs) -> Any:
+BlockCrcs = Sequence[int] | SidecarCrcs  # a file's block CRCs: a list (format 2) or a side file
+
+
+def crc_array(crc32c: BlockCrcs) -> Any:
     """A file's block CRC32Cs as a ``uint32`` array (4 bytes a block, where a list of Python
     ints costs about 36), or its ``SidecarCrcs`` as they are (read by page)."""
     if isinstance(crc32c, SidecarCrcs):
@@ -157,13 +160,7 @@ class MappedFile:
     """A local store file through a memory map (``BlockFile``); blocks verified on first touch."""
 
     def __init__(
-        self,
-        path: str,
-        size: int,
-        block_bytes: int,
-        crc32c: Sequence[int] | SidecarCrcs,
-        *,
-        label: str,
+        self, path: str, size: int, block_bytes: int, crc32c: BlockCrcs, *, label: str
     ) -> None:
         self.path = path
         self.size = int(size)

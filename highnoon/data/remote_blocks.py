@@ -36,7 +36,14 @@ import google_crc32c
 import numpy as np
 from absl import logging
 
-from highnoon.data.blocks import SidecarCrcs, check_range, crc_array, crc_mismatch, crc_version
+from highnoon.data.blocks import (
+    BlockCrcs,
+    SidecarCrcs,
+    check_range,
+    crc_array,
+    crc_mismatch,
+    crc_version,
+)
 from highnoon.data.store_errors import StoreError
 from highnoon.utils.hashing import sha256_hex
 from highnoon.utils.validation import check_int
@@ -257,7 +264,7 @@ class RangedFile:
         path: str,
         size: int,
         block_bytes: int,
-        crc32c: Sequence[int] | SidecarCrcs,
+        crc32c: BlockCrcs,
         *,
         label: str,
         cache: BlockCache | None = None,

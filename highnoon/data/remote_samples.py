@@ -32,13 +32,12 @@ found by a binary search over the offsets file (``_locate``: about 13 blocks for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import google_crc32c
 import numpy as np
 
-from highnoon.data.blocks import SidecarCrcs, check_range
+from highnoon.data.blocks import BlockCrcs, check_range
 from highnoon.data.remote_blocks import BlockCache, RangedFile, _prefetcher
 from highnoon.data.store_errors import StoreError
 from highnoon.utils.hashing import sha256_hex
@@ -107,7 +106,7 @@ class SampleRangedFile(RangedFile):
         path: str,
         size: int,
         block_bytes: int,
-        crc32c: Sequence[int] | SidecarCrcs,
+        crc32c: BlockCrcs,
         *,
         label: str,
         dtype: Any,
