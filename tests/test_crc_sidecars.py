@@ -235,3 +235,36 @@ def test_upgrade_refuses_remote_paths():
 
     with pytest.raises(InvalidArgumentError, match="rewrites a local store in place"):
         upgrade_store("gs://bucket/store")
+
+
+def test_an_orders_checksums_are_read_by_page_and_restamping_adds_the_page_crcs(
+    tmp_path, monkeypatch
+):
+    # 6 000 samples: a <u4 order in 16-byte blocks has 1 500 block CRCs, 6 000 B: two pages
+    from highnoon.data import blocks
+
+    path = _store(tmp_path / "s")
+    write_orders(path, ("size_based",), block_bytes=16)
+    store = TokenStore.open(path)
+    expected = open_stored_order(store, "size_based")[:].tolist()
+    monkeypatch.setattr(blocks, "RACY_SECONDS", 1e9)  # this object checks its own pages
+    order = open_stored_order(TokenStore.open(path), "size_based")
+    crcs = order._file.crc32c
+    assert (len(crcs), crcs.file.size) == (1500, 6000)
+    assert order.take(np.array([5000])).tolist() == [expected[5000]]
+    # block 1250's CRC is at byte 5000, on the second (short) page: that page is read and
+    # checked (1 904 bytes), then its 4 bytes read through the map; the first page is not
+    assert crcs.bytes_read == 6000 - 4096 + 4
+    # an order json written before the page CRCs: the upgrade's restamp adds them, checked
+    json_path = os.path.join(path, "orders", "size_based.json")
+    with open(json_path, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    pages = meta.pop("block_crc32c_pages"), meta.pop("lengths_crc32c_pages")
+    meta["store_fingerprint"] = "old"
+    with open(json_path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle)
+    assert restamp_orders(path, "old", store.fingerprint) == ["size_based"]
+    with open(json_path, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    assert (meta["block_crc32c_pages"], meta["lengths_crc32c_pages"]) == pages
+    assert open_stored_order(store, "size_based")[:].tolist() == expected

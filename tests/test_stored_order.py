@@ -278,10 +278,22 @@ def test_the_block_crcs_are_a_binary_file_whose_corruption_is_refused_with_the_f
     assert crc_path.read_bytes() == np.array(crc32c_file(str(orders / "mixed.bin"), 4096),
                                              dtype="<u4").tobytes()  # fmt: skip
     np.testing.assert_array_equal(open_stored_order(store, "mixed")[:], _expected(store, "mixed"))
+    # read by 4 KiB page, each page against the CRC32C the json records for it
+    assert meta["block_crc32c_pages"] == crc32c_file(str(crc_path), 4096)
     fix = r"re-run highnoon-prepare-data --orders_only=.*s to write the orders again"
     raw = bytearray(crc_path.read_bytes())
     raw[1] ^= 1
     crc_path.write_bytes(bytes(raw))
+    order = open_stored_order(store, "mixed")  # opens: its size is right
+    with pytest.raises(
+        StoreError,
+        match=r"orders/mixed.crc32c: block 0 \(byte offset 0, bytes \[0, 4\)\) has CRC32C "
+        rf"0x[0-9a-f]{{8}}, the shard manifest records 0x[0-9a-f]{{8}}.*; or {fix}",
+    ):
+        order[:]  # before any index of the order is returned
+    # an order written before the page CRCs reads its .crc32c whole, against the sha256
+    del meta["block_crc32c_pages"], meta["lengths_crc32c_pages"]
+    (orders / "mixed.json").write_text(json.dumps(meta))
     with pytest.raises(
         StoreError,
         match=rf"mixed.crc32c: sha256 [0-9a-f]{{64}}, the order's json records "

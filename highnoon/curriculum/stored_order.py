@@ -13,7 +13,10 @@ shards:
   (``<u4``, the last block short), checked on first read as a shard's files are. Blocks are a
   4 KiB page (``ORDER_BLOCK_BYTES``): a host takes a few positions at random, and a first read
   checks the block around each; the list is binary, 1/1024 of the order (4 MiB at 1e9 samples),
-  read once at open and checked against its sha256;
+  read by 4 KiB page as blocks are checked, each page against its CRC32C in the json
+  (``block_crc32c_pages``, as a store shard's side files are), so a start reads the pages of
+  the blocks it reads, not the list (an order written without the page CRCs reads the list whole
+  and checks it against its sha256);
 * ``orders/<strategy>.lengths.bin`` (format 3): the lengths column, the stored length of the
   sample at each order position (``<u4``), carried through the sort beside the indices, and
   ``orders/<strategy>.lengths.crc32c``, its 4 KiB block CRCs: a packed host reads the lengths
@@ -23,8 +26,10 @@ shards:
   ``strategy``, ``num_samples``, ``dtype``, ``store_fingerprint`` (the store it was computed
   from), ``scores_fingerprint`` (``order.scores_fingerprint`` of the whole store's scores),
   ``scale`` (the maxima the scores were normalised by), ``block_bytes``,
-  ``block_crc32c_sha256`` (of the ``.crc32c`` file), ``lengths_dtype`` and
-  ``lengths_crc32c_sha256``. Orders of format 2 (no lengths column) and 1 (1 MiB blocks,
+  ``block_crc32c_sha256`` (of the ``.crc32c`` file), ``lengths_dtype``,
+  ``lengths_crc32c_sha256``, and ``block_crc32c_pages`` / ``lengths_crc32c_pages`` (the CRC32C
+  of each 4 KiB page of the two ``.crc32c`` files; optional: orders written before them read
+  their ``.crc32c`` whole). Orders of format 2 (no lengths column) and 1 (1 MiB blocks,
   their CRCs a JSON list ``block_crc32c`` in the ``.json``) are still read; their
   ``StoredOrder.lengths`` is None, and ``--orders_only`` (``only_missing``) rewrites them.
 
@@ -58,9 +63,14 @@ import numpy as np
 
 from highnoon.curriculum.order import ScoresDigest, order_from_keys, sort_keys
 from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, scores_from_features
-from highnoon.data.blocks import BlockFile, MappedFile
+from highnoon.data.blocks import BlockFile, MappedFile, SidecarCrcs
 from highnoon.data.features import SampleFeatures
-from highnoon.data.shards import SAMPLE_BLOCK_BYTES, crc32c_file
+from highnoon.data.shards import (
+    SAMPLE_BLOCK_BYTES,
+    SIDECAR_PAGE_BYTES,
+    crc32c_blocks,
+    crc32c_file,
+)
 from highnoon.data.store import StoreError, TokenStore, file_size
 from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
 from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_bytes, read_text
@@ -267,6 +277,8 @@ def _write_one(
         "block_crc32c_sha256": crc_sha256,
         "lengths_dtype": LENGTHS_DTYPE.str,
         "lengths_crc32c_sha256": len_crc_sha256,
+        "block_crc32c_pages": crc32c_file(local_crc, SIDECAR_PAGE_BYTES),
+        "lengths_crc32c_pages": crc32c_file(local_len_crc, SIDECAR_PAGE_BYTES),
     }
     _publish(local_bin, bin_path)
     _publish(local_crc, order_crc_path(store.path, strategy))
@@ -281,8 +293,9 @@ def restamp_orders(store_path: str, old_fingerprint: str, new_fingerprint: str) 
     """Stamp the orders of a store whose manifests were rewritten without a change of data
     (``data.store_upgrade``) with its new fingerprint: each ``orders/<strategy>.json`` that
     records ``old_fingerprint`` is written again (beside, then renamed) with
-    ``new_fingerprint``; any other is left stale (``--orders_only`` writes it again). Returns
-    the strategies stamped."""
+    ``new_fingerprint``, and with the page CRCs of its ``.crc32c`` files when it has none yet
+    (those files checked against their sha256 first); any other is left stale
+    (``--orders_only`` writes it again). Returns the strategies stamped."""
     root = _join(store_path, ORDERS_DIR)
     if not os.path.isdir(root):
         return []
@@ -294,9 +307,27 @@ def restamp_orders(store_path: str, old_fingerprint: str, new_fingerprint: str) 
         meta = json.loads(read_text(path))
         if isinstance(meta, dict) and meta.get("store_fingerprint") == old_fingerprint:
             meta["store_fingerprint"] = new_fingerprint
+            _add_pages(store_path, name[: -len(".json")], meta)
             atomic_write_text(path, json.dumps(meta, sort_keys=True))
             stamped.append(name[: -len(".json")])
     return stamped
+
+
+def _add_pages(store_path: str, strategy: str, meta: dict[str, Any]) -> None:
+    """The page CRCs of a format-3 order's two ``.crc32c`` files into ``meta`` when missing,
+    each file checked against the sha256 ``meta`` records (a ``StoreError`` naming the fix)."""
+    if meta.get("format") != FORMAT or "block_crc32c_pages" in meta:
+        return
+    files = (("block", order_crc_path(store_path, strategy)),
+             ("lengths", lengths_paths(store_path, strategy)[1]))  # fmt: skip
+    for key, crc_path in files:
+        raw = read_bytes(crc_path) if isfile(crc_path) else None
+        if raw is None or sha256_hex(raw) != meta[f"{key}_crc32c_sha256"]:
+            raise StoreError(
+                f"{crc_path}: missing or not the file the order's json records; "
+                + FIX.format(path=store_path)
+            )
+        meta[f"{key}_crc32c_pages"] = crc32c_blocks(raw, SIDECAR_PAGE_BYTES)
 
 
 def write_block_crcs(bin_path: str, block_bytes: int, crc_path: str) -> str:
@@ -640,8 +671,8 @@ def _fresh(store: TokenStore, strategy: str, *, raise_errors: bool = False) -> S
         if meta["format"] == FORMAT_1:
             crcs = meta["block_crc32c"]
         else:
-            crcs = _block_crcs(store, order_crc_path(store.path, strategy),
-                               meta["block_crc32c_sha256"])  # fmt: skip
+            crcs = _block_crcs(store, order_crc_path(store.path, strategy), meta, "block",
+                               -(-expected // block), f"{ORDERS_DIR}/{strategy}.crc32c")  # fmt: skip
         file = _block_file(bin_path, expected, block, crcs, f"{ORDERS_DIR}/{strategy}.bin", store)
         lengths = None
         if meta["format"] == FORMAT:
@@ -682,20 +713,35 @@ def _lengths_column(
         )
 
     def column() -> StoredColumn:
-        crcs = _block_crcs(store, crc_path, meta["lengths_crc32c_sha256"])
+        block = int(meta["block_bytes"])
+        crcs = _block_crcs(store, crc_path, meta, "lengths", -(-expected // block),
+                           f"{ORDERS_DIR}/{strategy}.lengths.crc32c")  # fmt: skip
         name = f"{ORDERS_DIR}/{strategy}.lengths.bin"
-        file = _block_file(path, expected, int(meta["block_bytes"]), crcs, name, store)
+        file = _block_file(path, expected, block, crcs, name, store)
         return StoredColumn(path, int(meta["num_samples"]), dtype, file)
 
     return column
 
 
-def _block_crcs(store: TokenStore, path: str, sha256: str) -> np.ndarray:
-    """A ``.crc32c`` file (``<u4``, one per block) read whole and checked against the sha256
-    the order's json records."""
+def _block_crcs(store: TokenStore, path: str, meta: dict[str, Any], key: str, blocks: int,
+                name: str) -> np.ndarray | SidecarCrcs:  # fmt: skip
+    """A ``.crc32c`` file (``<u4``, one per block): read by checked page (``SidecarCrcs``) when
+    the json records its page CRCs (``<key>_crc32c_pages``), its size checked now; else read
+    whole and checked against the sha256 the json records."""
     fix = FIX.format(path=store.path)
     if not isfile(path):
         raise StoreError(f"{path}: the order's block checksums are missing; {fix}")
+    pages = meta.get(f"{key}_crc32c_pages")
+    if pages is not None:
+        size = file_size(path)
+        if size != 4 * blocks or len(pages) != -(-4 * blocks // SIDECAR_PAGE_BYTES):
+            raise StoreError(
+                f"{path}: {size} bytes and {len(pages)} page CRCs, the order's {blocks} blocks "
+                f"need {4 * blocks}; the checksums are corrupt or of another write, {fix}"
+            )
+        return SidecarCrcs(_block_file(path, 4 * blocks, SIDECAR_PAGE_BYTES, pages, name, store),
+                           blocks, pages)  # fmt: skip
+    sha256 = meta[f"{key}_crc32c_sha256"]
     raw = read_bytes(path)
     if sha256_hex(raw) != sha256:
         raise StoreError(
