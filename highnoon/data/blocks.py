@@ -227,6 +227,9 @@ class MappedFile:
                      for lo in range(a, b, most)]  # fmt: skip
             _read_ahead(handle.fileno(), [(int(p[0]) * step, int(p[-1] + 1) * step)
                                           for p in parts])  # fmt: skip
+            # every CRC at once: from a side file, one take (its pages read once), not one a run
+            wanted = iter(np.asarray(self.crc32c[todo]).tolist())
+            value = google_crc32c.value
             for part in parts:
                 first = int(part[0]) * step
                 # read, not through the map: checking a block maps none of its pages into this
@@ -234,10 +237,8 @@ class MappedFile:
                 data = os.pread(handle.fileno(), min(int(part[-1] + 1) * step, size) - first,
                                 first)  # fmt: skip
                 self.bytes_read += len(data)
-                value = google_crc32c.value
                 actual = [value(data[k : k + step]) for k in range(0, len(data), step)]
-                expected = np.asarray(self.crc32c[part])
-                for block, got, want in zip(part.tolist(), actual, expected.tolist()):
+                for block, got, want in zip(part.tolist(), actual, wanted):
                     if got != want:
                         raise crc_mismatch(self.label, block, step, size, got, want)
                 self._verified[part] = True
