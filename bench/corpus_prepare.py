@@ -1,6 +1,8 @@
 """The preparation side of ``bench/bench_corpus.py`` (``--part prepare``): a corpus prepared on
 Apache Beam's ``DirectRunner`` with 2 worker processes against today's one-process build of the
-same files, in the same process run (goal >= 1.7x on 2 cores).
+same files, in the same process run (goal >= 1.7x on 2 cores), and the bound this machine sets
+on any 2-process preparation: the one-process build run by two processes at once on half the
+files each (``_ideal_split``: the same work split perfectly, nothing to combine).
 
 Both read the same JSONL files (8 files, synthetic words) through the same registry source and
 write format-2 stores of about 4 shards (the same ``max_shard_tokens`` for both, so the same
@@ -64,11 +66,11 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _one_process(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of the one-process build."""
+def _build(source, tokenizer, path: str, max_shard_tokens: int) -> None:
+    """The one-process build of ``source``, as ``prepare_stage_store`` calls it (the files'
+    hashes in the manifest)."""
     from highnoon.data.store import build_token_store
 
-    start, cpu = time.perf_counter(), _cpu_seconds()
     build_token_store(
         source.iter_samples(),
         tokenizer,
@@ -77,8 +79,46 @@ def _one_process(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[f
         max_shard_tokens=max_shard_tokens,
         sources=[source.describe()],
         skipped=source.stats,
-    )  # fmt: skip  (as prepare_stage_store calls it: the files' hashes in the manifest)
+    )
+
+
+def _one_process(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the one-process build."""
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    _build(source, tokenizer, path, max_shard_tokens)
     return time.perf_counter() - start, _cpu_seconds() - cpu
+
+
+def _ideal_split(data: str, tokenizer, work: str, max_shard_tokens: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the one-process build run by two forked processes at once,
+    each on half of the files into a store of its own: the same work split perfectly, with no
+    runner, no process start and nothing to combine. No 2-process preparation of these files
+    can beat it on this machine, so it bounds what Beam on 2 workers could reach here."""
+    import multiprocessing
+
+    from highnoon.data.sources import FileSource
+
+    files = sorted(os.path.join(data, name) for name in os.listdir(data))
+    halves = [FileSource(files[: len(files) // 2]), FileSource(files[len(files) // 2 :])]
+    context = multiprocessing.get_context("fork")
+    paths = [os.path.join(work, f"ideal-{i}") for i in range(2)]
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    workers = [
+        context.Process(target=_build, args=(half, tokenizer, path, max_shard_tokens))
+        for half, path in zip(halves, paths)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    if any(worker.exitcode != 0 for worker in workers):
+        raise RuntimeError(
+            f"an ideal-split build failed: exit codes {[w.exitcode for w in workers]}"
+        )
+    for path in paths:
+        shutil.rmtree(path)
+    return wall, cpu
 
 
 def _beam(source, tokenizer, path: str, max_shard_tokens: int) -> tuple[float, float, float]:
@@ -133,15 +173,17 @@ def goal_size_mb(mb: float, one: float, beam: float, fixed: float, goal: float =
 def compare(
     label: str, data: str, tokenizer, mb: float, work: str, repeats: int, fixed: float
 ) -> None:
-    """Time both builds ``repeats`` times (alternating), check the stores, print the ratio and
-    the size at which 1.7x would be reached (``goal_size_mb``, with the ``fixed`` seconds of a
-    tiny preparation)."""
+    """Time both builds and the ideal split (``_ideal_split``) ``repeats`` times, alternating;
+    check the two stores are the same; print the ratios, the bound the ideal split sets and the
+    size at which 1.7x would be reached (``goal_size_mb``, with the ``fixed`` seconds of a tiny
+    preparation)."""
     from highnoon.data.registry import resolve_dataset
 
     source = resolve_dataset(os.path.join(data, "*.jsonl"))
     max_shard_tokens = shard_tokens_for(data, tokenizer, SHARDS)
-    one_times, beam_times = [], []
+    one_times, beam_times, ideal_times = [], [], []
     for r in range(repeats):
+        ideal_times.append(_ideal_split(data, tokenizer, work, max_shard_tokens))
         one_path, beam_path = os.path.join(work, f"one-{r}"), os.path.join(work, f"beam-{r}")
         one_times.append(_one_process(source, tokenizer, one_path, max_shard_tokens))
         beam_times.append(_beam(source, tokenizer, beam_path, max_shard_tokens))
@@ -149,6 +191,7 @@ def compare(
         shutil.rmtree(one_path)
         shutil.rmtree(beam_path)
     (one, one_cpu), (beam, beam_cpu, steps_cpu) = min(one_times), min(beam_times)
+    ideal, ideal_cpu = min(ideal_times)
     print(
         f"{label}: {mb:.1f} MB of text; one process {mb / one:.2f} MB/s ({one:.1f} s, "
         f"{one_cpu:.1f} CPU-s), DirectRunner x2 {mb / beam:.2f} MB/s ({beam:.1f} s, "
@@ -159,6 +202,13 @@ def compare(
         f"{goal_size_mb(mb, one, beam, fixed):.0f} MB (fixed {fixed:.1f} s, per MB "
         f"{(beam - fixed) / mb * 1000:.1f} ms against {one / mb * 1000:.1f} ms); load average "
         f"{os.getloadavg()[0]:.1f}; stores identical (fingerprint, features, scores)",
+        flush=True,
+    )
+    print(
+        f"{label}: the ideal split (the one-process build run by two processes at once, half "
+        f"the files each, no Beam): {ideal:.1f} s, {ideal_cpu:.1f} CPU-s ({ideal_cpu / one_cpu:.2f}x "
+        f"the one process's): {one / ideal:.2f}x, the most any 2-process preparation of these "
+        f"files reaches on this machine; Beam reached {ideal / beam:.2f} of it",
         flush=True,
     )
 
