@@ -76,6 +76,13 @@ def _compiled_schedule(schedule: Any) -> Callable[[Any], Any]:
     )
 
 
+def _host_is_cpu() -> bool:
+    """Whether the schedule's graph runs on the host's CPU (no GPU to place it on)."""
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
+
+
 class _InputAhead:
     """The input of the segment that comes next, built on a helper thread while a host call
     runs (the compiled call releases the GIL), so an epoch change costs the loop no pipeline
@@ -141,13 +148,31 @@ class TrainStepRunner:
         # A log event's read-out calls the traced graph directly: the tf.function's dispatch
         # (signature binding, cache look-up) costs as much again as the schedule itself.
         self._rate_call: Callable[[Any], Any] | None = None
+        # The schedule's host form (``host_rate``) replaces the graph once it gave the same
+        # value at a first read-out; None: not checked yet, False: the graph (an accelerator
+        # may run the graph, whose ``cos`` is not the C library's).
+        self._host_rate: bool | None = (
+            None if hasattr(schedule, "host_rate") and _host_is_cpu() else False
+        )
+        self._multiplier: float | None = None  # the value begin_stage gave the variable
         self._train: tuple[Any, tuple, Callable] | None = None  # (plan, config key, train fn)
         self._ahead: _InputAhead | None = None  # the next segment's input (``prepare``)
 
     def begin_stage(self, plan: Any) -> None:
         self.schedule.multiplier.assign(plan.learning_rate_multiplier)
+        self._multiplier = plan.learning_rate_multiplier
 
     def learning_rate(self, step: int) -> float:
+        """The schedule at ``step``: its host form where that was checked equal to the graph
+        (a ``log`` event's read-out then costs no TensorFlow call), else the traced graph."""
+        if self._host_rate and self._multiplier is not None:
+            return self.schedule.host_rate(step, self._multiplier)
+        rate = self._graph_rate(step)
+        if self._host_rate is None and self._multiplier is not None:
+            self._host_rate = self.schedule.host_rate(step, self._multiplier) == rate
+        return rate
+
+    def _graph_rate(self, step: int) -> float:
         import tensorflow as tf
 
         if self._rate_call is None:

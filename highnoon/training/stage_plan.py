@@ -399,7 +399,9 @@ class StagePlan:
         return max(0, min(limit, self.scheduler.steps_per_epoch(epoch) - step))
 
     def fraction(self, epoch: int) -> float:
-        return float(self.scheduler.get_stage_info(epoch)["fraction"])
+        """The curriculum's exposed fraction at ``epoch`` (``get_stage_info``'s, without the
+        rest of that report: every ``log`` event reads it)."""
+        return float(self.scheduler.fraction_at(epoch))
 
     def host_rows(self, epoch: int, host_id: int, num_hosts: int) -> np.ndarray:
         """Store indices this host feeds in ``epoch``: [steps, global_batch // num_hosts]."""
