@@ -189,8 +189,10 @@ def host_tables(trainer: Trainer, case: Case, rounds: int) -> None:
     steps = trainer._position.global_step * rounds
     print(f"\n{case.label}, {case.batch} x {case.seq}, {steps // rounds} steps a run, one per "
           f"host call, {rounds} runs per arm\n")  # fmt: skip
-    print("| arm | between calls | count | median ms | mean ms | ms per step | median CPU ms "
-          "| CPU ms per step |")
+    print(
+        "| arm | between calls | count | median ms | mean ms | ms per step | median CPU ms "
+        "| CPU ms per step |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     pooled = {}
     for arm, arm_runs in runs.items():

@@ -47,6 +47,7 @@ from highnoon.data.packing import (
     PackingCursor,
     StepCounts,
     batch_counts,
+    count_totals,
     estimate_packed_rows,
     pack_epoch,
     row_counts,
@@ -438,12 +439,10 @@ class StagePlan:
             rows = self.host_rows_at(epoch, first_step, last_step, 0, 1)
             lengths = self.store.features_at(rows.reshape(-1)).lengths.reshape(rows.shape)
             return row_counts(lengths, length).total()
-        steps, g = last_step - first_step, self.settings.global_batch_size
-        return StepCounts(
-            samples=np.full(steps, g, dtype=np.int64),
-            tokens=np.rint(np.asarray(step_tokens, dtype=np.float64)).astype(np.int64),
-            slots=np.full(steps, g * length, dtype=np.int64),
-        ).total()
+        # Whole global batches: the sums directly (every host call makes them; no arrays).
+        rows = (last_step - first_step) * self.settings.global_batch_size
+        tokens = np.rint(np.asarray(step_tokens, dtype=np.float64)).astype(np.int64)
+        return count_totals(rows, int(tokens.sum()), rows * length)
 
     @property
     def lengths(self) -> np.ndarray:
