@@ -15,8 +15,10 @@ step; a new controller and runner, as every ``train()`` makes) with every compil
 one call and the start of the next is host time, and each gap is classed by what happened in
 it: an epoch change (a new input pipeline), a ``log`` event (the learning rate, goodput record,
 listeners), or neither (the per-call bookkeeping alone). The table gives each class's count,
-median and mean milliseconds, and its share of the host time per step. Gaps of the first
-call of the timed run (the runner's first learning-rate call traces it) are shown apart.
+median and mean milliseconds, and its share of the host time per step, in wall time and in
+the loop thread's own CPU time (``time.thread_time``: on a shared machine a gap's wall time
+includes waiting for a core, its CPU time does not). Gaps of the first call of the timed run
+(the runner's first learning-rate call traces the schedule) are shown apart.
 
 Each round trains twice, alternating two arms in this one process: ``ahead`` is the Trainer as
 it is (the controller hints each next segment and the runner builds its input on a helper
@@ -27,8 +29,9 @@ same gaps. On the tiny model a call is far shorter than a build, so the build ca
 it; ``--case gpt2`` has calls as long as a build.
 
 The learning-rate table times what a ``log`` event reads: the schedule run eagerly, as its
-``tf.function``, and the runner's read-out (the traced graph called directly), interleaved call
-by call, with ratios against the eager one.
+``tf.function``, the traced graph called directly (the runner's read-out until its first one
+matched the host form), and the schedule's host form (``WarmupCosineSchedule.host_rate``, what
+the runner reads after that), interleaved call by call, with ratios against the eager one.
 
 ``--profile`` then trains once more under cProfile and lists, per host call, the cumulative
 microseconds of the loop's own functions (controller, runner, position, plan, goodput, events).
@@ -220,10 +223,12 @@ def rate_table(trainer: Trainer, rounds: int = 300) -> None:
     schedule = trainer._built.schedule
     function = _compiled_schedule(schedule)
     runner = TrainStepRunner(None, None, schedule, jit_compile=True, multi_host=False)
+    multiplier = float(schedule.multiplier.numpy())
     arms = {
         "eager": lambda step: float(schedule(tf.constant(step, tf.int64))),
         "tf.function": lambda step: float(function(tf.constant(step, tf.int64))),
-        "runner (traced graph)": runner.learning_rate,
+        "runner (traced graph)": runner._graph_rate,
+        "host form (host_rate)": lambda step: schedule.host_rate(step, multiplier),
     }
     times: dict[str, list[float]] = {name: [] for name in arms}
     for step in range(rounds + 1):
