@@ -58,13 +58,13 @@ class StepRunner(Protocol):
 def _compiled_schedule(schedule: Any) -> Callable[[Any], Any]:
     """``schedule(step)`` as one graph call, for the learning rate every ``log`` event reports.
 
-        Evaluated eagerly the schedule is some 30 small ops: 1.2 ms per log event against
-        0.42 ms as one call, host time spent between two steps (docs/design.md, "KerasHub models",
-        per step against fit; BENCHMARKS.md). The graph reads the schedule's phase and stage multiplier
-        from their variables (``assembly.build`` makes them), so it follows ``set_phase`` and
-        ``begin_stage``; a schedule whose phase is plain Python attributes would be frozen into the
-        trace, so it stays eager. The function is kept on the schedule, so a later ``train()`` (a
-    new runner) calls the same trace instead of tracing again (about 30 ms).
+    Evaluated eagerly the schedule is some 30 small ops: 1.2 ms per log event against
+    0.42 ms as one call, host time spent between two steps (docs/design.md, "KerasHub models",
+    per step against fit; BENCHMARKS.md). The graph reads the schedule's phase and stage
+    multiplier from their variables (``assembly.build`` makes them), so it follows ``set_phase``
+    and ``begin_stage``; a schedule whose phase is plain Python attributes would be frozen into
+    the trace, so it stays eager. The function is kept on the schedule, so a later ``train()``
+    (a new runner) calls the same trace instead of tracing again (about 30 ms).
     """
     import tensorflow as tf
 
