@@ -227,9 +227,11 @@ def rate_table(trainer: Trainer, rounds: int = 300) -> None:
     arms = {
         "eager": lambda step: float(schedule(tf.constant(step, tf.int64))),
         "tf.function": lambda step: float(function(tf.constant(step, tf.int64))),
-        "runner (traced graph)": runner._graph_rate,
-        "host form (host_rate)": lambda step: schedule.host_rate(step, multiplier),
+        # (older code, measured before a change, has no host form)
+        "traced graph": getattr(runner, "_graph_rate", runner.learning_rate),
     }
+    if hasattr(schedule, "host_rate"):
+        arms["host form (host_rate)"] = lambda step: schedule.host_rate(step, multiplier)
     times: dict[str, list[float]] = {name: [] for name in arms}
     for step in range(rounds + 1):
         for name, read in arms.items():
