@@ -15,8 +15,10 @@ step; a new controller and runner, as every ``train()`` makes) with every compil
 one call and the start of the next is host time, and each gap is classed by what happened in
 it: an epoch change (a new input pipeline), a ``log`` event (the learning rate, goodput record,
 listeners), or neither (the per-call bookkeeping alone). The table gives each class's count,
-median and mean milliseconds, and its share of the host time per step. Gaps of the first
-call of the timed run (the runner's first learning-rate call traces it) are shown apart.
+median and mean milliseconds, and its share of the host time per step, in wall time and in
+the loop thread's own CPU time (``time.thread_time``: on a shared machine a gap's wall time
+includes waiting for a core, its CPU time does not). Gaps of the first call of the timed run
+(the runner's first learning-rate call traces the schedule) are shown apart.
 
 Each round trains twice, alternating two arms in this one process: ``ahead`` is the Trainer as
 it is (the controller hints each next segment and the runner builds its input on a helper
@@ -27,8 +29,9 @@ same gaps. On the tiny model a call is far shorter than a build, so the build ca
 it; ``--case gpt2`` has calls as long as a build.
 
 The learning-rate table times what a ``log`` event reads: the schedule run eagerly, as its
-``tf.function``, and the runner's read-out (the traced graph called directly), interleaved call
-by call, with ratios against the eager one.
+``tf.function``, the traced graph called directly (the runner's read-out until its first one
+matched the host form), and the schedule's host form (``WarmupCosineSchedule.host_rate``, what
+the runner reads after that), interleaved call by call, with ratios against the eager one.
 
 ``--profile`` then trains once more under cProfile and lists, per host call, the cumulative
 microseconds of the loop's own functions (controller, runner, position, plan, goodput, events).
@@ -97,6 +100,10 @@ class CallTimes:
     def __init__(self, trainer: Trainer) -> None:
         self.starts: list[float] = []
         self.ends: list[float] = []
+        # The loop thread's own CPU seconds at the same moments: on a shared machine a gap's
+        # wall time includes waiting for a core, its CPU time does not.
+        self.cpu_starts: list[float] = []
+        self.cpu_ends: list[float] = []
         self.segments: set[int] = set()  # calls that follow a new pipeline
         self.logs: set[int] = set()  # calls that follow a log event
         trainer.add_callback(self._on_event)
@@ -113,10 +120,12 @@ class CallTimes:
 
     def _timed(self, call: Any) -> Any:
         def timed(*args: Any) -> Any:
+            self.cpu_starts.append(time.thread_time())
             self.starts.append(time.perf_counter())
             out = call(*args)
             tf.nest.map_structure(lambda t: t.numpy(), out)
             self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.thread_time())
             return out
 
         return timed
@@ -135,10 +144,16 @@ class CallTimes:
         TrainStepRunner.segment = self._segment
 
     def gaps(self) -> dict[str, np.ndarray]:
-        """Host milliseconds between calls, by class (call ``i``'s gap precedes it)."""
-        classes: dict[str, list[float]] = {"epoch change": [], "log": [], "plain": [], "first": []}
+        """Host milliseconds between calls, by class (call ``i``'s gap precedes it), as rows of
+        (wall, the loop thread's CPU)."""
+        classes: dict[str, list[tuple[float, float]]] = {
+            "epoch change": [], "log": [], "plain": [], "first": []
+        }  # fmt: skip
         for i in range(1, len(self.starts)):
-            gap = 1e3 * (self.starts[i] - self.ends[i - 1])
+            gap = (
+                1e3 * (self.starts[i] - self.ends[i - 1]),
+                1e3 * (self.cpu_starts[i] - self.cpu_ends[i - 1]),
+            )
             if i in self.segments:
                 kind = "epoch change"
             elif i in self.logs:
@@ -146,7 +161,7 @@ class CallTimes:
             else:
                 kind = "plain"
             classes[kind].append(gap)
-        return {k: np.array(v) for k, v in classes.items()}
+        return {k: np.array(v, dtype=np.float64).reshape(-1, 2) for k, v in classes.items()}
 
 
 def train(trainer: Trainer, case: Case) -> None:
@@ -177,8 +192,11 @@ def host_tables(trainer: Trainer, case: Case, rounds: int) -> None:
     steps = trainer._position.global_step * rounds
     print(f"\n{case.label}, {case.batch} x {case.seq}, {steps // rounds} steps a run, one per "
           f"host call, {rounds} runs per arm\n")  # fmt: skip
-    print("| arm | between calls | count | median ms | mean ms | ms per step |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| arm | between calls | count | median ms | mean ms | ms per step | median CPU ms "
+        "| CPU ms per step |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     pooled = {}
     for arm, arm_runs in runs.items():
         wall = sum(r["wall"] for r in arm_runs)
@@ -187,12 +205,16 @@ def host_tables(trainer: Trainer, case: Case, rounds: int) -> None:
         pooled[arm] = gaps
         for kind, values in gaps.items():
             if values.size:
-                print(f"| {arm} | {kind} | {values.size} | {np.median(values):.3f} "
-                      f"| {values.mean():.3f} | {values.sum() / steps:.3f} |")  # fmt: skip
-        host = sum(float(g.sum()) for g in gaps.values())
+                gap, cpu = values[:, 0], values[:, 1]
+                print(f"| {arm} | {kind} | {gap.size} | {np.median(gap):.3f} "
+                      f"| {gap.mean():.3f} | {gap.sum() / steps:.3f} | {np.median(cpu):.3f} "
+                      f"| {cpu.sum() / steps:.3f} |")  # fmt: skip
+        host = sum(float(g[:, 0].sum()) for g in gaps.values())
+        host_cpu = sum(float(g[:, 1].sum()) for g in gaps.values())
         print(f"| {arm} | all (wall {1e3 * wall / steps:.3f}, in calls "
-              f"{1e3 * inside / steps:.3f}) | | | | {host / steps:.3f} |")  # fmt: skip
-    changes = [float(pooled[arm]["epoch change"].sum()) for arm in ("in loop", "ahead")]
+              f"{1e3 * inside / steps:.3f}) | | | | {host / steps:.3f} | "
+              f"| {host_cpu / steps:.3f} |")  # fmt: skip
+    changes = [float(pooled[arm]["epoch change"][:, 0].sum()) for arm in ("in loop", "ahead")]
     if changes[1] > 0:
         print(f"\nepoch change, in loop / ahead: {changes[0] / changes[1]:.2f}")
 
@@ -201,11 +223,15 @@ def rate_table(trainer: Trainer, rounds: int = 300) -> None:
     schedule = trainer._built.schedule
     function = _compiled_schedule(schedule)
     runner = TrainStepRunner(None, None, schedule, jit_compile=True, multi_host=False)
+    multiplier = float(schedule.multiplier.numpy())
     arms = {
         "eager": lambda step: float(schedule(tf.constant(step, tf.int64))),
         "tf.function": lambda step: float(function(tf.constant(step, tf.int64))),
-        "runner (traced graph)": runner.learning_rate,
+        # (older code, measured before a change, has no host form)
+        "traced graph": getattr(runner, "_graph_rate", runner.learning_rate),
     }
+    if hasattr(schedule, "host_rate"):
+        arms["host form (host_rate)"] = lambda step: schedule.host_rate(step, multiplier)
     times: dict[str, list[float]] = {name: [] for name in arms}
     for step in range(rounds + 1):
         for name, read in arms.items():

@@ -297,6 +297,23 @@ def test_a_non_finite_loss_stops_before_any_save_and_names_the_step():
     assert loop.checkpointer.saved == [4]
 
 
+def test_the_finiteness_check_is_decided_by_the_losses_not_their_weighted_sum():
+    """The call's token-weighted loss sum settles finite calls at once; a sum that overflows
+    on finite losses still passes, and an infinite loss on a step with no target tokens
+    (inf * 0 is nan) is refused, as when every loss was looked at."""
+    loop = make_loop()
+    plan = FakePlan(0, "only", epochs=1, steps=5)
+    check = loop.controller._check_finite
+    sums = np.errstate(over="ignore", invalid="ignore")(DataPosition.step_sums)
+    losses, tokens = np.array([1e308, 1e308]), np.array([10.0, 10.0])
+    loss_sum, _ = sums(losses, tokens)
+    assert loss_sum == np.inf
+    check(losses, loss_sum, plan)  # every loss is finite: no error
+    losses, tokens = np.array([0.5, np.inf]), np.array([10.0, 0.0])
+    with pytest.raises(NonFiniteLossError, match=r"became inf at step 2 \(stage 'only', epoch 0\)"):
+        check(losses, sums(losses, tokens)[0], plan)
+
+
 def test_a_fatal_runner_error_saves_nothing_and_a_failing_callback_saves_first():
     loop = make_loop(fail_at=5)
     with pytest.raises(LostPeerError):

@@ -100,3 +100,51 @@ def test_a_call_longer_than_the_compiled_steps_per_call_is_refused():
     with pytest.raises(InvalidArgumentError, match="a host call of 4 steps"):
         train(_batches(), 4)
     assert int(step.optimizer.iterations) == 0  # refused before anything ran
+
+
+class _Traced:
+    """A stand-in for a ``tf.function``: records whether each call went through it or through
+    the concrete function it hands out."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def __call__(self, iterator, *args):
+        self.calls.append(("function", iterator))
+        return "out"
+
+    def get_concrete_function(self, iterator, *args):
+        return lambda it, *a: self.calls.append(("concrete", it)) or "out"
+
+
+class _Iterator:
+    pass
+
+
+def test_later_calls_on_an_iterator_go_through_its_concrete_function():
+    """The tf.function's per-call argument binding is skipped after its first call on an
+    iterator; a new iterator (a new segment) goes through the tf.function again, and a
+    finished segment's iterator is not kept alive."""
+    import gc
+    import weakref
+
+    from highnoon.training.step import ConcreteCall
+
+    traced = _Traced()
+    call = ConcreteCall(traced)
+    first, second = _Iterator(), _Iterator()
+    for iterator in (first, first, first, second, second, first):
+        assert call(iterator, 1) == "out"
+    assert [(kind, it is first) for kind, it in traced.calls] == [
+        ("function", True),
+        ("concrete", True),
+        ("concrete", True),
+        ("function", False),
+        ("concrete", False),
+        ("function", True),
+    ]
+    held = weakref.ref(first)
+    traced.calls.clear()  # the record's own references
+    del first, iterator
+    gc.collect()
+    assert held() is None

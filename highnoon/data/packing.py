@@ -211,15 +211,21 @@ class StepCounts:
 
     def total(self, first: int = 0, last: int | None = None) -> dict[str, int | float]:
         """Sums over steps ``[first, last)``: samples, tokens, slots and the padding fraction."""
-        samples = int(self.samples[first:last].sum())
-        tokens = int(self.tokens[first:last].sum())
-        slots = int(self.slots[first:last].sum())
-        return {
-            "samples": samples,
-            "tokens": tokens,
-            "slots": slots,
-            "padding_fraction": 1.0 - tokens / slots if slots else 0.0,
-        }
+        return count_totals(
+            int(self.samples[first:last].sum()),
+            int(self.tokens[first:last].sum()),
+            int(self.slots[first:last].sum()),
+        )
+
+
+def count_totals(samples: int, tokens: int, slots: int) -> dict[str, int | float]:
+    """Steps' summed counts as ``StepCounts.total`` reports them, with the padding fraction."""
+    return {
+        "samples": samples,
+        "tokens": tokens,
+        "slots": slots,
+        "padding_fraction": 1.0 - tokens / slots if slots else 0.0,
+    }
 
 
 def batch_counts(table: np.ndarray, lengths: np.ndarray, seq_len: int) -> StepCounts:

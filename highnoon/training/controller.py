@@ -11,6 +11,7 @@ it reports in the summary.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,9 +99,11 @@ class LossWindow:
     def reset(self) -> None:
         self.loss_sum, self.tokens, self.slots, self.opened = 0.0, 0.0, 0, time.time()
 
-    def add(self, losses: np.ndarray, tokens: np.ndarray, slots: int) -> None:
-        self.loss_sum += float((losses * tokens).sum())
-        self.tokens += float(tokens.sum())
+    def add(self, loss_sum: float, tokens: float, slots: int) -> None:
+        """Steps with token-weighted loss sum ``loss_sum`` over ``tokens`` target tokens in
+        ``slots`` computed positions (``DataPosition.step_sums``)."""
+        self.loss_sum += loss_sum
+        self.tokens += tokens
         self.slots += slots
 
     @property
@@ -296,14 +299,15 @@ class Controller:
             out = self.runner.run(iterator, count, plan, seq_length, self._stop_requested)
             bucket = "compilation" if out.compiled else "productive_step"
             self.goodput.add_steps(bucket, time.time() - started, count, pos.global_step + count)
-            self._check_finite(out.losses, plan)
+            loss_sum, token_sum = pos.step_sums(out.losses, out.tokens)
+            self._check_finite(out.losses, loss_sum, plan)
             first = pos.step_in_epoch
             fed = plan.step_totals(epoch, first, first + count, seq_length, out.tokens)
-            pos.record_steps(count, out.losses, out.tokens)
+            pos.record_steps(count, loss_sum, token_sum)
             if end is None:
                 pos.packing_cursor = plan.packing_cursor(epoch, pos.step_in_epoch).to_json()
             pos.count(samples=fed["samples"], tokens=fed["tokens"], slots=fed["slots"])
-            window.add(out.losses, out.tokens, fed["slots"])
+            window.add(loss_sum, token_sum, fed["slots"])
             if self.progress is not None:
                 self.progress.advance(
                     pos.global_step, float(out.losses[-1]), float(out.tokens.sum())
@@ -384,8 +388,11 @@ class Controller:
         if step % self.intervals.checkpoint == 0:
             self.save()
 
-    def _check_finite(self, losses: np.ndarray, plan: Any) -> None:
-        if np.isfinite(losses).all():
+    def _check_finite(self, losses: np.ndarray, loss_sum: float, plan: Any) -> None:
+        """Refuses a call any of whose losses is NaN or infinite. ``loss_sum`` (the losses
+        weighted by non-negative token counts) is finite only if every loss is, which settles
+        nearly every call with one comparison; otherwise the losses themselves decide."""
+        if math.isfinite(loss_sum) or np.isfinite(losses).all():
             return
         bad = int(np.argmin(np.isfinite(losses)))
         kept = self.checkpointer.kept_paths() if self.checkpointer is not None else []

@@ -72,13 +72,20 @@ class DataPosition:
             "padding_fraction": 1.0 - counts.get("tokens", 0) / slots if slots else 0.0,
         }
 
-    def record_steps(self, count: int, losses: np.ndarray, tokens: np.ndarray) -> None:
-        """``count`` optimizer steps done, with their per-step losses and target tokens."""
+    def record_steps(self, count: int, loss_sum: float, token_sum: float) -> None:
+        """``count`` optimizer steps done: the sum of their losses weighted by their target
+        tokens, and of those tokens (``step_sums``)."""
         self.global_step += count
         self.step_in_epoch += count
-        self.tokens_seen += int(tokens.sum())
-        self.epoch_loss_sum += float((losses * tokens).sum())
-        self.epoch_token_sum += float(tokens.sum())
+        self.tokens_seen += int(token_sum)
+        self.epoch_loss_sum += loss_sum
+        self.epoch_token_sum += token_sum
+
+    @staticmethod
+    def step_sums(losses: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
+        """Steps' token-weighted loss sum and token sum, what ``record_steps`` and the log
+        window add up (computed once a host call)."""
+        return float((losses * tokens).sum()), float(tokens.sum())
 
     def next_epoch(self, epoch_loss: float) -> None:
         self.last_epoch_loss = epoch_loss

@@ -60,20 +60,32 @@ def _compiled_schedule(schedule: Any) -> Callable[[Any], Any]:
 
     Evaluated eagerly the schedule is some 30 small ops: 1.2 ms per log event against
     0.42 ms as one call, host time spent between two steps (docs/design.md, "KerasHub models",
-    per step against fit; BENCHMARKS.md). The graph reads the schedule's phase and stage multiplier
-    from their variables (``assembly.build`` makes them), so it follows ``set_phase`` and
-    ``begin_stage``; a schedule whose phase is plain Python attributes would be frozen into the
-    trace, so it stays eager.
+    per step against fit; BENCHMARKS.md). The graph reads the schedule's phase and stage
+    multiplier from their variables (``assembly.build`` makes them), so it follows ``set_phase``
+    and ``begin_stage``; a schedule whose phase is plain Python attributes would be frozen into
+    the trace, so it stays eager. The function is kept on the schedule, so a later ``train()``
+    (a new runner) calls the same trace instead of tracing again (about 30 ms).
     """
     import tensorflow as tf
 
     if getattr(schedule, "phase", None) is None or getattr(schedule, "decay", None) is None:
         return schedule
-    return tf.function(
-        lambda step: schedule(step),
-        input_signature=[tf.TensorSpec([], tf.int64)],
-        autograph=False,
-    )
+    traced = getattr(schedule, "_highnoon_traced_rate", None)
+    if traced is None:
+        traced = tf.function(
+            lambda step: schedule(step),
+            input_signature=[tf.TensorSpec([], tf.int64)],
+            autograph=False,
+        )
+        schedule._highnoon_traced_rate = traced
+    return traced
+
+
+def _host_is_cpu() -> bool:
+    """Whether the schedule's graph runs on the host's CPU (no GPU to place it on)."""
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
 
 
 class _InputAhead:
@@ -141,13 +153,31 @@ class TrainStepRunner:
         # A log event's read-out calls the traced graph directly: the tf.function's dispatch
         # (signature binding, cache look-up) costs as much again as the schedule itself.
         self._rate_call: Callable[[Any], Any] | None = None
+        # The schedule's host form (``host_rate``) replaces the graph once it gave the same
+        # value at a first read-out; None: not checked yet, False: the graph (an accelerator
+        # may run the graph, whose ``cos`` is not the C library's).
+        self._host_rate: bool | None = (
+            None if hasattr(schedule, "host_rate") and _host_is_cpu() else False
+        )
+        self._multiplier: float | None = None  # the value begin_stage gave the variable
         self._train: tuple[Any, tuple, Callable] | None = None  # (plan, config key, train fn)
         self._ahead: _InputAhead | None = None  # the next segment's input (``prepare``)
 
     def begin_stage(self, plan: Any) -> None:
         self.schedule.multiplier.assign(plan.learning_rate_multiplier)
+        self._multiplier = plan.learning_rate_multiplier
 
     def learning_rate(self, step: int) -> float:
+        """The schedule at ``step``: its host form where that was checked equal to the graph
+        (a ``log`` event's read-out then costs no TensorFlow call), else the traced graph."""
+        if self._host_rate and self._multiplier is not None:
+            return self.schedule.host_rate(step, self._multiplier)
+        rate = self._graph_rate(step)
+        if self._host_rate is None and self._multiplier is not None:
+            self._host_rate = self.schedule.host_rate(step, self._multiplier) == rate
+        return rate
+
+    def _graph_rate(self, step: int) -> float:
         import tensorflow as tf
 
         if self._rate_call is None:

@@ -47,6 +47,7 @@ from highnoon.data.packing import (
     PackingCursor,
     StepCounts,
     batch_counts,
+    count_totals,
     estimate_packed_rows,
     pack_epoch,
     row_counts,
@@ -399,7 +400,9 @@ class StagePlan:
         return max(0, min(limit, self.scheduler.steps_per_epoch(epoch) - step))
 
     def fraction(self, epoch: int) -> float:
-        return float(self.scheduler.get_stage_info(epoch)["fraction"])
+        """The curriculum's exposed fraction at ``epoch`` (``get_stage_info``'s, without the
+        rest of that report: every ``log`` event reads it)."""
+        return float(self.scheduler.fraction_at(epoch))
 
     def host_rows(self, epoch: int, host_id: int, num_hosts: int) -> np.ndarray:
         """Store indices this host feeds in ``epoch``: [steps, global_batch // num_hosts]."""
@@ -436,12 +439,10 @@ class StagePlan:
             rows = self.host_rows_at(epoch, first_step, last_step, 0, 1)
             lengths = self.store.features_at(rows.reshape(-1)).lengths.reshape(rows.shape)
             return row_counts(lengths, length).total()
-        steps, g = last_step - first_step, self.settings.global_batch_size
-        return StepCounts(
-            samples=np.full(steps, g, dtype=np.int64),
-            tokens=np.rint(np.asarray(step_tokens, dtype=np.float64)).astype(np.int64),
-            slots=np.full(steps, g * length, dtype=np.int64),
-        ).total()
+        # Whole global batches: the sums directly (every host call makes them; no arrays).
+        rows = (last_step - first_step) * self.settings.global_batch_size
+        tokens = np.rint(np.asarray(step_tokens, dtype=np.float64)).astype(np.int64)
+        return count_totals(rows, int(tokens.sum()), rows * length)
 
     @property
     def lengths(self) -> np.ndarray:

@@ -15,6 +15,7 @@ replaces the gradient all-reduce and the Keras optimizer by a step over per-repl
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,30 @@ def make_engine(
     return ShardedEngine(
         model, optimizer, strategy, level, collectives=collectives, recorder=recorder
     )
+
+
+class ConcreteCall:
+    """Calls a ``tf.function`` of ``(iterator, *tensors)`` through the concrete function its
+    first call on an iterator traced (or found), for every later call on that iterator.
+
+    The ``tf.function``'s own call binds and canonicalises its arguments and looks its trace
+    up on every call: about 60 us of host time a call, as much as the loop's bookkeeping
+    (BENCHMARKS.md, "Host time per step against fit"). The first call on each iterator goes
+    through the ``tf.function`` (so tracing, retracing and variable creation are its own);
+    the iterator is held weakly, so the step keeps no finished segment's pipeline alive."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self._iterator: Callable[[], Any] = lambda: None  # a weak reference
+        self._concrete: Callable | None = None
+
+    def __call__(self, iterator: Any, *args: tf.Tensor) -> Any:
+        if self._iterator() is iterator:
+            return self._concrete(iterator, *args)
+        out = self.function(iterator, *args)
+        self._concrete = self.function.get_concrete_function(iterator, *args)
+        self._iterator = weakref.ref(iterator)
+        return out
 
 
 class TrainStep:
@@ -135,6 +160,7 @@ class TrainStep:
             self._train_fns[key] = build(config, agree)
         compiled = self._train_fns[key]
         limit = config.steps_per_call
+        counts: dict[int, tf.Tensor] = {}  # num_steps -> its tensor, made once
 
         def steps(num_steps: int) -> tf.Tensor:
             if (single and num_steps != 1) or (limit is not None and num_steps > limit):
@@ -143,13 +169,16 @@ class TrainStep:
                     f"1 to steps_per_call={limit} steps; build it with "
                     "StepConfig(steps_per_call=None) for calls of any length"
                 )
-            return tf.constant(num_steps, tf.int32)
+            if num_steps not in counts:
+                counts[num_steps] = tf.constant(num_steps, tf.int32)
+            return counts[num_steps]
 
         if agree:
             return lambda iterator, num_steps, flag: compiled(
                 iterator, steps(num_steps), tf.constant(float(flag), tf.float32)
             )
-        return lambda iterator, num_steps: compiled(iterator, steps(num_steps))
+        call = ConcreteCall(compiled)
+        return lambda iterator, num_steps: call(iterator, steps(num_steps))
 
     def whole_step_in_xla(self, config: StepConfig) -> bool:
         """Whether a step of ``config`` is one XLA computation (one replica, unsharded, jit).
