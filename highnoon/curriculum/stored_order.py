@@ -71,12 +71,16 @@ FORMAT = "highnoon.order/3"
 FORMAT_2 = "highnoon.order/2"  # no lengths column; still read (packing reads lengths.bin)
 FORMAT_1 = "highnoon.order/1"  # block CRCs as a JSON list in the .json; still read
 LENGTHS_DTYPE = np.dtype("<u4")  # the lengths column's element
-_SUFFIXES = (".key", ".idx", ".len")  # a bucket's files: sort keys, indices, lengths
+KEY_IS_LENGTH = ("size_based",)  # strategies whose score is the stored length itself
 ORDER_BLOCK_BYTES = SAMPLE_BLOCK_BYTES  # read at random positions, as a shard's lengths are
 ORDERS_DIR = "orders"
 BUILT_IN = ("size_based", "difficulty_based", "mixed")  # the strategies preparation stores
 STORABLE = tuple(s for s in STRATEGIES if s != "random")
-DEFAULT_CHUNK = 1 << 22  # samples scored at a time; a bucket sorted in memory is at most this
+# Samples scored at a time; a bucket sorted in memory is at most this. 2**21: a chunk's arrays
+# (16 MiB of int64) stay under glibc's largest dynamic mmap threshold (32 MiB), so the memory a
+# chunk frees is reused by the next instead of mapped afresh and zeroed by the kernel, which
+# took a quarter of the CPU at 2**22 (BENCHMARKS.md, "Stored orders").
+DEFAULT_CHUNK = 1 << 21
 SPLITTER_SAMPLES = 1 << 16  # evenly spaced samples whose keys choose the bucket splitters
 FIX = "re-run highnoon-prepare-data --orders_only={path} to write the orders again"
 
@@ -231,11 +235,12 @@ def _write_one(
     probe_keys = sort_keys(scores_from_features(probes, strategy, scale=scale))
     splitters = _splitters(probe_keys, -(-2 * n // chunk))
     digest = ScoresDigest()
+    layout = _Layout(dtype, carries_lengths=strategy not in KEY_IS_LENGTH)
 
     def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
         features = store.features_range(start, min(start + chunk, n))
         scores = scores_from_features(features, strategy, scale=scale)
-        lengths = _column(features.lengths, store.path)
+        lengths = _column(features.lengths, store.path, convert=layout.carries_lengths)
         return scores, _bucketize(sort_keys(scores), start, lengths, splitters, dtype)
 
     def chunks() -> Iterator[Bucketed]:
@@ -243,11 +248,11 @@ def _write_one(
             digest.update(scores)  # in order: the fingerprint of the whole array
             yield bucketed
 
-    buckets = _scatter(chunks(), splitters.size + 1, tmp)
+    buckets = _scatter(chunks(), layout, splitters.size + 1, tmp)
     local_bin = os.path.join(tmp, "order.bin")
     local_len = os.path.join(tmp, "order.lengths")
     with open(local_bin, "wb") as out, open(local_len, "wb") as out_len:
-        _emit_all(buckets, dtype, chunk, (out, out_len), tmp, threads)
+        _emit_all(buckets, layout, chunk, (out, out_len), tmp, threads)
         for handle in (out, out_len):
             handle.flush()
             os.fsync(handle.fileno())
@@ -296,31 +301,56 @@ def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:
     return np.unique(np.concatenate([ordered[:1], quantiles]))
 
 
-# keys, indices, lengths (all grouped by bucket), bucket sizes
-Bucketed = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# keys, indices, lengths or None (all grouped by bucket), bucket sizes
+Bucketed = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
 
 
-def _column(lengths: np.ndarray, store_path: str) -> np.ndarray:
-    """A chunk's stored lengths as the lengths column's dtype (``<u4``), refusing any that
-    does not fit (no real sample holds 2**32 tokens)."""
+class _Layout:
+    """A bucket's files: ``.key`` (``<u8`` sort keys), ``.idx`` (the order's dtype) and, unless
+    the key is the length itself (``KEY_IS_LENGTH``), ``.len`` (``<u4`` stored lengths). A
+    ``size_based`` key is the float64 bits of the length, so its lengths column is read back
+    from the sorted keys (``lengths_of``) and nothing is carried for it."""
+
+    def __init__(self, dtype: np.dtype, *, carries_lengths: bool) -> None:
+        self.dtype = dtype
+        self.carries_lengths = carries_lengths
+        columns = [(".key", np.dtype("<u8")), (".idx", dtype)]
+        if carries_lengths:
+            columns.append((".len", LENGTHS_DTYPE))
+        self.suffixes = tuple(suffix for suffix, _ in columns)
+        self.dtypes = tuple(d for _, d in columns)
+
+    def lengths_of(self, keys: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        """The lengths column of records whose keys are ``keys``: the carried ``lengths``, or
+        the lengths the keys are (float64 bits of integers below 2**32, checked by
+        ``_column`` when the chunk was read)."""
+        if lengths is not None:
+            return lengths
+        return keys.view(np.float64).astype(LENGTHS_DTYPE)
+
+
+def _column(lengths: np.ndarray, store_path: str, *, convert: bool = True) -> np.ndarray | None:
+    """A chunk's stored lengths as the lengths column's dtype (``<u4``; None unless
+    ``convert``: checked only, not carried), refusing any that does not fit (no real sample
+    holds 2**32 tokens)."""
     lengths = np.asarray(lengths)
     if lengths.size and (int(lengths.min()) < 0 or int(lengths.max()) >= 1 << 32):
         raise StoreError(
             f"store {store_path!r}: a stored length of {int(lengths.max())} tokens does not fit "
             "the order's lengths column (<u4); the store is corrupt, rebuild it"
         )
-    return lengths.astype(LENGTHS_DTYPE)
+    return lengths.astype(LENGTHS_DTYPE) if convert else None
 
 
 def _bucketize(
     keys: np.ndarray,
     indices: np.ndarray | int,
-    lengths: np.ndarray,
+    lengths: np.ndarray | None,
     splitters: np.ndarray,
     dtype: np.dtype,
 ) -> Bucketed:
-    """A chunk's keys, indices (an int: ``indices + arange``) and lengths grouped by bucket,
-    in index order within each, and the bucket sizes."""
+    """A chunk's keys, indices (an int: ``indices + arange``) and lengths (None: not carried)
+    grouped by bucket, in index order within each, and the bucket sizes."""
     num = splitters.size + 1
     bucket = np.searchsorted(splitters, keys, side="left")
     bucket = bucket.astype(np.uint8 if num <= 256 else np.uint16)
@@ -330,23 +360,25 @@ def _bucketize(
         perm_indices = (perm + indices).astype(dtype, copy=False)
     else:
         perm_indices = indices[perm].astype(dtype, copy=False)
-    return keys[perm], perm_indices, lengths[perm], sizes
+    return keys[perm], perm_indices, None if lengths is None else lengths[perm], sizes
 
 
-def _scatter(chunks: Iterable[Bucketed], num: int, directory: str) -> list[tuple[str, int]]:
-    """Append each bucketed chunk to the bucket files (``.key``: ``<u8``, ``.idx``: the order's
-    dtype, ``.len``: ``<u4``), in chunk order, so every bucket stays in index order; the
-    buckets' (path without suffix, count), ascending."""
+def _scatter(
+    chunks: Iterable[Bucketed], layout: _Layout, num: int, directory: str
+) -> list[tuple[str, int]]:
+    """Append each bucketed chunk to the bucket files (``layout``), in chunk order, so every
+    bucket stays in index order; the buckets' (path without suffix, count), ascending."""
     counts = np.zeros(num, dtype=np.int64)
     handles: dict[int, list[Any]] = {}
     directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
     paths = [os.path.join(directory, f"bucket-{b}") for b in range(num)]
     try:
         for *columns, sizes in chunks:
+            columns = [c for c in columns if c is not None]
             edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
             for b in np.flatnonzero(sizes).tolist():
                 if b not in handles:
-                    handles[b] = [open(paths[b] + suffix, "ab") for suffix in _SUFFIXES]  # noqa: SIM115
+                    handles[b] = [open(paths[b] + suffix, "ab") for suffix in layout.suffixes]  # noqa: SIM115
                 for handle, column in zip(handles[b], columns):
                     handle.write(column[edges[b] : edges[b + 1]].data)
             counts += sizes
@@ -358,33 +390,35 @@ def _scatter(chunks: Iterable[Bucketed], num: int, directory: str) -> list[tuple
 
 
 def _parts(
-    path: str, count: int, dtype: np.dtype, budget: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """A bucket's (keys, indices, lengths), ``budget`` at a time, by plain file reads (no
-    memory map: resident memory stays O(budget))."""
-    dtypes = (np.dtype("<u8"), dtype, LENGTHS_DTYPE)
+    path: str, count: int, layout: _Layout, budget: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """A bucket's (keys, indices, lengths or None), ``budget`` at a time, by plain file reads
+    (no memory map: resident memory stays O(budget))."""
     for start in range(0, count, budget):
         size = min(budget, count - start)
-        yield tuple(  # type: ignore[misc]
+        columns = [
             np.fromfile(path + suffix, dtype=d, count=size, offset=start * d.itemsize)
-            for suffix, d in zip(_SUFFIXES, dtypes)
-        )
+            for suffix, d in zip(layout.suffixes, layout.dtypes)
+        ]
+        yield columns[0], columns[1], columns[2] if layout.carries_lengths else None
 
 
-def _sorted_bucket(path: str, count: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The indices and lengths of a bucket that fits in memory, sorted by (key, index); its
-    files removed."""
-    ((keys, indices, lengths),) = _parts(path, count, dtype, count)
-    _remove_bucket(path)
+def _sorted_bucket(path: str, count: int, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """The indices and lengths column of a bucket that fits in memory, sorted by (key,
+    index); its files removed."""
+    ((keys, indices, lengths),) = _parts(path, count, layout, count)
+    _remove_bucket(path, layout)
     if keys.min() == keys.max():  # one key: already in index order
-        return indices, lengths
+        return indices, layout.lengths_of(keys, lengths)
     order = order_from_keys(keys)
-    return indices[order], lengths[order]
+    return indices[order], layout.lengths_of(
+        keys[order], None if lengths is None else lengths[order]
+    )
 
 
 def _emit_all(
     buckets: list[tuple[str, int]],
-    dtype: np.dtype,
+    layout: _Layout,
     budget: int,
     outs: tuple[Any, Any],
     tmp: str,
@@ -397,7 +431,9 @@ def _emit_all(
     out, out_len = outs
 
     def flush() -> None:
-        for indices, lengths in _ordered(lambda b: _sorted_bucket(b[0], b[1], dtype), run, threads):
+        for indices, lengths in _ordered(
+            lambda b: _sorted_bucket(b[0], b[1], layout), run, threads
+        ):
             out.write(indices.data)
             out_len.write(lengths.data)
         run.clear()
@@ -407,28 +443,30 @@ def _emit_all(
             run.append((path, count))
             continue
         flush()
-        low = min(int(k.min()) for k, _, _ in _parts(path, count, dtype, budget))
-        high = max(int(k.max()) for k, _, _ in _parts(path, count, dtype, budget))
+        low = min(int(k.min()) for k, _, _ in _parts(path, count, layout, budget))
+        high = max(int(k.max()) for k, _, _ in _parts(path, count, layout, budget))
         if low == high:  # one key: already in index order
-            for _, indices, lengths in _parts(path, count, dtype, budget):
+            for keys, indices, lengths in _parts(path, count, layout, budget):
                 out.write(indices.data)
-                out_len.write(lengths.data)
+                out_len.write(layout.lengths_of(keys, lengths).data)
         else:
             stride = max(count // SPLITTER_SAMPLES, 1)
             sample = np.concatenate([k[(-i * budget) % stride :: stride]
-                                     for i, (k, _, _) in enumerate(_parts(path, count, dtype, budget))])  # fmt: skip
+                                     for i, (k, _, _) in enumerate(_parts(path, count, layout, budget))])  # fmt: skip
             splitters = _splitters(sample, -(-2 * count // budget))
             parts = (
-                _bucketize(k, i, n, splitters, dtype)
-                for k, i, n in _parts(path, count, dtype, budget)
+                _bucketize(k, i, n, splitters, layout.dtype)
+                for k, i, n in _parts(path, count, layout, budget)
             )
-            _emit_all(_scatter(parts, splitters.size + 1, tmp), dtype, budget, outs, tmp, threads)
-        _remove_bucket(path)
+            _emit_all(
+                _scatter(parts, layout, splitters.size + 1, tmp), layout, budget, outs, tmp, threads
+            )
+        _remove_bucket(path, layout)
     flush()
 
 
-def _remove_bucket(path: str) -> None:
-    for suffix in _SUFFIXES:
+def _remove_bucket(path: str, layout: _Layout) -> None:
+    for suffix in layout.suffixes:
         os.remove(path + suffix)
 
 
