@@ -175,7 +175,7 @@ def write_orders(
         wanted = [s for s in wanted if not _complete(store, s)]
     if not wanted:
         return {}
-    scale, probes = _scan(store, chunk_samples)
+    scale, probes = _scan(store, chunk_samples, threads)
     remote = is_remote(store.path)
     tmp_root = (work_dir or tempfile.gettempdir()) if remote else _join(store.path, ORDERS_DIR)
     os.makedirs(tmp_root, exist_ok=True)
@@ -198,19 +198,28 @@ def _store_scale(store: TokenStore, chunk_samples: int) -> ScoreScale:
     return _scan(store, chunk_samples)[0]
 
 
-def _scan(store: TokenStore, chunk_samples: int) -> tuple[ScoreScale, SampleFeatures]:
-    """One pass over the features: the store's ``ScoreScale`` and the features of about
-    ``SPLITTER_SAMPLES`` evenly spaced samples (for the splitters; taken on the way, so no
-    random reads)."""
+def _scan(
+    store: TokenStore, chunk_samples: int, threads: int = 1
+) -> tuple[ScoreScale, SampleFeatures]:
+    """One pass over the features, ``threads`` chunks at a time: the store's ``ScoreScale``
+    and the features of about ``SPLITTER_SAMPLES`` evenly spaced samples (for the splitters;
+    taken on the way, so no random reads)."""
     n = store.num_samples
     stride = max(n // SPLITTER_SAMPLES, 1)
-    scale, lengths, sums = ScoreScale(0, 0.0), [], []
-    for start in range(0, n, chunk_samples):
+
+    def chunk_task(start: int) -> tuple[ScoreScale, np.ndarray, np.ndarray]:
         part = store.features_range(start, min(start + chunk_samples, n))
-        scale = scale.combine(score_scale(part))
         first = -start % stride  # the next multiple of stride at or after start
-        lengths.append(part.lengths[first::stride].copy())
-        sums.append(part.surprisal_sum[first::stride].copy())
+        return (score_scale(part), part.lengths[first::stride].copy(),
+                part.surprisal_sum[first::stride].copy())  # fmt: skip
+
+    scale, lengths, sums = ScoreScale(0, 0.0), [], []
+    for part_scale, part_lengths, part_sums in _ordered(
+        chunk_task, range(0, n, chunk_samples), threads
+    ):
+        scale = scale.combine(part_scale)
+        lengths.append(part_lengths)
+        sums.append(part_sums)
     empty = np.zeros(0, dtype=np.int64)
     return scale, SampleFeatures(
         np.concatenate(lengths or [empty]), np.concatenate(sums or [empty])
