@@ -15,7 +15,8 @@ shards:
   checks the block around each; the list is binary, 1/1024 of the order (4 MiB at 1e9 samples),
   read once at open and checked against its sha256;
 * ``orders/<strategy>.lengths.bin`` (format 3): the lengths column, the stored length of the
-  sample at each order position (``<u4``), carried through the sort beside the indices, and
+  sample at each order position (``<u4``), carried through the sort beside the indices (read
+  back from the sorted keys for ``size_based``, whose key is the length), and
   ``orders/<strategy>.lengths.crc32c``, its 4 KiB block CRCs: a packed host reads the lengths
   of runs of order positions ("Blocked epoch order" in docs/design.md), not one page of the
   store's ``lengths.bin`` per sample;
@@ -158,7 +159,8 @@ def write_orders(
     ``{strategy: path of the .bin}``.
 
     Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it per thread),
-    whatever the store's size; the bucket files (12 or 16 bytes per sample) go to a temporary
+    whatever the store's size; the bucket files (16 bytes per sample, 12 for ``size_based``, 4
+    more beyond 2**32 samples) go to a temporary
     directory named after this process inside ``orders/`` (local store; a killed write's is
     removed by the next) or in ``work_dir`` (default the system's; a remote store, whose files
     are copied up when complete). ``only_missing``: keep orders already present and
