@@ -241,17 +241,24 @@ def test_an_unpacked_stage_never_opens_the_lengths_column(store) -> None:
     assert vars(packed.order)["lengths"] is not None
 
 
-def test_the_window_the_estimate_read_serves_the_epochs_first_steps(
-    store, small_blocks, monkeypatch
-) -> None:
+@pytest.fixture()
+def window_reads(monkeypatch) -> list:
+    """Every shuffle window read (``BlockedPermutation.window_values``), as (epoch, window)."""
     reads = []
     real = BlockedPermutation.window_values
 
     def counted(self, w):
-        reads.append((self.parts[-1], w))  # (epoch, window)
+        reads.append((self.parts[-1], w))
         return real(self, w)
 
     monkeypatch.setattr(BlockedPermutation, "window_values", counted)
+    return reads
+
+
+def test_the_window_the_estimate_read_serves_the_epochs_first_steps(
+    store, small_blocks, window_reads
+) -> None:
+    reads = window_reads
     plan = _plan(store)  # the horizon estimate reads each epoch's first window
     assert {(e, 0) for e in range(3)} <= set(reads)
     plan.begin_packed_epoch(0).row_table(0, 6)
@@ -259,16 +266,9 @@ def test_the_window_the_estimate_read_serves_the_epochs_first_steps(
 
 
 def test_windows_are_kept_while_their_order_and_lengths_are_the_schedulers(
-    store, small_blocks, monkeypatch
+    store, small_blocks, window_reads
 ) -> None:
-    reads = []
-    real = BlockedPermutation.window_values
-
-    def counted(self, w):
-        reads.append(w)
-        return real(self, w)
-
-    monkeypatch.setattr(BlockedPermutation, "window_values", counted)
+    reads = window_reads
     plan = _plan(store)
     sched = plan.scheduler
     samples, lengths = sched.epoch_stream_items(0, 0, 7)
