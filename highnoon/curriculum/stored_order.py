@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.curriculum.bucket_search import BucketSearch
 from highnoon.curriculum.order import ScoresDigest, order_from_keys, sort_keys
 from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, scores_from_features
 from highnoon.data.blocks import BlockFile, MappedFile
@@ -247,12 +248,13 @@ def _write_one(
     splitters = _splitters(probe_keys, -(-2 * n // chunk))
     digest = ScoresDigest()
     layout = _Layout(dtype, carries_lengths=strategy not in KEY_IS_LENGTH)
+    search = BucketSearch(splitters)
 
     def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
         features = store.features_range(start, min(start + chunk, n))
         scores = scores_from_features(features, strategy, scale=scale)
         lengths = _column(features.lengths, store.path, convert=layout.carries_lengths)
-        return scores, _bucketize(sort_keys(scores), start, lengths, splitters, dtype)
+        return scores, _bucketize(sort_keys(scores), start, lengths, search, dtype)
 
     def chunks() -> Iterator[Bucketed]:
         for scores, bucketed in _ordered(chunk_task, range(0, n, chunk), threads):
@@ -357,14 +359,13 @@ def _bucketize(
     keys: np.ndarray,
     indices: np.ndarray | int,
     lengths: np.ndarray | None,
-    splitters: np.ndarray,
+    search: BucketSearch,
     dtype: np.dtype,
 ) -> Bucketed:
     """A chunk's keys, indices (an int: ``indices + arange``) and lengths (None: not carried)
     grouped by bucket, in index order within each, and the bucket sizes."""
-    num = splitters.size + 1
-    bucket = np.searchsorted(splitters, keys, side="left")
-    bucket = bucket.astype(np.uint8 if num <= 256 else np.uint16)
+    num = search.num_buckets
+    bucket = search.of(keys)  # searchsorted(splitters, keys, "left"), by a table
     perm = np.argsort(bucket, kind="stable")  # a radix sort of small ints
     sizes = np.bincount(bucket, minlength=num)
     if isinstance(indices, int):
@@ -465,8 +466,9 @@ def _emit_all(
             sample = np.concatenate([k[(-i * budget) % stride :: stride]
                                      for i, (k, _, _) in enumerate(_parts(path, count, layout, budget))])  # fmt: skip
             splitters = _splitters(sample, -(-2 * count // budget))
+            search = BucketSearch(splitters)
             parts = (
-                _bucketize(k, i, n, splitters, layout.dtype)
+                _bucketize(k, i, n, search, layout.dtype)
                 for k, i, n in _parts(path, count, layout, budget)
             )
             _emit_all(
