@@ -65,7 +65,7 @@ class BucketSearch:
         cell = np.clip(keys, self.base, self.top)
         cell -= self.base
         cell >>= self.shift
-        out = self.table[cell]
+        out = self.table[cell.view(np.int64)]  # cells < 2**16: an index as it is, no cast
         for _ in range(self.steps):  # count the splitters of the key's cell below it
             out += self._next[out] < keys
         return out

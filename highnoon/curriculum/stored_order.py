@@ -83,6 +83,9 @@ STORABLE = tuple(s for s in STRATEGIES if s != "random")
 # chunk frees is reused by the next instead of mapped afresh and zeroed by the kernel, which
 # took a quarter of the CPU at 2**22 (BENCHMARKS.md, "Stored orders").
 DEFAULT_CHUNK = 1 << 21
+# Samples scored at a time inside a chunk: the arithmetic's temporaries (0.5 MiB each) stay in
+# the cache and in memory the allocator keeps, where whole-chunk ones were mapped and zeroed
+SCORE_BLOCK = 1 << 16
 SPLITTER_SAMPLES = 1 << 16  # evenly spaced samples whose keys choose the bucket splitters
 FIX = "re-run highnoon-prepare-data --orders_only={path} to write the orders again"
 
@@ -213,7 +216,8 @@ def _scan(
     def chunk_task(start: int) -> tuple[ScoreScale, np.ndarray, np.ndarray]:
         part = store.features_range(start, min(start + chunk_samples, n))
         first = -start % stride  # the next multiple of stride at or after start
-        return (score_scale(part), part.lengths[first::stride].copy(),
+        scale = functools.reduce(ScoreScale.combine, map(score_scale, _blocks(part)))
+        return (scale, part.lengths[first::stride].copy(),
                 part.surprisal_sum[first::stride].copy())  # fmt: skip
 
     scale, lengths, sums = ScoreScale(0, 0.0), [], []
@@ -252,9 +256,9 @@ def _write_one(
 
     def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
         features = store.features_range(start, min(start + chunk, n))
-        scores = scores_from_features(features, strategy, scale=scale)
+        scores, keys, bucket = _scored(features, strategy, scale, search)
         lengths = _column(features.lengths, store.path, convert=layout.carries_lengths)
-        return scores, _bucketize(sort_keys(scores), start, lengths, search, dtype)
+        return scores, _bucketize(keys, bucket, search.num_buckets, start, lengths, dtype)
 
     def chunks() -> Iterator[Bucketed]:
         for scores, bucketed in _ordered(chunk_task, range(0, n, chunk), threads):
@@ -355,21 +359,46 @@ def _column(lengths: np.ndarray, store_path: str, *, convert: bool = True) -> np
     return lengths.astype(LENGTHS_DTYPE) if convert else None
 
 
+def _blocks(features: SampleFeatures) -> Iterator[SampleFeatures]:
+    """``features`` in blocks of ``SCORE_BLOCK`` samples (views)."""
+    for start in range(0, features.lengths.size, SCORE_BLOCK):
+        stop = start + SCORE_BLOCK
+        yield SampleFeatures(features.lengths[start:stop], features.surprisal_sum[start:stop])
+
+
+def _scored(
+    features: SampleFeatures, strategy: str, scale: ScoreScale, search: BucketSearch
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chunk's scores, sort keys and buckets (``search.of``), computed ``SCORE_BLOCK``
+    samples at a time into three arrays, so the temporaries of the arithmetic stay small."""
+    m = features.lengths.size
+    scores = np.empty(m, dtype=np.float64)
+    keys = np.empty(m, dtype=np.uint64)
+    bucket = np.empty(m, dtype=search.dtype)
+    for start, block in zip(range(0, m, SCORE_BLOCK), _blocks(features)):
+        stop = start + block.lengths.size
+        scores[start:stop] = scores_from_features(block, strategy, scale=scale)
+        keys[start:stop] = sort_keys(scores[start:stop])
+        bucket[start:stop] = search.of(keys[start:stop])
+    return scores, keys, bucket
+
+
 def _bucketize(
     keys: np.ndarray,
+    bucket: np.ndarray,
+    num: int,
     indices: np.ndarray | int,
     lengths: np.ndarray | None,
-    search: BucketSearch,
     dtype: np.dtype,
 ) -> Bucketed:
     """A chunk's keys, indices (an int: ``indices + arange``) and lengths (None: not carried)
-    grouped by bucket, in index order within each, and the bucket sizes."""
-    num = search.num_buckets
-    bucket = search.of(keys)  # searchsorted(splitters, keys, "left"), by a table
+    grouped by ``bucket`` (each key's, of ``num``), in index order within each, and the bucket
+    sizes."""
     perm = np.argsort(bucket, kind="stable")  # a radix sort of small ints
     sizes = np.bincount(bucket, minlength=num)
-    if isinstance(indices, int):
-        perm_indices = (perm + indices).astype(dtype, copy=False)
+    if isinstance(indices, int):  # in the order's dtype (every index fits it)
+        perm_indices = perm.astype(dtype)
+        perm_indices += dtype.type(indices)
     else:
         perm_indices = indices[perm].astype(dtype, copy=False)
     return keys[perm], perm_indices, None if lengths is None else lengths[perm], sizes
@@ -468,7 +497,7 @@ def _emit_all(
             splitters = _splitters(sample, -(-2 * count // budget))
             search = BucketSearch(splitters)
             parts = (
-                _bucketize(k, i, n, search, layout.dtype)
+                _bucketize(k, search.of(k), search.num_buckets, i, n, layout.dtype)
                 for k, i, n in _parts(path, count, layout, budget)
             )
             _emit_all(
