@@ -337,12 +337,16 @@ class _Layout:
         self.suffixes = tuple(suffix for suffix, _ in columns)
         self.dtypes = tuple(d for _, d in columns)
 
-    def lengths_of(self, keys: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-        """The lengths column of records whose keys are ``keys``: the carried ``lengths``, or
-        the lengths the keys are (float64 bits of integers below 2**32, checked by
-        ``_column`` when the chunk was read)."""
+    def lengths_of(
+        self, keys: np.ndarray, lengths: np.ndarray | None, order: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The lengths column of records whose keys are ``keys``, taken at ``order`` (None:
+        as they are): the carried ``lengths``, or the lengths the keys are (float64 bits of
+        integers below 2**32, checked by ``_column`` when the chunk was read). Only the
+        column it comes from is gathered."""
         if lengths is not None:
-            return lengths
+            return lengths if order is None else np.take(lengths, order)
+        keys = keys if order is None else np.take(keys, order)
         return keys.view(np.float64).astype(LENGTHS_DTYPE)
 
 
@@ -400,8 +404,9 @@ def _bucketize(
         perm_indices = perm.astype(dtype)
         perm_indices += dtype.type(indices)
     else:
-        perm_indices = indices[perm].astype(dtype, copy=False)
-    return keys[perm], perm_indices, None if lengths is None else lengths[perm], sizes
+        perm_indices = np.take(indices, perm).astype(dtype, copy=False)
+    lengths = None if lengths is None else np.take(lengths, perm)
+    return np.take(keys, perm), perm_indices, lengths, sizes
 
 
 def _scatter(
@@ -452,9 +457,7 @@ def _sorted_bucket(path: str, count: int, layout: _Layout) -> tuple[np.ndarray, 
     if keys.min() == keys.max():  # one key: already in index order
         return indices, layout.lengths_of(keys, lengths)
     order = order_from_keys(keys)
-    return indices[order], layout.lengths_of(
-        keys[order], None if lengths is None else lengths[order]
-    )
+    return np.take(indices, order), layout.lengths_of(keys, lengths, order)
 
 
 def _emit_all(
