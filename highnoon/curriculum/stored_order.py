@@ -67,6 +67,7 @@ from highnoon.data.store import StoreError, TokenStore, file_size
 from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
 from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_bytes, read_text
 from highnoon.utils.hashing import sha256_file, sha256_hex
+from highnoon.utils.open_files import ensure_open_files
 from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
 
 FORMAT = "highnoon.order/3"
@@ -181,6 +182,9 @@ def write_orders(
         wanted = [s for s in wanted if not _complete(store, s)]
     if not wanted:
         return {}
+    # the most buckets a scatter makes (_splitters), each with up to three files: refused now,
+    # before the scan, when the process may not open that many
+    _fit_open_files(-(-2 * store.num_samples // chunk_samples) + 1, 3)
     scale, probes = _scan(store, chunk_samples, threads)
     remote = is_remote(store.path)
     tmp_root = (work_dir or tempfile.gettempdir()) if remote else _join(store.path, ORDERS_DIR)
@@ -409,11 +413,22 @@ def _bucketize(
     return np.take(keys, perm), perm_indices, lengths, sizes
 
 
+def _fit_open_files(num: int, files: int) -> None:
+    """Let the scatter hold ``files`` files of each of ``num`` buckets open at once (the
+    process's limit raised to fit, or refused with the fix)."""
+    ensure_open_files(
+        num * files,
+        f"write_orders' scatter into {num} buckets",
+        "pass a larger chunk_samples (fewer, larger buckets)",
+    )
+
+
 def _scatter(
     chunks: Iterable[Bucketed], layout: _Layout, num: int, directory: str
 ) -> list[tuple[str, int]]:
     """Append each bucketed chunk to the bucket files (``layout``), in chunk order, so every
     bucket stays in index order; the buckets' (path without suffix, count), ascending."""
+    _fit_open_files(num, len(layout.suffixes))
     counts = np.zeros(num, dtype=np.int64)
     handles: dict[int, list[Any]] = {}
     directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
