@@ -36,10 +36,11 @@ its order depends on the stage's seed.
 ``write_orders`` is an external sort: the store's features are read chunk by chunk, each
 chunk's scores turned into order-preserving uint64 keys (``order.sort_keys``) and scattered into
 bucket files by key range (splitters from the keys of evenly spaced samples, so equal keys share
-a bucket and buckets come out in key order; each key's bucket found by ``BucketSearch``); each bucket is then sorted by (key, index) in
-memory (``order.order_from_keys``; a bucket's records are in index order) and appended to the
-output. A bucket larger than the memory budget is split again the same way (always separating
-its smallest key, so every split makes progress); a bucket of one key is already in order.
+a bucket and buckets come out in key order; each key's bucket found by ``BucketSearch``); each
+bucket is then sorted by (key, index) in memory (``order.order_from_keys``; a bucket's records
+are in index order) and appended to the output. A bucket larger than the memory budget is split
+again the same way (always separating its smallest key, so every split makes progress); a bucket
+of one key is already in order.
 """
 
 from __future__ import annotations
