@@ -241,18 +241,52 @@ def test_an_unpacked_stage_never_opens_the_lengths_column(store) -> None:
     assert vars(packed.order)["lengths"] is not None
 
 
-def test_the_window_the_estimate_read_serves_the_epochs_first_steps(
-    store, small_blocks, monkeypatch
-) -> None:
+@pytest.fixture()
+def window_reads(monkeypatch) -> list:
+    """Every shuffle window read (``BlockedPermutation.window_values``), as (epoch, window)."""
     reads = []
     real = BlockedPermutation.window_values
 
     def counted(self, w):
-        reads.append((self.parts[-1], w))  # (epoch, window)
+        reads.append((self.parts[-1], w))
         return real(self, w)
 
     monkeypatch.setattr(BlockedPermutation, "window_values", counted)
+    return reads
+
+
+def test_the_window_the_estimate_read_serves_the_epochs_first_steps(
+    store, small_blocks, window_reads
+) -> None:
+    reads = window_reads
     plan = _plan(store)  # the horizon estimate reads each epoch's first window
     assert {(e, 0) for e in range(3)} <= set(reads)
     plan.begin_packed_epoch(0).row_table(0, 6)
     assert reads.count((0, 0)) == 1  # read once, for the estimate and the first steps
+
+
+def test_windows_are_kept_while_their_order_and_lengths_are_the_schedulers(
+    store, small_blocks, window_reads
+) -> None:
+    reads = window_reads
+    plan = _plan(store)
+    sched = plan.scheduler
+    samples, lengths = sched.epoch_stream_items(0, 0, 7)
+    before = len(reads)
+    sched.set_order_lengths(plan.train_lengths)  # the same view again: the window stays
+    got = sched.epoch_stream_items(0, 0, 7)
+    assert len(reads) == before
+    np.testing.assert_array_equal(got[0], samples)
+    np.testing.assert_array_equal(got[1], lengths)
+    # another lengths view: the window is read again, through it
+    other = np.arange(len(plan.train_lengths), dtype=np.int64) * 3 + 1
+    sched.set_order_lengths(other)
+    got = sched.epoch_stream_items(0, 0, 7)
+    assert len(reads) == before + 1
+    ranks = packed_order.packed_permutation(plan.epoch_stream_size(0), sched.seed, 0)(np.arange(7))
+    np.testing.assert_array_equal(got[0], samples)
+    np.testing.assert_array_equal(got[1], other[ranks])
+    sched.set_order_lengths(plan.train_lengths)  # back: the old window was dropped, read again
+    got = sched.epoch_stream_items(0, 0, 7)
+    assert len(reads) == before + 2
+    np.testing.assert_array_equal(got[1], lengths)

@@ -17,6 +17,7 @@ from highnoon.curriculum import (
     order_from_scores,
     scores_fingerprint,
 )
+from highnoon.curriculum import order as order_module
 from highnoon.curriculum.scoring import scores_from_features
 from highnoon.data.features import features_from_samples
 from highnoon.utils.hashing import KeyedPermutation
@@ -89,7 +90,11 @@ def test_prepare_curriculum_ties_by_index() -> None:
     assert scheduler.prepare_curriculum_from_scores([2.0, -0.0, 0.0, 1.0]).tolist() == [1, 2, 3, 0]
 
 
-def test_order_from_scores_packed_paths_equal_stable_argsort() -> None:
+@pytest.mark.parametrize("sort_chunk", [None, 37])
+def test_order_from_scores_packed_paths_equal_stable_argsort(sort_chunk, monkeypatch) -> None:
+    """Whole, and with the keys prepared 37 at a time (every pass crosses chunk edges)."""
+    if sort_chunk is not None:
+        monkeypatch.setattr(order_module, "_SORT_CHUNK", sort_chunk)
     rng = np.random.default_rng(0)
     cases = [
         rng.random(5000),  # needs the collision fix-up

@@ -372,3 +372,29 @@ def test_an_order_of_format_2_opens_without_its_column_and_only_missing_rewrites
     np.testing.assert_array_equal(
         new.lengths[:], np.asarray(store.features.lengths)[_expected(store, "size_based")]
     )
+
+
+def test_the_scatter_raises_the_open_files_limit_or_refuses_with_the_fix(tmp_path, monkeypatch):
+    """600 samples in chunks of 4: at most 301 buckets of 3 files open at once."""
+    import resource
+
+    store = _store(tmp_path, 600)
+    raised = []
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (100, 10_000))
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, limits: raised.append(limits))
+    write_orders(store, ["mixed"], chunk_samples=4)
+    assert raised[0] == (301 * 3 + 64, 10_000)  # before the scan, for the most buckets
+    np.testing.assert_array_equal(open_stored_order(store, "mixed")[:], _expected(store, "mixed"))
+    scans = []
+    monkeypatch.setattr(stored_order, "_scan", lambda *a: scans.append(a))
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (100, 903))
+    with pytest.raises(InvalidArgumentError) as err:
+        write_orders(store, ["mixed"], chunk_samples=4)
+    assert str(err.value) == (
+        "write_orders' scatter into 301 buckets keeps 903 files open at once (967 with the "
+        "process's others), but this process may open at most 903 (its hard limit on open "
+        "files); pass a larger chunk_samples (fewer, larger buckets), or raise the limit "
+        "(ulimit -Hn)"
+    )
+    assert not scans  # refused before any feature was read
+    assert open_stored_order(store, "mixed") is not None  # the order written before is kept

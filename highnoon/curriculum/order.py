@@ -65,7 +65,7 @@ def scores_fingerprint(scores: np.ndarray) -> str:
 
 _SIGN = _U(1 << 63)
 _ALL = _U((1 << 64) - 1)
-_SORT_CHUNK = 1 << 22
+_SORT_CHUNK = 1 << 16  # keys prepared at a time: temporaries of 0.5 MiB, cached and reused
 _COMPOSITE_MIN = 1 << 16  # below this a plain stable argsort is as fast
 
 

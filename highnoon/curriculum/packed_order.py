@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,23 @@ def packed_permutation(n: int, seed: int, epoch: int) -> BlockedPermutation:
     """The packed epoch order of a pool of ``n``: ranks at stream positions, keyed by (seed,
     epoch), blocked by the module's constants (read when called, so tests can shrink them)."""
     return BlockedPermutation(n, CHUNK_SAMPLES, WINDOW_CHUNKS, "epoch", seed, epoch)
+
+
+class Identity:
+    """An object as a dictionary key by identity (order views such as numpy arrays are not
+    hashable, and equal values would not make them the same view). It holds the object, so
+    its ``id`` cannot be reused by another while the key lives."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Identity) and other.obj is self.obj
 
 
 class WindowCache:
@@ -59,6 +77,12 @@ class WindowCache:
             self._windows[key] = entry
             while len(self._windows) > KEEP_WINDOWS:
                 self._windows.popitem(last=False)
+
+    def retain(self, keep: Callable[[Any], bool]) -> None:
+        """Drop every window whose key ``keep`` refuses."""
+        with self._lock:
+            for key in [k for k in self._windows if not keep(k)]:
+                del self._windows[key]
 
 
 class PackedOrder:

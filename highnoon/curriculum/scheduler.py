@@ -42,7 +42,12 @@ from highnoon.curriculum import pacing as pacing_lib
 from highnoon.curriculum import scoring
 from highnoon.curriculum.order import check_scores, order_from_scores, scores_fingerprint
 from highnoon.curriculum.order_views import ComposedOrder, OrderView, take
-from highnoon.curriculum.packed_order import PackedOrder, WindowCache, packed_permutation
+from highnoon.curriculum.packed_order import (
+    Identity,
+    PackedOrder,
+    WindowCache,
+    packed_permutation,
+)
 from highnoon.data import features as features_lib
 from highnoon.utils.hashing import KeyedPermutation
 from highnoon.utils.validation import InvalidArgumentError, check_int
@@ -51,6 +56,12 @@ logger = logging.getLogger("highnoon.curriculum")
 
 STRATEGIES = (*scoring.STRATEGIES, "custom")
 STATE_FORMAT = "highnoon.curriculum/1"
+# Packed epochs' orders kept at once, one per (epoch, pool size) asked. A run asks about two an
+# epoch (the horizon estimate's and the epoch's own, usually the same), so it never gets near;
+# the bound only keeps a caller that plans many epochs (a report) from holding one per epoch.
+# A PackedOrder is small (its permutation and views); the windows it read live in the shared
+# ``WindowCache``, bounded on its own.
+MAX_PACKED_ORDERS = 64
 
 
 def _canonical(params: dict[str, Any]) -> dict[str, Any]:
@@ -499,9 +510,18 @@ class CurriculumScheduler:
         return self._packed_order(epoch, size).items(first, last)
 
     def _reset_packed(self) -> None:
-        """Forget the packed epochs' orders and the windows read (the order changed)."""
+        """Forget the packed epochs' orders (the order or its lengths may have changed). The
+        windows read are keyed on the order and lengths views they were read from
+        (``_packed_order``), so one is reused only when both are the same objects: those read
+        through the current order and lengths stay, the others go (they hold their views)."""
         self._packed = {}
-        self._windows = WindowCache()
+        live = (self.order, self._lengths)
+
+        def current(key: Any) -> bool:
+            order, lengths = key[0][-2:]  # (the PackedOrder's key, window)
+            return any(order.obj is v for v in live) and any(lengths.obj is v for v in live)
+
+        self._windows.retain(current)
 
     def _packed_order(self, epoch: int, size: int) -> PackedOrder:
         """The packed epoch's ``PackedOrder``, kept per (epoch, size); their windows share one
@@ -511,10 +531,12 @@ class CurriculumScheduler:
             order = self.order_at(epoch)
             lengths = self._epoch_lengths(order)
             permutation = packed_permutation(size, self.seed, epoch) if self.shuffle else None
-            if len(self._packed) >= 64:  # a few a run; bounded all the same
+            if len(self._packed) >= MAX_PACKED_ORDERS:
                 self._packed.clear()
+            # the windows' key: the epoch's permutation and the very views read through it
+            windows_key = (*key, self.seed, self.shuffle, Identity(order), Identity(lengths))
             self._packed[key] = PackedOrder(
-                permutation, order, lengths, cache=self._windows, key=key
+                permutation, order, lengths, cache=self._windows, key=windows_key
             )
         return self._packed[key]
 

@@ -106,14 +106,16 @@ def scores_from_features(
     max_rarity = float(scale.max_rarity)
     # In place, in the order of the formula (IEEE: the same values as the plain expression):
     # difficulty = 0.7 * rarity / max_rarity + 0.3 * sqrt(length / max_length)
-    scaled = lengths / max_length
+    scaled = lengths
+    scaled /= max_length
     difficulty = features.mean_surprisal
     if max_rarity > 0:
         difficulty /= max_rarity
     else:
         difficulty.fill(0.0)
     difficulty *= DIFFICULTY_RARITY_WEIGHT
-    root = np.sqrt(scaled)
+    # difficulty_based needs ``scaled`` no more: its root takes its place
+    root = np.sqrt(scaled, out=scaled if strategy == "difficulty_based" else None)
     root *= 1.0 - DIFFICULTY_RARITY_WEIGHT
     difficulty += root
     if strategy == "difficulty_based":

@@ -18,7 +18,8 @@ shards:
   the blocks it reads, not the list (an order written without the page CRCs reads the list whole
   and checks it against its sha256);
 * ``orders/<strategy>.lengths.bin`` (format 3): the lengths column, the stored length of the
-  sample at each order position (``<u4``), carried through the sort beside the indices, and
+  sample at each order position (``<u4``), carried through the sort beside the indices (read
+  back from the sorted keys for ``size_based``, whose key is the length), and
   ``orders/<strategy>.lengths.crc32c``, its 4 KiB block CRCs: a packed host reads the lengths
   of runs of order positions ("Blocked epoch order" in docs/design.md), not one page of the
   store's ``lengths.bin`` per sample;
@@ -40,10 +41,11 @@ its order depends on the stage's seed.
 ``write_orders`` is an external sort: the store's features are read chunk by chunk, each
 chunk's scores turned into order-preserving uint64 keys (``order.sort_keys``) and scattered into
 bucket files by key range (splitters from the keys of evenly spaced samples, so equal keys share
-a bucket and buckets come out in key order); each bucket is then sorted by (key, index) in
-memory (``order.order_from_keys``; a bucket's records are in index order) and appended to the
-output. A bucket larger than the memory budget is split again the same way (always separating
-its smallest key, so every split makes progress); a bucket of one key is already in order.
+a bucket and buckets come out in key order; each key's bucket found by ``BucketSearch``); each
+bucket is then sorted by (key, index) in memory (``order.order_from_keys``; a bucket's records
+are in index order) and appended to the output. A bucket larger than the memory budget is split
+again the same way (always separating its smallest key, so every split makes progress); a bucket
+of one key is already in order.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.curriculum.bucket_search import BucketSearch
 from highnoon.curriculum.order import ScoresDigest, order_from_keys, sort_keys
 from highnoon.curriculum.scoring import STRATEGIES, ScoreScale, score_scale, scores_from_features
 from highnoon.data.blocks import BlockFile, MappedFile, SidecarCrcs
@@ -75,18 +78,26 @@ from highnoon.data.store import StoreError, TokenStore, file_size
 from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
 from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_bytes, read_text
 from highnoon.utils.hashing import sha256_file, sha256_hex
+from highnoon.utils.open_files import ensure_open_files
 from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
 
 FORMAT = "highnoon.order/3"
 FORMAT_2 = "highnoon.order/2"  # no lengths column; still read (packing reads lengths.bin)
 FORMAT_1 = "highnoon.order/1"  # block CRCs as a JSON list in the .json; still read
 LENGTHS_DTYPE = np.dtype("<u4")  # the lengths column's element
-_SUFFIXES = (".key", ".idx", ".len")  # a bucket's files: sort keys, indices, lengths
+KEY_IS_LENGTH = ("size_based",)  # strategies whose score is the stored length itself
 ORDER_BLOCK_BYTES = SAMPLE_BLOCK_BYTES  # read at random positions, as a shard's lengths are
 ORDERS_DIR = "orders"
 BUILT_IN = ("size_based", "difficulty_based", "mixed")  # the strategies preparation stores
 STORABLE = tuple(s for s in STRATEGIES if s != "random")
-DEFAULT_CHUNK = 1 << 22  # samples scored at a time; a bucket sorted in memory is at most this
+# Samples scored at a time; a bucket sorted in memory is at most this. 2**21: a chunk's arrays
+# (16 MiB of int64) stay under glibc's largest dynamic mmap threshold (32 MiB), so the memory a
+# chunk frees is reused by the next instead of mapped afresh and zeroed by the kernel, which
+# took a quarter of the CPU at 2**22 (BENCHMARKS.md, "Stored orders").
+DEFAULT_CHUNK = 1 << 21
+# Samples scored at a time inside a chunk: the arithmetic's temporaries (0.5 MiB each) stay in
+# the cache and in memory the allocator keeps, where whole-chunk ones were mapped and zeroed
+SCORE_BLOCK = 1 << 16
 SPLITTER_SAMPLES = 1 << 16  # evenly spaced samples whose keys choose the bucket splitters
 FIX = "re-run highnoon-prepare-data --orders_only={path} to write the orders again"
 
@@ -164,7 +175,8 @@ def write_orders(
     ``{strategy: path of the .bin}``.
 
     Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it per thread),
-    whatever the store's size; the bucket files (12 or 16 bytes per sample) go to a temporary
+    whatever the store's size; the bucket files (16 bytes per sample, 12 for ``size_based``, 4
+    more beyond 2**32 samples) go to a temporary
     directory named after this process inside ``orders/`` (local store; a killed write's is
     removed by the next) or in ``work_dir`` (default the system's; a remote store, whose files
     are copied up when complete). ``only_missing``: keep orders already present and
@@ -181,7 +193,10 @@ def write_orders(
         wanted = [s for s in wanted if not _complete(store, s)]
     if not wanted:
         return {}
-    scale, probes = _scan(store, chunk_samples)
+    # the most buckets a scatter makes (_splitters), each with up to three files: refused now,
+    # before the scan, when the process may not open that many
+    _fit_open_files(-(-2 * store.num_samples // chunk_samples) + 1, 3)
+    scale, probes = _scan(store, chunk_samples, threads)
     remote = is_remote(store.path)
     tmp_root = (work_dir or tempfile.gettempdir()) if remote else _join(store.path, ORDERS_DIR)
     os.makedirs(tmp_root, exist_ok=True)
@@ -204,19 +219,29 @@ def _store_scale(store: TokenStore, chunk_samples: int) -> ScoreScale:
     return _scan(store, chunk_samples)[0]
 
 
-def _scan(store: TokenStore, chunk_samples: int) -> tuple[ScoreScale, SampleFeatures]:
-    """One pass over the features: the store's ``ScoreScale`` and the features of about
-    ``SPLITTER_SAMPLES`` evenly spaced samples (for the splitters; taken on the way, so no
-    random reads)."""
+def _scan(
+    store: TokenStore, chunk_samples: int, threads: int = 1
+) -> tuple[ScoreScale, SampleFeatures]:
+    """One pass over the features, ``threads`` chunks at a time: the store's ``ScoreScale``
+    and the features of about ``SPLITTER_SAMPLES`` evenly spaced samples (for the splitters;
+    taken on the way, so no random reads)."""
     n = store.num_samples
     stride = max(n // SPLITTER_SAMPLES, 1)
-    scale, lengths, sums = ScoreScale(0, 0.0), [], []
-    for start in range(0, n, chunk_samples):
+
+    def chunk_task(start: int) -> tuple[ScoreScale, np.ndarray, np.ndarray]:
         part = store.features_range(start, min(start + chunk_samples, n))
-        scale = scale.combine(score_scale(part))
         first = -start % stride  # the next multiple of stride at or after start
-        lengths.append(part.lengths[first::stride].copy())
-        sums.append(part.surprisal_sum[first::stride].copy())
+        scale = functools.reduce(ScoreScale.combine, map(score_scale, _blocks(part)))
+        return (scale, part.lengths[first::stride].copy(),
+                part.surprisal_sum[first::stride].copy())  # fmt: skip
+
+    scale, lengths, sums = ScoreScale(0, 0.0), [], []
+    for part_scale, part_lengths, part_sums in _ordered(
+        chunk_task, range(0, n, chunk_samples), threads
+    ):
+        scale = scale.combine(part_scale)
+        lengths.append(part_lengths)
+        sums.append(part_sums)
     empty = np.zeros(0, dtype=np.int64)
     return scale, SampleFeatures(
         np.concatenate(lengths or [empty]), np.concatenate(sums or [empty])
@@ -241,23 +266,25 @@ def _write_one(
     probe_keys = sort_keys(scores_from_features(probes, strategy, scale=scale))
     splitters = _splitters(probe_keys, -(-2 * n // chunk))
     digest = ScoresDigest()
+    layout = _Layout(dtype, carries_lengths=strategy not in KEY_IS_LENGTH)
+    search = BucketSearch(splitters)
 
     def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
         features = store.features_range(start, min(start + chunk, n))
-        scores = scores_from_features(features, strategy, scale=scale)
-        lengths = _column(features.lengths, store.path)
-        return scores, _bucketize(sort_keys(scores), start, lengths, splitters, dtype)
+        scores, keys, bucket = _scored(features, strategy, scale, search)
+        lengths = _column(features.lengths, store.path, convert=layout.carries_lengths)
+        return scores, _bucketize(keys, bucket, search.num_buckets, start, lengths, dtype)
 
     def chunks() -> Iterator[Bucketed]:
         for scores, bucketed in _ordered(chunk_task, range(0, n, chunk), threads):
             digest.update(scores)  # in order: the fingerprint of the whole array
             yield bucketed
 
-    buckets = _scatter(chunks(), splitters.size + 1, tmp)
+    buckets = _scatter(chunks(), layout, splitters.size + 1, tmp)
     local_bin = os.path.join(tmp, "order.bin")
     local_len = os.path.join(tmp, "order.lengths")
     with open(local_bin, "wb") as out, open(local_len, "wb") as out_len:
-        _emit_all(buckets, dtype, chunk, (out, out_len), tmp, threads)
+        _emit_all(buckets, layout, chunk, (out, out_len), tmp, threads)
         for handle in (out, out_len):
             handle.flush()
             os.fsync(handle.fileno())
@@ -349,57 +376,124 @@ def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:
     return np.unique(np.concatenate([ordered[:1], quantiles]))
 
 
-# keys, indices, lengths (all grouped by bucket), bucket sizes
-Bucketed = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# keys, indices, lengths or None (all grouped by bucket), bucket sizes
+Bucketed = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
 
 
-def _column(lengths: np.ndarray, store_path: str) -> np.ndarray:
-    """A chunk's stored lengths as the lengths column's dtype (``<u4``), refusing any that
-    does not fit (no real sample holds 2**32 tokens)."""
+class _Layout:
+    """A bucket's files: ``.key`` (``<u8`` sort keys), ``.idx`` (the order's dtype) and, unless
+    the key is the length itself (``KEY_IS_LENGTH``), ``.len`` (``<u4`` stored lengths). A
+    ``size_based`` key is the float64 bits of the length, so its lengths column is read back
+    from the sorted keys (``lengths_of``) and nothing is carried for it."""
+
+    def __init__(self, dtype: np.dtype, *, carries_lengths: bool) -> None:
+        self.dtype = dtype
+        self.carries_lengths = carries_lengths
+        columns = [(".key", np.dtype("<u8")), (".idx", dtype)]
+        if carries_lengths:
+            columns.append((".len", LENGTHS_DTYPE))
+        self.suffixes = tuple(suffix for suffix, _ in columns)
+        self.dtypes = tuple(d for _, d in columns)
+
+    def lengths_of(
+        self, keys: np.ndarray, lengths: np.ndarray | None, order: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The lengths column of records whose keys are ``keys``, taken at ``order`` (None:
+        as they are): the carried ``lengths``, or the lengths the keys are (float64 bits of
+        integers below 2**32, checked by ``_column`` when the chunk was read). Only the
+        column it comes from is gathered."""
+        if lengths is not None:
+            return lengths if order is None else np.take(lengths, order)
+        keys = keys if order is None else np.take(keys, order)
+        return keys.view(np.float64).astype(LENGTHS_DTYPE)
+
+
+def _column(lengths: np.ndarray, store_path: str, *, convert: bool = True) -> np.ndarray | None:
+    """A chunk's stored lengths as the lengths column's dtype (``<u4``; None unless
+    ``convert``: checked only, not carried), refusing any that does not fit (no real sample
+    holds 2**32 tokens)."""
     lengths = np.asarray(lengths)
     if lengths.size and (int(lengths.min()) < 0 or int(lengths.max()) >= 1 << 32):
         raise StoreError(
             f"store {store_path!r}: a stored length of {int(lengths.max())} tokens does not fit "
             "the order's lengths column (<u4); the store is corrupt, rebuild it"
         )
-    return lengths.astype(LENGTHS_DTYPE)
+    return lengths.astype(LENGTHS_DTYPE) if convert else None
+
+
+def _blocks(features: SampleFeatures) -> Iterator[SampleFeatures]:
+    """``features`` in blocks of ``SCORE_BLOCK`` samples (views)."""
+    for start in range(0, features.lengths.size, SCORE_BLOCK):
+        stop = start + SCORE_BLOCK
+        yield SampleFeatures(features.lengths[start:stop], features.surprisal_sum[start:stop])
+
+
+def _scored(
+    features: SampleFeatures, strategy: str, scale: ScoreScale, search: BucketSearch
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chunk's scores, sort keys and buckets (``search.of``), computed ``SCORE_BLOCK``
+    samples at a time into three arrays, so the temporaries of the arithmetic stay small."""
+    m = features.lengths.size
+    scores = np.empty(m, dtype=np.float64)
+    keys = np.empty(m, dtype=np.uint64)
+    bucket = np.empty(m, dtype=search.dtype)
+    for start, block in zip(range(0, m, SCORE_BLOCK), _blocks(features)):
+        stop = start + block.lengths.size
+        scores[start:stop] = scores_from_features(block, strategy, scale=scale)
+        keys[start:stop] = sort_keys(scores[start:stop])
+        bucket[start:stop] = search.of(keys[start:stop])
+    return scores, keys, bucket
 
 
 def _bucketize(
     keys: np.ndarray,
+    bucket: np.ndarray,
+    num: int,
     indices: np.ndarray | int,
-    lengths: np.ndarray,
-    splitters: np.ndarray,
+    lengths: np.ndarray | None,
     dtype: np.dtype,
 ) -> Bucketed:
-    """A chunk's keys, indices (an int: ``indices + arange``) and lengths grouped by bucket,
-    in index order within each, and the bucket sizes."""
-    num = splitters.size + 1
-    bucket = np.searchsorted(splitters, keys, side="left")
-    bucket = bucket.astype(np.uint8 if num <= 256 else np.uint16)
+    """A chunk's keys, indices (an int: ``indices + arange``) and lengths (None: not carried)
+    grouped by ``bucket`` (each key's, of ``num``), in index order within each, and the bucket
+    sizes."""
     perm = np.argsort(bucket, kind="stable")  # a radix sort of small ints
     sizes = np.bincount(bucket, minlength=num)
-    if isinstance(indices, int):
-        perm_indices = (perm + indices).astype(dtype, copy=False)
+    if isinstance(indices, int):  # in the order's dtype (every index fits it)
+        perm_indices = perm.astype(dtype)
+        perm_indices += dtype.type(indices)
     else:
-        perm_indices = indices[perm].astype(dtype, copy=False)
-    return keys[perm], perm_indices, lengths[perm], sizes
+        perm_indices = np.take(indices, perm).astype(dtype, copy=False)
+    lengths = None if lengths is None else np.take(lengths, perm)
+    return np.take(keys, perm), perm_indices, lengths, sizes
 
 
-def _scatter(chunks: Iterable[Bucketed], num: int, directory: str) -> list[tuple[str, int]]:
-    """Append each bucketed chunk to the bucket files (``.key``: ``<u8``, ``.idx``: the order's
-    dtype, ``.len``: ``<u4``), in chunk order, so every bucket stays in index order; the
-    buckets' (path without suffix, count), ascending."""
+def _fit_open_files(num: int, files: int) -> None:
+    """Let the scatter hold ``files`` files of each of ``num`` buckets open at once (the
+    process's limit raised to fit, or refused with the fix)."""
+    ensure_open_files(
+        num * files,
+        f"write_orders' scatter into {num} buckets",
+        "pass a larger chunk_samples (fewer, larger buckets)",
+    )
+
+
+def _scatter(
+    chunks: Iterable[Bucketed], layout: _Layout, num: int, directory: str
+) -> list[tuple[str, int]]:
+    """Append each bucketed chunk to the bucket files (``layout``), in chunk order, so every
+    bucket stays in index order; the buckets' (path without suffix, count), ascending."""
+    _fit_open_files(num, len(layout.suffixes))
     counts = np.zeros(num, dtype=np.int64)
     handles: dict[int, list[Any]] = {}
     directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
     paths = [os.path.join(directory, f"bucket-{b}") for b in range(num)]
     try:
         for *columns, sizes in chunks:
+            columns = [c for c in columns if c is not None]
             edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
             for b in np.flatnonzero(sizes).tolist():
                 if b not in handles:
-                    handles[b] = [open(paths[b] + suffix, "ab") for suffix in _SUFFIXES]  # noqa: SIM115
+                    handles[b] = [open(paths[b] + suffix, "ab") for suffix in layout.suffixes]  # noqa: SIM115
                 for handle, column in zip(handles[b], columns):
                     handle.write(column[edges[b] : edges[b + 1]].data)
             counts += sizes
@@ -411,33 +505,33 @@ def _scatter(chunks: Iterable[Bucketed], num: int, directory: str) -> list[tuple
 
 
 def _parts(
-    path: str, count: int, dtype: np.dtype, budget: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """A bucket's (keys, indices, lengths), ``budget`` at a time, by plain file reads (no
-    memory map: resident memory stays O(budget))."""
-    dtypes = (np.dtype("<u8"), dtype, LENGTHS_DTYPE)
+    path: str, count: int, layout: _Layout, budget: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """A bucket's (keys, indices, lengths or None), ``budget`` at a time, by plain file reads
+    (no memory map: resident memory stays O(budget))."""
     for start in range(0, count, budget):
         size = min(budget, count - start)
-        yield tuple(  # type: ignore[misc]
+        columns = [
             np.fromfile(path + suffix, dtype=d, count=size, offset=start * d.itemsize)
-            for suffix, d in zip(_SUFFIXES, dtypes)
-        )
+            for suffix, d in zip(layout.suffixes, layout.dtypes)
+        ]
+        yield columns[0], columns[1], columns[2] if layout.carries_lengths else None
 
 
-def _sorted_bucket(path: str, count: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The indices and lengths of a bucket that fits in memory, sorted by (key, index); its
-    files removed."""
-    ((keys, indices, lengths),) = _parts(path, count, dtype, count)
-    _remove_bucket(path)
+def _sorted_bucket(path: str, count: int, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """The indices and lengths column of a bucket that fits in memory, sorted by (key,
+    index); its files removed."""
+    ((keys, indices, lengths),) = _parts(path, count, layout, count)
+    _remove_bucket(path, layout)
     if keys.min() == keys.max():  # one key: already in index order
-        return indices, lengths
+        return indices, layout.lengths_of(keys, lengths)
     order = order_from_keys(keys)
-    return indices[order], lengths[order]
+    return np.take(indices, order), layout.lengths_of(keys, lengths, order)
 
 
 def _emit_all(
     buckets: list[tuple[str, int]],
-    dtype: np.dtype,
+    layout: _Layout,
     budget: int,
     outs: tuple[Any, Any],
     tmp: str,
@@ -450,7 +544,9 @@ def _emit_all(
     out, out_len = outs
 
     def flush() -> None:
-        for indices, lengths in _ordered(lambda b: _sorted_bucket(b[0], b[1], dtype), run, threads):
+        for indices, lengths in _ordered(
+            lambda b: _sorted_bucket(b[0], b[1], layout), run, threads
+        ):
             out.write(indices.data)
             out_len.write(lengths.data)
         run.clear()
@@ -460,28 +556,31 @@ def _emit_all(
             run.append((path, count))
             continue
         flush()
-        low = min(int(k.min()) for k, _, _ in _parts(path, count, dtype, budget))
-        high = max(int(k.max()) for k, _, _ in _parts(path, count, dtype, budget))
+        low = min(int(k.min()) for k, _, _ in _parts(path, count, layout, budget))
+        high = max(int(k.max()) for k, _, _ in _parts(path, count, layout, budget))
         if low == high:  # one key: already in index order
-            for _, indices, lengths in _parts(path, count, dtype, budget):
+            for keys, indices, lengths in _parts(path, count, layout, budget):
                 out.write(indices.data)
-                out_len.write(lengths.data)
+                out_len.write(layout.lengths_of(keys, lengths).data)
         else:
             stride = max(count // SPLITTER_SAMPLES, 1)
             sample = np.concatenate([k[(-i * budget) % stride :: stride]
-                                     for i, (k, _, _) in enumerate(_parts(path, count, dtype, budget))])  # fmt: skip
+                                     for i, (k, _, _) in enumerate(_parts(path, count, layout, budget))])  # fmt: skip
             splitters = _splitters(sample, -(-2 * count // budget))
+            search = BucketSearch(splitters)
             parts = (
-                _bucketize(k, i, n, splitters, dtype)
-                for k, i, n in _parts(path, count, dtype, budget)
+                _bucketize(k, search.of(k), search.num_buckets, i, n, layout.dtype)
+                for k, i, n in _parts(path, count, layout, budget)
             )
-            _emit_all(_scatter(parts, splitters.size + 1, tmp), dtype, budget, outs, tmp, threads)
-        _remove_bucket(path)
+            _emit_all(
+                _scatter(parts, layout, splitters.size + 1, tmp), layout, budget, outs, tmp, threads
+            )
+        _remove_bucket(path, layout)
     flush()
 
 
-def _remove_bucket(path: str) -> None:
-    for suffix in _SUFFIXES:
+def _remove_bucket(path: str, layout: _Layout) -> None:
+    for suffix in layout.suffixes:
         os.remove(path + suffix)
 
 

@@ -47,8 +47,14 @@ class SampleFeatures:
     @property
     def mean_surprisal(self) -> np.ndarray:
         """Mean -log p(token) in nats per token (0 for empty samples)."""
-        safe = np.maximum(self.lengths, 1).astype(np.float64)
-        return self.surprisal_sum.astype(np.float64) / SURPRISAL_SCALE / safe
+        # in place, in the order of ``sum / SURPRISAL_SCALE / max(length, 1)`` (the same bits):
+        # two arrays allocated, not five (a store's order scores it chunk by chunk)
+        safe = self.lengths.astype(np.float64)
+        np.maximum(safe, 1.0, out=safe)
+        mean = self.surprisal_sum.astype(np.float64)
+        mean /= SURPRISAL_SCALE
+        mean /= safe
+        return mean
 
 
 def token_counts(flat_tokens: np.ndarray, vocab_size: int | None = None) -> np.ndarray:

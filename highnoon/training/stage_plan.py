@@ -161,30 +161,41 @@ class StagePlan:
         stored order when it has one (``highnoon-prepare --orders``; lengths: its column, or
         through the store for an order of format 2), else sorted here from the whole store's
         scores (O(N) memory, once; lengths through the store, in memory for small data)."""
+        order, fingerprint, lengths = self._order_and_column(store, source)
+        return (
+            order,
+            fingerprint,
+            LengthsThrough(order, store.lengths_at) if lengths is None else lengths,
+        )
+
+    def _order_and_column(
+        self, store: Any, source: tuple[int, ...]
+    ) -> tuple[OrderView, str, OrderView | None]:
+        """``_order_of`` before its lengths view is settled: the order, its fingerprint and the
+        stored order's lengths column, or None where lengths are read through the store."""
         strategy = self.settings.curriculum_strategy
         n = store.num_samples
         if strategy is None:
-            order: OrderView = IdentityOrder(n)
-            return order, f"identity:{n}", LengthsThrough(order, store.lengths_at)
+            return IdentityOrder(n), f"identity:{n}", None
         if strategy == "random":
             key = ":".join(str(k) for k in (self.seed, *source))
-            order = PermutedOrder(n, "random_order", self.seed, *source)
-            return order, f"random_order:{key}:{n}", LengthsThrough(order, store.lengths_at)
+            return (
+                PermutedOrder(n, "random_order", self.seed, *source),
+                f"random_order:{key}:{n}",
+                None,
+            )
         stored = open_stored_order(store, strategy)
         if stored is not None:
-            if stored.has_lengths:
-                return stored, stored.scores_fingerprint, stored.lengths_view()
-            if self.settings.pack:
+            if not stored.has_lengths and self.settings.pack:
                 logger.warning(
                     "stage %r: the stored %s order of %s has no lengths column (%s), so packing "
                     "reads lengths.bin once per sample; re-run highnoon-prepare-data "
                     "--orders_only=%s to add it",
                     self.name, strategy, store.path, stored.format, store.path,
                 )  # fmt: skip
-            return stored, stored.scores_fingerprint, LengthsThrough(stored, store.lengths_at)
+            return stored, stored.scores_fingerprint, stored.lengths_view()
         scores = scoring.scores_from_features(store.features, strategy)
-        order = order_from_scores(scores)
-        return order, scores_fingerprint(scores), LengthsThrough(order, store.lengths_at)
+        return order_from_scores(scores), scores_fingerprint(scores), None
 
     def _plan_sources(self, run_seed: int) -> None:
         """A mixed stage's sources, each on its own: its order (its store's stored order when
