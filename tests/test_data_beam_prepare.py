@@ -397,6 +397,27 @@ def test_lean_local_workers_only_for_local_processes_reading_files(corpus, monke
             assert not lean and os.environ["PYTHONPATH"] == "/somewhere"
 
 
+def test_local_workers_keep_freed_memory_unless_the_user_set_the_allocator(monkeypatch):
+    """Local worker processes start with ``WORKER_MALLOC``; a variable the user set wins, other
+    runners are left alone, and the environment is restored."""
+    for name in bp.WORKER_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    processes = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    options = bp.pipeline_options("DirectRunner", processes)
+    with bp.reused_worker_memory("DirectRunner", options) as values:
+        assert values == {
+            "MALLOC_MMAP_THRESHOLD_": "268435456",
+            "MALLOC_TRIM_THRESHOLD_": "268435456",
+        }
+        assert os.environ["MALLOC_ARENA_MAX"] == "4"
+        assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "268435456"
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_ARENA_MAX"] == "4"
+    in_memory = bp.pipeline_options("DirectRunner", [])
+    with bp.reused_worker_memory("DirectRunner", in_memory) as values:
+        assert values == {} and "MALLOC_TRIM_THRESHOLD_" not in os.environ
+
+
 def test_direct_runner_is_the_fn_api_runner_not_a_prism_download():
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 

@@ -216,6 +216,39 @@ def pipeline_runner(runner: str, options: Any) -> Any:
 
 LEAN_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "beam_site")
 
+# glibc's allocator in the local workers: keep freed memory for the next chunk. A chunk's
+# arrays (tens of MB) are allocated on Beam's work threads, whose arenas return them to the
+# kernel at once, so each chunk faulted fresh zeroed pages in (huge pages: numpy asks for them):
+# 40% of the workers' CPU was the kernel zeroing pages (perf, BENCHMARKS.md "Preparing a corpus
+# on Apache Beam"). One arena and thresholds above a chunk's arrays make them reused.
+WORKER_MALLOC = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+}
+
+
+def _local_processes(runner: str, options: Any) -> bool:
+    """Whether the pipeline runs on ``DirectRunner``'s local worker processes."""
+    direct = options.view_as(import_beam().options.pipeline_options.DirectOptions)
+    return runner == "DirectRunner" and direct.direct_running_mode == "multi_processing"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set (what worker processes started meanwhile inherit),
+    restored afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
 
 @contextlib.contextmanager
 def lean_local_workers(runner: str, options: Any, units: Sequence[DataSource]) -> Iterator[bool]:
@@ -226,24 +259,29 @@ def lean_local_workers(runner: str, options: Any, units: Sequence[DataSource]) -
     Yields whether the workers start lean; the environment is restored afterwards."""
     from highnoon.data.embedded import EmbeddedSource
 
-    direct = options.view_as(import_beam().options.pipeline_options.DirectOptions)
-    lean = (
-        runner == "DirectRunner"
-        and direct.direct_running_mode == "multi_processing"
-        and all(isinstance(unit, FileSource | EmbeddedSource) for unit in units)
+    lean = _local_processes(runner, options) and all(
+        isinstance(unit, FileSource | EmbeddedSource) for unit in units
     )
     if not lean:
         yield False
         return
     before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([LEAN_SITE, *([before] if before else [])])
-    try:
+    with _environment({"PYTHONPATH": os.pathsep.join([LEAN_SITE, *([before] if before else [])])}):
         yield True
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
+
+
+@contextlib.contextmanager
+def reused_worker_memory(runner: str, options: Any) -> Iterator[dict[str, str]]:
+    """While a ``DirectRunner`` pipeline with local worker processes runs, they start with
+    ``WORKER_MALLOC`` in their environment (a variable the user set is kept). Yields what was
+    set; the environment is restored afterwards. Other runners' workers are configured by their
+    own images (docs/design.md, "Preparation on Apache Beam")."""
+    if not _local_processes(runner, options):
+        yield {}
+        return
+    values = {k: v for k, v in WORKER_MALLOC.items() if k not in os.environ}
+    with _environment(values):
+        yield values
 
 
 # --- read units and chunks -------------------------------------------------------------------
@@ -748,7 +786,7 @@ def run_pipeline(
         )
     )
 
-    with lean_local_workers(runner, options, units):
+    with lean_local_workers(runner, options, units), reused_worker_memory(runner, options):
         result = pipeline.run()
         result.wait_until_finish()
     from highnoon.utils.files import read_text
