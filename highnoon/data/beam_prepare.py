@@ -219,8 +219,9 @@ LEAN_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "beam_site"
 # glibc's allocator in the local workers: keep freed memory for the next chunk. A chunk's
 # arrays (tens of MB) are allocated on Beam's work threads, whose arenas return them to the
 # kernel at once, so each chunk faulted fresh zeroed pages in (huge pages: numpy asks for them):
-# 40% of the pipeline's CPU was in the kernel, most of it zeroing pages (perf, BENCHMARKS.md "Preparing a corpus
-# on Apache Beam"). One arena and thresholds above a chunk's arrays make them reused.
+# 40% of the pipeline's CPU was in the kernel, most of it zeroing pages (perf; BENCHMARKS.md,
+# "Preparing a corpus on Apache Beam"). One arena and thresholds above a chunk's arrays make
+# them reused.
 WORKER_MALLOC = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
