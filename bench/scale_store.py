@@ -194,8 +194,7 @@ def reblock_store(source: str, path: str) -> str:
         meta.pop("block_crc32c", None)
         meta.update(
             format=stored_order.FORMAT, block_bytes=block, store_fingerprint=manifest["fingerprint"],
-            block_crc32c_sha256=stored_order.write_block_crcs(
-                bin_path, block, stored_order.order_crc_path(path, strategy)),
+            block_crc32c_sha256=stored_order.write_block_crcs(bin_path, block)[1],
             lengths_dtype=stored_order.LENGTHS_DTYPE.str,
             lengths_crc32c_sha256=_lengths_column(path, names, bin_path, meta["dtype"],
                                                   stored_order.lengths_paths(path, strategy)),

@@ -72,7 +72,8 @@ from highnoon.data.shards import (
     SAMPLE_BLOCK_BYTES,
     SIDECAR_PAGE_BYTES,
     crc32c_blocks,
-    crc32c_file,
+    sidecar_name,
+    write_file_checksums,
 )
 from highnoon.data.store import StoreError, TokenStore, file_size
 from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
@@ -288,10 +289,8 @@ def _write_one(
         for handle in (out, out_len):
             handle.flush()
             os.fsync(handle.fileno())
-    local_crc = os.path.join(tmp, "order.crc32c")
-    crc_sha256 = write_block_crcs(local_bin, block_bytes, local_crc)
-    local_len_crc = os.path.join(tmp, "order.lengths.crc32c")
-    len_crc_sha256 = write_block_crcs(local_len, block_bytes, local_len_crc)
+    local_crc, crc_sha256, crc_pages = write_block_crcs(local_bin, block_bytes)
+    local_len_crc, len_crc_sha256, len_crc_pages = write_block_crcs(local_len, block_bytes)
     meta = {
         "format": FORMAT,
         "strategy": strategy,
@@ -304,8 +303,8 @@ def _write_one(
         "block_crc32c_sha256": crc_sha256,
         "lengths_dtype": LENGTHS_DTYPE.str,
         "lengths_crc32c_sha256": len_crc_sha256,
-        "block_crc32c_pages": crc32c_file(local_crc, SIDECAR_PAGE_BYTES),
-        "lengths_crc32c_pages": crc32c_file(local_len_crc, SIDECAR_PAGE_BYTES),
+        "block_crc32c_pages": crc_pages,
+        "lengths_crc32c_pages": len_crc_pages,
     }
     _publish(local_bin, bin_path)
     _publish(local_crc, order_crc_path(store.path, strategy))
@@ -357,14 +356,14 @@ def _add_pages(store_path: str, strategy: str, meta: dict[str, Any]) -> None:
         meta[f"{key}_crc32c_pages"] = crc32c_blocks(raw, SIDECAR_PAGE_BYTES)
 
 
-def write_block_crcs(bin_path: str, block_bytes: int, crc_path: str) -> str:
-    """Write the CRC32C of every ``block_bytes`` block of the local ``bin_path`` to
-    ``crc_path`` (``<u4``, synced); returns its sha256 (the json's ``block_crc32c_sha256``)."""
-    with open(crc_path, "wb") as out:
-        out.write(np.asarray(crc32c_file(bin_path, block_bytes), dtype="<u4").tobytes())
-        out.flush()
-        os.fsync(out.fileno())
-    return sha256_file(crc_path)
+def write_block_crcs(bin_path: str, block_bytes: int) -> tuple[str, str, list[int]]:
+    """Write the CRC32C of every ``block_bytes`` block of the local ``bin_path`` to its side
+    file (``shards.write_file_checksums``: ``order.bin`` -> ``order.crc32c``, ``<u4``,
+    synced); returns the side file's path, its sha256 (the json's ``*_crc32c_sha256``) and the
+    CRC32C of each of its pages (``*_crc32c_pages``)."""
+    entry = write_file_checksums(bin_path, block_bytes)
+    crc_path = os.path.join(os.path.dirname(bin_path), sidecar_name(os.path.basename(bin_path)))
+    return crc_path, sha256_file(crc_path), entry["crc32c_pages"]
 
 
 def _splitters(sample_keys: np.ndarray, num_buckets: int) -> np.ndarray:

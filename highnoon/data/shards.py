@@ -158,6 +158,12 @@ def sidecar_name(name: str) -> str:
     return name.removesuffix(".bin") + SIDECAR_SUFFIX
 
 
+def sidecar_bytes(size: int, block_bytes: int) -> int:
+    """The size of the side file holding the block CRCs of a ``size``-byte file in blocks of
+    ``block_bytes``: 4 bytes a block, the last one short."""
+    return 4 * -(-int(size) // int(block_bytes))
+
+
 def write_file_checksums(path: str, block_bytes: int, crcs: Any = None) -> dict[str, Any]:
     """Write the block CRCs of the shard file ``path`` (local) to its side file
     (``sidecar_name``, synced) and return its ``shard.json`` entry: ``size``, ``block_bytes``
@@ -169,7 +175,7 @@ def write_file_checksums(path: str, block_bytes: int, crcs: Any = None) -> dict[
     if crcs is None:
         crcs = crc32c_file(path, block_bytes)
     raw = np.asarray(crcs, dtype="<u4").tobytes()
-    if len(raw) != 4 * -(-size // block_bytes):
+    if len(raw) != sidecar_bytes(size, block_bytes):
         raise InvalidArgumentError(
             f"{path!r}: {len(raw) // 4} block CRCs for {size} bytes in blocks of {block_bytes}; "
             "pass one CRC per block (the last one short)"
@@ -477,7 +483,7 @@ def shard_summary(name: str, shard: dict) -> dict[str, Any]:
     for file_name, meta in shard["files"].items():
         files[file_name] = int(meta["size"])
         if "crc32c_pages" in meta:
-            files[sidecar_name(file_name)] = 4 * -(-int(meta["size"]) // int(meta["block_bytes"]))
+            files[sidecar_name(file_name)] = sidecar_bytes(meta["size"], meta["block_bytes"])
     return {
         "name": name,
         "num_samples": int(shard["num_samples"]),

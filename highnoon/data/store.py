@@ -70,6 +70,7 @@ from highnoon.data.shards import (
     SIDECAR_PAGE_BYTES,
     SURPRISAL,
     TOKENS,
+    sidecar_bytes,
     sidecar_name,
     store_fingerprint,
     token_dtype,
@@ -172,16 +173,16 @@ def _block_crcs(root: str, name: str, file_name: str, m: dict[str, Any], label: 
     file read by page (``SidecarCrcs``), as a memory map locally or by range reads."""
     if "crc32c" in m:
         return m["crc32c"]
-    blocks = -(-int(m["size"]) // int(m["block_bytes"]))
+    size = sidecar_bytes(m["size"], m["block_bytes"])
     path, label = _join(root, name, sidecar_name(file_name)), f"{label}/{sidecar_name(file_name)}"
     if is_remote(root):
         from highnoon.data.remote_blocks import RangedFile
 
-        file: BlockFile = RangedFile(path, 4 * blocks, SIDECAR_PAGE_BYTES, m["crc32c_pages"],
+        file: BlockFile = RangedFile(path, size, SIDECAR_PAGE_BYTES, m["crc32c_pages"],
                                      label=label)  # fmt: skip
     else:
-        file = MappedFile(path, 4 * blocks, SIDECAR_PAGE_BYTES, m["crc32c_pages"], label=label)
-    return SidecarCrcs(file, blocks, m["crc32c_pages"])
+        file = MappedFile(path, size, SIDECAR_PAGE_BYTES, m["crc32c_pages"], label=label)
+    return SidecarCrcs(file, size // 4, m["crc32c_pages"])
 
 
 def _shard_files(
@@ -444,17 +445,17 @@ def _check_checksums(recorded: dict[str, Any], entry: dict[str, Any], file_name:
     if "crc32c" in recorded:
         return
     pages = recorded.get("crc32c_pages")
-    blocks = -(-int(recorded["size"]) // int(recorded.get("block_bytes") or 1))
+    size = sidecar_bytes(recorded["size"], recorded.get("block_bytes") or 1)
     side = sidecar_name(file_name)
-    if not isinstance(pages, list) or len(pages) != -(-4 * blocks // SIDECAR_PAGE_BYTES):
+    if not isinstance(pages, list) or len(pages) != -(-size // SIDECAR_PAGE_BYTES):
         raise StoreError(
             f"{label}: {SHARD_MANIFEST} records neither its block CRCs nor the page CRCs of "
-            f"{side} ({blocks} blocks); the manifest is corrupt, rebuild the store"
+            f"{side} ({size // 4} blocks); the manifest is corrupt, rebuild the store"
         )
-    if entry.get("files", {}).get(side, 4 * blocks) != 4 * blocks:
+    if entry.get("files", {}).get(side, size) != size:
         raise StoreError(
             f"{label}: {MANIFEST} records {entry['files'][side]} bytes for {side}, "
-            f"{SHARD_MANIFEST} {4 * blocks} ({blocks} blocks); rebuild the store"
+            f"{SHARD_MANIFEST} {size} ({size // 4} blocks); rebuild the store"
         )
 
 
