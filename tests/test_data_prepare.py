@@ -137,3 +137,14 @@ def test_upgrade_stores_rewrites_a_format_2_store_and_stamps_its_orders(tmp_path
     for a, b in zip(after.samples(range(300)), samples, strict=True):
         np.testing.assert_array_equal(a, b)
     assert open_stored_order(after, "size_based")[:].tolist() == order
+
+
+def test_store_modes_stop_on_a_bad_store_with_its_message_not_a_traceback(tmp_path):
+    """``--verify``, ``--orders_only`` and ``--upgrade_stores`` on a path holding no store:
+    exit status 1 and the store's message on stderr, no traceback."""
+    missing = str(tmp_path / "no-store")
+    for flag in ("--verify", "--orders_only", "--upgrade_stores"):
+        done = _prepare(f"{flag}={missing}")
+        assert done.returncode == 1, (flag, done.stderr[-2000:])
+        assert f"highnoon-prepare-data: path={missing!r} does not exist" in done.stderr, flag
+        assert "Traceback" not in done.stderr, flag

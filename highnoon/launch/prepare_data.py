@@ -127,13 +127,18 @@ def main(argv: list[str]) -> None:
     from highnoon.launch import configurables
 
     if FLAGS.verify:
-        _verify(FLAGS.verify)
+        with _stops_on_store_errors():
+            _verify(FLAGS.verify)
         return
     if FLAGS.orders_only:
-        print(json.dumps({"orders": _write_orders(FLAGS.orders_only, FLAGS.orders)}, indent=2))
+        with _stops_on_store_errors():
+            orders = _write_orders(FLAGS.orders_only, FLAGS.orders)
+        print(json.dumps({"orders": orders}, indent=2))
         return
     if FLAGS.upgrade_stores:
-        print(json.dumps({"upgraded": [_upgrade(p) for p in FLAGS.upgrade_stores]}, indent=2))
+        with _stops_on_store_errors():
+            upgraded = [_upgrade(p) for p in FLAGS.upgrade_stores]
+        print(json.dumps({"upgraded": upgraded}, indent=2))
         return
     hn_flags.parse_gin_from_flags()
     configurables.register_datasets()  # datasets a gin file registered, if any
@@ -160,6 +165,19 @@ def main(argv: list[str]) -> None:
             item["entry"], item["num_samples"], item["num_tokens"], item["path"],
         )  # fmt: skip
     print(json.dumps(index, indent=2))
+
+
+@contextlib.contextmanager
+def _stops_on_store_errors() -> Any:
+    """The modes that work on stores already prepared (``--verify``, ``--orders_only``,
+    ``--upgrade_stores``) stop on a store that is missing, corrupt or refused with its message
+    on one line of stderr and exit status 1, not a traceback: the message names the fix."""
+    from highnoon.data.store_errors import StoreError
+
+    try:
+        yield
+    except (StoreError, validation.InvalidArgumentError) as error:
+        raise SystemExit(f"highnoon-prepare-data: {error}") from None
 
 
 def _write_orders(paths: list[str], strategies: list[str]) -> list[dict[str, Any]]:
