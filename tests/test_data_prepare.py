@@ -146,5 +146,7 @@ def test_store_modes_stop_on_a_bad_store_with_its_message_not_a_traceback(tmp_pa
     for flag in ("--verify", "--orders_only", "--upgrade_stores"):
         done = _prepare(f"{flag}={missing}")
         assert done.returncode == 1, (flag, done.stderr[-2000:])
-        assert f"highnoon-prepare-data: path={missing!r} does not exist" in done.stderr, flag
+        assert f"highnoon-prepare-data: StoreError: path={missing!r} does not exist" in (
+            done.stderr
+        ), flag
         assert "Traceback" not in done.stderr, flag

@@ -177,7 +177,7 @@ def _stops_on_store_errors() -> Any:
     try:
         yield
     except (StoreError, validation.InvalidArgumentError) as error:
-        raise SystemExit(f"highnoon-prepare-data: {error}") from None
+        raise SystemExit(f"highnoon-prepare-data: {type(error).__name__}: {error}") from None
 
 
 def _write_orders(paths: list[str], strategies: list[str]) -> list[dict[str, Any]]:
