@@ -99,7 +99,7 @@ def test_the_stored_order_equals_the_in_memory_order_of_the_whole_store(tmp_path
     paths = write_orders(store, chunk_samples=4, block_bytes=64)
     assert sorted(paths) == sorted(NORMALISED)
     if n >= 257:
-        assert len(scatters) > len(NORMALISED)  # some bucket was larger than 4 and split again
+        assert scatters  # some bucket was larger than 4 and split again
     for strategy in NORMALISED:
         order = open_stored_order(store, strategy)
         expected = _expected(store, strategy)
@@ -398,3 +398,68 @@ def test_the_scatter_raises_the_open_files_limit_or_refuses_with_the_fix(tmp_pat
     )
     assert not scans  # refused before any feature was read
     assert open_stored_order(store, "mixed") is not None  # the order written before is kept
+
+
+def _feature_reads(monkeypatch) -> list[tuple[str, int, int]]:
+    """Every read of a range of features, as (what, start, stop), in call order."""
+    reads: list[tuple[str, int, int]] = []
+    for name in ("features_range", "lengths_range"):
+        real = getattr(TokenStore, name)
+
+        def recorded(self, start, stop, _real=real, _name=name):
+            reads.append((_name, start, stop))
+            return _real(self, start, stop)
+
+        monkeypatch.setattr(TokenStore, name, recorded)
+    return reads
+
+
+def _orders_bytes(store: TokenStore) -> dict[str, bytes]:
+    root = os.path.join(store.path, "orders")
+    return {name: open(os.path.join(root, name), "rb").read() for name in os.listdir(root)}
+
+
+def test_the_features_are_read_once_for_the_scale_once_for_the_scaled_orders_and_lengths_once(
+    tmp_path, monkeypatch
+):
+    """Three orders, three passes: the scale's (both files), difficulty_based and mixed
+    together (both files), size_based (lengths.bin alone); the bytes equal those of each order
+    written on its own."""
+    store = _store(tmp_path, 50)
+    alone = {}
+    for strategy in NORMALISED:
+        write_orders(store, [strategy], chunk_samples=16, block_bytes=64)
+        alone.update(_orders_bytes(store))
+    shutil.rmtree(os.path.join(store.path, "orders"))
+    reads = _feature_reads(monkeypatch)
+    paths = write_orders(store, chunk_samples=16, block_bytes=64)
+    assert list(paths) == list(NORMALISED)  # the caller's order
+    chunks = [(0, 16), (16, 32), (32, 48), (48, 50)]
+    assert reads == (
+        [("features_range", a, b) for a, b in chunks] * 2
+        + [("lengths_range", a, b) for a, b in chunks]
+    )
+    assert _orders_bytes(store) == alone
+    assert len(alone) == 15
+
+
+def test_too_few_open_files_for_two_orders_at_once_writes_them_one_at_a_time(tmp_path, monkeypatch):
+    """600 samples in chunks of 4: 301 buckets of 3 files a strategy; a hard limit of 1 000
+    fits one strategy's scatter (967 files with the process's others), not two: one pass
+    each, the same bytes."""
+    import resource
+
+    store = _store(tmp_path, 600)
+    write_orders(store, ["difficulty_based", "mixed"], chunk_samples=4)
+    together = _orders_bytes(store)
+    shutil.rmtree(os.path.join(store.path, "orders"))
+    raised = []
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (100, 1000))
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, limits: raised.append(limits))
+    reads = _feature_reads(monkeypatch)
+    write_orders(store, ["mixed", "difficulty_based"], chunk_samples=4)
+    starts = [start for what, start, _ in reads if what == "features_range" and start == 0]
+    assert len(starts) == 3  # the scale, mixed, difficulty_based
+    assert not [r for r in reads if r[0] == "lengths_range"]
+    assert raised and all(limits == (301 * 3 + 64, 1000) for limits in raised)
+    assert _orders_bytes(store) == together

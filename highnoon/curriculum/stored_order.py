@@ -79,7 +79,7 @@ from highnoon.data.store import StoreError, TokenStore, file_size
 from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
 from highnoon.utils.files import atomic_write_text, is_remote, isfile, read_bytes, read_text
 from highnoon.utils.hashing import sha256_file, sha256_hex
-from highnoon.utils.open_files import ensure_open_files
+from highnoon.utils.open_files import can_open_files, ensure_open_files
 from highnoon.utils.validation import InvalidArgumentError, check_choice, check_positive_int
 
 FORMAT = "highnoon.order/3"
@@ -175,15 +175,17 @@ def write_orders(
     """Write ``orders/<strategy>.bin`` and ``.json`` of each strategy into the store; returns
     ``{strategy: path of the .bin}``.
 
-    Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it per thread),
-    whatever the store's size; the bucket files (16 bytes per sample, 12 for ``size_based``, 4
-    more beyond 2**32 samples) go to a temporary
+    Memory is bounded by ``chunk_samples`` (about 80 bytes per sample of it per thread and
+    strategy of a pass), whatever the store's size; the bucket files (16 bytes per sample and
+    strategy of a pass, 12 for ``size_based``, 4 more beyond 2**32 samples) go to a temporary
     directory named after this process inside ``orders/`` (local store; a killed write's is
     removed by the next) or in ``work_dir`` (default the system's; a remote store, whose files
-    are copied up when complete). ``only_missing``: keep orders already present and
-    fresh. ``threads``: chunks scored and buckets sorted at once (the output is the same for
-    any number). An existing order is replaced: its ``.json`` is removed first, so a write killed
-    half way leaves the order absent, never stale.
+    are copied up when complete). The features are read once for the scale, once for every
+    strategy scaled by it together (``_passes``) and once more, ``lengths.bin`` alone, for
+    ``size_based``. ``only_missing``: keep orders already present and fresh. ``threads``:
+    chunks scored and buckets sorted at once (the output is the same for any number). An
+    existing order is replaced: its ``.json`` is removed first, so a write killed half way
+    leaves the order absent, never stale.
     """
     wanted = check_strategies(strategies)
     chunk_samples = check_positive_int("chunk_samples", chunk_samples)
@@ -195,24 +197,43 @@ def write_orders(
     if not wanted:
         return {}
     # the most buckets a scatter makes (_splitters), each with up to three files: refused now,
-    # before the scan, when the process may not open that many
-    _fit_open_files(-(-2 * store.num_samples // chunk_samples) + 1, 3)
+    # before the scan, when the process may not open that many for one strategy
+    num_buckets = -(-2 * store.num_samples // chunk_samples) + 1
+    _fit_open_files(num_buckets, 3)
+    passes = _passes(wanted, num_buckets)
     scale, probes = _scan(store, chunk_samples, threads)
     remote = is_remote(store.path)
     tmp_root = (work_dir or tempfile.gettempdir()) if remote else _join(store.path, ORDERS_DIR)
     os.makedirs(tmp_root, exist_ok=True)
     remove_stale_build_dirs(tmp_root)  # the bucket files of killed writes
-    written = {}
-    for strategy in wanted:
-        tmp = _temp_name(os.path.join(tmp_root, strategy), "tmp")  # names its owner process
-        os.makedirs(tmp)
+    written: dict[str, str] = {}
+    for group in passes:
+        tmps: dict[str, str] = {}
         try:
-            written[strategy] = _write_one(
-                store, strategy, scale, probes, chunk_samples, block_bytes, tmp, threads
-            )
+            for strategy in group:  # each directory names its owner process
+                tmps[strategy] = _temp_name(os.path.join(tmp_root, strategy), "tmp")
+                os.makedirs(tmps[strategy])
+            jobs = [_Job(store, s, scale, probes, chunk_samples, tmps[s]) for s in group]
+            written.update(_write_pass(store, jobs, chunk_samples, block_bytes, threads))
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return written
+            for tmp in tmps.values():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return {strategy: written[strategy] for strategy in wanted}
+
+
+def _passes(strategies: list[str], num_buckets: int) -> list[list[str]]:
+    """The strategies grouped into passes over the features, in the order they run: those
+    scaled by the store's maxima together (one read of both feature files scores and scatters
+    them all), as many at once as the process may keep the bucket files of (``num_buckets``,
+    three files each) open, then each ``KEY_IS_LENGTH`` one alone, reading ``lengths.bin``
+    only. Last, so its bucket files are written once the scaled passes' are gone: the
+    temporary disk of a pass is 16 bytes per sample and strategy."""
+    scaled = [s for s in strategies if s not in KEY_IS_LENGTH]
+    size = len(scaled)
+    while size > 1 and not can_open_files(num_buckets * 3 * size):
+        size -= 1  # too few files for them all: fewer strategies a pass
+    groups = [scaled[i : i + size] for i in range(0, len(scaled), max(size, 1))]
+    return groups + [[s] for s in strategies if s in KEY_IS_LENGTH]
 
 
 def _store_scale(store: TokenStore, chunk_samples: int) -> ScoreScale:
@@ -249,43 +270,83 @@ def _scan(
     )
 
 
-def _write_one(
+class _Job:
+    """One strategy's order in a pass: its splitters and bucket search (from the probes' keys),
+    its bucket files' layout, the digest of its scores and its temporary directory. Its json is
+    removed when the job is made: from then on the order is absent until the json is back."""
+
+    def __init__(self, store: TokenStore, strategy: str, scale: ScoreScale,
+                 probes: SampleFeatures, chunk: int, tmp: str) -> None:  # fmt: skip
+        self.strategy = strategy
+        self.scale = scale
+        self.tmp = tmp
+        _remove(order_paths(store.path, strategy)[1])
+        probe_keys = sort_keys(scores_from_features(probes, strategy, scale=scale))
+        self.splitters = _splitters(probe_keys, -(-2 * store.num_samples // chunk))
+        self.search = BucketSearch(self.splitters)
+        self.layout = _Layout(order_dtype(store.num_samples),
+                              carries_lengths=strategy not in KEY_IS_LENGTH)  # fmt: skip
+        self.digest = ScoresDigest()
+
+    def bucketed(
+        self, features: SampleFeatures, start: int, column: np.ndarray | None
+    ) -> tuple[np.ndarray, Bucketed]:
+        """A chunk's scores and its records grouped by bucket (``column``: the chunk's lengths
+        column, carried unless the key is the length)."""
+        scores, keys, bucket = _scored(features, self.strategy, self.scale, self.search)
+        lengths = column if self.layout.carries_lengths else None
+        return scores, _bucketize(keys, bucket, self.search.num_buckets, start, lengths,
+                                  self.layout.dtype)  # fmt: skip
+
+
+def _write_pass(
+    store: TokenStore, jobs: list[_Job], chunk: int, block_bytes: int, threads: int
+) -> dict[str, str]:
+    """One pass over the features scoring every chunk for each of ``jobs`` and scattering it
+    into each one's bucket files, then each order emitted in turn; ``{strategy: .bin}``.
+    A pass whose strategies all key on the length reads ``lengths.bin`` alone."""
+    n = store.num_samples
+    lengths_only = all(job.strategy in KEY_IS_LENGTH for job in jobs)
+    carried = any(job.layout.carries_lengths for job in jobs)
+
+    def chunk_task(start: int) -> list[tuple[np.ndarray, Bucketed]]:
+        stop = min(start + chunk, n)
+        if lengths_only:  # its score is the length: the surprisal is never read (zeros, no memory)
+            lengths = store.lengths_range(start, stop)
+            features = SampleFeatures(lengths, np.broadcast_to(np.int64(0), lengths.shape))
+        else:
+            features = store.features_range(start, stop)
+        column = _column(features.lengths, store.path, convert=carried)
+        return [job.bucketed(features, start, column) for job in jobs]
+
+    scatters = [_Scatter(job.layout, job.search.num_buckets, job.tmp) for job in jobs]
+    try:
+        for results in _ordered(chunk_task, range(0, n, chunk), threads):
+            for job, scatter, (scores, bucketed) in zip(jobs, scatters, results):
+                job.digest.update(scores)  # in order: the fingerprint of the whole array
+                scatter.add(bucketed)
+    finally:
+        buckets = [scatter.close() for scatter in scatters]
+    return {job.strategy: _emit_order(store, job, part, chunk, block_bytes, threads)
+            for job, part in zip(jobs, buckets)}  # fmt: skip
+
+
+def _emit_order(
     store: TokenStore,
-    strategy: str,
-    scale: ScoreScale,
-    probes: SampleFeatures,
+    job: _Job,
+    buckets: list[tuple[str, int]],
     chunk: int,
     block_bytes: int,
-    tmp: str,
     threads: int,
 ) -> str:
-    n = store.num_samples
-    dtype = order_dtype(n)
+    """``job``'s scattered buckets sorted into its order and lengths column, their CRCs, the
+    files put in place and the json written last; the ``.bin``'s path."""
+    strategy, tmp = job.strategy, job.tmp
     bin_path, json_path = order_paths(store.path, strategy)
-    _remove(json_path)  # from now on the order is absent until its json is back
-
-    probe_keys = sort_keys(scores_from_features(probes, strategy, scale=scale))
-    splitters = _splitters(probe_keys, -(-2 * n // chunk))
-    digest = ScoresDigest()
-    layout = _Layout(dtype, carries_lengths=strategy not in KEY_IS_LENGTH)
-    search = BucketSearch(splitters)
-
-    def chunk_task(start: int) -> tuple[np.ndarray, Bucketed]:
-        features = store.features_range(start, min(start + chunk, n))
-        scores, keys, bucket = _scored(features, strategy, scale, search)
-        lengths = _column(features.lengths, store.path, convert=layout.carries_lengths)
-        return scores, _bucketize(keys, bucket, search.num_buckets, start, lengths, dtype)
-
-    def chunks() -> Iterator[Bucketed]:
-        for scores, bucketed in _ordered(chunk_task, range(0, n, chunk), threads):
-            digest.update(scores)  # in order: the fingerprint of the whole array
-            yield bucketed
-
-    buckets = _scatter(chunks(), layout, splitters.size + 1, tmp)
     local_bin = os.path.join(tmp, "order.bin")
     local_len = os.path.join(tmp, "order.lengths")
     with open(local_bin, "wb") as out, open(local_len, "wb") as out_len:
-        _emit_all(buckets, layout, chunk, (out, out_len), tmp, threads)
+        _emit_all(buckets, job.layout, chunk, (out, out_len), tmp, threads)
         for handle in (out, out_len):
             handle.flush()
             os.fsync(handle.fileno())
@@ -294,11 +355,11 @@ def _write_one(
     meta = {
         "format": FORMAT,
         "strategy": strategy,
-        "num_samples": n,
-        "dtype": dtype.str,
+        "num_samples": store.num_samples,
+        "dtype": job.layout.dtype.str,
         "store_fingerprint": store.fingerprint,
-        "scores_fingerprint": digest.fingerprint(),
-        "scale": scale.to_json(),
+        "scores_fingerprint": job.digest.fingerprint(),
+        "scale": job.scale.to_json(),
         "block_bytes": block_bytes,
         "block_crc32c_sha256": crc_sha256,
         "lengths_dtype": LENGTHS_DTYPE.str,
@@ -482,25 +543,47 @@ def _scatter(
     """Append each bucketed chunk to the bucket files (``layout``), in chunk order, so every
     bucket stays in index order; the buckets' (path without suffix, count), ascending."""
     _fit_open_files(num, len(layout.suffixes))
-    counts = np.zeros(num, dtype=np.int64)
-    handles: dict[int, list[Any]] = {}
-    directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
-    paths = [os.path.join(directory, f"bucket-{b}") for b in range(num)]
+    scatter = _Scatter(layout, num, directory)
     try:
-        for *columns, sizes in chunks:
-            columns = [c for c in columns if c is not None]
-            edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-            for b in np.flatnonzero(sizes).tolist():
-                if b not in handles:
-                    handles[b] = [open(paths[b] + suffix, "ab") for suffix in layout.suffixes]  # noqa: SIM115
-                for handle, column in zip(handles[b], columns):
-                    handle.write(column[edges[b] : edges[b + 1]].data)
-            counts += sizes
+        for bucketed in chunks:
+            scatter.add(bucketed)
     finally:
-        for pair in handles.values():
-            for handle in pair:
+        buckets = scatter.close()
+    return buckets
+
+
+class _Scatter:
+    """``num`` bucket files (``layout``) in a new directory inside ``directory``, appended to
+    chunk by chunk (``add``), each bucket's files opened at its first record and kept open
+    until ``close``, which returns the buckets' (path without suffix, count), ascending."""
+
+    def __init__(self, layout: _Layout, num: int, directory: str) -> None:
+        self.layout = layout
+        self.counts = np.zeros(num, dtype=np.int64)
+        self.handles: dict[int, list[Any]] = {}
+        directory = tempfile.mkdtemp(prefix="buckets-", dir=directory)
+        self.paths = [os.path.join(directory, f"bucket-{b}") for b in range(num)]
+
+    def add(self, bucketed: Bucketed) -> None:
+        """Append one chunk's records, grouped by bucket, to their buckets' files."""
+        *columns, sizes = bucketed
+        columns = [c for c in columns if c is not None]
+        edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        for b in np.flatnonzero(sizes).tolist():
+            if b not in self.handles:
+                self.handles[b] = [open(self.paths[b] + suffix, "ab")  # noqa: SIM115
+                                   for suffix in self.layout.suffixes]  # fmt: skip
+            for handle, column in zip(self.handles[b], columns):
+                handle.write(column[edges[b] : edges[b + 1]].data)
+        self.counts += sizes
+
+    def close(self) -> list[tuple[str, int]]:
+        """Close every file; the non-empty buckets' (path without suffix, count)."""
+        for files in self.handles.values():
+            for handle in files:
                 handle.close()
-    return [(paths[b], int(counts[b])) for b in range(num) if counts[b]]
+        self.handles.clear()
+        return [(self.paths[b], int(c)) for b, c in enumerate(self.counts.tolist()) if c]
 
 
 def _parts(

@@ -705,9 +705,20 @@ class TokenStore:
     def features_range(self, start: int, stop: int) -> SampleFeatures:
         """Features of samples ``[start, stop)`` only, read by range from the shards holding them
         (memory and reads O(stop - start); chunked scoring and ordering of a big store)."""
+        lengths, surprisal = self._columns_range((LENGTHS, SURPRISAL), start, stop)
+        return SampleFeatures(lengths=lengths, surprisal_sum=surprisal)
+
+    def lengths_range(self, start: int, stop: int) -> np.ndarray:
+        """Stored lengths of samples ``[start, stop)``: ``features_range(start, stop).lengths``
+        without reading ``surprisal_sum.bin`` (what a pass needing lengths alone reads, such
+        as the ``size_based`` stored order's)."""
+        return self._columns_range((LENGTHS,), start, stop)[0]
+
+    def _columns_range(self, names: tuple[str, ...], start: int, stop: int) -> list[np.ndarray]:
+        """The int64 feature files ``names`` at samples ``[start, stop)``, read by range."""
         start = check_int("start", start, minimum=0, maximum=self.num_samples)
         stop = check_int("stop", stop, minimum=start, maximum=self.num_samples)
-        parts: dict[str, list[np.ndarray]] = {LENGTHS: [], SURPRISAL: []}
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for shard in self._shards:
             lo = max(start, shard.first_sample) - shard.first_sample
             hi = min(stop, shard.first_sample + shard.num_samples) - shard.first_sample
@@ -723,9 +734,7 @@ class TokenStore:
                 np.int64, copy=False
             )
 
-        return SampleFeatures(
-            lengths=joined(parts[LENGTHS]), surprisal_sum=joined(parts[SURPRISAL])
-        )
+        return [joined(parts[name]) for name in names]
 
     def features_at(self, indices: Sequence[int] | np.ndarray) -> SampleFeatures:
         """Features of the samples ``indices`` (1-D, any order, repeats allowed), in that order,

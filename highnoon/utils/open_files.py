@@ -13,23 +13,35 @@ from highnoon.utils.validation import InvalidArgumentError
 SPARE_FILES = 64  # files the process holds beside the job's (libraries, logs, the store's own)
 
 
-def ensure_open_files(count: int, job: str, fix: str) -> None:
-    """Let this process hold ``count`` files open for ``job`` beside ``SPARE_FILES`` others:
-    its soft limit raised to fit when below (never lowered), or an ``InvalidArgumentError``
-    naming ``job``, the limit and ``fix`` when even the hard limit is too low. Nothing is
-    checked where there are no such limits (not POSIX)."""
+def can_open_files(count: int) -> bool:
+    """Whether this process may hold ``count`` files open beside ``SPARE_FILES`` others: its
+    soft limit raised to fit when below and the hard limit allows (never lowered); False, with
+    nothing changed, past the hard limit. True where there are no such limits (not POSIX)."""
     try:
         import resource
     except ImportError:  # Windows: no per-process limit of this kind
-        return
+        return True
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = count + SPARE_FILES
     if soft == resource.RLIM_INFINITY or need <= soft:
-        return
+        return True
     if hard != resource.RLIM_INFINITY and need > hard:
-        raise InvalidArgumentError(
-            f"{job} keeps {count} files open at once ({need} with the process's others), but "
-            f"this process may open at most {hard} (its hard limit on open files); {fix}, or "
-            "raise the limit (ulimit -Hn)"
-        )
+        return False
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return True
+
+
+def ensure_open_files(count: int, job: str, fix: str) -> None:
+    """Let this process hold ``count`` files open for ``job`` beside ``SPARE_FILES`` others
+    (``can_open_files``), or an ``InvalidArgumentError`` naming ``job``, the limit and ``fix``
+    when even the hard limit is too low."""
+    if can_open_files(count):
+        return
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    raise InvalidArgumentError(
+        f"{job} keeps {count} files open at once ({count + SPARE_FILES} with the process's "
+        f"others), but this process may open at most {hard} (its hard limit on open files); "
+        f"{fix}, or raise the limit (ulimit -Hn)"
+    )
