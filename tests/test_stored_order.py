@@ -257,14 +257,40 @@ def test_orders_of_a_store_on_a_gfile_filesystem_are_written_and_read_by_range(t
 
 
 def test_any_number_of_threads_writes_the_same_bytes(tmp_path):
+    """The scores of two orders hashed by the worker threads, in chunk order: the same files
+    (fingerprints in the jsons included) for 1 and 3 threads."""
     store = _store(tmp_path, 300)
     written = {}
     for threads in (1, 3):
-        path = write_orders(store, ["mixed"], chunk_samples=16, threads=threads)["mixed"]
-        with open(path, "rb") as handle:
-            written[threads] = handle.read()
+        write_orders(store, chunk_samples=16, threads=threads)
+        written[threads] = _orders_bytes(store)
     assert written[1] == written[3]
-    assert np.frombuffer(written[1], "<u4").tolist() == _expected(store, "mixed").tolist()
+    assert (
+        np.frombuffer(written[1]["mixed.bin"], "<u4").tolist() == _expected(store, "mixed").tolist()
+    )
+    meta = json.loads(written[3]["difficulty_based.json"])
+    assert meta["scores_fingerprint"] == scores_fingerprint(
+        scores_from_features(store.features, "difficulty_based")
+    )
+
+
+def test_a_chunk_that_fails_to_read_stops_the_write_with_its_error(tmp_path, monkeypatch):
+    """The chunks after a failed one do not wait for its turn forever: the error reaches the
+    caller and no order is left behind."""
+    store = _store(tmp_path, 300)
+    real = TokenStore.features_range
+    reads = []
+
+    def failing(self, start, stop):
+        reads.append(start)
+        if len(reads) > 300 // 16 + 2:  # the scan's 19 chunks, then the pass's second
+            raise OSError("the disk went away")
+        return real(self, start, stop)
+
+    monkeypatch.setattr(TokenStore, "features_range", failing)
+    with pytest.raises(OSError, match="the disk went away"):
+        write_orders(store, chunk_samples=16, threads=2)
+    assert sorted(os.listdir(tmp_path / "s" / "orders")) == []
 
 
 def test_the_block_crcs_are_a_binary_file_whose_corruption_is_refused_with_the_fix(tmp_path):

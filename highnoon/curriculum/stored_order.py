@@ -57,6 +57,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -309,26 +310,58 @@ def _write_pass(
     lengths_only = all(job.strategy in KEY_IS_LENGTH for job in jobs)
     carried = any(job.layout.carries_lengths for job in jobs)
 
-    def chunk_task(start: int) -> list[tuple[np.ndarray, Bucketed]]:
-        stop = min(start + chunk, n)
-        if lengths_only:  # its score is the length: the surprisal is never read (zeros, no memory)
-            lengths = store.lengths_range(start, stop)
-            features = SampleFeatures(lengths, np.broadcast_to(np.int64(0), lengths.shape))
-        else:
-            features = store.features_range(start, stop)
-        column = _column(features.lengths, store.path, convert=carried)
-        return [job.bucketed(features, start, column) for job in jobs]
+    turns = _Turns()
+
+    def chunk_task(start: int) -> list[Bucketed]:
+        scored: list[tuple[np.ndarray, Bucketed]] = []
+
+        def digest() -> None:  # in chunk order: the fingerprint of the whole array
+            for job, (scores, _) in zip(jobs, scored):
+                job.digest.update(scores)
+
+        try:
+            stop = min(start + chunk, n)
+            if lengths_only:  # the score is the length: surprisal never read (zeros, no memory)
+                lengths = store.lengths_range(start, stop)
+                features = SampleFeatures(lengths, np.broadcast_to(np.int64(0), lengths.shape))
+            else:
+                features = store.features_range(start, stop)
+            column = _column(features.lengths, store.path, convert=carried)
+            scored = [job.bucketed(features, start, column) for job in jobs]
+        finally:  # hashed here, so the scores are freed before the chunk waits to be scattered
+            turns.take(start // chunk, digest)
+        return [bucketed for _, bucketed in scored]
 
     scatters = [_Scatter(job.layout, job.search.num_buckets, job.tmp) for job in jobs]
     try:
         for results in _ordered(chunk_task, range(0, n, chunk), threads):
-            for job, scatter, (scores, bucketed) in zip(jobs, scatters, results):
-                job.digest.update(scores)  # in order: the fingerprint of the whole array
+            for scatter, bucketed in zip(scatters, results):
                 scatter.add(bucketed)
     finally:
         buckets = [scatter.close() for scatter in scatters]
     return {job.strategy: _emit_order(store, job, part, chunk, block_bytes, threads)
             for job, part in zip(jobs, buckets)}  # fmt: skip
+
+
+class _Turns:
+    """Work done in item order from any thread: ``take(k, fn)`` runs ``fn`` once items
+    ``0 .. k-1`` have taken theirs. Every item must take its turn (a failed one with nothing to
+    do), or those after it wait forever; ``_ordered`` starts items in order, so the item a
+    turn waits for is running or done."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._cond = threading.Condition()
+
+    def take(self, k: int, fn: Callable[[], None]) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._next == k)
+        try:
+            fn()
+        finally:
+            with self._cond:
+                self._next += 1
+                self._cond.notify_all()
 
 
 def _emit_order(
