@@ -46,6 +46,14 @@ bucket is then sorted by (key, index) in memory (``order.order_from_keys``; a bu
 are in index order) and appended to the output. A bucket larger than the memory budget is split
 again the same way (always separating its smallest key, so every split makes progress); a bucket
 of one key is already in order.
+
+The features are read three times, whatever the strategies (``_passes``): once for the scale
+and the splitters' samples, once for every strategy scaled by it (``difficulty_based`` and
+``mixed`` scored and scattered together, each into its own buckets, when the process may keep
+both sets of bucket files open; else one pass each), and once more, ``lengths.bin`` alone, for
+``size_based`` (its key is the length), last, so its bucket files never sit beside the others'.
+At 1e9 samples the features are 16 GB, more than the page cache keeps beside the orders being
+written, so every pass reads them from disk (docs/design.md, "Stored orders").
 """
 
 from __future__ import annotations

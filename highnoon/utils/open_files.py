@@ -1,9 +1,11 @@
 """This process's limit on open files, raised to what a job needs (POSIX ``RLIMIT_NOFILE``).
 
 The stored orders' external sort keeps one file per bucket and column open while it scatters a
-store (about 2 900 at 1e9 samples), above the 1 024 many systems allow a process by default.
-Any process may raise its soft limit up to its hard limit, so a job that needs more asks for it
-here; past the hard limit it is refused before it starts, with the fix.
+store (about 2 900 a strategy at 1e9 samples, and two strategies are scattered at once), above
+the 1 024 many systems allow a process by default. Any process may raise its soft limit up to
+its hard limit, so a job that needs more asks for it here (``ensure_open_files``); past the hard
+limit it is refused before it starts, with the fix, or does less at once (``can_open_files``:
+the orders then scattered one strategy at a time).
 """
 
 from __future__ import annotations
