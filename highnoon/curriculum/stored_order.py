@@ -319,13 +319,15 @@ def _write_pass(
     carried = any(job.layout.carries_lengths for job in jobs)
 
     turns = _Turns()
+    scatters = [_Scatter(job.layout, job.search.num_buckets, job.tmp) for job in jobs]
 
-    def chunk_task(start: int) -> list[Bucketed]:
+    def chunk_task(start: int) -> None:
         scored: list[tuple[np.ndarray, Bucketed]] = []
 
-        def digest() -> None:  # in chunk order: the fingerprint of the whole array
-            for job, (scores, _) in zip(jobs, scored):
+        def consume() -> None:  # in chunk order: the whole array's fingerprint, buckets in order
+            for job, scatter, (scores, bucketed) in zip(jobs, scatters, scored):
                 job.digest.update(scores)
+                scatter.add(bucketed)
 
         try:
             stop = min(start + chunk, n)
@@ -336,15 +338,12 @@ def _write_pass(
                 features = store.features_range(start, stop)
             column = _column(features.lengths, store.path, convert=carried)
             scored = [job.bucketed(features, start, column) for job in jobs]
-        finally:  # hashed here, so the scores are freed before the chunk waits to be scattered
-            turns.take(start // chunk, digest)
-        return [bucketed for _, bucketed in scored]
+        finally:  # on this thread: nothing of the chunk is held once it returns
+            turns.take(start // chunk, consume)
 
-    scatters = [_Scatter(job.layout, job.search.num_buckets, job.tmp) for job in jobs]
     try:
-        for results in _ordered(chunk_task, range(0, n, chunk), threads):
-            for scatter, bucketed in zip(scatters, results):
-                scatter.add(bucketed)
+        for _ in _ordered(chunk_task, range(0, n, chunk), threads):
+            pass  # each chunk was hashed and scattered at its turn
     finally:
         buckets = [scatter.close() for scatter in scatters]
     return {job.strategy: _emit_order(store, job, part, chunk, block_bytes, threads)
