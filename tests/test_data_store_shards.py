@@ -350,6 +350,9 @@ def test_features_of_a_range_or_of_given_samples_read_only_those(stores):
         part = many.features_range(start, stop)
         np.testing.assert_array_equal(part.lengths, whole.lengths[start:stop])
         np.testing.assert_array_equal(part.surprisal_sum, whole.surprisal_sum[start:stop])
+        lengths = many.lengths_range(start, stop)
+        assert lengths.dtype == np.int64
+        np.testing.assert_array_equal(lengths, whole.lengths[start:stop])
     idx = np.array([59, 0, 8, 8, 31, 1, 58])
     picked = many.features_at(idx)
     np.testing.assert_array_equal(picked.lengths, whole.lengths[idx])
@@ -361,6 +364,22 @@ def test_features_of_a_range_or_of_given_samples_read_only_those(stores):
         many.features_range(5, 61)
     with pytest.raises(InvalidArgumentError, match="stop"):
         many.features_range(5, 4)
+    with pytest.raises(InvalidArgumentError, match="stop"):
+        many.lengths_range(5, 61)
+
+
+def test_a_range_of_lengths_reads_lengths_bin_alone(stores, monkeypatch):
+    """``lengths_range`` (a stored order's ``size_based`` pass) reads no other feature file."""
+    from highnoon.data import blocks
+
+    store = TokenStore.open(stores[1].path)
+    labels = []
+    real = blocks.MappedFile.read
+    monkeypatch.setattr(blocks.MappedFile, "read",
+                        lambda self, a, b: labels.append(self.label) or real(self, a, b))  # fmt: skip
+    store.lengths_range(0, store.num_samples)
+    assert len(labels) == store.num_shards > 1
+    assert all(label.endswith("/lengths.bin") for label in labels)
 
 
 def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkeypatch):
