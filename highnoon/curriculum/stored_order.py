@@ -47,7 +47,7 @@ are in index order) and appended to the output. A bucket larger than the memory 
 again the same way (always separating its smallest key, so every split makes progress); a bucket
 of one key is already in order.
 
-The features are read three times, whatever the strategies (``_passes``): once for the scale
+For the three built-in orders the features are read three times (``_passes``): once for the scale
 and the splitters' samples, once for every strategy scaled by it (``difficulty_based`` and
 ``mixed`` scored and scattered together, each into its own buckets, when the process may keep
 both sets of bucket files open; else one pass each), and once more, ``lengths.bin`` alone, for
@@ -235,8 +235,8 @@ def _passes(strategies: list[str], num_buckets: int) -> list[list[str]]:
     scaled by the store's maxima together (one read of both feature files scores and scatters
     them all), as many at once as the process may keep the bucket files of (``num_buckets``,
     three files each) open, then each ``KEY_IS_LENGTH`` one alone, reading ``lengths.bin``
-    only. Last, so its bucket files are written once the scaled passes' are gone: the
-    temporary disk of a pass is 16 bytes per sample and strategy."""
+    only, last: its bucket files are written once the scaled passes' are gone (a pass's
+    temporary disk is 16 bytes per sample and strategy)."""
     scaled = [s for s in strategies if s not in KEY_IS_LENGTH]
     size = len(scaled)
     while size > 1 and not can_open_files(num_buckets * 3 * size):
