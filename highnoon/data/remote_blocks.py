@@ -53,16 +53,23 @@ PREFETCH_QUEUE = 64  # prefetch requests pending in the process; more are droppe
 PREFETCH_THREADS = 2  # fetch for several files at once (one file's fetches are serial)
 
 
-class BlockCache:
-    """A bounded, thread-safe LRU of verified blocks (uint8 arrays), shared by every file.
+def entry_bytes(entry: Any) -> int:
+    """The bytes a cache entry holds: a block's (a uint8 array) or a sample's (a
+    ``(start, bytes)`` tuple, ``remote_samples.Sample``)."""
+    return entry.nbytes if isinstance(entry, np.ndarray) else len(entry[1])
 
-    ``max_bytes=0`` caches nothing. Blocks larger than the whole cache are never kept.
+
+class BlockCache:
+    """A bounded, thread-safe LRU of verified blocks (uint8 arrays) and samples
+    (``entry_bytes``), shared by every file.
+
+    ``max_bytes=0`` caches nothing. Entries larger than the whole cache are never kept.
     Counters: ``hits``, ``misses``, ``evictions``; ``bytes_held`` is the current size.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = check_int("store_cache_bytes", max_bytes, minimum=0)
-        self._blocks: collections.OrderedDict[tuple[Any, ...], np.ndarray] = (
+        self._blocks: collections.OrderedDict[tuple[Any, ...], Any] = (
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
@@ -108,13 +115,14 @@ class BlockCache:
         """``put`` of several blocks under one lock."""
         with self._lock:
             for key, block in items:
-                if block.nbytes > self.max_bytes:
+                size = entry_bytes(block)
+                if size > self.max_bytes:
                     continue
                 old = self._blocks.pop(key, None)
                 if old is not None:
-                    self.bytes_held -= old.nbytes
+                    self.bytes_held -= entry_bytes(old)
                 self._blocks[key] = block
-                self.bytes_held += block.nbytes
+                self.bytes_held += size
             self._evict()
 
     def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
@@ -135,7 +143,7 @@ class BlockCache:
     def _evict(self) -> None:
         while self.bytes_held > self.max_bytes and self._blocks:
             _, block = self._blocks.popitem(last=False)
-            self.bytes_held -= block.nbytes
+            self.bytes_held -= entry_bytes(block)
             self.evictions += 1
 
     def __len__(self) -> int:

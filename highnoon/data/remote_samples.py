@@ -11,7 +11,7 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
 * checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``) with their
-  first id's offset (``_Sample``), keyed by (a hash of the file's path, size and version,
+  first id's offset (a ``Sample`` tuple), keyed by (a hash of the file's path, size and version,
   sample): the version hashes the file's block CRCs, so a hit needs no read of the sample's
   CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
   prefetch threads (``prefetch_samples`` queues only the samples not cached);
@@ -76,16 +76,13 @@ def _unique_by_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return wanted, np.repeat(run_inverse, sizes)
 
 
-class _Sample:
-    """A checked sample as the cache holds it: its bytes and its first id's local position
-    (so a cached sample needs no read of its offsets)."""
-
-    __slots__ = ("data", "nbytes", "start")
-
-    def __init__(self, start: int, data: bytes) -> None:
-        self.start = start
-        self.data = data
-        self.nbytes = len(data)
+# A checked sample as the cache holds it: ``(its first id's local position, its bytes)``. A
+# tuple of an int and bytes, not an object: the garbage collector stops tracking such a tuple
+# at its first collection, so a cache of millions of samples adds nothing to a full
+# collection's walk (an object per sample did: a pass of 8000 cold samples in a process with
+# TensorFlow loaded triggered 0.26 s full collections; BENCHMARKS.md). The start spares a
+# cached sample any read of its offsets.
+Sample = tuple[int, bytes]
 
 
 class SampleRangedFile(RangedFile):
@@ -226,11 +223,11 @@ class SampleRangedFile(RangedFile):
     def _gathered(self, wanted: np.ndarray) -> tuple[np.ndarray, ...]:
         """(ids of the samples ``wanted`` (sorted unique local indices) back to back, where
         each one starts in them, its first id's local position, its length in ids)."""
-        found = self._samples(wanted)
-        starts = np.fromiter((c.start for c in found), dtype=np.int64, count=len(found))
-        sizes = np.fromiter((c.nbytes for c in found), dtype=np.int64, count=len(found))
+        firsts, chunks = zip(*self._samples(wanted))
+        starts = np.array(firsts, dtype=np.int64)
+        sizes = np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks))
         sizes //= self.dtype.itemsize
-        data = np.frombuffer(b"".join([c.data for c in found]), dtype=self.dtype)
+        data = np.frombuffer(b"".join(chunks), dtype=self.dtype)
         return data, np.cumsum(sizes) - sizes, starts, sizes
 
     # -- prefetch ---------------------------------------------------------------------------
@@ -279,7 +276,7 @@ class SampleRangedFile(RangedFile):
         space = self._space
         return [(space, s) for s in wanted]
 
-    def _samples(self, wanted: np.ndarray, *, raise_pending: bool = True) -> list[_Sample]:
+    def _samples(self, wanted: np.ndarray, *, raise_pending: bool = True) -> list[Sample]:
         """The checked samples ``wanted`` (sorted unique local indices), in that order: cached,
         or fetched (their bounds read from the offsets, for those only)."""
         if raise_pending and self._prefetch_error is not None:
@@ -312,7 +309,7 @@ class SampleRangedFile(RangedFile):
         gaps = (starts[1:] - ends[:-1]) * self.dtype.itemsize
         return np.concatenate([[0], np.cumsum(gaps > self.gap_bytes)]).astype(np.int64)
 
-    def _fetch_samples(self, samples: np.ndarray) -> list[_Sample]:
+    def _fetch_samples(self, samples: np.ndarray) -> list[Sample]:
         """Fetch ``samples`` (sorted unique): their bounds and CRCs read by block, one range
         read per group of near samples (``_groups``), all issued together, then every sample
         checked against its CRC32C; the good ones are cached, and a bad one raises. Caller
@@ -334,7 +331,7 @@ class SampleRangedFile(RangedFile):
             his = (ends * item - begin[group]).tolist()
             chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]
         actual = list(map(google_crc32c.value, chunks))
-        out = list(map(_Sample, starts.tolist(), chunks))
+        out = list(zip(starts.tolist(), chunks))
         names = samples.tolist()
         ok = actual == expected  # one comparison of the lists in the common case
         good = list(zip(names, out)) if ok else [
