@@ -303,11 +303,14 @@ class SampleRangedFile(RangedFile):
                     found[i] = c
         return found  # type: ignore[return-value]
 
-    def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
         """For sorted samples of these bounds, the index of the range read fetching each: a
-        sample starting at most ``gap_bytes`` after the previous one's end joins its read."""
-        gaps = (starts[1:] - ends[:-1]) * self.dtype.itemsize
-        return np.concatenate([[0], np.cumsum(gaps > self.gap_bytes)]).astype(np.int64)
+        sample starting at most ``gap_bytes`` after the previous one's end joins its read.
+        None when no two samples join (scattered rows: one read a sample)."""
+        joins = (starts[1:] - ends[:-1]) * self.dtype.itemsize <= self.gap_bytes
+        if not joins.any():
+            return None
+        return np.concatenate([[0], np.cumsum(~joins)]).astype(np.int64)
 
     def _fetch_samples(self, samples: np.ndarray) -> list[Sample]:
         """Fetch ``samples`` (sorted unique): their bounds and CRCs read by block, one range
@@ -320,13 +323,13 @@ class SampleRangedFile(RangedFile):
         expected = self._crc_file.take(samples, "<u4").tolist()
         item = self.dtype.itemsize
         group = self._groups(starts, ends)
-        first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
-        last = np.append(first[1:], samples.size) - 1
-        begin = starts[first] * item
-        datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
-        if first.size == samples.size:  # no two samples share a read: each read is a sample
-            chunks = datas
+        if group is None:  # no two samples share a read: each read is a sample
+            chunks = self._fetch_many(list(zip((starts * item).tolist(), (ends * item).tolist())))
         else:
+            first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
+            last = np.append(first[1:], samples.size) - 1
+            begin = starts[first] * item
+            datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
             los = (starts * item - begin[group]).tolist()
             his = (ends * item - begin[group]).tolist()
             chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]
@@ -338,7 +341,8 @@ class SampleRangedFile(RangedFile):
             (s, c) for s, c, a, e in zip(names, out, actual, expected) if a == e]  # fmt: skip
         if self.cache.enabled:
             space = self._space
-            self.cache.put_many([((space, s), c) for s, c in good])
+            self.cache.put_many([((space, s), c) for s, c in good],
+                                sizes=[len(c[1]) for _, c in good])  # fmt: skip
         self.samples_verified += len(good)
         if not ok:
             i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
