@@ -31,6 +31,7 @@ import operator
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -53,6 +54,14 @@ from highnoon.utils.validation import check_int
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: the `store_cache_bytes` setting's default
 PREFETCH_QUEUE = 64  # prefetch requests pending in the process; more are dropped (hints)
 PREFETCH_THREADS = 2  # fetch for several files at once (one file's fetches are serial)
+# Read ahead only from a file whose range reads wait: the fastest of a fetch's first
+# TIMED_READS reads took at least this long (a bucket: milliseconds; a cold disk: 0.1 ms and
+# more). A read served from memory (a `file://` store in the page cache: 1-3 us) leaves
+# nothing for a read-ahead thread to hide, and the thread's GIL hand-offs cost the reading
+# threads CPU (BENCHMARKS.md, "In-place reads", reading ahead only where reads wait).
+READ_AHEAD_WAIT_S = 50e-6
+TIMED_READS = 8
+_clock = time.perf_counter  # the reads' clock (tests replace it)
 
 
 def entry_bytes(entry: Any) -> int:
@@ -71,9 +80,7 @@ class BlockCache:
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = check_int("store_cache_bytes", max_bytes, minimum=0)
-        self._blocks: collections.OrderedDict[tuple[Any, ...], Any] = (
-            collections.OrderedDict()
-        )
+        self._blocks: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.bytes_held = 0
         self.hits = 0
@@ -89,9 +96,7 @@ class BlockCache:
         second look that should not count as another hit or miss."""
         return self.get_many([key], count=count)[0]
 
-    def get_many(
-        self, keys: Sequence[tuple[Any, ...]], *, count: bool = True
-    ) -> list[Any | None]:
+    def get_many(self, keys: Sequence[tuple[Any, ...]], *, count: bool = True) -> list[Any | None]:
         """``get`` of several keys under one lock (a call's samples); the loops run in C (a
         call of 256 cached samples is about 1 us a sample otherwise)."""
         with self._lock:
@@ -312,7 +317,10 @@ class RangedFile:
         self._pending = 0  # prefetch requests queued or running
         self._pending_done = threading.Condition()
         self.prefetch_dropped = 0  # requests dropped because the queue was full
-        self._fd: int | None = None  # a file:// path's descriptor (``_pread_many``)
+        self._fd: int | None = None  # a file:// path's descriptor (``_pread_one``)
+        # whether this file's reads wait (``READ_AHEAD_WAIT_S``), from its last fetch; True
+        # until a fetch shows otherwise, so a store starts reading ahead
+        self.reads_wait = True
         self._fd_lock = threading.Lock()
 
     # -- reads ------------------------------------------------------------------------------
@@ -377,17 +385,24 @@ class RangedFile:
     # -- prefetch ---------------------------------------------------------------------------
     @property
     def prefetches(self) -> bool:
-        """Whether ``prefetch`` does anything (it needs the cache to keep what it fetches)."""
+        """Whether ``prefetch`` may do anything (it needs the cache to keep what it fetches)."""
         return self.cache.enabled
+
+    @property
+    def reads_ahead_now(self) -> bool:
+        """Whether a read-ahead request is taken now: the cache is on and the file's last
+        fetch waited on its reads (``reads_wait``)."""
+        return self.reads_wait and self.cache.enabled
 
     def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Fetch the blocks of these byte ranges into the cache on a background thread.
 
-        A hint: with the cache off, or with ``PREFETCH_QUEUE`` requests of the process already
+        A hint: with the cache off, with the file's reads not waiting (``reads_wait``: it is
+        read on demand then), or with ``PREFETCH_QUEUE`` requests of the process already
         pending, it does nothing. An error it meets (a checksum mismatch, a failed read) is
         raised by the next ``read``/``take`` of this file.
         """
-        if not self.cache.enabled:
+        if not self.reads_ahead_now:
             return
         spans = [(int(a), int(b)) for a, b in ranges if int(b) > int(a)]
         if spans and not _PREFETCHER.submit(self, spans):
@@ -480,10 +495,14 @@ class RangedFile:
         samples: the per-read Python work done once for all of them); size checked first."""
         _warn_gcs_readahead(self.path)
         self._check_size()
-        if self.path.startswith(_FILE_SCHEME):
-            out = self._pread_many(spans)
-        else:
-            out = [self._read_range(a, b) for a, b in spans]
+        read = self._pread_one() if self.path.startswith(_FILE_SCHEME) else self._read_range
+        clock, fastest, out = _clock, float("inf"), []
+        for a, b in spans[:TIMED_READS]:  # the first few timed: do the reads wait?
+            began = clock()
+            out.append(read(a, b))
+            fastest = min(fastest, clock() - began)
+        out.extend([read(a, b) for a, b in spans[TIMED_READS:]])
+        self.reads_wait = fastest >= READ_AHEAD_WAIT_S
         self.reads += len(out)
         got = sum(map(len, out))
         self.bytes_read += got
@@ -531,7 +550,7 @@ class RangedFile:
 
         ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
         stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
-        A ``file://`` path is read by ``os.pread`` instead (``_pread_many``).
+        A ``file://`` path is read by ``os.pread`` instead (``_pread_one``).
         """
         import tensorflow as tf
 
@@ -546,22 +565,33 @@ class RangedFile:
                 "the store"
             ) from err
 
-    def _pread_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The spans of a ``file://`` path by ``os.pread`` on a descriptor kept open
-        (positional, so threads share it): the syscall TensorFlow's local filesystem makes,
-        without a stream object opened per read (which cost more than the read)."""
+    def _pread_one(self) -> Any:
+        """A ``(start, stop) -> bytes`` reader of a ``file://`` path by ``os.pread`` on a
+        descriptor kept open (positional, so threads share it): the syscall TensorFlow's local
+        filesystem makes, without a stream object opened per read (which cost more than the
+        read)."""
         try:
             if self._fd is None:
                 with self._fd_lock:
                     if self._fd is None:
                         self._fd = os.open(self.path[len(_FILE_SCHEME) :], os.O_RDONLY)
-            fd, pread = self._fd, os.pread
-            return [pread(fd, b - a, a) for a, b in spans]
         except OSError as err:
-            raise StoreError(
-                f"{self.label}: reading {self.path!r} failed ({err}); check the path and access, "
-                "or rebuild the store"
-            ) from err
+            raise self._read_error(err) from err
+        fd, pread, label = self._fd, os.pread, self
+
+        def read(start: int, stop: int) -> bytes:
+            try:
+                return pread(fd, stop - start, start)
+            except OSError as err:
+                raise label._read_error(err) from err
+
+        return read
+
+    def _read_error(self, err: OSError) -> StoreError:
+        return StoreError(
+            f"{self.label}: reading {self.path!r} failed ({err}); check the path and access, "
+            "or rebuild the store"
+        )
 
     def __del__(self, _close: Any = os.close) -> None:  # bound now: at exit `os` may be gone
         fd = getattr(self, "_fd", None)

@@ -235,8 +235,10 @@ class SampleRangedFile(RangedFile):
         """Fetch the local ``samples`` into the cache on a prefetch thread (a hint, as
         ``prefetch``; what ``TokenStore.prefetch_samples`` uses). Samples already cached are
         left out here, and a request with none missing wakes no thread: a prefetch thread
-        that only finds its samples cached costs the reading threads the GIL for nothing."""
-        if not self.cache.enabled:
+        that only finds its samples cached costs the reading threads the GIL for nothing.
+        Nothing is asked while the file's reads do not wait (``reads_wait``): its samples are
+        then fetched by the read that needs them."""
+        if not self.reads_ahead_now:
             return
         wanted = np.sort(np.asarray(samples, dtype=np.int64).reshape(-1))
         wanted = wanted[np.append(True, wanted[1:] != wanted[:-1])]  # np.unique, for few values
