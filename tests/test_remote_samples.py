@@ -256,6 +256,10 @@ def test_a_cached_sample_is_read_without_its_offsets_and_rows_take_compact_sampl
     bad[2, 2] = offsets[3]  # the first id of sample 3, given as sample 2's
     with pytest.raises(StoreError, match=r"shard-00001-of-00002/tokens\.bin: a position read lies"):
         f.take(bad, "<u2", samples=owners)
+    bad = rows.copy()
+    bad[1, 0] = offsets[5] - 1  # the last id of sample 4, given as sample 5's
+    with pytest.raises(StoreError, match=r"a position read lies outside the sample it was given"):
+        f.take(bad, "<u2", samples=owners)
     with pytest.raises(StoreError, match=r"samples= holds local samples in \[2, 8\], the shard "
                        r"has 8"):  # fmt: skip
         f.take(rows, "<u2", samples=np.array([[2], [5], [8]]))

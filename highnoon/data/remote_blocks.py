@@ -506,7 +506,7 @@ class RangedFile:
         self.reads += len(out)
         got = sum(map(len, out))
         self.bytes_read += got
-        if got == sum(b - a for a, b in spans):  # no read returns more than it asked for
+        if got == -sum(itertools.starmap(operator.sub, spans)):  # no read returns more than asked
             return out
         for (start, stop), raw in zip(spans, out):
             if len(raw) != stop - start:

@@ -198,14 +198,19 @@ class SampleRangedFile(RangedFile):
             )
         inverse = inverse.reshape(owner.shape)
         data, base, starts, sizes = self._gathered(wanted)
-        rel = pos - starts[inverse]  # each position's place in its sample
-        # one pass for both ends: a negative place is a huge unsigned one
-        if (rel.view(np.uint64) >= sizes[inverse].view(np.uint64)).any():
+        first, end = starts[inverse], (starts + sizes)[inverse]
+        if pos.ndim and owner.shape == (*pos.shape[:-1], 1):  # rows of one sample each
+            # each row's extremes against its sample's bounds: two reductions, no temporaries
+            outside = (pos.min(axis=-1, keepdims=True) < first).any() or (
+                pos.max(axis=-1, keepdims=True) >= end).any()  # fmt: skip
+        else:
+            outside = ((pos < first) | (pos >= end)).any()
+        if outside:
             raise StoreError(
                 f"{self.label}: a position read lies outside the sample it was given with "
                 "(samples= must be the sample holding each position, as sample_bounds gives)"
             )
-        return data[base[inverse] + rel]
+        return data[pos + (base - starts)[inverse]]
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)``, read through the samples they touch (each checked)."""
