@@ -492,7 +492,8 @@ class RangedFile:
 
     def _fetch_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each ``[start, stop)`` span, one range read each (a call's scattered
-        samples: the per-read Python work done once for all of them); size checked first."""
+        samples: the per-read Python work done once for all of them); size checked first.
+        The first ``TIMED_READS`` reads are timed to set ``reads_wait``."""
         _warn_gcs_readahead(self.path)
         self._check_size()
         read = self._pread_one() if self.path.startswith(_FILE_SCHEME) else self._read_range
@@ -502,7 +503,8 @@ class RangedFile:
             out.append(read(a, b))
             fastest = min(fastest, clock() - began)
         out.extend([read(a, b) for a, b in spans[TIMED_READS:]])
-        self.reads_wait = fastest >= READ_AHEAD_WAIT_S
+        if out:
+            self.reads_wait = fastest >= READ_AHEAD_WAIT_S
         self.reads += len(out)
         got = sum(map(len, out))
         self.bytes_read += got
