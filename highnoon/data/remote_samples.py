@@ -32,6 +32,7 @@ found by a binary search over the offsets file (``_locate``: about 13 blocks for
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import google_crc32c
@@ -344,13 +345,14 @@ class SampleRangedFile(RangedFile):
         out = list(zip(starts.tolist(), chunks))
         names = samples.tolist()
         ok = actual == expected  # one comparison of the lists in the common case
-        good = list(zip(names, out)) if ok else [
-            (s, c) for s, c, a, e in zip(names, out, actual, expected) if a == e]  # fmt: skip
-        if self.cache.enabled:
-            space = self._space
-            self.cache.put_many([((space, s), c) for s, c in good],
-                                sizes=[len(c[1]) for _, c in good])  # fmt: skip
-        self.samples_verified += len(good)
+        keep = ok or [a == e for a, e in zip(actual, expected)]  # the good ones
+        if self.cache.enabled:  # built by C loops: no Python step per sample
+            keys = zip(itertools.repeat(self._space), names)
+            items, sizes = zip(keys, out), map(len, chunks)
+            if not ok:
+                items, sizes = itertools.compress(items, keep), itertools.compress(sizes, keep)
+            self.cache.put_many(list(items), sizes=list(sizes))
+        self.samples_verified += len(names) if ok else sum(keep)
         if not ok:
             i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
             s, offset = names[i], int(starts[i]) * item
