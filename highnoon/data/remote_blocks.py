@@ -134,9 +134,9 @@ class BlockCache:
         with self._lock:
             blocks = self._blocks
             # entries already held (fetched again by a racing read) are replaced
-            old = [b for b in map(blocks.pop, (k for k, _ in items), itertools.repeat(None))
-                   if b is not None]  # fmt: skip
-            self.bytes_held -= sum(map(entry_bytes, old))
+            old = list(map(blocks.pop, [k for k, _ in items], itertools.repeat(None)))
+            if any(map(operator.is_not, old, itertools.repeat(None))):
+                self.bytes_held -= sum(entry_bytes(b) for b in old if b is not None)
             blocks.update(items)
             self.bytes_held += sum(sizes)
             self._evict()
@@ -496,13 +496,22 @@ class RangedFile:
         The first ``TIMED_READS`` reads are timed to set ``reads_wait``."""
         _warn_gcs_readahead(self.path)
         self._check_size()
-        read = self._pread_one() if self.path.startswith(_FILE_SCHEME) else self._read_range
+        local = self.path.startswith(_FILE_SCHEME)
+        read = self._pread_one() if local else self._read_range
         clock, fastest, out = _clock, float("inf"), []
         for a, b in spans[:TIMED_READS]:  # the first few timed: do the reads wait?
             began = clock()
             out.append(read(a, b))
             fastest = min(fastest, clock() - began)
-        out.extend([read(a, b) for a, b in spans[TIMED_READS:]])
+        rest = spans[TIMED_READS:]
+        if local and rest:  # os.pread itself: no Python frame a read
+            fd, pread = self._fd, os.pread
+            try:
+                out.extend([pread(fd, b - a, a) for a, b in rest])
+            except OSError as err:
+                raise self._read_error(err) from err
+        else:
+            out.extend([read(a, b) for a, b in rest])
         if out:
             self.reads_wait = fastest >= READ_AHEAD_WAIT_S
         self.reads += len(out)

@@ -141,10 +141,11 @@ class SampleRangedFile(RangedFile):
         """(first id, end) of the samples ``wanted`` (local indices), from their offsets'
         blocks; a sample ending past the file is the metadata's fault, named as such."""
         self._check_metadata()
-        both = self._offsets_file.take(np.stack([wanted, wanted + 1]), "<i8")
-        if both.size and int(both[1].max()) * self.dtype.itemsize > self.size:
+        both = self._offsets_file.take(np.concatenate([wanted, wanted + 1]), "<i8")
+        starts, ends = both[: wanted.size], both[wanted.size :]
+        if ends.size and int(ends.max()) * self.dtype.itemsize > self.size:
             raise self._metadata_error(self._offsets_file.size // 8)
-        return both[0], both[1]
+        return starts, ends
 
     def _locate(self, flat: np.ndarray) -> np.ndarray:
         """The local sample holding each position of ``flat`` (1-D, inside the file): a
