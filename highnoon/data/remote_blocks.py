@@ -14,7 +14,9 @@ CRC (block CRCs kept in a side file are read by page, through the same cache, on
 blocks fetched). ``RangedFile.prefetch(ranges)`` queues the
 byte ranges of the next steps for the process' prefetch threads (``PREFETCH_THREADS``, one
 bounded queue for every file), which fill the cache ahead of the reads; a prefetch's error is
-kept and raised by the next ``read``/``take`` of that file.
+kept and raised by the next ``read``/``take`` of that file. Requests are taken only while the
+file's reads wait (``reads_wait``, from timing each fetch's first reads): a store served from
+memory is read on demand, where a read-ahead thread would only cost the reading threads CPU.
 
 On ``gs://``, TensorFlow's client reads 64 MiB ahead of every read position unless
 ``GCS_READ_CACHE_BLOCK_SIZE_MB`` is set before TensorFlow starts (docs/design.md, "Reading a
@@ -122,8 +124,8 @@ class BlockCache:
     def put_many(
         self, items: Sequence[tuple[tuple[Any, ...], Any]], sizes: Sequence[int] | None = None
     ) -> None:
-        """``put`` of several entries under one lock; ``sizes``: their ``entry_bytes`` when
-        the caller has them (a fetch's samples)."""
+        """``put`` of several entries (distinct keys) under one lock; ``sizes``: their
+        ``entry_bytes`` when the caller has them (a fetch's samples)."""
         if not items:
             return
         if sizes is None:
