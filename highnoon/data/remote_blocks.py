@@ -14,7 +14,9 @@ CRC (block CRCs kept in a side file are read by page, through the same cache, on
 blocks fetched). ``RangedFile.prefetch(ranges)`` queues the
 byte ranges of the next steps for the process' prefetch threads (``PREFETCH_THREADS``, one
 bounded queue for every file), which fill the cache ahead of the reads; a prefetch's error is
-kept and raised by the next ``read``/``take`` of that file.
+kept and raised by the next ``read``/``take`` of that file. Requests are taken only while the
+file's reads wait (``reads_wait``, from timing each fetch's first reads): a store served from
+memory is read on demand, where a read-ahead thread would only cost the reading threads CPU.
 
 On ``gs://``, TensorFlow's client reads 64 MiB ahead of every read position unless
 ``GCS_READ_CACHE_BLOCK_SIZE_MB`` is set before TensorFlow starts (docs/design.md, "Reading a
@@ -26,9 +28,12 @@ TensorFlow is imported on first fetch only (``data`` imports no TensorFlow at mo
 from __future__ import annotations
 
 import collections
+import itertools
+import operator
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -51,20 +56,33 @@ from highnoon.utils.validation import check_int
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB: the `store_cache_bytes` setting's default
 PREFETCH_QUEUE = 64  # prefetch requests pending in the process; more are dropped (hints)
 PREFETCH_THREADS = 2  # fetch for several files at once (one file's fetches are serial)
+# Read ahead only from a file whose range reads wait: the fastest of a fetch's first
+# TIMED_READS reads took at least this long (a bucket: milliseconds; a cold disk: 0.1 ms and
+# more). A read served from memory (a `file://` store in the page cache: 1-3 us) leaves
+# nothing for a read-ahead thread to hide, and the thread's GIL hand-offs cost the reading
+# threads CPU (BENCHMARKS.md, "In-place reads", reading ahead only where reads wait).
+READ_AHEAD_WAIT_S = 50e-6
+TIMED_READS = 8
+_clock = time.perf_counter  # the reads' clock (tests replace it)
+
+
+def entry_bytes(entry: Any) -> int:
+    """The bytes a cache entry holds: a block's (a uint8 array) or a sample's (a
+    ``(start, bytes)`` tuple, ``remote_samples.Sample``)."""
+    return entry.nbytes if isinstance(entry, np.ndarray) else len(entry[1])
 
 
 class BlockCache:
-    """A bounded, thread-safe LRU of verified blocks (uint8 arrays), shared by every file.
+    """A bounded, thread-safe LRU of verified blocks (uint8 arrays) and samples
+    (``entry_bytes``), shared by every file.
 
-    ``max_bytes=0`` caches nothing. Blocks larger than the whole cache are never kept.
+    ``max_bytes=0`` caches nothing. Entries larger than the whole cache are never kept.
     Counters: ``hits``, ``misses``, ``evictions``; ``bytes_held`` is the current size.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = check_int("store_cache_bytes", max_bytes, minimum=0)
-        self._blocks: collections.OrderedDict[tuple[Any, ...], np.ndarray] = (
-            collections.OrderedDict()
-        )
+        self._blocks: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.bytes_held = 0
         self.hits = 0
@@ -80,19 +98,18 @@ class BlockCache:
         second look that should not count as another hit or miss."""
         return self.get_many([key], count=count)[0]
 
-    def get_many(
-        self, keys: Sequence[tuple[Any, ...]], *, count: bool = True
-    ) -> list[np.ndarray | None]:
-        """``get`` of several keys under one lock (a call's samples)."""
+    def get_many(self, keys: Sequence[tuple[Any, ...]], *, count: bool = True) -> list[Any | None]:
+        """``get`` of several keys under one lock (a call's samples); the loops run in C (a
+        call of 256 cached samples is about 1 us a sample otherwise)."""
         with self._lock:
             blocks = self._blocks
             out = list(map(blocks.get, keys))
-            recent = blocks.move_to_end
-            for key, block in zip(keys, out):
-                if block is not None:
-                    recent(key)
+            # `is None` one by one: arrays compare by value, so not `out.count(None)`
+            misses = sum(map(operator.is_, out, itertools.repeat(None)))
+            hits = keys if not misses else itertools.compress(
+                keys, map(operator.is_not, out, itertools.repeat(None)))  # fmt: skip
+            collections.deque(map(blocks.move_to_end, hits), maxlen=0)  # now most recent
             if count:
-                misses = sum(b is None for b in out)  # not count(None): arrays compare by value
                 self.hits += len(out) - misses
                 self.misses += misses
             return out
@@ -104,17 +121,26 @@ class BlockCache:
             blocks = self._blocks
             return [i for i, key in enumerate(keys) if key not in blocks]
 
-    def put_many(self, items: Sequence[tuple[tuple[Any, ...], np.ndarray]]) -> None:
-        """``put`` of several blocks under one lock."""
+    def put_many(
+        self, items: Sequence[tuple[tuple[Any, ...], Any]], sizes: Sequence[int] | None = None
+    ) -> None:
+        """``put`` of several entries (distinct keys) under one lock; ``sizes``: their
+        ``entry_bytes`` when the caller has them (a fetch's samples)."""
+        if not items:
+            return
+        if sizes is None:
+            sizes = [entry_bytes(block) for _, block in items]
+        if max(sizes) > self.max_bytes:  # entries larger than the cache are never kept
+            kept = [(item, n) for item, n in zip(items, sizes) if n <= self.max_bytes]
+            items, sizes = [item for item, _ in kept], [n for _, n in kept]
         with self._lock:
-            for key, block in items:
-                if block.nbytes > self.max_bytes:
-                    continue
-                old = self._blocks.pop(key, None)
-                if old is not None:
-                    self.bytes_held -= old.nbytes
-                self._blocks[key] = block
-                self.bytes_held += block.nbytes
+            blocks = self._blocks
+            # entries already held (fetched again by a racing read) are replaced
+            old = list(map(blocks.pop, [k for k, _ in items], itertools.repeat(None)))
+            if any(map(operator.is_not, old, itertools.repeat(None))):
+                self.bytes_held -= sum(entry_bytes(b) for b in old if b is not None)
+            blocks.update(items)
+            self.bytes_held += sum(sizes)
             self._evict()
 
     def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
@@ -135,7 +161,7 @@ class BlockCache:
     def _evict(self) -> None:
         while self.bytes_held > self.max_bytes and self._blocks:
             _, block = self._blocks.popitem(last=False)
-            self.bytes_held -= block.nbytes
+            self.bytes_held -= entry_bytes(block)
             self.evictions += 1
 
     def __len__(self) -> int:
@@ -293,7 +319,10 @@ class RangedFile:
         self._pending = 0  # prefetch requests queued or running
         self._pending_done = threading.Condition()
         self.prefetch_dropped = 0  # requests dropped because the queue was full
-        self._fd: int | None = None  # a file:// path's descriptor (``_pread_many``)
+        self._fd: int | None = None  # a file:// path's descriptor (``_pread_one``)
+        # whether this file's reads wait (``READ_AHEAD_WAIT_S``), from its last fetch; True
+        # until a fetch shows otherwise, so a store starts reading ahead
+        self.reads_wait = True
         self._fd_lock = threading.Lock()
 
     # -- reads ------------------------------------------------------------------------------
@@ -314,19 +343,22 @@ class RangedFile:
         ``samples`` (a tokens file's hint, ``SampleRangedFile``) is not needed here."""
         dtype = np.dtype(dtype)
         pos = np.asarray(positions, dtype=np.int64)
-        count = self.size // dtype.itemsize
-        if pos.size and (pos.min() < 0 or pos.max() >= count):
-            low, high = int(pos.min()), int(pos.max())
+        if pos.size == 0:
+            return np.empty(pos.shape, dtype=dtype)
+        low, high = int(pos.min()), int(pos.max())
+        if low < 0 or high >= self.size // dtype.itemsize:
             check_range(self.label, self.size, low * dtype.itemsize, (high + 1) * dtype.itemsize)
         flat = pos.reshape(-1)
         out = np.empty(flat.size, dtype=dtype)
-        if flat.size == 0:
-            return out.reshape(pos.shape)
         if self.block_bytes % dtype.itemsize:  # elements may straddle blocks: byte reads
             for i, p in enumerate(flat.tolist()):
                 out[i] = self.read(p * dtype.itemsize, (p + 1) * dtype.itemsize).view(dtype)[0]
             return out.reshape(pos.shape)
         per_block = self.block_bytes // dtype.itemsize
+        first = low // per_block
+        if high // per_block == first:  # one block: a call's offsets or CRCs, mostly
+            block = self._blocks(np.array([first]))[first]
+            return self._view(block, dtype)[pos - first * per_block if first else pos]
         block = flat // per_block
         local = flat - block * per_block
         present = np.zeros(self.num_blocks, dtype=bool)  # O(n), cheaper than np.unique
@@ -355,17 +387,24 @@ class RangedFile:
     # -- prefetch ---------------------------------------------------------------------------
     @property
     def prefetches(self) -> bool:
-        """Whether ``prefetch`` does anything (it needs the cache to keep what it fetches)."""
+        """Whether ``prefetch`` may do anything (it needs the cache to keep what it fetches)."""
         return self.cache.enabled
+
+    @property
+    def reads_ahead_now(self) -> bool:
+        """Whether a read-ahead request is taken now: the cache is on and the file's last
+        fetch waited on its reads (``reads_wait``)."""
+        return self.reads_wait and self.cache.enabled
 
     def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Fetch the blocks of these byte ranges into the cache on a background thread.
 
-        A hint: with the cache off, or with ``PREFETCH_QUEUE`` requests of the process already
+        A hint: with the cache off, with the file's reads not waiting (``reads_wait``: it is
+        read on demand then), or with ``PREFETCH_QUEUE`` requests of the process already
         pending, it does nothing. An error it meets (a checksum mismatch, a failed read) is
         raised by the next ``read``/``take`` of this file.
         """
-        if not self.cache.enabled:
+        if not self.reads_ahead_now:
             return
         spans = [(int(a), int(b)) for a, b in ranges if int(b) > int(a)]
         if spans and not _PREFETCHER.submit(self, spans):
@@ -455,15 +494,33 @@ class RangedFile:
 
     def _fetch_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each ``[start, stop)`` span, one range read each (a call's scattered
-        samples: the per-read Python work done once for all of them); size checked first."""
+        samples: the per-read Python work done once for all of them); size checked first.
+        The first ``TIMED_READS`` reads are timed to set ``reads_wait``."""
         _warn_gcs_readahead(self.path)
         self._check_size()
-        if self.path.startswith(_FILE_SCHEME):
-            out = self._pread_many(spans)
+        local = self.path.startswith(_FILE_SCHEME)
+        read = self._pread_one() if local else self._read_range
+        clock, fastest, out = _clock, float("inf"), []
+        for a, b in spans[:TIMED_READS]:  # the first few timed: do the reads wait?
+            began = clock()
+            out.append(read(a, b))
+            fastest = min(fastest, clock() - began)
+        rest = spans[TIMED_READS:]
+        if local and rest:  # os.pread itself: no Python frame a read
+            fd, pread = self._fd, os.pread
+            try:
+                out.extend([pread(fd, b - a, a) for a, b in rest])
+            except OSError as err:
+                raise self._read_error(err) from err
         else:
-            out = [self._read_range(a, b) for a, b in spans]
+            out.extend([read(a, b) for a, b in rest])
+        if out:
+            self.reads_wait = fastest >= READ_AHEAD_WAIT_S
         self.reads += len(out)
-        self.bytes_read += sum(map(len, out))
+        got = sum(map(len, out))
+        self.bytes_read += got
+        if got == -sum(itertools.starmap(operator.sub, spans)):  # no read returns more than asked
+            return out
         for (start, stop), raw in zip(spans, out):
             if len(raw) != stop - start:
                 raise StoreError(
@@ -506,7 +563,7 @@ class RangedFile:
 
         ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
         stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
-        A ``file://`` path is read by ``os.pread`` instead (``_pread_many``).
+        A ``file://`` path is read by ``os.pread`` instead (``_pread_one``).
         """
         import tensorflow as tf
 
@@ -521,22 +578,33 @@ class RangedFile:
                 "the store"
             ) from err
 
-    def _pread_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The spans of a ``file://`` path by ``os.pread`` on a descriptor kept open
-        (positional, so threads share it): the syscall TensorFlow's local filesystem makes,
-        without a stream object opened per read (which cost more than the read)."""
+    def _pread_one(self) -> Any:
+        """A ``(start, stop) -> bytes`` reader of a ``file://`` path by ``os.pread`` on a
+        descriptor kept open (positional, so threads share it): the syscall TensorFlow's local
+        filesystem makes, without a stream object opened per read (which cost more than the
+        read)."""
         try:
             if self._fd is None:
                 with self._fd_lock:
                     if self._fd is None:
                         self._fd = os.open(self.path[len(_FILE_SCHEME) :], os.O_RDONLY)
-            fd, pread = self._fd, os.pread
-            return [pread(fd, b - a, a) for a, b in spans]
         except OSError as err:
-            raise StoreError(
-                f"{self.label}: reading {self.path!r} failed ({err}); check the path and access, "
-                "or rebuild the store"
-            ) from err
+            raise self._read_error(err) from err
+        fd, pread, label = self._fd, os.pread, self
+
+        def read(start: int, stop: int) -> bytes:
+            try:
+                return pread(fd, stop - start, start)
+            except OSError as err:
+                raise label._read_error(err) from err
+
+        return read
+
+    def _read_error(self, err: OSError) -> StoreError:
+        return StoreError(
+            f"{self.label}: reading {self.path!r} failed ({err}); check the path and access, "
+            "or rebuild the store"
+        )
 
     def __del__(self, _close: Any = os.close) -> None:  # bound now: at exit `os` may be gone
         fd = getattr(self, "_fd", None)

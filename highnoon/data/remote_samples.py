@@ -11,7 +11,7 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
 * checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``) with their
-  first id's offset (``_Sample``), keyed by (a hash of the file's path, size and version,
+  first id's offset (a ``Sample`` tuple), keyed by (a hash of the file's path, size and version,
   sample): the version hashes the file's block CRCs, so a hit needs no read of the sample's
   CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
   prefetch threads (``prefetch_samples`` queues only the samples not cached);
@@ -32,6 +32,7 @@ found by a binary search over the offsets file (``_locate``: about 13 blocks for
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import google_crc32c
@@ -76,16 +77,13 @@ def _unique_by_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return wanted, np.repeat(run_inverse, sizes)
 
 
-class _Sample:
-    """A checked sample as the cache holds it: its bytes and its first id's local position
-    (so a cached sample needs no read of its offsets)."""
-
-    __slots__ = ("data", "nbytes", "start")
-
-    def __init__(self, start: int, data: bytes) -> None:
-        self.start = start
-        self.data = data
-        self.nbytes = len(data)
+# A checked sample as the cache holds it: ``(its first id's local position, its bytes)``. A
+# tuple of an int and bytes, not an object: the garbage collector stops tracking such a tuple
+# at its first collection, so a cache of millions of samples adds nothing to a full
+# collection's walk (an object per sample did: a pass of 8000 cold samples in a process with
+# TensorFlow loaded triggered 0.26 s full collections; BENCHMARKS.md). The start spares a
+# cached sample any read of its offsets.
+Sample = tuple[int, bytes]
 
 
 class SampleRangedFile(RangedFile):
@@ -143,10 +141,11 @@ class SampleRangedFile(RangedFile):
         """(first id, end) of the samples ``wanted`` (local indices), from their offsets'
         blocks; a sample ending past the file is the metadata's fault, named as such."""
         self._check_metadata()
-        both = self._offsets_file.take(np.stack([wanted, wanted + 1]), "<i8")
-        if both.size and int(both[1].max()) * self.dtype.itemsize > self.size:
+        both = self._offsets_file.take(np.concatenate([wanted, wanted + 1]), "<i8")
+        starts, ends = both[: wanted.size], both[wanted.size :]
+        if ends.size and int(ends.max()) * self.dtype.itemsize > self.size:
             raise self._metadata_error(self._offsets_file.size // 8)
-        return both[0], both[1]
+        return starts, ends
 
     def _locate(self, flat: np.ndarray) -> np.ndarray:
         """The local sample holding each position of ``flat`` (1-D, inside the file): a
@@ -201,14 +200,19 @@ class SampleRangedFile(RangedFile):
             )
         inverse = inverse.reshape(owner.shape)
         data, base, starts, sizes = self._gathered(wanted)
-        rel = pos - starts[inverse]  # each position's place in its sample
-        # one pass for both ends: a negative place is a huge unsigned one
-        if (rel.view(np.uint64) >= sizes[inverse].view(np.uint64)).any():
+        first, end = starts[inverse], (starts + sizes)[inverse]
+        if pos.ndim and owner.shape == (*pos.shape[:-1], 1):  # rows of one sample each
+            # each row's extremes against its sample's bounds: two reductions, no temporaries
+            outside = (pos.min(axis=-1, keepdims=True) < first).any() or (
+                pos.max(axis=-1, keepdims=True) >= end).any()  # fmt: skip
+        else:
+            outside = ((pos < first) | (pos >= end)).any()
+        if outside:
             raise StoreError(
                 f"{self.label}: a position read lies outside the sample it was given with "
                 "(samples= must be the sample holding each position, as sample_bounds gives)"
             )
-        return data[base[inverse] + rel]
+        return data[pos + (base - starts)[inverse]]
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Bytes ``[start, stop)``, read through the samples they touch (each checked)."""
@@ -226,11 +230,11 @@ class SampleRangedFile(RangedFile):
     def _gathered(self, wanted: np.ndarray) -> tuple[np.ndarray, ...]:
         """(ids of the samples ``wanted`` (sorted unique local indices) back to back, where
         each one starts in them, its first id's local position, its length in ids)."""
-        found = self._samples(wanted)
-        starts = np.fromiter((c.start for c in found), dtype=np.int64, count=len(found))
-        sizes = np.fromiter((c.nbytes for c in found), dtype=np.int64, count=len(found))
+        firsts, chunks = zip(*self._samples(wanted))
+        starts = np.array(firsts, dtype=np.int64)
+        sizes = np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks))
         sizes //= self.dtype.itemsize
-        data = np.frombuffer(b"".join([c.data for c in found]), dtype=self.dtype)
+        data = np.frombuffer(b"".join(chunks), dtype=self.dtype)
         return data, np.cumsum(sizes) - sizes, starts, sizes
 
     # -- prefetch ---------------------------------------------------------------------------
@@ -238,8 +242,10 @@ class SampleRangedFile(RangedFile):
         """Fetch the local ``samples`` into the cache on a prefetch thread (a hint, as
         ``prefetch``; what ``TokenStore.prefetch_samples`` uses). Samples already cached are
         left out here, and a request with none missing wakes no thread: a prefetch thread
-        that only finds its samples cached costs the reading threads the GIL for nothing."""
-        if not self.cache.enabled:
+        that only finds its samples cached costs the reading threads the GIL for nothing.
+        Nothing is asked while the file's reads do not wait (``reads_wait``): its samples are
+        then fetched by the read that needs them."""
+        if not self.reads_ahead_now:
             return
         wanted = np.sort(np.asarray(samples, dtype=np.int64).reshape(-1))
         wanted = wanted[np.append(True, wanted[1:] != wanted[:-1])]  # np.unique, for few values
@@ -279,7 +285,7 @@ class SampleRangedFile(RangedFile):
         space = self._space
         return [(space, s) for s in wanted]
 
-    def _samples(self, wanted: np.ndarray, *, raise_pending: bool = True) -> list[_Sample]:
+    def _samples(self, wanted: np.ndarray, *, raise_pending: bool = True) -> list[Sample]:
         """The checked samples ``wanted`` (sorted unique local indices), in that order: cached,
         or fetched (their bounds read from the offsets, for those only)."""
         if raise_pending and self._prefetch_error is not None:
@@ -306,13 +312,16 @@ class SampleRangedFile(RangedFile):
                     found[i] = c
         return found  # type: ignore[return-value]
 
-    def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    def _groups(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
         """For sorted samples of these bounds, the index of the range read fetching each: a
-        sample starting at most ``gap_bytes`` after the previous one's end joins its read."""
-        gaps = (starts[1:] - ends[:-1]) * self.dtype.itemsize
-        return np.concatenate([[0], np.cumsum(gaps > self.gap_bytes)]).astype(np.int64)
+        sample starting at most ``gap_bytes`` after the previous one's end joins its read.
+        None when no two samples join (scattered rows: one read a sample)."""
+        joins = (starts[1:] - ends[:-1]) * self.dtype.itemsize <= self.gap_bytes
+        if not joins.any():
+            return None
+        return np.concatenate([[0], np.cumsum(~joins)]).astype(np.int64)
 
-    def _fetch_samples(self, samples: np.ndarray) -> list[_Sample]:
+    def _fetch_samples(self, samples: np.ndarray) -> list[Sample]:
         """Fetch ``samples`` (sorted unique): their bounds and CRCs read by block, one range
         read per group of near samples (``_groups``), all issued together, then every sample
         checked against its CRC32C; the good ones are cached, and a bad one raises. Caller
@@ -323,26 +332,28 @@ class SampleRangedFile(RangedFile):
         expected = self._crc_file.take(samples, "<u4").tolist()
         item = self.dtype.itemsize
         group = self._groups(starts, ends)
-        first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
-        last = np.append(first[1:], samples.size) - 1
-        begin = starts[first] * item
-        datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
-        if first.size == samples.size:  # no two samples share a read: each read is a sample
-            chunks = datas
+        if group is None:  # no two samples share a read: each read is a sample
+            chunks = self._fetch_many(list(zip((starts * item).tolist(), (ends * item).tolist())))
         else:
+            first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
+            last = np.append(first[1:], samples.size) - 1
+            begin = starts[first] * item
+            datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
             los = (starts * item - begin[group]).tolist()
             his = (ends * item - begin[group]).tolist()
             chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]
         actual = list(map(google_crc32c.value, chunks))
-        out = list(map(_Sample, starts.tolist(), chunks))
+        out = list(zip(starts.tolist(), chunks))
         names = samples.tolist()
         ok = actual == expected  # one comparison of the lists in the common case
-        good = list(zip(names, out)) if ok else [
-            (s, c) for s, c, a, e in zip(names, out, actual, expected) if a == e]  # fmt: skip
-        if self.cache.enabled:
-            space = self._space
-            self.cache.put_many([((space, s), c) for s, c in good])
-        self.samples_verified += len(good)
+        keep = ok or [a == e for a, e in zip(actual, expected)]  # the good ones
+        if self.cache.enabled:  # built by C loops: no Python step per sample
+            keys = zip(itertools.repeat(self._space), names)
+            items, sizes = zip(keys, out), map(len, chunks)
+            if not ok:
+                items, sizes = itertools.compress(items, keep), itertools.compress(sizes, keep)
+            self.cache.put_many(list(items), sizes=list(sizes))
+        self.samples_verified += len(names) if ok else sum(keep)
         if not ok:
             i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
             s, offset = names[i], int(starts[i]) * item

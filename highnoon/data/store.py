@@ -125,12 +125,19 @@ def default_cache_dir() -> str:
 # --- files, local or through tf.io.gfile ------------------------------------------------------
 
 
+_FILE_URL = "file://"  # a local file named as a URL: read in place, not memory-mapped
+
+
 def _join(root: str, *names: str) -> str:
     return "/".join([root.rstrip("/"), *names]) if is_remote(root) else os.path.join(root, *names)
 
 
 def _read_bytes(path: str) -> bytes | None:
-    """The bytes of ``path``, or None when it does not exist."""
+    """The bytes of ``path``, or None when it does not exist. A ``file://`` URL is read as the
+    local file it names (as its range reads are, by ``os.pread``): TensorFlow's calls cost
+    milliseconds more per small file."""
+    if path.startswith(_FILE_URL):
+        path = path[len(_FILE_URL) :]
     if not is_remote(path):
         try:
             with open(path, "rb") as handle:
@@ -234,6 +241,8 @@ def _read_shard_manifests(root: str, names: list[str]) -> list[bytes | None]:
 def _read_file_op(path: str) -> bytes | None:
     """The bytes of a remote file through the ``tf.io.read_file`` op (which, unlike
     ``GFile``, waits on the request without holding the GIL), None when it is missing."""
+    if path.startswith(_FILE_URL):
+        return _read_bytes(path)
     import tensorflow as tf
 
     try:
