@@ -3,6 +3,7 @@
     python bench/bench_kerashub.py            # GPT-2 and Llama, 4 layers x 128 (~0.9M parameters)
     python bench/bench_kerashub.py --quick    # the small GPT-2 only, few steps (smoke run)
     python bench/bench_kerashub.py --hlo      # both arms' XLA steps: optimised HLO op counts
+    python bench/bench_kerashub.py --case llama [--quick]   # one model only
 
 Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one process,
 
@@ -28,7 +29,10 @@ the host loop around it (the Trainer's controller, events, learning-rate read-ou
 alone, in wall time and in this process's CPU time (all threads) inside the calls, the steadier
 figure on a shared machine; the GC columns are the milliseconds per step Python's garbage collector took inside
 each arm's timed spans (a full collection in a process this size can take a good part of a
-second, so one inside a timed span would move that window). ``--hlo`` prints the op counts of
+second, so one inside a timed span would move that window). A third table gives each arm's
+median call (wall and CPU) over the timed windows and the ratio of the medians: an epoch's new
+input computed during a Trainer call, or a burst of a neighbour's work, moves a mean by a few
+calls and leaves the median where it was. ``--hlo`` prints the op counts of
 the two XLA step computations (optimised HLO) side by side instead of training, then what each
 executes: the entry computation's instructions (dots, fusions with their bodies' opcodes,
 copies) present in one arm's step and not in the other's.
@@ -95,13 +99,17 @@ LLAMA_SMALL = {"num_layers": 4, "num_query_heads": 4, "num_key_value_heads": 2, 
                "intermediate_dim": 384}  # fmt: skip
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, only: str | None = None) -> list[Case]:
+    """The benchmark's cases; ``only``: "gpt2" or "llama" (``--case``)."""
     if quick:
-        return [Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL, max_samples=120)]
-    return [
+        chosen = [Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL, max_samples=120),
+                  Case("Llama 4x128", "LlamaCausalLM", LLAMA_SMALL, max_samples=120)]  # fmt: skip
+        return chosen[1:] if only == "llama" else chosen[:1]
+    chosen = [
         Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL),
         Case("Llama 4x128", "LlamaCausalLM", LLAMA_SMALL),
     ]
+    return [c for c in chosen if only is None or c.task.lower().startswith(only)]
 
 
 def make_model(case: Case) -> keras.Model:
@@ -141,6 +149,9 @@ class CallClocks:
         self.inside = {"trainer": 0.0, "fit": 0.0}
         self.cpu = {"trainer": 0.0, "fit": 0.0}  # this process's CPU seconds in the same spans
         self.windows: list[dict[str, float]] = []  # one per fit window, the Trainer's before it
+        # Every call: (arm, index of its window in ``windows``, wall seconds, CPU seconds), so
+        # each arm's median call can be compared too (a mean moves with a few slow calls).
+        self.records: list[tuple[str, int, float, float]] = []
         # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one can
         # take a good part of a second here, so one inside a timed span moves its window.
         self.gc_total = 0.0
@@ -163,8 +174,12 @@ class CallClocks:
             started, cpu = time.perf_counter(), time.process_time()
             out = call(*args)
             tf.nest.map_structure(lambda t: t.numpy(), out)  # the results on the host
-            self.inside[arm] += time.perf_counter() - started
-            self.cpu[arm] += time.process_time() - cpu
+            wall, used = time.perf_counter() - started, time.process_time() - cpu
+            self.inside[arm] += wall
+            self.cpu[arm] += used
+            # fit's window is closed into the Trainer's entry before it (``close_window``)
+            window = len(self.windows) - (arm == "fit")
+            self.records.append((arm, window, wall, used))
             return out
 
         return timed
@@ -206,6 +221,13 @@ class CallClocks:
         ``interleaved_windows`` drops it."""
         self.close_window()
         return self.windows[1:-1]
+
+    def timed_calls(self, arm: str) -> np.ndarray:
+        """``[calls, 2]``: wall and CPU seconds of each of ``arm``'s calls in the timed
+        windows (after ``timed``)."""
+        last = len(self.windows) - 2
+        kept = [(w, c) for a, i, w, c in self.records if a == arm and 1 <= i <= last]
+        return np.array(kept, dtype=np.float64).reshape(-1, 2)
 
 
 class KerasHubFit:
@@ -265,6 +287,7 @@ def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str,
     fit = KerasHubFit(case, batches, calls)
     windows = interleaved_windows(trainer, fit, case.log_interval)
     inside = calls.timed()
+    per_call = {arm: calls.timed_calls(arm) for arm in ("trainer", "fit")}
     calls.close()
     total = trainer._position.global_step
     if len(batches["inputs"]) != total * case.batch:
@@ -287,6 +310,7 @@ def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str,
         "ratio_cpu": fit_seconds[1] / trainer_seconds[1],
         "interval": bootstrap_interval(windows),
         "ms_per_step": breakdown(windows, inside),
+        "median_call": median_calls(per_call),
     }
     del trainer, fit
     keras.backend.clear_session()
@@ -309,6 +333,19 @@ def breakdown(windows: list[Any], inside: list[dict[str, float]]) -> dict[str, f
         result[f"{arm}_call_cpu"] = 1e3 * sum(i[f"{arm}_cpu"] for i in inside) / steps
     result["call_ratio"] = result["fit_call"] / result["trainer_call"]
     result["call_cpu_ratio"] = result["fit_call_cpu"] / result["trainer_call_cpu"]
+    return result
+
+
+def median_calls(per_call: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each arm's median compiled call (wall and CPU ms) over the timed windows, and the
+    ratio of the medians (fit / Trainer), which a few slow calls (an epoch's new input being
+    computed during a call, a neighbour's burst) do not move as they move the means."""
+    result: dict[str, float] = {}
+    for arm, calls in per_call.items():
+        result[f"{arm}_count"] = len(calls)
+        result[f"{arm}_wall"], result[f"{arm}_cpu"] = (1e3 * np.median(calls, axis=0)).tolist()
+    result["ratio"] = result["fit_wall"] / result["trainer_wall"]
+    result["cpu_ratio"] = result["fit_cpu"] / result["trainer_cpu"]
     return result
 
 
@@ -405,9 +442,9 @@ def hlo_op_counts(text: str) -> collections.Counter:
     return collections.Counter(m.group(1) for m in map(opcode.search, text.splitlines()) if m)
 
 
-def print_hlo(quick: bool) -> None:
+def print_hlo(quick: bool, only: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(quick):
+        for case in cases(quick, only):
             texts = hlo_texts(case, os.path.join(tmp, "cache"))
             keras.backend.clear_session()
             t, f = hlo_op_counts(texts["trainer"]), hlo_op_counts(texts["fit"])
@@ -437,9 +474,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq", type=int, default=256, help="--packing: max_seq_length")
     parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
     parser.add_argument("--hlo", action="store_true", help="HLO op counts of both XLA steps")
+    parser.add_argument("--case", choices=("gpt2", "llama"), help="one model only")
     args = parser.parse_args(argv)
     if args.hlo:
-        print_hlo(args.quick)
+        print_hlo(args.quick, args.case)
         return
     if args.packing:
         packing(args.quick, args.seq)
@@ -447,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(args.quick):
+        for case in cases(args.quick, args.case):
             result = bench_case(case, os.path.join(tmp, "cache"), args.steps_per_call)
             results.append(result)
             print(
@@ -487,6 +525,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {b['trainer_gc']:.2f} | {b['fit_call']:.2f} | {b['fit_host']:.2f} "
             f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} "
             f"| {b['trainer_call_cpu']:.2f} / {b['fit_call_cpu']:.2f} | {b['call_cpu_ratio']:.3f} |"
+        )
+    print("\nmedian compiled call (ms, wall / CPU), over each arm's calls in the timed windows\n")
+    print("| model | Trainer calls | Trainer median | fit calls | fit median | median ratio "
+          "| median CPU ratio |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        m = r["median_call"]
+        print(
+            f"| {r['case'].label} | {m['trainer_count']} "
+            f"| {m['trainer_wall']:.2f} / {m['trainer_cpu']:.2f} | {m['fit_count']} "
+            f"| {m['fit_wall']:.2f} / {m['fit_cpu']:.2f} | {m['ratio']:.3f} | {m['cpu_ratio']:.3f} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
