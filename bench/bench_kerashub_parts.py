@@ -7,7 +7,8 @@
 ``bench_kerashub.py`` times whole windows of steps; this bench splits a step into its parts to
 say where a difference comes from. It trains ``bench_kerashub``'s Trainer one short epoch (so
 its step is compiled) and builds ``fit``'s model beside it, then times, in interleaved rounds
-(each round runs every pair once, A then B, ``--calls`` calls each):
+(each round runs both arms of a pair, ``--calls`` calls each, the first alternating by round;
+``--order``):
 
 1. ``xla step``: the one-replica XLA computation alone on the same batch (tensors already in
    memory): the Trainer's ``UnshardedEngine`` update against ``train_step`` compiled with
@@ -33,8 +34,8 @@ its step is compiled) and builds ``fit``'s model beside it, then times, in inter
 call against the same call of a second copy of fit's model, the Trainer's against a second
 Trainer's (its own model, optimizer and compiled step, built after the first), and the
 Trainer's against fit's with the two in the other order (``host call: Trainer | fit``). Each
-second copy's variables live elsewhere in memory and it runs in the other slot of every round,
-so a ratio away from 1.0 in an A/A pair is what placement and slot give, not the program.
+second copy's variables live elsewhere in memory and it is arm B, so a ratio away from 1.0 in an
+A/A pair is what placement, slot and the machine give, not the program.
 
 ``--order`` (default ``alternate``): which arm runs first in a round. ``alternate`` swaps it
 every round (A B, then B A, ...), so neither arm always follows the other; ``fixed`` runs A
