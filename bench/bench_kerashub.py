@@ -4,6 +4,7 @@
     python bench/bench_kerashub.py --quick    # the small GPT-2 only, few steps (smoke run)
     python bench/bench_kerashub.py --hlo      # both arms' XLA steps: optimised HLO op counts
     python bench/bench_kerashub.py --case llama [--quick]   # one model only
+    python bench/bench_kerashub.py --aa [--case llama]      # A/A: fit against a copy of fit
 
 Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one process,
 
@@ -37,6 +38,10 @@ the two XLA step computations (optimised HLO) side by side instead of training, 
 executes: the entry computation's instructions (dots, fusions with their bodies' opcodes,
 copies) present in one arm's step and not in the other's.
 
+``--aa`` runs the interleaving with the same arm twice: two copies of the fit arm take turns
+window by window on the planned batches (the first in the Trainer's slot, the second, built
+later, in fit's), so its ratios are what slot, memory placement and the machine alone give.
+
     python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
 
 ``--packing`` runs ``bench_packing.py``'s three arms (``Trainer(pack=True)``, ``fit`` on padded
@@ -67,6 +72,7 @@ from bench_trainer import (
     CLIP_NORM,
     DATASET,
     LEARNING_RATE,
+    Window,
     bootstrap_interval,
     interleaved_windows,
     planned_batches,
@@ -336,6 +342,44 @@ def breakdown(windows: list[Any], inside: list[dict[str, float]]) -> dict[str, f
     return result
 
 
+def aa_fit_case(case: Case, cache_dir: str) -> dict[str, Any]:
+    """A/A through the bench's interleaving: two copies of the fit arm (the second model built
+    after the first, as fit's is after the Trainer's) take turns window by window on the same
+    batches, the first copy in the Trainer's slot, the second in fit's; the first window
+    (compilation) dropped. Any ratio away from 1.0 is what the slot, placement and the machine
+    give two identical arms."""
+    trainer = make_trainer(case, cache_dir)  # only to plan the batches it would feed
+    batches = planned_batches(case, trainer, cache_dir)
+    clocks = [CallClocks(), CallClocks()]
+    arms = [KerasHubFit(case, batches, c) for c in clocks]
+    steps = len(batches["inputs"]) // case.batch
+    windows = []
+    for first in range(0, steps - case.log_interval + 1, case.log_interval):
+        last = first + case.log_interval
+        seconds = [arm.run(first, last) for arm in arms]
+        windows.append(Window(last - first, seconds[0], seconds[1]))
+    calls = []
+    for c in clocks:
+        kept = [(w, u) for arm, i, w, u in c.records if i >= 1]  # window 0: compilation
+        calls.append(np.array(kept, dtype=np.float64))
+        c.close()
+    windows = windows[1:]
+    first, second = (sum(getattr(w, a) for w in windows) for a in ("trainer", "fit"))
+    result = {
+        "case": case,
+        "windows": len(windows),
+        "ratio": second[0] / first[0],
+        "ratio_cpu": second[1] / first[1],
+        "interval": bootstrap_interval(windows),
+        "call_ratio": calls[1][:, 0].sum() / calls[0][:, 0].sum(),
+        "call_cpu_ratio": calls[1][:, 1].sum() / calls[0][:, 1].sum(),
+        "median_ratio": float(np.median(calls[1][:, 0]) / np.median(calls[0][:, 0])),
+    }
+    del trainer, arms
+    keras.backend.clear_session()
+    return result
+
+
 def median_calls(per_call: dict[str, np.ndarray]) -> dict[str, float]:
     """Each arm's median compiled call (wall and CPU ms) over the timed windows, and the
     ratio of the medians (fit / Trainer), which a few slow calls (an epoch's new input being
@@ -475,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
     parser.add_argument("--hlo", action="store_true", help="HLO op counts of both XLA steps")
     parser.add_argument("--case", choices=("gpt2", "llama"), help="one model only")
+    parser.add_argument("--aa", action="store_true", help="A/A: fit against a copy of fit")
     args = parser.parse_args(argv)
     if args.hlo:
         print_hlo(args.quick, args.case)
@@ -483,6 +528,23 @@ def main(argv: list[str] | None = None) -> None:
         packing(args.quick, args.seq)
         return
     started = time.perf_counter()
+    if args.aa:
+        print("\nA/A: fit (Trainer's slot) against a second copy of fit (fit's slot), same batches")
+        print("\n| model | windows | ratio | 95% interval | per CPU-second | call ratio "
+              "| call CPU ratio | median call ratio |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for case in cases(args.quick, args.case):
+                r = aa_fit_case(case, os.path.join(tmp, "cache"))
+                low, high = r["interval"]
+                print(
+                    f"| {case.label} | {r['windows']} | {r['ratio']:.3f} | [{low:.3f}, {high:.3f}] "
+                    f"| {r['ratio_cpu']:.3f} | {r['call_ratio']:.3f} | {r['call_cpu_ratio']:.3f} "
+                    f"| {r['median_ratio']:.3f} |",
+                    flush=True,
+                )
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases(args.quick, args.case):
