@@ -18,7 +18,9 @@ Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one 
    per-token sample weights).
 
 The two run interleaved window by window (after each Trainer ``log`` event, ``fit`` trains the
-window the Trainer just trained), the first window of each (compilation) is discarded, and
+window the Trainer just trained; ``fit`` is one call over all the batches, on a helper thread
+paused between windows, so its input pipeline starts once: ``ContinuousFit``), the first window
+of each (compilation) is discarded, and
 ratio = Trainer tokens/s / fit tokens/s with a 95% bootstrap interval over windows
 (``bench_trainer.bootstrap_interval``).
 
@@ -315,6 +317,7 @@ class ContinuousFit(KerasHubFit):
         self._first = 0  # the current window's first step
         self._span = np.zeros(2)
         self._begin = np.zeros(2)
+        self._gc_begin = 0.0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._fit, name="bench-fit", daemon=True)
         self._thread.start()
@@ -343,6 +346,7 @@ class ContinuousFit(KerasHubFit):
             self._turn.wait_for(lambda: self._target is None or batch < self._target)
         if batch == self._first:  # the window's first step
             self._begin = np.array([time.perf_counter(), time.process_time()])
+            self._gc_begin = self.calls.gc_total
 
     def _at_batch_end(self, batch: int) -> None:
         end = np.array([time.perf_counter(), time.process_time()])
@@ -350,6 +354,7 @@ class ContinuousFit(KerasHubFit):
             self._done = batch + 1
             if self._done == self._target:
                 self._span = end - self._begin
+                self.calls.fit_gc = self.calls.gc_total - self._gc_begin
                 self._turn.notify_all()
 
     def run(self, first_step: int, last_step: int) -> np.ndarray:
