@@ -3,6 +3,8 @@
     python bench/bench_kerashub.py            # GPT-2 and Llama, 4 layers x 128 (~0.9M parameters)
     python bench/bench_kerashub.py --quick    # the small GPT-2 only, few steps (smoke run)
     python bench/bench_kerashub.py --hlo      # both arms' XLA steps: optimised HLO op counts
+    python bench/bench_kerashub.py --case llama [--quick]   # one model only
+    python bench/bench_kerashub.py --aa [--case llama]      # A/A: fit against a copy of fit
 
 Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one process,
 
@@ -16,7 +18,9 @@ Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one 
    per-token sample weights).
 
 The two run interleaved window by window (after each Trainer ``log`` event, ``fit`` trains the
-window the Trainer just trained), the first window of each (compilation) is discarded, and
+window the Trainer just trained; ``fit`` is one call over all the batches, on a helper thread
+paused between windows, so its input pipeline starts once: ``ContinuousFit``), the first window
+of each (compilation) is discarded, and
 ratio = Trainer tokens/s / fit tokens/s with a 95% bootstrap interval over windows
 (``bench_trainer.bootstrap_interval``).
 
@@ -28,10 +32,17 @@ the host loop around it (the Trainer's controller, events, learning-rate read-ou
 alone, in wall time and in this process's CPU time (all threads) inside the calls, the steadier
 figure on a shared machine; the GC columns are the milliseconds per step Python's garbage collector took inside
 each arm's timed spans (a full collection in a process this size can take a good part of a
-second, so one inside a timed span would move that window). ``--hlo`` prints the op counts of
+second, so one inside a timed span would move that window). A third table gives each arm's
+median call (wall and CPU) over the timed windows and the ratio of the medians: an epoch's new
+input computed during a Trainer call, or a burst of a neighbour's work, moves a mean by a few
+calls and leaves the median where it was. ``--hlo`` prints the op counts of
 the two XLA step computations (optimised HLO) side by side instead of training, then what each
 executes: the entry computation's instructions (dots, fusions with their bodies' opcodes,
 copies) present in one arm's step and not in the other's.
+
+``--aa`` runs the interleaving with the same arm twice: two copies of the fit arm take turns
+window by window on the planned batches (the first in the Trainer's slot, the second, built
+later, in fit's), so its ratios are what slot, memory placement and the machine alone give.
 
     python bench/bench_kerashub.py --packing [--quick]   # GPT-2: packed against padded/bucketed
 
@@ -50,6 +61,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +75,7 @@ from bench_trainer import (
     CLIP_NORM,
     DATASET,
     LEARNING_RATE,
+    Window,
     bootstrap_interval,
     interleaved_windows,
     planned_batches,
@@ -95,13 +108,17 @@ LLAMA_SMALL = {"num_layers": 4, "num_query_heads": 4, "num_key_value_heads": 2, 
                "intermediate_dim": 384}  # fmt: skip
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, only: str | None = None) -> list[Case]:
+    """The benchmark's cases; ``only``: "gpt2" or "llama" (``--case``)."""
     if quick:
-        return [Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL, max_samples=120)]
-    return [
+        chosen = [Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL, max_samples=120),
+                  Case("Llama 4x128", "LlamaCausalLM", LLAMA_SMALL, max_samples=120)]  # fmt: skip
+        return chosen[1:] if only == "llama" else chosen[:1]
+    chosen = [
         Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL),
         Case("Llama 4x128", "LlamaCausalLM", LLAMA_SMALL),
     ]
+    return [c for c in chosen if only is None or c.task.lower().startswith(only)]
 
 
 def make_model(case: Case) -> keras.Model:
@@ -141,6 +158,9 @@ class CallClocks:
         self.inside = {"trainer": 0.0, "fit": 0.0}
         self.cpu = {"trainer": 0.0, "fit": 0.0}  # this process's CPU seconds in the same spans
         self.windows: list[dict[str, float]] = []  # one per fit window, the Trainer's before it
+        # Every call: (arm, index of its window in ``windows``, wall seconds, CPU seconds), so
+        # each arm's median call can be compared too (a mean moves with a few slow calls).
+        self.records: list[tuple[str, int, float, float]] = []
         # Python's garbage collections, timed wherever they fall (gc.callbacks): a full one can
         # take a good part of a second here, so one inside a timed span moves its window.
         self.gc_total = 0.0
@@ -163,8 +183,12 @@ class CallClocks:
             started, cpu = time.perf_counter(), time.process_time()
             out = call(*args)
             tf.nest.map_structure(lambda t: t.numpy(), out)  # the results on the host
-            self.inside[arm] += time.perf_counter() - started
-            self.cpu[arm] += time.process_time() - cpu
+            wall, used = time.perf_counter() - started, time.process_time() - cpu
+            self.inside[arm] += wall
+            self.cpu[arm] += used
+            # fit's window is closed into the Trainer's entry before it (``close_window``)
+            window = len(self.windows) - (arm == "fit")
+            self.records.append((arm, window, wall, used))
             return out
 
         return timed
@@ -206,6 +230,13 @@ class CallClocks:
         ``interleaved_windows`` drops it."""
         self.close_window()
         return self.windows[1:-1]
+
+    def timed_calls(self, arm: str) -> np.ndarray:
+        """``[calls, 2]``: wall and CPU seconds of each of ``arm``'s calls in the timed
+        windows (after ``timed``)."""
+        last = len(self.windows) - 2
+        kept = [(w, c) for a, i, w, c in self.records if a == arm and 1 <= i <= last]
+        return np.array(kept, dtype=np.float64).reshape(-1, 2)
 
 
 class KerasHubFit:
@@ -257,14 +288,109 @@ class KerasHubFit:
         return self._span.end - self._span.begin
 
 
+class ContinuousFit(KerasHubFit):
+    """fit's arm as one ``fit`` over all the planned batches, paused between windows.
+
+    ``KerasHubFit.run`` calls ``fit`` once per window, so fit's input pipeline starts again in
+    every window, its first batch fetched inside the window's first timed call (about 3.5 ms
+    more CPU there, and a wait: BENCHMARKS.md, "Llama's compiled call against fit's"); the
+    Trainer starts its pipeline once per epoch. Here one ``fit`` runs on a helper thread over
+    the whole run's batches, one pipeline as a real ``fit`` epoch has, and a callback hands
+    control back at each window's end: the two arms still run in turn, never together."""
+
+    class _Gate(keras.callbacks.Callback):
+        def __init__(self, owner: ContinuousFit) -> None:
+            super().__init__()
+            self.owner = owner
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            self.owner._at_batch_begin(batch)
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.owner._at_batch_end(batch)
+
+    def __init__(self, case: Case, batches: dict[str, np.ndarray], calls: CallClocks) -> None:
+        super().__init__(case, batches, calls)
+        self._turn = threading.Condition()
+        self._target: int | None = 0  # fit may run up to this step (None: to the end)
+        self._done = 0  # steps fit has finished
+        self._first = 0  # the current window's first step
+        self._span = np.zeros(2)
+        self._begin = np.zeros(2)
+        self._gc_begin = 0.0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fit, name="bench-fit", daemon=True)
+        self._thread.start()
+
+    def _fit(self) -> None:
+        ids = self.batches["inputs"]
+        try:
+            self.model.fit(
+                {"token_ids": ids, "padding_mask": np.ones_like(ids)},
+                self.batches["targets"],
+                sample_weight=self.batches["loss_mask"].astype(np.float32),
+                batch_size=self.case.batch,
+                shuffle=False,
+                epochs=1,
+                verbose=0,
+                callbacks=[self._Gate(self)],
+            )
+        except BaseException as error:  # raised in the main thread by run()
+            self._error = error
+        with self._turn:
+            self._target, self._done = None, len(ids) // self.case.batch
+            self._turn.notify_all()
+
+    def _at_batch_begin(self, batch: int) -> None:
+        with self._turn:
+            self._turn.wait_for(lambda: self._target is None or batch < self._target)
+        if batch == self._first:  # the window's first step
+            self._begin = np.array([time.perf_counter(), time.process_time()])
+            self._gc_begin = self.calls.gc_total
+
+    def _at_batch_end(self, batch: int) -> None:
+        end = np.array([time.perf_counter(), time.process_time()])
+        with self._turn:
+            self._done = batch + 1
+            if self._done == self._target:
+                self._span = end - self._begin
+                self.calls.fit_gc = self.calls.gc_total - self._gc_begin
+                self._turn.notify_all()
+
+    def run(self, first_step: int, last_step: int) -> np.ndarray:
+        """Lets fit train global batches [first_step, last_step); returns [wall, CPU]."""
+        self.calls.close_window()
+        with self._turn:
+            if self._done != first_step:
+                raise RuntimeError(f"fit is at step {self._done}, asked for {first_step}")
+            self._first, self._target = first_step, last_step
+            self._turn.notify_all()
+            self._turn.wait_for(lambda: self._done >= last_step or self._error is not None)
+        if self._error is not None:
+            raise self._error
+        self.calls.open_trainer_window()
+        return self._span
+
+    def finish(self) -> None:
+        """Lets fit train what is left (the steps after the last window) and end."""
+        with self._turn:
+            self._target = None
+            self._turn.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str, Any]:
     trainer = make_trainer(case, cache_dir, steps_per_call)
     batches = planned_batches(case, trainer, cache_dir)
     calls = CallClocks()
     calls.watch_trainer(trainer)
-    fit = KerasHubFit(case, batches, calls)
+    fit = ContinuousFit(case, batches, calls)
     windows = interleaved_windows(trainer, fit, case.log_interval)
+    fit.finish()
     inside = calls.timed()
+    per_call = {arm: calls.timed_calls(arm) for arm in ("trainer", "fit")}
     calls.close()
     total = trainer._position.global_step
     if len(batches["inputs"]) != total * case.batch:
@@ -287,6 +413,7 @@ def bench_case(case: Case, cache_dir: str, steps_per_call: int = 1) -> dict[str,
         "ratio_cpu": fit_seconds[1] / trainer_seconds[1],
         "interval": bootstrap_interval(windows),
         "ms_per_step": breakdown(windows, inside),
+        "median_call": median_calls(per_call),
     }
     del trainer, fit
     keras.backend.clear_session()
@@ -309,6 +436,59 @@ def breakdown(windows: list[Any], inside: list[dict[str, float]]) -> dict[str, f
         result[f"{arm}_call_cpu"] = 1e3 * sum(i[f"{arm}_cpu"] for i in inside) / steps
     result["call_ratio"] = result["fit_call"] / result["trainer_call"]
     result["call_cpu_ratio"] = result["fit_call_cpu"] / result["trainer_call_cpu"]
+    return result
+
+
+def aa_fit_case(case: Case, cache_dir: str) -> dict[str, Any]:
+    """A/A through the bench's interleaving: two copies of the fit arm (the second model built
+    after the first, as fit's is after the Trainer's) take turns window by window on the same
+    batches, the first copy in the Trainer's slot, the second in fit's; the first window
+    (compilation) dropped. Any ratio away from 1.0 is what the slot, placement and the machine
+    give two identical arms."""
+    trainer = make_trainer(case, cache_dir)  # only to plan the batches it would feed
+    batches = planned_batches(case, trainer, cache_dir)
+    clocks = [CallClocks(), CallClocks()]
+    arms = [ContinuousFit(case, batches, c) for c in clocks]
+    steps = len(batches["inputs"]) // case.batch
+    windows = []
+    for first in range(0, steps - case.log_interval + 1, case.log_interval):
+        last = first + case.log_interval
+        seconds = [arm.run(first, last) for arm in arms]
+        windows.append(Window(last - first, seconds[0], seconds[1]))
+    for arm in arms:
+        arm.finish()
+    calls = []
+    for c in clocks:
+        kept = [(w, u) for arm, i, w, u in c.records if i >= 1]  # window 0: compilation
+        calls.append(np.array(kept, dtype=np.float64))
+        c.close()
+    windows = windows[1:]
+    first, second = (sum(getattr(w, a) for w in windows) for a in ("trainer", "fit"))
+    result = {
+        "case": case,
+        "windows": len(windows),
+        "ratio": second[0] / first[0],
+        "ratio_cpu": second[1] / first[1],
+        "interval": bootstrap_interval(windows),
+        "call_ratio": calls[1][:, 0].sum() / calls[0][:, 0].sum(),
+        "call_cpu_ratio": calls[1][:, 1].sum() / calls[0][:, 1].sum(),
+        "median_ratio": float(np.median(calls[1][:, 0]) / np.median(calls[0][:, 0])),
+    }
+    del trainer, arms
+    keras.backend.clear_session()
+    return result
+
+
+def median_calls(per_call: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each arm's median compiled call (wall and CPU ms) over the timed windows, and the
+    ratio of the medians (fit / Trainer), which a few slow calls (an epoch's new input being
+    computed during a call, a neighbour's burst) do not move as they move the means."""
+    result: dict[str, float] = {}
+    for arm, calls in per_call.items():
+        result[f"{arm}_count"] = len(calls)
+        result[f"{arm}_wall"], result[f"{arm}_cpu"] = (1e3 * np.median(calls, axis=0)).tolist()
+    result["ratio"] = result["fit_wall"] / result["trainer_wall"]
+    result["cpu_ratio"] = result["fit_cpu"] / result["trainer_cpu"]
     return result
 
 
@@ -405,9 +585,9 @@ def hlo_op_counts(text: str) -> collections.Counter:
     return collections.Counter(m.group(1) for m in map(opcode.search, text.splitlines()) if m)
 
 
-def print_hlo(quick: bool) -> None:
+def print_hlo(quick: bool, only: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(quick):
+        for case in cases(quick, only):
             texts = hlo_texts(case, os.path.join(tmp, "cache"))
             keras.backend.clear_session()
             t, f = hlo_op_counts(texts["trainer"]), hlo_op_counts(texts["fit"])
@@ -437,17 +617,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq", type=int, default=256, help="--packing: max_seq_length")
     parser.add_argument("--steps-per-call", type=int, default=1, help="Trainer(steps_per_call=)")
     parser.add_argument("--hlo", action="store_true", help="HLO op counts of both XLA steps")
+    parser.add_argument("--case", choices=("gpt2", "llama"), help="one model only")
+    parser.add_argument("--aa", action="store_true", help="A/A: fit against a copy of fit")
     args = parser.parse_args(argv)
     if args.hlo:
-        print_hlo(args.quick)
+        print_hlo(args.quick, args.case)
         return
     if args.packing:
         packing(args.quick, args.seq)
         return
     started = time.perf_counter()
+    if args.aa:
+        print("\nA/A: fit (Trainer's slot) against a second copy of fit (fit's slot), same batches")
+        print("\n| model | windows | ratio | 95% interval | per CPU-second | call ratio "
+              "| call CPU ratio | median call ratio |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for case in cases(args.quick, args.case):
+                r = aa_fit_case(case, os.path.join(tmp, "cache"))
+                low, high = r["interval"]
+                print(
+                    f"| {case.label} | {r['windows']} | {r['ratio']:.3f} | [{low:.3f}, {high:.3f}] "
+                    f"| {r['ratio_cpu']:.3f} | {r['call_ratio']:.3f} | {r['call_cpu_ratio']:.3f} "
+                    f"| {r['median_ratio']:.3f} |",
+                    flush=True,
+                )
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(args.quick):
+        for case in cases(args.quick, args.case):
             result = bench_case(case, os.path.join(tmp, "cache"), args.steps_per_call)
             results.append(result)
             print(
@@ -487,6 +686,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {b['trainer_gc']:.2f} | {b['fit_call']:.2f} | {b['fit_host']:.2f} "
             f"| {b['fit_gc']:.2f} | {b['call_ratio']:.3f} "
             f"| {b['trainer_call_cpu']:.2f} / {b['fit_call_cpu']:.2f} | {b['call_cpu_ratio']:.3f} |"
+        )
+    print("\nmedian compiled call (ms, wall / CPU), over each arm's calls in the timed windows\n")
+    print("| model | Trainer calls | Trainer median | fit calls | fit median | median ratio "
+          "| median CPU ratio |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        m = r["median_call"]
+        print(
+            f"| {r['case'].label} | {m['trainer_count']} "
+            f"| {m['trainer_wall']:.2f} / {m['trainer_cpu']:.2f} | {m['fit_count']} "
+            f"| {m['fit_wall']:.2f} / {m['fit_cpu']:.2f} | {m['ratio']:.3f} | {m['cpu_ratio']:.3f} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

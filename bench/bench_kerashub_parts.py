@@ -7,7 +7,8 @@
 ``bench_kerashub.py`` times whole windows of steps; this bench splits a step into its parts to
 say where a difference comes from. It trains ``bench_kerashub``'s Trainer one short epoch (so
 its step is compiled) and builds ``fit``'s model beside it, then times, in interleaved rounds
-(each round runs every pair once, A then B, ``--calls`` calls each):
+(each round runs both arms of a pair, ``--calls`` calls each, the first alternating by round;
+``--order``):
 
 1. ``xla step``: the one-replica XLA computation alone on the same batch (tensors already in
    memory): the Trainer's ``UnshardedEngine`` update against ``train_step`` compiled with
@@ -28,6 +29,17 @@ its step is compiled) and builds ``fit``'s model beside it, then times, in inter
    ``inputs._distribute``'s one-replica reshape and unbatch (a Trainer-only pair).
 5. ``lr read-out``: the learning rate a ``log`` event reports, evaluated eagerly (before) and
    as the runner's one compiled call (``TrainStepRunner.learning_rate``).
+
+``--aa`` times A/A pairs instead (what the method itself gives two identical arms): fit's host
+call against the same call of a second copy of fit's model, the Trainer's against a second
+Trainer's (its own model, optimizer and compiled step, built after the first), and the
+Trainer's against fit's with the two in the other order (``host call: Trainer | fit``). Each
+second copy's variables live elsewhere in memory and it is arm B, so a ratio away from 1.0 in an
+A/A pair is what placement, slot and the machine give, not the program.
+
+``--order`` (default ``alternate``): which arm runs first in a round. ``alternate`` swaps it
+every round (A B, then B A, ...), so neither arm always follows the other; ``fixed`` runs A
+first in every round, the method before the A/A pairs were measured.
 
 Each line gives the medians over rounds of wall and CPU (this process, all threads)
 milliseconds per call, and the median per-round ratio B / A (above 1: A is faster) with its
@@ -77,12 +89,63 @@ def fit_inputs(batches: dict[str, np.ndarray], rows: slice) -> tuple[Any, ...]:
     )
 
 
-def pairs(case: Any, cache_dir: str) -> list[Pair]:
+def trained_trainer(case: Any, cache_dir: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """``bench_kerashub``'s Trainer after one epoch (its step compiled), and its batches."""
     trainer = make_trainer(case, cache_dir)
     batches = planned_batches(case, trainer, cache_dir)
     trainer.train(save_checkpoints=False, checkpoint_dir=None, log_interval=case.log_interval)
+    return trainer, batches
+
+
+def fit_arm(case: Any, batches: dict[str, np.ndarray]) -> KerasHubFit:
+    """``bench_kerashub``'s fit arm on a fresh copy of the model, its step compiled."""
     fit = KerasHubFit(case, batches, CallClocks())
     fit.run(0, 2)  # fit builds its optimizer and compiles its step
+    return fit
+
+
+def repeat_batches(structure: Any, batch: int) -> Any:
+    """An endless iterator over in-memory batches (no input work inside a timed call)."""
+    dataset = tf.data.Dataset.from_tensor_slices(structure).batch(batch, drop_remainder=True)
+    return iter(dataset.repeat())
+
+
+def trainer_call(trainer: Any, batches: dict[str, np.ndarray], batch: int) -> Callable[[], Any]:
+    """One step through the Trainer's one-step host call, as a run compiles it, on in-memory
+    batches."""
+    rows = repeat_batches({k: batches[k] for k in ("inputs", "targets", "loss_mask")}, batch)
+    train_fn = trainer._step.train_fn(StepConfig(1, CLIP_NORM, True, steps_per_call=1))
+    return lambda: _fetch(train_fn(rows, 1))
+
+
+def fit_call(fit: KerasHubFit, batches: dict[str, np.ndarray], batch: int) -> Callable[[], Any]:
+    """One step through fit's ``train_function`` on in-memory batches."""
+    rows = repeat_batches(fit_inputs(batches, slice(None)), batch)
+    return lambda: _fetch(fit.model.train_function(rows))
+
+
+def aa_pairs(case: Any, cache_dir: str) -> list[Pair]:
+    """A/A pairs: each arm against a second copy of itself, and the A/B pair swapped."""
+    trainer, batches = trained_trainer(case, cache_dir)
+    fit = fit_arm(case, batches)
+    second_fit = fit_arm(case, batches)
+    second_trainer, _ = trained_trainer(case, cache_dir)
+    b = case.batch
+    return [
+        ("host call: fit", fit_call(fit, batches, b),
+         "fit, second copy", fit_call(second_fit, batches, b)),
+        ("host call: Trainer", trainer_call(trainer, batches, b),
+         "Trainer, second copy", trainer_call(second_trainer, batches, b)),
+        ("host call: Trainer", trainer_call(trainer, batches, b),
+         "fit", fit_call(fit, batches, b)),
+        ("host call: fit", fit_call(fit, batches, b),
+         "Trainer", trainer_call(trainer, batches, b)),
+    ]  # fmt: skip
+
+
+def pairs(case: Any, cache_dir: str) -> list[Pair]:
+    trainer, batches = trained_trainer(case, cache_dir)
+    fit = fit_arm(case, batches)
     step, b = trainer._step, case.batch
     plan = trainer._plans[0]
 
@@ -95,8 +158,7 @@ def pairs(case: Any, cache_dir: str) -> list[Pair]:
 
     # 2. whole host calls on the same in-memory batches
     def repeat(structure: Any) -> Any:
-        dataset = tf.data.Dataset.from_tensor_slices(structure).batch(b, drop_remainder=True)
-        return iter(dataset.repeat())
+        return repeat_batches(structure, b)
 
     trainer_rows = repeat({k: batches[k] for k in ("inputs", "targets", "loss_mask")})
     fit_rows = repeat(fit_inputs(batches, slice(None)))
@@ -175,13 +237,18 @@ def trainer_runner_rate(trainer: Any) -> Callable[[int], float]:
     return runner.learning_rate
 
 
-def measure(pair: Pair, rounds: int, calls: int) -> dict[str, Any]:
+def measure(pair: Pair, rounds: int, calls: int, order: str = "alternate") -> dict[str, Any]:
+    """Medians over ``rounds`` of each arm's ms per call; ``order``: which arm runs first in a
+    round (``alternate``: A B, then B A, ...; ``fixed``: A first every round)."""
     name_a, a, name_b, b = pair
     for f in (a, b):
         f()  # warm: traces, first iterators
     times: dict[str, list[np.ndarray]] = {"a": [], "b": []}
-    for _ in range(rounds):
-        for key, f in (("a", a), ("b", b)):
+    for round_index in range(rounds):
+        arms = [("a", a), ("b", b)]
+        if order == "alternate" and round_index % 2:
+            arms.reverse()
+        for key, f in arms:
             started = _clock()
             for _ in range(calls):
                 f()
@@ -201,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a Llama 4x16 (its step negligible)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=5, help="calls per arm per round")
+    parser.add_argument("--aa", action="store_true", help="A/A pairs: each arm against itself")
+    parser.add_argument("--order", choices=("alternate", "fixed"), default="alternate",
+                        help="which arm runs first in a round")  # fmt: skip
     args = parser.parse_args(argv)
     case = cases(False)[1 if args.llama else 0]
     if args.tiny:
@@ -210,8 +280,12 @@ def main(argv: list[str] | None = None) -> None:
     case.epochs = 1
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure(p, args.rounds, args.calls) for p in pairs(case, tmp)]
-    print(f"\n{case.label}, {case.batch} x {case.seq}: {args.rounds} rounds x {args.calls} calls\n")
+        make = aa_pairs if args.aa else pairs
+        results = [measure(p, args.rounds, args.calls, args.order) for p in make(case, tmp)]
+    print(
+        f"\n{case.label}, {case.batch} x {case.seq}: {args.rounds} rounds x {args.calls} calls, "
+        f"order {args.order}\n"
+    )
     print("| part: A | B | A ms wall / CPU | B ms wall / CPU | B/A wall [min, max] | B/A CPU |")
     print("|---|---|---:|---:|---:|---:|")
     for r in results:
