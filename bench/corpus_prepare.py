@@ -69,10 +69,11 @@ def _cpu_seconds() -> float:
 def _build(source, tokenizer, path: str, max_shard_tokens: int) -> None:
     """The one-process build of ``source``, as ``prepare_stage_store`` calls it (the files'
     hashes in the manifest)."""
+    from highnoon.data.read_units import unit_samples
     from highnoon.data.store import build_token_store
 
     build_token_store(
-        source.iter_samples(),
+        unit_samples(source),
         tokenizer,
         path,
         progress=False,

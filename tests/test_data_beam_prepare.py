@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from highnoon.data import beam_prepare as bp
+from highnoon.data.tokenizers import load_tokenizer
 from highnoon.utils.validation import InvalidArgumentError
 
 # --- checks, before any work ----------------------------------------------------------------
@@ -273,13 +274,14 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process(corpus, tmp_path_factory):
     """The reference: ``build_token_store`` in one process, as ``prepare_stage_store`` calls it."""
+    from highnoon.data.read_units import unit_samples
     from highnoon.data.registry import resolve_dataset
     from highnoon.data.store import build_token_store
 
     source = resolve_dataset(corpus)
     path = str(tmp_path_factory.mktemp("one") / "store")
     return build_token_store(
-        source.iter_samples(), "byte", path, sources=[source.describe()], skipped=source.stats,
+        unit_samples(source), "byte", path, sources=[source.describe()], skipped=source.stats,
         max_shard_tokens=SHARD_TOKENS, progress=False,
     )  # fmt: skip
 
@@ -312,10 +314,27 @@ def _assert_same_data(store, reference):
 
 def test_beam_store_is_the_one_process_store(corpus, one_process, tmp_path):
     # small chunks: every file is cut in several, and shards cut through chunks
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.shards import unit_shard_name
+
     store = _on_beam(corpus, tmp_path / "s", max_shard_tokens=SHARD_TOKENS, chunk_chars=150)
-    bounds = bp.token_bounds(one_process.features.lengths - 1, SHARD_TOKENS)  # minus EOS
-    assert [s["num_samples"] for s in one_process.manifest["shards"]] == np.diff(bounds).tolist()
-    assert len(bounds) - 1 >= 4  # several shards, cut inside files and chunks
+    # each file (read unit) cut by the token rule on its own: no shard spans two files
+    sizes, names = [], []
+    for u, unit in enumerate(bp.read_units(resolve_dataset(corpus))):
+        _, lengths = load_tokenizer("byte").encode_batch(list(unit.iter_samples()))
+        per_unit = np.diff(bp.token_bounds(lengths[lengths > 0], SHARD_TOKENS)).tolist()
+        sizes += per_unit
+        names += [unit_shard_name(u, k) for k in range(len(per_unit))]
+    assert [s["num_samples"] for s in one_process.manifest["shards"]] == sizes
+    assert [s["name"] for s in one_process.manifest["shards"]] == names
+    assert len(sizes) >= 5  # several shards per file, cut inside chunks
+    # every file holds 9 empty samples, its first one of them: that one is counted in the
+    # shard before it (the previous file's last), the first file's in its own first shard
+    skipped = [0, 0, 0]
+    for name in names:
+        with open(os.path.join(one_process.path, name, "shard.json"), encoding="utf-8") as f:
+            skipped[int(name.split("-")[1])] += json.load(f)["skipped_empty"]
+    assert skipped == [9 + 1, 9, 9 - 1]
     assert one_process.manifest["skipped"]["empty"] == 3 * 9
     assert one_process.manifest["skipped"]["invalid_utf8_replaced"] == 3
     assert store.fingerprint == one_process.fingerprint
