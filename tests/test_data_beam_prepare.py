@@ -346,6 +346,59 @@ def test_beam_store_is_the_one_process_store(corpus, one_process, tmp_path):
     ]
 
 
+def _jsonl(path, lengths):
+    """A JSONL file of texts of these lengths (0: an empty sample)."""
+    path.write_bytes(b"".join(json.dumps({"text": "x" * n}).encode() + b"\n" for n in lengths))
+
+
+def _shard_facts(store):
+    """(name, samples, empty samples counted) of each shard, in order."""
+    facts = []
+    for entry in store.manifest["shards"]:
+        with open(os.path.join(store.path, entry["name"], "shard.json"), encoding="utf-8") as f:
+            facts.append((entry["name"], entry["num_samples"], json.load(f)["skipped_empty"]))
+    return facts
+
+
+def test_files_without_samples_write_no_shard_on_beam_as_in_one_process(tmp_path):
+    """A file of empty samples only writes no shard: its empty samples, like a file's leading
+    ones, are counted in the shard before it, or the first shard when none precedes."""
+    from highnoon.data.read_units import unit_samples
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.store import build_token_store
+
+    for number, lengths in enumerate([[0] * 3, [1, 2, 3, 4, 5], [0] * 3, [0, 1, 2, 3, 4], [0] * 3]):
+        _jsonl(tmp_path / f"part-{number}.jsonl", lengths)
+    pattern = str(tmp_path / "*.jsonl")
+    source = resolve_dataset(pattern)
+    one = build_token_store(
+        unit_samples(source), "byte", str(tmp_path / "one"), sources=[source.describe()],
+        skipped=source.stats, max_shard_tokens=8, progress=False,
+    )  # fmt: skip
+    # stored lengths 2, 3, 4 | 5, 6 (a shard closes at 8 ids): files 1 and 3 two shards each
+    assert _shard_facts(one) == [
+        ("unit-00001-shard-00000", 3, 3),  # file 0's empty samples: no shard precedes
+        ("unit-00001-shard-00001", 2, 4),  # file 2's three, file 3's leading one
+        ("unit-00003-shard-00000", 3, 0),
+        ("unit-00003-shard-00001", 1, 3),  # file 4's three
+    ]
+    assert one.manifest["skipped"]["empty"] == 10
+    beam = _on_beam(pattern, tmp_path / "beam", max_shard_tokens=8)
+    assert _shard_facts(beam) == _shard_facts(one)
+    assert beam.fingerprint == one.fingerprint
+    _assert_same_data(beam, one)
+
+
+def test_files_of_empty_samples_only_are_an_empty_dataset_on_beam(tmp_path):
+    from highnoon.utils.validation import InvalidDataError
+
+    for number in range(2):
+        _jsonl(tmp_path / f"part-{number}.jsonl", [0, 0])
+    with pytest.raises(InvalidDataError, match="the dataset is empty: no sample had any token"):
+        _on_beam(str(tmp_path / "*.jsonl"), tmp_path / "s")
+    assert not (tmp_path / "s").exists() and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
 @pytest.fixture(scope="module")
 def even_store(corpus, tmp_path_factory):
     """The corpus prepared on Beam into 4 shards of equal sample counts."""
