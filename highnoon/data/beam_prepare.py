@@ -1,40 +1,51 @@
 """One dataset entry's token store, prepared by an Apache Beam pipeline.
 
 ``build_store_on_beam(source, tokenizer, path, runner=..., beam_options=[...])`` writes the same
-store as the one-process ``store.build_token_store``: the same samples at the same indices, the
-same features, shard boundaries and fingerprint. Only who does the work changes: on
+store as the one-process ``store.build_token_store`` given ``read_units.unit_samples(source)``:
+the same samples at the same indices, the same features, shard boundaries and fingerprint. Only who does the work changes: on
 ``DirectRunner`` with ``--direct_num_workers=2 --direct_running_mode=multi_processing`` two
 local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster.
 
-**The pipeline.**
+**The pipeline, for a source of several read units** (``read_units``: a file each) **with
+shards cut by tokens** (the default):
 
-1. *Read.* A source is cut into read units: a file source with several files gives one unit per
-   file (in its sorted order), anything else (``tfds:``, registered callables, embedded data, or
-   any source capped by ``max_samples``) is one unit. A unit is read by one worker and cut into
-   chunks of about 4 MB of text, keyed ``(unit, chunk)``.
+1. *Write units.* Each unit is read, tokenised and written as its own shards by one worker
+   (``WriteUnit``, ``store_build.ShardSequence``: a shard never spans two units, the rule the
+   one-process build follows too). Only the unit's facts go on through Beam: its shards' names
+   and sample counts, its leading empty samples (counted in the shard before it), its unigram
+   counts and its source stats. No token crosses the runner or is written twice.
+2. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of
+   the units' count vectors: an exact integer sum whatever the grouping.
+3. *Index.* The units' facts, sorted by unit, give each shard its first sample (``unit_plan``).
+4. *Features.* Each shard's features under the corpus counts and its shard.json
+   (``WriteFeatures``, ``shards.write_shard_features``), spread over the workers.
+
+**For one read unit, or ``num_shards``** (even sample ranges of the whole corpus, which cross
+files), the two-pass pipeline:
+
+1. *Read.* A unit is read by one worker and cut into chunks of about 4 MB of text, keyed
+   ``(unit, chunk)``.
 2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
    read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
    chunk is put in its stored form once (``shards.stored_samples``: EOS appended, the store's
    dtype, each sample's CRC32C) and its unigram counts taken from it, then saved beside the
-   store (``chunk_file``). Only its metadata goes on through Beam: no token crosses the
-   runner's shuffle, and nothing is encoded or counted twice.
-3. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of the
-   chunks' count vectors: an exact integer sum whatever the grouping.
+   store (``chunk_file``). Only its metadata goes on through Beam.
+3. *Count*, as above, over the chunks.
 4. *Index.* The chunks' non-empty counts, gathered and sorted by key, give every chunk its first
-   sample index (``chunk_starts``): sample ``i`` of the store is the ``i``-th non-empty sample of
-   the entry in source order, the definition ``build_token_store`` has, whatever the runner,
-   the workers or the bundle sizes. The same side input fixes the shard boundaries
-   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule), and the
-   step writes the facts the launching process needs (shard names, counts, the sources' stats).
+   sample index (``chunk_starts``), whatever the runner, the workers or the bundle sizes. The
+   same side input fixes the shard boundaries (``even_bounds`` for ``num_shards``, else
+   ``token_bounds``: one unit's token rule), and the step writes the facts the launching
+   process needs (shard names, counts, the sources' stats).
 5. *Write.* Each shard is written by one worker: the stored bytes of the chunk files
    overlapping its range (``shard_chunks``, ``split_chunk``, ``StoredSamples.part``) appended
    as they are by ``shards.ShardWriter.add_stored``, then ``shards.write_shard_features``
    with the corpus counts (so scores equal a one-process build's exactly).
-6. *Publish.* Back in the launching process: the top ``manifest.json`` from the shards'
-   ``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
-   ``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a
-   temporary that the next one removes); a ``gs://`` store is written in place, manifest last,
-   so an interrupted one never opens.
+
+*Publish*, either way: back in the launching process, the top ``manifest.json`` from the shards'
+``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
+``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a temporary
+that the next one removes); a ``gs://`` store is written in place, manifest last, so an
+interrupted one never opens.
 
 ``DirectRunner`` is Beam's ``FnApiRunner`` given directly (``pipeline_runner``: Beam's own
 ``DirectRunner`` would first try to fetch and start ``PrismRunner``). Its worker processes import

@@ -1,8 +1,9 @@
 """Building a token store in one process: samples in, a format-2 store (``shards.py``) out.
 
 ``build_token_store(samples, tokenizer, path)`` encodes texts in batches of about 4 MB, writes
-shards of at most about ``max_shard_tokens`` ids (a shard is closed once it reaches that many
-and the next sample has tokens), sums the shards' unigram counts, writes each shard's features
+shards of at most about ``max_shard_tokens`` ids (``ShardSequence``: a shard is closed once it
+reaches that many, or the next non-empty sample begins another read unit, and the next sample
+has tokens), sums the shards' unigram counts, writes each shard's features
 under those corpus counts, and writes ``manifest.json`` last: the same steps, with the same
 writer, as a preparation spread over Beam workers, so both give the same store.
 
