@@ -165,6 +165,23 @@ def test_read_units_split_files_in_sorted_order(tmp_path):
     assert [len(c) for c in bp.iter_chunks(units[0], chunk_chars=1)] == [1]
 
 
+def test_unit_samples_mark_where_each_file_ends_and_sum_the_files_stats(tmp_path):
+    from highnoon.data.read_units import UNIT_END, unit_samples
+    from highnoon.data.registry import resolve_dataset
+
+    (tmp_path / "a.jsonl").write_bytes(b'{"text": "a1"}\n{"text": "bad \xff"}\n')
+    (tmp_path / "b.jsonl").write_bytes(b'{"text": "b1"}\n{"text": "b\xff"}\n')
+    (tmp_path / "c.txt").write_text("c")
+    source = resolve_dataset(str(tmp_path))
+    samples = list(unit_samples(source))
+    assert samples == ["a1", "bad \ufffd", UNIT_END, "b1", "b\ufffd", UNIT_END, "c"]
+    assert source.stats == {"invalid_utf8_replaced": 2}
+    # one unit (a cap counts across files): the samples alone
+    assert list(unit_samples(source, max_samples=3)) == ["a1", "bad \ufffd", "b1"]
+    one_file = resolve_dataset(str(tmp_path / "a.jsonl"))
+    assert list(unit_samples(one_file)) == ["a1", "bad \ufffd"]
+
+
 # --- the output directory: one preparation at a time, a killed one restarts cleanly ----------
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
