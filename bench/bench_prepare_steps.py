@@ -4,8 +4,8 @@ process and in two worker processes, each with its step counters.
 
     python bench/bench_prepare_steps.py [--mb 400] [--workers 1,2]
 
-The replay runs ``beam_prepare``'s functions in order (read and tokenise each chunk into its
-stored form, save it; plan; per shard, append the stored chunks, then the features), so its
+The replay runs ``beam_prepare``'s steps for a source of several files in order (per file: read
+and tokenise each chunk, write it into the file's shards; then per shard, the features), so its
 ratio to the one-process build is the pipeline's per-MB work without any runner. CPU seconds
 are this process's and its finished children's (Beam's workers); one corpus, built once.
 """
@@ -33,36 +33,41 @@ def _cpu() -> float:
 
 
 def replay(source, tokenizer, staging: str, max_shard_tokens: int) -> dict[str, float]:
-    """The pipeline's steps in this process; CPU seconds per step."""
+    """The pipeline's steps for a source of several files in this process; CPU seconds per
+    step: each unit read, tokenised and written as its shards (``ShardSequence``), then each
+    shard's features under the summed counts."""
     from highnoon.data import beam_prepare as bp
-    from highnoon.data.shards import ShardWriter, stored_samples, write_shard_features
+    from highnoon.data.shards import BLOCK_BYTES, write_shard_features
+    from highnoon.data.store_build import ShardSequence
 
-    times: dict[str, float] = {"tokenise": 0.0, "write": 0.0, "features": 0.0}
-    start = time.process_time()
-    metas, counts = [], np.zeros(tokenizer.vocab_size, np.int64)
+    times: dict[str, float] = {"read": 0.0, "tokenise": 0.0, "write": 0.0, "features": 0.0}
+    units = []
     for u, unit in enumerate(bp.read_units(source)):
-        for c, samples in enumerate(bp.iter_chunks(unit)):
+        sequence = ShardSequence(staging, tokenizer, max_shard_tokens, BLOCK_BYTES, unit=u,
+                                 hold_leading_empty=True)  # fmt: skip
+        chunks = bp.iter_chunks(unit)
+        while True:
+            start = time.process_time()
+            samples = next(chunks, None)
+            times["read"] += time.process_time() - start
+            if samples is None:
+                break
+            start = time.process_time()
             flat, lengths = bp.encode_chunk(samples, tokenizer)
-            stored = stored_samples(flat, lengths, tokenizer.vocab_size, tokenizer.eos_id)
-            bp._save_chunk(bp.chunk_file(staging, (u, c)), stored)
-            counts += np.bincount(stored.tokens, minlength=tokenizer.vocab_size)
-            metas.append(((u, c), int(stored.crcs.size), lengths))
-    times["tokenise"] = time.process_time() - start
-    plan = bp._plan(metas, None, max_shard_tokens)
-    for shard, name in enumerate(plan["names"]):
+            middle = time.process_time()
+            sequence.add(flat, lengths)
+            times["tokenise"] += middle - start
+            times["write"] += time.process_time() - middle
         start = time.process_time()
-        directory = os.path.join(staging, name)
-        writer = ShardWriter(directory, tokenizer.vocab_size, tokenizer.eos_id, count_tokens=False)
-        for key, first in bp.shard_chunks(plan, shard):
-            stored = bp._load_chunk(bp.chunk_file(staging, key), writer.dtype)
-            for piece, lo, hi in bp.split_chunk(first, stored.lengths, plan["bounds"]):
-                if piece == shard:
-                    writer.add_stored(stored.part(lo, hi))
-        writer.close()
-        middle = time.process_time()
-        write_shard_features(directory, counts, int(plan["bounds"][shard]))
-        times["write"] += middle - start
-        times["features"] += time.process_time() - middle
+        written = sequence.close()
+        times["write"] += time.process_time() - start
+        units.append({"unit": u, "shards": [(n, s.num_samples) for n, s in written],
+                      "leading_empty": sequence.leading_empty, "counts": written})  # fmt: skip
+    start = time.process_time()
+    counts = np.sum([s.counts for unit in units for _, s in unit["counts"]], axis=0)
+    for name, first, more_empty in bp.unit_plan(units)["shards"]:
+        write_shard_features(os.path.join(staging, name), counts, first, more_empty=more_empty)
+    times["features"] = time.process_time() - start
     return times
 
 
@@ -77,6 +82,7 @@ def main() -> None:
     from corpus_prepare import shard_tokens_for, write_corpus
 
     from highnoon.data.beam_prepare import build_store_on_beam
+    from highnoon.data.read_units import unit_samples
     from highnoon.data.registry import resolve_dataset
     from highnoon.data.store import build_token_store
     from highnoon.data.tokenizers import load_tokenizer
@@ -90,7 +96,7 @@ def main() -> None:
         out = os.path.join(work, "store")
         cpu = _cpu()
         build_token_store(
-            source.iter_samples(), tokenizer, out, progress=False,
+            unit_samples(source), tokenizer, out, progress=False,
             max_shard_tokens=max_shard_tokens,
         )  # fmt: skip
         one = _cpu() - cpu

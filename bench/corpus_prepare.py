@@ -5,8 +5,9 @@ on any 2-process preparation: the one-process build run by two processes at once
 files each (``_ideal_split``: the same work split perfectly, nothing to combine).
 
 Both read the same JSONL files (8 files, synthetic words) through the same registry source and
-write format-2 stores of about 4 shards (the same ``max_shard_tokens`` for both, so the same
-boundaries); the bench asserts that the two stores are the
+write stores whose shards end where files do, each file's shard cut at ``max_shard_tokens``
+(a quarter of the corpus: 8 shards, one per file, the same for both); the bench asserts that
+the two stores are the
 same (fingerprint, features, curriculum scores) before it prints any ratio. Two tokenizers: the
 byte tokenizer (cheap per byte: reading, serialisation and writing dominate) and a SentencePiece
 BPE model trained on the corpus first (about what C4-scale preparation pays per byte).
@@ -69,10 +70,11 @@ def _cpu_seconds() -> float:
 def _build(source, tokenizer, path: str, max_shard_tokens: int) -> None:
     """The one-process build of ``source``, as ``prepare_stage_store`` calls it (the files'
     hashes in the manifest)."""
+    from highnoon.data.read_units import unit_samples
     from highnoon.data.store import build_token_store
 
     build_token_store(
-        source.iter_samples(),
+        unit_samples(source),
         tokenizer,
         path,
         progress=False,

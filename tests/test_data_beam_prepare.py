@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from highnoon.data import beam_prepare as bp
+from highnoon.data.tokenizers import load_tokenizer
 from highnoon.utils.validation import InvalidArgumentError
 
 # --- checks, before any work ----------------------------------------------------------------
@@ -164,6 +165,23 @@ def test_read_units_split_files_in_sorted_order(tmp_path):
     assert [len(c) for c in bp.iter_chunks(units[0], chunk_chars=1)] == [1]
 
 
+def test_unit_samples_mark_where_each_file_ends_and_sum_the_files_stats(tmp_path):
+    from highnoon.data.read_units import UNIT_END, unit_samples
+    from highnoon.data.registry import resolve_dataset
+
+    (tmp_path / "a.jsonl").write_bytes(b'{"text": "a1"}\n{"text": "bad \xff"}\n')
+    (tmp_path / "b.jsonl").write_bytes(b'{"text": "b1"}\n{"text": "b\xff"}\n')
+    (tmp_path / "c.txt").write_text("c")
+    source = resolve_dataset(str(tmp_path))
+    samples = list(unit_samples(source))
+    assert samples == ["a1", "bad \ufffd", UNIT_END, "b1", "b\ufffd", UNIT_END, "c"]
+    assert source.stats == {"invalid_utf8_replaced": 2}
+    # one unit (a cap counts across files): the samples alone
+    assert list(unit_samples(source, max_samples=3)) == ["a1", "bad \ufffd", "b1"]
+    one_file = resolve_dataset(str(tmp_path / "a.jsonl"))
+    assert list(unit_samples(one_file)) == ["a1", "bad \ufffd"]
+
+
 # --- the output directory: one preparation at a time, a killed one restarts cleanly ----------
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -273,13 +291,14 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process(corpus, tmp_path_factory):
     """The reference: ``build_token_store`` in one process, as ``prepare_stage_store`` calls it."""
+    from highnoon.data.read_units import unit_samples
     from highnoon.data.registry import resolve_dataset
     from highnoon.data.store import build_token_store
 
     source = resolve_dataset(corpus)
     path = str(tmp_path_factory.mktemp("one") / "store")
     return build_token_store(
-        source.iter_samples(), "byte", path, sources=[source.describe()], skipped=source.stats,
+        unit_samples(source), "byte", path, sources=[source.describe()], skipped=source.stats,
         max_shard_tokens=SHARD_TOKENS, progress=False,
     )  # fmt: skip
 
@@ -312,10 +331,27 @@ def _assert_same_data(store, reference):
 
 def test_beam_store_is_the_one_process_store(corpus, one_process, tmp_path):
     # small chunks: every file is cut in several, and shards cut through chunks
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.shards import unit_shard_name
+
     store = _on_beam(corpus, tmp_path / "s", max_shard_tokens=SHARD_TOKENS, chunk_chars=150)
-    bounds = bp.token_bounds(one_process.features.lengths - 1, SHARD_TOKENS)  # minus EOS
-    assert [s["num_samples"] for s in one_process.manifest["shards"]] == np.diff(bounds).tolist()
-    assert len(bounds) - 1 >= 4  # several shards, cut inside files and chunks
+    # each file (read unit) cut by the token rule on its own: no shard spans two files
+    sizes, names = [], []
+    for u, unit in enumerate(bp.read_units(resolve_dataset(corpus))):
+        _, lengths = load_tokenizer("byte").encode_batch(list(unit.iter_samples()))
+        per_unit = np.diff(bp.token_bounds(lengths[lengths > 0], SHARD_TOKENS)).tolist()
+        sizes += per_unit
+        names += [unit_shard_name(u, k) for k in range(len(per_unit))]
+    assert [s["num_samples"] for s in one_process.manifest["shards"]] == sizes
+    assert [s["name"] for s in one_process.manifest["shards"]] == names
+    assert len(sizes) >= 5  # several shards per file, cut inside chunks
+    # every file holds 9 empty samples, its first one of them: that one is counted in the
+    # shard before it (the previous file's last), the first file's in its own first shard
+    skipped = [0, 0, 0]
+    for name in names:
+        with open(os.path.join(one_process.path, name, "shard.json"), encoding="utf-8") as f:
+            skipped[int(name.split("-")[1])] += json.load(f)["skipped_empty"]
+    assert skipped == [9 + 1, 9, 9 - 1]
     assert one_process.manifest["skipped"]["empty"] == 3 * 9
     assert one_process.manifest["skipped"]["invalid_utf8_replaced"] == 3
     assert store.fingerprint == one_process.fingerprint
@@ -325,6 +361,59 @@ def test_beam_store_is_the_one_process_store(corpus, one_process, tmp_path):
     assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json"] + [
         m["name"] for m in one_process.manifest["shards"]
     ]
+
+
+def _jsonl(path, lengths):
+    """A JSONL file of texts of these lengths (0: an empty sample)."""
+    path.write_bytes(b"".join(json.dumps({"text": "x" * n}).encode() + b"\n" for n in lengths))
+
+
+def _shard_facts(store):
+    """(name, samples, empty samples counted) of each shard, in order."""
+    facts = []
+    for entry in store.manifest["shards"]:
+        with open(os.path.join(store.path, entry["name"], "shard.json"), encoding="utf-8") as f:
+            facts.append((entry["name"], entry["num_samples"], json.load(f)["skipped_empty"]))
+    return facts
+
+
+def test_files_without_samples_write_no_shard_on_beam_as_in_one_process(tmp_path):
+    """A file of empty samples only writes no shard: its empty samples, like a file's leading
+    ones, are counted in the shard before it, or the first shard when none precedes."""
+    from highnoon.data.read_units import unit_samples
+    from highnoon.data.registry import resolve_dataset
+    from highnoon.data.store import build_token_store
+
+    for number, lengths in enumerate([[0] * 3, [1, 2, 3, 4, 5], [0] * 3, [0, 1, 2, 3, 4], [0] * 3]):
+        _jsonl(tmp_path / f"part-{number}.jsonl", lengths)
+    pattern = str(tmp_path / "*.jsonl")
+    source = resolve_dataset(pattern)
+    one = build_token_store(
+        unit_samples(source), "byte", str(tmp_path / "one"), sources=[source.describe()],
+        skipped=source.stats, max_shard_tokens=8, progress=False,
+    )  # fmt: skip
+    # stored lengths 2, 3, 4 | 5, 6 (a shard closes at 8 ids): files 1 and 3 two shards each
+    assert _shard_facts(one) == [
+        ("unit-00001-shard-00000", 3, 3),  # file 0's empty samples: no shard precedes
+        ("unit-00001-shard-00001", 2, 4),  # file 2's three, file 3's leading one
+        ("unit-00003-shard-00000", 3, 0),
+        ("unit-00003-shard-00001", 1, 3),  # file 4's three
+    ]
+    assert one.manifest["skipped"]["empty"] == 10
+    beam = _on_beam(pattern, tmp_path / "beam", max_shard_tokens=8)
+    assert _shard_facts(beam) == _shard_facts(one)
+    assert beam.fingerprint == one.fingerprint
+    _assert_same_data(beam, one)
+
+
+def test_files_of_empty_samples_only_are_an_empty_dataset_on_beam(tmp_path):
+    from highnoon.utils.validation import InvalidDataError
+
+    for number in range(2):
+        _jsonl(tmp_path / f"part-{number}.jsonl", [0, 0])
+    with pytest.raises(InvalidDataError, match="the dataset is empty: no sample had any token"):
+        _on_beam(str(tmp_path / "*.jsonl"), tmp_path / "s")
+    assert not (tmp_path / "s").exists() and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,9 @@ def test_killed_build_leaves_no_store(tmp_path):
         assert proc.stdout.readline().strip() == "started"
         time.sleep(0.2)
         tmp_dirs = [p for p in tmp_path.iterdir() if p.name.startswith("store.tmp-")]
-        assert len(tmp_dirs) == 1 and (tmp_dirs[0] / "part-00000" / "tokens.bin").exists()
+        assert (
+            len(tmp_dirs) == 1 and (tmp_dirs[0] / "unit-00000-shard-00000" / "tokens.bin").exists()
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

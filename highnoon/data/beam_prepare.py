@@ -1,40 +1,51 @@
 """One dataset entry's token store, prepared by an Apache Beam pipeline.
 
 ``build_store_on_beam(source, tokenizer, path, runner=..., beam_options=[...])`` writes the same
-store as the one-process ``store.build_token_store``: the same samples at the same indices, the
-same features, shard boundaries and fingerprint. Only who does the work changes: on
+store as the one-process ``store.build_token_store`` given ``read_units.unit_samples(source)``:
+the same samples at the same indices, the same features, shard boundaries and fingerprint. Only who does the work changes: on
 ``DirectRunner`` with ``--direct_num_workers=2 --direct_running_mode=multi_processing`` two
 local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster.
 
-**The pipeline.**
+**The pipeline, for a source of several read units** (``read_units``: a file each) **with
+shards cut by tokens** (the default):
 
-1. *Read.* A source is cut into read units: a file source with several files gives one unit per
-   file (in its sorted order), anything else (``tfds:``, registered callables, embedded data, or
-   any source capped by ``max_samples``) is one unit. A unit is read by one worker and cut into
-   chunks of about 4 MB of text, keyed ``(unit, chunk)``.
+1. *Write units.* Each unit is read, tokenised and written as its own shards by one worker
+   (``WriteUnit``, ``store_build.ShardSequence``: a shard never spans two units, the rule the
+   one-process build follows too). Only the unit's facts go on through Beam: its shards' names
+   and sample counts, its leading empty samples (counted in the shard before it), its unigram
+   counts and its source stats. No token crosses the runner or is written twice.
+2. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of
+   the units' count vectors: an exact integer sum whatever the grouping.
+3. *Index.* The units' facts, sorted by unit, give each shard its first sample (``unit_plan``).
+4. *Features.* Each shard's features under the corpus counts and its shard.json
+   (``WriteFeatures``, ``shards.write_shard_features``), spread over the workers.
+
+**For one read unit, or ``num_shards``** (even sample ranges of the whole corpus, which cross
+files), the two-pass pipeline:
+
+1. *Read.* A unit is read by one worker and cut into chunks of about 4 MB of text, keyed
+   ``(unit, chunk)``.
 2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
    read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
    chunk is put in its stored form once (``shards.stored_samples``: EOS appended, the store's
    dtype, each sample's CRC32C) and its unigram counts taken from it, then saved beside the
-   store (``chunk_file``). Only its metadata goes on through Beam: no token crosses the
-   runner's shuffle, and nothing is encoded or counted twice.
-3. *Count.* The corpus unigram counts (what surprisal needs) are a ``CombineGlobally`` sum of the
-   chunks' count vectors: an exact integer sum whatever the grouping.
+   store (``chunk_file``). Only its metadata goes on through Beam.
+3. *Count*, as above, over the chunks.
 4. *Index.* The chunks' non-empty counts, gathered and sorted by key, give every chunk its first
-   sample index (``chunk_starts``): sample ``i`` of the store is the ``i``-th non-empty sample of
-   the entry in source order, the definition ``build_token_store`` has, whatever the runner,
-   the workers or the bundle sizes. The same side input fixes the shard boundaries
-   (``even_bounds`` for ``num_shards``, else ``token_bounds``, the one-process rule), and the
-   step writes the facts the launching process needs (shard names, counts, the sources' stats).
+   sample index (``chunk_starts``), whatever the runner, the workers or the bundle sizes. The
+   same side input fixes the shard boundaries (``even_bounds`` for ``num_shards``, else
+   ``token_bounds``: one unit's token rule), and the step writes the facts the launching
+   process needs (shard names, counts, the sources' stats).
 5. *Write.* Each shard is written by one worker: the stored bytes of the chunk files
    overlapping its range (``shard_chunks``, ``split_chunk``, ``StoredSamples.part``) appended
    as they are by ``shards.ShardWriter.add_stored``, then ``shards.write_shard_features``
    with the corpus counts (so scores equal a one-process build's exactly).
-6. *Publish.* Back in the launching process: the top ``manifest.json`` from the shards'
-   ``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
-   ``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a
-   temporary that the next one removes); a ``gs://`` store is written in place, manifest last,
-   so an interrupted one never opens.
+
+*Publish*, either way: back in the launching process, the top ``manifest.json`` from the shards'
+``shard.json`` files (``shards.store_manifest``), written last. A local store is built in a
+``.tmp-<owner>`` directory and renamed into place (a killed preparation leaves only a temporary
+that the next one removes); a ``gs://`` store is written in place, manifest last, so an
+interrupted one never opens.
 
 ``DirectRunner`` is Beam's ``FnApiRunner`` given directly (``pipeline_runner``: Beam's own
 ``DirectRunner`` would first try to fetch and start ``PrismRunner``). Its worker processes import
@@ -46,7 +57,6 @@ highnoon[beam]``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import itertools
 import logging
@@ -62,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from highnoon.data.read_units import read_units
 from highnoon.data.sources import DataSource, FileSource
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
 from highnoon.utils.files import is_remote
@@ -288,20 +299,6 @@ def reused_worker_memory(runner: str, options: Any) -> Iterator[dict[str, str]]:
 # --- read units and chunks -------------------------------------------------------------------
 
 
-def read_units(source: DataSource, max_samples: int | None = None) -> list[DataSource]:
-    """The source cut into units read independently, in source order: one per file of a file
-    source (``max_samples`` needs the count across files, so it keeps one unit)."""
-    if max_samples is None and isinstance(source, FileSource) and len(source.paths) > 1:
-        units = []
-        for path in source.paths:
-            unit = copy.copy(source)
-            unit.paths = [path]
-            unit.stats = {}
-            units.append(unit)
-        return units
-    return [source]
-
-
 def iter_chunks(
     unit: DataSource, max_samples: int | None = None, chunk_chars: int = CHUNK_CHARS
 ) -> Iterator[list[Any]]:
@@ -485,6 +482,34 @@ def _plan(
     }
 
 
+def unit_plan(units: list[dict[str, Any]]) -> dict[str, Any]:
+    """The side input of the features step when every read unit wrote its own shards
+    (``WriteUnit``): ``shards`` as (name, first sample, empty samples to add), in source order.
+    A unit's leading empty samples (which its worker held back) are counted in the last shard
+    before it, or the first shard when none precedes: where ``ShardSequence`` counts them in
+    one process."""
+    shards: list[list[Any]] = []
+    total, before_any = 0, 0
+    for unit in sorted(units, key=lambda u: u["unit"]):
+        if shards:
+            shards[-1][2] += unit["leading_empty"]
+        else:
+            before_any += unit["leading_empty"]
+        for name, count in unit["shards"]:
+            shards.append([name, total, 0])
+            total += int(count)
+    if not shards:
+        raise InvalidDataError(
+            "the dataset is empty: no sample had any token; check the entry's files"
+        )
+    shards[0][2] += before_any
+    return {
+        "shards": [tuple(shard) for shard in shards],
+        "names": [shard[0] for shard in shards],
+        "num_samples": total,
+    }
+
+
 def shard_chunks(plan: dict[str, Any], shard: int) -> list[tuple[Any, int]]:
     """(key, first sample) of the chunks that may hold samples (or skipped empty ones) of
     ``shard``, in source order."""
@@ -522,14 +547,36 @@ def _merge_stats(stats: Sequence[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(merged.items()))
 
 
-def _copy_tree_out(local: str, remote: str) -> None:
-    """Copy a local shard directory to a ``tf.io.gfile`` path (shard.json last)."""
+def _copy_tree_out(local: str, remote: str, skip: Sequence[str] = ()) -> None:
+    """Copy a local shard directory to a ``tf.io.gfile`` path (shard.json last), but the
+    files named in ``skip`` (already there)."""
     import tensorflow as tf
 
     tf.io.gfile.makedirs(remote)
     names = sorted(os.listdir(local), key=lambda n: (n == "shard.json", n))
     for name in names:
-        tf.io.gfile.copy(os.path.join(local, name), f"{remote}/{name}", overwrite=True)
+        if name not in skip:
+            tf.io.gfile.copy(os.path.join(local, name), f"{remote}/{name}", overwrite=True)
+
+
+def _copy_tree_in(remote: str, local: str) -> str:
+    """Copy a shard directory from a ``tf.io.gfile`` path to a new local one; returns it."""
+    import tensorflow as tf
+
+    os.makedirs(local)
+    for name in sorted(tf.io.gfile.listdir(remote)):
+        tf.io.gfile.copy(f"{remote}/{name}", os.path.join(local, name))
+    return local
+
+
+def _remove_remote_writer_state(remote: str) -> None:
+    """The shard's ``writer.json`` removed once its shard.json is out (as locally)."""
+    import tensorflow as tf
+
+    from highnoon.data.shards import WRITER_STATE
+
+    with contextlib.suppress(tf.errors.NotFoundError):
+        tf.io.gfile.remove(f"{remote}/{WRITER_STATE}")
 
 
 def _copy_tokenizer_out(tokenizer: Tokenizer, directory: str) -> dict[str, dict[str, Any]]:
@@ -708,7 +755,101 @@ def _transforms(beam: Any) -> dict[str, Any]:
             beam.metrics.Metrics.counter("highnoon", "shards_with_tensorflow").inc(tensorflow)
             yield shard, manifest
 
-    return {"Read": Read, "Tokenise": Tokenise, "SumCounts": SumCounts, "WriteShard": WriteShard}
+    class WriteUnit(beam.DoFn):
+        """unit index -> the unit read, tokenised and written as its own shards where it is
+        read (``store_build.ShardSequence``: step 1 of ``shards.py``, as a one-process build
+        writes them), no chunk files and no second copy of the tokens; emits the unit's
+        shards (name, samples), its held-back leading empty samples, its unigram counts and
+        its source stats."""
+
+        def __init__(self, units: list[DataSource], staging: str, tokenizer_config: dict,
+                     max_shard_tokens: int, block_bytes: int, chunk_chars: int):  # fmt: skip
+            self.units = units
+            self.staging = staging
+            self.tokenizer_config = tokenizer_config
+            self.max_shard_tokens = max_shard_tokens
+            self.block_bytes = block_bytes
+            self.chunk_chars = chunk_chars
+            self.tokenizer: Tokenizer | None = None
+
+        def setup(self) -> None:
+            self.tokenizer = load_tokenizer(self.tokenizer_config)
+
+        def process(self, unit_index: int) -> Iterator[dict[str, Any]]:
+            from highnoon.data.store_build import ShardSequence
+
+            unit, tokenizer = self.units[unit_index], self.tokenizer
+            remote = is_remote(self.staging)
+            local = tempfile.mkdtemp(prefix="highnoon-unit-") if remote else self.staging
+            sequence = ShardSequence(local, tokenizer, self.max_shard_tokens, self.block_bytes,
+                                     unit=unit_index, hold_leading_empty=True)  # fmt: skip
+            chunks = iter_chunks(unit, None, self.chunk_chars)
+            while True:
+                started = time.thread_time()
+                samples = next(chunks, None)
+                _count_cpu(beam, "read", started)
+                if samples is None:
+                    break
+                started = time.thread_time()
+                flat, lengths = encode_chunk(samples, tokenizer)
+                _count_cpu(beam, "tokenise", started)
+                started = time.thread_time()
+                sequence.add(flat, lengths)
+                _count_cpu(beam, "write_shards", started)
+            started = time.thread_time()
+            written = sequence.close()
+            counts = np.zeros(tokenizer.vocab_size, np.int64)
+            for _, shard in written:
+                counts += shard.counts
+            if remote:
+                for name, _ in written:
+                    _copy_tree_out(os.path.join(local, name), f"{self.staging.rstrip('/')}/{name}")
+                shutil.rmtree(local, ignore_errors=True)
+            _count_cpu(beam, "write_shards", started)
+            yield {
+                "unit": unit_index,
+                "shards": [(name, shard.num_samples) for name, shard in written],
+                "leading_empty": sequence.leading_empty,
+                "counts": counts,
+                "stats": dict(unit.stats),
+            }
+
+    class WriteFeatures(beam.DoFn):
+        """(shard name, first sample, empty samples to add) -> its features under the corpus
+        counts and its shard.json (``shards.write_shard_features``: step 3), where the shard
+        was written by ``WriteUnit``; the shard.json returned."""
+
+        def __init__(self, staging: str):
+            self.staging = staging
+
+        def process(self, shard: tuple[str, int, int], counts: np.ndarray) -> Iterator:
+            from highnoon.data.shards import write_shard_features
+
+            started = time.thread_time()
+            name, first, more_empty = shard
+            remote = is_remote(self.staging)
+            target = f"{self.staging.rstrip('/')}/{name}"
+            local = tempfile.mkdtemp(prefix="highnoon-shard-") if remote else None
+            directory = _copy_tree_in(target, os.path.join(local, name)) if remote else target
+            before = set(os.listdir(directory))
+            manifest = write_shard_features(directory, counts, first, more_empty=more_empty)
+            if remote:
+                _copy_tree_out(directory, target, skip=before)
+                _remove_remote_writer_state(target)
+                shutil.rmtree(local, ignore_errors=True)
+            _count_cpu(beam, "write_shards", started)
+            tensorflow = int("tensorflow" in sys.modules)
+            beam.metrics.Metrics.counter("highnoon", "shards_with_tensorflow").inc(tensorflow)
+            yield name, manifest
+
+    return {
+        "Read": Read,
+        "Tokenise": Tokenise,
+        "SumCounts": SumCounts,
+        "WriteShard": WriteShard,
+        "WriteUnit": WriteUnit,
+        "WriteFeatures": WriteFeatures,
+    }
 
 
 def run_pipeline(
@@ -731,12 +872,94 @@ def run_pipeline(
     beam = import_beam()
     parts = _transforms(beam)
     units = read_units(source, max_samples)
-    config = tokenizer.to_config()
-    tokenise = parts["Tokenise"](config, staging)
-    singleton = beam.pvalue.AsSingleton
     options = pipeline_options(runner, beam_options)
     pipeline = beam.Pipeline(runner=pipeline_runner(runner, options), options=options)
     unit_indices = pipeline | "Units" >> beam.Create(list(range(len(units))))
+    summary_path = f"{staging.rstrip('/')}/{SUMMARY}"
+    if len(units) > 1 and num_shards is None:  # each unit's shards written where it is read
+        _unit_shards(beam, parts, unit_indices, units, tokenizer, staging, summary_path,
+                     max_shard_tokens=max_shard_tokens, block_bytes=block_bytes,
+                     chunk_chars=chunk_chars)  # fmt: skip
+    else:
+        _chunked_shards(beam, parts, unit_indices, units, tokenizer, staging, summary_path,
+                        num_shards=num_shards, max_shard_tokens=max_shard_tokens,
+                        max_samples=max_samples, chunk_chars=chunk_chars,
+                        block_bytes=block_bytes)  # fmt: skip
+    with lean_local_workers(runner, options, units), reused_worker_memory(runner, options):
+        result = pipeline.run()
+        result.wait_until_finish()
+    from highnoon.utils.files import read_text
+
+    summary = json.loads(read_text(summary_path))
+    counters = _counters(result)
+    summary["cpu_seconds"] = {
+        name[: -len("_cpu_ms")]: value / 1000
+        for name, value in counters.items()
+        if name.endswith("_cpu_ms")
+    }
+    summary["shards_with_tensorflow"] = counters.get("shards_with_tensorflow")
+    return summary
+
+
+def _unit_shards(beam: Any, parts: dict[str, Any], unit_indices: Any, units: list[DataSource],
+                 tokenizer: Tokenizer, staging: str, summary_path: str, *, max_shard_tokens: int,
+                 block_bytes: int, chunk_chars: int) -> None:  # fmt: skip
+    """The pipeline for several read units and shards cut by tokens: each unit read,
+    tokenised and written as its own shards by one worker (``WriteUnit``); the counts
+    combined; each shard's features written where any worker is free (``WriteFeatures``)."""
+    import json
+
+    written = (
+        unit_indices
+        | "SpreadUnits" >> beam.Reshuffle()
+        | "WriteUnits"
+        >> beam.ParDo(
+            parts["WriteUnit"](
+                units, staging, tokenizer.to_config(), max_shard_tokens, block_bytes, chunk_chars
+            )
+        )
+    )
+    counts = (
+        written
+        | "UnitCounts" >> beam.Map(lambda u: u["counts"])
+        | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
+    )
+
+    def plan_and_summary(metas: list[dict[str, Any]]) -> dict[str, Any]:
+        """The features step's plan; its facts for the launching process beside the store."""
+        plan = unit_plan(metas)
+        stats = _merge_stats([m["stats"] for m in metas])
+        facts = {"names": plan["names"], "num_samples": plan["num_samples"], "stats": stats}
+        _write_text(summary_path, json.dumps(facts))
+        return plan
+
+    plan = (
+        written
+        | "Meta" >> beam.Map(lambda u: {k: v for k, v in u.items() if k != "counts"})
+        | "Metas" >> beam.combiners.ToList()
+        | "Plan" >> beam.Map(plan_and_summary)
+    )
+    _ = (
+        plan
+        | "Shards" >> beam.FlatMap(lambda p: p["shards"])
+        | "SpreadShards" >> beam.Reshuffle()
+        | "WriteFeatures"
+        >> beam.ParDo(parts["WriteFeatures"](staging), counts=beam.pvalue.AsSingleton(counts))
+    )
+
+
+def _chunked_shards(beam: Any, parts: dict[str, Any], unit_indices: Any,
+                    units: list[DataSource], tokenizer: Tokenizer, staging: str,
+                    summary_path: str, *, num_shards: int | None, max_shard_tokens: int,
+                    max_samples: int | None, chunk_chars: int,
+                    block_bytes: int) -> None:  # fmt: skip
+    """The pipeline for one read unit, or for ``num_shards`` even shards: chunks tokenised into
+    chunk files, a plan over the whole corpus, then each shard written from the chunk files."""
+    import json
+
+    config = tokenizer.to_config()
+    tokenise = parts["Tokenise"](config, staging)
+    singleton = beam.pvalue.AsSingleton
     if len(units) > 1:  # one file per worker at a time: read and tokenise together
         read = (
             unit_indices
@@ -760,7 +983,6 @@ def run_pipeline(
         | "CorpusCounts" >> beam.CombineGlobally(parts["SumCounts"](tokenizer.vocab_size))
     )
     keep_lengths = num_shards is None
-    summary_path = f"{staging.rstrip('/')}/{SUMMARY}"
 
     def plan_and_summary(metas: list, stats: list) -> dict[str, Any]:
         """The writers' plan; its facts for the launching process written beside the store."""
@@ -786,21 +1008,6 @@ def run_pipeline(
             counts=singleton(counts),
         )
     )
-
-    with lean_local_workers(runner, options, units), reused_worker_memory(runner, options):
-        result = pipeline.run()
-        result.wait_until_finish()
-    from highnoon.utils.files import read_text
-
-    summary = json.loads(read_text(summary_path))
-    counters = _counters(result)
-    summary["cpu_seconds"] = {
-        name[: -len("_cpu_ms")]: value / 1000
-        for name, value in counters.items()
-        if name.endswith("_cpu_ms")
-    }
-    summary["shards_with_tensorflow"] = counters.get("shards_with_tensorflow")
-    return summary
 
 
 def _counters(result: Any) -> dict[str, int]:
@@ -923,10 +1130,11 @@ def build_store_on_beam(
         )
         if remote:
             tf.io.gfile.remove(f"{staging}/{SUMMARY}")
-            tf.io.gfile.rmtree(f"{staging}/{CHUNKS}")
+            if tf.io.gfile.exists(f"{staging}/{CHUNKS}"):  # none when units wrote shards
+                tf.io.gfile.rmtree(f"{staging}/{CHUNKS}")
         else:
             os.unlink(os.path.join(staging, SUMMARY))
-            shutil.rmtree(os.path.join(staging, CHUNKS))
+            shutil.rmtree(os.path.join(staging, CHUNKS), ignore_errors=True)
         _write_text(f"{staging}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True))
         if not remote:
             publish_directory(staging, path, _temp_name(path, "old"))

@@ -12,7 +12,7 @@ pipeline per entry (``beam_prepare.build_store_on_beam``: parallel reading and t
 ``num_shards`` shards by sample range, ``beam_options`` for Beam's ``PipelineOptions``);
 ``runner="none"`` is the one-process ``build_token_store``. Both write the same store for the
 same data (same samples at the same indices, features, shard boundaries and fingerprint) when
-``num_shards`` is not given. A store already complete in ``output_dir`` is reused, so a re-run
+``num_shards`` is not given; shards then end where an entry's files do (``read_units``). A store already complete in ``output_dir`` is reused, so a re-run
 after a kill only builds what is missing.
 """
 

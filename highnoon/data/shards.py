@@ -82,7 +82,7 @@ SAMPLE_INDEXED = (OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)  # one element per sa
 # their 1 MiB blocks cost in reads while the lists are JSON (BENCHMARKS.md, issue 21)
 RANDOM_READ = (LENGTHS,)
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
-_WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
+WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
 _CRC_READ = 64  # blocks read at a time when checksumming a file
 _FEATURE_TOKENS = 1 << 24  # ids whose features are computed at once (bounds temporary memory)
 
@@ -97,6 +97,15 @@ def shard_name(index: int, count: int) -> str:
     count = check_positive_int("count", count)
     index = check_int("index", index, minimum=0, maximum=count - 1)
     return f"shard-{index:05d}-of-{count:05d}"
+
+
+def unit_shard_name(unit: int, index: int) -> str:
+    """The directory of the ``index``-th shard of read unit ``unit`` (a file of a source of
+    several files): ``unit-00003-shard-00001``. Known where the unit is written, before the
+    number of shards is: a worker writing straight into a ``gs://`` store renames nothing."""
+    unit = check_int("unit", unit, minimum=0)
+    index = check_int("index", index, minimum=0)
+    return f"unit-{unit:05d}-shard-{index:05d}"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -342,7 +351,7 @@ class ShardWriter:
             "max_token_id": self.max_id,
             "skipped_empty": self.skipped_empty,
         }
-        _write_synced(os.path.join(self.directory, _WRITER_STATE), canonical_json(state))
+        _write_synced(os.path.join(self.directory, WRITER_STATE), canonical_json(state))
         return ShardTokens(
             num_samples=int(lengths.size),
             num_tokens=self.num_tokens,
@@ -373,17 +382,22 @@ def _write_synced(path: str, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample: int) -> dict:
+def write_shard_features(
+    directory: str, corpus_counts: np.ndarray, first_sample: int, *, more_empty: int = 0
+) -> dict:
     """Features of the shard's samples under the corpus' unigram counts
     (``features.features_from_flat`` with ``counts=corpus_counts``: scores equal a one-process
     build's), ``lengths.bin``/``surprisal_sum.bin``, the block CRCs of every file in their side
-    files, then ``shard.json``; returns the ``shard.json`` dict."""
+    files, then ``shard.json``; returns the ``shard.json`` dict. ``more_empty``: empty samples
+    this shard counts that its writer never saw (the leading empty samples of the read units
+    after it, which other workers read: ``store_build.ShardSequence``)."""
     directory = str(directory)
     first_sample = check_int("first_sample", first_sample, minimum=0)
-    state_path = os.path.join(directory, _WRITER_STATE)
+    more_empty = check_int("more_empty", more_empty, minimum=0)
+    state_path = os.path.join(directory, WRITER_STATE)
     if not os.path.isfile(state_path):
         raise InvalidArgumentError(
-            f"directory={directory!r} holds no closed ShardWriter ({_WRITER_STATE} is missing); "
+            f"directory={directory!r} holds no closed ShardWriter ({WRITER_STATE} is missing); "
             "write the shard's tokens with ShardWriter and close() it first"
         )
     with open(state_path, encoding="utf-8") as handle:
@@ -421,7 +435,7 @@ def write_shard_features(directory: str, corpus_counts: np.ndarray, first_sample
         "num_tokens": num_tokens,
         "first_sample": first_sample,
         "max_token_id": int(state["max_token_id"]),
-        "skipped_empty": int(state["skipped_empty"]),
+        "skipped_empty": int(state["skipped_empty"]) + more_empty,
         "files": files,
     }
     _write_synced(os.path.join(directory, SHARD_MANIFEST), canonical_json(manifest))

@@ -74,7 +74,6 @@ is reported with a warning naming the count.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -84,6 +83,7 @@ from typing import Any
 from absl import logging
 
 from highnoon.data.file_hashes import remembered_in
+from highnoon.data.read_units import unit_samples
 from highnoon.data.registry import resolve_datasets
 from highnoon.data.shards import KEY_FORMAT
 from highnoon.data.sources import DataSource, StoreSource
@@ -191,9 +191,7 @@ def source_store(
     path, description = source_store_path(source, tokenizer, cache_dir, max_samples=max_samples)
     store = _open_or_none(path, verify)
     if store is None:
-        samples = source.iter_samples()
-        if max_samples is not None:
-            samples = itertools.islice(samples, int(max_samples))
+        samples = unit_samples(source, max_samples)  # shards end where read units do
         store = _build_cached(
             path,
             lambda overwrite: build_token_store(

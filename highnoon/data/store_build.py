@@ -1,8 +1,9 @@
 """Building a token store in one process: samples in, a format-2 store (``shards.py``) out.
 
 ``build_token_store(samples, tokenizer, path)`` encodes texts in batches of about 4 MB, writes
-shards of at most about ``max_shard_tokens`` ids (a shard is closed once it reaches that many
-and the next sample has tokens), sums the shards' unigram counts, writes each shard's features
+shards of at most about ``max_shard_tokens`` ids (``ShardSequence``: a shard is closed once it
+reaches that many, or the next non-empty sample begins another read unit, and the next sample
+has tokens), sums the shards' unigram counts, writes each shard's features
 under those corpus counts, and writes ``manifest.json`` last: the same steps, with the same
 writer, as a preparation spread over Beam workers, so both give the same store.
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from absl import logging
 
+from highnoon.data.read_units import UNIT_END
 from highnoon.data.shards import (
     BLOCK_BYTES,
     MANIFEST,
@@ -38,6 +40,7 @@ from highnoon.data.shards import (
     copy_tokenizer_file,
     shard_name,
     store_manifest,
+    unit_shard_name,
     write_shard_features,
 )
 from highnoon.data.store_errors import StoreExistsError
@@ -186,11 +189,19 @@ def _progress_bar(desc: str, progress: bool) -> Any:
 
 def _encode_chunks(
     samples: Iterable[Any], tokenizer: Tokenizer, progress: Any
-) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """Group samples into batches of about 4 MB of text and encode each batch at once."""
+) -> Iterable[tuple[Any, Any]]:
+    """Group samples into batches of about 4 MB of text and encode each batch at once; a
+    ``UNIT_END`` comes out as ``(UNIT_END, UNIT_END)`` in its place."""
     texts: list[str] = []
     chars = 0
     for sample in samples:
+        if sample is UNIT_END:  # passed on, after the texts before it
+            if texts:
+                yield tokenizer.encode_batch(texts)
+                progress.update(len(texts))
+                texts, chars = [], 0
+            yield UNIT_END, UNIT_END
+            continue
         if _is_text(sample):
             texts.append(sample)
             chars += len(sample)
@@ -230,68 +241,127 @@ def _shard_splits(lengths: np.ndarray, room: int) -> int:
     return int(past[0]) if past.size else int(lengths.size)
 
 
-class _ShardSequence:
-    """The shards of a one-process build: ``part-00000``, ... until their number is known."""
+class ShardSequence:
+    """The shards of one build, or of one read unit of a build spread over workers, cut by the
+    store's rule: a shard is closed once it holds ``max_tokens`` ids, or the next non-empty
+    sample begins another read unit (``end_unit``), and the next sample has tokens. An empty
+    sample is counted in the shard of the non-empty sample before it (the first shard's when
+    none precedes), so shards never span read units and a unit's shards are the same whoever
+    writes them.
 
-    def __init__(self, directory: str, tokenizer: Tokenizer, max_tokens: int, block_bytes: int):
+    Shards are written to ``directory/unit_shard_name(unit, k)``, a writer opened at the
+    first non-empty sample it takes. With ``hold_leading_empty`` (a worker writing one unit of
+    many), the empty samples before the unit's first non-empty one are not counted in any
+    shard here but left in ``leading_empty``: they belong to the shard before the unit
+    (``write_shard_features(..., more_empty=)``).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        tokenizer: Tokenizer,
+        max_tokens: int,
+        block_bytes: int,
+        *,
+        unit: int = 0,
+        hold_leading_empty: bool = False,
+    ) -> None:
         self.directory = directory
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.block_bytes = block_bytes
-        self.closed: list[ShardTokens] = []
-        self.writer = self._new()
+        self.unit = unit
+        self.hold_leading_empty = hold_leading_empty
+        self.closed: list[tuple[str, ShardTokens]] = []
+        self.writer: ShardWriter | None = None
+        self.leading_empty = 0  # empty samples before any shard was opened
+        self._unit_changed = False
+        self._in_unit = 0  # shards opened in this unit
 
-    def _new(self) -> ShardWriter:
-        return ShardWriter(
-            os.path.join(self.directory, f"part-{len(self.closed):05d}"),
+    def end_unit(self) -> None:
+        """The samples added next belong to the next read unit."""
+        self.unit += 1
+        self._unit_changed = True
+        self._in_unit = 0
+
+    def _open(self) -> None:
+        """Close the current shard (if any), open the unit's next one."""
+        if self.writer is not None:
+            self.closed.append((os.path.basename(self.writer.directory), self.writer.close()))
+        name = unit_shard_name(self.unit, self._in_unit)
+        self._in_unit += 1
+        self._unit_changed = False
+        self.writer = ShardWriter(
+            os.path.join(self.directory, name),
             self.tokenizer.vocab_size,
             self.tokenizer.eos_id,
             block_bytes=self.block_bytes,
         )
+        if not self.hold_leading_empty and self.leading_empty:
+            self.writer.add(np.zeros(0, np.int64), np.zeros(self.leading_empty, np.int64))
+            self.leading_empty = 0
 
     def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """Append samples (flat ids + lengths without EOS) of the current unit, in order."""
         while lengths.size:
+            if self.writer is None or self._unit_changed:
+                nonempty = np.flatnonzero(lengths)
+                first = int(nonempty[0]) if nonempty.size else int(lengths.size)
+                if first:  # empty samples own no ids: ``flat`` is unchanged
+                    if self.writer is None:
+                        self.leading_empty += first
+                    else:  # with the previous unit's last sample
+                        self.writer.add(flat[:0], lengths[:first])
+                    lengths = lengths[first:]
+                    continue
+                self._open()
+            assert self.writer is not None
             take = _shard_splits(lengths, self.max_tokens - self.writer.num_tokens)
             used = int(lengths[:take].sum())
             self.writer.add(flat[:used], lengths[:take])
             flat, lengths = flat[used:], lengths[take:]
             if lengths.size:  # the shard is full and a sample with tokens is next
-                self.closed.append(self.writer.close())
-                self.writer = self._new()
+                self._open()
 
-    def close(self) -> list[ShardTokens]:
-        self.closed.append(self.writer.close())
+    def close(self) -> list[tuple[str, ShardTokens]]:
+        """Close the last shard; (directory name, ``ShardTokens``) of every shard, in order."""
+        if self.writer is not None:
+            self.closed.append((os.path.basename(self.writer.directory), self.writer.close()))
+            self.writer = None
         return self.closed
-
-    @property
-    def skipped_empty(self) -> int:
-        return sum(s.skipped_empty for s in self.closed) + self.writer.skipped_empty
 
 
 def _write_shards(
     samples: Iterable[Any], tokenizer: Tokenizer, tmp: str, progress: bool, *,
     max_shard_tokens: int, block_bytes: int, path: str, sources: Sequence[dict[str, Any]] | None,
 ) -> tuple[list[dict], list[str]]:  # fmt: skip
-    """Encode ``samples`` into shards under ``tmp``; their manifests and names, in order."""
+    """Encode ``samples`` into shards under ``tmp``; their manifests and names, in order. A
+    ``UNIT_END`` among the samples ends a read unit (``read_units.unit_samples``): the shards
+    of a source of several units keep their ``unit_shard_name``; a single unit's are renamed
+    ``shard-00000-of-00004``..."""
     bar = _progress_bar(f"building {os.path.basename(path)}", progress)
-    parts = _ShardSequence(tmp, tokenizer, max_shard_tokens, block_bytes)
+    parts = ShardSequence(tmp, tokenizer, max_shard_tokens, block_bytes)
     try:
         for flat, lengths in _encode_chunks(samples, tokenizer, bar):
-            parts.add(flat, lengths)
+            if flat is UNIT_END:
+                parts.end_unit()
+            else:
+                parts.add(flat, lengths)
     finally:
         bar.close()
         written = parts.close()
-    if sum(s.num_samples for s in written) == 0:
+    if not written:
         raise InvalidArgumentError(
             f"the dataset for path={path!r} is empty: no sample had any token "
-            f"({parts.skipped_empty} empty samples skipped); sources={list(sources or [])}"
+            f"({parts.leading_empty} empty samples skipped); sources={list(sources or [])}"
         )
-    counts = np.sum([s.counts for s in written], axis=0)  # the corpus' unigram counts
+    counts = np.sum([s.counts for _, s in written], axis=0)  # the corpus' unigram counts
     names, manifests, first = [], [], 0
-    for i, shard in enumerate(written):
-        name = shard_name(i, len(written))
+    for i, (written_name, shard) in enumerate(written):
+        name = written_name if parts.unit else shard_name(i, len(written))
         directory = os.path.join(tmp, name)
-        os.rename(os.path.join(tmp, f"part-{i:05d}"), directory)
+        if name != written_name:
+            os.rename(os.path.join(tmp, written_name), directory)
         manifests.append(write_shard_features(directory, counts, first))
         fsync_tree(directory)
         names.append(name)
@@ -317,7 +387,9 @@ def build_token_store(
     ``sources`` (JSON-able source descriptions) and ``skipped`` (counts of samples a source
     dropped) go into the manifest. An existing store at ``path`` is an error unless
     ``overwrite=True``. An empty result (no non-empty sample) is an error. A new shard starts
-    once one holds ``max_shard_tokens`` ids; ``block_bytes`` is the CRC32C block size. Shows a
+    once one holds ``max_shard_tokens`` ids, or at the next read unit where ``samples`` holds
+    ``read_units.UNIT_END`` markers (``read_units.unit_samples(source)``: a source's samples
+    as a preparation on Beam cuts them); ``block_bytes`` is the CRC32C block size. Shows a
     progress bar on stderr when ``progress`` is true. Returns the opened store.
     """
     from highnoon.data.store import TokenStore
