@@ -2,9 +2,10 @@
 
 ``build_store_on_beam(source, tokenizer, path, runner=..., beam_options=[...])`` writes the same
 store as the one-process ``store.build_token_store`` given ``read_units.unit_samples(source)``:
-the same samples at the same indices, the same features, shard boundaries and fingerprint. Only who does the work changes: on
-``DirectRunner`` with ``--direct_num_workers=2 --direct_running_mode=multi_processing`` two
-local processes, on ``DataflowRunner``/``FlinkRunner``/``SparkRunner`` a cluster.
+the same samples at the same indices, the same features, shard boundaries and fingerprint.
+Only who does the work changes: on ``DirectRunner`` with ``--direct_num_workers=2
+--direct_running_mode=multi_processing`` two local processes, on ``DataflowRunner``/
+``FlinkRunner``/``SparkRunner`` a cluster.
 
 **The pipeline, for a source of several read units** (``read_units``: a file each) **with
 shards cut by tokens** (the default):

@@ -12,9 +12,9 @@ headers, so any byte range of them can be read on its own:
 * ``sample_crc32c.bin``  ``<u4 [num_samples]``, the CRC32C of each sample's stored bytes in
   ``tokens.bin`` (EOS included): a reader fetching single samples by range checks each one
   without fetching the whole block around it (``remote_samples.py``);
-* ``<file>.crc32c``      beside each file above (``tokens.crc32c``...), ``<u4``: the CRC32C of every ``block_bytes``
-  block of it (the last one short), which readers check the first time they read a block
-  (``blocks.py``): a 4 KiB page for ``lengths.bin``, 1 MiB for the others
+* ``<file>.crc32c``      beside each file above (``tokens.crc32c``...), ``<u4``: the CRC32C of
+  every ``block_bytes`` block of it (the last one short), which readers check the first time
+  they read a block (``blocks.py``): a 4 KiB page for ``lengths.bin``, 1 MiB for the others
   (``file_block_bytes``). Binary and read by page, so a reader holds and parses the CRCs of
   the blocks it reads, not the shard's (format 3; format 2 kept them as JSON lists in
   ``shard.json``, O(corpus) to parse at a shard's first read);
