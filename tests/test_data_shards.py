@@ -15,12 +15,13 @@ import pytest
 
 from highnoon.data import ByteTokenizer, blocks, shards
 from highnoon.data.blocks import MappedFile
-from highnoon.data.features import features_from_flat, token_counts
+from highnoon.data.features import features_from_flat, surprisal_table, token_counts
 from highnoon.data.shards import (
     ShardWriter,
     crc32c_blocks,
     shard_name,
     store_manifest,
+    stored_samples,
     write_shard_features,
 )
 from highnoon.data.store_errors import StoreError
@@ -247,6 +248,36 @@ def test_features_computed_in_chunks_of_samples_equal_one_pass(tmp_path, monkeyp
     assert np.fromfile(tmp_path / "s" / "surprisal_sum.bin", "<i8").tolist() == (
         whole.surprisal_sum.tolist()
     )
+
+
+def test_counts_taken_from_the_given_ids_equal_the_stored_ids_counts(tmp_path):
+    # add() counts the ids as given plus an EOS a non-empty sample (no int64 copy of the stored
+    # ids); add_stored() counts the stored ids: the same vector, EOS included, empties skipped
+    samples = [[5, 6, 7], [], [EOS, 100], [], [9, 9], [3]]
+    flat = np.concatenate([np.asarray(s, np.int64) for s in samples])
+    lengths = np.array([len(s) for s in samples])
+    given = ShardWriter(str(tmp_path / "a"), VOCAB, EOS)
+    given.add(flat, lengths)
+    stored = ShardWriter(str(tmp_path / "b"), VOCAB, EOS)
+    stored.add_stored(stored_samples(flat, lengths, VOCAB, EOS))
+    a, b = given.close(), stored.close()
+    expected = np.bincount(np.fromfile(tmp_path / "a" / "tokens.bin", "<u2"), minlength=VOCAB)
+    assert a.counts.dtype == np.int64 and a.counts.tolist() == expected.tolist()
+    assert b.counts.tolist() == expected.tolist() and a.counts[EOS] == 5
+    assert (tmp_path / "a" / "tokens.bin").read_bytes() == (
+        tmp_path / "b" / "tokens.bin"
+    ).read_bytes()
+
+
+def test_features_from_a_given_table_equal_features_from_counts():
+    rng = np.random.default_rng(1)
+    flat = rng.integers(0, VOCAB, 500)
+    offsets = np.array([0, 10, 11, 200, 500])
+    counts = token_counts(flat, VOCAB) + 1
+    one = features_from_flat(flat, offsets, counts)
+    other = features_from_flat(flat, offsets, np.zeros(3, np.int64), table=surprisal_table(counts))
+    assert one.surprisal_sum.tolist() == other.surprisal_sum.tolist()
+    assert one.lengths.tolist() == other.lengths.tolist()
 
 
 def test_scattered_blocks_are_announced_to_the_kernel_before_they_are_read(block_file, monkeypatch):

@@ -24,7 +24,7 @@ shards cut by tokens** (the default):
 **For one read unit, or ``num_shards``** (even sample ranges of the whole corpus, which cross
 files), the two-pass pipeline:
 
-1. *Read.* A unit is read by one worker and cut into chunks of about 4 MB of text, keyed
+1. *Read.* A unit is read by one worker and cut into chunks of about 1 MB of text (``CHUNK_CHARS``), keyed
    ``(unit, chunk)``.
 2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
    read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
@@ -75,6 +75,7 @@ import numpy as np
 
 from highnoon.data.read_units import read_units
 from highnoon.data.sources import DataSource, FileSource
+from highnoon.data.store_build import BATCH_CHARS
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
 from highnoon.utils.files import is_remote
 from highnoon.utils.validation import InvalidArgumentError, InvalidDataError, check_positive_int
@@ -91,7 +92,7 @@ BEAM_RUNNERS = (
 )
 RUNNERS = (ONE_PROCESS, *BEAM_RUNNERS)
 REMOTE_RUNNERS = ("DataflowRunner",)  # workers on other machines: the output must be shared
-CHUNK_CHARS = 1 << 22  # text read and encoded per chunk (about 4 MB, as build_token_store)
+CHUNK_CHARS = BATCH_CHARS  # text read and encoded per chunk (as build_token_store)
 _OPTION = re.compile(r"^--[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)
 
 

@@ -85,11 +85,17 @@ def surprisal_table(counts: np.ndarray) -> np.ndarray:
 
 
 def features_from_flat(
-    flat_tokens: np.ndarray, offsets: np.ndarray, counts: np.ndarray | None = None
+    flat_tokens: np.ndarray,
+    offsets: np.ndarray,
+    counts: np.ndarray | None = None,
+    *,
+    table: np.ndarray | None = None,
 ) -> SampleFeatures:
     """Features of samples stored back to back: sample i is ``flat[offsets[i]:offsets[i+1]]``.
 
     ``counts`` are the corpus unigram counts; by default they come from ``flat_tokens`` itself.
+    ``table``: ``surprisal_table(counts)`` when the caller has it (a caller scoring a shard in
+    many small pieces builds it once; ``counts`` is then not read).
     """
     flat = np.asarray(flat_tokens)
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -97,9 +103,8 @@ def features_from_flat(
         raise InvalidArgumentError(
             "offsets must be 1-D, start at 0 and end at the number of tokens"
         )
-    if counts is None:
-        counts = token_counts(flat)
-    table = surprisal_table(counts)
+    if table is None:
+        table = surprisal_table(token_counts(flat) if counts is None else counts)
     # Prefix sums of per-token cost, chunked so a 100M-token corpus needs no 800 MB temporary.
     prefix = np.empty(flat.size + 1, dtype=np.int64)
     prefix[0] = 0

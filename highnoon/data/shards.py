@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from highnoon.data.features import features_from_flat
+from highnoon.data.features import features_from_flat, surprisal_table
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
 from highnoon.utils.files import atomic_write_bytes
 from highnoon.utils.hashing import sha256_file, sha256_hex
@@ -83,8 +83,11 @@ SAMPLE_INDEXED = (OFFSETS, LENGTHS, SURPRISAL, SAMPLE_CRC)  # one element per sa
 RANDOM_READ = (LENGTHS,)
 SAMPLE_FORMAT = "encode(text) + [eos_id]; the pipeline prepends bos_id"
 WRITER_STATE = "writer.json"  # a closed ShardWriter's facts, until shard.json replaces them
-_CRC_READ = 64  # blocks read at a time when checksumming a file
-_FEATURE_TOKENS = 1 << 24  # ids whose features are computed at once (bounds temporary memory)
+# Passes over a shard's data go in cache-sized pieces: a few MB of temporaries are reused from
+# the heap, while pieces of 64-128 MB were fresh pages every time (zeroed by the kernel, a third
+# of a build's CPU), and they stay in the cache (BENCHMARKS.md, "What bounds two processes").
+_CRC_READ = 4  # blocks read at a time when checksumming a file
+_FEATURE_TOKENS = 1 << 20  # ids whose features are computed at once (8 MB int64 temporaries)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -309,10 +312,20 @@ class ShardWriter:
 
     def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
         """Append samples given as flat ids + lengths (without EOS); empty ones are skipped."""
-        self.add_stored(stored_samples(flat, lengths, self.vocab_size, self.eos_id))
+        samples = stored_samples(flat, lengths, self.vocab_size, self.eos_id)
+        counts = None
+        if self._counts is not None and samples.crcs.size:
+            # from the ids as given (no cast of the stored ids to int64), plus one EOS a sample
+            counts = np.bincount(np.asarray(flat).reshape(-1), minlength=self.vocab_size)
+            counts[self.eos_id] += samples.crcs.size
+        self._append(samples, counts)
 
     def add_stored(self, samples: StoredSamples) -> None:
         """Append samples in their stored form (``stored_samples``) as they are."""
+        self._append(samples, None)
+
+    def _append(self, samples: StoredSamples, counts: np.ndarray | None) -> None:
+        """Append stored samples; ``counts``: their unigram counts when the caller has them."""
         if samples.tokens.dtype != self.dtype:
             raise InvalidArgumentError(
                 f"stored samples hold {samples.tokens.dtype} ids, this shard stores "
@@ -325,7 +338,9 @@ class ShardWriter:
         self._file.write(out)  # the buffer itself, no copy
         self._crc_file.write(samples.crcs.astype("<u4", copy=False).tobytes())
         if self._counts is not None:
-            self._counts += np.bincount(out, minlength=self.vocab_size).astype(np.int64)
+            if counts is None:
+                counts = np.bincount(out, minlength=self.vocab_size)
+            self._counts += counts
         lengths = samples.lengths
         self._lengths.append(lengths[lengths > 0] + 1)
         self.num_tokens += out.size
@@ -449,13 +464,14 @@ def _features_in_chunks(
     """``features_from_flat`` over runs of whole samples of about ``_FEATURE_TOKENS`` ids, so a
     shard of 2^28 ids needs no 2 GB prefix array (integer sums: the result is the same)."""
     lengths, surprisal = [], []
+    table = surprisal_table(counts)  # once per shard, not per piece
     first, n = 0, offsets.size - 1
     while first < n:
         last = int(np.searchsorted(offsets, offsets[first] + _FEATURE_TOKENS, side="right")) - 1
         last = min(max(last, first + 1), n)
         base = int(offsets[first])
         part = features_from_flat(
-            tokens[base : int(offsets[last])], offsets[first : last + 1] - base, counts=counts
+            tokens[base : int(offsets[last])], offsets[first : last + 1] - base, table=table
         )
         lengths.append(part.lengths)
         surprisal.append(part.surprisal_sum)

@@ -53,7 +53,10 @@ if TYPE_CHECKING:
     from highnoon.data.store import TokenStore
 
 MAX_SHARD_TOKENS = 1 << 28  # ids per shard (512 MB of uint16): a few hundred shards per TB
-_BATCH_CHARS = 1 << 22  # texts encoded together per batch (about 4 MB)
+# texts encoded together per batch (about 1 MB): big enough that numpy's per-call cost is
+# small, small enough that a batch's arrays (8 bytes an id) stay in the cache and are reused
+# from the heap instead of faulted in fresh (BENCHMARKS.md, "What bounds two processes")
+BATCH_CHARS = 1 << 20
 
 
 # --- temporaries of killed builds ------------------------------------------------------------
@@ -205,7 +208,7 @@ def _encode_chunks(
         if _is_text(sample):
             texts.append(sample)
             chars += len(sample)
-            if chars >= _BATCH_CHARS:
+            if chars >= BATCH_CHARS:
                 yield tokenizer.encode_batch(texts)
                 progress.update(len(texts))
                 texts, chars = [], 0

@@ -129,7 +129,8 @@ class ByteTokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         raw = [t.encode("utf-8") for t in texts]
         lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
-        flat = np.frombuffer(b"".join(raw), np.uint8).astype(np.int64) + BYTE_OFFSET
+        # one int64 array, not two (a cast, then the sum)
+        flat = np.add(np.frombuffer(b"".join(raw), np.uint8), BYTE_OFFSET, dtype=np.int64)
         return flat, lengths
 
     def decode(self, ids: Iterable[int]) -> str:
