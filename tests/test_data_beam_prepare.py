@@ -449,7 +449,8 @@ def test_two_worker_processes_write_the_same_store(corpus, one_process, tmp_path
 
 
 def test_lean_local_workers_skip_beams_unused_imports_and_keep_other_site_hooks(tmp_path):
-    """The workers' ``sitecustomize`` marks pandas & co absent, then runs the one it hides."""
+    """The workers' ``sitecustomize`` marks pandas & co and Beam's BigQuery IO absent, then runs
+    the one it hides."""
     import subprocess
     import sys
 
@@ -459,12 +460,14 @@ def test_lean_local_workers_skip_beams_unused_imports_and_keep_other_site_hooks(
     probe = (
         "import builtins, sys; import apache_beam; "
         "print(sorted(n for n in ('pandas', 'pyarrow', 'boto3') if sys.modules[n]), "
-        "getattr(builtins, 'OTHER_SITE_RAN', False))"
+        "getattr(builtins, 'OTHER_SITE_RAN', False), 'requests' in sys.modules, "
+        "'apache_beam.io.textio' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([bp.LEAN_SITE, str(other), REPO])}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          env=env, timeout=120, check=True)  # fmt: skip
-    assert out.stdout.split() == ["[]", "True"]
+    # BigQuery IO (and the requests it brings) is absent too; the rest of Beam's IO is there
+    assert out.stdout.split() == ["[]", "True", "False", "True"]
 
 
 def test_lean_local_workers_only_for_local_processes_reading_files(corpus, monkeypatch):

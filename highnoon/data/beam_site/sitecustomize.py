@@ -14,8 +14,13 @@ import os
 import sys
 
 UNUSED = ("pandas", "pyarrow", "boto3")  # not pymongo: Beam logs a warning without it
+# Beam's BigQuery IO, imported by ``apache_beam.io`` inside ``try: ... except ImportError`` with
+# the other Google Cloud IOs (Pub/Sub, GCS, cross-language IO), brings ``requests`` and a quarter
+# to a third of what a worker spends importing; a local worker reading files or embedded data uses
+# none of them (BENCHMARKS.md, "What bounds two processes")
+UNUSED_BEAM = ("apache_beam.io.gcp.bigquery",)
 
-for _name in UNUSED:
+for _name in UNUSED + UNUSED_BEAM:
     sys.modules.setdefault(_name, None)
 
 
