@@ -470,6 +470,41 @@ def test_lean_local_workers_skip_beams_unused_imports_and_keep_other_site_hooks(
     assert out.stdout.split() == ["[]", "True", "False", "True"]
 
 
+def test_a_lean_beam_worker_leaves_without_teardown_unless_it_failed(tmp_path):
+    """A Beam SDK worker (the runner sets CONTROL_API_SERVICE_DESCRIPTOR) that ends cleanly
+    exits at once, output flushed; a failed one keeps its status and traceback; any other
+    process on the lean path tears down as usual."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import sys\n"
+        "class Loud:\n"
+        "    def __del__(self):\n"
+        "        print(' teardown', end='')\n"
+        "keep = Loud()\n"
+        "print('done', end='')\n"
+        "if sys.argv[1:] == ['fail']:\n"
+        "    raise RuntimeError('the bundle failed')\n"
+    )
+
+    def run(*args: str, worker: bool) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([bp.LEAN_SITE, REPO])}
+        env.pop("CONTROL_API_SERVICE_DESCRIPTOR", None)
+        if worker:
+            env["CONTROL_API_SERVICE_DESCRIPTOR"] = "url: 'localhost:1'"
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True,
+                              text=True, env=env, timeout=60)  # fmt: skip
+
+    clean = run(worker=True)
+    assert (clean.returncode, clean.stdout) == (0, "done")
+    failed = run("fail", worker=True)
+    assert failed.returncode == 1 and "RuntimeError: the bundle failed" in failed.stderr
+    other = run(worker=False)
+    assert (other.returncode, other.stdout) == (0, "done teardown")
+
+
 def test_lean_local_workers_only_for_local_processes_reading_files(corpus, monkeypatch):
     from highnoon.data.registry import resolve_dataset
     from highnoon.data.sources import CallableSource
