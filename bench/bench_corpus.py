@@ -23,7 +23,7 @@ at first use) and, the baseline, without the manifest's shard summaries (all rea
 
     python bench/bench_corpus.py --part read [--sizes 1e5,1e6,1e7] [--quick]
     python bench/bench_corpus.py --part open | --part write
-    python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1]
+    python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1] [--dir D]
 """
 
 from __future__ import annotations
@@ -482,11 +482,14 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=256.0, help="prepare: MB of text (byte)")
     parser.add_argument("--sp_mb", type=float, default=32.0, help="prepare: MB (SentencePiece)")
     parser.add_argument("--repeats", type=int, default=1, help="prepare: best of this many")
+    parser.add_argument(
+        "--dir", default=None, help="prepare: where the corpus and stores go (default: $TMPDIR)"
+    )
     args = parser.parse_args()
     if args.part == "prepare":
         from corpus_prepare import bench_prepare  # this file's directory is on sys.path
 
-        bench_prepare(args.mb, args.sp_mb, args.repeats)
+        bench_prepare(args.mb, args.sp_mb, args.repeats, args.dir)
         return
     with tempfile.TemporaryDirectory() as directory:
         if args.part == "open":

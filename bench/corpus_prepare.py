@@ -12,7 +12,7 @@ same (fingerprint, features, curriculum scores) before it prints any ratio. Two 
 byte tokenizer (cheap per byte: reading, serialisation and writing dominate) and a SentencePiece
 BPE model trained on the corpus first (about what C4-scale preparation pays per byte).
 
-    python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1]
+    python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1] [--dir D]
 
 Each comparison also extrapolates the corpus size at which 1.7x would be reached from Beam's fixed
 cost (a 0.1 MB preparation's wall time) and both builds' seconds per MB (``goal_size_mb``).
@@ -228,15 +228,19 @@ def startup_seconds(work: str, tokenizer) -> tuple[float, float]:
     return wall, cpu
 
 
-def bench_prepare(mb: float = 64.0, sp_mb: float = 16.0, repeats: int = 1) -> None:
-    """Both comparisons (module docstring) in a temporary directory. Beam is imported before
-    any timing (about 4 s once per process, whatever the corpus)."""
+def bench_prepare(
+    mb: float = 64.0, sp_mb: float = 16.0, repeats: int = 1, directory: str | None = None
+) -> None:
+    """Both comparisons (module docstring) in a temporary directory, made in ``directory``
+    (default: the system's temporary directory; ``/dev/shm`` keeps the corpus and the stores in
+    memory, so the builds write nothing to disk). Beam is imported before any timing (about 4 s
+    once per process, whatever the corpus)."""
     import apache_beam  # noqa: F401  (its import is a per-process constant, timed by no one)
 
     from highnoon.data.tokenizers import load_tokenizer, train_sentencepiece
 
     print(f"cores: {os.cpu_count()}; Beam options: {BEAM_OPTIONS}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as work:
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-", dir=directory) as work:
         wall, cpu = startup_seconds(work, load_tokenizer("byte"))
         print(
             f"fixed cost of a Beam preparation (0.1 MB corpus): {wall:.1f} s, {cpu:.1f} CPU-s",
