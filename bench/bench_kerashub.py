@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import gc
 import os
 import re
@@ -64,7 +65,6 @@ import sys
 import tempfile
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
