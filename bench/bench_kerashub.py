@@ -5,6 +5,7 @@
     python bench/bench_kerashub.py --hlo      # both arms' XLA steps: optimised HLO op counts
     python bench/bench_kerashub.py --case llama [--quick]   # one model only
     python bench/bench_kerashub.py --aa [--case llama]      # A/A: fit against a copy of fit
+    python bench/bench_kerashub.py --case llama --samples 1920  # 4x the windows (~290 steps)
 
 Method of ``bench_trainer.py``, on a KerasHub model: for each case, in this one process,
 
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import gc
 import os
 import re
@@ -108,8 +110,16 @@ LLAMA_SMALL = {"num_layers": 4, "num_query_heads": 4, "num_key_value_heads": 2, 
                "intermediate_dim": 384}  # fmt: skip
 
 
-def cases(quick: bool, only: str | None = None) -> list[Case]:
-    """The benchmark's cases; ``only``: "gpt2" or "llama" (``--case``)."""
+def cases(quick: bool, only: str | None = None, samples: int | None = None) -> list[Case]:
+    """The benchmark's cases; ``only``: "gpt2" or "llama" (``--case``); ``samples`` replaces
+    the training samples of each case (``--samples``: more windows, a narrower interval)."""
+    chosen = _cases(quick, only)
+    if samples is None:
+        return chosen
+    return [dataclasses.replace(case, max_samples=samples) for case in chosen]
+
+
+def _cases(quick: bool, only: str | None) -> list[Case]:
     if quick:
         chosen = [Case("GPT-2 4x128", "GPT2CausalLM", GPT2_SMALL, max_samples=120),
                   Case("Llama 4x128", "LlamaCausalLM", LLAMA_SMALL, max_samples=120)]  # fmt: skip
@@ -619,6 +629,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hlo", action="store_true", help="HLO op counts of both XLA steps")
     parser.add_argument("--case", choices=("gpt2", "llama"), help="one model only")
     parser.add_argument("--aa", action="store_true", help="A/A: fit against a copy of fit")
+    parser.add_argument(
+        "--samples", type=int, help="training samples per case (default 480; --quick 120)"
+    )
     args = parser.parse_args(argv)
     if args.hlo:
         print_hlo(args.quick, args.case)
@@ -633,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
               "| call CPU ratio | median call ratio |")  # fmt: skip
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         with tempfile.TemporaryDirectory() as tmp:
-            for case in cases(args.quick, args.case):
+            for case in cases(args.quick, args.case, args.samples):
                 r = aa_fit_case(case, os.path.join(tmp, "cache"))
                 low, high = r["interval"]
                 print(
@@ -646,7 +659,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(args.quick, args.case):
+        for case in cases(args.quick, args.case, args.samples):
             result = bench_case(case, os.path.join(tmp, "cache"), args.steps_per_call)
             results.append(result)
             print(

@@ -59,3 +59,10 @@ def test_a_wrapped_call_records_its_window() -> None:
         clocks.close()
     assert [(arm, window) for arm, window, _, _ in clocks.records] == [("trainer", 0), ("fit", 0)]
     assert all(wall >= 0.0 and cpu >= 0.0 for _, _, wall, cpu in clocks.records)
+
+
+def test_samples_replaces_each_chosen_cases_training_samples() -> None:
+    assert [c.max_samples for c in bench_kerashub.cases(False)] == [480, 480]
+    longer = bench_kerashub.cases(False, "llama", samples=1920)
+    assert [(c.task, c.max_samples) for c in longer] == [("LlamaCausalLM", 1920)]
+    assert longer[0].backbone == bench_kerashub.LLAMA_SMALL and longer[0].log_interval == 3

@@ -1,7 +1,7 @@
-"""Tokenise datasets into token stores ahead of training.
+r"""Tokenise datasets into token stores ahead of training.
 
     highnoon-prepare-data --datasets=stdlib_docs,stdlib_code --output_dir=/tmp/data
-    highnoon-prepare-data --datasets='corpus/*.jsonl' --output_dir=gs://bucket/data \\
+    highnoon-prepare-data --datasets='corpus/*.jsonl' --output_dir=gs://bucket/data \
         --train_sentencepiece_vocab=32000
     highnoon-prepare-data --datasets=stdlib_code --output_dir=/tmp/data \
         --train_tokenizer_json_vocab=8000   # a byte-level BPE tokenizer.json instead
