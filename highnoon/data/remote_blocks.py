@@ -287,7 +287,7 @@ def _timed_reads(
         began = clock()
         out.append(read(a, b))
         fastest = min(fastest, clock() - began)
-    out.extend(itertools.starmap(read, zip(starts[TIMED_READS:], stops[TIMED_READS:])))
+    out.extend(map(read, starts[TIMED_READS:], stops[TIMED_READS:]))
     return out, fastest >= READ_AHEAD_WAIT_S
 
 

@@ -11,10 +11,11 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
 * checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``) with their
-  first id's offset (a ``Sample`` tuple), keyed by (a hash of the file's path, size and version,
-  sample): the version hashes the file's block CRCs, so a hit needs no read of the sample's
-  CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
-  prefetch threads (``prefetch_samples`` queues only the samples not cached);
+  first id's offset (a ``Sample`` tuple), keyed by one int (a hash of the file's path, size and
+  version above the sample's index): the version hashes the file's block CRCs, so a hit needs
+  no read of the sample's CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch
+  samples ahead on the prefetch threads (``prefetch_samples`` queues only the samples not
+  cached);
 * a call's missing samples are fetched together (``_fetch_samples``): their range reads, then
   their CRCs, then one cache insert.
 
@@ -304,8 +305,8 @@ class SampleRangedFile(RangedFile):
             return found  # type: ignore[return-value]
         with self._fetch_lock:
             # a prefetch may have fetched some meanwhile: look again, without counting
-            missing = list(itertools.compress(range(len(keys)), map(operator.is_, found,
-                                                                    itertools.repeat(None))))
+            absent = map(operator.is_, found, itertools.repeat(None))
+            missing = list(itertools.compress(range(len(keys)), absent))
             again = self.cache.get_many([keys[i] for i in missing], count=False)
             if len(missing) == len(keys) and again.count(None) == len(keys):  # all fetched
                 return self._fetch_samples(wanted, keys)
