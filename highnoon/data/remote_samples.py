@@ -127,6 +127,10 @@ class SampleRangedFile(RangedFile):
         space = sha256_hex(f"{self.path}\n{self.size}\n{self.version}\nsample", chars=24)
         self._key_base = int(space, 16) << SAMPLE_BITS  # sample s's cache key: base + s
         self.samples_verified = 0  # samples checked against their CRC by this object
+        # read-ahead fetches done (``_prefetch_now``): a read that finds it unchanged after
+        # taking the fetch lock knows no read-ahead cached its missing samples meanwhile (another
+        # object of the same file may have: that sample is fetched twice, never served wrong)
+        self._fetched_ahead = 0
 
     # -- metadata (read by block through the cache, never whole) ------------------------------
     def _check_metadata(self) -> None:
@@ -276,6 +280,7 @@ class SampleRangedFile(RangedFile):
             with self._fetch_lock:  # only what is still missing: a read may have fetched some
                 missing = self.cache.missing(self._sample_keys(wanted.tolist()))
                 if missing:
+                    self._fetched_ahead += 1  # first: a read counts it even if this raises
                     self._fetch_samples(wanted[missing])
         except BaseException as err:  # kept for the next read: never lost
             self._prefetch_error = err
@@ -299,23 +304,24 @@ class SampleRangedFile(RangedFile):
         if not self.cache.enabled:
             with self._fetch_lock:
                 return self._fetch_samples(wanted)
+        ahead = self._fetched_ahead  # read-ahead fetches so far (none since: no second look)
         keys = self._sample_keys(wanted.tolist())
         found = self.cache.get_many(keys)  # one lock for the whole call's samples
         if not any(map(operator.is_, found, itertools.repeat(None))):
             return found  # type: ignore[return-value]
         with self._fetch_lock:
-            # a prefetch may have fetched some meanwhile: look again, without counting
             absent = map(operator.is_, found, itertools.repeat(None))
             missing = list(itertools.compress(range(len(keys)), absent))
-            again = self.cache.get_many([keys[i] for i in missing], count=False)
-            if len(missing) == len(keys) and again.count(None) == len(keys):  # all fetched
+            if self._fetched_ahead != ahead:  # a read-ahead fetched meanwhile: look again
+                again = self.cache.get_many([keys[i] for i in missing], count=False)
+                for i, c in zip(missing, again):
+                    found[i] = c
+                missing = [i for i, c in zip(missing, again) if c is None]
+            if len(missing) == len(keys):  # a cold call: fetched whole, no step a sample
                 return self._fetch_samples(wanted, keys)
-            still = [i for i, c in zip(missing, again) if c is None]
-            for i, c in zip(missing, again):
-                found[i] = c
-            if still:
-                fetched = self._fetch_samples(wanted[still], [keys[i] for i in still])
-                for i, c in zip(still, fetched):
+            if missing:
+                fetched = self._fetch_samples(wanted[missing], [keys[i] for i in missing])
+                for i, c in zip(missing, fetched):
                     found[i] = c
         return found  # type: ignore[return-value]
 
