@@ -280,8 +280,10 @@ class SampleRangedFile(RangedFile):
             with self._fetch_lock:  # only what is still missing: a read may have fetched some
                 missing = self.cache.missing(self._sample_keys(wanted.tolist()))
                 if missing:
-                    self._fetched_ahead += 1  # first: a read counts it even if this raises
-                    self._fetch_samples(wanted[missing])
+                    try:
+                        self._fetch_samples(wanted[missing])
+                    finally:  # after its cache puts, still under the lock: a read that
+                        self._fetched_ahead += 1  # looked before them sees the change
         except BaseException as err:  # kept for the next read: never lost
             self._prefetch_error = err
 
