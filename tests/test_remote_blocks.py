@@ -123,6 +123,20 @@ def test_lru_evicts_least_recently_used_blocks_within_its_bound():
     assert cache.get(("big",)) is None and cache.bytes_held == 10
 
 
+def test_put_many_counts_new_entries_and_replaces_ones_already_held():
+    """New entries go in together; an entry a racing read put first is replaced, counted once
+    and made the most recent."""
+    cache = BlockCache(100)
+    cache.put_many([1, 2], [(0, b"x" * 10), (5, b"y" * 20)])
+    assert (len(cache), cache.bytes_held) == (2, 30)
+    cache.put_many([3, 1], [(9, b"z" * 5), (0, b"w" * 40)])  # 1 again: replaced, not added
+    assert (len(cache), cache.bytes_held) == (3, 65)
+    assert cache.get(1, count=False) == (0, b"w" * 40)
+    cache.resize(40)  # evicts the least recent first: 2, then 3; 1 was put last
+    assert [cache.get(k, count=False) is not None for k in (1, 2, 3)] == [True, False, False]
+    assert cache.bytes_held == 40
+
+
 def test_a_flipped_byte_is_an_error_naming_the_block_and_its_offset(payload):
     data, _, crcs = payload
     bad = bytearray(data)

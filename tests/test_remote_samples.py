@@ -291,6 +291,34 @@ def test_a_read_ahead_asks_a_thread_for_the_uncached_samples_only(shard, monkeyp
     assert f.reads == 3
 
 
+def test_samples_a_read_ahead_fetches_while_a_read_waits_for_the_lock_are_not_fetched_again(
+    shard, monkeypatch
+):
+    """A read that misses samples, then finds a read-ahead fetched them before it took the
+    fetch lock, serves them from the cache; a read with no read-ahead since its look fetches
+    what it missed without a second look."""
+    ids, offsets = shard[0], shard[1]
+    f = _file(shard)
+    real = f.cache.get_many
+    looks = []
+
+    def racing(keys, *, count=True):
+        out = real(keys, count=count)
+        if isinstance(keys[0], int):  # a look at samples (blocks of metadata have tuple keys)
+            looks.append(count)
+            if len(looks) == 1:  # between the read's look and its lock: a read-ahead of 2, 5
+                f._prefetch_now(np.array([2, 5]))
+        return out
+
+    monkeypatch.setattr(f.cache, "get_many", racing)
+    pos = np.array([offsets[2] + 1, offsets[5], offsets[7]])
+    np.testing.assert_array_equal(f.take(pos, "<u2", samples=[2, 5, 7]), ids[pos])
+    assert looks == [True, False] and (f.reads, f.samples_verified) == (3, 3)  # 7 read once
+    pos = np.array([offsets[0], offsets[1]])
+    np.testing.assert_array_equal(f.take(pos, "<u2", samples=[0, 1]), ids[pos])
+    assert looks == [True, False, True] and (f.reads, f.samples_verified) == (4, 5)  # 0, 1 touch
+
+
 class _Clock:
     """A fake ``remote_blocks._clock``: each read (two calls) takes ``read_s``."""
 

@@ -329,6 +329,34 @@ def test_a_mixture_of_remote_stores_reads_each_in_place(local, rows, tmp_path):
     )
 
 
+def test_a_store_whose_reads_do_not_wait_looks_up_nothing_to_read_ahead(local, rows, monkeypatch):
+    """The pipeline asks ``reads_ahead_now`` before each call's read-ahead: once every shard's
+    reads showed they do not wait, a call looks up none of its samples for it; a store whose
+    reads wait still reads ahead. A fake clock decides what a read takes."""
+    from highnoon.data import remote_blocks
+    from highnoon.data.pipeline import StepRows
+
+    block_cache().clear()
+    store = TokenStore.open(f"file://{local}")
+    asked = []
+    steps = StepRows(30, 4, lambda a, b: asked.append((a, b)) or rows[a:b])
+    batcher = HostBatcher(store, steps, SEQ_LEN)
+    assert store.reads_ahead and store.reads_ahead_now  # nothing read yet: unknown
+    monkeypatch.setattr(remote_blocks, "_clock", lambda: 0.0)  # reads take no time
+    batcher.batches(0, 10)  # every shard read
+    asked.clear()
+    batcher.prefetch(10, 5)
+    assert asked == [] and store.reads_ahead and not store.reads_ahead_now
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(remote_blocks, "_clock", lambda: float(next(ticks)))  # 1 s a read
+    batcher.batches(10, 10)  # new samples of every shard, fetched by reads that wait
+    asked.clear()
+    batcher.prefetch(20, 5)
+    assert asked == [(20, 25)] and store.reads_ahead_now
+    for f in store.block_files():
+        f.wait_prefetch()  # the read-ahead it asked ends before the clock is restored
+
+
 def _block_bytes(size: int, block: int, byte_offsets: np.ndarray) -> int:
     """Bytes of the blocks of a ``size``-byte file (blocks of ``block``) holding these bytes."""
     blocks = np.unique(np.asarray(byte_offsets) // block)

@@ -140,7 +140,7 @@ class _Gather:
         samples: a sample is what an in-place store reads and checks. The batches do not
         change."""
         count = min(count, self.num_steps - first)
-        if count <= 0 or first < 0 or not self.store.reads_ahead:
+        if count <= 0 or first < 0 or not self.store.reads_ahead_now:
             return
         self.store.prefetch_samples(self._step_samples(first, count))
 

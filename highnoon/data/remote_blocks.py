@@ -28,13 +28,14 @@ TensorFlow is imported on first fetch only (``data`` imports no TensorFlow at mo
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import operator
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import google_crc32c
@@ -122,29 +123,29 @@ class BlockCache:
             return [i for i, key in enumerate(keys) if key not in blocks]
 
     def put_many(
-        self, items: Sequence[tuple[tuple[Any, ...], Any]], sizes: Sequence[int] | None = None
+        self, keys: Sequence[Any], entries: Sequence[Any], sizes: Sequence[int] | None = None
     ) -> None:
         """``put`` of several entries (distinct keys) under one lock; ``sizes``: their
-        ``entry_bytes`` when the caller has them (a fetch's samples)."""
-        if not items:
+        ``entry_bytes`` when the caller has them (a fetch's samples). Entries new to the cache
+        (the common case) go in by one ``update``, no Python step per entry."""
+        if not keys:
             return
         if sizes is None:
-            sizes = [entry_bytes(block) for _, block in items]
+            sizes = list(map(entry_bytes, entries))
         if max(sizes) > self.max_bytes:  # entries larger than the cache are never kept
-            kept = [(item, n) for item, n in zip(items, sizes) if n <= self.max_bytes]
-            items, sizes = [item for item, _ in kept], [n for _, n in kept]
+            kept = [i for i, n in enumerate(sizes) if n <= self.max_bytes]
+            keys, entries, sizes = ([seq[i] for i in kept] for seq in (keys, entries, sizes))
         with self._lock:
             blocks = self._blocks
-            # entries already held (fetched again by a racing read) are replaced
-            old = list(map(blocks.pop, [k for k, _ in items], itertools.repeat(None)))
-            if any(map(operator.is_not, old, itertools.repeat(None))):
+            if any(map(blocks.__contains__, keys)):  # fetched again by a racing read: replaced
+                old = list(map(blocks.pop, keys, itertools.repeat(None)))
                 self.bytes_held -= sum(entry_bytes(b) for b in old if b is not None)
-            blocks.update(items)
+            blocks.update(zip(keys, entries))
             self.bytes_held += sum(sizes)
             self._evict()
 
     def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
-        self.put_many([(key, block)])
+        self.put_many([key], [block])
 
     def resize(self, max_bytes: int) -> None:
         """A new bound (evicting the least recently used blocks past it)."""
@@ -270,6 +271,24 @@ def _runs(blocks: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [blocks.size]])
     return [(int(blocks[s]), int(blocks[e - 1]) + 1) for s, e in zip(starts, ends)]
+
+
+def _pread(fd: int, start: int, stop: int) -> bytes:
+    return os.pread(fd, stop - start, start)
+
+
+def _timed_reads(
+    read: Callable[[int, int], bytes], starts: Sequence[int], stops: Sequence[int]
+) -> tuple[list[bytes], bool]:
+    """``read(start, stop)`` of each span, and whether the reads wait: the fastest of the first
+    ``TIMED_READS`` took at least ``READ_AHEAD_WAIT_S`` (no reads: True, nothing is known)."""
+    clock, fastest, out = _clock, float("inf"), []
+    for a, b in zip(starts[:TIMED_READS], stops[:TIMED_READS]):
+        began = clock()
+        out.append(read(a, b))
+        fastest = min(fastest, clock() - began)
+    out.extend(map(read, starts[TIMED_READS:], stops[TIMED_READS:]))
+    return out, fastest >= READ_AHEAD_WAIT_S
 
 
 class RangedFile:
@@ -490,38 +509,26 @@ class RangedFile:
 
     def _fetch_bytes(self, start: int, stop: int) -> bytes:
         """``_fetch_range`` as ``bytes``."""
-        return self._fetch_many([(start, stop)])[0]
+        return self._fetch_many([start], [stop])[0]
 
-    def _fetch_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each ``[start, stop)`` span, one range read each (a call's scattered
-        samples: the per-read Python work done once for all of them); size checked first.
-        The first ``TIMED_READS`` reads are timed to set ``reads_wait``."""
+    def _fetch_many(self, starts: Sequence[int], stops: Sequence[int]) -> list[bytes]:
+        """The bytes of each span ``[starts[i], stops[i])``, one range read each (a call's
+        scattered samples: the per-read Python work done once for all of them); size checked
+        first. The first ``TIMED_READS`` reads are timed to set ``reads_wait``."""
+        if not starts:
+            return []
         _warn_gcs_readahead(self.path)
         self._check_size()
-        local = self.path.startswith(_FILE_SCHEME)
-        read = self._pread_one() if local else self._read_range
-        clock, fastest, out = _clock, float("inf"), []
-        for a, b in spans[:TIMED_READS]:  # the first few timed: do the reads wait?
-            began = clock()
-            out.append(read(a, b))
-            fastest = min(fastest, clock() - began)
-        rest = spans[TIMED_READS:]
-        if local and rest:  # os.pread itself: no Python frame a read
-            fd, pread = self._fd, os.pread
-            try:
-                out.extend([pread(fd, b - a, a) for a, b in rest])
-            except OSError as err:
-                raise self._read_error(err) from err
+        if self.path.startswith(_FILE_SCHEME):
+            out = self._pread_spans(starts, stops)
         else:
-            out.extend([read(a, b) for a, b in rest])
-        if out:
-            self.reads_wait = fastest >= READ_AHEAD_WAIT_S
+            out, self.reads_wait = _timed_reads(self._read_range, starts, stops)
         self.reads += len(out)
         got = sum(map(len, out))
         self.bytes_read += got
-        if got == -sum(itertools.starmap(operator.sub, spans)):  # no read returns more than asked
+        if got == sum(stops) - sum(starts):  # no read returns more than asked
             return out
-        for (start, stop), raw in zip(spans, out):
+        for start, stop, raw in zip(starts, stops, out):
             if len(raw) != stop - start:
                 raise StoreError(
                     f"{self.label}: reading bytes [{start}, {stop}) returned {len(raw)} bytes; "
@@ -529,6 +536,21 @@ class RangedFile:
                     "(truncated), rebuild the store"
                 )
         return out
+
+    def _pread_spans(self, starts: Sequence[int], stops: Sequence[int]) -> list[bytes]:
+        """``_fetch_many``'s reads of a ``file://`` path: ``os.pread`` on a descriptor kept
+        open (positional, so threads share it), the syscall TensorFlow's local filesystem
+        makes without a stream object opened per read (which cost more than the read); the
+        first ``TIMED_READS`` timed, the rest with no Python frame a read."""
+        fd = self._local_fd()
+        try:
+            out, self.reads_wait = _timed_reads(functools.partial(_pread, fd),
+                                                starts[:TIMED_READS], stops[:TIMED_READS])  # fmt: skip
+            pread = os.pread
+            out += [pread(fd, b - a, a) for a, b in zip(starts[TIMED_READS:], stops[TIMED_READS:])]
+            return out
+        except OSError as err:
+            raise self._read_error(err) from err
 
     def _check_size(self) -> None:
         """The file exists with the size its manifest records: checked by one ``stat`` before
@@ -578,27 +600,16 @@ class RangedFile:
                 "the store"
             ) from err
 
-    def _pread_one(self) -> Any:
-        """A ``(start, stop) -> bytes`` reader of a ``file://`` path by ``os.pread`` on a
-        descriptor kept open (positional, so threads share it): the syscall TensorFlow's local
-        filesystem makes, without a stream object opened per read (which cost more than the
-        read)."""
-        try:
-            if self._fd is None:
-                with self._fd_lock:
-                    if self._fd is None:
+    def _local_fd(self) -> int:
+        """The descriptor of a ``file://`` path, opened on first use and kept open."""
+        if self._fd is None:
+            with self._fd_lock:
+                if self._fd is None:
+                    try:
                         self._fd = os.open(self.path[len(_FILE_SCHEME) :], os.O_RDONLY)
-        except OSError as err:
-            raise self._read_error(err) from err
-        fd, pread, label = self._fd, os.pread, self
-
-        def read(start: int, stop: int) -> bytes:
-            try:
-                return pread(fd, stop - start, start)
-            except OSError as err:
-                raise label._read_error(err) from err
-
-        return read
+                    except OSError as err:
+                        raise self._read_error(err) from err
+        return self._fd
 
     def _read_error(self, err: OSError) -> StoreError:
         return StoreError(

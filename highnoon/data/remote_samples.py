@@ -11,10 +11,11 @@ host whose rows are scattered samples of a few KB fetches tens of times its rows
   before any of its ids is returned: a mismatch is a ``StoreError`` naming the store, shard,
   sample index and byte offset;
 * checked samples go to the process-wide ``BlockCache`` (``store_cache_bytes``) with their
-  first id's offset (a ``Sample`` tuple), keyed by (a hash of the file's path, size and version,
-  sample): the version hashes the file's block CRCs, so a hit needs no read of the sample's
-  CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch samples ahead on the
-  prefetch threads (``prefetch_samples`` queues only the samples not cached);
+  first id's offset (a ``Sample`` tuple), keyed by one int (a hash of the file's path, size and
+  version above the sample's index): the version hashes the file's block CRCs, so a hit needs
+  no read of the sample's CRC nor of its offsets; ``prefetch``/``prefetch_samples`` fetch
+  samples ahead on the prefetch threads (``prefetch_samples`` queues only the samples not
+  cached);
 * a call's missing samples are fetched together (``_fetch_samples``): their range reads, then
   their CRCs, then one cache insert.
 
@@ -33,6 +34,7 @@ found by a binary search over the offsets file (``_locate``: about 13 blocks for
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Any
 
 import google_crc32c
@@ -49,6 +51,7 @@ from highnoon.utils.validation import check_int
 # (<= 1.2x the rows' bytes) bounds what may be read beside them (BENCHMARKS.md).
 GAP_BYTES = 256
 SMALL_UNIQUE = 4096  # samples= arrays up to this size are sorted whole, larger ones by runs
+SAMPLE_BITS = 48  # a shard's samples fit in this many bits of a cache key
 
 
 def _runs_of(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +124,13 @@ class SampleRangedFile(RangedFile):
         self._offsets_file = offsets
         self._crc_file = sample_crc32c
         self.num_samples = self._crc_file.size // 4
-        self._space = sha256_hex(f"{self.path}\n{self.size}\n{self.version}\nsample", chars=24)
+        space = sha256_hex(f"{self.path}\n{self.size}\n{self.version}\nsample", chars=24)
+        self._key_base = int(space, 16) << SAMPLE_BITS  # sample s's cache key: base + s
         self.samples_verified = 0  # samples checked against their CRC by this object
+        # read-ahead fetches done (``_prefetch_now``): a read that finds it unchanged after
+        # taking the fetch lock knows no read-ahead cached its missing samples meanwhile (another
+        # object of the same file may have: that sample is fetched twice, never served wrong)
+        self._fetched_ahead = 0
 
     # -- metadata (read by block through the cache, never whole) ------------------------------
     def _check_metadata(self) -> None:
@@ -272,18 +280,22 @@ class SampleRangedFile(RangedFile):
             with self._fetch_lock:  # only what is still missing: a read may have fetched some
                 missing = self.cache.missing(self._sample_keys(wanted.tolist()))
                 if missing:
-                    self._fetch_samples(wanted[missing])
+                    try:
+                        self._fetch_samples(wanted[missing])
+                    finally:  # after its cache puts, still under the lock: a read that
+                        self._fetched_ahead += 1  # looked before them sees the change
         except BaseException as err:  # kept for the next read: never lost
             self._prefetch_error = err
 
     # -- samples ----------------------------------------------------------------------------
-    def _sample_keys(self, wanted: list[int]) -> list[tuple[str, int]]:
-        """The cache keys of samples ``wanted``: (the file's name space, sample). The name
+    def _sample_keys(self, wanted: list[int]) -> list[int]:
+        """The cache keys of samples ``wanted``: one int each, the file's name space above
+        ``SAMPLE_BITS`` bits of sample index (an int hashes and compares faster than a tuple
+        and needs no object of its own; block keys are tuples, so the two never meet). The name
         space hashes the file's path, size and version (its block CRCs, which cover every
         byte), so a store rebuilt at the same path never serves an old sample; a cached sample
         is found without reading its CRC (that is read to check a fetched one)."""
-        space = self._space
-        return [(space, s) for s in wanted]
+        return list(map(self._key_base.__add__, wanted))
 
     def _samples(self, wanted: np.ndarray, *, raise_pending: bool = True) -> list[Sample]:
         """The checked samples ``wanted`` (sorted unique local indices), in that order: cached,
@@ -291,24 +303,27 @@ class SampleRangedFile(RangedFile):
         if raise_pending and self._prefetch_error is not None:
             err, self._prefetch_error = self._prefetch_error, None
             raise err
-        wanted_list = wanted.tolist()
         if not self.cache.enabled:
             with self._fetch_lock:
                 return self._fetch_samples(wanted)
-        keys = self._sample_keys(wanted_list)
+        ahead = self._fetched_ahead  # read-ahead fetches so far (none since: no second look)
+        keys = self._sample_keys(wanted.tolist())
         found = self.cache.get_many(keys)  # one lock for the whole call's samples
-        missing = [i for i, c in enumerate(found) if c is None]
-        if not missing:
+        if not any(map(operator.is_, found, itertools.repeat(None))):
             return found  # type: ignore[return-value]
         with self._fetch_lock:
-            # a prefetch may have fetched some meanwhile
-            again = self.cache.get_many([keys[i] for i in missing], count=False)
-            still = [i for i, c in zip(missing, again) if c is None]
-            for i, c in zip(missing, again):
-                found[i] = c
-            if still:
-                rows = np.asarray(still, dtype=np.int64)
-                for i, c in zip(still, self._fetch_samples(wanted[rows])):
+            absent = map(operator.is_, found, itertools.repeat(None))
+            missing = list(itertools.compress(range(len(keys)), absent))
+            if self._fetched_ahead != ahead:  # a read-ahead fetched meanwhile: look again
+                again = self.cache.get_many([keys[i] for i in missing], count=False)
+                for i, c in zip(missing, again):
+                    found[i] = c
+                missing = [i for i, c in zip(missing, again) if c is None]
+            if len(missing) == len(keys):  # a cold call: fetched whole, no step a sample
+                return self._fetch_samples(wanted, keys)
+            if missing:
+                fetched = self._fetch_samples(wanted[missing], [keys[i] for i in missing])
+                for i, c in zip(missing, fetched):
                     found[i] = c
         return found  # type: ignore[return-value]
 
@@ -321,11 +336,11 @@ class SampleRangedFile(RangedFile):
             return None
         return np.concatenate([[0], np.cumsum(~joins)]).astype(np.int64)
 
-    def _fetch_samples(self, samples: np.ndarray) -> list[Sample]:
-        """Fetch ``samples`` (sorted unique): their bounds and CRCs read by block, one range
-        read per group of near samples (``_groups``), all issued together, then every sample
-        checked against its CRC32C; the good ones are cached, and a bad one raises. Caller
-        holds the fetch lock."""
+    def _fetch_samples(self, samples: np.ndarray, keys: list[int] | None = None) -> list[Sample]:
+        """Fetch ``samples`` (sorted unique; ``keys``: their cache keys, when the caller has
+        them): their bounds and CRCs read by block, one range read per group of near samples
+        (``_groups``), all issued together, then every sample checked against its CRC32C; the
+        good ones are cached, and a bad one raises. Caller holds the fetch lock."""
         if samples.size == 0:
             return []
         starts, ends = self._bounds(samples)
@@ -333,37 +348,37 @@ class SampleRangedFile(RangedFile):
         item = self.dtype.itemsize
         group = self._groups(starts, ends)
         if group is None:  # no two samples share a read: each read is a sample
-            chunks = self._fetch_many(list(zip((starts * item).tolist(), (ends * item).tolist())))
+            chunks = self._fetch_many((starts * item).tolist(), (ends * item).tolist())
         else:
             first = np.flatnonzero(np.diff(group, prepend=-1))  # each group's first sample
             last = np.append(first[1:], samples.size) - 1
             begin = starts[first] * item
-            datas = self._fetch_many(list(zip(begin.tolist(), (ends[last] * item).tolist())))
+            datas = self._fetch_many(begin.tolist(), (ends[last] * item).tolist())
             los = (starts * item - begin[group]).tolist()
             his = (ends * item - begin[group]).tolist()
             chunks = [datas[g][lo:hi] for g, lo, hi in zip(group.tolist(), los, his)]
         actual = list(map(google_crc32c.value, chunks))
         out = list(zip(starts.tolist(), chunks))
-        names = samples.tolist()
-        ok = actual == expected  # one comparison of the lists in the common case
-        keep = ok or [a == e for a, e in zip(actual, expected)]  # the good ones
-        if self.cache.enabled:  # built by C loops: no Python step per sample
-            keys = zip(itertools.repeat(self._space), names)
-            items, sizes = zip(keys, out), map(len, chunks)
-            if not ok:
-                items, sizes = itertools.compress(items, keep), itertools.compress(sizes, keep)
-            self.cache.put_many(list(items), sizes=list(sizes))
-        self.samples_verified += len(names) if ok else sum(keep)
-        if not ok:
-            i = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
-            s, offset = names[i], int(starts[i]) * item
-            raise StoreError(
-                f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
-                f"offset {offset}, bytes [{offset}, {int(ends[i]) * item})) has CRC32C "
-                f"{actual[i]:#010x}, sample_crc32c.bin records {expected[i]:#010x}; the store "
-                "is corrupt, rebuild it"
-            )
-        return out
+        if actual == expected:  # one comparison of the lists in the common case
+            if self.cache.enabled:
+                if keys is None:
+                    keys = self._sample_keys(samples.tolist())
+                self.cache.put_many(keys, out, sizes=list(map(len, chunks)))
+            self.samples_verified += len(out)
+            return out
+        keep = list(map(operator.eq, actual, expected))  # the good ones are kept
+        if self.cache.enabled:
+            keys = self._sample_keys(samples[keep].tolist())
+            self.cache.put_many(keys, list(itertools.compress(out, keep)))
+        self.samples_verified += sum(keep)
+        i = keep.index(False)
+        s, offset = int(samples[i]), int(starts[i]) * item
+        raise StoreError(
+            f"{self.label}: sample {self.first_sample + s} (sample {s} of the shard, byte "
+            f"offset {offset}, bytes [{offset}, {int(ends[i]) * item})) has CRC32C "
+            f"{actual[i]:#010x}, sample_crc32c.bin records {expected[i]:#010x}; the store "
+            "is corrupt, rebuild it"
+        )
 
     def __repr__(self) -> str:
         return f"SampleRangedFile({self.path!r}, size={self.size})"
