@@ -1,12 +1,13 @@
 """A small training run driven through ``TrainStep`` directly, for the sharding tests.
 
-Every run trains the model of ``CONFIG`` on the same global batches, whatever the replica count: step
-``s`` (1-based) has ``GLOBAL_ROWS`` rows drawn from a generator seeded by ``s``; host ``h`` of
-``H`` feeds rows ``[h*G/H, (h+1)*G/H)`` and its local replicas split those in order; each
-replica's rows are ``ACCUMULATION`` micro-batches. Two stages, like the Trainer's: the second
-starts at ``STAGE_BOUNDARY`` with another learning-rate multiplier and a new iterator. Both clip
-at the same norm, so each run traces its step once (tracing the 'full' step is the slowest
-part of a run). A run can start at any global step (resume) because the batches depend on the step only.
+Every run trains the model of ``CONFIG`` on the same global batches, whatever the replica
+count: step ``s`` (1-based) has ``GLOBAL_ROWS`` rows drawn from a generator seeded by ``s``; host
+``h`` of ``H`` feeds rows ``[h*G/H, (h+1)*G/H)`` and its local replicas split those in order;
+each replica's rows are ``ACCUMULATION`` micro-batches. Two stages, like the Trainer's: the
+second starts at ``STAGE_BOUNDARY`` with another learning-rate multiplier and a new iterator.
+Both clip at the same norm, so each run traces its step once (tracing the 'full' step is the
+slowest part of a run). A run can start at any global step (resume) because the batches depend
+on the step only.
 
 The model is nano with one block (``LAYERS``): it has every kind of segment level "full" gathers
 (embedding, block, head) and every sharded path, and its steps trace in about 60% of the time of
