@@ -32,10 +32,10 @@ def _configure_logical_cpus() -> None:
 _configure_logical_cpus()
 
 # At exit the interpreter collects every object cycle before it stops: after a session of traced
-# TensorFlow functions that is their graphs' millions of Python wrappers, 30 s after a run of
-# test_sharding.py alone, spent on memory the process is about to give back whole. Frozen
-# objects are left out of that collection (atexit runs only when the interpreter exits, so a
-# caller of pytest.main keeps its own collector as it was).
+# TensorFlow functions that is their graphs' millions of Python wrappers (about 15 s after
+# test_sharding.py alone, more after the whole suite), spent on memory the process is about to
+# give back whole. Frozen objects are left out of that collection. atexit runs only when the
+# interpreter exits, so a caller of pytest.main keeps its collector as it was until then.
 atexit.register(gc.freeze)
 
 
