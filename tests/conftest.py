@@ -7,7 +7,9 @@ still run on ``/cpu:0`` exactly as before.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,6 +30,13 @@ def _configure_logical_cpus() -> None:
 
 
 _configure_logical_cpus()
+
+# At exit the interpreter collects every object cycle before it stops: after a session of traced
+# TensorFlow functions that is their graphs' millions of Python wrappers (about 15 s after
+# test_sharding.py alone, more after the whole suite), spent on memory the process is about to
+# give back whole. Frozen objects are left out of that collection. atexit runs only when the
+# interpreter exits, so a caller of pytest.main keeps its collector as it was until then.
+atexit.register(gc.freeze)
 
 
 import pytest  # noqa: E402

@@ -2,8 +2,8 @@
 saved, with the restart code; ``local_cluster`` relaunches the job, which ends with the weights of
 an uninterrupted run, bitwise.
 
-Every run is 2 workers of ``tests/workers/train_worker.py`` (nano model, deterministic ops,
-eval at each stage's end) under ``run_with_restarts`` with a hard kill timeout.
+Every run is 2 workers of ``tests/workers/train_worker.py`` (one-block nano model, deterministic
+ops, eval at each stage's end) under ``run_with_restarts`` with a hard kill timeout.
 """
 
 from __future__ import annotations

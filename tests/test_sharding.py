@@ -1,8 +1,8 @@
 """ZeRO-style sharding (``highnoon.training.sharding``), in one process.
 
 The training tests use a 2-replica MirroredStrategy over the two logical CPUs of
-``tests/conftest.py`` and drive ``TrainStep`` directly (``tests/sharding_helpers.py``): each level
-trains 24 steps of accumulation 2 with clipping and a stage boundary and is compared with the
+``tests/conftest.py`` and drive ``TrainStep`` directly on the one-block nano model of
+``tests/sharding_helpers.py``: each level trains 24 steps of accumulation 2 with clipping and a stage boundary and is compared with the
 unsharded run on the same global batches; real worker processes are in
 ``tests/test_sharding_multiworker.py``.
 """
@@ -413,8 +413,9 @@ def unsharded_four_steps(unsharded_run) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def full_four_steps_xla(mirrored) -> TrainStep:
-    """Level "full" after 4 XLA-compiled steps (one trace of the 'full' step takes ~20 s here,
-    so the XLA and the checkpoint tests share it; the other-shape test saves it too)."""
+    """Level "full" after 4 XLA-compiled steps (its trace and compilations are the slowest of
+    this module, so the XLA and the checkpoint tests share it; the other-shape test saves it
+    too)."""
     step, multiplier = H.build(mirrored, "full")
     H.train(step, multiplier, 1, 4, jit_compile=True)
     return step
@@ -441,11 +442,11 @@ def test_sharded_step_compiles_with_xla(mirrored, unsharded_four_steps, level, r
         assert f"f32[{spec.shard_size}]" in entry
     assert "all-reduce" not in hlo and "sqrt" in hlo and "power" in hlo
     if level == "full":
-        # Each segment (embedding, 2 blocks, head) runs as an XLA computation.
+        # Each segment (embedding, each block, head) runs as an XLA computation.
         graph = step._train_fns[("train", H.ACCUMULATION, H.STAGES[0]["clip_norm"], True, False)]
         compiled = _xla_calls(graph.get_concrete_function(
             H.batches(mirrored, 1, 1), tf.constant(1, tf.int32)).graph.as_graph_def())  # fmt: skip
-        assert compiled >= 4
+        assert compiled >= len(step.model.weight_segments()) == 2 + H.LAYERS
     else:
         gradients = engine._compiled["grads" if level == "optimizer" else "micro"]
         assert gradients.experimental_get_tracing_count() >= 1
@@ -550,7 +551,7 @@ def test_sharded_checkpoints_have_the_unsharded_names_and_restore_anywhere(
 def test_a_checkpoint_of_another_shape_is_refused(mirrored, full_four_steps_xla, tmp_path):
     _checkpointer(full_four_steps_xla, str(tmp_path / "ckpt"), mirrored).save(1)
     with mirrored.scope():
-        wider = hn.create_model("highnoon-nano", max_seq_length=H.SEQ, d_ff=128)
+        wider = H.create_model(d_ff=128)
         optimizer = make_optimizer(WarmupCosineSchedule(3e-3, 20, 2))
     other = TrainStep(wider, optimizer, mirrored, sharding="full")
     with pytest.raises(CheckpointError) as error:

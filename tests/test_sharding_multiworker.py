@@ -1,9 +1,10 @@
 """Sharding with real worker processes: MultiWorkerMirroredStrategy clusters on 127.0.0.1.
 
-Each worker (``tests/workers/sharding_worker.py``) drives ``TrainStep`` directly on the nano
-model through the global batches and two stages of ``tests/sharding_helpers.py`` (24 steps,
-accumulation 2, clipping, a stage boundary at step 12 with another learning-rate multiplier
-and clip norm). Every run is compared with one unsharded worker on the same global batches:
+Each worker (``tests/workers/sharding_worker.py``) drives ``TrainStep`` directly on the
+one-block nano model through the global batches and two stages of ``tests/sharding_helpers.py``
+(24 steps, accumulation 2, clipping, a stage boundary at step 12 with another learning-rate
+multiplier and clip norm). Every run is compared with one unsharded worker on the same global
+batches:
 
 * each level on 2 workers, and level "full" on 3, ends with the unsharded weights (float
   tolerance ``sharding_helpers.RTOL/ATOL``: sums run in another order), identical on every
@@ -13,9 +14,11 @@ and clip norm). Every run is compared with one unsharded worker on the same glob
   on 3 workers (sharded) and ends with the weights of the uninterrupted run;
 * the "optimizer" level compiles its pieces with XLA (``jit_compile``) between real collectives.
 
-A cluster start (each worker imports TensorFlow and Keras and joins the strategy) is the
-costly part, so runs with the same worker count share one: the worker trains its list of runs
-one after the other, each on a fresh ``TrainStep`` (four clusters for nine runs).
+A cluster start (each worker imports TensorFlow and Keras and joins the strategy) and a trace
+of the step are the costly parts, so runs with the same worker count share one cluster: the
+worker trains its list of runs one after the other, each on a fresh ``TrainStep`` but the resume
+on 2 workers, which restores into the step it continues (four clusters, seven traces, eight
+runs).
 
 Bitwise equality where the order of sums is the same is shown in-process
 (``tests/test_sharding.py``). Every cluster runs under a hard kill timeout.
@@ -32,7 +35,6 @@ import numpy as np
 import pytest
 
 from highnoon.launch.local_cluster import run_local_cluster
-from highnoon.models import get_preset
 from highnoon.models.memory import share_elements
 from highnoon.training.sharding import step_traffic
 from tests import sharding_helpers as H
@@ -44,7 +46,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.timeout(18
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "sharding_worker.py")
 HARD_TIMEOUT = 1500  # seconds per cluster of up to 3 runs (tracing "full" is slow on loaded cores)
-CONFIG = get_preset("highnoon-nano").replace(max_seq_length=H.SEQ)
+CONFIG = H.CONFIG
 WEIGHT_BYTES = CONFIG.num_parameters() * 4
 
 
@@ -102,12 +104,15 @@ def _resume_checkpoint(root: str) -> str:
 @pytest.fixture(scope="module")
 def full_pair(root) -> dict:
     """Two workers: "full" for all 24 steps, writing its checkpoint after step 10 (mid stage 0)
-    on the way; then, in the same processes on a fresh step, "full" resumed from that
-    checkpoint (no second cluster trains steps 1-10, and none starts for the resume on 2)."""
+    on the way; then, in the same processes, that checkpoint restored into the same step and
+    trained on from step 11 (no second cluster trains steps 1-10, none starts for the resume
+    on 2, and the step is not traced again: the restore overwrites everything the run trained,
+    which the uninterrupted weights at the end show; a fresh step restores it on 1 and 3
+    workers)."""
     ckpt = _resume_checkpoint(root)
     runs = {
         "full2": {"level": "full", "save_at": 10, "save_to": ckpt},
-        "resume-on-2": {"level": "full", "restore_from": ckpt},
+        "resume-on-2": {"level": "full", "restore_from": ckpt, "same_step": True},
     }
     return _cluster(root, "two-full", 2, runs)
 

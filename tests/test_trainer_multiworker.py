@@ -1,8 +1,8 @@
 """The Trainer's multi-host promises, proved with real worker processes on 127.0.0.1.
 
 Each test starts real ``MultiWorkerMirroredStrategy`` clusters (``launch.local_cluster``) whose
-workers run the real ``Trainer`` (``tests/workers/train_worker.py``) on a nano model and tiny
-JSONL data, and checks what the README promises for several hosts:
+workers run the real ``Trainer`` (``tests/workers/train_worker.py``) on a one-block nano model
+and tiny JSONL data, and checks what the README promises for several hosts:
 
 * N workers train the same curriculum as one worker with the same global batch: every step's
   rows, concatenated in host order, are the one-worker global batch; the weights are bitwise

@@ -9,6 +9,9 @@ imports and strategy setup, serves several runs. A run spec:
   last_step     train global steps up to this one (tests/sharding_helpers.py batches and stages)
   jit_compile   compile the step's pieces with XLA
   restore_from  optional checkpoint directory to resume from (its global step + 1 is the first)
+  same_step     optional: restore into the previous run's ``TrainStep`` (level and jit_compile
+                as that run's) instead of a fresh one, so the resume traces nothing; the
+                checkpoint overwrites every variable the step trains with
   save_to       optional checkpoint directory written after ``last_step`` (every worker saves;
                 the chief's copy is kept)
   save_at       optional step before ``last_step``: ``save_to`` is written after it instead,
@@ -43,15 +46,19 @@ def _atomic_npz(path: str, arrays: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def train_one(strategy, task: int, spec: dict[str, Any]) -> None:
-    """One run of ``spec`` on a fresh ``TrainStep``; writes its outputs to ``spec['out_dir']``."""
+def train_one(strategy, task: int, spec: dict[str, Any], previous: tuple | None) -> tuple:
+    """One run of ``spec`` on a fresh ``TrainStep`` (or, with ``same_step``, on ``previous``'s);
+    writes its outputs to ``spec['out_dir']``; returns (step, multiplier, recorder)."""
     from highnoon.distribute import peer_failure_guard
     from highnoon.training.checkpointing import Checkpointer
     from highnoon.training.sharding.recorder import StepRecorder
     from tests import sharding_helpers as H
 
-    recorder = StepRecorder()
-    step, multiplier = H.build(strategy, spec["level"], recorder=recorder)
+    if spec.get("same_step"):
+        step, multiplier, recorder = previous
+    else:
+        recorder = StepRecorder()
+        step, multiplier = H.build(strategy, spec["level"], recorder=recorder)
     objects = step.checkpoint_objects()
 
     def checkpointer(directory: str) -> Checkpointer:
@@ -94,6 +101,7 @@ def train_one(strategy, task: int, spec: dict[str, Any]) -> None:
     base = os.path.join(spec["out_dir"], f"worker{task}")
     _atomic_npz(base + ".npz", {f"w{i:03d}": w for i, w in enumerate(weights)})
     _atomic_json(base + ".json", facts)
+    return step, multiplier, recorder
 
 
 def main() -> None:
@@ -103,8 +111,9 @@ def main() -> None:
 
     skip_unused_keras_extras()
     strategy, task = join_cluster()
+    previous = None
     for spec in specs:
-        train_one(strategy, task, spec)
+        previous = train_one(strategy, task, spec, previous)
     print("DONE", flush=True)
 
 

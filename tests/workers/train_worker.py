@@ -10,7 +10,7 @@ runs; a run that kills or preempts its process is alone in its file). A spec:
   checkpoint_dir    one directory shared by every worker (the chief writes it)
   out_dir           where each worker writes ``worker<task>.npz`` and ``worker<task>.json``
   checkpoint_interval, epochs_per_stage
-  seq               the nano model's max_seq_length
+  seq, layers       the nano model's max_seq_length and number of blocks
   stop_at_step      optional: a callback raises ``StopAtStep`` at this step (a clean stop with
                     a final checkpoint); the worker then exits 0
   kill_at_step      optional [task, step]: that task SIGKILLs itself at that step
@@ -188,7 +188,7 @@ def train_one(strategy, task: int, spec: dict[str, Any], fed: dict[str, Any]) ->
         del fed[key]
     fed["_stage"]["index"] = 0
     options = dict(spec["trainer"])
-    model = hn.create_model("highnoon-nano", max_seq_length=spec["seq"])
+    model = hn.create_model("highnoon-nano", max_seq_length=spec["seq"], num_layers=spec["layers"])
     trainer = Trainer(model, strategy=strategy, **options)
     for name, paths, epochs, overrides in spec["stages"]:
         trainer.add_curriculum_stage(name, paths, epochs=epochs, **overrides)
