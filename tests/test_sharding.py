@@ -2,9 +2,9 @@
 
 The training tests use a 2-replica MirroredStrategy over the two logical CPUs of
 ``tests/conftest.py`` and drive ``TrainStep`` directly on the one-block nano model of
-``tests/sharding_helpers.py``: each level trains 24 steps of accumulation 2 with clipping and a stage boundary and is compared with the
-unsharded run on the same global batches; real worker processes are in
-``tests/test_sharding_multiworker.py``.
+``tests/sharding_helpers.py``: each level trains 24 steps of accumulation 2 with clipping and a
+stage boundary and is compared with the unsharded run on the same global batches; real worker
+processes are in ``tests/test_sharding_multiworker.py``.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ shards cut by tokens** (the default):
 **For one read unit, or ``num_shards``** (even sample ranges of the whole corpus, which cross
 files), the two-pass pipeline:
 
-1. *Read.* A unit is read by one worker and cut into chunks of about 1 MB of text (``CHUNK_CHARS``), keyed
-   ``(unit, chunk)``.
+1. *Read.* A unit is read by one worker and cut into chunks of about 1 MB of text
+   (``CHUNK_CHARS``), keyed ``(unit, chunk)``.
 2. *Tokenise.* Several units are spread over the workers and each chunk is tokenised where it is
    read; a single unit's text chunks are spread over the workers to be tokenised. A tokenised
    chunk is put in its stored form once (``shards.stored_samples``: EOS appended, the store's
