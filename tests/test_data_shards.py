@@ -210,6 +210,17 @@ def test_verified_blocks_are_shared_per_file_version(block_file, monkeypatch):
         MappedFile(path, 200, 64, crc, label="c").read(0, 1)
 
 
+def test_forgotten_blocks_are_checked_again_by_the_next_object(block_file, monkeypatch):
+    path, data = block_file
+    monkeypatch.setattr(blocks, "RACY_SECONDS", -1e9)
+    crc = crc32c_blocks(data, 64)
+    MappedFile(path, 200, 64, crc, label="a").verify()
+    blocks.forget_verified_blocks()
+    again = MappedFile(path, 200, 64, crc, label="b")
+    again.verify()
+    assert again.bytes_read == 200  # every block read and checked once more
+
+
 def test_fresh_files_are_checked_by_every_object(block_file, monkeypatch):
     path, data = block_file
     monkeypatch.setattr(blocks, "RACY_SECONDS", 1e9)  # every file is "just changed"

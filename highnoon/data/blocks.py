@@ -38,6 +38,15 @@ _BITMAPS: dict[tuple[Any, ...], np.ndarray] = {}
 _BITMAPS_LOCK = threading.Lock()
 
 
+def forget_verified_blocks() -> None:
+    """This process forgets which blocks of local store files it has checked, so the next
+    read of each block checks it again: a first pass as a fresh process makes it (a
+    benchmark's cold pass, which would otherwise time memory-mapped reads whose checks an
+    earlier pass did). Objects already reading keep their own record until they are closed."""
+    with _BITMAPS_LOCK:
+        _BITMAPS.clear()
+
+
 class BlockFile(Protocol):
     """One store file, read by byte range, verified per block on first read."""
 
