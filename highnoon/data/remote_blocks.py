@@ -338,7 +338,7 @@ class RangedFile:
         self._pending = 0  # prefetch requests queued or running
         self._pending_done = threading.Condition()
         self.prefetch_dropped = 0  # requests dropped because the queue was full
-        self._fd: int | None = None  # a file:// path's descriptor (``_pread_one``)
+        self._fd: int | None = None  # a file:// path's descriptor (``_local_fd``)
         # whether this file's reads wait (``READ_AHEAD_WAIT_S``), from its last fetch; True
         # until a fetch shows otherwise, so a store starts reading ahead
         self.reads_wait = True
@@ -585,7 +585,7 @@ class RangedFile:
 
         ``tf.io.gfile.GFile`` buffers 512 KiB, so a smaller range would fetch 512 KiB; a
         stream sized to the range fetches the range (plus the one-byte probe ``seek`` makes).
-        A ``file://`` path is read by ``os.pread`` instead (``_pread_one``).
+        A ``file://`` path is read by ``os.pread`` instead (``_pread_spans``).
         """
         import tensorflow as tf
 
