@@ -22,6 +22,7 @@ at first use) and, the baseline, without the manifest's shard summaries (all rea
 ``bench/corpus_prepare.py``.
 
     python bench/bench_corpus.py --part read [--sizes 1e5,1e6,1e7] [--quick]
+    python bench/bench_corpus.py --part throughput [--quick]   (the input throughput alone)
     python bench/bench_corpus.py --part open | --part write
     python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1] [--dir D]
 """
@@ -387,14 +388,22 @@ def bench_write(directory: str, *, num_samples: int = 1_000_000) -> None:
 
 
 # -- input throughput -------------------------------------------------------------------------
-def _tokens_per_second(store, rows: np.ndarray, seq_len: int, per_cpu_second: bool = False) -> Any:
-    """Tokens per second of the host pipeline over ``rows`` (and, with ``per_cpu_second``,
-    tokens per second of the process' CPU time too)."""
-    from highnoon.data import make_host_dataset
+def _tokens_per_second(
+    url: str, rows: np.ndarray, seq_len: int, reset: Any = None, per_cpu_second: bool = False
+) -> Any:
+    """Tokens per second of the host pipeline over ``rows`` of the store at ``url`` (and, with
+    ``per_cpu_second``, tokens per second of the process' CPU time too). A warm-up pass over
+    the first calls of another dataset of the store comes first (tracing, threads); then
+    ``reset()`` (a cold pass: empty the cache, forget the blocks checked) and the timed pass
+    over a dataset of a store opened after it, so the warm-up leaves nothing of the timed
+    rows read or checked."""
+    from highnoon.data import TokenStore, make_host_dataset
 
-    dataset = make_host_dataset(store, rows, seq_len)
-    for _ in dataset.take(2):  # tracing and threads
+    for _ in make_host_dataset(TokenStore.open(url), rows, seq_len).take(2):
         pass
+    if reset is not None:
+        reset()
+    dataset = make_host_dataset(TokenStore.open(url), rows, seq_len)
     started, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for element in dataset:
@@ -442,8 +451,8 @@ def bench_throughput(directory: str, *, quick: bool = False) -> None:
     what later epochs over a local store cost. "Memory-mapped, first pass" forgets them first
     (``forget_verified_blocks``): every block it reads is checked, as in a fresh process's
     first epoch. The in-place cold pass fetches and checks every sample, whichever pass it is
-    (a sample evicted from the bounded cache is fetched and checked again)."""
-    from highnoon.data import TokenStore
+    (a sample evicted from the bounded cache is fetched and checked again). Each pass is timed
+    on a store opened after its warm-up and reset (``_tokens_per_second``)."""
     from highnoon.data.blocks import forget_verified_blocks
     from highnoon.data.remote_blocks import block_cache
 
@@ -452,20 +461,19 @@ def bench_throughput(directory: str, *, quick: bool = False) -> None:
     seq_len, steps = 256, 400 if quick else 1000
     rows = host_rows(50_000, steps, 32, 0, 4)
     rounds = []
+    cold = block_cache().clear  # every sample fetched and checked during the pass
+    first_pass = forget_verified_blocks  # every block read is checked during the pass
+    local, in_place = path, f"file://{path}"
     for _ in range(3 if quick else 7):
-        forget_verified_blocks()
-        first = _tokens_per_second(TokenStore.open(path), rows, seq_len, True)
-        mapped = _tokens_per_second(TokenStore.open(path), rows, seq_len, True)
-        block_cache().clear()  # cold: every sample fetched and checked during the pass
-        cold = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len, True)
-        warm = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len, True)
-        block_cache().clear()
+        first = _tokens_per_second(local, rows, seq_len, first_pass, True)
+        mapped = _tokens_per_second(local, rows, seq_len, None, True)
+        cold_pass = _tokens_per_second(in_place, rows, seq_len, cold, True)
+        warm = _tokens_per_second(in_place, rows, seq_len, None, True)
         with _as_before():
-            before = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len, True)
-        block_cache().clear()
+            before = _tokens_per_second(in_place, rows, seq_len, cold, True)
         with _always_ahead():
-            ahead = _tokens_per_second(TokenStore.open(f"file://{path}"), rows, seq_len, True)
-        rounds.append((mapped, cold, warm, before, ahead, first))
+            ahead = _tokens_per_second(in_place, rows, seq_len, cold, True)
+        rounds.append((mapped, cold_pass, warm, before, ahead, first))
     wall = [float(np.median([r[i][0] for r in rounds])) for i in range(6)]
     cpu = [float(np.median([r[i][1] for r in rounds])) for i in range(6)]
     print("| pipeline B=8 T=256, 50K samples of 64..1024 ids | M tokens/s | ratio | M tokens "
@@ -492,7 +500,7 @@ def bench_throughput(directory: str, *, quick: bool = False) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("read", "open", "write", "prepare"), default="read")
+    parser.add_argument("--part", choices=("read", "throughput", "open", "write", "prepare"), default="read")
     parser.add_argument("--sizes", default="1e5,1e6,1e7")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--mb", type=float, default=256.0, help="prepare: MB of text (byte)")
@@ -515,6 +523,10 @@ def main() -> None:
         if args.part == "write":
             print("### the shard writer's per-sample CRC32C\n")
             bench_write(directory, num_samples=200_000 if args.quick else 1_000_000)
+            return
+        if args.part == "throughput":
+            print("### input throughput, in place against memory-mapped\n")
+            bench_throughput(directory, quick=args.quick)
             return
         sizes = [int(float(s)) for s in args.sizes.split(",")]
         print("### start-up and peak RSS of one host\n")

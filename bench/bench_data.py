@@ -15,6 +15,11 @@ plain sequential read of the shards' tokens.bin in the same process, both with t
 page cache, and a second ``verify()`` in the same process (blocks already checked are skipped).
 A cold read from disk adds the disk's time.
 
+``--per_call`` measures the pipeline's tokens per Python call (``_TOKENS_PER_CALL``, the
+default of ``steps_per_call``): a memory-mapped store's unpacked and packed pipelines at 32K
+to 512K tokens a call, as ratios against 64K (the default before 2026-12-07) in the same
+process (7 interleaved rounds, medians).
+
 ``--gather`` compares the numpy gather of unpacked batches (``HostBatcher.batches``, through the
 store's reads: offsets, per-sample clamping, block checks) with format 1's arithmetic on the raw
 arrays of the same one-shard store, in the same process (best of 15 interleaved rounds).
@@ -89,6 +94,53 @@ def bench_pipeline(store, batch: int, seq_len: int, steps: int) -> tuple[float, 
     base_tokens = numpy_gather(store, rows, seq_len)
     baseline = base_tokens / (time.perf_counter() - start)
     return pipeline, baseline
+
+
+def _pipeline_seconds(make_dataset) -> float:
+    """Wall seconds of one full pass over ``make_dataset()`` after a warm-up (tracing, threads)."""
+    dataset = make_dataset()
+    for _ in dataset.take(2):
+        pass
+    start = time.perf_counter()
+    for _ in dataset:
+        pass
+    return time.perf_counter() - start
+
+
+def bench_tokens_per_call(directory: str, rounds: int = 7) -> None:
+    """The unpacked and packed pipelines (B=8 rows of T=256 a step, 1000 steps) at several
+    ``steps_per_call``, against 64K tokens a call, interleaved rounds, medians."""
+    from highnoon.data import make_packed_host_dataset, pack_epoch, stored_lengths
+
+    store = build_token_store(synthetic_texts(20), "byte", directory, progress=False)
+    batch, seq_len, steps = 8, 256, 1000
+    rng = np.random.Generator(np.random.PCG64(1))
+    rows = rng.integers(0, store.num_samples, size=(steps, batch))
+    stream = rng.permutation(store.num_samples)
+    packed = pack_epoch(stream, stored_lengths(store), seq_len, batch)
+    tokens_per_step = batch * seq_len
+    sizes = [1 << k for k in range(15, 20)]
+    makers = {
+        "unpacked": lambda n: make_host_dataset(store, rows, seq_len, steps_per_call=n),
+        "packed": lambda n: make_packed_host_dataset(store, packed, steps_per_call=n).take(steps),
+    }
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for name, make in makers.items():
+            for size in sizes:
+                per_call = max(1, size // tokens_per_step)
+                seconds.setdefault((name, size), []).append(
+                    _pipeline_seconds(lambda: make(per_call))  # noqa: B023 (called here)
+                )
+    print("| tokens per call | " + " | ".join(f"{n} (x of 64K)" for n in makers) + " |")
+    print("|---:|" + "---:|" * len(makers))
+    for size in sizes:
+        cells = []
+        for name in makers:
+            base = float(np.median(seconds[(name, 1 << 16)]))
+            own = float(np.median(seconds[(name, size)]))
+            cells.append(f"{base / own:.2f}x ({own * 1e3:.0f} ms)")
+        print(f"| {size // 1024}K | " + " | ".join(cells) + " |")
 
 
 def _token_batches(total_tokens: int, seed: int = 0) -> Iterator[TokenBatch]:
@@ -201,6 +253,10 @@ def bench_gather() -> None:
 
 
 def main() -> None:
+    if "--per_call" in sys.argv:
+        with tempfile.TemporaryDirectory() as directory:
+            bench_tokens_per_call(os.path.join(directory, "s"))
+        return
     if "--gather" in sys.argv:
         bench_gather()
         return

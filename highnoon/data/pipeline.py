@@ -60,7 +60,10 @@ from highnoon.utils.validation import (
 OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")
 _PACKED_KEYS = (*_PLAIN_KEYS, "positions", "segment_ids")
-_TOKENS_PER_CALL = 1 << 16
+# Tokens built per Python call: tf.numpy_function, the call's dict and its unbatch cost about
+# 1-2 ms a call, so 256K tokens a call gave 1.25x (unpacked) and 1.19x (packed) the throughput
+# of 64K, and 512K less again (BENCHMARKS.md, "Tokens per call").
+_TOKENS_PER_CALL = 1 << 18
 # A store read in place fetches this many calls ahead of the one being built (the first ones
 # at the start): tf.data's parallel map builds about as many calls at once as there are cores,
 # so the call after those is the first whose reads can overlap (BENCHMARKS.md, "Input
@@ -384,7 +387,7 @@ def make_host_dataset(
 
     ``prefetch`` defaults to ``tf.data.AUTOTUNE``; ``num_parallel_calls`` (default AUTOTUNE) runs
     several gathers at once, the output order stays deterministic. ``steps_per_call`` steps are
-    built per Python call (default: about 64K tokens' worth) and unbatched again.
+    built per Python call (default: about 256K tokens' worth) and unbatched again.
     """
     batcher = HostBatcher(
         store, rows, seq_len, pack=pack, overflow=overflow, seed=seed, epoch=epoch
