@@ -30,6 +30,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_stats import ratio_interval
 
 import highnoon as hn
 from highnoon.data import ByteTokenizer
@@ -67,13 +69,6 @@ def plain_loop(lm: HighNoonEvalLM, requests: list) -> list[float]:
         first = len(context) - 1
         results.append(float(sum(logp[first + k, t] for k, t in enumerate(continuation))))
     return results
-
-
-def bootstrap(adapter: np.ndarray, loop: np.ndarray, resamples: int = 2000, seed: int = 0):
-    picks = np.random.default_rng(seed).integers(0, len(adapter), (resamples, len(adapter)))
-    ratios = loop[picks].sum(axis=1) / adapter[picks].sum(axis=1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def main() -> None:
@@ -115,7 +110,7 @@ def main() -> None:
         )
     for arm in ("loop", "batch_size=1"):
         seconds = np.array(times[arm][1:])
-        low, high = bootstrap(adapter, seconds)
+        low, high = ratio_interval(seconds, adapter)
         print(
             f"  ratio adapter/{arm} {seconds.sum() / adapter.sum():.2f}x "
             f"(95% interval {low:.2f}-{high:.2f})"

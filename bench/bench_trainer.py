@@ -59,6 +59,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_model import matmul_peak
+from bench_stats import ratio_interval
 
 import highnoon as hn
 from highnoon import data as hn_data
@@ -219,17 +220,10 @@ def interleaved_windows(trainer: Trainer, fit: FitWindows, log_interval: int) ->
     return windows
 
 
-def bootstrap_interval(
-    windows: list[Window], resamples: int = 2000, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_interval(windows: list[Window]) -> tuple[float, float]:
     """95% interval of the wall-time ratio (fit seconds / Trainer seconds, i.e. Trainer speed
     over fit speed) when the windows are resampled with replacement."""
-    trainer = np.array([w.trainer[0] for w in windows])
-    fit = np.array([w.fit[0] for w in windows])
-    picks = np.random.default_rng(seed).integers(0, len(windows), (resamples, len(windows)))
-    ratios = fit[picks].sum(axis=1) / trainer[picks].sum(axis=1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
+    return ratio_interval([w.fit[0] for w in windows], [w.trainer[0] for w in windows])
 
 
 def trace_count(trainer: Trainer) -> int:
