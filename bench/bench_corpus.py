@@ -22,7 +22,7 @@ at first use) and, the baseline, without the manifest's shard summaries (all rea
 ``bench/corpus_prepare.py``.
 
     python bench/bench_corpus.py --part read [--sizes 1e5,1e6,1e7] [--quick]
-    python bench/bench_corpus.py --part throughput [--quick]   (the input throughput alone)
+    python bench/bench_corpus.py --part throughput [--quick] [--store_samples 50000 --steps 1000]
     python bench/bench_corpus.py --part open | --part write
     python bench/bench_corpus.py --part prepare [--mb 256] [--sp_mb 32] [--repeats 1] [--dir D]
 """
@@ -391,15 +391,40 @@ def bench_write(directory: str, *, num_samples: int = 1_000_000) -> None:
 
 
 # -- input throughput -------------------------------------------------------------------------
+def _consumed_in_graph(dataset: Any) -> int:
+    """Tokens of every element, counted by ``Dataset.reduce``: no element reaches Python, as in
+    the Trainer, whose compiled call takes its batches with ``next(iterator)`` in the graph."""
+    import tensorflow as tf
+
+    def add(total: Any, element: Any) -> Any:
+        return total + tf.size(element["inputs"], out_type=tf.int64)
+
+    return int(dataset.reduce(tf.constant(0, tf.int64), add))
+
+
+def _consumed_in_python(dataset: Any) -> int:
+    """Tokens of every element, taken one by one by a Python loop (eager tensors): a
+    consumer holding the GIL between elements, which the reading threads then wait for."""
+    tokens = 0
+    for element in dataset:
+        tokens += int(np.prod(element["inputs"].shape))
+    return tokens
+
+
 def _tokens_per_second(
-    url: str, rows: np.ndarray, seq_len: int, reset: Any = None, per_cpu_second: bool = False
+    url: str,
+    rows: np.ndarray,
+    seq_len: int,
+    reset: Any = None,
+    per_cpu_second: bool = False,
+    consume: Any = _consumed_in_graph,
 ) -> Any:
-    """Tokens per second of the host pipeline over ``rows`` of the store at ``url`` (and, with
-    ``per_cpu_second``, tokens per second of the process' CPU time too). A warm-up pass over
-    the first calls of another dataset of the store comes first (tracing, threads); then
-    ``reset()`` (a cold pass: empty the cache, forget the blocks checked) and the timed pass
-    over a dataset of a store opened after it, so the warm-up leaves nothing of the timed
-    rows read or checked."""
+    """Tokens per second of the host pipeline over ``rows`` of the store at ``url``, consumed
+    by ``consume`` (and, with ``per_cpu_second``, tokens per second of the process' CPU time
+    too). A warm-up pass over the first calls of another dataset of the store comes first
+    (tracing, threads); then ``reset()`` (a cold pass: empty the cache, forget the blocks
+    checked) and the timed pass over a dataset of a store opened after it, so the warm-up
+    leaves nothing of the timed rows read or checked."""
     from highnoon.data import TokenStore, make_host_dataset
 
     for _ in make_host_dataset(TokenStore.open(url), rows, seq_len).take(2):
@@ -408,9 +433,7 @@ def _tokens_per_second(
         reset()
     dataset = make_host_dataset(TokenStore.open(url), rows, seq_len)
     started, cpu = time.perf_counter(), time.process_time()
-    tokens = 0
-    for element in dataset:
-        tokens += int(np.prod(element["inputs"].shape))
+    tokens = consume(dataset)
     if per_cpu_second:  # the process' CPU time, every thread: steadier on a loaded machine
         return tokens / (time.perf_counter() - started), tokens / (time.process_time() - cpu)
     return tokens / (time.perf_counter() - started)
@@ -443,11 +466,18 @@ def _always_ahead():
     return mock.patch.object(remote_blocks, "READ_AHEAD_WAIT_S", 0.0)
 
 
-def bench_throughput(directory: str, *, quick: bool = False) -> None:
+def bench_throughput(
+    directory: str, *, quick: bool = False, num_samples: int = 50_000, steps: int = 1000
+) -> None:
     """The host pipeline over one store, memory-mapped (local path) and in place (``file://``:
     range reads, CRC32C per sample, the block cache) with a cold and a warm cache, in place
     cold as before this change (``_as_before``), and cold reading ahead although the reads do
-    not wait (``_always_ahead``), 15 rounds interleaved, medians and paired ratios.
+    not wait (``_always_ahead``), 25 rounds interleaved, medians and paired ratios.
+
+    The elements are consumed in the graph (``_consumed_in_graph``), as the Trainer's compiled
+    call takes them; the memory-mapped and cold in-place passes are also timed consumed by a
+    Python loop (``_consumed_in_python``), whose GIL the reading threads wait for after each
+    range read (BENCHMARKS.md, "256K tokens a call").
 
     "Memory-mapped" is the mapped store after its first pass: its blocks' checks are
     remembered by the process (``blocks._BITMAPS``), so it reads and checks nothing again,
@@ -455,55 +485,63 @@ def bench_throughput(directory: str, *, quick: bool = False) -> None:
     (``forget_verified_blocks``): every block it reads is checked, as in a fresh process's
     first epoch. The in-place cold pass fetches and checks every sample, whichever pass it is
     (a sample evicted from the bounded cache is fetched and checked again). Each pass is timed
-    on a store opened after its warm-up and reset (``_tokens_per_second``)."""
-    from highnoon.data.blocks import forget_verified_blocks
+    on a store opened after its warm-up and reset (``_tokens_per_second``). The store holds
+    ``num_samples`` samples; host 0 of 4 reads ``steps`` steps of 8 rows (distinct samples:
+    ``steps * 32 <= num_samples``)."""
+    import contextlib
+
+    from highnoon.data.blocks import RACY_SECONDS, forget_verified_blocks
     from highnoon.data.remote_blocks import block_cache
 
     path = os.path.join(directory, "throughput")
-    synthetic_store(path, 50_000, min_len=64, max_len=1024)
-    seq_len, steps = 256, 400 if quick else 1000
-    rows = host_rows(50_000, steps, 32, 0, 4)
-    rounds = []
+    if quick:
+        num_samples, steps = 50_000, 400
+    synthetic_store(path, num_samples, min_len=64, max_len=1024)
+    time.sleep(RACY_SECONDS)  # older than this, a file's checked blocks are shared by its opens
+    seq_len = 256
+    rows = host_rows(num_samples, steps, 32, 0, 4)
     cold = block_cache().clear  # every sample fetched and checked during the pass
-    first_pass = forget_verified_blocks  # every block read is checked during the pass
-    local, in_place = path, f"file://{path}"
-    for _ in range(3 if quick else 15):
-        first = _tokens_per_second(local, rows, seq_len, first_pass, True)
-        mapped = _tokens_per_second(local, rows, seq_len, None, True)
-        cold_pass = _tokens_per_second(in_place, rows, seq_len, cold, True)
-        warm = _tokens_per_second(in_place, rows, seq_len, None, True)
-        with _as_before():
-            before = _tokens_per_second(in_place, rows, seq_len, cold, True)
-        with _always_ahead():
-            ahead = _tokens_per_second(in_place, rows, seq_len, cold, True)
-        rounds.append((mapped, cold_pass, warm, before, ahead, first))
-    wall = [float(np.median([r[i][0] for r in rounds])) for i in range(6)]
-    cpu = [float(np.median([r[i][1] for r in rounds])) for i in range(6)]
-    seconds = [[1.0 / r[i][0] for r in rounds] for i in range(6)]  # the same tokens each pass
-    print("| pipeline B=8 T=256, 50K samples of 64..1024 ids | M tokens/s | ratio | M tokens "
-          "per CPU s | ratio | paired ratio [95%] |")  # fmt: skip
+    local, in_place, graph, loop = path, f"file://{path}", _consumed_in_graph, _consumed_in_python
+    # (name, store, reset before the timed pass, context, consumer); the first is the baseline
+    arms = [
+        ("memory-mapped (local path)", local, None, None, graph),
+        ("in place (`file://`), cold cache", in_place, cold, None, graph),
+        ("in place, samples cached", in_place, None, None, graph),  # what the cold pass cached
+        ("in place, cold, as before (TF stream per read, 1 call ahead)", in_place, cold,
+         _as_before, graph),
+        ("in place, cold, read ahead whether or not reads wait", in_place, cold, _always_ahead,
+         graph),
+        ("memory-mapped, first pass (no block checked yet)", local, forget_verified_blocks, None,
+         graph),
+        ("memory-mapped, consumed by a Python loop", local, None, None, loop),
+        ("in place, cold cache, consumed by a Python loop", in_place, cold, None, loop),
+    ]  # fmt: skip
+    rounds = []
+    for _ in range(3 if quick else 25):
+        passes = []
+        for _name, url, reset, context, consume in arms:
+            with context() if context else contextlib.nullcontext():
+                passes.append(_tokens_per_second(url, rows, seq_len, reset, True, consume))
+        rounds.append(passes)
+    wall = [float(np.median([r[i][0] for r in rounds])) for i in range(len(arms))]
+    cpu = [float(np.median([r[i][1] for r in rounds])) for i in range(len(arms))]
+    seconds = [[1.0 / r[i][0] for r in rounds] for i in range(len(arms))]  # the same tokens
+    print(f"| pipeline B=8 T=256, {steps} steps, {num_samples // 1000}K samples of 64..1024 ids "
+          "| M tokens/s | ratio | M tokens per CPU s | ratio | paired ratio [95%] |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")
-    names = ("memory-mapped (local path)", "in place (`file://`), cold cache",
-             "in place, samples cached",
-             "in place, cold, as before (TF stream per read, 1 call ahead)",
-             "in place, cold, read ahead whether or not reads wait",
-             "memory-mapped, first pass (no block checked yet)")  # fmt: skip
-    for i, name in enumerate(names):
-        low, high = ratio_interval(seconds[0], seconds[i])
-        paired = sum(seconds[0]) / sum(seconds[i])
-        print(f"| {name} | {wall[i] / 1e6:.2f} | {wall[i] / wall[0]:.2f}x | {cpu[i] / 1e6:.2f} | "
-              f"{cpu[i] / cpu[0]:.2f}x | {paired:.2f}x [{low:.2f}, {high:.2f}] |")  # fmt: skip
-    print("\nratio: of the medians over the rounds; paired ratio: the mapped passes' seconds over "
-          "this arm's, summed over the rounds, with a 95% interval from resampling the rounds "
-          "(goal for the cold cache >= 0.8x)")  # fmt: skip
-    for i, name in ((1, "cold"), (2, "cached"), (3, "cold as before"), (4, "cold, always ahead")):
-        per_round = ", ".join(f"{r[i][0] / r[0][0]:.2f}" for r in rounds)
-        print(f"{name}/mapped per round: {per_round}")
-    firsts = [r[1][0] / r[5][0] for r in rounds]
-    print(
-        f"cold/mapped first pass per round: {', '.join(f'{x:.2f}' for x in firsts)} "
-        f"(median {float(np.median(firsts)):.2f}x)"
-    )
+    for i, (name, *_rest) in enumerate(arms):
+        base = 6 if i == 7 else 0  # the Python loop's cold pass against its own mapped pass
+        low, high = ratio_interval(seconds[base], seconds[i])
+        paired = sum(seconds[base]) / sum(seconds[i])
+        print(f"| {name} | {wall[i] / 1e6:.2f} | {wall[i] / wall[base]:.2f}x | "
+              f"{cpu[i] / 1e6:.2f} | {cpu[i] / cpu[base]:.2f}x | {paired:.2f}x "
+              f"[{low:.2f}, {high:.2f}] |")  # fmt: skip
+    print("\nratio: of the medians over the rounds, against the memory-mapped pass consumed the "
+          "same way; paired ratio: its seconds over this arm's, summed over the rounds, with a "
+          "95% interval from resampling the rounds (goal for the cold cache >= 0.8x)")  # fmt: skip
+    for i, base in ((1, 0), (2, 0), (4, 0), (7, 6)):
+        per_round = ", ".join(f"{r[i][0] / r[base][0]:.2f}" for r in rounds)
+        print(f"{arms[i][0]} / {arms[base][0]}, per round: {per_round}")
 
 
 def main() -> None:
@@ -513,6 +551,8 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="1e5,1e6,1e7")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--store_samples", type=int, default=50_000, help="throughput: store size")
+    parser.add_argument("--steps", type=int, default=1000, help="throughput: steps of the pass")
     parser.add_argument("--mb", type=float, default=256.0, help="prepare: MB of text (byte)")
     parser.add_argument("--sp_mb", type=float, default=32.0, help="prepare: MB (SentencePiece)")
     parser.add_argument("--repeats", type=int, default=1, help="prepare: best of this many")
@@ -536,7 +576,9 @@ def main() -> None:
             return
         if args.part == "throughput":
             print("### input throughput, in place against memory-mapped\n")
-            bench_throughput(directory, quick=args.quick)
+            bench_throughput(
+                directory, quick=args.quick, num_samples=args.store_samples, steps=args.steps
+            )
             return
         sizes = [int(float(s)) for s in args.sizes.split(",")]
         print("### start-up and peak RSS of one host\n")
