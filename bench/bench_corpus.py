@@ -12,7 +12,8 @@
   the memory-mapped store's.
 * **input throughput**: the host pipeline from an in-place store (``file://``, no memory map;
   cold and warm cache, cold as before the throughput work, and cold reading ahead although
-  its reads do not wait) against the same store memory-mapped, in one process (goal >= 0.8x).
+  its reads do not wait) against the same store memory-mapped, in one process, consumed in the
+  graph as the Trainer does and, for the cold pass, by a Python loop too (goal >= 0.8x).
 
 ``--part open``: requests and time to open stores of 8 and 64 shards on ``gs://`` (TensorFlow's
 client against tests/fake_gcs.py, 50 ms a request), on the manifest alone (shard manifests read
