@@ -392,7 +392,7 @@ def bench_write(directory: str, *, num_samples: int = 1_000_000) -> None:
 
 
 # -- input throughput -------------------------------------------------------------------------
-def _consumed_in_graph(dataset: Any) -> int:
+def consumed_in_graph(dataset: Any) -> int:
     """Tokens of every element, counted by ``Dataset.reduce``: no element reaches Python, as in
     the Trainer, whose compiled call takes its batches with ``next(iterator)`` in the graph."""
     import tensorflow as tf
@@ -403,7 +403,7 @@ def _consumed_in_graph(dataset: Any) -> int:
     return int(dataset.reduce(tf.constant(0, tf.int64), add))
 
 
-def _consumed_in_python(dataset: Any) -> int:
+def consumed_in_python(dataset: Any) -> int:
     """Tokens of every element, taken one by one by a Python loop (eager tensors): a
     consumer holding the GIL between elements, which the reading threads then wait for."""
     tokens = 0
@@ -418,7 +418,7 @@ def _tokens_per_second(
     seq_len: int,
     reset: Any = None,
     per_cpu_second: bool = False,
-    consume: Any = _consumed_in_graph,
+    consume: Any = consumed_in_graph,
 ) -> Any:
     """Tokens per second of the host pipeline over ``rows`` of the store at ``url``, consumed
     by ``consume`` (and, with ``per_cpu_second``, tokens per second of the process' CPU time
@@ -475,9 +475,9 @@ def bench_throughput(
     cold as before this change (``_as_before``), and cold reading ahead although the reads do
     not wait (``_always_ahead``), 25 rounds interleaved, medians and paired ratios.
 
-    The elements are consumed in the graph (``_consumed_in_graph``), as the Trainer's compiled
+    The elements are consumed in the graph (``consumed_in_graph``), as the Trainer's compiled
     call takes them; the memory-mapped and cold in-place passes are also timed consumed by a
-    Python loop (``_consumed_in_python``), whose GIL the reading threads wait for after each
+    Python loop (``consumed_in_python``), whose GIL the reading threads wait for after each
     range read (BENCHMARKS.md, "256K tokens a call").
 
     "Memory-mapped" is the mapped store after its first pass: its blocks' checks are
@@ -502,7 +502,7 @@ def bench_throughput(
     seq_len = 256
     rows = host_rows(num_samples, steps, 32, 0, 4)
     cold = block_cache().clear  # every sample fetched and checked during the pass
-    local, in_place, graph, loop = path, f"file://{path}", _consumed_in_graph, _consumed_in_python
+    local, in_place, graph, loop = path, f"file://{path}", consumed_in_graph, consumed_in_python
     # (name, store, reset before the timed pass, context, consumer); the first is the baseline
     arms = [
         ("memory-mapped (local path)", local, None, None, graph),

@@ -17,8 +17,9 @@ A cold read from disk adds the disk's time.
 
 ``--per_call`` measures the pipeline's tokens per Python call (``_TOKENS_PER_CALL``, the
 default of ``steps_per_call``): a memory-mapped store's unpacked and packed pipelines at 32K
-to 512K tokens a call, as ratios against 64K (the default before 2026-12-07) in the same
-process (7 interleaved rounds, medians).
+to 512K tokens a call over 4000 steps, consumed in the graph (as the Trainer's compiled call takes its batches)
+and by a Python loop, as ratios against 64K (the default before 2026-12-07) in the same process
+(7 interleaved rounds, medians).
 
 ``--gather`` compares the numpy gather of unpacked batches (``HostBatcher.batches``, through the
 store's reads: offsets, per-sample clamping, block checks) with format 1's arithmetic on the raw
@@ -96,24 +97,28 @@ def bench_pipeline(store, batch: int, seq_len: int, steps: int) -> tuple[float, 
     return pipeline, baseline
 
 
-def _pipeline_seconds(make_dataset) -> float:
-    """Wall seconds of one full pass over ``make_dataset()`` after a warm-up (tracing, threads)."""
+def _pipeline_seconds(make_dataset, consume) -> float:
+    """Wall seconds of one full pass over ``make_dataset()``, taken by ``consume``, after a
+    warm-up (tracing, threads)."""
     dataset = make_dataset()
     for _ in dataset.take(2):
         pass
     start = time.perf_counter()
-    for _ in dataset:
-        pass
+    consume(dataset)
     return time.perf_counter() - start
 
 
-def bench_tokens_per_call(directory: str, rounds: int = 7) -> None:
-    """The unpacked and packed pipelines (B=8 rows of T=256 a step, 1000 steps) at several
-    ``steps_per_call``, against 64K tokens a call, interleaved rounds, medians."""
+def bench_tokens_per_call(directory: str, rounds: int = 7, steps: int = 4000) -> None:
+    """The unpacked and packed pipelines (B=8 rows of T=256 a step, ``steps`` steps: long
+    enough that the first call's wait and the last call's lone core weigh little) at several
+    ``steps_per_call``, consumed in the graph (as the Trainer's compiled call does) and by a
+    Python loop, against 64K tokens a call, interleaved rounds, medians."""
+    from bench_corpus import consumed_in_graph, consumed_in_python
+
     from highnoon.data import make_packed_host_dataset, pack_epoch, stored_lengths
 
     store = build_token_store(synthetic_texts(20), "byte", directory, progress=False)
-    batch, seq_len, steps = 8, 256, 1000
+    batch, seq_len = 8, 256
     rng = np.random.Generator(np.random.PCG64(1))
     rows = rng.integers(0, store.num_samples, size=(steps, batch))
     stream = rng.permutation(store.num_samples)
@@ -124,21 +129,26 @@ def bench_tokens_per_call(directory: str, rounds: int = 7) -> None:
         "unpacked": lambda n: make_host_dataset(store, rows, seq_len, steps_per_call=n),
         "packed": lambda n: make_packed_host_dataset(store, packed, steps_per_call=n).take(steps),
     }
-    seconds: dict[tuple[str, int], list[float]] = {}
+    consumers = {"in the graph": consumed_in_graph, "Python loop": consumed_in_python}
+    arms = [(m, c) for m in makers for c in consumers]
+    seconds: dict[tuple[str, str, int], list[float]] = {}
     for _ in range(rounds):
-        for name, make in makers.items():
+        for name, consumer in arms:
             for size in sizes:
                 per_call = max(1, size // tokens_per_step)
-                seconds.setdefault((name, size), []).append(
-                    _pipeline_seconds(lambda: make(per_call))  # noqa: B023 (called here)
+                seconds.setdefault((name, consumer, size), []).append(
+                    _pipeline_seconds(
+                        lambda: makers[name](per_call),  # noqa: B023 (called here)
+                        consumers[consumer],
+                    )
                 )
-    print("| tokens per call | " + " | ".join(f"{n} (x of 64K)" for n in makers) + " |")
-    print("|---:|" + "---:|" * len(makers))
+    print("| tokens per call | " + " | ".join(f"{m}, {c} (x of 64K)" for m, c in arms) + " |")
+    print("|---:|" + "---:|" * len(arms))
     for size in sizes:
         cells = []
-        for name in makers:
-            base = float(np.median(seconds[(name, 1 << 16)]))
-            own = float(np.median(seconds[(name, size)]))
+        for name, consumer in arms:
+            base = float(np.median(seconds[(name, consumer, 1 << 16)]))
+            own = float(np.median(seconds[(name, consumer, size)]))
             cells.append(f"{base / own:.2f}x ({own * 1e3:.0f} ms)")
         print(f"| {size // 1024}K | " + " | ".join(cells) + " |")
 

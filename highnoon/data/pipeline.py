@@ -60,9 +60,11 @@ from highnoon.utils.validation import (
 OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")
 _PACKED_KEYS = (*_PLAIN_KEYS, "positions", "segment_ids")
-# Tokens built per Python call: tf.numpy_function, the call's dict and its unbatch cost about
-# 1-2 ms a call, so 256K tokens a call gave 1.25x (unpacked) and 1.19x (packed) the throughput
-# of 64K, and 512K less again (BENCHMARKS.md, "Tokens per call").
+# Tokens built per Python call. A call costs 1-2 ms besides its rows (tf.numpy_function, its
+# dict, the unbatch), and a store read in place more (offsets and CRC look-ups, locks): 256K
+# tokens a call made the cold in-place pipeline 0.82-0.87x the memory map's where 128K gave
+# 0.72x, and the memory-mapped pipeline 0.92-1.31x as fast as at 64K (BENCHMARKS.md, "Tokens
+# per call").
 _TOKENS_PER_CALL = 1 << 18
 # A store read in place fetches this many calls ahead of the one being built (the first ones
 # at the start): tf.data's parallel map builds about as many calls at once as there are cores,
