@@ -65,6 +65,7 @@ def test_in_place_batches_equal_the_memory_mapped_ones(local, rows, scheme):
     assert {type(f) for f in remote.block_files()} == {RangedFile, SampleRangedFile}
     assert {type(s.files["tokens.bin"]) for s in remote._shards} == {SampleRangedFile}
     assert {type(f) for f in mapped.block_files()} == {MappedFile}
+    assert remote.reads_in_place and not mapped.reads_in_place
     assert remote.fingerprint == mapped.fingerprint
     for overflow in ("truncate", "window"):
         _assert_same(
@@ -79,6 +80,30 @@ def test_in_place_batches_equal_the_memory_mapped_ones(local, rows, scheme):
         _batches(make_packed_host_dataset(remote, packed, host_id=1, num_hosts=2)),
         _batches(make_packed_host_dataset(mapped, packed, host_id=1, num_hosts=2)),
     )
+
+
+def test_a_store_read_in_place_builds_larger_calls(local, rows, monkeypatch):
+    """A store read in place builds ``_TOKENS_PER_CALL_IN_PLACE`` tokens a Python call, a
+    memory-mapped one ``_TOKENS_PER_CALL`` (its calls cost less each); the batches are the
+    same."""
+    from highnoon.data import pipeline
+
+    step_tokens = rows.shape[1] * SEQ_LEN
+    monkeypatch.setattr(pipeline, "_TOKENS_PER_CALL", 2 * step_tokens)
+    monkeypatch.setattr(pipeline, "_TOKENS_PER_CALL_IN_PLACE", 8 * step_tokens)
+    counts: dict[bool, list[int]] = {False: [], True: []}
+    real = HostBatcher.batches
+
+    def recorded(self, first, count):
+        counts[self.store.reads_in_place].append(count)
+        return real(self, first, count)
+
+    monkeypatch.setattr(HostBatcher, "batches", recorded)
+    mapped = _batches(make_host_dataset(TokenStore.open(local), rows, SEQ_LEN))
+    in_place = _batches(make_host_dataset(TokenStore.open(f"file://{local}"), rows, SEQ_LEN))
+    _assert_same(in_place, mapped)
+    assert sorted(counts[False]) == sorted([2] * 15)  # 30 steps
+    assert sorted(counts[True]) == sorted([8, 8, 8, 6])
 
 
 def test_opening_reads_manifests_only_and_nothing_is_copied(local, rows, tmp_path, monkeypatch):

@@ -61,11 +61,13 @@ OVERFLOW = ("truncate", "window")
 _PLAIN_KEYS = ("inputs", "targets", "loss_mask")
 _PACKED_KEYS = (*_PLAIN_KEYS, "positions", "segment_ids")
 # Tokens built per Python call. A call costs 1-2 ms besides its rows (tf.numpy_function, its
-# dict, the unbatch), and a store read in place more (offsets and CRC look-ups, locks): 256K
-# tokens a call made the cold in-place pipeline 0.82-0.87x the memory map's where 128K gave
-# 0.72x, and the memory-mapped pipeline 0.92-1.31x as fast as at 64K (BENCHMARKS.md, "Tokens
-# per call").
-_TOKENS_PER_CALL = 1 << 18
+# dict, the unbatch); a store read in place pays more per call (offsets and CRC look-ups,
+# locks), so it builds 4x more: its cold pipeline went from 0.72x the memory map's at 128K a
+# call to 0.82-0.87x at 256K. A memory-mapped store gains within the noise from larger calls
+# (0.92-1.31x at 256K), and the quickstart, which starts many short pipelines, lost 6-16% at
+# 256K (BENCHMARKS.md, "Tokens per call").
+_TOKENS_PER_CALL = 1 << 16
+_TOKENS_PER_CALL_IN_PLACE = 1 << 18
 # A store read in place fetches this many calls ahead of the one being built (the first ones
 # at the start): tf.data's parallel map builds about as many calls at once as there are cores,
 # so the call after those is the first whose reads can overlap (BENCHMARKS.md, "Input
@@ -389,7 +391,7 @@ def make_host_dataset(
 
     ``prefetch`` defaults to ``tf.data.AUTOTUNE``; ``num_parallel_calls`` (default AUTOTUNE) runs
     several gathers at once, the output order stays deterministic. ``steps_per_call`` steps are
-    built per Python call (default: about 256K tokens' worth) and unbatched again.
+    built per Python call (default: about 64K tokens' worth, 256K for a store read in place) and unbatched again.
     """
     batcher = HostBatcher(
         store, rows, seq_len, pack=pack, overflow=overflow, seed=seed, epoch=epoch
@@ -435,7 +437,8 @@ def _dataset(
     shape = (batcher.batch_rows, batcher.seq_len)
     # Several steps per Python call amortise the per-call overhead of tf.numpy_function; the
     # chunks are unbatched again, so elements are still single steps in order.
-    per_call = int(steps_per_call or max(1, _TOKENS_PER_CALL // (shape[0] * shape[1])))
+    tokens = _TOKENS_PER_CALL_IN_PLACE if batcher.store.reads_in_place else _TOKENS_PER_CALL
+    per_call = int(steps_per_call or max(1, tokens // (shape[0] * shape[1])))
     end = batcher.num_steps
 
     ahead = batcher.store.reads_ahead  # read the next call's bytes while this one trains

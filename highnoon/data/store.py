@@ -907,6 +907,12 @@ class TokenStore:
         return [shard.files[name] for shard in self._shards for name in SHARD_FILES]
 
     @property
+    def reads_in_place(self) -> bool:
+        """Whether some shard is read by byte range (a path with a scheme: ``gs://``,
+        ``file://``) rather than memory-mapped."""
+        return any(is_remote(shard.files.root) for shard in self._shards)
+
+    @property
     def reads_ahead(self) -> bool:
         """Whether reading ahead may pay: some tokens file is read by range (a path with a
         scheme) into a block cache (``RangedFile.prefetches``)."""
