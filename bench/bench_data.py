@@ -16,10 +16,10 @@ page cache, and a second ``verify()`` in the same process (blocks already checke
 A cold read from disk adds the disk's time.
 
 ``--per_call`` measures the pipeline's tokens per Python call (``_TOKENS_PER_CALL``, the
-default of ``steps_per_call``): a memory-mapped store's unpacked and packed pipelines at 32K
-to 512K tokens a call over 4000 steps, consumed in the graph (as the Trainer's compiled call takes its batches)
-and by a Python loop, as ratios against 64K (the default before 2026-12-07) in the same process
-(7 interleaved rounds, medians).
+default of ``steps_per_call`` for a memory-mapped store): a memory-mapped store's unpacked and
+packed pipelines at 32K to 512K tokens a call over 4000 steps, consumed in the graph (as the
+Trainer's compiled call takes its batches) and by a Python loop, as ratios against 64K in the
+same process (7 interleaved rounds, medians).
 
 ``--gather`` compares the numpy gather of unpacked batches (``HostBatcher.batches``, through the
 store's reads: offsets, per-sample clamping, block checks) with format 1's arithmetic on the raw

@@ -63,7 +63,7 @@ _PACKED_KEYS = (*_PLAIN_KEYS, "positions", "segment_ids")
 # Tokens built per Python call. A call costs 1-2 ms besides its rows (tf.numpy_function, its
 # dict, the unbatch); a store read in place pays more per call (offsets and CRC look-ups,
 # locks), so it builds 4x more: its cold pipeline went from 0.72x the memory map's at 128K a
-# call to 0.82-0.87x at 256K. A memory-mapped store gains within the noise from larger calls
+# call to 0.82-0.91x at 256K. A memory-mapped store gains within the noise from larger calls
 # (0.92-1.31x at 256K), and the quickstart, which starts many short pipelines, lost 6-16% at
 # 256K (BENCHMARKS.md, "Tokens per call").
 _TOKENS_PER_CALL = 1 << 16
@@ -391,7 +391,8 @@ def make_host_dataset(
 
     ``prefetch`` defaults to ``tf.data.AUTOTUNE``; ``num_parallel_calls`` (default AUTOTUNE) runs
     several gathers at once, the output order stays deterministic. ``steps_per_call`` steps are
-    built per Python call (default: about 64K tokens' worth, 256K for a store read in place) and unbatched again.
+    built per Python call (default: about 64K tokens' worth, 256K for a store read in place)
+    and unbatched again.
     """
     batcher = HostBatcher(
         store, rows, seq_len, pack=pack, overflow=overflow, seed=seed, epoch=epoch
