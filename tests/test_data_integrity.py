@@ -33,8 +33,10 @@ from highnoon.data import (
     prepare_stage_store,
     remove_stale_build_dirs,
     stage_data,
+    store_build,
 )
 from highnoon.data.shards import SHARD_FILES, sidecar_name
+from highnoon.data.store import StoreExistsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["alpha beta", "gamma", "delta epsilon zeta", "eta theta"]
@@ -89,6 +91,88 @@ def test_store_changed_in_place_is_rebuilt_with_a_warning(tmp_path, absl_warning
     assert warnings[0].startswith(f"cached token store {first.path} is unusable and is rebuilt")
     assert f"{SHARD}/{damaged}: block 0 " in warnings[0]
     assert warnings[0].endswith("rebuild it")
+
+
+def _leftovers(directory: str) -> list[str]:
+    return [n for n in os.listdir(directory) if ".tmp-" in n or ".old-" in n]
+
+
+def test_a_build_finishing_second_keeps_the_store_published_first(tmp_path, monkeypatch):
+    """Two processes build one path at once: the second to finish must not replace the first's
+    store (its builder may be reading it); it gets ``StoreExistsError``, which names the fix."""
+    path = str(tmp_path / "s")
+    write_shards = store_build._write_shards
+    first: list[TokenStore] = []
+
+    def rival_publishes_meanwhile(*args, **kwargs):
+        if not first:  # the rival builds the same path to the end while this build runs
+            first.append(True)
+            first[0] = build_token_store(TEXTS, "byte", path, progress=False)
+        return write_shards(*args, **kwargs)
+
+    monkeypatch.setattr(store_build, "_write_shards", rival_publishes_meanwhile)
+    with pytest.raises(StoreExistsError, match=r"created concurrently\); pass overwrite=True"):
+        build_token_store(TEXTS[:2], "byte", path, progress=False)
+    first[0].verify()  # the first store's files are all in place
+    assert _decoded(first[0]) == TEXTS
+    assert _leftovers(str(tmp_path)) == []
+
+
+def test_two_processes_preparing_one_cache_entry_share_the_first_store(tmp_path, monkeypatch):
+    """What two hosts on one disk do: both find no entry, both build it; the one finishing
+    second uses the store the first published, and the first can still read all of it."""
+    source = _write_jsonl(tmp_path / "data.jsonl", TEXTS)
+    cache = str(tmp_path / "cache")
+    write_shards = store_build._write_shards
+    rival = []  # (the store the other process prepared, its directory's identity)
+
+    def rival_prepares_meanwhile(*args, **kwargs):
+        if not rival:
+            rival.append(None)
+            store = prepare_stage_store(source, "byte", cache, progress=False)
+            rival[0] = store, store_build.directory_identity(store.path)
+        return write_shards(*args, **kwargs)
+
+    monkeypatch.setattr(store_build, "_write_shards", rival_prepares_meanwhile)
+    store = prepare_stage_store(source, "byte", cache, progress=False)
+
+    rival_store, rival_identity = rival[0]
+    assert store.path == rival_store.path
+    assert store_build.directory_identity(store.path) == rival_identity  # not replaced
+    assert _decoded(store) == TEXTS
+    assert _leftovers(os.path.join(cache, "sources")) == []
+
+
+def test_a_corrupt_entry_replaced_by_another_process_is_not_replaced_again(
+    tmp_path, monkeypatch, absl_warnings
+):
+    """Both processes find the entry corrupt; the other one sets it aside and publishes a new
+    store first. This one must set aside only the entry it found, so the new store stays."""
+    source = _write_jsonl(tmp_path / "data.jsonl", TEXTS)
+    cache = str(tmp_path / "cache")
+    corrupt = prepare_stage_store(source, "byte", cache, progress=False)
+    _flip_last_byte(os.path.join(corrupt.path, SHARD, "tokens.bin"))
+    look = stage_data._look
+    rival = []  # the identity of the directory the other process published
+
+    def rival_rebuilds_after_this_look(path, verify):
+        found = look(path, verify)
+        if not rival:
+            rival.append(None)
+            store = prepare_stage_store(source, "byte", cache, progress=False)
+            rival[0] = store_build.directory_identity(store.path)
+        return found
+
+    monkeypatch.setattr(stage_data, "_look", rival_rebuilds_after_this_look)
+    store = prepare_stage_store(source, "byte", cache, progress=False)
+
+    assert store.path == corrupt.path
+    assert store_build.directory_identity(store.path) == rival[0]  # not set aside
+    assert _decoded(store) == TEXTS
+    warnings = [r.getMessage() for r in absl_warnings.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # each process found the corrupt entry once
+    assert all("is unusable and is rebuilt" in w for w in warnings)
+    assert _leftovers(os.path.join(cache, "sources")) == []
 
 
 def test_verify_names_the_damaged_file(tmp_path):

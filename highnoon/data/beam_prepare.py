@@ -1051,8 +1051,7 @@ def build_store_on_beam(
 
     from highnoon.data import shards as shard_format
     from highnoon.data.store import MANIFEST, StoreExistsError, TokenStore
-    from highnoon.data.store_build import _temp_name, remove_stale_build_dirs
-    from highnoon.utils.files import publish_directory
+    from highnoon.data.store_build import _temp_name, publish_store, remove_stale_build_dirs
 
     runner = check_runner(runner)
     if runner == ONE_PROCESS:
@@ -1139,7 +1138,7 @@ def build_store_on_beam(
             shutil.rmtree(os.path.join(staging, CHUNKS), ignore_errors=True)
         _write_text(f"{staging}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True))
         if not remote:
-            publish_directory(staging, path, _temp_name(path, "old"))
+            publish_store(staging, path, overwrite=overwrite)
     except BaseException:
         if not remote:
             shutil.rmtree(staging, ignore_errors=True)

@@ -78,7 +78,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import logging
 
@@ -99,6 +99,7 @@ from highnoon.data.store import (
     head,
     remove_stale_build_dirs,
 )
+from highnoon.data.store_build import directory_identity, set_aside_unusable
 from highnoon.data.tokenizers import Tokenizer, load_tokenizer
 from highnoon.utils.hashing import sha256_hex
 from highnoon.utils.validation import InvalidArgumentError, check_bool, check_positive_int
@@ -115,27 +116,44 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
 
 
-def _open_or_none(path: str, verify: bool) -> TokenStore | None:
-    """The cached store at ``path``, or None when there is none or it is unusable (the caller
-    rebuilds it; a store that exists but fails its checks is reported with a warning)."""
-    if not os.path.exists(path):
-        return None
+class _CacheLook(NamedTuple):
+    """What a look at a cache entry found: a usable store, or none (``unusable``: the identity
+    of the directory that failed its checks, None when there was no entry)."""
+
+    store: TokenStore | None
+    unusable: tuple[int, int, int] | None = None
+
+
+def _look(path: str, verify: bool) -> _CacheLook:
+    """The cached store at ``path`` if it opens (and, with ``verify``, passes every block's
+    check); a store that exists but fails is reported with a warning and rebuilt by the
+    caller."""
+    try:
+        identity = directory_identity(path)
+    except FileNotFoundError:
+        return _CacheLook(None)
     try:
         store = TokenStore.open(path, verify=verify)
         if verify:
             store.verify()  # every block, once per process and file version (blocks.py)
-        return store
+        return _CacheLook(store)
     except StoreError as err:
         logging.warning("cached token store %s is unusable and is rebuilt: %s", path, err)
-        return None
+        return _CacheLook(None, identity)
+    except FileNotFoundError:  # another process set a corrupt entry aside meanwhile
+        return _CacheLook(None)
 
 
-def _build_cached(path: str, build: Callable[[bool], TokenStore], verify: bool) -> TokenStore:
-    """Build a cache entry; if another process (e.g. another host on a shared disk) completed the
-    same entry meanwhile, open theirs. A corrupt entry is replaced."""
-    overwrite = os.path.exists(path)  # exists but did not open: corrupt, replace it
+def _build_cached(
+    path: str, look: _CacheLook, build: Callable[[], TokenStore], verify: bool
+) -> TokenStore:
+    """Build a cache entry that ``look`` found missing or unusable. Processes building the same
+    entry at once (hosts sharing a disk) all end with the store the first one published: the
+    others' ``build`` refuses to replace it (``StoreExistsError``) and they open it."""
+    if look.unusable is not None:
+        set_aside_unusable(path, look.unusable)
     try:
-        store = build(overwrite)
+        store = build()
     except StoreExistsError:
         return TokenStore.open(path, verify=verify)
     if verify:
@@ -189,18 +207,19 @@ def source_store(
 ) -> TokenStore:
     """The (cached) store of one source's first ``max_samples`` samples."""
     path, description = source_store_path(source, tokenizer, cache_dir, max_samples=max_samples)
-    store = _open_or_none(path, verify)
+    look = _look(path, verify)
+    store = look.store
     if store is None:
         samples = unit_samples(source, max_samples)  # shards end where read units do
         store = _build_cached(
             path,
-            lambda overwrite: build_token_store(
+            look,
+            lambda: build_token_store(
                 samples,
                 tokenizer,
                 path,
                 sources=[description],
                 skipped=source.stats,
-                overwrite=overwrite,
                 progress=progress,
             ),
             verify,

@@ -100,6 +100,40 @@ def _temp_owner_gone(path: str, match: re.Match[str], stale_seconds: float) -> s
     return f"it was written by {owner} and untouched for {idle / 3600:.1f} h"
 
 
+def publish_store(tmp: str, path: str, *, overwrite: bool) -> None:
+    """Put the complete local store ``tmp`` at ``path`` (``files.publish_directory``). A store
+    that another process put at ``path`` since the caller looked is replaced only with
+    ``overwrite``; otherwise it is kept, since that process may be reading it, and this raises
+    ``StoreExistsError``."""
+    try:
+        publish_directory(tmp, path, _temp_name(path, "old"), replace=overwrite)
+    except FileExistsError as err:  # another process finished the same path first
+        raise StoreExistsError(
+            f"path={path!r} already exists (created concurrently); pass overwrite=True "
+            "to replace it"
+        ) from err
+
+
+def directory_identity(path: str) -> tuple[int, int, int]:
+    """(device, inode, ctime in ns) of ``path``: a directory published later differs (a rename
+    moves ctime, so even a reused inode number does)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def set_aside_unusable(path: str, unusable: tuple[int, int, int]) -> None:
+    """Remove the unusable entry at ``path``, but only the one this process found: an entry
+    another process published since (after setting the same one aside) may be in use."""
+    try:
+        if directory_identity(path) != unusable:
+            return
+        aside = _temp_name(path, "old")
+        os.rename(path, aside)
+    except FileNotFoundError:  # set aside by another process
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def remove_stale_build_dirs(
     directory: str, *, base: str | None = None, stale_seconds: float = STALE_TEMP_SECONDS
 ) -> list[str]:
@@ -430,13 +464,7 @@ def build_token_store(
         )
         with open(os.path.join(tmp, MANIFEST), "wb") as handle:  # last: the store is complete
             handle.write(canonical_json(manifest))
-        try:
-            publish_directory(tmp, path, _temp_name(path, "old"))
-        except FileExistsError as err:  # another process finished the same path first
-            raise StoreExistsError(
-                f"path={path!r} already exists (created concurrently); pass overwrite=True "
-                "to replace it"
-            ) from err
+        publish_store(tmp, path, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

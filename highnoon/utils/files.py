@@ -67,18 +67,21 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def publish_directory(tmp: str, path: str, aside: str) -> None:
+def publish_directory(tmp: str, path: str, aside: str, *, replace: bool) -> None:
     """Puts the complete local directory ``tmp`` at ``path`` atomically: a reader sees the old
-    directory or the new one, never a mix. ``tmp`` is synced first; an existing ``path`` is
-    renamed to ``aside`` and removed afterwards. Raises ``FileExistsError`` when another process
-    put a directory at ``path`` in between."""
+    directory or the new one, never a mix. ``tmp`` is synced first. With ``replace``, an
+    existing ``path`` is renamed to ``aside`` and removed afterwards; without, an existing
+    ``path`` is left alone. Raises ``FileExistsError`` when ``path`` exists and is not to be
+    replaced, or when another process put a directory there in between."""
     fsync_tree(tmp)
     if os.path.exists(path):
+        if not replace:  # another process published first: theirs may be in use
+            raise FileExistsError(f"{path} was created by another process meanwhile")
         os.rename(path, aside)
     else:
         aside = ""
     try:
-        os.rename(tmp, path)
+        os.rename(tmp, path)  # fails on a non-empty directory put there since
     except OSError as error:
         raise FileExistsError(f"{path} was created by another process meanwhile") from error
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
