@@ -413,6 +413,54 @@ def test_a_large_read_unmaps_its_pages_and_reads_again_the_same(tmp_path, monkey
     assert released == [(10, data.size), (0, data.size), (1, 12000)]
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int64])
+def test_a_sparse_take_by_pread_gives_the_mapped_elements_in_one_read_a_row(
+    tmp_path, monkeypatch, dtype
+):
+    """A take spread wide enough is read by ``pread`` (``MappedFile._pread_take``): the
+    elements equal the array's at every position, for batch rows (ascending, clamped at a
+    sample's end), orders up and down, repeats and scattered positions; one read serves each
+    stretch of positions at most ``PREAD_GAP`` bytes apart, however they are ordered."""
+    from highnoon.data import blocks
+    from highnoon.data.shards import crc32c_blocks
+
+    rng = np.random.Generator(np.random.PCG64(3))
+    data = rng.integers(0, 1000, size=200_000).astype(dtype)
+    path = tmp_path / "f.bin"
+    data.tofile(path)
+    raw = np.fromfile(path, dtype=np.uint8)
+    mapped = blocks.MappedFile(str(path), raw.size, 4096, crc32c_blocks(raw, 4096), label="f")
+    mapped.verify()  # its block reads done: what follows counts the takes' reads only
+    monkeypatch.setattr(blocks, "RELEASE_BYTES", 4096)  # every wide take is a sparse one
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(
+        os, "pread", lambda fd, n, at: reads.append((at, n)) or real_pread(fd, n, at)
+    )
+    n = data.size
+    starts = np.array([150_000, 20, 90_000, 150_010, 60_000])  # rows 0 and 3 overlap
+    lengths = np.array([40, 7, 33, 40, 1])
+    rows = np.minimum(starts[:, None] + np.arange(48), (starts + lengths - 1)[:, None])
+    ascending = np.sort(rng.integers(0, n, size=300))
+    cases = {
+        "rows": (rows, 4),  # rows 0 and 3 share one read
+        "ascending": (ascending, None),
+        "descending": (ascending[::-1].copy(), None),
+        "scattered with repeats": (rng.integers(0, n, size=(6, 50)), None),
+        "close elements out of order": (np.array([5000, 5003, 5001, 5009, 5000, n - 1]), 2),
+        "rows inside a longer row": (  # the short rows are read with the long one
+            np.concatenate([np.arange(1000, 1200), [1010, 1011, 1100, 1101, n - 1]]),
+            2,
+        ),
+    }
+    for name, (positions, expected_reads) in cases.items():
+        reads.clear()
+        np.testing.assert_array_equal(mapped.take(positions, dtype), data[positions], name)
+        assert reads, name  # read by pread, not through the map
+        if expected_reads is not None:
+            assert len(reads) == expected_reads, (name, reads)
+
+
 @pytest.mark.parametrize("scheme", ["", "file://"])
 def test_rows_read_with_their_samples_equal_positions_read_alone(stores, scheme):
     """``read_tokens`` with one sample a row (``[rows, 1]``, split by shard a row at a time)

@@ -308,35 +308,45 @@ class MappedFile:
         return values
 
     def _pread_take(self, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        """The elements at sparse ``positions`` by ``pread``: one read per run of elements at
-        most ``PREAD_GAP`` bytes apart. A fault on the map would map (and
+        """The elements at sparse ``positions`` by ``pread``. A fault on the map would map (and
         on a cold page cache read from disk) the whole page-cache folio around each element,
-        ~500 KiB here: a packed host's start at 1e9 samples held 3.8 GiB of them."""
+        ~500 KiB here: a packed host's start at 1e9 samples held 3.8 GiB of them.
+
+        The positions are cut into segments, stretches that ascend by at most ``PREAD_GAP``
+        bytes a step (a batch row's tokens, a run of an order); the segments, sorted by their
+        first byte, are read by one ``pread`` per group of them that overlap or lie at most
+        ``PREAD_GAP`` apart. Sorting the segments, not the elements, keeps a batch of rows at
+        a sort of its row count."""
         size = dtype.itemsize
-        flat = positions.reshape(-1) * size
+        flat = positions.reshape(-1)
         steps = np.diff(flat)
-        ascending = bool((steps >= 0).all())  # runs of an order: no sort needed
-        order = None if ascending else np.argsort(flat, kind="stable")
-        ordered = flat if order is None else flat[order]
-        gap = (steps if order is None else np.diff(ordered)) > PREAD_GAP  # one read if closer
-        starts = np.flatnonzero(np.concatenate([[True], gap]))
-        ends = np.concatenate([starts[1:], [ordered.size]])
-        lo, hi = ordered[starts], ordered[ends - 1] + size
+        cut = np.flatnonzero((steps < 0) | (steps > PREAD_GAP // size)) + 1
+        first = np.concatenate([[0], cut])  # each segment's first element in ``flat``
+        count = np.diff(np.concatenate([first, [flat.size]]))
+        seg_lo = flat[first] * size
+        seg_hi = (flat[first + count - 1] + 1) * size
+        order = np.argsort(seg_lo, kind="stable")
+        lo, hi = seg_lo[order], seg_hi[order]
+        reach = np.maximum.accumulate(hi)  # the furthest byte of the segments so far
+        opens = np.concatenate([[True], lo[1:] - reach[:-1] > PREAD_GAP])  # a new read
+        read_of = np.cumsum(opens) - 1  # each sorted segment's read
+        read_lo = lo[opens]
+        read_hi = np.maximum.reduceat(hi, np.flatnonzero(opens))
+        read_base = np.cumsum(read_hi - read_lo) - (read_hi - read_lo)  # where in ``raw``
         with open(self.path, "rb") as handle:
             fd = handle.fileno()
             if hasattr(os, "posix_fadvise"):  # no read-ahead around each small read
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             pread = os.pread
-            raw = b"".join([pread(fd, b - a, a) for a, b in zip(lo.tolist(), hi.tolist())])
-        base = np.cumsum(hi - lo) - (hi - lo)  # where each run's bytes start in ``raw``
-        at = np.repeat(base - lo, ends - starts) + ordered  # each element's byte in ``raw``
-        # runs start and end on element boundaries, so ``raw`` is whole elements
-        gathered = np.frombuffer(raw, dtype=dtype)[at // size]
-        if order is None:
-            return gathered.reshape(positions.shape)
-        values = np.empty(flat.size, dtype=dtype)
-        values[order] = gathered
-        return values.reshape(positions.shape)
+            raw = b"".join(
+                [pread(fd, b - a, a) for a, b in zip(read_lo.tolist(), read_hi.tolist())]
+            )
+        # reads start and end on element boundaries, so ``raw`` is whole elements and a
+        # segment's first element sits at its read's base plus its distance from the read
+        seg_at = np.empty_like(seg_lo)
+        seg_at[order] = (read_base[read_of] + lo - read_lo[read_of]) // size
+        at = flat + np.repeat(seg_at - seg_lo // size, count)
+        return np.frombuffer(raw, dtype=dtype)[at].reshape(positions.shape)
 
     def _check_take(self, positions: np.ndarray, count: int, dtype: np.dtype) -> None:
         """Positions inside the file, and their blocks checked (the slow path of ``take``)."""
