@@ -21,6 +21,11 @@ packed pipelines at 32K to 512K tokens a call over 4000 steps, consumed in the g
 Trainer's compiled call takes its batches) and by a Python loop, as ratios against 64K in the
 same process (7 interleaved rounds, medians).
 
+``--take`` times the unpacked pipeline over a memory-mapped store (random rows, consumed in the
+graph) with ``MappedFile._pread_take`` planning its reads by segment against the plan it had
+before, one sort of every element (``_element_sorted_pread_take`` below), in the same process (7
+interleaved rounds, medians).
+
 ``--gather`` compares the numpy gather of unpacked batches (``HostBatcher.batches``, through the
 store's reads: offsets, per-sample clamping, block checks) with format 1's arithmetic on the raw
 arrays of the same one-shard store, in the same process (best of 15 interleaved rounds).
@@ -28,6 +33,7 @@ arrays of the same one-shard store, in the same process (best of 15 interleaved 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -262,10 +268,68 @@ def bench_gather() -> None:
                   f"{min(old) / min(new):.2f}x |")  # fmt: skip
 
 
+def _element_sorted_pread_take(self, positions: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``MappedFile._pread_take`` before it planned by segment (the baseline of --take): every
+    element's byte offset sorted, one read per run of offsets at most ``PREAD_GAP`` apart."""
+    size = dtype.itemsize
+    flat = positions.reshape(-1) * size
+    steps = np.diff(flat)
+    order = None if bool((steps >= 0).all()) else np.argsort(flat, kind="stable")
+    ordered = flat if order is None else flat[order]
+    gap = (steps if order is None else np.diff(ordered)) > blocks.PREAD_GAP
+    starts = np.flatnonzero(np.concatenate([[True], gap]))
+    ends = np.concatenate([starts[1:], [ordered.size]])
+    lo, hi = ordered[starts], ordered[ends - 1] + size
+    with open(self.path, "rb") as handle:
+        fd = handle.fileno()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        raw = b"".join([os.pread(fd, b - a, a) for a, b in zip(lo.tolist(), hi.tolist())])
+    base = np.cumsum(hi - lo) - (hi - lo)
+    at = np.repeat(base - lo, ends - starts) + ordered
+    gathered = np.frombuffer(raw, dtype=dtype)[at // size]
+    if order is None:
+        return gathered.reshape(positions.shape)
+    values = np.empty(flat.size, dtype=dtype)
+    values[order] = gathered
+    return values.reshape(positions.shape)
+
+
+def bench_take(directory: str, rounds: int = 7) -> None:
+    """The unpacked pipeline (B=8 rows, consumed in the graph) with ``_pread_take`` planning by
+    segment against ``_element_sorted_pread_take``, interleaved rounds, medians."""
+    from bench_corpus import consumed_in_graph
+
+    store = build_token_store(synthetic_texts(40), "byte", directory, progress=False)
+    planned = blocks.MappedFile._pread_take
+    arms = {"by segment": planned, "elements sorted": _element_sorted_pread_take}
+    print("| pipeline, memory map, B=8 | by segment | elements sorted | speed |")
+    print("|---|---:|---:|---:|")
+    try:
+        for seq_len, steps in ((256, 4000), (1024, 2000)):
+            rng = np.random.Generator(np.random.PCG64(1))
+            rows = rng.integers(0, store.num_samples, size=(steps, 8))
+            seconds: dict[str, list[float]] = {name: [] for name in arms}
+            for round_ in range(rounds):
+                for name in list(arms)[:: 1 if round_ % 2 else -1]:
+                    blocks.MappedFile._pread_take = arms[name]
+                    make = functools.partial(make_host_dataset, store, rows, seq_len)
+                    seconds[name].append(_pipeline_seconds(make, consumed_in_graph))
+            new, old = (float(np.median(seconds[name])) for name in arms)
+            tokens = steps * 8 * seq_len
+            print(f"| T={seq_len} | {tokens / new / 1e6:.2f} M tokens/s | "
+                  f"{tokens / old / 1e6:.2f} M tokens/s | {old / new:.2f}x |")  # fmt: skip
+    finally:
+        blocks.MappedFile._pread_take = planned
+
+
 def main() -> None:
     if "--per_call" in sys.argv:
         with tempfile.TemporaryDirectory() as directory:
             bench_tokens_per_call(os.path.join(directory, "s"))
+        return
+    if "--take" in sys.argv:
+        with tempfile.TemporaryDirectory() as directory:
+            bench_take(os.path.join(directory, "s"))
         return
     if "--gather" in sys.argv:
         bench_gather()
