@@ -5,6 +5,8 @@
 * a source edited so that size and mtime stay the same still rebuilds (content-hash key);
 * token ids beyond the model's vocabulary are a clear error when the store is opened;
 * a killed build's ``.tmp-`` directory is removed at the next start, a live one's never;
+* processes building one cache entry at once all end with the first published store, which
+  none of them removes (nor one that replaced a corrupt entry);
 * invalid UTF-8 in a source is a console warning with the count.
 """
 
@@ -97,24 +99,47 @@ def _leftovers(directory: str) -> list[str]:
     return [n for n in os.listdir(directory) if ".tmp-" in n or ".old-" in n]
 
 
+class _Rival:
+    """Another process's whole build (``build()``), run once inside a step of this process's
+    own: ``store`` is what it returned, ``identity`` the directory it published."""
+
+    def __init__(self, build) -> None:
+        self.build, self.started, self.store, self.identity = build, False, None, None
+
+    def during(self, step, *, after: bool = False):
+        """``step`` with the rival's build run before its first call (or after it); the
+        rival's own calls of ``step`` run it plainly."""
+
+        def patched(*args, **kwargs):
+            first = not self.started
+            self.started = True
+            if first and not after:
+                self._run()
+            result = step(*args, **kwargs)
+            if first and after:
+                self._run()
+            return result
+
+        return patched
+
+    def _run(self) -> None:
+        self.store = self.build()
+        self.identity = store_build.directory_identity(self.store.path)
+
+
 def test_a_build_finishing_second_keeps_the_store_published_first(tmp_path, monkeypatch):
     """Two processes build one path at once: the second to finish must not replace the first's
     store (its builder may be reading it); it gets ``StoreExistsError``, which names the fix."""
     path = str(tmp_path / "s")
-    write_shards = store_build._write_shards
-    first: list[TokenStore] = []
+    rival = _Rival(lambda: build_token_store(TEXTS, "byte", path, progress=False))
+    monkeypatch.setattr(store_build, "_write_shards", rival.during(store_build._write_shards))
 
-    def rival_publishes_meanwhile(*args, **kwargs):
-        if not first:  # the rival builds the same path to the end while this build runs
-            first.append(True)
-            first[0] = build_token_store(TEXTS, "byte", path, progress=False)
-        return write_shards(*args, **kwargs)
-
-    monkeypatch.setattr(store_build, "_write_shards", rival_publishes_meanwhile)
     with pytest.raises(StoreExistsError, match=r"created concurrently\); pass overwrite=True"):
         build_token_store(TEXTS[:2], "byte", path, progress=False)
-    first[0].verify()  # the first store's files are all in place
-    assert _decoded(first[0]) == TEXTS
+
+    assert store_build.directory_identity(path) == rival.identity  # not replaced
+    rival.store.verify()
+    assert _decoded(rival.store) == TEXTS
     assert _leftovers(str(tmp_path)) == []
 
 
@@ -123,22 +148,14 @@ def test_two_processes_preparing_one_cache_entry_share_the_first_store(tmp_path,
     second uses the store the first published, and the first can still read all of it."""
     source = _write_jsonl(tmp_path / "data.jsonl", TEXTS)
     cache = str(tmp_path / "cache")
-    write_shards = store_build._write_shards
-    rival = []  # (the store the other process prepared, its directory's identity)
+    rival = _Rival(lambda: prepare_stage_store(source, "byte", cache, progress=False))
+    monkeypatch.setattr(store_build, "_write_shards", rival.during(store_build._write_shards))
 
-    def rival_prepares_meanwhile(*args, **kwargs):
-        if not rival:
-            rival.append(None)
-            store = prepare_stage_store(source, "byte", cache, progress=False)
-            rival[0] = store, store_build.directory_identity(store.path)
-        return write_shards(*args, **kwargs)
-
-    monkeypatch.setattr(store_build, "_write_shards", rival_prepares_meanwhile)
     store = prepare_stage_store(source, "byte", cache, progress=False)
 
-    rival_store, rival_identity = rival[0]
-    assert store.path == rival_store.path
-    assert store_build.directory_identity(store.path) == rival_identity  # not replaced
+    assert store.path == rival.store.path
+    assert store_build.directory_identity(store.path) == rival.identity  # not replaced
+    rival.store.verify()
     assert _decoded(store) == TEXTS
     assert _leftovers(os.path.join(cache, "sources")) == []
 
@@ -152,22 +169,13 @@ def test_a_corrupt_entry_replaced_by_another_process_is_not_replaced_again(
     cache = str(tmp_path / "cache")
     corrupt = prepare_stage_store(source, "byte", cache, progress=False)
     _flip_last_byte(os.path.join(corrupt.path, SHARD, "tokens.bin"))
-    look = stage_data._look
-    rival = []  # the identity of the directory the other process published
+    rival = _Rival(lambda: prepare_stage_store(source, "byte", cache, progress=False))
+    monkeypatch.setattr(stage_data, "_look", rival.during(stage_data._look, after=True))
 
-    def rival_rebuilds_after_this_look(path, verify):
-        found = look(path, verify)
-        if not rival:
-            rival.append(None)
-            store = prepare_stage_store(source, "byte", cache, progress=False)
-            rival[0] = store_build.directory_identity(store.path)
-        return found
-
-    monkeypatch.setattr(stage_data, "_look", rival_rebuilds_after_this_look)
     store = prepare_stage_store(source, "byte", cache, progress=False)
 
     assert store.path == corrupt.path
-    assert store_build.directory_identity(store.path) == rival[0]  # not set aside
+    assert store_build.directory_identity(store.path) == rival.identity  # not set aside
     assert _decoded(store) == TEXTS
     warnings = [r.getMessage() for r in absl_warnings.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2  # each process found the corrupt entry once
