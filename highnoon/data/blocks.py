@@ -332,7 +332,8 @@ class MappedFile:
         read_of = np.cumsum(opens) - 1  # each sorted segment's read
         read_lo = lo[opens]
         read_hi = np.maximum.reduceat(hi, np.flatnonzero(opens))
-        read_base = np.cumsum(read_hi - read_lo) - (read_hi - read_lo)  # where in ``raw``
+        read_bytes = read_hi - read_lo
+        read_base = np.cumsum(read_bytes) - read_bytes  # where each read starts in ``raw``
         with open(self.path, "rb") as handle:
             fd = handle.fileno()
             if hasattr(os, "posix_fadvise"):  # no read-ahead around each small read

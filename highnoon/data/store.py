@@ -906,11 +906,15 @@ class TokenStore:
         """Every file this store reads through, shard by shard (counters for benches, tests)."""
         return [shard.files[name] for shard in self._shards for name in SHARD_FILES]
 
+    def _shards_read_in_place(self) -> list[_Shard]:
+        """The shards read by byte range (a path with a scheme: ``gs://``, ``file://``) rather
+        than memory-mapped."""
+        return [shard for shard in self._shards if is_remote(shard.files.root)]
+
     @property
     def reads_in_place(self) -> bool:
-        """Whether some shard is read by byte range (a path with a scheme: ``gs://``,
-        ``file://``) rather than memory-mapped."""
-        return any(is_remote(shard.files.root) for shard in self._shards)
+        """Whether some shard is read by byte range rather than memory-mapped."""
+        return bool(self._shards_read_in_place())
 
     @property
     def reads_ahead(self) -> bool:
@@ -929,7 +933,7 @@ class TokenStore:
     def _reads_ahead(self, takes: Callable[[BlockFile], bool]) -> bool:
         """An unread remote shard (it reads ahead into the cache, when that is on) or a read
         shard whose tokens file ``takes`` read-ahead."""
-        if any(is_remote(s.files.root) and not s.files.loaded for s in self._shards):
+        if any(not shard.files.loaded for shard in self._shards_read_in_place()):
             from highnoon.data.remote_blocks import block_cache
 
             if block_cache().enabled:  # an unread remote shard will read ahead into it
